@@ -1,0 +1,77 @@
+//! Per-session blinding keys.
+//!
+//! A [`BlindingKey`] is a uniformly random non-zero scalar `k` drawn from the operating system's
+//! CSPRNG when a session starts. Blinding maps a point `P` to `k·P`; because `k` is secret and
+//! fresh per session, blinded values of two sessions cannot be linked (DDH), and
+//! `a·(b·P) = b·(a·P)` lets both parties arrive at the same doubly-blinded point. The scalar is
+//! zeroized on drop, has no `Debug` that shows it, and no serialization.
+
+use curve25519_dalek::{RistrettoPoint, Scalar};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A secret blinding scalar, fresh for every session.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct BlindingKey {
+    scalar: Scalar,
+}
+
+impl BlindingKey {
+    /// Draw a new non-zero key from the OS CSPRNG.
+    pub fn generate() -> Self {
+        Self {
+            scalar: random_nonzero_scalar(),
+        }
+    }
+
+    /// A key from fixed bytes, for published test vectors only: a key that is not secret
+    /// protects nothing. Returns `None` for a non-canonical or zero scalar.
+    #[doc(hidden)]
+    pub fn from_test_vector_bytes(bytes: [u8; 32]) -> Option<Self> {
+        let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
+        (scalar != Scalar::ZERO).then_some(Self { scalar })
+    }
+
+    /// `k·P`.
+    pub fn blind(&self, point: &RistrettoPoint) -> RistrettoPoint {
+        self.scalar * point
+    }
+}
+
+impl std::fmt::Debug for BlindingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlindingKey(<secret>)")
+    }
+}
+
+/// A uniformly random non-zero scalar from the OS CSPRNG.
+pub(crate) fn random_nonzero_scalar() -> Scalar {
+    let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+    loop {
+        let s = Scalar::random(&mut rng);
+        if s != Scalar::ZERO {
+            return s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fresh_and_commute() {
+        let a = BlindingKey::generate();
+        let b = BlindingKey::generate();
+        let p = crate::Domain::new("c", "id").hash_to_group("x");
+        assert_ne!(a.blind(&p), b.blind(&p));
+        assert_eq!(a.blind(&b.blind(&p)), b.blind(&a.blind(&p)));
+    }
+
+    #[test]
+    fn debug_hides_the_scalar() {
+        assert_eq!(
+            format!("{:?}", BlindingKey::generate()),
+            "BlindingKey(<secret>)"
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! ECDH private set intersection over Ristretto255, as sans-I/O protocols.
+//!
+//! Two parties each hold a list of identifiers (emails, phone numbers, customer ids). They want
+//! to learn how many they have in common — per group, and with sums of values over the common
+//! ones — without showing each other the lists. The construction is the Diffie–Hellman PSI of
+//! Meadows (1986) and Huberman–Franklin–Hogg (1999), with the intersection-sum of Ion et al.
+//! (Google's Private Join and Compute, 2020) on exponential ElGamal instead of Paillier:
+//!
+//! 1. Each identifier is [normalized](normalize) and [hashed to the group](hash):
+//!    `H(x) ∈ Ristretto255`, domain-separated by collaboration and column.
+//! 2. Each party blinds its points with a fresh secret [key](key): `a·H(x)`, `b·H(y)`.
+//! 3. Each re-blinds the other's points: both obtain `ab·H(·)` for the other's set and compare
+//!    shortened [tags](wire::Tag) of those; equal tags mean equal identifiers.
+//! 4. Values ride along [encrypted](elgamal) under the receiver's key; the matcher adds the
+//!    matched ones and returns only re-randomized totals of the groups it releases.
+//!
+//! Security (semi-honest parties, DDH in Ristretto255, `H` a random oracle): the matcher learns
+//! the receiver's group sizes and per-group intersection sizes; the receiver learns the
+//! matcher's group sizes and the released results. The [`Matcher`] and [`Receiver`] roles do no
+//! I/O: feed them the peer's [`Message`]s and send what they poll, over any transport.
+//! [`match_offline`] runs both in one process.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod batch;
+pub mod elgamal;
+pub mod hash;
+pub mod key;
+pub mod normalize;
+mod offline;
+pub mod protocol;
+mod table;
+pub mod wire;
+
+pub use hash::Domain;
+pub use normalize::{Normalization, UnknownNormalization};
+pub use offline::{MatchReport, match_offline, match_offline_observed};
+pub use protocol::{
+    GroupCount, GroupResult, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+};
+pub use table::{InputError, InputStats, MatcherTable, ReceiverTable};
+pub use wire::{Message, WireError};

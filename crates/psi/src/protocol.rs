@@ -1,0 +1,767 @@
+//! The two roles of a session, as sans-I/O state machines.
+//!
+//! ```text
+//!   matcher (data provider)                         receiver (querier)
+//!   MatcherHello {group sizes}            ──►
+//!   MatcherPoints {g, 2a·H(x)}*  (shuffled) ──►
+//!                                          ◄──  ReceiverHello {value keys, group sizes}
+//!                                          ◄──  ReceiverItems {g, 2b·H(y), Enc(values)}* (shuffled)
+//!                                          ◄──  ReceiverTags {g, tag(4ab·H(x))}*  (per matcher
+//!                                               group, once complete, shuffled)
+//!   tag(4ab·H(y)) ∩ tags of group g → counts per (matcher group, receiver group),
+//!   and Σ Enc(values) of matched items, re-randomized
+//!   MatcherResult {released groups}*       ──►
+//!   MatcherDone {released, suppressed}     ──►   decrypt sums → outcome
+//! ```
+//!
+//! Each role consumes the peer's messages with `handle_message` and yields its own with
+//! `poll_message`; neither touches a socket, a file or a clock. Every set that leaves a role is
+//! shuffled (per group), so positions reveal nothing about which elements matched. The matcher
+//! learns the receiver's group sizes and the intersection size per pair of groups; the receiver
+//! learns the matcher's group sizes and what the matcher releases. Neither sees the other's
+//! identifiers, nor anything it could hash to test one without the other's key.
+
+use crate::Domain;
+use crate::batch::{hash_and_blind, reblind_to_tags};
+use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
+use crate::key::BlindingKey;
+use crate::table::{MatcherTable, ReceiverTable};
+use crate::wire::{
+    CHUNK_ITEMS, Message, PointError, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
+};
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+/// Bytes of one item's ciphertext with `value_columns` columns (0 for cardinality).
+pub fn ciphertext_bytes(value_columns: usize) -> usize {
+    if value_columns == 0 {
+        0
+    } else {
+        32 * (1 + LIMBS_PER_VALUE * value_columns)
+    }
+}
+
+/// Bounds a role enforces on what its peer announces and sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most distinct identifiers the peer may send, over all its groups.
+    pub max_set_size: u64,
+    /// Most groups the peer may announce.
+    pub max_groups: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_set_size: 100_000_000,
+            max_groups: 100_000,
+        }
+    }
+}
+
+/// Why a session cannot go on. Any error ends the session: the role must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Bytes that are not a message.
+    #[error("malformed message: {0}")]
+    Wire(#[from] WireError),
+    /// A point that is not a valid blinded value.
+    #[error("invalid point in {context}: {error}")]
+    Point {
+        /// the message it came in
+        context: &'static str,
+        /// what is wrong with it
+        error: PointError,
+    },
+    /// A message this role does not accept in its current state.
+    #[error("unexpected {got} message: {why}")]
+    Unexpected {
+        /// kind of the message received
+        got: &'static str,
+        /// what was expected instead
+        why: &'static str,
+    },
+    /// A group index outside the announced groups.
+    #[error("unknown group {0}")]
+    UnknownGroup(u32),
+    /// More elements for a group than its hello announced.
+    #[error("group {group}: more elements than the {announced} announced")]
+    TooManyElements {
+        /// group index
+        group: u32,
+        /// size announced in the hello
+        announced: u64,
+    },
+    /// The peer announced more than this role's limits allow.
+    #[error("{what}: {value} exceeds the limit of {limit}")]
+    LimitExceeded {
+        /// which limit
+        what: &'static str,
+        /// announced value
+        value: u64,
+        /// the limit
+        limit: u64,
+    },
+    /// Items carry a different number of value columns than the hello's keys.
+    #[error("items carry {got} value columns, the receiver's keys {expected}")]
+    ValueColumns {
+        /// from the keys
+        expected: usize,
+        /// from the items
+        got: usize,
+    },
+    /// The same matching tag twice in one group: the counts would be inflated.
+    #[error("group {0}: a comparison value was sent twice")]
+    DuplicateTag(u32),
+    /// An encrypted total could not be decrypted.
+    #[error("cannot decrypt a released sum: {0}")]
+    Decrypt(#[from] DecryptError),
+    /// The matcher's results disagree with what it announced.
+    #[error("inconsistent result: {0}")]
+    InconsistentResult(&'static str),
+    /// `release` was called before all of the receiver's data arrived, or twice.
+    #[error("cannot release now: {0}")]
+    NotReady(&'static str),
+}
+
+fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
+    move |error| ProtocolError::Point { context, error }
+}
+
+/// The intersection size of one matcher group with one receiver group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCount {
+    /// The matcher's group key.
+    pub matcher_group: String,
+    /// The receiver's group index (the receiver knows its key).
+    pub receiver_group: u32,
+    /// Distinct identifiers present in both groups.
+    pub intersection_size: u64,
+}
+
+/// Validate a hello's group sizes against limits.
+fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
+    if sizes.len() as u64 > u64::from(limits.max_groups) {
+        return Err(ProtocolError::LimitExceeded {
+            what: "groups",
+            value: sizes.len() as u64,
+            limit: limits.max_groups.into(),
+        });
+    }
+    let total = sizes
+        .iter()
+        .try_fold(0u64, |a, s| a.checked_add(*s))
+        .unwrap_or(u64::MAX);
+    if total > limits.max_set_size {
+        return Err(ProtocolError::LimitExceeded {
+            what: "set size",
+            value: total,
+            limit: limits.max_set_size,
+        });
+    }
+    Ok(())
+}
+
+/// Account `n` more elements of `group` against announced sizes.
+fn admit(received: &mut [u64], sizes: &[u64], group: u32, n: usize) -> Result<(), ProtocolError> {
+    let g = group as usize;
+    let slot = received
+        .get_mut(g)
+        .ok_or(ProtocolError::UnknownGroup(group))?;
+    let announced = sizes[g];
+    if *slot + n as u64 > announced {
+        return Err(ProtocolError::TooManyElements { group, announced });
+    }
+    *slot += n as u64;
+    Ok(())
+}
+
+/// Shuffle with a CSPRNG-seeded generator.
+fn shuffle<T>(items: &mut [T]) {
+    items.shuffle(&mut rand::rng());
+}
+
+/// A cursor over groups of items, yielding one chunk message at a time.
+#[derive(Debug, Default)]
+struct Sender {
+    group: usize,
+    offset: usize,
+}
+
+impl Sender {
+    /// The next (group index, range) to send, advancing the cursor; `None` when all are sent.
+    fn next(
+        &mut self,
+        sizes: impl Fn(usize) -> Option<usize>,
+    ) -> Option<(u32, std::ops::Range<usize>)> {
+        loop {
+            let len = sizes(self.group)?;
+            if self.offset < len {
+                let end = (self.offset + CHUNK_ITEMS).min(len);
+                let range = self.offset..end;
+                self.offset = end;
+                return Some((self.group as u32, range));
+            }
+            self.group += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- matcher
+
+struct PeerItems {
+    value_columns: usize,
+    public_key: Option<ValuePublicKey>,
+    sizes: Vec<u64>,
+    received: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Accumulator {
+    count: u64,
+    sum: Option<Ciphertext>,
+}
+
+/// The matcher role: blinds and sends its groups, matches the receiver's items against the
+/// receiver's re-blinding of its groups, and releases per-group results it decides on.
+pub struct Matcher {
+    key: BlindingKey,
+    domain: Domain,
+    limits: Limits,
+    groups: Vec<(String, Vec<String>)>,
+    hello_sent: bool,
+    sender: Sender,
+    peer: Option<PeerItems>,
+    /// (tag, item) for every receiver item, sorted once all items arrived.
+    index: Vec<(u128, u32)>,
+    index_sorted: bool,
+    item_groups: Vec<u32>,
+    ciphertexts: Vec<u8>,
+    tags_received: Vec<u64>,
+    seen: HashSet<(u32, u32)>,
+    accumulators: BTreeMap<(u32, u32), Accumulator>,
+    counts: Option<Vec<GroupCount>>,
+    released: bool,
+    outbox: VecDeque<Message>,
+}
+
+impl Matcher {
+    /// Start a session with a fresh key. Groups are shuffled here; blinding happens lazily as
+    /// messages are polled.
+    pub fn new(domain: &Domain, table: MatcherTable, limits: Limits) -> Self {
+        let mut groups = table.into_groups();
+        for (_, ids) in &mut groups {
+            shuffle(ids);
+        }
+        let n = groups.len();
+        Self {
+            key: BlindingKey::generate(),
+            domain: domain.clone(),
+            limits,
+            groups,
+            hello_sent: false,
+            sender: Sender::default(),
+            peer: None,
+            index: Vec::new(),
+            index_sorted: false,
+            item_groups: Vec::new(),
+            ciphertexts: Vec::new(),
+            tags_received: vec![0; n],
+            seen: HashSet::new(),
+            accumulators: BTreeMap::new(),
+            counts: None,
+            released: false,
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// The next message to send, or `None` while waiting for the peer (or when finished).
+    pub fn poll_message(&mut self) -> Option<Message> {
+        if !self.hello_sent {
+            self.hello_sent = true;
+            let group_sizes = self
+                .groups
+                .iter()
+                .map(|(_, ids)| ids.len() as u64)
+                .collect();
+            return Some(Message::MatcherHello { group_sizes });
+        }
+        let groups = &self.groups;
+        if let Some((group, range)) = self
+            .sender
+            .next(|g| groups.get(g).map(|(_, ids)| ids.len()))
+        {
+            let ids = &self.groups[group as usize].1[range];
+            let points = hash_and_blind(&self.domain, &self.key, ids);
+            return Some(Message::MatcherPoints { group, points });
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Consume one message from the receiver.
+    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+        let kind = msg.kind();
+        match msg {
+            Message::ReceiverHello {
+                value_keys,
+                group_sizes,
+            } => {
+                if self.peer.is_some() {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "hello already received",
+                    });
+                }
+                check_sizes(&group_sizes, &self.limits)?;
+                let public_key = if value_keys.is_empty() {
+                    None
+                } else {
+                    Some(ValuePublicKey::from_bytes(&value_keys).map_err(point_error(kind))?)
+                };
+                let value_columns = value_keys.len() / LIMBS_PER_VALUE;
+                self.peer = Some(PeerItems {
+                    value_columns,
+                    public_key,
+                    received: vec![0; group_sizes.len()],
+                    sizes: group_sizes,
+                });
+                self.finish_items_if_complete();
+                Ok(())
+            }
+            Message::ReceiverItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts,
+            } => {
+                let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "items before the receiver's hello",
+                })?;
+                if usize::from(value_columns) != peer.value_columns {
+                    return Err(ProtocolError::ValueColumns {
+                        expected: peer.value_columns,
+                        got: value_columns.into(),
+                    });
+                }
+                admit(&mut peer.received, &peer.sizes, group, points.len())?;
+                let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
+                let first = self.item_groups.len() as u32;
+                self.index.extend(
+                    tags.iter()
+                        .enumerate()
+                        .map(|(i, t)| (t.as_u128(), first + i as u32)),
+                );
+                self.item_groups
+                    .extend(std::iter::repeat_n(group, points.len()));
+                self.ciphertexts.extend_from_slice(&ciphertexts);
+                self.finish_items_if_complete();
+                Ok(())
+            }
+            Message::ReceiverTags { group, tags } => {
+                if !self.index_sorted {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "tags before all of the receiver's items",
+                    });
+                }
+                let sizes: Vec<u64> = self
+                    .groups
+                    .iter()
+                    .map(|(_, ids)| ids.len() as u64)
+                    .collect();
+                admit(&mut self.tags_received, &sizes, group, tags.len())?;
+                self.match_tags(group, &tags)?;
+                if self.tags_received == sizes {
+                    self.counts = Some(self.collect_counts());
+                }
+                Ok(())
+            }
+            other => Err(ProtocolError::Unexpected {
+                got: other.kind(),
+                why: "the matcher only accepts receiver messages",
+            }),
+        }
+    }
+
+    fn finish_items_if_complete(&mut self) {
+        let Some(peer) = &self.peer else { return };
+        if peer.received == peer.sizes && !self.index_sorted {
+            self.index.par_sort_unstable();
+            self.index_sorted = true;
+            if self.groups.is_empty() {
+                self.counts = Some(Vec::new());
+            }
+        }
+    }
+
+    fn match_tags(&mut self, group: u32, tags: &[Tag]) -> Result<(), ProtocolError> {
+        let peer = self.peer.as_ref().expect("index sorted implies hello");
+        let width = ciphertext_bytes(peer.value_columns);
+        for tag in tags {
+            let t = tag.as_u128();
+            let start = self.index.partition_point(|&(k, _)| k < t);
+            for &(_, item) in self.index[start..].iter().take_while(|&&(k, _)| k == t) {
+                if !self.seen.insert((group, item)) {
+                    return Err(ProtocolError::DuplicateTag(group));
+                }
+                let acc = self
+                    .accumulators
+                    .entry((group, self.item_groups[item as usize]))
+                    .or_default();
+                acc.count += 1;
+                if width > 0 {
+                    let at = item as usize * width;
+                    let ct = Ciphertext::from_bytes(
+                        &self.ciphertexts[at..at + width],
+                        peer.value_columns,
+                    )
+                    .map_err(point_error("ReceiverItems ciphertext"))?;
+                    acc.sum
+                        .get_or_insert_with(|| Ciphertext::zero(peer.value_columns))
+                        .add_assign(&ct);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_counts(&self) -> Vec<GroupCount> {
+        self.accumulators
+            .iter()
+            .map(|(&(m, r), acc)| GroupCount {
+                matcher_group: self.groups[m as usize].0.clone(),
+                receiver_group: r,
+                intersection_size: acc.count,
+            })
+            .collect()
+    }
+
+    /// Once every message of the receiver arrived: the intersection size of each pair of
+    /// (matcher group, receiver group) that share at least one identifier.
+    pub fn counts(&self) -> Option<&[GroupCount]> {
+        self.counts.as_deref()
+    }
+
+    /// Release the groups `decide` accepts: queues result messages (sums re-randomized) and the
+    /// closing `MatcherDone` for `poll_message`. Withheld groups are only counted.
+    pub fn release(
+        &mut self,
+        mut decide: impl FnMut(&GroupCount) -> bool,
+    ) -> Result<(), ProtocolError> {
+        if self.released {
+            return Err(ProtocolError::NotReady("already released"));
+        }
+        if self.counts.is_none() {
+            return Err(ProtocolError::NotReady("the receiver's data is incomplete"));
+        }
+        self.released = true;
+        let public_key = self.peer.as_ref().and_then(|p| p.public_key.clone());
+        let mut released = Vec::new();
+        let mut suppressed = 0u64;
+        for (&(m, r), acc) in &self.accumulators {
+            let count = GroupCount {
+                matcher_group: self.groups[m as usize].0.clone(),
+                receiver_group: r,
+                intersection_size: acc.count,
+            };
+            if !decide(&count) {
+                suppressed += 1;
+                continue;
+            }
+            let sums = match (&acc.sum, &public_key) {
+                (Some(sum), Some(pk)) => {
+                    let mut total = sum.clone();
+                    total.add_assign(&pk.encrypt_zero());
+                    total.to_bytes()
+                }
+                _ => Vec::new(),
+            };
+            released.push(ReleasedGroup {
+                matcher_group: count.matcher_group,
+                receiver_group: r,
+                intersection_size: acc.count,
+                sums,
+            });
+        }
+        let total = released.len() as u64;
+        for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
+            self.outbox.push_back(Message::MatcherResult {
+                groups: chunk.to_vec(),
+            });
+        }
+        self.outbox.push_back(Message::MatcherDone {
+            released: total,
+            suppressed,
+        });
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matcher")
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// The result of one (matcher group, receiver group) pair that the matcher released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupResult {
+    /// The matcher's group key.
+    pub matcher_group: String,
+    /// The receiver's group key.
+    pub receiver_group: String,
+    /// Distinct identifiers in both groups.
+    pub intersection_size: u64,
+    /// Per value column, the sum over matched identifiers (empty for cardinality).
+    pub sums: Vec<u64>,
+}
+
+/// What the receiver learns at the end of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReceiverOutcome {
+    /// Released groups, ordered by (matcher group, receiver group).
+    pub groups: Vec<GroupResult>,
+    /// Number of groups the matcher withheld.
+    pub suppressed_groups: u64,
+}
+
+struct PeerGroups {
+    sizes: Vec<u64>,
+    received: Vec<u64>,
+    tags: Vec<Vec<Tag>>,
+}
+
+/// The receiver role: sends its blinded (and encrypted) items, re-blinds the matcher's groups
+/// into shuffled tags, and decrypts the released sums.
+pub struct Receiver {
+    key: BlindingKey,
+    value_key: Option<ValueKey>,
+    domain: Domain,
+    limits: Limits,
+    groups: Vec<(String, Vec<(String, Vec<u64>)>)>,
+    value_columns: usize,
+    hello_sent: bool,
+    sender: Sender,
+    peer: Option<PeerGroups>,
+    outbox: VecDeque<Message>,
+    results: Vec<GroupResult>,
+    outcome: Option<ReceiverOutcome>,
+}
+
+impl Receiver {
+    /// Start a session with fresh keys; items are shuffled per group here.
+    pub fn new(domain: &Domain, table: ReceiverTable, limits: Limits) -> Self {
+        let value_columns = table.value_columns();
+        let mut groups = table.into_groups();
+        for (_, items) in &mut groups {
+            shuffle(items);
+        }
+        Self {
+            key: BlindingKey::generate(),
+            value_key: (value_columns > 0).then(|| ValueKey::generate(value_columns)),
+            domain: domain.clone(),
+            limits,
+            groups,
+            value_columns,
+            hello_sent: false,
+            sender: Sender::default(),
+            peer: None,
+            outbox: VecDeque::new(),
+            results: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    /// The next message to send, or `None` while waiting for the peer (or when finished).
+    pub fn poll_message(&mut self) -> Option<Message> {
+        if !self.hello_sent {
+            self.hello_sent = true;
+            let value_keys = self
+                .value_key
+                .as_ref()
+                .map(|k| k.public_key().to_bytes())
+                .unwrap_or_default();
+            let group_sizes = self
+                .groups
+                .iter()
+                .map(|(_, items)| items.len() as u64)
+                .collect();
+            return Some(Message::ReceiverHello {
+                value_keys,
+                group_sizes,
+            });
+        }
+        let groups = &self.groups;
+        if let Some((group, range)) = self
+            .sender
+            .next(|g| groups.get(g).map(|(_, items)| items.len()))
+        {
+            let items = &self.groups[group as usize].1[range];
+            let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+            let points = hash_and_blind(&self.domain, &self.key, &ids);
+            let ciphertexts = match &self.value_key {
+                Some(key) => items
+                    .par_iter()
+                    .flat_map_iter(|(_, v)| key.encrypt(v).to_bytes())
+                    .collect(),
+                None => Vec::new(),
+            };
+            return Some(Message::ReceiverItems {
+                group,
+                value_columns: self.value_columns as u8,
+                points,
+                ciphertexts,
+            });
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Consume one message from the matcher.
+    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+        let kind = msg.kind();
+        if self.outcome.is_some() {
+            return Err(ProtocolError::Unexpected {
+                got: kind,
+                why: "the session is finished",
+            });
+        }
+        match msg {
+            Message::MatcherHello { group_sizes } => {
+                if self.peer.is_some() {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "hello already received",
+                    });
+                }
+                check_sizes(&group_sizes, &self.limits)?;
+                self.peer = Some(PeerGroups {
+                    received: vec![0; group_sizes.len()],
+                    tags: vec![Vec::new(); group_sizes.len()],
+                    sizes: group_sizes,
+                });
+                for g in 0..self.peer.as_ref().map_or(0, |p| p.sizes.len()) {
+                    self.flush_group_if_complete(g);
+                }
+                Ok(())
+            }
+            Message::MatcherPoints { group, points } => {
+                let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "points before the matcher's hello",
+                })?;
+                admit(&mut peer.received, &peer.sizes, group, points.len())?;
+                let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
+                peer.tags[group as usize].extend(tags);
+                self.flush_group_if_complete(group as usize);
+                Ok(())
+            }
+            Message::MatcherResult { groups } => {
+                let tags_done = self.peer.as_ref().is_some_and(|p| p.received == p.sizes);
+                if !tags_done {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "results before the matcher's sets",
+                    });
+                }
+                let decoded = groups
+                    .into_iter()
+                    .map(|g| self.open_result(g))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.results.extend(decoded);
+                Ok(())
+            }
+            Message::MatcherDone {
+                released,
+                suppressed,
+            } => {
+                if released != self.results.len() as u64 {
+                    return Err(ProtocolError::InconsistentResult(
+                        "released count differs from the groups received",
+                    ));
+                }
+                let mut groups = std::mem::take(&mut self.results);
+                groups.sort_by(|a, b| {
+                    (&a.matcher_group, &a.receiver_group)
+                        .cmp(&(&b.matcher_group, &b.receiver_group))
+                });
+                self.outcome = Some(ReceiverOutcome {
+                    groups,
+                    suppressed_groups: suppressed,
+                });
+                Ok(())
+            }
+            other => Err(ProtocolError::Unexpected {
+                got: other.kind(),
+                why: "the receiver only accepts matcher messages",
+            }),
+        }
+    }
+
+    fn flush_group_if_complete(&mut self, g: usize) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if peer.received[g] != peer.sizes[g] {
+            return;
+        }
+        let mut tags = std::mem::take(&mut peer.tags[g]);
+        shuffle(&mut tags);
+        for chunk in tags.chunks(CHUNK_ITEMS) {
+            self.outbox.push_back(Message::ReceiverTags {
+                group: g as u32,
+                tags: chunk.to_vec(),
+            });
+        }
+    }
+
+    fn open_result(&self, g: ReleasedGroup) -> Result<GroupResult, ProtocolError> {
+        let (receiver_group, items) = self
+            .groups
+            .get(g.receiver_group as usize)
+            .ok_or(ProtocolError::UnknownGroup(g.receiver_group))?;
+        if g.intersection_size > items.len() as u64 {
+            return Err(ProtocolError::InconsistentResult(
+                "intersection larger than the receiver's group",
+            ));
+        }
+        let sums = match &self.value_key {
+            Some(key) => {
+                let ct = Ciphertext::from_bytes(&g.sums, self.value_columns)
+                    .map_err(point_error("MatcherResult sums"))?;
+                key.decrypt(&ct)?
+            }
+            None if g.sums.is_empty() => Vec::new(),
+            None => {
+                return Err(ProtocolError::InconsistentResult(
+                    "sums in a cardinality session",
+                ));
+            }
+        };
+        Ok(GroupResult {
+            matcher_group: g.matcher_group,
+            receiver_group: receiver_group.clone(),
+            intersection_size: g.intersection_size,
+            sums,
+        })
+    }
+
+    /// The released result, once the matcher's `MatcherDone` arrived.
+    pub fn outcome(&self) -> Option<&ReceiverOutcome> {
+        self.outcome.as_ref()
+    }
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
