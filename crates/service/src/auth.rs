@@ -1,0 +1,169 @@
+//! Bearer-token authentication: the client side attaches `authorization: Bearer <token>` to
+//! every call, the server side finds the member whose token hash matches (a constant-time
+//! comparison per member, done by `cleanroom-rules`) and hands the member's name to the handler.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// The metadata key that carries the token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// A member's secret bearer token. Its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+/// A token that cannot be sent as gRPC metadata.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The token is empty (after trimming a trailing newline from a token file).
+    #[error("the bearer token is empty")]
+    Empty,
+    /// The token holds a character that is not printable ASCII (or holds a space).
+    #[error("the bearer token must be printable ASCII without spaces")]
+    NotPrintableAscii,
+}
+
+impl BearerToken {
+    /// Wraps a token, trimming surrounding whitespace (token files usually end with a newline).
+    pub fn new(token: impl AsRef<str>) -> Result<BearerToken, TokenError> {
+        let token = token.as_ref().trim();
+        if token.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::NotPrintableAscii);
+        }
+        Ok(BearerToken(token.to_owned()))
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+/// Client side: adds the member's token to every request.
+#[derive(Debug, Clone)]
+pub struct AttachToken {
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl AttachToken {
+    /// Prepares the `authorization` header for `token`.
+    pub fn new(token: &BearerToken) -> AttachToken {
+        let mut header: MetadataValue<tonic::metadata::Ascii> =
+            MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                .expect("BearerToken holds printable ASCII only");
+        header.set_sensitive(true);
+        AttachToken { header }
+    }
+}
+
+impl Interceptor for AttachToken {
+    fn intercept(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(AUTHORIZATION, self.header.clone());
+        Ok(request)
+    }
+}
+
+/// The member a request was authenticated as; the server's interceptor stores it in the
+/// request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedMember(pub String);
+
+/// Server side: rejects calls without a valid token with `UNAUTHENTICATED` and records the
+/// member of a valid one as [`AuthenticatedMember`].
+#[derive(Clone)]
+pub struct CheckToken {
+    collaboration: Arc<cleanroom_rules::Collaboration>,
+}
+
+impl fmt::Debug for CheckToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckToken").finish_non_exhaustive()
+    }
+}
+
+impl CheckToken {
+    /// Authenticates against the members of `collaboration`.
+    pub fn new(collaboration: Arc<cleanroom_rules::Collaboration>) -> CheckToken {
+        CheckToken { collaboration }
+    }
+
+    /// The member whose token is `token` (every member is compared, each in constant time, so
+    /// the time taken does not tell which member matched).
+    pub fn member_for(&self, token: &str) -> Option<String> {
+        self.collaboration
+            .authenticate(token)
+            .map(|member| member.name().to_owned())
+    }
+}
+
+/// Extracts the token of an `authorization: Bearer <token>` header value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+impl Interceptor for CheckToken {
+    fn intercept(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get(AUTHORIZATION) else {
+            return Err(Status::unauthenticated(
+                "missing bearer token (authorization: Bearer <token>)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(bearer)
+            .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
+        let member = self
+            .member_for(token)
+            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        request.extensions_mut().insert(AuthenticatedMember(member));
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer   "), None);
+    }
+
+    #[test]
+    fn token_validation_and_redaction() {
+        assert_eq!(BearerToken::new("  \n"), Err(TokenError::Empty));
+        assert_eq!(
+            BearerToken::new("a b"),
+            Err(TokenError::NotPrintableAscii)
+        );
+        assert_eq!(BearerToken::new("é"), Err(TokenError::NotPrintableAscii));
+        let token = BearerToken::new("s3cret\n").unwrap();
+        assert_eq!(token.expose(), "s3cret");
+        assert!(!format!("{token:?}").contains("s3cret"));
+    }
+}

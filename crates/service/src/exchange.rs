@@ -1,0 +1,485 @@
+//! Moves protocol messages between a sans-I/O role and a pair of streams.
+//!
+//! The [`Role`] (the psi matcher or receiver) is driven from the async runtime but every call
+//! into it runs on the blocking pool, because the psi roles do heavy, parallel (rayon) work.
+//! Sending and receiving run concurrently: while an outgoing message waits for the peer to make
+//! room (HTTP/2 flow control), incoming messages are still read and handled, so two sides that
+//! both stream large blinded sets at the same time cannot deadlock, and no side ever holds more
+//! than one outgoing message beyond the transport's buffers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt};
+
+/// A protocol role that the exchange can drive.
+pub(crate) trait Role: Send + 'static {
+    /// The next message to send, encoded, or `None` while the role waits for the peer (or has
+    /// finished).
+    fn poll(&mut self) -> Option<Vec<u8>>;
+    /// Decodes and handles one message of the peer.
+    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError>;
+    /// Whether the role needs nothing more from the peer (checked once `poll` returns `None`).
+    fn done(&self) -> bool;
+}
+
+/// What the peer sent that the protocol rejects.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// A message that does not decode.
+    #[error("malformed protocol message: {0}")]
+    Wire(#[from] cleanroom_psi::WireError),
+    /// A message that decodes but breaks the protocol (wrong order, wrong sizes, over a limit).
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] cleanroom_psi::ProtocolError),
+}
+
+/// Why an exchange ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The peer sent a message the protocol rejects.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The peer sent a message larger than any protocol message may be.
+    #[error("protocol message of {size} bytes exceeds the maximum of {max} bytes")]
+    Oversized {
+        /// The message's size.
+        size: usize,
+        /// The largest size allowed.
+        max: usize,
+    },
+    /// The peer sent a session message that does not belong in the protocol stream.
+    #[error("unexpected message in the protocol stream: {0}")]
+    Unexpected(&'static str),
+    /// The peer closed its stream before the protocol finished.
+    #[error("the peer closed the session before the protocol finished")]
+    PeerEnded,
+    /// The peer stopped reading (it went away).
+    #[error("the peer went away")]
+    PeerGone,
+    /// The transport reported an error (the peer's status, a reset connection).
+    #[error("transport: {0}")]
+    Transport(tonic::Status),
+    /// Nothing moved in either direction for too long.
+    #[error("no message in either direction for {0:?}")]
+    Idle(Duration),
+    /// The session ran out of time.
+    #[error("the session exceeded its time limit of {0:?}")]
+    Deadline(Duration),
+    /// A computation of the role panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Protocol messages and bytes moved so far in one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages sent to the peer.
+    pub messages_sent: u64,
+    /// Payload bytes sent to the peer.
+    pub bytes_sent: u64,
+    /// Messages received from the peer.
+    pub messages_received: u64,
+    /// Payload bytes received from the peer.
+    pub bytes_received: u64,
+}
+
+impl Counters {
+    /// Counts one message sent.
+    pub fn sent(&mut self, bytes: usize) {
+        self.messages_sent += 1;
+        self.bytes_sent += bytes as u64;
+    }
+
+    /// Counts one message received.
+    pub fn received(&mut self, bytes: usize) {
+        self.messages_received += 1;
+        self.bytes_received += bytes as u64;
+    }
+}
+
+/// A callback told about every message moved.
+pub type ProgressFn = dyn Fn(&Counters) + Send + Sync;
+
+/// Resolves at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drives one role against a peer: `T` is the outgoing stream item (`wrap` builds it from an
+/// encoded protocol message).
+pub(crate) struct Exchange<'a, T> {
+    /// Where outgoing items go.
+    pub outbound: &'a mpsc::Sender<T>,
+    /// Builds an outgoing item from an encoded protocol message.
+    pub wrap: fn(Vec<u8>) -> T,
+    /// When the whole session must be over, and the limit it comes from (for the error).
+    pub deadline: Option<(Instant, Duration)>,
+    /// The longest time without a message in either direction.
+    pub idle: Option<Duration>,
+    /// The largest incoming message accepted.
+    pub max_message: usize,
+    /// What moved so far.
+    pub counters: Counters,
+    /// Told after every message.
+    pub progress: Option<&'a ProgressFn>,
+    /// Whether to give up on a computation as soon as the peer stops reading (the server:
+    /// its client went away). A client leaves this off: the server ends the call right after
+    /// its last message, while the client may still be handling it.
+    pub abort_when_peer_gone: bool,
+}
+
+impl<T: Send + 'static> Exchange<'_, T> {
+    /// Runs `f` on the role in the blocking pool; gives up (leaving the computation to finish
+    /// and drop the role on its own) when the session's deadline passes or the peer goes away.
+    pub(crate) async fn blocking<R, O>(
+        &self,
+        mut role: R,
+        f: impl FnOnce(&mut R) -> O + Send + 'static,
+    ) -> Result<(R, O), ExchangeError>
+    where
+        R: Send + 'static,
+        O: Send + 'static,
+    {
+        let task = tokio::task::spawn_blocking(move || {
+            let out = f(&mut role);
+            (role, out)
+        });
+        let deadline = self.deadline;
+        let peer_gone = async {
+            if self.abort_when_peer_gone {
+                self.outbound.closed().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            joined = task => joined.map_err(|e| ExchangeError::Internal(e.to_string())),
+            () = until(deadline.map(|d| d.0)) => Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1))),
+            () = peer_gone => Err(ExchangeError::PeerGone),
+        }
+    }
+
+    /// Sends one item outside the protocol (session control), within the session's deadline.
+    pub(crate) async fn send_item(&self, item: T) -> Result<(), ExchangeError> {
+        let deadline = self.deadline;
+        tokio::select! {
+            sent = self.outbound.send(item) => sent.map_err(|_| ExchangeError::PeerGone),
+            () = until(deadline.map(|d| d.0)) => Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1))),
+        }
+    }
+
+    /// Sends one protocol message, counting it.
+    pub(crate) async fn send_message(&mut self, bytes: Vec<u8>) -> Result<(), ExchangeError> {
+        let len = bytes.len();
+        self.send_item((self.wrap)(bytes)).await?;
+        self.counters.sent(len);
+        self.report();
+        Ok(())
+    }
+
+    fn report(&self) {
+        if let Some(progress) = self.progress {
+            progress(&self.counters);
+        }
+    }
+
+    /// Runs the protocol until the role is done, returning it.
+    pub(crate) async fn run<R, S>(&mut self, role: R, inbound: &mut S) -> Result<R, ExchangeError>
+    where
+        R: Role,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        let mut role = role;
+        let mut pending: Option<Vec<u8>> = None;
+        let mut last_activity = Instant::now();
+        loop {
+            if pending.is_none() {
+                let (r, next) = self.blocking(role, Role::poll).await?;
+                role = r;
+                // The role's own computation is not idleness of the peer.
+                last_activity = Instant::now();
+                match next {
+                    Some(bytes) => pending = Some(bytes),
+                    None if role.done() => return Ok(role),
+                    None => {}
+                }
+            }
+            let idle_at = self.idle.map(|idle| last_activity + idle);
+            let deadline = self.deadline;
+            tokio::select! {
+                () = until(deadline.map(|d| d.0)) => {
+                    return Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1)));
+                }
+                () = until(idle_at) => {
+                    return Err(ExchangeError::Idle(self.idle.unwrap_or_default()));
+                }
+                permit = self.outbound.reserve(), if pending.is_some() => {
+                    let permit = permit.map_err(|_| ExchangeError::PeerGone)?;
+                    if let Some(bytes) = pending.take() {
+                        self.counters.sent(bytes.len());
+                        permit.send((self.wrap)(bytes));
+                    }
+                    last_activity = Instant::now();
+                    self.report();
+                }
+                item = inbound.next() => {
+                    let bytes = match item {
+                        Some(Ok(bytes)) => bytes,
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(ExchangeError::PeerEnded),
+                    };
+                    if bytes.len() > self.max_message {
+                        return Err(ExchangeError::Oversized { size: bytes.len(), max: self.max_message });
+                    }
+                    self.counters.received(bytes.len());
+                    let (r, handled) = self.blocking(role, move |r| r.handle(&bytes)).await?;
+                    role = r;
+                    handled?;
+                    last_activity = Instant::now();
+                    self.report();
+                }
+            }
+        }
+    }
+}
+
+/// Runs `fut` unless the deadline passes first.
+pub(crate) async fn within<F: Future>(
+    deadline: Option<(Instant, Duration)>,
+    fut: F,
+) -> Result<F::Output, ExchangeError> {
+    tokio::select! {
+        out = fut => Ok(out),
+        () = until(deadline.map(|d| d.0)) => Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    /// A toy role: sends `count` messages of `size` bytes, then expects as many from the peer;
+    /// done when it has sent and received them all.
+    struct Burst {
+        to_send: u32,
+        size: usize,
+        to_receive: u32,
+    }
+
+    impl Role for Burst {
+        fn poll(&mut self) -> Option<Vec<u8>> {
+            if self.to_send == 0 {
+                return None;
+            }
+            self.to_send -= 1;
+            Some(vec![7; self.size])
+        }
+        fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
+            assert!(bytes.iter().all(|b| *b == 7));
+            self.to_receive -= 1;
+            Ok(())
+        }
+        fn done(&self) -> bool {
+            self.to_send == 0 && self.to_receive == 0
+        }
+    }
+
+    fn ok(bytes: Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
+        Ok(bytes)
+    }
+
+    fn exchange(
+        outbound: &mpsc::Sender<Result<Vec<u8>, ExchangeError>>,
+    ) -> Exchange<'_, Result<Vec<u8>, ExchangeError>> {
+        Exchange {
+            outbound,
+            wrap: ok,
+            deadline: None,
+            idle: Some(Duration::from_secs(10)),
+            max_message: 1 << 20,
+            counters: Counters::default(),
+            progress: None,
+            abort_when_peer_gone: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_sides_streaming_at_once_do_not_deadlock() {
+        // Channels of one slot: each side must read while its own sends are blocked.
+        let (a_tx, b_rx) = mpsc::channel(1);
+        let (b_tx, a_rx) = mpsc::channel(1);
+        let side = |tx: mpsc::Sender<_>, rx: mpsc::Receiver<_>| async move {
+            let mut ex = exchange(&tx);
+            let role = Burst {
+                to_send: 200,
+                size: 1000,
+                to_receive: 200,
+            };
+            let mut inbound = ReceiverStream::new(rx);
+            let role = ex.run(role, &mut inbound).await.unwrap();
+            (role.done(), ex.counters)
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(
+                tokio::spawn(side(a_tx, a_rx)),
+                tokio::spawn(side(b_tx, b_rx))
+            )
+        })
+        .await
+        .expect("deadlock");
+        let (a_done, a_counters) = a.unwrap();
+        let (b_done, b_counters) = b.unwrap();
+        assert!(a_done && b_done);
+        assert_eq!(a_counters.messages_sent, 200);
+        assert_eq!(a_counters.bytes_sent, 200_000);
+        assert_eq!(b_counters.messages_received, 200);
+        assert_eq!(b_counters.bytes_received, 200_000);
+    }
+
+    #[tokio::test]
+    async fn silent_peer_hits_the_idle_timeout() {
+        let (tx, _rx) = mpsc::channel(4);
+        let (_peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        let mut ex = exchange(&tx);
+        ex.idle = Some(Duration::from_millis(100));
+        let role = Burst {
+            to_send: 1,
+            size: 10,
+            to_receive: 1,
+        };
+        let err = ex
+            .run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::Idle(d) if d == Duration::from_millis(100)));
+    }
+
+    #[tokio::test]
+    async fn total_deadline_applies_even_with_traffic() {
+        let (tx, mut rx_out) = mpsc::channel(4);
+        let (peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        // A chatty peer: one message every 20 ms, never enough to finish.
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                if peer_tx.send(Ok(vec![7; 4])).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        tokio::spawn(async move { while rx_out.recv().await.is_some() {} });
+        let mut ex = exchange(&tx);
+        ex.deadline = Some((
+            Instant::now() + Duration::from_millis(300),
+            Duration::from_millis(300),
+        ));
+        let role = Burst {
+            to_send: 0,
+            size: 0,
+            to_receive: 100_000,
+        };
+        let err = ex
+            .run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::Deadline(_)));
+    }
+
+    #[tokio::test]
+    async fn early_end_and_oversize_are_errors() {
+        let (tx, _rx) = mpsc::channel(4);
+        let (peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        drop(peer_tx);
+        let mut ex = exchange(&tx);
+        let role = Burst {
+            to_send: 0,
+            size: 0,
+            to_receive: 1,
+        };
+        let err = ex
+            .run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::PeerEnded));
+
+        let (peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        peer_tx.send(Ok(vec![7; 2 << 20])).await.unwrap();
+        let mut ex = exchange(&tx);
+        let role = Burst {
+            to_send: 0,
+            size: 0,
+            to_receive: 1,
+        };
+        let err = ex
+            .run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::Oversized { size, .. } if size == 2 << 20));
+    }
+
+    /// A role whose every poll takes long.
+    struct Slow;
+
+    impl Role for Slow {
+        fn poll(&mut self) -> Option<Vec<u8>> {
+            std::thread::sleep(Duration::from_millis(300));
+            Some(vec![1])
+        }
+        fn handle(&mut self, _: &[u8]) -> Result<(), PeerError> {
+            Ok(())
+        }
+        fn done(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn vanished_peer_interrupts_a_computation() {
+        let (tx, rx_out) = mpsc::channel(1);
+        let (_peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        let mut ex = exchange(&tx);
+        ex.abort_when_peer_gone = true;
+        let started = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(rx_out);
+        });
+        let err = ex
+            .run(Slow, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::PeerGone));
+        assert!(started.elapsed() < Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn vanished_peer_is_detected() {
+        let (tx, rx_out) = mpsc::channel(1);
+        let (_peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
+        drop(rx_out);
+        let mut ex = exchange(&tx);
+        let role = Burst {
+            to_send: 3,
+            size: 10,
+            to_receive: 0,
+        };
+        let err = ex
+            .run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ExchangeError::PeerGone));
+    }
+}

@@ -1,0 +1,32 @@
+//! The cleanroom gRPC matching service.
+//!
+//! A data provider runs the [server](server) next to its data; a querying member runs the
+//! [client](client) next to its own. One query is one *session*, a bidirectional gRPC stream
+//! (`cleanroom.v1.CleanRoomService/RunSession`, see `proto/cleanroom/v1/cleanroom.proto`):
+//!
+//! 1. the client sends the SQL and a description of its table (never its rows);
+//! 2. the server authenticates the member by bearer token, checks the SQL itself against its own
+//!    copy of the collaboration (it never trusts the client's check), builds the plan, reads its
+//!    own table with its own filters, and records the attempt in its [state database](state);
+//! 3. both sides run the private set intersection protocol of `cleanroom-psi`, streaming its
+//!    opaque messages (blinded identifiers, encrypted values; each under 4 MiB);
+//! 4. the server decides per output row whether it is released (threshold), records the
+//!    decision durably, and only then sends the release; the client decrypts and prints it.
+//!
+//! This crate owns no cryptography and no rules: it moves messages between the sans-I/O roles
+//! of `cleanroom-psi` and the network, and asks `cleanroom-rules` what may be computed and
+//! released. It also serves `grpc.health.v1` and server reflection.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod exchange;
+pub mod limits;
+pub mod proto;
+pub mod state;
+pub mod tls;
+
+pub use auth::{BearerToken, TokenError};
+pub use limits::{Limits, LimitsError};
+pub use state::{AuditEntry, Decision, StateDb, StateError};
+pub use tls::{TlsError, TlsIdentity};

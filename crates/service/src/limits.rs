@@ -1,0 +1,113 @@
+//! The limits a server enforces on every session, with safe defaults.
+
+use std::time::Duration;
+
+/// The largest encoded protocol message a side accepts, in bytes: the psi wire format keeps every
+/// message at or under [`cleanroom_psi::wire::MAX_MESSAGE_BYTES`].
+pub const MAX_MESSAGE_BYTES: usize = cleanroom_psi::wire::MAX_MESSAGE_BYTES;
+
+/// The largest gRPC message either side decodes: one protocol message plus its protobuf framing.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_MESSAGE_BYTES + 64 * 1024;
+
+/// What one server allows per session and at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rows a querying member may bring to one session (its declared table size, and the size of
+    /// the set the protocol accepts from it). Default: 20 million.
+    pub max_rows_per_session: u64,
+    /// Sessions running at the same time; one more is refused with `RESOURCE_EXHAUSTED`.
+    /// Default: 4.
+    pub max_concurrent_sessions: u32,
+    /// How long a session may go without a message in either direction (not counting the
+    /// server's own computation) before it ends with `DEADLINE_EXCEEDED`. Default: 10 minutes.
+    pub idle_timeout: Duration,
+    /// How long a whole session may last before it ends with `DEADLINE_EXCEEDED`.
+    /// Default: 2 hours.
+    pub session_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_rows_per_session: 20_000_000,
+            max_concurrent_sessions: 4,
+            idle_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// A limit that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// A limit is zero, which would refuse every session.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// The idle timeout is longer than the whole session may last.
+    #[error("the idle timeout ({idle:?}) must not exceed the session timeout ({session:?})")]
+    IdleAboveSession {
+        /// The idle timeout given.
+        idle: Duration,
+        /// The session timeout given.
+        session: Duration,
+    },
+}
+
+impl Limits {
+    /// Checks that every limit lets at least some session run.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.max_rows_per_session == 0 {
+            return Err(LimitsError::Zero("max rows per session"));
+        }
+        if self.max_concurrent_sessions == 0 {
+            return Err(LimitsError::Zero("max concurrent sessions"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(LimitsError::Zero("idle timeout"));
+        }
+        if self.session_timeout.is_zero() {
+            return Err(LimitsError::Zero("session timeout"));
+        }
+        if self.idle_timeout > self.session_timeout {
+            return Err(LimitsError::IdleAboveSession {
+                idle: self.idle_timeout,
+                session: self.session_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let limits = Limits::default();
+        assert_eq!(limits.validate(), Ok(()));
+        assert!(limits.max_rows_per_session >= 10_000_000);
+        assert!(limits.max_concurrent_sessions >= 1);
+    }
+
+    #[test]
+    fn zero_and_inverted_limits_are_rejected() {
+        let zero_rows = Limits {
+            max_rows_per_session: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            zero_rows.validate(),
+            Err(LimitsError::Zero("max rows per session"))
+        );
+        let inverted = Limits {
+            idle_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            inverted.validate(),
+            Err(LimitsError::IdleAboveSession { .. })
+        ));
+    }
+}
