@@ -1,0 +1,916 @@
+//! The collaboration file: members, abilities, tables, identifiers and analysis rules.
+//!
+//! The file is TOML and identical on every member's side. [`Collaboration::from_toml_str`] parses
+//! it and validates everything before anything else can use it; every mistake is reported with
+//! the key and the line it was found on. A loaded [`Collaboration`] is therefore consistent by
+//! construction: owners are members, rule columns are table columns, thresholds are in range,
+//! names are unique and every table has an analysis rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use cleanroom_psi::Normalization;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use toml::Spanned;
+
+/// Smallest `min_threshold` an aggregation rule may declare.
+pub const MIN_THRESHOLD: u64 = 2;
+/// Largest `min_threshold` an aggregation rule may declare.
+pub const MAX_THRESHOLD: u64 = 100_000;
+
+/// What a member may do in a collaboration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ability {
+    /// May run queries (and is then the PSI receiver of its own queries).
+    Query,
+    /// May receive query results.
+    ReceiveResults,
+}
+
+impl Ability {
+    /// The name used in the collaboration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::ReceiveResults => "receive_results",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "query" => Some(Self::Query),
+            "receive_results" => Some(Self::ReceiveResults),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Ability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An aggregate function an aggregation rule can allow on a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AggregateFunction {
+    /// `COUNT(c)`: rows where `c` is not NULL.
+    Count,
+    /// `COUNT(DISTINCT c)`.
+    CountDistinct,
+    /// `SUM(c)`.
+    Sum,
+    /// `SUM(DISTINCT c)`.
+    SumDistinct,
+    /// `AVG(c)`.
+    Avg,
+}
+
+impl AggregateFunction {
+    /// The name used in the collaboration file (`COUNT_DISTINCT`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Count => "COUNT",
+            Self::CountDistinct => "COUNT_DISTINCT",
+            Self::Sum => "SUM",
+            Self::SumDistinct => "SUM_DISTINCT",
+            Self::Avg => "AVG",
+        }
+    }
+
+    /// How the function is written in SQL, with `column` as its argument.
+    pub fn sql(self, column: &str) -> String {
+        match self {
+            Self::Count => format!("COUNT({column})"),
+            Self::CountDistinct => format!("COUNT(DISTINCT {column})"),
+            Self::Sum => format!("SUM({column})"),
+            Self::SumDistinct => format!("SUM(DISTINCT {column})"),
+            Self::Avg => format!("AVG({column})"),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "COUNT" => Some(Self::Count),
+            "COUNT_DISTINCT" => Some(Self::CountDistinct),
+            "SUM" => Some(Self::Sum),
+            "SUM_DISTINCT" => Some(Self::SumDistinct),
+            "AVG" => Some(Self::Avg),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AggregateFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A member of the collaboration: a name, its abilities and the hash of its bearer token.
+#[derive(Clone)]
+pub struct Member {
+    name: String,
+    abilities: BTreeSet<Ability>,
+    token_sha256: [u8; 32],
+}
+
+impl Member {
+    /// The member's unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The member's abilities, each listed once, in a fixed order.
+    pub fn abilities(&self) -> impl Iterator<Item = Ability> + '_ {
+        self.abilities.iter().copied()
+    }
+
+    /// Whether the member has `ability`.
+    pub fn can(&self, ability: Ability) -> bool {
+        self.abilities.contains(&ability)
+    }
+
+    /// Whether SHA-256(`token`) equals the member's `token_sha256`. The comparison of the two
+    /// digests takes the same time wherever they differ.
+    pub fn token_matches(&self, token: &str) -> bool {
+        let digest = Sha256::digest(token.as_bytes());
+        digest.as_slice().ct_eq(&self.token_sha256[..]).into()
+    }
+}
+
+impl fmt::Debug for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("abilities", &self.abilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identifier column of a table and how its values are normalized before matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identifier {
+    column: String,
+    normalization: Normalization,
+}
+
+impl Identifier {
+    /// The column holding the identifier; always one of the table's columns.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    /// How identifiers are canonicalized before hashing.
+    pub fn normalization(&self) -> Normalization {
+        self.normalization
+    }
+}
+
+/// An aggregation analysis rule: only aggregates over the join may leave the clean room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregationRule {
+    join_columns: Vec<String>,
+    dimension_columns: Vec<String>,
+    aggregate_columns: BTreeMap<String, BTreeSet<AggregateFunction>>,
+    min_threshold: u64,
+}
+
+impl AggregationRule {
+    /// Columns the table may be joined on.
+    pub fn join_columns(&self) -> &[String] {
+        &self.join_columns
+    }
+
+    /// Columns that may be output, grouped and filtered.
+    pub fn dimension_columns(&self) -> &[String] {
+        &self.dimension_columns
+    }
+
+    /// Columns that may be aggregated, with the functions allowed on each.
+    pub fn aggregate_columns(&self) -> &BTreeMap<String, BTreeSet<AggregateFunction>> {
+        &self.aggregate_columns
+    }
+
+    /// Smallest number of matched distinct identifiers an output row needs to be released;
+    /// always in `MIN_THRESHOLD..=MAX_THRESHOLD`.
+    pub fn min_threshold(&self) -> u64 {
+        self.min_threshold
+    }
+
+    /// Whether `column` is a join column.
+    pub fn is_join_column(&self, column: &str) -> bool {
+        self.join_columns.iter().any(|c| c == column)
+    }
+
+    /// Whether `column` is a dimension column.
+    pub fn is_dimension(&self, column: &str) -> bool {
+        self.dimension_columns.iter().any(|c| c == column)
+    }
+
+    /// Whether `function` is allowed on `column`.
+    pub fn allows(&self, function: AggregateFunction, column: &str) -> bool {
+        self.aggregate_columns
+            .get(column)
+            .is_some_and(|functions| functions.contains(&function))
+    }
+}
+
+/// A list analysis rule: matched rows of `list_columns` may be listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRule {
+    join_columns: Vec<String>,
+    list_columns: Vec<String>,
+}
+
+impl ListRule {
+    /// Columns the table may be joined on.
+    pub fn join_columns(&self) -> &[String] {
+        &self.join_columns
+    }
+
+    /// Columns that may be listed.
+    pub fn list_columns(&self) -> &[String] {
+        &self.list_columns
+    }
+}
+
+/// The analysis rule a table's owner attached to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnalysisRule {
+    /// Aggregates only, with a minimum threshold.
+    Aggregation(AggregationRule),
+    /// Lists of matched rows.
+    List(ListRule),
+}
+
+impl AnalysisRule {
+    /// `"aggregation"` or `"list"`, as in the collaboration file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Aggregation(_) => "aggregation",
+            Self::List(_) => "list",
+        }
+    }
+}
+
+/// A table a member brought to the collaboration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    name: String,
+    owner: String,
+    columns: Vec<String>,
+    identifier: Identifier,
+    rule: AnalysisRule,
+}
+
+impl Table {
+    /// The table's unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of the member who owns the table; always a member of the collaboration.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The table's columns, each listed once.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Whether `column` is one of the table's columns (exact, case-sensitive).
+    pub fn has_column(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+    }
+
+    /// The identifier column and its normalization.
+    pub fn identifier(&self) -> &Identifier {
+        &self.identifier
+    }
+
+    /// The owner's analysis rule for this table.
+    pub fn rule(&self) -> &AnalysisRule {
+        &self.rule
+    }
+}
+
+/// A validated collaboration: what the partners agreed on before any data moves.
+#[derive(Debug, Clone)]
+pub struct Collaboration {
+    id: String,
+    name: String,
+    members: Vec<Member>,
+    tables: Vec<Table>,
+}
+
+/// Why a collaboration file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CollaborationError {
+    /// The file could not be read.
+    #[error("cannot read collaboration file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not TOML, or not shaped like a collaboration file (wrong type, unknown or
+    /// missing key).
+    #[error("{origin}:{line}: {message}")]
+    Toml {
+        /// Where the text came from (a path, or a label).
+        origin: String,
+        /// 1-based line of the mistake (1 when the parser gave no position).
+        line: usize,
+        /// The parser's description.
+        message: String,
+    },
+    /// A value is well-formed TOML but breaks a rule of the collaboration file.
+    #[error("{origin}:{line}: {key}: {problem}")]
+    Invalid {
+        /// Where the text came from (a path, or a label).
+        origin: String,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// Dotted path of the offending key, e.g. `table.rule.min_threshold`.
+        key: String,
+        /// What is wrong with it.
+        problem: Problem,
+    },
+}
+
+impl CollaborationError {
+    /// The 1-based line of the mistake, when the error is about the file's content.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Toml { line, .. } | Self::Invalid { line, .. } => Some(*line),
+        }
+    }
+
+    /// The problem, when the error is a validation error.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Self::Invalid { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// A validation mistake in a collaboration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// A name, id or list that must not be empty is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// Two members share a name.
+    #[error("duplicate member name {0:?}")]
+    DuplicateMember(String),
+    /// Two tables share a name.
+    #[error("duplicate table name {0:?}")]
+    DuplicateTable(String),
+    /// A column is listed twice in the same list.
+    #[error("column {0:?} is listed twice")]
+    DuplicateColumn(String),
+    /// An ability name that is not `query` or `receive_results`.
+    #[error("unknown ability {0:?}: expected \"query\" or \"receive_results\"")]
+    UnknownAbility(String),
+    /// An ability listed twice.
+    #[error("ability {0:?} is listed twice")]
+    DuplicateAbility(String),
+    /// `token_sha256` is not 64 hex digits.
+    #[error("not a hex SHA-256 digest (64 hex digits)")]
+    BadTokenHash,
+    /// A table's owner is not a member.
+    #[error("owner {0:?} is not a member of the collaboration")]
+    UnknownOwner(String),
+    /// A column named by the identifier or the rule is not one of the table's `columns`.
+    #[error("column {column:?} is not one of the columns of table {table:?}")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An unknown identifier normalization.
+    #[error("unknown normalization {0:?}: expected one of email, phone, trim, none")]
+    UnknownNormalization(String),
+    /// A table without `[table.rule]`.
+    #[error("table {0:?} has no [table.rule]; a table without an analysis rule can never be queried")]
+    MissingRule(String),
+    /// A rule type other than `aggregation` or `list`.
+    #[error("unknown rule type {0:?}: expected \"aggregation\" or \"list\"")]
+    UnknownRuleType(String),
+    /// A key the rule type requires is missing.
+    #[error("missing key {key:?}, required by a rule of type {rule_type:?}")]
+    MissingRuleKey {
+        /// The missing key.
+        key: &'static str,
+        /// The rule type.
+        rule_type: &'static str,
+    },
+    /// A key that belongs to another rule type.
+    #[error("key not allowed in a rule of type {rule_type:?}")]
+    KeyNotInRule {
+        /// The rule type.
+        rule_type: &'static str,
+    },
+    /// `min_threshold` outside `2..=100000`.
+    #[error("threshold {0} is out of range {MIN_THRESHOLD}..={MAX_THRESHOLD}")]
+    ThresholdOutOfRange(i64),
+    /// An aggregate function name that is not one of the five.
+    #[error(
+        "unknown aggregate function {0:?}: expected COUNT, COUNT_DISTINCT, SUM, SUM_DISTINCT or AVG"
+    )]
+    UnknownAggregate(String),
+    /// A function listed twice for the same column.
+    #[error("aggregate function {0:?} is listed twice")]
+    DuplicateAggregate(String),
+    /// A column that is both a join column and a dimension column (it would expose identifiers).
+    #[error("column {0:?} is both a join column and a dimension column")]
+    JoinDimensionOverlap(String),
+}
+
+// ----- raw shapes, as they appear in the file -----
+
+/// A list of strings, each with its position in the file.
+type SpannedList = Spanned<Vec<Spanned<String>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    collaboration: RawHeader,
+    #[serde(default)]
+    member: Vec<RawMember>,
+    #[serde(default)]
+    table: Vec<RawTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    id: Spanned<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: Spanned<String>,
+    #[serde(default)]
+    abilities: Vec<Spanned<String>>,
+    token_sha256: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: Spanned<String>,
+    owner: Spanned<String>,
+    columns: SpannedList,
+    identifier: RawIdentifier,
+    rule: Option<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentifier {
+    column: Spanned<String>,
+    normalize: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    join_columns: Option<SpannedList>,
+    dimension_columns: Option<SpannedList>,
+    aggregate_columns: Option<Spanned<BTreeMap<String, SpannedList>>>,
+    min_threshold: Option<Spanned<i64>>,
+    list_columns: Option<SpannedList>,
+}
+
+/// Turns byte offsets into keyed, lined errors.
+struct Locator<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Locator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        1 + self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    }
+
+    fn invalid<T>(&self, key: &str, span: &Spanned<T>, problem: Problem) -> CollaborationError {
+        CollaborationError::Invalid {
+            origin: self.origin.to_owned(),
+            line: self.line(span.span().start),
+            key: key.to_owned(),
+            problem,
+        }
+    }
+}
+
+impl Collaboration {
+    /// Reads and validates the collaboration file at `path`; errors name the path, key and line.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, CollaborationError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| CollaborationError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a collaboration file's text; `origin` (a path or a label) prefixes
+    /// every error, followed by the line and key of the mistake.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, CollaborationError> {
+        let at = Locator { text, origin };
+        let raw: RawFile = toml::from_str(text).map_err(|e| CollaborationError::Toml {
+            origin: origin.to_owned(),
+            line: e.span().map_or(1, |s| at.line(s.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+
+        let id = raw.collaboration.id;
+        if id.get_ref().trim().is_empty() {
+            return Err(at.invalid("collaboration.id", &id, Problem::Empty));
+        }
+        let id = id.into_inner();
+        let name = raw.collaboration.name.unwrap_or_else(|| id.clone());
+
+        let mut members: Vec<Member> = Vec::with_capacity(raw.member.len());
+        for m in raw.member {
+            members.push(validate_member(&at, m, &members)?);
+        }
+        let mut tables: Vec<Table> = Vec::with_capacity(raw.table.len());
+        for t in raw.table {
+            let table = validate_table(&at, t, &members, &tables)?;
+            tables.push(table);
+        }
+        Ok(Self {
+            id,
+            name,
+            members,
+            tables,
+        })
+    }
+
+    /// The collaboration id; non-empty, and the domain separator for hashing.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The human-readable name (the id when the file gives none).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every member, in file order, names unique.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Every table, in file order, names unique.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    /// The member called exactly `name`, if any.
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The table called exactly `name`, if any.
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// The tables owned by the member `owner`.
+    pub fn tables_of<'a>(&'a self, owner: &'a str) -> impl Iterator<Item = &'a Table> + 'a {
+        self.tables.iter().filter(move |t| t.owner == owner)
+    }
+
+    /// The member whose SHA-256 token hash matches `token`, if any (every member is compared,
+    /// each in constant time).
+    pub fn authenticate(&self, token: &str) -> Option<&Member> {
+        let mut found = None;
+        for member in &self.members {
+            if member.token_matches(token) && found.is_none() {
+                found = Some(member);
+            }
+        }
+        found
+    }
+}
+
+fn validate_member(
+    at: &Locator<'_>,
+    raw: RawMember,
+    earlier: &[Member],
+) -> Result<Member, CollaborationError> {
+    let name = raw.name.get_ref();
+    if name.trim().is_empty() {
+        return Err(at.invalid("member.name", &raw.name, Problem::Empty));
+    }
+    if earlier.iter().any(|m| &m.name == name) {
+        return Err(at.invalid(
+            "member.name",
+            &raw.name,
+            Problem::DuplicateMember(name.clone()),
+        ));
+    }
+    let mut abilities = BTreeSet::new();
+    for a in &raw.abilities {
+        let ability = Ability::parse(a.get_ref()).ok_or_else(|| {
+            at.invalid(
+                "member.abilities",
+                a,
+                Problem::UnknownAbility(a.get_ref().clone()),
+            )
+        })?;
+        if !abilities.insert(ability) {
+            return Err(at.invalid(
+                "member.abilities",
+                a,
+                Problem::DuplicateAbility(a.get_ref().clone()),
+            ));
+        }
+    }
+    let mut token_sha256 = [0u8; 32];
+    let hex_text = raw.token_sha256.get_ref().trim();
+    if hex_text.len() != 64 || hex::decode_to_slice(hex_text, &mut token_sha256).is_err() {
+        return Err(at.invalid(
+            "member.token_sha256",
+            &raw.token_sha256,
+            Problem::BadTokenHash,
+        ));
+    }
+    Ok(Member {
+        name: raw.name.into_inner(),
+        abilities,
+        token_sha256,
+    })
+}
+
+fn validate_table(
+    at: &Locator<'_>,
+    raw: RawTable,
+    members: &[Member],
+    earlier: &[Table],
+) -> Result<Table, CollaborationError> {
+    let name = raw.name.get_ref().clone();
+    if name.trim().is_empty() {
+        return Err(at.invalid("table.name", &raw.name, Problem::Empty));
+    }
+    if earlier.iter().any(|t| t.name == name) {
+        return Err(at.invalid("table.name", &raw.name, Problem::DuplicateTable(name)));
+    }
+    let owner = raw.owner.get_ref();
+    if !members.iter().any(|m| &m.name == owner) {
+        return Err(at.invalid(
+            "table.owner",
+            &raw.owner,
+            Problem::UnknownOwner(owner.clone()),
+        ));
+    }
+    if raw.columns.get_ref().is_empty() {
+        return Err(at.invalid("table.columns", &raw.columns, Problem::Empty));
+    }
+    let mut columns: Vec<String> = Vec::with_capacity(raw.columns.get_ref().len());
+    for c in raw.columns.get_ref() {
+        if c.get_ref().trim().is_empty() {
+            return Err(at.invalid("table.columns", c, Problem::Empty));
+        }
+        if columns.contains(c.get_ref()) {
+            return Err(at.invalid(
+                "table.columns",
+                c,
+                Problem::DuplicateColumn(c.get_ref().clone()),
+            ));
+        }
+        columns.push(c.get_ref().clone());
+    }
+    let known = |key: &str, c: &Spanned<String>| -> Result<String, CollaborationError> {
+        if columns.contains(c.get_ref()) {
+            Ok(c.get_ref().clone())
+        } else {
+            Err(at.invalid(
+                key,
+                c,
+                Problem::UnknownColumn {
+                    table: name.clone(),
+                    column: c.get_ref().clone(),
+                },
+            ))
+        }
+    };
+
+    let identifier_column = known("table.identifier.column", &raw.identifier.column)?;
+    let normalization: Normalization =
+        raw.identifier.normalize.get_ref().parse().map_err(|_| {
+            at.invalid(
+                "table.identifier.normalize",
+                &raw.identifier.normalize,
+                Problem::UnknownNormalization(raw.identifier.normalize.get_ref().clone()),
+            )
+        })?;
+
+    let Some(rule) = raw.rule else {
+        return Err(at.invalid("table", &raw.name, Problem::MissingRule(name.clone())));
+    };
+    let column_list = |key: &str,
+                       list: &SpannedList,
+                       non_empty: bool|
+     -> Result<Vec<String>, CollaborationError> {
+        if non_empty && list.get_ref().is_empty() {
+            return Err(at.invalid(key, list, Problem::Empty));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(list.get_ref().len());
+        for c in list.get_ref() {
+            let column = known(key, c)?;
+            if out.contains(&column) {
+                return Err(at.invalid(key, c, Problem::DuplicateColumn(column)));
+            }
+            out.push(column);
+        }
+        Ok(out)
+    };
+
+    let rule = match rule.kind.get_ref().as_str() {
+        "aggregation" => {
+            const TYPE: &str = "aggregation";
+            if let Some(list) = &rule.list_columns {
+                return Err(at.invalid(
+                    "table.rule.list_columns",
+                    list,
+                    Problem::KeyNotInRule { rule_type: TYPE },
+                ));
+            }
+            let missing = |key: &'static str| {
+                at.invalid(
+                    &format!("table.rule.{key}"),
+                    &rule.kind,
+                    Problem::MissingRuleKey {
+                        key,
+                        rule_type: TYPE,
+                    },
+                )
+            };
+            let join = rule
+                .join_columns
+                .as_ref()
+                .ok_or_else(|| missing("join_columns"))?;
+            let join_columns = column_list("table.rule.join_columns", join, true)?;
+            let dimension_columns = match &rule.dimension_columns {
+                Some(list) => column_list("table.rule.dimension_columns", list, false)?,
+                None => Vec::new(),
+            };
+            if let Some(list) = &rule.dimension_columns {
+                for c in list.get_ref() {
+                    if join_columns.contains(c.get_ref()) {
+                        return Err(at.invalid(
+                            "table.rule.dimension_columns",
+                            c,
+                            Problem::JoinDimensionOverlap(c.get_ref().clone()),
+                        ));
+                    }
+                }
+            }
+            let aggregates = rule
+                .aggregate_columns
+                .as_ref()
+                .ok_or_else(|| missing("aggregate_columns"))?;
+            if aggregates.get_ref().is_empty() {
+                return Err(at.invalid(
+                    "table.rule.aggregate_columns",
+                    aggregates,
+                    Problem::Empty,
+                ));
+            }
+            let mut aggregate_columns = BTreeMap::new();
+            for (column, functions) in aggregates.get_ref() {
+                let key = format!("table.rule.aggregate_columns.{column}");
+                if !columns.contains(column) {
+                    return Err(at.invalid(
+                        &key,
+                        functions,
+                        Problem::UnknownColumn {
+                            table: name.clone(),
+                            column: column.clone(),
+                        },
+                    ));
+                }
+                if functions.get_ref().is_empty() {
+                    return Err(at.invalid(&key, functions, Problem::Empty));
+                }
+                let mut set = BTreeSet::new();
+                for f in functions.get_ref() {
+                    let function = AggregateFunction::parse(f.get_ref()).ok_or_else(|| {
+                        at.invalid(&key, f, Problem::UnknownAggregate(f.get_ref().clone()))
+                    })?;
+                    if !set.insert(function) {
+                        return Err(at.invalid(
+                            &key,
+                            f,
+                            Problem::DuplicateAggregate(f.get_ref().clone()),
+                        ));
+                    }
+                }
+                aggregate_columns.insert(column.clone(), set);
+            }
+            let threshold = rule
+                .min_threshold
+                .as_ref()
+                .ok_or_else(|| missing("min_threshold"))?;
+            let value = *threshold.get_ref();
+            let min_threshold = u64::try_from(value)
+                .ok()
+                .filter(|t| (MIN_THRESHOLD..=MAX_THRESHOLD).contains(t))
+                .ok_or_else(|| {
+                    at.invalid(
+                        "table.rule.min_threshold",
+                        threshold,
+                        Problem::ThresholdOutOfRange(value),
+                    )
+                })?;
+            AnalysisRule::Aggregation(AggregationRule {
+                join_columns,
+                dimension_columns,
+                aggregate_columns,
+                min_threshold,
+            })
+        }
+        "list" => {
+            const TYPE: &str = "list";
+            let misplaced = [
+                ("dimension_columns", rule.dimension_columns.as_ref().map(|s| s.span())),
+                ("aggregate_columns", rule.aggregate_columns.as_ref().map(|s| s.span())),
+                ("min_threshold", rule.min_threshold.as_ref().map(|s| s.span())),
+            ];
+            for (key, span) in misplaced {
+                if let Some(span) = span {
+                    return Err(CollaborationError::Invalid {
+                        origin: at.origin.to_owned(),
+                        line: at.line(span.start),
+                        key: format!("table.rule.{key}"),
+                        problem: Problem::KeyNotInRule { rule_type: TYPE },
+                    });
+                }
+            }
+            let missing = |key: &'static str| {
+                at.invalid(
+                    &format!("table.rule.{key}"),
+                    &rule.kind,
+                    Problem::MissingRuleKey {
+                        key,
+                        rule_type: TYPE,
+                    },
+                )
+            };
+            let join = rule
+                .join_columns
+                .as_ref()
+                .ok_or_else(|| missing("join_columns"))?;
+            let list = rule
+                .list_columns
+                .as_ref()
+                .ok_or_else(|| missing("list_columns"))?;
+            AnalysisRule::List(ListRule {
+                join_columns: column_list("table.rule.join_columns", join, true)?,
+                list_columns: column_list("table.rule.list_columns", list, true)?,
+            })
+        }
+        other => {
+            return Err(at.invalid(
+                "table.rule.type",
+                &rule.kind,
+                Problem::UnknownRuleType(other.to_owned()),
+            ));
+        }
+    };
+
+    Ok(Table {
+        owner: owner.clone(),
+        name,
+        columns,
+        identifier: Identifier {
+            column: identifier_column,
+            normalization,
+        },
+        rule,
+    })
+}

@@ -1,0 +1,459 @@
+//! Running a plan: rows in, PSI tables out; PSI outcome in, result rows out.
+//!
+//! These functions are pure: the caller reads the data (CSV, database) and moves protocol
+//! messages; the plan decides which rows take part, what their group keys and values are,
+//! which groups are released and what the result looks like.
+//!
+//! Group keys: a side that is not grouped puts every row in group `""`. A grouped side encodes
+//! the tuple of its group columns as a JSON array of strings and `null`s (`["spring","EU"]`,
+//! `[null]`), which is unambiguous for any cell contents and never equals `""`.
+
+use std::cmp::Ordering;
+
+use cleanroom_psi::{GroupCount, InputError, MatcherTable, ReceiverOutcome, ReceiverTable};
+use serde::Serialize;
+
+use crate::plan::{OutputValue, Plan, Role, SidePlan, ValueKind};
+use crate::value::{Value, is_null};
+
+/// Why rows could not be turned into a PSI table. Rows are numbered from 1, not counting the
+/// header (row 1 is line 2 of a CSV file without multi-line fields).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The header lacks a column the plan reads.
+    #[error("table {table:?}: the header has no column {column:?}")]
+    MissingColumn {
+        /// The collaboration table.
+        table: String,
+        /// The missing column.
+        column: String,
+    },
+    /// The header names a column the plan reads more than once.
+    #[error("table {table:?}: the header names column {column:?} more than once")]
+    DuplicateColumn {
+        /// The collaboration table.
+        table: String,
+        /// The repeated column.
+        column: String,
+    },
+    /// A row is too short to hold a column the plan reads.
+    #[error("table {table:?}, row {row}: no field for column {column:?} (the row has {fields} fields)")]
+    ShortRow {
+        /// The collaboration table.
+        table: String,
+        /// 1-based data row.
+        row: u64,
+        /// The column.
+        column: String,
+        /// How many fields the row has.
+        fields: usize,
+    },
+    /// A `SUM`/`AVG` cell that is neither empty nor a non-negative integer.
+    #[error(
+        "table {table:?}, row {row}, column {column:?}: {value:?} is not a non-negative integer"
+    )]
+    NotAnInteger {
+        /// The collaboration table.
+        table: String,
+        /// 1-based data row.
+        row: u64,
+        /// The column.
+        column: String,
+        /// The cell.
+        value: String,
+    },
+    /// The PSI table refused the plan's shape (e.g. too many value columns).
+    #[error("table {table:?}: {source}")]
+    Table {
+        /// The collaboration table.
+        table: String,
+        /// The PSI error.
+        #[source]
+        source: InputError,
+    },
+    /// The PSI table refused the row (e.g. a value above the protocol's maximum, a group key
+    /// too long for the wire).
+    #[error("table {table:?}, row {row}: {source}")]
+    Input {
+        /// The collaboration table.
+        table: String,
+        /// 1-based data row.
+        row: u64,
+        /// The PSI error.
+        #[source]
+        source: InputError,
+    },
+}
+
+/// Why a protocol outcome does not fit the plan (a peer that does not follow the plan).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultError {
+    /// A group key is not what the plan's grouped side produces.
+    #[error("the {role}'s group key {key:?} is not a group key of this plan")]
+    BadGroupKey {
+        /// The side whose key is wrong.
+        role: Role,
+        /// The key as received.
+        key: String,
+    },
+    /// A group carries the wrong number of sums.
+    #[error("a result group has {got} sums; the plan has {expected} value columns")]
+    SumCount {
+        /// Value columns of the plan.
+        expected: usize,
+        /// Sums received.
+        got: usize,
+    },
+}
+
+/// The result of a query: output columns in `SELECT` order, released rows after `ORDER BY` and
+/// `LIMIT`, and how many groups were suppressed by the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultTable {
+    /// Output column names.
+    pub columns: Vec<String>,
+    /// Released rows, each with one value per column.
+    pub rows: Vec<Vec<Value>>,
+    /// Groups whose matched distinct identifiers were below the release threshold.
+    pub suppressed_rows: u64,
+}
+
+/// A side's columns, located in a header.
+struct Located<'p> {
+    side: &'p SidePlan,
+    identifier: usize,
+    groups: Vec<usize>,
+    filter: Vec<(String, usize)>,
+    values: Vec<usize>,
+}
+
+impl<'p> Located<'p> {
+    fn new(side: &'p SidePlan, header: &[String]) -> Result<Self, DataError> {
+        let find = |column: &str| -> Result<usize, DataError> {
+            let mut hits = header.iter().enumerate().filter(|(_, h)| *h == column);
+            match (hits.next(), hits.next()) {
+                (Some((i, _)), None) => Ok(i),
+                (None, _) => Err(DataError::MissingColumn {
+                    table: side.table.clone(),
+                    column: column.to_owned(),
+                }),
+                (Some(_), Some(_)) => Err(DataError::DuplicateColumn {
+                    table: side.table.clone(),
+                    column: column.to_owned(),
+                }),
+            }
+        };
+        let filter = match &side.filter {
+            Some(f) => f
+                .columns()
+                .into_iter()
+                .map(|c| Ok((c.to_owned(), find(c)?)))
+                .collect::<Result<_, DataError>>()?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            side,
+            identifier: find(&side.identifier)?,
+            groups: side
+                .group_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_, _>>()?,
+            filter,
+            values: side
+                .value_columns
+                .iter()
+                .map(|v| find(&v.column))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn cell<'r>(&self, row: &'r [String], index: usize, number: u64) -> Result<&'r str, DataError> {
+        row.get(index)
+            .map(String::as_str)
+            .ok_or_else(|| DataError::ShortRow {
+                table: self.side.table.clone(),
+                row: number,
+                column: self.column_name(index),
+                fields: row.len(),
+            })
+    }
+
+    fn column_name(&self, index: usize) -> String {
+        if index == self.identifier {
+            return self.side.identifier.clone();
+        }
+        if let Some(i) = self.groups.iter().position(|&g| g == index) {
+            return self.side.group_columns[i].clone();
+        }
+        if let Some(i) = self.values.iter().position(|&v| v == index) {
+            return self.side.value_columns[i].column.clone();
+        }
+        self.filter
+            .iter()
+            .find(|(_, i)| *i == index)
+            .map(|(c, _)| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the row passes the side's filter (unknown counts as false).
+    fn keeps(&self, row: &[String], number: u64) -> Result<bool, DataError> {
+        let Some(filter) = &self.side.filter else {
+            return Ok(true);
+        };
+        for &(_, index) in &self.filter {
+            self.cell(row, index, number)?;
+        }
+        let cell = |column: &str| -> &str {
+            self.filter
+                .iter()
+                .find(|(c, _)| c == column)
+                .and_then(|&(_, i)| row.get(i))
+                .map_or("", String::as_str)
+        };
+        Ok(filter.eval(&cell) == Some(true))
+    }
+
+    fn group_key(&self, row: &[String], number: u64) -> Result<String, DataError> {
+        if self.groups.is_empty() {
+            return Ok(String::new());
+        }
+        let mut key = Vec::with_capacity(self.groups.len());
+        for &g in &self.groups {
+            let cell = self.cell(row, g, number)?;
+            key.push((!is_null(cell)).then_some(cell));
+        }
+        Ok(encode_group_key(&key))
+    }
+}
+
+/// Encodes a group-key tuple (`None` = NULL) as the PSI group string: a JSON array.
+pub fn encode_group_key(key: &[Option<&str>]) -> String {
+    serde_json::to_string(key).expect("a list of strings always serializes")
+}
+
+/// Decodes a group string made by [`encode_group_key`] with `arity` components.
+pub fn decode_group_key(encoded: &str, arity: usize) -> Option<Vec<Option<String>>> {
+    let key: Vec<Option<String>> = serde_json::from_str(encoded).ok()?;
+    (key.len() == arity).then_some(key)
+}
+
+impl Plan {
+    /// Builds the matcher's PSI table from its rows: applies the matcher-side filter, reads the
+    /// identifier and (when grouped on this side) the group key of each kept row. `header`
+    /// names the columns of `rows`; columns the plan does not read may be absent. Errors name
+    /// the table, the 1-based row and the column.
+    pub fn matcher_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Vec<String>>,
+    ) -> Result<MatcherTable, DataError> {
+        let located = Located::new(&self.matcher, header)?;
+        let mut table = MatcherTable::new(self.matcher.normalization);
+        for (number, row) in (1u64..).zip(rows) {
+            if !located.keeps(&row, number)? {
+                continue;
+            }
+            let identifier = located.cell(&row, located.identifier, number)?;
+            let group = located.group_key(&row, number)?;
+            table
+                .push(&group, identifier)
+                .map_err(|source| DataError::Input {
+                    table: self.matcher.table.clone(),
+                    row: number,
+                    source,
+                })?;
+        }
+        Ok(table)
+    }
+
+    /// Builds the receiver's PSI table from its rows: applies the receiver-side filter, reads
+    /// the identifier, the group key (when grouped on this side) and one value per value
+    /// column: for `SUM` the cell as a non-negative integer (NULL = 0), for `COUNT` 1 when
+    /// the cell is not NULL; `AVG` uses both. Errors name the table, the 1-based row and the
+    /// column.
+    pub fn receiver_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Vec<String>>,
+    ) -> Result<ReceiverTable, DataError> {
+        let located = Located::new(&self.receiver, header)?;
+        let mut table = ReceiverTable::new(
+            self.receiver.normalization,
+            self.receiver.value_columns.len(),
+        )
+        .map_err(|source| DataError::Table {
+            table: self.receiver.table.clone(),
+            source,
+        })?;
+        let mut values = vec![0u64; self.receiver.value_columns.len()];
+        for (number, row) in (1u64..).zip(rows) {
+            if !located.keeps(&row, number)? {
+                continue;
+            }
+            let identifier = located.cell(&row, located.identifier, number)?;
+            let group = located.group_key(&row, number)?;
+            for ((value, column), &index) in values
+                .iter_mut()
+                .zip(&self.receiver.value_columns)
+                .zip(&located.values)
+            {
+                let cell = located.cell(&row, index, number)?;
+                *value = match column.kind {
+                    ValueKind::NonNull => u64::from(!is_null(cell)),
+                    ValueKind::Integer if is_null(cell) => 0,
+                    ValueKind::Integer => {
+                        cell.trim()
+                            .parse::<u64>()
+                            .map_err(|_| DataError::NotAnInteger {
+                                table: self.receiver.table.clone(),
+                                row: number,
+                                column: column.column.clone(),
+                                value: cell.to_owned(),
+                            })?
+                    }
+                };
+            }
+            table
+                .push(&group, identifier, &values)
+                .map_err(|source| DataError::Input {
+                    table: self.receiver.table.clone(),
+                    row: number,
+                    source,
+                })?;
+        }
+        Ok(table)
+    }
+
+    /// Whether a group may be released: its matched distinct identifiers reach the release
+    /// threshold (the largest `min_threshold` of the two tables). The matcher calls this for
+    /// every group before sending the result.
+    pub fn release(&self, count: &GroupCount) -> bool {
+        count.intersection_size >= self.min_release
+    }
+
+    /// Turns the receiver's protocol outcome into the result: one row per released group with
+    /// the outputs in `SELECT` order (counts and sums as integers, averages as floats, NULL for
+    /// the average of no values), sorted by group key, then by `ORDER BY`, then cut at `LIMIT`.
+    /// Groups under the threshold are counted in `suppressed_rows`, whatever the order or
+    /// limit. Fails when the outcome does not fit the plan (a misbehaving peer).
+    pub fn result(&self, outcome: &ReceiverOutcome) -> Result<ResultTable, ResultError> {
+        let arity = match self.grouped_by {
+            Some(role) => self.side(role).group_columns.len(),
+            None => 0,
+        };
+        let expected_sums = self.receiver.value_columns.len();
+        let mut keyed: Vec<(Vec<Option<String>>, Vec<Value>)> =
+            Vec::with_capacity(outcome.groups.len());
+        for group in &outcome.groups {
+            let mut key = None;
+            for (role, label) in [
+                (Role::Matcher, &group.matcher_group),
+                (Role::Receiver, &group.receiver_group),
+            ] {
+                let bad = || ResultError::BadGroupKey {
+                    role,
+                    key: label.clone(),
+                };
+                if self.grouped_by == Some(role) {
+                    key = Some(decode_group_key(label, arity).ok_or_else(bad)?);
+                } else if !label.is_empty() {
+                    return Err(bad());
+                }
+            }
+            let key = key.unwrap_or_default();
+            if group.sums.len() != expected_sums {
+                return Err(ResultError::SumCount {
+                    expected: expected_sums,
+                    got: group.sums.len(),
+                });
+            }
+            let row = self
+                .outputs
+                .iter()
+                .map(|output| match &output.value {
+                    OutputValue::Dimension { key_index, .. } => key[*key_index]
+                        .as_ref()
+                        .map_or(Value::Null, |v| Value::Text(v.clone())),
+                    OutputValue::CountDistinct { .. } => Value::Integer(group.intersection_size),
+                    OutputValue::Count { value_index, .. }
+                    | OutputValue::Sum { value_index, .. } => {
+                        Value::Integer(group.sums[*value_index])
+                    }
+                    OutputValue::Avg {
+                        sum_index,
+                        count_index,
+                        ..
+                    } => match group.sums[*count_index] {
+                        0 => Value::Null,
+                        n => Value::Float(group.sums[*sum_index] as f64 / n as f64),
+                    },
+                })
+                .collect();
+            keyed.push((key, row));
+        }
+        keyed.sort_by(|(a, _), (b, _)| compare_keys(a, b));
+        let mut rows: Vec<Vec<Value>> = keyed.into_iter().map(|(_, row)| row).collect();
+        if !self.order_by.is_empty() {
+            rows.sort_by(|a, b| {
+                self.order_by
+                    .iter()
+                    .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal)
+            });
+        }
+        if let Some(limit) = self.limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(ResultTable {
+            columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
+            rows,
+            suppressed_rows: outcome.suppressed_groups,
+        })
+    }
+}
+
+/// Default row order: group keys component by component, NULLs last.
+fn compare_keys(a: &[Option<String>], b: &[Option<String>]) -> Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let x = x.as_ref().map_or(Value::Null, |s| Value::Text(s.clone()));
+            let y = y.as_ref().map_or(Value::Null, |s| Value::Text(s.clone()));
+            x.compare(&y, false, false)
+        })
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_keys_round_trip_and_never_collide() {
+        let keys: [&[Option<&str>]; 6] = [
+            &[Some("a"), Some("b")],
+            &[Some("a\",\"b")],
+            &[None],
+            &[Some("null")],
+            &[Some(""), None],
+            &[Some("[\"x\"]")],
+        ];
+        let encoded: Vec<String> = keys.iter().map(|k| encode_group_key(k)).collect();
+        for (k, e) in keys.iter().zip(&encoded) {
+            assert_ne!(e, "");
+            let decoded = decode_group_key(e, k.len()).unwrap();
+            let back: Vec<Option<&str>> = decoded.iter().map(|s| s.as_deref()).collect();
+            assert_eq!(&back, k);
+        }
+        let mut unique = encoded.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), encoded.len());
+        assert_eq!(decode_group_key("[\"a\"]", 2), None);
+        assert_eq!(decode_group_key("", 0), None);
+        assert_eq!(decode_group_key("{}", 1), None);
+    }
+}

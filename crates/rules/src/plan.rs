@@ -1,0 +1,462 @@
+//! The plan: what an allowed query asks of each side and of the PSI protocols.
+//!
+//! A [`Plan`] only comes out of [`Collaboration::plan`](crate::Collaboration::plan), so holding
+//! one means the query was checked against the collaboration. It says, for each side, which
+//! member and table take part, the local filter, the group columns and (for the receiver) the
+//! value columns; which protocol runs; the release threshold; and how the protocol's outcome
+//! becomes result rows (outputs, `ORDER BY`, `LIMIT`).
+
+use std::cmp::Ordering;
+
+use cleanroom_psi::{Domain, Normalization};
+use serde::{Serialize, Serializer};
+
+use crate::value::{compare_text, is_null};
+
+/// Which PSI protocol the plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Intersection sizes only (no value columns).
+    Cardinality,
+    /// Intersection sizes and sums of the receiver's value columns over the intersection.
+    IntersectionSum,
+}
+
+/// The part a member plays in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The data provider (owner of the non-querier table); learns intersection sizes per group
+    /// and decides what is released.
+    Matcher,
+    /// The querying member; holds the value columns and learns the released result.
+    Receiver,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Matcher => "matcher",
+            Role::Receiver => "receiver",
+        })
+    }
+}
+
+/// A comparison operator of a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CompareOp {
+    /// `=`
+    #[serde(rename = "=")]
+    Eq,
+    /// `<>` (or `!=`)
+    #[serde(rename = "<>")]
+    NotEq,
+    /// `<`
+    #[serde(rename = "<")]
+    Lt,
+    /// `<=`
+    #[serde(rename = "<=")]
+    LtEq,
+    /// `>`
+    #[serde(rename = ">")]
+    Gt,
+    /// `>=`
+    #[serde(rename = ">=")]
+    GtEq,
+}
+
+impl CompareOp {
+    /// The operator with its operands swapped (`5 < x` is `x > 5`).
+    pub fn flipped(self) -> Self {
+        match self {
+            Self::Lt => Self::Gt,
+            Self::LtEq => Self::GtEq,
+            Self::Gt => Self::Lt,
+            Self::GtEq => Self::LtEq,
+            other => other,
+        }
+    }
+
+    fn holds(self, ordering: Ordering) -> bool {
+        match self {
+            Self::Eq => ordering == Ordering::Equal,
+            Self::NotEq => ordering != Ordering::Equal,
+            Self::Lt => ordering == Ordering::Less,
+            Self::LtEq => ordering != Ordering::Greater,
+            Self::Gt => ordering == Ordering::Greater,
+            Self::GtEq => ordering != Ordering::Less,
+        }
+    }
+}
+
+/// A row filter one side applies to its own rows before matching. Literals are texts (`None`
+/// is the `NULL` literal); comparisons follow [`compare_text`], and `NULL` follows SQL's
+/// three-valued logic (a row is kept only when the filter is true).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Filter {
+    /// Every filter holds.
+    And {
+        /// The filters.
+        all: Vec<Filter>,
+    },
+    /// At least one filter holds.
+    Or {
+        /// The filters.
+        any: Vec<Filter>,
+    },
+    /// The filter does not hold.
+    Not {
+        /// The negated filter.
+        filter: Box<Filter>,
+    },
+    /// `column op value`.
+    Compare {
+        /// The column.
+        column: String,
+        /// The operator.
+        op: CompareOp,
+        /// The literal.
+        value: Option<String>,
+    },
+    /// `column [NOT] IN (values)`.
+    In {
+        /// The column.
+        column: String,
+        /// The literals.
+        values: Vec<Option<String>>,
+        /// `NOT IN`.
+        negated: bool,
+    },
+    /// `column [NOT] BETWEEN low AND high`.
+    Between {
+        /// The column.
+        column: String,
+        /// Lower bound (inclusive).
+        low: Option<String>,
+        /// Upper bound (inclusive).
+        high: Option<String>,
+        /// `NOT BETWEEN`.
+        negated: bool,
+    },
+    /// `column IS [NOT] NULL`.
+    IsNull {
+        /// The column.
+        column: String,
+        /// `IS NOT NULL`.
+        negated: bool,
+    },
+}
+
+impl Filter {
+    /// Every column the filter reads, in first-use order, each once.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.collect_columns(&mut out);
+        out
+    }
+
+    fn collect_columns<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Filter::And { all: list } | Filter::Or { any: list } => {
+                list.iter().for_each(|f| f.collect_columns(out))
+            }
+            Filter::Not { filter } => filter.collect_columns(out),
+            Filter::Compare { column, .. }
+            | Filter::In { column, .. }
+            | Filter::Between { column, .. }
+            | Filter::IsNull { column, .. } => {
+                if !out.contains(&column.as_str()) {
+                    out.push(column);
+                }
+            }
+        }
+    }
+
+    /// Evaluates the filter on one row with SQL three-valued logic: `Some(true)`, `Some(false)`
+    /// or `None` (unknown, which a `WHERE` treats as false). `cell` returns a column's text.
+    pub fn eval<'r>(&self, cell: &impl Fn(&str) -> &'r str) -> Option<bool> {
+        match self {
+            Filter::And { all } => {
+                let mut result = Some(true);
+                for f in all {
+                    match f.eval(cell) {
+                        Some(false) => return Some(false),
+                        None => result = None,
+                        Some(true) => {}
+                    }
+                }
+                result
+            }
+            Filter::Or { any } => {
+                let mut result = Some(false);
+                for f in any {
+                    match f.eval(cell) {
+                        Some(true) => return Some(true),
+                        None => result = None,
+                        Some(false) => {}
+                    }
+                }
+                result
+            }
+            Filter::Not { filter } => filter.eval(cell).map(|b| !b),
+            Filter::Compare { column, op, value } => {
+                let x = non_null(cell(column))?;
+                Some(op.holds(compare_text(x, value.as_deref()?)))
+            }
+            Filter::In {
+                column,
+                values,
+                negated,
+            } => {
+                let x = non_null(cell(column))?;
+                let mut saw_null = false;
+                for v in values {
+                    match v {
+                        Some(v) if compare_text(x, v) == Ordering::Equal => return Some(!negated),
+                        Some(_) => {}
+                        None => saw_null = true,
+                    }
+                }
+                if saw_null { None } else { Some(*negated) }
+            }
+            Filter::Between {
+                column,
+                low,
+                high,
+                negated,
+            } => {
+                let x = non_null(cell(column))?;
+                let above = low.as_deref().map(|l| compare_text(x, l) != Ordering::Less);
+                let below = high.as_deref().map(|h| compare_text(x, h) != Ordering::Greater);
+                let inside = match (above, below) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                };
+                inside.map(|b| b != *negated)
+            }
+            Filter::IsNull { column, negated } => Some(is_null(cell(column)) != *negated),
+        }
+    }
+}
+
+fn non_null(cell: &str) -> Option<&str> {
+    (!is_null(cell)).then_some(cell)
+}
+
+/// What a receiver value column holds for each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueKind {
+    /// The cell as a non-negative integer (`NULL` counts as 0).
+    Integer,
+    /// 1 when the cell is not `NULL`, else 0 (for `COUNT(c)` and `AVG(c)`).
+    NonNull,
+}
+
+/// One value column the receiver feeds to the intersection-sum protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValueColumn {
+    /// The receiver table's column.
+    pub column: String,
+    /// What is summed.
+    pub kind: ValueKind,
+}
+
+/// One side of the protocol: a member's table, filtered and grouped locally.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SidePlan {
+    /// Matcher or receiver.
+    pub role: Role,
+    /// The member who owns the table and plays the role.
+    pub member: String,
+    /// The collaboration table.
+    pub table: String,
+    /// The identifier column matched on.
+    pub identifier: String,
+    /// How identifiers are normalized (the same on both sides).
+    #[serde(serialize_with = "serialize_normalization")]
+    pub normalization: Normalization,
+    /// The filter applied to the table's rows before matching, if any.
+    pub filter: Option<Filter>,
+    /// The `GROUP BY` columns of this table, in query order (empty when not grouped here).
+    pub group_columns: Vec<String>,
+    /// The value columns (receiver only; empty for cardinality and for the matcher).
+    pub value_columns: Vec<ValueColumn>,
+    /// Every column this side reads: identifier, group, filter and value columns.
+    pub reads: Vec<String>,
+    /// The `min_threshold` of this table's rule.
+    pub min_threshold: u64,
+}
+
+fn serialize_normalization<S: Serializer>(n: &Normalization, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.name())
+}
+
+/// Where an output column's values come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputValue {
+    /// A dimension column: component `key_index` of the group key.
+    Dimension {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Position of the column in the grouped side's `group_columns`.
+        key_index: usize,
+    },
+    /// `COUNT(DISTINCT identifier)`: the number of matched distinct identifiers.
+    CountDistinct {
+        /// The table.
+        table: String,
+        /// The identifier column.
+        column: String,
+    },
+    /// `COUNT(c)` of the receiver's column: matched rows where `c` is not NULL.
+    Count {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Index of its [`ValueKind::NonNull`] value column.
+        value_index: usize,
+    },
+    /// `SUM(c)` of the receiver's column over matched rows (0 when there are none).
+    Sum {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Index of its [`ValueKind::Integer`] value column.
+        value_index: usize,
+    },
+    /// `AVG(c)` of the receiver's column: sum / non-NULL count (NULL when the count is 0).
+    Avg {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Index of the sum's value column.
+        sum_index: usize,
+        /// Index of the count's value column.
+        count_index: usize,
+    },
+}
+
+/// One output column of the result, in `SELECT` order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Output {
+    /// The column name: the alias, or the expression as written.
+    pub name: String,
+    /// Where its values come from.
+    #[serde(flatten)]
+    pub value: OutputValue,
+}
+
+/// One `ORDER BY` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OrderKey {
+    /// Index into the outputs.
+    pub output: usize,
+    /// `DESC`.
+    pub descending: bool,
+    /// Whether NULLs sort first (default: last when ascending, first when descending).
+    pub nulls_first: bool,
+}
+
+/// A checked query, compiled for the PSI protocols. Only
+/// [`Collaboration::plan`](crate::Collaboration::plan) creates plans.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub(crate) collaboration_id: String,
+    pub(crate) sql: String,
+    pub(crate) querier: String,
+    pub(crate) domain: String,
+    pub(crate) protocol: Protocol,
+    pub(crate) grouped_by: Option<Role>,
+    pub(crate) min_release: u64,
+    pub(crate) matcher: SidePlan,
+    pub(crate) receiver: SidePlan,
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) order_by: Vec<OrderKey>,
+    pub(crate) limit: Option<u64>,
+}
+
+impl Plan {
+    /// The collaboration the plan was checked against.
+    pub fn collaboration_id(&self) -> &str {
+        &self.collaboration_id
+    }
+
+    /// The SQL text the plan was compiled from.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The querying member (who is also the receiver).
+    pub fn querier(&self) -> &str {
+        &self.querier
+    }
+
+    /// The protocol to run: cardinality when no value column is needed, else intersection-sum.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Which side's group columns form the group key (`None`: one group, `""` on both sides).
+    pub fn grouped_by(&self) -> Option<Role> {
+        self.grouped_by
+    }
+
+    /// The release threshold: the largest `min_threshold` of the two tables.
+    pub fn min_release(&self) -> u64 {
+        self.min_release
+    }
+
+    /// The matcher's side: the other member's table.
+    pub fn matcher(&self) -> &SidePlan {
+        &self.matcher
+    }
+
+    /// The receiver's side: the querier's own table.
+    pub fn receiver(&self) -> &SidePlan {
+        &self.receiver
+    }
+
+    /// The side playing `role`.
+    pub fn side(&self, role: Role) -> &SidePlan {
+        match role {
+            Role::Matcher => &self.matcher,
+            Role::Receiver => &self.receiver,
+        }
+    }
+
+    /// The output columns, in `SELECT` order.
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// The `ORDER BY` keys, applied after the default order (by group key).
+    pub fn order_by(&self) -> &[OrderKey] {
+        &self.order_by
+    }
+
+    /// The `LIMIT`, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// The label that separates this join's hashes from every other join's: both identifier
+    /// columns, matcher's first. Both sides derive the same label from the same plan.
+    pub fn domain_label(&self) -> &str {
+        &self.domain
+    }
+
+    /// The PSI hashing domain both sides must use for this plan.
+    pub fn domain(&self) -> Domain {
+        Domain::new(&self.collaboration_id, &self.domain)
+    }
+}
