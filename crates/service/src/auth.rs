@@ -70,7 +70,7 @@ impl AttachToken {
 }
 
 impl Interceptor for AttachToken {
-    fn intercept(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request
             .metadata_mut()
             .insert(AUTHORIZATION, self.header.clone());
@@ -122,7 +122,7 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 impl Interceptor for CheckToken {
-    fn intercept(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
             return Err(Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
@@ -157,10 +157,7 @@ mod tests {
     #[test]
     fn token_validation_and_redaction() {
         assert_eq!(BearerToken::new("  \n"), Err(TokenError::Empty));
-        assert_eq!(
-            BearerToken::new("a b"),
-            Err(TokenError::NotPrintableAscii)
-        );
+        assert_eq!(BearerToken::new("a b"), Err(TokenError::NotPrintableAscii));
         assert_eq!(BearerToken::new("é"), Err(TokenError::NotPrintableAscii));
         let token = BearerToken::new("s3cret\n").unwrap();
         assert_eq!(token.expose(), "s3cret");

@@ -101,7 +101,7 @@ impl Counters {
 }
 
 /// A callback told about every message moved.
-pub type ProgressFn = dyn Fn(&Counters) + Send + Sync;
+pub type ProgressFn<'a> = dyn Fn(&Counters) + Send + Sync + 'a;
 
 /// Resolves at `at`, or never.
 async fn until(at: Option<Instant>) {
@@ -127,7 +127,7 @@ pub(crate) struct Exchange<'a, T> {
     /// What moved so far.
     pub counters: Counters,
     /// Told after every message.
-    pub progress: Option<&'a ProgressFn>,
+    pub progress: Option<&'a ProgressFn<'a>>,
     /// Whether to give up on a computation as soon as the peer stops reading (the server:
     /// its client went away). A client leaves this off: the server ends the call right after
     /// its last message, while the client may still be handling it.

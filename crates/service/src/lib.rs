@@ -20,13 +20,19 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod client;
+pub mod data;
 pub mod exchange;
 pub mod limits;
 pub mod proto;
+mod roles;
+pub mod server;
 pub mod state;
 pub mod tls;
 
 pub use auth::{BearerToken, TokenError};
+pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};
 pub use limits::{Limits, LimitsError};
+pub use server::{ServerConfig, ServerError, serve};
 pub use state::{AuditEntry, Decision, StateDb, StateError};
 pub use tls::{TlsError, TlsIdentity};

@@ -1,0 +1,445 @@
+//! The client side: `cleanroom query`, run by the querying member next to its own data.
+//!
+//! The client plans the SQL locally first (fast feedback; the server checks again), reads its
+//! own table with the plan's filters, opens a session, plays the psi receiver, and turns the
+//! released outcome into the result table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cleanroom_psi::Receiver;
+use cleanroom_rules::{Collaboration, Refusal, ResultError, ResultTable};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{AttachToken, BearerToken};
+use crate::data::{self, DataFileError};
+use crate::exchange::{Counters, Exchange, ExchangeError};
+use crate::limits::{MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
+use crate::proto::clean_room_service_client::CleanRoomServiceClient;
+use crate::proto::{
+    self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest, PsiMessage,
+    RunSessionRequest, SessionAccepted, SessionStart, SessionSummary, TableDescriptor,
+    run_session_request, run_session_response,
+};
+use crate::roles::ReceiverRole;
+use crate::server::REFUSAL_METADATA_KEY;
+use crate::tls::{ClientTransport, TlsError, client_transport};
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (or `http://` on loopback, or with `insecure`).
+    pub server: String,
+    /// The CA certificate (PEM) to trust for `https://`; `None` trusts the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Allow `http://` to a non-loopback host.
+    pub insecure: bool,
+    /// The member's bearer token.
+    pub token: BearerToken,
+    /// How long to wait for the connection.
+    pub connect_timeout: Duration,
+    /// How long a whole query may take; `None` for no limit of the client's own (the server
+    /// still applies its limits).
+    pub timeout: Option<Duration>,
+}
+
+impl ClientConfig {
+    /// A configuration with a 10 s connect timeout and no overall timeout.
+    pub fn new(server: impl Into<String>, token: BearerToken) -> ClientConfig {
+        ClientConfig {
+            server: server.into(),
+            ca_pem: None,
+            insecure: false,
+            token,
+            connect_timeout: Duration::from_secs(10),
+            timeout: None,
+        }
+    }
+}
+
+/// An error status from the server, with the reasons of a refused query.
+#[derive(Debug, Clone)]
+pub struct RemoteError {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The server's message.
+    pub message: String,
+    /// The reasons of a refused query (empty for other errors).
+    pub reasons: Vec<proto::RefusalReason>,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server answered {:?}: {}", self.code, self.message)
+    }
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(status: tonic::Status) -> RemoteError {
+        let reasons = status
+            .metadata()
+            .get_bin(REFUSAL_METADATA_KEY)
+            .and_then(|v| v.to_bytes().ok())
+            .and_then(|bytes| proto::QueryRefusal::decode(bytes.as_ref()).ok())
+            .map(|r| r.reasons)
+            .unwrap_or_default();
+        RemoteError {
+            code: status.code(),
+            message: status.message().to_owned(),
+            reasons,
+        }
+    }
+}
+
+/// A query that did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The transport security settings are refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The server cannot be reached.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// The server URL.
+        server: String,
+        /// What failed.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The local check refused the query (nothing was sent).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// No data file for the querying member's table of the query.
+    #[error("the query uses your table {table:?}: give --data {table}=PATH")]
+    MissingData {
+        /// The table.
+        table: String,
+    },
+    /// The querying member's data file cannot be read.
+    #[error(transparent)]
+    Data(#[from] DataFileError),
+    /// The server answered with an error status.
+    #[error("{0}")]
+    Remote(RemoteError),
+    /// The protocol exchange failed on this side.
+    #[error("{0}")]
+    Exchange(ExchangeError),
+    /// The server broke the session's message order.
+    #[error("unexpected message from the server: {0}")]
+    Session(&'static str),
+    /// The server's plan differs from the local one (different collaboration files?).
+    #[error("the server's plan differs from ours: {0} (are both collaboration files identical?)")]
+    PlanMismatch(String),
+    /// The released outcome does not fit the plan.
+    #[error("the server's result does not fit the plan: {0}")]
+    Result(#[from] ResultError),
+    /// A local computation failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ExchangeError> for ClientError {
+    fn from(e: ExchangeError) -> ClientError {
+        match e {
+            ExchangeError::Transport(status) => ClientError::Remote(status.into()),
+            other => ClientError::Exchange(other),
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> ClientError {
+        ClientError::Remote(status.into())
+    }
+}
+
+impl ClientError {
+    /// Whether the query itself was refused (locally or by the server), as opposed to failing.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ClientError::Refused(_) => true,
+            ClientError::Remote(remote) => {
+                !remote.reasons.is_empty()
+                    || matches!(remote.code, Code::PermissionDenied | Code::Unauthenticated)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One query: who asks what, with which data.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The querying member's copy of the collaboration.
+    pub collaboration: &'a Collaboration,
+    /// The querying member.
+    pub member: &'a str,
+    /// The SQL.
+    pub sql: &'a str,
+    /// The CSV file of each of the member's tables.
+    pub data: &'a BTreeMap<String, PathBuf>,
+}
+
+/// What a query's progress looks like, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Reading the member's own table.
+    ReadingData {
+        /// The table.
+        table: &'a str,
+    },
+    /// The server accepted the session.
+    Accepted {
+        /// The server's session identifier.
+        session_id: &'a str,
+        /// Rows of the member's table taking part.
+        rows: u64,
+    },
+    /// Protocol messages moved.
+    Moved(&'a Counters),
+}
+
+/// A progress callback.
+pub type ProgressHook<'a> = &'a (dyn Fn(Progress<'_>) + Send + Sync);
+
+/// A released result and what its session moved.
+#[derive(Debug, Clone)]
+pub struct QueryOutcome {
+    /// The released result, in the `SELECT`'s column order.
+    pub result: ResultTable,
+    /// The server's acceptance.
+    pub accepted: SessionAccepted,
+    /// The server's summary (its counts of the session).
+    pub summary: SessionSummary,
+    /// What this client sent and received.
+    pub counters: Counters,
+    /// Rows of the member's table that took part.
+    pub rows: u64,
+}
+
+/// A connection to one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: CleanRoomServiceClient<InterceptedService<Channel, AttachToken>>,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to the server (TLS unless plaintext is allowed for the URL).
+    pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
+        let transport =
+            client_transport(&config.server, config.ca_pem.as_deref(), config.insecure)?;
+        let connect_error = |source| ClientError::Connect {
+            server: config.server.clone(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(config.server.clone())
+            .map_err(connect_error)?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        if let ClientTransport::Tls(tls) = transport {
+            endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+        }
+        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let inner =
+            CleanRoomServiceClient::with_interceptor(channel, AttachToken::new(&config.token))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        Ok(Client {
+            inner,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The server's description.
+    pub async fn server_info(&mut self) -> Result<GetServerInfoResponse, ClientError> {
+        Ok(self
+            .inner
+            .get_server_info(GetServerInfoRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The calling member's audit entries on the server, newest first.
+    pub async fn audit_entries(
+        &mut self,
+        limit: u32,
+    ) -> Result<Vec<proto::AuditEntry>, ClientError> {
+        Ok(self
+            .inner
+            .list_audit_entries(ListAuditEntriesRequest { limit })
+            .await?
+            .into_inner()
+            .entries)
+    }
+
+    /// Runs one query to its released result.
+    pub async fn run_query(
+        &mut self,
+        query: Query<'_>,
+        progress: Option<ProgressHook<'_>>,
+    ) -> Result<QueryOutcome, ClientError> {
+        let report = |p: Progress<'_>| {
+            if let Some(hook) = progress {
+                hook(p);
+            }
+        };
+        let plan = query
+            .collaboration
+            .plan(query.member, query.sql)
+            .map_err(ClientError::Refused)?;
+        let own = plan.receiver().table.clone();
+        let path = query
+            .data
+            .get(&own)
+            .cloned()
+            .ok_or_else(|| ClientError::MissingData { table: own.clone() })?;
+
+        report(Progress::ReadingData { table: &own });
+        let deadline = self.timeout.map(|t| (Instant::now() + t, t));
+        let (columns, table) = {
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || {
+                let columns = data::header(&path)?;
+                Ok::<_, DataFileError>((columns, data::receiver_table(&plan, &path)?))
+            })
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))??
+        };
+        let rows = table.stats().rows;
+        let role = ReceiverRole(Receiver::new(
+            &plan.domain(),
+            table,
+            cleanroom_psi::Limits::default(),
+        ));
+
+        let (outbound, requests) = mpsc::channel(4);
+        let start = RunSessionRequest {
+            message: Some(run_session_request::Message::Start(SessionStart {
+                collaboration_id: query.collaboration.id().to_owned(),
+                member: query.member.to_owned(),
+                sql: query.sql.to_owned(),
+                table: Some(TableDescriptor {
+                    name: own.clone(),
+                    columns,
+                    rows,
+                }),
+            })),
+        };
+        outbound
+            .send(start)
+            .await
+            .map_err(|_| ClientError::Internal("request stream closed".to_owned()))?;
+        let call = self.inner.run_session(ReceiverStream::new(requests));
+        let mut inbound = crate::exchange::within(deadline, call).await??.into_inner();
+        let first = crate::exchange::within(deadline, inbound.message()).await??;
+        let accepted = match first.and_then(|m| m.message) {
+            Some(run_session_response::Message::Accepted(accepted)) => accepted,
+            Some(_) => {
+                return Err(ClientError::Session(
+                    "the session did not open with an acceptance",
+                ));
+            }
+            None => {
+                return Err(ClientError::Session(
+                    "the server ended the session before accepting it",
+                ));
+            }
+        };
+        if accepted.min_release != plan.min_release() {
+            return Err(ClientError::PlanMismatch(format!(
+                "release threshold {} here, {} on the server",
+                plan.min_release(),
+                accepted.min_release
+            )));
+        }
+        if accepted.matcher_table != plan.matcher().table {
+            return Err(ClientError::PlanMismatch(format!(
+                "matcher table {:?} here, {:?} on the server",
+                plan.matcher().table,
+                accepted.matcher_table
+            )));
+        }
+        if accepted.value_columns as usize != plan.receiver().value_columns.len() {
+            return Err(ClientError::PlanMismatch(format!(
+                "{} value columns here, {} on the server",
+                plan.receiver().value_columns.len(),
+                accepted.value_columns
+            )));
+        }
+        report(Progress::Accepted {
+            session_id: &accepted.session_id,
+            rows,
+        });
+
+        let moved = |counters: &Counters| report(Progress::Moved(counters));
+        let mut exchange = Exchange {
+            outbound: &outbound,
+            wrap: psi_request,
+            deadline,
+            idle: None,
+            max_message: MAX_MESSAGE_BYTES,
+            counters: Counters::default(),
+            progress: Some(&moved),
+            abort_when_peer_gone: false,
+        };
+        let role = {
+            let mut psi_in = (&mut inbound).map(|item| match item {
+                Ok(proto::RunSessionResponse {
+                    message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+                }) => Ok(payload),
+                Ok(_) => Err(ExchangeError::Unexpected(
+                    "a session message before the protocol finished",
+                )),
+                Err(status) => Err(ExchangeError::Transport(status)),
+            });
+            exchange.run(role, &mut psi_in).await?
+        };
+        let counters = exchange.counters;
+        drop(outbound);
+        let outcome = role.0.outcome().cloned().ok_or(ClientError::Session(
+            "the protocol ended without an outcome",
+        ))?;
+
+        let last = crate::exchange::within(deadline, inbound.message()).await??;
+        let summary = match last.and_then(|m| m.message) {
+            Some(run_session_response::Message::Summary(summary)) => summary,
+            _ => {
+                return Err(ClientError::Session(
+                    "the session did not end with a summary",
+                ));
+            }
+        };
+        // The call must end cleanly after the summary.
+        if crate::exchange::within(deadline, inbound.message())
+            .await??
+            .is_some()
+        {
+            return Err(ClientError::Session("messages after the summary"));
+        }
+        let result = plan.result(&outcome)?;
+        Ok(QueryOutcome {
+            result,
+            accepted,
+            summary,
+            counters,
+            rows,
+        })
+    }
+}
+
+fn psi_request(payload: Vec<u8>) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+    }
+}

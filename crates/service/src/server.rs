@@ -1,0 +1,801 @@
+//! The server side: `cleanroom serve`, run by the member who provides the other table.
+//!
+//! For each session the server authenticates the member (bearer token), re-plans the SQL from
+//! its own copy of the collaboration, checks the limits, records the attempt in the state
+//! database, reads its own table with its own filters, plays the psi matcher, decides which
+//! output rows are released, records that decision durably, and only then sends the release.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cleanroom_psi::Matcher;
+use cleanroom_rules::{Collaboration, Plan, ReasonCode, Refusal};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::auth::{AuthenticatedMember, CheckToken};
+use crate::data::{self, DataFileError};
+use crate::exchange::{Counters, Exchange, ExchangeError, PeerError, within};
+use crate::limits::{Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
+use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
+use crate::proto::{
+    self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
+    ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
+    SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
+};
+use crate::roles::MatcherRole;
+use crate::state::{AuditEntry, Completion, Decision, StateDb, StateError};
+use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
+
+/// The metadata key under which a refused query's reasons travel (a serialized
+/// `cleanroom.v1.QueryRefusal`).
+pub const REFUSAL_METADATA_KEY: &str = "cleanroom-refusal-bin";
+
+/// Called with the audit entry of every session that ended (for logging).
+pub type SessionHook = Arc<dyn Fn(&AuditEntry) + Send + Sync>;
+
+/// Everything a server needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The collaboration, as this member's copy of the file says.
+    pub collaboration: Arc<Collaboration>,
+    /// The member running this server (it must own every table in `data`).
+    pub member: String,
+    /// The CSV file of each table this server serves.
+    pub data: BTreeMap<String, PathBuf>,
+    /// Per-session and concurrency limits.
+    pub limits: Limits,
+    /// The audit log.
+    pub state: Arc<StateDb>,
+    /// The certificate and key to serve TLS with; `None` for plaintext.
+    pub tls: Option<TlsIdentity>,
+    /// Allow plaintext on a non-loopback address.
+    pub insecure: bool,
+    /// Told about every session that ended.
+    pub on_session_end: Option<SessionHook>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("collaboration", &self.collaboration.id())
+            .field("member", &self.member)
+            .field("data", &self.data)
+            .field("limits", &self.limits)
+            .field("state", &self.state.path())
+            .field("tls", &self.tls.is_some())
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// `--member` is not a member of the collaboration.
+    #[error("{0:?} is not a member of the collaboration")]
+    UnknownMember(String),
+    /// A `--data` table is not in the collaboration.
+    #[error("table {0:?} is not in the collaboration")]
+    UnknownTable(String),
+    /// A `--data` table belongs to another member.
+    #[error("table {table:?} belongs to {owner:?}, not to {member:?}: serve only your own tables")]
+    NotOwner {
+        /// The table.
+        table: String,
+        /// Its owner.
+        owner: String,
+        /// The member running the server.
+        member: String,
+    },
+    /// No table to serve.
+    #[error("no data: give at least one --data TABLE=PATH")]
+    NoData,
+    /// A data file cannot be read.
+    #[error("table {table:?}: {source}")]
+    Data {
+        /// The table.
+        table: String,
+        /// What is wrong with its file.
+        #[source]
+        source: Box<DataFileError>,
+    },
+    /// A data file lacks a column of its table.
+    #[error("table {table:?}: {path} has no column {column:?}")]
+    MissingColumn {
+        /// The table.
+        table: String,
+        /// The file.
+        path: PathBuf,
+        /// The missing column.
+        column: String,
+    },
+    /// Unusable limits.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    /// Plaintext where it is not allowed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listener's address cannot be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// Reflection could not load the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed (TLS configuration, serving).
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServerConfig {
+    /// Checks the configuration: the member exists and owns every table served, each data file
+    /// has the table's columns, and the limits work.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.limits.validate()?;
+        if self.collaboration.member(&self.member).is_none() {
+            return Err(ServerError::UnknownMember(self.member.clone()));
+        }
+        if self.data.is_empty() {
+            return Err(ServerError::NoData);
+        }
+        for (name, path) in &self.data {
+            let table = self
+                .collaboration
+                .table(name)
+                .ok_or_else(|| ServerError::UnknownTable(name.clone()))?;
+            if table.owner() != self.member {
+                return Err(ServerError::NotOwner {
+                    table: name.clone(),
+                    owner: table.owner().to_owned(),
+                    member: self.member.clone(),
+                });
+            }
+            let header = data::header(path).map_err(|source| ServerError::Data {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+            if let Some(column) = table.columns().iter().find(|c| !header.contains(c)) {
+                return Err(ServerError::MissingColumn {
+                    table: name.clone(),
+                    path: path.clone(),
+                    column: column.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves the cleanroom service, `grpc.health.v1` and server reflection on `listener` until
+/// `shutdown` resolves (then lets running sessions finish).
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    if config.tls.is_none() {
+        check_plaintext_listen(local, config.insecure)?;
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(proto::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let check = CheckToken::new(Arc::clone(&config.collaboration));
+    let service = CleanRoomServiceServer::new(CleanRoom::new(config.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let service = InterceptedService::new(service, check);
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The gRPC service implementation.
+#[derive(Clone)]
+struct CleanRoom {
+    config: Arc<ServerConfig>,
+    sessions: Arc<Semaphore>,
+}
+
+impl CleanRoom {
+    fn new(config: ServerConfig) -> CleanRoom {
+        let permits = config.limits.max_concurrent_sessions as usize;
+        CleanRoom {
+            config: Arc::new(config),
+            sessions: Arc::new(Semaphore::new(permits)),
+        }
+    }
+}
+
+/// Why a session ended without a release.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("the server could not read its table {table:?}")]
+    Data {
+        table: String,
+        #[source]
+        source: Box<DataFileError>,
+    },
+    #[error("the server's state database failed")]
+    State(#[from] StateError),
+    #[error("protocol error on the server: {0}")]
+    Internal(String),
+}
+
+/// Reason codes that mean the member may not do this at all, rather than that this query is
+/// not allowed.
+fn is_permission_code(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::UnknownMember
+            | ReasonCode::MissingQueryAbility
+            | ReasonCode::MissingReceiveResultsAbility
+    )
+}
+
+impl SessionError {
+    fn status(&self) -> Status {
+        match self {
+            SessionError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            SessionError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            SessionError::Refused(refusal) => {
+                let code = if refusal.reasons.iter().any(|r| is_permission_code(r.code)) {
+                    Code::PermissionDenied
+                } else {
+                    Code::InvalidArgument
+                };
+                let details = proto::QueryRefusal {
+                    reasons: refusal
+                        .reasons
+                        .iter()
+                        .map(|r| proto::RefusalReason {
+                            code: r.code.as_str().to_owned(),
+                            table: r.table.clone().unwrap_or_default(),
+                            column: r.column.clone().unwrap_or_default(),
+                            message: r.message.clone(),
+                        })
+                        .collect(),
+                };
+                let mut metadata = MetadataMap::new();
+                metadata.insert_bin(
+                    REFUSAL_METADATA_KEY,
+                    MetadataValue::from_bytes(&details.encode_to_vec()),
+                );
+                Status::with_metadata(code, refusal.to_string(), metadata)
+            }
+            SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
+            SessionError::Exchange(e) => exchange_status(e),
+            SessionError::Data { .. } | SessionError::State(_) | SessionError::Internal(_) => {
+                Status::internal(self.to_string())
+            }
+        }
+    }
+
+    fn decision(&self) -> Decision {
+        match self {
+            SessionError::PermissionDenied(_)
+            | SessionError::InvalidArgument(_)
+            | SessionError::Refused(_)
+            | SessionError::ResourceExhausted(_) => Decision::Refused,
+            SessionError::Exchange(
+                ExchangeError::PeerEnded | ExchangeError::PeerGone | ExchangeError::Transport(_),
+            ) => Decision::Cancelled,
+            _ => Decision::Failed,
+        }
+    }
+
+    /// The reason recorded in the audit log (server-side detail included).
+    fn audit_reason(&self) -> String {
+        match self {
+            SessionError::Data { source, .. } => format!("{self}: {source}"),
+            SessionError::State(source) => format!("{self}: {source}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// The status a peer sees for an exchange that went wrong.
+fn exchange_status(e: &ExchangeError) -> Status {
+    match e {
+        ExchangeError::Peer(PeerError::Protocol(cleanroom_psi::ProtocolError::LimitExceeded {
+            ..
+        })) => Status::resource_exhausted(e.to_string()),
+        ExchangeError::Peer(_) | ExchangeError::Oversized { .. } | ExchangeError::Unexpected(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ExchangeError::PeerEnded | ExchangeError::PeerGone => Status::cancelled(e.to_string()),
+        ExchangeError::Transport(status) if status.code() == Code::Cancelled => status.clone(),
+        ExchangeError::Transport(status) => Status::cancelled(status.message().to_owned()),
+        ExchangeError::Idle(_) | ExchangeError::Deadline(_) => {
+            Status::deadline_exceeded(e.to_string())
+        }
+        ExchangeError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn new_session_id() -> Result<String, SessionError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| SessionError::Internal(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Runs a state database call on the blocking pool.
+async fn state_call<T: Send + 'static>(
+    state: &Arc<StateDb>,
+    f: impl FnOnce(&StateDb) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, SessionError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))?
+        .map_err(SessionError::State)
+}
+
+/// A session that passed every check and may run.
+struct Admitted {
+    session_id: String,
+    plan: Plan,
+    matcher_path: PathBuf,
+    receiver_rows: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+impl CleanRoom {
+    /// The checks before any protocol message: identity, collaboration, rules, data, limits.
+    fn admit(&self, member: &str, start: &SessionStart) -> Result<(Plan, PathBuf), SessionError> {
+        let config = &self.config;
+        if start.member != member {
+            return Err(SessionError::PermissionDenied(format!(
+                "the bearer token belongs to member {member:?}, not to {:?}",
+                start.member
+            )));
+        }
+        if start.collaboration_id != config.collaboration.id() {
+            return Err(SessionError::InvalidArgument(format!(
+                "this server is in collaboration {:?}, not {:?}",
+                config.collaboration.id(),
+                start.collaboration_id
+            )));
+        }
+        let plan = config
+            .collaboration
+            .plan(member, &start.sql)
+            .map_err(SessionError::Refused)?;
+        let table = start.table.as_ref().ok_or_else(|| {
+            SessionError::InvalidArgument("the session start names no table".to_owned())
+        })?;
+        match config.collaboration.table(&table.name) {
+            Some(t) if t.owner() == member => {}
+            Some(t) => {
+                return Err(SessionError::PermissionDenied(format!(
+                    "table {:?} belongs to {:?}: member {member:?} cannot bring it",
+                    table.name,
+                    t.owner()
+                )));
+            }
+            None => {
+                return Err(SessionError::InvalidArgument(format!(
+                    "table {:?} is not in the collaboration",
+                    table.name
+                )));
+            }
+        }
+        if table.name != plan.receiver().table {
+            return Err(SessionError::InvalidArgument(format!(
+                "the query uses table {:?} of member {member:?}, but the client brings {:?}",
+                plan.receiver().table,
+                table.name
+            )));
+        }
+        let matcher = plan.matcher();
+        if matcher.member != config.member {
+            return Err(SessionError::InvalidArgument(format!(
+                "table {:?} belongs to member {:?}; this server is member {:?}",
+                matcher.table, matcher.member, config.member
+            )));
+        }
+        let path = config.data.get(&matcher.table).cloned().ok_or_else(|| {
+            SessionError::InvalidArgument(format!(
+                "this server does not serve table {:?}",
+                matcher.table
+            ))
+        })?;
+        if table.rows > config.limits.max_rows_per_session {
+            return Err(SessionError::ResourceExhausted(format!(
+                "the client's table has {} rows; this server accepts at most {} per session",
+                table.rows, config.limits.max_rows_per_session
+            )));
+        }
+        Ok((plan, path))
+    }
+
+    /// Reads the start, records the attempt and admits or refuses it.
+    async fn open(
+        &self,
+        member: &str,
+        inbound: &mut Streaming<RunSessionRequest>,
+    ) -> Result<Admitted, Status> {
+        let first = tokio::time::timeout(self.config.limits.idle_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no session start within the idle timeout"))??;
+        let start = match first.and_then(|m| m.message) {
+            Some(run_session_request::Message::Start(start)) => start,
+            Some(run_session_request::Message::Psi(_)) => {
+                return Err(Status::invalid_argument(
+                    "a session must open with a start message",
+                ));
+            }
+            None => {
+                return Err(Status::cancelled(
+                    "the client closed the session before starting",
+                ));
+            }
+        };
+        let session_id = new_session_id().map_err(|e| e.status())?;
+        let receiver_rows = start.table.as_ref().map_or(0, |t| t.rows);
+        {
+            let (id, member, sql) = (session_id.clone(), member.to_owned(), start.sql.clone());
+            state_call(&self.config.state, move |s| {
+                s.begin(&id, &member, &sql, receiver_rows)
+            })
+            .await
+            .map_err(|e| e.status())?;
+        }
+        let admitted = self.admit(member, &start).and_then(|(plan, path)| {
+            let permit = Arc::clone(&self.sessions)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    SessionError::ResourceExhausted(format!(
+                        "the server is running its maximum of {} sessions; try again later",
+                        self.config.limits.max_concurrent_sessions
+                    ))
+                })?;
+            Ok((plan, path, permit))
+        });
+        match admitted {
+            Ok((plan, matcher_path, permit)) => Ok(Admitted {
+                session_id,
+                plan,
+                matcher_path,
+                receiver_rows,
+                permit,
+            }),
+            Err(error) => {
+                self.finish(&session_id, &error, Completion::default())
+                    .await;
+                Err(error.status())
+            }
+        }
+    }
+
+    /// Records how a session ended without a release and tells the hook.
+    async fn finish(&self, session_id: &str, error: &SessionError, completion: Completion) {
+        let (id, decision, reason) = (
+            session_id.to_owned(),
+            error.decision(),
+            error.audit_reason(),
+        );
+        let recorded = state_call(&self.config.state, move |s| {
+            s.finish(&id, decision, &reason, &completion)
+        })
+        .await;
+        if let Err(e) = recorded {
+            eprintln!("cleanroom serve: could not record the end of session {session_id}: {e}");
+        }
+        self.tell(session_id).await;
+    }
+
+    async fn tell(&self, session_id: &str) {
+        let Some(hook) = self.config.on_session_end.clone() else {
+            return;
+        };
+        let id = session_id.to_owned();
+        if let Ok(Some(entry)) = state_call(&self.config.state, move |s| s.entry(&id)).await {
+            hook(&entry);
+        }
+    }
+
+    /// Runs an admitted session to its end, recording its outcome.
+    async fn drive(
+        self,
+        admitted: Admitted,
+        mut inbound: Streaming<RunSessionRequest>,
+        outbound: mpsc::Sender<Result<RunSessionResponse, Status>>,
+        started: Instant,
+        deadline: (Instant, std::time::Duration),
+    ) {
+        let Admitted {
+            session_id,
+            plan,
+            matcher_path,
+            receiver_rows,
+            permit,
+        } = admitted;
+        let mut exchange = Exchange {
+            outbound: &outbound,
+            wrap: psi_response,
+            deadline: Some(deadline),
+            idle: Some(self.config.limits.idle_timeout),
+            max_message: MAX_MESSAGE_BYTES,
+            counters: Counters::default(),
+            progress: None,
+            abort_when_peer_gone: true,
+        };
+        let mut matcher_rows = 0;
+        let result = self
+            .run(
+                &session_id,
+                &plan,
+                matcher_path,
+                receiver_rows,
+                &mut inbound,
+                &mut exchange,
+                &mut matcher_rows,
+                started,
+            )
+            .await;
+        let counters = exchange.counters;
+        drop(permit);
+        match result {
+            Ok(()) => self.tell(&session_id).await,
+            Err(error) => {
+                let completion = Completion {
+                    matcher_rows,
+                    messages_received: counters.messages_received,
+                    messages_sent: counters.messages_sent,
+                    bytes_received: counters.bytes_received,
+                    bytes_sent: counters.bytes_sent,
+                    ..Completion::default()
+                };
+                self.finish(&session_id, &error, completion).await;
+                // The client may be gone already; then there is nobody to tell.
+                let _ = outbound.try_send(Err(error.status()));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        session_id: &str,
+        plan: &Plan,
+        matcher_path: PathBuf,
+        receiver_rows: u64,
+        inbound: &mut Streaming<RunSessionRequest>,
+        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
+        matcher_rows: &mut u64,
+        started: Instant,
+    ) -> Result<(), SessionError> {
+        let accepted = SessionAccepted {
+            session_id: session_id.to_owned(),
+            matcher_member: plan.matcher().member.clone(),
+            matcher_table: plan.matcher().table.clone(),
+            min_release: plan.min_release(),
+            value_columns: plan.receiver().value_columns.len() as u32,
+        };
+        exchange
+            .send_item(Ok(RunSessionResponse {
+                message: Some(run_session_response::Message::Accepted(accepted)),
+            }))
+            .await?;
+
+        let table_plan = plan.clone();
+        let table_name = plan.matcher().table.clone();
+        let (_, table) = exchange
+            .blocking((), move |_| data::matcher_table(&table_plan, &matcher_path))
+            .await?;
+        let table = table.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = table.stats().rows;
+        let limits = cleanroom_psi::Limits {
+            max_set_size: self.config.limits.max_rows_per_session,
+            ..cleanroom_psi::Limits::default()
+        };
+        let role = MatcherRole(Matcher::new(&plan.domain(), table, limits));
+
+        let mut psi_in = (&mut *inbound).map(|item| match item {
+            Ok(RunSessionRequest {
+                message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+            }) => Ok(payload),
+            Ok(_) => Err(ExchangeError::Unexpected(
+                "only protocol messages may follow the session start",
+            )),
+            Err(status) => Err(ExchangeError::Transport(status)),
+        });
+        let role = exchange.run(role, &mut psi_in).await?;
+
+        // Decide, then record the decision durably, then release.
+        let release_plan = plan.clone();
+        let (_, released) = exchange
+            .blocking(role, move |role| {
+                let (mut released, mut suppressed) = (0u64, 0u64);
+                role.0.release(|group| {
+                    let ok = release_plan.release(group);
+                    if ok {
+                        released += 1;
+                    } else {
+                        suppressed += 1;
+                    }
+                    ok
+                })?;
+                let mut messages = Vec::new();
+                while let Some(message) = role.0.poll_message() {
+                    messages.push(message.encode());
+                }
+                Ok::<_, cleanroom_psi::ProtocolError>((released, suppressed, messages))
+            })
+            .await?;
+        let (released, suppressed, messages) =
+            released.map_err(|e| SessionError::Internal(e.to_string()))?;
+        let counters = exchange.counters;
+        let completion = Completion {
+            released_rows: released,
+            suppressed_rows: suppressed,
+            matcher_rows: *matcher_rows,
+            messages_received: counters.messages_received,
+            messages_sent: counters.messages_sent + messages.len() as u64,
+            bytes_received: counters.bytes_received,
+            bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
+        };
+        let id = session_id.to_owned();
+        let recorded = within(
+            exchange.deadline,
+            state_call(&self.config.state, move |s| {
+                s.finish(&id, Decision::Released, "", &completion)
+            }),
+        )
+        .await??;
+        if !recorded {
+            return Err(SessionError::Internal(
+                "the session's audit entry was already complete".to_owned(),
+            ));
+        }
+        for message in messages {
+            exchange.send_message(message).await?;
+        }
+        let counters = exchange.counters;
+        let summary = SessionSummary {
+            session_id: session_id.to_owned(),
+            released_rows: released,
+            suppressed_rows: suppressed,
+            stats: Some(SessionStats {
+                matcher_rows: *matcher_rows,
+                receiver_rows,
+                messages_sent: counters.messages_sent,
+                bytes_sent: counters.bytes_sent,
+                messages_received: counters.messages_received,
+                bytes_received: counters.bytes_received,
+                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+        };
+        exchange
+            .send_item(Ok(RunSessionResponse {
+                message: Some(run_session_response::Message::Summary(summary)),
+            }))
+            .await?;
+        Ok(())
+    }
+}
+
+fn psi_response(payload: Vec<u8>) -> Result<RunSessionResponse, Status> {
+    Ok(RunSessionResponse {
+        message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+    })
+}
+
+fn authenticated<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<AuthenticatedMember>()
+        .map(|m| m.0.clone())
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+#[tonic::async_trait]
+impl CleanRoomService for CleanRoom {
+    type RunSessionStream = ReceiverStream<Result<RunSessionResponse, Status>>;
+
+    async fn run_session(
+        &self,
+        request: Request<Streaming<RunSessionRequest>>,
+    ) -> Result<Response<Self::RunSessionStream>, Status> {
+        let member = authenticated(&request)?;
+        let started = Instant::now();
+        let timeout = self.config.limits.session_timeout;
+        let deadline = (started + timeout, timeout);
+        let mut inbound = request.into_inner();
+        let admitted = self.open(&member, &mut inbound).await?;
+        let (outbound, responses) = mpsc::channel(4);
+        tokio::spawn(
+            self.clone()
+                .drive(admitted, inbound, outbound, started, deadline),
+        );
+        Ok(Response::new(ReceiverStream::new(responses)))
+    }
+
+    async fn get_server_info(
+        &self,
+        request: Request<GetServerInfoRequest>,
+    ) -> Result<Response<GetServerInfoResponse>, Status> {
+        authenticated(&request)?;
+        let config = &self.config;
+        let limits = &config.limits;
+        Ok(Response::new(GetServerInfoResponse {
+            collaboration_id: config.collaboration.id().to_owned(),
+            collaboration_name: config.collaboration.name().to_owned(),
+            member: config.member.clone(),
+            tables: config.data.keys().cloned().collect(),
+            limits: Some(proto::ServerLimits {
+                max_rows_per_session: limits.max_rows_per_session,
+                max_concurrent_sessions: limits.max_concurrent_sessions,
+                idle_timeout_seconds: limits.idle_timeout.as_secs(),
+                session_timeout_seconds: limits.session_timeout.as_secs(),
+                max_message_bytes: MAX_MESSAGE_BYTES as u64,
+            }),
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        request: Request<ListAuditEntriesRequest>,
+    ) -> Result<Response<ListAuditEntriesResponse>, Status> {
+        let member = authenticated(&request)?;
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n.min(10_000),
+        };
+        let entries = state_call(&self.config.state, move |s| {
+            s.entries(Some(&member), Some(limit))
+        })
+        .await
+        .map_err(|e| e.status())?;
+        Ok(Response::new(ListAuditEntriesResponse {
+            entries: entries.iter().rev().map(AuditEntry::to_proto).collect(),
+        }))
+    }
+}
