@@ -1,0 +1,328 @@
+//! Every decoder rejects malformed input with a typed error, never a panic.
+
+use cleanroom_psi::wire::{
+    CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, PointError, ReleasedGroup, Tag,
+};
+use cleanroom_psi::{
+    Domain, Limits, Matcher, MatcherTable, Normalization, ProtocolError, Receiver, ReceiverTable,
+    WireError,
+};
+use curve25519_dalek::RistrettoPoint;
+use proptest::prelude::*;
+
+fn valid_point() -> PointBytes {
+    PointBytes(
+        Domain::new("c", "id")
+            .hash_to_group("x")
+            .compress()
+            .to_bytes(),
+    )
+}
+
+fn samples() -> Vec<Message> {
+    vec![
+        Message::MatcherHello {
+            group_sizes: vec![3, 1],
+        },
+        Message::MatcherPoints {
+            group: 1,
+            points: vec![valid_point(); 3],
+        },
+        Message::ReceiverHello {
+            value_keys: vec![valid_point(); 2],
+            group_sizes: vec![7],
+        },
+        Message::ReceiverItems {
+            group: 0,
+            value_columns: 1,
+            points: vec![valid_point(); 2],
+            ciphertexts: vec![7u8; 2 * 96],
+        },
+        Message::ReceiverTags {
+            group: 0,
+            tags: vec![Tag([9; 16]); 4],
+        },
+        Message::MatcherResult {
+            groups: vec![ReleasedGroup {
+                matcher_group: "spring".into(),
+                receiver_group: 0,
+                intersection_size: 120,
+                sums: vec![1; 96],
+            }],
+        },
+        Message::MatcherDone {
+            released: 1,
+            suppressed: 2,
+        },
+    ]
+}
+
+#[test]
+fn every_kind_round_trips() {
+    for m in samples() {
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+}
+
+#[test]
+fn every_truncation_is_rejected() {
+    for m in samples() {
+        let bytes = m.encode();
+        for cut in 0..bytes.len() {
+            let err = Message::decode(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, WireError::Truncated(_)),
+                "{} cut at {cut}: {err:?}",
+                m.kind()
+            );
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes_version_kind_and_size_are_rejected() {
+    let mut bytes = Message::MatcherDone {
+        released: 0,
+        suppressed: 0,
+    }
+    .encode();
+    bytes.push(0);
+    assert_eq!(Message::decode(&bytes), Err(WireError::TrailingBytes(1)));
+    assert_eq!(
+        Message::decode(&[2, 1, 0, 0, 0, 0]),
+        Err(WireError::UnsupportedVersion(2))
+    );
+    assert_eq!(Message::decode(&[1, 99]), Err(WireError::UnknownKind(99)));
+    let huge = vec![1u8; MAX_MESSAGE_BYTES + 1];
+    assert_eq!(
+        Message::decode(&huge),
+        Err(WireError::TooLarge(MAX_MESSAGE_BYTES + 1))
+    );
+}
+
+#[test]
+fn oversized_counts_are_rejected_before_allocation() {
+    // A points message announcing u32::MAX points in a few bytes.
+    let bytes = [1u8, 2, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3];
+    assert!(matches!(
+        Message::decode(&bytes),
+        Err(WireError::Truncated(_))
+    ));
+    // More points than a chunk may carry, with the bytes present.
+    let m = Message::MatcherPoints {
+        group: 0,
+        points: vec![valid_point(); CHUNK_ITEMS + 1],
+    };
+    assert!(matches!(
+        Message::decode(&m.encode()),
+        Err(WireError::TooMany { .. })
+    ));
+    // Invalid UTF-8 in a group key.
+    let mut r = Message::MatcherResult {
+        groups: vec![ReleasedGroup {
+            matcher_group: "ab".into(),
+            receiver_group: 0,
+            intersection_size: 1,
+            sums: vec![],
+        }],
+    }
+    .encode();
+    r[2 + 4 + 4] = 0xFF;
+    assert_eq!(Message::decode(&r), Err(WireError::InvalidGroupKey));
+}
+
+#[test]
+fn point_decoding_rejects_identity_non_canonical_and_wrong_length() {
+    let identity = PointBytes(RistrettoPoint::default().compress().to_bytes());
+    assert_eq!(identity.decode(), Err(PointError::Identity));
+    assert_eq!(
+        PointBytes([0xFF; 32]).decode(),
+        Err(PointError::NonCanonical)
+    );
+    // A field element >= p is non-canonical: 2^255 - 1 (top bit cleared) is above p.
+    let mut above_p = [0xFF; 32];
+    above_p[31] = 0x7F;
+    assert_eq!(PointBytes(above_p).decode(), Err(PointError::NonCanonical));
+    // A negative (odd) s is non-canonical in Ristretto.
+    let mut odd = valid_point().0;
+    odd[0] |= 1;
+    assert_eq!(PointBytes(odd).decode(), Err(PointError::NonCanonical));
+    assert_eq!(
+        PointBytes::from_slice(&[0; 31]),
+        Err(PointError::WrongLength(31))
+    );
+    assert!(valid_point().decode().is_ok());
+}
+
+fn matcher() -> Matcher {
+    let mut t = MatcherTable::new(Normalization::None);
+    t.push("", "a").unwrap();
+    t.push("", "b").unwrap();
+    Matcher::new(&Domain::new("c", "id"), t, Limits::default())
+}
+
+fn receiver() -> Receiver {
+    let mut t = ReceiverTable::new(Normalization::None, 0).unwrap();
+    t.push("", "a", &[]).unwrap();
+    t.push("", "b", &[]).unwrap();
+    Receiver::new(&Domain::new("c", "id"), t, Limits::default())
+}
+
+#[test]
+fn roles_reject_bad_points_and_unannounced_elements() {
+    let identity = PointBytes(RistrettoPoint::default().compress().to_bytes());
+    // Receiver gets the identity from the matcher.
+    let mut r = receiver();
+    r.handle_message(Message::MatcherHello {
+        group_sizes: vec![2],
+    })
+    .unwrap();
+    let err = r.handle_message(Message::MatcherPoints {
+        group: 0,
+        points: vec![identity],
+    });
+    assert!(matches!(
+        err,
+        Err(ProtocolError::Point {
+            error: PointError::Identity,
+            ..
+        })
+    ));
+    // More points than announced, and an unknown group.
+    let mut r = receiver();
+    r.handle_message(Message::MatcherHello {
+        group_sizes: vec![1],
+    })
+    .unwrap();
+    let err = r.handle_message(Message::MatcherPoints {
+        group: 0,
+        points: vec![valid_point(); 2],
+    });
+    assert_eq!(
+        err,
+        Err(ProtocolError::TooManyElements {
+            group: 0,
+            announced: 1
+        })
+    );
+    let err = r.handle_message(Message::MatcherPoints {
+        group: 5,
+        points: vec![valid_point()],
+    });
+    assert_eq!(err, Err(ProtocolError::UnknownGroup(5)));
+    // Points before the hello; a second hello.
+    let mut r = receiver();
+    assert!(matches!(
+        r.handle_message(Message::MatcherPoints {
+            group: 0,
+            points: vec![]
+        }),
+        Err(ProtocolError::Unexpected { .. })
+    ));
+    r.handle_message(Message::MatcherHello {
+        group_sizes: vec![],
+    })
+    .unwrap();
+    assert!(matches!(
+        r.handle_message(Message::MatcherHello {
+            group_sizes: vec![]
+        }),
+        Err(ProtocolError::Unexpected { .. })
+    ));
+}
+
+#[test]
+fn matcher_enforces_limits_order_and_tag_uniqueness() {
+    let mut m = Matcher::new(
+        &Domain::new("c", "id"),
+        MatcherTable::new(Normalization::None),
+        Limits {
+            max_set_size: 10,
+            max_groups: 2,
+        },
+    );
+    let err = m.handle_message(Message::ReceiverHello {
+        value_keys: vec![],
+        group_sizes: vec![11],
+    });
+    assert!(matches!(
+        err,
+        Err(ProtocolError::LimitExceeded {
+            what: "set size",
+            ..
+        })
+    ));
+    let err = m.handle_message(Message::ReceiverHello {
+        value_keys: vec![],
+        group_sizes: vec![1; 3],
+    });
+    assert!(matches!(
+        err,
+        Err(ProtocolError::LimitExceeded { what: "groups", .. })
+    ));
+
+    // Tags before items are complete.
+    let mut m = matcher();
+    m.handle_message(Message::ReceiverHello {
+        value_keys: vec![],
+        group_sizes: vec![1],
+    })
+    .unwrap();
+    let err = m.handle_message(Message::ReceiverTags {
+        group: 0,
+        tags: vec![Tag([0; 16])],
+    });
+    assert!(matches!(err, Err(ProtocolError::Unexpected { .. })));
+
+    // A receiver that repeats a matching tag to inflate a count is caught.
+    let mut m = matcher();
+    let mut r = receiver();
+    let mut to_matcher = Vec::new();
+    loop {
+        let mut progressed = false;
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(msg).unwrap();
+            progressed = true;
+        }
+        while let Some(msg) = r.poll_message() {
+            to_matcher.push(msg);
+            progressed = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let tags = match to_matcher.pop().unwrap() {
+        Message::ReceiverTags { tags, .. } => tags,
+        other => panic!("expected tags, got {}", other.kind()),
+    };
+    for msg in to_matcher {
+        m.handle_message(msg).unwrap();
+    }
+    // Both of the matcher's identifiers are in the receiver's set, so every tag matches:
+    // sending one of them twice (within the announced size of 2) must be refused.
+    assert_eq!(tags.len(), 2);
+    let err = m.handle_message(Message::ReceiverTags {
+        group: 0,
+        tags: vec![tags[0], tags[0]],
+    });
+    assert_eq!(err, Err(ProtocolError::DuplicateTag(0)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = Message::decode(&bytes);
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(which in 0usize..7, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = samples()[which].encode();
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        if let Ok(m) = Message::decode(&bytes) {
+            prop_assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+    }
+}
