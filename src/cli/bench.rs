@@ -1,0 +1,238 @@
+//! `cleanroom bench`: matching throughput against the cost of the raw curve operations,
+//! measured in the same run on the same machine.
+
+use super::output::{Format, render_table};
+use anyhow::{Result, bail, ensure};
+use clap::{Args, ValueEnum};
+use cleanroom_psi::{
+    Domain, Limits, Matcher, MatcherTable, Message, Normalization, Receiver, ReceiverTable,
+};
+use curve25519_dalek::{RistrettoPoint, Scalar};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Which protocol to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchProtocol {
+    /// Intersection size only.
+    Cardinality,
+    /// Intersection size and the sum of one value column.
+    Sum,
+}
+
+/// How the two parties exchange messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// In this process, every message encoded and decoded.
+    Memory,
+}
+
+/// Arguments of `cleanroom bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Identifiers per party.
+    #[arg(long)]
+    size: u64,
+    /// Fraction of identifiers common to both parties.
+    #[arg(long, default_value_t = 0.5)]
+    overlap: f64,
+    /// Protocol to run.
+    #[arg(long, value_enum, default_value_t = BenchProtocol::Cardinality)]
+    protocol: BenchProtocol,
+    /// Transport between the parties.
+    #[arg(long, value_enum, default_value_t = Transport::Memory)]
+    transport: Transport,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn identifier(i: u64) -> String {
+    format!("user{i:010}@example.com")
+}
+
+/// Run `cleanroom bench`.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    ensure!(
+        (0.0..=1.0).contains(&args.overlap),
+        "--overlap must be between 0 and 1"
+    );
+    ensure!(args.size > 0, "--size must be at least 1");
+    let n = args.size;
+    let common = (args.overlap * n as f64).round() as u64;
+    let columns = usize::from(args.protocol == BenchProtocol::Sum);
+    let interactive = args.format == Format::Table;
+
+    let floor = curve_floor(2 * n);
+    let domain = Domain::new("cleanroom-bench", "email");
+    let mut matcher_table = MatcherTable::new(Normalization::None);
+    for i in 0..n {
+        matcher_table.push("", &identifier(i))?;
+    }
+    let mut receiver_table = ReceiverTable::new(Normalization::None, columns)?;
+    let mut expected_sum = 0u64;
+    for i in (n - common)..(2 * n - common) {
+        let v = i % 1000;
+        if i < n {
+            expected_sum += v;
+        }
+        receiver_table.push("", &identifier(i), &vec![v; columns])?;
+    }
+
+    let progress = if interactive && n >= 50_000 {
+        let bar = ProgressBar::new(4 * n);
+        bar.set_style(ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {percent}% {msg}",
+        )?);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let limits = Limits {
+        max_set_size: n,
+        max_groups: 1,
+    };
+    let mut m = Matcher::new(&domain, matcher_table, limits);
+    let mut r = Receiver::new(&domain, receiver_table, limits);
+    let mut bytes = 0u64;
+    let mut transfer = |msg: Message| -> Result<Message> {
+        progress.inc(elements(&msg));
+        let encoded = msg.encode();
+        bytes += encoded.len() as u64;
+        Ok(Message::decode(&encoded)?)
+    };
+    let mut released = false;
+    while r.outcome().is_none() {
+        let mut progressed = false;
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(transfer(msg)?)?;
+            progressed = true;
+        }
+        while let Some(msg) = r.poll_message() {
+            m.handle_message(transfer(msg)?)?;
+            progressed = true;
+        }
+        if !released && m.counts().is_some() {
+            m.release(|_| true)?;
+            released = true;
+            progressed = true;
+        }
+        if !progressed {
+            bail!("the session stalled");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    let outcome = r.outcome().expect("loop ends with an outcome");
+    let (size, sum) = outcome.groups.first().map_or((0, 0), |g| {
+        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
+    });
+    ensure!(
+        size == common,
+        "wrong intersection size {size}, expected {common}"
+    );
+    if columns > 0 {
+        ensure!(
+            sum == expected_sum,
+            "wrong sum {sum}, expected {expected_sum}"
+        );
+    }
+    let protocol = match args.protocol {
+        BenchProtocol::Cardinality => "cardinality",
+        BenchProtocol::Sum => "sum",
+    };
+    let report = json!({
+        "size": n,
+        "protocol": protocol,
+        "transport": "memory",
+        "seconds": seconds,
+        "elements_per_second": 2.0 * n as f64 / seconds,
+        "intersection_size": size,
+        "bytes_on_wire": bytes,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "curve_floor_seconds": floor.as_secs_f64(),
+    });
+    match args.format {
+        Format::Json => println!("{report}"),
+        Format::Table | Format::Csv => {
+            let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
+            let rows = vec![
+                vec!["size per party".into(), n.to_string()],
+                vec!["protocol".into(), protocol.into()],
+                vec!["intersection (checked)".into(), size.to_string()],
+                vec!["seconds".into(), format!("{seconds:.3}")],
+                vec![
+                    "curve floor seconds".into(),
+                    format!("{:.3}", floor.as_secs_f64()),
+                ],
+                vec![
+                    "ratio to floor".into(),
+                    format!("{:.3}", seconds / floor.as_secs_f64()),
+                ],
+                vec![
+                    "elements per second".into(),
+                    format!("{:.0}", 2.0 * n as f64 / seconds),
+                ],
+                vec![
+                    "bytes per element".into(),
+                    format!("{:.1}", bytes as f64 / (2 * n) as f64),
+                ],
+                vec![
+                    "peak RSS MiB".into(),
+                    format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
+                ],
+            ];
+            print!("{}", render_table(&columns, &rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Elements a message carries, for the progress bar.
+fn elements(msg: &Message) -> u64 {
+    match msg {
+        Message::MatcherPoints { points, .. } | Message::ReceiverItems { points, .. } => {
+            points.len() as u64
+        }
+        Message::ReceiverTags { tags, .. } => tags.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The time for `count` elements to go through hash-to-group, blind, compress, decompress,
+/// re-blind and compress in a plain parallel loop: the curve work PSI cannot avoid.
+fn curve_floor(count: u64) -> Duration {
+    let domain = Domain::new("cleanroom-bench-floor", "email");
+    let a = Scalar::from(0x1234_5678_9abc_def1u64) * Scalar::from(0x0fed_cba9_8765_4321u64);
+    let b = a * a;
+    let started = Instant::now();
+    let acc: u64 = (0..count)
+        .into_par_iter()
+        .map(|i| {
+            let p: RistrettoPoint = a * domain.hash_to_group(&identifier(i));
+            let wire = p.compress();
+            let q = wire.decompress().expect("valid point");
+            u64::from((b * q).compress().as_bytes()[0])
+        })
+        .sum();
+    std::hint::black_box(acc);
+    started.elapsed()
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
