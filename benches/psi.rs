@@ -33,7 +33,8 @@ fn tables(n: usize, value_columns: usize) -> (MatcherTable, ReceiverTable) {
     for i in 0..n {
         m.push("", &format!("user{i}@example.com")).unwrap();
         let values = vec![i as u64 % 1000; value_columns];
-        r.push("", &format!("user{}@example.com", i + n / 2), &values).unwrap();
+        r.push("", &format!("user{}@example.com", i + n / 2), &values)
+            .unwrap();
     }
     (m, r)
 }
@@ -50,7 +51,10 @@ fn offline(c: &mut Criterion) {
                     || tables(n, columns),
                     |(m, r)| {
                         let report = match_offline(&domain, m, r, 1).unwrap();
-                        assert_eq!(report.outcome.groups[0].intersection_size, (n - n / 2) as u64);
+                        assert_eq!(
+                            report.outcome.groups[0].intersection_size,
+                            (n - n / 2) as u64
+                        );
                     },
                     criterion::BatchSize::LargeInput,
                 )

@@ -13,16 +13,22 @@ pub struct CsvFile {
 impl CsvFile {
     /// Open `path` and read its header row.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(file);
         let header = reader
             .headers()
             .with_context(|| format!("{}: cannot read the header row", path.display()))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
-        Ok(Self { path: path.to_owned(), header, reader })
+        Ok(Self {
+            path: path.to_owned(),
+            header,
+            reader,
+        })
     }
 
     /// The index of column `name`, or an error naming the file and the columns it has.
@@ -38,7 +44,10 @@ impl CsvFile {
 
     /// Visit every record with its 1-based line number; stops at the first error, which names
     /// the file and line.
-    pub fn for_each(&mut self, mut f: impl FnMut(u64, &csv::StringRecord) -> Result<()>) -> Result<u64> {
+    pub fn for_each(
+        &mut self,
+        mut f: impl FnMut(u64, &csv::StringRecord) -> Result<()>,
+    ) -> Result<u64> {
         let mut record = csv::StringRecord::new();
         let mut rows = 0;
         loop {
@@ -59,7 +68,6 @@ impl CsvFile {
 /// Parse a non-negative integer cell, naming the column on failure.
 pub fn parse_amount(cell: &str, column: &str) -> Result<u64> {
     let cell = cell.trim();
-    cell.parse::<u64>().map_err(|_| {
-        anyhow!("column {column:?}: {cell:?} is not a non-negative integer")
-    })
+    cell.parse::<u64>()
+        .map_err(|_| anyhow!("column {column:?}: {cell:?} is not a non-negative integer"))
 }

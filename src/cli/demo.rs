@@ -44,7 +44,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let report = match_offline(&domain, matcher, receiver, args.threshold)?;
     let elapsed = started.elapsed();
 
-    let columns = ["campaign", "buyers", "revenue", "avg_per_buyer"].map(String::from).to_vec();
+    let columns = ["campaign", "buyers", "revenue", "avg_per_buyer"]
+        .map(String::from)
+        .to_vec();
     let rows: Vec<Vec<String>> = report
         .outcome
         .groups
@@ -59,9 +61,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    println!("\nPeople who saw each campaign and bought (threshold {}):\n", args.threshold);
+    println!(
+        "\nPeople who saw each campaign and bought (threshold {}):\n",
+        args.threshold
+    );
     print!("{}", render_table(&columns, &rows));
-    println!("suppressed groups (under the threshold): {}", report.outcome.suppressed_groups);
+    println!(
+        "suppressed groups (under the threshold): {}",
+        report.outcome.suppressed_groups
+    );
     println!(
         "\nOn the wire: {} messages, {} bytes, in {:.2?}; no identifier left either side.",
         report.messages, report.bytes, elapsed

@@ -35,7 +35,8 @@ pub struct MatchArgs {
 }
 
 fn parse_normalization(s: &str) -> Result<Normalization, String> {
-    s.parse().map_err(|e: cleanroom_psi::UnknownNormalization| e.to_string())
+    s.parse()
+        .map_err(|e: cleanroom_psi::UnknownNormalization| e.to_string())
 }
 
 /// The domain offline matching hashes in: no collaboration, only the column.
@@ -49,7 +50,11 @@ const GROUP: &str = "g:";
 pub fn run(args: MatchArgs) -> Result<ExitCode> {
     let mut left = CsvFile::open(&args.left)?;
     let id_left = left.column(&args.id_column)?;
-    let group_col = args.group_by.as_deref().map(|g| left.column(g)).transpose()?;
+    let group_col = args
+        .group_by
+        .as_deref()
+        .map(|g| left.column(g))
+        .transpose()?;
     let mut matcher = MatcherTable::new(args.normalize);
     let mut group_keys = std::collections::BTreeSet::new();
     let left_rows = left.for_each(|_, rec| {
@@ -65,7 +70,11 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
 
     let mut right = CsvFile::open(&args.right)?;
     let id_right = right.column(&args.id_column)?;
-    let sum_col = args.sum.as_deref().map(|s| right.column(s).map(|i| (i, s))).transpose()?;
+    let sum_col = args
+        .sum
+        .as_deref()
+        .map(|s| right.column(s).map(|i| (i, s)))
+        .transpose()?;
     let mut receiver = ReceiverTable::new(args.normalize, usize::from(sum_col.is_some()))?;
     let right_rows = right.for_each(|_, rec| {
         let values = match sum_col {
@@ -80,13 +89,19 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
     let report = match_offline(&domain, matcher, receiver, 1).context("matching failed")?;
     let mut by_group: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for g in &report.outcome.groups {
-        by_group.insert(&g.matcher_group, (g.intersection_size, g.sums.first().copied().unwrap_or(0)));
+        by_group.insert(
+            &g.matcher_group,
+            (g.intersection_size, g.sums.first().copied().unwrap_or(0)),
+        );
     }
     let (total, total_sum) = by_group.get(ALL).copied().unwrap_or((0, 0));
     let groups: Vec<(String, u64, u64)> = group_keys
         .iter()
         .map(|k| {
-            let (n, s) = by_group.get(format!("{GROUP}{k}").as_str()).copied().unwrap_or((0, 0));
+            let (n, s) = by_group
+                .get(format!("{GROUP}{k}").as_str())
+                .copied()
+                .unwrap_or((0, 0));
             (k.clone(), n, s)
         })
         .collect();
@@ -127,7 +142,8 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
                 }
                 r
             };
-            let mut rows: Vec<Vec<String>> = groups.iter().map(|(k, n, s)| row(k, *n, *s)).collect();
+            let mut rows: Vec<Vec<String>> =
+                groups.iter().map(|(k, n, s)| row(k, *n, *s)).collect();
             rows.push(row("(all)", total, total_sum));
             if args.format == Format::Csv {
                 print!("{}", render_csv(&columns, &rows)?);

@@ -29,14 +29,24 @@ pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
             .iter()
             .zip(&widths)
             .map(|(c, &w)| {
-                if c.parse::<f64>().is_ok() { format!("{c:>w$}") } else { format!("{c:<w$}") }
+                if c.parse::<f64>().is_ok() {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
             })
             .collect();
         parts.join("  ").trim_end().to_owned()
     };
     let mut out = line(columns);
     out.push('\n');
-    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  "),
+    );
     out.push('\n');
     for row in rows {
         out.push_str(&line(row));
@@ -62,11 +72,17 @@ mod tests {
     #[test]
     fn table_aligns_and_csv_quotes() {
         let cols = vec!["campaign".to_owned(), "n".to_owned()];
-        let rows = vec![vec!["spring, 2026".to_owned(), "1200".to_owned()], vec!["f".to_owned(), "7".to_owned()]];
+        let rows = vec![
+            vec!["spring, 2026".to_owned(), "1200".to_owned()],
+            vec!["f".to_owned(), "7".to_owned()],
+        ];
         assert_eq!(
             render_table(&cols, &rows),
             "campaign         n\n------------  ----\nspring, 2026  1200\nf                7\n"
         );
-        assert_eq!(render_csv(&cols, &rows).unwrap(), "campaign,n\n\"spring, 2026\",1200\nf,7\n");
+        assert_eq!(
+            render_csv(&cols, &rows).unwrap(),
+            "campaign,n\n\"spring, 2026\",1200\nf,7\n"
+        );
     }
 }

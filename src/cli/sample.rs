@@ -18,7 +18,12 @@ impl SplitMix {
 }
 
 /// Campaigns of the publisher's impressions.
-pub const CAMPAIGNS: [&str; 4] = ["spring_sale", "summer_launch", "fall_promo", "holiday_teaser"];
+pub const CAMPAIGNS: [&str; 4] = [
+    "spring_sale",
+    "summer_launch",
+    "fall_promo",
+    "holiday_teaser",
+];
 const REGIONS: [&str; 3] = ["north", "south", "west"];
 
 /// A table as CSV would give it: header and rows of strings.
@@ -39,13 +44,24 @@ pub fn impressions() -> SampleTable {
         let seen = 1 + rng.below(3);
         for _ in 0..seen {
             let c = CAMPAIGNS[rng.below(3) as usize];
-            rows.push(vec![noisy_email(&mut rng, i), c.to_owned(), REGIONS[rng.below(3) as usize].to_owned()]);
+            rows.push(vec![
+                noisy_email(&mut rng, i),
+                c.to_owned(),
+                REGIONS[rng.below(3) as usize].to_owned(),
+            ]);
         }
         if i % 500 == 0 {
-            rows.push(vec![noisy_email(&mut rng, i), CAMPAIGNS[3].to_owned(), "north".to_owned()]);
+            rows.push(vec![
+                noisy_email(&mut rng, i),
+                CAMPAIGNS[3].to_owned(),
+                "north".to_owned(),
+            ]);
         }
     }
-    SampleTable { header: vec!["email".into(), "campaign".into(), "region".into()], rows }
+    SampleTable {
+        header: vec!["email".into(), "campaign".into(), "region".into()],
+        rows,
+    }
 }
 
 /// The advertiser's purchases: `email, amount` (cents) and `channel`. Buyers are people
@@ -58,10 +74,17 @@ pub fn purchases() -> SampleTable {
         for _ in 0..times {
             let amount = 500 + rng.below(20_000);
             let channel = if rng.below(4) == 0 { "store" } else { "online" };
-            rows.push(vec![noisy_email(&mut rng, i), amount.to_string(), channel.to_owned()]);
+            rows.push(vec![
+                noisy_email(&mut rng, i),
+                amount.to_string(),
+                channel.to_owned(),
+            ]);
         }
     }
-    SampleTable { header: vec!["email".into(), "amount".into(), "channel".into()], rows }
+    SampleTable {
+        header: vec!["email".into(), "amount".into(), "channel".into()],
+        rows,
+    }
 }
 
 fn noisy_email(rng: &mut SplitMix, i: u64) -> String {
