@@ -314,7 +314,7 @@ pub struct Collaboration {
 #[derive(Debug, thiserror::Error)]
 pub enum CollaborationError {
     /// The file could not be read.
-    #[error("cannot read collaboration file {}: {source}", path.display())]
+    #[error("cannot read collaboration file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -404,7 +404,9 @@ pub enum Problem {
     #[error("unknown normalization {0:?}: expected one of email, phone, trim, none")]
     UnknownNormalization(String),
     /// A table without `[table.rule]`.
-    #[error("table {0:?} has no [table.rule]; a table without an analysis rule can never be queried")]
+    #[error(
+        "table {0:?} has no [table.rule]; a table without an analysis rule can never be queried"
+    )]
     MissingRule(String),
     /// A rule type other than `aggregation` or `list`.
     #[error("unknown rule type {0:?}: expected \"aggregation\" or \"list\"")]
@@ -795,11 +797,7 @@ fn validate_table(
                 .as_ref()
                 .ok_or_else(|| missing("aggregate_columns"))?;
             if aggregates.get_ref().is_empty() {
-                return Err(at.invalid(
-                    "table.rule.aggregate_columns",
-                    aggregates,
-                    Problem::Empty,
-                ));
+                return Err(at.invalid("table.rule.aggregate_columns", aggregates, Problem::Empty));
             }
             let mut aggregate_columns = BTreeMap::new();
             for (column, functions) in aggregates.get_ref() {
@@ -857,9 +855,18 @@ fn validate_table(
         "list" => {
             const TYPE: &str = "list";
             let misplaced = [
-                ("dimension_columns", rule.dimension_columns.as_ref().map(|s| s.span())),
-                ("aggregate_columns", rule.aggregate_columns.as_ref().map(|s| s.span())),
-                ("min_threshold", rule.min_threshold.as_ref().map(|s| s.span())),
+                (
+                    "dimension_columns",
+                    rule.dimension_columns.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "aggregate_columns",
+                    rule.aggregate_columns.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "min_threshold",
+                    rule.min_threshold.as_ref().map(|s| s.span()),
+                ),
             ];
             for (key, span) in misplaced {
                 if let Some(span) = span {

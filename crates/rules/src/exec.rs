@@ -37,7 +37,9 @@ pub enum DataError {
         column: String,
     },
     /// A row is too short to hold a column the plan reads.
-    #[error("table {table:?}, row {row}: no field for column {column:?} (the row has {fields} fields)")]
+    #[error(
+        "table {table:?}, row {row}: no field for column {column:?} (the row has {fields} fields)"
+    )]
     ShortRow {
         /// The collaboration table.
         table: String,

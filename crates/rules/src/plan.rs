@@ -229,7 +229,9 @@ impl Filter {
             } => {
                 let x = non_null(cell(column))?;
                 let above = low.as_deref().map(|l| compare_text(x, l) != Ordering::Less);
-                let below = high.as_deref().map(|h| compare_text(x, h) != Ordering::Greater);
+                let below = high
+                    .as_deref()
+                    .map(|h| compare_text(x, h) != Ordering::Greater);
                 let inside = match (above, below) {
                     (Some(false), _) | (_, Some(false)) => Some(false),
                     (Some(true), Some(true)) => Some(true),
@@ -238,6 +240,82 @@ impl Filter {
                 inside.map(|b| b != *negated)
             }
             Filter::IsNull { column, negated } => Some(is_null(cell(column)) != *negated),
+        }
+    }
+}
+
+/// Writes a literal as SQL: `'text'` (quotes doubled) or `NULL`.
+fn write_literal(f: &mut std::fmt::Formatter<'_>, value: &Option<String>) -> std::fmt::Result {
+    match value {
+        Some(v) => write!(f, "'{}'", v.replace('\'', "''")),
+        None => f.write_str("NULL"),
+    }
+}
+
+impl std::fmt::Display for CompareOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Eq => "=",
+            Self::NotEq => "<>",
+            Self::Lt => "<",
+            Self::LtEq => "<=",
+            Self::Gt => ">",
+            Self::GtEq => ">=",
+        })
+    }
+}
+
+/// SQL text of the filter, fully parenthesized where operators mix.
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |f: &mut std::fmt::Formatter<'_>, items: &[Filter], op: &str| {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    write!(f, " {op} ")?;
+                }
+                match item {
+                    Filter::And { .. } | Filter::Or { .. } => write!(f, "({item})")?,
+                    _ => write!(f, "{item}")?,
+                }
+            }
+            Ok(())
+        };
+        match self {
+            Filter::And { all } => list(f, all, "AND"),
+            Filter::Or { any } => list(f, any, "OR"),
+            Filter::Not { filter } => write!(f, "NOT ({filter})"),
+            Filter::Compare { column, op, value } => {
+                write!(f, "{column} {op} ")?;
+                write_literal(f, value)
+            }
+            Filter::In {
+                column,
+                values,
+                negated,
+            } => {
+                write!(f, "{column} {}IN (", if *negated { "NOT " } else { "" })?;
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write_literal(f, v)?;
+                }
+                f.write_str(")")
+            }
+            Filter::Between {
+                column,
+                low,
+                high,
+                negated,
+            } => {
+                write!(f, "{column} {}BETWEEN ", if *negated { "NOT " } else { "" })?;
+                write_literal(f, low)?;
+                f.write_str(" AND ")?;
+                write_literal(f, high)
+            }
+            Filter::IsNull { column, negated } => {
+                write!(f, "{column} IS {}NULL", if *negated { "NOT " } else { "" })
+            }
         }
     }
 }

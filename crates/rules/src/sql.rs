@@ -7,18 +7,20 @@
 
 use std::ops::ControlFlow;
 
+use cleanroom_psi::elgamal::MAX_VALUE_COLUMNS;
 use sqlparser::ast::{
     BinaryOperator, Distinct, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Ident, InTarget, JoinConstraint, JoinOperator, LimitClause, ObjectName,
-    ObjectNamePart, OrderByKind, OrderBySort, Query, Select, SelectFlavor, SelectItem, SetExpr,
-    Statement, TableFactor, UnaryOperator, Value as SqlValue, Visit, Visitor,
+    FunctionArguments, GroupByExpr, Ident, InTarget, JoinConstraint, JoinOperator, LimitClause,
+    ObjectName, ObjectNamePart, OrderByKind, OrderBySort, Query, Select, SelectFlavor, SelectItem,
+    SetExpr, Statement, TableFactor, UnaryOperator, Value as SqlValue, Visit, Visitor,
 };
-use cleanroom_psi::elgamal::MAX_VALUE_COLUMNS;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::collaboration::{Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, Table};
+use crate::collaboration::{
+    Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, Table,
+};
 use crate::plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
     ValueKind,
@@ -611,10 +613,9 @@ impl<'c> Checker<'c> {
                 TableFactor::Derived { .. } => {
                     Reason::new(Code::Subquery, "subqueries are not allowed")
                 }
-                TableFactor::NestedJoin { .. } => Reason::new(
-                    Code::UnsupportedJoin,
-                    "parenthesized joins are not allowed",
-                ),
+                TableFactor::NestedJoin { .. } => {
+                    Reason::new(Code::UnsupportedJoin, "parenthesized joins are not allowed")
+                }
                 _ => Reason::new(
                     Code::UnsupportedClause,
                     "only collaboration tables may appear in FROM",
@@ -653,7 +654,10 @@ impl<'c> Checker<'c> {
                 self.refuse(
                     Reason::new(
                         Code::UnknownTable,
-                        format!("table {name} is not in collaboration {:?}", self.collab.id()),
+                        format!(
+                            "table {name} is not in collaboration {:?}",
+                            self.collab.id()
+                        ),
                     )
                     .table(name.to_string()),
                 );
@@ -823,10 +827,11 @@ impl<'c> Checker<'c> {
     // ----- columns -----
 
     fn source_named(&self, qualifier: &Ident) -> Option<usize> {
-        let by_alias = self
-            .sources
-            .iter()
-            .position(|s| s.alias.as_ref().is_some_and(|a| ident_matches(qualifier, &a.value)));
+        let by_alias = self.sources.iter().position(|s| {
+            s.alias
+                .as_ref()
+                .is_some_and(|a| ident_matches(qualifier, &a.value))
+        });
         by_alias.or_else(|| {
             self.sources
                 .iter()
@@ -894,7 +899,10 @@ impl<'c> Checker<'c> {
                     self.refuse(
                         Reason::new(
                             Code::UnknownTable,
-                            format!("{:?} is not a table or alias of this query", qualifier.value),
+                            format!(
+                                "{:?} is not a table or alias of this query",
+                                qualifier.value
+                            ),
                         )
                         .table(qualifier.value.clone()),
                     );
@@ -1070,11 +1078,28 @@ impl<'c> Checker<'c> {
             return None;
         }
         let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+        let identifiers: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let qualifier = s
+                    .alias
+                    .as_ref()
+                    .map_or(s.table.name(), |a| a.value.as_str());
+                format!(
+                    "COUNT(DISTINCT {qualifier}.{})",
+                    s.table.identifier().column()
+                )
+            })
+            .collect();
         let count_star = || {
             Reason::new(
                 Code::CountStar,
-                "COUNT(*) counts joined rows, which the clean room does not release; use \
-                 COUNT(DISTINCT <identifier column>) to count matched identifiers",
+                format!(
+                    "COUNT(*) counts joined rows, which the clean room does not release; use {} \
+                     to count matched identifiers",
+                    identifiers.join(" or ")
+                ),
             )
         };
         let arg = match list.args.as_slice() {
@@ -1243,9 +1268,7 @@ impl<'c> Checker<'c> {
         let Some(selection) = &select.selection else {
             return per_role;
         };
-        let mut conjuncts = Vec::new();
-        flatten_and(selection, &mut conjuncts, 0);
-        for conjunct in conjuncts {
+        for conjunct in operands(selection, &BinaryOperator::And) {
             let mut roles = Vec::new();
             let Some(filter) = self.predicate(conjunct, &mut roles, 0) else {
                 continue;
@@ -1281,13 +1304,22 @@ impl<'c> Checker<'c> {
         match expr {
             Expr::BinaryOp { left, op, right } => match op {
                 BinaryOperator::And | BinaryOperator::Or => {
-                    let l = self.predicate(left, roles, depth + 1);
-                    let r = self.predicate(right, roles, depth + 1);
-                    let (l, r) = (l?, r?);
-                    Some(if *op == BinaryOperator::And {
-                        Filter::And { all: vec![l, r] }
-                    } else {
-                        Filter::Or { any: vec![l, r] }
+                    // A chain `a OR b OR c` is one node with three operands, walked without
+                    // recursion however long it is.
+                    let mut filters = Vec::new();
+                    let mut ok = true;
+                    for operand in operands(expr, op) {
+                        match self.predicate(operand, roles, depth + 1) {
+                            Some(f) => filters.push(f),
+                            None => ok = false,
+                        }
+                    }
+                    ok.then(|| {
+                        if *op == BinaryOperator::And {
+                            Filter::And { all: filters }
+                        } else {
+                            Filter::Or { any: filters }
+                        }
                     })
                 }
                 BinaryOperator::Eq
@@ -1395,7 +1427,10 @@ impl<'c> Checker<'c> {
                 )));
                 None
             }
-            Expr::Like { .. } | Expr::ILike { .. } | Expr::SimilarTo { .. } | Expr::RLike { .. } => {
+            Expr::Like { .. }
+            | Expr::ILike { .. }
+            | Expr::SimilarTo { .. }
+            | Expr::RLike { .. } => {
                 self.refuse(unsupported(format!(
                     "pattern matching is not allowed in WHERE: {expr}"
                 )));
@@ -1476,10 +1511,7 @@ impl<'c> Checker<'c> {
                 self.refuse(
                     Reason::new(
                         Code::UngroupedOutput,
-                        format!(
-                            "output {}.{} must appear in GROUP BY",
-                            c.table, c.column
-                        ),
+                        format!("output {}.{} must appear in GROUP BY", c.table, c.column),
                     )
                     .table(c.table.clone())
                     .column(c.column.clone()),
@@ -1589,7 +1621,9 @@ impl<'c> Checker<'c> {
         let not_output = |what: String| {
             Reason::new(
                 Code::OrderByNotOutput,
-                format!("ORDER BY {what}: only outputs (by name, position or expression) can be ordered by"),
+                format!(
+                    "ORDER BY {what}: only outputs (by name, position or expression) can be ordered by"
+                ),
             )
         };
         if let Some(position) = ordinal(expr) {
@@ -1604,7 +1638,9 @@ impl<'c> Checker<'c> {
             return None;
         }
         if let Expr::Identifier(ident) = expr
-            && let Some(i) = outputs.iter().position(|(name, _)| ident_matches(ident, name))
+            && let Some(i) = outputs
+                .iter()
+                .position(|(name, _)| ident_matches(ident, name))
         {
             return Some(i);
         }
@@ -1825,17 +1861,19 @@ fn ordinal(expr: &Expr) -> Option<usize> {
     }
 }
 
-/// Splits a predicate into its top-level conjuncts.
-fn flatten_and<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>, depth: usize) {
-    match strip_nested(expr) {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } if depth < MAX_DEPTH => {
-            flatten_and(left, out, depth + 1);
-            flatten_and(right, out, depth + 1);
+/// The operands of a chain of one associative operator (`a AND b AND c` → `[a, b, c]`), in
+/// order, through parentheses; iterative, so chain length does not consume stack.
+fn operands<'e>(expr: &'e Expr, op: &BinaryOperator) -> Vec<&'e Expr> {
+    let mut out = Vec::new();
+    let mut stack = vec![expr];
+    while let Some(e) = stack.pop() {
+        match strip_nested(e) {
+            Expr::BinaryOp { left, op: o, right } if o == op => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => out.push(other),
         }
-        other => out.push(other),
     }
+    out
 }

@@ -148,7 +148,10 @@ mod tests {
         let one = Value::Integer(1);
         assert_eq!(n.compare(&one, false, false), Ordering::Greater);
         assert_eq!(n.compare(&one, false, true), Ordering::Less);
-        assert_eq!(one.compare(&Value::Integer(2), true, true), Ordering::Greater);
+        assert_eq!(
+            one.compare(&Value::Integer(2), true, true),
+            Ordering::Greater
+        );
         assert_eq!(
             Value::Float(1.5).compare(&Value::Integer(2), false, false),
             Ordering::Less

@@ -3,8 +3,11 @@
 use cleanroom_rules::{Collaboration, Protocol, ReasonCode as C, Role};
 
 fn collaboration() -> Collaboration {
-    Collaboration::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/collab.toml"))
-        .expect("sample collaboration loads")
+    Collaboration::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/collab.toml"
+    ))
+    .expect("sample collaboration loads")
 }
 
 /// What the checker must answer.
@@ -18,6 +21,7 @@ use Expect::*;
 
 const J: &str = "FROM impressions i JOIN conversions c ON i.email = c.email";
 
+#[rustfmt::skip]
 fn corpus() -> Vec<(&'static str, String, Expect)> {
     let adv = "advertiser";
     let q = |s: &str| s.replace("{J}", J);
@@ -156,7 +160,10 @@ fn corpus_has_at_least_forty_queries_and_covers_every_code() {
     seen.sort();
     seen.dedup();
     let missing: Vec<&C> = C::ALL.iter().filter(|c| !seen.contains(c)).collect();
-    assert!(missing.is_empty(), "codes without a corpus query: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "codes without a corpus query: {missing:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,224 @@
+//! Fuzz-style tests: whatever the text, checking a query returns a plan or a refusal and never
+//! panics (nor overflows the stack of a 2 MiB thread, the default for spawned threads).
+
+use cleanroom_rules::{Collaboration, MAX_QUERY_TOKENS, ReasonCode};
+use proptest::prelude::*;
+
+fn collaboration() -> Collaboration {
+    Collaboration::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/collab.toml"
+    ))
+    .unwrap()
+}
+
+/// Checks `sql` as every member and as a stranger; allowed plans must serialize.
+fn check_all(collab: &Collaboration, sql: &str) {
+    for member in ["advertiser", "retailer", "publisher", "nobody"] {
+        match collab.plan(member, sql) {
+            Ok(plan) => {
+                let json = serde_json::to_string(&plan).unwrap();
+                assert!(json.contains("\"protocol\""));
+            }
+            Err(refusal) => assert!(!refusal.reasons.is_empty()),
+        }
+    }
+}
+
+const VOCABULARY: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP",
+    "BY",
+    "ORDER",
+    "LIMIT",
+    "JOIN",
+    "INNER",
+    "LEFT",
+    "ON",
+    "USING",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "BETWEEN",
+    "IS",
+    "NULL",
+    "DISTINCT",
+    "COUNT",
+    "SUM",
+    "AVG",
+    "MAX",
+    "AS",
+    "ASC",
+    "DESC",
+    "HAVING",
+    "UNION",
+    "WITH",
+    "OVER",
+    "CROSS",
+    "NATURAL",
+    "(",
+    ")",
+    ",",
+    ".",
+    "*",
+    "=",
+    "<>",
+    "<",
+    ">=",
+    "+",
+    "-",
+    ";",
+    "1",
+    "0",
+    "-7",
+    "2.5",
+    "'EU'",
+    "'x''y'",
+    "impressions",
+    "conversions",
+    "store_visits",
+    "loyalty",
+    "subscribers",
+    "i",
+    "c",
+    "email",
+    "campaign",
+    "region",
+    "device",
+    "product",
+    "channel",
+    "purchase_value",
+    "quantity",
+    "coupon",
+    "i.email",
+    "c.email",
+    "i.campaign",
+    "c.product",
+    "c.purchase_value",
+    "\"region\"",
+    "`x`",
+    "?",
+    "$1",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "END",
+    "CAST",
+    "EXISTS",
+    "VALUES",
+    "INSERT",
+    "INTO",
+    "DROP",
+];
+
+const SEEDS: &[&str] = &[
+    "SELECT i.campaign, COUNT(DISTINCT c.email) FROM impressions i JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
+    "SELECT c.product, SUM(c.purchase_value), AVG(c.quantity) FROM impressions i JOIN conversions c ON i.email = c.email WHERE i.region IN ('EU', 'US') AND NOT c.channel = 'web' GROUP BY c.product ORDER BY 2 DESC LIMIT 3",
+    "SELECT COUNT(DISTINCT impressions.email) FROM impressions JOIN conversions USING (email) WHERE impressions.device BETWEEN 'a' AND 'n'",
+];
+
+fn tokens() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(VOCABULARY), 0..40).prop_map(|t| t.join(" "))
+}
+
+/// A seed query with some of its tokens deleted, duplicated or replaced.
+fn mutated() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(SEEDS),
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                0u8..3,
+                prop::sample::select(VOCABULARY),
+            ),
+            1..6,
+        ),
+    )
+        .prop_map(|(seed, edits)| {
+            let mut words: Vec<String> = seed.split(' ').map(String::from).collect();
+            for (index, kind, word) in edits {
+                if words.is_empty() {
+                    words.push(word.to_owned());
+                    continue;
+                }
+                let i = index.index(words.len());
+                match kind {
+                    0 => {
+                        words.remove(i);
+                    }
+                    1 => words.insert(i, word.to_owned()),
+                    _ => words[i] = word.to_owned(),
+                }
+            }
+            words.join(" ")
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    #[test]
+    fn arbitrary_text_never_panics(sql in ".{0,200}") {
+        check_all(&collaboration(), &sql);
+    }
+
+    #[test]
+    fn token_soup_never_panics(sql in tokens()) {
+        check_all(&collaboration(), &sql);
+    }
+
+    #[test]
+    fn mutated_queries_never_panic(sql in mutated()) {
+        check_all(&collaboration(), &sql);
+    }
+}
+
+/// Runs `f` on a thread with the default 2 MiB stack.
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn the_longest_accepted_predicate_chain_fits_a_small_stack() {
+    on_small_stack(|| {
+        let collab = collaboration();
+        let head = "SELECT COUNT(DISTINCT i.email) FROM impressions i JOIN conversions c ON i.email = c.email WHERE ";
+        // Each "i.region = 'x' OR" is 6 tokens (i . region = 'x' OR); stay just under the cap.
+        let n = (MAX_QUERY_TOKENS - 30) / 6;
+        for op in ["OR", "AND"] {
+            let chain = vec!["i.region = 'x'"; n].join(&format!(" {op} "));
+            let plan = collab.plan("advertiser", &format!("{head}{chain}"));
+            assert!(plan.is_ok(), "{op}: {:?}", plan.err());
+        }
+        let arithmetic = vec!["1"; MAX_QUERY_TOKENS / 2 - 40].join("+");
+        let refused = collab
+            .plan("advertiser", &format!("{head}i.region = {arithmetic}"))
+            .unwrap_err();
+        assert_eq!(refused.codes(), [ReasonCode::UnsupportedPredicate]);
+    });
+}
+
+#[test]
+fn deep_nesting_is_refused_not_overflowed() {
+    on_small_stack(|| {
+        let collab = collaboration();
+        let deep = format!(
+            "SELECT COUNT(DISTINCT i.email) FROM impressions i JOIN conversions c ON i.email = c.email WHERE {}i.region = 'x'{}",
+            "(".repeat(900),
+            ")".repeat(900)
+        );
+        let refused = collab.plan("advertiser", &deep).unwrap_err();
+        assert_eq!(refused.codes(), [ReasonCode::QueryTooComplex]);
+        let long = "SELECT ".to_owned() + &"x, ".repeat(10_000) + "1";
+        let refused = collab.plan("advertiser", &long).unwrap_err();
+        assert_eq!(refused.codes(), [ReasonCode::QueryTooComplex]);
+    });
+}

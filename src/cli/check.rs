@@ -1,0 +1,208 @@
+//! `cleanroom check`: validate a query against the collaboration without touching any data.
+//!
+//! Exit codes: 0 when the query is allowed, 1 when it is refused (a syntax error is a refusal),
+//! 2 for a bad invocation or collaboration file (reported on stderr).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use cleanroom_rules::{Collaboration, OutputValue, Plan, Reason, Refusal, Role, SidePlan};
+use serde::Serialize;
+
+use super::output::{Format, render_table};
+
+/// Arguments of `cleanroom check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The collaboration file (TOML), identical on every member's side.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The member running the query.
+    #[arg(long, value_name = "NAME")]
+    pub member: String,
+    /// Output format: `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The SQL query; `-` reads it from standard input.
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+}
+
+/// Runs `cleanroom check`: prints the plan or the reasons; exit 0 allowed, 1 refused. Errors
+/// (unreadable or invalid collaboration file, unknown member, unsupported format) become exit 2.
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    if args.format == Format::Csv {
+        bail!("`check` prints `table` or `json`, not `csv`");
+    }
+    let collaboration = Collaboration::load(&args.config)?;
+    if collaboration.member(&args.member).is_none() {
+        let members: Vec<&str> = collaboration.members().iter().map(|m| m.name()).collect();
+        bail!(
+            "{:?} is not a member of collaboration {:?} (members: {})",
+            args.member,
+            collaboration.id(),
+            members.join(", ")
+        );
+    }
+    let sql = if args.sql == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the query from standard input")?;
+        text
+    } else {
+        args.sql
+    };
+
+    let verdict = collaboration.plan(&args.member, &sql);
+    let json = args.format == Format::Json;
+    match &verdict {
+        Ok(plan) if json => println!(
+            "{}",
+            serde_json::to_string_pretty(&Allowed {
+                allowed: true,
+                plan
+            })?
+        ),
+        Err(refusal) if json => println!(
+            "{}",
+            serde_json::to_string_pretty(&Refused {
+                allowed: false,
+                reasons: &refusal.reasons
+            })?
+        ),
+        Ok(plan) => print!("{}", describe_plan(plan)),
+        Err(refusal) => print!("{}", describe_refusal(refusal)),
+    }
+    Ok(if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `{"allowed": true, "plan": {...}}`, fields in declaration order.
+#[derive(Serialize)]
+struct Allowed<'a> {
+    allowed: bool,
+    plan: &'a Plan,
+}
+
+/// `{"allowed": false, "reasons": [...]}`.
+#[derive(Serialize)]
+struct Refused<'a> {
+    allowed: bool,
+    reasons: &'a [Reason],
+}
+
+/// The serde name of a unit enum value (`intersection_sum`, `non_null`, ...).
+fn name_of(value: impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn describe_side(side: &SidePlan) -> String {
+    let mut line = format!(
+        "{}'s table {} (identifier {}, normalized as {})",
+        side.member, side.table, side.identifier, side.normalization
+    );
+    if let Some(filter) = &side.filter {
+        line.push_str(&format!("\n    filter:   {filter}"));
+    }
+    if !side.group_columns.is_empty() {
+        line.push_str(&format!(
+            "\n    group by: {}",
+            side.group_columns.join(", ")
+        ));
+    }
+    if !side.value_columns.is_empty() {
+        let values: Vec<String> = side
+            .value_columns
+            .iter()
+            .map(|v| format!("{} ({})", v.column, name_of(v.kind)))
+            .collect();
+        line.push_str(&format!("\n    values:   {}", values.join(", ")));
+    }
+    line
+}
+
+/// A plan, for people.
+fn describe_plan(plan: &Plan) -> String {
+    let protocol = name_of(plan.protocol());
+    let grouping = match plan.grouped_by() {
+        Some(Role::Matcher) => ", grouped on the matcher's side",
+        Some(Role::Receiver) => ", grouped on the receiver's side",
+        None => "",
+    };
+    let mut out = format!("allowed: {} may run this query\n", plan.querier());
+    out.push_str(&format!("protocol: {protocol}{grouping}\n"));
+    out.push_str(&format!("matcher:  {}\n", describe_side(plan.matcher())));
+    out.push_str(&format!("receiver: {}\n", describe_side(plan.receiver())));
+    out.push_str(&format!(
+        "release:  rows with at least {} matched identifiers; others are suppressed\n",
+        plan.min_release()
+    ));
+    let rows: Vec<Vec<String>> = plan
+        .outputs()
+        .iter()
+        .map(|o| {
+            let source = match &o.value {
+                OutputValue::Dimension { table, column, .. } => format!("{table}.{column}"),
+                OutputValue::CountDistinct { table, column } => {
+                    format!("matched distinct {table}.{column}")
+                }
+                OutputValue::Count { table, column, .. } => format!("COUNT({table}.{column})"),
+                OutputValue::Sum { table, column, .. } => format!("SUM({table}.{column})"),
+                OutputValue::Avg { table, column, .. } => format!("AVG({table}.{column})"),
+            };
+            vec![o.name.clone(), source]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&render_table(
+        &["output".to_owned(), "computed as".to_owned()],
+        &rows,
+    ));
+    if !plan.order_by().is_empty() {
+        let keys: Vec<String> = plan
+            .order_by()
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    plan.outputs()[k.output].name,
+                    if k.descending { "DESC" } else { "ASC" }
+                )
+            })
+            .collect();
+        out.push_str(&format!("order by: {}\n", keys.join(", ")));
+    }
+    if let Some(limit) = plan.limit() {
+        out.push_str(&format!("limit:    {limit}\n"));
+    }
+    out
+}
+
+/// A refusal, for people.
+fn describe_refusal(refusal: &Refusal) -> String {
+    let mut out = format!(
+        "refused ({} reason{})\n",
+        refusal.reasons.len(),
+        if refusal.reasons.len() == 1 { "" } else { "s" }
+    );
+    for reason in &refusal.reasons {
+        let place = match (&reason.table, &reason.column) {
+            (Some(t), Some(c)) => format!(" {t}.{c}:"),
+            (Some(t), None) => format!(" {t}:"),
+            (None, Some(c)) => format!(" {c}:"),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!("  [{}]{place} {}\n", reason.code, reason.message));
+    }
+    out
+}
