@@ -338,7 +338,9 @@ impl Plan {
     /// the outputs in `SELECT` order (counts and sums as integers, averages as floats, NULL for
     /// the average of no values), sorted by group key, then by `ORDER BY`, then cut at `LIMIT`.
     /// Groups under the threshold are counted in `suppressed_rows`, whatever the order or
-    /// limit. Fails when the outcome does not fit the plan (a misbehaving peer).
+    /// limit. As with an inner join, a group with no matched identifier does not exist: it is
+    /// neither a row nor suppressed (so an empty intersection gives no row at all, even without
+    /// `GROUP BY`). Fails when the outcome does not fit the plan (a misbehaving peer).
     pub fn result(&self, outcome: &ReceiverOutcome) -> Result<ResultTable, ResultError> {
         let arity = match self.grouped_by {
             Some(role) => self.side(role).group_columns.len(),

@@ -20,6 +20,45 @@
 //! querier's own columns, and `COUNT(DISTINCT identifier)` is the intersection size.
 //!
 //! The crate owns no I/O besides [`Collaboration::load`] and no cryptography.
+//!
+//! ```
+//! use cleanroom_rules::{Collaboration, Value};
+//!
+//! let collaboration = Collaboration::load(concat!(
+//!     env!("CARGO_MANIFEST_DIR"),
+//!     "/tests/data/collab.toml"
+//! ))?;
+//! let plan = collaboration
+//!     .plan(
+//!         "advertiser",
+//!         "SELECT i.campaign, SUM(c.purchase_value) AS revenue \
+//!          FROM impressions i JOIN conversions c ON i.email = c.email \
+//!          GROUP BY i.campaign",
+//!     )
+//!     .expect("allowed");
+//! assert_eq!(plan.matcher().member, "publisher");
+//!
+//! let header = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+//! let rows = |n: usize, f: &dyn Fn(usize) -> Vec<String>| (0..n).map(f).collect::<Vec<_>>();
+//! // The publisher's side: who saw which campaign.
+//! let impressions = rows(8, &|i| vec![format!("u{i}@x.org"), ["a", "b"][i % 2].into()]);
+//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), impressions.into_iter())?;
+//! // The advertiser's side: purchases.
+//! let purchases = rows(6, &|i| vec![format!("U{i}@X.org"), "10".into()]);
+//! let receiver =
+//!     plan.receiver_table(&header(&["email", "purchase_value"]), purchases.into_iter())?;
+//!
+//! let report = cleanroom_psi::match_offline(&plan.domain(), matcher, receiver, plan.min_release())?;
+//! let result = plan.result(&report.outcome)?;
+//! assert_eq!(result.columns, ["campaign", "revenue"]);
+//! // u0, u2, u4 saw "a"; u1, u3, u5 saw "b": 3 buyers each, at the threshold of 3.
+//! assert_eq!(result.rows, [
+//!     vec![Value::Text("a".into()), Value::Integer(30)],
+//!     vec![Value::Text("b".into()), Value::Integer(30)],
+//! ]);
+//! assert_eq!(result.suppressed_rows, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
