@@ -1,9 +1,9 @@
 //! The per-element curve work, in parallel batches.
 //!
-//! Blinded points travel as `compress(2·k·P)`: `double_and_compress_batch` compresses a batch
-//! with one shared field inversion and returns the encoding of the doubled point. Doubling is a
-//! bijection on the group, so it is the same as blinding with the key `2k`; both parties do it
-//! the same way and the doubly-blinded values still agree (`4·a·b·H(x)` on both sides).
+//! `double_and_compress_batch` compresses a batch of points with one shared field inversion
+//! (about 0.5 µs per point instead of 4.3 µs) and returns the encoding of each *doubled* point.
+//! Multiplying by `k/2 mod ℓ` instead of `k` before it gives exactly `compress(k·P)`: the wire
+//! carries the standard encodings, and only the cost changes.
 
 use crate::Domain;
 use crate::key::BlindingKey;
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Elements per unit of parallel work (and per shared inversion).
 const BATCH: usize = 256;
 
-/// `compress(2·k·H(x))` for each normalized identifier, in order.
+/// `compress(k·H(x))` for each normalized identifier, in order.
 pub(crate) fn hash_and_blind<S: AsRef<str> + Sync>(
     domain: &Domain,
     key: &BlindingKey,
@@ -25,7 +25,7 @@ pub(crate) fn hash_and_blind<S: AsRef<str> + Sync>(
         .flat_map_iter(|chunk| {
             let blinded: Vec<RistrettoPoint> = chunk
                 .iter()
-                .map(|id| key.blind(&domain.hash_to_group(id.as_ref())))
+                .map(|id| key.blind_half(&domain.hash_to_group(id.as_ref())))
                 .collect();
             RistrettoPoint::double_and_compress_batch(&blinded)
                 .into_iter()
@@ -34,7 +34,7 @@ pub(crate) fn hash_and_blind<S: AsRef<str> + Sync>(
         .collect()
 }
 
-/// Tags of `compress(2·k·P)` for each received blinded point `P`, in order. Fails on the first
+/// Tags of `compress(k·P)` for each received blinded point `P`, in order. Fails on the first
 /// point that is not canonical or is the identity.
 pub(crate) fn reblind_to_tags(
     key: &BlindingKey,
@@ -45,7 +45,7 @@ pub(crate) fn reblind_to_tags(
         .map(|chunk| {
             let reblinded = chunk
                 .iter()
-                .map(|p| p.decode().map(|p| key.blind(&p)))
+                .map(|p| p.decode().map(|p| key.blind_half(&p)))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(RistrettoPoint::double_and_compress_batch(&reblinded)
                 .iter()
@@ -54,4 +54,27 @@ pub(crate) fn reblind_to_tags(
         })
         .collect::<Result<_, PointError>>()?;
     Ok(chunks.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_encodings_are_the_standard_ones() {
+        let domain = Domain::new("c", "email");
+        let mut bytes = [0u8; 32];
+        bytes[0] = 42;
+        let key = BlindingKey::from_test_vector_bytes(bytes).unwrap();
+        let ids: Vec<String> = (0..300).map(|i| format!("id{i}")).collect();
+        let wire = hash_and_blind(&domain, &key, &ids);
+        for (id, w) in ids.iter().zip(&wire) {
+            assert_eq!(w.0, key.blind(&domain.hash_to_group(id)).compress().to_bytes());
+        }
+        let tags = reblind_to_tags(&key, &wire).unwrap();
+        for (id, t) in ids.iter().zip(&tags) {
+            let p = key.blind(&key.blind(&domain.hash_to_group(id)));
+            assert_eq!(*t, Tag::of(&p.compress().to_bytes()));
+        }
+    }
 }

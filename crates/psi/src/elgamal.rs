@@ -113,6 +113,40 @@ impl ValueKey {
         Ciphertext { points }
     }
 
+    /// Encrypt many items at once, in parallel, into their concatenated wire encodings
+    /// (`32·(1 + 2V)` bytes each, in order). Each point is computed as `(e/2)·B` and
+    /// double-and-compressed in batches, which yields exactly `compress(e·B)` at a fraction of
+    /// the cost of compressing one point at a time.
+    pub fn encrypt_to_bytes<V: AsRef<[u64]> + Sync>(&self, items: &[V]) -> Vec<u8> {
+        let half = crate::key::half();
+        let width = 1 + self.secrets.len();
+        items
+            .par_chunks(128)
+            .flat_map_iter(|chunk| {
+                let mut rng = rand::rng();
+                let mut points = Vec::with_capacity(chunk.len() * width);
+                for values in chunk {
+                    let values = values.as_ref();
+                    assert_eq!(
+                        values.len(),
+                        self.value_columns(),
+                        "value count checked by the table"
+                    );
+                    let r = Scalar::random(&mut rng);
+                    points.push(RistrettoPoint::mul_base(&(r * half)));
+                    for (limb, s) in limbs(values).zip(&self.secrets) {
+                        points.push(RistrettoPoint::mul_base(
+                            &((Scalar::from(limb) + r * s) * half),
+                        ));
+                    }
+                }
+                RistrettoPoint::double_and_compress_batch(&points)
+                    .into_iter()
+                    .flat_map(|c| c.to_bytes())
+            })
+            .collect()
+    }
+
     /// Decrypt a sum of ciphertexts into one total per value column.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<u64>, DecryptError> {
         let expected = 1 + self.secrets.len();
@@ -359,6 +393,25 @@ mod tests {
         let mut sum = key.encrypt(&[MAX_ITEM_VALUE]).scale(t / MAX_ITEM_VALUE);
         sum.add_assign(&key.encrypt(&[t % MAX_ITEM_VALUE]));
         assert_eq!(key.decrypt(&sum).unwrap(), vec![t]);
+    }
+
+    #[test]
+    fn batch_encryption_is_standard_encryption() {
+        let key = ValueKey::generate(2);
+        let items = vec![vec![1u64, 2], vec![MAX_ITEM_VALUE, 0], vec![65_536, 65_535]];
+        let bytes = key.encrypt_to_bytes(&items);
+        let width = 32 * 5;
+        assert_eq!(bytes.len(), 3 * width);
+        let mut total = Ciphertext::zero(2);
+        for (item, ct) in items.iter().zip(bytes.chunks(width)) {
+            let ct = Ciphertext::from_bytes(ct, 2).unwrap();
+            assert_eq!(key.decrypt(&ct).unwrap(), *item);
+            total.add_assign(&ct);
+        }
+        assert_eq!(
+            key.decrypt(&total).unwrap(),
+            vec![MAX_ITEM_VALUE + 65_537, 65_537]
+        );
     }
 
     #[test]

@@ -13,13 +13,20 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct BlindingKey {
     scalar: Scalar,
+    /// `k/2 mod ℓ`: blinding by it and then double-and-compressing yields `compress(k·P)`.
+    half: Scalar,
 }
 
 impl BlindingKey {
     /// Draw a new non-zero key from the OS CSPRNG.
     pub fn generate() -> Self {
+        Self::from_scalar(random_nonzero_scalar())
+    }
+
+    fn from_scalar(scalar: Scalar) -> Self {
         Self {
-            scalar: random_nonzero_scalar(),
+            scalar,
+            half: scalar * half(),
         }
     }
 
@@ -28,12 +35,17 @@ impl BlindingKey {
     #[doc(hidden)]
     pub fn from_test_vector_bytes(bytes: [u8; 32]) -> Option<Self> {
         let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
-        (scalar != Scalar::ZERO).then_some(Self { scalar })
+        (scalar != Scalar::ZERO).then(|| Self::from_scalar(scalar))
     }
 
     /// `k·P`.
     pub fn blind(&self, point: &RistrettoPoint) -> RistrettoPoint {
         self.scalar * point
+    }
+
+    /// `(k/2)·P`, whose batched double-and-compress is `compress(k·P)`.
+    pub(crate) fn blind_half(&self, point: &RistrettoPoint) -> RistrettoPoint {
+        self.half * point
     }
 }
 
@@ -41,6 +53,11 @@ impl std::fmt::Debug for BlindingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BlindingKey(<secret>)")
     }
+}
+
+/// `1/2 mod ℓ`.
+pub(crate) fn half() -> Scalar {
+    Scalar::from(2u8).invert()
 }
 
 /// A uniformly random non-zero scalar from the OS CSPRNG.

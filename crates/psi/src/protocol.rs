@@ -399,31 +399,63 @@ impl Matcher {
 
     fn match_tags(&mut self, group: u32, tags: &[Tag]) -> Result<(), ProtocolError> {
         let peer = self.peer.as_ref().expect("index sorted implies hello");
-        let width = ciphertext_bytes(peer.value_columns);
-        for tag in tags {
-            let t = tag.as_u128();
-            let start = self.index.partition_point(|&(k, _)| k < t);
-            for &(_, item) in self.index[start..].iter().take_while(|&&(k, _)| k == t) {
-                if !self.seen.insert((group, item)) {
-                    return Err(ProtocolError::DuplicateTag(group));
-                }
-                let acc = self
-                    .accumulators
-                    .entry((group, self.item_groups[item as usize]))
-                    .or_default();
-                acc.count += 1;
-                if width > 0 {
-                    let at = item as usize * width;
-                    let ct = Ciphertext::from_bytes(
-                        &self.ciphertexts[at..at + width],
-                        peer.value_columns,
-                    )
+        let index = &self.index;
+        // Look every tag up in parallel; equal tags in the index are the same identifier in
+        // several receiver groups.
+        let hits: Vec<u32> = tags
+            .par_iter()
+            .flat_map_iter(|tag| {
+                let t = tag.as_u128();
+                let start = index.partition_point(|&(k, _)| k < t);
+                index[start..]
+                    .iter()
+                    .take_while(move |&&(k, _)| k == t)
+                    .map(|&(_, item)| item)
+            })
+            .collect();
+        for &item in &hits {
+            if !self.seen.insert((group, item)) {
+                return Err(ProtocolError::DuplicateTag(group));
+            }
+            self.accumulators
+                .entry((group, self.item_groups[item as usize]))
+                .or_default()
+                .count += 1;
+        }
+        let columns = peer.value_columns;
+        let width = ciphertext_bytes(columns);
+        if width == 0 {
+            return Ok(());
+        }
+        // Decode and add the matched ciphertexts in parallel, per receiver group.
+        let (item_groups, ciphertexts) = (&self.item_groups, &self.ciphertexts);
+        let sums = hits
+            .par_iter()
+            .try_fold(BTreeMap::<u32, Ciphertext>::new, |mut acc, &item| {
+                let at = item as usize * width;
+                let ct = Ciphertext::from_bytes(&ciphertexts[at..at + width], columns)
                     .map_err(point_error("ReceiverItems ciphertext"))?;
-                    acc.sum
-                        .get_or_insert_with(|| Ciphertext::zero(peer.value_columns))
+                acc.entry(item_groups[item as usize])
+                    .or_insert_with(|| Ciphertext::zero(columns))
+                    .add_assign(&ct);
+                Ok::<_, ProtocolError>(acc)
+            })
+            .try_reduce(BTreeMap::new, |mut a, b| {
+                for (g, ct) in b {
+                    a.entry(g)
+                        .or_insert_with(|| Ciphertext::zero(columns))
                         .add_assign(&ct);
                 }
-            }
+                Ok(a)
+            })?;
+        for (rgroup, ct) in sums {
+            let acc = self
+                .accumulators
+                .get_mut(&(group, rgroup))
+                .expect("counted above");
+            acc.sum
+                .get_or_insert_with(|| Ciphertext::zero(columns))
+                .add_assign(&ct);
         }
         Ok(())
     }
