@@ -1,0 +1,98 @@
+//! `cleanroom audit`: print a server's audit log from its state database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use cleanroom_service::{AuditEntry, StateDb};
+
+use super::output::{Format, render_csv, render_table};
+
+/// Arguments of `cleanroom audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The server's state database.
+    #[arg(long, value_name = "PATH")]
+    state: PathBuf,
+    /// Only this member's query attempts.
+    #[arg(long, value_name = "NAME")]
+    member: Option<String>,
+    /// Only the most recent N attempts.
+    #[arg(long, value_name = "N")]
+    last: Option<u32>,
+    /// Output format (JSON: an array of objects).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+const COLUMNS: [&str; 14] = [
+    "started_at",
+    "session_id",
+    "member",
+    "decision",
+    "released_rows",
+    "suppressed_rows",
+    "matcher_rows",
+    "receiver_rows",
+    "messages_received",
+    "messages_sent",
+    "bytes_received",
+    "bytes_sent",
+    "sql",
+    "reason",
+];
+
+fn cells(entry: &AuditEntry) -> Vec<String> {
+    vec![
+        entry.started_at.clone(),
+        entry.session_id.clone(),
+        entry.member.clone(),
+        entry.decision.to_string(),
+        entry.released_rows.to_string(),
+        entry.suppressed_rows.to_string(),
+        entry.matcher_rows.to_string(),
+        entry.receiver_rows.to_string(),
+        entry.messages_received.to_string(),
+        entry.messages_sent.to_string(),
+        entry.bytes_received.to_string(),
+        entry.bytes_sent.to_string(),
+        entry.sql.clone(),
+        entry.reason.clone(),
+    ]
+}
+
+/// Renders audit entries in `format`.
+pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
+    let columns: Vec<String> = COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    Ok(match format {
+        Format::Json => {
+            let mut json = serde_json::to_string_pretty(entries)?;
+            json.push('\n');
+            json
+        }
+        Format::Csv => render_csv(&columns, &entries.iter().map(cells).collect::<Vec<_>>())?,
+        Format::Table => {
+            // One line per entry: the SQL and reason without line breaks.
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    cells(e)
+                        .into_iter()
+                        .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .collect()
+                })
+                .collect();
+            render_table(&columns, &rows)
+        }
+    })
+}
+
+/// Prints the audit log.
+pub fn run(args: AuditArgs) -> Result<ExitCode> {
+    let state = StateDb::open_read_only(&args.state)
+        .with_context(|| format!("--state {}", args.state.display()))?;
+    let entries = state.entries(args.member.as_deref(), args.last)?;
+    print!("{}", render(&entries, args.format)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,12 @@
+//! One module per subcommand, plus the output formats they share.
+
+pub mod audit;
+pub mod bench;
+pub mod check;
+pub mod csv_input;
+pub mod demo;
+pub mod matching;
+pub mod output;
+pub mod query;
+pub mod sample;
+pub mod serve;

@@ -1,0 +1,233 @@
+//! `cleanroom query`: ask a partner's server a question over both members' data.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use cleanroom_rules::{Collaboration, ResultTable, Value};
+use cleanroom_service::client::{Progress, QueryOutcome};
+use cleanroom_service::{BearerToken, Client, ClientConfig, ClientError, Query};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+use super::output::{Format, render_csv, render_table};
+use super::serve::{data_map, parse_data};
+
+/// The environment variable holding the member's bearer token.
+pub const TOKEN_ENV: &str = "CLEANROOM_TOKEN";
+
+/// Arguments of `cleanroom query`.
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The collaboration file (TOML), identical on every member's side.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The querying member.
+    #[arg(long, value_name = "NAME")]
+    member: String,
+    /// One of your tables and its CSV file (repeat for several tables).
+    #[arg(long = "data", value_name = "TABLE=PATH", required = true, value_parser = parse_data)]
+    data: Vec<(String, PathBuf)>,
+    /// The server: https://host:port (http:// only to loopback, or with --insecure).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The CA certificate (PEM) to trust for the server; default: the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Allow http:// to a non-loopback server (only on a trusted network).
+    #[arg(long)]
+    insecure: bool,
+    /// Read the bearer token from this file instead of $CLEANROOM_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// No progress and no session statistics on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The query.
+    sql: String,
+}
+
+fn read_token(token_file: Option<&PathBuf>) -> Result<BearerToken> {
+    let raw = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?,
+        None => std::env::var(TOKEN_ENV)
+            .with_context(|| format!("no bearer token: set {TOKEN_ENV} or give --token-file"))?,
+    };
+    Ok(BearerToken::new(raw)?)
+}
+
+/// A cell as printed in a table: NULL spelled out, averages with two decimals.
+fn table_cell(value: &Value) -> String {
+    match value {
+        Value::Float(x) => format!("{x:.2}"),
+        other => other.to_string(),
+    }
+}
+
+/// A cell as printed in CSV: NULL empty, numbers in full.
+fn csv_cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders a result in `format`.
+pub fn render(result: &ResultTable, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => {
+            let mut json = serde_json::to_string(result)?;
+            json.push('\n');
+            json
+        }
+        Format::Csv => {
+            let rows: Vec<Vec<String>> = result
+                .rows
+                .iter()
+                .map(|row| row.iter().map(csv_cell).collect())
+                .collect();
+            render_csv(&result.columns, &rows)?
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = result
+                .rows
+                .iter()
+                .map(|row| row.iter().map(table_cell).collect())
+                .collect();
+            format!(
+                "{}suppressed rows (under the threshold): {}\n",
+                render_table(&result.columns, &rows),
+                result.suppressed_rows
+            )
+        }
+    })
+}
+
+fn progress_bar(quiet: bool) -> Option<ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
+}
+
+fn describe(progress: Progress<'_>) -> String {
+    match progress {
+        Progress::ReadingData { table } => format!("reading table {table}"),
+        Progress::Accepted { session_id, rows } => {
+            format!("session {session_id}: matching {rows} rows")
+        }
+        Progress::Moved(c) => format!(
+            "sent {} in {} messages, received {} in {} messages",
+            HumanBytes(c.bytes_sent),
+            c.messages_sent,
+            HumanBytes(c.bytes_received),
+            c.messages_received
+        ),
+    }
+}
+
+fn print_stats(outcome: &QueryOutcome) {
+    let c = &outcome.counters;
+    let elapsed = outcome.summary.stats.as_ref().map_or(0, |s| s.elapsed_ms);
+    eprintln!(
+        "session {}: your {} rows matched against {}'s table {}; sent {} messages ({}), \
+         received {} messages ({}); {} rows released, {} suppressed; {:.2} s",
+        outcome.summary.session_id,
+        outcome.rows,
+        outcome.accepted.matcher_member,
+        outcome.accepted.matcher_table,
+        c.messages_sent,
+        HumanBytes(c.bytes_sent),
+        c.messages_received,
+        HumanBytes(c.bytes_received),
+        outcome.summary.released_rows,
+        outcome.summary.suppressed_rows,
+        elapsed as f64 / 1000.0,
+    );
+}
+
+/// Prints why a query was refused.
+fn print_refusal(error: &ClientError) {
+    match error {
+        ClientError::Refused(refusal) => {
+            eprintln!("query refused (checked locally, nothing was sent):");
+            for reason in &refusal.reasons {
+                eprintln!("  [{}] {}", reason.code, reason.message);
+            }
+        }
+        ClientError::Remote(remote) if !remote.reasons.is_empty() => {
+            eprintln!("query refused by the server ({:?}):", remote.code);
+            for reason in &remote.reasons {
+                eprintln!("  [{}] {}", reason.code, reason.message);
+            }
+        }
+        other => eprintln!("query refused: {other}"),
+    }
+}
+
+/// Runs the query and prints the released result. Exit 0 with a result, 1 when the query
+/// was refused (locally or by the server), 2 for any other failure.
+pub fn run(args: QueryArgs) -> Result<ExitCode> {
+    let collaboration = Collaboration::load(&args.config)
+        .with_context(|| format!("collaboration file {}", args.config.display()))?;
+    let token = read_token(args.token_file.as_ref())?;
+    let data = data_map(args.data)?;
+    let mut config = ClientConfig::new(args.server.clone(), token);
+    config.insecure = args.insecure;
+    config.timeout = args.timeout.map(Duration::from_secs);
+    if let Some(ca) = &args.ca {
+        config.ca_pem = Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
+    }
+    let bar = progress_bar(args.quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let query = Query {
+        collaboration: &collaboration,
+        member: &args.member,
+        sql: &args.sql,
+        data: &data,
+    };
+    let outcome = runtime.block_on(async {
+        let hook = |p: Progress<'_>| {
+            if let Some(bar) = &bar {
+                bar.set_message(describe(p));
+            }
+        };
+        let mut client = Client::connect(&config).await?;
+        client.run_query(query, Some(&hook)).await
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
+        Ok(outcome) => {
+            print!("{}", render(&outcome.result, args.format)?);
+            if !args.quiet {
+                print_stats(&outcome);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) if error.is_refusal() => {
+            print_refusal(&error);
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => Err(error.into()),
+    }
+}

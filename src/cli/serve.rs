@@ -1,0 +1,195 @@
+//! `cleanroom serve`: run the matching service next to this member's data.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use cleanroom_rules::Collaboration;
+use cleanroom_service::server::{ServerConfig, SessionHook};
+use cleanroom_service::{Limits, StateDb, TlsIdentity};
+
+/// Arguments of `cleanroom serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The collaboration file (TOML), identical on every member's side.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The member running this server; it must own every table served.
+    #[arg(long, value_name = "NAME")]
+    member: String,
+    /// A table this server serves and its CSV file (repeat for several tables).
+    #[arg(long = "data", value_name = "TABLE=PATH", required = true, value_parser = parse_data)]
+    data: Vec<(String, PathBuf)>,
+    /// The address to listen on, e.g. 127.0.0.1:50051 or 0.0.0.0:443.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// The state database (SQLite): the audit log of every query attempt.
+    #[arg(long, value_name = "PATH")]
+    state: PathBuf,
+    /// The TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plaintext on a non-loopback address (only behind a trusted network).
+    #[arg(long)]
+    insecure: bool,
+    /// Most rows a querying member may bring to one session.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_rows_per_session)]
+    max_rows: u64,
+    /// Most sessions running at once; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrent_sessions)]
+    max_sessions: u32,
+    /// Seconds a session may go without any message before it is ended.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
+    /// Seconds a whole session may last.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().session_timeout.as_secs())]
+    session_timeout: u64,
+    /// Print nothing about sessions (errors still go to stderr).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Parses `TABLE=PATH`.
+pub fn parse_data(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((table, path)) if !table.is_empty() && !path.is_empty() => {
+            Ok((table.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected TABLE=PATH, got {s:?}")),
+    }
+}
+
+/// Collects `--data` pairs, refusing a table named twice.
+pub fn data_map(pairs: Vec<(String, PathBuf)>) -> Result<BTreeMap<String, PathBuf>> {
+    let mut map = BTreeMap::new();
+    for (table, path) in pairs {
+        if map.insert(table.clone(), path).is_some() {
+            bail!("--data names table {table:?} twice");
+        }
+    }
+    Ok(map)
+}
+
+fn resolve(listen: &str) -> Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen}"))?
+        .next()
+        .with_context(|| format!("--listen {listen}: no address"))
+}
+
+/// Runs the server until Ctrl-C (or SIGTERM).
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let collaboration = Collaboration::load(&args.config)
+        .with_context(|| format!("collaboration file {}", args.config.display()))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert_pem: std::fs::read(cert)
+                .with_context(|| format!("--tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?,
+        }),
+        _ => None,
+    };
+    let state = StateDb::open(&args.state)?;
+    let limits = Limits {
+        max_rows_per_session: args.max_rows,
+        max_concurrent_sessions: args.max_sessions,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        session_timeout: Duration::from_secs(args.session_timeout),
+    };
+    let addr = resolve(&args.listen)?;
+    if tls.is_none() {
+        cleanroom_service::tls::check_plaintext_listen(addr, args.insecure)?;
+    }
+    let quiet = args.quiet;
+    let hook: SessionHook = Arc::new(move |entry| {
+        if !quiet {
+            eprintln!(
+                "session {} member={} decision={} released={} suppressed={} rows={}+{} bytes_in={} bytes_out={}{}",
+                entry.session_id,
+                entry.member,
+                entry.decision,
+                entry.released_rows,
+                entry.suppressed_rows,
+                entry.matcher_rows,
+                entry.receiver_rows,
+                entry.bytes_received,
+                entry.bytes_sent,
+                if entry.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" reason={:?}", entry.reason)
+                }
+            );
+        }
+    });
+    let config = ServerConfig {
+        collaboration: Arc::new(collaboration),
+        member: args.member,
+        data: data_map(args.data)?,
+        limits,
+        state: Arc::new(state),
+        tls,
+        insecure: args.insecure,
+        on_session_end: Some(hook),
+    };
+    config.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        if !quiet {
+            eprintln!(
+                "cleanroom serve: member {:?} of collaboration {:?}, tables {}, on {}://{local} (state {})",
+                config.member,
+                config.collaboration.id(),
+                config.data.keys().cloned().collect::<Vec<_>>().join(", "),
+                if config.tls.is_some() { "https" } else { "http" },
+                config.state.path().display(),
+            );
+        }
+        cleanroom_service::serve(config, listener, shutdown_signal()).await?;
+        if !quiet {
+            eprintln!("cleanroom serve: stopped");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}

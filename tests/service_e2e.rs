@@ -1,0 +1,1281 @@
+//! End-to-end tests of the gRPC matching service on loopback: a server started in-process on
+//! 127.0.0.1:0 (the publisher, serving `impressions`) and clients of the advertiser (bringing
+//! `conversions`). Results are compared exactly with a plain computation over the same CSV
+//! files; refusals, authentication, limits, disconnects, concurrency, TLS and what crosses
+//! the wire are checked against the exact status codes and audit entries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cleanroom_psi::{Limits as PsiLimits, Receiver};
+use cleanroom_rules::{Collaboration, ResultTable, Value};
+use cleanroom_service::client::{ClientError, Query};
+use cleanroom_service::proto::clean_room_service_client::CleanRoomServiceClient;
+use cleanroom_service::proto::{
+    PsiMessage, QueryRefusal, RunSessionRequest, SessionStart, TableDescriptor,
+    run_session_request, run_session_response,
+};
+use cleanroom_service::server::REFUSAL_METADATA_KEY;
+use cleanroom_service::{
+    BearerToken, Client, ClientConfig, Decision, Limits, ServerConfig, StateDb, TlsIdentity,
+};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const PUBLISHER_TOKEN: &str = "publisher-secret-token";
+const ADVERTISER_TOKEN: &str = "advertiser-secret-token";
+const ANALYST_TOKEN: &str = "analyst-secret-token";
+
+/// Per campaign: buyers (distinct matched emails) and revenue (sum of matched amounts).
+const BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers, \
+    SUM(c.amount) AS revenue FROM impressions i JOIN conversions c ON i.email = c.email \
+    GROUP BY i.campaign";
+
+/// Per channel of the advertiser, among people the publisher reached in the EU: buyers,
+/// revenue and the average amount (server-side filter, receiver-side groups).
+const EU_BY_CHANNEL: &str = "SELECT c.channel, COUNT(DISTINCT c.email) AS buyers, \
+    SUM(c.amount) AS revenue, AVG(c.amount) AS avg_amount FROM impressions i \
+    JOIN conversions c ON i.email = c.email WHERE i.region = 'EU' GROUP BY c.channel";
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A deterministic pseudo-random generator (xorshift64*), so every run sees the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// An email as a person might type it: random case changes and surrounding spaces.
+fn noisy_email(rng: &mut Rng, n: u64) -> String {
+    let base = format!("user{n}@example.com");
+    match rng.below(4) {
+        0 => base.to_uppercase(),
+        1 => format!("  {base} "),
+        2 => format!("User{n}@Example.COM"),
+        _ => base,
+    }
+}
+
+/// A CSV file as rows of strings.
+struct Csv {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Csv {
+    fn write(&self, path: &Path) {
+        let mut writer = csv::Writer::from_path(path).unwrap();
+        writer.write_record(&self.header).unwrap();
+        for row in &self.rows {
+            writer.write_record(row).unwrap();
+        }
+        writer.flush().unwrap();
+    }
+
+    fn column(&self, name: &str) -> usize {
+        self.header.iter().position(|h| h == name).unwrap()
+    }
+}
+
+/// The publisher's impressions: ~700 rows over users 0..400. Users with n % 50 == 7 saw the
+/// small "rare" campaign (and nothing else), which stays under the threshold.
+fn impressions(rng: &mut Rng) -> Csv {
+    let campaigns = ["spring", "summer", "autumn", "winter"];
+    let regions = ["EU", "US", "APAC"];
+    let mut rows = Vec::new();
+    for _ in 0..700 {
+        let n = rng.below(400);
+        let campaign = if n % 50 == 7 {
+            "rare"
+        } else {
+            campaigns[rng.below(4) as usize]
+        };
+        let region = regions[rng.below(3) as usize];
+        rows.push(vec![
+            noisy_email(rng, n),
+            campaign.to_owned(),
+            region.to_owned(),
+        ]);
+    }
+    // Rows whose identifier is empty after normalization are never matched.
+    rows.push(vec!["   ".to_owned(), "spring".to_owned(), "EU".to_owned()]);
+    Csv {
+        header: vec!["email".into(), "campaign".into(), "region".into()],
+        rows,
+    }
+}
+
+/// The advertiser's conversions: ~600 rows over users 200..700 with amounts.
+fn conversions(rng: &mut Rng) -> Csv {
+    let channels = ["web", "store", "app"];
+    let mut rows = Vec::new();
+    for _ in 0..600 {
+        let n = 200 + rng.below(500);
+        rows.push(vec![
+            noisy_email(rng, n),
+            channels[rng.below(3) as usize].to_owned(),
+            (1 + rng.below(500)).to_string(),
+        ]);
+    }
+    rows.push(vec![String::new(), "web".to_owned(), "77".to_owned()]);
+    Csv {
+        header: vec!["email".into(), "channel".into(), "amount".into()],
+        rows,
+    }
+}
+
+fn normalize(email: &str) -> Option<String> {
+    let e = email.trim().to_lowercase();
+    (!e.is_empty()).then_some(e)
+}
+
+/// Everything a test needs on disk: the collaboration file and both members' data.
+struct Fixture {
+    dir: tempfile::TempDir,
+    collaboration: Arc<Collaboration>,
+    impressions: Csv,
+    conversions: Csv,
+    threshold: u64,
+}
+
+impl Fixture {
+    /// A fixture whose impressions table has `min_threshold = publisher_threshold`
+    /// (conversions: 3; the release threshold is the larger of the two).
+    fn new(publisher_threshold: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            r#"
+[collaboration]
+id = "e2e-collaboration"
+name = "End-to-end tests"
+
+[[member]]
+name = "publisher"
+abilities = []
+token_sha256 = "{publisher}"
+
+[[member]]
+name = "advertiser"
+abilities = ["query", "receive_results"]
+token_sha256 = "{advertiser}"
+
+[[member]]
+name = "analyst"
+abilities = ["receive_results"]
+token_sha256 = "{analyst}"
+
+[[table]]
+name = "impressions"
+owner = "publisher"
+columns = ["email", "campaign", "region"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["campaign", "region"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
+min_threshold = {publisher_threshold}
+
+[[table]]
+name = "conversions"
+owner = "advertiser"
+columns = ["email", "channel", "amount"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["channel"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"] }}
+min_threshold = 3
+
+[[table]]
+name = "panel"
+owner = "analyst"
+columns = ["email", "segment"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["segment"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
+min_threshold = 3
+"#,
+            publisher = sha256_hex(PUBLISHER_TOKEN),
+            advertiser = sha256_hex(ADVERTISER_TOKEN),
+            analyst = sha256_hex(ANALYST_TOKEN),
+        );
+        std::fs::write(dir.path().join("collab.toml"), toml).unwrap();
+        let collaboration = Arc::new(Collaboration::load(dir.path().join("collab.toml")).unwrap());
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let impressions = impressions(&mut rng);
+        let conversions = conversions(&mut rng);
+        impressions.write(&dir.path().join("impressions.csv"));
+        conversions.write(&dir.path().join("conversions.csv"));
+        Fixture {
+            dir,
+            collaboration,
+            impressions,
+            conversions,
+            threshold: publisher_threshold.max(3),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn advertiser_data(&self) -> BTreeMap<String, PathBuf> {
+        BTreeMap::from([("conversions".to_owned(), self.path("conversions.csv"))])
+    }
+
+    /// Distinct normalized emails of impressions rows that pass `keep`, per `key`.
+    fn publisher_sets(
+        &self,
+        keep: impl Fn(&[String]) -> bool,
+        key: impl Fn(&[String]) -> String,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let email = self.impressions.column("email");
+        let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in self.impressions.rows.iter().filter(|r| keep(r)) {
+            if let Some(e) = normalize(&row[email]) {
+                sets.entry(key(row)).or_default().insert(e);
+            }
+        }
+        sets
+    }
+
+    /// The plain answer to [`BY_CAMPAIGN`]: released rows (campaign order) and suppressed
+    /// count.
+    fn plain_by_campaign(&self) -> (Vec<Vec<Value>>, u64) {
+        let campaign = self.impressions.column("campaign");
+        let sets = self.publisher_sets(|_| true, |r| r[campaign].clone());
+        let (email, amount) = (
+            self.conversions.column("email"),
+            self.conversions.column("amount"),
+        );
+        let mut rows = Vec::new();
+        let mut suppressed = 0;
+        for (campaign, set) in &sets {
+            let mut buyers = BTreeSet::new();
+            let mut revenue = 0u64;
+            for row in &self.conversions.rows {
+                if let Some(e) = normalize(&row[email])
+                    && set.contains(&e)
+                {
+                    revenue += row[amount].parse::<u64>().unwrap();
+                    buyers.insert(e);
+                }
+            }
+            let buyers = buyers.len() as u64;
+            if buyers == 0 {
+                continue;
+            }
+            if buyers >= self.threshold {
+                rows.push(vec![
+                    Value::Text(campaign.clone()),
+                    Value::Integer(buyers),
+                    Value::Integer(revenue),
+                ]);
+            } else {
+                suppressed += 1;
+            }
+        }
+        (rows, suppressed)
+    }
+
+    /// The plain answer to [`EU_BY_CHANNEL`].
+    fn plain_eu_by_channel(&self) -> (Vec<Vec<Value>>, u64) {
+        let region = self.impressions.column("region");
+        let eu = self
+            .publisher_sets(|r| r[region] == "EU", |_| String::new())
+            .remove("")
+            .unwrap_or_default();
+        let (email, channel, amount) = (
+            self.conversions.column("email"),
+            self.conversions.column("channel"),
+            self.conversions.column("amount"),
+        );
+        let mut per_channel: BTreeMap<String, (BTreeSet<String>, u64, u64)> = BTreeMap::new();
+        for row in &self.conversions.rows {
+            if let Some(e) = normalize(&row[email])
+                && eu.contains(&e)
+            {
+                let entry = per_channel.entry(row[channel].clone()).or_default();
+                entry.0.insert(e);
+                entry.1 += row[amount].parse::<u64>().unwrap();
+                entry.2 += 1;
+            }
+        }
+        let mut rows = Vec::new();
+        let mut suppressed = 0;
+        for (channel, (buyers, revenue, matched_rows)) in per_channel {
+            let buyers = buyers.len() as u64;
+            if buyers >= self.threshold {
+                rows.push(vec![
+                    Value::Text(channel),
+                    Value::Integer(buyers),
+                    Value::Integer(revenue),
+                    Value::Float(revenue as f64 / matched_rows as f64),
+                ]);
+            } else {
+                suppressed += 1;
+            }
+        }
+        (rows, suppressed)
+    }
+}
+
+/// A server running in this process.
+struct Running {
+    addr: SocketAddr,
+    state: Arc<StateDb>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops")
+                .unwrap();
+        }
+    }
+
+    /// The audit entry of a session, waiting (briefly) for it to be complete.
+    async fn settled_entry(&self, session_id: &str) -> cleanroom_service::AuditEntry {
+        for _ in 0..200 {
+            if let Some(entry) = self.state.entry(session_id).unwrap()
+                && entry.decision != Decision::Running
+            {
+                return entry;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("session {session_id} never completed");
+    }
+}
+
+async fn start_server(fx: &Fixture, limits: Limits, tls: Option<TlsIdentity>) -> Running {
+    let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    let config = ServerConfig {
+        collaboration: Arc::clone(&fx.collaboration),
+        member: "publisher".to_owned(),
+        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv"))]),
+        limits,
+        state: Arc::clone(&state),
+        tls,
+        insecure: false,
+        on_session_end: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        cleanroom_service::serve(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        addr,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn advertiser_client_config(url: String) -> ClientConfig {
+    let mut config = ClientConfig::new(url, BearerToken::new(ADVERTISER_TOKEN).unwrap());
+    config.timeout = Some(Duration::from_secs(60));
+    config
+}
+
+async fn run_query(
+    fx: &Fixture,
+    url: String,
+    sql: &str,
+) -> Result<cleanroom_service::QueryOutcome, ClientError> {
+    let mut client = Client::connect(&advertiser_client_config(url)).await?;
+    let data = fx.advertiser_data();
+    client
+        .run_query(
+            Query {
+                collaboration: &fx.collaboration,
+                member: "advertiser",
+                sql,
+                data: &data,
+            },
+            None,
+        )
+        .await
+}
+
+fn assert_rows_equal(got: &ResultTable, want: &[Vec<Value>]) {
+    assert_eq!(got.rows.len(), want.len(), "rows: {:?}", got.rows);
+    for (g, w) in got.rows.iter().zip(want) {
+        assert_eq!(g.len(), w.len());
+        for (a, b) in g.iter().zip(w) {
+            match (a, b) {
+                (Value::Float(x), Value::Float(y)) => {
+                    assert!((x - y).abs() < 1e-9, "{x} != {y} in row {g:?}")
+                }
+                _ => assert_eq!(a, b, "row {g:?}"),
+            }
+        }
+    }
+}
+
+/// Adds an optional bearer token: a raw client of the generated API, for what the
+/// high-level client would refuse to send.
+#[derive(Clone)]
+struct MaybeToken(Option<String>);
+
+impl Interceptor for MaybeToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+type RawClient = CleanRoomServiceClient<InterceptedService<Channel, MaybeToken>>;
+
+async fn raw_client(addr: SocketAddr, token: Option<&str>) -> RawClient {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CleanRoomServiceClient::with_interceptor(channel, MaybeToken(token.map(str::to_owned)))
+}
+
+fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::Start(SessionStart {
+            collaboration_id: fx.collaboration.id().to_owned(),
+            member: member.to_owned(),
+            sql: sql.to_owned(),
+            table: Some(TableDescriptor {
+                name: table.to_owned(),
+                columns: fx.conversions.header.clone(),
+                rows: fx.conversions.rows.len() as u64,
+            }),
+        })),
+    }
+}
+
+/// Opens a raw session with `start`; returns the status of a refusal, or the open streams.
+async fn raw_open(
+    client: &mut RawClient,
+    start: RunSessionRequest,
+) -> Result<
+    (
+        mpsc::Sender<RunSessionRequest>,
+        tonic::Streaming<cleanroom_service::proto::RunSessionResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(start).await.unwrap();
+    let response = client.run_session(ReceiverStream::new(rx)).await?;
+    Ok((tx, response.into_inner()))
+}
+
+fn refusal_codes(status: &tonic::Status) -> Vec<String> {
+    let bytes = status
+        .metadata()
+        .get_bin(REFUSAL_METADATA_KEY)
+        .expect("refusal details")
+        .to_bytes()
+        .unwrap();
+    QueryRefusal::decode(bytes.as_ref())
+        .unwrap()
+        .reasons
+        .into_iter()
+        .map(|r| r.code)
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_counts_and_sums_equal_a_plain_computation() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let url = format!("http://{}", server.addr);
+
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    assert!(
+        want.len() >= 3 && want_suppressed >= 1,
+        "fixture: {want:?} {want_suppressed}"
+    );
+    let outcome = run_query(&fx, url.clone(), BY_CAMPAIGN).await.unwrap();
+    assert_eq!(outcome.result.columns, ["campaign", "buyers", "revenue"]);
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_eq!(outcome.summary.released_rows, want.len() as u64);
+    assert_eq!(outcome.summary.suppressed_rows, want_suppressed);
+    assert_eq!(outcome.rows, fx.conversions.rows.len() as u64);
+
+    let entry = server.settled_entry(&outcome.summary.session_id).await;
+    assert_eq!(entry.decision, Decision::Released);
+    assert_eq!(entry.member, "advertiser");
+    assert_eq!(entry.sql, BY_CAMPAIGN);
+    assert_eq!(entry.released_rows, want.len() as u64);
+    assert_eq!(entry.suppressed_rows, want_suppressed);
+    assert_eq!(entry.matcher_rows, fx.impressions.rows.len() as u64);
+    assert_eq!(entry.receiver_rows, fx.conversions.rows.len() as u64);
+    // What the server counted is what the client moved, byte for byte.
+    assert_eq!(entry.bytes_received, outcome.counters.bytes_sent);
+    assert_eq!(entry.bytes_sent, outcome.counters.bytes_received);
+    assert_eq!(entry.messages_received, outcome.counters.messages_sent);
+    assert_eq!(entry.messages_sent, outcome.counters.messages_received);
+
+    // The server's filter and the receiver's groups, with averages.
+    let (want, want_suppressed) = fx.plain_eu_by_channel();
+    assert_eq!(want.len(), 3, "fixture: {want:?}");
+    let outcome = run_query(&fx, url, EU_BY_CHANNEL).await.unwrap();
+    assert_eq!(
+        outcome.result.columns,
+        ["channel", "buyers", "revenue", "avg_amount"]
+    );
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_under_the_threshold_are_suppressed() {
+    // A threshold above any group's size: nothing is released, every non-empty group counted.
+    let fx = Fixture::new(100_000);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    assert!(want.is_empty());
+    assert_eq!(
+        want_suppressed, 5,
+        "spring, summer, autumn, winter and rare all match"
+    );
+    let outcome = run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN)
+        .await
+        .unwrap();
+    assert!(outcome.result.rows.is_empty(), "{:?}", outcome.result.rows);
+    assert_eq!(outcome.result.suppressed_rows, 5);
+    let entry = server.settled_entry(&outcome.summary.session_id).await;
+    assert_eq!(entry.decision, Decision::Released);
+    assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 5));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_abilities_are_enforced() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let start = || start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions");
+
+    // No token.
+    let mut client = raw_client(server.addr, None).await;
+    let status = raw_open(&mut client, start()).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = client
+        .get_server_info(cleanroom_service::proto::GetServerInfoRequest {})
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A wrong token.
+    let mut client = raw_client(server.addr, Some("not-a-member-token")).await;
+    let status = raw_open(&mut client, start()).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let mut config = advertiser_client_config(format!("http://{}", server.addr));
+    config.token = BearerToken::new("advertiser-secret-tokeN").unwrap();
+    let mut wrong = Client::connect(&config).await.unwrap();
+    let data = fx.advertiser_data();
+    let query = Query {
+        collaboration: &fx.collaboration,
+        member: "advertiser",
+        sql: BY_CAMPAIGN,
+        data: &data,
+    };
+    match wrong.run_query(query, None).await {
+        Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+
+    // The publisher's valid token, claiming to be the advertiser.
+    let mut client = raw_client(server.addr, Some(PUBLISHER_TOKEN)).await;
+    let status = raw_open(&mut client, start()).await.err().unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // A member without the `query` ability, asking the server directly.
+    let mut client = raw_client(server.addr, Some(ANALYST_TOKEN)).await;
+    let sql = "SELECT i.campaign, COUNT(DISTINCT p.email) AS n FROM impressions i \
+               JOIN panel p ON i.email = p.email GROUP BY i.campaign";
+    let status = raw_open(&mut client, start_message(&fx, "analyst", sql, "panel"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["missing_query_ability"]);
+    let audit = server.state.entries(Some("analyst"), None).unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].decision, Decision::Refused);
+    assert!(
+        audit[0].reason.contains("missing_query_ability"),
+        "{}",
+        audit[0].reason
+    );
+
+    // The advertiser bringing a table that is not its own.
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let status = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", BY_CAMPAIGN, "panel"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Nothing was released to anyone.
+    assert!(
+        server
+            .state
+            .entries(None, None)
+            .unwrap()
+            .iter()
+            .all(|e| e.decision == Decision::Refused && e.released_rows == 0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_queries_are_invalid_argument_with_the_reason() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let count_star = "SELECT i.campaign, COUNT(*) AS n FROM impressions i \
+                      JOIN conversions c ON i.email = c.email GROUP BY i.campaign";
+
+    // The server checks by itself, whatever the client checked.
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let status = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", count_star, "conversions"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["count_star"]);
+    assert!(
+        status.message().contains("count_star"),
+        "{}",
+        status.message()
+    );
+
+    let region_sum = "SELECT i.region, SUM(i.campaign) AS s FROM impressions i \
+                      JOIN conversions c ON i.email = c.email GROUP BY i.region";
+    let status = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", region_sum, "conversions"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(!refusal_codes(&status).is_empty());
+
+    let entries = server.state.entries(Some("advertiser"), None).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].sql, count_star);
+    assert_eq!(entries[0].decision, Decision::Refused);
+    assert!(entries[0].reason.contains("count_star"));
+
+    // The high-level client refuses it locally with the same reason, sending nothing.
+    match run_query(&fx, format!("http://{}", server.addr), count_star).await {
+        Err(ClientError::Refused(refusal)) => {
+            assert_eq!(refusal.reasons[0].code.as_str(), "count_star")
+        }
+        other => panic!("expected a local refusal, got {other:?}"),
+    }
+    assert_eq!(server.state.entries(None, None).unwrap().len(), 2);
+
+    // A malformed protocol message is INVALID_ARGUMENT too.
+    let (tx, mut inbound) = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions"),
+    )
+    .await
+    .unwrap();
+    tx.send(RunSessionRequest {
+        message: Some(run_session_request::Message::Psi(PsiMessage {
+            payload: vec![0xFF; 40],
+        })),
+    })
+    .await
+    .unwrap();
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the session ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
+    let fx = Fixture::new(5);
+    // One session at a time: a session left behind would refuse the next one.
+    let limits = Limits {
+        max_concurrent_sessions: 1,
+        ..Limits::default()
+    };
+    let server = start_server(&fx, limits, None).await;
+
+    let plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
+    let table =
+        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv")).unwrap();
+    let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, mut inbound) = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions"),
+    )
+    .await
+    .unwrap();
+    let first = inbound.message().await.unwrap().unwrap();
+    let session_id = match first.message {
+        Some(run_session_response::Message::Accepted(a)) => a.session_id,
+        other => panic!("expected acceptance, got {other:?}"),
+    };
+    // Send the receiver's hello and first chunk, read one protocol message, then vanish.
+    for _ in 0..2 {
+        let payload = receiver.poll_message().unwrap().encode();
+        tx.send(RunSessionRequest {
+            message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+        })
+        .await
+        .unwrap();
+    }
+    let second = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        second.message,
+        Some(run_session_response::Message::Psi(_))
+    ));
+    drop(inbound);
+    drop(tx);
+    drop(client);
+
+    let entry = server.settled_entry(&session_id).await;
+    assert_eq!(entry.decision, Decision::Cancelled, "{entry:?}");
+    assert_eq!(entry.released_rows, 0);
+
+    // The next session runs (its permit was returned) and is exact.
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let outcome = run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN)
+        .await
+        .unwrap();
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_run_at_once() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let url = format!("http://{}", server.addr);
+    let (a, b) = tokio::join!(
+        run_query(&fx, url.clone(), BY_CAMPAIGN),
+        run_query(&fx, url.clone(), EU_BY_CHANNEL)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (want_a, suppressed_a) = fx.plain_by_campaign();
+    let (want_b, suppressed_b) = fx.plain_eu_by_channel();
+    assert_rows_equal(&a.result, &want_a);
+    assert_eq!(a.result.suppressed_rows, suppressed_a);
+    assert_rows_equal(&b.result, &want_b);
+    assert_eq!(b.result.suppressed_rows, suppressed_b);
+    assert_ne!(a.summary.session_id, b.summary.session_id);
+    let entries = server.state.entries(None, None).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.decision == Decision::Released));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_with_resource_exhausted_and_idle_sessions_time_out() {
+    let fx = Fixture::new(5);
+    let limits = Limits {
+        max_concurrent_sessions: 1,
+        idle_timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let server = start_server(&fx, limits, None).await;
+    let url = format!("http://{}", server.addr);
+
+    // A session that opens and then says nothing holds the only slot...
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, mut inbound) = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions"),
+    )
+    .await
+    .unwrap();
+    // ...so a second one is refused.
+    match run_query(&fx, url.clone(), BY_CAMPAIGN).await {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::ResourceExhausted, "{remote}")
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    // The silent session ends with DEADLINE_EXCEEDED after the idle timeout.
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(20), inbound.message())
+            .await
+            .expect("the idle timeout fires")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the session ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+
+    // Too many rows for one session.
+    server.stop().await;
+    let server = start_server(
+        &fx,
+        Limits {
+            max_rows_per_session: 100,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    match run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN).await {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::ResourceExhausted, "{remote}")
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// A TCP proxy that records every byte each way.
+async fn recording_proxy(
+    target: SocketAddr,
+) -> (SocketAddr, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let to_server = Arc::new(Mutex::new(Vec::new()));
+    let to_client = Arc::new(Mutex::new(Vec::new()));
+    let (up, down) = (Arc::clone(&to_server), Arc::clone(&to_client));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, Arc::clone(&up)));
+            tokio::spawn(pump(server_read, client_write, Arc::clone(&down)));
+        }
+    });
+    (addr, to_server, to_client)
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    record: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        record.lock().unwrap().extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_crosses_the_wire() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let (proxy, to_server, to_client) = recording_proxy(server.addr).await;
+    let outcome = run_query(&fx, format!("http://{proxy}"), EU_BY_CHANNEL)
+        .await
+        .unwrap();
+    let (want, _) = fx.plain_eu_by_channel();
+    assert_rows_equal(&outcome.result, &want);
+
+    let up = to_server.lock().unwrap().clone();
+    let down = to_client.lock().unwrap().clone();
+    // The capture is the real traffic: it holds every protocol byte and the SQL in clear.
+    assert!(
+        up.len() as u64 >= outcome.counters.bytes_sent,
+        "{} bytes up",
+        up.len()
+    );
+    assert!(down.len() as u64 >= outcome.counters.bytes_received);
+    assert!(contains(&up, EU_BY_CHANNEL.as_bytes()));
+
+    let mut identifiers: HashMap<String, ()> = HashMap::new();
+    for (csv, column) in [(&fx.impressions, "email"), (&fx.conversions, "email")] {
+        let c = csv.column(column);
+        for row in &csv.rows {
+            let raw = row[c].trim();
+            if raw.is_empty() {
+                continue;
+            }
+            identifiers.insert(raw.to_owned(), ());
+            identifiers.insert(normalize(raw).unwrap(), ());
+            // The local part alone (user123) would be just as identifying.
+            identifiers.insert(
+                normalize(raw)
+                    .unwrap()
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                (),
+            );
+        }
+    }
+    assert!(identifiers.len() > 500);
+    for id in identifiers.keys() {
+        assert!(
+            !contains(&up, id.as_bytes()),
+            "{id:?} was sent to the server"
+        );
+        assert!(
+            !contains(&down, id.as_bytes()),
+            "{id:?} was sent to the client"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_self_signed_certificate() {
+    let fx = Fixture::new(5);
+    let identity = TlsIdentity::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let server = start_server(&fx, Limits::default(), Some(identity.clone())).await;
+    let port = server.addr.port();
+
+    let mut config = advertiser_client_config(format!("https://localhost:{port}"));
+    config.ca_pem = Some(identity.cert_pem.clone());
+    let mut client = Client::connect(&config).await.unwrap();
+    let data = fx.advertiser_data();
+    let outcome = client
+        .run_query(
+            Query {
+                collaboration: &fx.collaboration,
+                member: "advertiser",
+                sql: BY_CAMPAIGN,
+                data: &data,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    let info = client.server_info().await.unwrap();
+    assert_eq!(info.member, "publisher");
+    assert_eq!(info.tables, ["impressions"]);
+
+    // Another certificate as CA: the server is not trusted.
+    let other = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let mut config = advertiser_client_config(format!("https://localhost:{port}"));
+    config.ca_pem = Some(other.cert_pem);
+    let untrusted = async {
+        let mut client = Client::connect(&config).await?;
+        client.server_info().await
+    }
+    .await;
+    assert!(untrusted.is_err(), "an untrusted certificate was accepted");
+
+    // Plaintext to the TLS port does not get an answer.
+    let plain = async {
+        let mut client = Client::connect(&advertiser_client_config(format!(
+            "http://127.0.0.1:{port}"
+        )))
+        .await?;
+        client.server_info().await
+    }
+    .await;
+    assert!(plain.is_err());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_is_refused_off_loopback() {
+    let fx = Fixture::new(5);
+    let state = Arc::new(StateDb::open(fx.path("state-plain.db")).unwrap());
+    let config = ServerConfig {
+        collaboration: Arc::clone(&fx.collaboration),
+        member: "publisher".to_owned(),
+        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv"))]),
+        limits: Limits::default(),
+        state,
+        tls: None,
+        insecure: false,
+        on_session_end: None,
+    };
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = cleanroom_service::serve(config, listener, async {})
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, cleanroom_service::ServerError::Tls(_)),
+        "{err}"
+    );
+    let err = Client::connect(&advertiser_client_config("http://192.0.2.1:443".to_owned()))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ClientError::Tls(_)), "{err}");
+}
+
+// ------------------------------------------------------------------------- the binary
+
+/// Runs `cleanroom` with `args` and the advertiser's token; returns (exit code, stdout, stderr).
+fn cleanroom(args: &[&str], token: Option<&str>) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cleanroom"));
+    command.args(args).env_remove("CLEANROOM_TOKEN");
+    if let Some(token) = token {
+        command.env("CLEANROOM_TOKEN", token);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => serde_json::json!(i),
+        Value::Float(x) => serde_json::json!(x),
+        Value::Text(s) => serde_json::json!(s),
+    }
+}
+
+#[test]
+fn the_cli_serves_queries_and_audits() {
+    use std::io::BufRead;
+
+    let fx = Fixture::new(5);
+    let config = fx.path("collab.toml");
+    let state = fx.path("cli-state.db");
+    let (config, state) = (config.to_str().unwrap(), state.to_str().unwrap());
+    let impressions = format!("impressions={}", fx.path("impressions.csv").display());
+    let conversions = format!("conversions={}", fx.path("conversions.csv").display());
+
+    // Plaintext is refused off loopback before anything listens.
+    let (code, _, stderr) = cleanroom(
+        &[
+            "serve",
+            "--config",
+            config,
+            "--member",
+            "publisher",
+            "--data",
+            &impressions,
+            "--listen",
+            "0.0.0.0:0",
+            "--state",
+            state,
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("loopback"), "{stderr}");
+
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_cleanroom"))
+        .args([
+            "serve",
+            "--config",
+            config,
+            "--member",
+            "publisher",
+            "--data",
+            &impressions,
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+    // Keep draining the server's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+
+    let query = |sql: &str, format: &str, token: Option<&str>| {
+        cleanroom(
+            &[
+                "query",
+                "--config",
+                config,
+                "--member",
+                "advertiser",
+                "--data",
+                &conversions,
+                "--server",
+                &url,
+                "--format",
+                format,
+                "--quiet",
+                sql,
+            ],
+            token,
+        )
+    };
+
+    let (code, stdout, stderr) = query(BY_CAMPAIGN, "json", Some(ADVERTISER_TOKEN));
+    assert_eq!(code, 0, "{stderr}");
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let expected = serde_json::json!({
+        "columns": ["campaign", "buyers", "revenue"],
+        "rows": want.iter().map(|r| r.iter().map(value_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "suppressed_rows": want_suppressed,
+    });
+    let got: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(got, expected);
+
+    // The token from a file, CSV output.
+    let token_file = fx.path("token");
+    std::fs::write(&token_file, format!("{ADVERTISER_TOKEN}\n")).unwrap();
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "query",
+            "--config",
+            config,
+            "--member",
+            "advertiser",
+            "--data",
+            &conversions,
+            "--server",
+            &url,
+            "--format",
+            "csv",
+            "--quiet",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            BY_CAMPAIGN,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut expected_csv = String::from("campaign,buyers,revenue\n");
+    for row in &want {
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        expected_csv.push_str(&cells.join(","));
+        expected_csv.push('\n');
+    }
+    assert_eq!(stdout, expected_csv);
+
+    // Refused locally: exit 1 with the reason code.
+    let count_star = "SELECT i.campaign, COUNT(*) AS n FROM impressions i \
+                      JOIN conversions c ON i.email = c.email GROUP BY i.campaign";
+    let (code, stdout, stderr) = query(count_star, "json", Some(ADVERTISER_TOKEN));
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(stderr.contains("count_star"), "{stderr}");
+
+    // A wrong token and a missing token.
+    let (code, _, stderr) = query(BY_CAMPAIGN, "json", Some("wrong-token"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    let (code, _, stderr) = query(BY_CAMPAIGN, "json", None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("CLEANROOM_TOKEN"), "{stderr}");
+
+    // Killed outright: the log still holds both released results.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (code, stdout, stderr) = cleanroom(&["audit", "--state", state, "--format", "json"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(entries.len(), 2, "{stdout}");
+    for entry in &entries {
+        assert_eq!(entry["decision"], "released");
+        assert_eq!(entry["member"], "advertiser");
+        assert_eq!(entry["sql"], BY_CAMPAIGN);
+        assert_eq!(entry["released_rows"], want.len() as u64);
+        assert_eq!(entry["suppressed_rows"], want_suppressed);
+        assert!(entry["bytes_received"].as_u64().unwrap() > 0);
+    }
+    let (code, stdout, _) = cleanroom(&["audit", "--state", state], None);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("started_at"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+}
