@@ -1279,3 +1279,111 @@ fn the_cli_serves_queries_and_audits() {
     assert!(stdout.starts_with("started_at"), "{stdout}");
     assert_eq!(stdout.lines().count(), 4, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_the_audit_rpc() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // Health and reflection need no token: stock tools can discover the service.
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "cleanroom.v1.CleanRoomService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let requests = tokio_stream::iter([
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "cleanroom.v1.CleanRoomService".to_owned(),
+            )),
+        },
+    ]);
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+            assert!(names.contains("cleanroom.v1.CleanRoomService"), "{names:?}");
+            assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
+        }
+        other => panic!("expected a service list, got {other:?}"),
+    }
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => {
+            let file = prost_types_name(&files.file_descriptor_proto[0]);
+            assert_eq!(file, "cleanroom/v1/cleanroom.proto");
+        }
+        other => panic!("expected a file descriptor, got {other:?}"),
+    }
+
+    // Each member sees only its own audit entries.
+    let outcome = run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN)
+        .await
+        .unwrap();
+    let mut analyst = raw_client(server.addr, Some(ANALYST_TOKEN)).await;
+    let sql = "SELECT i.campaign, COUNT(DISTINCT p.email) AS n FROM impressions i \
+               JOIN panel p ON i.email = p.email GROUP BY i.campaign";
+    raw_open(&mut analyst, start_message(&fx, "analyst", sql, "panel"))
+        .await
+        .err()
+        .unwrap();
+    server.settled_entry(&outcome.summary.session_id).await;
+    let mut client = Client::connect(&advertiser_client_config(format!("http://{}", server.addr)))
+        .await
+        .unwrap();
+    let mine = client.audit_entries(10).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].session_id, outcome.summary.session_id);
+    assert_eq!(
+        mine[0].decision(),
+        cleanroom_service::proto::Decision::Released
+    );
+    assert_eq!(mine[0].released_rows, outcome.summary.released_rows);
+    let theirs = analyst
+        .list_audit_entries(cleanroom_service::proto::ListAuditEntriesRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].member, "analyst");
+    assert_eq!(
+        theirs[0].decision(),
+        cleanroom_service::proto::Decision::Refused
+    );
+    server.stop().await;
+}
+
+/// The `name` field (1) of an encoded `FileDescriptorProto`.
+fn prost_types_name(encoded: &[u8]) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NameOnly {
+        #[prost(string, tag = "1")]
+        name: String,
+    }
+    NameOnly::decode(encoded).unwrap().name
+}
