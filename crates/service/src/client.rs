@@ -307,21 +307,21 @@ impl Client {
 
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
-        let (columns, table) = {
+        // Reading the table and shuffling it into a receiver are heavy: off the runtime.
+        let (columns, rows, receiver) = {
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
                 let columns = data::header(&path)?;
-                Ok::<_, DataFileError>((columns, data::receiver_table(&plan, &path)?))
+                let table = data::receiver_table(&plan, &path)?;
+                let rows = table.stats().rows;
+                let receiver =
+                    Receiver::new(&plan.domain(), table, cleanroom_psi::Limits::default());
+                Ok::<_, DataFileError>((columns, rows, receiver))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
         };
-        let rows = table.stats().rows;
-        let role = ReceiverRole(Receiver::new(
-            &plan.domain(),
-            table,
-            cleanroom_psi::Limits::default(),
-        ));
+        let role = ReceiverRole(receiver);
 
         let (outbound, requests) = mpsc::channel(4);
         let start = RunSessionRequest {

@@ -621,21 +621,26 @@ impl CleanRoom {
             }))
             .await?;
 
+        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
-        let (_, table) = exchange
-            .blocking((), move |_| data::matcher_table(&table_plan, &matcher_path))
-            .await?;
-        let table = table.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
-        *matcher_rows = table.stats().rows;
         let limits = cleanroom_psi::Limits {
             max_set_size: self.config.limits.max_rows_per_session,
             ..cleanroom_psi::Limits::default()
         };
-        let role = MatcherRole(Matcher::new(&plan.domain(), table, limits));
+        let (_, built) = exchange
+            .blocking((), move |_| {
+                let table = data::matcher_table(&table_plan, &matcher_path)?;
+                let rows = table.stats().rows;
+                Ok::<_, DataFileError>((rows, Matcher::new(&table_plan.domain(), table, limits)))
+            })
+            .await?;
+        let (rows, matcher) = built.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = rows;
+        let role = MatcherRole(matcher);
 
         let mut psi_in = (&mut *inbound).map(|item| match item {
             Ok(RunSessionRequest {
