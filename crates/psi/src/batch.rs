@@ -69,7 +69,10 @@ mod tests {
         let ids: Vec<String> = (0..300).map(|i| format!("id{i}")).collect();
         let wire = hash_and_blind(&domain, &key, &ids);
         for (id, w) in ids.iter().zip(&wire) {
-            assert_eq!(w.0, key.blind(&domain.hash_to_group(id)).compress().to_bytes());
+            assert_eq!(
+                w.0,
+                key.blind(&domain.hash_to_group(id)).compress().to_bytes()
+            );
         }
         let tags = reblind_to_tags(&key, &wire).unwrap();
         for (id, t) in ids.iter().zip(&tags) {

@@ -381,7 +381,7 @@ mod tests {
             key.decrypt(&total).unwrap(),
             vec![MAX_ITEM_VALUE * MAX_EXACT_ITEMS]
         );
-        assert!(MAX_ITEM_VALUE * MAX_EXACT_ITEMS >= 1 << 48);
+        const { assert!(MAX_ITEM_VALUE * MAX_EXACT_ITEMS >= 1 << 48) };
         // A limb sum at exactly MAX_LIMB_SUM.
         let unit = key.encrypt(&[1]);
         assert_eq!(

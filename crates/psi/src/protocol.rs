@@ -25,7 +25,7 @@ use crate::Domain;
 use crate::batch::{hash_and_blind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use crate::key::BlindingKey;
-use crate::table::{MatcherTable, ReceiverTable};
+use crate::table::{MatcherTable, ReceiverGroup, ReceiverTable};
 use crate::wire::{
     CHUNK_ITEMS, Message, PointError, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
 };
@@ -577,7 +577,7 @@ pub struct Receiver {
     value_key: Option<ValueKey>,
     domain: Domain,
     limits: Limits,
-    groups: Vec<(String, Vec<(String, Vec<u64>)>)>,
+    groups: Vec<ReceiverGroup>,
     value_columns: usize,
     hello_sent: bool,
     sender: Sender,

@@ -29,6 +29,10 @@ pub enum InputError {
     GroupKeyTooLong,
 }
 
+/// One receiver group as the protocol consumes it: its key and its distinct identifiers, each
+/// with its per-column value totals.
+pub(crate) type ReceiverGroup = (String, Vec<(String, Vec<u64>)>);
+
 /// Counts every table keeps about its input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InputStats {
@@ -174,7 +178,7 @@ impl ReceiverTable {
         self.groups.values().map(|s| s.len() as u64).sum()
     }
 
-    pub(crate) fn into_groups(self) -> Vec<(String, Vec<(String, Vec<u64>)>)> {
+    pub(crate) fn into_groups(self) -> Vec<ReceiverGroup> {
         self.groups
             .into_iter()
             .map(|(k, v)| (k, v.into_iter().collect()))
