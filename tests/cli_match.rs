@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn cleanroom(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cleanroom")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cleanroom"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -26,12 +29,18 @@ fn data() -> (String, String) {
     let mut right = String::from("email,amount,note\n");
     let mut x: u64 = 7;
     let mut next = |n: u64| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (x >> 33) % n
     };
     for _ in 0..900 {
         let id = next(600);
-        let email = if next(3) == 0 { format!(" User{id}@Shop.COM") } else { format!("user{id}@shop.com") };
+        let email = if next(3) == 0 {
+            format!(" User{id}@Shop.COM")
+        } else {
+            format!("user{id}@shop.com")
+        };
         left.push_str(&format!("{email},\"camp, {}\"\n", next(3)));
     }
     left.push_str(",camp, 0\n".replace("camp, 0", "\"camp, 0\"").as_str());
@@ -72,7 +81,14 @@ fn plain(left: &str, right: &str) -> (u64, u64, BTreeMap<String, (u64, u64)>) {
         (m.len() as u64, m.iter().map(|(_, v)| **v).sum::<u64>())
     };
     let (n, s) = stat(&all);
-    (n, s, groups.iter().map(|(k, set)| (k.clone(), stat(set))).collect())
+    (
+        n,
+        s,
+        groups
+            .iter()
+            .map(|(k, set)| (k.clone(), stat(set)))
+            .collect(),
+    )
 }
 
 #[test]
@@ -82,10 +98,34 @@ fn json_matches_a_plain_computation() {
     let left = write(dir.path(), "left.csv", &l);
     let right = write(dir.path(), "right.csv", &r);
     let (n, s, groups) = plain(&l, &r);
-    assert!(n > 50 && groups.len() == 3, "test data has overlap and groups");
+    assert!(
+        n > 50 && groups.len() == 3,
+        "test data has overlap and groups"
+    );
 
-    let args = ["match", &left, &right, "--id-column", "email", "--normalize", "email"];
-    let (code, out, err) = cleanroom(&[&args[..], &["--sum", "amount", "--group-by", "campaign", "--format", "json"]].concat());
+    let args = [
+        "match",
+        &left,
+        &right,
+        "--id-column",
+        "email",
+        "--normalize",
+        "email",
+    ];
+    let (code, out, err) = cleanroom(
+        &[
+            &args[..],
+            &[
+                "--sum",
+                "amount",
+                "--group-by",
+                "campaign",
+                "--format",
+                "json",
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["left_rows"], 901);
@@ -97,7 +137,13 @@ fn json_matches_a_plain_computation() {
         .unwrap()
         .iter()
         .map(|g| {
-            (g["key"].as_str().unwrap().to_owned(), (g["intersection_size"].as_u64().unwrap(), g["sum"].as_u64().unwrap()))
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                (
+                    g["intersection_size"].as_u64().unwrap(),
+                    g["sum"].as_u64().unwrap(),
+                ),
+            )
         })
         .collect();
     assert_eq!(got, groups);
@@ -114,21 +160,56 @@ fn json_matches_a_plain_computation() {
 fn bad_input_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let left = write(dir.path(), "left.csv", "email\na@x.com\n");
-    let right = write(dir.path(), "right.csv", "email,amount\na@x.com,3\nb@x.com,-4\n");
-    let (code, _, err) = cleanroom(&["match", &left, &right, "--id-column", "email", "--sum", "amount"]);
+    let right = write(
+        dir.path(),
+        "right.csv",
+        "email,amount\na@x.com,3\nb@x.com,-4\n",
+    );
+    let (code, _, err) = cleanroom(&[
+        "match",
+        &left,
+        &right,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("right.csv") && err.contains("line 3") && err.contains("amount"), "{err}");
+    assert!(
+        err.contains("right.csv") && err.contains("line 3") && err.contains("amount"),
+        "{err}"
+    );
 
     let right2 = write(dir.path(), "right2.csv", "email,amount\na@x.com,1.5\n");
-    let (code, _, err) = cleanroom(&["match", &left, &right2, "--id-column", "email", "--sum", "amount"]);
+    let (code, _, err) = cleanroom(&[
+        "match",
+        &left,
+        &right2,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("right2.csv") && err.contains("line 2") && err.contains("\"1.5\""), "{err}");
+    assert!(
+        err.contains("right2.csv") && err.contains("line 2") && err.contains("\"1.5\""),
+        "{err}"
+    );
 
     let (code, _, err) = cleanroom(&["match", &left, &right, "--id-column", "mail"]);
     assert_ne!(code, 0);
-    assert!(err.contains("left.csv") && err.contains("\"mail\""), "{err}");
+    assert!(
+        err.contains("left.csv") && err.contains("\"mail\""),
+        "{err}"
+    );
 
-    let (code, _, err) = cleanroom(&["match", "/nonexistent/x.csv", &right, "--id-column", "email"]);
+    let (code, _, err) = cleanroom(&[
+        "match",
+        "/nonexistent/x.csv",
+        &right,
+        "--id-column",
+        "email",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/x.csv"), "{err}");
 }
@@ -137,6 +218,9 @@ fn bad_input_names_file_line_and_column() {
 fn demo_prints_released_campaigns() {
     let (code, out, err) = cleanroom(&["demo"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("spring_sale") && out.contains("fall_promo"), "{out}");
+    assert!(
+        out.contains("spring_sale") && out.contains("fall_promo"),
+        "{out}"
+    );
     assert!(!out.contains("person1@example.com"));
 }
