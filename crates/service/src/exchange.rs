@@ -1,6 +1,6 @@
 //! Moves protocol messages between a sans-I/O role and a pair of streams.
 //!
-//! The [`Role`] (the psi matcher or receiver) is driven from the async runtime but every call
+//! The role (the psi matcher or receiver) is driven from the async runtime but every call
 //! into it runs on the blocking pool, because the psi roles do heavy, parallel (rayon) work.
 //! Sending and receiving run concurrently: while an outgoing message waits for the peer to make
 //! room (HTTP/2 flow control), incoming messages are still read and handled, so two sides that

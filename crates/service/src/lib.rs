@@ -1,7 +1,7 @@
 //! The cleanroom gRPC matching service.
 //!
-//! A data provider runs the [server](server) next to its data; a querying member runs the
-//! [client](client) next to its own. One query is one *session*, a bidirectional gRPC stream
+//! A data provider runs the [server] next to its data; a querying member runs the
+//! [client] next to its own. One query is one *session*, a bidirectional gRPC stream
 //! (`cleanroom.v1.CleanRoomService/RunSession`, see `proto/cleanroom/v1/cleanroom.proto`):
 //!
 //! 1. the client sends the SQL and a description of its table (never its rows);
