@@ -590,8 +590,13 @@ impl CleanRoom {
                     ..Completion::default()
                 };
                 self.finish(&session_id, &error, completion).await;
-                // The client may be gone already; then there is nobody to tell.
-                let _ = outbound.try_send(Err(error.status()));
+                // End the call with the error's status (a stream that just ends would read as
+                // OK). The client may be gone or not reading; then there is nobody to tell.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    outbound.send(Err(error.status())),
+                )
+                .await;
             }
         }
     }
