@@ -31,7 +31,7 @@ use crate::wire::{
 };
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Bytes of one item's ciphertext with `value_columns` columns (0 for cardinality).
 pub fn ciphertext_bytes(value_columns: usize) -> usize {
@@ -240,7 +240,12 @@ pub struct Matcher {
     item_groups: Vec<u32>,
     ciphertexts: Vec<u8>,
     tags_received: Vec<u64>,
-    seen: HashSet<(u32, u32)>,
+    /// Per receiver item, 1 + the last matcher group it matched in (0: none yet). Tags of one
+    /// group arrive contiguously, so this catches a tag sent twice within a group.
+    last_match: Vec<u32>,
+    /// The matcher group whose tags are arriving, and how many groups are complete.
+    tag_group: Option<u32>,
+    groups_complete: usize,
     accumulators: BTreeMap<(u32, u32), Accumulator>,
     counts: Option<Vec<GroupCount>>,
     released: bool,
@@ -269,7 +274,9 @@ impl Matcher {
             item_groups: Vec::new(),
             ciphertexts: Vec::new(),
             tags_received: vec![0; n],
-            seen: HashSet::new(),
+            last_match: Vec::new(),
+            tag_group: None,
+            groups_complete: 0,
             accumulators: BTreeMap::new(),
             counts: None,
             released: false,
@@ -367,15 +374,35 @@ impl Matcher {
                         why: "tags before all of the receiver's items",
                     });
                 }
-                let sizes: Vec<u64> = self
+                if self.tag_group.is_some_and(|g| g != group) {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "tags of another group before the current group is complete",
+                    });
+                }
+                let size = self
                     .groups
-                    .iter()
-                    .map(|(_, ids)| ids.len() as u64)
-                    .collect();
-                admit(&mut self.tags_received, &sizes, group, tags.len())?;
+                    .get(group as usize)
+                    .map_or(0, |(_, ids)| ids.len() as u64);
+                let received = self
+                    .tags_received
+                    .get_mut(group as usize)
+                    .ok_or(ProtocolError::UnknownGroup(group))?;
+                if *received + tags.len() as u64 > size {
+                    return Err(ProtocolError::TooManyElements {
+                        group,
+                        announced: size,
+                    });
+                }
+                *received += tags.len() as u64;
+                let complete = *received == size;
+                self.tag_group = (!complete).then_some(group);
                 self.match_tags(group, &tags)?;
-                if self.tags_received == sizes {
-                    self.counts = Some(self.collect_counts());
+                if complete {
+                    self.groups_complete += 1;
+                    if self.groups_complete == self.groups.len() {
+                        self.counts = Some(self.collect_counts());
+                    }
                 }
                 Ok(())
             }
@@ -391,6 +418,7 @@ impl Matcher {
         if peer.received == peer.sizes && !self.index_sorted {
             self.index.par_sort_unstable();
             self.index_sorted = true;
+            self.last_match = vec![0; self.item_groups.len()];
             if self.groups.is_empty() {
                 self.counts = Some(Vec::new());
             }
@@ -414,9 +442,11 @@ impl Matcher {
             })
             .collect();
         for &item in &hits {
-            if !self.seen.insert((group, item)) {
+            let marker = &mut self.last_match[item as usize];
+            if *marker == group + 1 {
                 return Err(ProtocolError::DuplicateTag(group));
             }
+            *marker = group + 1;
             self.accumulators
                 .entry((group, self.item_groups[item as usize]))
                 .or_default()
