@@ -1,16 +1,20 @@
 //! `cleanroom bench`: matching throughput against the cost of the raw curve operations,
 //! measured in the same run on the same machine.
 
+use super::loopback::{self, Side};
 use super::output::{Format, render_table};
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
 use cleanroom_psi::{
     Domain, Limits, Matcher, MatcherTable, Message, Normalization, Receiver, ReceiverTable,
 };
+use cleanroom_rules::{Collaboration, Value};
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,9 @@ pub enum BenchProtocol {
 pub enum Transport {
     /// In this process, every message encoded and decoded.
     Memory,
+    /// Through the real gRPC service on a loopback port (plaintext), both members in this
+    /// process; includes reading both CSV files and checking the SQL.
+    Grpc,
 }
 
 /// Arguments of `cleanroom bench`.
@@ -67,21 +74,96 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let interactive = args.format == Format::Table;
 
     let floor = curve_floor(2 * n);
+    let expected_sum: u64 = ((n - common)..n).map(value_of).sum();
+    let (seconds, size, sum, bytes) = match args.transport {
+        Transport::Memory => run_memory(n, common, columns, interactive)?,
+        Transport::Grpc => run_grpc(n, common, columns)?,
+    };
+    ensure!(
+        size == common,
+        "wrong intersection size {size}, expected {common}"
+    );
+    if columns > 0 {
+        ensure!(
+            sum == expected_sum,
+            "wrong sum {sum}, expected {expected_sum}"
+        );
+    }
+    let protocol = match args.protocol {
+        BenchProtocol::Cardinality => "cardinality",
+        BenchProtocol::Sum => "sum",
+    };
+    let report = json!({
+        "size": n,
+        "protocol": protocol,
+        "transport": match args.transport {
+            Transport::Memory => "memory",
+            Transport::Grpc => "grpc",
+        },
+        "seconds": seconds,
+        "elements_per_second": 2.0 * n as f64 / seconds,
+        "intersection_size": size,
+        "bytes_on_wire": bytes,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "curve_floor_seconds": floor.as_secs_f64(),
+    });
+    match args.format {
+        Format::Json => println!("{report}"),
+        Format::Table | Format::Csv => {
+            let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
+            let rows = vec![
+                vec!["size per party".into(), n.to_string()],
+                vec!["protocol".into(), protocol.into()],
+                vec!["intersection (checked)".into(), size.to_string()],
+                vec!["seconds".into(), format!("{seconds:.3}")],
+                vec![
+                    "curve floor seconds".into(),
+                    format!("{:.3}", floor.as_secs_f64()),
+                ],
+                vec![
+                    "ratio to floor".into(),
+                    format!("{:.3}", seconds / floor.as_secs_f64()),
+                ],
+                vec![
+                    "elements per second".into(),
+                    format!("{:.0}", 2.0 * n as f64 / seconds),
+                ],
+                vec![
+                    "bytes per element".into(),
+                    format!("{:.1}", bytes as f64 / (2 * n) as f64),
+                ],
+                vec![
+                    "peak RSS MiB".into(),
+                    format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
+                ],
+            ];
+            print!("{}", render_table(&columns, &rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn value_of(i: u64) -> u64 {
+    i % 1000
+}
+
+/// Both roles in this process, every message encoded and decoded. Returns (seconds,
+/// intersection size, sum, bytes).
+fn run_memory(
+    n: u64,
+    common: u64,
+    columns: usize,
+    interactive: bool,
+) -> Result<(f64, u64, u64, u64)> {
     let domain = Domain::new("cleanroom-bench", "email");
     let mut matcher_table = MatcherTable::new(Normalization::None);
     for i in 0..n {
         matcher_table.push("", &identifier(i))?;
     }
     let mut receiver_table = ReceiverTable::new(Normalization::None, columns)?;
-    let mut expected_sum = 0u64;
     for i in (n - common)..(2 * n - common) {
-        let v = i % 1000;
-        if i < n {
-            expected_sum += v;
-        }
-        receiver_table.push("", &identifier(i), &vec![v; columns])?;
+        receiver_table.push("", &identifier(i), &vec![value_of(i); columns])?;
     }
-
     let progress = if interactive && n >= 50_000 {
         let bar = ProgressBar::new(4 * n);
         bar.set_style(ProgressStyle::with_template(
@@ -127,70 +209,98 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-
     let outcome = r.outcome().expect("loop ends with an outcome");
     let (size, sum) = outcome.groups.first().map_or((0, 0), |g| {
         (g.intersection_size, g.sums.first().copied().unwrap_or(0))
     });
-    ensure!(
-        size == common,
-        "wrong intersection size {size}, expected {common}"
-    );
-    if columns > 0 {
-        ensure!(
-            sum == expected_sum,
-            "wrong sum {sum}, expected {expected_sum}"
-        );
-    }
-    let protocol = match args.protocol {
-        BenchProtocol::Cardinality => "cardinality",
-        BenchProtocol::Sum => "sum",
-    };
-    let report = json!({
-        "size": n,
-        "protocol": protocol,
-        "transport": "memory",
-        "seconds": seconds,
-        "elements_per_second": 2.0 * n as f64 / seconds,
-        "intersection_size": size,
-        "bytes_on_wire": bytes,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "curve_floor_seconds": floor.as_secs_f64(),
-    });
-    match args.format {
-        Format::Json => println!("{report}"),
-        Format::Table | Format::Csv => {
-            let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
-            let rows = vec![
-                vec!["size per party".into(), n.to_string()],
-                vec!["protocol".into(), protocol.into()],
-                vec!["intersection (checked)".into(), size.to_string()],
-                vec!["seconds".into(), format!("{seconds:.3}")],
-                vec![
-                    "curve floor seconds".into(),
-                    format!("{:.3}", floor.as_secs_f64()),
-                ],
-                vec![
-                    "ratio to floor".into(),
-                    format!("{:.3}", seconds / floor.as_secs_f64()),
-                ],
-                vec![
-                    "elements per second".into(),
-                    format!("{:.0}", 2.0 * n as f64 / seconds),
-                ],
-                vec![
-                    "bytes per element".into(),
-                    format!("{:.1}", bytes as f64 / (2 * n) as f64),
-                ],
-                vec![
-                    "peak RSS MiB".into(),
-                    format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
-                ],
-            ];
-            print!("{}", render_table(&columns, &rows));
+    Ok((seconds, size, sum, bytes))
+}
+
+/// The real service on a loopback port, both members in this process.
+fn run_grpc(n: u64, common: u64, columns: usize) -> Result<(f64, u64, u64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, range: std::ops::Range<u64>| -> Result<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        writeln!(w, "id,value")?;
+        for i in range {
+            writeln!(w, "{},{}", identifier(i), value_of(i))?;
         }
-    }
-    Ok(ExitCode::SUCCESS)
+        w.flush()?;
+        Ok(path)
+    };
+    let left = write("left.csv", 0..n)?;
+    let right = write("right.csv", (n - common)..(2 * n - common))?;
+    let (_, server_hash) = loopback::fresh_token();
+    let (token, client_hash) = loopback::fresh_token();
+    let text = format!(
+        r#"
+[collaboration]
+id = "cleanroom-bench"
+[[member]]
+name = "provider"
+abilities = []
+token_sha256 = "{server_hash}"
+[[member]]
+name = "querier"
+abilities = ["query", "receive_results"]
+token_sha256 = "{client_hash}"
+[[table]]
+name = "left_ids"
+owner = "provider"
+columns = ["id", "value"]
+identifier = {{ column = "id", normalize = "none" }}
+[table.rule]
+type = "aggregation"
+join_columns = ["id"]
+dimension_columns = []
+aggregate_columns = {{ id = ["COUNT_DISTINCT"] }}
+min_threshold = 2
+[[table]]
+name = "right_ids"
+owner = "querier"
+columns = ["id", "value"]
+identifier = {{ column = "id", normalize = "none" }}
+[table.rule]
+type = "aggregation"
+join_columns = ["id"]
+dimension_columns = []
+aggregate_columns = {{ id = ["COUNT_DISTINCT"], value = ["SUM"] }}
+min_threshold = 2
+"#
+    );
+    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
+    let sql = if columns > 0 {
+        "SELECT COUNT(DISTINCT r.id), SUM(r.value) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+    } else {
+        "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+    };
+    let started = Instant::now();
+    let outcome = loopback::run(
+        collaboration,
+        Side {
+            member: "provider",
+            data: BTreeMap::from([("left_ids".to_owned(), left)]),
+        },
+        Side {
+            member: "querier",
+            data: BTreeMap::from([("right_ids".to_owned(), right)]),
+        },
+        &token,
+        sql,
+        false,
+        dir.path(),
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let row = outcome.result.rows.first().context("no row released")?;
+    let int = |v: &Value| match v {
+        Value::Integer(n) => Ok(*n),
+        other => bail!("expected an integer result, got {other:?}"),
+    };
+    let size = int(&row[0])?;
+    let sum = if columns > 0 { int(&row[1])? } else { 0 };
+    let c = &outcome.counters;
+    Ok((seconds, size, sum, c.bytes_sent + c.bytes_received))
 }
 
 /// Elements a message carries, for the progress bar.

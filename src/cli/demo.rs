@@ -1,78 +1,134 @@
 //! `cleanroom demo`: a whole measurement on built-in sample data, with nothing to set up.
 //!
-//! A publisher (the matcher) holds ad impressions by campaign; an advertiser (the receiver)
-//! holds purchases with amounts. The demo asks: per campaign, how many people who saw it bought
-//! something, and for how much? Both roles run in this process through the real messages.
+//! A publisher holds ad impressions by campaign and runs the matching service (TLS with a
+//! throwaway certificate, on a loopback port); an advertiser holds purchases with amounts and
+//! queries it: per campaign, how many people who saw it bought something, and for how much?
+//! Both members run in this process, but talk only through gRPC, as they would across sites.
 
-use super::output::render_table;
+use super::loopback::{self, Side};
+use super::output::Format;
+use super::query::render;
 use super::sample;
 use anyhow::{Context, Result};
 use clap::Args;
-use cleanroom_psi::{Domain, MatcherTable, Normalization, ReceiverTable, match_offline};
+use cleanroom_rules::Collaboration;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
 /// Arguments of `cleanroom demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Groups with fewer matched people than this are suppressed.
+    /// Output rows with fewer matched people than this are suppressed.
     #[arg(long, default_value_t = 100)]
     threshold: u64,
 }
 
-/// Run the demo and print what each side learned and what crossed the wire.
+/// The demo's collaboration; `{...}` are filled in with fresh token hashes and the threshold.
+const COLLABORATION: &str = r#"
+[collaboration]
+id = "cleanroom-demo"
+name = "Publisher x Advertiser campaign measurement (demo)"
+
+[[member]]
+name = "publisher"
+abilities = []
+token_sha256 = "{publisher}"
+
+[[member]]
+name = "advertiser"
+abilities = ["query", "receive_results"]
+token_sha256 = "{advertiser}"
+
+[[table]]
+name = "impressions"
+owner = "publisher"
+columns = ["email", "campaign", "region"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["campaign", "region"]
+aggregate_columns = { email = ["COUNT_DISTINCT"] }
+min_threshold = {threshold}
+
+[[table]]
+name = "purchases"
+owner = "advertiser"
+columns = ["email", "amount", "channel"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["channel"]
+aggregate_columns = { email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"] }
+min_threshold = 2
+"#;
+
+const SQL: &str = "SELECT i.campaign, COUNT(DISTINCT p.email) AS buyers, \
+                   SUM(p.amount) AS revenue_cents, AVG(p.amount) AS avg_purchase_cents \
+                   FROM impressions i JOIN purchases p ON i.email = p.email \
+                   GROUP BY i.campaign ORDER BY i.campaign";
+
+/// Run the demo and print the released rows and what crossed the wire.
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let impressions = sample::impressions();
     let purchases = sample::purchases();
-    let mut matcher = MatcherTable::new(Normalization::Email);
-    for row in &impressions.rows {
-        matcher.push(&row[1], &row[0])?;
-    }
-    let mut receiver = ReceiverTable::new(Normalization::Email, 1)?;
-    for row in &purchases.rows {
-        let amount: u64 = row[1].parse().context("sample amount")?;
-        receiver.push("", &row[0], &[amount])?;
-    }
-    println!(
-        "publisher: {} impressions; advertiser: {} purchases by {} people",
-        impressions.rows.len(),
-        purchases.rows.len(),
-        receiver.distinct(),
-    );
-    let started = Instant::now();
-    let domain = Domain::new("cleanroom-demo", "email");
-    let report = match_offline(&domain, matcher, receiver, args.threshold)?;
-    let elapsed = started.elapsed();
+    let impressions_csv = dir.path().join("impressions.csv");
+    let purchases_csv = dir.path().join("purchases.csv");
+    std::fs::write(&impressions_csv, impressions.to_csv()?)?;
+    std::fs::write(&purchases_csv, purchases.to_csv()?)?;
 
-    let columns = ["campaign", "buyers", "revenue", "avg_per_buyer"]
-        .map(String::from)
-        .to_vec();
-    let rows: Vec<Vec<String>> = report
-        .outcome
-        .groups
-        .iter()
-        .map(|g| {
-            let revenue = g.sums[0];
-            vec![
-                g.matcher_group.clone(),
-                g.intersection_size.to_string(),
-                format!("{}.{:02}", revenue / 100, revenue % 100),
-                format!("{:.2}", revenue as f64 / 100.0 / g.intersection_size as f64),
-            ]
-        })
-        .collect();
+    let (_, publisher_hash) = loopback::fresh_token();
+    let (advertiser_token, advertiser_hash) = loopback::fresh_token();
+    let text = COLLABORATION
+        .replace("{publisher}", &publisher_hash)
+        .replace("{advertiser}", &advertiser_hash)
+        .replace("{threshold}", &args.threshold.to_string());
+    let collaboration = Collaboration::from_toml_str(&text, "demo collaboration")?;
+
     println!(
-        "\nPeople who saw each campaign and bought (threshold {}):\n",
-        args.threshold
-    );
-    print!("{}", render_table(&columns, &rows));
-    println!(
-        "suppressed groups (under the threshold): {}",
-        report.outcome.suppressed_groups
+        "cleanroom demo: a publisher and an advertiser measure a campaign without sharing lists."
     );
     println!(
-        "\nOn the wire: {} messages, {} bytes, in {:.2?}; no identifier left either side.",
-        report.messages, report.bytes, elapsed
+        "  publisher serves {} impressions over TLS on a loopback port; advertiser brings {} purchases.",
+        impressions.rows.len(),
+        purchases.rows.len()
+    );
+    println!("  query: {SQL}\n");
+    let started = Instant::now();
+    let outcome = loopback::run(
+        collaboration,
+        Side {
+            member: "publisher",
+            data: BTreeMap::from([("impressions".to_owned(), impressions_csv)]),
+        },
+        Side {
+            member: "advertiser",
+            data: BTreeMap::from([("purchases".to_owned(), purchases_csv)]),
+        },
+        &advertiser_token,
+        SQL,
+        true,
+        dir.path(),
+    )?;
+    let elapsed = started.elapsed();
+    print!("{}", render(&outcome.result, Format::Table)?);
+    let c = &outcome.counters;
+    println!(
+        "\nOn the wire (session {}): advertiser sent {} messages ({} bytes), received {} ({} bytes) in {:.2?}.",
+        outcome.summary.session_id,
+        c.messages_sent,
+        c.bytes_sent,
+        c.messages_received,
+        c.bytes_received,
+        elapsed
+    );
+    println!(
+        "Only blinded points, comparison tags and encrypted values crossed; no email left either side."
     );
     Ok(ExitCode::SUCCESS)
 }

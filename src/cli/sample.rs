@@ -34,6 +34,13 @@ pub struct SampleTable {
     pub rows: Vec<Vec<String>>,
 }
 
+impl SampleTable {
+    /// The table as CSV text with its header row.
+    pub fn to_csv(&self) -> anyhow::Result<String> {
+        super::output::render_csv(&self.header, &self.rows)
+    }
+}
+
 /// The publisher's impressions: `email, campaign, region`. People are `person{i}@example.com`
 /// for i < 30 000; each saw one to three campaigns; emails carry case and whitespace noise.
 /// The holiday teaser reached only a few dozen people, so thresholds suppress it.

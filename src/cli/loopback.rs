@@ -1,0 +1,92 @@
+//! Both members of a collaboration in one process: a real server on a loopback port (TLS with a
+//! throwaway self-signed certificate, or plaintext) and a real client querying it. Used by
+//! `cleanroom demo` and `cleanroom bench --transport grpc`.
+
+use anyhow::{Context, Result};
+use cleanroom_rules::Collaboration;
+use cleanroom_service::server::ServerConfig;
+use cleanroom_service::{
+    BearerToken, Client, ClientConfig, Limits, Query, QueryOutcome, StateDb, TlsIdentity,
+};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A fresh random bearer token and the hex SHA-256 that goes into the collaboration file.
+pub fn fresh_token() -> (String, String) {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let token = hex::encode(bytes);
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    (token, hash)
+}
+
+/// One side of the loopback collaboration: a member and its tables' CSV files.
+pub struct Side<'a> {
+    /// The member's name in the collaboration.
+    pub member: &'a str,
+    /// Table name → CSV file.
+    pub data: BTreeMap<String, PathBuf>,
+}
+
+/// Serve `server`'s tables on 127.0.0.1, run `sql` as `client` against it, and shut the
+/// server down. The state database goes to `state_dir`.
+pub fn run(
+    collaboration: Collaboration,
+    server: Side<'_>,
+    client: Side<'_>,
+    client_token: &str,
+    sql: &str,
+    tls: bool,
+    state_dir: &Path,
+) -> Result<QueryOutcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let identity = if tls {
+        Some(TlsIdentity::self_signed(&["localhost"])?)
+    } else {
+        None
+    };
+    let collaboration = Arc::new(collaboration);
+    let config = ServerConfig {
+        collaboration: collaboration.clone(),
+        member: server.member.to_owned(),
+        data: server.data,
+        limits: Limits::default(),
+        state: Arc::new(StateDb::open(state_dir.join("state.db"))?),
+        tls: identity.clone(),
+        insecure: false,
+        on_session_end: None,
+    };
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(cleanroom_service::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let scheme = if tls { "https" } else { "http" };
+        let mut client_config = ClientConfig::new(
+            format!("{scheme}://localhost:{port}"),
+            BearerToken::new(client_token)?,
+        );
+        client_config.ca_pem = identity.map(|i| i.cert_pem);
+        let query = Query {
+            collaboration: &collaboration,
+            member: client.member,
+            sql,
+            data: &client.data,
+        };
+        let outcome = async {
+            let mut c = Client::connect(&client_config).await?;
+            c.run_query(query, None).await
+        }
+        .await;
+        let _ = stop.send(());
+        serving.await.context("server task")??;
+        Ok(outcome?)
+    })
+}
