@@ -15,8 +15,8 @@ pub enum Format {
     Csv,
 }
 
-/// Render rows as an aligned text table with a header rule. Numbers (cells that parse as
-/// numbers) are right-aligned.
+/// Render rows as an aligned text table with a header rule. Columns whose every cell is a
+/// number are right-aligned, header included.
 pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for row in rows {
@@ -24,12 +24,20 @@ pub fn render_table(columns: &[String], rows: &[Vec<String>]) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
+    let numeric: Vec<bool> = (0..columns.len())
+        .map(|i| {
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| r.get(i).is_some_and(|c| c.parse::<f64>().is_ok()))
+        })
+        .collect();
     let line = |cells: &[String]| {
         let parts: Vec<String> = cells
             .iter()
-            .zip(&widths)
-            .map(|(c, &w)| {
-                if c.parse::<f64>().is_ok() {
+            .zip(widths.iter().zip(&numeric))
+            .map(|(c, (&w, &right))| {
+                if right {
                     format!("{c:>w$}")
                 } else {
                     format!("{c:<w$}")
