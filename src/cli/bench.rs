@@ -6,7 +6,7 @@ use super::output::{Format, render_table};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
 use cleanroom_psi::{
-    Domain, Limits, Matcher, MatcherTable, Message, Normalization, Receiver, ReceiverTable,
+    Domain, MatcherTable, Message, Normalization, ReceiverTable, match_offline_observed,
 };
 use cleanroom_rules::{Collaboration, Value};
 use curve25519_dalek::{RistrettoPoint, Scalar};
@@ -174,45 +174,15 @@ fn run_memory(
         ProgressBar::hidden()
     };
     let started = Instant::now();
-    let limits = Limits {
-        max_set_size: n,
-        max_groups: 1,
-    };
-    let mut m = Matcher::new(&domain, matcher_table, limits);
-    let mut r = Receiver::new(&domain, receiver_table, limits);
-    let mut bytes = 0u64;
-    let mut transfer = |msg: Message| -> Result<Message> {
-        progress.inc(elements(&msg));
-        let encoded = msg.encode();
-        bytes += encoded.len() as u64;
-        Ok(Message::decode(&encoded)?)
-    };
-    let mut released = false;
-    while r.outcome().is_none() {
-        let mut progressed = false;
-        while let Some(msg) = m.poll_message() {
-            r.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        while let Some(msg) = r.poll_message() {
-            m.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        if !released && m.counts().is_some() {
-            m.release(|_| true)?;
-            released = true;
-            progressed = true;
-        }
-        if !progressed {
-            bail!("the session stalled");
-        }
-    }
+    let report = match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
+        progress.inc(elements(msg))
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let outcome = r.outcome().expect("loop ends with an outcome");
-    let (size, sum) = outcome.groups.first().map_or((0, 0), |g| {
+    let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
         (g.intersection_size, g.sums.first().copied().unwrap_or(0))
     });
+    let bytes = report.bytes;
     Ok((seconds, size, sum, bytes))
 }
 

@@ -26,13 +26,14 @@ pub struct MatchReport {
 }
 
 /// Run a whole session in-process; every group whose intersection has at least `min_release`
-/// identifiers is released. `observe` sees each encoded message as it crosses (for transcripts).
+/// identifiers is released. `observe` sees each message, decoded and encoded, as it crosses
+/// (for transcripts and progress displays).
 pub fn match_offline_observed(
     domain: &Domain,
     matcher: MatcherTable,
     receiver: ReceiverTable,
     min_release: u64,
-    mut observe: impl FnMut(&[u8]),
+    mut observe: impl FnMut(&Message, &[u8]),
 ) -> Result<MatchReport, ProtocolError> {
     let matcher_input = matcher.stats();
     let receiver_input = receiver.stats();
@@ -47,8 +48,9 @@ pub fn match_offline_observed(
         let encoded = msg.encode();
         messages += 1;
         bytes += encoded.len() as u64;
-        observe(&encoded);
-        Ok(Message::decode(&encoded)?)
+        let decoded = Message::decode(&encoded)?;
+        observe(&decoded, &encoded);
+        Ok(decoded)
     };
     let mut released = false;
     while r.outcome().is_none() {
@@ -87,5 +89,5 @@ pub fn match_offline(
     receiver: ReceiverTable,
     min_release: u64,
 ) -> Result<MatchReport, ProtocolError> {
-    match_offline_observed(domain, matcher, receiver, min_release, |_| {})
+    match_offline_observed(domain, matcher, receiver, min_release, |_, _| {})
 }

@@ -258,7 +258,7 @@ fn transcript_reveals_no_identifier_nor_unkeyed_hash() {
     }
     let mut transcript = Vec::new();
     let report =
-        match_offline_observed(&domain, mt, rt, 1, |m| transcript.extend_from_slice(m)).unwrap();
+        match_offline_observed(&domain, mt, rt, 1, |_, m| transcript.extend_from_slice(m)).unwrap();
     assert_eq!(report.outcome.groups[0].intersection_size, 150);
     let contains = |needle: &[u8]| transcript.windows(needle.len()).any(|w| w == needle);
     for id in &ids {
