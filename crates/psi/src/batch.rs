@@ -56,6 +56,28 @@ pub(crate) fn reblind_to_tags(
     Ok(chunks.concat())
 }
 
+/// `compress(k·P)` for each received point `P`, in order. Fails on the first point that is not
+/// canonical or is the identity.
+pub(crate) fn reblind(
+    key: &BlindingKey,
+    points: &[PointBytes],
+) -> Result<Vec<PointBytes>, PointError> {
+    let chunks: Vec<Vec<PointBytes>> = points
+        .par_chunks(BATCH)
+        .map(|chunk| {
+            let reblinded = chunk
+                .iter()
+                .map(|p| p.decode().map(|p| key.blind_half(&p)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RistrettoPoint::double_and_compress_batch(&reblinded)
+                .into_iter()
+                .map(|c| PointBytes(c.to_bytes()))
+                .collect())
+        })
+        .collect::<Result<_, PointError>>()?;
+    Ok(chunks.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +96,17 @@ mod tests {
                 key.blind(&domain.hash_to_group(id)).compress().to_bytes()
             );
         }
+        let reblinded = reblind(&key, &wire).unwrap();
+        let unblinded = reblind(&key.inverse(), &reblinded).unwrap();
+        for ((id, r), u) in ids.iter().zip(&reblinded).zip(&unblinded) {
+            let p = key.blind(&domain.hash_to_group(id));
+            assert_eq!(r.0, key.blind(&p).compress().to_bytes());
+            assert_eq!(u.0, p.compress().to_bytes());
+        }
+        assert_eq!(
+            reblind(&key, &[PointBytes([0; 32])]),
+            Err(PointError::Identity)
+        );
         let tags = reblind_to_tags(&key, &wire).unwrap();
         for (id, t) in ids.iter().zip(&tags) {
             let p = key.blind(&key.blind(&domain.hash_to_group(id)));

@@ -43,6 +43,12 @@ impl BlindingKey {
         self.scalar * point
     }
 
+    /// The key `k^-1 mod ℓ`, which removes this key's blinding: `k^-1·(k·P) = P`.
+    pub fn inverse(&self) -> Self {
+        // `k` is non-zero by construction, so it has an inverse modulo the prime ℓ.
+        Self::from_scalar(self.scalar.invert())
+    }
+
     /// `(k/2)·P`, whose batched double-and-compress is `compress(k·P)`.
     pub(crate) fn blind_half(&self, point: &RistrettoPoint) -> RistrettoPoint {
         self.half * point
@@ -82,6 +88,15 @@ mod tests {
         let p = crate::Domain::new("c", "id").hash_to_group("x");
         assert_ne!(a.blind(&p), b.blind(&p));
         assert_eq!(a.blind(&b.blind(&p)), b.blind(&a.blind(&p)));
+    }
+
+    #[test]
+    fn the_inverse_removes_the_blinding() {
+        let a = BlindingKey::generate();
+        let b = BlindingKey::generate();
+        let p = crate::Domain::new("c", "id").hash_to_group("x");
+        assert_eq!(b.inverse().blind(&b.blind(&a.blind(&p))), a.blind(&p));
+        assert_ne!(b.inverse().blind(&p), b.blind(&p));
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub enum InputError {
     /// A group key longer than the wire allows.
     #[error("group key longer than {} bytes", crate::wire::MAX_GROUP_KEY_BYTES)]
     GroupKeyTooLong,
+    /// More list columns than a list session supports.
+    #[error("at most {max} list columns are supported, got {0}", max = crate::labeled::MAX_LIST_COLUMNS)]
+    TooManyListColumns(usize),
+    /// The rows of one identifier do not fit in one list payload.
+    #[error(
+        "the rows of one identifier take more than the {} bytes of a list payload",
+        crate::labeled::MAX_PLAINTEXT_BYTES
+    )]
+    PayloadTooLarge,
+    /// One identifier has more rows than one list payload may carry.
+    #[error("one identifier has more than {} rows", crate::labeled::MAX_LIST_ROWS)]
+    TooManyRows,
 }
 
 /// One receiver group as the protocol consumes it: its key and its distinct identifiers, each
@@ -186,6 +198,171 @@ impl ReceiverTable {
     }
 }
 
+/// The rows of one provider identifier and the length of their payload encoding.
+#[derive(Debug, Clone)]
+struct ListRows {
+    encoded: usize,
+    rows: Vec<Vec<String>>,
+}
+
+/// The list provider's input: per distinct normalized identifier, every row of its list
+/// columns (duplicates kept: the querier's result repeats a row as often as the data has it).
+#[derive(Debug, Clone)]
+pub struct ListProviderTable {
+    normalization: Normalization,
+    columns: usize,
+    items: HashMap<String, ListRows>,
+    stats: InputStats,
+}
+
+impl ListProviderTable {
+    /// An empty table whose rows carry `columns` list columns (0 when the query lists none of
+    /// the provider's columns: matched identifiers then only count how often they occur).
+    pub fn new(normalization: Normalization, columns: usize) -> Result<Self, InputError> {
+        if columns > crate::labeled::MAX_LIST_COLUMNS {
+            return Err(InputError::TooManyListColumns(columns));
+        }
+        Ok(Self {
+            normalization,
+            columns,
+            items: HashMap::new(),
+            stats: InputStats::default(),
+        })
+    }
+
+    /// Number of list columns.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Add a row with one value per list column. Returns whether the identifier was usable
+    /// (non-empty after normalization). Fails when the identifier's rows outgrow one payload.
+    pub fn push<S: AsRef<str>>(
+        &mut self,
+        raw_identifier: &str,
+        values: &[S],
+    ) -> Result<bool, InputError> {
+        if values.len() != self.columns {
+            return Err(InputError::WrongValueCount {
+                expected: self.columns,
+                got: values.len(),
+            });
+        }
+        self.stats.rows += 1;
+        let Some(id) = self.normalization.apply(raw_identifier) else {
+            self.stats.skipped_empty += 1;
+            return Ok(false);
+        };
+        let (encoded, rows) = self
+            .items
+            .get(&id)
+            .map_or((crate::labeled::EMPTY_PAYLOAD_BYTES, 0), |item| {
+                (item.encoded, item.rows.len())
+            });
+        if rows >= crate::labeled::MAX_LIST_ROWS {
+            return Err(InputError::TooManyRows);
+        }
+        let encoded = values
+            .iter()
+            .map(|v| crate::labeled::field_bytes(v.as_ref()))
+            .fold(encoded, usize::saturating_add);
+        if encoded > crate::labeled::MAX_PLAINTEXT_BYTES {
+            return Err(InputError::PayloadTooLarge);
+        }
+        let row = values.iter().map(|v| v.as_ref().to_owned()).collect();
+        let item = self.items.entry(id).or_insert_with(|| ListRows {
+            encoded,
+            rows: Vec::new(),
+        });
+        item.encoded = encoded;
+        item.rows.push(row);
+        Ok(true)
+    }
+
+    /// Rows pushed and rows skipped.
+    pub fn stats(&self) -> InputStats {
+        self.stats
+    }
+
+    /// Distinct identifiers (what the querier learns as the provider's set size).
+    pub fn distinct(&self) -> u64 {
+        self.items.len() as u64
+    }
+
+    /// Bytes of every encrypted payload this table sends: the longest payload encoding,
+    /// padded up to whole blocks, plus the AEAD tag (what the querier learns about the rows).
+    pub fn payload_bytes(&self) -> usize {
+        let longest = self
+            .items
+            .values()
+            .map(|i| i.encoded)
+            .max()
+            .unwrap_or(crate::labeled::EMPTY_PAYLOAD_BYTES);
+        crate::labeled::padded_width(longest)
+    }
+
+    /// Every identifier with its rows in a canonical order (sorted), so the payload shows
+    /// nothing of the order of the provider's data.
+    pub(crate) fn into_items(self) -> Vec<(String, Vec<Vec<String>>)> {
+        self.items
+            .into_iter()
+            .map(|(id, mut item)| {
+                item.rows.sort_unstable();
+                (id, item.rows)
+            })
+            .collect()
+    }
+}
+
+/// The list querier's input: its distinct normalized identifiers. Its rows stay with the
+/// caller, which joins them with the provider's rows of the matched identifiers.
+#[derive(Debug, Clone)]
+pub struct ListQuerierTable {
+    normalization: Normalization,
+    identifiers: HashSet<String>,
+    stats: InputStats,
+}
+
+impl ListQuerierTable {
+    /// An empty table whose identifiers are normalized with `normalization`.
+    pub fn new(normalization: Normalization) -> Self {
+        Self {
+            normalization,
+            identifiers: HashSet::new(),
+            stats: InputStats::default(),
+        }
+    }
+
+    /// Add a row's identifier. Returns whether it was usable (non-empty after normalization).
+    pub fn push(&mut self, raw_identifier: &str) -> bool {
+        self.stats.rows += 1;
+        match self.normalization.apply(raw_identifier) {
+            Some(id) => {
+                self.identifiers.insert(id);
+                true
+            }
+            None => {
+                self.stats.skipped_empty += 1;
+                false
+            }
+        }
+    }
+
+    /// Rows pushed and rows skipped.
+    pub fn stats(&self) -> InputStats {
+        self.stats
+    }
+
+    /// Distinct identifiers (what the provider learns as the querier's set size).
+    pub fn distinct(&self) -> u64 {
+        self.identifiers.len() as u64
+    }
+
+    pub(crate) fn into_identifiers(self) -> Vec<String> {
+        self.identifiers.into_iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +398,90 @@ mod tests {
             Err(InputError::WrongValueCount { .. })
         ));
         assert!(ReceiverTable::new(Normalization::None, MAX_VALUE_COLUMNS + 1).is_err());
+    }
+
+    #[test]
+    fn list_provider_keeps_duplicate_rows_and_sorts_them() {
+        let mut t = ListProviderTable::new(Normalization::Email, 2).unwrap();
+        assert!(t.push(" B@x.com", &["north", "gold"]).unwrap());
+        assert!(t.push("b@X.COM ", &["east", "silver"]).unwrap());
+        assert!(t.push("b@x.com", &["north", "gold"]).unwrap());
+        assert!(!t.push("  ", &["south", "gold"]).unwrap());
+        assert_eq!(
+            t.push("c@x.com", &["only one"]),
+            Err(InputError::WrongValueCount {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(t.distinct(), 1);
+        assert_eq!(
+            t.stats(),
+            InputStats {
+                rows: 4,
+                skipped_empty: 1
+            }
+        );
+        // 4 + 3 rows · (4 + 5 + 4 + 4) or (4 + 4 + 4 + 6) = 4 + 17 + 18 + 17 = 56 bytes,
+        // padded to one 64-byte block, plus the 16-byte tag.
+        assert_eq!(t.payload_bytes(), 80);
+        let row = |a: &str, b: &str| vec![a.to_owned(), b.to_owned()];
+        assert_eq!(
+            t.into_items(),
+            vec![(
+                "b@x.com".to_owned(),
+                vec![
+                    row("east", "silver"),
+                    row("north", "gold"),
+                    row("north", "gold")
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn list_provider_bounds_payloads() {
+        assert_eq!(
+            ListProviderTable::new(Normalization::None, crate::labeled::MAX_LIST_COLUMNS + 1)
+                .unwrap_err(),
+            InputError::TooManyListColumns(crate::labeled::MAX_LIST_COLUMNS + 1)
+        );
+        let mut t = ListProviderTable::new(Normalization::None, 1).unwrap();
+        let big = "x".repeat(crate::labeled::MAX_PLAINTEXT_BYTES / 2);
+        t.push("a", &[big.as_str()]).unwrap();
+        assert_eq!(
+            t.push("a", &[big.as_str()]),
+            Err(InputError::PayloadTooLarge)
+        );
+        // A first row too large for a payload leaves no trace of its identifier.
+        let huge = "x".repeat(crate::labeled::MAX_PLAINTEXT_BYTES);
+        assert_eq!(
+            t.push("c", &[huge.as_str()]),
+            Err(InputError::PayloadTooLarge)
+        );
+        assert_eq!(t.distinct(), 1);
+        // Another identifier is not affected; the refused row was not kept.
+        t.push("b", &["y"]).unwrap();
+        assert_eq!(
+            t.payload_bytes(),
+            crate::labeled::padded_width(4 + 4 + big.len())
+        );
+        let mut t = ListProviderTable::new(Normalization::None, 0).unwrap();
+        for _ in 0..crate::labeled::MAX_LIST_ROWS {
+            t.push("a", &[] as &[&str]).unwrap();
+        }
+        assert_eq!(t.push("a", &[] as &[&str]), Err(InputError::TooManyRows));
+    }
+
+    #[test]
+    fn list_querier_keeps_distinct_identifiers() {
+        let mut t = ListQuerierTable::new(Normalization::Phone);
+        assert!(t.push("+1 (555) 010-9999"));
+        assert!(t.push("+15550109999"));
+        assert!(!t.push("call me"));
+        assert_eq!(t.distinct(), 1);
+        assert_eq!(t.stats().skipped_empty, 1);
+        assert_eq!(t.into_identifiers(), vec!["+15550109999".to_owned()]);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! sequences as a `u32` count followed by their elements, strings as a `u32` byte length and
 //! UTF-8. Decoding checks every length against the bytes present before allocating, rejects
 //! trailing bytes, unknown kinds and any message over [`MAX_MESSAGE_BYTES`], and never panics.
+//!
+//! Kinds 1–7 belong to the aggregate protocols of [`protocol`](crate::protocol), kinds 8–12 to
+//! the list protocol of [`labeled`](crate::labeled).
 
 use curve25519_dalek::RistrettoPoint;
 use curve25519_dalek::ristretto::CompressedRistretto;
@@ -155,6 +158,42 @@ pub enum Message {
         /// groups withheld (under the release threshold)
         suppressed: u64,
     },
+    /// List provider → querier: the shape of the labeled set that follows.
+    ListProviderHello {
+        /// distinct identifiers the provider sends
+        set_size: u64,
+        /// list columns per payload row
+        columns: u16,
+        /// bytes of every encrypted payload (padded plaintext and AEAD tag)
+        payload_bytes: u32,
+    },
+    /// List provider → querier: a chunk of the provider's labeled set, shuffled: per
+    /// identifier a lookup tag and an encrypted payload, both derived from `a·H(x)`.
+    ListProviderItems {
+        /// bytes of every payload in this chunk (as announced in the hello)
+        payload_bytes: u32,
+        /// lookup tags, one per identifier
+        tags: Vec<Tag>,
+        /// `tags.len()` payloads of `payload_bytes` each, concatenated
+        payloads: Vec<u8>,
+    },
+    /// List querier → provider: the number of distinct identifiers it will send.
+    ListQuerierHello {
+        /// distinct identifiers the querier sends
+        set_size: u64,
+    },
+    /// List querier → provider: a chunk of the querier's points blinded by the querier,
+    /// shuffled.
+    ListQuerierPoints {
+        /// blinded points `b·H(y)`
+        points: Vec<PointBytes>,
+    },
+    /// List provider → querier: the querier's points of one [`Message::ListQuerierPoints`]
+    /// chunk re-blinded by the provider, in the order they came.
+    ListProviderEvaluations {
+        /// doubly blinded points `a·b·H(y)`
+        points: Vec<PointBytes>,
+    },
 }
 
 /// Why bytes are not a valid message.
@@ -200,6 +239,11 @@ const KIND_RECEIVER_ITEMS: u8 = 4;
 const KIND_RECEIVER_TAGS: u8 = 5;
 const KIND_MATCHER_RESULT: u8 = 6;
 const KIND_MATCHER_DONE: u8 = 7;
+const KIND_LIST_PROVIDER_HELLO: u8 = 8;
+const KIND_LIST_PROVIDER_ITEMS: u8 = 9;
+const KIND_LIST_QUERIER_HELLO: u8 = 10;
+const KIND_LIST_QUERIER_POINTS: u8 = 11;
+const KIND_LIST_PROVIDER_EVALUATIONS: u8 = 12;
 const MAX_HELLO_GROUPS: u64 = 400_000;
 
 impl Message {
@@ -213,6 +257,11 @@ impl Message {
             Message::ReceiverTags { .. } => "ReceiverTags",
             Message::MatcherResult { .. } => "MatcherResult",
             Message::MatcherDone { .. } => "MatcherDone",
+            Message::ListProviderHello { .. } => "ListProviderHello",
+            Message::ListProviderItems { .. } => "ListProviderItems",
+            Message::ListQuerierHello { .. } => "ListQuerierHello",
+            Message::ListQuerierPoints { .. } => "ListQuerierPoints",
+            Message::ListProviderEvaluations { .. } => "ListProviderEvaluations",
         }
     }
 
@@ -276,6 +325,41 @@ impl Message {
                 out.push(KIND_MATCHER_DONE);
                 out.extend_from_slice(&released.to_be_bytes());
                 out.extend_from_slice(&suppressed.to_be_bytes());
+            }
+            Message::ListProviderHello {
+                set_size,
+                columns,
+                payload_bytes,
+            } => {
+                out.push(KIND_LIST_PROVIDER_HELLO);
+                out.extend_from_slice(&set_size.to_be_bytes());
+                out.extend_from_slice(&columns.to_be_bytes());
+                out.extend_from_slice(&payload_bytes.to_be_bytes());
+            }
+            Message::ListProviderItems {
+                payload_bytes,
+                tags,
+                payloads,
+            } => {
+                out.push(KIND_LIST_PROVIDER_ITEMS);
+                out.extend_from_slice(&payload_bytes.to_be_bytes());
+                put_len(&mut out, tags.len());
+                for t in tags {
+                    out.extend_from_slice(&t.0);
+                }
+                out.extend_from_slice(payloads);
+            }
+            Message::ListQuerierHello { set_size } => {
+                out.push(KIND_LIST_QUERIER_HELLO);
+                out.extend_from_slice(&set_size.to_be_bytes());
+            }
+            Message::ListQuerierPoints { points } => {
+                out.push(KIND_LIST_QUERIER_POINTS);
+                put_points(&mut out, points);
+            }
+            Message::ListProviderEvaluations { points } => {
+                out.push(KIND_LIST_PROVIDER_EVALUATIONS);
+                put_points(&mut out, points);
             }
         }
         out
@@ -383,6 +467,50 @@ impl Message {
                 released: r.u64("released")?,
                 suppressed: r.u64("suppressed")?,
             },
+            KIND_LIST_PROVIDER_HELLO => {
+                let set_size = r.u64("set_size")?;
+                let columns = r.u16("columns")?;
+                if usize::from(columns) > crate::labeled::MAX_LIST_COLUMNS {
+                    return Err(WireError::Invalid("columns"));
+                }
+                Message::ListProviderHello {
+                    set_size,
+                    columns,
+                    payload_bytes: r.payload_bytes()?,
+                }
+            }
+            KIND_LIST_PROVIDER_ITEMS => {
+                let payload_bytes = r.payload_bytes()?;
+                let width = payload_bytes as usize;
+                let n = r.count("tags", 16 + width)?;
+                if n > CHUNK_ITEMS {
+                    return Err(WireError::TooMany {
+                        field: "tags",
+                        count: n as u64,
+                        limit: CHUNK_ITEMS as u64,
+                    });
+                }
+                let tags = r
+                    .take(n * 16, "tags")?
+                    .chunks_exact(16)
+                    .map(|c| Tag(c.try_into().expect("16 bytes")))
+                    .collect();
+                let payloads = r.take(n * width, "payloads")?.to_vec();
+                Message::ListProviderItems {
+                    payload_bytes,
+                    tags,
+                    payloads,
+                }
+            }
+            KIND_LIST_QUERIER_HELLO => Message::ListQuerierHello {
+                set_size: r.u64("set_size")?,
+            },
+            KIND_LIST_QUERIER_POINTS => Message::ListQuerierPoints {
+                points: r.points("points")?,
+            },
+            KIND_LIST_PROVIDER_EVALUATIONS => Message::ListProviderEvaluations {
+                points: r.points("points")?,
+            },
             other => return Err(WireError::UnknownKind(other)),
         };
         if !r.bytes.is_empty() {
@@ -429,6 +557,20 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
         Ok(self.take(1, field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(
+            self.take(2, field)?.try_into().expect("2 bytes"),
+        ))
+    }
+    /// The width of a list payload: an AEAD tag and a padded plaintext of a whole number of
+    /// padding blocks, at most the protocol's largest payload.
+    fn payload_bytes(&mut self) -> Result<u32, WireError> {
+        let width = self.u32("payload_bytes")?;
+        if !crate::labeled::is_payload_width(width as usize) {
+            return Err(WireError::Invalid("payload_bytes"));
+        }
+        Ok(width)
     }
     fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
         Ok(u32::from_be_bytes(

@@ -54,7 +54,124 @@ fn samples() -> Vec<Message> {
             released: 1,
             suppressed: 2,
         },
+        Message::ListProviderHello {
+            set_size: 5,
+            columns: 2,
+            payload_bytes: 80,
+        },
+        Message::ListProviderItems {
+            payload_bytes: 80,
+            tags: vec![Tag([3; 16]), Tag([4; 16])],
+            payloads: vec![5u8; 2 * 80],
+        },
+        Message::ListQuerierHello { set_size: 9 },
+        Message::ListQuerierPoints {
+            points: vec![valid_point(); 2],
+        },
+        Message::ListProviderEvaluations {
+            points: vec![valid_point(); 2],
+        },
     ]
+}
+
+#[test]
+fn list_kinds_have_the_documented_encoding() {
+    let hello = Message::ListProviderHello {
+        set_size: 5,
+        columns: 2,
+        payload_bytes: 80,
+    };
+    assert_eq!(
+        hello.encode(),
+        [1, 8, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 0, 0, 80]
+    );
+    let items = Message::ListProviderItems {
+        payload_bytes: 80,
+        tags: vec![Tag([3; 16])],
+        payloads: vec![5u8; 80],
+    };
+    let mut expected = vec![1, 9, 0, 0, 0, 80, 0, 0, 0, 1];
+    expected.extend([3u8; 16]);
+    expected.extend([5u8; 80]);
+    assert_eq!(items.encode(), expected);
+    assert_eq!(
+        Message::ListQuerierHello { set_size: 258 }.encode(),
+        [1, 10, 0, 0, 0, 0, 0, 0, 1, 2]
+    );
+    let mut points = vec![1, 11, 0, 0, 0, 1];
+    points.extend(valid_point().0);
+    let msg = Message::ListQuerierPoints {
+        points: vec![valid_point()],
+    };
+    assert_eq!(msg.encode(), points);
+    points[1] = 12;
+    assert_eq!(
+        Message::decode(&points).unwrap(),
+        Message::ListProviderEvaluations {
+            points: vec![valid_point()]
+        }
+    );
+}
+
+#[test]
+fn list_fields_are_checked_strictly() {
+    let hello = |payload_bytes: u32, columns: u16| {
+        Message::ListProviderHello {
+            set_size: 1,
+            columns,
+            payload_bytes,
+        }
+        .encode()
+    };
+    // Widths that no table produces: below one block, not whole blocks, above the maximum.
+    for width in [0, 16, 79, 81, 200, 64 * 1024 + 16 + 64] {
+        assert_eq!(
+            Message::decode(&hello(width, 1)),
+            Err(WireError::Invalid("payload_bytes")),
+            "{width}"
+        );
+    }
+    assert!(Message::decode(&hello(64 * 1024 + 16, 1)).is_ok());
+    assert_eq!(
+        Message::decode(&hello(80, 65)),
+        Err(WireError::Invalid("columns"))
+    );
+    assert!(Message::decode(&hello(80, 64)).is_ok());
+    // Items announcing more payloads than the bytes present, or an invalid width.
+    let mut items = Message::ListProviderItems {
+        payload_bytes: 80,
+        tags: vec![Tag([3; 16]); 2],
+        payloads: vec![5u8; 160],
+    }
+    .encode();
+    items.truncate(items.len() - 1);
+    assert_eq!(Message::decode(&items), Err(WireError::Truncated("tags")));
+    let bad_width = Message::ListProviderItems {
+        payload_bytes: 81,
+        tags: vec![Tag([3; 16])],
+        payloads: vec![5u8; 81],
+    };
+    assert_eq!(
+        Message::decode(&bad_width.encode()),
+        Err(WireError::Invalid("payload_bytes"))
+    );
+    // More items than a chunk may carry, with the bytes present.
+    let many = Message::ListProviderItems {
+        payload_bytes: 80,
+        tags: vec![Tag([3; 16]); CHUNK_ITEMS + 1],
+        payloads: vec![5u8; (CHUNK_ITEMS + 1) * 80],
+    };
+    assert!(matches!(
+        Message::decode(&many.encode()),
+        Err(WireError::TooMany { field: "tags", .. })
+    ));
+    let many = Message::ListQuerierPoints {
+        points: vec![valid_point(); CHUNK_ITEMS + 1],
+    };
+    assert!(matches!(
+        Message::decode(&many.encode()),
+        Err(WireError::TooMany { .. })
+    ));
 }
 
 #[test]
@@ -317,7 +434,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_messages_never_panic(which in 0usize..7, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+    fn mutated_messages_never_panic(which in 0usize..12, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let mut bytes = samples()[which].encode();
         let i = pos.index(bytes.len());
         bytes[i] = byte;
