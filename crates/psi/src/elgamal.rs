@@ -84,6 +84,26 @@ impl ValueKey {
         Self { secrets }
     }
 
+    /// Keys from fixed secrets (two per value column, in limb order), for published test
+    /// vectors only: a key that is not secret protects nothing. Returns `None` for a
+    /// non-canonical or zero scalar, an odd count, or more than [`MAX_VALUE_COLUMNS`] columns.
+    #[doc(hidden)]
+    pub fn from_test_vector_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
+        if secrets.len() % LIMBS_PER_VALUE != 0
+            || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
+        {
+            return None;
+        }
+        let secrets = secrets
+            .iter()
+            .map(|b| {
+                Option::<Scalar>::from(Scalar::from_canonical_bytes(*b))
+                    .filter(|s| *s != Scalar::ZERO)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { secrets })
+    }
+
     /// Number of value columns.
     pub fn value_columns(&self) -> usize {
         self.secrets.len() / LIMBS_PER_VALUE
@@ -104,7 +124,13 @@ impl ValueKey {
             self.value_columns(),
             "value count checked by the table"
         );
-        let r = Scalar::random(&mut rand::rng());
+        self.encrypt_with_randomness(values, Scalar::random(&mut rand::rng()))
+    }
+
+    /// [`encrypt`](Self::encrypt) with the randomness `r` given, for published test vectors
+    /// only: a ciphertext whose `r` is known is no secret.
+    #[doc(hidden)]
+    pub fn encrypt_with_randomness(&self, values: &[u64], r: Scalar) -> Ciphertext {
         let mut points = Vec::with_capacity(1 + self.secrets.len());
         points.push(RistrettoPoint::mul_base(&r));
         for (limb, s) in limbs(values).zip(&self.secrets) {
@@ -209,7 +235,13 @@ impl ValuePublicKey {
 
     /// An encryption of zero under these keys: added to a total, it re-randomizes it.
     pub fn encrypt_zero(&self) -> Ciphertext {
-        let r = Scalar::random(&mut rand::rng());
+        self.encrypt_zero_with_randomness(Scalar::random(&mut rand::rng()))
+    }
+
+    /// [`encrypt_zero`](Self::encrypt_zero) with the randomness `r` given, for published test
+    /// vectors only.
+    #[doc(hidden)]
+    pub fn encrypt_zero_with_randomness(&self, r: Scalar) -> Ciphertext {
         let mut points = Vec::with_capacity(1 + self.points.len());
         points.push(RistrettoPoint::mul_base(&r));
         points.extend(self.points.iter().map(|s| r * s));

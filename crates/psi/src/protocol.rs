@@ -26,6 +26,7 @@ use crate::batch::{hash_and_blind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use crate::key::BlindingKey;
 use crate::table::{MatcherTable, ReceiverGroup, ReceiverTable};
+use crate::test_vector::TestVectorRng;
 use crate::wire::{
     CHUNK_ITEMS, Message, PointError, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
 };
@@ -123,43 +124,9 @@ pub enum ProtocolError {
     /// `release` was called before all of the receiver's data arrived, or twice.
     #[error("cannot release now: {0}")]
     NotReady(&'static str),
-    /// The list provider's payloads have a different number of columns than the plan lists.
-    #[error("the provider lists {got} columns, the plan {expected}")]
-    ListColumns {
-        /// columns the querier's plan expects
-        expected: usize,
-        /// columns the provider announced
-        got: usize,
-    },
-    /// A chunk of list payloads whose width differs from the one the hello announced.
-    #[error("payloads of {got} bytes, the hello announced {expected}")]
-    PayloadWidth {
-        /// width announced in the hello
-        expected: u32,
-        /// width of the chunk
-        got: u32,
-    },
-    /// The same lookup tag twice in the list provider's set: two payloads for one identifier.
-    #[error("a lookup tag was sent twice")]
-    DuplicateLookupTag,
-    /// More evaluated points than the querier has sent points.
-    #[error("{got} evaluations for the {sent} points sent so far")]
-    UnrequestedEvaluations {
-        /// points the querier sent
-        sent: u64,
-        /// evaluations received, this chunk included
-        got: u64,
-    },
-    /// A matched payload fails authentication: it was altered, or was not encrypted under the
-    /// key of the identifier its lookup tag names.
-    #[error("a matched payload fails authentication")]
-    PayloadUnauthentic,
-    /// A payload that authenticates but does not hold rows in the protocol's encoding.
-    #[error("malformed payload: {0}")]
-    PayloadMalformed(&'static str),
 }
 
-pub(crate) fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
+fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
     move |error| ProtocolError::Point { context, error }
 }
 
@@ -175,7 +142,7 @@ pub struct GroupCount {
 }
 
 /// Validate a hello's group sizes against limits.
-pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
+fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
     if sizes.len() as u64 > u64::from(limits.max_groups) {
         return Err(ProtocolError::LimitExceeded {
             what: "groups",
@@ -198,12 +165,7 @@ pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), Protocol
 }
 
 /// Account `n` more elements of `group` against announced sizes.
-pub(crate) fn admit(
-    received: &mut [u64],
-    sizes: &[u64],
-    group: u32,
-    n: usize,
-) -> Result<(), ProtocolError> {
+fn admit(received: &mut [u64], sizes: &[u64], group: u32, n: usize) -> Result<(), ProtocolError> {
     let g = group as usize;
     let slot = received
         .get_mut(g)
@@ -217,7 +179,7 @@ pub(crate) fn admit(
 }
 
 /// Shuffle with a CSPRNG-seeded generator.
-pub(crate) fn shuffle<T>(items: &mut [T]) {
+fn shuffle<T>(items: &mut [T]) {
     items.shuffle(&mut rand::rng());
 }
 
@@ -289,6 +251,8 @@ pub struct Matcher {
     counts: Option<Vec<GroupCount>>,
     released: bool,
     outbox: VecDeque<Message>,
+    /// Fixed randomness of a published test vector; `None` in every real session.
+    test_vector: Option<TestVectorRng>,
 }
 
 impl Matcher {
@@ -299,9 +263,40 @@ impl Matcher {
         for (_, ids) in &mut groups {
             shuffle(ids);
         }
+        Self::with_groups(domain, groups, limits, BlindingKey::generate(), None)
+    }
+
+    /// A matcher for published test vectors only: the blinding key is `key`, each group's
+    /// identifiers are sorted and then shuffled by `rng` (stream `matcher/shuffle/<g>`), and
+    /// released sums are re-randomized with `rng` (scalar `k` of stream `matcher/rerandomize`
+    /// for the `k`-th released group), so the whole transcript is reproducible. A session run
+    /// this way protects nothing.
+    #[doc(hidden)]
+    pub fn for_test_vector(
+        domain: &Domain,
+        table: MatcherTable,
+        limits: Limits,
+        key: BlindingKey,
+        rng: TestVectorRng,
+    ) -> Self {
+        let mut groups = table.into_groups();
+        for (g, (_, ids)) in groups.iter_mut().enumerate() {
+            ids.sort_unstable();
+            rng.shuffle(&format!("matcher/shuffle/{g}"), ids);
+        }
+        Self::with_groups(domain, groups, limits, key, Some(rng))
+    }
+
+    fn with_groups(
+        domain: &Domain,
+        groups: Vec<(String, Vec<String>)>,
+        limits: Limits,
+        key: BlindingKey,
+        test_vector: Option<TestVectorRng>,
+    ) -> Self {
         let n = groups.len();
         Self {
-            key: BlindingKey::generate(),
+            key,
             domain: domain.clone(),
             limits,
             groups,
@@ -320,6 +315,7 @@ impl Matcher {
             counts: None,
             released: false,
             outbox: VecDeque::new(),
+            test_vector,
         }
     }
 
@@ -575,7 +571,13 @@ impl Matcher {
             let sums = match (&acc.sum, &public_key) {
                 (Some(sum), Some(pk)) => {
                     let mut total = sum.clone();
-                    total.add_assign(&pk.encrypt_zero());
+                    let zero = match &self.test_vector {
+                        None => pk.encrypt_zero(),
+                        Some(rng) => pk.encrypt_zero_with_randomness(
+                            rng.scalar("matcher/rerandomize", released.len() as u64),
+                        ),
+                    };
+                    total.add_assign(&zero);
                     total.to_bytes()
                 }
                 _ => Vec::new(),
@@ -654,6 +656,8 @@ pub struct Receiver {
     outbox: VecDeque<Message>,
     results: Vec<GroupResult>,
     outcome: Option<ReceiverOutcome>,
+    /// Fixed randomness of a published test vector; `None` in every real session.
+    test_vector: Option<TestVectorRng>,
 }
 
 impl Receiver {
@@ -664,9 +668,64 @@ impl Receiver {
         for (_, items) in &mut groups {
             shuffle(items);
         }
+        let value_key = (value_columns > 0).then(|| ValueKey::generate(value_columns));
+        Self::with_groups(
+            domain,
+            groups,
+            value_columns,
+            limits,
+            (BlindingKey::generate(), value_key),
+            None,
+        )
+    }
+
+    /// A receiver for published test vectors only: the keys are `key` and `value_key` (which
+    /// must have the table's value columns), each group's items are sorted by identifier and
+    /// then shuffled by `rng` (stream `receiver/shuffle/<g>`), item `i` of group `g` is
+    /// encrypted with scalar `i` of stream `receiver/encrypt/<g>`, and the tags of matcher
+    /// group `g` are shuffled with stream `receiver/tags/<g>`, so the whole transcript is
+    /// reproducible. A session run this way protects nothing.
+    #[doc(hidden)]
+    pub fn for_test_vector(
+        domain: &Domain,
+        table: ReceiverTable,
+        limits: Limits,
+        key: BlindingKey,
+        value_key: Option<ValueKey>,
+        rng: TestVectorRng,
+    ) -> Self {
+        let value_columns = table.value_columns();
+        assert_eq!(
+            value_key.as_ref().map_or(0, ValueKey::value_columns),
+            value_columns,
+            "test-vector value key for the table's value columns"
+        );
+        let mut groups = table.into_groups();
+        for (g, (_, items)) in groups.iter_mut().enumerate() {
+            items.sort_unstable();
+            rng.shuffle(&format!("receiver/shuffle/{g}"), items);
+        }
+        Self::with_groups(
+            domain,
+            groups,
+            value_columns,
+            limits,
+            (key, value_key),
+            Some(rng),
+        )
+    }
+
+    fn with_groups(
+        domain: &Domain,
+        groups: Vec<ReceiverGroup>,
+        value_columns: usize,
+        limits: Limits,
+        (key, value_key): (BlindingKey, Option<ValueKey>),
+        test_vector: Option<TestVectorRng>,
+    ) -> Self {
         Self {
-            key: BlindingKey::generate(),
-            value_key: (value_columns > 0).then(|| ValueKey::generate(value_columns)),
+            key,
+            value_key,
             domain: domain.clone(),
             limits,
             groups,
@@ -677,6 +736,7 @@ impl Receiver {
             outbox: VecDeque::new(),
             results: Vec::new(),
             outcome: None,
+            test_vector,
         }
     }
 
@@ -704,15 +764,26 @@ impl Receiver {
             .sender
             .next(|g| groups.get(g).map(|(_, items)| items.len()))
         {
+            let first = range.start as u64;
             let items = &self.groups[group as usize].1[range];
             let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
             let points = hash_and_blind(&self.domain, &self.key, &ids);
-            let ciphertexts = match &self.value_key {
-                Some(key) => items
+            let ciphertexts = match (&self.value_key, &self.test_vector) {
+                (Some(key), None) => items
                     .par_iter()
                     .flat_map_iter(|(_, v)| key.encrypt(v).to_bytes())
                     .collect(),
-                None => Vec::new(),
+                (Some(key), Some(rng)) => {
+                    let label = format!("receiver/encrypt/{group}");
+                    (first..)
+                        .zip(items)
+                        .flat_map(|(i, (_, v))| {
+                            key.encrypt_with_randomness(v, rng.scalar(&label, i))
+                                .to_bytes()
+                        })
+                        .collect()
+                }
+                (None, _) => Vec::new(),
             };
             return Some(Message::ReceiverItems {
                 group,
@@ -813,7 +884,10 @@ impl Receiver {
             return;
         }
         let mut tags = std::mem::take(&mut peer.tags[g]);
-        shuffle(&mut tags);
+        match &self.test_vector {
+            None => shuffle(&mut tags),
+            Some(rng) => rng.shuffle(&format!("receiver/tags/{g}"), &mut tags),
+        }
         for chunk in tags.chunks(CHUNK_ITEMS) {
             self.outbox.push_back(Message::ReceiverTags {
                 group: g as u32,
