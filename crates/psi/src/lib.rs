@@ -19,6 +19,12 @@
 //! matcher's group sizes and the released results. The [`Matcher`] and [`Receiver`] roles do no
 //! I/O: feed them the peer's [`Message`]s and send what they poll, over any transport.
 //! [`match_offline`] runs both in one process.
+//!
+//! List queries ("which of my customers are your subscribers, and in which region?") use
+//! [labeled PSI](labeled): the [`ListProvider`] sends, per identifier, a lookup tag and its
+//! allowed column values sealed under a key derived from `a·H(x)`; the [`ListQuerier`] obtains
+//! `a·H(y)` for its own identifiers only and opens the payloads of those both hold.
+//! [`list_offline`] runs both in one process.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +32,7 @@ mod batch;
 pub mod elgamal;
 pub mod hash;
 pub mod key;
+pub mod labeled;
 pub mod normalize;
 mod offline;
 pub mod protocol;
@@ -35,10 +42,16 @@ pub mod test_vector;
 pub mod wire;
 
 pub use hash::Domain;
+pub use labeled::{
+    ListMatch, ListOutcome, ListProvider, ListQuerier, ListReport, list_offline,
+    list_offline_observed,
+};
 pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{MatchReport, match_offline, match_offline_observed};
 pub use protocol::{
     GroupCount, GroupResult, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
 };
-pub use table::{InputError, InputStats, MatcherTable, ReceiverTable};
+pub use table::{
+    InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
+};
 pub use wire::{Message, WireError};

@@ -124,9 +124,43 @@ pub enum ProtocolError {
     /// `release` was called before all of the receiver's data arrived, or twice.
     #[error("cannot release now: {0}")]
     NotReady(&'static str),
+    /// The list provider's payloads have a different number of columns than the plan lists.
+    #[error("the provider lists {got} columns, the plan {expected}")]
+    ListColumns {
+        /// columns the querier's plan expects
+        expected: usize,
+        /// columns the provider announced
+        got: usize,
+    },
+    /// A chunk of list payloads whose width differs from the one the hello announced.
+    #[error("payloads of {got} bytes, the hello announced {expected}")]
+    PayloadWidth {
+        /// width announced in the hello
+        expected: u32,
+        /// width of the chunk
+        got: u32,
+    },
+    /// The same lookup tag twice in the list provider's set: two payloads for one identifier.
+    #[error("a lookup tag was sent twice")]
+    DuplicateLookupTag,
+    /// More evaluated points than the querier has sent points.
+    #[error("{got} evaluations for the {sent} points sent so far")]
+    UnrequestedEvaluations {
+        /// points the querier sent
+        sent: u64,
+        /// evaluations received, this chunk included
+        got: u64,
+    },
+    /// A matched payload fails authentication: it was altered, or was not encrypted under the
+    /// key of the identifier its lookup tag names.
+    #[error("a matched payload fails authentication")]
+    PayloadUnauthentic,
+    /// A payload that authenticates but does not hold rows in the protocol's encoding.
+    #[error("malformed payload: {0}")]
+    PayloadMalformed(&'static str),
 }
 
-fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
+pub(crate) fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
     move |error| ProtocolError::Point { context, error }
 }
 
@@ -142,7 +176,7 @@ pub struct GroupCount {
 }
 
 /// Validate a hello's group sizes against limits.
-fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
+pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
     if sizes.len() as u64 > u64::from(limits.max_groups) {
         return Err(ProtocolError::LimitExceeded {
             what: "groups",
@@ -165,7 +199,12 @@ fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
 }
 
 /// Account `n` more elements of `group` against announced sizes.
-fn admit(received: &mut [u64], sizes: &[u64], group: u32, n: usize) -> Result<(), ProtocolError> {
+pub(crate) fn admit(
+    received: &mut [u64],
+    sizes: &[u64],
+    group: u32,
+    n: usize,
+) -> Result<(), ProtocolError> {
     let g = group as usize;
     let slot = received
         .get_mut(g)
@@ -179,7 +218,7 @@ fn admit(received: &mut [u64], sizes: &[u64], group: u32, n: usize) -> Result<()
 }
 
 /// Shuffle with a CSPRNG-seeded generator.
-fn shuffle<T>(items: &mut [T]) {
+pub(crate) fn shuffle<T>(items: &mut [T]) {
     items.shuffle(&mut rand::rng());
 }
 
