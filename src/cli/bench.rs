@@ -75,7 +75,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
     let floor = curve_floor(2 * n);
     let expected_sum: u64 = ((n - common)..n).map(value_of).sum();
-    let (seconds, size, sum, bytes) = match args.transport {
+    let Measured {
+        seconds,
+        size,
+        sum,
+        bytes,
+        serial,
+    } = match args.transport {
         Transport::Memory => run_memory(n, common, columns, interactive)?,
         Transport::Grpc => run_grpc(n, common, columns)?,
     };
@@ -133,6 +139,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     format!("{:.1}", bytes as f64 / (2 * n) as f64),
                 ],
                 vec![
+                    "longest stretch under 1.5 cores".into(),
+                    format!(
+                        "{:.2} s ({:.1}% of the run)",
+                        serial,
+                        100.0 * serial / seconds
+                    ),
+                ],
+                vec![
                     "peak RSS MiB".into(),
                     format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
                 ],
@@ -143,18 +157,75 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What one protocol run measured.
+struct Measured {
+    seconds: f64,
+    size: u64,
+    sum: u64,
+    bytes: u64,
+    /// The longest stretch, in seconds, during which the process used under 1.5 cores.
+    serial: f64,
+}
+
+/// Samples this process's CPU time every 50 ms on a background thread, to find phases that
+/// leave a core idle.
+struct CpuTrace {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(f64, f64)>>,
+}
+
+impl CpuTrace {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(cpu) = process_cpu_seconds() {
+                    samples.push((started.elapsed().as_secs_f64(), cpu));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    /// The longest run of consecutive sampling intervals below 1.5 cores, in seconds.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        let (mut longest, mut current) = (0.0f64, 0.0f64);
+        for w in samples.windows(2) {
+            let (dt, dcpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
+            if dt > 0.0 && dcpu / dt < 1.5 {
+                current += dt;
+                longest = longest.max(current);
+            } else {
+                current = 0.0;
+            }
+        }
+        longest
+    }
+}
+
+/// User plus system CPU time of this process (Linux `/proc/self/stat`, 100 ticks/s).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn value_of(i: u64) -> u64 {
     i % 1000
 }
 
 /// Both roles in this process, every message encoded and decoded. Returns (seconds,
 /// intersection size, sum, bytes).
-fn run_memory(
-    n: u64,
-    common: u64,
-    columns: usize,
-    interactive: bool,
-) -> Result<(f64, u64, u64, u64)> {
+fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<Measured> {
     let domain = Domain::new("cleanroom-bench", "email");
     let mut matcher_table = MatcherTable::new(Normalization::None);
     for i in 0..n {
@@ -173,6 +244,7 @@ fn run_memory(
     } else {
         ProgressBar::hidden()
     };
+    let trace = CpuTrace::start();
     let started = Instant::now();
     let report = match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
         progress.inc(elements(msg))
@@ -182,12 +254,17 @@ fn run_memory(
     let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
         (g.intersection_size, g.sums.first().copied().unwrap_or(0))
     });
-    let bytes = report.bytes;
-    Ok((seconds, size, sum, bytes))
+    Ok(Measured {
+        seconds,
+        size,
+        sum,
+        bytes: report.bytes,
+        serial: trace.stop(),
+    })
 }
 
 /// The real service on a loopback port, both members in this process.
-fn run_grpc(n: u64, common: u64, columns: usize) -> Result<(f64, u64, u64, u64)> {
+fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
     let dir = tempfile::tempdir()?;
     let write = |name: &str, range: std::ops::Range<u64>| -> Result<std::path::PathBuf> {
         let path = dir.path().join(name);
@@ -245,6 +322,7 @@ min_threshold = 2
     } else {
         "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
     };
+    let trace = CpuTrace::start();
     let started = Instant::now();
     let outcome = loopback::run(
         collaboration,
@@ -270,7 +348,13 @@ min_threshold = 2
     let size = int(&row[0])?;
     let sum = if columns > 0 { int(&row[1])? } else { 0 };
     let c = &outcome.counters;
-    Ok((seconds, size, sum, c.bytes_sent + c.bytes_received))
+    Ok(Measured {
+        seconds,
+        size,
+        sum,
+        bytes: c.bytes_sent + c.bytes_received,
+        serial: trace.stop(),
+    })
 }
 
 /// Elements a message carries, for the progress bar.
