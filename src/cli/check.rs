@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use cleanroom_rules::{Collaboration, OutputValue, Plan, Reason, Refusal, Role, SidePlan};
+use cleanroom_rules::{
+    Collaboration, OutputValue, Plan, Protocol, Reason, Refusal, Role, SidePlan,
+};
 use serde::Serialize;
 
 use super::output::{Format, render_table};
@@ -128,6 +130,9 @@ fn describe_side(side: &SidePlan) -> String {
             .collect();
         line.push_str(&format!("\n    values:   {}", values.join(", ")));
     }
+    if !side.list_columns.is_empty() {
+        line.push_str(&format!("\n    lists:    {}", side.list_columns.join(", ")));
+    }
     line
 }
 
@@ -143,10 +148,17 @@ fn describe_plan(plan: &Plan) -> String {
     out.push_str(&format!("protocol: {protocol}{grouping}\n"));
     out.push_str(&format!("matcher:  {}\n", describe_side(plan.matcher())));
     out.push_str(&format!("receiver: {}\n", describe_side(plan.receiver())));
-    out.push_str(&format!(
-        "release:  rows with at least {} matched identifiers; others are suppressed\n",
-        plan.min_release()
-    ));
+    if plan.protocol() == Protocol::List {
+        out.push_str(
+            "release:  every matched row (list rules have no threshold); the receiver learns \
+             the matcher's list columns of all its matched rows, whatever the LIMIT\n",
+        );
+    } else {
+        out.push_str(&format!(
+            "release:  rows with at least {} matched identifiers; others are suppressed\n",
+            plan.min_release()
+        ));
+    }
     let rows: Vec<Vec<String>> = plan
         .outputs()
         .iter()
@@ -159,6 +171,9 @@ fn describe_plan(plan: &Plan) -> String {
                 OutputValue::Count { table, column, .. } => format!("COUNT({table}.{column})"),
                 OutputValue::Sum { table, column, .. } => format!("SUM({table}.{column})"),
                 OutputValue::Avg { table, column, .. } => format!("AVG({table}.{column})"),
+                OutputValue::ListColumn { table, column, .. } => {
+                    format!("{table}.{column} of each matched row")
+                }
             };
             vec![o.name.clone(), source]
         })
@@ -181,6 +196,9 @@ fn describe_plan(plan: &Plan) -> String {
             })
             .collect();
         out.push_str(&format!("order by: {}\n", keys.join(", ")));
+    }
+    if plan.distinct() {
+        out.push_str("distinct: one of each output row\n");
     }
     if let Some(limit) = plan.limit() {
         out.push_str(&format!("limit:    {limit}\n"));

@@ -238,6 +238,16 @@ impl ListRule {
     pub fn list_columns(&self) -> &[String] {
         &self.list_columns
     }
+
+    /// Whether `column` is a join column.
+    pub fn is_join_column(&self, column: &str) -> bool {
+        self.join_columns.iter().any(|c| c == column)
+    }
+
+    /// Whether `column` may be output or filtered on in a list query.
+    pub fn is_list_column(&self, column: &str) -> bool {
+        self.list_columns.iter().any(|c| c == column)
+    }
 }
 
 /// The analysis rule a table's owner attached to it.

@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use cleanroom_psi::{GroupCount, InputError, MatcherTable, ReceiverOutcome, ReceiverTable};
 use serde::Serialize;
 
-use crate::plan::{OutputValue, Plan, Role, SidePlan, ValueKind};
+use crate::plan::{OutputValue, Plan, Protocol, Role, SidePlan, ValueKind};
 use crate::value::{Value, is_null};
 
 /// Why rows could not be turned into a PSI table. Rows are numbered from 1, not counting the
@@ -106,6 +106,23 @@ pub enum ResultError {
         /// Sums received.
         got: usize,
     },
+    /// An outcome of the other kind of protocol: aggregates for a list plan, or a list for
+    /// an aggregation plan.
+    #[error("a {got} outcome cannot be the result of a {plan} plan")]
+    ProtocolMismatch {
+        /// What the plan runs: `list` or `aggregation`.
+        plan: &'static str,
+        /// What the outcome holds.
+        got: &'static str,
+    },
+    /// A listed row of the matcher with the wrong number of values.
+    #[error("a listed row has {got} values; the plan lists {expected} of the matcher's columns")]
+    ListRowWidth {
+        /// The matcher's list columns in the plan.
+        expected: usize,
+        /// Values in the row.
+        got: usize,
+    },
 }
 
 /// The result of a query: output columns in `SELECT` order, released rows after `ORDER BY` and
@@ -121,16 +138,17 @@ pub struct ResultTable {
 }
 
 /// A side's columns, located in a header.
-struct Located<'p> {
+pub(crate) struct Located<'p> {
     side: &'p SidePlan,
-    identifier: usize,
+    pub(crate) identifier: usize,
     groups: Vec<usize>,
     filter: Vec<(String, usize)>,
     values: Vec<usize>,
+    pub(crate) lists: Vec<usize>,
 }
 
 impl<'p> Located<'p> {
-    fn new(side: &'p SidePlan, header: &[String]) -> Result<Self, DataError> {
+    pub(crate) fn new(side: &'p SidePlan, header: &[String]) -> Result<Self, DataError> {
         let find = |column: &str| -> Result<usize, DataError> {
             let mut hits = header.iter().enumerate().filter(|(_, h)| *h == column);
             match (hits.next(), hits.next()) {
@@ -167,10 +185,20 @@ impl<'p> Located<'p> {
                 .iter()
                 .map(|v| find(&v.column))
                 .collect::<Result<_, _>>()?,
+            lists: side
+                .list_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_, _>>()?,
         })
     }
 
-    fn cell<'r>(&self, row: &'r [String], index: usize, number: u64) -> Result<&'r str, DataError> {
+    pub(crate) fn cell<'r>(
+        &self,
+        row: &'r [String],
+        index: usize,
+        number: u64,
+    ) -> Result<&'r str, DataError> {
         row.get(index)
             .map(String::as_str)
             .ok_or_else(|| DataError::ShortRow {
@@ -191,6 +219,9 @@ impl<'p> Located<'p> {
         if let Some(i) = self.values.iter().position(|&v| v == index) {
             return self.side.value_columns[i].column.clone();
         }
+        if let Some(i) = self.lists.iter().position(|&l| l == index) {
+            return self.side.list_columns[i].clone();
+        }
         self.filter
             .iter()
             .find(|(_, i)| *i == index)
@@ -199,7 +230,7 @@ impl<'p> Located<'p> {
     }
 
     /// Whether the row passes the side's filter (unknown counts as false).
-    fn keeps(&self, row: &[String], number: u64) -> Result<bool, DataError> {
+    pub(crate) fn keeps(&self, row: &[String], number: u64) -> Result<bool, DataError> {
         let Some(filter) = &self.side.filter else {
             return Ok(true);
         };
@@ -342,6 +373,12 @@ impl Plan {
     /// neither a row nor suppressed (so an empty intersection gives no row at all, even without
     /// `GROUP BY`). Fails when the outcome does not fit the plan (a misbehaving peer).
     pub fn result(&self, outcome: &ReceiverOutcome) -> Result<ResultTable, ResultError> {
+        if self.protocol == Protocol::List {
+            return Err(ResultError::ProtocolMismatch {
+                plan: "list",
+                got: "aggregation",
+            });
+        }
         let arity = match self.grouped_by {
             Some(role) => self.side(role).group_columns.len(),
             None => 0,
@@ -392,6 +429,9 @@ impl Plan {
                         0 => Value::Null,
                         n => Value::Float(group.sums[*sum_index] as f64 / n as f64),
                     },
+                    OutputValue::ListColumn { .. } => {
+                        unreachable!("list plans are refused above")
+                    }
                 })
                 .collect();
             keyed.push((key, row));

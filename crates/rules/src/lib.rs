@@ -19,6 +19,12 @@
 //! learns the released result). Hence sums, averages and `COUNT(c)` only exist over the
 //! querier's own columns, and `COUNT(DISTINCT identifier)` is the intersection size.
 //!
+//! List queries (both tables under list rules, modelled on AWS Clean Rooms' list rules) plan
+//! [`Protocol::List`]: the querier learns which of its rows match and the other member's
+//! allowed `list_columns` for those rows. [`Plan::list_provider_table`] and
+//! [`Plan::list_querier_table`] build the labeled-PSI inputs, [`Plan::list_result`] joins the
+//! opened rows with the querier's own into the same [`ResultTable`] (`suppressed_rows` is 0).
+//!
 //! The crate owns no I/O besides [`Collaboration::load`] and no cryptography.
 //!
 //! ```
@@ -64,6 +70,7 @@
 
 mod collaboration;
 mod exec;
+mod list;
 mod plan;
 mod reason;
 mod sql;
@@ -74,6 +81,7 @@ pub use collaboration::{
     Identifier, ListRule, MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
 pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
+pub use list::QuerierRows;
 pub use plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
     ValueKind,

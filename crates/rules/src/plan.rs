@@ -5,6 +5,10 @@
 //! member and table take part, the local filter, the group columns and (for the receiver) the
 //! value columns; which protocol runs; the release threshold; and how the protocol's outcome
 //! becomes result rows (outputs, `ORDER BY`, `LIMIT`).
+//!
+//! A list query (both tables under list rules) plans [`Protocol::List`]: each side names the
+//! [`list_columns`](SidePlan::list_columns) it contributes to the output rows, and the outputs
+//! are [`OutputValue::ListColumn`]s.
 
 use std::cmp::Ordering;
 
@@ -21,6 +25,9 @@ pub enum Protocol {
     Cardinality,
     /// Intersection sizes and sums of the receiver's value columns over the intersection.
     IntersectionSum,
+    /// The matched rows themselves (labeled PSI): the receiver learns which of its rows match
+    /// and the matcher's list columns of those rows, for a query over two list-rule tables.
+    List,
 }
 
 /// The part a member plays in the protocol.
@@ -363,9 +370,12 @@ pub struct SidePlan {
     pub group_columns: Vec<String>,
     /// The value columns (receiver only; empty for cardinality and for the matcher).
     pub value_columns: Vec<ValueColumn>,
-    /// Every column this side reads: identifier, group, filter and value columns.
+    /// The columns this side contributes to every output row of a list plan, in first-output
+    /// order (empty for aggregation plans). The matcher's travel encrypted to the receiver.
+    pub list_columns: Vec<String>,
+    /// Every column this side reads: identifier, group, filter, value and list columns.
     pub reads: Vec<String>,
-    /// The `min_threshold` of this table's rule.
+    /// The `min_threshold` of this table's rule (0 for a list rule, which has none).
     pub min_threshold: u64,
 }
 
@@ -422,6 +432,17 @@ pub enum OutputValue {
         /// Index of the count's value column.
         count_index: usize,
     },
+    /// A list column of either table, in a list plan: the cell of each matched row.
+    ListColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The side whose rows hold it.
+        role: Role,
+        /// Position of the column in that side's [`list_columns`](SidePlan::list_columns).
+        index: usize,
+    },
 }
 
 /// One output column of the result, in `SELECT` order.
@@ -461,6 +482,7 @@ pub struct Plan {
     pub(crate) outputs: Vec<Output>,
     pub(crate) order_by: Vec<OrderKey>,
     pub(crate) limit: Option<u64>,
+    pub(crate) distinct: bool,
 }
 
 impl Plan {
@@ -489,7 +511,8 @@ impl Plan {
         self.grouped_by
     }
 
-    /// The release threshold: the largest `min_threshold` of the two tables.
+    /// The release threshold: the largest `min_threshold` of the two tables (0 for a list
+    /// plan: list rules release every matched row).
     pub fn min_release(&self) -> u64 {
         self.min_release
     }
@@ -522,9 +545,15 @@ impl Plan {
         &self.order_by
     }
 
-    /// The `LIMIT`, if any.
+    /// The `LIMIT`, if any. In a list plan it shortens the printed result only: the receiver
+    /// learns every matched row of the matcher's list columns whatever the limit.
     pub fn limit(&self) -> Option<u64> {
         self.limit
+    }
+
+    /// Whether a list plan keeps one copy of each output row (`SELECT DISTINCT`).
+    pub fn distinct(&self) -> bool {
+        self.distinct
     }
 
     /// The label that separates this join's hashes from every other join's: both identifier

@@ -84,8 +84,17 @@ reason_codes! {
     UnknownColumn => "unknown_column",
     /// An unqualified column that exists in both tables.
     AmbiguousColumn => "ambiguous_column",
-    /// A table whose rule is a list rule: the PSI protocols release only aggregates.
+    /// A list-rule table joined with an aggregation-rule table: a query joins two list-rule
+    /// tables (a list of matched rows) or two aggregation-rule tables (aggregates).
     ListRuleUnsupported => "list_rule_unsupported",
+    /// An output column of a list query that its table's rule does not list in
+    /// `list_columns` (identifier columns included).
+    OutputNotListColumn => "output_not_list_column",
+    /// A filtered column of a list query that its table's rule does not list in
+    /// `list_columns`.
+    FilterNotListColumn => "filter_not_list_column",
+    /// An aggregate in a list query: list rules release matched rows, never aggregates.
+    AggregateInListQuery => "aggregate_in_list_query",
     /// A window function (`OVER`).
     WindowFunction => "window_function",
     /// `COUNT(*)` (or `COUNT(1)`): count distinct identifiers instead.

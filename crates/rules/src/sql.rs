@@ -1,6 +1,11 @@
 //! SQL checking: parses a query with `sqlparser`, checks it against the collaboration's
 //! analysis rules and the protocols' abilities, and compiles it into a [`Plan`].
 //!
+//! A query over two aggregation-rule tables is an aggregation. A query over two list-rule
+//! tables is a list: `SELECT [DISTINCT] columns FROM a JOIN b ON a.id = b.id [WHERE ...]
+//! [ORDER BY outputs] [LIMIT n]`, where every output and filtered column is in its table's
+//! `list_columns`, with no aggregate, function or `GROUP BY`. One of each is refused.
+//!
 //! Every refusal carries a precise [`ReasonCode`]. The checker accumulates independent reasons
 //! (an unknown column and a disallowed aggregate are both reported) but stops after structural
 //! ones (no single SELECT, subqueries, an unresolvable FROM), where nothing else can be judged.
@@ -19,7 +24,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::collaboration::{
-    Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, Table,
+    Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
 };
 use crate::plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
@@ -97,6 +102,7 @@ pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Resul
         querier,
         reasons,
         sources: Vec::new(),
+        list: false,
     };
     let plan = checker.check_query(&query, sql);
     match plan {
@@ -232,10 +238,26 @@ impl Visitor for Scan {
     }
 }
 
+/// The rule of a table of the FROM clause; both are of the same type (the query's kind).
+#[derive(Clone, Copy)]
+enum SourceRule<'c> {
+    Aggregation(&'c AggregationRule),
+    List(&'c ListRule),
+}
+
+impl<'c> SourceRule<'c> {
+    fn is_join_column(&self, column: &str) -> bool {
+        match self {
+            Self::Aggregation(rule) => rule.is_join_column(column),
+            Self::List(rule) => rule.is_join_column(column),
+        }
+    }
+}
+
 /// A table of the FROM clause.
 struct Source<'c> {
     table: &'c Table,
-    rule: &'c AggregationRule,
+    rule: SourceRule<'c>,
     alias: Option<Ident>,
     role: Role,
 }
@@ -262,6 +284,8 @@ struct Checker<'c> {
     querier: &'c str,
     reasons: Vec<Reason>,
     sources: Vec<Source<'c>>,
+    /// Whether FROM names list-rule tables only: the query is judged as a list query.
+    list: bool,
 }
 
 /// Whether an SQL identifier names `name`: exactly when quoted, ignoring ASCII case otherwise.
@@ -346,9 +370,13 @@ impl<'c> Checker<'c> {
         let SetExpr::Select(select) = query.body.as_ref() else {
             return None;
         };
+        self.list = self.names_only_list_tables(select);
         self.check_clauses(query, select);
         if !self.resolve_from(select) {
             return None;
+        }
+        if self.list {
+            return self.check_list_query(query, select, sql);
         }
         let outputs = self.check_projection(select);
         self.check_value_columns(&outputs);
@@ -390,6 +418,8 @@ impl<'c> Checker<'c> {
         }
         match &select.distinct {
             None | Some(Distinct::All) => {}
+            Some(Distinct::Distinct) if self.list => {}
+            Some(Distinct::On(_)) if self.list => self.unsupported_clause("DISTINCT ON"),
             Some(_) => self.unsupported_clause("SELECT DISTINCT (use COUNT(DISTINCT ...))"),
         }
         if select.top.is_some() {
@@ -529,21 +559,28 @@ impl<'c> Checker<'c> {
             return false;
         }
         for table in [a, b] {
-            let rule = match table.rule() {
-                AnalysisRule::Aggregation(rule) => rule,
-                AnalysisRule::List(_) => {
+            let rule = match (table.rule(), self.list) {
+                (AnalysisRule::Aggregation(rule), false) => SourceRule::Aggregation(rule),
+                (AnalysisRule::List(rule), true) => SourceRule::List(rule),
+                (AnalysisRule::List(_), false) => {
+                    let other = if std::ptr::eq(table, a) { b } else { a };
                     self.refuse(
                         Reason::new(
                             Code::ListRuleUnsupported,
                             format!(
-                                "table {:?} has a list rule; the matching protocols can only \
-                                 release aggregates",
-                                table.name()
+                                "table {:?} has a list rule but {:?} an aggregation rule; a \
+                                 query lists the matched rows of two list-rule tables or \
+                                 aggregates two aggregation-rule tables",
+                                table.name(),
+                                other.name()
                             ),
                         )
                         .table(table.name()),
                     );
                     continue;
+                }
+                (AnalysisRule::Aggregation(_), true) => {
+                    unreachable!("a list query names list-rule tables only")
                 }
             };
             let alias = if std::ptr::eq(table, a) {
@@ -928,8 +965,67 @@ impl<'c> Checker<'c> {
         }
     }
 
+    /// The aggregation rule of `c`'s table (aggregation queries only).
     fn rule_of(&self, c: &ColumnRef) -> &'c AggregationRule {
-        self.sources[c.source].rule
+        match self.sources[c.source].rule {
+            SourceRule::Aggregation(rule) => rule,
+            SourceRule::List(_) => unreachable!("list queries are judged by their list rules"),
+        }
+    }
+
+    /// The list rule of `c`'s table (list queries only).
+    fn list_rule_of(&self, c: &ColumnRef) -> &'c ListRule {
+        match self.sources[c.source].rule {
+            SourceRule::List(rule) => rule,
+            SourceRule::Aggregation(_) => {
+                unreachable!("aggregation queries are judged by their aggregation rules")
+            }
+        }
+    }
+
+    /// Whether FROM names at least one table and only collaboration tables with list rules:
+    /// then the query is judged as a list query. Decided before the clauses are checked,
+    /// because a list query may be `SELECT DISTINCT`.
+    fn names_only_list_tables(&self, select: &Select) -> bool {
+        let mut relations = select
+            .from
+            .iter()
+            .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+            .peekable();
+        if relations.peek().is_none() {
+            return false;
+        }
+        relations.all(|relation| {
+            let TableFactor::Table { name, .. } = relation else {
+                return false;
+            };
+            single_ident(name)
+                .and_then(|ident| find_name(ident, self.collab.tables().iter().map(Table::name)))
+                .and_then(|n| self.collab.table(n))
+                .is_some_and(|t| matches!(t.rule(), AnalysisRule::List(_)))
+        })
+    }
+
+    /// Refuses `c` unless its table's list rule lists it; `code` says where it was used.
+    fn require_list_column(&mut self, c: &ColumnRef, code: Code, used_as: &str) -> bool {
+        let rule = self.list_rule_of(c);
+        if rule.is_list_column(&c.column) {
+            return true;
+        }
+        let why = if rule.is_join_column(&c.column) || self.is_identifier(c) {
+            "it is a join column that the rule does not list in list_columns"
+        } else {
+            "it is not in list_columns of its table's rule"
+        };
+        self.refuse(
+            Reason::new(
+                code,
+                format!("{}.{} cannot be {used_as}: {why}", c.table, c.column),
+            )
+            .table(c.table.clone())
+            .column(c.column.clone()),
+        );
+        false
     }
 
     fn is_identifier(&self, c: &ColumnRef) -> bool {
@@ -1016,7 +1112,37 @@ impl<'c> Checker<'c> {
             e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
                 self.column(e).map(Spec::Column)
             }
+            Expr::Function(f) if self.list => {
+                let name = f.name.to_string().to_ascii_uppercase();
+                let is_aggregate = matches!(name.as_str(), "COUNT" | "SUM" | "AVG")
+                    || OTHER_AGGREGATES.contains(&name.as_str());
+                self.refuse(if is_aggregate {
+                    Reason::new(
+                        Code::AggregateInListQuery,
+                        format!(
+                            "{name}(...) is an aggregate; the tables' list rules release \
+                             matched rows of list columns, not aggregates"
+                        ),
+                    )
+                } else {
+                    Reason::new(
+                        Code::UnsupportedFunction,
+                        format!(
+                            "function {name} is not supported; a list query outputs list \
+                             columns as they are"
+                        ),
+                    )
+                });
+                None
+            }
             Expr::Function(f) => self.aggregate(f),
+            other if self.list => {
+                self.refuse(Reason::new(
+                    Code::UnsupportedExpression,
+                    format!("output {other} is not allowed: a list query outputs list columns"),
+                ));
+                None
+            }
             other => {
                 self.refuse(Reason::new(
                     Code::UnsupportedExpression,
@@ -1459,8 +1585,12 @@ impl<'c> Checker<'c> {
         if !roles.contains(&column.role) {
             roles.push(column.role);
         }
-        self.require_dimension(&column, Code::FilterNotDimension, "filtered on")
-            .then_some(column.column)
+        let allowed = if self.list {
+            self.require_list_column(&column, Code::FilterNotListColumn, "filtered on")
+        } else {
+            self.require_dimension(&column, Code::FilterNotDimension, "filtered on")
+        };
+        allowed.then_some(column.column)
     }
 
     // ----- GROUP BY -----
@@ -1804,8 +1934,12 @@ impl<'c> Checker<'c> {
                 filter,
                 group_columns: groups,
                 value_columns: values,
+                list_columns: Vec::new(),
                 reads,
-                min_threshold: source.rule.min_threshold(),
+                min_threshold: match source.rule {
+                    SourceRule::Aggregation(rule) => rule.min_threshold(),
+                    SourceRule::List(_) => unreachable!("an aggregation plan"),
+                },
             }
         };
         let protocol = if value_columns.is_empty() {
@@ -1839,6 +1973,165 @@ impl<'c> Checker<'c> {
             outputs,
             order_by,
             limit,
+            distinct: false,
+        }
+    }
+
+    // ----- list queries -----
+
+    /// Checks the rest of a list query (FROM is resolved): outputs, `WHERE`, no `GROUP BY`,
+    /// `ORDER BY` of outputs, `LIMIT`.
+    fn check_list_query(&mut self, query: &Query, select: &Select, sql: &str) -> Option<Plan> {
+        let outputs = self.check_list_projection(select);
+        let filters = self.check_where(select);
+        match &select.group_by {
+            GroupByExpr::Expressions(exprs, modifiers) if exprs.is_empty() && modifiers.is_empty() => {}
+            _ => self.unsupported_clause(
+                "GROUP BY in a list query (list rules release rows; grouping needs aggregation rules)",
+            ),
+        }
+        let specs: Vec<(String, Option<Spec>)> = outputs
+            .iter()
+            .map(|(name, c)| (name.clone(), c.clone().map(Spec::Column)))
+            .collect();
+        let order_by = self.check_order_by(query, &specs);
+        let limit = self.check_limit(query);
+        if !self.reasons.is_empty() {
+            return None;
+        }
+        let outputs = outputs
+            .into_iter()
+            .map(|(name, c)| (name, c.expect("every output was resolved")))
+            .collect();
+        let distinct = matches!(select.distinct, Some(Distinct::Distinct));
+        Some(self.build_list_plan(sql, outputs, filters, order_by, limit, distinct))
+    }
+
+    /// The outputs of a list query: columns in their tables' `list_columns`.
+    fn check_list_projection(&mut self, select: &Select) -> Vec<(String, Option<ColumnRef>)> {
+        let mut outputs = Vec::new();
+        for item in &select.projection {
+            let (expr, name) = match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    self.refuse(Reason::new(
+                        Code::SelectStar,
+                        "SELECT * is not allowed: name the list columns to output",
+                    ));
+                    continue;
+                }
+                SelectItem::ExprWithAliases { .. } => {
+                    self.unsupported_clause("multiple aliases for one output");
+                    continue;
+                }
+                SelectItem::UnnamedExpr(expr) => (expr, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            };
+            let column = match self.output_spec(expr, 0) {
+                Some(Spec::Column(c)) => {
+                    self.require_list_column(&c, Code::OutputNotListColumn, "output");
+                    Some(c)
+                }
+                Some(Spec::Aggregate(..)) => unreachable!("list queries refuse every function"),
+                None => None,
+            };
+            let name = name.unwrap_or_else(|| match &column {
+                Some(c) => c.column.clone(),
+                None => expr.to_string(),
+            });
+            outputs.push((name, column));
+        }
+        outputs
+    }
+
+    fn build_list_plan(
+        &self,
+        sql: &str,
+        outputs: Vec<(String, ColumnRef)>,
+        mut filters: [Vec<Filter>; 2],
+        order_by: Vec<OrderKey>,
+        limit: Option<u64>,
+        distinct: bool,
+    ) -> Plan {
+        let mut list_columns: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        let outputs: Vec<Output> = outputs
+            .into_iter()
+            .map(|(name, c)| {
+                let columns = &mut list_columns[role_index(c.role)];
+                let index = match columns.iter().position(|l| *l == c.column) {
+                    Some(i) => i,
+                    None => {
+                        columns.push(c.column.clone());
+                        columns.len() - 1
+                    }
+                };
+                Output {
+                    name,
+                    value: OutputValue::ListColumn {
+                        table: c.table,
+                        column: c.column,
+                        role: c.role,
+                        index,
+                    },
+                }
+            })
+            .collect();
+        let mut side = |role: Role| -> SidePlan {
+            let source = self
+                .sources
+                .iter()
+                .find(|s| s.role == role)
+                .expect("both roles are bound");
+            let identifier = source.table.identifier();
+            let filters = std::mem::take(&mut filters[role_index(role)]);
+            let filter = match filters.len() {
+                0 => None,
+                1 => filters.into_iter().next(),
+                _ => Some(Filter::And { all: filters }),
+            };
+            let list_columns = std::mem::take(&mut list_columns[role_index(role)]);
+            let mut reads = vec![identifier.column().to_owned()];
+            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
+            for c in filter_columns
+                .into_iter()
+                .chain(list_columns.iter().map(String::as_str))
+            {
+                if !reads.iter().any(|r| r == c) {
+                    reads.push(c.to_owned());
+                }
+            }
+            SidePlan {
+                role,
+                member: source.table.owner().to_owned(),
+                table: source.table.name().to_owned(),
+                identifier: identifier.column().to_owned(),
+                normalization: identifier.normalization(),
+                filter,
+                group_columns: Vec::new(),
+                value_columns: Vec::new(),
+                list_columns,
+                reads,
+                min_threshold: 0,
+            }
+        };
+        let matcher = side(Role::Matcher);
+        let receiver = side(Role::Receiver);
+        Plan {
+            collaboration_id: self.collab.id().to_owned(),
+            sql: sql.to_owned(),
+            querier: self.querier.to_owned(),
+            domain: format!(
+                "{}.{}={}.{}",
+                matcher.table, matcher.identifier, receiver.table, receiver.identifier
+            ),
+            protocol: Protocol::List,
+            grouped_by: None,
+            min_release: 0,
+            matcher,
+            receiver,
+            outputs,
+            order_by,
+            limit,
+            distinct,
         }
     }
 }

@@ -71,7 +71,7 @@ fn the_sample_loads_with_everything_in_place() {
         c.member("analyst").unwrap().abilities().collect::<Vec<_>>(),
         [Ability::Query]
     );
-    assert_eq!(c.tables().len(), 6);
+    assert_eq!(c.tables().len(), 7);
     let impressions = c.table("impressions").unwrap();
     assert_eq!(impressions.owner(), "publisher");
     assert_eq!(impressions.identifier().column(), "email");
@@ -94,7 +94,7 @@ fn the_sample_loads_with_everything_in_place() {
         c.tables_of("advertiser")
             .map(|t| t.name())
             .collect::<Vec<_>>(),
-        ["conversions", "loyalty"]
+        ["conversions", "loyalty", "customers"]
     );
     assert!(c.member("Advertiser").is_none());
 }

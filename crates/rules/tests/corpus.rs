@@ -20,11 +20,13 @@ enum Expect {
 use Expect::*;
 
 const J: &str = "FROM impressions i JOIN conversions c ON i.email = c.email";
+const L: &str = "FROM customers cu JOIN subscribers s ON cu.email = s.email";
 
 #[rustfmt::skip]
 fn corpus() -> Vec<(&'static str, String, Expect)> {
     let adv = "advertiser";
-    let q = |s: &str| s.replace("{J}", J);
+    let q = |s: &str| s.replace("{J}", J).replace("{L}", L);
+    let list = || Allowed(Protocol::List, None, "subscribers", "customers", 0);
     vec![
         // ----- allowed -----
         (adv, q("SELECT COUNT(DISTINCT i.email) {J}"),
@@ -57,6 +59,32 @@ fn corpus() -> Vec<(&'static str, String, Expect)> {
             Allowed(Protocol::Cardinality, None, "impressions", "conversions", 3)),
         (adv, q("SELECT c.product, c.channel, AVG(c.purchase_value) {J} GROUP BY c.channel, c.product ORDER BY AVG(c.purchase_value) DESC NULLS LAST"),
             Allowed(Protocol::IntersectionSum, Some(Role::Receiver), "impressions", "conversions", 3)),
+        // ----- allowed: lists (two list-rule tables) -----
+        (adv, q("SELECT cu.customer_id, s.newsletter {L}"), list()),
+        (adv, q("SELECT DISTINCT cu.email, s.region {L} WHERE s.region IN ('EU', 'US') AND cu.segment = 'gold' ORDER BY 2 LIMIT 10"), list()),
+        (adv, q("SELECT cu.customer_id FROM subscribers s INNER JOIN customers cu ON s.email = cu.email WHERE s.newsletter <> 'daily' OR s.region IS NULL"), list()),
+        (adv, q("SELECT s.newsletter AS n, s.region r, cu.segment {L} ORDER BY n DESC, r"), list()),
+        (adv, q("SELECT customer_id, newsletter FROM customers JOIN subscribers USING (email) LIMIT 0"), list()),
+        // ----- refused: lists -----
+        (adv, q("SELECT cu.customer_id, s.signup_date {L}"), Refused(&[C::OutputNotListColumn])),
+        (adv, q("SELECT s.email, cu.lifetime_value {L}"), Refused(&[C::OutputNotListColumn, C::OutputNotListColumn])),
+        (adv, q("SELECT cu.customer_id {L} WHERE s.signup_date > '2024-06-01'"), Refused(&[C::FilterNotListColumn])),
+        (adv, q("SELECT cu.customer_id {L} WHERE s.email IS NOT NULL"), Refused(&[C::FilterNotListColumn])),
+        (adv, q("SELECT COUNT(DISTINCT cu.email) {L}"), Refused(&[C::AggregateInListQuery])),
+        (adv, q("SELECT s.region, MAX(cu.customer_id) {L} GROUP BY s.region"), Refused(&[C::AggregateInListQuery, C::UnsupportedClause])),
+        (adv, q("SELECT UPPER(s.region) {L}"), Refused(&[C::UnsupportedFunction])),
+        (adv, q("SELECT cu.customer_id || s.region {L}"), Refused(&[C::UnsupportedExpression])),
+        (adv, q("SELECT * {L}"), Refused(&[C::SelectStar])),
+        (adv, q("SELECT DISTINCT ON (s.region) s.region {L}"), Refused(&[C::UnsupportedClause])),
+        (adv, q("SELECT cu.customer_id FROM customers cu LEFT JOIN subscribers s ON cu.email = s.email"), Refused(&[C::OuterJoin])),
+        (adv, q("SELECT cu.customer_id FROM customers cu JOIN impressions i ON cu.email = i.email"), Refused(&[C::ListRuleUnsupported])),
+        (adv, q("SELECT cu.customer_id FROM customers cu JOIN conversions c ON cu.email = c.email"), Refused(&[C::SameOwnerTables])),
+        ("retailer", q("SELECT cu.customer_id {L}"), Refused(&[C::QuerierTableRequired])),
+        (adv, q("SELECT s.region {L} WHERE s.region = 'EU' OR cu.segment = 'gold'"), Refused(&[C::PredicateSpansTables])),
+        (adv, q("SELECT s.region {L} WHERE cu.segment = s.region"), Refused(&[C::UnsupportedPredicate])),
+        (adv, q("SELECT s.region {L} ORDER BY s.newsletter"), Refused(&[C::OrderByNotOutput])),
+        (adv, q("SELECT s.signup_date, SUM(cu.lifetime_value) {L} WHERE cu.lifetime_value > 100 LIMIT -1"),
+            Refused(&[C::OutputNotListColumn, C::AggregateInListQuery, C::FilterNotListColumn, C::InvalidLimit])),
         // ----- refused: the text -----
         (adv, q("SELEC COUNT(DISTINCT i.email) {J}"), Refused(&[C::SyntaxError])),
         (adv, q("SELECT COUNT(DISTINCT i.email FROM impressions"), Refused(&[C::SyntaxError])),

@@ -82,6 +82,16 @@ const VOCABULARY: &[&str] = &[
     "store_visits",
     "loyalty",
     "subscribers",
+    "customers",
+    "cu",
+    "s",
+    "newsletter",
+    "signup_date",
+    "customer_id",
+    "cu.email",
+    "s.region",
+    "cu.segment",
+    "s.email",
     "i",
     "c",
     "email",
@@ -115,6 +125,8 @@ const VOCABULARY: &[&str] = &[
 ];
 
 const SEEDS: &[&str] = &[
+    "SELECT DISTINCT cu.email, s.region FROM customers cu JOIN subscribers s ON cu.email = s.email WHERE s.region IN ('EU', 'US') AND NOT cu.segment = 'gold' ORDER BY 2 DESC LIMIT 3",
+    "SELECT customer_id, newsletter FROM customers JOIN subscribers USING (email) WHERE subscribers.region IS NULL",
     "SELECT i.campaign, COUNT(DISTINCT c.email) FROM impressions i JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
     "SELECT c.product, SUM(c.purchase_value), AVG(c.quantity) FROM impressions i JOIN conversions c ON i.email = c.email WHERE i.region IN ('EU', 'US') AND NOT c.channel = 'web' GROUP BY c.product ORDER BY 2 DESC LIMIT 3",
     "SELECT COUNT(DISTINCT impressions.email) FROM impressions JOIN conversions USING (email) WHERE impressions.device BETWEEN 'a' AND 'n'",
