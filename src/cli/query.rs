@@ -1,13 +1,13 @@
 //! `cleanroom query`: ask a partner's server a question over both members' data.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use cleanroom_rules::{Collaboration, ResultTable, Value};
+use cleanroom_rules::{Collaboration, Protocol, ResultTable, Value};
 use cleanroom_service::client::{Progress, QueryOutcome};
 use cleanroom_service::{BearerToken, Client, ClientConfig, ClientError, Query};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -45,6 +45,10 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Write the result rows as CSV to this file instead of printing them (atomically: a
+    /// temporary file in the same directory, renamed into place once complete).
+    #[arg(long, value_name = "FILE.csv")]
+    output: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
@@ -144,9 +148,17 @@ fn describe(progress: Progress<'_>) -> String {
 fn print_stats(outcome: &QueryOutcome) {
     let c = &outcome.counters;
     let elapsed = outcome.summary.stats.as_ref().map_or(0, |s| s.elapsed_ms);
+    let released = if outcome.protocol == Protocol::List {
+        format!("{} rows listed", outcome.result.rows.len())
+    } else {
+        format!(
+            "{} rows released, {} suppressed",
+            outcome.summary.released_rows, outcome.summary.suppressed_rows
+        )
+    };
     eprintln!(
         "session {}: your {} rows matched against {}'s table {}; sent {} messages ({}), \
-         received {} messages ({}); {} rows released, {} suppressed; {:.2} s",
+         received {} messages ({}); {released}; {:.2} s",
         outcome.summary.session_id,
         outcome.rows,
         outcome.accepted.matcher_member,
@@ -155,10 +167,27 @@ fn print_stats(outcome: &QueryOutcome) {
         HumanBytes(c.bytes_sent),
         c.messages_received,
         HumanBytes(c.bytes_received),
-        outcome.summary.released_rows,
-        outcome.summary.suppressed_rows,
         elapsed as f64 / 1000.0,
     );
+}
+
+/// Writes `result` as CSV to `path` atomically: into a temporary file in the same directory,
+/// flushed to disk, then renamed over `path`, so a reader never sees a partial file and a
+/// failed query leaves an existing file untouched.
+pub fn write_csv_atomically(result: &ResultTable, path: &Path) -> Result<()> {
+    let csv = render(result, Format::Csv)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    file.write_all(csv.as_bytes())
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("writing {}", file.path().display()))?;
+    file.persist(path)
+        .with_context(|| format!("--output {}", path.display()))?;
+    Ok(())
 }
 
 /// Prints why a query was refused.
@@ -218,7 +247,19 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     }
     match outcome {
         Ok(outcome) => {
-            print!("{}", render(&outcome.result, args.format)?);
+            match &args.output {
+                Some(path) => {
+                    write_csv_atomically(&outcome.result, path)?;
+                    if !args.quiet {
+                        eprintln!(
+                            "wrote {} rows to {}",
+                            outcome.result.rows.len(),
+                            path.display()
+                        );
+                    }
+                }
+                None => print!("{}", render(&outcome.result, args.format)?),
+            }
             if !args.quiet {
                 print_stats(&outcome);
             }
@@ -229,5 +270,39 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> ResultTable {
+        ResultTable {
+            columns: vec!["id".into(), "region".into()],
+            rows: vec![
+                vec![Value::Text("C-1".into()), Value::Null],
+                vec![Value::Text("C-2".into()), Value::Text("EU, north".into())],
+            ],
+            suppressed_rows: 0,
+        }
+    }
+
+    #[test]
+    fn output_files_are_replaced_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        std::fs::write(&path, "old\n").unwrap();
+        write_csv_atomically(&result(), &path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "id,region\nC-1,\nC-2,\"EU, north\"\n"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A directory that does not exist: an error, and nothing written anywhere.
+        let missing = dir.path().join("missing").join("rows.csv");
+        assert!(write_csv_atomically(&result(), &missing).is_err());
+        assert!(!missing.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -1,15 +1,15 @@
 //! The client side: `cleanroom query`, run by the querying member next to its own data.
 //!
 //! The client plans the SQL locally first (fast feedback; the server checks again), reads its
-//! own table with the plan's filters, opens a session, plays the psi receiver, and turns the
-//! released outcome into the result table.
+//! own table with the plan's filters, opens a session, plays the psi receiver (for a list
+//! query, the list querier), and turns the released outcome into the result table.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cleanroom_psi::Receiver;
-use cleanroom_rules::{Collaboration, Refusal, ResultError, ResultTable};
+use cleanroom_psi::{ListOutcome, ListQuerier, Receiver, ReceiverOutcome};
+use cleanroom_rules::{Collaboration, Protocol, QuerierRows, Refusal, ResultError, ResultTable};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::{AttachToken, BearerToken};
 use crate::data::{self, DataFileError};
-use crate::exchange::{Counters, Exchange, ExchangeError};
+use crate::exchange::{Counters, Exchange, ExchangeError, Role};
 use crate::limits::{MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
 use crate::proto::clean_room_service_client::CleanRoomServiceClient;
 use crate::proto::{
@@ -29,7 +29,7 @@ use crate::proto::{
     RunSessionRequest, SessionAccepted, SessionStart, SessionSummary, TableDescriptor,
     run_session_request, run_session_response,
 };
-use crate::roles::ReceiverRole;
+use crate::roles::{ListQuerierRole, ReceiverRole};
 use crate::server::REFUSAL_METADATA_KEY;
 use crate::tls::{ClientTransport, TlsError, client_transport};
 
@@ -215,6 +215,9 @@ pub type ProgressHook<'a> = &'a (dyn Fn(Progress<'_>) + Send + Sync);
 pub struct QueryOutcome {
     /// The released result, in the `SELECT`'s column order.
     pub result: ResultTable,
+    /// The protocol that ran (for a list, the server's summary counts no rows: it cannot
+    /// know how many rows the querier listed).
+    pub protocol: Protocol,
     /// The server's acceptance.
     pub accepted: SessionAccepted,
     /// The server's summary (its counts of the session).
@@ -307,21 +310,29 @@ impl Client {
 
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
-        // Reading the table and shuffling it into a receiver are heavy: off the runtime.
-        let (columns, rows, receiver) = {
+        // Reading the table and shuffling it into a role are heavy: off the runtime.
+        let (columns, rows, side) = {
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
                 let columns = data::header(&path)?;
-                let table = data::receiver_table(&plan, &path)?;
-                let rows = table.stats().rows;
-                let receiver =
-                    Receiver::new(&plan.domain(), table, cleanroom_psi::Limits::default());
-                Ok::<_, DataFileError>((columns, rows, receiver))
+                let limits = cleanroom_psi::Limits::default();
+                let (rows, side) = if plan.protocol() == Protocol::List {
+                    let (table, kept) = data::list_querier_table(&plan, &path)?;
+                    let rows = table.stats().rows;
+                    let columns = plan.matcher().list_columns.len();
+                    let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
+                    (rows, Side::List(ListQuerierRole(querier), kept))
+                } else {
+                    let table = data::receiver_table(&plan, &path)?;
+                    let rows = table.stats().rows;
+                    let receiver = Receiver::new(&plan.domain(), table, limits);
+                    (rows, Side::Aggregate(ReceiverRole(receiver)))
+                };
+                Ok::<_, DataFileError>((columns, rows, side))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
         };
-        let role = ReceiverRole(receiver);
 
         let (outbound, requests) = mpsc::channel(4);
         let start = RunSessionRequest {
@@ -393,23 +404,19 @@ impl Client {
             progress: Some(&moved),
             abort_when_peer_gone: false,
         };
-        let role = {
-            let mut psi_in = (&mut inbound).map(|item| match item {
-                Ok(proto::RunSessionResponse {
-                    message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
-                }) => Ok(payload),
-                Ok(_) => Err(ExchangeError::Unexpected(
-                    "a session message before the protocol finished",
-                )),
-                Err(status) => Err(ExchangeError::Transport(status)),
-            });
-            exchange.run(role, &mut psi_in).await?
+        let no_outcome = ClientError::Session("the protocol ended without an outcome");
+        let outcome = match side {
+            Side::Aggregate(role) => {
+                let role = run_role(&mut exchange, &mut inbound, role).await?;
+                Outcome::Aggregate(role.0.outcome().cloned().ok_or(no_outcome)?)
+            }
+            Side::List(role, kept) => {
+                let role = run_role(&mut exchange, &mut inbound, role).await?;
+                Outcome::List(role.0.outcome().cloned().ok_or(no_outcome)?, kept)
+            }
         };
         let counters = exchange.counters;
         drop(outbound);
-        let outcome = role.0.outcome().cloned().ok_or(ClientError::Session(
-            "the protocol ended without an outcome",
-        ))?;
 
         let last = crate::exchange::within(deadline, inbound.message()).await??;
         let summary = match last.and_then(|m| m.message) {
@@ -427,15 +434,51 @@ impl Client {
         {
             return Err(ClientError::Session("messages after the summary"));
         }
-        let result = plan.result(&outcome)?;
+        let result = match &outcome {
+            Outcome::Aggregate(outcome) => plan.result(outcome)?,
+            Outcome::List(outcome, kept) => plan.list_result(kept, outcome)?,
+        };
         Ok(QueryOutcome {
             result,
+            protocol: plan.protocol(),
             accepted,
             summary,
             counters,
             rows,
         })
     }
+}
+
+/// The client's role in a session, with what the result needs besides its outcome.
+enum Side {
+    /// The psi receiver of an aggregation.
+    Aggregate(ReceiverRole),
+    /// The psi list querier of a list, and the member's rows the list is joined with.
+    List(ListQuerierRole, QuerierRows),
+}
+
+/// What a finished role learned.
+enum Outcome {
+    Aggregate(ReceiverOutcome),
+    List(ListOutcome, QuerierRows),
+}
+
+/// Runs `role` against the server's protocol messages until it is done.
+async fn run_role<R: Role>(
+    exchange: &mut Exchange<'_, RunSessionRequest>,
+    inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
+    role: R,
+) -> Result<R, ClientError> {
+    let mut psi_in = inbound.map(|item| match item {
+        Ok(proto::RunSessionResponse {
+            message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+        }) => Ok(payload),
+        Ok(_) => Err(ExchangeError::Unexpected(
+            "a session message before the protocol finished",
+        )),
+        Err(status) => Err(ExchangeError::Transport(status)),
+    });
+    Ok(exchange.run(role, &mut psi_in).await?)
 }
 
 fn psi_request(payload: Vec<u8>) -> RunSessionRequest {

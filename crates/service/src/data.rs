@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cleanroom_psi::{MatcherTable, ReceiverTable};
-use cleanroom_rules::{DataError, Plan};
+use cleanroom_psi::{ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
+use cleanroom_rules::{DataError, Plan, QuerierRows};
 
 /// A data file that cannot be turned into the plan's table.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,21 @@ pub fn matcher_table(plan: &Plan, path: &Path) -> Result<MatcherTable, DataFileE
 /// filter, group columns and value columns applied).
 pub fn receiver_table(plan: &Plan, path: &Path) -> Result<ReceiverTable, DataFileError> {
     with_rows(path, |header, rows| plan.receiver_table(header, rows))
+}
+
+/// The list provider's table of a list `plan` from the CSV file at `path` (the plan's
+/// matcher-side filter applied; only the identifier and the matcher's list columns are read).
+pub fn list_provider_table(plan: &Plan, path: &Path) -> Result<ListProviderTable, DataFileError> {
+    with_rows(path, |header, rows| plan.list_provider_table(header, rows))
+}
+
+/// The list querier's table of a list `plan` from the CSV file at `path`, with the kept rows
+/// the result is joined from (the plan's receiver-side filter applied).
+pub fn list_querier_table(
+    plan: &Plan,
+    path: &Path,
+) -> Result<(ListQuerierTable, QuerierRows), DataFileError> {
+    with_rows(path, |header, rows| plan.list_querier_table(header, rows))
 }
 
 /// The header of the CSV file at `path`.

@@ -12,6 +12,9 @@
 //!    opaque messages (blinded identifiers, encrypted values; each under 4 MiB);
 //! 4. the server decides per output row whether it is released (threshold), records the
 //!    decision durably, and only then sends the release; the client decrypts and prints it.
+//!    A list query runs the labeled PSI of `cleanroom-psi` instead: the release is the
+//!    server's evaluations of the client's points, sent once the session is recorded, and
+//!    the client opens the list columns of its matched rows.
 //!
 //! This crate owns no cryptography and no rules: it moves messages between the sans-I/O roles
 //! of `cleanroom-psi` and the network, and asks `cleanroom-rules` what may be computed and

@@ -10,8 +10,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cleanroom_psi::Matcher;
-use cleanroom_rules::{Collaboration, Plan, ReasonCode, Refusal};
+use cleanroom_psi::{ListProvider, Matcher};
+use cleanroom_rules::{Collaboration, Plan, Protocol, ReasonCode, Refusal};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -32,7 +32,7 @@ use crate::proto::{
     ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
-use crate::roles::MatcherRole;
+use crate::roles::{ListProviderRole, MatcherRole};
 use crate::state::{AuditEntry, Completion, Decision, StateDb, StateError};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
@@ -626,61 +626,13 @@ impl CleanRoom {
             }))
             .await?;
 
-        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
-        let table_plan = plan.clone();
-        let table_name = plan.matcher().table.clone();
-        let limits = cleanroom_psi::Limits {
-            max_set_size: self.config.limits.max_rows_per_session,
-            ..cleanroom_psi::Limits::default()
+        let (released, suppressed, messages) = if plan.protocol() == Protocol::List {
+            self.list_protocol(plan, matcher_path, inbound, exchange, matcher_rows)
+                .await?
+        } else {
+            self.aggregate_protocol(plan, matcher_path, inbound, exchange, matcher_rows)
+                .await?
         };
-        let (_, built) = exchange
-            .blocking((), move |_| {
-                let table = data::matcher_table(&table_plan, &matcher_path)?;
-                let rows = table.stats().rows;
-                Ok::<_, DataFileError>((rows, Matcher::new(&table_plan.domain(), table, limits)))
-            })
-            .await?;
-        let (rows, matcher) = built.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
-        *matcher_rows = rows;
-        let role = MatcherRole(matcher);
-
-        let mut psi_in = (&mut *inbound).map(|item| match item {
-            Ok(RunSessionRequest {
-                message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
-            }) => Ok(payload),
-            Ok(_) => Err(ExchangeError::Unexpected(
-                "only protocol messages may follow the session start",
-            )),
-            Err(status) => Err(ExchangeError::Transport(status)),
-        });
-        let role = exchange.run(role, &mut psi_in).await?;
-
-        // Decide, then record the decision durably, then release.
-        let release_plan = plan.clone();
-        let (_, released) = exchange
-            .blocking(role, move |role| {
-                let (mut released, mut suppressed) = (0u64, 0u64);
-                role.0.release(|group| {
-                    let ok = release_plan.release(group);
-                    if ok {
-                        released += 1;
-                    } else {
-                        suppressed += 1;
-                    }
-                    ok
-                })?;
-                let mut messages = Vec::new();
-                while let Some(message) = role.0.poll_message() {
-                    messages.push(message.encode());
-                }
-                Ok::<_, cleanroom_psi::ProtocolError>((released, suppressed, messages))
-            })
-            .await?;
-        let (released, suppressed, messages) =
-            released.map_err(|e| SessionError::Internal(e.to_string()))?;
         let counters = exchange.counters;
         let completion = Completion {
             released_rows: released,
@@ -729,6 +681,117 @@ impl CleanRoom {
             .await?;
         Ok(())
     }
+    /// Plays the psi matcher until every message of the receiver arrived, then decides the
+    /// release: returns the released and suppressed group counts and the encoded release
+    /// messages (not sent yet).
+    async fn aggregate_protocol(
+        &self,
+        plan: &Plan,
+        matcher_path: PathBuf,
+        inbound: &mut Streaming<RunSessionRequest>,
+        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
+        matcher_rows: &mut u64,
+    ) -> Result<(u64, u64, Vec<Vec<u8>>), SessionError> {
+        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
+        let table_plan = plan.clone();
+        let table_name = plan.matcher().table.clone();
+        let limits = cleanroom_psi::Limits {
+            max_set_size: self.config.limits.max_rows_per_session,
+            ..cleanroom_psi::Limits::default()
+        };
+        let (_, built) = exchange
+            .blocking((), move |_| {
+                let table = data::matcher_table(&table_plan, &matcher_path)?;
+                let rows = table.stats().rows;
+                Ok::<_, DataFileError>((rows, Matcher::new(&table_plan.domain(), table, limits)))
+            })
+            .await?;
+        let (rows, matcher) = built.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = rows;
+        let role = MatcherRole(matcher);
+
+        let mut psi_in = psi_stream(inbound);
+        let role = exchange.run(role, &mut psi_in).await?;
+
+        // Decide, then record the decision durably, then release.
+        let release_plan = plan.clone();
+        let (_, released) = exchange
+            .blocking(role, move |role| {
+                let (mut released, mut suppressed) = (0u64, 0u64);
+                role.0.release(|group| {
+                    let ok = release_plan.release(group);
+                    if ok {
+                        released += 1;
+                    } else {
+                        suppressed += 1;
+                    }
+                    ok
+                })?;
+                let mut messages = Vec::new();
+                while let Some(message) = role.0.poll_message() {
+                    messages.push(message.encode());
+                }
+                Ok::<_, cleanroom_psi::ProtocolError>((released, suppressed, messages))
+            })
+            .await?;
+        released.map_err(|e| SessionError::Internal(e.to_string()))
+    }
+
+    /// Plays the psi list provider until every point of the querier arrived; returns the
+    /// withheld evaluations (the release, not sent yet). The server cannot know how many rows
+    /// the querier lists: both counts are 0.
+    async fn list_protocol(
+        &self,
+        plan: &Plan,
+        matcher_path: PathBuf,
+        inbound: &mut Streaming<RunSessionRequest>,
+        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
+        matcher_rows: &mut u64,
+    ) -> Result<(u64, u64, Vec<Vec<u8>>), SessionError> {
+        // Reading the table and sealing it into a provider are heavy: off the runtime.
+        let table_plan = plan.clone();
+        let table_name = plan.matcher().table.clone();
+        let limits = cleanroom_psi::Limits {
+            max_set_size: self.config.limits.max_rows_per_session,
+            ..cleanroom_psi::Limits::default()
+        };
+        let (_, built) = exchange
+            .blocking((), move |_| {
+                let table = data::list_provider_table(&table_plan, &matcher_path)?;
+                let rows = table.stats().rows;
+                let provider = ListProvider::new(&table_plan.domain(), table, limits);
+                Ok::<_, DataFileError>((rows, provider))
+            })
+            .await?;
+        let (rows, provider) = built.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = rows;
+        let mut psi_in = psi_stream(inbound);
+        let mut role = exchange
+            .run(ListProviderRole::new(provider), &mut psi_in)
+            .await?;
+        Ok((0, 0, role.release()))
+    }
+}
+
+/// The protocol messages of a client's stream; anything else after the start is an error.
+fn psi_stream(
+    inbound: &mut Streaming<RunSessionRequest>,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin + '_ {
+    inbound.map(|item| match item {
+        Ok(RunSessionRequest {
+            message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+        }) => Ok(payload),
+        Ok(_) => Err(ExchangeError::Unexpected(
+            "only protocol messages may follow the session start",
+        )),
+        Err(status) => Err(ExchangeError::Transport(status)),
+    })
 }
 
 fn psi_response(payload: Vec<u8>) -> Result<RunSessionResponse, Status> {
