@@ -512,15 +512,18 @@ fn wire_vectors() -> Value {
             b
         }),
     ];
-    // The oversized messages are described, not stored: their hex would be huge.
+    // Long encodings are stored as a prefix followed by zero bytes up to their length.
     let mut cases = Vec::new();
     for (why, bytes) in invalid.drain(..) {
         let error = Message::decode(&bytes).expect_err(&why).to_string();
         if bytes.len() > 4096 {
-            cases.push(
-                json!({ "why": why, "error": error, "hex_prefix": hexs(&bytes[..16]),
-                "total_bytes": bytes.len() }),
-            );
+            assert!(bytes[16..].iter().all(|b| *b == 0), "{why}");
+            cases.push(json!({
+                "why": why,
+                "error": error,
+                "hex_prefix": hexs(&bytes[..16]),
+                "zero_padded_to": bytes.len(),
+            }));
         } else {
             cases.push(json!({ "why": why, "error": error, "hex": hexs(&bytes) }));
         }
@@ -528,8 +531,9 @@ fn wire_vectors() -> Value {
     json!({
         "description": "The binary message format (PROTOCOL.md, section Messages). `fields` \
             shows each message decoded; `invalid` lists encodings a decoder must reject (the \
-            error text is the Rust implementation's). Ciphertexts and sums are lists of \
-            32-byte points.",
+            error text is the Rust implementation's; a long one is given as `hex_prefix` followed by \
+            zero bytes up to `zero_padded_to` bytes). Ciphertexts and sums are lists of 32-byte \
+            points.",
         "messages": messages,
         "invalid": cases,
     })
