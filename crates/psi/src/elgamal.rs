@@ -175,6 +175,16 @@ impl ValueKey {
 
     /// Decrypt a sum of ciphertexts into one total per value column.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<u64>, DecryptError> {
+        let limb_sums = self.decrypt_limbs(ct)?;
+        Ok(limb_sums
+            .chunks_exact(LIMBS_PER_VALUE)
+            .map(|l| l[0] + (l[1] << LIMB_BITS))
+            .collect())
+    }
+
+    /// Decrypt a sum of ciphertexts into its limb sums (low limb first, per value column),
+    /// each in `[0, MAX_LIMB_SUM]`.
+    pub fn decrypt_limbs(&self, ct: &Ciphertext) -> Result<Vec<u64>, DecryptError> {
         let expected = 1 + self.secrets.len();
         if ct.points.len() != expected {
             return Err(DecryptError::Layout {
@@ -183,16 +193,11 @@ impl ValueKey {
             });
         }
         let c0 = ct.points[0];
-        let limb_sums = self
-            .secrets
+        self.secrets
             .par_iter()
             .zip(&ct.points[1..])
             .map(|(s, ci)| discrete_log(&(ci - s * c0)).ok_or(DecryptError::OutOfRange))
-            .collect::<Result<Vec<u64>, _>>()?;
-        Ok(limb_sums
-            .chunks_exact(LIMBS_PER_VALUE)
-            .map(|l| l[0] + (l[1] << LIMB_BITS))
-            .collect())
+            .collect()
     }
 }
 
@@ -236,6 +241,23 @@ impl ValuePublicKey {
     /// An encryption of zero under these keys: added to a total, it re-randomizes it.
     pub fn encrypt_zero(&self) -> Ciphertext {
         self.encrypt_zero_with_randomness(Scalar::random(&mut rand::rng()))
+    }
+
+    /// A fresh encryption of the limbs `limbs` (one per key, low limb first per column) under
+    /// these keys, by someone who does not hold the secret keys: `(r·B, m_i·B + r·S_i)`. Added
+    /// to a total, it adds `limbs` and re-randomizes the total (noisy releases).
+    pub fn encrypt_limbs(&self, limbs: &[u64]) -> Ciphertext {
+        assert_eq!(limbs.len(), self.points.len(), "one limb per key");
+        let r = Scalar::random(&mut rand::rng());
+        let mut points = Vec::with_capacity(1 + self.points.len());
+        points.push(RistrettoPoint::mul_base(&r));
+        points.extend(
+            self.points
+                .iter()
+                .zip(limbs)
+                .map(|(s, &m)| RistrettoPoint::mul_base(&Scalar::from(m)) + r * s),
+        );
+        Ciphertext { points }
     }
 
     /// [`encrypt_zero`](Self::encrypt_zero) with the randomness `r` given, for published test
@@ -443,6 +465,21 @@ mod tests {
         assert_eq!(
             key.decrypt(&total).unwrap(),
             vec![MAX_ITEM_VALUE + 65_537, 65_537]
+        );
+    }
+
+    #[test]
+    fn public_key_encryption_of_limbs_adds_to_a_total() {
+        let key = ValueKey::generate(2);
+        let mut total = key.encrypt(&[70_000, 3]);
+        total.add_assign(&key.public_key().encrypt_limbs(&[5, 1, 0, 9]));
+        assert_eq!(
+            key.decrypt_limbs(&total).unwrap(),
+            vec![70_000 % 65_536 + 5, 1 + 1, 3, 9]
+        );
+        assert_eq!(
+            key.decrypt(&total).unwrap(),
+            vec![70_000 + 5 + 65_536, 3 + 9 * 65_536]
         );
     }
 

@@ -20,6 +20,12 @@
 //! I/O: feed them the peer's [`Message`]s and send what they poll, over any transport.
 //! [`match_offline`] runs both in one process.
 //!
+//! For differentially private results the matcher releases with
+//! [`Matcher::release_with`], adding integer noise to counts in the clear and to sums under
+//! encryption ([`noise`]); such a session decides every pair of groups and counts each
+//! receiver identifier once ([`Matcher::with_noise`]). A matcher can also refuse a receiver
+//! whose set is too small to hide anyone in ([`Matcher::require_receiver_identifiers`]).
+//!
 //! List queries ("which of my customers are your subscribers, and in which region?") use
 //! [labeled PSI](labeled): the [`ListProvider`] sends, per identifier, a lookup tag and its
 //! allowed column values sealed under a key derived from `a·H(x)`; the [`ListQuerier`] obtains
@@ -33,6 +39,7 @@ pub mod elgamal;
 pub mod hash;
 pub mod key;
 pub mod labeled;
+pub mod noise;
 pub mod normalize;
 mod offline;
 pub mod protocol;
@@ -46,10 +53,12 @@ pub use labeled::{
     ListMatch, ListOutcome, ListProvider, ListQuerier, ListReport, list_offline,
     list_offline_observed,
 };
+pub use noise::{NoiseBounds, NoiseError};
 pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{MatchReport, match_offline, match_offline_observed};
 pub use protocol::{
-    GroupCount, GroupResult, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+    GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
+    ReceiverOutcome,
 };
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,

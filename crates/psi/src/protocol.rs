@@ -25,6 +25,7 @@ use crate::Domain;
 use crate::batch::{hash_and_blind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use crate::key::BlindingKey;
+use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
 use crate::table::{MatcherTable, ReceiverGroup, ReceiverTable};
 use crate::test_vector::TestVectorRng;
 use crate::wire::{
@@ -151,6 +152,21 @@ pub enum ProtocolError {
         /// evaluations received, this chunk included
         got: u64,
     },
+    /// The receiver's set has fewer distinct identifiers than the matcher requires: results
+    /// over a tiny set would single out the people in it.
+    #[error(
+        "the receiver's set has {identifiers} distinct identifiers; at least {required} are required"
+    )]
+    ReceiverSetTooSmall {
+        /// distinct identifiers the receiver brought (or announced, if fewer)
+        identifiers: u64,
+        /// the matcher's requirement
+        required: u64,
+    },
+    /// Noise that does not fit the release's [`NoiseBounds`], or bounds that do not fit the
+    /// session.
+    #[error("noisy release: {0}")]
+    Noise(#[from] NoiseError),
     /// A matched payload fails authentication: it was altered, or was not encrypted under the
     /// key of the identifier its lookup tag names.
     #[error("a matched payload fails authentication")]
@@ -173,6 +189,35 @@ pub struct GroupCount {
     pub receiver_group: u32,
     /// Distinct identifiers present in both groups.
     pub intersection_size: u64,
+}
+
+/// What the matcher does with one (matcher group, receiver group) pair at release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupDecision {
+    /// Withhold the pair: the receiver only learns that one more pair was suppressed.
+    Suppress,
+    /// Release the pair, adding `count_noise` to its intersection size (a noisy count below 0
+    /// is released as 0) and, per value column, `sum_noise` to its encrypted sums. Noise needs
+    /// a matcher made [`with_noise`](Matcher::with_noise); an exact release has
+    /// `count_noise == 0` and an empty `sum_noise` ([`GroupDecision::EXACT`]).
+    Release {
+        /// Added to the intersection size.
+        count_noise: i64,
+        /// Added to each value column's sum (one per value column, or empty for none).
+        sum_noise: Vec<i64>,
+    },
+}
+
+impl GroupDecision {
+    /// Release the exact values.
+    pub const EXACT: GroupDecision = GroupDecision::Release {
+        count_noise: 0,
+        sum_noise: Vec::new(),
+    };
+
+    fn is_exact(&self) -> bool {
+        matches!(self, GroupDecision::Release { count_noise: 0, sum_noise } if sum_noise.is_empty())
+    }
 }
 
 /// Validate a hello's group sizes against limits.
@@ -290,6 +335,10 @@ pub struct Matcher {
     counts: Option<Vec<GroupCount>>,
     released: bool,
     outbox: VecDeque<Message>,
+    /// Bounds of a noisy release; `None` for exact releases.
+    noise: Option<NoiseBounds>,
+    /// Fewest distinct identifiers the receiver must bring.
+    min_receiver_identifiers: u64,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -354,8 +403,35 @@ impl Matcher {
             counts: None,
             released: false,
             outbox: VecDeque::new(),
+            noise: None,
+            min_receiver_identifiers: 0,
             test_vector,
         }
+    }
+
+    /// Make this session's release noisy (differential privacy), within `bounds`. Three things
+    /// change:
+    ///
+    /// - every (matcher group, receiver group) pair is decided at release, matched or not, so
+    ///   the existence of a group reveals nothing (at most [`MAX_NOISY_PAIRS`] pairs);
+    /// - each receiver identifier counts in at most one pair: its first match (lowest receiver
+    ///   group, earliest matcher group). An identifier then changes one released count by at
+    ///   most 1 and one sum by at most its value, whatever its groups on either side, and the
+    ///   same identifier sent several times counts once;
+    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::noise)).
+    ///
+    /// The receiver must be made [`with_noise`](Receiver::with_noise) with the same bounds.
+    pub fn with_noise(mut self, bounds: NoiseBounds) -> Self {
+        self.noise = Some(bounds);
+        self
+    }
+
+    /// Refuse, with [`ProtocolError::ReceiverSetTooSmall`], a receiver that announces or
+    /// brings fewer than `identifiers` distinct identifiers: first on the sizes of its hello,
+    /// then on the distinct comparison values of its items, before anything is matched.
+    pub fn require_receiver_identifiers(mut self, identifiers: u64) -> Self {
+        self.min_receiver_identifiers = identifiers;
+        self
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
@@ -396,20 +472,42 @@ impl Matcher {
                     });
                 }
                 check_sizes(&group_sizes, &self.limits)?;
+                let announced = group_sizes.iter().fold(0u64, |a, s| a.saturating_add(*s));
+                if announced < self.min_receiver_identifiers {
+                    return Err(ProtocolError::ReceiverSetTooSmall {
+                        identifiers: announced,
+                        required: self.min_receiver_identifiers,
+                    });
+                }
                 let public_key = if value_keys.is_empty() {
                     None
                 } else {
                     Some(ValuePublicKey::from_bytes(&value_keys).map_err(point_error(kind))?)
                 };
                 let value_columns = value_keys.len() / LIMBS_PER_VALUE;
+                if let Some(noise) = &self.noise {
+                    if noise.sum_bounds().len() != value_columns {
+                        return Err(ProtocolError::ValueColumns {
+                            expected: noise.sum_bounds().len(),
+                            got: value_columns,
+                        });
+                    }
+                    let pairs = (self.groups.len() as u64).saturating_mul(group_sizes.len() as u64);
+                    if pairs > MAX_NOISY_PAIRS {
+                        return Err(ProtocolError::LimitExceeded {
+                            what: "pairs of groups in a noisy release",
+                            value: pairs,
+                            limit: MAX_NOISY_PAIRS,
+                        });
+                    }
+                }
                 self.peer = Some(PeerItems {
                     value_columns,
                     public_key,
                     received: vec![0; group_sizes.len()],
                     sizes: group_sizes,
                 });
-                self.finish_items_if_complete();
-                Ok(())
+                self.finish_items_if_complete()
             }
             Message::ReceiverItems {
                 group,
@@ -438,8 +536,7 @@ impl Matcher {
                 self.item_groups
                     .extend(std::iter::repeat_n(group, points.len()));
                 self.ciphertexts.extend_from_slice(&ciphertexts);
-                self.finish_items_if_complete();
-                Ok(())
+                self.finish_items_if_complete()
             }
             Message::ReceiverTags { group, tags } => {
                 if !self.index_sorted {
@@ -487,16 +584,28 @@ impl Matcher {
         }
     }
 
-    fn finish_items_if_complete(&mut self) {
-        let Some(peer) = &self.peer else { return };
+    fn finish_items_if_complete(&mut self) -> Result<(), ProtocolError> {
+        let Some(peer) = &self.peer else {
+            return Ok(());
+        };
         if peer.received == peer.sizes && !self.index_sorted {
             self.index.par_sort_unstable();
+            if self.min_receiver_identifiers > 0 {
+                let distinct = self.index.chunk_by(|a, b| a.0 == b.0).count() as u64;
+                if distinct < self.min_receiver_identifiers {
+                    return Err(ProtocolError::ReceiverSetTooSmall {
+                        identifiers: distinct,
+                        required: self.min_receiver_identifiers,
+                    });
+                }
+            }
             self.index_sorted = true;
             self.last_match = vec![0; self.item_groups.len()];
             if self.groups.is_empty() {
                 self.counts = Some(Vec::new());
             }
         }
+        Ok(())
     }
 
     fn match_tags(&mut self, group: u32, tags: &[Tag]) -> Result<(), ProtocolError> {
@@ -504,6 +613,9 @@ impl Matcher {
         let index = &self.index;
         // Look every tag up in parallel; equal tags in the index are the same identifier in
         // several receiver groups.
+        // With noise, an identifier counts once: only its first item (lowest receiver group)
+        // is looked at, and only if it has not matched in an earlier matcher group.
+        let once = self.noise.is_some();
         let hits: Vec<u32> = tags
             .par_iter()
             .flat_map_iter(|tag| {
@@ -512,15 +624,21 @@ impl Matcher {
                 index[start..]
                     .iter()
                     .take_while(move |&&(k, _)| k == t)
+                    .take(if once { 1 } else { usize::MAX })
                     .map(|&(_, item)| item)
             })
             .collect();
+        let mut kept = Vec::with_capacity(hits.len());
         for &item in &hits {
             let marker = &mut self.last_match[item as usize];
             if *marker == group + 1 {
                 return Err(ProtocolError::DuplicateTag(group));
             }
+            if once && *marker != 0 {
+                continue;
+            }
             *marker = group + 1;
+            kept.push(item);
             self.accumulators
                 .entry((group, self.item_groups[item as usize]))
                 .or_default()
@@ -533,7 +651,7 @@ impl Matcher {
         }
         // Decode and add the matched ciphertexts in parallel, per receiver group.
         let (item_groups, ciphertexts) = (&self.item_groups, &self.ciphertexts);
-        let sums = hits
+        let sums = kept
             .par_iter()
             .try_fold(BTreeMap::<u32, Ciphertext>::new, |mut acc, &item| {
                 let at = item as usize * width;
@@ -581,11 +699,31 @@ impl Matcher {
         self.counts.as_deref()
     }
 
-    /// Release the groups `decide` accepts: queues result messages (sums re-randomized) and the
-    /// closing `MatcherDone` for `poll_message`. Withheld groups are only counted.
+    /// Release the groups `decide` accepts, exactly: queues result messages (sums
+    /// re-randomized) and the closing `MatcherDone` for `poll_message`. Withheld groups are
+    /// only counted. [`release_with`](Self::release_with) with `true` as
+    /// [`GroupDecision::EXACT`] and `false` as [`GroupDecision::Suppress`].
     pub fn release(
         &mut self,
         mut decide: impl FnMut(&GroupCount) -> bool,
+    ) -> Result<(), ProtocolError> {
+        self.release_with(|count| {
+            if decide(count) {
+                GroupDecision::EXACT
+            } else {
+                GroupDecision::Suppress
+            }
+        })
+    }
+
+    /// Release what `decide` says for each pair of groups: queues result messages and the
+    /// closing `MatcherDone` for `poll_message`. Exact sessions decide the pairs that share at
+    /// least one identifier; noisy sessions ([`with_noise`](Self::with_noise)) decide every
+    /// pair, matched or not, in (matcher group, receiver group) order, and may add noise to
+    /// what they release. `decide` sees the exact count, which never leaves the matcher.
+    pub fn release_with(
+        &mut self,
+        mut decide: impl FnMut(&GroupCount) -> GroupDecision,
     ) -> Result<(), ProtocolError> {
         if self.released {
             return Err(ProtocolError::NotReady("already released"));
@@ -593,41 +731,87 @@ impl Matcher {
         if self.counts.is_none() {
             return Err(ProtocolError::NotReady("the receiver's data is incomplete"));
         }
-        self.released = true;
         let public_key = self.peer.as_ref().and_then(|p| p.public_key.clone());
+        let pairs: Vec<(u32, u32)> = match &self.noise {
+            None => self.accumulators.keys().copied().collect(),
+            Some(_) => {
+                let receiver_groups = self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32;
+                (0..self.groups.len() as u32)
+                    .flat_map(|m| (0..receiver_groups).map(move |r| (m, r)))
+                    .collect()
+            }
+        };
         let mut released = Vec::new();
         let mut suppressed = 0u64;
-        for (&(m, r), acc) in &self.accumulators {
+        for (m, r) in pairs {
+            let acc = self.accumulators.get(&(m, r));
             let count = GroupCount {
                 matcher_group: self.groups[m as usize].0.clone(),
                 receiver_group: r,
-                intersection_size: acc.count,
+                intersection_size: acc.map_or(0, |a| a.count),
             };
-            if !decide(&count) {
-                suppressed += 1;
-                continue;
-            }
-            let sums = match (&acc.sum, &public_key) {
-                (Some(sum), Some(pk)) => {
-                    let mut total = sum.clone();
-                    let zero = match &self.test_vector {
-                        None => pk.encrypt_zero(),
-                        Some(rng) => pk.encrypt_zero_with_randomness(
-                            rng.scalar("matcher/rerandomize", released.len() as u64),
-                        ),
-                    };
-                    total.add_assign(&zero);
-                    total.to_bytes()
+            let decision = decide(&count);
+            let (intersection_size, sums) = match (&decision, &self.noise) {
+                (GroupDecision::Suppress, _) => {
+                    suppressed += 1;
+                    continue;
                 }
-                _ => Vec::new(),
+                (decision, None) if decision.is_exact() => {
+                    let sums = match (acc.and_then(|a| a.sum.as_ref()), &public_key) {
+                        (Some(sum), Some(pk)) => {
+                            let mut total = sum.clone();
+                            let zero = match &self.test_vector {
+                                None => pk.encrypt_zero(),
+                                Some(rng) => pk.encrypt_zero_with_randomness(
+                                    rng.scalar("matcher/rerandomize", released.len() as u64),
+                                ),
+                            };
+                            total.add_assign(&zero);
+                            total.to_bytes()
+                        }
+                        _ => Vec::new(),
+                    };
+                    (count.intersection_size, sums)
+                }
+                (_, None) => {
+                    return Err(ProtocolError::NotReady(
+                        "noise in the release of a matcher made without noise bounds",
+                    ));
+                }
+                (
+                    GroupDecision::Release {
+                        count_noise,
+                        sum_noise,
+                    },
+                    Some(bounds),
+                ) => {
+                    let noisy = i128::from(count.intersection_size) + i128::from(*count_noise);
+                    let noisy = u64::try_from(noisy.max(0)).unwrap_or(u64::MAX);
+                    let sums = match &public_key {
+                        Some(pk) => {
+                            let mut total = acc
+                                .and_then(|a| a.sum.clone())
+                                .unwrap_or_else(|| Ciphertext::zero(pk.value_columns()));
+                            // A fresh encryption of the noise also re-randomizes the total.
+                            total.add_assign(&pk.encrypt_limbs(&bounds.encode(sum_noise)?));
+                            total.to_bytes()
+                        }
+                        None => {
+                            bounds.encode(sum_noise)?;
+                            Vec::new()
+                        }
+                    };
+                    (noisy, sums)
+                }
             };
             released.push(ReleasedGroup {
                 matcher_group: count.matcher_group,
                 receiver_group: r,
-                intersection_size: acc.count,
+                intersection_size,
                 sums,
             });
         }
+        self.released = true;
         let total = released.len() as u64;
         for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
             self.outbox.push_back(Message::MatcherResult {
@@ -695,6 +879,8 @@ pub struct Receiver {
     outbox: VecDeque<Message>,
     results: Vec<GroupResult>,
     outcome: Option<ReceiverOutcome>,
+    /// Bounds of a noisy release; `None` for exact releases.
+    noise: Option<NoiseBounds>,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -775,8 +961,24 @@ impl Receiver {
             outbox: VecDeque::new(),
             results: Vec::new(),
             outcome: None,
+            noise: None,
             test_vector,
         }
+    }
+
+    /// Expect a noisy release within `bounds` (one per value column), as the matcher was made
+    /// [`with_noise`](Matcher::with_noise): sums are decoded as in [`noise`](crate::noise)
+    /// (a noisy total below 0 reads 0), and a noisy intersection size larger than this
+    /// receiver's group reads as the group's size.
+    pub fn with_noise(mut self, bounds: NoiseBounds) -> Result<Self, NoiseError> {
+        if bounds.sum_bounds().len() != self.value_columns {
+            return Err(NoiseError::Columns {
+                expected: self.value_columns,
+                got: bounds.sum_bounds().len(),
+            });
+        }
+        self.noise = Some(bounds);
+        Ok(self)
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
@@ -940,16 +1142,24 @@ impl Receiver {
             .groups
             .get(g.receiver_group as usize)
             .ok_or(ProtocolError::UnknownGroup(g.receiver_group))?;
-        if g.intersection_size > items.len() as u64 {
-            return Err(ProtocolError::InconsistentResult(
-                "intersection larger than the receiver's group",
-            ));
-        }
+        let group_size = items.len() as u64;
+        let intersection_size = match &self.noise {
+            Some(_) => g.intersection_size.min(group_size),
+            None if g.intersection_size > group_size => {
+                return Err(ProtocolError::InconsistentResult(
+                    "intersection larger than the receiver's group",
+                ));
+            }
+            None => g.intersection_size,
+        };
         let sums = match &self.value_key {
             Some(key) => {
                 let ct = Ciphertext::from_bytes(&g.sums, self.value_columns)
                     .map_err(point_error("MatcherResult sums"))?;
-                key.decrypt(&ct)?
+                match &self.noise {
+                    Some(bounds) => bounds.decode(&key.decrypt_limbs(&ct)?),
+                    None => key.decrypt(&ct)?,
+                }
             }
             None if g.sums.is_empty() => Vec::new(),
             None => {
@@ -961,7 +1171,7 @@ impl Receiver {
         Ok(GroupResult {
             matcher_group: g.matcher_group,
             receiver_group: receiver_group.clone(),
-            intersection_size: g.intersection_size,
+            intersection_size,
             sums,
         })
     }

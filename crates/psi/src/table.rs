@@ -21,6 +21,23 @@ pub enum InputError {
         /// value column index
         column: usize,
     },
+    /// Bounds for a number of value columns other than the table's.
+    #[error("{got} value bounds for {expected} value columns")]
+    WrongBoundCount {
+        /// value columns of the table
+        expected: usize,
+        /// bounds given
+        got: usize,
+    },
+    /// A value bound whose low end is above its high end, or whose high end exceeds what one
+    /// item may carry.
+    #[error("value bound [{low}, {high}] is empty or above {MAX_ITEM_VALUE}")]
+    BadBound {
+        /// low end
+        low: u64,
+        /// high end
+        high: u64,
+    },
     /// More value columns than a session supports.
     #[error("at most {MAX_VALUE_COLUMNS} value columns are supported, got {0}")]
     TooManyValueColumns(usize),
@@ -120,6 +137,8 @@ pub struct ReceiverTable {
     value_columns: usize,
     groups: BTreeMap<String, HashMap<String, Vec<u64>>>,
     stats: InputStats,
+    /// Per value column, the interval each identifier's total is clamped into.
+    bounds: Option<Vec<(u64, u64)>>,
 }
 
 impl ReceiverTable {
@@ -133,7 +152,29 @@ impl ReceiverTable {
             value_columns,
             groups: BTreeMap::new(),
             stats: InputStats::default(),
+            bounds: None,
         })
+    }
+
+    /// Clamp each identifier's total of value column `i` (over its rows in a group) into
+    /// `bounds[i] = (low, high)`, as differential privacy requires: one identifier then moves a
+    /// sum by at most `high`. Totals above [`MAX_ITEM_VALUE`] are clamped too instead of being
+    /// refused. Call before pushing rows.
+    pub fn bound_totals(&mut self, bounds: Vec<(u64, u64)>) -> Result<(), InputError> {
+        if bounds.len() != self.value_columns {
+            return Err(InputError::WrongBoundCount {
+                expected: self.value_columns,
+                got: bounds.len(),
+            });
+        }
+        if let Some(&(low, high)) = bounds
+            .iter()
+            .find(|(low, high)| low > high || *high > MAX_ITEM_VALUE)
+        {
+            return Err(InputError::BadBound { low, high });
+        }
+        self.bounds = Some(bounds);
+        Ok(())
     }
 
     /// Number of value columns.
@@ -172,10 +213,14 @@ impl ReceiverTable {
             .entry(id)
             .or_insert_with(|| vec![0; values.len()]);
         for (column, (total, v)) in totals.iter_mut().zip(values).enumerate() {
-            *total = total
-                .checked_add(*v)
-                .filter(|t| *t <= MAX_ITEM_VALUE)
-                .ok_or(InputError::ValueTooLarge { column })?;
+            *total = match &self.bounds {
+                // Clamped at the end; saturating keeps "above the bound" true meanwhile.
+                Some(_) => total.saturating_add(*v),
+                None => total
+                    .checked_add(*v)
+                    .filter(|t| *t <= MAX_ITEM_VALUE)
+                    .ok_or(InputError::ValueTooLarge { column })?,
+            };
         }
         Ok(true)
     }
@@ -190,10 +235,36 @@ impl ReceiverTable {
         self.groups.values().map(|s| s.len() as u64).sum()
     }
 
+    /// Distinct identifiers over all groups together (an identifier in two groups counts
+    /// once), as a matcher made with
+    /// [`require_receiver_identifiers`](crate::Matcher::require_receiver_identifiers) counts them.
+    pub fn distinct_identifiers(&self) -> u64 {
+        if self.groups.len() <= 1 {
+            return self.distinct();
+        }
+        let all: HashSet<&str> = self
+            .groups
+            .values()
+            .flat_map(|g| g.keys().map(String::as_str))
+            .collect();
+        all.len() as u64
+    }
+
     pub(crate) fn into_groups(self) -> Vec<ReceiverGroup> {
+        let bounds = self.bounds;
         self.groups
             .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
+            .map(|(k, v)| {
+                let mut items: Vec<(String, Vec<u64>)> = v.into_iter().collect();
+                if let Some(bounds) = &bounds {
+                    for (_, totals) in &mut items {
+                        for (t, &(low, high)) in totals.iter_mut().zip(bounds) {
+                            *t = (*t).clamp(low, high);
+                        }
+                    }
+                }
+                (k, items)
+            })
             .collect()
     }
 }

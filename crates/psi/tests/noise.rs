@@ -1,0 +1,292 @@
+//! Noisy releases, contribution bounding and the receiver's minimum set size, through encoded
+//! messages.
+
+use cleanroom_psi::{
+    Domain, GroupCount, GroupDecision, Limits, Matcher, MatcherTable, Message, NoiseBounds,
+    Normalization, ProtocolError, Receiver, ReceiverOutcome, ReceiverTable,
+};
+
+fn domain() -> Domain {
+    Domain::new("noise-test", "email")
+}
+
+fn matcher_table(rows: &[(&str, &str)]) -> MatcherTable {
+    let mut t = MatcherTable::new(Normalization::Email);
+    for (g, id) in rows {
+        t.push(g, id).unwrap();
+    }
+    t
+}
+
+fn receiver_table(rows: &[(&str, &str, &[u64])], columns: usize) -> ReceiverTable {
+    let mut t = ReceiverTable::new(Normalization::Email, columns).unwrap();
+    for (g, id, v) in rows {
+        t.push(g, id, v).unwrap();
+    }
+    t
+}
+
+/// Runs both roles to the end through encoded messages; `decide` sees every pair the matcher
+/// decides on.
+fn run(
+    mut m: Matcher,
+    mut r: Receiver,
+    mut decide: impl FnMut(&GroupCount) -> GroupDecision,
+) -> Result<(ReceiverOutcome, Vec<GroupCount>), ProtocolError> {
+    let mut seen = Vec::new();
+    let mut released = false;
+    while r.outcome().is_none() {
+        let mut progressed = false;
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(Message::decode(&msg.encode())?)?;
+            progressed = true;
+        }
+        while let Some(msg) = r.poll_message() {
+            m.handle_message(Message::decode(&msg.encode())?)?;
+            progressed = true;
+        }
+        if !released && m.counts().is_some() {
+            m.release_with(|c| {
+                seen.push(c.clone());
+                decide(c)
+            })?;
+            released = true;
+            progressed = true;
+        }
+        assert!(progressed, "stalled");
+    }
+    Ok((r.outcome().cloned().unwrap(), seen))
+}
+
+#[test]
+fn every_pair_is_decided_and_known_noise_comes_out_exactly() {
+    // Matcher grouped by campaign; receiver ungrouped with one value column.
+    let m = matcher_table(&[("a", "x1"), ("a", "x2"), ("b", "x3"), ("c", "nobody")]);
+    let r = receiver_table(
+        &[
+            ("", "x1", &[10]),
+            ("", "x2", &[20]),
+            ("", "x3", &[5]),
+            ("", "y", &[7]),
+        ],
+        1,
+    );
+    let bounds = NoiseBounds::new(vec![200_000]).unwrap();
+    let matcher = Matcher::new(&domain(), m, Limits::default()).with_noise(bounds.clone());
+    let receiver = Receiver::new(&domain(), r, Limits::default())
+        .with_noise(bounds)
+        .unwrap();
+    let (outcome, seen) = run(matcher, receiver, |c| match c.matcher_group.as_str() {
+        "a" => GroupDecision::Release {
+            count_noise: 3,
+            sum_noise: vec![-100_000],
+        },
+        "b" => GroupDecision::Release {
+            count_noise: -1,
+            sum_noise: vec![70_000],
+        },
+        _ => GroupDecision::Release {
+            count_noise: 2,
+            sum_noise: vec![-65_537],
+        },
+    })
+    .unwrap();
+    // Group "c" has no match and is decided all the same.
+    let counts: Vec<(String, u64)> = seen
+        .iter()
+        .map(|c| (c.matcher_group.clone(), c.intersection_size))
+        .collect();
+    assert_eq!(counts, [("a".into(), 2), ("b".into(), 1), ("c".into(), 0)]);
+    let got: Vec<(String, u64, Vec<u64>)> = outcome
+        .groups
+        .iter()
+        .map(|g| (g.matcher_group.clone(), g.intersection_size, g.sums.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            // 2 + 3 = 5 exceeds the receiver's 4 identifiers: it reads 4. 30 - 100000 < 0: 0.
+            ("a".into(), 4, vec![0]),
+            ("b".into(), 0, vec![70_005]),
+            ("c".into(), 2, vec![0]),
+        ]
+    );
+    assert_eq!(outcome.suppressed_groups, 0);
+}
+
+#[test]
+fn an_identifier_counts_once_whatever_its_groups() {
+    // x1 is in two matcher groups and two receiver groups, and the receiver sends "x2" in two
+    // groups too. Without noise each copy counts; with noise each identifier counts once.
+    let m = || matcher_table(&[("a", "x1"), ("b", "x1"), ("a", "x2"), ("b", "x3")]);
+    let r = || {
+        receiver_table(
+            &[
+                ("p", "x1", &[1]),
+                ("q", "x1", &[1]),
+                ("p", "x2", &[1]),
+                ("q", "x2", &[1]),
+                ("q", "x3", &[1]),
+            ],
+            1,
+        )
+    };
+    let total = |outcome: &ReceiverOutcome| -> (u64, u64) {
+        outcome
+            .groups
+            .iter()
+            .fold((0, 0), |(c, s), g| (c + g.intersection_size, s + g.sums[0]))
+    };
+    let exact = run(
+        Matcher::new(&domain(), m(), Limits::default()),
+        Receiver::new(&domain(), r(), Limits::default()),
+        |_| GroupDecision::EXACT,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(total(&exact), (7, 7));
+
+    let bounds = NoiseBounds::new(vec![10]).unwrap();
+    let (noisy, seen) = run(
+        Matcher::new(&domain(), m(), Limits::default()).with_noise(bounds.clone()),
+        Receiver::new(&domain(), r(), Limits::default())
+            .with_noise(bounds)
+            .unwrap(),
+        |_| GroupDecision::Release {
+            count_noise: 0,
+            sum_noise: vec![0],
+        },
+    )
+    .unwrap();
+    assert_eq!(total(&noisy), (3, 3));
+    assert_eq!(seen.len(), 4, "2 matcher groups x 2 receiver groups");
+    assert_eq!(seen.iter().map(|c| c.intersection_size).sum::<u64>(), 3);
+}
+
+#[test]
+fn suppression_and_counts_without_sums() {
+    let m = matcher_table(&[("", "x1"), ("", "x2")]);
+    let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[]), ("", "x3", &[])], 0);
+    let bounds = NoiseBounds::new(vec![]).unwrap();
+    let (outcome, _) = run(
+        Matcher::new(&domain(), m, Limits::default()).with_noise(bounds.clone()),
+        Receiver::new(&domain(), r, Limits::default())
+            .with_noise(bounds)
+            .unwrap(),
+        |_| GroupDecision::Suppress,
+    )
+    .unwrap();
+    assert!(outcome.groups.is_empty());
+    assert_eq!(outcome.suppressed_groups, 1);
+}
+
+#[test]
+fn noise_needs_bounds_and_stays_within_them() {
+    let m = || matcher_table(&[("", "x1")]);
+    let r = || receiver_table(&[("", "x1", &[3])], 1);
+    // A matcher without noise bounds refuses to add noise.
+    let err = run(
+        Matcher::new(&domain(), m(), Limits::default()),
+        Receiver::new(&domain(), r(), Limits::default()),
+        |_| GroupDecision::Release {
+            count_noise: 1,
+            sum_noise: vec![],
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProtocolError::NotReady(_)), "{err}");
+    // Noise beyond the bound is refused.
+    let bounds = NoiseBounds::new(vec![5]).unwrap();
+    let err = run(
+        Matcher::new(&domain(), m(), Limits::default()).with_noise(bounds.clone()),
+        Receiver::new(&domain(), r(), Limits::default())
+            .with_noise(bounds)
+            .unwrap(),
+        |_| GroupDecision::Release {
+            count_noise: 0,
+            sum_noise: vec![6],
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProtocolError::Noise(_)), "{err}");
+    // Bounds for another number of value columns: the receiver and the matcher both refuse.
+    assert!(
+        Receiver::new(&domain(), r(), Limits::default())
+            .with_noise(NoiseBounds::new(vec![]).unwrap())
+            .is_err()
+    );
+    let err = run(
+        Matcher::new(&domain(), m(), Limits::default())
+            .with_noise(NoiseBounds::new(vec![1, 1]).unwrap()),
+        Receiver::new(&domain(), r(), Limits::default()),
+        |_| GroupDecision::EXACT,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProtocolError::ValueColumns { .. }), "{err}");
+}
+
+#[test]
+fn a_tiny_receiver_set_is_refused_before_anything_is_matched() {
+    let m = || matcher_table(&[("", "x1"), ("", "x2"), ("", "x3")]);
+    // Two identifiers announced, three required: refused on the hello.
+    let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[])], 0);
+    let err = run(
+        Matcher::new(&domain(), m(), Limits::default()).require_receiver_identifiers(3),
+        Receiver::new(&domain(), r, Limits::default()),
+        |_| panic!("nothing may be decided"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::ReceiverSetTooSmall {
+            identifiers: 2,
+            required: 3
+        }
+    );
+    // Three items announced in two groups, but only two distinct identifiers.
+    let r = receiver_table(&[("p", "x1", &[]), ("q", "x1", &[]), ("q", "x2", &[])], 0);
+    assert_eq!(r.distinct(), 3);
+    assert_eq!(r.distinct_identifiers(), 2);
+    let err = run(
+        Matcher::new(&domain(), m(), Limits::default()).require_receiver_identifiers(3),
+        Receiver::new(&domain(), r, Limits::default()),
+        |_| panic!("nothing may be decided"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::ReceiverSetTooSmall {
+            identifiers: 2,
+            required: 3
+        }
+    );
+    // Enough identifiers: the session runs.
+    let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[]), ("", "y", &[])], 0);
+    let (outcome, _) = run(
+        Matcher::new(&domain(), m(), Limits::default()).require_receiver_identifiers(3),
+        Receiver::new(&domain(), r, Limits::default()),
+        |_| GroupDecision::EXACT,
+    )
+    .unwrap();
+    assert_eq!(outcome.groups[0].intersection_size, 2);
+}
+
+#[test]
+fn receiver_totals_are_clamped_per_identifier() {
+    let mut t = ReceiverTable::new(Normalization::Email, 2).unwrap();
+    assert!(t.bound_totals(vec![(0, 10)]).is_err());
+    assert!(t.bound_totals(vec![(5, 1), (0, 1)]).is_err());
+    t.bound_totals(vec![(2, 100), (0, 1)]).unwrap();
+    // x1's rows add up to 150 (clamped to 100) and 2 (clamped to 1); x2's to 0 (raised to 2).
+    t.push("", "x1", &[u32::MAX as u64, 1]).unwrap();
+    t.push("", "x1", &[u32::MAX as u64, 1]).unwrap();
+    t.push("", "x2", &[0, 0]).unwrap();
+    let m = matcher_table(&[("", "x1"), ("", "x2")]);
+    let (outcome, _) = run(
+        Matcher::new(&domain(), m, Limits::default()),
+        Receiver::new(&domain(), t, Limits::default()),
+        |_| GroupDecision::EXACT,
+    )
+    .unwrap();
+    assert_eq!(outcome.groups[0].sums, vec![102, 1]);
+}
