@@ -545,6 +545,14 @@ impl Matcher {
                         why: "tags before all of the receiver's items",
                     });
                 }
+                // Tags re-blind this session's points: before they were all sent, the tags can
+                // only be made up or replayed from another session.
+                if !self.points_sent(group) {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "tags of a group before its points were sent",
+                    });
+                }
                 if self.tag_group.is_some_and(|g| g != group) {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
@@ -606,6 +614,14 @@ impl Matcher {
             }
         }
         Ok(())
+    }
+
+    /// Whether every point of matcher group `group` was handed out by `poll_message`.
+    fn points_sent(&self, group: u32) -> bool {
+        let g = group as usize;
+        let len = self.groups.get(g).map_or(0, |(_, ids)| ids.len());
+        self.hello_sent
+            && (self.sender.group > g || (self.sender.group == g && self.sender.offset >= len))
     }
 
     fn match_tags(&mut self, group: u32, tags: &[Tag]) -> Result<(), ProtocolError> {
@@ -1094,6 +1110,12 @@ impl Receiver {
                 released,
                 suppressed,
             } => {
+                if !self.peer.as_ref().is_some_and(|p| p.received == p.sizes) {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "the end before the matcher's sets",
+                    });
+                }
                 if released != self.results.len() as u64 {
                     return Err(ProtocolError::InconsistentResult(
                         "released count differs from the groups received",

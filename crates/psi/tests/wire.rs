@@ -426,6 +426,66 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
     assert_eq!(err, Err(ProtocolError::DuplicateTag(0)));
 }
 
+/// The receiver's hello and items for a matcher that has not sent anything yet.
+fn receiver_items() -> Vec<Message> {
+    let mut r = receiver();
+    std::iter::from_fn(|| r.poll_message()).collect()
+}
+
+#[test]
+fn tags_before_the_matchers_points_are_refused() {
+    // Regression (hostile-input tests): tags arriving before the matcher sent the points they
+    // re-blind can only be made up or replayed from another session, whose keys differ.
+    let mut m = matcher();
+    for msg in receiver_items() {
+        m.handle_message(msg).unwrap();
+    }
+    let replayed = Message::ReceiverTags {
+        group: 0,
+        tags: vec![Tag([9; 16]), Tag([8; 16])],
+    };
+    assert_eq!(
+        m.handle_message(replayed.clone()),
+        Err(ProtocolError::Unexpected {
+            got: "ReceiverTags",
+            why: "tags of a group before its points were sent",
+        })
+    );
+    // Once the hello and the points went out, the same (now well-timed) tags are taken.
+    while m.poll_message().is_some() {}
+    assert_eq!(m.handle_message(replayed), Ok(()));
+    assert_eq!(m.counts(), Some(&[][..]), "replayed tags match nothing");
+}
+
+#[test]
+fn the_end_before_the_matchers_sets_is_refused() {
+    // Regression (hostile-input tests): a matcher announcing more than it sends and then
+    // ending the session used to leave the receiver with an empty "result".
+    let mut m = matcher();
+    let mut r = receiver();
+    let hello = m.poll_message().unwrap();
+    let Message::MatcherHello { group_sizes } = hello else {
+        panic!("a hello first")
+    };
+    r.handle_message(Message::MatcherHello {
+        group_sizes: group_sizes.iter().map(|s| s + 1).collect(),
+    })
+    .unwrap();
+    r.handle_message(m.poll_message().unwrap()).unwrap();
+    let err = r.handle_message(Message::MatcherDone {
+        released: 0,
+        suppressed: 0,
+    });
+    assert_eq!(
+        err,
+        Err(ProtocolError::Unexpected {
+            got: "MatcherDone",
+            why: "the end before the matcher's sets",
+        })
+    );
+    assert!(r.outcome().is_none());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
