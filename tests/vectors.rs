@@ -16,7 +16,8 @@ use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::test_vector::TestVectorRng;
 use cleanroom_psi::wire::{PointBytes, ReleasedGroup, Tag};
 use cleanroom_psi::{
-    Domain, Limits, Matcher, MatcherTable, Message, Normalization, Receiver, ReceiverTable,
+    Domain, Limits, ListProvider, ListProviderTable, ListQuerier, ListQuerierTable, Matcher,
+    MatcherTable, Message, Normalization, Receiver, ReceiverTable,
 };
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as B;
 use curve25519_dalek::{RistrettoPoint, Scalar};
@@ -378,9 +379,25 @@ fn describe(msg: &Message) -> Value {
             released,
             suppressed,
         } => json!({ "released": released, "suppressed": suppressed }),
-        // The list protocol's messages (once the crate has them) have no vector here yet.
-        #[allow(unreachable_patterns)]
-        other => panic!("no test vector for {}", other.kind()),
+        Message::ListProviderHello {
+            set_size,
+            columns,
+            payload_bytes,
+        } => json!({ "set_size": set_size, "columns": columns, "payload_bytes": payload_bytes }),
+        Message::ListProviderItems {
+            payload_bytes,
+            tags,
+            payloads,
+        } => json!({
+            "payload_bytes": payload_bytes,
+            "tags": tags.iter().map(|t| hexs(t.0)).collect::<Vec<_>>(),
+            "payloads": payloads.chunks(*payload_bytes as usize).map(hexs).collect::<Vec<_>>(),
+        }),
+        Message::ListQuerierHello { set_size } => json!({ "set_size": set_size }),
+        Message::ListQuerierPoints { points: p }
+        | Message::ListProviderEvaluations { points: p } => {
+            json!({ "points": points(p) })
+        }
     }
 }
 
@@ -771,6 +788,177 @@ fn cardinality_session() -> SessionSpec {
     }
 }
 
+// ------------------------------------------------------------------------- list protocol
+
+/// HMAC-SHA256 as RFC 2104 writes it (keys of at most 64 bytes).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    assert!(key.len() <= 64);
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let inner = Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(block.map(|b| b ^ 0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The lookup tag and payload key of a PRF value, by HKDF-SHA256 (RFC 5869) written out.
+fn list_derive(prf: &[u8; 32]) -> ([u8; 16], [u8; 32]) {
+    let prk = hmac_sha256(b"cleanroom/psi/list", prf);
+    let expand = |info: &[u8]| hmac_sha256(&prk, &[info, &[1u8]].concat());
+    let tag = expand(b"cleanroom/psi/list/lookup-tag")[..16]
+        .try_into()
+        .unwrap();
+    (tag, expand(b"cleanroom/psi/list/payload-key"))
+}
+
+/// The documented payload plaintext of an identifier's rows (sorted), before padding.
+fn list_plaintext(rows: &[Vec<&str>]) -> Vec<u8> {
+    let mut rows = rows.to_vec();
+    rows.sort();
+    let mut out = (rows.len() as u32).to_be_bytes().to_vec();
+    for value in rows.iter().flatten() {
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+fn list_session_vector() -> Value {
+    let name = "list";
+    let domain = Domain::new(COLLABORATION, "subscribers.email=customers.email");
+    let seed = format!("{}/{name}", String::from_utf8_lossy(SEED));
+    let rng = TestVectorRng::new(seed.as_bytes());
+    let a = fixed_scalar("list/provider-blinding", 0);
+    let b = fixed_scalar("list/querier-blinding", 0);
+    let provider_rows: Vec<(&str, Vec<&str>)> = vec![
+        ("alice@example.com", vec!["weekly", "EU"]),
+        ("Bob@Example.com", vec!["daily", "US"]),
+        ("bob@example.com ", vec!["weekly", "US"]),
+        ("carol@example.com", vec!["monthly", ""]),
+        ("dave@example.com", vec!["daily", "APAC, Oceania"]),
+        ("", vec!["never", "EU"]),
+    ];
+    let querier_ids = [
+        "BOB@example.com",
+        "carol@example.com",
+        "erin@example.com",
+        " dave@example.com",
+        "bob@example.com",
+    ];
+    let build = || {
+        let mut p = ListProviderTable::new(Normalization::Email, 2).unwrap();
+        for (id, values) in &provider_rows {
+            p.push(id, values).unwrap();
+        }
+        let mut q = ListQuerierTable::new(Normalization::Email);
+        for id in querier_ids {
+            q.push(id);
+        }
+        (p, q)
+    };
+    let (ptable, qtable) = build();
+    let mut provider =
+        ListProvider::for_test_vector(&domain, ptable, Limits::default(), blinding_key(&a), &rng);
+    let mut querier = ListQuerier::for_test_vector(
+        &domain,
+        qtable,
+        2,
+        Limits::default(),
+        blinding_key(&b),
+        &rng,
+    );
+    let (mut to_querier, mut to_provider) = (Vec::new(), Vec::new());
+    while querier.outcome().is_none() {
+        let mut progressed = false;
+        while let Some(msg) = provider.poll_message() {
+            to_querier.push(message_vector(&msg));
+            querier
+                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .unwrap();
+            progressed = true;
+        }
+        while let Some(msg) = querier.poll_message() {
+            to_provider.push(message_vector(&msg));
+            provider
+                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .unwrap();
+            progressed = true;
+        }
+        assert!(progressed, "list session stalled");
+    }
+    assert!(provider.is_done());
+    let outcome = querier.outcome().unwrap().clone();
+    let (ptable, qtable) = build();
+    let real = cleanroom_psi::list_offline(&domain, ptable, qtable).unwrap();
+    assert_eq!(real.outcome, outcome);
+
+    // Per distinct provider identifier, the documented derivations, checked against the
+    // transcript: its lookup tag was sent, next to a payload of the announced width.
+    let mut by_id: BTreeMap<String, Vec<Vec<&str>>> = BTreeMap::new();
+    for (id, values) in &provider_rows {
+        if let Some(n) = Normalization::Email.apply(id) {
+            by_id.entry(n).or_default().push(values.clone());
+        }
+    }
+    let sent_tags: Vec<&str> = to_querier
+        .iter()
+        .filter(|m| m["kind"] == "ListProviderItems")
+        .flat_map(|m| m["fields"]["tags"].as_array().unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let derivations: Vec<Value> = by_id
+        .iter()
+        .map(|(id, rows)| {
+            let prf = (a * domain.hash_to_group(id)).compress().to_bytes();
+            let (tag, key) = list_derive(&prf);
+            assert!(sent_tags.contains(&hexs(tag).as_str()), "{id}");
+            json!({
+                "identifier": id,
+                "prf": hexs(prf),
+                "lookup_tag": hexs(tag),
+                "payload_key": hexs(key),
+                "plaintext_unpadded": hexs(list_plaintext(rows)),
+            })
+        })
+        .collect();
+    json!({
+        "description": "A complete list session (PROTOCOL.md, section 8): the provider's set \
+            with two list columns, the querier's identifiers, every message of each direction \
+            in order, the derivations per provider identifier (prf = a*H(x), HKDF-SHA256 \
+            lookup tag and payload key, the plaintext before its zero padding), and what the \
+            querier learns. The payload of an identifier is ChaCha20-Poly1305(payload_key, \
+            nonce 0^96, aad, plaintext padded with zeros to payload_bytes - 16).",
+        "collaboration_id": COLLABORATION,
+        "domain_label": "subscribers.email=customers.email",
+        "normalization": "email",
+        "test_vector_seed": hexs(seed.as_bytes()),
+        "provider": {
+            "blinding_key": hexs(a.to_bytes()),
+            "rows": provider_rows.iter()
+                .map(|(id, v)| json!({ "identifier": id, "values": v }))
+                .collect::<Vec<_>>(),
+        },
+        "querier": {
+            "blinding_key": hexs(b.to_bytes()),
+            "identifiers": querier_ids,
+        },
+        "derivations": derivations,
+        "provider_to_querier": to_querier,
+        "querier_to_provider": to_provider,
+        "querier_learns": {
+            "provider_set_size": outcome.provider_set_size,
+            "matches": outcome.matches.iter()
+                .map(|m| json!({ "identifier": m.identifier, "rows": m.rows }))
+                .collect::<Vec<_>>(),
+        },
+    })
+}
+
 // ------------------------------------------------------------------------- the tests
 
 #[test]
@@ -837,4 +1025,9 @@ fn cardinality_session_transcript() {
         "session_cardinality.json",
         &session_vector(&cardinality_session()),
     );
+}
+
+#[test]
+fn list_session_transcript() {
+    check_file("session_list.json", &list_session_vector());
 }

@@ -674,6 +674,9 @@ class Receiver:
                 raise ProtocolError("results before the matcher's sets")
             self._results += [self._open(g) for g in msg.groups]
         elif isinstance(msg, MatcherDone):
+            peer = self._peer
+            if peer is None or peer.received != peer.sizes:
+                raise ProtocolError("the end before the matcher's sets")
             if msg.released != len(self._results):
                 raise ProtocolError("released count differs from the groups received")
             groups = sorted(

@@ -6,11 +6,13 @@ The protobuf modules are generated from ``proto/cleanroom/v1/cleanroom.proto`` a
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import ipaddress
 import os
 import pathlib
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -47,6 +49,7 @@ def load_proto(proto_dir: Optional[str] = None):
 
         src = pathlib.Path(proto_dir) if proto_dir else default_proto_dir()
         out = tempfile.mkdtemp(prefix="cleanroom-proto-")
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
         rc = protoc.main(
             [
                 "grpc_tools.protoc",

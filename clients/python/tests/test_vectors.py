@@ -194,3 +194,126 @@ def test_receiver_rejects_tampered_results():
     with pytest.raises(psi.ProtocolError):
         key.decrypt(sodium.BASE + sums[32:], 3, limit=1 << 20)
     assert key.decrypt(sums, 3) == v["receiver_learns"]["groups"][0]["sums"]
+
+
+# ----------------------------------------------------------------------------- list protocol
+# The client does not run list queries; these checks recompute the list vector from PROTOCOL.md
+# section 8 with the standard library and libsodium, as another implementation would.
+
+
+def hkdf_sha256(ikm, salt, info, length):
+    import hashlib
+    import hmac
+
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+        i += 1
+    return out[:length]
+
+
+def chacha20poly1305_open(key, aad, sealed):
+    import ctypes
+
+    lib = sodium._lib
+    out = ctypes.create_string_buffer(len(sealed))
+    out_len = ctypes.c_ulonglong(0)
+    rc = lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+        out, ctypes.byref(out_len), None, sealed, ctypes.c_ulonglong(len(sealed)),
+        aad, ctypes.c_ulonglong(len(aad)), bytes(12), key,
+    )
+    assert rc == 0, "payload fails authentication"
+    return out.raw[: out_len.value]
+
+
+def scalar_invert(s):
+    import ctypes
+
+    out = ctypes.create_string_buffer(32)
+    assert sodium._lib.crypto_core_ristretto255_scalar_invert(out, s) == 0
+    return out.raw
+
+
+def test_list_session_transcript():
+    import struct
+
+    v = load("session_list.json")
+    domain = psi.Domain(v["collaboration_id"], v["domain_label"])
+    a, b = h(v["provider"]["blinding_key"]), h(v["querier"]["blinding_key"])
+    rng = psi.TestVectorRng(h(v["test_vector_seed"]))
+
+    # The provider's derivations.
+    rows_of = {}
+    for row in v["provider"]["rows"]:
+        n = psi.normalize(v["normalization"], row["identifier"])
+        if n is not None:
+            rows_of.setdefault(n, []).append(row["values"])
+    assert [d["identifier"] for d in v["derivations"]] == sorted(rows_of)
+    for d in v["derivations"]:
+        prf = sodium.mul(a, domain.hash_to_group(d["identifier"]))
+        assert prf == h(d["prf"])
+        assert hkdf_sha256(prf, b"cleanroom/psi/list", b"cleanroom/psi/list/lookup-tag", 16) == h(d["lookup_tag"])
+        assert hkdf_sha256(prf, b"cleanroom/psi/list", b"cleanroom/psi/list/payload-key", 32) == h(d["payload_key"])
+        plain = struct.pack(">I", len(rows_of[d["identifier"]]))
+        for r in sorted(rows_of[d["identifier"]], key=lambda r: [x.encode() for x in r]):
+            for value in r:
+                plain += struct.pack(">I", len(value.encode())) + value.encode()
+        assert plain == h(d["plaintext_unpadded"])
+
+    # The provider's messages: hello, then items (tags and payloads).
+    p2q = [h(m["hex"]) for m in v["provider_to_querier"]]
+    assert p2q[0][:2] == bytes([1, 8])
+    set_size, columns, width = struct.unpack(">QHI", p2q[0][2:])
+    assert set_size == len(rows_of) and columns == 2 and (width - 16) % 64 == 0
+    payloads = {}
+    evaluations = []
+    for m in p2q[1:]:
+        kind = m[1]
+        if kind == 9:
+            (w, n) = struct.unpack(">II", m[2:10])
+            assert w == width
+            tags = [m[10 + 16 * i : 26 + 16 * i] for i in range(n)]
+            body = m[10 + 16 * n :]
+            assert len(body) == n * width
+            for i, t in enumerate(tags):
+                payloads[t] = body[i * width : (i + 1) * width]
+        else:
+            assert kind == 12
+            (n,) = struct.unpack(">I", m[2:6])
+            evaluations += [m[6 + 32 * i : 38 + 32 * i] for i in range(n)]
+    aad = b"cleanroom/psi/list/payload" + struct.pack(">HI", columns, width)
+    for d in v["derivations"]:
+        plain = chacha20poly1305_open(h(d["payload_key"]), aad, payloads[h(d["lookup_tag"])])
+        unpadded = h(d["plaintext_unpadded"])
+        assert plain == unpadded + bytes(width - 16 - len(unpadded))
+
+    # The querier's messages, recomputed: hello, then its shuffled blinded identifiers.
+    ids = sorted({psi.normalize(v["normalization"], i) for i in v["querier"]["identifiers"]} - {None})
+    rng.shuffle("querier/shuffle", ids)
+    points = [sodium.mul(b, domain.hash_to_group(i)) for i in ids]
+    expected = [bytes([1, 10]) + struct.pack(">Q", len(ids)), bytes([1, 11]) + struct.pack(">I", len(points)) + b"".join(points)]
+    assert [m["hex"] for m in v["querier_to_provider"]] == [e.hex() for e in expected]
+
+    # Unblind the evaluations and open what matches.
+    b_inv = scalar_invert(b)
+    matches = []
+    for identifier, evaluation in zip(ids, evaluations):
+        prf = sodium.mul(b_inv, evaluation)
+        t = hkdf_sha256(prf, b"cleanroom/psi/list", b"cleanroom/psi/list/lookup-tag", 16)
+        if t in payloads:
+            k = hkdf_sha256(prf, b"cleanroom/psi/list", b"cleanroom/psi/list/payload-key", 32)
+            plain = chacha20poly1305_open(k, aad, payloads[t])
+            (count,), at, rows = struct.unpack(">I", plain[:4]), 4, []
+            for _ in range(count):
+                row = []
+                for _ in range(columns):
+                    (n,) = struct.unpack(">I", plain[at : at + 4])
+                    row.append(plain[at + 4 : at + 4 + n].decode())
+                    at += 4 + n
+                rows.append(row)
+            assert not any(plain[at:])
+            matches.append({"identifier": identifier, "rows": rows})
+    matches.sort(key=lambda m: m["identifier"].encode())
+    assert v["querier_learns"] == {"provider_set_size": set_size, "matches": matches}

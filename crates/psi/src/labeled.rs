@@ -64,6 +64,7 @@ use crate::batch::{hash_and_blind, reblind};
 use crate::key::BlindingKey;
 use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error, shuffle};
 use crate::table::{InputStats, ListProviderTable, ListQuerierTable};
+use crate::test_vector::TestVectorRng;
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -251,6 +252,23 @@ impl ListProvider {
     /// lazily as messages are polled.
     pub fn new(domain: &Domain, table: ListProviderTable, limits: Limits) -> Self {
         Self::with_key(domain, table, limits, BlindingKey::generate())
+    }
+
+    /// A provider for published test vectors only: the key is `key`, and the set is sorted
+    /// by identifier and then shuffled by `rng` (stream `provider/shuffle`), so the whole
+    /// transcript is reproducible. A session run this way protects nothing.
+    #[doc(hidden)]
+    pub fn for_test_vector(
+        domain: &Domain,
+        table: ListProviderTable,
+        limits: Limits,
+        key: BlindingKey,
+        rng: &TestVectorRng,
+    ) -> Self {
+        let mut provider = Self::with_key(domain, table, limits, key);
+        provider.items.sort_unstable();
+        rng.shuffle("provider/shuffle", &mut provider.items);
+        provider
     }
 
     fn with_key(
@@ -463,6 +481,26 @@ impl ListQuerier {
             payloads: Vec::new(),
             outcome: None,
         }
+    }
+
+    /// A querier for published test vectors only: the key is `key`, and the identifiers are
+    /// sorted and then shuffled by `rng` (stream `querier/shuffle`), so the whole transcript is
+    /// reproducible. A session run this way protects nothing.
+    #[doc(hidden)]
+    pub fn for_test_vector(
+        domain: &Domain,
+        table: ListQuerierTable,
+        columns: usize,
+        limits: Limits,
+        key: BlindingKey,
+        rng: &TestVectorRng,
+    ) -> Self {
+        let mut querier = Self::new(domain, table, columns, limits);
+        querier.unblind = key.inverse();
+        querier.key = key;
+        querier.identifiers.sort_unstable();
+        rng.shuffle("querier/shuffle", &mut querier.identifiers);
+        querier
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
