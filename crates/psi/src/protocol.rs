@@ -1110,7 +1110,7 @@ impl Receiver {
                 released,
                 suppressed,
             } => {
-                if !self.peer.as_ref().is_some_and(|p| p.received == p.sizes) {
+                if self.peer.as_ref().is_none_or(|p| p.received != p.sizes) {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
                         why: "the end before the matcher's sets",

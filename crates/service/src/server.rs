@@ -319,6 +319,9 @@ impl SessionError {
             | SessionError::InvalidArgument(_)
             | SessionError::Refused(_)
             | SessionError::ResourceExhausted(_) => Decision::Refused,
+            SessionError::Exchange(ExchangeError::Transport(status)) if is_too_large(status) => {
+                Decision::Failed
+            }
             SessionError::Exchange(
                 ExchangeError::PeerEnded | ExchangeError::PeerGone | ExchangeError::Transport(_),
             ) => Decision::Cancelled,
@@ -347,12 +350,28 @@ fn exchange_status(e: &ExchangeError) -> Status {
         }
         ExchangeError::PeerEnded | ExchangeError::PeerGone => Status::cancelled(e.to_string()),
         ExchangeError::Transport(status) if status.code() == Code::Cancelled => status.clone(),
+        ExchangeError::Transport(status) if is_too_large(status) => too_large(status),
         ExchangeError::Transport(status) => Status::cancelled(status.message().to_owned()),
         ExchangeError::Idle(_) | ExchangeError::Deadline(_) => {
             Status::deadline_exceeded(e.to_string())
         }
         ExchangeError::Internal(_) => Status::internal(e.to_string()),
     }
+}
+
+/// Whether the transport refused an incoming message over the size limit (tonic reports it as
+/// `OUT_OF_RANGE`).
+fn is_too_large(status: &Status) -> bool {
+    status.code() == Code::OutOfRange
+}
+
+/// The status a peer sees for a message over the size limit: `RESOURCE_EXHAUSTED`, as gRPC's
+/// reference implementations answer.
+fn too_large(status: &Status) -> Status {
+    Status::resource_exhausted(format!(
+        "a message over the limit of {MAX_GRPC_MESSAGE_BYTES} bytes: {}",
+        status.message()
+    ))
 }
 
 fn new_session_id() -> Result<String, SessionError> {
@@ -459,7 +478,14 @@ impl CleanRoom {
     ) -> Result<Admitted, Status> {
         let first = tokio::time::timeout(self.config.limits.idle_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no session start within the idle timeout"))??;
+            .map_err(|_| Status::deadline_exceeded("no session start within the idle timeout"))?
+            .map_err(|status| {
+                if is_too_large(&status) {
+                    too_large(&status)
+                } else {
+                    status
+                }
+            })?;
         let start = match first.and_then(|m| m.message) {
             Some(run_session_request::Message::Start(start)) => start,
             Some(run_session_request::Message::Psi(_)) => {

@@ -1,0 +1,1127 @@
+//! Hostile peers over the real service on loopback.
+//!
+//! A client that sends garbage, breaks the protocol's order or sizes, goes quiet, crawls, holds
+//! the wrong token or replays an old session gets the documented gRPC status, the attempt is in
+//! the audit log with nothing released, and the server stays healthy: a good session right
+//! after returns the exact result. A server that lies (wrong set sizes, malformed or
+//! inconsistent results, oversized or misplaced messages) makes the client fail with a clear
+//! error and print nothing. Sets are small and timeouts short, so the whole file runs in
+//! seconds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cleanroom_psi::wire::{MAX_MESSAGE_BYTES, PointBytes};
+use cleanroom_psi::{Limits as PsiLimits, Matcher, Message, Receiver, ReceiverOutcome};
+use cleanroom_rules::{Collaboration, Plan};
+use cleanroom_service::client::{ClientError, Query};
+use cleanroom_service::exchange::{ExchangeError, PeerError};
+use cleanroom_service::proto::clean_room_service_server::{
+    CleanRoomService, CleanRoomServiceServer,
+};
+use cleanroom_service::proto::{
+    GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest, ListAuditEntriesResponse,
+    PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted, SessionSummary,
+    run_session_request, run_session_response,
+};
+use cleanroom_service::{BearerToken, Client, Decision, Limits};
+use common::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Status, Streaming};
+
+type Outbound = mpsc::Sender<RunSessionRequest>;
+type Inbound = Streaming<RunSessionResponse>;
+
+fn psi(payload: Vec<u8>) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+    }
+}
+
+/// Sends one protocol payload; the server may already have ended the call, which is fine.
+async fn send(tx: &Outbound, payload: Vec<u8>) {
+    let _ = tx.send(psi(payload)).await;
+}
+
+/// Reads the call to its end, which must be an error status (within 20 s).
+async fn final_status(inbound: &mut Inbound) -> Status {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the call ended OK; expected an error status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the server ends the call")
+}
+
+/// The advertiser's plan and a fresh psi receiver over the fixture's conversions.
+fn receiver(fx: &Fixture, sql: &str) -> (Plan, Receiver) {
+    let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+    let table =
+        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv")).unwrap();
+    let receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
+    (plan, receiver)
+}
+
+/// Opens a session of the advertiser for `sql` that the server accepts.
+async fn open_accepted(
+    client: &mut RawClient,
+    fx: &Fixture,
+    sql: &str,
+) -> (Outbound, Inbound, String) {
+    let (tx, mut inbound) = raw_open(client, start_message(fx, "advertiser", sql, "conversions"))
+        .await
+        .expect("the session is accepted");
+    match inbound.message().await.unwrap().and_then(|m| m.message) {
+        Some(run_session_response::Message::Accepted(a)) => (tx, inbound, a.session_id),
+        other => panic!("expected an acceptance, got {other:?}"),
+    }
+}
+
+/// The receiver's own messages in order: its hello, then its item chunks.
+fn hello_and_items(receiver: &mut Receiver) -> (Message, Vec<Message>) {
+    let hello = receiver.poll_message().unwrap();
+    let mut items = Vec::new();
+    while let Some(m) = receiver.poll_message() {
+        items.push(m);
+    }
+    (hello, items)
+}
+
+/// The session's audit entry: ended with `decision`, nothing released.
+async fn assert_audited(server: &Running, session_id: &str, decision: Decision) {
+    let entry = server.settled_entry(session_id).await;
+    assert_eq!(entry.decision, decision, "{entry:?}");
+    assert_eq!(
+        (entry.released_rows, entry.suppressed_rows),
+        (0, 0),
+        "{entry:?}"
+    );
+    if decision != Decision::Cancelled {
+        assert!(!entry.reason.is_empty(), "{entry:?}");
+    }
+}
+
+/// The server still serves: health is SERVING, no session holds a slot, and an honest query
+/// returns the exact answer.
+async fn assert_healthy(fx: &Fixture, server: &Running) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "cleanroom.v1.CleanRoomService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let outcome = run_query(fx, format!("http://{}", server.addr), BY_CAMPAIGN)
+        .await
+        .expect("an honest session after the hostile ones");
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert!(
+        server
+            .state
+            .entries(None, None)
+            .unwrap()
+            .iter()
+            .all(|e| e.decision != Decision::Running),
+        "a session was left running"
+    );
+}
+
+/// A hostile session: opens, lets `attack` send what it likes, and checks the status code, a
+/// fragment of its message and the audit entry.
+async fn expect_rejection(
+    fx: &Fixture,
+    server: &Running,
+    what: &str,
+    want: (Code, &str),
+    attack: impl AsyncFnOnce(&Outbound, &mut Receiver),
+) {
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, mut inbound, session_id) = open_accepted(&mut client, fx, BY_CAMPAIGN).await;
+    let (_, mut receiver) = receiver(fx, BY_CAMPAIGN);
+    attack(&tx, &mut receiver).await;
+    let status = final_status(&mut inbound).await;
+    assert_eq!(status.code(), want.0, "{what}: {status:?}");
+    assert!(
+        status.message().contains(want.1),
+        "{what}: {:?} lacks {:?}",
+        status.message(),
+        want.1
+    );
+    drop(tx);
+    let decision = if want.0 == Code::DeadlineExceeded
+        || want.0 == Code::InvalidArgument
+        || want.0 == Code::ResourceExhausted
+    {
+        Decision::Failed
+    } else {
+        Decision::Cancelled
+    };
+    assert_audited(server, &session_id, decision).await;
+}
+
+fn with_points(message: Message, f: impl FnOnce(&mut Vec<PointBytes>)) -> Message {
+    match message {
+        Message::ReceiverItems {
+            group,
+            value_columns,
+            mut points,
+            ciphertexts,
+        } => {
+            f(&mut points);
+            Message::ReceiverItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts,
+            }
+        }
+        other => panic!("expected items, got {}", other.kind()),
+    }
+}
+
+// ------------------------------------------------------------------- malformed messages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_out_of_order_messages_are_invalid_argument() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+
+    // Random bytes of random lengths, as the first protocol message.
+    let mut rng = Rng(0xBAD_C0FFEE);
+    let mut tried = 0;
+    while tried < 24 {
+        let len = rng.below(300) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if Message::decode(&bytes).is_ok() {
+            continue;
+        }
+        tried += 1;
+        expect_rejection(
+            &fx,
+            &server,
+            "random bytes",
+            (Code::InvalidArgument, "malformed protocol message"),
+            async |tx, _| send(tx, bytes).await,
+        )
+        .await;
+    }
+
+    // A chunk cut short, anywhere.
+    for cut in [1usize, 7, 33, 500] {
+        expect_rejection(
+            &fx,
+            &server,
+            "truncated chunk",
+            (Code::InvalidArgument, "truncated"),
+            async |tx, receiver| {
+                let (hello, items) = hello_and_items(receiver);
+                send(tx, hello.encode()).await;
+                let mut bytes = items[0].encode();
+                bytes.truncate(bytes.len() - cut);
+                send(tx, bytes).await;
+            },
+        )
+        .await;
+    }
+
+    // A point that is not a canonical encoding, and the identity.
+    for (what, point, fragment) in [
+        (
+            "non-canonical point",
+            [0xFF; 32],
+            "not a canonical Ristretto255 encoding",
+        ),
+        ("identity", [0; 32], "identity"),
+    ] {
+        expect_rejection(
+            &fx,
+            &server,
+            what,
+            (Code::InvalidArgument, fragment),
+            async |tx, receiver| {
+                let (hello, mut items) = hello_and_items(receiver);
+                send(tx, hello.encode()).await;
+                let bad = with_points(items.remove(0), |points| points[3] = PointBytes(point));
+                send(tx, bad.encode()).await;
+            },
+        )
+        .await;
+    }
+
+    // The same chunk twice.
+    expect_rejection(
+        &fx,
+        &server,
+        "duplicated chunk",
+        (Code::InvalidArgument, "more elements than the"),
+        async |tx, receiver| {
+            let (hello, items) = hello_and_items(receiver);
+            send(tx, hello.encode()).await;
+            send(tx, items[0].encode()).await;
+            send(tx, items[0].encode()).await;
+        },
+    )
+    .await;
+
+    // Items before the hello; tags before the items; a second hello.
+    expect_rejection(
+        &fx,
+        &server,
+        "items before the hello",
+        (Code::InvalidArgument, "items before the receiver's hello"),
+        async |tx, receiver| {
+            let (_, items) = hello_and_items(receiver);
+            send(tx, items[0].encode()).await;
+        },
+    )
+    .await;
+    expect_rejection(
+        &fx,
+        &server,
+        "tags before the items",
+        (
+            Code::InvalidArgument,
+            "tags before all of the receiver's items",
+        ),
+        async |tx, receiver| {
+            let (hello, _) = hello_and_items(receiver);
+            send(tx, hello.encode()).await;
+            let tags = Message::ReceiverTags {
+                group: 0,
+                tags: vec![cleanroom_psi::wire::Tag([7; 16])],
+            };
+            send(tx, tags.encode()).await;
+        },
+    )
+    .await;
+    expect_rejection(
+        &fx,
+        &server,
+        "two hellos",
+        (Code::InvalidArgument, "hello already received"),
+        async |tx, receiver| {
+            let (hello, _) = hello_and_items(receiver);
+            send(tx, hello.encode()).await;
+            send(tx, hello.encode()).await;
+        },
+    )
+    .await;
+    // A matcher's message from the client.
+    expect_rejection(
+        &fx,
+        &server,
+        "a matcher message",
+        (
+            Code::InvalidArgument,
+            "the matcher only accepts receiver messages",
+        ),
+        async |tx, _| {
+            let done = Message::MatcherDone {
+                released: 0,
+                suppressed: 0,
+            };
+            send(tx, done.encode()).await;
+        },
+    )
+    .await;
+    // A second session start in the protocol stream.
+    expect_rejection(
+        &fx,
+        &server,
+        "a second start",
+        (
+            Code::InvalidArgument,
+            "only protocol messages may follow the session start",
+        ),
+        async |tx, _| {
+            let _ = tx
+                .send(start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions"))
+                .await;
+        },
+    )
+    .await;
+
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_announced_and_over_the_limits() {
+    let fx = Fixture::new(5);
+    let limits = Limits {
+        max_rows_per_session: 1000,
+        ..Limits::default()
+    };
+    let server = start_server(&fx, limits, None).await;
+
+    // More items than the hello announced.
+    expect_rejection(
+        &fx,
+        &server,
+        "more rows than announced",
+        (Code::InvalidArgument, "more elements than the"),
+        async |tx, receiver| {
+            let (hello, items) = hello_and_items(receiver);
+            let Message::ReceiverHello {
+                value_keys,
+                mut group_sizes,
+            } = hello
+            else {
+                panic!("a hello")
+            };
+            group_sizes[0] -= 1;
+            send(
+                tx,
+                Message::ReceiverHello {
+                    value_keys,
+                    group_sizes,
+                }
+                .encode(),
+            )
+            .await;
+            send(tx, items[0].encode()).await;
+        },
+    )
+    .await;
+
+    // A set over the server's limit of rows per session.
+    expect_rejection(
+        &fx,
+        &server,
+        "set over the limit",
+        (Code::ResourceExhausted, "exceeds the limit of"),
+        async |tx, receiver| {
+            let (hello, _) = hello_and_items(receiver);
+            let Message::ReceiverHello { value_keys, .. } = hello else {
+                panic!("a hello")
+            };
+            let hello = Message::ReceiverHello {
+                value_keys,
+                group_sizes: vec![1001],
+            };
+            send(tx, hello.encode()).await;
+        },
+    )
+    .await;
+
+    // More groups than any session may have.
+    expect_rejection(
+        &fx,
+        &server,
+        "too many groups",
+        (Code::ResourceExhausted, "groups"),
+        async |tx, receiver| {
+            let (hello, _) = hello_and_items(receiver);
+            let Message::ReceiverHello { value_keys, .. } = hello else {
+                panic!("a hello")
+            };
+            let hello = Message::ReceiverHello {
+                value_keys,
+                group_sizes: vec![0; 100_001],
+            };
+            send(tx, hello.encode()).await;
+        },
+    )
+    .await;
+
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+
+    // Over the protocol's largest message but within gRPC's limit.
+    expect_rejection(
+        &fx,
+        &server,
+        "over the protocol's limit",
+        (Code::InvalidArgument, "exceeds the maximum"),
+        async |tx, _| send(tx, vec![1; MAX_MESSAGE_BYTES + 1]).await,
+    )
+    .await;
+    // Over 4 MiB: gRPC itself refuses to decode it.
+    expect_rejection(
+        &fx,
+        &server,
+        "over 4 MiB",
+        (Code::ResourceExhausted, "too large"),
+        async |tx, _| send(tx, vec![1; 5 << 20]).await,
+    )
+    .await;
+
+    // A session start over 4 MiB (a huge SQL text): refused before anything is recorded.
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let huge = format!("{BY_CAMPAIGN} -- {}", "x".repeat(5 << 20));
+    let status = raw_open(
+        &mut client,
+        start_message(&fx, "advertiser", &huge, "conversions"),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(server.state.entries(None, None).unwrap().len(), 2);
+
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------- quiet, slow and vanishing clients
+
+/// Plays an honest receiver over an accepted raw session, waiting `delay` before each message
+/// it sends; returns every payload it sent, the outcome and the summary, or the final status.
+async fn play_receiver(
+    tx: &Outbound,
+    inbound: &mut Inbound,
+    mut receiver: Receiver,
+    delay: Duration,
+) -> Result<(Vec<Vec<u8>>, ReceiverOutcome, SessionSummary), Status> {
+    let mut sent = Vec::new();
+    loop {
+        while let Some(message) = receiver.poll_message() {
+            tokio::time::sleep(delay).await;
+            let payload = message.encode();
+            sent.push(payload.clone());
+            send(tx, payload).await;
+        }
+        match inbound.message().await?.and_then(|m| m.message) {
+            Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
+                let message = Message::decode(&payload).expect("the server's message decodes");
+                receiver
+                    .handle_message(message)
+                    .expect("the server's message is valid");
+            }
+            Some(run_session_response::Message::Summary(summary)) => {
+                let outcome = receiver
+                    .outcome()
+                    .cloned()
+                    .expect("an outcome before the summary");
+                return Ok((sent, outcome, summary));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_vanishing_clients() {
+    let fx = Fixture::new(5);
+    let idle = Duration::from_millis(1000);
+    let limits = Limits {
+        idle_timeout: idle,
+        max_concurrent_sessions: 2,
+        ..Limits::default()
+    };
+    let server = start_server(&fx, limits, None).await;
+
+    // A client that opens the call and never sends its start: DEADLINE_EXCEEDED, no entry.
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, rx) = mpsc::channel::<RunSessionRequest>(1);
+    let started = tokio::time::Instant::now();
+    let status = client
+        .run_session(ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("the call fails");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("no session start"), "{status:?}");
+    assert!(started.elapsed() >= idle && started.elapsed() < idle * 5);
+    drop(tx);
+    assert!(server.state.entries(None, None).unwrap().is_empty());
+
+    // A client that sends slowly, but each message within the idle timeout: exact result.
+    let (plan, receiver) = receiver(&fx, BY_CAMPAIGN);
+    let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, idle * 2 / 5)
+        .await
+        .expect("a slow but steady client finishes");
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let result = plan.result(&outcome).unwrap();
+    assert_rows_equal(&result, &want);
+    assert_eq!(result.suppressed_rows, want_suppressed);
+    assert_eq!(summary.session_id, session_id);
+    assert_eq!(
+        server.settled_entry(&session_id).await.decision,
+        Decision::Released
+    );
+
+    // A client that pauses longer than the idle timeout between two messages.
+    let (_, receiver) = self::receiver(&fx, BY_CAMPAIGN);
+    let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    let status = play_receiver(&tx, &mut inbound, receiver, idle * 3 / 2)
+        .await
+        .err()
+        .expect("the server gives up");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_audited(&server, &session_id, Decision::Failed).await;
+
+    // A client that closes its side mid-session (half-close), still listening: CANCELLED.
+    let (_, mut receiver) = self::receiver(&fx, BY_CAMPAIGN);
+    let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    let (hello, _) = hello_and_items(&mut receiver);
+    send(&tx, hello.encode()).await;
+    drop(tx);
+    let status = final_status(&mut inbound).await;
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert_audited(&server, &session_id, Decision::Cancelled).await;
+
+    // A client whose connection drops mid-session, every stream abandoned.
+    let (_, mut receiver) = self::receiver(&fx, BY_CAMPAIGN);
+    let mut lost = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, inbound, session_id) = open_accepted(&mut lost, &fx, BY_CAMPAIGN).await;
+    let (hello, items) = hello_and_items(&mut receiver);
+    send(&tx, hello.encode()).await;
+    send(&tx, items[0].encode()).await;
+    drop((tx, inbound, lost));
+    assert_audited(&server, &session_id, Decision::Cancelled).await;
+
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+// -------------------------------------------------------------------- tokens and replays
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curious_members_and_foreign_tokens() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let url = format!("http://{}", server.addr);
+    let panel_sql = "SELECT i.campaign, COUNT(DISTINCT p.email) AS n FROM impressions i \
+                     JOIN panel p ON i.email = p.email GROUP BY i.campaign";
+    std::fs::write(fx.path("panel.csv"), "email,segment\nuser1@example.com,a\n").unwrap();
+    let panel = BTreeMap::from([("panel".to_owned(), fx.path("panel.csv"))]);
+
+    // The analyst (no `query` ability) grants itself `query` in its own copy of the file: its
+    // client's local check passes, the server's does not.
+    let text = std::fs::read_to_string(fx.path("collab.toml")).unwrap();
+    let edited = text.replacen(
+        "abilities = [\"receive_results\"]",
+        "abilities = [\"query\", \"receive_results\"]",
+        1,
+    );
+    assert_ne!(edited, text);
+    let forged = Collaboration::from_toml_str(&edited, "edited copy").unwrap();
+    forged
+        .plan("analyst", panel_sql)
+        .expect("the edited copy allows it");
+    let mut config =
+        cleanroom_service::ClientConfig::new(url.clone(), BearerToken::new(ANALYST_TOKEN).unwrap());
+    config.timeout = Some(Duration::from_secs(30));
+    let mut analyst = Client::connect(&config).await.unwrap();
+    let query = Query {
+        collaboration: &forged,
+        member: "analyst",
+        sql: panel_sql,
+        data: &panel,
+    };
+    match analyst.run_query(query, None).await {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::PermissionDenied, "{remote}");
+            let codes: Vec<&str> = remote.reasons.iter().map(|r| r.code.as_str()).collect();
+            assert_eq!(codes, ["missing_query_ability"]);
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+
+    // A member of another collaboration (same names, another id and other tokens).
+    let other_token = "token-of-another-collaboration";
+    let other_text = text
+        .replacen(
+            "id = \"e2e-collaboration\"",
+            "id = \"another-collaboration\"",
+            1,
+        )
+        .replace(&sha256_hex(ADVERTISER_TOKEN), &sha256_hex(other_token));
+    let other = Collaboration::from_toml_str(&other_text, "another collaboration").unwrap();
+    let mut config =
+        cleanroom_service::ClientConfig::new(url.clone(), BearerToken::new(other_token).unwrap());
+    config.timeout = Some(Duration::from_secs(30));
+    let mut stranger = Client::connect(&config).await.unwrap();
+    let data = fx.advertiser_data();
+    let query = Query {
+        collaboration: &other,
+        member: "advertiser",
+        sql: BY_CAMPAIGN,
+        data: &data,
+    };
+    match stranger.run_query(query, None).await {
+        Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    // This collaboration's valid token, naming the other collaboration's id.
+    let mut advertiser = Client::connect(&advertiser_client_config(url.clone()))
+        .await
+        .unwrap();
+    let other_ids = Collaboration::from_toml_str(
+        &text.replacen(
+            "id = \"e2e-collaboration\"",
+            "id = \"another-collaboration\"",
+            1,
+        ),
+        "another id",
+    )
+    .unwrap();
+    let query = Query {
+        collaboration: &other_ids,
+        member: "advertiser",
+        sql: BY_CAMPAIGN,
+        data: &data,
+    };
+    match advertiser.run_query(query, None).await {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::InvalidArgument, "{remote}");
+            assert!(remote.message.contains("another-collaboration"), "{remote}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+
+    // Nothing was released to anyone.
+    let entries = server.state.entries(None, None).unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.decision == Decision::Refused && e.released_rows == 0)
+    );
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+/// The server's whole release when nothing matched.
+const NOTHING_RELEASED: Message = Message::MatcherDone {
+    released: 0,
+    suppressed: 0,
+};
+
+/// Reads the server's messages to the summary; returns its release messages (results and
+/// end, not its hello and points) with the summary, or the final status.
+async fn read_to_end(inbound: &mut Inbound) -> Result<(Vec<Message>, SessionSummary), Status> {
+    let mut messages = Vec::new();
+    loop {
+        match inbound.message().await?.and_then(|m| m.message) {
+            Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
+                match Message::decode(&payload).unwrap() {
+                    Message::MatcherHello { .. } | Message::MatcherPoints { .. } => {}
+                    release => messages.push(release),
+                }
+            }
+            Some(run_session_response::Message::Summary(summary)) => {
+                return Ok((messages, summary));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_session_learns_nothing() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+
+    // An honest session, every message it sent recorded.
+    let (plan, receiver) = receiver(&fx, BY_CAMPAIGN);
+    let (tx, mut inbound, first_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    let (recorded, outcome, _) = play_receiver(&tx, &mut inbound, receiver, Duration::ZERO)
+        .await
+        .unwrap();
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    assert_rows_equal(&plan.result(&outcome).unwrap(), &want);
+    assert!(recorded.len() >= 3);
+
+    // The same messages, replayed into a new session as soon as it opens: the tags may be
+    // refused as sent before the server's points, or, when the server sent its points first,
+    // taken and matched against nothing; either way nothing is released.
+    let (tx, mut inbound, replay_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    for payload in &recorded {
+        send(&tx, payload.clone()).await;
+    }
+    match read_to_end(&mut inbound).await {
+        Err(status) => {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("tags of a group before its points were sent"),
+                "{status:?}"
+            );
+            assert_audited(&server, &replay_id, Decision::Failed).await;
+        }
+        Ok((released, summary)) => {
+            assert_eq!(released, [NOTHING_RELEASED]);
+            assert_eq!((summary.released_rows, summary.suppressed_rows), (0, 0));
+        }
+    }
+    let entry = server.settled_entry(&replay_id).await;
+    assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+    drop(tx);
+
+    // Replayed patiently, after the server's points arrived: the old tags were made with the
+    // old session's keys, so nothing matches and nothing is released.
+    let (tx, mut inbound, patient_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
+    let matcher_groups = {
+        let mut points = 0;
+        let mut announced = None;
+        while announced != Some(points) {
+            match inbound.message().await.unwrap().and_then(|m| m.message) {
+                Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
+                    match Message::decode(&payload).unwrap() {
+                        Message::MatcherHello { group_sizes } => {
+                            announced = Some(group_sizes.iter().sum::<u64>())
+                        }
+                        Message::MatcherPoints { points: p, .. } => points += p.len() as u64,
+                        other => panic!("unexpected {}", other.kind()),
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        points
+    };
+    assert!(matcher_groups > 0);
+    for payload in &recorded {
+        send(&tx, payload.clone()).await;
+    }
+    let (released, summary) = read_to_end(&mut inbound).await.unwrap();
+    assert_eq!(released, [NOTHING_RELEASED]);
+    assert_eq!((summary.released_rows, summary.suppressed_rows), (0, 0));
+    let entry = server.settled_entry(&patient_id).await;
+    assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+    // The honest session's figures, for contrast.
+    let first = server.settled_entry(&first_id).await;
+    assert_eq!(
+        (first.released_rows, first.suppressed_rows),
+        (want.len() as u64, want_suppressed)
+    );
+    drop(tx);
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+// ------------------------------------------------------------------------- lying servers
+
+/// How a fake server departs from the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lie {
+    /// Its hello announces one identifier fewer than it sends.
+    FewerAnnounced,
+    /// Its hello announces one identifier more than it sends, then it ends the protocol.
+    MoreAnnounced,
+    /// Its hello announces 2^40 identifiers.
+    HugeSet,
+    /// Random bytes instead of its first chunk of points.
+    RandomBytes,
+    /// A released group larger than the client's own group.
+    IntersectionTooLarge,
+    /// Its closing message counts one more released group than it sent.
+    WrongReleasedCount,
+    /// Encrypted sums that are not points.
+    GarbageSums,
+    /// Ends the call after the protocol without a summary.
+    NoSummary,
+    /// Sends its summary in the middle of the protocol.
+    EarlySummary,
+    /// Accepts the session with a release threshold of 1.
+    LowerThreshold,
+    /// Sends a 5 MiB protocol message.
+    Oversized,
+}
+
+#[derive(Clone)]
+struct LyingServer {
+    collaboration: Arc<Collaboration>,
+    impressions: std::path::PathBuf,
+    lie: Lie,
+}
+
+fn psi_response(payload: Vec<u8>) -> Result<RunSessionResponse, Status> {
+    Ok(RunSessionResponse {
+        message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+    })
+}
+
+fn summary_response() -> Result<RunSessionResponse, Status> {
+    Ok(RunSessionResponse {
+        message: Some(run_session_response::Message::Summary(SessionSummary {
+            session_id: "lie".to_owned(),
+            ..SessionSummary::default()
+        })),
+    })
+}
+
+impl LyingServer {
+    /// The matcher's message as this server sends it.
+    fn tamper(&self, message: Message) -> Vec<u8> {
+        let mut rng = Rng(0x1_1E5);
+        match (self.lie, message) {
+            (Lie::FewerAnnounced, Message::MatcherHello { mut group_sizes }) => {
+                group_sizes[0] -= 1;
+                Message::MatcherHello { group_sizes }.encode()
+            }
+            (Lie::MoreAnnounced, Message::MatcherHello { mut group_sizes }) => {
+                group_sizes[0] += 1;
+                Message::MatcherHello { group_sizes }.encode()
+            }
+            (Lie::HugeSet, Message::MatcherHello { .. }) => Message::MatcherHello {
+                group_sizes: vec![1 << 40],
+            }
+            .encode(),
+            (Lie::RandomBytes, Message::MatcherPoints { .. }) => {
+                (0..200).map(|_| rng.next() as u8).collect()
+            }
+            (Lie::IntersectionTooLarge, Message::MatcherResult { mut groups }) => {
+                groups[0].intersection_size = 1_000_000;
+                Message::MatcherResult { groups }.encode()
+            }
+            (
+                Lie::WrongReleasedCount,
+                Message::MatcherDone {
+                    released,
+                    suppressed,
+                },
+            ) => Message::MatcherDone {
+                released: released + 1,
+                suppressed,
+            }
+            .encode(),
+            (Lie::GarbageSums, Message::MatcherResult { mut groups }) => {
+                for g in &mut groups {
+                    g.sums = vec![0xFF; g.sums.len()];
+                }
+                Message::MatcherResult { groups }.encode()
+            }
+            (Lie::Oversized, Message::MatcherPoints { .. }) => vec![1; 5 << 20],
+            (_, message) => message.encode(),
+        }
+    }
+
+    async fn play(
+        self,
+        plan: Plan,
+        mut inbound: Streaming<RunSessionRequest>,
+        tx: mpsc::Sender<Result<RunSessionResponse, Status>>,
+    ) -> Option<()> {
+        let table = cleanroom_service::data::matcher_table(&plan, &self.impressions).ok()?;
+        let mut matcher = Matcher::new(&plan.domain(), table, PsiLimits::default());
+        let accepted = SessionAccepted {
+            session_id: "lie".to_owned(),
+            matcher_member: plan.matcher().member.clone(),
+            matcher_table: plan.matcher().table.clone(),
+            min_release: if self.lie == Lie::LowerThreshold {
+                1
+            } else {
+                plan.min_release()
+            },
+            value_columns: plan.receiver().value_columns.len() as u32,
+        };
+        tx.send(Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Accepted(accepted)),
+        }))
+        .await
+        .ok()?;
+        while let Some(message) = matcher.poll_message() {
+            tx.send(psi_response(self.tamper(message))).await.ok()?;
+            if self.lie == Lie::EarlySummary {
+                tx.send(summary_response()).await.ok()?;
+            }
+        }
+        if self.lie == Lie::MoreAnnounced {
+            let done = Message::MatcherDone {
+                released: 0,
+                suppressed: 0,
+            };
+            tx.send(psi_response(done.encode())).await.ok()?;
+            tx.send(summary_response()).await.ok()?;
+            // Keep the call open: the client must notice the lie, not the end of the call.
+            while inbound.message().await.ok()?.is_some() {}
+            return Some(());
+        }
+        while matcher.counts().is_none() {
+            let request = inbound.message().await.ok()??;
+            let Some(run_session_request::Message::Psi(PsiMessage { payload })) = request.message
+            else {
+                return None;
+            };
+            matcher
+                .handle_message(Message::decode(&payload).ok()?)
+                .ok()?;
+            while let Some(message) = matcher.poll_message() {
+                tx.send(psi_response(self.tamper(message))).await.ok()?;
+            }
+        }
+        matcher.release(|group| plan.release(group)).ok()?;
+        while let Some(message) = matcher.poll_message() {
+            tx.send(psi_response(self.tamper(message))).await.ok()?;
+        }
+        if self.lie != Lie::NoSummary {
+            tx.send(summary_response()).await.ok()?;
+        }
+        Some(())
+    }
+}
+
+#[tonic::async_trait]
+impl CleanRoomService for LyingServer {
+    type RunSessionStream = ReceiverStream<Result<RunSessionResponse, Status>>;
+
+    async fn run_session(
+        &self,
+        request: tonic::Request<Streaming<RunSessionRequest>>,
+    ) -> Result<tonic::Response<Self::RunSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(run_session_request::Message::Start(start)) =
+            inbound.message().await?.and_then(|m| m.message)
+        else {
+            return Err(Status::invalid_argument("expected a start"));
+        };
+        let plan = self
+            .collaboration
+            .plan(&start.member, &start.sql)
+            .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(self.clone().play(plan, inbound, tx));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_server_info(
+        &self,
+        _: tonic::Request<GetServerInfoRequest>,
+    ) -> Result<tonic::Response<GetServerInfoResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        _: tonic::Request<ListAuditEntriesRequest>,
+    ) -> Result<tonic::Response<ListAuditEntriesResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
+}
+
+/// Serves `lie` on a loopback port until the returned sender is dropped.
+async fn start_liar(fx: &Fixture, lie: Lie) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let liar = LyingServer {
+        collaboration: Arc::clone(&fx.collaboration),
+        impressions: fx.path("impressions.csv"),
+        lie,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CleanRoomServiceServer::new(liar))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_servers_make_the_client_fail_and_print_nothing() {
+    let fx = Fixture::new(5);
+    let cases: [(Lie, &str); 11] = [
+        (Lie::FewerAnnounced, "more elements than the"),
+        (Lie::MoreAnnounced, "unexpected MatcherDone message"),
+        (Lie::HugeSet, "set size: 1099511627776 exceeds the limit"),
+        (Lie::RandomBytes, "malformed protocol message"),
+        (
+            Lie::IntersectionTooLarge,
+            "intersection larger than the receiver's group",
+        ),
+        (
+            Lie::WrongReleasedCount,
+            "released count differs from the groups received",
+        ),
+        (Lie::GarbageSums, "invalid point in MatcherResult sums"),
+        (Lie::NoSummary, "the session did not end with a summary"),
+        (
+            Lie::EarlySummary,
+            "unexpected message in the protocol stream",
+        ),
+        (
+            Lie::LowerThreshold,
+            "release threshold 5 here, 1 on the server",
+        ),
+        (Lie::Oversized, "too large"),
+    ];
+    let config = fx.path("collab.toml");
+    let conversions = format!("conversions={}", fx.path("conversions.csv").display());
+    for (lie, fragment) in cases {
+        let (addr, stop) = start_liar(&fx, lie).await;
+        let url = format!("http://{addr}");
+        let error = run_query(&fx, url.clone(), BY_CAMPAIGN)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{lie:?}: the client accepted the session"));
+        assert!(
+            error.to_string().contains(fragment),
+            "{lie:?}: {error:?} lacks {fragment:?}"
+        );
+        assert!(!error.is_refusal(), "{lie:?}: {error}");
+        if let ClientError::Exchange(e) = &error {
+            assert!(
+                matches!(
+                    e,
+                    ExchangeError::Peer(PeerError::Wire(_) | PeerError::Protocol(_))
+                        | ExchangeError::Unexpected(_)
+                ),
+                "{lie:?}: {e:?}"
+            );
+        }
+
+        // The command line: exit 2, nothing on stdout, the reason on stderr.
+        let args: Vec<String> = [
+            "query",
+            "--config",
+            config.to_str().unwrap(),
+            "--member",
+            "advertiser",
+            "--data",
+            &conversions,
+            "--server",
+            &url,
+            "--format",
+            "json",
+            "--quiet",
+            "--timeout",
+            "30",
+            BY_CAMPAIGN,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cleanroom(&args, Some(ADVERTISER_TOKEN))
+        })
+        .await
+        .unwrap();
+        assert_eq!((code, stdout.as_str()), (2, ""), "{lie:?}: {stderr}");
+        assert!(stderr.contains(fragment), "{lie:?}: {stderr}");
+        drop(stop);
+    }
+}
