@@ -11,10 +11,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use cleanroom_psi::Normalization;
+use cleanroom_psi::elgamal::MAX_ITEM_VALUE;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use toml::Spanned;
+
+use crate::privacy::{Epsilon, Privacy, QueryLimits, sum_bound_fits};
 
 /// Smallest `min_threshold` an aggregation rule may declare.
 pub const MIN_THRESHOLD: u64 = 2;
@@ -179,6 +182,7 @@ pub struct AggregationRule {
     dimension_columns: Vec<String>,
     aggregate_columns: BTreeMap<String, BTreeSet<AggregateFunction>>,
     min_threshold: u64,
+    sum_bounds: BTreeMap<String, (u64, u64)>,
 }
 
 impl AggregationRule {
@@ -211,6 +215,13 @@ impl AggregationRule {
     /// Whether `column` is a dimension column.
     pub fn is_dimension(&self, column: &str) -> bool {
         self.dimension_columns.iter().any(|c| c == column)
+    }
+
+    /// Per `SUM`/`AVG` column, the interval `[low, high]` each identifier's total is clamped
+    /// into under differential privacy (`sum_bounds`; set for every such column exactly when
+    /// the collaboration has a privacy section).
+    pub fn sum_bounds(&self) -> &BTreeMap<String, (u64, u64)> {
+        &self.sum_bounds
     }
 
     /// Whether `function` is allowed on `column`.
@@ -318,6 +329,8 @@ pub struct Collaboration {
     name: String,
     members: Vec<Member>,
     tables: Vec<Table>,
+    privacy: Option<Privacy>,
+    limits: QueryLimits,
 }
 
 /// Why a collaboration file could not be loaded.
@@ -446,6 +459,46 @@ pub enum Problem {
     /// A function listed twice for the same column.
     #[error("aggregate function {0:?} is listed twice")]
     DuplicateAggregate(String),
+    /// An epsilon that is not a positive multiple of 10^-6 of at most 1000.
+    #[error("epsilon {0} must be positive, at most 1000, with at most 6 decimals")]
+    BadEpsilon(String),
+    /// `epsilon_per_query` above `epsilon_budget`.
+    #[error("epsilon_per_query {per_query} exceeds epsilon_budget {budget}")]
+    EpsilonAboveBudget {
+        /// epsilon_per_query
+        per_query: String,
+        /// epsilon_budget
+        budget: String,
+    },
+    /// A query limit that is not a positive integer.
+    #[error("a query limit must be a positive integer, got {0}")]
+    BadQueryLimit(i64),
+    /// `sum_bounds` without `[collaboration.privacy]`: the bounds would do nothing.
+    #[error("sum_bounds clamp values for differential privacy only: add [collaboration.privacy]")]
+    SumBoundsWithoutPrivacy,
+    /// A summed column without bounds while the collaboration has a privacy section.
+    #[error(
+        "column {0:?} allows SUM or AVG: with [collaboration.privacy] it needs \
+         sum_bounds = {{ {0} = [low, high] }} in its rule"
+    )]
+    MissingSumBounds(String),
+    /// `sum_bounds` for a column that allows neither `SUM` nor `AVG`.
+    #[error("column {0:?} allows neither SUM nor AVG: it has no sum to bound")]
+    SumBoundsNotSummed(String),
+    /// A bound that is not `[low, high]` with `0 ≤ low ≤ high ≤ 2^32 − 1`.
+    #[error("sum bounds must be [low, high] with 0 <= low <= high <= {MAX_ITEM_VALUE}")]
+    BadSumBounds,
+    /// A bound whose noise at `epsilon_per_query` would not fit the encrypted sums.
+    #[error(
+        "the noise for sums bounded by {high} at epsilon_per_query {epsilon} is too large for \
+         the encrypted sums: lower the bound or raise epsilon_per_query"
+    )]
+    SumBoundTooLarge {
+        /// the upper bound
+        high: u64,
+        /// epsilon_per_query
+        epsilon: String,
+    },
     /// A column that is both a join column and a dimension column (it would expose identifiers).
     #[error("column {0:?} is both a join column and a dimension column")]
     JoinDimensionOverlap(String),
@@ -471,6 +524,22 @@ struct RawFile {
 struct RawHeader {
     id: Spanned<String>,
     name: Option<String>,
+    privacy: Option<Spanned<RawPrivacy>>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    epsilon_budget: Spanned<f64>,
+    epsilon_per_query: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    queries_per_member: Option<Spanned<i64>>,
+    queries_per_member_per_day: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -509,7 +578,11 @@ struct RawRule {
     aggregate_columns: Option<Spanned<BTreeMap<String, SpannedList>>>,
     min_threshold: Option<Spanned<i64>>,
     list_columns: Option<SpannedList>,
+    sum_bounds: Option<RawSumBounds>,
 }
+
+/// `sum_bounds = { column = [low, high], ... }`, with positions.
+type RawSumBounds = Spanned<BTreeMap<String, Spanned<Vec<i64>>>>;
 
 /// Turns byte offsets into keyed, lined errors.
 struct Locator<'a> {
@@ -563,6 +636,14 @@ impl Collaboration {
         }
         let id = id.into_inner();
         let name = raw.collaboration.name.unwrap_or_else(|| id.clone());
+        let privacy = match &raw.collaboration.privacy {
+            Some(p) => Some(validate_privacy(&at, p.get_ref())?),
+            None => None,
+        };
+        let limits = match &raw.collaboration.limits {
+            Some(l) => validate_limits(&at, l)?,
+            None => QueryLimits::default(),
+        };
 
         let mut members: Vec<Member> = Vec::with_capacity(raw.member.len());
         for m in raw.member {
@@ -570,7 +651,7 @@ impl Collaboration {
         }
         let mut tables: Vec<Table> = Vec::with_capacity(raw.table.len());
         for t in raw.table {
-            let table = validate_table(&at, t, &members, &tables)?;
+            let table = validate_table(&at, t, &members, &tables, privacy.as_ref())?;
             tables.push(table);
         }
         Ok(Self {
@@ -578,6 +659,8 @@ impl Collaboration {
             name,
             members,
             tables,
+            privacy,
+            limits,
         })
     }
 
@@ -589,6 +672,16 @@ impl Collaboration {
     /// The human-readable name (the id when the file gives none).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The differential privacy settings (`[collaboration.privacy]`); `None`: exact results.
+    pub fn privacy(&self) -> Option<&Privacy> {
+        self.privacy.as_ref()
+    }
+
+    /// The per-member query limits (`[collaboration.limits]`).
+    pub fn query_limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     /// Every member, in file order, names unique.
@@ -627,6 +720,117 @@ impl Collaboration {
         }
         found
     }
+}
+
+fn validate_privacy(at: &Locator<'_>, raw: &RawPrivacy) -> Result<Privacy, CollaborationError> {
+    let epsilon = |key: &str, value: &Spanned<f64>| {
+        Epsilon::parse(*value.get_ref())
+            .ok_or_else(|| at.invalid(key, value, Problem::BadEpsilon(value.get_ref().to_string())))
+    };
+    let epsilon_budget = epsilon("collaboration.privacy.epsilon_budget", &raw.epsilon_budget)?;
+    let epsilon_per_query = epsilon(
+        "collaboration.privacy.epsilon_per_query",
+        &raw.epsilon_per_query,
+    )?;
+    if epsilon_per_query > epsilon_budget {
+        return Err(at.invalid(
+            "collaboration.privacy.epsilon_per_query",
+            &raw.epsilon_per_query,
+            Problem::EpsilonAboveBudget {
+                per_query: epsilon_per_query.to_string(),
+                budget: epsilon_budget.to_string(),
+            },
+        ));
+    }
+    Ok(Privacy {
+        epsilon_budget,
+        epsilon_per_query,
+    })
+}
+
+fn validate_limits(at: &Locator<'_>, raw: &RawLimits) -> Result<QueryLimits, CollaborationError> {
+    let limit = |key: &str, value: &Option<Spanned<i64>>| match value {
+        None => Ok(None),
+        Some(v) => u64::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| at.invalid(key, v, Problem::BadQueryLimit(*v.get_ref()))),
+    };
+    Ok(QueryLimits {
+        per_member: limit(
+            "collaboration.limits.queries_per_member",
+            &raw.queries_per_member,
+        )?,
+        per_member_per_day: limit(
+            "collaboration.limits.queries_per_member_per_day",
+            &raw.queries_per_member_per_day,
+        )?,
+    })
+}
+
+/// Checks `sum_bounds` against the rule's summed columns and the privacy section.
+fn validate_sum_bounds(
+    at: &Locator<'_>,
+    raw: Option<&RawSumBounds>,
+    aggregate_columns: &BTreeMap<String, BTreeSet<AggregateFunction>>,
+    privacy: Option<&Privacy>,
+    kind: &Spanned<String>,
+) -> Result<BTreeMap<String, (u64, u64)>, CollaborationError> {
+    let summed = |functions: &BTreeSet<AggregateFunction>| {
+        functions.contains(&AggregateFunction::Sum) || functions.contains(&AggregateFunction::Avg)
+    };
+    let Some(privacy) = privacy else {
+        return match raw {
+            Some(raw) => Err(at.invalid(
+                "table.rule.sum_bounds",
+                raw,
+                Problem::SumBoundsWithoutPrivacy,
+            )),
+            None => Ok(BTreeMap::new()),
+        };
+    };
+    let mut bounds = BTreeMap::new();
+    if let Some(raw) = raw {
+        for (column, value) in raw.get_ref() {
+            let key = format!("table.rule.sum_bounds.{column}");
+            if !aggregate_columns.get(column).is_some_and(summed) {
+                return Err(at.invalid(&key, value, Problem::SumBoundsNotSummed(column.clone())));
+            }
+            let (low, high) = match value.get_ref().as_slice() {
+                &[low, high] => (u64::try_from(low).ok(), u64::try_from(high).ok()),
+                _ => (None, None),
+            };
+            let (Some(low), Some(high)) = (low, high) else {
+                return Err(at.invalid(&key, value, Problem::BadSumBounds));
+            };
+            if low > high || high > MAX_ITEM_VALUE {
+                return Err(at.invalid(&key, value, Problem::BadSumBounds));
+            }
+            if !sum_bound_fits(high, privacy) {
+                return Err(at.invalid(
+                    &key,
+                    value,
+                    Problem::SumBoundTooLarge {
+                        high,
+                        epsilon: privacy.epsilon_per_query().to_string(),
+                    },
+                ));
+            }
+            bounds.insert(column.clone(), (low, high));
+        }
+    }
+    if let Some((column, _)) = aggregate_columns
+        .iter()
+        .find(|(c, f)| summed(f) && !bounds.contains_key(*c))
+    {
+        let problem = Problem::MissingSumBounds(column.clone());
+        return Err(match raw {
+            Some(raw) => at.invalid("table.rule.sum_bounds", raw, problem),
+            None => at.invalid("table.rule.sum_bounds", kind, problem),
+        });
+    }
+    Ok(bounds)
 }
 
 fn validate_member(
@@ -683,6 +887,7 @@ fn validate_table(
     raw: RawTable,
     members: &[Member],
     earlier: &[Table],
+    privacy: Option<&Privacy>,
 ) -> Result<Table, CollaborationError> {
     let name = raw.name.get_ref().clone();
     if name.trim().is_empty() {
@@ -855,11 +1060,19 @@ fn validate_table(
                         Problem::ThresholdOutOfRange(value),
                     )
                 })?;
+            let sum_bounds = validate_sum_bounds(
+                at,
+                rule.sum_bounds.as_ref(),
+                &aggregate_columns,
+                privacy,
+                &rule.kind,
+            )?;
             AnalysisRule::Aggregation(AggregationRule {
                 join_columns,
                 dimension_columns,
                 aggregate_columns,
                 min_threshold,
+                sum_bounds,
             })
         }
         "list" => {
@@ -877,6 +1090,7 @@ fn validate_table(
                     "min_threshold",
                     rule.min_threshold.as_ref().map(|s| s.span()),
                 ),
+                ("sum_bounds", rule.sum_bounds.as_ref().map(|s| s.span())),
             ];
             for (key, span) in misplaced {
                 if let Some(span) = span {

@@ -303,7 +303,9 @@ impl Plan {
     /// Builds the receiver's PSI table from its rows: applies the receiver-side filter, reads
     /// the identifier, the group key (when grouped on this side) and one value per value
     /// column: for `SUM` the cell as a non-negative integer (NULL = 0), for `COUNT` 1 when
-    /// the cell is not NULL; `AVG` uses both. Errors name the table, the 1-based row and the
+    /// the cell is not NULL; `AVG` uses both. Under differential privacy each identifier's
+    /// totals are clamped into [`PlanPrivacy::value_bounds`](crate::PlanPrivacy) (its
+    /// `sum_bounds`, `[0, 1]` for a count). Errors name the table, the 1-based row and the
     /// column.
     pub fn receiver_table(
         &self,
@@ -319,6 +321,14 @@ impl Plan {
             table: self.receiver.table.clone(),
             source,
         })?;
+        if let Some(privacy) = &self.privacy {
+            table
+                .bound_totals(privacy.value_bounds.clone())
+                .map_err(|source| DataError::Table {
+                    table: self.receiver.table.clone(),
+                    source,
+                })?;
+        }
         let mut values = vec![0u64; self.receiver.value_columns.len()];
         for (number, row) in (1u64..).zip(rows) {
             if !located.keeps(&row, number)? {

@@ -14,6 +14,10 @@
 //!   decide releases ([`Plan::release`]) and turn the outcome into a [`ResultTable`]
 //!   ([`Plan::result`]).
 //!
+//! - [`privacy`]: differential privacy (`[collaboration.privacy]`, `sum_bounds`) and query
+//!   limits (`[collaboration.limits]`); a private plan's [`Plan::decide`] draws exact discrete
+//!   Laplace noise ([`dp`]) for the matcher to add before release.
+//!
 //! Roles: the owner of the other member's table runs the service next to its data and is the
 //! PSI **matcher**; the querying member is the **receiver** (it holds the value columns and
 //! learns the released result). Hence sums, averages and `COUNT(c)` only exist over the
@@ -69,9 +73,11 @@
 #![warn(missing_docs)]
 
 mod collaboration;
+pub mod dp;
 mod exec;
 mod list;
 mod plan;
+pub mod privacy;
 mod reason;
 mod sql;
 mod value;
@@ -86,6 +92,7 @@ pub use plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
     ValueKind,
 };
+pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits};
 pub use reason::{Reason, ReasonCode, Refusal};
 pub use sql::{MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
 pub use value::{Value, compare_text, is_null};
@@ -95,6 +102,20 @@ impl Collaboration {
     /// rules and the protocols' abilities. Returns the plan of an allowed query, or every reason
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
-        sql::compile(self, querier, sql)
+        let mut plan = sql::compile(self, querier, sql)?;
+        if let Some(privacy) = self.privacy()
+            && plan.protocol() != Protocol::List
+        {
+            let bounds = match self.table(&plan.receiver().table).map(Table::rule) {
+                Some(AnalysisRule::Aggregation(rule)) => rule.sum_bounds(),
+                _ => unreachable!("an aggregation plan's tables have aggregation rules"),
+            };
+            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
+                *bounds
+                    .get(column)
+                    .expect("every SUM/AVG column has sum_bounds under privacy")
+            }));
+        }
+        Ok(plan)
     }
 }

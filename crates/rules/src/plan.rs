@@ -12,9 +12,11 @@
 
 use std::cmp::Ordering;
 
-use cleanroom_psi::{Domain, Normalization};
+use cleanroom_psi::{Domain, GroupCount, GroupDecision, NoiseBounds, Normalization};
 use serde::{Serialize, Serializer};
 
+use crate::privacy::PlanPrivacy;
+use crate::reason::{Reason, ReasonCode, Refusal};
 use crate::value::{compare_text, is_null};
 
 /// Which PSI protocol the plan runs.
@@ -483,6 +485,9 @@ pub struct Plan {
     pub(crate) order_by: Vec<OrderKey>,
     pub(crate) limit: Option<u64>,
     pub(crate) distinct: bool,
+    /// Set by [`Collaboration::plan`](crate::Collaboration::plan) for an aggregation plan of
+    /// a collaboration with a privacy section.
+    pub(crate) privacy: Option<PlanPrivacy>,
 }
 
 impl Plan {
@@ -565,5 +570,51 @@ impl Plan {
     /// The PSI hashing domain both sides must use for this plan.
     pub fn domain(&self) -> Domain {
         Domain::new(&self.collaboration_id, &self.domain)
+    }
+
+    /// How the results are made differentially private; `None` when they are exact (no
+    /// privacy section, or a list plan).
+    pub fn privacy(&self) -> Option<&PlanPrivacy> {
+        self.privacy.as_ref()
+    }
+
+    /// The bounds of a noisy release, to give both PSI roles
+    /// ([`Matcher::with_noise`](cleanroom_psi::Matcher::with_noise),
+    /// [`Receiver::with_noise`](cleanroom_psi::Receiver::with_noise)); `None` when exact.
+    pub fn noise_bounds(&self) -> Option<NoiseBounds> {
+        self.privacy.as_ref().map(PlanPrivacy::noise_bounds)
+    }
+
+    /// The matcher's decision on one pair of groups. Exact plans release a pair whose matched
+    /// distinct identifiers reach [`min_release`](Self::min_release) ([`release`](Self::release));
+    /// private plans draw the noise from the operating system-seeded CSPRNG and compare the
+    /// noisy count ([`PlanPrivacy::decide_with`]).
+    pub fn decide(&self, count: &GroupCount) -> GroupDecision {
+        match &self.privacy {
+            Some(privacy) => privacy.decide_with(count, self.min_release, &mut rand::rng()),
+            None if self.release(count) => GroupDecision::EXACT,
+            None => GroupDecision::Suppress,
+        }
+    }
+
+    /// Whether the querier's side, after its filters, holds enough distinct identifiers: at
+    /// least [`min_release`](Self::min_release), or results could single out the few people
+    /// in it. The server enforces the same through
+    /// [`Matcher::require_receiver_identifiers`](cleanroom_psi::Matcher::require_receiver_identifiers).
+    pub fn check_querier_identifiers(&self, distinct: u64) -> Result<(), Refusal> {
+        if distinct >= self.min_release {
+            return Ok(());
+        }
+        Err(Refusal::one(
+            Reason::new(
+                ReasonCode::QuerierSetTooSmall,
+                format!(
+                    "table {:?} has {distinct} distinct identifiers after the query's filters; \
+                     at least {} (the release threshold) are required",
+                    self.receiver.table, self.min_release
+                ),
+            )
+            .table(&self.receiver.table),
+        ))
     }
 }

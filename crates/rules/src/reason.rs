@@ -137,6 +137,9 @@ reason_codes! {
     OrderByNotOutput => "order_by_not_output",
     /// A `LIMIT` that is not a non-negative integer literal.
     InvalidLimit => "invalid_limit",
+    /// The querier's side, after its filters, has fewer distinct identifiers than the release
+    /// threshold: its results could single out the few people in it.
+    QuerierSetTooSmall => "querier_set_too_small",
 }
 
 impl fmt::Display for ReasonCode {

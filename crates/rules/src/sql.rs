@@ -1974,6 +1974,7 @@ impl<'c> Checker<'c> {
             order_by,
             limit,
             distinct: false,
+            privacy: None,
         }
     }
 
@@ -2132,6 +2133,7 @@ impl<'c> Checker<'c> {
             order_by,
             limit,
             distinct,
+            privacy: None,
         }
     }
 }

@@ -187,7 +187,12 @@ fn corpus_has_at_least_forty_queries_and_covers_every_code() {
         .collect();
     seen.sort();
     seen.dedup();
-    let missing: Vec<&C> = C::ALL.iter().filter(|c| !seen.contains(c)).collect();
+    // Judged on the querier's data, not on the SQL: covered by tests/privacy.rs.
+    let data_dependent = [C::QuerierSetTooSmall];
+    let missing: Vec<&C> = C::ALL
+        .iter()
+        .filter(|c| !seen.contains(c) && !data_dependent.contains(c))
+        .collect();
     assert!(
         missing.is_empty(),
         "codes without a corpus query: {missing:?}"

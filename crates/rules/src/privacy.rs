@@ -1,0 +1,385 @@
+//! Differential privacy and repeated-query limits: what the collaboration file sets, and what
+//! it means for each plan.
+//!
+//! ```toml
+//! [collaboration.privacy]
+//! epsilon_budget = 10.0     # per querying member, over the whole collaboration
+//! epsilon_per_query = 0.5   # what one aggregation query spends
+//!
+//! [collaboration.limits]
+//! queries_per_member = 500          # released queries per member, over the collaboration
+//! queries_per_member_per_day = 50   # released queries per member per UTC day
+//!
+//! [table.rule]                      # every SUM/AVG column of an aggregation rule, with privacy
+//! sum_bounds = { amount = [0, 100000] }
+//! ```
+//!
+//! With a privacy section, every aggregation query's result is made `ε`-differentially private
+//! (with `δ < 2^-64` per released value, from bounding the noise) for `ε = epsilon_per_query`,
+//! with respect to adding or removing one identifier of the matcher's (data provider's) table:
+//!
+//! - each identifier contributes once: the matcher counts each receiver identifier in at most
+//!   one output row ([`cleanroom_psi::Matcher::with_noise`]), and the receiver clamps each
+//!   identifier's total of a summed column into its `sum_bounds` (a `COUNT(c)` column into
+//!   `[0, 1]`) before encrypting it ([`Plan::value_bounds`](crate::Plan::value_bounds));
+//! - the query's `ε` is split evenly over the released statistics: the intersection size and
+//!   each value column. A statistic that one identifier moves by at most `Δ` (1 for counts,
+//!   the upper sum bound for sums) gets discrete Laplace noise of scale `Δ·(1 + V)/ε`
+//!   ([`dp`](crate::dp)); the output rows are disjoint, so the query costs `ε` in total;
+//! - the matcher adds the noise before release, decides the threshold on the noisy count, and
+//!   decides every output row, matched or not ([`Plan::decide`](crate::Plan::decide));
+//! - the service charges `ε` to the querying member's budget in the transaction that records
+//!   the release, and refuses queries beyond `epsilon_budget`.
+//!
+//! Epsilons are kept as integer millionths ([`Epsilon`]) so that budgets add up exactly.
+//! Without a privacy section results are exact; thresholds and limits still apply. List
+//! queries release matched rows, as list rules allow, and are not noised (limits apply).
+
+use std::fmt;
+
+use cleanroom_psi::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
+use cleanroom_psi::noise::MAX_SUM_NOISE;
+use cleanroom_psi::{GroupCount, GroupDecision, NoiseBounds};
+use serde::Serialize;
+
+use crate::dp::{self, Scale};
+use crate::plan::{OutputValue, Plan, ValueKind};
+
+/// Millionths per unit of epsilon.
+pub const EPSILON_UNITS: u64 = 1_000_000;
+/// Largest epsilon the collaboration file accepts (per query or as a budget).
+pub const MAX_EPSILON: u64 = 1_000 * EPSILON_UNITS;
+
+/// A privacy parameter `ε`, in integer millionths: exact to add and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epsilon(u64);
+
+impl Epsilon {
+    /// `micros / 10^6`.
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    /// The value in millionths.
+    pub const fn micros(self) -> u64 {
+        self.0
+    }
+
+    /// The value as a float, for display.
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / EPSILON_UNITS as f64
+    }
+
+    /// Parses a value from the collaboration file: positive, finite, at most 1000 and a
+    /// multiple of 10^-6.
+    pub(crate) fn parse(value: f64) -> Option<Self> {
+        if !value.is_finite() || value <= 0.0 {
+            return None;
+        }
+        let micros = value * EPSILON_UNITS as f64;
+        let rounded = micros.round();
+        if (micros - rounded).abs() > 1e-6 * rounded.max(1.0) || rounded < 1.0 {
+            return None;
+        }
+        let micros = rounded as u64;
+        (micros <= MAX_EPSILON).then_some(Self(micros))
+    }
+}
+
+/// Prints the shortest decimal form: `0.5`, `10`, `0.000001`.
+impl fmt::Display for Epsilon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / EPSILON_UNITS;
+        let frac = self.0 % EPSILON_UNITS;
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{frac:06}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+impl Serialize for Epsilon {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+/// The collaboration's `[collaboration.privacy]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Privacy {
+    pub(crate) epsilon_budget: Epsilon,
+    pub(crate) epsilon_per_query: Epsilon,
+}
+
+impl Privacy {
+    /// The total `ε` each querying member may spend in the collaboration.
+    pub fn epsilon_budget(&self) -> Epsilon {
+        self.epsilon_budget
+    }
+
+    /// The `ε` one aggregation query spends; at most the budget.
+    pub fn epsilon_per_query(&self) -> Epsilon {
+        self.epsilon_per_query
+    }
+}
+
+/// The collaboration's `[collaboration.limits]` section: how many queries each member may have
+/// released. `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueryLimits {
+    pub(crate) per_member: Option<u64>,
+    pub(crate) per_member_per_day: Option<u64>,
+}
+
+impl QueryLimits {
+    /// Released queries per member over the whole collaboration (`queries_per_member`).
+    pub fn per_member(&self) -> Option<u64> {
+        self.per_member
+    }
+
+    /// Released queries per member per UTC day (`queries_per_member_per_day`).
+    pub fn per_member_per_day(&self) -> Option<u64> {
+        self.per_member_per_day
+    }
+}
+
+/// Statistics a query may release, at most: the intersection size and every value column.
+const MAX_STATISTICS: u64 = 1 + MAX_VALUE_COLUMNS as u64;
+
+/// The noise of a statistic that one identifier moves by at most `sensitivity`, when `shares`
+/// statistics split `epsilon`: scale `sensitivity·shares/ε`.
+fn scale(sensitivity: u64, shares: u64, epsilon: Epsilon) -> Option<Scale> {
+    let t = u128::from(sensitivity) * u128::from(shares) * u128::from(EPSILON_UNITS);
+    Scale::new(u64::try_from(t).ok()?, epsilon.micros())
+}
+
+/// Whether a sum bound of `high` keeps the noise of any query under `privacy` within what the
+/// encrypted sums can carry ([`MAX_SUM_NOISE`]).
+pub(crate) fn sum_bound_fits(high: u64, privacy: &Privacy) -> bool {
+    high <= MAX_ITEM_VALUE
+        && scale(high.max(1), MAX_STATISTICS, privacy.epsilon_per_query)
+            .is_some_and(|s| s.tail_bound() <= MAX_SUM_NOISE)
+}
+
+/// The noise of one released statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Noise {
+    /// How much one identifier can move the statistic.
+    pub sensitivity: u64,
+    /// The `ε` this statistic spends.
+    pub epsilon: Epsilon,
+    /// The discrete Laplace scale, `sensitivity / epsilon`.
+    #[serde(serialize_with = "scale_as_f64")]
+    pub scale: Scale,
+    /// The largest noise ever added (the draw is clamped to `±bound`; see
+    /// [`Scale::tail_bound`]).
+    pub bound: u64,
+}
+
+fn scale_as_f64<S: serde::Serializer>(scale: &Scale, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(scale.as_f64())
+}
+
+impl Noise {
+    fn new(sensitivity: u64, shares: u64, epsilon: Epsilon) -> Self {
+        let scale = scale(sensitivity.max(1), shares, epsilon)
+            .expect("sensitivity and epsilon validated when the collaboration was loaded");
+        Self {
+            sensitivity,
+            epsilon: Epsilon::from_micros(epsilon.micros() / shares),
+            scale,
+            bound: scale.tail_bound(),
+        }
+    }
+
+    /// The half-width `k` of the 95% interval: the noise is within `±k` with probability at
+    /// least 0.95.
+    pub fn interval95(&self) -> u64 {
+        self.scale.interval(0.95)
+    }
+}
+
+/// How a plan's results are made differentially private.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanPrivacy {
+    /// What the query spends.
+    pub epsilon: Epsilon,
+    /// The noise of every intersection size.
+    pub count: Noise,
+    /// The noise of each value column's sums, in value-column order.
+    pub sums: Vec<Noise>,
+    /// Per value column, the interval each identifier's total is clamped into.
+    pub value_bounds: Vec<(u64, u64)>,
+}
+
+/// The name of the mechanism, as results report it.
+pub const MECHANISM: &str = "discrete_laplace";
+
+/// What the querier is told about the noise of one output column.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputNoise {
+    /// The output column.
+    pub column: String,
+    /// `count`, `sum`, `avg` (noisy sum over noisy count) or `none` (a dimension).
+    pub kind: &'static str,
+    /// The discrete Laplace scale of the released value (of the sum, for an average).
+    pub scale: f64,
+    /// Half-width of the 95% interval around the released value (of the sum, for an
+    /// average).
+    pub interval95: u64,
+    /// For an average: the scale of the noisy count it divides by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_scale: Option<f64>,
+    /// For an average: the 95% half-width of the noisy count it divides by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_interval95: Option<u64>,
+}
+
+impl PlanPrivacy {
+    pub(crate) fn for_plan(
+        plan: &Plan,
+        privacy: &Privacy,
+        sum_bounds: impl Fn(&str) -> (u64, u64),
+    ) -> Self {
+        let epsilon = privacy.epsilon_per_query;
+        let columns = &plan.receiver().value_columns;
+        let shares = 1 + columns.len() as u64;
+        let value_bounds: Vec<(u64, u64)> = columns
+            .iter()
+            .map(|c| match c.kind {
+                ValueKind::NonNull => (0, 1),
+                ValueKind::Integer => sum_bounds(&c.column),
+            })
+            .collect();
+        Self {
+            epsilon,
+            count: Noise::new(1, shares, epsilon),
+            sums: value_bounds
+                .iter()
+                .map(|&(_, high)| Noise::new(high, shares, epsilon))
+                .collect(),
+            value_bounds,
+        }
+    }
+
+    /// The bounds both PSI roles are given.
+    pub fn noise_bounds(&self) -> NoiseBounds {
+        NoiseBounds::new(self.sums.iter().map(|n| n.bound).collect())
+            .expect("sum bounds validated when the collaboration was loaded")
+    }
+
+    /// The noise of each output column of `plan`, in `SELECT` order.
+    pub fn outputs(&self, plan: &Plan) -> Vec<OutputNoise> {
+        plan.outputs()
+            .iter()
+            .map(|o| {
+                let (kind, noise, count) = match &o.value {
+                    OutputValue::CountDistinct { .. } => ("count", Some(self.count), None),
+                    OutputValue::Count { value_index, .. } => {
+                        ("count", Some(self.sums[*value_index]), None)
+                    }
+                    OutputValue::Sum { value_index, .. } => {
+                        ("sum", Some(self.sums[*value_index]), None)
+                    }
+                    OutputValue::Avg {
+                        sum_index,
+                        count_index,
+                        ..
+                    } => (
+                        "avg",
+                        Some(self.sums[*sum_index]),
+                        Some(self.sums[*count_index]),
+                    ),
+                    OutputValue::Dimension { .. } | OutputValue::ListColumn { .. } => {
+                        ("none", None, None)
+                    }
+                };
+                OutputNoise {
+                    column: o.name.clone(),
+                    kind,
+                    scale: noise.map_or(0.0, |n| n.scale.as_f64()),
+                    interval95: noise.map_or(0, |n| n.interval95()),
+                    count_scale: count.map(|n| n.scale.as_f64()),
+                    count_interval95: count.map(|n| n.interval95()),
+                }
+            })
+            .collect()
+    }
+
+    /// The matcher's decision on one pair of groups: draws the noise of the count and of every
+    /// sum from `rng`, and releases the pair when the noisy count reaches `min_release`.
+    pub fn decide_with<R: rand::Rng + ?Sized>(
+        &self,
+        count: &GroupCount,
+        min_release: u64,
+        rng: &mut R,
+    ) -> GroupDecision {
+        let count_noise = dp::sample_bounded(rng, self.count.scale, self.count.bound);
+        let sum_noise = self
+            .sums
+            .iter()
+            .map(|n| dp::sample_bounded(rng, n.scale, n.bound))
+            .collect();
+        let noisy = i128::from(count.intersection_size) + i128::from(count_noise);
+        if noisy < i128::from(min_release) {
+            GroupDecision::Suppress
+        } else {
+            GroupDecision::Release {
+                count_noise,
+                sum_noise,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epsilons_parse_exactly_and_print_shortest() {
+        assert_eq!(Epsilon::parse(0.1), Some(Epsilon::from_micros(100_000)));
+        assert_eq!(Epsilon::parse(10.0), Some(Epsilon::from_micros(10_000_000)));
+        assert_eq!(Epsilon::parse(0.000001), Some(Epsilon::from_micros(1)));
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            0.0000001,
+            1000.5,
+            0.1234567,
+        ] {
+            assert_eq!(Epsilon::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Epsilon::from_micros(500_000).to_string(), "0.5");
+        assert_eq!(Epsilon::from_micros(10_000_000).to_string(), "10");
+        assert_eq!(Epsilon::from_micros(1).to_string(), "0.000001");
+        assert_eq!(Epsilon::from_micros(1_250_000).to_string(), "1.25");
+    }
+
+    #[test]
+    fn scales_split_epsilon_over_the_statistics() {
+        let eps = Epsilon::from_micros(500_000);
+        // A count with two value columns: 3 shares, scale 1·3/0.5 = 6.
+        let n = Noise::new(1, 3, eps);
+        assert_eq!(n.scale.as_f64(), 6.0);
+        assert_eq!(n.epsilon, Epsilon::from_micros(166_666));
+        assert_eq!(n.bound, 276);
+        // A sum bounded by 100000 alone with the count: scale 100000·2/0.5.
+        assert_eq!(Noise::new(100_000, 2, eps).scale.as_f64(), 400_000.0);
+    }
+
+    #[test]
+    fn sum_bounds_must_fit_the_encrypted_range() {
+        let privacy = |micros| Privacy {
+            epsilon_budget: Epsilon::from_micros(MAX_EPSILON),
+            epsilon_per_query: Epsilon::from_micros(micros),
+        };
+        assert!(sum_bound_fits(100_000, &privacy(100_000)));
+        assert!(sum_bound_fits(MAX_ITEM_VALUE, &privacy(10_000)));
+        assert!(!sum_bound_fits(MAX_ITEM_VALUE, &privacy(1)));
+        assert!(!sum_bound_fits(MAX_ITEM_VALUE + 1, &privacy(1_000_000)));
+    }
+}

@@ -1,0 +1,458 @@
+//! Differential privacy and query limits in the collaboration file and the plans: loading and
+//! its mistakes (with lines), the noise of a plan, clamping, and a differencing attack against
+//! the noisy release, through the real PSI roles.
+
+use cleanroom_psi::{
+    GroupCount, GroupDecision, Limits, Matcher, Message, Receiver, ReceiverOutcome,
+};
+use cleanroom_rules::dp;
+use cleanroom_rules::{
+    Collaboration, CollaborationError, Epsilon, Plan, Problem, ReasonCode, Value,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// A collaboration with privacy and limits; tests replace lines to introduce mistakes.
+const PRIVATE: &str = r#"[collaboration]
+id = "private"
+
+[collaboration.privacy]
+epsilon_budget = 3.0
+epsilon_per_query = 1.0
+
+[collaboration.limits]
+queries_per_member = 100
+queries_per_member_per_day = 10
+
+[[member]]
+name = "publisher"
+abilities = []
+token_sha256 = "3a19586cc6dba3dbd62e94aec56bbd3fe729f5464f2a72df28ada62101059e3f"
+
+[[member]]
+name = "advertiser"
+abilities = ["query", "receive_results"]
+token_sha256 = "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955"
+
+[[table]]
+name = "impressions"
+owner = "publisher"
+columns = ["email", "campaign"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["campaign"]
+aggregate_columns = { email = ["COUNT_DISTINCT"] }
+min_threshold = 3
+
+[[table]]
+name = "conversions"
+owner = "advertiser"
+columns = ["email", "amount", "coupon"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+aggregate_columns = { email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"], coupon = ["COUNT"] }
+sum_bounds = { amount = [0, 1000] }
+min_threshold = 3
+"#;
+
+fn with_line(line: usize, text: &str) -> String {
+    let mut lines: Vec<&str> = PRIVATE.lines().collect();
+    lines[line - 1] = text;
+    lines.join("\n") + "\n"
+}
+
+fn line_of(needle: &str) -> usize {
+    1 + PRIVATE
+        .lines()
+        .position(|l| l.starts_with(needle))
+        .unwrap_or_else(|| panic!("no line {needle}"))
+}
+
+fn invalid(text: &str) -> (usize, String, Problem) {
+    match Collaboration::from_toml_str(text, "private.toml") {
+        Err(CollaborationError::Invalid {
+            line, key, problem, ..
+        }) => (line, key, problem),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+fn collaboration() -> Collaboration {
+    Collaboration::from_toml_str(PRIVATE, "private.toml").unwrap()
+}
+
+#[test]
+fn privacy_and_limits_load() {
+    let c = collaboration();
+    let p = c.privacy().unwrap();
+    assert_eq!(p.epsilon_budget(), Epsilon::from_micros(3_000_000));
+    assert_eq!(p.epsilon_per_query(), Epsilon::from_micros(1_000_000));
+    assert_eq!(c.query_limits().per_member(), Some(100));
+    assert_eq!(c.query_limits().per_member_per_day(), Some(10));
+    let rule = match c.table("conversions").unwrap().rule() {
+        cleanroom_rules::AnalysisRule::Aggregation(r) => r.clone(),
+        _ => unreachable!(),
+    };
+    assert_eq!(rule.sum_bounds()["amount"], (0, 1000));
+    // The sample file has neither section: exact results, no limits.
+    let sample = Collaboration::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/collab.toml"
+    ))
+    .unwrap();
+    assert!(sample.privacy().is_none());
+    assert_eq!(sample.query_limits().per_member(), None);
+}
+
+#[test]
+fn every_privacy_mistake_names_its_key_and_line() {
+    let budget = line_of("epsilon_budget");
+    let per_query = line_of("epsilon_per_query");
+    let bounds = line_of("sum_bounds");
+    let cases: Vec<(String, usize, &str, Problem)> = vec![
+        (
+            with_line(budget, "epsilon_budget = 0"),
+            budget,
+            "collaboration.privacy.epsilon_budget",
+            Problem::BadEpsilon("0".into()),
+        ),
+        (
+            with_line(per_query, "epsilon_per_query = 0.0000001"),
+            per_query,
+            "collaboration.privacy.epsilon_per_query",
+            Problem::BadEpsilon("0.0000001".into()),
+        ),
+        (
+            with_line(per_query, "epsilon_per_query = 4"),
+            per_query,
+            "collaboration.privacy.epsilon_per_query",
+            Problem::EpsilonAboveBudget {
+                per_query: "4".into(),
+                budget: "3".into(),
+            },
+        ),
+        (
+            with_line(line_of("queries_per_member ="), "queries_per_member = 0"),
+            line_of("queries_per_member ="),
+            "collaboration.limits.queries_per_member",
+            Problem::BadQueryLimit(0),
+        ),
+        (
+            with_line(
+                line_of("queries_per_member_per_day"),
+                "queries_per_member_per_day = -2",
+            ),
+            line_of("queries_per_member_per_day"),
+            "collaboration.limits.queries_per_member_per_day",
+            Problem::BadQueryLimit(-2),
+        ),
+        (
+            with_line(bounds, "sum_bounds = { amount = [5, 1] }"),
+            bounds,
+            "table.rule.sum_bounds.amount",
+            Problem::BadSumBounds,
+        ),
+        (
+            with_line(bounds, "sum_bounds = { amount = [0] }"),
+            bounds,
+            "table.rule.sum_bounds.amount",
+            Problem::BadSumBounds,
+        ),
+        (
+            with_line(bounds, "sum_bounds = { amount = [0, 10], coupon = [0, 1] }"),
+            bounds,
+            "table.rule.sum_bounds.coupon",
+            Problem::SumBoundsNotSummed("coupon".into()),
+        ),
+        (
+            with_line(bounds, "sum_bounds = {}"),
+            bounds,
+            "table.rule.sum_bounds",
+            Problem::MissingSumBounds("amount".into()),
+        ),
+        (
+            with_line(bounds, ""),
+            bounds - 3,
+            "table.rule.sum_bounds",
+            Problem::MissingSumBounds("amount".into()),
+        ),
+        (
+            with_line(bounds, "sum_bounds = { amount = [0, 4294967295] }")
+                .replace("epsilon_per_query = 1.0", "epsilon_per_query = 0.00001"),
+            bounds,
+            "table.rule.sum_bounds.amount",
+            Problem::SumBoundTooLarge {
+                high: 4_294_967_295,
+                epsilon: "0.00001".into(),
+            },
+        ),
+    ];
+    for (text, line, key, problem) in cases {
+        assert_eq!(invalid(&text), (line, key.to_owned(), problem), "{key}");
+    }
+    // Bounds without a privacy section do nothing: refused.
+    let no_privacy = PRIVATE
+        .replace("[collaboration.privacy]\n", "")
+        .replace("epsilon_budget = 3.0\n", "")
+        .replace("epsilon_per_query = 1.0\n", "");
+    let (_, key, problem) = invalid(&no_privacy);
+    assert_eq!(
+        (key.as_str(), problem),
+        ("table.rule.sum_bounds", Problem::SumBoundsWithoutPrivacy)
+    );
+    // An unknown key in either section is a parse error with its line.
+    match Collaboration::from_toml_str(&with_line(budget, "epsilon_total = 3.0"), "private.toml") {
+        Err(CollaborationError::Toml { line, .. }) => assert_eq!(line, budget),
+        other => panic!("{other:?}"),
+    }
+}
+
+const AVG_SQL: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS n, SUM(c.amount) AS total, \
+                       AVG(c.amount) AS mean FROM impressions i JOIN conversions c \
+                       ON i.email = c.email GROUP BY i.campaign";
+
+#[test]
+fn a_private_plan_splits_epsilon_and_describes_its_noise() {
+    let plan = collaboration().plan("advertiser", AVG_SQL).unwrap();
+    let privacy = plan.privacy().unwrap();
+    assert_eq!(privacy.epsilon, Epsilon::from_micros(1_000_000));
+    // Count, SUM(amount) and the non-NULL count of amount: 3 statistics, ε/3 each.
+    assert_eq!(privacy.count.scale.as_f64(), 3.0);
+    assert_eq!(privacy.sums.len(), 2);
+    assert_eq!(privacy.sums[0].scale.as_f64(), 3000.0);
+    assert_eq!(privacy.sums[1].scale.as_f64(), 3.0);
+    assert_eq!(privacy.value_bounds, [(0, 1000), (0, 1)]);
+    let outputs = privacy.outputs(&plan);
+    let kinds: Vec<(&str, &str)> = outputs
+        .iter()
+        .map(|o| (o.column.as_str(), o.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("campaign", "none"),
+            ("n", "count"),
+            ("total", "sum"),
+            ("mean", "avg")
+        ]
+    );
+    assert_eq!(outputs[1].interval95, privacy.count.interval95());
+    assert_eq!(outputs[3].count_scale, Some(3.0));
+    assert_eq!(plan.noise_bounds().unwrap().sum_bounds().len(), 2);
+    // A count-only query gives the count the whole ε.
+    let plan = collaboration()
+        .plan(
+            "advertiser",
+            "SELECT COUNT(DISTINCT c.email) FROM impressions i JOIN conversions c ON i.email = c.email",
+        )
+        .unwrap();
+    assert_eq!(plan.privacy().unwrap().count.scale.as_f64(), 1.0);
+}
+
+#[test]
+fn the_querier_side_must_not_be_tiny() {
+    let plan = collaboration().plan("advertiser", AVG_SQL).unwrap();
+    assert!(plan.check_querier_identifiers(3).is_ok());
+    let refusal = plan.check_querier_identifiers(2).unwrap_err();
+    assert_eq!(refusal.codes(), [ReasonCode::QuerierSetTooSmall]);
+    assert!(refusal.to_string().contains("2 distinct identifiers"));
+}
+
+/// The publisher's and the advertiser's CSV rows.
+fn header(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
+}
+
+fn rows(rows: &[&[&str]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| c.to_string()).collect())
+        .collect()
+}
+
+/// Runs a plan through the real roles, with the plan's noise bounds, and returns the pairs the
+/// matcher decided on (with their exact counts) and the receiver's outcome under `decide`.
+fn run(
+    plan: &Plan,
+    impressions: &[Vec<String>],
+    conversions: &[Vec<String>],
+    mut decide: impl FnMut(&GroupCount) -> GroupDecision,
+) -> (Vec<GroupCount>, ReceiverOutcome) {
+    let mt = plan
+        .matcher_table(&header(&["email", "campaign"]), impressions.iter().cloned())
+        .unwrap();
+    let rt = plan
+        .receiver_table(
+            &header(&["email", "amount", "coupon"]),
+            conversions.iter().cloned(),
+        )
+        .unwrap();
+    let mut m = Matcher::new(&plan.domain(), mt, Limits::default())
+        .require_receiver_identifiers(plan.min_release());
+    let mut r = Receiver::new(&plan.domain(), rt, Limits::default());
+    if let Some(bounds) = plan.noise_bounds() {
+        m = m.with_noise(bounds.clone());
+        r = r.with_noise(bounds).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut released = false;
+    while r.outcome().is_none() {
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(Message::decode(&msg.encode()).unwrap())
+                .unwrap();
+        }
+        while let Some(msg) = r.poll_message() {
+            m.handle_message(Message::decode(&msg.encode()).unwrap())
+                .unwrap();
+        }
+        if !released && m.counts().is_some() {
+            m.release_with(|c| {
+                seen.push(c.clone());
+                decide(c)
+            })
+            .unwrap();
+            released = true;
+        }
+    }
+    (seen, r.outcome().cloned().unwrap())
+}
+
+#[test]
+fn private_results_are_noisy_clamped_and_decoded() {
+    let plan = collaboration().plan("advertiser", AVG_SQL).unwrap();
+    let impressions = rows(&[
+        &["a1@x.org", "spring"],
+        &["a2@x.org", "spring"],
+        &["a3@x.org", "spring"],
+        &["a4@x.org", "autumn"],
+    ]);
+    // a1 spent 5000 over two rows: clamped to 1000 for the sum, counted once for the mean.
+    let conversions = rows(&[
+        &["a1@x.org", "2500", "y"],
+        &["a1@x.org", "2500", ""],
+        &["a2@x.org", "10", ""],
+        &["a3@x.org", "20", ""],
+        &["b@x.org", "999", ""],
+    ]);
+    let privacy = plan.privacy().unwrap().clone();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (seen, outcome) = run(&plan, &impressions, &conversions, |c| {
+        privacy.decide_with(c, plan.min_release(), &mut rng)
+    });
+    // Both campaigns are decided, whatever their counts.
+    assert_eq!(seen.len(), 2);
+    // Run the same draws again to know the noise that was added.
+    let mut rng = StdRng::seed_from_u64(11);
+    let decisions: Vec<GroupDecision> = seen
+        .iter()
+        .map(|c| privacy.decide_with(c, plan.min_release(), &mut rng))
+        .collect();
+    let result = plan.result(&outcome).unwrap();
+    let mut released = 0;
+    for (count, decision) in seen.iter().zip(&decisions) {
+        let GroupDecision::Release {
+            count_noise,
+            sum_noise,
+        } = decision
+        else {
+            continue;
+        };
+        released += 1;
+        let group = outcome
+            .groups
+            .iter()
+            .find(|g| g.matcher_group == count.matcher_group)
+            .unwrap();
+        let exact: [i64; 2] = if count.matcher_group.contains("spring") {
+            [1030, 3]
+        } else {
+            [0, 0]
+        };
+        let expected_count = (count.intersection_size as i64 + count_noise).clamp(0, 4) as u64;
+        assert_eq!(group.intersection_size, expected_count);
+        for (i, sum) in group.sums.iter().enumerate() {
+            assert_eq!(*sum, (exact[i] + sum_noise[i]).max(0) as u64);
+        }
+        assert!(expected_count >= plan.min_release());
+    }
+    assert_eq!(result.rows.len(), released);
+    assert_eq!(result.suppressed_rows, 2 - released as u64);
+    for row in &result.rows {
+        // mean = noisy sum / noisy count (or NULL when the noisy count is 0).
+        assert!(matches!(row[3], Value::Float(_) | Value::Null));
+    }
+}
+
+#[test]
+fn a_differencing_attack_learns_little_from_noisy_answers() {
+    // The advertiser asks twice: over its customers S, then over S plus Alice, and guesses
+    // that Alice is in the publisher's list when the count went up. Without privacy it is
+    // always right; with ε = 1 per query (2 for the pair), no strategy can be right with
+    // probability above e²/(1 + e²) ≈ 0.881, and this one is near 0.64.
+    let plan_private = collaboration()
+        .plan(
+            "advertiser",
+            "SELECT COUNT(DISTINCT c.email) AS n FROM impressions i JOIN conversions c \
+             ON i.email = c.email",
+        )
+        .unwrap();
+    let customers: Vec<Vec<String>> = (0..10)
+        .map(|i| vec![format!("c{i}@x.org"), "1".into(), String::new()])
+        .collect();
+    let with_alice: Vec<Vec<String>> = customers
+        .iter()
+        .cloned()
+        .chain([vec!["alice@x.org".into(), "1".into(), String::new()]])
+        .collect();
+    let publisher = |alice: bool| -> Vec<Vec<String>> {
+        let mut rows: Vec<Vec<String>> = (0..6)
+            .map(|i| vec![format!("c{i}@x.org"), "spring".into()])
+            .collect();
+        if alice {
+            rows.push(vec!["alice@x.org".into(), "spring".into()]);
+        }
+        rows
+    };
+    // The exact counts the matcher sees, from the real protocol.
+    let exact = |alice: bool, querier: &[Vec<String>]| -> GroupCount {
+        let (seen, _) = run(&plan_private, &publisher(alice), querier, |_| {
+            GroupDecision::Suppress
+        });
+        assert_eq!(seen.len(), 1);
+        seen[0].clone()
+    };
+    let privacy = plan_private.privacy().unwrap().clone();
+    let mut rng = StdRng::seed_from_u64(12);
+    // The noisy count the matcher releases, as PlanPrivacy::decide_with draws it.
+    let mut released = |count: &GroupCount| -> i64 {
+        count.intersection_size as i64
+            + dp::sample_bounded(&mut rng, privacy.count.scale, privacy.count.bound)
+    };
+    let trials = 2000;
+    let mut right = 0;
+    for alice in [false, true] {
+        let before = exact(alice, &customers);
+        let after = exact(alice, &with_alice);
+        assert_eq!(
+            after.intersection_size - before.intersection_size,
+            u64::from(alice),
+            "exact answers reveal Alice"
+        );
+        for _ in 0..trials {
+            let guess = released(&after) > released(&before);
+            right += usize::from(guess == alice);
+        }
+    }
+    let rate = right as f64 / (2 * trials) as f64;
+    let bound = 2f64.exp() / (1.0 + 2f64.exp());
+    assert!(
+        rate < bound,
+        "the attack is right {rate:.3} of the time, above the DP bound {bound:.3}"
+    );
+    assert!(rate < 0.75, "rate {rate:.3}");
+}
