@@ -480,8 +480,7 @@ async fn oversized_messages_are_refused() {
         start_message(&fx, "advertiser", &huge, "conversions"),
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(server.state.entries(None, None).unwrap().len(), 2);
 
@@ -544,8 +543,7 @@ async fn silent_slow_and_vanishing_clients() {
     let status = client
         .run_session(ReceiverStream::new(rx))
         .await
-        .err()
-        .expect("the call fails");
+        .expect_err("the call fails");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("no session start"), "{status:?}");
     assert!(started.elapsed() >= idle && started.elapsed() < idle * 5);
@@ -573,8 +571,7 @@ async fn silent_slow_and_vanishing_clients() {
     let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
     let status = play_receiver(&tx, &mut inbound, receiver, idle * 3 / 2)
         .await
-        .err()
-        .expect("the server gives up");
+        .expect_err("the server gives up");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_audited(&server, &session_id, Decision::Failed).await;
 
@@ -611,7 +608,10 @@ async fn curious_members_and_foreign_tokens() {
     let url = format!("http://{}", server.addr);
     let panel_sql = "SELECT i.campaign, COUNT(DISTINCT p.email) AS n FROM impressions i \
                      JOIN panel p ON i.email = p.email GROUP BY i.campaign";
-    std::fs::write(fx.path("panel.csv"), "email,segment\nuser1@example.com,a\n").unwrap();
+    let rows: String = (0..10)
+        .map(|n| format!("user{n}@example.com,a\n"))
+        .collect();
+    std::fs::write(fx.path("panel.csv"), format!("email,segment\n{rows}")).unwrap();
     let panel = BTreeMap::from([("panel".to_owned(), fx.path("panel.csv"))]);
 
     // The analyst (no `query` ability) grants itself `query` in its own copy of the file: its
@@ -936,6 +936,7 @@ impl LyingServer {
                 plan.min_release()
             },
             value_columns: plan.receiver().value_columns.len() as u32,
+            ..SessionAccepted::default()
         };
         tx.send(Ok(RunSessionResponse {
             message: Some(run_session_response::Message::Accepted(accepted)),

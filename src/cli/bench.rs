@@ -55,6 +55,18 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Load test: run this many sessions at once, again and again, against one `cleanroom
+    /// serve` child process on 127.0.0.1 (implies the gRPC transport).
+    #[arg(long, value_name = "K")]
+    concurrency: Option<usize>,
+    /// How long the load test runs, in seconds (with --concurrency).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        requires = "concurrency"
+    )]
+    duration: f64,
 }
 
 fn identifier(i: u64) -> String {
@@ -71,6 +83,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let n = args.size;
     let common = (args.overlap * n as f64).round() as u64;
     let columns = usize::from(args.protocol == BenchProtocol::Sum);
+    if let Some(concurrency) = args.concurrency {
+        ensure!(concurrency > 0, "--concurrency must be at least 1");
+        ensure!(
+            args.duration > 0.0 && args.duration.is_finite(),
+            "--duration must be a positive number of seconds"
+        );
+        let load = super::load::Load {
+            size: n,
+            common,
+            columns,
+            concurrency,
+            duration: Duration::from_secs_f64(args.duration),
+        };
+        return super::load::run(&load, args.format);
+    }
     let interactive = args.format == Format::Table;
 
     let floor = curve_floor(2 * n);
@@ -263,11 +290,31 @@ fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<
     })
 }
 
-/// The real service on a loopback port, both members in this process.
-fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
-    let dir = tempfile::tempdir()?;
+/// The gRPC benchmark's collaboration on disk: the provider's and the querier's CSV files of
+/// `n` identifiers each (`common` shared, each with a value), the collaboration (TOML) and the
+/// querier's bearer token. Also used by the load test.
+pub struct GrpcFixture {
+    /// The collaboration file's text.
+    pub collaboration: String,
+    /// The provider's table `left_ids`.
+    pub left: std::path::PathBuf,
+    /// The querier's table `right_ids`.
+    pub right: std::path::PathBuf,
+    /// The querier's bearer token.
+    pub token: String,
+    /// The query: the intersection size, and the sum of the values with `columns` = 1.
+    pub sql: &'static str,
+}
+
+/// Writes the gRPC benchmark's data into `dir`.
+pub fn grpc_fixture(
+    dir: &std::path::Path,
+    n: u64,
+    common: u64,
+    columns: usize,
+) -> Result<GrpcFixture> {
     let write = |name: &str, range: std::ops::Range<u64>| -> Result<std::path::PathBuf> {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
         writeln!(w, "id,value")?;
         for i in range {
@@ -280,7 +327,7 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
     let right = write("right.csv", (n - common)..(2 * n - common))?;
     let (_, server_hash) = loopback::fresh_token();
     let (token, client_hash) = loopback::fresh_token();
-    let text = format!(
+    let collaboration = format!(
         r#"
 [collaboration]
 id = "cleanroom-bench"
@@ -316,12 +363,36 @@ aggregate_columns = {{ id = ["COUNT_DISTINCT"], value = ["SUM"] }}
 min_threshold = 2
 "#
     );
-    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
     let sql = if columns > 0 {
         "SELECT COUNT(DISTINCT r.id), SUM(r.value) FROM left_ids l JOIN right_ids r ON l.id = r.id"
     } else {
         "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
     };
+    Ok(GrpcFixture {
+        collaboration,
+        left,
+        right,
+        token,
+        sql,
+    })
+}
+
+/// The expected answer of the fixture's query: the intersection size and the sum of values.
+pub fn grpc_expected(n: u64, common: u64) -> (u64, u64) {
+    (common, ((n - common)..n).map(value_of).sum())
+}
+
+/// The real service on a loopback port, both members in this process.
+fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let GrpcFixture {
+        collaboration: text,
+        left,
+        right,
+        token,
+        sql,
+    } = grpc_fixture(dir.path(), n, common, columns)?;
+    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
     let trace = CpuTrace::start();
     let started = Instant::now();
     let outcome = loopback::run(

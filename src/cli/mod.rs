@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod csv_input;
 pub mod demo;
+pub mod load;
 pub mod loopback;
 pub mod matching;
 pub mod output;

@@ -1,0 +1,299 @@
+//! Crashes: `cleanroom serve` killed with SIGKILL in the middle of sessions, again and again,
+//! and `cleanroom query` killed while it runs.
+//!
+//! After every restart the state database opens, no session is left `running`, every result a
+//! client received has its `released` audit entry with the same figures, and new sessions are
+//! exact. A killed client leaves its `--output` file either as it was or complete, never
+//! half-written. `CLEANROOM_CRASH_ROUNDS=N cargo test --test service_faults -- --ignored` runs
+//! the long version.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cleanroom_service::{Decision, StateDb};
+use common::*;
+
+/// A `cleanroom serve` child process of the publisher on 127.0.0.1.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+fn serve(fx: &Fixture, state: &Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cleanroom"))
+        .args(["serve", "--config"])
+        .arg(fx.path("collab.toml"))
+        .args(["--member", "publisher", "--data"])
+        .arg(format!(
+            "impressions={}",
+            fx.path("impressions.csv").display()
+        ))
+        .args(["--listen", "127.0.0.1:0", "--max-sessions", "8", "--state"])
+        .arg(state)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = lines.next().expect("a banner").unwrap();
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Served { child, url }
+}
+
+/// What the crash rounds saw.
+#[derive(Debug, Default)]
+struct Tally {
+    kills: u32,
+    /// Session ids of the results clients received.
+    received: Vec<String>,
+    /// Sessions that failed because of a kill.
+    cut: u32,
+}
+
+/// `rounds` times: start the server on the same state, run three clients in a loop, and
+/// SIGKILL the server 150 to 900 ms later.
+async fn crash_rounds(rounds: u32) -> (Fixture, Tally) {
+    let fx = Fixture::new(5);
+    let state = fx.path("crash-state.db");
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let mut rng = Rng(0xC4A5_4ED5);
+    let mut tally = Tally::default();
+    for round in 0..rounds {
+        let mut served = serve(&fx, &state);
+        // The server opened the database and marked what a kill cut short: nothing runs.
+        let entries = StateDb::open_read_only(&state)
+            .unwrap()
+            .entries(None, None)
+            .unwrap();
+        assert!(
+            entries.iter().all(|e| e.decision != Decision::Running),
+            "round {round}: an entry is still running after the restart"
+        );
+        let killed = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, killed) = (served.url.clone(), Arc::clone(&killed));
+                let fx = &fx;
+                let (want, want_suppressed) = (&want, want_suppressed);
+                async move {
+                    let mut received = Vec::new();
+                    let mut cut = 0;
+                    while !killed.load(Ordering::SeqCst) {
+                        match run_query(fx, url.clone(), BY_CAMPAIGN).await {
+                            Ok(outcome) => {
+                                assert_rows_equal(&outcome.result, want);
+                                assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+                                received.push(outcome.summary.session_id);
+                            }
+                            Err(e) => {
+                                assert!(
+                                    killed.load(Ordering::SeqCst),
+                                    "a session failed before the kill: {e}"
+                                );
+                                cut += 1;
+                            }
+                        }
+                    }
+                    (received, cut)
+                }
+            })
+            .collect();
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(150 + rng.below(750))).await;
+            killed.store(true, Ordering::SeqCst);
+            served.child.kill().unwrap();
+            served.child.wait().unwrap();
+        };
+        let (results, ()) = tokio::join!(futures_join_all(clients), killer);
+        tally.kills += 1;
+        for (received, cut) in results {
+            tally.received.extend(received);
+            tally.cut += cut;
+        }
+    }
+    (fx, tally)
+}
+
+/// Runs futures concurrently on this task and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+/// After the rounds: a last restart, and the audit log against what the clients received.
+async fn check_after_crashes(fx: &Fixture, tally: &Tally) {
+    let state = fx.path("crash-state.db");
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let mut served = serve(fx, &state);
+    let db = StateDb::open_read_only(&state).unwrap();
+    let entries = db.entries(None, None).unwrap();
+    assert!(entries.iter().all(|e| e.decision != Decision::Running));
+    let by_id: BTreeMap<&str, &cleanroom_service::AuditEntry> =
+        entries.iter().map(|e| (e.session_id.as_str(), e)).collect();
+    for id in &tally.received {
+        let entry = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("no audit entry for received session {id}"));
+        assert_eq!(entry.decision, Decision::Released, "{entry:?}");
+        assert_eq!(
+            (entry.released_rows, entry.suppressed_rows),
+            (want.len() as u64, want_suppressed),
+            "{entry:?}"
+        );
+        assert!(entry.finished_at.is_some());
+    }
+    // A release is committed before it is sent: the log may hold a release a kill kept from
+    // its client, never the other way round.
+    let released = entries
+        .iter()
+        .filter(|e| e.decision == Decision::Released)
+        .count();
+    assert!(released >= tally.received.len());
+    let interrupted = entries
+        .iter()
+        .filter(|e| e.decision == Decision::Interrupted)
+        .count();
+    eprintln!(
+        "{} kills: {} results received, {} sessions cut; audit: {} entries, {released} released, \
+         {interrupted} interrupted",
+        tally.kills,
+        tally.received.len(),
+        tally.cut,
+        entries.len()
+    );
+
+    // New sessions work, exactly.
+    let outcome = run_query(fx, served.url.clone(), BY_CAMPAIGN)
+        .await
+        .unwrap();
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_sessions_loses_no_release() {
+    let (fx, tally) = crash_rounds(4).await;
+    assert_eq!(tally.kills, 4);
+    assert!(!tally.received.is_empty(), "no session finished: {tally:?}");
+    check_after_crashes(&fx, &tally).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: CLEANROOM_CRASH_ROUNDS rounds (default 100)"]
+async fn soak_a_server_killed_again_and_again() {
+    let rounds = std::env::var("CLEANROOM_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let (fx, tally) = crash_rounds(rounds).await;
+    check_after_crashes(&fx, &tally).await;
+}
+
+#[test]
+fn a_killed_client_leaves_its_output_whole_or_untouched() {
+    let fx = Fixture::new(5);
+    let state = fx.path("client-kill.db");
+    let mut served = serve(&fx, &state);
+    let out_dir = fx.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let output = out_dir.join("result.csv");
+    let old = "an older result\n";
+    std::fs::write(&output, old).unwrap();
+    let (want, _) = fx.plain_by_campaign();
+    let mut complete = String::from("campaign,buyers,revenue\n");
+    for row in &want {
+        let cells: Vec<String> = row.iter().map(ToString::to_string).collect();
+        complete.push_str(&cells.join(","));
+        complete.push('\n');
+    }
+    let query = |output: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_cleanroom"))
+            .args(["query", "--config"])
+            .arg(fx.path("collab.toml"))
+            .args(["--member", "advertiser", "--data"])
+            .arg(format!(
+                "conversions={}",
+                fx.path("conversions.csv").display()
+            ))
+            .args(["--server", &served.url, "--quiet", "--output"])
+            .arg(output)
+            .arg(BY_CAMPAIGN)
+            .env("CLEANROOM_TOKEN", ADVERTISER_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // How long a whole query takes here, and what it writes.
+    let started = std::time::Instant::now();
+    let status = query(&out_dir.join("timing.csv")).wait().unwrap();
+    assert!(status.success());
+    let whole = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("timing.csv")).unwrap(),
+        complete
+    );
+    std::fs::remove_file(out_dir.join("timing.csv")).unwrap();
+
+    // Killed at points spread over the whole run: the file is the old one or the new one.
+    let mut rng = Rng(0x0C11_E475);
+    let (mut untouched, mut replaced) = (0, 0);
+    for _ in 0..12 {
+        let mut child = query(&output);
+        let at = whole.mul_f64((rng.below(1200) as f64) / 1000.0);
+        std::thread::sleep(at);
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = std::fs::read_to_string(&output).unwrap();
+        if now == old {
+            untouched += 1;
+        } else {
+            assert_eq!(now, complete, "a half-written output file");
+            replaced += 1;
+            std::fs::write(&output, old).unwrap();
+        }
+        // Nothing else appears under the output's name; a kill between creating and renaming
+        // the temporary file can only leave a `.tmp` file beside it.
+        for entry in std::fs::read_dir(&out_dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(name == "result.csv" || name.starts_with(".tmp"), "{name}");
+        }
+    }
+    assert_eq!(untouched + replaced, 12);
+    eprintln!("killed clients: {untouched} left the old file, {replaced} wrote the whole new one");
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+}
