@@ -234,3 +234,116 @@ fn deep_nesting_is_refused_not_overflowed() {
         assert_eq!(refused.codes(), [ReasonCode::QueryTooComplex]);
     });
 }
+
+// ------------------------------------------------ collaboration files and CSV rows (issue 8)
+
+const COLLABORATION_FILE: &str = include_str!("data/collab.toml");
+
+/// The collaboration file with some of its lines deleted, duplicated, cut short or with one
+/// character replaced.
+fn mutated_collaboration() -> impl Strategy<Value = String> {
+    prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, 0x20u8..0x7f), 1..8).prop_map(
+        |edits| {
+            let mut lines: Vec<String> = COLLABORATION_FILE.lines().map(String::from).collect();
+            for (index, kind, byte) in edits {
+                if lines.is_empty() {
+                    break;
+                }
+                let i = index.index(lines.len());
+                match kind {
+                    0 => {
+                        lines.remove(i);
+                    }
+                    1 => {
+                        let line = lines[i].clone();
+                        lines.insert(i, line);
+                    }
+                    2 => {
+                        let line = &mut lines[i];
+                        let mut cut = usize::from(byte) % (line.len() + 1);
+                        while !line.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        line.truncate(cut);
+                    }
+                    _ => {
+                        let line = &mut lines[i];
+                        if let Some((at, c)) = line.char_indices().nth(usize::from(byte) % 16) {
+                            line.replace_range(
+                                at..at + c.len_utf8(),
+                                &char::from(byte).to_string(),
+                            );
+                        }
+                    }
+                }
+            }
+            lines.join("\n")
+        },
+    )
+}
+
+/// A cell as data files hold them: empty, numbers (some too large or negative), NULL, text.
+fn cell() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[0-9]{1,22}",
+        "-[0-9]{1,3}",
+        Just("NULL".to_owned()),
+        "[a-zA-Z@. ]{0,12}",
+        ".{0,8}",
+    ]
+}
+
+/// A header drawn from the tables' columns (some missing, repeated or unknown) and rows of
+/// any width.
+fn csv_rows() -> impl Strategy<Value = (Vec<String>, Vec<Vec<String>>)> {
+    const COLUMNS: &[&str] = &[
+        "email",
+        "campaign",
+        "region",
+        "device",
+        "product",
+        "channel",
+        "purchase_value",
+        "quantity",
+        "coupon",
+        "unknown",
+        "",
+    ];
+    (
+        prop::collection::vec(prop::sample::select(COLUMNS).prop_map(String::from), 0..9),
+        prop::collection::vec(prop::collection::vec(cell(), 0..10), 0..30),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn mutated_collaboration_files_never_panic(text in mutated_collaboration()) {
+        if let Ok(collab) = Collaboration::from_toml_str(&text, "mutated") {
+            let members: Vec<String> =
+                collab.members().iter().map(|m| m.name().to_owned()).collect();
+            for member in &members {
+                for sql in SEEDS {
+                    if let Err(refusal) = collab.plan(member, sql) {
+                        prop_assert!(!refusal.reasons.is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_csv_rows_give_a_table_or_an_error((header, rows) in csv_rows()) {
+        let collab = collaboration();
+        for sql in [SEEDS[2], SEEDS[3]] {
+            let plan = collab.plan("advertiser", sql).unwrap();
+            let _ = plan.matcher_table(&header, rows.iter().cloned());
+            if let Ok(table) = plan.receiver_table(&header, rows.iter().cloned()) {
+                prop_assert!(table.distinct() <= table.stats().rows);
+                prop_assert!(table.stats().rows <= rows.len() as u64);
+            }
+        }
+    }
+}
