@@ -30,6 +30,8 @@ enum Command {
     Query(cli::query::QueryArgs),
     /// Print a server's audit log of query attempts.
     Audit(cli::audit::AuditArgs),
+    /// Print each member's privacy budget and query counts from a server's state.
+    Budget(cli::budget::BudgetArgs),
     /// Check a query against the collaboration's rules without touching any data.
     Check(cli::check::CheckArgs),
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Query(args) => cli::query::run(args),
         Command::Audit(args) => cli::audit::run(args),
+        Command::Budget(args) => cli::budget::run(args),
         Command::Check(args) => cli::check::run(args),
     };
     match result {

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod budget;
 pub mod check;
 pub mod csv_input;
 pub mod demo;

@@ -116,6 +116,86 @@ pub fn render(result: &ResultTable, format: Format) -> Result<String> {
     })
 }
 
+/// The privacy metadata of a noisy result, as JSON: the mechanism, the query's epsilon, the
+/// noise of each output column, and the member's budget after the query.
+fn privacy_json(outcome: &QueryOutcome) -> Option<serde_json::Value> {
+    let privacy = outcome.accepted.privacy.as_ref()?;
+    let standing = outcome.summary.standing.as_ref();
+    let outputs: Vec<serde_json::Value> = privacy
+        .outputs
+        .iter()
+        .map(|o| {
+            let mut noise = serde_json::json!({
+                "column": o.column,
+                "kind": o.kind,
+                "scale": o.scale,
+                "interval95": o.interval95,
+            });
+            if o.kind == "avg" {
+                noise["count_scale"] = o.count_scale.into();
+                noise["count_interval95"] = o.count_interval95.into();
+            }
+            noise
+        })
+        .collect();
+    Some(serde_json::json!({
+        "mechanism": privacy.mechanism,
+        "epsilon": privacy.epsilon,
+        "outputs": outputs,
+        "epsilon_spent": standing.map(|s| s.epsilon_spent),
+        "epsilon_budget": standing.and_then(|s| s.epsilon_budget),
+        "epsilon_remaining": standing.and_then(|s| s.epsilon_remaining),
+    }))
+}
+
+/// The privacy metadata of a noisy result, for people: what the noise is per column.
+fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
+    let privacy = outcome.accepted.privacy.as_ref()?;
+    let mut text = format!(
+        "differentially private result ({}): this query spent epsilon {}",
+        privacy.mechanism, privacy.epsilon
+    );
+    if let Some(standing) = &outcome.summary.standing
+        && let (Some(left), Some(budget)) = (standing.epsilon_remaining, standing.epsilon_budget)
+    {
+        text.push_str(&format!("; {left} of the budget of {budget} left"));
+    }
+    text.push('\n');
+    for o in privacy.outputs.iter().filter(|o| o.kind != "none") {
+        let line = match o.kind.as_str() {
+            "avg" => format!(
+                "  {}: noisy sum / noisy count; sum noise scale {}, within ±{} with 95% \
+                 probability; count noise scale {}, within ±{}\n",
+                o.column, o.scale, o.interval95, o.count_scale, o.count_interval95
+            ),
+            kind => format!(
+                "  {}: {kind} + noise of scale {}, within ±{} with 95% probability\n",
+                o.column, o.scale, o.interval95
+            ),
+        };
+        text.push_str(&line);
+    }
+    Some(text)
+}
+
+/// Renders a query's outcome in `format`: the result, and for a differentially private
+/// result its noise (a `privacy` object in JSON, lines under the table).
+pub fn render_outcome(outcome: &QueryOutcome, format: Format) -> Result<String> {
+    match (format, privacy_json(outcome)) {
+        (Format::Json, Some(privacy)) => {
+            let mut json = serde_json::to_value(&outcome.result)?;
+            json["privacy"] = privacy;
+            let mut text = serde_json::to_string(&json)?;
+            text.push('\n');
+            Ok(text)
+        }
+        (Format::Table, Some(_)) => {
+            Ok(render(&outcome.result, format)? + &privacy_text(outcome).unwrap_or_default())
+        }
+        _ => render(&outcome.result, format),
+    }
+}
+
 fn progress_bar(quiet: bool) -> Option<ProgressBar> {
     if quiet || !std::io::stderr().is_terminal() {
         return None;
@@ -256,9 +336,15 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
                             outcome.result.rows.len(),
                             path.display()
                         );
+                        eprint!("{}", privacy_text(&outcome).unwrap_or_default());
                     }
                 }
-                None => print!("{}", render(&outcome.result, args.format)?),
+                None => {
+                    print!("{}", render_outcome(&outcome, args.format)?);
+                    if args.format == Format::Csv && !args.quiet {
+                        eprint!("{}", privacy_text(&outcome).unwrap_or_default());
+                    }
+                }
             }
             if !args.quiet {
                 print_stats(&outcome);

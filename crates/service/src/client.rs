@@ -210,7 +210,9 @@ pub enum Progress<'a> {
 /// A progress callback.
 pub type ProgressHook<'a> = &'a (dyn Fn(Progress<'_>) + Send + Sync);
 
-/// A released result and what its session moved.
+/// A released result and what its session moved. For a differentially private query,
+/// `accepted.privacy` describes the noise of each output column and `summary.standing` what is
+/// left of the member's budget.
 #[derive(Debug, Clone)]
 pub struct QueryOutcome {
     /// The released result, in the `SELECT`'s column order.
@@ -324,11 +326,20 @@ impl Client {
                     (rows, Side::List(ListQuerierRole(querier), kept))
                 } else {
                     let table = data::receiver_table(&plan, &path)?;
+                    // The server refuses a querier set under the threshold; say so before
+                    // connecting.
+                    plan.check_querier_identifiers(table.distinct_identifiers())
+                        .map_err(ClientError::Refused)?;
                     let rows = table.stats().rows;
-                    let receiver = Receiver::new(&plan.domain(), table, limits);
+                    let mut receiver = Receiver::new(&plan.domain(), table, limits);
+                    if let Some(bounds) = plan.noise_bounds() {
+                        receiver = receiver
+                            .with_noise(bounds)
+                            .map_err(|e| ClientError::Internal(e.to_string()))?;
+                    }
                     (rows, Side::Aggregate(ReceiverRole(receiver)))
                 };
-                Ok::<_, DataFileError>((columns, rows, side))
+                Ok::<_, ClientError>((columns, rows, side))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
@@ -388,6 +399,8 @@ impl Client {
                 accepted.value_columns
             )));
         }
+        crate::privacy::check_accepted(&plan, accepted.privacy.as_ref())
+            .map_err(ClientError::PlanMismatch)?;
         report(Progress::Accepted {
             session_id: &accepted.session_id,
             rows,
@@ -449,7 +462,9 @@ impl Client {
     }
 }
 
-/// The client's role in a session, with what the result needs besides its outcome.
+/// The client's role in a session, with what the result needs besides its outcome. One per
+/// query, moved once: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Side {
     /// The psi receiver of an aggregation.
     Aggregate(ReceiverRole),

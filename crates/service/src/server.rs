@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cleanroom_psi::{ListProvider, Matcher};
+use cleanroom_psi::{GroupDecision, ListProvider, Matcher, ProtocolError};
 use cleanroom_rules::{Collaboration, Plan, Protocol, ReasonCode, Refusal};
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -33,7 +33,7 @@ use crate::proto::{
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
 use crate::roles::{ListProviderRole, MatcherRole};
-use crate::state::{AuditEntry, Completion, Decision, StateDb, StateError};
+use crate::state::{AuditEntry, Completion, Decision, Policy, StateDb, StateError};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
 /// The metadata key under which a refused query's reasons travel (a serialized
@@ -131,6 +131,9 @@ pub enum ServerError {
     /// Reflection could not load the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The state database cannot record the collaboration's policy.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The transport failed (TLS configuration, serving).
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -183,6 +186,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    config
+        .state
+        .record_policy(&Policy::of(&config.collaboration))?;
     let local = listener.local_addr()?;
     if config.tls.is_none() {
         check_plaintext_listen(local, config.insecure)?;
@@ -227,12 +233,15 @@ pub async fn serve(
 struct CleanRoom {
     config: Arc<ServerConfig>,
     sessions: Arc<Semaphore>,
+    /// Budgets and query limits of the collaboration.
+    policy: Arc<Policy>,
 }
 
 impl CleanRoom {
     fn new(config: ServerConfig) -> CleanRoom {
         let permits = config.limits.max_concurrent_sessions as usize;
         CleanRoom {
+            policy: Arc::new(Policy::of(&config.collaboration)),
             config: Arc::new(config),
             sessions: Arc::new(Semaphore::new(permits)),
         }
@@ -307,6 +316,9 @@ impl SessionError {
             }
             SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             SessionError::Exchange(e) => exchange_status(e),
+            SessionError::State(StateError::Exhausted(exhausted)) => {
+                Status::resource_exhausted(exhausted.to_string())
+            }
             SessionError::Data { .. } | SessionError::State(_) | SessionError::Internal(_) => {
                 Status::internal(self.to_string())
             }
@@ -318,7 +330,8 @@ impl SessionError {
             SessionError::PermissionDenied(_)
             | SessionError::InvalidArgument(_)
             | SessionError::Refused(_)
-            | SessionError::ResourceExhausted(_) => Decision::Refused,
+            | SessionError::ResourceExhausted(_)
+            | SessionError::State(StateError::Exhausted(_)) => Decision::Refused,
             SessionError::Exchange(ExchangeError::Transport(status)) if is_too_large(status) => {
                 Decision::Failed
             }
@@ -333,6 +346,7 @@ impl SessionError {
     fn audit_reason(&self) -> String {
         match self {
             SessionError::Data { source, .. } => format!("{self}: {source}"),
+            SessionError::State(StateError::Exhausted(exhausted)) => exhausted.to_string(),
             SessionError::State(source) => format!("{self}: {source}"),
             _ => self.to_string(),
         }
@@ -509,7 +523,11 @@ impl CleanRoom {
             .await
             .map_err(|e| e.status())?;
         }
-        let admitted = self.admit(member, &start).and_then(|(plan, path)| {
+        let admitted = match self.admit(member, &start) {
+            Ok((plan, path)) => self.allowance(&plan).await.map(|()| (plan, path)),
+            Err(error) => Err(error),
+        };
+        let admitted = admitted.and_then(|(plan, path)| {
             let permit = Arc::clone(&self.sessions)
                 .try_acquire_owned()
                 .map_err(|_| {
@@ -534,6 +552,20 @@ impl CleanRoom {
                 Err(error.status())
             }
         }
+    }
+
+    /// Whether the querier's budget and query limits allow one more release of `plan`
+    /// (checked again, atomically, when the release is recorded).
+    async fn allowance(&self, plan: &Plan) -> Result<(), SessionError> {
+        let (policy, member, cost) = (
+            Arc::clone(&self.policy),
+            plan.querier().to_owned(),
+            plan.privacy().map(|p| p.epsilon),
+        );
+        state_call(&self.config.state, move |s| {
+            Ok(s.standing(&policy, &member)?.admits(cost)?)
+        })
+        .await
     }
 
     /// Records how a session ended without a release and tells the hook.
@@ -645,6 +677,7 @@ impl CleanRoom {
             matcher_table: plan.matcher().table.clone(),
             min_release: plan.min_release(),
             value_columns: plan.receiver().value_columns.len() as u32,
+            privacy: crate::privacy::privacy_info(plan),
         };
         exchange
             .send_item(Ok(RunSessionResponse {
@@ -669,19 +702,23 @@ impl CleanRoom {
             bytes_received: counters.bytes_received,
             bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
         };
-        let id = session_id.to_owned();
-        let recorded = within(
+        // Record the release and charge the querier's budget in one transaction.
+        let (id, policy, member, cost) = (
+            session_id.to_owned(),
+            Arc::clone(&self.policy),
+            plan.querier().to_owned(),
+            plan.privacy().map(|p| p.epsilon),
+        );
+        let standing = within(
             exchange.deadline,
             state_call(&self.config.state, move |s| {
-                s.finish(&id, Decision::Released, "", &completion)
+                s.release(&id, &policy, &member, cost, &completion)
             }),
         )
-        .await??;
-        if !recorded {
-            return Err(SessionError::Internal(
-                "the session's audit entry was already complete".to_owned(),
-            ));
-        }
+        .await??
+        .ok_or_else(|| {
+            SessionError::Internal("the session's audit entry was already complete".to_owned())
+        })?;
         for message in messages {
             exchange.send_message(message).await?;
         }
@@ -699,6 +736,7 @@ impl CleanRoom {
                 bytes_received: counters.bytes_received,
                 elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
+            standing: Some(crate::privacy::standing_proto(&standing)),
         };
         exchange
             .send_item(Ok(RunSessionResponse {
@@ -729,7 +767,12 @@ impl CleanRoom {
             .blocking((), move |_| {
                 let table = data::matcher_table(&table_plan, &matcher_path)?;
                 let rows = table.stats().rows;
-                Ok::<_, DataFileError>((rows, Matcher::new(&table_plan.domain(), table, limits)))
+                let mut matcher = Matcher::new(&table_plan.domain(), table, limits)
+                    .require_receiver_identifiers(table_plan.min_release());
+                if let Some(bounds) = table_plan.noise_bounds() {
+                    matcher = matcher.with_noise(bounds);
+                }
+                Ok::<_, DataFileError>((rows, matcher))
             })
             .await?;
         let (rows, matcher) = built.map_err(|source| SessionError::Data {
@@ -740,21 +783,24 @@ impl CleanRoom {
         let role = MatcherRole(matcher);
 
         let mut psi_in = psi_stream(inbound);
-        let role = exchange.run(role, &mut psi_in).await?;
+        let role = exchange
+            .run(role, &mut psi_in)
+            .await
+            .map_err(|e| refuse_tiny_querier_set(plan, e))?;
 
-        // Decide, then record the decision durably, then release.
+        // Decide (with noise, for a private plan), then record the decision durably, then
+        // release.
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(role, move |role| {
                 let (mut released, mut suppressed) = (0u64, 0u64);
-                role.0.release(|group| {
-                    let ok = release_plan.release(group);
-                    if ok {
-                        released += 1;
-                    } else {
-                        suppressed += 1;
+                role.0.release_with(|group| {
+                    let decision = release_plan.decide(group);
+                    match decision {
+                        GroupDecision::Suppress => suppressed += 1,
+                        GroupDecision::Release { .. } => released += 1,
                     }
-                    ok
+                    decision
                 })?;
                 let mut messages = Vec::new();
                 while let Some(message) = role.0.poll_message() {
@@ -803,6 +849,20 @@ impl CleanRoom {
             .await?;
         Ok((0, 0, role.release()))
     }
+}
+
+/// The querier's set is smaller than the threshold: a refusal with the rules' reason, rather
+/// than a protocol failure.
+fn refuse_tiny_querier_set(plan: &Plan, error: ExchangeError) -> SessionError {
+    if let ExchangeError::Peer(PeerError::Protocol(ProtocolError::ReceiverSetTooSmall {
+        identifiers,
+        ..
+    })) = &error
+        && let Err(refusal) = plan.check_querier_identifiers(*identifiers)
+    {
+        return SessionError::Refused(refusal);
+    }
+    error.into()
 }
 
 /// The protocol messages of a client's stream; anything else after the start is an error.

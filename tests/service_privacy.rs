@@ -1,0 +1,468 @@
+//! Differential privacy, budgets and query limits over the real gRPC service on loopback: a
+//! budget charged with each release, refused with RESOURCE_EXHAUSTED once spent and still spent
+//! after a restart; a scripted differencing attempt that gets noisy answers and then refusals;
+//! a querier set under the threshold refused by the server; query limits; `cleanroom budget`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cleanroom_psi::{Limits as PsiLimits, Receiver};
+use cleanroom_rules::{Collaboration, Value};
+use cleanroom_service::client::{ClientError, Query, QueryOutcome};
+use cleanroom_service::proto::{PsiMessage, RunSessionRequest, run_session_request};
+use cleanroom_service::{
+    BearerToken, Client, ClientConfig, Decision, Limits, ServerConfig, StateDb,
+};
+use common::{cleanroom, raw_client, raw_open, refusal_codes, sha256_hex};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::Code;
+
+const PUBLISHER_TOKEN: &str = "publisher-private-token";
+const ADVERTISER_TOKEN: &str = "advertiser-private-token";
+
+const BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers, \
+    SUM(c.amount) AS revenue FROM impressions i JOIN conversions c ON i.email = c.email \
+    GROUP BY i.campaign";
+const COUNT: &str = "SELECT COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+    JOIN conversions c ON i.email = c.email";
+
+/// A collaboration file with `header` (privacy and limits sections) appended to `[collaboration]`.
+fn collaboration_toml(header: &str, sum_bounds: &str) -> String {
+    format!(
+        r#"[collaboration]
+id = "private-e2e"
+{header}
+
+[[member]]
+name = "publisher"
+abilities = []
+token_sha256 = "{publisher}"
+
+[[member]]
+name = "advertiser"
+abilities = ["query", "receive_results"]
+token_sha256 = "{advertiser}"
+
+[[table]]
+name = "impressions"
+owner = "publisher"
+columns = ["email", "campaign"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["campaign"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
+min_threshold = 3
+
+[[table]]
+name = "conversions"
+owner = "advertiser"
+columns = ["email", "amount"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"] }}
+{sum_bounds}
+min_threshold = 3
+"#,
+        publisher = sha256_hex(PUBLISHER_TOKEN),
+        advertiser = sha256_hex(ADVERTISER_TOKEN),
+    )
+}
+
+const PRIVATE: &str = "[collaboration.privacy]\nepsilon_budget = 1.0\nepsilon_per_query = 0.4";
+const BOUNDS: &str = "sum_bounds = { amount = [0, 500] }";
+
+/// Both members' files and the collaboration, in a temporary directory.
+struct Setup {
+    dir: tempfile::TempDir,
+    collaboration: Arc<Collaboration>,
+}
+
+impl Setup {
+    /// Publisher: users 0..60 (campaign a or b) and alice. Advertiser: users 30..90.
+    fn new(header: &str, sum_bounds: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = collaboration_toml(header, sum_bounds);
+        std::fs::write(dir.path().join("collab.toml"), &toml).unwrap();
+        let mut impressions = String::from("email,campaign\n");
+        for n in 0..60 {
+            impressions.push_str(&format!("user{n}@example.com,{}\n", ["a", "b"][n % 2]));
+        }
+        impressions.push_str("alice@example.com,a\n");
+        std::fs::write(dir.path().join("impressions.csv"), impressions).unwrap();
+        Self::write_conversions(dir.path(), "conversions.csv", 30..90, false);
+        let collaboration = Arc::new(Collaboration::from_toml_str(&toml, "collab.toml").unwrap());
+        Setup { dir, collaboration }
+    }
+
+    fn write_conversions(dir: &Path, name: &str, users: std::ops::Range<u32>, alice: bool) {
+        let mut rows = String::from("email,amount\n");
+        for n in users {
+            rows.push_str(&format!("user{n}@example.com,{}\n", 10 + n));
+        }
+        if alice {
+            rows.push_str("alice@example.com,100\n");
+        }
+        std::fs::write(dir.join(name), rows).unwrap();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+struct Server {
+    url: String,
+    state: Arc<StateDb>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(setup: &Setup, state: &Path) -> Server {
+        let state = Arc::new(StateDb::open(state).unwrap());
+        let config = ServerConfig {
+            collaboration: Arc::clone(&setup.collaboration),
+            member: "publisher".to_owned(),
+            data: BTreeMap::from([("impressions".to_owned(), setup.path("impressions.csv"))]),
+            limits: Limits::default(),
+            state: Arc::clone(&state),
+            tls: None,
+            insecure: false,
+            on_session_end: None,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            cleanroom_service::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            url,
+            state,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.url.trim_start_matches("http://").parse().unwrap()
+    }
+}
+
+async fn query(
+    setup: &Setup,
+    server: &Server,
+    sql: &str,
+    conversions: &str,
+) -> Result<QueryOutcome, ClientError> {
+    let mut config = ClientConfig::new(
+        server.url.clone(),
+        BearerToken::new(ADVERTISER_TOKEN).unwrap(),
+    );
+    config.timeout = Some(Duration::from_secs(60));
+    let mut client = Client::connect(&config).await?;
+    let data = BTreeMap::from([("conversions".to_owned(), setup.path(conversions))]);
+    client
+        .run_query(
+            Query {
+                collaboration: &setup.collaboration,
+                member: "advertiser",
+                sql,
+                data: &data,
+            },
+            None,
+        )
+        .await
+}
+
+fn remote(error: ClientError) -> (Code, String) {
+    match error {
+        ClientError::Remote(remote) => (remote.code, remote.message),
+        other => panic!("expected a status from the server, got {other}"),
+    }
+}
+
+fn integer(value: &Value) -> i64 {
+    match value {
+        Value::Integer(n) => *n as i64,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_charged_refused_when_spent_and_survives_a_restart() {
+    let setup = Setup::new(PRIVATE, BOUNDS);
+    let state = setup.path("state.db");
+
+    // First query: released with noise, 0.4 of 1.0 spent.
+    let server = Server::start(&setup, &state).await;
+    let first = query(&setup, &server, BY_CAMPAIGN, "conversions.csv")
+        .await
+        .unwrap();
+    let privacy = first.accepted.privacy.clone().expect("a private result");
+    assert_eq!(privacy.mechanism, "discrete_laplace");
+    assert_eq!(privacy.epsilon, 0.4);
+    let kinds: Vec<&str> = privacy.outputs.iter().map(|o| o.kind.as_str()).collect();
+    assert_eq!(kinds, ["none", "count", "sum"]);
+    // ε = 0.4 over a count and one sum: scale 2·1/0.4 = 5 and 2·500/0.4 = 2500.
+    assert_eq!(privacy.outputs[1].scale, 5.0);
+    assert_eq!(privacy.outputs[2].scale, 2500.0);
+    let standing = first.summary.standing.unwrap();
+    assert_eq!(standing.epsilon_spent, 0.4);
+    assert_eq!(standing.epsilon_remaining, Some(0.6));
+    // Campaign a: users 30..60 even plus none of alice (not a customer): 15 buyers; b: 15.
+    for row in &first.result.rows {
+        let buyers = integer(&row[1]);
+        assert!(
+            (buyers - 15).abs() <= 5 * 46,
+            "a noisy count within the noise bound: {row:?}"
+        );
+    }
+    server.stop().await;
+
+    // Restarted on the same state file: the second query spends 0.8 in total.
+    let server = Server::start(&setup, &state).await;
+    let second = query(&setup, &server, BY_CAMPAIGN, "conversions.csv")
+        .await
+        .unwrap();
+    let standing = second.summary.standing.unwrap();
+    assert_eq!(standing.epsilon_spent, 0.8);
+    assert!((standing.epsilon_remaining.unwrap() - 0.2).abs() < 1e-12);
+
+    // The third would need 0.4 with 0.2 left: RESOURCE_EXHAUSTED, cost and remainder named.
+    let (code, message) = remote(
+        query(&setup, &server, BY_CAMPAIGN, "conversions.csv")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("costs epsilon 0.4") && message.contains("0.2 left of its budget of 1"),
+        "{message}"
+    );
+    let entries = server.state.entries(None, None).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2].decision, Decision::Refused);
+    assert!(entries[2].reason.contains("privacy budget exhausted"));
+
+    // `cleanroom budget` reads the same file, also while the server runs.
+    let state_arg = state.to_str().unwrap();
+    let (code, stdout, stderr) =
+        cleanroom(&["budget", "--state", state_arg, "--format", "json"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let advertiser = &json.as_array().unwrap()[0];
+    assert_eq!(advertiser["member"], "advertiser");
+    assert_eq!(advertiser["epsilon_spent"], 0.8);
+    assert_eq!(advertiser["epsilon_budget"], 1.0);
+    assert_eq!(advertiser["queries"], 2);
+    let (code, table, _) = cleanroom(&["budget", "--state", state_arg], None);
+    assert_eq!(code, 0);
+    assert!(
+        table.lines().any(|l| l.starts_with("private-e2e")
+            && l.contains("advertiser")
+            && l.contains("0.8")
+            && l.contains("0.2")),
+        "{table}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
+    let setup = Setup::new(PRIVATE, BOUNDS);
+    let server = Server::start(&setup, &setup.path("state.db")).await;
+    Setup::write_conversions(setup.dir.path(), "with_alice.csv", 30..90, true);
+
+    // The advertiser asks for its buyers, then for the same set plus Alice. The exact answers
+    // would differ by 1 exactly when Alice is in the publisher's list (she is); the released
+    // ones carry noise of scale 1/0.4 = 2.5 each, and say so.
+    let without = query(&setup, &server, COUNT, "conversions.csv")
+        .await
+        .unwrap();
+    let with = query(&setup, &server, COUNT, "with_alice.csv")
+        .await
+        .unwrap();
+    for outcome in [&without, &with] {
+        let privacy = outcome.accepted.privacy.as_ref().unwrap();
+        assert_eq!(privacy.outputs[0].kind, "count");
+        assert_eq!(privacy.outputs[0].scale, 2.5);
+        assert!(privacy.outputs[0].interval95 >= 5);
+    }
+    // Averaging the noise away takes more queries: the budget refuses them.
+    let (code, message) = remote(
+        query(&setup, &server, COUNT, "with_alice.csv")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+
+    // A set too small to hide anyone ({Alice, one other}) is refused locally by the client...
+    let dir = setup.dir.path();
+    std::fs::write(
+        dir.join("tiny.csv"),
+        "email,amount\nalice@example.com,1\nuser31@example.com,1\n",
+    )
+    .unwrap();
+    match query(&setup, &server, COUNT, "tiny.csv").await {
+        Err(ClientError::Refused(refusal)) => {
+            assert_eq!(refusal.codes()[0].as_str(), "querier_set_too_small")
+        }
+        other => panic!("expected a local refusal, got {other:?}"),
+    }
+    // ...and by the server, from the sizes the psi receiver announces, for a client that
+    // skips the check. Nothing is charged for it (the budget check comes first here, so use a
+    // fresh server state).
+    server.stop().await;
+    let server = Server::start(&setup, &setup.path("fresh.db")).await;
+    let plan = setup.collaboration.plan("advertiser", COUNT).unwrap();
+    let header = vec!["email".to_owned(), "amount".to_owned()];
+    let rows = vec![
+        vec!["alice@example.com".to_owned(), "1".to_owned()],
+        vec!["user31@example.com".to_owned(), "1".to_owned()],
+    ];
+    let table = plan.receiver_table(&header, rows.into_iter()).unwrap();
+    let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default())
+        .with_noise(plan.noise_bounds().unwrap())
+        .unwrap();
+    let mut client = raw_client(server.addr(), Some(ADVERTISER_TOKEN)).await;
+    let start = RunSessionRequest {
+        message: Some(run_session_request::Message::Start(
+            cleanroom_service::proto::SessionStart {
+                collaboration_id: setup.collaboration.id().to_owned(),
+                member: "advertiser".to_owned(),
+                sql: COUNT.to_owned(),
+                table: Some(cleanroom_service::proto::TableDescriptor {
+                    name: "conversions".to_owned(),
+                    columns: header.clone(),
+                    rows: 2,
+                }),
+            },
+        )),
+    };
+    let (tx, mut inbound) = raw_open(&mut client, start).await.unwrap();
+    while let Some(message) = receiver.poll_message() {
+        let payload = message.encode();
+        let _ = tx
+            .send(RunSessionRequest {
+                message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+            })
+            .await;
+    }
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the session ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["querier_set_too_small"]);
+    for _ in 0..100 {
+        if server.state.entries(None, None).unwrap()[0].decision != Decision::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = server.state.entries(None, None).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].decision, Decision::Refused);
+    let policy = cleanroom_service::Policy::of(&setup.collaboration);
+    assert_eq!(
+        server
+            .state
+            .standing(&policy, "advertiser")
+            .unwrap()
+            .queries,
+        0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_limits_hold_without_privacy_and_results_stay_exact() {
+    // One query per member in total.
+    let setup = Setup::new("[collaboration.limits]\nqueries_per_member = 1", "");
+    let server = Server::start(&setup, &setup.path("state.db")).await;
+    let outcome = query(&setup, &server, BY_CAMPAIGN, "conversions.csv")
+        .await
+        .unwrap();
+    assert!(outcome.accepted.privacy.is_none());
+    // Exact: buyers are users 30..60 of each campaign's parity, revenue their 10 + n.
+    let exact: BTreeSet<(String, u64, u64)> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(parity, c)| {
+            let users: Vec<u64> = (30..60).filter(|n| n % 2 == parity as u64).collect();
+            (
+                c.to_string(),
+                users.len() as u64,
+                users.iter().map(|n| 10 + n).sum(),
+            )
+        })
+        .collect();
+    let got: BTreeSet<(String, u64, u64)> = outcome
+        .result
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].to_string(),
+                integer(&r[1]) as u64,
+                integer(&r[2]) as u64,
+            )
+        })
+        .collect();
+    assert_eq!(got, exact);
+    let standing = outcome.summary.standing.unwrap();
+    assert_eq!(
+        (standing.queries, standing.queries_per_member),
+        (1, Some(1))
+    );
+    let (code, message) = remote(
+        query(&setup, &server, BY_CAMPAIGN, "conversions.csv")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(message.contains("queries_per_member = 1"), "{message}");
+    server.stop().await;
+
+    // One query per member per day.
+    let setup = Setup::new("[collaboration.limits]\nqueries_per_member_per_day = 1", "");
+    let server = Server::start(&setup, &setup.path("state.db")).await;
+    query(&setup, &server, COUNT, "conversions.csv")
+        .await
+        .unwrap();
+    let (code, message) = remote(
+        query(&setup, &server, COUNT, "conversions.csv")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(message.contains("today"), "{message}");
+    server.stop().await;
+}
