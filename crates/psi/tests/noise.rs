@@ -290,3 +290,31 @@ fn receiver_totals_are_clamped_per_identifier() {
     .unwrap();
     assert_eq!(outcome.groups[0].sums, vec![102, 1]);
 }
+
+#[test]
+fn two_sessions_over_the_same_sets_share_no_blinded_value() {
+    // Fresh keys every session: a querier who asks twice cannot link the blinded values (or
+    // the tags) of one session to the other's.
+    use cleanroom_psi::match_offline_observed;
+    use std::collections::HashSet;
+    let session = || {
+        let m = matcher_table(&[("", "x1"), ("", "x2"), ("", "x3")]);
+        let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[]), ("", "y", &[])], 0);
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let report = match_offline_observed(&domain(), m, r, 1, |message, _| match message {
+            Message::MatcherPoints { points, .. } | Message::ReceiverItems { points, .. } => {
+                seen.extend(points.iter().map(|p| p.0.to_vec()))
+            }
+            Message::ReceiverTags { tags, .. } => {
+                seen.extend(tags.iter().map(|t| t.as_u128().to_le_bytes().to_vec()))
+            }
+            _ => {}
+        })
+        .unwrap();
+        assert_eq!(report.outcome.groups[0].intersection_size, 2);
+        seen
+    };
+    let (first, second) = (session(), session());
+    assert_eq!(first.len(), 9, "3 + 3 points and 3 tags");
+    assert!(first.is_disjoint(&second));
+}
