@@ -198,9 +198,20 @@ async fn query(
         .await
 }
 
+/// The code and message of a status from the server; a budget or limit refusal also carries
+/// its reason code.
 fn remote(error: ClientError) -> (Code, String) {
     match error {
-        ClientError::Remote(remote) => (remote.code, remote.message),
+        ClientError::Remote(remote) => {
+            if remote.code == Code::ResourceExhausted {
+                let codes: Vec<&str> = remote.reasons.iter().map(|r| r.code.as_str()).collect();
+                assert!(
+                    codes == ["budget_exhausted"] || codes == ["query_limit_reached"],
+                    "{codes:?}"
+                );
+            }
+            (remote.code, remote.message)
+        }
         other => panic!("expected a status from the server, got {other}"),
     }
 }
@@ -464,5 +475,84 @@ async fn query_limits_hold_without_privacy_and_results_stay_exact() {
     );
     assert_eq!(code, Code::ResourceExhausted);
     assert!(message.contains("today"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanroom_query_prints_the_noise_and_the_budget() {
+    let setup = Setup::new(PRIVATE, BOUNDS);
+    let server = Server::start(&setup, &setup.path("state.db")).await;
+    let config = setup.path("collab.toml");
+    let data = format!("conversions={}", setup.path("conversions.csv").display());
+    let args = |format: &'static str| {
+        vec![
+            "query".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--member".to_owned(),
+            "advertiser".to_owned(),
+            "--data".to_owned(),
+            data.clone(),
+            "--server".to_owned(),
+            server.url.clone(),
+            "--quiet".to_owned(),
+            "--format".to_owned(),
+            format.to_owned(),
+            BY_CAMPAIGN.to_owned(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cleanroom(&args, Some(ADVERTISER_TOKEN))
+    };
+    let (code, table, stderr) = tokio::task::spawn_blocking({
+        let args = args("table");
+        move || run(args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        table.contains(
+            "differentially private result (discrete_laplace): this query spent epsilon 0.4; \
+             0.6 of the budget of 1 left"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("buyers: count + noise of scale 5, within ±"),
+        "{table}"
+    );
+    assert!(
+        table.contains("revenue: sum + noise of scale 2500"),
+        "{table}"
+    );
+
+    let (code, json, stderr) = tokio::task::spawn_blocking({
+        let args = args("json");
+        move || run(args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["privacy"]["mechanism"], "discrete_laplace");
+    assert_eq!(json["privacy"]["epsilon"], 0.4);
+    assert_eq!(json["privacy"]["outputs"][1]["kind"], "count");
+    assert_eq!(json["privacy"]["epsilon_spent"], 0.8);
+    assert_eq!(json["columns"][0], "campaign");
+
+    // The budget is spent: the third query is refused (exit code 1), with the reason's code.
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let args = args("json");
+        move || run(args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("[budget_exhausted] privacy budget exhausted"),
+        "{stderr}"
+    );
     server.stop().await;
 }

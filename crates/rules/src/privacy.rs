@@ -14,9 +14,10 @@
 //! sum_bounds = { amount = [0, 100000] }
 //! ```
 //!
-//! With a privacy section, every aggregation query's result is made `ε`-differentially private
-//! (with `δ < 2^-64` per released value, from bounding the noise) for `ε = epsilon_per_query`,
-//! with respect to adding or removing one identifier of the matcher's (data provider's) table:
+//! With a privacy section, every aggregation query's result is made `(ε, δ)`-differentially
+//! private for `ε = epsilon_per_query` and `δ ≤ 2·e^−(46 − ε)` per released value (from bounding
+//! the noise at 46 scales), with respect to adding or removing one identifier of the matcher's
+//! (data provider's) table:
 //!
 //! - each identifier contributes once: the matcher counts each receiver identifier in at most
 //!   one output row ([`cleanroom_psi::Matcher::with_noise`]), and the receiver clamps each

@@ -140,6 +140,12 @@ reason_codes! {
     /// The querier's side, after its filters, has fewer distinct identifiers than the release
     /// threshold: its results could single out the few people in it.
     QuerierSetTooSmall => "querier_set_too_small",
+    /// The querying member's privacy budget does not cover the query's epsilon (with
+    /// `RESOURCE_EXHAUSTED` from the server).
+    BudgetExhausted => "budget_exhausted",
+    /// The querying member reached one of the collaboration's query limits (with
+    /// `RESOURCE_EXHAUSTED` from the server).
+    QueryLimitReached => "query_limit_reached",
 }
 
 impl fmt::Display for ReasonCode {

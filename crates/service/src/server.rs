@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cleanroom_psi::{GroupDecision, ListProvider, Matcher, ProtocolError};
-use cleanroom_rules::{Collaboration, Plan, Protocol, ReasonCode, Refusal};
+use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -33,7 +33,7 @@ use crate::proto::{
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
 use crate::roles::{ListProviderRole, MatcherRole};
-use crate::state::{AuditEntry, Completion, Decision, Policy, StateDb, StateError};
+use crate::state::{AuditEntry, Completion, Decision, Exhausted, Policy, StateDb, StateError};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
 /// The metadata key under which a refused query's reasons travel (a serialized
@@ -295,29 +295,19 @@ impl SessionError {
                 } else {
                     Code::InvalidArgument
                 };
-                let details = proto::QueryRefusal {
-                    reasons: refusal
-                        .reasons
-                        .iter()
-                        .map(|r| proto::RefusalReason {
-                            code: r.code.as_str().to_owned(),
-                            table: r.table.clone().unwrap_or_default(),
-                            column: r.column.clone().unwrap_or_default(),
-                            message: r.message.clone(),
-                        })
-                        .collect(),
-                };
-                let mut metadata = MetadataMap::new();
-                metadata.insert_bin(
-                    REFUSAL_METADATA_KEY,
-                    MetadataValue::from_bytes(&details.encode_to_vec()),
-                );
-                Status::with_metadata(code, refusal.to_string(), metadata)
+                refusal_status(code, refusal)
             }
             SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             SessionError::Exchange(e) => exchange_status(e),
             SessionError::State(StateError::Exhausted(exhausted)) => {
-                Status::resource_exhausted(exhausted.to_string())
+                let code = match exhausted {
+                    Exhausted::Budget { .. } => ReasonCode::BudgetExhausted,
+                    Exhausted::Queries { .. } | Exhausted::QueriesToday { .. } => {
+                        ReasonCode::QueryLimitReached
+                    }
+                };
+                let refusal = Refusal::one(Reason::new(code, exhausted.to_string()));
+                refusal_status(Code::ResourceExhausted, &refusal)
             }
             SessionError::Data { .. } | SessionError::State(_) | SessionError::Internal(_) => {
                 Status::internal(self.to_string())
@@ -351,6 +341,29 @@ impl SessionError {
             _ => self.to_string(),
         }
     }
+}
+
+/// A refusal's status: `code`, the reasons as the message, and the serialized
+/// `QueryRefusal` in the [`REFUSAL_METADATA_KEY`] trailer.
+fn refusal_status(code: Code, refusal: &Refusal) -> Status {
+    let details = proto::QueryRefusal {
+        reasons: refusal
+            .reasons
+            .iter()
+            .map(|r| proto::RefusalReason {
+                code: r.code.as_str().to_owned(),
+                table: r.table.clone().unwrap_or_default(),
+                column: r.column.clone().unwrap_or_default(),
+                message: r.message.clone(),
+            })
+            .collect(),
+    };
+    let mut metadata = MetadataMap::new();
+    metadata.insert_bin(
+        REFUSAL_METADATA_KEY,
+        MetadataValue::from_bytes(&details.encode_to_vec()),
+    );
+    Status::with_metadata(code, refusal.to_string(), metadata)
 }
 
 /// The status a peer sees for an exchange that went wrong.
