@@ -7,10 +7,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-# The server and the reference client: the debug binary (which `cargo test` already built),
-# unless CLEANROOM_BIN names one.
+# The server and the reference client: the debug binary, unless CLEANROOM_BIN names one. It is
+# brought up to date the way .ci/run's `cargo test --workspace` builds it, so after that step this
+# is a no-op (`cargo build` would rebuild: tests unify dependency features differently).
 if [[ -z "${CLEANROOM_BIN:-}" ]]; then
-    (cd "$root" && cargo build --locked --quiet --bin cleanroom)
+    (cd "$root" && cargo test --workspace --locked --no-run --quiet)
     export CLEANROOM_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/cleanroom"
 fi
 

@@ -143,6 +143,8 @@ def run_query(
     """Runs the plan's query against ``server``; ``data`` maps the member's tables to CSV paths."""
     if plan.get("protocol") not in ("cardinality", "intersection_sum"):
         raise QueryError(f"this client runs cardinality and intersection-sum, not {plan.get('protocol')!r}")
+    if plan.get("privacy") is not None:
+        raise QueryError("this client does not run differentially private (noisy) plans")
     pb2, pb2_grpc = load_proto()
     own = plan["receiver"]["table"]
     if own not in data:

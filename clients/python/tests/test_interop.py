@@ -221,3 +221,12 @@ def test_server_refusal_carries_reasons(setup):
         session.run_query(url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")}, timeout=30)
     assert e.value.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
     assert e.value.reasons and all(code for code, _ in e.value.reasons)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [{"protocol": "list"}, {"protocol": "intersection_sum", "privacy": {"epsilon": 500000}}],
+)
+def test_unsupported_plans_are_refused_before_connecting(plan):
+    with pytest.raises(session.QueryError):
+        session.run_query("http://127.0.0.1:9", "token", plan, {})
