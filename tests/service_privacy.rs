@@ -238,9 +238,10 @@ async fn the_budget_is_charged_refused_when_spent_and_survives_a_restart() {
     assert_eq!(privacy.epsilon, 0.4);
     let kinds: Vec<&str> = privacy.outputs.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(kinds, ["none", "count", "sum"]);
-    // ε = 0.4 over a count and one sum: scale 2·1/0.4 = 5 and 2·500/0.4 = 2500.
-    assert_eq!(privacy.outputs[1].scale, 5.0);
-    assert_eq!(privacy.outputs[2].scale, 2500.0);
+    // ε = 0.4 over the publisher's group sizes, a count and one sum: scale 3·1/0.4 = 7.5 and
+    // 3·500/0.4 = 3750.
+    assert_eq!(privacy.outputs[1].scale, 7.5);
+    assert_eq!(privacy.outputs[2].scale, 3750.0);
     let standing = first.summary.standing.unwrap();
     assert_eq!(standing.epsilon_spent, 0.4);
     assert_eq!(standing.epsilon_remaining, Some(0.6));
@@ -248,7 +249,7 @@ async fn the_budget_is_charged_refused_when_spent_and_survives_a_restart() {
     for row in &first.result.rows {
         let buyers = integer(&row[1]);
         assert!(
-            (buyers - 15).abs() <= 5 * 46,
+            (buyers - 15).abs() <= 345,
             "a noisy count within the noise bound: {row:?}"
         );
     }
@@ -310,7 +311,8 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
 
     // The advertiser asks for its buyers, then for the same set plus Alice. The exact answers
     // would differ by 1 exactly when Alice is in the publisher's list (she is); the released
-    // ones carry noise of scale 1/0.4 = 2.5 each, and say so.
+    // ones carry noise of scale 2/0.4 = 5 each (ε is shared with the publisher's set size), and
+    // say so.
     let without = query(&setup, &server, COUNT, "conversions.csv")
         .await
         .unwrap();
@@ -320,8 +322,8 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
     for outcome in [&without, &with] {
         let privacy = outcome.accepted.privacy.as_ref().unwrap();
         assert_eq!(privacy.outputs[0].kind, "count");
-        assert_eq!(privacy.outputs[0].scale, 2.5);
-        assert!(privacy.outputs[0].interval95 >= 5);
+        assert_eq!(privacy.outputs[0].scale, 5.0);
+        assert!(privacy.outputs[0].interval95 >= 10);
     }
     // Averaging the noise away takes more queries: the budget refuses them.
     let (code, message) = remote(
@@ -520,11 +522,11 @@ async fn cleanroom_query_prints_the_noise_and_the_budget() {
         "{table}"
     );
     assert!(
-        table.contains("buyers: count + noise of scale 5, within ±"),
+        table.contains("buyers: count + noise of scale 7.5, within ±"),
         "{table}"
     );
     assert!(
-        table.contains("revenue: sum + noise of scale 2500"),
+        table.contains("revenue: sum + noise of scale 3750"),
         "{table}"
     );
 

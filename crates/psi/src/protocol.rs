@@ -262,6 +262,17 @@ pub(crate) fn admit(
     Ok(())
 }
 
+/// A random identifier for padding: a prefix no normalization produces, then 256 random bits.
+fn dummy_identifier() -> String {
+    let bytes: [u8; 32] = rand::random();
+    let mut id = String::with_capacity(7 + 64);
+    id.push_str("\0dummy/");
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
 /// Shuffle with a CSPRNG-seeded generator.
 pub(crate) fn shuffle<T>(items: &mut [T]) {
     items.shuffle(&mut rand::rng());
@@ -412,6 +423,9 @@ impl Matcher {
     /// Make this session's release noisy (differential privacy), within `bounds`. Three things
     /// change:
     ///
+    /// - each of this matcher's identifiers is kept in its first group only (in group-key
+    ///   order), so that it is in one announced set at most (see
+    ///   [`pad_groups`](Self::pad_groups));
     /// - every (matcher group, receiver group) pair is decided at release, matched or not, so
     ///   the existence of a group reveals nothing (at most [`MAX_NOISY_PAIRS`] pairs);
     /// - each receiver identifier counts in at most one pair: its first match (lowest receiver
@@ -422,7 +436,31 @@ impl Matcher {
     ///
     /// The receiver must be made [`with_noise`](Receiver::with_noise) with the same bounds.
     pub fn with_noise(mut self, bounds: NoiseBounds) -> Self {
+        if self.groups.len() > 1 {
+            let mut seen = std::collections::HashSet::new();
+            for (_, ids) in &mut self.groups {
+                ids.retain(|id| seen.insert(id.clone()));
+            }
+        }
         self.noise = Some(bounds);
+        self
+    }
+
+    /// Pad each group with `dummies()` random comparison values that match nothing, so that
+    /// the group sizes the receiver learns are noisy: with `dummies()` drawn as a bound plus
+    /// noise, an announced size is the true size plus noise, shifted by a public amount. A
+    /// dummy is the hash of 256 random bits: it equals an identifier of the receiver with
+    /// negligible probability, and is blinded and shuffled like every identifier, so the
+    /// receiver cannot tell it from one. Pads nothing in a test-vector matcher.
+    pub fn pad_groups(mut self, mut dummies: impl FnMut() -> u64) -> Self {
+        if self.test_vector.is_some() {
+            return self;
+        }
+        for (_, ids) in &mut self.groups {
+            let n = dummies();
+            ids.extend((0..n).map(|_| dummy_identifier()));
+            shuffle(ids);
+        }
         self
     }
 
@@ -609,8 +647,10 @@ impl Matcher {
             }
             self.index_sorted = true;
             self.last_match = vec![0; self.item_groups.len()];
-            if self.groups.is_empty() {
-                self.counts = Some(Vec::new());
+            // A group without identifiers gets no tags: it is complete already.
+            self.groups_complete = self.groups.iter().filter(|(_, ids)| ids.is_empty()).count();
+            if self.groups_complete == self.groups.len() {
+                self.counts = Some(self.collect_counts());
             }
         }
         Ok(())

@@ -116,6 +116,17 @@ impl MatcherTable {
         self.stats
     }
 
+    /// Make sure the group `key` exists, empty if no row was pushed to it: a noisy release
+    /// announces an ungrouped table's one group even when no row passed the filters, so that
+    /// its absence reveals nothing.
+    pub fn ensure_group(&mut self, key: &str) -> Result<(), InputError> {
+        if key.len() > crate::wire::MAX_GROUP_KEY_BYTES {
+            return Err(InputError::GroupKeyTooLong);
+        }
+        self.groups.entry(key.to_owned()).or_default();
+        Ok(())
+    }
+
     /// Distinct identifiers summed over groups (what the receiver learns as set sizes).
     pub fn distinct(&self) -> u64 {
         self.groups.values().map(|s| s.len() as u64).sum()

@@ -318,3 +318,65 @@ fn two_sessions_over_the_same_sets_share_no_blinded_value() {
     assert_eq!(first.len(), 9, "3 + 3 points and 3 tags");
     assert!(first.is_disjoint(&second));
 }
+
+#[test]
+fn padded_groups_hide_their_sizes_and_match_nothing() {
+    // The matcher's two groups padded with 40 and 7 dummies; x1 is in both groups and kept in
+    // the first only. The receiver learns the padded sizes; the counts are the true ones.
+    let m = matcher_table(&[("a", "x1"), ("a", "x2"), ("b", "x1"), ("b", "x3")]);
+    let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[]), ("", "x3", &[])], 0);
+    let bounds = NoiseBounds::new(vec![]).unwrap();
+    let mut pads = [40u64, 7].into_iter();
+    let mut m = Matcher::new(&domain(), m, Limits::default())
+        .with_noise(bounds.clone())
+        .pad_groups(|| pads.next().unwrap());
+    let Some(Message::MatcherHello { group_sizes }) = m.poll_message() else {
+        panic!("the matcher starts with its hello")
+    };
+    assert_eq!(group_sizes, [2 + 40, 1 + 7], "x1 once, in group a");
+    let mut r = Receiver::new(&domain(), r, Limits::default())
+        .with_noise(bounds)
+        .unwrap();
+    // The hello was taken above: hand it to the receiver first.
+    r.handle_message(Message::MatcherHello { group_sizes })
+        .unwrap();
+    let (outcome, seen) = run(m, r, |_| GroupDecision::Release {
+        count_noise: 0,
+        sum_noise: vec![],
+    })
+    .unwrap();
+    let counts: Vec<u64> = seen.iter().map(|c| c.intersection_size).collect();
+    assert_eq!(counts, [2, 1]);
+    assert_eq!(outcome.groups.len(), 2);
+}
+
+#[test]
+fn an_empty_group_is_announced_and_decided() {
+    // No row passed the matcher's filters: with noise its one group is announced all the same
+    // (padded), and decided.
+    let mut m = MatcherTable::new(Normalization::Email);
+    m.ensure_group("").unwrap();
+    let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[])], 0);
+    let bounds = NoiseBounds::new(vec![]).unwrap();
+    for pad in [0u64, 5] {
+        let (outcome, seen) = run(
+            Matcher::new(&domain(), m.clone(), Limits::default())
+                .with_noise(bounds.clone())
+                .pad_groups(|| pad),
+            Receiver::new(&domain(), r.clone(), Limits::default())
+                .with_noise(bounds.clone())
+                .unwrap(),
+            |_| GroupDecision::Release {
+                count_noise: 3,
+                sum_noise: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].intersection_size, 0);
+        assert_eq!(
+            outcome.groups[0].intersection_size, 2,
+            "3 read as the group's 2"
+        );
+    }
+}

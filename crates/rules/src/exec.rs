@@ -274,8 +274,9 @@ pub fn decode_group_key(encoded: &str, arity: usize) -> Option<Vec<Option<String
 impl Plan {
     /// Builds the matcher's PSI table from its rows: applies the matcher-side filter, reads the
     /// identifier and (when grouped on this side) the group key of each kept row. `header`
-    /// names the columns of `rows`; columns the plan does not read may be absent. Errors name
-    /// the table, the 1-based row and the column.
+    /// names the columns of `rows`; columns the plan does not read may be absent. Under
+    /// differential privacy an ungrouped matcher's one group exists even when empty. Errors
+    /// name the table, the 1-based row and the column.
     pub fn matcher_table(
         &self,
         header: &[String],
@@ -283,6 +284,13 @@ impl Plan {
     ) -> Result<MatcherTable, DataError> {
         let located = Located::new(&self.matcher, header)?;
         let mut table = MatcherTable::new(self.matcher.normalization);
+        if self.privacy.is_some() && self.grouped_by != Some(Role::Matcher) {
+            // Announced even when no row passes the filter: its absence would tell.
+            table.ensure_group("").map_err(|source| DataError::Table {
+                table: self.matcher.table.clone(),
+                source,
+            })?;
+        }
         for (number, row) in (1u64..).zip(rows) {
             if !located.keeps(&row, number)? {
                 continue;

@@ -19,14 +19,18 @@
 //! the noise at 46 scales), with respect to adding or removing one identifier of the matcher's
 //! (data provider's) table:
 //!
-//! - each identifier contributes once: the matcher counts each receiver identifier in at most
-//!   one output row ([`cleanroom_psi::Matcher::with_noise`]), and the receiver clamps each
-//!   identifier's total of a summed column into its `sum_bounds` (a `COUNT(c)` column into
-//!   `[0, 1]`) before encrypting it ([`Plan::value_bounds`](crate::Plan::value_bounds));
-//! - the query's `ε` is split evenly over the released statistics: the intersection size and
-//!   each value column. A statistic that one identifier moves by at most `Δ` (1 for counts,
-//!   the upper sum bound for sums) gets discrete Laplace noise of scale `Δ·(1 + V)/ε`
-//!   ([`dp`](crate::dp)); the output rows are disjoint, so the query costs `ε` in total;
+//! - each identifier contributes once: the matcher keeps each of its identifiers in one group
+//!   and counts each receiver identifier in at most one output row
+//!   ([`cleanroom_psi::Matcher::with_noise`]), and the receiver clamps each identifier's total
+//!   of a summed column into its `sum_bounds` (a `COUNT(c)` column into `[0, 1]`) before
+//!   encrypting it ([`PlanPrivacy::value_bounds`]);
+//! - the query's `ε` is split evenly over the released statistics: the matcher's group sizes
+//!   (which the receiver learns from the protocol itself), the intersection sizes and each
+//!   value column's sums. A statistic that one identifier moves by at most `Δ` (1 for sizes and
+//!   counts, the upper sum bound for sums) gets discrete Laplace noise of scale `Δ·(2 + V)/ε`
+//!   ([`dp`]); for the group sizes, the matcher pads each group with a public bound plus that
+//!   noise of random dummies ([`PlanPrivacy::dummies`]); the output rows are disjoint, so the
+//!   query costs `ε` in total;
 //! - the matcher adds the noise before release, decides the threshold on the noisy count, and
 //!   decides every output row, matched or not ([`Plan::decide`](crate::Plan::decide));
 //! - the service charges `ε` to the querying member's budget in the transaction that records
@@ -145,8 +149,9 @@ impl QueryLimits {
     }
 }
 
-/// Statistics a query may release, at most: the intersection size and every value column.
-const MAX_STATISTICS: u64 = 1 + MAX_VALUE_COLUMNS as u64;
+/// Statistics a query may release, at most: the matcher's group sizes, the intersection sizes
+/// and every value column.
+const MAX_STATISTICS: u64 = 2 + MAX_VALUE_COLUMNS as u64;
 
 /// The noise of a statistic that one identifier moves by at most `sensitivity`, when `shares`
 /// statistics split `epsilon`: scale `sensitivity·shares/ε`.
@@ -206,6 +211,9 @@ impl Noise {
 pub struct PlanPrivacy {
     /// What the query spends.
     pub epsilon: Epsilon,
+    /// The noise of the matcher's group sizes (the receiver learns them from the protocol):
+    /// each group is padded with `bound + noise` dummies.
+    pub set_size: Noise,
     /// The noise of every intersection size.
     pub count: Noise,
     /// The noise of each value column's sums, in value-column order.
@@ -245,7 +253,7 @@ impl PlanPrivacy {
     ) -> Self {
         let epsilon = privacy.epsilon_per_query;
         let columns = &plan.receiver().value_columns;
-        let shares = 1 + columns.len() as u64;
+        let shares = 2 + columns.len() as u64;
         let value_bounds: Vec<(u64, u64)> = columns
             .iter()
             .map(|c| match c.kind {
@@ -255,6 +263,7 @@ impl PlanPrivacy {
             .collect();
         Self {
             epsilon,
+            set_size: Noise::new(1, shares, epsilon),
             count: Noise::new(1, shares, epsilon),
             sums: value_bounds
                 .iter()
@@ -306,6 +315,19 @@ impl PlanPrivacy {
                 }
             })
             .collect()
+    }
+
+    /// How many dummies the matcher pads one group with: `bound + noise`, in `[0, 2·bound]`,
+    /// drawn from the operating system-seeded CSPRNG. The announced size is then the true size
+    /// plus discrete Laplace noise, shifted by the public `bound` of [`set_size`](Self::set_size).
+    pub fn dummies(&self) -> u64 {
+        self.dummies_with(&mut rand::rng())
+    }
+
+    /// [`dummies`](Self::dummies) drawn from `rng`.
+    pub fn dummies_with<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> u64 {
+        let noise = dp::sample_bounded(rng, self.set_size.scale, self.set_size.bound);
+        self.set_size.bound.saturating_add_signed(noise)
     }
 
     /// The matcher's decision on one pair of groups: draws the noise of the count and of every

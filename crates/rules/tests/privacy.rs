@@ -222,11 +222,13 @@ fn a_private_plan_splits_epsilon_and_describes_its_noise() {
     let plan = collaboration().plan("advertiser", AVG_SQL).unwrap();
     let privacy = plan.privacy().unwrap();
     assert_eq!(privacy.epsilon, Epsilon::from_micros(1_000_000));
-    // Count, SUM(amount) and the non-NULL count of amount: 3 statistics, ε/3 each.
-    assert_eq!(privacy.count.scale.as_f64(), 3.0);
+    // The publisher's group sizes, the count, SUM(amount) and the non-NULL count of amount:
+    // 4 statistics, ε/4 each.
+    assert_eq!(privacy.set_size.scale.as_f64(), 4.0);
+    assert_eq!(privacy.count.scale.as_f64(), 4.0);
     assert_eq!(privacy.sums.len(), 2);
-    assert_eq!(privacy.sums[0].scale.as_f64(), 3000.0);
-    assert_eq!(privacy.sums[1].scale.as_f64(), 3.0);
+    assert_eq!(privacy.sums[0].scale.as_f64(), 4000.0);
+    assert_eq!(privacy.sums[1].scale.as_f64(), 4.0);
     assert_eq!(privacy.value_bounds, [(0, 1000), (0, 1)]);
     let outputs = privacy.outputs(&plan);
     let kinds: Vec<(&str, &str)> = outputs
@@ -243,16 +245,16 @@ fn a_private_plan_splits_epsilon_and_describes_its_noise() {
         ]
     );
     assert_eq!(outputs[1].interval95, privacy.count.interval95());
-    assert_eq!(outputs[3].count_scale, Some(3.0));
+    assert_eq!(outputs[3].count_scale, Some(4.0));
     assert_eq!(plan.noise_bounds().unwrap().sum_bounds().len(), 2);
-    // A count-only query gives the count the whole ε.
+    // A count-only query splits ε between the group sizes and the count.
     let plan = collaboration()
         .plan(
             "advertiser",
             "SELECT COUNT(DISTINCT c.email) FROM impressions i JOIN conversions c ON i.email = c.email",
         )
         .unwrap();
-    assert_eq!(plan.privacy().unwrap().count.scale.as_f64(), 1.0);
+    assert_eq!(plan.privacy().unwrap().count.scale.as_f64(), 2.0);
 }
 
 #[test]
@@ -295,8 +297,10 @@ fn run(
     let mut m = Matcher::new(&plan.domain(), mt, Limits::default())
         .require_receiver_identifiers(plan.min_release());
     let mut r = Receiver::new(&plan.domain(), rt, Limits::default());
-    if let Some(bounds) = plan.noise_bounds() {
-        m = m.with_noise(bounds.clone());
+    if let (Some(bounds), Some(privacy)) = (plan.noise_bounds(), plan.privacy()) {
+        m = m
+            .with_noise(bounds.clone())
+            .pad_groups(|| privacy.dummies());
         r = r.with_noise(bounds).unwrap();
     }
     let mut seen = Vec::new();
@@ -393,7 +397,8 @@ fn a_differencing_attack_learns_little_from_noisy_answers() {
     // The advertiser asks twice: over its customers S, then over S plus Alice, and guesses
     // that Alice is in the publisher's list when the count went up. Without privacy it is
     // always right; with ε = 1 per query (2 for the pair), no strategy can be right with
-    // probability above e²/(1 + e²) ≈ 0.881, and this one is near 0.64.
+    // probability above e²/(1 + e²) ≈ 0.881, and this one is near 0.565 (scale 2: ε is split
+    // between the publisher's group sizes and the count).
     let plan_private = collaboration()
         .plan(
             "advertiser",
@@ -455,4 +460,28 @@ fn a_differencing_attack_learns_little_from_noisy_answers() {
         "the attack is right {rate:.3} of the time, above the DP bound {bound:.3}"
     );
     assert!(rate < 0.75, "rate {rate:.3}");
+}
+
+#[test]
+fn the_publishers_group_sizes_are_padded_with_noise() {
+    // The querier learns the publisher's group sizes from the protocol; with privacy they are
+    // the true size plus bound plus noise, so two filters differing by one person give
+    // overlapping answers.
+    let plan = collaboration().plan("advertiser", AVG_SQL).unwrap();
+    let privacy = plan.privacy().unwrap();
+    let bound = privacy.set_size.bound;
+    assert_eq!(bound, 184, "46 scales of 4");
+    let mut rng = StdRng::seed_from_u64(13);
+    let draws: Vec<u64> = (0..20_000)
+        .map(|_| privacy.dummies_with(&mut rng))
+        .collect();
+    assert!(draws.iter().all(|&d| d <= 2 * bound));
+    let mean = draws.iter().sum::<u64>() as f64 / draws.len() as f64;
+    // Noise of scale 4 has a standard deviation of about 5.6: the mean is within 0.2 of bound.
+    assert!((mean - bound as f64).abs() < 0.2, "mean {mean}");
+    // A size of n and of n + 1 are both answered by many of the same announced sizes.
+    let announced = |n: u64, rng: &mut StdRng| n + privacy.dummies_with(rng);
+    let a: std::collections::HashSet<u64> = (0..2_000).map(|_| announced(40, &mut rng)).collect();
+    let b: std::collections::HashSet<u64> = (0..2_000).map(|_| announced(41, &mut rng)).collect();
+    assert!(a.intersection(&b).count() > 20);
 }

@@ -782,8 +782,10 @@ impl CleanRoom {
                 let rows = table.stats().rows;
                 let mut matcher = Matcher::new(&table_plan.domain(), table, limits)
                     .require_receiver_identifiers(table_plan.min_release());
-                if let Some(bounds) = table_plan.noise_bounds() {
-                    matcher = matcher.with_noise(bounds);
+                if let (Some(bounds), Some(privacy)) =
+                    (table_plan.noise_bounds(), table_plan.privacy())
+                {
+                    matcher = matcher.with_noise(bounds).pad_groups(|| privacy.dummies());
                 }
                 Ok::<_, DataFileError>((rows, matcher))
             })
