@@ -48,6 +48,10 @@ pub struct NoiseBounds {
 /// Why noise bounds or a noise value cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoiseError {
+    /// Noise in the release of a matcher that was not made
+    /// [`with_noise`](crate::Matcher::with_noise): there are no bounds to encode it with.
+    #[error("noise in the release of a matcher made without noise bounds")]
+    WithoutBounds,
     /// A bound larger than [`MAX_SUM_NOISE`].
     #[error("a sum noise bound of {0} exceeds the maximum of {MAX_SUM_NOISE}")]
     BoundTooLarge(u64),

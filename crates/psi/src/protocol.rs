@@ -829,11 +829,7 @@ impl Matcher {
                     };
                     (count.intersection_size, sums)
                 }
-                (_, None) => {
-                    return Err(ProtocolError::NotReady(
-                        "noise in the release of a matcher made without noise bounds",
-                    ));
-                }
+                (_, None) => return Err(NoiseError::WithoutBounds.into()),
                 (
                     GroupDecision::Release {
                         count_noise,

@@ -3,7 +3,7 @@
 
 use cleanroom_psi::{
     Domain, GroupCount, GroupDecision, Limits, Matcher, MatcherTable, Message, NoiseBounds,
-    Normalization, ProtocolError, Receiver, ReceiverOutcome, ReceiverTable,
+    NoiseError, Normalization, ProtocolError, Receiver, ReceiverOutcome, ReceiverTable,
 };
 
 fn domain() -> Domain {
@@ -194,7 +194,7 @@ fn noise_needs_bounds_and_stays_within_them() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, ProtocolError::NotReady(_)), "{err}");
+    assert_eq!(err, ProtocolError::Noise(NoiseError::WithoutBounds));
     // Noise beyond the bound is refused.
     let bounds = NoiseBounds::new(vec![5]).unwrap();
     let err = run(
