@@ -159,6 +159,16 @@ fn describe_plan(plan: &Plan) -> String {
             plan.min_release()
         ));
     }
+    if let Some(privacy) = plan.privacy() {
+        out.push_str(&format!(
+            "privacy:  spends epsilon {} of the querier's budget; discrete Laplace noise on the \
+             provider's set sizes (scale {}), the counts (scale {}) and the sums; the threshold \
+             applies to the noisy count\n",
+            privacy.epsilon,
+            privacy.set_size.scale.as_f64(),
+            privacy.count.scale.as_f64()
+        ));
+    }
     let rows: Vec<Vec<String>> = plan
         .outputs()
         .iter()
