@@ -528,7 +528,7 @@ async fn play_receiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_slow_and_vanishing_clients() {
     let fx = Fixture::new(5);
-    let idle = Duration::from_millis(1000);
+    let idle = Duration::from_millis(2000);
     let limits = Limits {
         idle_timeout: idle,
         max_concurrent_sessions: 2,
@@ -553,7 +553,7 @@ async fn silent_slow_and_vanishing_clients() {
     // A client that sends slowly, but each message within the idle timeout: exact result.
     let (plan, receiver) = receiver(&fx, BY_CAMPAIGN);
     let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, BY_CAMPAIGN).await;
-    let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, idle * 2 / 5)
+    let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, idle * 3 / 10)
         .await
         .expect("a slow but steady client finishes");
     let (want, want_suppressed) = fx.plain_by_campaign();
