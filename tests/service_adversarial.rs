@@ -848,6 +848,8 @@ enum Lie {
     LowerThreshold,
     /// Sends a 5 MiB protocol message.
     Oversized,
+    /// Sends its hello, then nothing more, keeping the call open.
+    GoesSilent,
 }
 
 #[derive(Clone)]
@@ -947,6 +949,10 @@ impl LyingServer {
             tx.send(psi_response(self.tamper(message))).await.ok()?;
             if self.lie == Lie::EarlySummary {
                 tx.send(summary_response()).await.ok()?;
+            }
+            if self.lie == Lie::GoesSilent {
+                while inbound.message().await.ok()?.is_some() {}
+                return Some(());
             }
         }
         if self.lie == Lie::MoreAnnounced {
@@ -1125,4 +1131,58 @@ async fn lying_servers_make_the_client_fail_and_print_nothing() {
         assert!(stderr.contains(fragment), "{lie:?}: {stderr}");
         drop(stop);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_the_client_out() {
+    let fx = Fixture::new(5);
+    let (addr, stop) = start_liar(&fx, Lie::GoesSilent).await;
+    let url = format!("http://{addr}");
+    let mut config = advertiser_client_config(url.clone());
+    config.idle_timeout = Some(Duration::from_millis(800));
+    let started = tokio::time::Instant::now();
+    let mut client = Client::connect(&config).await.unwrap();
+    let data = fx.advertiser_data();
+    let query = Query {
+        collaboration: &fx.collaboration,
+        member: "advertiser",
+        sql: BY_CAMPAIGN,
+        data: &data,
+    };
+    match client.run_query(query, None).await {
+        Err(ClientError::Exchange(ExchangeError::Idle(idle))) => {
+            assert_eq!(idle, Duration::from_millis(800))
+        }
+        other => panic!("expected the idle timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The command line, with --idle-timeout: exit 2 and nothing on stdout.
+    let args = [
+        "query".to_owned(),
+        "--config".to_owned(),
+        fx.path("collab.toml").display().to_string(),
+        "--member".to_owned(),
+        "advertiser".to_owned(),
+        "--data".to_owned(),
+        format!("conversions={}", fx.path("conversions.csv").display()),
+        "--server".to_owned(),
+        url,
+        "--quiet".to_owned(),
+        "--idle-timeout".to_owned(),
+        "1".to_owned(),
+        BY_CAMPAIGN.to_owned(),
+    ];
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cleanroom(&args, Some(ADVERTISER_TOKEN))
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(
+        stderr.contains("no message in either direction for 1s"),
+        "{stderr}"
+    );
+    drop(stop);
 }

@@ -52,6 +52,9 @@ pub struct QueryArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// Give up when the session goes this many seconds without a message either way (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    idle_timeout: u64,
     /// No progress and no session statistics on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -299,6 +302,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let mut config = ClientConfig::new(args.server.clone(), token);
     config.insecure = args.insecure;
     config.timeout = args.timeout.map(Duration::from_secs);
+    config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     if let Some(ca) = &args.ca {
         config.ca_pem = Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
     }

@@ -49,10 +49,16 @@ pub struct ClientConfig {
     /// How long a whole query may take; `None` for no limit of the client's own (the server
     /// still applies its limits).
     pub timeout: Option<Duration>,
+    /// How long a session may go without a message in either direction (not counting this
+    /// client's own computation) before the client gives up: a server that accepts a session
+    /// and then goes silent does not hold the client forever. `None` waits as long as `timeout`
+    /// allows.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
-    /// A configuration with a 10 s connect timeout and no overall timeout.
+    /// A configuration with a 10 s connect timeout, a 10 min idle timeout (the server's default)
+    /// and no overall timeout.
     pub fn new(server: impl Into<String>, token: BearerToken) -> ClientConfig {
         ClientConfig {
             server: server.into(),
@@ -61,6 +67,7 @@ impl ClientConfig {
             token,
             connect_timeout: Duration::from_secs(10),
             timeout: None,
+            idle_timeout: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -235,6 +242,7 @@ pub struct QueryOutcome {
 pub struct Client {
     inner: CleanRoomServiceClient<InterceptedService<Channel, AttachToken>>,
     timeout: Option<Duration>,
+    idle: Option<Duration>,
 }
 
 impl Client {
@@ -263,6 +271,7 @@ impl Client {
         Ok(Client {
             inner,
             timeout: config.timeout,
+            idle: config.idle_timeout,
         })
     }
 
@@ -363,8 +372,9 @@ impl Client {
             .await
             .map_err(|_| ClientError::Internal("request stream closed".to_owned()))?;
         let call = self.inner.run_session(ReceiverStream::new(requests));
-        let mut inbound = crate::exchange::within(deadline, call).await??.into_inner();
-        let first = crate::exchange::within(deadline, inbound.message()).await??;
+        let idle = self.idle;
+        let mut inbound = within_idle(deadline, idle, call).await??.into_inner();
+        let first = within_idle(deadline, idle, inbound.message()).await??;
         let accepted = match first.and_then(|m| m.message) {
             Some(run_session_response::Message::Accepted(accepted)) => accepted,
             Some(_) => {
@@ -411,7 +421,7 @@ impl Client {
             outbound: &outbound,
             wrap: psi_request,
             deadline,
-            idle: None,
+            idle,
             max_message: MAX_MESSAGE_BYTES,
             counters: Counters::default(),
             progress: Some(&moved),
@@ -431,7 +441,7 @@ impl Client {
         let counters = exchange.counters;
         drop(outbound);
 
-        let last = crate::exchange::within(deadline, inbound.message()).await??;
+        let last = within_idle(deadline, idle, inbound.message()).await??;
         let summary = match last.and_then(|m| m.message) {
             Some(run_session_response::Message::Summary(summary)) => summary,
             _ => {
@@ -441,7 +451,7 @@ impl Client {
             }
         };
         // The call must end cleanly after the summary.
-        if crate::exchange::within(deadline, inbound.message())
+        if within_idle(deadline, idle, inbound.message())
             .await??
             .is_some()
         {
@@ -494,6 +504,20 @@ async fn run_role<R: Role>(
         Err(status) => Err(ExchangeError::Transport(status)),
     });
     Ok(exchange.run(role, &mut psi_in).await?)
+}
+
+/// Runs `fut` within the session's deadline and, when there is one, the idle timeout.
+async fn within_idle<F: std::future::Future>(
+    deadline: Option<(Instant, Duration)>,
+    idle: Option<Duration>,
+    fut: F,
+) -> Result<F::Output, ExchangeError> {
+    match idle {
+        Some(idle) => crate::exchange::within(deadline, tokio::time::timeout(idle, fut))
+            .await?
+            .map_err(|_| ExchangeError::Idle(idle)),
+        None => crate::exchange::within(deadline, fut).await,
+    }
 }
 
 fn psi_request(payload: Vec<u8>) -> RunSessionRequest {
