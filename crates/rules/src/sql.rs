@@ -1017,6 +1017,11 @@ impl<'c> Checker<'c> {
         } else {
             "it is not in list_columns of its table's rule"
         };
+        self.refuse_column(c, code, used_as, why)
+    }
+
+    /// Refuses `c` with `code`, saying what it was used as and why it may not be; always false.
+    fn refuse_column(&mut self, c: &ColumnRef, code: Code, used_as: &str, why: &str) -> bool {
         self.refuse(
             Reason::new(
                 code,
@@ -1043,15 +1048,7 @@ impl<'c> Checker<'c> {
         } else {
             "it is not a dimension column of its table's rule"
         };
-        self.refuse(
-            Reason::new(
-                code,
-                format!("{}.{} cannot be {used_as}: {why}", c.table, c.column),
-            )
-            .table(c.table.clone())
-            .column(c.column.clone()),
-        );
-        false
+        self.refuse_column(c, code, used_as, why)
     }
 
     // ----- SELECT list -----
