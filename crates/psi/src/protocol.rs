@@ -1062,10 +1062,10 @@ impl Receiver {
             let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
             let points = hash_and_blind(&self.domain, &self.key, &ids);
             let ciphertexts = match (&self.value_key, &self.test_vector) {
-                (Some(key), None) => items
-                    .par_iter()
-                    .flat_map_iter(|(_, v)| key.encrypt(v).to_bytes())
-                    .collect(),
+                (Some(key), None) => {
+                    let values: Vec<&[u64]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+                    key.encrypt_to_bytes(&values)
+                }
                 (Some(key), Some(rng)) => {
                     let label = format!("receiver/encrypt/{group}");
                     (first..)
