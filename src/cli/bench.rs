@@ -12,7 +12,6 @@ use cleanroom_rules::{Collaboration, Value};
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
@@ -126,22 +125,22 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         BenchProtocol::Cardinality => "cardinality",
         BenchProtocol::Sum => "sum",
     };
-    let report = json!({
-        "size": n,
-        "protocol": protocol,
-        "transport": match args.transport {
+    let report = BenchReport {
+        size: n,
+        protocol,
+        transport: match args.transport {
             Transport::Memory => "memory",
             Transport::Grpc => "grpc",
         },
-        "seconds": seconds,
-        "elements_per_second": 2.0 * n as f64 / seconds,
-        "intersection_size": size,
-        "bytes_on_wire": bytes,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "curve_floor_seconds": floor.as_secs_f64(),
-    });
+        seconds,
+        elements_per_second: 2.0 * n as f64 / seconds,
+        intersection_size: size,
+        bytes_on_wire: bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        curve_floor_seconds: floor.as_secs_f64(),
+    };
     match args.format {
-        Format::Json => println!("{report}"),
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table | Format::Csv => {
             let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
             let rows = vec![
@@ -182,6 +181,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON report of one bench run, fields in the documented order.
+#[derive(serde::Serialize)]
+struct BenchReport {
+    size: u64,
+    protocol: &'static str,
+    transport: &'static str,
+    seconds: f64,
+    elements_per_second: f64,
+    intersection_size: u64,
+    bytes_on_wire: u64,
+    peak_rss_bytes: u64,
+    curve_floor_seconds: f64,
 }
 
 /// What one protocol run measured.
