@@ -424,6 +424,32 @@ async fn more_than_announced_and_over_the_limits() {
     )
     .await;
 
+    // A set larger than the table the client declared in its start: every identifier comes
+    // from one of its rows, so this is a lie, not a limit.
+    let declared = fx.conversions.rows.len() as u64;
+    assert!(
+        declared < 1000,
+        "under the row limit, so only the declaration refuses it"
+    );
+    expect_rejection(
+        &fx,
+        &server,
+        "more identifiers than declared rows",
+        (Code::InvalidArgument, "declared only"),
+        async |tx, receiver| {
+            let (hello, _) = hello_and_items(receiver);
+            let Message::ReceiverHello { value_keys, .. } = hello else {
+                panic!("a hello")
+            };
+            let hello = Message::ReceiverHello {
+                value_keys,
+                group_sizes: vec![declared + 1],
+            };
+            send(tx, hello.encode()).await;
+        },
+    )
+    .await;
+
     // More groups than any session may have.
     expect_rejection(
         &fx,
@@ -440,6 +466,118 @@ async fn more_than_announced_and_over_the_limits() {
                 group_sizes: vec![0; 100_001],
             };
             send(tx, hello.encode()).await;
+        },
+    )
+    .await;
+
+    assert_healthy(&fx, &server).await;
+    server.stop().await;
+}
+
+/// `message`'s items cut into chunks of at most `size` items, points and ciphertexts kept
+/// together.
+fn rechunk(message: Message, size: usize) -> Vec<Message> {
+    let Message::ReceiverItems {
+        group,
+        value_columns,
+        points,
+        ciphertexts,
+    } = message
+    else {
+        panic!("expected items, got {}", message.kind())
+    };
+    let width = ciphertexts.len() / points.len();
+    points
+        .chunks(size)
+        .zip(ciphertexts.chunks(size * width.max(1)))
+        .map(|(points, ciphertexts)| Message::ReceiverItems {
+            group,
+            value_columns,
+            points: points.to_vec(),
+            ciphertexts: if width == 0 {
+                Vec::new()
+            } else {
+                ciphertexts.to_vec()
+            },
+        })
+        .collect()
+}
+
+/// A set is a set: the receiver's item chunks re-cut into small pieces and sent shuffled
+/// across its groups (group 2 before group 0, a group's pieces in any order) give the exact
+/// result; the same pieces with one sent twice are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_chunks_in_any_order_give_the_exact_result() {
+    let fx = Fixture::new(3);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let mut rng = Rng(0x0DD0_C4C5);
+    let mut shuffled_pieces = |receiver: &mut Receiver| {
+        let (hello, items) = hello_and_items(receiver);
+        let mut pieces: Vec<Message> = items.into_iter().flat_map(|m| rechunk(m, 7)).collect();
+        for i in (1..pieces.len()).rev() {
+            pieces.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        (hello, pieces)
+    };
+
+    let (plan, mut receiver) = receiver(&fx, EU_BY_CHANNEL);
+    let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, EU_BY_CHANNEL).await;
+    let (hello, pieces) = shuffled_pieces(&mut receiver);
+    let group_of = |m: &Message| match m {
+        Message::ReceiverItems { group, .. } => *group,
+        _ => unreachable!(),
+    };
+    let groups: std::collections::BTreeSet<u32> = pieces.iter().map(group_of).collect();
+    assert!(groups.len() >= 3, "the receiver's channels are its groups");
+    assert!(
+        pieces.windows(2).any(|w| group_of(&w[0]) > group_of(&w[1])),
+        "some group's pieces come before an earlier group's"
+    );
+    send(&tx, hello.encode()).await;
+    for piece in &pieces {
+        send(&tx, piece.encode()).await;
+    }
+    let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, Duration::ZERO)
+        .await
+        .expect("shuffled pieces make a complete session");
+    let (want, want_suppressed) = fx.plain_eu_by_channel();
+    let result = plan.result(&outcome).unwrap();
+    assert_rows_equal(&result, &want);
+    assert_eq!(result.suppressed_rows, want_suppressed);
+    assert_eq!(summary.session_id, session_id);
+    assert_eq!(
+        server.settled_entry(&session_id).await.decision,
+        Decision::Released
+    );
+
+    // The same, with one piece sent twice in place of another piece of its group and size:
+    // every announced count adds up, but the repeated identifiers are caught (they would
+    // otherwise match twice and count twice toward the threshold).
+    expect_rejection(
+        &fx,
+        &server,
+        "a repeated piece in place of another",
+        (Code::InvalidArgument, "the same identifier was sent twice"),
+        async |tx, receiver| {
+            let (hello, mut pieces) = shuffled_pieces(receiver);
+            let size = |m: &Message| match m {
+                Message::ReceiverItems { points, .. } => points.len(),
+                _ => unreachable!(),
+            };
+            let (i, j) = (0..pieces.len())
+                .flat_map(|i| (0..pieces.len()).map(move |j| (i, j)))
+                .find(|&(i, j)| {
+                    i != j
+                        && group_of(&pieces[i]) == group_of(&pieces[j])
+                        && size(&pieces[i]) == size(&pieces[j])
+                })
+                .expect("a group with two pieces of 7");
+            pieces[j] = pieces[i].clone();
+            send(tx, hello.encode()).await;
+            for piece in &pieces {
+                send(tx, piece.encode()).await;
+            }
         },
     )
     .await;

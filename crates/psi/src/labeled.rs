@@ -696,10 +696,7 @@ pub fn list_offline_observed(
 ) -> Result<ListReport, ProtocolError> {
     let provider_input = provider.stats();
     let querier_input = querier.stats();
-    let limits = Limits {
-        max_set_size: u64::MAX,
-        max_groups: u32::MAX,
-    };
+    let limits = Limits::unlimited();
     let columns = provider.columns();
     let mut p = ListProvider::new(domain, provider, limits);
     let mut q = ListQuerier::new(domain, querier, columns, limits);
@@ -775,10 +772,7 @@ mod tests {
     }
 
     fn unlimited() -> Limits {
-        Limits {
-            max_set_size: u64::MAX,
-            max_groups: u32::MAX,
-        }
+        Limits::unlimited()
     }
 
     fn rows(rows: &[&[&str]]) -> Vec<Vec<String>> {

@@ -37,10 +37,7 @@ pub fn match_offline_observed(
 ) -> Result<MatchReport, ProtocolError> {
     let matcher_input = matcher.stats();
     let receiver_input = receiver.stats();
-    let limits = Limits {
-        max_set_size: u64::MAX,
-        max_groups: u32::MAX,
-    };
+    let limits = Limits::unlimited();
     let mut m = Matcher::new(domain, matcher, limits);
     let mut r = Receiver::new(domain, receiver, limits);
     let (mut messages, mut bytes) = (0u64, 0u64);

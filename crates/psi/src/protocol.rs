@@ -51,6 +51,23 @@ pub struct Limits {
     pub max_set_size: u64,
     /// Most groups the peer may announce.
     pub max_groups: u32,
+    /// What the peer declared out of band as an upper bound on its set (a querier's table
+    /// rows: every identifier it sends comes from at least one of them). Announcing more is
+    /// not a limit reached but a contradiction: [`ProtocolError::AboveDeclared`]. `None`: no
+    /// declaration.
+    pub declared_set_size: Option<u64>,
+}
+
+impl Limits {
+    /// No bound at all: for both roles in one process (offline matching), where each side's
+    /// input is already in hand.
+    pub const fn unlimited() -> Self {
+        Self {
+            max_set_size: u64::MAX,
+            max_groups: u32::MAX,
+            declared_set_size: None,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -58,6 +75,7 @@ impl Default for Limits {
         Self {
             max_set_size: 100_000_000,
             max_groups: 100_000,
+            declared_set_size: None,
         }
     }
 }
@@ -105,6 +123,14 @@ pub enum ProtocolError {
         /// the limit
         limit: u64,
     },
+    /// The peer announced more identifiers than it declared it holds.
+    #[error("the peer announced {announced} identifiers but declared only {declared} rows")]
+    AboveDeclared {
+        /// identifiers announced in the hello
+        announced: u64,
+        /// the bound declared out of band
+        declared: u64,
+    },
     /// Items carry a different number of value columns than the hello's keys.
     #[error("items carry {got} value columns, the receiver's keys {expected}")]
     ValueColumns {
@@ -113,6 +139,10 @@ pub enum ProtocolError {
         /// from the items
         got: usize,
     },
+    /// The same point twice in one of the receiver's groups: an honest receiver sends each
+    /// identifier once per group, and a repeated one would count twice toward the threshold.
+    #[error("receiver group {0}: the same identifier was sent twice")]
+    DuplicateItem(u32),
     /// The same matching tag twice in one group: the counts would be inflated.
     #[error("group {0}: a comparison value was sent twice")]
     DuplicateTag(u32),
@@ -238,6 +268,14 @@ pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), Protocol
             what: "set size",
             value: total,
             limit: limits.max_set_size,
+        });
+    }
+    if let Some(declared) = limits.declared_set_size
+        && total > declared
+    {
+        return Err(ProtocolError::AboveDeclared {
+            announced: total,
+            declared,
         });
     }
     Ok(())
@@ -636,6 +674,22 @@ impl Matcher {
         };
         if peer.received == peer.sizes && !self.index_sorted {
             self.index.par_sort_unstable();
+            // Equal tags are equal points: within one receiver group that is a repeated
+            // identifier, which would match (and count) twice.
+            let item_groups = &self.item_groups;
+            if let Some(group) = self
+                .index
+                .par_chunk_by(|a, b| a.0 == b.0)
+                .filter(|same| same.len() > 1)
+                .find_map_any(|same| {
+                    let mut groups: Vec<u32> =
+                        same.iter().map(|&(_, i)| item_groups[i as usize]).collect();
+                    groups.sort_unstable();
+                    groups.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+                })
+            {
+                return Err(ProtocolError::DuplicateItem(group));
+            }
             if self.min_receiver_identifiers > 0 {
                 let distinct = self.index.chunk_by(|a, b| a.0 == b.0).count() as u64;
                 if distinct < self.min_receiver_identifiers {

@@ -300,6 +300,7 @@ fn the_provider_refuses_what_the_querier_did_not_announce() {
     let limits = Limits {
         max_set_size: 4,
         max_groups: 1,
+        ..Limits::default()
     };
     let mut p = provider_with(&["a"], limits);
     assert!(matches!(
@@ -442,6 +443,7 @@ fn the_querier_refuses_a_provider_that_breaks_its_announcements() {
         Limits {
             max_set_size: 0,
             max_groups: 1,
+            ..Limits::default()
         },
     );
     assert!(matches!(

@@ -356,6 +356,7 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
         Limits {
             max_set_size: 10,
             max_groups: 2,
+            ..Limits::default()
         },
     );
     let err = m.handle_message(Message::ReceiverHello {
@@ -424,6 +425,75 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
         tags: vec![tags[0], tags[0]],
     });
     assert_eq!(err, Err(ProtocolError::DuplicateTag(0)));
+}
+
+#[test]
+fn a_receiver_repeating_an_identifier_in_a_group_is_refused() {
+    // Regression (hostile-input tests): the same point twice in one receiver group matched
+    // twice, so a querier could lift any matched group over the release threshold.
+    let items = receiver_items();
+    let Message::ReceiverItems {
+        group,
+        value_columns,
+        points,
+        ciphertexts,
+    } = items[1].clone()
+    else {
+        panic!("items after the hello")
+    };
+    assert_eq!(points.len(), 2);
+    let mut m = matcher();
+    m.handle_message(items[0].clone()).unwrap();
+    let err = m.handle_message(Message::ReceiverItems {
+        group,
+        value_columns,
+        points: vec![points[0], points[0]],
+        ciphertexts,
+    });
+    assert_eq!(err, Err(ProtocolError::DuplicateItem(0)));
+
+    // The same identifier in two receiver groups is two items, as an honest receiver sends.
+    let mut t = ReceiverTable::new(Normalization::None, 0).unwrap();
+    t.push("x", "a", &[]).unwrap();
+    t.push("y", "a", &[]).unwrap();
+    t.push("y", "b", &[]).unwrap();
+    let mut r = Receiver::new(&Domain::new("c", "id"), t, Limits::default());
+    let mut m = matcher();
+    while let Some(msg) = r.poll_message() {
+        m.handle_message(msg).unwrap();
+    }
+}
+
+#[test]
+fn a_hello_above_the_declared_size_is_refused() {
+    let limits = Limits {
+        declared_set_size: Some(2),
+        ..Limits::default()
+    };
+    let mut m = Matcher::new(
+        &Domain::new("c", "id"),
+        MatcherTable::new(Normalization::None),
+        limits,
+    );
+    let err = m.handle_message(Message::ReceiverHello {
+        value_keys: vec![],
+        group_sizes: vec![2, 1],
+    });
+    assert_eq!(
+        err,
+        Err(ProtocolError::AboveDeclared {
+            announced: 3,
+            declared: 2
+        })
+    );
+    let mut m = Matcher::new(
+        &Domain::new("c", "id"),
+        MatcherTable::new(Normalization::None),
+        limits,
+    );
+    for msg in receiver_items() {
+        m.handle_message(msg).unwrap();
+    }
 }
 
 /// The receiver's hello and items for a matcher that has not sent anything yet.

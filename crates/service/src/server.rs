@@ -699,11 +699,25 @@ impl CleanRoom {
             .await?;
 
         let (released, suppressed, messages) = if plan.protocol() == Protocol::List {
-            self.list_protocol(plan, matcher_path, inbound, exchange, matcher_rows)
-                .await?
+            self.list_protocol(
+                plan,
+                matcher_path,
+                receiver_rows,
+                inbound,
+                exchange,
+                matcher_rows,
+            )
+            .await?
         } else {
-            self.aggregate_protocol(plan, matcher_path, inbound, exchange, matcher_rows)
-                .await?
+            self.aggregate_protocol(
+                plan,
+                matcher_path,
+                receiver_rows,
+                inbound,
+                exchange,
+                matcher_rows,
+            )
+            .await?
         };
         let counters = exchange.counters;
         let completion = Completion {
@@ -758,6 +772,18 @@ impl CleanRoom {
             .await?;
         Ok(())
     }
+
+    /// The bounds the psi role enforces on the client's announcements: at most
+    /// `max_rows_per_session` identifiers, and no more than the `receiver_rows` the client
+    /// declared in its start (each identifier it sends comes from one of those rows).
+    fn psi_limits(&self, receiver_rows: u64) -> cleanroom_psi::Limits {
+        cleanroom_psi::Limits {
+            max_set_size: self.config.limits.max_rows_per_session,
+            declared_set_size: Some(receiver_rows),
+            ..cleanroom_psi::Limits::default()
+        }
+    }
+
     /// Plays the psi matcher until every message of the receiver arrived, then decides the
     /// release: returns the released and suppressed group counts and the encoded release
     /// messages (not sent yet).
@@ -765,6 +791,7 @@ impl CleanRoom {
         &self,
         plan: &Plan,
         matcher_path: PathBuf,
+        receiver_rows: u64,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
@@ -772,10 +799,7 @@ impl CleanRoom {
         // Reading the table and shuffling it into a matcher are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
-        let limits = cleanroom_psi::Limits {
-            max_set_size: self.config.limits.max_rows_per_session,
-            ..cleanroom_psi::Limits::default()
-        };
+        let limits = self.psi_limits(receiver_rows);
         let (_, built) = exchange
             .blocking((), move |_| {
                 let table = data::matcher_table(&table_plan, &matcher_path)?;
@@ -834,6 +858,7 @@ impl CleanRoom {
         &self,
         plan: &Plan,
         matcher_path: PathBuf,
+        receiver_rows: u64,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
@@ -841,10 +866,7 @@ impl CleanRoom {
         // Reading the table and sealing it into a provider are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
-        let limits = cleanroom_psi::Limits {
-            max_set_size: self.config.limits.max_rows_per_session,
-            ..cleanroom_psi::Limits::default()
-        };
+        let limits = self.psi_limits(receiver_rows);
         let (_, built) = exchange
             .blocking((), move |_| {
                 let table = data::list_provider_table(&table_plan, &matcher_path)?;
