@@ -3,7 +3,9 @@
 //!
 //! After every restart the state database opens, no session is left `running`, every result a
 //! client received has its `released` audit entry with the same figures, and new sessions are
-//! exact. A killed client leaves its `--output` file either as it was or complete, never
+//! exact. Under differential privacy the ledger charged each release exactly once, the budget
+//! is never overspent across kills and still refuses what it no longer covers. A killed
+//! client leaves its `--output` file either as it was or complete, never
 //! half-written. `CLEANROOM_CRASH_ROUNDS=N cargo test --test service_faults -- --ignored` runs
 //! the long version.
 
@@ -56,22 +58,34 @@ fn serve(fx: &Fixture, state: &Path) -> Served {
 #[derive(Debug, Default)]
 struct Tally {
     kills: u32,
-    /// Session ids of the results clients received.
-    received: Vec<String>,
+    /// Session ids of the results clients received, with the `ε` the member had spent after
+    /// each (0 without differential privacy).
+    received: Vec<(String, f64)>,
     /// Sessions that failed because of a kill.
     cut: u32,
+    /// Sessions the server refused because the privacy budget was spent.
+    exhausted: u32,
+}
+
+/// Whether `error` is the server's refusal of a query the privacy budget no longer covers.
+fn budget_exhausted(error: &cleanroom_service::ClientError) -> bool {
+    matches!(error, cleanroom_service::ClientError::Remote(remote)
+        if remote.code == tonic::Code::ResourceExhausted
+            && remote.reasons.iter().any(|r| r.code == "budget_exhausted"))
 }
 
 /// `rounds` times: start the server on the same state, run three clients in a loop, and
-/// SIGKILL the server 150 to 900 ms later.
-async fn crash_rounds(rounds: u32) -> (Fixture, Tally) {
-    let fx = Fixture::new(5);
+/// SIGKILL the server 150 to 900 ms later. Under differential privacy results are noisy, so
+/// only their audit and ledger entries are checked, and a client whose query the budget no
+/// longer covers stops.
+async fn crash_rounds(fx: &Fixture, rounds: u32) -> Tally {
+    let private = fx.collaboration.privacy().is_some();
     let state = fx.path("crash-state.db");
     let (want, want_suppressed) = fx.plain_by_campaign();
     let mut rng = Rng(0xC4A5_4ED5);
     let mut tally = Tally::default();
     for round in 0..rounds {
-        let mut served = serve(&fx, &state);
+        let mut served = serve(fx, &state);
         // The server opened the database and marked what a kill cut short: nothing runs.
         let entries = StateDb::open_read_only(&state)
             .unwrap()
@@ -85,17 +99,24 @@ async fn crash_rounds(rounds: u32) -> (Fixture, Tally) {
         let clients: Vec<_> = (0..3)
             .map(|_| {
                 let (url, killed) = (served.url.clone(), Arc::clone(&killed));
-                let fx = &fx;
                 let (want, want_suppressed) = (&want, want_suppressed);
                 async move {
                     let mut received = Vec::new();
-                    let mut cut = 0;
+                    let (mut cut, mut exhausted) = (0, 0);
                     while !killed.load(Ordering::SeqCst) {
                         match run_query(fx, url.clone(), BY_CAMPAIGN).await {
                             Ok(outcome) => {
-                                assert_rows_equal(&outcome.result, want);
-                                assert_eq!(outcome.result.suppressed_rows, want_suppressed);
-                                received.push(outcome.summary.session_id);
+                                if !private {
+                                    assert_rows_equal(&outcome.result, want);
+                                    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+                                }
+                                let spent =
+                                    outcome.summary.standing.map_or(0.0, |s| s.epsilon_spent);
+                                received.push((outcome.summary.session_id, spent));
+                            }
+                            Err(e) if private && budget_exhausted(&e) => {
+                                exhausted += 1;
+                                break;
                             }
                             Err(e) => {
                                 assert!(
@@ -106,7 +127,7 @@ async fn crash_rounds(rounds: u32) -> (Fixture, Tally) {
                             }
                         }
                     }
-                    (received, cut)
+                    (received, cut, exhausted)
                 }
             })
             .collect();
@@ -118,12 +139,13 @@ async fn crash_rounds(rounds: u32) -> (Fixture, Tally) {
         };
         let (results, ()) = tokio::join!(futures_join_all(clients), killer);
         tally.kills += 1;
-        for (received, cut) in results {
+        for (received, cut, exhausted) in results {
             tally.received.extend(received);
             tally.cut += cut;
+            tally.exhausted += exhausted;
         }
     }
-    (fx, tally)
+    tally
 }
 
 /// Runs futures concurrently on this task and returns their outputs in order.
@@ -150,7 +172,8 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     outputs.into_iter().map(Option::unwrap).collect()
 }
 
-/// After the rounds: a last restart, and the audit log against what the clients received.
+/// After the rounds: a last restart, and the audit log and the privacy ledger against what
+/// the clients received.
 async fn check_after_crashes(fx: &Fixture, tally: &Tally) {
     let state = fx.path("crash-state.db");
     let (want, want_suppressed) = fx.plain_by_campaign();
@@ -160,16 +183,18 @@ async fn check_after_crashes(fx: &Fixture, tally: &Tally) {
     assert!(entries.iter().all(|e| e.decision != Decision::Running));
     let by_id: BTreeMap<&str, &cleanroom_service::AuditEntry> =
         entries.iter().map(|e| (e.session_id.as_str(), e)).collect();
-    for id in &tally.received {
+    for (id, _) in &tally.received {
         let entry = by_id
             .get(id.as_str())
             .unwrap_or_else(|| panic!("no audit entry for received session {id}"));
         assert_eq!(entry.decision, Decision::Released, "{entry:?}");
-        assert_eq!(
-            (entry.released_rows, entry.suppressed_rows),
-            (want.len() as u64, want_suppressed),
-            "{entry:?}"
-        );
+        if fx.collaboration.privacy().is_none() {
+            assert_eq!(
+                (entry.released_rows, entry.suppressed_rows),
+                (want.len() as u64, want_suppressed),
+                "{entry:?}"
+            );
+        }
         assert!(entry.finished_at.is_some());
     }
     // A release is committed before it is sent: the log may hold a release a kill kept from
@@ -184,28 +209,74 @@ async fn check_after_crashes(fx: &Fixture, tally: &Tally) {
         .filter(|e| e.decision == Decision::Interrupted)
         .count();
     eprintln!(
-        "{} kills: {} results received, {} sessions cut; audit: {} entries, {released} released, \
-         {interrupted} interrupted",
+        "{} kills: {} results received, {} sessions cut, {} refused for the budget; audit: {} \
+         entries, {released} released, {interrupted} interrupted",
         tally.kills,
         tally.received.len(),
         tally.cut,
+        tally.exhausted,
         entries.len()
     );
 
-    // New sessions work, exactly.
-    let outcome = run_query(fx, served.url.clone(), BY_CAMPAIGN)
-        .await
-        .unwrap();
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    // The ledger charged every release once, in the same transaction: one query and one
+    // `epsilon_per_query` per released entry, never past the budget, and each result a client
+    // received reported a distinct spend no larger than the total.
+    let policy = cleanroom_service::Policy::of(&fx.collaboration);
+    let standing = db.standing(&policy, "advertiser").unwrap();
+    assert_eq!(standing.queries, released as u64);
+    if let (Some(budget), Some(per_query)) = (policy.epsilon_budget, policy.epsilon_per_query) {
+        assert_eq!(
+            standing.epsilon_spent.micros(),
+            released as u64 * per_query.micros()
+        );
+        assert!(standing.epsilon_spent.micros() <= budget.micros());
+        let mut spends: Vec<u64> = tally
+            .received
+            .iter()
+            .map(|(_, spent)| (spent * 1e6).round() as u64)
+            .collect();
+        spends.sort_unstable();
+        assert!(spends.windows(2).all(|w| w[0] < w[1]), "{spends:?}");
+        assert!(spends.iter().all(|&s| s <= standing.epsilon_spent.micros()));
+        assert!(spends.iter().all(|&s| s % per_query.micros() == 0));
+        // The budget still holds after the kills: a query it no longer covers is refused,
+        // one it covers is released and charged exactly once more.
+        let next = run_query(fx, served.url.clone(), BY_CAMPAIGN).await;
+        if standing.epsilon_spent.micros() + per_query.micros() > budget.micros() {
+            let error = next.expect_err("the budget is spent");
+            assert!(budget_exhausted(&error), "{error}");
+        } else {
+            let spent = next.unwrap().summary.standing.unwrap().epsilon_spent;
+            let expected = standing.epsilon_spent.micros() + per_query.micros();
+            assert_eq!((spent * 1e6).round() as u64, expected);
+        }
+    } else {
+        // New sessions work, exactly.
+        let outcome = run_query(fx, served.url.clone(), BY_CAMPAIGN)
+            .await
+            .unwrap();
+        assert_rows_equal(&outcome.result, &want);
+        assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    }
     served.child.kill().unwrap();
     served.child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_sessions_loses_no_release() {
-    let (fx, tally) = crash_rounds(4).await;
+    let fx = Fixture::new(5);
+    let tally = crash_rounds(&fx, 4).await;
     assert_eq!(tally.kills, 4);
+    assert!(!tally.received.is_empty(), "no session finished: {tally:?}");
+    check_after_crashes(&fx, &tally).await;
+}
+
+/// Budget 2 at 0.25 per query: eight releases, which eight rounds usually spend before their
+/// last kill, so the check sees the budget both charged across kills and enforced after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_private_sessions_keeps_its_budget() {
+    let fx = Fixture::private(5, 2.0, 0.25);
+    let tally = crash_rounds(&fx, 8).await;
     assert!(!tally.received.is_empty(), "no session finished: {tally:?}");
     check_after_crashes(&fx, &tally).await;
 }
@@ -217,7 +288,8 @@ async fn soak_a_server_killed_again_and_again() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let (fx, tally) = crash_rounds(rounds).await;
+    let fx = Fixture::new(5);
+    let tally = crash_rounds(&fx, rounds).await;
     check_after_crashes(&fx, &tally).await;
 }
 

@@ -161,12 +161,35 @@ impl Fixture {
     /// A fixture whose impressions table has `min_threshold = publisher_threshold`
     /// (conversions: 3; the release threshold is the larger of the two).
     pub fn new(publisher_threshold: u64) -> Fixture {
+        Fixture::build(publisher_threshold, "", "")
+    }
+
+    /// [`Fixture::new`] under differential privacy: every release spends `epsilon_per_query`
+    /// of each querying member's `epsilon_budget`; sums of `amount` are clamped to [0, 500].
+    pub fn private(
+        publisher_threshold: u64,
+        epsilon_budget: f64,
+        epsilon_per_query: f64,
+    ) -> Fixture {
+        let privacy = format!(
+            "[collaboration.privacy]\nepsilon_budget = {epsilon_budget:?}\n\
+             epsilon_per_query = {epsilon_per_query:?}\n"
+        );
+        Fixture::build(
+            publisher_threshold,
+            &privacy,
+            "sum_bounds = { amount = [0, 500] }",
+        )
+    }
+
+    fn build(publisher_threshold: u64, privacy: &str, sum_bounds: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
             r#"
 [collaboration]
 id = "e2e-collaboration"
 name = "End-to-end tests"
+{privacy}
 
 [[member]]
 name = "publisher"
@@ -207,6 +230,7 @@ type = "aggregation"
 join_columns = ["email"]
 dimension_columns = ["channel"]
 aggregate_columns = {{ email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"] }}
+{sum_bounds}
 min_threshold = 3
 
 [[table]]
