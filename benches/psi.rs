@@ -18,6 +18,10 @@ fn per_element(c: &mut Criterion) {
     g.bench_function("hash_to_group", |b| {
         b.iter(|| domain.hash_to_group(black_box("someone@example.com")))
     });
+    g.bench_function("blind", |b| b.iter(|| key.blind(black_box(&point))));
+    g.bench_function("decode", |b| {
+        b.iter(|| black_box(blinded).decode().unwrap())
+    });
     g.bench_function("blind_and_compress", |b| {
         b.iter(|| key.blind(black_box(&point)).compress())
     });
