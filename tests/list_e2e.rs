@@ -4,10 +4,12 @@
 //! join computed in the clear over the same CSV files; a recording proxy shows that no column
 //! outside `list_columns` — and no identifier or listed value in the clear — crosses the wire.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_rules::{Collaboration, Protocol, Value};
@@ -16,8 +18,7 @@ use cleanroom_service::{
     BearerToken, Client, ClientConfig, Decision, Limits, QueryOutcome, ServerConfig, StateDb,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 const PUBLISHER_TOKEN: &str = "publisher-list-token";
@@ -381,52 +382,19 @@ async fn list_rows_equal_the_plain_join_and_are_audited() {
     server.stop().await;
 }
 
-/// A TCP proxy that records every byte each way.
-async fn recording_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let record = Arc::new(Mutex::new(Vec::new()));
-    let both = Arc::clone(&record);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect(target).await.unwrap();
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(pump(client_read, server_write, Arc::clone(&both)));
-            tokio::spawn(pump(server_read, client_write, Arc::clone(&both)));
-        }
-    });
-    (addr, record)
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    record: Arc<Mutex<Vec<u8>>>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        record.lock().unwrap().extend_from_slice(&buf[..n]);
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_outside_the_list_never_cross_the_wire() {
     let fx = Fixture::new();
     let server = start_server(&fx).await;
-    let (proxy, record) = recording_proxy(server.addr).await;
+    let (proxy, to_server, to_client) = common::recording_proxy(server.addr).await;
     let outcome = query(&fx, proxy, OVERLAP).await;
     assert_eq!(sorted(outcome.result.rows.clone()), fx.plain_overlap());
 
-    let wire = record.lock().unwrap().clone();
+    let wire = [
+        to_server.lock().unwrap().clone(),
+        to_client.lock().unwrap().clone(),
+    ]
+    .concat();
     let contains = |needle: &str| wire.windows(needle.len()).any(|w| w == needle.as_bytes());
     // The capture is the real traffic: every protocol byte, and the SQL in the clear.
     assert!(wire.len() as u64 >= outcome.counters.bytes_sent + outcome.counters.bytes_received);

@@ -179,6 +179,18 @@ async fn expect_rejection(
     assert_audited(server, &session_id, decision).await;
 }
 
+/// The receiver's own hello, announcing `group_sizes` instead of its true sizes.
+fn hello_announcing(receiver: &mut Receiver, group_sizes: Vec<u64>) -> Message {
+    let (hello, _) = hello_and_items(receiver);
+    let Message::ReceiverHello { value_keys, .. } = hello else {
+        panic!("a hello")
+    };
+    Message::ReceiverHello {
+        value_keys,
+        group_sizes,
+    }
+}
+
 fn with_points(message: Message, f: impl FnOnce(&mut Vec<PointBytes>)) -> Message {
     match message {
         Message::ReceiverItems {
@@ -411,15 +423,7 @@ async fn more_than_announced_and_over_the_limits() {
         "set over the limit",
         (Code::ResourceExhausted, "exceeds the limit of"),
         async |tx, receiver| {
-            let (hello, _) = hello_and_items(receiver);
-            let Message::ReceiverHello { value_keys, .. } = hello else {
-                panic!("a hello")
-            };
-            let hello = Message::ReceiverHello {
-                value_keys,
-                group_sizes: vec![1001],
-            };
-            send(tx, hello.encode()).await;
+            send(tx, hello_announcing(receiver, vec![1001]).encode()).await;
         },
     )
     .await;
@@ -437,15 +441,7 @@ async fn more_than_announced_and_over_the_limits() {
         "more identifiers than declared rows",
         (Code::InvalidArgument, "declared only"),
         async |tx, receiver| {
-            let (hello, _) = hello_and_items(receiver);
-            let Message::ReceiverHello { value_keys, .. } = hello else {
-                panic!("a hello")
-            };
-            let hello = Message::ReceiverHello {
-                value_keys,
-                group_sizes: vec![declared + 1],
-            };
-            send(tx, hello.encode()).await;
+            send(tx, hello_announcing(receiver, vec![declared + 1]).encode()).await;
         },
     )
     .await;
@@ -457,15 +453,7 @@ async fn more_than_announced_and_over_the_limits() {
         "too many groups",
         (Code::ResourceExhausted, "groups"),
         async |tx, receiver| {
-            let (hello, _) = hello_and_items(receiver);
-            let Message::ReceiverHello { value_keys, .. } = hello else {
-                panic!("a hello")
-            };
-            let hello = Message::ReceiverHello {
-                value_keys,
-                group_sizes: vec![0; 100_001],
-            };
-            send(tx, hello.encode()).await;
+            send(tx, hello_announcing(receiver, vec![0; 100_001]).encode()).await;
         },
     )
     .await;

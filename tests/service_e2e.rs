@@ -7,8 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_psi::{Limits as PsiLimits, Receiver};
@@ -22,8 +21,7 @@ use cleanroom_service::{
 };
 use common::*;
 use prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -396,46 +394,6 @@ async fn limits_refuse_with_resource_exhausted_and_idle_sessions_time_out() {
         other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
     server.stop().await;
-}
-
-/// A TCP proxy that records every byte each way.
-async fn recording_proxy(
-    target: SocketAddr,
-) -> (SocketAddr, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let to_server = Arc::new(Mutex::new(Vec::new()));
-    let to_client = Arc::new(Mutex::new(Vec::new()));
-    let (up, down) = (Arc::clone(&to_server), Arc::clone(&to_client));
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect(target).await.unwrap();
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(pump(client_read, server_write, Arc::clone(&up)));
-            tokio::spawn(pump(server_read, client_write, Arc::clone(&down)));
-        }
-    });
-    (addr, to_server, to_client)
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    record: Arc<Mutex<Vec<u8>>>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        record.lock().unwrap().extend_from_slice(&buf[..n]);
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

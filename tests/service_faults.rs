@@ -293,6 +293,20 @@ async fn soak_a_server_killed_again_and_again() {
     check_after_crashes(&fx, &tally).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: CLEANROOM_CRASH_ROUNDS rounds (default 100) under a privacy budget"]
+async fn soak_a_private_server_killed_again_and_again() {
+    let rounds: u32 = std::env::var("CLEANROOM_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    // About two releases per round: the budget runs out near the end.
+    let budget = (f64::from(rounds) * 0.5).min(1000.0);
+    let fx = Fixture::private(5, budget, 0.25);
+    let tally = crash_rounds(&fx, rounds).await;
+    check_after_crashes(&fx, &tally).await;
+}
+
 #[test]
 fn a_killed_client_leaves_its_output_whole_or_untouched() {
     let fx = Fixture::new(5);

@@ -1,7 +1,7 @@
 //! Helpers shared by the service's integration tests (`service_e2e`, `service_adversarial`,
-//! `service_faults`): the fixture (a collaboration file and both members' CSV data, with the
+//! `service_faults`, `service_privacy`, `list_e2e`): the fixture (a collaboration file and both members' CSV data, with the
 //! plain answers to compare with), an in-process server on 127.0.0.1:0, high-level and raw
-//! clients, and the `cleanroom` binary. Each test crate uses a part of it.
+//! clients, a recording TCP proxy, and the `cleanroom` binary. Each test crate uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +22,7 @@ use cleanroom_service::{
 };
 use prost::Message as _;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -573,4 +574,49 @@ pub fn cleanroom(args: &[&str], token: Option<&str>) -> (i32, String, String) {
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+/// A TCP proxy to `target` that records every byte each way: (its address, client to
+/// server, server to client).
+pub async fn recording_proxy(
+    target: SocketAddr,
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let to_server = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let to_client = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (up, down) = (Arc::clone(&to_server), Arc::clone(&to_client));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, Arc::clone(&up)));
+            tokio::spawn(pump(server_read, client_write, Arc::clone(&down)));
+        }
+    });
+    (addr, to_server, to_client)
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    record: Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        record.lock().unwrap().extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

@@ -291,6 +291,27 @@ mod tests {
         }
     }
 
+    /// Sends `to_send` messages of `size` bytes and expects `to_receive`.
+    fn burst(to_send: u32, size: usize, to_receive: u32) -> Burst {
+        Burst {
+            to_send,
+            size,
+            to_receive,
+        }
+    }
+
+    /// Runs `role` against the peer's messages arriving on `rx`; the run must fail.
+    async fn failure(
+        ex: &mut Exchange<'_, Result<Vec<u8>, ExchangeError>>,
+        role: impl Role,
+        rx: mpsc::Receiver<Result<Vec<u8>, ExchangeError>>,
+    ) -> ExchangeError {
+        ex.run(role, &mut ReceiverStream::new(rx))
+            .await
+            .err()
+            .expect("the exchange fails")
+    }
+
     fn ok(bytes: Vec<u8>) -> Result<Vec<u8>, ExchangeError> {
         Ok(bytes)
     }
@@ -317,11 +338,7 @@ mod tests {
         let (b_tx, a_rx) = mpsc::channel(1);
         let side = |tx: mpsc::Sender<_>, rx: mpsc::Receiver<_>| async move {
             let mut ex = exchange(&tx);
-            let role = Burst {
-                to_send: 200,
-                size: 1000,
-                to_receive: 200,
-            };
+            let role = burst(200, 1000, 200);
             let mut inbound = ReceiverStream::new(rx);
             let role = ex.run(role, &mut inbound).await.unwrap();
             (role.done(), ex.counters)
@@ -349,16 +366,8 @@ mod tests {
         let (_peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
         let mut ex = exchange(&tx);
         ex.idle = Some(Duration::from_millis(100));
-        let role = Burst {
-            to_send: 1,
-            size: 10,
-            to_receive: 1,
-        };
-        let err = ex
-            .run(role, &mut ReceiverStream::new(rx))
-            .await
-            .err()
-            .unwrap();
+        let role = burst(1, 10, 1);
+        let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::Idle(d) if d == Duration::from_millis(100)));
     }
 
@@ -381,16 +390,8 @@ mod tests {
             Instant::now() + Duration::from_millis(300),
             Duration::from_millis(300),
         ));
-        let role = Burst {
-            to_send: 0,
-            size: 0,
-            to_receive: 100_000,
-        };
-        let err = ex
-            .run(role, &mut ReceiverStream::new(rx))
-            .await
-            .err()
-            .unwrap();
+        let role = burst(0, 0, 100_000);
+        let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::Deadline(_)));
     }
 
@@ -400,31 +401,15 @@ mod tests {
         let (peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
         drop(peer_tx);
         let mut ex = exchange(&tx);
-        let role = Burst {
-            to_send: 0,
-            size: 0,
-            to_receive: 1,
-        };
-        let err = ex
-            .run(role, &mut ReceiverStream::new(rx))
-            .await
-            .err()
-            .unwrap();
+        let role = burst(0, 0, 1);
+        let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::PeerEnded));
 
         let (peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
         peer_tx.send(Ok(vec![7; 2 << 20])).await.unwrap();
         let mut ex = exchange(&tx);
-        let role = Burst {
-            to_send: 0,
-            size: 0,
-            to_receive: 1,
-        };
-        let err = ex
-            .run(role, &mut ReceiverStream::new(rx))
-            .await
-            .err()
-            .unwrap();
+        let role = burst(0, 0, 1);
+        let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::Oversized { size, .. } if size == 2 << 20));
     }
 
@@ -473,16 +458,8 @@ mod tests {
         let (_peer_tx, rx) = mpsc::channel::<Result<Vec<u8>, ExchangeError>>(4);
         drop(rx_out);
         let mut ex = exchange(&tx);
-        let role = Burst {
-            to_send: 3,
-            size: 10,
-            to_receive: 0,
-        };
-        let err = ex
-            .run(role, &mut ReceiverStream::new(rx))
-            .await
-            .err()
-            .unwrap();
+        let role = burst(3, 10, 0);
+        let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::PeerGone));
     }
 }
