@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use cleanroom_psi::wire::{MAX_MESSAGE_BYTES, PointBytes};
 use cleanroom_psi::{Limits as PsiLimits, Matcher, Message, Receiver, ReceiverOutcome};
-use cleanroom_rules::{Collaboration, Plan};
+use cleanroom_rules::{Collaboration, Plan, Value};
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::exchange::{ExchangeError, PeerError};
 use cleanroom_service::proto::clean_room_service_server::{
@@ -109,6 +109,25 @@ async fn assert_audited(server: &Running, session_id: &str, decision: Decision) 
     if decision != Decision::Cancelled {
         assert!(!entry.reason.is_empty(), "{entry:?}");
     }
+}
+
+/// A session played to its end: released, with exactly the plain answer `want` (rows and
+/// suppressed count).
+async fn assert_released_exactly(
+    server: &Running,
+    session_id: &str,
+    plan: &Plan,
+    (outcome, summary): (&ReceiverOutcome, &SessionSummary),
+    (want, want_suppressed): (Vec<Vec<Value>>, u64),
+) {
+    let result = plan.result(outcome).unwrap();
+    assert_rows_equal(&result, &want);
+    assert_eq!(result.suppressed_rows, want_suppressed);
+    assert_eq!(summary.session_id, session_id);
+    assert_eq!(
+        server.settled_entry(session_id).await.decision,
+        Decision::Released
+    );
 }
 
 /// The server still serves: health is SERVING, no session holds a slot, and an honest query
@@ -529,15 +548,8 @@ async fn item_chunks_in_any_order_give_the_exact_result() {
     let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, Duration::ZERO)
         .await
         .expect("shuffled pieces make a complete session");
-    let (want, want_suppressed) = fx.plain_eu_by_channel();
-    let result = plan.result(&outcome).unwrap();
-    assert_rows_equal(&result, &want);
-    assert_eq!(result.suppressed_rows, want_suppressed);
-    assert_eq!(summary.session_id, session_id);
-    assert_eq!(
-        server.settled_entry(&session_id).await.decision,
-        Decision::Released
-    );
+    let want = fx.plain_eu_by_channel();
+    assert_released_exactly(&server, &session_id, &plan, (&outcome, &summary), want).await;
 
     // The same, with one piece sent twice in place of another piece of its group and size:
     // every announced count adds up, but the repeated identifiers are caught (they would
@@ -683,15 +695,8 @@ async fn silent_slow_and_vanishing_clients() {
     let (_, outcome, summary) = play_receiver(&tx, &mut inbound, receiver, idle * 3 / 10)
         .await
         .expect("a slow but steady client finishes");
-    let (want, want_suppressed) = fx.plain_by_campaign();
-    let result = plan.result(&outcome).unwrap();
-    assert_rows_equal(&result, &want);
-    assert_eq!(result.suppressed_rows, want_suppressed);
-    assert_eq!(summary.session_id, session_id);
-    assert_eq!(
-        server.settled_entry(&session_id).await.decision,
-        Decision::Released
-    );
+    let want = fx.plain_by_campaign();
+    assert_released_exactly(&server, &session_id, &plan, (&outcome, &summary), want).await;
 
     // A client that pauses longer than the idle timeout between two messages.
     let (_, receiver) = self::receiver(&fx, BY_CAMPAIGN);

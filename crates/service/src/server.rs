@@ -698,26 +698,13 @@ impl CleanRoom {
             }))
             .await?;
 
+        let limits = self.psi_limits(receiver_rows);
         let (released, suppressed, messages) = if plan.protocol() == Protocol::List {
-            self.list_protocol(
-                plan,
-                matcher_path,
-                receiver_rows,
-                inbound,
-                exchange,
-                matcher_rows,
-            )
-            .await?
+            self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
+                .await?
         } else {
-            self.aggregate_protocol(
-                plan,
-                matcher_path,
-                receiver_rows,
-                inbound,
-                exchange,
-                matcher_rows,
-            )
-            .await?
+            self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
+                .await?
         };
         let counters = exchange.counters;
         let completion = Completion {
@@ -791,7 +778,7 @@ impl CleanRoom {
         &self,
         plan: &Plan,
         matcher_path: PathBuf,
-        receiver_rows: u64,
+        limits: cleanroom_psi::Limits,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
@@ -799,7 +786,6 @@ impl CleanRoom {
         // Reading the table and shuffling it into a matcher are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
-        let limits = self.psi_limits(receiver_rows);
         let (_, built) = exchange
             .blocking((), move |_| {
                 let table = data::matcher_table(&table_plan, &matcher_path)?;
@@ -858,7 +844,7 @@ impl CleanRoom {
         &self,
         plan: &Plan,
         matcher_path: PathBuf,
-        receiver_rows: u64,
+        limits: cleanroom_psi::Limits,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
@@ -866,7 +852,6 @@ impl CleanRoom {
         // Reading the table and sealing it into a provider are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
-        let limits = self.psi_limits(receiver_rows);
         let (_, built) = exchange
             .blocking((), move |_| {
                 let table = data::list_provider_table(&table_plan, &matcher_path)?;
