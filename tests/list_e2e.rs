@@ -18,8 +18,6 @@ use cleanroom_service::{
     BearerToken, Client, ClientConfig, Decision, Limits, QueryOutcome, ServerConfig, StateDb,
 };
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const PUBLISHER_TOKEN: &str = "publisher-list-token";
 const ADVERTISER_TOKEN: &str = "advertiser-list-token";
@@ -248,51 +246,18 @@ fn sorted(mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
     rows
 }
 
-struct Running {
-    addr: SocketAddr,
-    state: Arc<StateDb>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_server(fx: &Fixture) -> Running {
-    let state = Arc::new(StateDb::open(fx.path("state.db")).unwrap());
-    let config = ServerConfig {
+async fn start_server(fx: &Fixture) -> common::Running {
+    common::serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv"))]),
         limits: Limits::default(),
-        state: Arc::clone(&state),
+        state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
         insecure: false,
         on_session_end: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        cleanroom_service::serve(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Running {
-        addr,
-        state,
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("server stops")
-            .unwrap();
-    }
+    })
+    .await
 }
 
 async fn query(fx: &Fixture, addr: SocketAddr, sql: &str) -> QueryOutcome {

@@ -407,18 +407,25 @@ impl Running {
     }
 }
 
+/// The publisher's server over the fixture's impressions, with a fresh state database.
 pub async fn start_server(fx: &Fixture, limits: Limits, tls: Option<TlsIdentity>) -> Running {
     let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
-    let config = ServerConfig {
+    serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv"))]),
         limits,
-        state: Arc::clone(&state),
+        state,
         tls,
         insecure: false,
         on_session_end: None,
-    };
+    })
+    .await
+}
+
+/// Serves `config` on 127.0.0.1 (a free port) in this process until [`Running::stop`].
+pub async fn serve_in_process(config: ServerConfig) -> Running {
+    let state = Arc::clone(&config.state);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
