@@ -571,8 +571,20 @@ impl StateDb {
                 "a session cannot finish as running".to_owned(),
             ));
         }
-        let changed = self
-            .conn()
+        self.complete_in(&self.conn(), session_id, decision, reason, completion)
+    }
+
+    /// Completes `session_id`'s running entry within `conn`'s current transaction: its
+    /// decision, reason, end time and figures. `false` when it was no longer running.
+    fn complete_in(
+        &self,
+        conn: &Connection,
+        session_id: &str,
+        decision: Decision,
+        reason: &str,
+        completion: &Completion,
+    ) -> Result<bool, StateError> {
+        let changed = conn
             .execute(
                 &format!(
                     "UPDATE audit SET decision = ?2, reason = ?3, finished_at = {NOW},
@@ -705,28 +717,7 @@ impl StateDb {
             return Ok(None);
         }
         self.standing_in(&tx, policy, member)?.admits(cost)?;
-        let changed = tx
-            .execute(
-                &format!(
-                    "UPDATE audit SET decision = 'released', reason = '', finished_at = {NOW},
-                         released_rows = ?2, suppressed_rows = ?3, matcher_rows = ?4,
-                         messages_received = ?5, messages_sent = ?6,
-                         bytes_received = ?7, bytes_sent = ?8
-                     WHERE session_id = ?1 AND decision = 'running'"
-                ),
-                params![
-                    session_id,
-                    to_i64(completion.released_rows),
-                    to_i64(completion.suppressed_rows),
-                    to_i64(completion.matcher_rows),
-                    to_i64(completion.messages_received),
-                    to_i64(completion.messages_sent),
-                    to_i64(completion.bytes_received),
-                    to_i64(completion.bytes_sent),
-                ],
-            )
-            .map_err(|e| self.sqlite(e))?;
-        if changed != 1 {
+        if !self.complete_in(&tx, session_id, Decision::Released, "", completion)? {
             return Ok(None);
         }
         let micros = cost.map_or(0, Epsilon::micros);
