@@ -346,9 +346,9 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
         }
         other => panic!("expected a local refusal, got {other:?}"),
     }
-    // ...and by the server, from the sizes the psi receiver announces, for a client that
-    // skips the check. Nothing is charged for it (the budget check comes first here, so use a
-    // fresh server state).
+    // ...and by the server, for a client that skips the check: from the rows it declares, or
+    // from the sizes its psi receiver announces (a fresh server state, so that the budget
+    // check does not come first).
     server.stop().await;
     let server = Server::start(&setup, &setup.path("fresh.db")).await;
     let plan = setup.collaboration.plan("advertiser", COUNT).unwrap();
@@ -358,11 +358,7 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
         vec!["user31@example.com".to_owned(), "1".to_owned()],
     ];
     let table = plan.receiver_table(&header, rows.into_iter()).unwrap();
-    let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default())
-        .with_noise(plan.noise_bounds().unwrap())
-        .unwrap();
-    let mut client = raw_client(server.addr(), Some(ADVERTISER_TOKEN)).await;
-    let start = RunSessionRequest {
+    let start = |rows: u64| RunSessionRequest {
         message: Some(run_session_request::Message::Start(
             cleanroom_service::proto::SessionStart {
                 collaboration_id: setup.collaboration.id().to_owned(),
@@ -371,12 +367,35 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
                 table: Some(cleanroom_service::proto::TableDescriptor {
                     name: "conversions".to_owned(),
                     columns: header.clone(),
-                    rows: 2,
+                    rows,
                 }),
             },
         )),
     };
-    let (tx, mut inbound) = raw_open(&mut client, start).await.unwrap();
+    let policy = cleanroom_service::Policy::of(&setup.collaboration);
+    let charged = || {
+        server
+            .state
+            .standing(&policy, "advertiser")
+            .unwrap()
+            .queries
+    };
+    let mut client = raw_client(server.addr(), Some(ADVERTISER_TOKEN)).await;
+    // Declaring fewer rows than the threshold is refused at admission: nothing of the
+    // provider's data moved, nothing is charged.
+    let status = match raw_open(&mut client, start(2)).await {
+        Err(status) => status,
+        Ok(_) => panic!("a declared set under the threshold must be refused at admission"),
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["querier_set_too_small"]);
+    assert_eq!(charged(), 0);
+    // Declaring enough rows but announcing two identifiers is refused by the psi matcher, after
+    // admission: the noisy hello was sent, so the session is charged like a release.
+    let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default())
+        .with_noise(plan.noise_bounds().unwrap())
+        .unwrap();
+    let (tx, mut inbound) = raw_open(&mut client, start(100)).await.unwrap();
     while let Some(message) = receiver.poll_message() {
         let payload = message.encode();
         let _ = tx
@@ -401,17 +420,9 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let entries = server.state.entries(None, None).unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].decision, Decision::Refused);
-    let policy = cleanroom_service::Policy::of(&setup.collaboration);
-    assert_eq!(
-        server
-            .state
-            .standing(&policy, "advertiser")
-            .unwrap()
-            .queries,
-        0
-    );
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.decision == Decision::Refused));
+    assert_eq!(charged(), 1);
     server.stop().await;
 }
 

@@ -610,7 +610,7 @@ fn session_vector(spec: &SessionSpec) -> Value {
     );
     let (mut to_receiver, mut to_matcher) = (Vec::new(), Vec::new());
     let mut released = false;
-    while receiver.outcome().is_none() {
+    while !receiver.is_finished() {
         let mut progressed = false;
         while let Some(msg) = matcher.poll_message() {
             to_receiver.push(message_vector(&msg));
@@ -635,7 +635,7 @@ fn session_vector(spec: &SessionSpec) -> Value {
         }
         assert!(progressed, "session stalled");
     }
-    let outcome = receiver.outcome().unwrap().clone();
+    let outcome = receiver.open().unwrap();
     let counts = matcher.counts().unwrap().to_vec();
 
     // The same tables through the production roles (fresh keys, OS randomness) give the same
@@ -873,7 +873,7 @@ fn list_session_vector() -> Value {
         &rng,
     );
     let (mut to_querier, mut to_provider) = (Vec::new(), Vec::new());
-    while querier.outcome().is_none() {
+    while !querier.is_finished() {
         let mut progressed = false;
         while let Some(msg) = provider.poll_message() {
             to_querier.push(message_vector(&msg));
@@ -892,7 +892,7 @@ fn list_session_vector() -> Value {
         assert!(progressed, "list session stalled");
     }
     assert!(provider.is_done());
-    let outcome = querier.outcome().unwrap().clone();
+    let outcome = querier.open().unwrap();
     let (ptable, qtable) = build();
     let real = cleanroom_psi::list_offline(&domain, ptable, qtable).unwrap();
     assert_eq!(real.outcome, outcome);

@@ -313,10 +313,8 @@ min_threshold = 3
                     buyers.insert(e);
                 }
             }
+            // Every announced pair that is not released counts as suppressed, matched or not.
             let buyers = buyers.len() as u64;
-            if buyers == 0 {
-                continue;
-            }
             if buyers >= self.threshold {
                 rows.push(vec![
                     Value::Text(campaign.clone()),
@@ -330,7 +328,7 @@ min_threshold = 3
         (rows, suppressed)
     }
 
-    /// The plain answer to [`EU_BY_CHANNEL`].
+    /// The plain answer to [`EU_BY_CHANNEL`] (rows, and pairs not released).
     pub fn plain_eu_by_channel(&self) -> (Vec<Vec<Value>>, u64) {
         let region = self.impressions.column("region");
         let eu = self
@@ -342,7 +340,13 @@ min_threshold = 3
             self.conversions.column("channel"),
             self.conversions.column("amount"),
         );
+        // Every channel of the advertiser's rows is an announced group, matched or not.
         let mut per_channel: BTreeMap<String, (BTreeSet<String>, u64, u64)> = BTreeMap::new();
+        for row in &self.conversions.rows {
+            if normalize(&row[email]).is_some() {
+                per_channel.entry(row[channel].clone()).or_default();
+            }
+        }
         for row in &self.conversions.rows {
             if let Some(e) = normalize(&row[email])
                 && eu.contains(&e)

@@ -571,7 +571,10 @@ class Receiver:
         blinding_key: Optional[bytes] = None,
         value_key: Optional[ValueKey] = None,
         test_vector_rng: Optional[TestVectorRng] = None,
+        matcher_groups: Optional[int] = None,
     ):
+        """``matcher_groups``: how many groups the plan lets the matcher announce (1 for a plan
+        not grouped on the matcher's side), or ``None`` for any number within the limits."""
         if value_columns > MAX_VALUE_COLUMNS:
             raise ValueError("at most four value columns")
         self.domain = domain
@@ -600,6 +603,8 @@ class Receiver:
         self._peer: Optional[_PeerGroups] = None
         self._outbox: list = []
         self._results: list = []
+        self._matcher_groups = matcher_groups
+        self._suppressed: Optional[int] = None
         self.outcome: Optional[Outcome] = None
 
     # -- sending
@@ -643,12 +648,16 @@ class Receiver:
 
     def handle(self, msg: Message) -> None:
         """Consume one message of the matcher; raises ProtocolError on a violation."""
-        if self.outcome is not None:
+        if self.finished:
             raise ProtocolError("a message after the session finished")
         if isinstance(msg, MatcherHello):
             if self._peer is not None:
                 raise ProtocolError("hello already received")
             self._check_sizes(msg.group_sizes)
+            if self._matcher_groups is not None and len(msg.group_sizes) != self._matcher_groups:
+                raise ProtocolError(
+                    f"the peer announced {len(msg.group_sizes)} groups; the plan has {self._matcher_groups}"
+                )
             n = len(msg.group_sizes)
             self._peer = _PeerGroups(list(msg.group_sizes), [0] * n, [[] for _ in range(n)])
             for g in range(n):
@@ -672,17 +681,18 @@ class Receiver:
             peer = self._peer
             if peer is None or peer.received != peer.sizes:
                 raise ProtocolError("results before the matcher's sets")
-            self._results += [self._open(g) for g in msg.groups]
+            self._results += [self._check(g) for g in msg.groups]
         elif isinstance(msg, MatcherDone):
             peer = self._peer
             if peer is None or peer.received != peer.sizes:
                 raise ProtocolError("the end before the matcher's sets")
             if msg.released != len(self._results):
                 raise ProtocolError("released count differs from the groups received")
-            groups = sorted(
-                self._results, key=lambda r: (r.matcher_group.encode(), r.receiver_group.encode())
-            )
-            self.outcome = Outcome(groups, msg.suppressed)
+            if msg.released + msg.suppressed != len(peer.sizes) * len(self.groups):
+                raise ProtocolError(
+                    "released and suppressed pairs do not add up to the announced groups"
+                )
+            self._suppressed = msg.suppressed
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__}: the receiver only accepts matcher messages")
 
@@ -709,19 +719,46 @@ class Receiver:
         for i in range(0, len(tags), CHUNK_ITEMS):
             self._outbox.append(ReceiverTags(g, tags[i : i + CHUNK_ITEMS]))
 
-    def _open(self, g: ReleasedGroup) -> GroupResult:
+    @property
+    def finished(self) -> bool:
+        """Whether ``MatcherDone`` arrived: end the session, then call :meth:`open`."""
+        return self._suppressed is not None
+
+    def _check(self, g: ReleasedGroup) -> ReleasedGroup:
+        """Checks a released group on arrival, without decrypting (PROTOCOL.md 7.3, step 5)."""
         if g.receiver_group >= len(self.groups):
             raise ProtocolError(f"unknown group {g.receiver_group}")
-        key, items = self.groups[g.receiver_group]
+        _, items = self.groups[g.receiver_group]
         if g.intersection_size > len(items):
             raise ProtocolError("intersection larger than the receiver's group")
         if self._value_key is not None:
+            width = 32 * (1 + 2 * self.value_columns)
+            if len(g.sums) != width:
+                raise ProtocolError("sums of the wrong length")
             try:
-                sums = self._value_key.decrypt(g.sums, g.intersection_size)
+                for i in range(0, width, 32):
+                    sodium.check_component(g.sums[i : i + 32])
             except PointError as e:
                 raise ProtocolError(f"invalid point in MatcherResult sums: {e}") from None
         elif g.sums:
             raise ProtocolError("sums in a cardinality session")
-        else:
+        return g
+
+    def open(self) -> Outcome:
+        """Decrypts the released sums, once the session ended on the wire (PROTOCOL.md 7.3,
+        step 6): a failure here is this receiver's alone, never an abort the matcher sees."""
+        if not self.finished:
+            raise ProtocolError("the matcher's results are incomplete")
+        results = []
+        for g in self._results:
+            key, _ = self.groups[g.receiver_group]
             sums = []
-        return GroupResult(g.matcher_group, key, g.intersection_size, sums)
+            if self._value_key is not None:
+                try:
+                    sums = self._value_key.decrypt(g.sums, g.intersection_size)
+                except PointError as e:
+                    raise ProtocolError(f"invalid point in MatcherResult sums: {e}") from None
+            results.append(GroupResult(g.matcher_group, key, g.intersection_size, sums))
+        groups = sorted(results, key=lambda r: (r.matcher_group.encode(), r.receiver_group.encode()))
+        self.outcome = Outcome(groups, self._suppressed)
+        return self.outcome

@@ -151,7 +151,12 @@ def run_query(
         raise QueryError(f"the query uses your table {own!r}: give --data {own}=PATH")
     table = plans.ReceiverTable.from_csv(plan, data[own])
     value_columns = len(plan["receiver"]["value_columns"])
-    receiver = Receiver(Domain(plan["collaboration_id"], plan["domain"]), table.groups, value_columns)
+    receiver = Receiver(
+        Domain(plan["collaboration_id"], plan["domain"]),
+        table.groups,
+        value_columns,
+        matcher_groups=None if plan.get("grouped_by") == "matcher" else 1,
+    )
 
     requests: "queue.Queue" = queue.Queue()
 
@@ -208,9 +213,9 @@ def run_query(
                 raise QueryError("a session message before the protocol finished")
             receiver.handle(decode(response.psi.payload))
             send_pending()
-            if receiver.outcome is not None:
+            if receiver.finished:
                 break
-        if receiver.outcome is None:
+        if not receiver.finished:
             raise QueryError("the server ended the session before the protocol finished")
         requests.put(None)  # half-close: nothing more to send
         last = next(responses, None)
@@ -219,8 +224,10 @@ def run_query(
         if next(responses, None) is not None:
             raise QueryError("messages after the summary")
         summary = last.summary
+        # The session is over on the wire: only now decrypt (PROTOCOL.md 3.2, step 6).
+        outcome = receiver.open()
         return QueryOutcome(
-            result=plans.result(plan, receiver.outcome),
+            result=plans.result(plan, outcome),
             session_id=summary.session_id,
             released_rows=summary.released_rows,
             suppressed_rows=summary.suppressed_rows,

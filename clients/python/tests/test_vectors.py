@@ -140,6 +140,8 @@ def test_session_transcript(name):
         receiver.handle(psi.decode(h(m["hex"])))
         drain()
     assert [s.hex() for s in sent] == [m["hex"] for m in v["receiver_to_matcher"]]
+    assert receiver.finished
+    receiver.open()
     learns = v["receiver_learns"]
     assert receiver.outcome.suppressed_groups == learns["suppressed_groups"]
     assert [

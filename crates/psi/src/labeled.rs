@@ -420,6 +420,10 @@ pub struct ListOutcome {
     pub matches: Vec<ListMatch>,
     /// The provider's number of distinct identifiers.
     pub provider_set_size: u64,
+    /// Identifiers whose lookup tag the provider sent but whose payload does not open (it was
+    /// altered, or sealed under another key): counted as not matched, and only ever reported
+    /// locally, after the session ended.
+    pub unopened: u64,
 }
 
 impl ListOutcome {
@@ -456,7 +460,9 @@ pub struct ListQuerier {
     /// (lookup tag, item) for every provider item.
     index: Vec<(u128, u32)>,
     payloads: Vec<u8>,
-    outcome: Option<ListOutcome>,
+    /// Every payload and every evaluation arrived and the provider's set passed its checks;
+    /// nothing was opened yet.
+    finished: bool,
 }
 
 impl ListQuerier {
@@ -479,7 +485,7 @@ impl ListQuerier {
             provider: None,
             index: Vec::new(),
             payloads: Vec::new(),
-            outcome: None,
+            finished: false,
         }
     }
 
@@ -523,7 +529,7 @@ impl ListQuerier {
     /// Consume one message from the provider.
     pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         let kind = msg.kind();
-        if self.outcome.is_some() {
+        if self.finished {
             return Err(ProtocolError::Unexpected {
                 got: kind,
                 why: "the session is finished",
@@ -557,6 +563,16 @@ impl ListQuerier {
                     return Err(WireError::Invalid("payload_bytes").into());
                 }
                 check_sizes(&[set_size], &self.limits)?;
+                // What the provider may make this querier hold is fixed by its hello, before
+                // any evaluation: memory never depends on which identifiers match.
+                let bytes = set_size.saturating_mul(u64::from(payload_bytes));
+                if bytes > self.limits.max_payload_bytes {
+                    return Err(ProtocolError::LimitExceeded {
+                        what: "list payload bytes",
+                        value: bytes,
+                        limit: self.limits.max_payload_bytes,
+                    });
+                }
                 self.provider = Some(ProviderSide {
                     size: set_size,
                     columns,
@@ -619,13 +635,32 @@ impl ListQuerier {
         if provider.received != provider.size || self.lookups.len() != self.identifiers.len() {
             return Ok(());
         }
+        // The provider's tags are checked on their own, before any lookup: a repeat is an
+        // error whatever this querier holds.
         self.index.par_sort_unstable();
         if self.index.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(ProtocolError::DuplicateLookupTag);
         }
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Whether every payload and every evaluation arrived: nothing more is expected, and the
+    /// transport should end the session before [`open`](Self::open) is called.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Looks up and opens the payloads of this querier's identifiers, once the session is
+    /// finished (`None` before). Call it only after the session ended on the wire: which
+    /// payloads exist for its identifiers, and whether they open, depends on what this querier
+    /// holds, so nothing of it may show to the provider. A payload that does not open is
+    /// counted in [`ListOutcome::unopened`] and treated as not matched.
+    pub fn open(&self) -> Option<ListOutcome> {
+        let provider = self.provider.as_ref().filter(|_| self.finished)?;
         let (index, payloads) = (&self.index, &self.payloads);
         let (columns, width) = (provider.columns, provider.width);
-        let mut matches = self
+        let opened: Vec<Result<ListMatch, ()>> = self
             .identifiers
             .par_iter()
             .zip(&self.lookups)
@@ -633,27 +668,25 @@ impl ListQuerier {
                 let t = tag.as_u128();
                 let at = index.binary_search_by(|&(k, _)| k.cmp(&t)).ok()?;
                 let start = index[at].1 as usize * width as usize;
-                let payload = &payloads[start..start + width as usize];
-                Some(open(key, payload, columns, width).map(|rows| ListMatch {
-                    identifier: identifier.clone(),
-                    rows,
-                }))
+                let payload = payloads.get(start..start + width as usize)?;
+                Some(
+                    open(key, payload, columns, width)
+                        .map(|rows| ListMatch {
+                            identifier: identifier.clone(),
+                            rows,
+                        })
+                        .map_err(drop),
+                )
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
+        let unopened = opened.iter().filter(|m| m.is_err()).count() as u64;
+        let mut matches: Vec<ListMatch> = opened.into_iter().filter_map(Result::ok).collect();
         matches.sort_unstable_by(|a, b| a.identifier.cmp(&b.identifier));
-        self.outcome = Some(ListOutcome {
+        Some(ListOutcome {
             matches,
             provider_set_size: provider.size,
-        });
-        self.lookups = Vec::new();
-        self.index = Vec::new();
-        self.payloads = Vec::new();
-        Ok(())
-    }
-
-    /// The list, once every payload and every evaluation arrived.
-    pub fn outcome(&self) -> Option<&ListOutcome> {
-        self.outcome.as_ref()
+            unopened,
+        })
     }
 }
 
@@ -702,7 +735,7 @@ pub fn list_offline_observed(
     let mut q = ListQuerier::new(domain, querier, columns, limits);
     let (messages, bytes) = drive(&mut p, &mut q, &mut observe)?;
     Ok(ListReport {
-        outcome: q.outcome().cloned().expect("driven to the end"),
+        outcome: q.open().expect("driven to the end"),
         querier_set_size: p.querier_set_size().expect("done implies the hello"),
         provider_input,
         querier_input,
@@ -737,7 +770,7 @@ fn drive(
             p.handle_message(transfer(msg)?)?;
             progressed = true;
         }
-        if q.outcome().is_some() && p.is_done() {
+        if q.is_finished() && p.is_done() {
             return Ok((messages, bytes));
         }
         if !progressed {
@@ -955,7 +988,7 @@ mod tests {
             key: test_key(11),
             provider_ids: provider_ids.iter().map(|s| s.to_string()).collect(),
             querier_ids: querier_ids.iter().map(|s| s.to_string()).collect(),
-            outcome: q.outcome().unwrap().clone(),
+            outcome: q.open().unwrap(),
             transcript,
         }
     }
@@ -1076,6 +1109,7 @@ mod tests {
                     },
                 ],
                 provider_set_size: 3,
+                unopened: 0,
             }
         );
         assert_eq!(r.outcome.rows_of("b@x.org").map(<[_]>::len), Some(2));

@@ -58,7 +58,7 @@ pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{MatchReport, match_offline, match_offline_observed};
 pub use protocol::{
     GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
-    ReceiverOutcome,
+    ReceiverOutcome, ReleaseSummary,
 };
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,

@@ -50,7 +50,7 @@ pub fn match_offline_observed(
         Ok(decoded)
     };
     let mut released = false;
-    while r.outcome().is_none() {
+    while !r.is_finished() {
         let mut progressed = false;
         while let Some(msg) = m.poll_message() {
             r.handle_message(transfer(msg)?)?;
@@ -70,7 +70,7 @@ pub fn match_offline_observed(
         }
     }
     Ok(MatchReport {
-        outcome: r.outcome().cloned().expect("loop ends with an outcome"),
+        outcome: r.open()?,
         counts: m.counts().map(<[_]>::to_vec).unwrap_or_default(),
         matcher_input,
         receiver_input,

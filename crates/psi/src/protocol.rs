@@ -44,6 +44,9 @@ pub fn ciphertext_bytes(value_columns: usize) -> usize {
     }
 }
 
+/// The default bound on a list provider's payloads: 256 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 256 << 20;
+
 /// Bounds a role enforces on what its peer announces and sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -56,6 +59,9 @@ pub struct Limits {
     /// not a limit reached but a contradiction: [`ProtocolError::AboveDeclared`]. `None`: no
     /// declaration.
     pub declared_set_size: Option<u64>,
+    /// Most bytes of list payloads a list provider may announce (its set size times its
+    /// payload width): what a list querier holds is bounded by the hello, whatever matches.
+    pub max_payload_bytes: u64,
 }
 
 impl Limits {
@@ -66,6 +72,7 @@ impl Limits {
             max_set_size: u64::MAX,
             max_groups: u32::MAX,
             declared_set_size: None,
+            max_payload_bytes: u64::MAX,
         }
     }
 }
@@ -76,6 +83,7 @@ impl Default for Limits {
             max_set_size: 100_000_000,
             max_groups: 100_000,
             declared_set_size: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -143,6 +151,14 @@ pub enum ProtocolError {
     /// identifier once per group, and a repeated one would count twice toward the threshold.
     #[error("receiver group {0}: the same identifier was sent twice")]
     DuplicateItem(u32),
+    /// The peer announced a number of groups its plan does not have.
+    #[error("the peer announced {announced} groups; the plan has {expected}")]
+    GroupsNotInPlan {
+        /// groups announced in the hello
+        announced: u64,
+        /// groups the plan has
+        expected: u32,
+    },
     /// The same matching tag twice in one group: the counts would be inflated.
     #[error("group {0}: a comparison value was sent twice")]
     DuplicateTag(u32),
@@ -221,6 +237,16 @@ pub struct GroupCount {
     pub intersection_size: u64,
 }
 
+/// What a release told the receiver: how many pairs of groups it released and how many it
+/// did not (every other pair of announced groups, matched or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseSummary {
+    /// Pairs released.
+    pub released: u64,
+    /// Pairs of announced groups not released.
+    pub suppressed: u64,
+}
+
 /// What the matcher does with one (matcher group, receiver group) pair at release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupDecision {
@@ -279,6 +305,26 @@ pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), Protocol
         });
     }
     Ok(())
+}
+
+/// Decode every ciphertext of `items` items with `value_columns` columns, in parallel: each must
+/// be canonical points in the layout the receiver's keys announced.
+fn check_ciphertexts(
+    bytes: &[u8],
+    items: usize,
+    value_columns: usize,
+) -> Result<(), ProtocolError> {
+    let width = ciphertext_bytes(value_columns);
+    if bytes.len() != items.saturating_mul(width) {
+        return Err(WireError::Invalid("ciphertexts").into());
+    }
+    if width == 0 {
+        return Ok(());
+    }
+    bytes
+        .par_chunks_exact(width)
+        .try_for_each(|ct| Ciphertext::from_bytes(ct, value_columns).map(drop))
+        .map_err(point_error("ReceiverItems ciphertext"))
 }
 
 /// Account `n` more elements of `group` against announced sizes.
@@ -374,9 +420,10 @@ pub struct Matcher {
     item_groups: Vec<u32>,
     ciphertexts: Vec<u8>,
     tags_received: Vec<u64>,
-    /// Per receiver item, 1 + the last matcher group it matched in (0: none yet). Tags of one
-    /// group arrive contiguously, so this catches a tag sent twice within a group.
-    last_match: Vec<u32>,
+    /// Per matcher group, the receiver's tags as they arrived; sorted and checked for repeats
+    /// when the group is complete. Nothing is looked up before every group is complete, so
+    /// the work done and every error raised until then are the same whichever items match.
+    tags: Vec<Vec<u128>>,
     /// The matcher group whose tags are arriving, and how many groups are complete.
     tag_group: Option<u32>,
     groups_complete: usize,
@@ -388,6 +435,9 @@ pub struct Matcher {
     noise: Option<NoiseBounds>,
     /// Fewest distinct identifiers the receiver must bring.
     min_receiver_identifiers: u64,
+    /// How many groups the plan lets the receiver announce; `None`: any number within the
+    /// limits (a plan grouped on the receiver's side).
+    receiver_groups: Option<u32>,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -445,7 +495,7 @@ impl Matcher {
             item_groups: Vec::new(),
             ciphertexts: Vec::new(),
             tags_received: vec![0; n],
-            last_match: Vec::new(),
+            tags: vec![Vec::new(); n],
             tag_group: None,
             groups_complete: 0,
             accumulators: BTreeMap::new(),
@@ -454,8 +504,18 @@ impl Matcher {
             outbox: VecDeque::new(),
             noise: None,
             min_receiver_identifiers: 0,
+            receiver_groups: None,
             test_vector,
         }
+    }
+
+    /// Refuse, with [`ProtocolError::GroupsNotInPlan`], a receiver hello that announces other
+    /// than `groups` groups: a plan that is not grouped on the receiver's side has exactly one.
+    /// Without this, a receiver could repeat one identifier in thousands of groups and amplify
+    /// whatever its matches cost.
+    pub fn expect_receiver_groups(mut self, groups: u32) -> Self {
+        self.receiver_groups = Some(groups);
+        self
     }
 
     /// Make this session's release noisy (differential privacy), within `bounds`. Three things
@@ -548,6 +608,14 @@ impl Matcher {
                     });
                 }
                 check_sizes(&group_sizes, &self.limits)?;
+                if let Some(expected) = self.receiver_groups
+                    && group_sizes.len() as u64 != u64::from(expected)
+                {
+                    return Err(ProtocolError::GroupsNotInPlan {
+                        announced: group_sizes.len() as u64,
+                        expected,
+                    });
+                }
                 let announced = group_sizes.iter().fold(0u64, |a, s| a.saturating_add(*s));
                 if announced < self.min_receiver_identifiers {
                     return Err(ProtocolError::ReceiverSetTooSmall {
@@ -602,6 +670,9 @@ impl Matcher {
                     });
                 }
                 admit(&mut peer.received, &peer.sizes, group, points.len())?;
+                // Every ciphertext is decoded on arrival, matched or not: a malformed one ends
+                // the session now, whatever the matcher holds, never only once it matched.
+                check_ciphertexts(&ciphertexts, points.len(), peer.value_columns)?;
                 let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
                 let first = self.item_groups.len() as u32;
                 self.index.extend(
@@ -652,11 +723,18 @@ impl Matcher {
                 *received += tags.len() as u64;
                 let complete = *received == size;
                 self.tag_group = (!complete).then_some(group);
-                self.match_tags(group, &tags)?;
+                let stored = &mut self.tags[group as usize];
+                stored.extend(tags.iter().map(Tag::as_u128));
                 if complete {
+                    // Repeats are checked on the group's own tags, before any lookup: the
+                    // error does not depend on whether the repeated tag matches.
+                    stored.par_sort_unstable();
+                    if stored.windows(2).any(|w| w[0] == w[1]) {
+                        return Err(ProtocolError::DuplicateTag(group));
+                    }
                     self.groups_complete += 1;
                     if self.groups_complete == self.groups.len() {
-                        self.counts = Some(self.collect_counts());
+                        self.match_all();
                     }
                 }
                 Ok(())
@@ -700,11 +778,10 @@ impl Matcher {
                 }
             }
             self.index_sorted = true;
-            self.last_match = vec![0; self.item_groups.len()];
             // A group without identifiers gets no tags: it is complete already.
             self.groups_complete = self.groups.iter().filter(|(_, ids)| ids.is_empty()).count();
             if self.groups_complete == self.groups.len() {
-                self.counts = Some(self.collect_counts());
+                self.match_all();
             }
         }
         Ok(())
@@ -718,78 +795,108 @@ impl Matcher {
             && (self.sender.group > g || (self.sender.group == g && self.sender.offset >= len))
     }
 
-    fn match_tags(&mut self, group: u32, tags: &[Tag]) -> Result<(), ProtocolError> {
-        let peer = self.peer.as_ref().expect("index sorted implies hello");
-        let index = &self.index;
-        // Look every tag up in parallel; equal tags in the index are the same identifier in
-        // several receiver groups.
-        // With noise, an identifier counts once: only its first item (lowest receiver group)
-        // is looked at, and only if it has not matched in an earlier matcher group.
+    /// Once every item and every tag arrived: looks each matcher group's tags up among the
+    /// receiver's items, counts the matches per pair of groups and adds up the matched
+    /// ciphertexts. Nothing here can fail: every check on the receiver's messages ran when they
+    /// arrived.
+    ///
+    /// With noise, an identifier counts once: only its first item (in arrival order) is looked
+    /// at, in the lowest matcher group it is in. And the work does not depend on the matches:
+    /// every item's ciphertext is decoded and added once, the unmatched ones into a sink, so
+    /// the time to the (charged) release says nothing about how many matched. Without noise
+    /// only matched ciphertexts are added: the release's duration grows with the matches
+    /// (SECURITY.md names this).
+    fn match_all(&mut self) {
         let once = self.noise.is_some();
-        let hits: Vec<u32> = tags
-            .par_iter()
-            .flat_map_iter(|tag| {
-                let t = tag.as_u128();
-                let start = index.partition_point(|&(k, _)| k < t);
-                index[start..]
-                    .iter()
-                    .take_while(move |&&(k, _)| k == t)
-                    .take(if once { 1 } else { usize::MAX })
-                    .map(|&(_, item)| item)
+        let index = &self.index;
+        let hits: Vec<Vec<u32>> = std::mem::take(&mut self.tags)
+            .into_par_iter()
+            .map(|tags| {
+                tags.iter()
+                    .flat_map(|&t| {
+                        let start = index.partition_point(|&(k, _)| k < t);
+                        index[start..]
+                            .iter()
+                            .take_while(move |&&(k, _)| k == t)
+                            .take(if once { 1 } else { usize::MAX })
+                            .map(|&(_, item)| item)
+                    })
+                    .collect()
             })
             .collect();
-        let mut kept = Vec::with_capacity(hits.len());
-        for &item in &hits {
-            let marker = &mut self.last_match[item as usize];
-            if *marker == group + 1 {
-                return Err(ProtocolError::DuplicateTag(group));
-            }
-            if once && *marker != 0 {
-                continue;
-            }
-            *marker = group + 1;
-            kept.push(item);
-            self.accumulators
-                .entry((group, self.item_groups[item as usize]))
-                .or_default()
-                .count += 1;
-        }
-        let columns = peer.value_columns;
-        let width = ciphertext_bytes(columns);
-        if width == 0 {
-            return Ok(());
-        }
-        // Decode and add the matched ciphertexts in parallel, per receiver group.
-        let (item_groups, ciphertexts) = (&self.item_groups, &self.ciphertexts);
-        let sums = kept
-            .par_iter()
-            .try_fold(BTreeMap::<u32, Ciphertext>::new, |mut acc, &item| {
-                let at = item as usize * width;
-                let ct = Ciphertext::from_bytes(&ciphertexts[at..at + width], columns)
-                    .map_err(point_error("ReceiverItems ciphertext"))?;
-                acc.entry(item_groups[item as usize])
-                    .or_insert_with(|| Ciphertext::zero(columns))
-                    .add_assign(&ct);
-                Ok::<_, ProtocolError>(acc)
-            })
-            .try_reduce(BTreeMap::new, |mut a, b| {
-                for (g, ct) in b {
-                    a.entry(g)
-                        .or_insert_with(|| Ciphertext::zero(columns))
-                        .add_assign(&ct);
+        // Per item, the matcher group it counts in (`SINK`: none), or every (group, item) pair.
+        const SINK: u32 = u32::MAX;
+        let mut target = if once {
+            vec![SINK; self.item_groups.len()]
+        } else {
+            Vec::new()
+        };
+        let mut kept: Vec<(u32, u32)> = Vec::new();
+        for (m, items) in hits.iter().enumerate() {
+            for &item in items {
+                if once {
+                    if target[item as usize] != SINK {
+                        continue;
+                    }
+                    target[item as usize] = m as u32;
                 }
-                Ok(a)
-            })?;
-        for (rgroup, ct) in sums {
-            let acc = self
-                .accumulators
-                .get_mut(&(group, rgroup))
-                .expect("counted above");
-            acc.sum
-                .get_or_insert_with(|| Ciphertext::zero(columns))
-                .add_assign(&ct);
+                self.accumulators
+                    .entry((m as u32, self.item_groups[item as usize]))
+                    .or_default()
+                    .count += 1;
+                if !once {
+                    kept.push((m as u32, item));
+                }
+            }
         }
-        Ok(())
+        drop(hits);
+        let columns = self.peer.as_ref().map_or(0, |p| p.value_columns);
+        let width = ciphertext_bytes(columns);
+        if width > 0 {
+            let pairs: Vec<(u32, u32)> = if once {
+                target
+                    .iter()
+                    .enumerate()
+                    .map(|(item, &m)| (m, item as u32))
+                    .collect()
+            } else {
+                kept
+            };
+            let (item_groups, ciphertexts) = (&self.item_groups, &self.ciphertexts);
+            let sums = pairs
+                .par_iter()
+                .fold(
+                    BTreeMap::<(u32, u32), Ciphertext>::new,
+                    |mut acc, &(m, item)| {
+                        let at = item as usize * width;
+                        let ct = Ciphertext::from_bytes(&ciphertexts[at..at + width], columns)
+                            .expect("every ciphertext was decoded on arrival");
+                        let key = if m == SINK {
+                            (SINK, SINK)
+                        } else {
+                            (m, item_groups[item as usize])
+                        };
+                        acc.entry(key)
+                            .or_insert_with(|| Ciphertext::zero(columns))
+                            .add_assign(&ct);
+                        acc
+                    },
+                )
+                .reduce(BTreeMap::new, |mut a, b| {
+                    for (k, ct) in b {
+                        a.entry(k)
+                            .or_insert_with(|| Ciphertext::zero(columns))
+                            .add_assign(&ct);
+                    }
+                    a
+                });
+            for (pair, ct) in sums {
+                if let Some(acc) = self.accumulators.get_mut(&pair) {
+                    acc.sum = Some(ct);
+                }
+            }
+        }
+        self.counts = Some(self.collect_counts());
     }
 
     fn collect_counts(&self) -> Vec<GroupCount> {
@@ -816,7 +923,7 @@ impl Matcher {
     pub fn release(
         &mut self,
         mut decide: impl FnMut(&GroupCount) -> bool,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<ReleaseSummary, ProtocolError> {
         self.release_with(|count| {
             if decide(count) {
                 GroupDecision::EXACT
@@ -831,10 +938,15 @@ impl Matcher {
     /// least one identifier; noisy sessions ([`with_noise`](Self::with_noise)) decide every
     /// pair, matched or not, in (matcher group, receiver group) order, and may add noise to
     /// what they release. `decide` sees the exact count, which never leaves the matcher.
+    ///
+    /// The receiver is told how many pairs were released and how many were not: every pair of
+    /// announced groups that is not released counts as suppressed, matched or not, so the
+    /// suppressed count says nothing a released row does not (without noise, a count of the
+    /// non-empty pairs would tell whether a lone identifier matched).
     pub fn release_with(
         &mut self,
         mut decide: impl FnMut(&GroupCount) -> GroupDecision,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<ReleaseSummary, ProtocolError> {
         if self.released {
             return Err(ProtocolError::NotReady("already released"));
         }
@@ -842,17 +954,15 @@ impl Matcher {
             return Err(ProtocolError::NotReady("the receiver's data is incomplete"));
         }
         let public_key = self.peer.as_ref().and_then(|p| p.public_key.clone());
+        let receiver_groups = self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32;
+        let announced_pairs = (self.groups.len() as u64) * u64::from(receiver_groups);
         let pairs: Vec<(u32, u32)> = match &self.noise {
             None => self.accumulators.keys().copied().collect(),
-            Some(_) => {
-                let receiver_groups = self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32;
-                (0..self.groups.len() as u32)
-                    .flat_map(|m| (0..receiver_groups).map(move |r| (m, r)))
-                    .collect()
-            }
+            Some(_) => (0..self.groups.len() as u32)
+                .flat_map(|m| (0..receiver_groups).map(move |r| (m, r)))
+                .collect(),
         };
         let mut released = Vec::new();
-        let mut suppressed = 0u64;
         for (m, r) in pairs {
             let acc = self.accumulators.get(&(m, r));
             let count = GroupCount {
@@ -862,10 +972,7 @@ impl Matcher {
             };
             let decision = decide(&count);
             let (intersection_size, sums) = match (&decision, &self.noise) {
-                (GroupDecision::Suppress, _) => {
-                    suppressed += 1;
-                    continue;
-                }
+                (GroupDecision::Suppress, _) => continue,
                 (decision, None) if decision.is_exact() => {
                     let sums = match (acc.and_then(|a| a.sum.as_ref()), &public_key) {
                         (Some(sum), Some(pk)) => {
@@ -919,6 +1026,7 @@ impl Matcher {
         }
         self.released = true;
         let total = released.len() as u64;
+        let suppressed = announced_pairs - total;
         for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
             self.outbox.push_back(Message::MatcherResult {
                 groups: chunk.to_vec(),
@@ -928,7 +1036,10 @@ impl Matcher {
             released: total,
             suppressed,
         });
-        Ok(())
+        Ok(ReleaseSummary {
+            released: total,
+            suppressed,
+        })
     }
 }
 
@@ -970,6 +1081,14 @@ struct PeerGroups {
     tags: Vec<Vec<Tag>>,
 }
 
+/// A released pair as it arrived: checked and decoded, its sums still encrypted.
+struct SealedResult {
+    matcher_group: String,
+    receiver_group: u32,
+    intersection_size: u64,
+    sums: Option<Ciphertext>,
+}
+
 /// The receiver role: sends its blinded (and encrypted) items, re-blinds the matcher's groups
 /// into shuffled tags, and decrypts the released sums.
 pub struct Receiver {
@@ -983,10 +1102,15 @@ pub struct Receiver {
     sender: Sender,
     peer: Option<PeerGroups>,
     outbox: VecDeque<Message>,
-    results: Vec<GroupResult>,
-    outcome: Option<ReceiverOutcome>,
+    results: Vec<SealedResult>,
+    /// The suppressed count of the matcher's `MatcherDone`, once it arrived: the session is
+    /// finished, and [`open`](Receiver::open) may decrypt.
+    finished: Option<u64>,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
+    /// How many groups the plan lets the matcher announce; `None`: any number within the
+    /// limits (a plan grouped on the matcher's side).
+    matcher_groups: Option<u32>,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -1066,10 +1190,20 @@ impl Receiver {
             peer: None,
             outbox: VecDeque::new(),
             results: Vec::new(),
-            outcome: None,
+            finished: None,
             noise: None,
+            matcher_groups: None,
             test_vector,
         }
+    }
+
+    /// Refuse, with [`ProtocolError::GroupsNotInPlan`], a matcher hello that announces other
+    /// than `groups` groups: a plan that is not grouped on the matcher's side has exactly one.
+    /// A lying matcher could otherwise isolate one of this receiver's identifiers in a group of
+    /// its own and learn from the receiver's reaction to that group's result.
+    pub fn expect_matcher_groups(mut self, groups: u32) -> Self {
+        self.matcher_groups = Some(groups);
+        self
     }
 
     /// Expect a noisy release within `bounds` (one per value column), as the matcher was made
@@ -1145,7 +1279,7 @@ impl Receiver {
     /// Consume one message from the matcher.
     pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         let kind = msg.kind();
-        if self.outcome.is_some() {
+        if self.finished.is_some() {
             return Err(ProtocolError::Unexpected {
                 got: kind,
                 why: "the session is finished",
@@ -1160,6 +1294,14 @@ impl Receiver {
                     });
                 }
                 check_sizes(&group_sizes, &self.limits)?;
+                if let Some(expected) = self.matcher_groups
+                    && group_sizes.len() as u64 != u64::from(expected)
+                {
+                    return Err(ProtocolError::GroupsNotInPlan {
+                        announced: group_sizes.len() as u64,
+                        expected,
+                    });
+                }
                 self.peer = Some(PeerGroups {
                     received: vec![0; group_sizes.len()],
                     tags: vec![Vec::new(); group_sizes.len()],
@@ -1191,7 +1333,7 @@ impl Receiver {
                 }
                 let decoded = groups
                     .into_iter()
-                    .map(|g| self.open_result(g))
+                    .map(|g| self.check_result(g))
                     .collect::<Result<Vec<_>, _>>()?;
                 self.results.extend(decoded);
                 Ok(())
@@ -1211,15 +1353,14 @@ impl Receiver {
                         "released count differs from the groups received",
                     ));
                 }
-                let mut groups = std::mem::take(&mut self.results);
-                groups.sort_by(|a, b| {
-                    (&a.matcher_group, &a.receiver_group)
-                        .cmp(&(&b.matcher_group, &b.receiver_group))
-                });
-                self.outcome = Some(ReceiverOutcome {
-                    groups,
-                    suppressed_groups: suppressed,
-                });
+                let pairs = self.peer.as_ref().map_or(0, |p| p.sizes.len() as u64)
+                    * self.groups.len() as u64;
+                if released.checked_add(suppressed) != Some(pairs) {
+                    return Err(ProtocolError::InconsistentResult(
+                        "released and suppressed pairs do not add up to the announced groups",
+                    ));
+                }
+                self.finished = Some(suppressed);
                 Ok(())
             }
             other => Err(ProtocolError::Unexpected {
@@ -1249,8 +1390,11 @@ impl Receiver {
         }
     }
 
-    fn open_result(&self, g: ReleasedGroup) -> Result<GroupResult, ProtocolError> {
-        let (receiver_group, items) = self
+    /// Checks a released pair against what this receiver knows and decodes its sums, without
+    /// decrypting: whether they decrypt depends on this receiver's values, so that is learned
+    /// only after the session ended ([`open`](Self::open)).
+    fn check_result(&self, g: ReleasedGroup) -> Result<SealedResult, ProtocolError> {
+        let (_, items) = self
             .groups
             .get(g.receiver_group as usize)
             .ok_or(ProtocolError::UnknownGroup(g.receiver_group))?;
@@ -1265,32 +1409,65 @@ impl Receiver {
             None => g.intersection_size,
         };
         let sums = match &self.value_key {
-            Some(key) => {
-                let ct = Ciphertext::from_bytes(&g.sums, self.value_columns)
-                    .map_err(point_error("MatcherResult sums"))?;
-                match &self.noise {
-                    Some(bounds) => bounds.decode(&key.decrypt_limbs(&ct)?),
-                    None => key.decrypt(&ct)?,
-                }
-            }
-            None if g.sums.is_empty() => Vec::new(),
+            Some(_) => Some(
+                Ciphertext::from_bytes(&g.sums, self.value_columns)
+                    .map_err(point_error("MatcherResult sums"))?,
+            ),
+            None if g.sums.is_empty() => None,
             None => {
                 return Err(ProtocolError::InconsistentResult(
                     "sums in a cardinality session",
                 ));
             }
         };
-        Ok(GroupResult {
+        Ok(SealedResult {
             matcher_group: g.matcher_group,
-            receiver_group: receiver_group.clone(),
+            receiver_group: g.receiver_group,
             intersection_size,
             sums,
         })
     }
 
-    /// The released result, once the matcher's `MatcherDone` arrived.
-    pub fn outcome(&self) -> Option<&ReceiverOutcome> {
-        self.outcome.as_ref()
+    /// Whether the matcher's closing `MatcherDone` arrived: nothing more is expected, and the
+    /// transport should end the session before [`open`](Self::open) is called.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some()
+    }
+
+    /// Decrypts the released sums into the outcome, once the session is finished. Call it only
+    /// after the session ended on the wire: a total that does not decrypt (a lying matcher, or
+    /// more items than the range holds) is an error for this receiver alone, never an abort the
+    /// matcher could see.
+    pub fn open(&self) -> Result<ReceiverOutcome, ProtocolError> {
+        let suppressed = self.finished.ok_or(ProtocolError::NotReady(
+            "the matcher's results are incomplete",
+        ))?;
+        let mut groups = self
+            .results
+            .iter()
+            .map(|r| {
+                let sums = match (&self.value_key, &r.sums) {
+                    (Some(key), Some(ct)) => match &self.noise {
+                        Some(bounds) => bounds.decode(&key.decrypt_limbs(ct)?),
+                        None => key.decrypt(ct)?,
+                    },
+                    _ => Vec::new(),
+                };
+                Ok(GroupResult {
+                    matcher_group: r.matcher_group.clone(),
+                    receiver_group: self.groups[r.receiver_group as usize].0.clone(),
+                    intersection_size: r.intersection_size,
+                    sums,
+                })
+            })
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
+        groups.sort_by(|a, b| {
+            (&a.matcher_group, &a.receiver_group).cmp(&(&b.matcher_group, &b.receiver_group))
+        });
+        Ok(ReceiverOutcome {
+            groups,
+            suppressed_groups: suppressed,
+        })
     }
 }
 

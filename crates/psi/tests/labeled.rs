@@ -199,6 +199,7 @@ fn wide_payloads_span_several_messages_and_all_have_one_length() {
                 },
             ],
             provider_set_size: 300,
+            unopened: 0,
         }
     );
 }
@@ -474,8 +475,8 @@ fn run_tampered(
             p.handle_message(m)?;
             progressed = true;
         }
-        if let Some(outcome) = q.outcome() {
-            let outcome = outcome.clone();
+        if q.is_finished() {
+            let outcome = q.open().expect("finished");
             // A finished querier accepts nothing more.
             assert!(matches!(
                 q.handle_message(Message::ListProviderEvaluations { points: vec![] }),
@@ -488,7 +489,7 @@ fn run_tampered(
 }
 
 #[test]
-fn a_tampered_or_duplicated_payload_ends_the_session() {
+fn a_tampered_payload_is_not_matched_and_a_duplicated_tag_ends_the_session() {
     let honest = run_tampered(&["a", "b"], &["b", "c"], |m| m).unwrap();
     assert_eq!(
         honest.matches,
@@ -497,7 +498,14 @@ fn a_tampered_or_duplicated_payload_ends_the_session() {
             rows: vec![vec!["value of b".into()]]
         }]
     );
-    // One flipped bit in every payload: the matched one no longer authenticates.
+    // One flipped bit in every payload: the matched one no longer authenticates. It counts as
+    // not matched, and the session still finishes normally: whether a payload opens depends on
+    // what the querier holds, so it must never show as an error the provider could see.
+    let unopened = |n| ListOutcome {
+        matches: vec![],
+        provider_set_size: 2,
+        unopened: n,
+    };
     let flip = |m: Message| match m {
         Message::ListProviderItems {
             payload_bytes,
@@ -517,7 +525,7 @@ fn a_tampered_or_duplicated_payload_ends_the_session() {
     };
     assert_eq!(
         run_tampered(&["a", "b"], &["b", "c"], flip),
-        Err(ProtocolError::PayloadUnauthentic)
+        Ok(unopened(1))
     );
     // Swapped payloads (each authentic, under another identifier's key) do not open either.
     let swap = |m: Message| match m {
@@ -537,7 +545,7 @@ fn a_tampered_or_duplicated_payload_ends_the_session() {
     };
     assert_eq!(
         run_tampered(&["a", "b"], &["b", "c"], swap),
-        Err(ProtocolError::PayloadUnauthentic)
+        Ok(unopened(1))
     );
     // One identifier's tag twice: two payloads for one identifier.
     let duplicate = |m: Message| match m {

@@ -35,7 +35,7 @@ fn run(
 ) -> Result<(ReceiverOutcome, Vec<GroupCount>), ProtocolError> {
     let mut seen = Vec::new();
     let mut released = false;
-    while r.outcome().is_none() {
+    while !r.is_finished() {
         let mut progressed = false;
         while let Some(msg) = m.poll_message() {
             r.handle_message(Message::decode(&msg.encode())?)?;
@@ -55,7 +55,7 @@ fn run(
         }
         assert!(progressed, "stalled");
     }
-    Ok((r.outcome().cloned().unwrap(), seen))
+    Ok((r.open().unwrap(), seen))
 }
 
 #[test]

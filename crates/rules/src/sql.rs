@@ -1583,7 +1583,20 @@ impl<'c> Checker<'c> {
             roles.push(column.role);
         }
         let allowed = if self.list {
-            self.require_list_column(&column, Code::FilterNotListColumn, "filtered on")
+            // Identifiers never appear in SQL, which the provider stores in its audit log: a
+            // filter on one would send the querier's own identifiers in the clear.
+            if self.is_identifier(&column)
+                || self.list_rule_of(&column).is_join_column(&column.column)
+            {
+                self.refuse_column(
+                    &column,
+                    Code::FilterNotListColumn,
+                    "filtered on",
+                    "it is a join column (identifiers never appear in a query's text)",
+                )
+            } else {
+                self.require_list_column(&column, Code::FilterNotListColumn, "filtered on")
+            }
         } else {
             self.require_dimension(&column, Code::FilterNotDimension, "filtered on")
         };

@@ -105,7 +105,8 @@ fn value_of(r: &Rec, column: &str) -> u64 {
     cell(r, column).map_or(0, |v| v.trim().parse().unwrap())
 }
 
-/// The query, computed directly: rows of released groups (unordered) and the suppressed count.
+/// The query, computed directly: rows of released groups (unordered) and the suppressed count
+/// (every pair of announced groups that is not released).
 fn plain(spec: &Plain, provider: &Csv, querier: &Csv) -> (Vec<Vec<Value>>, u64) {
     let provider: Vec<Rec> = provider
         .records()
@@ -151,10 +152,8 @@ fn plain(spec: &Plain, provider: &Csv, querier: &Csv) -> (Vec<Vec<Value>>, u64) 
             let distinct: HashSet<String> =
                 matched.iter().map(|r| id_of(r, "email").unwrap()).collect();
             let n = distinct.len() as u64;
-            if n == 0 {
-                continue; // no joined row: the group does not exist
-            }
-            if n < spec.threshold {
+            // An announced pair that is not released is suppressed, joined rows or not.
+            if n == 0 || n < spec.threshold {
                 suppressed += 1;
                 continue;
             }
@@ -221,7 +220,7 @@ fn run_roles(plan: &Plan, matcher: &Csv, receiver: &Csv) -> ReceiverOutcome {
     let mut m = Matcher::new(&domain, m, Limits::default());
     let mut r = Receiver::new(&domain, r, Limits::default());
     let mut released = false;
-    while r.outcome().is_none() {
+    while !r.is_finished() {
         let mut progressed = false;
         while let Some(msg) = m.poll_message() {
             r.handle_message(msg).unwrap();
@@ -238,7 +237,7 @@ fn run_roles(plan: &Plan, matcher: &Csv, receiver: &Csv) -> ReceiverOutcome {
         }
         assert!(progressed, "session stalled");
     }
-    r.outcome().unwrap().clone()
+    r.open().unwrap()
 }
 
 fn sorted(mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {

@@ -268,6 +268,7 @@ fn outcomes_of_the_wrong_shape_are_refused() {
             rows: vec![vec!["daily".into()]],
         }],
         provider_set_size: 1,
+        unopened: 0,
     };
     assert_eq!(
         list.list_result(&rows, &bad).unwrap_err(),

@@ -305,7 +305,7 @@ fn run(
     }
     let mut seen = Vec::new();
     let mut released = false;
-    while r.outcome().is_none() {
+    while !r.is_finished() {
         while let Some(msg) = m.poll_message() {
             r.handle_message(Message::decode(&msg.encode()).unwrap())
                 .unwrap();
@@ -323,7 +323,7 @@ fn run(
             released = true;
         }
     }
-    (seen, r.outcome().cloned().unwrap())
+    (seen, r.open().unwrap())
 }
 
 #[test]

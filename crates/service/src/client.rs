@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cleanroom_psi::{ListOutcome, ListQuerier, Receiver, ReceiverOutcome};
+use cleanroom_psi::{ListQuerier, ProtocolError, Receiver};
 use cleanroom_rules::{Collaboration, Protocol, QuerierRows, Refusal, ResultError, ResultTable};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -145,6 +145,10 @@ pub enum ClientError {
     /// The server's plan differs from the local one (different collaboration files?).
     #[error("the server's plan differs from ours: {0} (are both collaboration files identical?)")]
     PlanMismatch(String),
+    /// The released sums do not decrypt (a lying server, or totals beyond the decryptable
+    /// range). Found after the session ended, and reported here only.
+    #[error("the server's released sums do not decrypt: {0}")]
+    Opened(ProtocolError),
     /// The released outcome does not fit the plan.
     #[error("the server's result does not fit the plan: {0}")]
     Result(#[from] ResultError),
@@ -235,6 +239,9 @@ pub struct QueryOutcome {
     pub counters: Counters,
     /// Rows of the member's table that took part.
     pub rows: u64,
+    /// For a list: the provider's payloads for this member's identifiers that did not open
+    /// (altered or forged), counted as not matched.
+    pub unopened: u64,
 }
 
 /// A connection to one server.
@@ -341,6 +348,9 @@ impl Client {
                         .map_err(ClientError::Refused)?;
                     let rows = table.stats().rows;
                     let mut receiver = Receiver::new(&plan.domain(), table, limits);
+                    if plan.grouped_by() != Some(cleanroom_rules::Role::Matcher) {
+                        receiver = receiver.expect_matcher_groups(1);
+                    }
                     if let Some(bounds) = plan.noise_bounds() {
                         receiver = receiver
                             .with_noise(bounds)
@@ -427,15 +437,12 @@ impl Client {
             progress: Some(&moved),
             abort_when_peer_gone: false,
         };
-        let no_outcome = ClientError::Session("the protocol ended without an outcome");
-        let outcome = match side {
+        let finished = match side {
             Side::Aggregate(role) => {
-                let role = run_role(&mut exchange, &mut inbound, role).await?;
-                Outcome::Aggregate(role.0.outcome().cloned().ok_or(no_outcome)?)
+                Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
             }
             Side::List(role, kept) => {
-                let role = run_role(&mut exchange, &mut inbound, role).await?;
-                Outcome::List(role.0.outcome().cloned().ok_or(no_outcome)?, kept)
+                Side::List(run_role(&mut exchange, &mut inbound, role).await?, kept)
             }
         };
         let counters = exchange.counters;
@@ -457,9 +464,20 @@ impl Client {
         {
             return Err(ClientError::Session("messages after the summary"));
         }
-        let result = match &outcome {
-            Outcome::Aggregate(outcome) => plan.result(outcome)?,
-            Outcome::List(outcome, kept) => plan.list_result(kept, outcome)?,
+        // The session is over on the wire: only now are sums decrypted and payloads opened, so
+        // whether they decrypt or open (which depends on this member's data) never shows to
+        // the server.
+        let (result, unopened) = match finished {
+            Side::Aggregate(role) => {
+                let outcome = role.0.open().map_err(ClientError::Opened)?;
+                (plan.result(&outcome)?, 0)
+            }
+            Side::List(role, kept) => {
+                let outcome = role.0.open().ok_or(ClientError::Session(
+                    "the protocol ended without the provider's list",
+                ))?;
+                (plan.list_result(&kept, &outcome)?, outcome.unopened)
+            }
         };
         Ok(QueryOutcome {
             result,
@@ -468,24 +486,20 @@ impl Client {
             summary,
             counters,
             rows,
+            unopened,
         })
     }
 }
 
-/// The client's role in a session, with what the result needs besides its outcome. One per
-/// query, moved once: the size difference of the variants does not matter.
+/// The client's role in a session, with what the result needs besides its outcome; after the
+/// exchange, the finished role whose outcome is opened once the session ended. One per query,
+/// moved once: the size difference of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Side {
     /// The psi receiver of an aggregation.
     Aggregate(ReceiverRole),
     /// The psi list querier of a list, and the member's rows the list is joined with.
     List(ListQuerierRole, QuerierRows),
-}
-
-/// What a finished role learned.
-enum Outcome {
-    Aggregate(ReceiverOutcome),
-    List(ListOutcome, QuerierRows),
 }
 
 /// Runs `role` against the server's protocol messages until it is done.

@@ -24,7 +24,8 @@ impl Role for MatcherRole {
     }
 }
 
-/// The client's side: the psi receiver, done once the matcher's closing message arrived.
+/// The client's side: the psi receiver, done once the matcher's closing message arrived. Its
+/// sums are decrypted only after the session ended ([`Receiver::open`]).
 pub(crate) struct ReceiverRole(pub Receiver);
 
 impl Role for ReceiverRole {
@@ -39,7 +40,7 @@ impl Role for ReceiverRole {
     }
 
     fn done(&self) -> bool {
-        self.0.outcome().is_some()
+        self.0.is_finished()
     }
 }
 
@@ -90,7 +91,9 @@ impl Role for ListProviderRole {
     }
 }
 
-/// The client's side of a list session: the psi list querier, done once it opened the list.
+/// The client's side of a list session: the psi list querier, done once every payload and
+/// evaluation arrived; the list is opened only after the session ended
+/// ([`ListQuerier::open`]).
 pub(crate) struct ListQuerierRole(pub ListQuerier);
 
 impl Role for ListQuerierRole {
@@ -105,7 +108,7 @@ impl Role for ListQuerierRole {
     }
 
     fn done(&self) -> bool {
-        self.0.outcome().is_some()
+        self.0.is_finished()
     }
 }
 
@@ -158,7 +161,7 @@ mod tests {
             querier.handle(m).unwrap();
         }
         assert!(querier.done());
-        let outcome = querier.0.outcome().unwrap();
+        let outcome = querier.0.open().unwrap();
         assert_eq!(outcome.matches.len(), 1);
         assert_eq!(outcome.matches[0].identifier, "b@x.org");
         assert_eq!(outcome.matches[0].rows, [["south"]]);

@@ -10,8 +10,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cleanroom_psi::{GroupDecision, ListProvider, Matcher, ProtocolError};
-use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal};
+use cleanroom_psi::{ListProvider, Matcher, ProtocolError};
+use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal, Role};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -33,7 +33,9 @@ use crate::proto::{
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
 use crate::roles::{ListProviderRole, MatcherRole};
-use crate::state::{AuditEntry, Completion, Decision, Exhausted, Policy, StateDb, StateError};
+use crate::state::{
+    AuditEntry, Completion, Decision, Exhausted, Policy, Standing, StateDb, StateError,
+};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
 /// The metadata key under which a refused query's reasons travel (a serialized
@@ -426,6 +428,8 @@ struct Admitted {
     matcher_path: PathBuf,
     receiver_rows: u64,
     permit: OwnedSemaphorePermit,
+    /// The querier's standing after this session's charge.
+    standing: Standing,
 }
 
 impl CleanRoom {
@@ -488,6 +492,12 @@ impl CleanRoom {
                 matcher.table
             ))
         })?;
+        // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
+        // before anything is charged or any of this server's data moves.
+        if plan.protocol() != Protocol::List {
+            plan.check_querier_identifiers(table.rows)
+                .map_err(SessionError::Refused)?;
+        }
         if table.rows > config.limits.max_rows_per_session {
             return Err(SessionError::ResourceExhausted(format!(
                 "the client's table has {} rows; this server accepts at most {} per session",
@@ -537,27 +547,35 @@ impl CleanRoom {
             .map_err(|e| e.status())?;
         }
         let admitted = match self.admit(member, &start) {
-            Ok((plan, path)) => self.allowance(&plan).await.map(|()| (plan, path)),
-            Err(error) => Err(error),
-        };
-        let admitted = admitted.and_then(|(plan, path)| {
-            let permit = Arc::clone(&self.sessions)
+            Ok((plan, path)) => Arc::clone(&self.sessions)
                 .try_acquire_owned()
                 .map_err(|_| {
                     SessionError::ResourceExhausted(format!(
                         "the server is running its maximum of {} sessions; try again later",
                         self.config.limits.max_concurrent_sessions
                     ))
-                })?;
-            Ok((plan, path, permit))
-        });
+                })
+                .map(|permit| (plan, path, permit)),
+            Err(error) => Err(error),
+        };
+        // The charge comes last, once nothing else can refuse the session, and before the first
+        // message that depends on this server's data: whatever becomes of the session, it
+        // stays.
+        let admitted = match admitted {
+            Ok((plan, path, permit)) => self
+                .charge(&session_id, &plan)
+                .await
+                .map(|standing| (plan, path, permit, standing)),
+            Err(error) => Err(error),
+        };
         match admitted {
-            Ok((plan, matcher_path, permit)) => Ok(Admitted {
+            Ok((plan, matcher_path, permit, standing)) => Ok(Admitted {
                 session_id,
                 plan,
                 matcher_path,
                 receiver_rows,
                 permit,
+                standing,
             }),
             Err(error) => {
                 self.finish(&session_id, &error, Completion::default())
@@ -567,16 +585,17 @@ impl CleanRoom {
         }
     }
 
-    /// Whether the querier's budget and query limits allow one more release of `plan`
-    /// (checked again, atomically, when the release is recorded).
-    async fn allowance(&self, plan: &Plan) -> Result<(), SessionError> {
-        let (policy, member, cost) = (
+    /// Charges the querier for `plan` (its budget and query limits), in the same transaction
+    /// that checks them: refused with [`StateError::Exhausted`] when they do not allow it.
+    async fn charge(&self, session_id: &str, plan: &Plan) -> Result<Standing, SessionError> {
+        let (id, policy, member, cost) = (
+            session_id.to_owned(),
             Arc::clone(&self.policy),
             plan.querier().to_owned(),
             plan.privacy().map(|p| p.epsilon),
         );
         state_call(&self.config.state, move |s| {
-            Ok(s.standing(&policy, &member)?.admits(cost)?)
+            s.charge(&id, &policy, &member, cost)
         })
         .await
     }
@@ -623,6 +642,7 @@ impl CleanRoom {
             matcher_path,
             receiver_rows,
             permit,
+            standing,
         } = admitted;
         let mut exchange = Exchange {
             outbound: &outbound,
@@ -644,7 +664,7 @@ impl CleanRoom {
                 &mut inbound,
                 &mut exchange,
                 &mut matcher_rows,
-                started,
+                (started, &standing),
             )
             .await;
         let counters = exchange.counters;
@@ -682,7 +702,7 @@ impl CleanRoom {
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
-        started: Instant,
+        (started, standing): (Instant, &Standing),
     ) -> Result<(), SessionError> {
         let accepted = SessionAccepted {
             session_id: session_id.to_owned(),
@@ -716,23 +736,18 @@ impl CleanRoom {
             bytes_received: counters.bytes_received,
             bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
         };
-        // Record the release and charge the querier's budget in one transaction.
-        let (id, policy, member, cost) = (
-            session_id.to_owned(),
-            Arc::clone(&self.policy),
-            plan.querier().to_owned(),
-            plan.privacy().map(|p| p.epsilon),
-        );
-        let standing = within(
+        // Record the release durably (the charge was made at admission), then send it.
+        let id = session_id.to_owned();
+        let recorded = within(
             exchange.deadline,
-            state_call(&self.config.state, move |s| {
-                s.release(&id, &policy, &member, cost, &completion)
-            }),
+            state_call(&self.config.state, move |s| s.release(&id, &completion)),
         )
-        .await??
-        .ok_or_else(|| {
-            SessionError::Internal("the session's audit entry was already complete".to_owned())
-        })?;
+        .await??;
+        if !recorded {
+            return Err(SessionError::Internal(
+                "the session's audit entry was already complete".to_owned(),
+            ));
+        }
         for message in messages {
             exchange.send_message(message).await?;
         }
@@ -742,7 +757,6 @@ impl CleanRoom {
             released_rows: released,
             suppressed_rows: suppressed,
             stats: Some(SessionStats {
-                matcher_rows: *matcher_rows,
                 receiver_rows,
                 messages_sent: counters.messages_sent,
                 bytes_sent: counters.bytes_sent,
@@ -750,7 +764,7 @@ impl CleanRoom {
                 bytes_received: counters.bytes_received,
                 elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
-            standing: Some(crate::privacy::standing_proto(&standing)),
+            standing: Some(crate::privacy::standing_proto(standing)),
         };
         exchange
             .send_item(Ok(RunSessionResponse {
@@ -792,6 +806,9 @@ impl CleanRoom {
                 let rows = table.stats().rows;
                 let mut matcher = Matcher::new(&table_plan.domain(), table, limits)
                     .require_receiver_identifiers(table_plan.min_release());
+                if table_plan.grouped_by() != Some(Role::Receiver) {
+                    matcher = matcher.expect_receiver_groups(1);
+                }
                 if let (Some(bounds), Some(privacy)) =
                     (table_plan.noise_bounds(), table_plan.privacy())
                 {
@@ -818,20 +835,16 @@ impl CleanRoom {
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(role, move |role| {
-                let (mut released, mut suppressed) = (0u64, 0u64);
-                role.0.release_with(|group| {
-                    let decision = release_plan.decide(group);
-                    match decision {
-                        GroupDecision::Suppress => suppressed += 1,
-                        GroupDecision::Release { .. } => released += 1,
-                    }
-                    decision
-                })?;
+                let summary = role.0.release_with(|group| release_plan.decide(group))?;
                 let mut messages = Vec::new();
                 while let Some(message) = role.0.poll_message() {
                     messages.push(message.encode());
                 }
-                Ok::<_, cleanroom_psi::ProtocolError>((released, suppressed, messages))
+                Ok::<_, cleanroom_psi::ProtocolError>((
+                    summary.released,
+                    summary.suppressed,
+                    messages,
+                ))
             })
             .await?;
         released.map_err(|e| SessionError::Internal(e.to_string()))

@@ -181,7 +181,9 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    /// The wire form of this entry.
+    /// The wire form of this entry, as the querying member may read it: everything but the
+    /// provider's row count, which is the provider's data and stays in its own audit log
+    /// (`cleanroom audit` on the state database).
     pub fn to_proto(&self) -> crate::proto::AuditEntry {
         crate::proto::AuditEntry {
             session_id: self.session_id.clone(),
@@ -193,7 +195,6 @@ impl AuditEntry {
             reason: self.reason.clone(),
             released_rows: self.released_rows,
             suppressed_rows: self.suppressed_rows,
-            matcher_rows: self.matcher_rows,
             receiver_rows: self.receiver_rows,
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
@@ -686,20 +687,20 @@ impl StateDb {
         ))
     }
 
-    /// Records a release in one transaction: checks that `policy` allows `member` one more
-    /// query costing `cost` (`None` for an exact query), appends the ledger entry and
-    /// completes the running audit entry as released. Returns the member's standing after the
-    /// charge, or `None` when the entry was already complete (nothing is charged). When the
-    /// budget or a limit does not allow it, nothing is recorded and the error is
-    /// [`StateError::Exhausted`].
-    pub fn release(
+    /// Charges an admitted session, in one transaction: checks that `policy` allows `member`
+    /// one more query costing `cost` (`None` for an exact or list query) and appends the
+    /// ledger entry of `session_id`, whose audit entry must be running. This happens at
+    /// admission, before the first message that depends on the provider's data: whatever
+    /// becomes of the session afterwards (released, failed, cancelled, interrupted), the charge
+    /// stays. Returns the member's standing after the charge. When the budget or a limit does
+    /// not allow it, nothing is recorded and the error is [`StateError::Exhausted`].
+    pub fn charge(
         &self,
         session_id: &str,
         policy: &Policy,
         member: &str,
         cost: Option<Epsilon>,
-        completion: &Completion,
-    ) -> Result<Option<Standing>, StateError> {
+    ) -> Result<Standing, StateError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -714,12 +715,11 @@ impl StateDb {
             .map_err(|e| self.sqlite(e))?
             .is_some();
         if !running {
-            return Ok(None);
+            return Err(StateError::Corrupt(format!(
+                "session {session_id} is not running: it cannot be charged"
+            )));
         }
         self.standing_in(&tx, policy, member)?.admits(cost)?;
-        if !self.complete_in(&tx, session_id, Decision::Released, "", completion)? {
-            return Ok(None);
-        }
         let micros = cost.map_or(0, Epsilon::micros);
         tx.execute(
             &format!(
@@ -732,7 +732,31 @@ impl StateDb {
         .map_err(|e| self.sqlite(e))?;
         let after = self.standing_in(&tx, policy, member)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
-        Ok(Some(after))
+        Ok(after)
+    }
+
+    /// Records a release durably: completes the running entry of a charged session as
+    /// released (the charge was made at admission, [`charge`](Self::charge)). Returns `false`
+    /// when the entry was already complete or was never charged: nothing may be released then.
+    pub fn release(&self, session_id: &str, completion: &Completion) -> Result<bool, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sqlite(e))?;
+        let charged = tx
+            .query_row(
+                "SELECT 1 FROM ledger WHERE session_id = ?1",
+                params![session_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?
+            .is_some();
+        if !charged || !self.complete_in(&tx, session_id, Decision::Released, "", completion)? {
+            return Ok(false);
+        }
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(true)
     }
 
     /// Every member's standing in every collaboration this database served: the members that
@@ -985,7 +1009,7 @@ mod tests {
     }
 
     #[test]
-    fn releases_charge_the_budget_atomically_and_survive_reopening() {
+    fn admissions_charge_the_budget_atomically_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let p = policy(Some(1_000_000), None, None);
@@ -995,17 +1019,25 @@ mod tests {
             db.record_policy(&p).unwrap();
             for id in ["s1", "s2"] {
                 db.begin(id, "adv", "q", 10).unwrap();
-                let after = db
-                    .release(id, &p, "adv", cost, &completion(1, 0))
-                    .unwrap()
-                    .unwrap();
+                let after = db.charge(id, &p, "adv", cost).unwrap();
                 assert_eq!(after.member, "adv");
             }
-            // A completed entry is never charged twice.
-            assert_eq!(
-                db.release("s2", &p, "adv", cost, &completion(1, 0))
-                    .unwrap(),
-                None
+            // s1 is released; s2 fails after admission and keeps its charge.
+            assert!(db.release("s1", &completion(1, 0)).unwrap());
+            assert!(
+                db.finish("s2", Decision::Cancelled, "gone", &completion(0, 0))
+                    .unwrap()
+            );
+            // A completed entry is never released (or charged) again.
+            assert!(!db.release("s1", &completion(1, 0)).unwrap());
+            assert!(!db.release("s2", &completion(1, 0)).unwrap());
+            assert!(db.charge("s2", &p, "adv", cost).is_err());
+            // An entry that was never charged cannot be released.
+            db.begin("free", "adv", "q", 10).unwrap();
+            assert!(!db.release("free", &completion(1, 0)).unwrap());
+            assert!(
+                db.finish("free", Decision::Failed, "x", &completion(0, 0))
+                    .unwrap()
             );
         }
         let db = StateDb::open(&path).unwrap();
@@ -1018,9 +1050,7 @@ mod tests {
         assert_eq!(standing.queries, 2);
         // The third query would exceed the budget: refused, nothing recorded.
         db.begin("s3", "adv", "q", 10).unwrap();
-        let err = db
-            .release("s3", &p, "adv", cost, &completion(1, 0))
-            .unwrap_err();
+        let err = db.charge("s3", &p, "adv", cost).unwrap_err();
         let StateError::Exhausted(exhausted) = err else {
             panic!("{err}")
         };
@@ -1047,17 +1077,15 @@ mod tests {
     }
 
     #[test]
-    fn query_limits_count_released_queries() {
+    fn query_limits_count_admitted_queries() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(dir.path().join("state.db")).unwrap();
         let daily = policy(None, Some(5), Some(1));
         db.begin("a", "adv", "q", 1).unwrap();
-        db.release("a", &daily, "adv", None, &completion(1, 0))
-            .unwrap()
-            .unwrap();
+        db.charge("a", &daily, "adv", None).unwrap();
         db.begin("b", "adv", "q", 1).unwrap();
         assert!(matches!(
-            db.release("b", &daily, "adv", None, &completion(1, 0)),
+            db.charge("b", &daily, "adv", None),
             Err(StateError::Exhausted(Exhausted::QueriesToday {
                 used: 1,
                 limit: 1,
@@ -1066,10 +1094,7 @@ mod tests {
         ));
         // Another member is not affected.
         db.begin("c", "other", "q", 1).unwrap();
-        assert!(
-            db.release("c", &daily, "other", None, &completion(1, 0))
-                .is_ok()
-        );
+        assert!(db.charge("c", &daily, "other", None).is_ok());
         let total = policy(None, Some(1), None);
         assert!(matches!(
             db.standing(&total, "adv").unwrap().admits(None),
