@@ -43,6 +43,7 @@ pub mod noise;
 pub mod normalize;
 mod offline;
 pub mod protocol;
+pub mod range_proof;
 mod table;
 #[doc(hidden)]
 pub mod test_vector;
@@ -62,5 +63,8 @@ pub use protocol::{
 };
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
+};
+pub use range_proof::{
+    ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
 };
 pub use wire::{Message, WireError};
