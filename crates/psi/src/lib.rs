@@ -61,10 +61,10 @@ pub use protocol::{
     GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
     ReceiverOutcome,
 };
-pub use table::{
-    InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
-};
 pub use range_proof::{
     ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
+};
+pub use table::{
+    InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
 };
 pub use wire::{Message, WireError};

@@ -321,10 +321,7 @@ impl ColumnPlan {
             None => (1u64 << LIMB_BITS) - 1,
             Some(k) => (1u64 << (LIMB_BITS + k)) - 1,
         };
-        let bound_bits = BIT_SIZES
-            .into_iter()
-            .find(|&n| hi >> n == 0)
-            .unwrap_or(64);
+        let bound_bits = BIT_SIZES.into_iter().find(|&n| hi >> n == 0).unwrap_or(64);
         let upper = hi < limb_max;
         let lower = lo > 0;
         let low_limb = !(high_bits.is_none() && upper && lower);
@@ -464,12 +461,14 @@ pub fn chunk_proof_bytes(items: usize, ranges: &[ValueRange]) -> usize {
     let Ok(plan) = Plan::new(ranges) else {
         return 0;
     };
-    items.saturating_mul(plan.item_record_bytes()).saturating_add(
-        plan.aggregates(items.min(CHUNK_ITEMS))
-            .iter()
-            .map(|a| range_proof_bytes(a.bits, a.len))
-            .sum(),
-    )
+    items
+        .saturating_mul(plan.item_record_bytes())
+        .saturating_add(
+            plan.aggregates(items.min(CHUNK_ITEMS))
+                .iter()
+                .map(|a| range_proof_bytes(a.bits, a.len))
+                .sum(),
+        )
 }
 
 // --- Generators, shared once per process ---
@@ -663,10 +662,7 @@ pub fn encrypt_and_prove(
                 .zip(&plan.columns)
                 .zip(secrets.chunks_exact(LIMBS_PER_VALUE))
             {
-                let m = [
-                    Scalar::from(v & 0xFFFF),
-                    Scalar::from(v >> LIMB_BITS),
-                ];
+                let m = [Scalar::from(v & 0xFFFF), Scalar::from(v >> LIMB_BITS)];
                 for (mj, sj) in m.iter().zip(s) {
                     let c = RistrettoPoint::mul_base(&(mj + r * sj));
                     ciphertext.extend_from_slice(c.compress().as_bytes());
@@ -808,7 +804,11 @@ fn prove_linking(
     let mut first = Vec::with_capacity(1 + 3 * plan.width);
     first.push(RistrettoPoint::mul_base(&k_r));
     let mut limb = 0;
-    for (p, s) in plan.columns.iter().zip(secrets.chunks_exact(LIMBS_PER_VALUE)) {
+    for (p, s) in plan
+        .columns
+        .iter()
+        .zip(secrets.chunks_exact(LIMBS_PER_VALUE))
+    {
         for (j, sj) in s.iter().enumerate() {
             if j < p.committed() {
                 let (k_m, k_t) = &nonces[limb];
@@ -865,7 +865,11 @@ pub fn verify_chunk(
         });
     }
     let width = 1 + LIMBS_PER_VALUE * columns;
-    if let Some((item, ct)) = ciphertexts.iter().enumerate().find(|(_, c)| c.len() != width) {
+    if let Some((item, ct)) = ciphertexts
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.len() != width)
+    {
         return Err(RangeProofError::CiphertextLayout {
             item,
             expected: width,
@@ -886,7 +890,12 @@ pub fn verify_chunk(
 
     let cts: Vec<Vec<u8>> = ciphertexts
         .par_iter()
-        .map(|c| c.points().iter().flat_map(|p| p.compress().to_bytes()).collect())
+        .map(|c| {
+            c.points()
+                .iter()
+                .flat_map(|p| p.compress().to_bytes())
+                .collect()
+        })
         .collect();
     let ds: Vec<Vec<u8>> = proof
         .items
@@ -896,18 +905,16 @@ pub fn verify_chunk(
     let base = chunk_transcript(context, ranges, pk.points(), &cts, &ds);
 
     // Failures are reported for the first failing item or proof, whatever the scheduling.
-    let linking = || {
-        match proof
-            .items
-            .par_iter()
-            .zip(ciphertexts)
-            .enumerate()
-            .find_first(|(item, (p, ct))| {
-                !verify_linking(&base, *item, &plan, pk.points(), gens.h, ct.points(), p)
-            }) {
-            Some((item, _)) => Err(RangeProofError::LinkingProofFails { item }),
-            None => Ok(()),
-        }
+    let linking = || match proof
+        .items
+        .par_iter()
+        .zip(ciphertexts)
+        .enumerate()
+        .find_first(|(item, (p, ct))| {
+            !verify_linking(&base, *item, &plan, pk.points(), gens.h, ct.points(), p)
+        }) {
+        Some((item, _)) => Err(RangeProofError::LinkingProofFails { item }),
+        None => Ok(()),
     };
     let range = || {
         let results: Vec<Result<(), RangeProofError>> = aggregates
@@ -967,11 +974,10 @@ fn verify_linking(
         &minus_c, r_point, &p.z_r,
     ));
     let mut committed = p.commitments.iter().zip(&p.responses);
-    for (col, (s, c_limbs)) in plan
-        .columns
-        .iter()
-        .zip(pk.chunks_exact(LIMBS_PER_VALUE).zip(cs.chunks_exact(LIMBS_PER_VALUE)))
-    {
+    for (col, (s, c_limbs)) in plan.columns.iter().zip(
+        pk.chunks_exact(LIMBS_PER_VALUE)
+            .zip(cs.chunks_exact(LIMBS_PER_VALUE)),
+    ) {
         for (j, (sj, cj)) in s.iter().zip(c_limbs).enumerate() {
             if j < col.committed() {
                 let Some(((_, d), (z_m, z_t))) = committed.next() else {
@@ -1187,10 +1193,7 @@ mod tests {
     #[test]
     fn generators_agree_across_dalek_versions() {
         let g = generators();
-        assert_eq!(
-            g.pedersen.B.compress().to_bytes(),
-            B.compress().to_bytes()
-        );
+        assert_eq!(g.pedersen.B.compress().to_bytes(), B.compress().to_bytes());
         assert_eq!(
             g.pedersen.B_blinding.compress().to_bytes(),
             g.h.compress().to_bytes()
