@@ -96,9 +96,19 @@
 //! # Byte layout of a [`ChunkProof`]
 //!
 //! With `N` items and `W` committed limbs per item (`W = Σ_c (1 + [hi_c ≥ 2^16])`): `N` item
-//! records of `32·(3W + 2)` bytes, `D_1 … D_W, c, z_r, (z_m, z_t) × W` in limb order; then the
-//! range proofs in the order above (8-bit, then 16-bit, then 32-bit), each in bulletproofs'
-//! encoding of `32·(9 + 2·log2(bits·m))` bytes for `m` values.
+//! records of `32·(3W + 2)` bytes, `D_1 … D_W, c, z_r, (z_m, z_t) × W` in limb order (points
+//! compressed, scalars canonical little-endian); then the range proofs in the order above
+//! (8-bit, then 16-bit, then 32-bit), each in bulletproofs' encoding
+//! (`A, S, T_1, T_2, t_x, t̃_x, ẽ, (L_i, R_i)…, a, b`) of `32·(9 + 2·log2(bits·m))` bytes for
+//! `m` values. So, with `n_b` statements of `b` bits per item ([`chunk_proof_bytes`]):
+//!
+//! ```text
+//! bytes = 32·N·(3W + 2) + Σ_b [ ⌊N·n_b / 64⌋ · 32·(9 + 2·log2(64·b))
+//!                              + Σ_{2^k in the binary digits of N·n_b mod 64} 32·(9 + 2·(k + log2 b)) ]
+//! ```
+//!
+//! e.g. 1,024 items of one `[0, 65535]` column: `160·1024 + 16·32·(9 + 20) = 178,688` bytes
+//! (174.5 per item, of which 96 more are its ciphertext).
 
 use crate::elgamal::{
     Ciphertext, LIMBS_PER_VALUE, MAX_ITEM_VALUE, MAX_VALUE_COLUMNS, ValueKey, ValuePublicKey,
@@ -454,21 +464,29 @@ fn range_proof_bytes(bits: u32, m: usize) -> usize {
     32 * (9 + 2 * lg)
 }
 
-/// Exact size in bytes of a chunk proof for `items` items and these ranges (0 for ranges that
-/// [`ValueRange::new`] refuses, or more than [`MAX_VALUE_COLUMNS`] of them, which no proof
-/// has).
+/// Bytes of the aggregated proofs of `count` statements of `bits` bits.
+fn aggregates_bytes(bits: u32, count: usize) -> usize {
+    let full = (count / MAX_AGGREGATE).saturating_mul(range_proof_bytes(bits, MAX_AGGREGATE));
+    aggregate_sizes(count % MAX_AGGREGATE)
+        .map(|m| range_proof_bytes(bits, m))
+        .fold(full, usize::saturating_add)
+}
+
+/// Exact size in bytes of a chunk proof for `items` items and these ranges:
+/// `32·(3W + 2)` per item plus the aggregated range proofs (see the
+/// [module documentation](self)). Returns 0 for ranges that [`ValueRange::new`] refuses, or
+/// more than [`MAX_VALUE_COLUMNS`] of them, which no proof has.
 pub fn chunk_proof_bytes(items: usize, ranges: &[ValueRange]) -> usize {
     let Ok(plan) = Plan::new(ranges) else {
         return 0;
     };
-    items
-        .saturating_mul(plan.item_record_bytes())
-        .saturating_add(
-            plan.aggregates(items.min(CHUNK_ITEMS))
-                .iter()
-                .map(|a| range_proof_bytes(a.bits, a.len))
-                .sum(),
-        )
+    BIT_SIZES.into_iter().fold(
+        items.saturating_mul(plan.item_record_bytes()),
+        |total, bits| {
+            let count = items.saturating_mul(plan.statements_of(bits).len());
+            total.saturating_add(aggregates_bytes(bits, count))
+        },
+    )
 }
 
 // --- Generators, shared once per process ---
@@ -776,8 +794,9 @@ fn limb_offset(plan: &Plan, column: usize) -> usize {
 
 /// The commitment a range statement is about, from the column's `D`s (1 or 2).
 fn statement_commitment(p: &ColumnPlan, kind: Kind, ds: &[RistrettoPoint]) -> RistrettoPoint {
+    // D = D_0 + 2^16·D_1, the multiplication by 2^16 as 16 doublings.
     let value = || match ds {
-        [d0, d1] => d0 + pow2_16() * d1,
+        [d0, d1] => d0 + (0..LIMB_BITS).fold(*d1, |p, _| p + p),
         _ => ds[0],
     };
     match kind {

@@ -735,3 +735,58 @@ fn range_proofs_on_the_ciphertext_generators_are_refused() {
         Err(RangeProofError::LinkingProofFails { item: 0 })
     );
 }
+
+/// Calibration, run by hand (`cargo test -p cleanroom-psi --test range_proof -- --ignored
+/// --nocapture`): bulletproofs alone (64 values of 16 bits, one thread) next to a whole chunk,
+/// so chunk timings on a loaded machine can be read against the library's own cost.
+#[test]
+#[ignore]
+fn calibration_timings() {
+    use std::time::Instant;
+    let bp = bulletproofs::BulletproofGens::new(32, 64);
+    let pc = bulletproofs::PedersenGens::default();
+    let values = vec![12_345u64; 64];
+    let blindings: Vec<_> = (0..64).map(|_| to4(&random())).collect();
+    let start = Instant::now();
+    let (proof, commitments) = bulletproofs::RangeProof::prove_multiple_with_rng(
+        &bp,
+        &pc,
+        &mut merlin::Transcript::new(b"calibration"),
+        &values,
+        &blindings,
+        16,
+        &mut rand_core06::OsRng,
+    )
+    .unwrap();
+    let prove = start.elapsed();
+    let start = Instant::now();
+    proof
+        .verify_multiple_with_rng(
+            &bp,
+            &pc,
+            &mut merlin::Transcript::new(b"calibration"),
+            &commitments,
+            16,
+            &mut rand_core06::OsRng,
+        )
+        .unwrap();
+    let verify = start.elapsed();
+    println!("bulletproofs 64 x 16 bits, one thread: prove {prove:?}, verify {verify:?}");
+    for hi in [65_535u64, 100_000] {
+        let ranges = [range(0, hi)];
+        let key = ValueKey::generate(1);
+        let values: Vec<[u64; 1]> = (0..1024u64).map(|i| [i * 7919 % (hi + 1)]).collect();
+        let refs: Vec<&[u64]> = values.iter().map(|v| &v[..]).collect();
+        let start = Instant::now();
+        let (cts, proof) = encrypt_and_prove(&key, &ranges, &refs, b"c").unwrap();
+        let prove = start.elapsed();
+        let cts = decode_cts(&cts, 1);
+        let start = Instant::now();
+        verify_chunk(&key.public_key(), &ranges, &cts, &proof, b"c").unwrap();
+        let verify = start.elapsed();
+        println!(
+            "[0, {hi}], 1,024 items: prove {prove:?}, verify {verify:?}, {} proof bytes",
+            proof.to_bytes().len()
+        );
+    }
+}
