@@ -75,8 +75,8 @@
 //! # Transcripts
 //!
 //! One merlin transcript, started with the label `cleanroom/psi/range-proof/v1`, absorbs the
-//! caller's `context` (session-binding bytes: the protocol passes the receiver's value public
-//! keys, the group index and the chunk's first item offset), the declared ranges, the public
+//! caller's `context` (session-binding bytes: the protocol is to pass the receiver's value
+//! public keys, the group index and the chunk's first item offset), the declared ranges, the public
 //! keys, the item count, and every ciphertext and commitment of the chunk. Each linking proof
 //! continues a copy of it with `linking` and its item index, each range proof with `range`,
 //! its bit size and its index. So a proof does not verify for another session, chunk, item
@@ -89,7 +89,10 @@
 //!   the public keys, and that proof bytes have exactly [`chunk_proof_bytes`] bytes; decoding
 //!   rejects non-canonical scalars and invalid points and never panics.
 //! - `r`, `t_j`, nonces and openings come from the OS CSPRNG (bulletproofs' own randomness from
-//!   `OsRng` too) and are zeroized after use.
+//!   `OsRng` too); the prover's heap copies of them (witnesses, nonces, openings) are zeroized
+//!   when dropped.
+//! - A failing chunk is reported by its first failing item or aggregated proof, whatever the
+//!   scheduling of the parallel checks.
 //! - The two curve25519-dalek versions (5 here, 4 inside bulletproofs) meet only through 32-byte
 //!   encodings: compressed points and canonical scalars.
 //!
@@ -107,8 +110,8 @@
 //!                              + Σ_{2^k in the binary digits of N·n_b mod 64} 32·(9 + 2·(k + log2 b)) ]
 //! ```
 //!
-//! e.g. 1,024 items of one `[0, 65535]` column: `160·1024 + 16·32·(9 + 20) = 178,688` bytes
-//! (174.5 per item, of which 96 more are its ciphertext).
+//! e.g. 1,024 items of one `[0, 65535]` column: `160·1024 + 16·32·(9 + 20) = 178,688` bytes,
+//! 174.5 per item beside its 96-byte ciphertext; one `[0, 100000]` column: 299.5 per item.
 
 use crate::elgamal::{
     Ciphertext, LIMBS_PER_VALUE, MAX_ITEM_VALUE, MAX_VALUE_COLUMNS, ValueKey, ValuePublicKey,
