@@ -119,8 +119,10 @@ use crate::elgamal::{
 use crate::wire::CHUNK_ITEMS;
 use bulletproofs::{BulletproofGens, PedersenGens, RangeProof};
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as B;
-use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoBasepointTable};
-use curve25519_dalek::traits::VartimeMultiscalarMul;
+use curve25519_dalek::ristretto::{
+    CompressedRistretto, RistrettoBasepointTable, VartimeRistrettoPrecomputation,
+};
+use curve25519_dalek::traits::{VartimeMultiscalarMul, VartimePrecomputedMultiscalarMul};
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use curve25519_dalek4 as dalek4;
 use merlin::Transcript;
@@ -497,9 +499,12 @@ pub fn chunk_proof_bytes(items: usize, ranges: &[ValueRange]) -> usize {
 struct Generators {
     pedersen: PedersenGens,
     bulletproofs: BulletproofGens,
-    /// `H` as a curve25519-dalek 5 point, and its table.
-    h: RistrettoPoint,
+    /// `H` as a curve25519-dalek 5 point, in a table.
     h_table: RistrettoBasepointTable,
+    /// Verifier tables of `B` and `H`, and `1/2` (first messages are computed halved and
+    /// compressed in batches, as [`elgamal`](crate::elgamal) does).
+    b_h: VartimeRistrettoPrecomputation,
+    half: Scalar,
 }
 
 fn generators() -> &'static Generators {
@@ -512,8 +517,9 @@ fn generators() -> &'static Generators {
         Generators {
             pedersen,
             bulletproofs: BulletproofGens::new(MAX_BITS as usize, MAX_AGGREGATE),
-            h,
             h_table: RistrettoBasepointTable::create(&h),
+            b_h: VartimeRistrettoPrecomputation::new([B, h]),
+            half: crate::key::half(),
         }
     })
 }
@@ -570,12 +576,16 @@ fn chunk_transcript(
     t
 }
 
-fn linking_challenge(base: &Transcript, item: usize, first_messages: &[RistrettoPoint]) -> Scalar {
+fn linking_challenge(
+    base: &Transcript,
+    item: usize,
+    first_messages: &[CompressedRistretto],
+) -> Scalar {
     let mut t = base.clone();
     t.append_message(b"dom-sep", b"linking");
     t.append_u64(b"item", item as u64);
     for a in first_messages {
-        t.append_message(b"A", a.compress().as_bytes());
+        t.append_message(b"A", a.as_bytes());
     }
     let mut wide = [0u8; 64];
     t.challenge_bytes(b"c", &mut wide);
@@ -842,6 +852,7 @@ fn prove_linking(
             }
         }
     }
+    let first: Vec<CompressedRistretto> = first.iter().map(RistrettoPoint::compress).collect();
     let c = linking_challenge(base, item, &first);
     let responses = nonces
         .iter()
@@ -933,7 +944,7 @@ pub fn verify_chunk(
         .zip(ciphertexts)
         .enumerate()
         .find_first(|(item, (p, ct))| {
-            !verify_linking(&base, *item, &plan, pk.points(), gens.h, ct.points(), p)
+            !verify_linking(&base, *item, &plan, pk.points(), ct.points(), p)
         }) {
         Some((item, _)) => Err(RangeProofError::LinkingProofFails { item }),
         None => Ok(()),
@@ -949,12 +960,18 @@ pub fn verify_chunk(
                     .map(|(item, column, kind)| {
                         let p = &plan.columns[column];
                         let first = limb_offset(&plan, column);
-                        let ds: Vec<RistrettoPoint> = proof.items[item].commitments
-                            [first..first + p.committed()]
-                            .iter()
-                            .map(|(_, d)| *d)
-                            .collect();
-                        to_dalek4_point(statement_commitment(p, kind, &ds).compress().to_bytes())
+                        let own = &proof.items[item].commitments[first..first + p.committed()];
+                        // A limb's commitment is D_j itself: its canonical encoding is the one
+                        // it was decoded from.
+                        let bytes = match (kind, own) {
+                            (Kind::LowLimb, [(d0, _), ..]) => *d0,
+                            (Kind::HighLimb, [_, (d1, _)]) => *d1,
+                            _ => {
+                                let ds: Vec<RistrettoPoint> = own.iter().map(|(_, d)| *d).collect();
+                                statement_commitment(p, kind, &ds).compress().to_bytes()
+                            }
+                        };
+                        to_dalek4_point(bytes)
                     })
                     .collect();
                 let mut t = range_transcript(&base, index, a);
@@ -978,22 +995,27 @@ pub fn verify_chunk(
     l.and(r)
 }
 
+/// Recompute an item's first messages `z·G − c·X` and check its challenge. Each is computed
+/// halved (all scalars times `1/2`), so one batch doubling-and-compression yields their
+/// encodings with a single inversion.
 fn verify_linking(
     base: &Transcript,
     item: usize,
     plan: &Plan,
     pk: &[RistrettoPoint],
-    h: RistrettoPoint,
     ct: &[RistrettoPoint],
     p: &ItemProof,
 ) -> bool {
-    let (Some((r_point, cs)), c) = (ct.split_first(), p.challenge) else {
+    let gens = generators();
+    let Some((r_point, cs)) = ct.split_first() else {
         return false;
     };
-    let minus_c = -c;
+    let half = gens.half;
+    let minus_c = -p.challenge * half;
+    let z_r = p.z_r * half;
     let mut first = Vec::with_capacity(1 + 3 * plan.width);
     first.push(RistrettoPoint::vartime_double_scalar_mul_basepoint(
-        &minus_c, r_point, &p.z_r,
+        &minus_c, r_point, &z_r,
     ));
     let mut committed = p.commitments.iter().zip(&p.responses);
     for (col, (s, c_limbs)) in plan.columns.iter().zip(
@@ -1005,23 +1027,30 @@ fn verify_linking(
                 let Some(((_, d), (z_m, z_t))) = committed.next() else {
                     return false;
                 };
-                first.push(RistrettoPoint::vartime_multiscalar_mul(
-                    [*z_m, p.z_r, minus_c],
-                    [B, *sj, *cj],
+                let z_m = z_m * half;
+                // k_m·B + k_r·S_j
+                first.push(gens.b_h.vartime_mixed_multiscalar_mul(
+                    [z_m],
+                    [z_r, minus_c],
+                    [*sj, *cj],
                 ));
-                first.push(RistrettoPoint::vartime_multiscalar_mul(
-                    [*z_m, *z_t, minus_c],
-                    [B, h, *d],
+                // k_m·B + k_t·H
+                first.push(gens.b_h.vartime_mixed_multiscalar_mul(
+                    [z_m, z_t * half],
+                    [minus_c],
+                    [*d],
                 ));
             } else {
+                // k_r·S_j
                 first.push(RistrettoPoint::vartime_multiscalar_mul(
-                    [p.z_r, minus_c],
+                    [z_r, minus_c],
                     [*sj, *cj],
                 ));
             }
         }
     }
-    linking_challenge(base, item, &first) == c
+    let first = RistrettoPoint::double_and_compress_batch(&first);
+    linking_challenge(base, item, &first) == p.challenge
 }
 
 // --- Encoding ---
@@ -1218,7 +1247,7 @@ mod tests {
         assert_eq!(g.pedersen.B.compress().to_bytes(), B.compress().to_bytes());
         assert_eq!(
             g.pedersen.B_blinding.compress().to_bytes(),
-            g.h.compress().to_bytes()
+            g.h_table.basepoint().compress().to_bytes()
         );
         let (v, t) = (Scalar::from(77u64), Scalar::from(1234u64));
         let ours = (RistrettoPoint::mul_base(&v) + &g.h_table * &t).compress();
