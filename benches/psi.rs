@@ -1,11 +1,16 @@
 //! Criterion benchmarks of the PSI core: the per-element curve operations, and whole offline
 //! sessions (cardinality and intersection-sum) at 10^4 and 10^5 elements per side.
 //!
-//! `cargo bench --bench psi` (add `-- offline` to run only the sessions).
+//! `cargo bench --bench psi` (add `-- offline` to run only the sessions, `-- range_proof` only
+//! the range proofs of one chunk of encrypted values).
 
+use cleanroom_psi::elgamal::{Ciphertext, ValueKey};
 use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::wire::PointBytes;
-use cleanroom_psi::{Domain, MatcherTable, Normalization, ReceiverTable, match_offline};
+use cleanroom_psi::{
+    ChunkProof, Domain, MatcherTable, Normalization, ReceiverTable, ValueRange, encrypt_and_prove,
+    match_offline, verify_chunk,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -68,5 +73,38 @@ fn offline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_element, offline);
+/// Prove and verify the range proofs of one chunk of 1,024 items with one value column, in
+/// `[0, 65535]` (one 16-bit proof per value) and `[0, 100000]` (16-, 8- and 32-bit proofs).
+fn range_proof(c: &mut Criterion) {
+    const ITEMS: usize = 1024;
+    let key = ValueKey::generate(1);
+    let pk = key.public_key();
+    let context = b"bench-session/group-0/offset-0";
+    let mut g = c.benchmark_group("range_proof");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(ITEMS as u64));
+    for hi in [65_535u64, 100_000] {
+        let ranges = [ValueRange::new(0, hi).unwrap()];
+        let values: Vec<[u64; 1]> = (0..ITEMS as u64).map(|i| [i * 7919 % (hi + 1)]).collect();
+        let refs: Vec<&[u64]> = values.iter().map(|v| &v[..]).collect();
+        g.bench_with_input(BenchmarkId::new("prove_1024", hi), &hi, |b, _| {
+            b.iter(|| encrypt_and_prove(&key, &ranges, &refs, context).unwrap())
+        });
+        let (ct_bytes, proof) = encrypt_and_prove(&key, &ranges, &refs, context).unwrap();
+        let bytes = proof.to_bytes();
+        let cts: Vec<Ciphertext> = ct_bytes
+            .chunks_exact(96)
+            .map(|c| Ciphertext::from_bytes(c, 1).unwrap())
+            .collect();
+        g.bench_with_input(BenchmarkId::new("verify_1024", hi), &hi, |b, _| {
+            b.iter(|| {
+                let proof = ChunkProof::from_bytes(&bytes, ITEMS, &ranges).unwrap();
+                verify_chunk(&pk, &ranges, &cts, &proof, context).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, per_element, offline, range_proof);
 criterion_main!(benches);

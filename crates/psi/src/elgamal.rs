@@ -109,6 +109,12 @@ impl ValueKey {
         self.secrets.len() / LIMBS_PER_VALUE
     }
 
+    /// The secret scalars `s_i`, in limb order (for the range prover, which computes
+    /// `m·B + r·S_i` as the fixed-base `(m + r·s_i)·B`).
+    pub(crate) fn secrets(&self) -> &[Scalar] {
+        &self.secrets
+    }
+
     /// The public keys `S_i = s_i·B`.
     pub fn public_key(&self) -> ValuePublicKey {
         ValuePublicKey {
@@ -218,6 +224,11 @@ impl ValuePublicKey {
         self.points.len() / LIMBS_PER_VALUE
     }
 
+    /// The public keys `S_i`, in limb order.
+    pub fn points(&self) -> &[RistrettoPoint] {
+        &self.points
+    }
+
     /// The encoded public keys, in limb order.
     pub fn to_bytes(&self) -> Vec<PointBytes> {
         self.points
@@ -277,6 +288,11 @@ impl Ciphertext {
         Self {
             points: vec![RistrettoPoint::default(); 1 + value_columns * LIMBS_PER_VALUE],
         }
+    }
+
+    /// The points `(R, C_1, …, C_L)`.
+    pub fn points(&self) -> &[RistrettoPoint] {
+        &self.points
     }
 
     /// Number of points (`1 + 2V`).

@@ -43,6 +43,7 @@ pub mod noise;
 pub mod normalize;
 mod offline;
 pub mod protocol;
+pub mod range_proof;
 mod table;
 #[doc(hidden)]
 pub mod test_vector;
@@ -59,6 +60,9 @@ pub use offline::{MatchReport, match_offline, match_offline_observed};
 pub use protocol::{
     GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
     ReceiverOutcome, ReleaseSummary,
+};
+pub use range_proof::{
+    ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
 };
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
