@@ -360,6 +360,22 @@ fn describe(msg: &Message) -> Value {
                 .map(points_hex)
                 .collect::<Vec<_>>(),
         }),
+        Message::ReceiverProvenItems {
+            group,
+            value_columns,
+            points: p,
+            ciphertexts,
+            proof,
+        } => json!({
+            "group": group,
+            "value_columns": value_columns,
+            "points": points(p),
+            "ciphertexts": ciphertexts
+                .chunks(cleanroom_psi::protocol::ciphertext_bytes(usize::from(*value_columns)).max(1))
+                .map(points_hex)
+                .collect::<Vec<_>>(),
+            "proof": hex::encode(proof),
+        }),
         Message::ReceiverTags { group, tags } => json!({
             "group": group,
             "tags": tags.iter().map(|t| hexs(t.0)).collect::<Vec<_>>(),

@@ -26,10 +26,14 @@ use crate::batch::{hash_and_blind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use crate::key::BlindingKey;
 use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::range_proof::{
+    ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
+};
 use crate::table::{MatcherTable, ReceiverGroup, ReceiverTable};
 use crate::test_vector::TestVectorRng;
 use crate::wire::{
-    CHUNK_ITEMS, Message, PointError, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
+    CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, PointError, RESULT_CHUNK_GROUPS,
+    ReleasedGroup, Tag, WireError,
 };
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -213,6 +217,10 @@ pub enum ProtocolError {
     /// session.
     #[error("noisy release: {0}")]
     Noise(#[from] NoiseError),
+    /// A range proof that does not decode or does not verify: an encrypted value may lie
+    /// outside its declared range.
+    #[error("range proof: {0}")]
+    RangeProof(#[from] RangeProofError),
     /// A matched payload fails authentication: it was altered, or was not encrypted under the
     /// key of the identifier its lookup tag names.
     #[error("a matched payload fails authentication")]
@@ -309,22 +317,43 @@ pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), Protocol
 
 /// Decode every ciphertext of `items` items with `value_columns` columns, in parallel: each must
 /// be canonical points in the layout the receiver's keys announced.
-fn check_ciphertexts(
+fn decode_ciphertexts(
     bytes: &[u8],
     items: usize,
     value_columns: usize,
-) -> Result<(), ProtocolError> {
+) -> Result<Vec<Ciphertext>, ProtocolError> {
     let width = ciphertext_bytes(value_columns);
     if bytes.len() != items.saturating_mul(width) {
         return Err(WireError::Invalid("ciphertexts").into());
     }
     if width == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     bytes
         .par_chunks_exact(width)
-        .try_for_each(|ct| Ciphertext::from_bytes(ct, value_columns).map(drop))
+        .map(|ct| Ciphertext::from_bytes(ct, value_columns))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(point_error("ReceiverItems ciphertext"))
+}
+
+/// What a chunk's range proof is bound to besides the session's value keys (which its
+/// transcript absorbs): the receiver group and the chunk's first item within it, so a proof
+/// cannot be moved to another chunk.
+fn items_context(group: u32, offset: u64) -> Vec<u8> {
+    let mut context = b"cleanroom/psi/proven-items".to_vec();
+    context.extend_from_slice(&group.to_be_bytes());
+    context.extend_from_slice(&offset.to_be_bytes());
+    context
+}
+
+/// The most items one chunk of proven items carries so that its message fits the wire's limit.
+fn proven_chunk_items(ranges: &[ValueRange]) -> usize {
+    let width = 32 + ciphertext_bytes(ranges.len());
+    let mut n = CHUNK_ITEMS;
+    while n > 1 && 64 + n * width + 4 + chunk_proof_bytes(n, ranges) > MAX_MESSAGE_BYTES {
+        n /= 2;
+    }
+    n
 }
 
 /// Account `n` more elements of `group` against announced sizes.
@@ -370,15 +399,17 @@ struct Sender {
 }
 
 impl Sender {
-    /// The next (group index, range) to send, advancing the cursor; `None` when all are sent.
+    /// The next (group index, range) of at most `chunk` elements to send, advancing the cursor;
+    /// `None` when all are sent.
     fn next(
         &mut self,
         sizes: impl Fn(usize) -> Option<usize>,
+        chunk: usize,
     ) -> Option<(u32, std::ops::Range<usize>)> {
         loop {
             let len = sizes(self.group)?;
             if self.offset < len {
-                let end = (self.offset + CHUNK_ITEMS).min(len);
+                let end = (self.offset + chunk).min(len);
                 let range = self.offset..end;
                 self.offset = end;
                 return Some((self.group as u32, range));
@@ -438,6 +469,9 @@ pub struct Matcher {
     /// How many groups the plan lets the receiver announce; `None`: any number within the
     /// limits (a plan grouped on the receiver's side).
     receiver_groups: Option<u32>,
+    /// The declared range of each value column when the receiver must prove its values lie
+    /// in them; `None`: the receiver is trusted (or the session has no values).
+    ranges: Option<Vec<ValueRange>>,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -505,6 +539,7 @@ impl Matcher {
             noise: None,
             min_receiver_identifiers: 0,
             receiver_groups: None,
+            ranges: None,
             test_vector,
         }
     }
@@ -515,6 +550,16 @@ impl Matcher {
     /// whatever its matches cost.
     pub fn expect_receiver_groups(mut self, groups: u32) -> Self {
         self.receiver_groups = Some(groups);
+        self
+    }
+
+    /// Require the receiver to prove, chunk by chunk, that every encrypted value lies in its
+    /// column's range (one per value column): items then arrive as
+    /// [`Message::ReceiverProvenItems`], whose proofs are verified on arrival, before anything
+    /// is matched ([`range_proof`](crate::range_proof)). The hello must carry exactly as many
+    /// value columns.
+    pub fn require_range_proofs(mut self, ranges: Vec<ValueRange>) -> Self {
+        self.ranges = Some(ranges);
         self
     }
 
@@ -584,7 +629,7 @@ impl Matcher {
         let groups = &self.groups;
         if let Some((group, range)) = self
             .sender
-            .next(|g| groups.get(g).map(|(_, ids)| ids.len()))
+            .next(|g| groups.get(g).map(|(_, ids)| ids.len()), CHUNK_ITEMS)
         {
             let ids = &self.groups[group as usize].1[range];
             let points = hash_and_blind(&self.domain, &self.key, ids);
@@ -629,6 +674,14 @@ impl Matcher {
                     Some(ValuePublicKey::from_bytes(&value_keys).map_err(point_error(kind))?)
                 };
                 let value_columns = value_keys.len() / LIMBS_PER_VALUE;
+                if let Some(ranges) = &self.ranges
+                    && ranges.len() != value_columns
+                {
+                    return Err(ProtocolError::ValueColumns {
+                        expected: ranges.len(),
+                        got: value_columns,
+                    });
+                }
                 if let Some(noise) = &self.noise {
                     if noise.sum_bounds().len() != value_columns {
                         return Err(ProtocolError::ValueColumns {
@@ -659,31 +712,28 @@ impl Matcher {
                 points,
                 ciphertexts,
             } => {
-                let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
-                    got: kind,
-                    why: "items before the receiver's hello",
-                })?;
-                if usize::from(value_columns) != peer.value_columns {
-                    return Err(ProtocolError::ValueColumns {
-                        expected: peer.value_columns,
-                        got: value_columns.into(),
+                if self.ranges.is_some() {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "items without range proofs in a session whose ranges are proven",
                     });
                 }
-                admit(&mut peer.received, &peer.sizes, group, points.len())?;
-                // Every ciphertext is decoded on arrival, matched or not: a malformed one ends
-                // the session now, whatever the matcher holds, never only once it matched.
-                check_ciphertexts(&ciphertexts, points.len(), peer.value_columns)?;
-                let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
-                let first = self.item_groups.len() as u32;
-                self.index.extend(
-                    tags.iter()
-                        .enumerate()
-                        .map(|(i, t)| (t.as_u128(), first + i as u32)),
-                );
-                self.item_groups
-                    .extend(std::iter::repeat_n(group, points.len()));
-                self.ciphertexts.extend_from_slice(&ciphertexts);
-                self.finish_items_if_complete()
+                self.receive_items(kind, group, value_columns, points, ciphertexts, None)
+            }
+            Message::ReceiverProvenItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts,
+                proof,
+            } => {
+                if self.ranges.is_none() {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "range proofs in a session whose ranges are not proven",
+                    });
+                }
+                self.receive_items(kind, group, value_columns, points, ciphertexts, Some(proof))
             }
             Message::ReceiverTags { group, tags } => {
                 if !self.index_sorted {
@@ -744,6 +794,60 @@ impl Matcher {
                 why: "the matcher only accepts receiver messages",
             }),
         }
+    }
+
+    /// Admits one chunk of receiver items: every point is re-blinded and every ciphertext
+    /// decoded on arrival, matched or not, and with proven ranges the chunk's proof is verified
+    /// before anything of it is kept. A malformed item ends the session now, whatever the
+    /// matcher holds, never only once it matched.
+    fn receive_items(
+        &mut self,
+        kind: &'static str,
+        group: u32,
+        value_columns: u8,
+        points: Vec<PointBytes>,
+        ciphertexts: Vec<u8>,
+        proof: Option<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
+            got: kind,
+            why: "items before the receiver's hello",
+        })?;
+        if usize::from(value_columns) != peer.value_columns {
+            return Err(ProtocolError::ValueColumns {
+                expected: peer.value_columns,
+                got: value_columns.into(),
+            });
+        }
+        let offset = peer
+            .received
+            .get(group as usize)
+            .copied()
+            .ok_or(ProtocolError::UnknownGroup(group))?;
+        admit(&mut peer.received, &peer.sizes, group, points.len())?;
+        let decoded = decode_ciphertexts(&ciphertexts, points.len(), peer.value_columns)?;
+        if let (Some(ranges), Some(proof), Some(pk)) = (&self.ranges, &proof, &peer.public_key) {
+            let proof = ChunkProof::from_bytes(proof, points.len(), ranges)?;
+            verify_chunk(
+                pk,
+                ranges,
+                &decoded,
+                &proof,
+                &items_context(group, offset),
+            )?;
+        }
+        drop(decoded);
+        let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
+        let first = self.item_groups.len() as u32;
+        self.index.extend(
+            tags.iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_u128(), first + i as u32)),
+        );
+        self.item_groups
+            .extend(std::iter::repeat_n(group, points.len()));
+        self.ciphertexts.extend_from_slice(&ciphertexts);
+        self.finish_items_if_complete()
     }
 
     fn finish_items_if_complete(&mut self) -> Result<(), ProtocolError> {
@@ -1111,6 +1215,11 @@ pub struct Receiver {
     /// How many groups the plan lets the matcher announce; `None`: any number within the
     /// limits (a plan grouped on the matcher's side).
     matcher_groups: Option<u32>,
+    /// The declared range of each value column when this receiver proves its values lie in
+    /// them; `None`: nothing is proven.
+    ranges: Option<Vec<ValueRange>>,
+    /// Most items per items message.
+    chunk: usize,
     /// Fixed randomness of a published test vector; `None` in every real session.
     test_vector: Option<TestVectorRng>,
 }
@@ -1193,8 +1302,33 @@ impl Receiver {
             finished: None,
             noise: None,
             matcher_groups: None,
+            ranges: None,
+            chunk: CHUNK_ITEMS,
             test_vector,
         }
+    }
+
+    /// Prove, chunk by chunk, that every encrypted value lies in its column's range (one range
+    /// per value column), as a matcher made with
+    /// [`require_range_proofs`](Matcher::require_range_proofs) requires: items go out as
+    /// [`Message::ReceiverProvenItems`], in chunks small enough for their proofs. Values are
+    /// clamped into their ranges before they are encrypted. Not for test-vector receivers,
+    /// whose encryption randomness is fixed.
+    pub fn with_range_proofs(mut self, ranges: Vec<ValueRange>) -> Result<Self, ProtocolError> {
+        if ranges.len() != self.value_columns || self.value_columns == 0 {
+            return Err(ProtocolError::ValueColumns {
+                expected: self.value_columns,
+                got: ranges.len(),
+            });
+        }
+        if self.test_vector.is_some() {
+            return Err(ProtocolError::NotReady(
+                "a test-vector receiver cannot prove ranges",
+            ));
+        }
+        self.chunk = proven_chunk_items(&ranges);
+        self.ranges = Some(ranges);
+        Ok(self)
     }
 
     /// Refuse, with [`ProtocolError::GroupsNotInPlan`], a matcher hello that announces other
@@ -1243,12 +1377,38 @@ impl Receiver {
         let groups = &self.groups;
         if let Some((group, range)) = self
             .sender
-            .next(|g| groups.get(g).map(|(_, items)| items.len()))
+            .next(|g| groups.get(g).map(|(_, items)| items.len()), self.chunk)
         {
             let first = range.start as u64;
             let items = &self.groups[group as usize].1[range];
             let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
             let points = hash_and_blind(&self.domain, &self.key, &ids);
+            if let (Some(ranges), Some(key)) = (&self.ranges, &self.value_key) {
+                // Each value is clamped into its range (a receiver table made by a private plan
+                // already is), so the proof always exists.
+                let values: Vec<Vec<u64>> = items
+                    .iter()
+                    .map(|(_, v)| {
+                        v.iter()
+                            .zip(ranges)
+                            .map(|(&x, r)| x.clamp(r.lo, r.hi))
+                            .collect()
+                    })
+                    .collect();
+                let values: Vec<&[u64]> = values.iter().map(Vec::as_slice).collect();
+                let (ciphertexts, proof) =
+                    encrypt_and_prove(key, ranges, &values, &items_context(group, first)).expect(
+                        "ranges match the keys (checked by with_range_proofs), values are \
+                         clamped into them, and chunks are within a proof's limit",
+                    );
+                return Some(Message::ReceiverProvenItems {
+                    group,
+                    value_columns: self.value_columns as u8,
+                    points,
+                    ciphertexts,
+                    proof: proof.to_bytes(),
+                });
+            }
             let ciphertexts = match (&self.value_key, &self.test_vector) {
                 (Some(key), None) => {
                     let values: Vec<&[u64]> = items.iter().map(|(_, v)| v.as_slice()).collect();

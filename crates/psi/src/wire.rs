@@ -138,6 +138,22 @@ pub enum Message {
         /// `points.len()` ciphertexts of `32·(1 + 2·value_columns)` bytes each, concatenated
         ciphertexts: Vec<u8>,
     },
+    /// Receiver → matcher, when the session's value ranges are proven (differential privacy
+    /// with `sum_ranges = "proven"`): a chunk of items as in [`Message::ReceiverItems`], with
+    /// the proof that every encrypted value lies in its column's declared range
+    /// ([`range_proof`](crate::range_proof)), which the matcher verifies on arrival.
+    ReceiverProvenItems {
+        /// receiver group index
+        group: u32,
+        /// value columns per item (at least one)
+        value_columns: u8,
+        /// blinded points
+        points: Vec<PointBytes>,
+        /// `points.len()` ciphertexts of `32·(1 + 2·value_columns)` bytes each, concatenated
+        ciphertexts: Vec<u8>,
+        /// the chunk's [`ChunkProof`](crate::range_proof::ChunkProof) bytes
+        proof: Vec<u8>,
+    },
     /// Receiver → matcher: tags of one matcher group's points re-blinded by the receiver,
     /// sent once the whole group arrived, shuffled.
     ReceiverTags {
@@ -244,6 +260,7 @@ const KIND_LIST_PROVIDER_ITEMS: u8 = 9;
 const KIND_LIST_QUERIER_HELLO: u8 = 10;
 const KIND_LIST_QUERIER_POINTS: u8 = 11;
 const KIND_LIST_PROVIDER_EVALUATIONS: u8 = 12;
+const KIND_RECEIVER_PROVEN_ITEMS: u8 = 13;
 const MAX_HELLO_GROUPS: u64 = 400_000;
 
 impl Message {
@@ -254,6 +271,7 @@ impl Message {
             Message::MatcherPoints { .. } => "MatcherPoints",
             Message::ReceiverHello { .. } => "ReceiverHello",
             Message::ReceiverItems { .. } => "ReceiverItems",
+            Message::ReceiverProvenItems { .. } => "ReceiverProvenItems",
             Message::ReceiverTags { .. } => "ReceiverTags",
             Message::MatcherResult { .. } => "MatcherResult",
             Message::MatcherDone { .. } => "MatcherDone",
@@ -297,6 +315,21 @@ impl Message {
                 out.push(*value_columns);
                 put_points(&mut out, points);
                 out.extend_from_slice(ciphertexts);
+            }
+            Message::ReceiverProvenItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts,
+                proof,
+            } => {
+                out.push(KIND_RECEIVER_PROVEN_ITEMS);
+                out.extend_from_slice(&group.to_be_bytes());
+                out.push(*value_columns);
+                put_points(&mut out, points);
+                out.extend_from_slice(ciphertexts);
+                put_len(&mut out, proof.len());
+                out.extend_from_slice(proof);
             }
             Message::ReceiverTags { group, tags } => {
                 out.push(KIND_RECEIVER_TAGS);
@@ -413,6 +446,27 @@ impl Message {
                     value_columns,
                     points,
                     ciphertexts,
+                }
+            }
+            KIND_RECEIVER_PROVEN_ITEMS => {
+                let group = r.u32("group")?;
+                let value_columns = r.u8("value_columns")?;
+                if value_columns == 0
+                    || usize::from(value_columns) > crate::elgamal::MAX_VALUE_COLUMNS
+                {
+                    return Err(WireError::Invalid("value_columns"));
+                }
+                let points = r.points("points")?;
+                let width = crate::protocol::ciphertext_bytes(usize::from(value_columns));
+                let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
+                let n = r.count("proof", 1)?;
+                let proof = r.take(n, "proof")?.to_vec();
+                Message::ReceiverProvenItems {
+                    group,
+                    value_columns,
+                    points,
+                    ciphertexts,
+                    proof,
                 }
             }
             KIND_RECEIVER_TAGS => {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use toml::Spanned;
 
-use crate::privacy::{Epsilon, Privacy, QueryLimits, sum_bound_fits};
+use crate::privacy::{Epsilon, Privacy, QueryLimits, SumRanges, sum_bound_fits};
 
 /// Smallest `min_threshold` an aggregation rule may declare.
 pub const MIN_THRESHOLD: u64 = 2;
@@ -462,6 +462,9 @@ pub enum Problem {
     /// An epsilon that is not a positive multiple of 10^-6 of at most 1000.
     #[error("epsilon {0} must be positive, at most 1000, with at most 6 decimals")]
     BadEpsilon(String),
+    /// `sum_ranges` other than `"proven"` or `"trusted"`.
+    #[error("sum_ranges must be \"proven\" (the default) or \"trusted\", not {0:?}")]
+    BadSumRanges(String),
     /// `epsilon_per_query` above `epsilon_budget`.
     #[error("epsilon_per_query {per_query} exceeds epsilon_budget {budget}")]
     EpsilonAboveBudget {
@@ -533,6 +536,7 @@ struct RawHeader {
 struct RawPrivacy {
     epsilon_budget: Spanned<f64>,
     epsilon_per_query: Spanned<f64>,
+    sum_ranges: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -742,9 +746,24 @@ fn validate_privacy(at: &Locator<'_>, raw: &RawPrivacy) -> Result<Privacy, Colla
             },
         ));
     }
+    let sum_ranges = match &raw.sum_ranges {
+        None => SumRanges::Proven,
+        Some(v) => match v.get_ref().as_str() {
+            "proven" => SumRanges::Proven,
+            "trusted" => SumRanges::Trusted,
+            other => {
+                return Err(at.invalid(
+                    "collaboration.privacy.sum_ranges",
+                    v,
+                    Problem::BadSumRanges(other.to_owned()),
+                ));
+            }
+        },
+    };
     Ok(Privacy {
         epsilon_budget,
         epsilon_per_query,
+        sum_ranges,
     })
 }
 

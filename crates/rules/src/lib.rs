@@ -92,7 +92,7 @@ pub use plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
     ValueKind,
 };
-pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits};
+pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits, SumRanges};
 pub use reason::{Reason, ReasonCode, Refusal};
 pub use sql::{MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
 pub use value::{Value, compare_text, is_null};

@@ -110,11 +110,37 @@ impl Serialize for Epsilon {
     }
 }
 
+/// How the provider knows that the querier's encrypted values lie in their `sum_bounds`
+/// (`[collaboration.privacy] sum_ranges`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SumRanges {
+    /// Every encrypted value carries a zero-knowledge range proof that the provider verifies
+    /// before matching (`cleanroom_psi::range_proof`): sums are differentially private against
+    /// a malicious querier. The default.
+    #[default]
+    Proven,
+    /// Nothing is proven: the querier is trusted to clamp its values, and sums are
+    /// differentially private only against an honest querier (counts are not affected).
+    Trusted,
+}
+
+impl SumRanges {
+    /// The value of the `sum_ranges` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SumRanges::Proven => "proven",
+            SumRanges::Trusted => "trusted",
+        }
+    }
+}
+
 /// The collaboration's `[collaboration.privacy]` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Privacy {
     pub(crate) epsilon_budget: Epsilon,
     pub(crate) epsilon_per_query: Epsilon,
+    pub(crate) sum_ranges: SumRanges,
 }
 
 impl Privacy {
@@ -126,6 +152,11 @@ impl Privacy {
     /// The `ε` one aggregation query spends; at most the budget.
     pub fn epsilon_per_query(&self) -> Epsilon {
         self.epsilon_per_query
+    }
+
+    /// Whether the querier's encrypted values are proven to lie in their ranges.
+    pub fn sum_ranges(&self) -> SumRanges {
+        self.sum_ranges
     }
 }
 
@@ -220,6 +251,8 @@ pub struct PlanPrivacy {
     pub sums: Vec<Noise>,
     /// Per value column, the interval each identifier's total is clamped into.
     pub value_bounds: Vec<(u64, u64)>,
+    /// Whether the receiver proves its encrypted values lie in `value_bounds`.
+    pub sum_ranges: SumRanges,
 }
 
 /// The name of the mechanism, as results report it.
@@ -270,7 +303,16 @@ impl PlanPrivacy {
                 .map(|&(_, high)| Noise::new(high, shares, epsilon))
                 .collect(),
             value_bounds,
+            sum_ranges: privacy.sum_ranges,
         }
+    }
+
+    /// The ranges the receiver proves its encrypted values lie in (one per value column), or
+    /// `None` when the collaboration trusts the querier (`sum_ranges = "trusted"`) or the plan
+    /// has no value column.
+    pub fn proven_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        (self.sum_ranges == SumRanges::Proven && !self.value_bounds.is_empty())
+            .then(|| self.value_bounds.clone())
     }
 
     /// The bounds both PSI roles are given.
@@ -399,6 +441,7 @@ mod tests {
         let privacy = |micros| Privacy {
             epsilon_budget: Epsilon::from_micros(MAX_EPSILON),
             epsilon_per_query: Epsilon::from_micros(micros),
+            sum_ranges: SumRanges::Proven,
         };
         assert!(sum_bound_fits(100_000, &privacy(100_000)));
         assert!(sum_bound_fits(MAX_ITEM_VALUE, &privacy(10_000)));

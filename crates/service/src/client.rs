@@ -356,6 +356,11 @@ impl Client {
                             .with_noise(bounds)
                             .map_err(|e| ClientError::Internal(e.to_string()))?;
                     }
+                    if let Some(ranges) = plan.privacy().and_then(|p| p.proven_ranges()) {
+                        receiver = receiver
+                            .with_range_proofs(crate::server::value_ranges(&ranges))
+                            .map_err(|e| ClientError::Internal(e.to_string()))?;
+                    }
                     (rows, Side::Aggregate(ReceiverRole(receiver)))
                 };
                 Ok::<_, ClientError>((columns, rows, side))

@@ -28,6 +28,11 @@ pub fn privacy_info(plan: &Plan) -> Option<PrivacyInfo> {
             })
             .collect(),
         sum_noise_bounds: privacy.sums.iter().map(|n| n.bound).collect(),
+        sum_ranges: if privacy.value_bounds.is_empty() {
+            String::new()
+        } else {
+            privacy.sum_ranges.as_str().to_owned()
+        },
     })
 }
 
@@ -57,7 +62,12 @@ pub(crate) fn check_accepted(plan: &Plan, server: Option<&PrivacyInfo>) -> Resul
             Err("exact results here, differentially private results on the server".to_owned())
         }
         (Some(ours), Some(theirs)) => {
-            if ours.mechanism != theirs.mechanism
+            if ours.sum_ranges != theirs.sum_ranges {
+                Err(format!(
+                    "sum ranges {:?} here, {:?} on the server",
+                    ours.sum_ranges, theirs.sum_ranges
+                ))
+            } else if ours.mechanism != theirs.mechanism
                 || ours.epsilon != theirs.epsilon
                 || ours.sum_noise_bounds != theirs.sum_noise_bounds
             {

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cleanroom_psi::range_proof::ValueRange;
 use cleanroom_psi::{ListProvider, Matcher, ProtocolError};
 use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal, Role};
 use prost::Message as _;
@@ -813,6 +814,9 @@ impl CleanRoom {
                     (table_plan.noise_bounds(), table_plan.privacy())
                 {
                     matcher = matcher.with_noise(bounds).pad_groups(|| privacy.dummies());
+                    if let Some(ranges) = privacy.proven_ranges() {
+                        matcher = matcher.require_range_proofs(value_ranges(&ranges));
+                    }
                 }
                 Ok::<_, DataFileError>((rows, matcher))
             })
@@ -884,6 +888,14 @@ impl CleanRoom {
             .await?;
         Ok((0, 0, role.release()))
     }
+}
+
+/// The psi ranges of a plan's proven `sum_bounds` (validated when the collaboration loaded).
+pub(crate) fn value_ranges(bounds: &[(u64, u64)]) -> Vec<ValueRange> {
+    bounds
+        .iter()
+        .map(|&(lo, hi)| ValueRange { lo, hi })
+        .collect()
 }
 
 /// The querier's set is smaller than the threshold: a refusal with the rules' reason, rather
