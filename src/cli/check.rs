@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use cleanroom_rules::{
-    Collaboration, OutputValue, Plan, Protocol, Reason, Refusal, Role, SidePlan,
+    Collaboration, OutputValue, Plan, Protocol, Reason, Refusal, Role, SidePlan, SumRanges,
 };
 use serde::Serialize;
 
@@ -168,6 +168,20 @@ fn describe_plan(plan: &Plan) -> String {
             privacy.set_size.scale.as_f64(),
             privacy.count.scale.as_f64()
         ));
+        if !privacy.value_bounds.is_empty() {
+            out.push_str(match privacy.sum_ranges {
+                SumRanges::Proven => {
+                    "sums:     your values are proven to lie in their sum_bounds (range proofs \
+                     the provider verifies), so sums are private even against a querier that \
+                     lies\n"
+                }
+                SumRanges::Trusted => {
+                    "sums:     sum_ranges = \"trusted\": nothing proves your values lie in their \
+                     sum_bounds, so sums are differentially private only against an honest \
+                     querier\n"
+                }
+            });
+        }
     }
     let rows: Vec<Vec<String>> = plan
         .outputs()

@@ -144,6 +144,7 @@ fn privacy_json(outcome: &QueryOutcome) -> Option<serde_json::Value> {
     Some(serde_json::json!({
         "mechanism": privacy.mechanism,
         "epsilon": privacy.epsilon,
+        "sum_ranges": privacy.sum_ranges,
         "outputs": outputs,
         "epsilon_spent": standing.map(|s| s.epsilon_spent),
         "epsilon_budget": standing.and_then(|s| s.epsilon_budget),
@@ -164,6 +165,12 @@ fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
         text.push_str(&format!("; {left} of the budget of {budget} left"));
     }
     text.push('\n');
+    if privacy.sum_ranges == "trusted" {
+        text.push_str(
+            "  sums: sum_ranges = \"trusted\": values were not proven to lie in their \
+             sum_bounds, so sums are differentially private only against an honest querier\n",
+        );
+    }
     for o in privacy.outputs.iter().filter(|o| o.kind != "none") {
         let line = match o.kind.as_str() {
             "avg" => format!(

@@ -828,13 +828,7 @@ impl Matcher {
         let decoded = decode_ciphertexts(&ciphertexts, points.len(), peer.value_columns)?;
         if let (Some(ranges), Some(proof), Some(pk)) = (&self.ranges, &proof, &peer.public_key) {
             let proof = ChunkProof::from_bytes(proof, points.len(), ranges)?;
-            verify_chunk(
-                pk,
-                ranges,
-                &decoded,
-                &proof,
-                &items_context(group, offset),
-            )?;
+            verify_chunk(pk, ranges, &decoded, &proof, &items_context(group, offset))?;
         }
         drop(decoded);
         let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;

@@ -380,3 +380,148 @@ fn an_empty_group_is_announced_and_decided() {
         );
     }
 }
+
+// ------------------------------------------------------------------ proven value ranges
+
+use cleanroom_psi::elgamal::ValueKey;
+use cleanroom_psi::range_proof::{ValueRange, encrypt_and_prove};
+
+fn range(hi: u64) -> Vec<ValueRange> {
+    vec![ValueRange::new(0, hi).unwrap()]
+}
+
+/// With proven ranges, an honest receiver's chunks verify and the sums come out exactly (zero
+/// noise); values above the bound are clamped into it before they are encrypted.
+#[test]
+fn proven_ranges_verify_and_sum_exactly() {
+    let m = matcher_table(&[("", "x1"), ("", "x2"), ("", "x3")]);
+    let r = receiver_table(&[("", "x1", &[10]), ("", "x2", &[900]), ("", "y", &[7])], 1);
+    let bounds = NoiseBounds::new(vec![100]).unwrap();
+    let m = Matcher::new(&domain(), m, Limits::default())
+        .with_noise(bounds.clone())
+        .require_range_proofs(range(100));
+    let r = Receiver::new(&domain(), r, Limits::default())
+        .with_noise(bounds)
+        .unwrap()
+        .with_range_proofs(range(100))
+        .unwrap();
+    let (outcome, _) = run(m, r, |_| GroupDecision::Release {
+        count_noise: 0,
+        sum_noise: vec![0],
+    })
+    .unwrap();
+    assert_eq!(outcome.groups.len(), 1);
+    assert_eq!(outcome.groups[0].intersection_size, 2);
+    assert_eq!(outcome.groups[0].sums, [10 + 100]);
+}
+
+/// A receiver that sends plain items where proofs are required is refused on its first chunk,
+/// before anything is matched, and so is one that sends proofs nobody asked for.
+#[test]
+fn items_without_the_required_proofs_are_refused() {
+    let table = || receiver_table(&[("", "x1", &[10]), ("", "x2", &[20])], 1);
+    let bounds = NoiseBounds::new(vec![100]).unwrap();
+    let proving = Matcher::new(&domain(), matcher_table(&[("", "x1")]), Limits::default())
+        .with_noise(bounds.clone())
+        .require_range_proofs(range(100));
+    let plain = Receiver::new(&domain(), table(), Limits::default())
+        .with_noise(bounds.clone())
+        .unwrap();
+    let err = run(proving, plain, |_| GroupDecision::Suppress).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Unexpected {
+                got: "ReceiverItems",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let trusting = Matcher::new(&domain(), matcher_table(&[("", "x1")]), Limits::default())
+        .with_noise(bounds.clone());
+    let proven = Receiver::new(&domain(), table(), Limits::default())
+        .with_noise(bounds)
+        .unwrap()
+        .with_range_proofs(range(100))
+        .unwrap();
+    let err = run(trusting, proven, |_| GroupDecision::Suppress).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Unexpected {
+                got: "ReceiverProvenItems",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// The attack of a querier that encrypts a value beyond its declared range (a flag at bit 16+i
+/// to read membership out of one noisy sum): whatever proof it attaches, the matcher refuses the
+/// chunk on arrival, with the same error whether the target is the matcher's or not.
+#[test]
+fn a_value_beyond_its_range_is_refused_on_arrival_member_or_not() {
+    let bounds = NoiseBounds::new(vec![100]).unwrap();
+    let attempt = |matcher_ids: &[(&str, &str)]| {
+        let mut m = Matcher::new(&domain(), matcher_table(matcher_ids), Limits::default())
+            .with_noise(bounds.clone())
+            .require_range_proofs(range(100));
+        let mut r = Receiver::new(
+            &domain(),
+            receiver_table(&[("", "target", &[1]), ("", "other", &[2])], 1),
+            Limits::default(),
+        )
+        .with_noise(bounds.clone())
+        .unwrap()
+        .with_range_proofs(range(100))
+        .unwrap();
+        while m.poll_message().is_some() {}
+        let hello = r.poll_message().unwrap();
+        let Message::ReceiverHello { value_keys, .. } = &hello else {
+            panic!("hello first")
+        };
+        assert_eq!(value_keys.len(), 2);
+        m.handle_message(hello.clone()).unwrap();
+        let Some(Message::ReceiverProvenItems {
+            group,
+            value_columns,
+            points,
+            ..
+        }) = r.poll_message()
+        else {
+            panic!("proven items")
+        };
+        // The attacker's own keys: it encrypts 1 + 2^17 for the target and proves what it can
+        // (the prover refuses an out-of-range value, so it proves an in-range one and swaps
+        // the ciphertext in).
+        let key = ValueKey::generate(1);
+        let honest: Vec<&[u64]> = vec![&[1], &[2]];
+        let (_, proof) = encrypt_and_prove(&key, &range(100), &honest, b"any").unwrap();
+        let flagged = key.encrypt_to_bytes(&[vec![1 + (1 << 17)], vec![2]]);
+        let hello = Message::ReceiverHello {
+            value_keys: key.public_key().to_bytes(),
+            group_sizes: vec![2],
+        };
+        let mut m2 = Matcher::new(&domain(), matcher_table(matcher_ids), Limits::default())
+            .with_noise(bounds.clone())
+            .require_range_proofs(range(100));
+        while m2.poll_message().is_some() {}
+        m2.handle_message(hello).unwrap();
+        let err = m2
+            .handle_message(Message::ReceiverProvenItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts: flagged,
+                proof: proof.to_bytes(),
+            })
+            .unwrap_err();
+        format!("{err:?}")
+    };
+    let member = attempt(&[("", "target"), ("", "x")]);
+    let non_member = attempt(&[("", "nobody"), ("", "x")]);
+    assert!(member.contains("RangeProof"), "{member}");
+    assert_eq!(member, non_member);
+}
