@@ -1,0 +1,325 @@
+//! The attacks of issue 14, replayed against the real service.
+//!
+//! Each test plays one attacker: a querier speaking the psi receiver's protocol by hand (with
+//! keys it knows, so it can aim at one identifier) against the in-process server, or a
+//! provider lying to the real [`Client`]. Every attack is run twice, in the two cases the
+//! attacker wants to tell apart (the target is the provider's or not; the querier's value is
+//! under `k` or not; the querier holds the identifier or not), and the test asserts that what
+//! the attacker observes is the same in both: gRPC status code and message, released messages
+//! and summary, the querier's own audit view, or the client's behaviour on the wire. The old
+//! code (before a9f3a0d) answered differently in each of these cases.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cleanroom_psi::elgamal::{LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
+use cleanroom_psi::key::BlindingKey;
+use cleanroom_psi::test_vector::TestVectorRng;
+use cleanroom_psi::wire::{PointBytes, Tag};
+use cleanroom_psi::{
+    Domain, Limits as PsiLimits, ListProvider, Matcher, MatcherTable, Message, Normalization,
+};
+use cleanroom_rules::{Collaboration, Plan};
+use cleanroom_service::client::{ClientError, Query};
+use cleanroom_service::proto::clean_room_service_server::{
+    CleanRoomService, CleanRoomServiceServer,
+};
+use cleanroom_service::proto::{
+    AuditEntry, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
+    ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
+    SessionStart, SessionSummary, TableDescriptor, run_session_request, run_session_response,
+};
+use cleanroom_service::{Client, Decision, Limits, ServerConfig, StateDb};
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Status, Streaming};
+
+type Outbound = mpsc::Sender<RunSessionRequest>;
+type Inbound = Streaming<RunSessionResponse>;
+
+/// Buyers and revenue over the whole join: a plan grouped on neither side.
+const TOTAL: &str = "SELECT COUNT(DISTINCT c.email) AS buyers, SUM(c.amount) AS revenue \
+    FROM impressions i JOIN conversions c ON i.email = c.email";
+
+/// An identifier the publisher never holds (its users are 0..400).
+const STRANGER: &str = "user950@example.com";
+
+// ------------------------------------------------------------------ the querier attacker
+
+/// A psi receiver written by hand, with keys the attacker chose: it can put any identifier
+/// in any group, give any item any ciphertext, and send any tags.
+struct Attacker {
+    domain: Domain,
+    key: BlindingKey,
+    values: Option<ValueKey>,
+    columns: usize,
+}
+
+impl Attacker {
+    fn new(plan: &Plan) -> Attacker {
+        let columns = plan.receiver().value_columns.len();
+        Attacker {
+            domain: plan.domain(),
+            key: BlindingKey::from_test_vector_bytes([7; 32]).unwrap(),
+            values: (columns > 0).then(|| ValueKey::generate(columns)),
+            columns,
+        }
+    }
+
+    fn hello(&self, group_sizes: Vec<u64>) -> Message {
+        Message::ReceiverHello {
+            value_keys: self
+                .values
+                .as_ref()
+                .map(|k| k.public_key().to_bytes())
+                .unwrap_or_default(),
+            group_sizes,
+        }
+    }
+
+    /// `b·H(id)` for a normalized identifier.
+    fn point(&self, id: &str) -> PointBytes {
+        PointBytes(
+            self.key
+                .blind(&self.domain.hash_to_group(id))
+                .compress()
+                .to_bytes(),
+        )
+    }
+
+    /// The items of receiver group `group`, each with the value 10 in every column.
+    fn items(&self, group: u32, ids: &[String]) -> Message {
+        let values = vec![vec![10u64; self.columns]; ids.len()];
+        Message::ReceiverItems {
+            group,
+            value_columns: self.columns as u8,
+            points: ids.iter().map(|id| self.point(id)).collect(),
+            ciphertexts: self
+                .values
+                .as_ref()
+                .map(|k| k.encrypt_to_bytes(&values))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Honest tags of the matcher's points: `Tag(b·(a·H(x)))`.
+    fn tags(&self, points: &[PointBytes]) -> Vec<Tag> {
+        points
+            .iter()
+            .map(|p| Tag::of(&self.key.blind(&p.decode().unwrap()).compress().to_bytes()))
+            .collect()
+    }
+}
+
+fn psi(payload: Vec<u8>) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+    }
+}
+
+/// Sends one protocol message; the server may already have ended the call, which is fine.
+async fn send(tx: &Outbound, message: &Message) {
+    let _ = tx.send(psi(message.encode())).await;
+}
+
+/// The advertiser's session start for `sql`, declaring `rows` rows of its conversions.
+fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::Start(SessionStart {
+            collaboration_id: fx.collaboration.id().to_owned(),
+            member: "advertiser".to_owned(),
+            sql: sql.to_owned(),
+            table: Some(TableDescriptor {
+                name: "conversions".to_owned(),
+                columns: fx.conversions.header.clone(),
+                rows,
+            }),
+        })),
+    }
+}
+
+/// Opens a session the server accepts; returns the streams and the session id.
+async fn open(server: &Running, start: RunSessionRequest) -> (Outbound, Inbound, String) {
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, mut inbound) = raw_open(&mut client, start)
+        .await
+        .expect("the session is accepted");
+    match inbound.message().await.unwrap().and_then(|m| m.message) {
+        Some(run_session_response::Message::Accepted(a)) => (tx, inbound, a.session_id),
+        other => panic!("expected an acceptance, got {other:?}"),
+    }
+}
+
+/// Reads the matcher's hello and every one of its points, per group.
+async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
+    let mut groups: Vec<Vec<PointBytes>> = Vec::new();
+    let mut sizes: Option<Vec<u64>> = None;
+    loop {
+        if let Some(sizes) = &sizes
+            && sizes
+                .iter()
+                .zip(&groups)
+                .all(|(s, g)| *s == g.len() as u64)
+        {
+            return groups;
+        }
+        match inbound.message().await.unwrap().and_then(|m| m.message) {
+            Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
+                match Message::decode(&payload).unwrap() {
+                    Message::MatcherHello { group_sizes } => {
+                        groups = vec![Vec::new(); group_sizes.len()];
+                        sizes = Some(group_sizes);
+                    }
+                    Message::MatcherPoints { group, points } => {
+                        groups[group as usize].extend(points)
+                    }
+                    other => panic!("unexpected {}", other.kind()),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// What the querier sees of a session's end: its error status, or its release messages and
+/// summary. Session ids are blanked, and the summary's timing.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Status(Code, String),
+    Released(Vec<Message>, SessionSummary),
+}
+
+async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
+    let read = async {
+        let mut messages = Vec::new();
+        loop {
+            match inbound.message().await?.and_then(|m| m.message) {
+                Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
+                    match Message::decode(&payload).unwrap() {
+                        Message::MatcherHello { .. } | Message::MatcherPoints { .. } => {}
+                        release => messages.push(release),
+                    }
+                }
+                Some(run_session_response::Message::Summary(mut summary)) => {
+                    summary.session_id.clear();
+                    if let Some(stats) = &mut summary.stats {
+                        stats.elapsed_ms = 0;
+                    }
+                    return Ok::<_, Status>((messages, summary));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the server ends the session")
+    {
+        Ok((messages, summary)) => Seen::Released(messages, summary),
+        Err(status) => Seen::Status(
+            status.code(),
+            status.message().replace(session_id, "<session>"),
+        ),
+    }
+}
+
+/// The querier's own audit entry of a session (ListAuditEntries), once complete, with its id
+/// and times blanked: what the attacker can compare between its two cases.
+async fn audit_view(server: &Running, session_id: &str) -> AuditEntry {
+    server.settled_entry(session_id).await;
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let entries = client
+        .list_audit_entries(ListAuditEntriesRequest { limit: 1000 })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let mut entry = entries
+        .into_iter()
+        .find(|e| e.session_id == session_id)
+        .expect("the querier sees its entry");
+    entry.session_id.clear();
+    entry.started_at.clear();
+    entry.finished_at.clear();
+    entry.reason = entry.reason.replace(session_id, "<session>");
+    entry
+}
+
+/// One identifier the publisher holds, normalized (among rows passing `keep`).
+fn member(fx: &Fixture, keep: impl Fn(&[String]) -> bool) -> String {
+    fx.publisher_sets(keep, |_| String::new())
+        .remove("")
+        .unwrap()
+        .into_iter()
+        .find(|e| e.starts_with("user3"))
+        .unwrap()
+}
+
+fn fillers(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}@nowhere.example"))
+        .collect()
+}
+
+// ----------------------------------------------------------------------------- attack 1
+
+/// Attack 1, abort oracle on ciphertexts: the querier gives its target identifier a
+/// ciphertext that does not decode (and honest ones to eight fillers), then plays on. The old
+/// matcher decoded a ciphertext only once it matched: INVALID_ARGUMENT iff the target was the
+/// provider's (in a provider group, for a plan grouped on the provider's side). Defence: every
+/// ciphertext is decoded on arrival, so both cases end with the same status and audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let target = member(&fx, |_| true);
+    for sql in [TOTAL, BY_CAMPAIGN] {
+        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+        let attacker = Attacker::new(&plan);
+        let mut views = Vec::new();
+        for who in [target.as_str(), STRANGER] {
+            let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
+            let groups = matcher_points(&mut inbound).await;
+            let mut ids = fillers("f", 8);
+            ids.push(who.to_owned());
+            send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
+            let mut items = attacker.items(0, &ids);
+            let Message::ReceiverItems { ciphertexts, .. } = &mut items else {
+                unreachable!()
+            };
+            let width = ciphertexts.len() / ids.len();
+            let at = (ids.len() - 1) * width;
+            ciphertexts[at..at + width].fill(0xFF);
+            send(&tx, &items).await;
+            for (g, points) in groups.iter().enumerate() {
+                let tags = attacker.tags(points);
+                send(
+                    &tx,
+                    &Message::ReceiverTags {
+                        group: g as u32,
+                        tags,
+                    },
+                )
+                .await;
+            }
+            let seen = seen(&mut inbound, &id).await;
+            drop(tx);
+            views.push((seen, audit_view(&server, &id).await));
+        }
+        assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+        let (Seen::Status(code, message), entry) = &views[0] else {
+            panic!("{sql}: a bad ciphertext was accepted: {:?}", views[0]);
+        };
+        assert_eq!(*code, Code::InvalidArgument, "{message}");
+        assert_eq!(entry.decision(), cleanroom_service::proto::Decision::Failed);
+        assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+    }
+    server.stop().await;
+}
