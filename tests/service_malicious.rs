@@ -189,7 +189,7 @@ async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
 }
 
 /// What the querier sees of a session's end: its error status, or its release messages and
-/// summary. Session ids are blanked, and the summary's timing.
+/// summary. Session ids are blanked, and the summary's timing and running query counts.
 #[derive(Debug, PartialEq)]
 enum Seen {
     Status(Code, String),
@@ -211,6 +211,12 @@ async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
                     summary.session_id.clear();
                     if let Some(stats) = &mut summary.stats {
                         stats.elapsed_ms = 0;
+                    }
+                    // The member's running query counts grow by one a session, whatever it
+                    // is: each case is charged alike, the totals differ by the order of runs.
+                    if let Some(standing) = &mut summary.standing {
+                        standing.queries = 0;
+                        standing.queries_today = 0;
                     }
                     return Ok::<_, Status>((messages, summary));
                 }
@@ -320,6 +326,229 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
         assert_eq!(*code, Code::InvalidArgument, "{message}");
         assert_eq!(entry.decision(), cleanroom_service::proto::Decision::Failed);
         assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+    }
+    server.stop().await;
+}
+
+/// Plays a whole session as `attacker` with receiver groups `groups`, letting `tamper` change
+/// each matcher group's tags before they are sent; returns what the querier sees and its
+/// audit entry.
+async fn play(
+    fx: &Fixture,
+    server: &Running,
+    sql: &str,
+    attacker: &Attacker,
+    groups: &[Vec<String>],
+    tamper: impl Fn(&mut Vec<Tag>),
+) -> (Seen, AuditEntry) {
+    let (tx, mut inbound, id) = open(server, start(fx, sql, 601)).await;
+    let points = matcher_points(&mut inbound).await;
+    send(
+        &tx,
+        &attacker.hello(groups.iter().map(|g| g.len() as u64).collect()),
+    )
+    .await;
+    for (g, ids) in groups.iter().enumerate() {
+        send(&tx, &attacker.items(g as u32, ids)).await;
+    }
+    for (g, points) in points.iter().enumerate() {
+        let mut tags = attacker.tags(points);
+        tamper(&mut tags);
+        send(
+            &tx,
+            &Message::ReceiverTags {
+                group: g as u32,
+                tags,
+            },
+        )
+        .await;
+    }
+    let seen = seen(&mut inbound, &id).await;
+    drop(tx);
+    (seen, audit_view(server, &id).await)
+}
+
+// ----------------------------------------------------------------------------- attack 2
+
+/// Attack 2, abort oracle on duplicate tags: the querier replaces the second half of each
+/// provider group's tags by copies of the first half. The old matcher refused a repeated tag
+/// only when it matched one of the querier's items, so holding the provider's identifiers
+/// (case 1) failed and holding strangers (case 2) did not. Defence: a group's tags are checked
+/// for repeats once the group is complete, before any lookup: the same DuplicateTag failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_tags_fail_alike_whatever_matches() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let members: Vec<String> = fx
+        .publisher_sets(|_| true, |_| String::new())
+        .remove("")
+        .unwrap()
+        .into_iter()
+        .collect();
+    let strangers = fillers("s", members.len());
+    let duplicate_half = |tags: &mut Vec<Tag>| {
+        let half = tags.len() / 2;
+        for i in half..tags.len() {
+            tags[i] = tags[i - half];
+        }
+    };
+    for sql in [TOTAL, BY_CAMPAIGN] {
+        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+        let attacker = Attacker::new(&plan);
+        let mut views = Vec::new();
+        for held in [&members, &strangers] {
+            views.push(
+                play(
+                    &fx,
+                    &server,
+                    sql,
+                    &attacker,
+                    std::slice::from_ref(held),
+                    duplicate_half,
+                )
+                .await,
+            );
+        }
+        assert_eq!(views[0], views[1], "{sql}: members and strangers differ");
+        let (Seen::Status(code, message), _) = &views[0] else {
+            panic!("{sql}: repeated tags were accepted: {:?}", views[0]);
+        };
+        assert_eq!(*code, Code::InvalidArgument, "{message}");
+        assert!(message.contains("sent twice"), "{message}");
+    }
+    server.stop().await;
+}
+
+// ----------------------------------------------------------------------------- attack 3
+
+/// Attack 3, free noisy hellos: under `[collaboration.privacy]` the provider's hello carries
+/// noisy (padded) group sizes; the querier cancels right after reading it. The old server
+/// charged nothing for a session that released nothing. Defence: the charge is made at
+/// admission, before the hello, and stays: with a budget of 1.0 and 0.25 per query, four
+/// cancelled sessions spend it all and the fifth start is refused `budget_exhausted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_noisy_hellos_spend_the_budget() {
+    let fx = Fixture::private(5, 1.0, 0.25);
+    let server = start_server(&fx, Limits::default(), None).await;
+    for _ in 0..4 {
+        let (tx, mut inbound, id) = open(&server, start(&fx, BY_CAMPAIGN, 601)).await;
+        match inbound.message().await.unwrap().and_then(|m| m.message) {
+            Some(run_session_response::Message::Psi(PsiMessage { payload })) => assert!(matches!(
+                Message::decode(&payload).unwrap(),
+                Message::MatcherHello { .. }
+            )),
+            other => panic!("expected the noisy hello, got {other:?}"),
+        }
+        drop((tx, inbound));
+        let entry = server.settled_entry(&id).await;
+        assert_eq!(entry.decision, Decision::Cancelled, "{entry:?}");
+        assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+    }
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let status = raw_open(&mut client, start(&fx, BY_CAMPAIGN, 601))
+        .await
+        .err()
+        .expect("the fifth session is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["budget_exhausted"], "{status:?}");
+    server.stop().await;
+}
+
+// ----------------------------------------------------------------------------- attack 4
+
+/// Attack 4, exact provider counts in the querier's view: the querier's summary and audit
+/// entries carried `matcher_rows`, the provider's exact row count (duplicates and empty
+/// identifiers included), which the protocol's set sizes do not reveal. Two providers with
+/// the same distinct identifiers but twice the rows must look identical to the querier: same
+/// result, summary and audit entry; only the provider's own log holds its row count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_querier_never_sees_the_providers_row_count() {
+    let fx = Fixture::new(5);
+    // The same rows twice, and a few rows without an identifier.
+    let mut doubled = Csv {
+        header: fx.impressions.header.clone(),
+        rows: fx.impressions.rows.clone(),
+    };
+    doubled.rows.extend(fx.impressions.rows.iter().cloned());
+    for _ in 0..5 {
+        doubled
+            .rows
+            .push(vec![" ".to_owned(), "spring".to_owned(), "EU".to_owned()]);
+    }
+    doubled.write(&fx.path("impressions-doubled.csv"));
+    let mut views = Vec::new();
+    let mut provider_rows = Vec::new();
+    for file in ["impressions.csv", "impressions-doubled.csv"] {
+        let server = serve_in_process(ServerConfig {
+            collaboration: Arc::clone(&fx.collaboration),
+            member: "publisher".to_owned(),
+            data: BTreeMap::from([("impressions".to_owned(), fx.path(file))]),
+            limits: Limits::default(),
+            state: Arc::new(StateDb::open(fx.path(&format!("state-{file}.db"))).unwrap()),
+            tls: None,
+            insecure: false,
+            on_session_end: None,
+        })
+        .await;
+        let outcome = run_query(&fx, format!("http://{}", server.addr), TOTAL)
+            .await
+            .unwrap();
+        let id = outcome.summary.session_id.clone();
+        let mut summary = outcome.summary.clone();
+        summary.session_id.clear();
+        if let Some(stats) = &mut summary.stats {
+            stats.elapsed_ms = 0;
+        }
+        provider_rows.push(server.settled_entry(&id).await.matcher_rows);
+        views.push((
+            outcome.result.rows.clone(),
+            summary,
+            audit_view(&server, &id).await,
+        ));
+        server.stop().await;
+    }
+    assert_eq!(views[0], views[1]);
+    assert_ne!(provider_rows[0], provider_rows[1], "{provider_rows:?}");
+}
+
+// ----------------------------------------------------------------------------- attack 5
+
+/// Attack 5, the suppressed count as an oracle: in exact mode the querier announces two
+/// groups, 150 strangers and its target alone. The old `suppressed` counted only pairs that
+/// matched something: 1 iff the target was the provider's. Defence: every announced pair not
+/// released counts, so a plan grouped on the querier's side (EU_BY_CHANNEL) releases the same
+/// nothing with the same counts; an ungrouped plan (TOTAL) refuses the two-group hello,
+/// identically in both cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suppressed_count_is_the_same_for_members_and_strangers() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let region = fx.impressions.column("region");
+    let target = member(&fx, |r| r[region] == "EU");
+    for sql in [EU_BY_CHANNEL, TOTAL] {
+        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+        let attacker = Attacker::new(&plan);
+        let mut views = Vec::new();
+        for who in [target.as_str(), STRANGER] {
+            let groups = [fillers("r", 150), vec![who.to_owned()]];
+            views.push(play(&fx, &server, sql, &attacker, &groups, |_| {}).await);
+        }
+        assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+        match &views[0].0 {
+            Seen::Released(messages, summary) if sql == EU_BY_CHANNEL => {
+                let done = Message::MatcherDone {
+                    released: 0,
+                    suppressed: 2,
+                };
+                assert_eq!(messages, &[done]);
+                assert_eq!((summary.released_rows, summary.suppressed_rows), (0, 2));
+            }
+            Seen::Status(code, message) if sql == TOTAL => {
+                assert_eq!(*code, Code::InvalidArgument, "{message}");
+                assert!(message.contains("group"), "{message}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
     }
     server.stop().await;
 }
