@@ -552,3 +552,157 @@ async fn the_suppressed_count_is_the_same_for_members_and_strangers() {
     }
     server.stop().await;
 }
+
+// ----------------------------------------------------------------------------- attack 9
+
+/// The probability that a time of `a` exceeds one of `b` (Mann–Whitney U over |a|·|b|).
+fn auc(a: &[f64], b: &[f64]) -> f64 {
+    let mut u = 0.0;
+    for x in a {
+        for y in b {
+            u += if x > y {
+                1.0
+            } else if x == y {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    u / (a.len() * b.len()) as f64
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Receiver groups for the timing attack: `who` alone in each of `copies` groups, and five
+/// strangers (so the set reaches the threshold).
+fn target_in_groups(attacker: &Attacker, who: &str, copies: u32) -> (Message, Vec<Vec<u8>>) {
+    let mut sizes = vec![1u64; copies as usize];
+    sizes.push(5);
+    let mut items: Vec<Vec<u8>> = (0..copies)
+        .map(|g| attacker.items(g, &[who.to_owned()]).encode())
+        .collect();
+    items.push(attacker.items(copies, &fillers("t", 5)).encode());
+    (attacker.hello(sizes), items)
+}
+
+/// One timed session: the whole hello and items, every tag but one, then a malformed
+/// message. Returns what the querier saw and the time from the last tags to the status.
+async fn timed_session(
+    fx: &Fixture,
+    server: &Running,
+    sql: &str,
+    attacker: &Attacker,
+    (hello, items): &(Message, Vec<Vec<u8>>),
+) -> (Seen, Duration) {
+    let (tx, mut inbound, id) = open(server, start(fx, sql, 3000)).await;
+    let points = matcher_points(&mut inbound).await;
+    send(&tx, hello).await;
+    for item in items {
+        let _ = tx.send(psi(item.clone())).await;
+    }
+    // Let the server take in the items before the clock starts.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut tags: Vec<Message> = points
+        .iter()
+        .enumerate()
+        .map(|(g, p)| Message::ReceiverTags {
+            group: g as u32,
+            tags: attacker.tags(p),
+        })
+        .collect();
+    if let Some(Message::ReceiverTags { tags, .. }) = tags.last_mut() {
+        tags.pop();
+    }
+    let (last, rest) = tags.split_last().unwrap();
+    for message in rest {
+        send(&tx, message).await;
+    }
+    send(&tx, last).await;
+    let clock = Instant::now();
+    let _ = tx.send(psi(vec![0xFF; 3])).await;
+    let seen = seen(&mut inbound, &id).await;
+    let elapsed = clock.elapsed();
+    drop(tx);
+    (seen, elapsed)
+}
+
+/// Attack 9, timing before the release: the querier puts its target in many groups of its
+/// own, sends every tag but one and then a malformed message. The old matcher looked tags up
+/// as they arrived, so the time to the error grew with the matches (+20.6 ms with the target
+/// in 2,000 groups). Defence: (a) a plan not grouped on the querier's side refuses a hello
+/// with more than one group, the same way in both cases; (b) for a querier-grouped plan
+/// nothing is looked up before the last tag, so over 30 + 30 interleaved sessions (target in
+/// 1,000 groups: ~10 ms of lookups in the old code, against a ~5 ms baseline) the times from
+/// the last tags to the status do not separate member from stranger (AUC within 0.2–0.8),
+/// and the status is the same. The clock starts once the server has had time to take in the
+/// items (250 ms), so it measures the tags' path, not the queue of items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_to_an_error_does_not_depend_on_matches() {
+    const COPIES: u32 = 1000;
+    const ROUNDS: usize = 30;
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let region = fx.impressions.column("region");
+    let target = member(&fx, |r| r[region] == "EU");
+
+    // (a) Ungrouped: the hello alone is refused.
+    let plan = fx.collaboration.plan("advertiser", TOTAL).unwrap();
+    let attacker = Attacker::new(&plan);
+    let mut refusals = Vec::new();
+    for who in [target.as_str(), STRANGER] {
+        let (hello, _) = target_in_groups(&attacker, who, 3);
+        let (tx, mut inbound, id) = open(&server, start(&fx, TOTAL, 3000)).await;
+        // The provider's messages first, so the counts of bytes sent do not race the refusal.
+        matcher_points(&mut inbound).await;
+        send(&tx, &hello).await;
+        refusals.push((seen(&mut inbound, &id).await, audit_view(&server, &id).await));
+    }
+    assert_eq!(refusals[0], refusals[1]);
+    assert!(
+        matches!(&refusals[0].0, Seen::Status(Code::InvalidArgument, m) if m.contains("group")),
+        "{:?}",
+        refusals[0]
+    );
+
+    // (b) Grouped on the querier's side: timed.
+    let plan = fx.collaboration.plan("advertiser", EU_BY_CHANNEL).unwrap();
+    let attacker = Attacker::new(&plan);
+    let cases = [
+        target_in_groups(&attacker, &target, COPIES),
+        target_in_groups(&attacker, STRANGER, COPIES),
+    ];
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut statuses = Vec::new();
+    for round in 0..ROUNDS {
+        // Interleaved, alternating which case goes first.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for case in order {
+            let (seen, elapsed) =
+                timed_session(&fx, &server, EU_BY_CHANNEL, &attacker, &cases[case]).await;
+            times[case].push(elapsed.as_secs_f64() * 1e3);
+            statuses.push(seen);
+        }
+    }
+    let first = &statuses[0];
+    assert!(
+        matches!(first, Seen::Status(Code::InvalidArgument, m) if m.contains("malformed")),
+        "{first:?}"
+    );
+    assert!(statuses.iter().all(|s| s == first), "{statuses:?}");
+    let auc = auc(&times[0], &times[1]);
+    println!(
+        "time to the error: member median {:.2} ms, stranger median {:.2} ms, AUC {auc:.3}",
+        median(&times[0]),
+        median(&times[1])
+    );
+    assert!(
+        (0.2..=0.8).contains(&auc),
+        "the time to the error separates members from strangers: AUC {auc:.3}"
+    );
+    server.stop().await;
+}
