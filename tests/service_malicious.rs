@@ -706,3 +706,446 @@ async fn the_time_to_an_error_does_not_depend_on_matches() {
     );
     server.stop().await;
 }
+
+// ------------------------------------------------------------------ the lying provider
+
+/// How the lying provider departs from the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lie {
+    /// Aggregation: a hello of two groups for a plan with one, the target alone in the second.
+    IsolateTarget,
+    /// Aggregation: releases its one group with every sum shifted by −k (on the first limb).
+    Shift(u64),
+    /// List: the payload under the target's lookup tag is random bytes.
+    GarbleTarget,
+    /// List: a hello announcing more payload bytes than the client's cap (set size × width).
+    HugeList,
+}
+
+/// A provider that plays the real roles with a key it knows, and lies as `lie` says. It
+/// records what it observes of the client: every protocol message (kind and size) and how the
+/// client's stream ended.
+#[derive(Clone)]
+struct LyingProvider {
+    collaboration: Arc<Collaboration>,
+    data: PathBuf,
+    target: String,
+    lie: Lie,
+    observed: Arc<Mutex<Vec<String>>>,
+}
+
+fn psi_response(message: &Message) -> Result<RunSessionResponse, Status> {
+    Ok(RunSessionResponse {
+        message: Some(run_session_response::Message::Psi(PsiMessage {
+            payload: message.encode(),
+        })),
+    })
+}
+
+/// `HMAC-SHA256(key, data)` (RFC 2104).
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(data)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The lookup tag `T(x)` of a PRF value `compress(a·H(x))`, by the documented HKDF-SHA256.
+fn lookup_tag(prf: &[u8; 32]) -> Tag {
+    let prk = hmac(b"cleanroom/psi/list", prf);
+    let t1 = hmac(&prk, b"cleanroom/psi/list/lookup-tag\x01");
+    Tag(t1[..16].try_into().unwrap())
+}
+
+/// `s − e`, point by point, of two ciphertexts' bytes.
+fn subtract(s: &[u8], e: &[u8]) -> Vec<u8> {
+    s.chunks_exact(32)
+        .zip(e.chunks_exact(32))
+        .flat_map(|(a, b)| {
+            let a = PointBytes(a.try_into().unwrap()).decode().unwrap();
+            let b = PointBytes(b.try_into().unwrap()).decode().unwrap();
+            (a - b).compress().to_bytes()
+        })
+        .collect()
+}
+
+impl LyingProvider {
+    fn note(&self, what: String) {
+        self.observed.lock().unwrap().push(what);
+    }
+
+    /// Reads one protocol message of the client, noting it; `None` once the stream ended.
+    async fn next(&self, inbound: &mut Streaming<RunSessionRequest>) -> Option<Message> {
+        match inbound.message().await {
+            Ok(Some(RunSessionRequest {
+                message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+            })) => {
+                let message = Message::decode(&payload).unwrap();
+                self.note(format!("{} {}", message.kind(), payload.len()));
+                Some(message)
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => {
+                self.note("end: half-closed".to_owned());
+                None
+            }
+            Err(status) => {
+                self.note(format!("end: {:?}", status.code()));
+                None
+            }
+        }
+    }
+
+    async fn play(
+        self,
+        plan: Plan,
+        mut inbound: Streaming<RunSessionRequest>,
+        tx: mpsc::Sender<Result<RunSessionResponse, Status>>,
+    ) -> Option<()> {
+        let accepted = SessionAccepted {
+            session_id: "lie".to_owned(),
+            matcher_member: plan.matcher().member.clone(),
+            matcher_table: plan.matcher().table.clone(),
+            min_release: plan.min_release(),
+            value_columns: plan.receiver().value_columns.len() as u32,
+            ..SessionAccepted::default()
+        };
+        tx.send(Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Accepted(accepted)),
+        }))
+        .await
+        .ok()?;
+        match self.lie {
+            Lie::IsolateTarget | Lie::Shift(_) => self.aggregate(&plan, &mut inbound, &tx).await?,
+            Lie::GarbleTarget | Lie::HugeList => self.list(&plan, &mut inbound, &tx).await?,
+        }
+        // Whatever the client does now (half-close, or reset) is what the provider learns.
+        while self.next(&mut inbound).await.is_some() {}
+        let summary = SessionSummary {
+            session_id: "lie".to_owned(),
+            ..SessionSummary::default()
+        };
+        tx.send(Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Summary(summary)),
+        }))
+        .await
+        .ok()
+    }
+
+    /// The psi matcher over the impressions and the target; the client's hello and items are
+    /// read before anything is sent, so what arrives does not race the client's reaction.
+    async fn aggregate(
+        &self,
+        plan: &Plan,
+        inbound: &mut Streaming<RunSessionRequest>,
+        tx: &mpsc::Sender<Result<RunSessionResponse, Status>>,
+    ) -> Option<()> {
+        let csv = csv::Reader::from_path(&self.data).unwrap().into_records();
+        let mut table = MatcherTable::new(Normalization::Email);
+        for record in csv {
+            table.push("", &record.unwrap()[0]).unwrap();
+        }
+        let target_group = if self.lie == Lie::IsolateTarget {
+            "the target"
+        } else {
+            ""
+        };
+        table.push(target_group, &self.target).unwrap();
+        let mut matcher = Matcher::new(&plan.domain(), table, PsiLimits::default());
+        let Some(Message::ReceiverHello {
+            value_keys,
+            group_sizes,
+        }) = self.next(inbound).await
+        else {
+            panic!("expected the receiver's hello")
+        };
+        let key = ValuePublicKey::from_bytes(&value_keys).unwrap();
+        let announced: u64 = group_sizes.iter().sum();
+        matcher
+            .handle_message(Message::ReceiverHello {
+                value_keys,
+                group_sizes,
+            })
+            .unwrap();
+        let mut items = 0;
+        while items < announced {
+            let message = self.next(inbound).await?;
+            if let Message::ReceiverItems { points, .. } = &message {
+                items += points.len() as u64;
+            }
+            matcher.handle_message(message).unwrap();
+        }
+        while let Some(message) = matcher.poll_message() {
+            tx.send(psi_response(&message)).await.ok()?;
+        }
+        while matcher.counts().is_none() {
+            matcher.handle_message(self.next(inbound).await?).unwrap();
+        }
+        matcher.release(|_| true).unwrap();
+        while let Some(mut message) = matcher.poll_message() {
+            if let (Lie::Shift(k), Message::MatcherResult { groups }) = (self.lie, &mut message) {
+                let mut limbs = vec![0; LIMBS_PER_VALUE * key.value_columns()];
+                limbs[0] = k;
+                for group in groups {
+                    group.sums = subtract(&group.sums, &key.encrypt_limbs(&limbs).to_bytes());
+                }
+            }
+            tx.send(psi_response(&message)).await.ok()?;
+        }
+        Some(())
+    }
+
+    /// The psi list provider over the subscribers with a known key; the client's hello and
+    /// points are read before anything is sent.
+    async fn list(
+        &self,
+        plan: &Plan,
+        inbound: &mut Streaming<RunSessionRequest>,
+        tx: &mpsc::Sender<Result<RunSessionResponse, Status>>,
+    ) -> Option<()> {
+        const KEY: [u8; 32] = [9; 32];
+        let domain = plan.domain();
+        let table = cleanroom_service::data::list_provider_table(plan, &self.data).unwrap();
+        let mut provider = ListProvider::for_test_vector(
+            &domain,
+            table,
+            PsiLimits::default(),
+            BlindingKey::from_test_vector_bytes(KEY).unwrap(),
+            &TestVectorRng::new(b"a lying provider"),
+        );
+        let prf = BlindingKey::from_test_vector_bytes(KEY)
+            .unwrap()
+            .blind(&domain.hash_to_group(&self.target))
+            .compress()
+            .to_bytes();
+        let target_tag = lookup_tag(&prf);
+        let Some(Message::ListQuerierHello { set_size }) = self.next(inbound).await else {
+            panic!("expected the querier's hello")
+        };
+        provider
+            .handle_message(Message::ListQuerierHello { set_size })
+            .unwrap();
+        while !provider.is_done() {
+            provider.handle_message(self.next(inbound).await?).unwrap();
+        }
+        let mut garbled = 0;
+        while let Some(mut message) = provider.poll_message() {
+            match (&mut message, self.lie) {
+                (Message::ListProviderHello { set_size, .. }, Lie::HugeList) => {
+                    *set_size = 50_000_000
+                }
+                (
+                    Message::ListProviderItems {
+                        payload_bytes,
+                        tags,
+                        payloads,
+                    },
+                    Lie::GarbleTarget,
+                ) => {
+                    let width = *payload_bytes as usize;
+                    if let Some(i) = tags.iter().position(|t| *t == target_tag) {
+                        let mut rng = Rng(0x6A4B);
+                        for byte in &mut payloads[i * width..(i + 1) * width] {
+                            *byte = rng.next() as u8;
+                        }
+                        garbled += 1;
+                    }
+                }
+                _ => {}
+            }
+            tx.send(psi_response(&message)).await.ok()?;
+        }
+        if self.lie == Lie::GarbleTarget {
+            assert_eq!(garbled, 1, "the target's payload was found by its tag");
+        }
+        Some(())
+    }
+}
+
+#[tonic::async_trait]
+impl CleanRoomService for LyingProvider {
+    type RunSessionStream = ReceiverStream<Result<RunSessionResponse, Status>>;
+
+    async fn run_session(
+        &self,
+        request: tonic::Request<Streaming<RunSessionRequest>>,
+    ) -> Result<tonic::Response<Self::RunSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(run_session_request::Message::Start(start)) =
+            inbound.message().await?.and_then(|m| m.message)
+        else {
+            return Err(Status::invalid_argument("expected a start"));
+        };
+        let plan = self
+            .collaboration
+            .plan(&start.member, &start.sql)
+            .map_err(|refusal| Status::invalid_argument(refusal.to_string()))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(self.clone().play(plan, inbound, tx));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_server_info(
+        &self,
+        _: tonic::Request<GetServerInfoRequest>,
+    ) -> Result<tonic::Response<GetServerInfoResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        _: tonic::Request<ListAuditEntriesRequest>,
+    ) -> Result<tonic::Response<ListAuditEntriesResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
+}
+
+/// What a client did against a lying provider: its local result, and what the provider saw.
+struct AgainstLiar {
+    result: Result<cleanroom_service::QueryOutcome, ClientError>,
+    observed: Vec<String>,
+}
+
+/// Runs the real client (member advertiser, `sql`, its table at `data`) against `liar`.
+async fn against_liar(
+    liar: LyingProvider,
+    sql: &str,
+    table: &str,
+    data: PathBuf,
+) -> AgainstLiar {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let observed = Arc::clone(&liar.observed);
+    let collaboration = Arc::clone(&liar.collaboration);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CleanRoomServiceServer::new(liar))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    let data = BTreeMap::from([(table.to_owned(), data)]);
+    let result = async {
+        let mut client = Client::connect(&advertiser_client_config(format!("http://{addr}"))).await?;
+        client
+            .run_query(
+                Query {
+                    collaboration: &collaboration,
+                    member: "advertiser",
+                    sql,
+                    data: &data,
+                },
+                None,
+            )
+            .await
+    }
+    .await;
+    // The provider notes the end of the client's stream on its own time.
+    for _ in 0..400 {
+        if observed
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|o| o.starts_with("end:"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    let observed = observed.lock().unwrap().clone();
+    assert!(
+        observed.last().is_some_and(|o| o.starts_with("end:")),
+        "{observed:?}"
+    );
+    AgainstLiar { result, observed }
+}
+
+fn aggregate_liar(fx: &Fixture, lie: Lie) -> LyingProvider {
+    LyingProvider {
+        collaboration: Arc::clone(&fx.collaboration),
+        data: fx.path("impressions.csv"),
+        target: TARGET.to_owned(),
+        lie,
+        observed: Arc::default(),
+    }
+}
+
+/// The querier's target, in its conversions with one row of `amount` added.
+const TARGET: &str = "target@example.com";
+
+fn conversions_with_target(fx: &Fixture, amount: u64) -> PathBuf {
+    let mut csv = Csv {
+        header: fx.conversions.header.clone(),
+        rows: fx.conversions.rows.clone(),
+    };
+    csv.rows
+        .push(vec![TARGET.to_owned(), "web".to_owned(), amount.to_string()]);
+    let path = fx.path(&format!("conversions-target-{amount}.csv"));
+    csv.write(&path);
+    path
+}
+
+// ----------------------------------------------------------------------------- attack 7
+
+/// Attack 7, a lying provider learns the querier's values: it announces two groups for an
+/// ungrouped plan, the target alone in the second, and releases that group's sum shifted by
+/// −k; the old client aborted iff the target's value was under k. Defence: (a) the real
+/// client refuses the two-group hello, the same way whether the target's value is 5 or 400
+/// (k = 100), and the provider sees the same messages and the same end; (b) against a
+/// one-group release shifted so that the total decrypts (k = 0) or does not (k = 2^39), the
+/// client closes its stream normally in both cases, after the same messages, and only then
+/// fails locally (`ClientError::Opened`) on the total that does not decrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
+    let fx = Fixture::new(5);
+    let (low, high) = (
+        conversions_with_target(&fx, 5),
+        conversions_with_target(&fx, 400),
+    );
+
+    // (a) Two groups for an ungrouped plan.
+    let mut runs = Vec::new();
+    for data in [&low, &high] {
+        let liar = aggregate_liar(&fx, Lie::IsolateTarget);
+        runs.push(against_liar(liar, TOTAL, "conversions", data.clone()).await);
+    }
+    let errors: Vec<String> = runs
+        .iter()
+        .map(|r| r.result.as_ref().err().expect("the client refuses").to_string())
+        .collect();
+    assert_eq!(errors[0], errors[1]);
+    assert!(errors[0].contains("groups"), "{}", errors[0]);
+    assert_eq!(runs[0].observed, runs[1].observed);
+
+    // (b) One group, its sums shifted.
+    let mut runs = Vec::new();
+    for k in [0, 1 << 39] {
+        let liar = aggregate_liar(&fx, Lie::Shift(k));
+        runs.push(against_liar(liar, TOTAL, "conversions", low.clone()).await);
+    }
+    assert_eq!(runs[0].observed, runs[1].observed);
+    assert_eq!(
+        runs[0].observed.last().map(String::as_str),
+        Some("end: half-closed"),
+        "{:?}",
+        runs[0].observed
+    );
+    let outcome = runs[0].result.as_ref().expect("an unshifted total decrypts");
+    assert_eq!(outcome.result.rows.len(), 1);
+    assert!(
+        matches!(runs[1].result, Err(ClientError::Opened(_))),
+        "{:?}",
+        runs[1].result.as_ref().err()
+    );
+}
