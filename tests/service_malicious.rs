@@ -163,10 +163,7 @@ async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
     let mut sizes: Option<Vec<u64>> = None;
     loop {
         if let Some(sizes) = &sizes
-            && sizes
-                .iter()
-                .zip(&groups)
-                .all(|(s, g)| *s == g.len() as u64)
+            && sizes.iter().zip(&groups).all(|(s, g)| *s == g.len() as u64)
         {
             return groups;
         }
@@ -660,7 +657,10 @@ async fn the_time_to_an_error_does_not_depend_on_matches() {
         // The provider's messages first, so the counts of bytes sent do not race the refusal.
         matcher_points(&mut inbound).await;
         send(&tx, &hello).await;
-        refusals.push((seen(&mut inbound, &id).await, audit_view(&server, &id).await));
+        refusals.push((
+            seen(&mut inbound, &id).await,
+            audit_view(&server, &id).await,
+        ));
     }
     assert_eq!(refusals[0], refusals[1]);
     assert!(
@@ -1015,12 +1015,7 @@ struct AgainstLiar {
 }
 
 /// Runs the real client (member advertiser, `sql`, its table at `data`) against `liar`.
-async fn against_liar(
-    liar: LyingProvider,
-    sql: &str,
-    table: &str,
-    data: PathBuf,
-) -> AgainstLiar {
+async fn against_liar(liar: LyingProvider, sql: &str, table: &str, data: PathBuf) -> AgainstLiar {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1035,7 +1030,8 @@ async fn against_liar(
     );
     let data = BTreeMap::from([(table.to_owned(), data)]);
     let result = async {
-        let mut client = Client::connect(&advertiser_client_config(format!("http://{addr}"))).await?;
+        let mut client =
+            Client::connect(&advertiser_client_config(format!("http://{addr}"))).await?;
         client
             .run_query(
                 Query {
@@ -1089,8 +1085,11 @@ fn conversions_with_target(fx: &Fixture, amount: u64) -> PathBuf {
         header: fx.conversions.header.clone(),
         rows: fx.conversions.rows.clone(),
     };
-    csv.rows
-        .push(vec![TARGET.to_owned(), "web".to_owned(), amount.to_string()]);
+    csv.rows.push(vec![
+        TARGET.to_owned(),
+        "web".to_owned(),
+        amount.to_string(),
+    ]);
     let path = fx.path(&format!("conversions-target-{amount}.csv"));
     csv.write(&path);
     path
@@ -1122,7 +1121,13 @@ async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
     }
     let errors: Vec<String> = runs
         .iter()
-        .map(|r| r.result.as_ref().err().expect("the client refuses").to_string())
+        .map(|r| {
+            r.result
+                .as_ref()
+                .err()
+                .expect("the client refuses")
+                .to_string()
+        })
         .collect();
     assert_eq!(errors[0], errors[1]);
     assert!(errors[0].contains("groups"), "{}", errors[0]);
@@ -1141,11 +1146,289 @@ async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
         "{:?}",
         runs[0].observed
     );
-    let outcome = runs[0].result.as_ref().expect("an unshifted total decrypts");
+    let outcome = runs[0]
+        .result
+        .as_ref()
+        .expect("an unshifted total decrypts");
     assert_eq!(outcome.result.rows.len(), 1);
     assert!(
         matches!(runs[1].result, Err(ClientError::Opened(_))),
         "{:?}",
         runs[1].result.as_ref().err()
     );
+}
+
+// ------------------------------------------------------------------------ list queries
+
+/// Every matched pair of a list query: the customer, its segment, the subscriber's columns.
+const OVERLAP: &str = "SELECT cu.customer_id, cu.segment, s.newsletter, s.region \
+    FROM customers cu JOIN subscribers s ON cu.email = s.email";
+
+/// A collaboration with a list rule: the publisher's subscribers (users 0..60) and the
+/// advertiser's customers (users 40..100, plus one row the tests choose).
+struct ListFixture {
+    dir: tempfile::TempDir,
+    collaboration: Arc<Collaboration>,
+}
+
+impl ListFixture {
+    fn new() -> ListFixture {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            r#"
+[collaboration]
+id = "list-malicious"
+name = "Lying list providers"
+
+[[member]]
+name = "publisher"
+abilities = []
+token_sha256 = "{publisher}"
+
+[[member]]
+name = "advertiser"
+abilities = ["query", "receive_results"]
+token_sha256 = "{advertiser}"
+
+[[table]]
+name = "subscribers"
+owner = "publisher"
+columns = ["email", "newsletter", "region", "signup_date"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "list"
+join_columns = ["email"]
+list_columns = ["newsletter", "region"]
+
+[[table]]
+name = "customers"
+owner = "advertiser"
+columns = ["email", "customer_id", "segment", "lifetime_value"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "list"
+join_columns = ["email"]
+list_columns = ["customer_id", "segment"]
+"#,
+            publisher = sha256_hex(PUBLISHER_TOKEN),
+            advertiser = sha256_hex(ADVERTISER_TOKEN),
+        );
+        std::fs::write(dir.path().join("collab.toml"), toml).unwrap();
+        let collaboration = Arc::new(Collaboration::load(dir.path().join("collab.toml")).unwrap());
+        let subscribers = Csv {
+            header: ["email", "newsletter", "region", "signup_date"]
+                .map(str::to_owned)
+                .to_vec(),
+            rows: (0..60)
+                .map(|n| {
+                    vec![
+                        format!("user{n}@example.com"),
+                        ["weekly", "daily"][n % 2].to_owned(),
+                        ["EU", "US", "APAC"][n % 3].to_owned(),
+                        "2026-01-01".to_owned(),
+                    ]
+                })
+                .collect(),
+        };
+        subscribers.write(&dir.path().join("subscribers.csv"));
+        ListFixture { dir, collaboration }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The advertiser's customers, with one more row for `extra` (customer id "c-extra").
+    fn customers_with(&self, extra: &str) -> PathBuf {
+        let mut rows: Vec<Vec<String>> = (40..100)
+            .map(|n| {
+                vec![
+                    format!("user{n}@example.com"),
+                    format!("c{n}"),
+                    ["gold", "silver"][n % 2].to_owned(),
+                    (n * 10).to_string(),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            extra.to_owned(),
+            "c-extra".to_owned(),
+            "gold".to_owned(),
+            "1".to_owned(),
+        ]);
+        let csv = Csv {
+            header: ["email", "customer_id", "segment", "lifetime_value"]
+                .map(str::to_owned)
+                .to_vec(),
+            rows,
+        };
+        let path = self.path(&format!("customers-{extra}.csv"));
+        csv.write(&path);
+        path
+    }
+}
+
+// ----------------------------------------------------------------------------- attack 8
+
+/// Attack 8, a lying list provider learns whether the querier holds an identifier: knowing its
+/// own key, it seals random bytes under the target's lookup tag `T(x)`; the old client reset
+/// the stream iff it held the target (the payload failed to open). Defence: the client opens
+/// payloads only after the session ended: holding the target or a stranger, it closes its
+/// stream normally after the same messages, gets the same list, and counts the garbled
+/// payload as `unopened`, locally. And a hello announcing more payload bytes than the cap is
+/// refused the same way whatever the client holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_list_provider_learns_nothing_from_the_clients_reaction() {
+    const LIST_TARGET: &str = "user10@example.com";
+    let fx = ListFixture::new();
+    let holds = [fx.customers_with(LIST_TARGET), fx.customers_with(STRANGER)];
+    for lie in [Lie::GarbleTarget, Lie::HugeList] {
+        let mut runs = Vec::new();
+        for data in &holds {
+            let liar = LyingProvider {
+                collaboration: Arc::clone(&fx.collaboration),
+                data: fx.path("subscribers.csv"),
+                target: LIST_TARGET.to_owned(),
+                lie,
+                observed: Arc::default(),
+            };
+            runs.push(against_liar(liar, OVERLAP, "customers", data.clone()).await);
+        }
+        assert_eq!(runs[0].observed, runs[1].observed, "{lie:?}");
+        match lie {
+            Lie::GarbleTarget => {
+                assert_eq!(
+                    runs[0].observed.last().map(String::as_str),
+                    Some("end: half-closed"),
+                    "{:?}",
+                    runs[0].observed
+                );
+                let [holder, stranger] = [0, 1].map(|i| {
+                    runs[i]
+                        .result
+                        .as_ref()
+                        .unwrap_or_else(|e| panic!("the client fails on the wire: {e}"))
+                });
+                assert_eq!((holder.unopened, stranger.unopened), (1, 0));
+                assert_eq!(holder.result.rows, stranger.result.rows);
+                assert_eq!(holder.result.rows.len(), 20);
+            }
+            _ => {
+                let errors: Vec<String> = runs
+                    .iter()
+                    .map(|r| {
+                        r.result
+                            .as_ref()
+                            .err()
+                            .expect("the client refuses")
+                            .to_string()
+                    })
+                    .collect();
+                assert_eq!(errors[0], errors[1]);
+                assert!(errors[0].contains("list payload bytes"), "{}", errors[0]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- attack 10
+
+/// Attack 10, a list query carries the querier's identifiers in its SQL
+/// (`WHERE cu.email IN ('user950@…')`), which the provider's audit log would keep. Defence:
+/// list queries may not filter on identifier columns: the client refuses it before
+/// connecting, the server refuses it (`filter_not_list_column`) before any protocol message,
+/// and all it stores is the refused entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_queries_may_not_filter_on_identifiers() {
+    let fx = ListFixture::new();
+    let server = serve_in_process(ServerConfig {
+        collaboration: Arc::clone(&fx.collaboration),
+        member: "publisher".to_owned(),
+        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv"))]),
+        limits: Limits::default(),
+        state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
+        tls: None,
+        insecure: false,
+        on_session_end: None,
+    })
+    .await;
+    let customers = fx.customers_with(STRANGER);
+    let filters = [
+        format!("{OVERLAP} WHERE cu.email IN ('{STRANGER}')"),
+        format!("{OVERLAP} WHERE s.email = '{STRANGER}'"),
+    ];
+    for sql in &filters {
+        // The client refuses it locally: nothing is sent.
+        let data = BTreeMap::from([("customers".to_owned(), customers.clone())]);
+        let mut client =
+            Client::connect(&advertiser_client_config(format!("http://{}", server.addr)))
+                .await
+                .unwrap();
+        let local = client
+            .run_query(
+                Query {
+                    collaboration: &fx.collaboration,
+                    member: "advertiser",
+                    sql,
+                    data: &data,
+                },
+                None,
+            )
+            .await;
+        match local {
+            Err(ClientError::Refused(refusal)) => assert!(
+                refusal
+                    .codes()
+                    .iter()
+                    .any(|c| c.as_str() == "filter_not_list_column"),
+                "{refusal}"
+            ),
+            other => panic!("{sql}: expected a local refusal, got {:?}", other.err()),
+        }
+        assert!(server.state.entries(None, None).unwrap().is_empty());
+    }
+    for sql in &filters {
+        // A client that sends it anyway.
+        let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+        let start = RunSessionRequest {
+            message: Some(run_session_request::Message::Start(SessionStart {
+                collaboration_id: fx.collaboration.id().to_owned(),
+                member: "advertiser".to_owned(),
+                sql: sql.clone(),
+                table: Some(TableDescriptor {
+                    name: "customers".to_owned(),
+                    columns: ["email", "customer_id", "segment", "lifetime_value"]
+                        .map(str::to_owned)
+                        .to_vec(),
+                    rows: 61,
+                }),
+            })),
+        };
+        let status = raw_open(&mut client, start)
+            .await
+            .err()
+            .expect("the server refuses the query");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            refusal_codes(&status).contains(&"filter_not_list_column".to_owned()),
+            "{status:?}"
+        );
+    }
+    let entries = server.state.entries(None, None).unwrap();
+    assert_eq!(entries.len(), filters.len(), "{entries:?}");
+    for entry in &entries {
+        assert_eq!(entry.decision, Decision::Refused, "{entry:?}");
+        assert_eq!(
+            (
+                entry.released_rows,
+                entry.suppressed_rows,
+                entry.matcher_rows
+            ),
+            (0, 0, 0),
+            "{entry:?}"
+        );
+    }
+    server.stop().await;
 }
