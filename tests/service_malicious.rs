@@ -444,8 +444,7 @@ async fn cancelled_noisy_hellos_spend_the_budget() {
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
     let status = raw_open(&mut client, start(&fx, BY_CAMPAIGN, 601))
         .await
-        .err()
-        .expect("the fifth session is refused");
+        .expect_err("the fifth session is refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(refusal_codes(&status), ["budget_exhausted"], "{status:?}");
     server.stop().await;
@@ -1124,8 +1123,7 @@ async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
         .map(|r| {
             r.result
                 .as_ref()
-                .err()
-                .expect("the client refuses")
+                .expect_err("the client refuses")
                 .to_string()
         })
         .collect();
@@ -1321,8 +1319,7 @@ async fn a_lying_list_provider_learns_nothing_from_the_clients_reaction() {
                     .map(|r| {
                         r.result
                             .as_ref()
-                            .err()
-                            .expect("the client refuses")
+                            .expect_err("the client refuses")
                             .to_string()
                     })
                     .collect();
@@ -1408,8 +1405,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
         };
         let status = raw_open(&mut client, start)
             .await
-            .err()
-            .expect("the server refuses the query");
+            .expect_err("the server refuses the query");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(
             refusal_codes(&status).contains(&"filter_not_list_column".to_owned()),
