@@ -255,6 +255,27 @@ async fn audit_view(server: &Running, session_id: &str) -> AuditEntry {
     entry
 }
 
+/// The advertiser's queries charged so far (its standing's count).
+fn queries_charged(server: &Running) -> u64 {
+    server
+        .state
+        .standings()
+        .unwrap()
+        .iter()
+        .filter(|s| s.member == "advertiser")
+        .map(|s| s.queries)
+        .sum()
+}
+
+/// All the querier can compare between its two cases: the end of the session, its own
+/// audit entry, and what the session was charged.
+#[derive(Debug, PartialEq)]
+struct View {
+    seen: Seen,
+    entry: AuditEntry,
+    charged: u64,
+}
+
 /// One identifier the publisher holds, normalized (among rows passing `keep`).
 fn member(fx: &Fixture, keep: impl Fn(&[String]) -> bool) -> String {
     fx.publisher_sets(keep, |_| String::new())
@@ -288,6 +309,7 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
         let attacker = Attacker::new(&plan);
         let mut views = Vec::new();
         for who in [target.as_str(), STRANGER] {
+            let before = queries_charged(&server);
             let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
             let groups = matcher_points(&mut inbound).await;
             let mut ids = fillers("f", 8);
@@ -314,10 +336,22 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
             }
             let seen = seen(&mut inbound, &id).await;
             drop(tx);
-            views.push((seen, audit_view(&server, &id).await));
+            let entry = audit_view(&server, &id).await;
+            let charged = queries_charged(&server) - before;
+            views.push(View {
+                seen,
+                entry,
+                charged,
+            });
         }
         assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
-        let (Seen::Status(code, message), entry) = &views[0] else {
+        assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
+        let View {
+            seen: Seen::Status(code, message),
+            entry,
+            ..
+        } = &views[0]
+        else {
             panic!("{sql}: a bad ciphertext was accepted: {:?}", views[0]);
         };
         assert_eq!(*code, Code::InvalidArgument, "{message}");
@@ -328,8 +362,7 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
 }
 
 /// Plays a whole session as `attacker` with receiver groups `groups`, letting `tamper` change
-/// each matcher group's tags before they are sent; returns what the querier sees and its
-/// audit entry.
+/// each matcher group's tags before they are sent; returns all the querier can compare.
 async fn play(
     fx: &Fixture,
     server: &Running,
@@ -337,7 +370,8 @@ async fn play(
     attacker: &Attacker,
     groups: &[Vec<String>],
     tamper: impl Fn(&mut Vec<Tag>),
-) -> (Seen, AuditEntry) {
+) -> View {
+    let before = queries_charged(server);
     let (tx, mut inbound, id) = open(server, start(fx, sql, 601)).await;
     let points = matcher_points(&mut inbound).await;
     send(
@@ -362,7 +396,12 @@ async fn play(
     }
     let seen = seen(&mut inbound, &id).await;
     drop(tx);
-    (seen, audit_view(server, &id).await)
+    let entry = audit_view(server, &id).await;
+    View {
+        seen,
+        entry,
+        charged: queries_charged(server) - before,
+    }
 }
 
 // ----------------------------------------------------------------------------- attack 2
@@ -407,7 +446,7 @@ async fn duplicated_tags_fail_alike_whatever_matches() {
             );
         }
         assert_eq!(views[0], views[1], "{sql}: members and strangers differ");
-        let (Seen::Status(code, message), _) = &views[0] else {
+        let Seen::Status(code, message) = &views[0].seen else {
             panic!("{sql}: repeated tags were accepted: {:?}", views[0]);
         };
         assert_eq!(*code, Code::InvalidArgument, "{message}");
@@ -530,7 +569,8 @@ async fn the_suppressed_count_is_the_same_for_members_and_strangers() {
             views.push(play(&fx, &server, sql, &attacker, &groups, |_| {}).await);
         }
         assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
-        match &views[0].0 {
+        assert_eq!(views[0].charged, 1);
+        match &views[0].seen {
             Seen::Released(messages, summary) if sql == EU_BY_CHANNEL => {
                 let done = Message::MatcherDone {
                     released: 0,
@@ -652,18 +692,23 @@ async fn the_time_to_an_error_does_not_depend_on_matches() {
     let mut refusals = Vec::new();
     for who in [target.as_str(), STRANGER] {
         let (hello, _) = target_in_groups(&attacker, who, 3);
+        let before = queries_charged(&server);
         let (tx, mut inbound, id) = open(&server, start(&fx, TOTAL, 3000)).await;
         // The provider's messages first, so the counts of bytes sent do not race the refusal.
         matcher_points(&mut inbound).await;
         send(&tx, &hello).await;
-        refusals.push((
-            seen(&mut inbound, &id).await,
-            audit_view(&server, &id).await,
-        ));
+        let seen = seen(&mut inbound, &id).await;
+        let entry = audit_view(&server, &id).await;
+        let charged = queries_charged(&server) - before;
+        refusals.push(View {
+            seen,
+            entry,
+            charged,
+        });
     }
     assert_eq!(refusals[0], refusals[1]);
     assert!(
-        matches!(&refusals[0].0, Seen::Status(Code::InvalidArgument, m) if m.contains("group")),
+        matches!(&refusals[0].seen, Seen::Status(Code::InvalidArgument, m) if m.contains("group")),
         "{:?}",
         refusals[0]
     );
