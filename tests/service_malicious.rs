@@ -480,6 +480,18 @@ async fn cancelled_noisy_hellos_spend_the_budget() {
         assert_eq!(entry.decision, Decision::Cancelled, "{entry:?}");
         assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
     }
+    let standing = server
+        .state
+        .standings()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.member == "advertiser")
+        .expect("the cancelled sessions were charged");
+    assert_eq!(
+        (standing.queries, standing.epsilon_spent.as_f64()),
+        (4, 1.0),
+        "{standing:?}"
+    );
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
     let status = raw_open(&mut client, start(&fx, BY_CAMPAIGN, 601))
         .await
