@@ -276,6 +276,16 @@ struct View {
     charged: u64,
 }
 
+/// Under privacy the provider pads its groups with a fresh random number of dummies each
+/// session: the bytes moved vary from session to session whatever the querier holds, and are
+/// left out of the comparison.
+fn blank_padded_sizes(views: &mut [View]) {
+    for view in views {
+        view.entry.bytes_sent = 0;
+        view.entry.bytes_received = 0;
+    }
+}
+
 /// One identifier the publisher holds, normalized (among rows passing `keep`).
 fn member(fx: &Fixture, keep: impl Fn(&[String]) -> bool) -> String {
     fx.publisher_sets(keep, |_| String::new())
@@ -298,67 +308,73 @@ fn fillers(prefix: &str, n: usize) -> Vec<String> {
 /// ciphertext that does not decode (and honest ones to eight fillers), then plays on. The old
 /// matcher decoded a ciphertext only once it matched: INVALID_ARGUMENT iff the target was the
 /// provider's (in a provider group, for a plan grouped on the provider's side). Defence: every
-/// ciphertext is decoded on arrival, so both cases end with the same status and audit entry.
+/// ciphertext is decoded on arrival, so both cases end with the same status, audit entry and
+/// charge, in exact mode and under privacy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
-    let fx = Fixture::new(5);
-    let server = start_server(&fx, Limits::default(), None).await;
-    let target = member(&fx, |_| true);
-    for sql in [TOTAL, BY_CAMPAIGN] {
-        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
-        let attacker = Attacker::new(&plan);
-        let mut views = Vec::new();
-        for who in [target.as_str(), STRANGER] {
-            let before = queries_charged(&server);
-            let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
-            let groups = matcher_points(&mut inbound).await;
-            let mut ids = fillers("f", 8);
-            ids.push(who.to_owned());
-            send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
-            let mut items = attacker.items(0, &ids);
-            let Message::ReceiverItems { ciphertexts, .. } = &mut items else {
-                unreachable!()
-            };
-            let width = ciphertexts.len() / ids.len();
-            let at = (ids.len() - 1) * width;
-            ciphertexts[at..at + width].fill(0xFF);
-            send(&tx, &items).await;
-            for (g, points) in groups.iter().enumerate() {
-                let tags = attacker.tags(points);
-                send(
-                    &tx,
-                    &Message::ReceiverTags {
-                        group: g as u32,
-                        tags,
-                    },
-                )
-                .await;
+    // Exact, and under privacy (where every item's ciphertext is added, matched or not).
+    for fx in [Fixture::new(5), Fixture::private(5, 100.0, 0.5)] {
+        let server = start_server(&fx, Limits::default(), None).await;
+        let target = member(&fx, |_| true);
+        for sql in [TOTAL, BY_CAMPAIGN] {
+            let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+            let attacker = Attacker::new(&plan);
+            let mut views = Vec::new();
+            for who in [target.as_str(), STRANGER] {
+                let before = queries_charged(&server);
+                let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
+                let groups = matcher_points(&mut inbound).await;
+                let mut ids = fillers("f", 8);
+                ids.push(who.to_owned());
+                send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
+                let mut items = attacker.items(0, &ids);
+                let Message::ReceiverItems { ciphertexts, .. } = &mut items else {
+                    unreachable!()
+                };
+                let width = ciphertexts.len() / ids.len();
+                let at = (ids.len() - 1) * width;
+                ciphertexts[at..at + width].fill(0xFF);
+                send(&tx, &items).await;
+                for (g, points) in groups.iter().enumerate() {
+                    let tags = attacker.tags(points);
+                    send(
+                        &tx,
+                        &Message::ReceiverTags {
+                            group: g as u32,
+                            tags,
+                        },
+                    )
+                    .await;
+                }
+                let seen = seen(&mut inbound, &id).await;
+                drop(tx);
+                let entry = audit_view(&server, &id).await;
+                let charged = queries_charged(&server) - before;
+                views.push(View {
+                    seen,
+                    entry,
+                    charged,
+                });
             }
-            let seen = seen(&mut inbound, &id).await;
-            drop(tx);
-            let entry = audit_view(&server, &id).await;
-            let charged = queries_charged(&server) - before;
-            views.push(View {
-                seen,
+            if plan.privacy().is_some() {
+                blank_padded_sizes(&mut views);
+            }
+            assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+            assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
+            let View {
+                seen: Seen::Status(code, message),
                 entry,
-                charged,
-            });
+                ..
+            } = &views[0]
+            else {
+                panic!("{sql}: a bad ciphertext was accepted: {:?}", views[0]);
+            };
+            assert_eq!(*code, Code::InvalidArgument, "{message}");
+            assert_eq!(entry.decision(), cleanroom_service::proto::Decision::Failed);
+            assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
         }
-        assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
-        assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
-        let View {
-            seen: Seen::Status(code, message),
-            entry,
-            ..
-        } = &views[0]
-        else {
-            panic!("{sql}: a bad ciphertext was accepted: {:?}", views[0]);
-        };
-        assert_eq!(*code, Code::InvalidArgument, "{message}");
-        assert_eq!(entry.decision(), cleanroom_service::proto::Decision::Failed);
-        assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
+        server.stop().await;
     }
-    server.stop().await;
 }
 
 /// Plays a whole session as `attacker` with receiver groups `groups`, letting `tamper` change
@@ -410,49 +426,55 @@ async fn play(
 /// provider group's tags by copies of the first half. The old matcher refused a repeated tag
 /// only when it matched one of the querier's items, so holding the provider's identifiers
 /// (case 1) failed and holding strangers (case 2) did not. Defence: a group's tags are checked
-/// for repeats once the group is complete, before any lookup: the same DuplicateTag failure.
+/// for repeats once the group is complete, before any lookup: the same DuplicateTag failure,
+/// in exact mode and under privacy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_tags_fail_alike_whatever_matches() {
-    let fx = Fixture::new(5);
-    let server = start_server(&fx, Limits::default(), None).await;
-    let members: Vec<String> = fx
-        .publisher_sets(|_| true, |_| String::new())
-        .remove("")
-        .unwrap()
-        .into_iter()
-        .collect();
-    let strangers = fillers("s", members.len());
-    let duplicate_half = |tags: &mut Vec<Tag>| {
-        let half = tags.len() / 2;
-        for i in half..tags.len() {
-            tags[i] = tags[i - half];
-        }
-    };
-    for sql in [TOTAL, BY_CAMPAIGN] {
-        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
-        let attacker = Attacker::new(&plan);
-        let mut views = Vec::new();
-        for held in [&members, &strangers] {
-            views.push(
-                play(
-                    &fx,
-                    &server,
-                    sql,
-                    &attacker,
-                    std::slice::from_ref(held),
-                    duplicate_half,
-                )
-                .await,
-            );
-        }
-        assert_eq!(views[0], views[1], "{sql}: members and strangers differ");
-        let Seen::Status(code, message) = &views[0].seen else {
-            panic!("{sql}: repeated tags were accepted: {:?}", views[0]);
+    // Exact, and under privacy (where every item's ciphertext is added, matched or not).
+    for fx in [Fixture::new(5), Fixture::private(5, 100.0, 0.5)] {
+        let server = start_server(&fx, Limits::default(), None).await;
+        let members: Vec<String> = fx
+            .publisher_sets(|_| true, |_| String::new())
+            .remove("")
+            .unwrap()
+            .into_iter()
+            .collect();
+        let strangers = fillers("s", members.len());
+        let duplicate_half = |tags: &mut Vec<Tag>| {
+            let half = tags.len() / 2;
+            for i in half..tags.len() {
+                tags[i] = tags[i - half];
+            }
         };
-        assert_eq!(*code, Code::InvalidArgument, "{message}");
-        assert!(message.contains("sent twice"), "{message}");
+        for sql in [TOTAL, BY_CAMPAIGN] {
+            let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+            let attacker = Attacker::new(&plan);
+            let mut views = Vec::new();
+            for held in [&members, &strangers] {
+                views.push(
+                    play(
+                        &fx,
+                        &server,
+                        sql,
+                        &attacker,
+                        std::slice::from_ref(held),
+                        duplicate_half,
+                    )
+                    .await,
+                );
+            }
+            if plan.privacy().is_some() {
+                blank_padded_sizes(&mut views);
+            }
+            assert_eq!(views[0], views[1], "{sql}: members and strangers differ");
+            let Seen::Status(code, message) = &views[0].seen else {
+                panic!("{sql}: repeated tags were accepted: {:?}", views[0]);
+            };
+            assert_eq!(*code, Code::InvalidArgument, "{message}");
+            assert!(message.contains("sent twice"), "{message}");
+        }
+        server.stop().await;
     }
-    server.stop().await;
 }
 
 // ----------------------------------------------------------------------------- attack 3
