@@ -529,7 +529,8 @@ async fn cancelled_noisy_hellos_spend_the_budget() {
 /// entries carried `matcher_rows`, the provider's exact row count (duplicates and empty
 /// identifiers included), which the protocol's set sizes do not reveal. Two providers with
 /// the same distinct identifiers but twice the rows must look identical to the querier: same
-/// result, summary and audit entry; only the provider's own log holds its row count.
+/// result, summary, audit entry and server info; only the provider's own log holds its row
+/// count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_querier_never_sees_the_providers_row_count() {
     let fx = Fixture::new(5);
@@ -569,10 +570,17 @@ async fn the_querier_never_sees_the_providers_row_count() {
             stats.elapsed_ms = 0;
         }
         provider_rows.push(server.settled_entry(&id).await.matcher_rows);
+        let info = raw_client(server.addr, Some(ADVERTISER_TOKEN))
+            .await
+            .get_server_info(GetServerInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         views.push((
             outcome.result.rows.clone(),
             summary,
             audit_view(&server, &id).await,
+            info,
         ));
         server.stop().await;
     }
@@ -798,6 +806,8 @@ enum Lie {
     GarbleTarget,
     /// List: a hello announcing more payload bytes than the client's cap (set size × width).
     HugeList,
+    /// List: the target's lookup tag twice (on its own payload and on another's).
+    DuplicateTarget,
 }
 
 /// A provider that plays the real roles with a key it knows, and lies as `lie` says. It
@@ -903,7 +913,9 @@ impl LyingProvider {
         .ok()?;
         match self.lie {
             Lie::IsolateTarget | Lie::Shift(_) => self.aggregate(&plan, &mut inbound, &tx).await?,
-            Lie::GarbleTarget | Lie::HugeList => self.list(&plan, &mut inbound, &tx).await?,
+            Lie::GarbleTarget | Lie::HugeList | Lie::DuplicateTarget => {
+                self.list(&plan, &mut inbound, &tx).await?
+            }
         }
         // Whatever the client does now (half-close, or reset) is what the provider learns.
         while self.next(&mut inbound).await.is_some() {}
@@ -1037,11 +1049,18 @@ impl LyingProvider {
                         garbled += 1;
                     }
                 }
+                (Message::ListProviderItems { tags, .. }, Lie::DuplicateTarget) => {
+                    if let Some(i) = tags.iter().position(|t| *t == target_tag) {
+                        let other = (i + 1) % tags.len();
+                        tags[other] = target_tag;
+                        garbled += 1;
+                    }
+                }
                 _ => {}
             }
             tx.send(psi_response(&message)).await.ok()?;
         }
-        if self.lie == Lie::GarbleTarget {
+        if matches!(self.lie, Lie::GarbleTarget | Lie::DuplicateTarget) {
             assert_eq!(garbled, 1, "the target's payload was found by its tag");
         }
         Some(())
@@ -1354,14 +1373,14 @@ list_columns = ["customer_id", "segment"]
 /// the stream iff it held the target (the payload failed to open). Defence: the client opens
 /// payloads only after the session ended: holding the target or a stranger, it closes its
 /// stream normally after the same messages, gets the same list, and counts the garbled
-/// payload as `unopened`, locally. And a hello announcing more payload bytes than the cap is
-/// refused the same way whatever the client holds.
+/// payload as `unopened`, locally. And a hello announcing more payload bytes than the cap, or
+/// a set with the target's tag twice, is refused the same way whatever the client holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_list_provider_learns_nothing_from_the_clients_reaction() {
     const LIST_TARGET: &str = "user10@example.com";
     let fx = ListFixture::new();
     let holds = [fx.customers_with(LIST_TARGET), fx.customers_with(STRANGER)];
-    for lie in [Lie::GarbleTarget, Lie::HugeList] {
+    for lie in [Lie::GarbleTarget, Lie::HugeList, Lie::DuplicateTarget] {
         let mut runs = Vec::new();
         for data in &holds {
             let liar = LyingProvider {
@@ -1402,8 +1421,13 @@ async fn a_lying_list_provider_learns_nothing_from_the_clients_reaction() {
                             .to_string()
                     })
                     .collect();
-                assert_eq!(errors[0], errors[1]);
-                assert!(errors[0].contains("list payload bytes"), "{}", errors[0]);
+                assert_eq!(errors[0], errors[1], "{lie:?}");
+                let fragment = if lie == Lie::HugeList {
+                    "list payload bytes"
+                } else {
+                    "a lookup tag was sent twice"
+                };
+                assert!(errors[0].contains(fragment), "{lie:?}: {}", errors[0]);
             }
         }
     }
