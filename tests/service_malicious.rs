@@ -21,10 +21,8 @@ use cleanroom_psi::elgamal::{LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::test_vector::TestVectorRng;
 use cleanroom_psi::wire::{PointBytes, Tag};
-use cleanroom_psi::{
-    Domain, Limits as PsiLimits, ListProvider, Matcher, MatcherTable, Message, Normalization,
-};
-use cleanroom_rules::{Collaboration, Plan};
+use cleanroom_psi::{Domain, Limits as PsiLimits, ListProvider, Matcher, Message};
+use cleanroom_rules::{Collaboration, Plan, encode_group_key};
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::proto::clean_room_service_server::{
     CleanRoomService, CleanRoomServiceServer,
@@ -802,6 +800,9 @@ enum Lie {
     IsolateTarget,
     /// Aggregation: releases its one group with every sum shifted by −k (on the first limb).
     Shift(u64),
+    /// Aggregation, for a plan grouped on the provider's side: the target alone in a group of
+    /// its own, released (under the threshold) with its sum shifted by −k.
+    ShiftTarget(u64),
     /// List: the payload under the target's lookup tag is random bytes.
     GarbleTarget,
     /// List: a hello announcing more payload bytes than the client's cap (set size × width).
@@ -912,7 +913,9 @@ impl LyingProvider {
         .await
         .ok()?;
         match self.lie {
-            Lie::IsolateTarget | Lie::Shift(_) => self.aggregate(&plan, &mut inbound, &tx).await?,
+            Lie::IsolateTarget | Lie::Shift(_) | Lie::ShiftTarget(_) => {
+                self.aggregate(&plan, &mut inbound, &tx).await?
+            }
             Lie::GarbleTarget | Lie::HugeList | Lie::DuplicateTarget => {
                 self.list(&plan, &mut inbound, &tx).await?
             }
@@ -938,17 +941,13 @@ impl LyingProvider {
         inbound: &mut Streaming<RunSessionRequest>,
         tx: &mpsc::Sender<Result<RunSessionResponse, Status>>,
     ) -> Option<()> {
-        let csv = csv::Reader::from_path(&self.data).unwrap().into_records();
-        let mut table = MatcherTable::new(Normalization::Email);
-        for record in csv {
-            table.push("", &record.unwrap()[0]).unwrap();
-        }
-        let target_group = if self.lie == Lie::IsolateTarget {
-            "the target"
-        } else {
-            ""
+        let mut table = cleanroom_service::data::matcher_table(plan, &self.data).unwrap();
+        let target_group = match self.lie {
+            Lie::IsolateTarget => "the target".to_owned(),
+            Lie::ShiftTarget(_) => encode_group_key(&[Some("the target")]),
+            _ => String::new(),
         };
-        table.push(target_group, &self.target).unwrap();
+        table.push(&target_group, &self.target).unwrap();
         let mut matcher = Matcher::new(&plan.domain(), table, PsiLimits::default());
         let Some(Message::ReceiverHello {
             value_keys,
@@ -981,11 +980,20 @@ impl LyingProvider {
         }
         matcher.release(|_| true).unwrap();
         while let Some(mut message) = matcher.poll_message() {
-            if let (Lie::Shift(k), Message::MatcherResult { groups }) = (self.lie, &mut message) {
+            let (k, only) = match self.lie {
+                Lie::Shift(k) => (k, None),
+                Lie::ShiftTarget(k) => (k, Some(target_group.as_str())),
+                _ => (0, None),
+            };
+            if let Message::MatcherResult { groups } = &mut message
+                && k > 0
+            {
                 let mut limbs = vec![0; LIMBS_PER_VALUE * key.value_columns()];
                 limbs[0] = k;
                 for group in groups {
-                    group.sums = subtract(&group.sums, &key.encrypt_limbs(&limbs).to_bytes());
+                    if only.is_none_or(|g| g == group.matcher_group) {
+                        group.sums = subtract(&group.sums, &key.encrypt_limbs(&limbs).to_bytes());
+                    }
                 }
             }
             tx.send(psi_response(&message)).await.ok()?;
@@ -1252,6 +1260,37 @@ async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
         "{:?}",
         runs[1].result.as_ref().err()
     );
+
+    // (c) A plan grouped on the provider's side may have any number of provider groups: the
+    // target alone in one, its sum shifted by k = 100, for a value of 5 (−95: no decryption)
+    // or 400 (300). The client's stream ends the same way; the difference stays local. (With
+    // 400 the client shows the forged row, under the threshold and shifted: a lying provider
+    // can release wrong results, as SECURITY.md says; it must not learn from the reaction.)
+    let mut runs = Vec::new();
+    for data in [&low, &high] {
+        let liar = aggregate_liar(&fx, Lie::ShiftTarget(100));
+        runs.push(against_liar(liar, BY_CAMPAIGN, "conversions", data.clone()).await);
+    }
+    assert_eq!(runs[0].observed, runs[1].observed);
+    assert_eq!(
+        runs[0].observed.last().map(String::as_str),
+        Some("end: half-closed"),
+        "{:?}",
+        runs[0].observed
+    );
+    assert!(
+        matches!(runs[0].result, Err(ClientError::Opened(_))),
+        "{:?}",
+        runs[0].result.as_ref().err()
+    );
+    for run in &runs {
+        if let Err(e) = &run.result {
+            assert!(
+                matches!(e, ClientError::Opened(_) | ClientError::Result(_)),
+                "a local error only: {e:?}"
+            );
+        }
+    }
 }
 
 // ------------------------------------------------------------------------ list queries
