@@ -6,8 +6,9 @@
 //! attacker wants to tell apart (the target is the provider's or not; the querier's value is
 //! under `k` or not; the querier holds the identifier or not), and the test asserts that what
 //! the attacker observes is the same in both: gRPC status code and message, released messages
-//! and summary, the querier's own audit view, or the client's behaviour on the wire. The old
-//! code (before a9f3a0d) answered differently in each of these cases.
+//! and summary, the querier's own audit view (ids and times blanked) and charge, or the
+//! client's behaviour on the wire. The old code (before a9f3a0d) answered differently in each
+//! of these cases. Attack 6 (range proofs) is not here.
 
 mod common;
 
@@ -1209,7 +1210,9 @@ fn conversions_with_target(fx: &Fixture, amount: u64) -> PathBuf {
 /// (k = 100), and the provider sees the same messages and the same end; (b) against a
 /// one-group release shifted so that the total decrypts (k = 0) or does not (k = 2^39), the
 /// client closes its stream normally in both cases, after the same messages, and only then
-/// fails locally (`ClientError::Opened`) on the total that does not decrypt.
+/// fails locally (`ClientError::Opened`) on the total that does not decrypt; (c) for a plan
+/// grouped on the provider's side, where extra provider groups are legitimate, the target
+/// alone in its group with its sum shifted by k = 100: the same end on the wire for 5 and 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_provider_learns_nothing_from_the_clients_reaction() {
     let fx = Fixture::new(5);
