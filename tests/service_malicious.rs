@@ -522,6 +522,42 @@ async fn cancelled_noisy_hellos_spend_the_budget() {
     server.stop().await;
 }
 
+/// Attack 3, raced: eight sessions opened at once against a budget for four. The charge is
+/// checked and recorded in one transaction at admission, so exactly four are accepted (each
+/// reading its noisy hello for the price of a query) and four are refused `budget_exhausted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_noisy_sessions_cannot_overdraw_the_budget() {
+    let fx = Fixture::private(5, 1.0, 0.25);
+    let limits = Limits {
+        max_concurrent_sessions: 16,
+        ..Limits::default()
+    };
+    let server = start_server(&fx, limits, None).await;
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (addr, start) = (server.addr, start(&fx, BY_CAMPAIGN, 601));
+        opening.spawn(async move {
+            let mut client = raw_client(addr, Some(ADVERTISER_TOKEN)).await;
+            raw_open(&mut client, start).await
+        });
+    }
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        match opened.unwrap() {
+            Ok(session) => open.push(session),
+            Err(status) => refused.push(refusal_codes(&status)),
+        }
+    }
+    assert_eq!((open.len(), refused.len()), (4, 4), "{refused:?}");
+    assert!(
+        refused.iter().all(|codes| codes == &["budget_exhausted"]),
+        "{refused:?}"
+    );
+    drop(open);
+    server.stop().await;
+}
+
 // ----------------------------------------------------------------------------- attack 4
 
 /// Attack 4, exact provider counts in the querier's view: the querier's summary and audit
