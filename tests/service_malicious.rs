@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use cleanroom_psi::elgamal::{LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use cleanroom_psi::key::BlindingKey;
+use cleanroom_psi::protocol::items_context;
+use cleanroom_psi::range_proof::{ValueRange, encrypt_and_prove};
 use cleanroom_psi::test_vector::TestVectorRng;
 use cleanroom_psi::wire::{PointBytes, Tag};
 use cleanroom_psi::{Domain, Limits as PsiLimits, ListProvider, Matcher, Message};
@@ -59,6 +61,8 @@ struct Attacker {
     key: BlindingKey,
     values: Option<ValueKey>,
     columns: usize,
+    /// The ranges the plan makes it prove its values lie in (private plans with value columns).
+    ranges: Option<Vec<ValueRange>>,
 }
 
 impl Attacker {
@@ -69,6 +73,10 @@ impl Attacker {
             key: BlindingKey::from_test_vector_bytes([7; 32]).unwrap(),
             values: (columns > 0).then(|| ValueKey::generate(columns)),
             columns,
+            ranges: plan
+                .privacy()
+                .and_then(|p| p.proven_ranges())
+                .map(|r| r.iter().map(|&(lo, hi)| ValueRange { lo, hi }).collect()),
         }
     }
 
@@ -93,9 +101,22 @@ impl Attacker {
         )
     }
 
-    /// The items of receiver group `group`, each with the value 10 in every column.
+    /// The items of receiver group `group`, each with the value 10 in every column; with their
+    /// range proofs when the plan's ranges are proven (the group's first chunk).
     fn items(&self, group: u32, ids: &[String]) -> Message {
         let values = vec![vec![10u64; self.columns]; ids.len()];
+        if let (Some(ranges), Some(key)) = (&self.ranges, &self.values) {
+            let values: Vec<&[u64]> = values.iter().map(Vec::as_slice).collect();
+            let (ciphertexts, proof) =
+                encrypt_and_prove(key, ranges, &values, &items_context(group, 0)).unwrap();
+            return Message::ReceiverProvenItems {
+                group,
+                value_columns: self.columns as u8,
+                points: ids.iter().map(|id| self.point(id)).collect(),
+                ciphertexts,
+                proof: proof.to_bytes(),
+            };
+        }
         Message::ReceiverItems {
             group,
             value_columns: self.columns as u8,
@@ -327,7 +348,9 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
                 ids.push(who.to_owned());
                 send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
                 let mut items = attacker.items(0, &ids);
-                let Message::ReceiverItems { ciphertexts, .. } = &mut items else {
+                let (Message::ReceiverItems { ciphertexts, .. }
+                | Message::ReceiverProvenItems { ciphertexts, .. }) = &mut items
+                else {
                     unreachable!()
                 };
                 let width = ciphertexts.len() / ids.len();

@@ -338,8 +338,8 @@ fn decode_ciphertexts(
 
 /// What a chunk's range proof is bound to besides the session's value keys (which its
 /// transcript absorbs): the receiver group and the chunk's first item within it, so a proof
-/// cannot be moved to another chunk.
-fn items_context(group: u32, offset: u64) -> Vec<u8> {
+/// cannot be moved to another chunk (PROTOCOL.md 7.8).
+pub fn items_context(group: u32, offset: u64) -> Vec<u8> {
     let mut context = b"cleanroom/psi/proven-items".to_vec();
     context.extend_from_slice(&group.to_be_bytes());
     context.extend_from_slice(&offset.to_be_bytes());
