@@ -499,6 +499,74 @@ async fn duplicated_tags_fail_alike_whatever_matches() {
     }
 }
 
+// ----------------------------------------------------------------------------- attack 6
+
+/// Attack 6, out-of-range values in DP sums: under privacy the querier encrypts its own values,
+/// so it tried to give its target a value with a flag far above `sum_bounds` (bit 16 + i of a
+/// limb) and read the target's membership out of one noisy sum. Defence: every chunk carries
+/// range proofs the server verifies on arrival; the attacker proves honest values and swaps the
+/// target's ciphertext for the flagged one, and the session fails the same way (same status,
+/// audit entry and charge) whether the target is the provider's or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_value_is_refused_alike_for_members_and_strangers() {
+    let fx = Fixture::private(5, 100.0, 0.5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let target = member(&fx, |_| true);
+    for sql in [TOTAL, BY_CAMPAIGN] {
+        let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+        let attacker = Attacker::new(&plan);
+        let key = attacker.values.as_ref().expect("a summing plan");
+        let mut views = Vec::new();
+        for who in [target.as_str(), STRANGER] {
+            let before = queries_charged(&server);
+            let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
+            let groups = matcher_points(&mut inbound).await;
+            let mut ids = fillers("f", 8);
+            ids.push(who.to_owned());
+            send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
+            let mut items = attacker.items(0, &ids);
+            let Message::ReceiverProvenItems { ciphertexts, .. } = &mut items else {
+                panic!("{sql}: the plan's ranges must be proven")
+            };
+            // The flag: a high limb of 2^19 (bit 16 + 3 of a limb), far above any sum_bounds.
+            let flagged = key.encrypt_to_bytes(&[vec![(1u64 << 35) | 10]]);
+            let width = ciphertexts.len() / ids.len();
+            let at = (ids.len() - 1) * width;
+            ciphertexts[at..at + width].copy_from_slice(&flagged);
+            send(&tx, &items).await;
+            for (g, points) in groups.iter().enumerate() {
+                let tags = attacker.tags(points);
+                send(
+                    &tx,
+                    &Message::ReceiverTags {
+                        group: g as u32,
+                        tags,
+                    },
+                )
+                .await;
+            }
+            let seen = seen(&mut inbound, &id).await;
+            drop(tx);
+            let entry = audit_view(&server, &id).await;
+            let charged = queries_charged(&server) - before;
+            views.push(View {
+                seen,
+                entry,
+                charged,
+            });
+        }
+        blank_padded_sizes(&mut views);
+        assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+        assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
+        let Seen::Status(code, message) = &views[0].seen else {
+            panic!("{sql}: an out-of-range value was accepted: {:?}", views[0]);
+        };
+        assert_eq!(*code, Code::InvalidArgument, "{message}");
+        assert!(message.contains("range proof"), "{message}");
+    }
+    server.stop().await;
+}
+
 // ----------------------------------------------------------------------------- attack 3
 
 /// Attack 3, free noisy hellos: under `[collaboration.privacy]` the provider's hello carries
