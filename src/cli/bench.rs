@@ -24,6 +24,10 @@ pub enum BenchProtocol {
     Cardinality,
     /// Intersection size and the sum of one value column.
     Sum,
+    /// The sum as a differentially private session runs it (with zero noise, so the result
+    /// can be checked): the receiver proves every value lies in `[0, 65535]`, the matcher
+    /// verifies every chunk and adds every item's ciphertext. Memory transport only.
+    ProvenSum,
 }
 
 /// How the two parties exchange messages.
@@ -81,7 +85,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     ensure!(args.size > 0, "--size must be at least 1");
     let n = args.size;
     let common = (args.overlap * n as f64).round() as u64;
-    let columns = usize::from(args.protocol == BenchProtocol::Sum);
+    let columns = usize::from(args.protocol != BenchProtocol::Cardinality);
+    ensure!(
+        args.protocol != BenchProtocol::ProvenSum
+            || (args.transport == Transport::Memory && args.concurrency.is_none()),
+        "--protocol proven-sum runs in memory only"
+    );
     if let Some(concurrency) = args.concurrency {
         ensure!(concurrency > 0, "--concurrency must be at least 1");
         ensure!(
@@ -108,6 +117,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         bytes,
         serial,
     } = match args.transport {
+        Transport::Memory if args.protocol == BenchProtocol::ProvenSum => {
+            run_memory_proven(n, common, interactive)?
+        }
         Transport::Memory => run_memory(n, common, columns, interactive)?,
         Transport::Grpc => run_grpc(n, common, columns)?,
     };
@@ -124,6 +136,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let protocol = match args.protocol {
         BenchProtocol::Cardinality => "cardinality",
         BenchProtocol::Sum => "sum",
+        BenchProtocol::ProvenSum => "proven-sum",
     };
     let report = BenchReport {
         size: n,
@@ -303,6 +316,84 @@ fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<
     })
 }
 
+/// [`run_memory`] for `--protocol proven-sum`: one value column whose values the receiver
+/// proves lie in `[0, 65535]`; the matcher, made with noise bounds, verifies every chunk on
+/// arrival and releases its one pair with zero noise.
+fn run_memory_proven(n: u64, common: u64, interactive: bool) -> Result<Measured> {
+    use cleanroom_psi::range_proof::ValueRange;
+    use cleanroom_psi::{GroupDecision, Limits, Matcher, NoiseBounds, Receiver};
+    let domain = Domain::new("cleanroom-bench", "email");
+    let mut matcher_table = MatcherTable::new(Normalization::None);
+    for i in 0..n {
+        matcher_table.push("", &identifier(i))?;
+    }
+    let mut receiver_table = ReceiverTable::new(Normalization::None, 1)?;
+    for i in (n - common)..(2 * n - common) {
+        receiver_table.push("", &identifier(i), &[value_of(i)])?;
+    }
+    let ranges = vec![ValueRange::new(0, 65_535)?];
+    let bounds = NoiseBounds::new(vec![65_535])?;
+    let mut m = Matcher::new(&domain, matcher_table, Limits::unlimited())
+        .with_noise(bounds.clone())
+        .require_range_proofs(ranges.clone());
+    let mut r = Receiver::new(&domain, receiver_table, Limits::unlimited())
+        .with_noise(bounds)?
+        .with_range_proofs(ranges)?;
+    let progress = if interactive && n >= 10_000 {
+        let bar = ProgressBar::new(4 * n);
+        bar.set_style(ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {percent}% {msg}",
+        )?);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let trace = CpuTrace::start();
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    let mut transfer = |msg: Message| -> Result<Message> {
+        let encoded = msg.encode();
+        bytes += encoded.len() as u64;
+        let decoded = Message::decode(&encoded)?;
+        progress.inc(elements(&decoded));
+        Ok(decoded)
+    };
+    let mut released = false;
+    while !r.is_finished() {
+        let mut progressed = false;
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(transfer(msg)?)?;
+            progressed = true;
+        }
+        while let Some(msg) = r.poll_message() {
+            m.handle_message(transfer(msg)?)?;
+            progressed = true;
+        }
+        if !released && m.counts().is_some() {
+            m.release_with(|_| GroupDecision::Release {
+                count_noise: 0,
+                sum_noise: vec![0],
+            })?;
+            released = true;
+            progressed = true;
+        }
+        ensure!(progressed, "the session stalled");
+    }
+    let outcome = r.open()?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let (size, sum) = outcome.groups.first().map_or((0, 0), |g| {
+        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
+    });
+    Ok(Measured {
+        seconds,
+        size,
+        sum,
+        bytes,
+        serial: trace.stop(),
+    })
+}
+
 /// The gRPC benchmark's collaboration on disk: the provider's and the querier's CSV files of
 /// `n` identifiers each (`common` shared, each with a value), the collaboration (TOML) and the
 /// querier's bearer token. Also used by the load test.
@@ -444,9 +535,9 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
 /// Elements a message carries, for the progress bar.
 fn elements(msg: &Message) -> u64 {
     match msg {
-        Message::MatcherPoints { points, .. } | Message::ReceiverItems { points, .. } => {
-            points.len() as u64
-        }
+        Message::MatcherPoints { points, .. }
+        | Message::ReceiverItems { points, .. }
+        | Message::ReceiverProvenItems { points, .. } => points.len() as u64,
         Message::ReceiverTags { tags, .. } => tags.len() as u64,
         _ => 0,
     }
