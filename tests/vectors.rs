@@ -494,7 +494,7 @@ fn wire_vectors() -> Value {
             b
         }),
         ("unknown kind 0".into(), vec![1, 0]),
-        ("unknown kind 13".into(), vec![1, 13]),
+        ("unknown kind 14".into(), vec![1, 14]),
         (
             "truncated MatcherDone".into(),
             good_done[..good_done.len() - 1].to_vec(),
