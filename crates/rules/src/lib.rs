@@ -52,11 +52,11 @@
 //! let rows = |n: usize, f: &dyn Fn(usize) -> Vec<String>| (0..n).map(f).collect::<Vec<_>>();
 //! // The publisher's side: who saw which campaign.
 //! let impressions = rows(8, &|i| vec![format!("u{i}@x.org"), ["a", "b"][i % 2].into()]);
-//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), impressions.into_iter())?;
+//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), cleanroom_rules::text_rows(impressions.into_iter()))?;
 //! // The advertiser's side: purchases.
 //! let purchases = rows(6, &|i| vec![format!("U{i}@X.org"), "10".into()]);
 //! let receiver =
-//!     plan.receiver_table(&header(&["email", "purchase_value"]), purchases.into_iter())?;
+//!     plan.receiver_table(&header(&["email", "purchase_value"]), cleanroom_rules::text_rows(purchases.into_iter()))?;
 //!
 //! let report = cleanroom_psi::match_offline(&plan.domain(), matcher, receiver, plan.min_release())?;
 //! let result = plan.result(&report.outcome)?;
@@ -75,6 +75,7 @@
 mod collaboration;
 pub mod dp;
 mod exec;
+mod intake;
 mod list;
 mod plan;
 pub mod privacy;
@@ -86,6 +87,7 @@ pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
     Identifier, ListRule, MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
+pub use intake::TableCheck;
 pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
 pub use list::QuerierRows;
 pub use plan::{
@@ -96,6 +98,8 @@ pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits};
 pub use reason::{Reason, ReasonCode, Refusal};
 pub use sql::{MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
 pub use value::{Value, compare_text, is_null};
+/// The typed cells and rows the table builders take (see `cleanroom-data`).
+pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 
 impl Collaboration {
     /// Checks `sql`, run by the member named `querier`, against this collaboration's analysis
