@@ -1,73 +1,49 @@
-//! Reading CSV input files (RFC 4180, header row) with errors that name file, line and column.
+//! Members' tables as the commands name them: `LOCATION[,key=value]...`, read through
+//! `cleanroom-data` (CSV or Parquet, a local path or `s3://`), with errors that name the
+//! location, the line (or row) and the column.
 
-use anyhow::{Context, Result, anyhow};
-use std::path::{Path, PathBuf};
+use anyhow::{Result, anyhow};
+use cleanroom_data::{Cell, Decimal, Row, SourceOptions, Table, TableSpec};
 
-/// An open CSV file: its header, and its records with their line numbers.
-pub struct CsvFile {
-    path: PathBuf,
-    header: Vec<String>,
-    reader: csv::Reader<std::fs::File>,
+/// Parses a command-line table: a path or object URL, then `,format=parquet`,
+/// `,delimiter=semicolon`, `,quote=...`, `,has_header=false` as needed.
+pub fn parse_spec(s: &str) -> Result<TableSpec, String> {
+    TableSpec::parse_with(s, SourceOptions::default()).map_err(|e| e.to_string())
 }
 
-impl CsvFile {
-    /// Open `path` and read its header row.
-    pub fn open(path: &Path) -> Result<Self> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_reader(file);
-        let header = reader
-            .headers()
-            .with_context(|| format!("{}: cannot read the header row", path.display()))?
-            .iter()
-            .map(|h| h.trim().to_owned())
-            .collect();
-        Ok(Self {
-            path: path.to_owned(),
-            header,
-            reader,
-        })
-    }
+/// The cell of column `index` (named `column`) of `row`, or an error naming the location,
+/// the line and the column when the row is too short.
+pub fn cell<'r>(table: &Table, row: &'r Row, index: usize, column: &str) -> Result<&'r Cell> {
+    row.cells.get(index).ok_or_else(|| {
+        anyhow!(
+            "{}: {}: no field for column {column:?} (the row has {} fields)",
+            table.location(),
+            row.position,
+            row.cells.len()
+        )
+    })
+}
 
-    /// The index of column `name`, or an error naming the file and the columns it has.
-    pub fn column(&self, name: &str) -> Result<usize> {
-        self.header.iter().position(|h| h == name).ok_or_else(|| {
-            anyhow!(
-                "{}: line 1: no column {name:?} (columns: {})",
-                self.path.display(),
-                self.header.join(", ")
-            )
-        })
-    }
-
-    /// Visit every record with its 1-based line number; stops at the first error, which names
-    /// the file and line.
-    pub fn for_each(
-        &mut self,
-        mut f: impl FnMut(u64, &csv::StringRecord) -> Result<()>,
-    ) -> Result<u64> {
-        let mut record = csv::StringRecord::new();
-        let mut rows = 0;
-        loop {
-            let more = self
-                .reader
-                .read_record(&mut record)
-                .with_context(|| format!("{}: malformed CSV", self.path.display()))?;
-            if !more {
-                return Ok(rows);
-            }
-            rows += 1;
-            let line = record.position().map_or(rows + 1, |p| p.line());
-            f(line, &record).with_context(|| format!("{}: line {line}", self.path.display()))?;
+/// A value cell as a non-negative amount in units of `10^-scale` (NULL counts as 0): an
+/// integer, a decimal text with at most `scale` digits after the point, or a Parquet integer
+/// or decimal. The error names the column and the value.
+pub fn amount(cell: &Cell, column: &str, scale: u8) -> Result<u64> {
+    let what = || match scale {
+        0 => "a non-negative integer".to_owned(),
+        s => format!("a non-negative decimal with at most {s} digits after the point"),
+    };
+    let decimal = match cell {
+        Cell::Null => return Ok(0),
+        Cell::Int(i) => Decimal {
+            units: i128::from(*i),
+            scale: 0,
         }
-    }
-}
-
-/// Parse a non-negative integer cell, naming the column on failure.
-pub fn parse_amount(cell: &str, column: &str) -> Result<u64> {
-    let cell = cell.trim();
-    cell.parse::<u64>()
-        .map_err(|_| anyhow!("column {column:?}: {cell:?} is not a non-negative integer"))
+        .rescale(scale),
+        Cell::Decimal(d) => d.rescale(scale),
+        Cell::Text(t) => Decimal::parse(t, scale),
+    };
+    let value = || cell.text().unwrap_or_default().into_owned();
+    let d = decimal.map_err(|_| anyhow!("column {column:?}: {:?} is not {}", value(), what()))?;
+    u64::try_from(d.units)
+        .map_err(|_| anyhow!("column {column:?}: {:?} is not {}", value(), what()))
 }

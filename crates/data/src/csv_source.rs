@@ -70,7 +70,9 @@ pub(crate) fn open(
     } else {
         match source.next_row() {
             Some(Ok(row)) => {
-                let names = (1..=row.cells.len()).map(|i| format!("column_{i}")).collect();
+                let names = (1..=row.cells.len())
+                    .map(|i| format!("column_{i}"))
+                    .collect();
                 source.pending = Some(row);
                 names
             }

@@ -34,7 +34,9 @@ mod remote;
 use std::fmt;
 
 pub use cell::{Cell, Decimal, DecimalError};
-pub use options::{CsvDialect, Format, Location, NullValues, OptionError, SourceOptions, TableSpec};
+pub use options::{
+    CsvDialect, Format, Location, NullValues, OptionError, SourceOptions, TableSpec,
+};
 
 /// Where a row is in its file: the physical line a CSV record starts on (1-based, the header
 /// is line 1), or the 1-based data row of a file without lines (Parquet).
@@ -214,8 +216,7 @@ impl Table {
             }
             #[cfg(feature = "parquet")]
             Format::Parquet => {
-                let (header, source) =
-                    parquet_source::open(&path, &location, &spec.options.nulls)?;
+                let (header, source) = parquet_source::open(&path, &location, &spec.options.nulls)?;
                 (header, Box::new(source))
             }
             #[cfg(not(feature = "parquet"))]

@@ -156,7 +156,11 @@ impl SourceOptions {
                 self.csv.has_header = match value {
                     "true" | "yes" | "1" => true,
                     "false" | "no" | "0" => false,
-                    _ => return Err(OptionError(format!("{key}={value}: expected true or false"))),
+                    _ => {
+                        return Err(OptionError(format!(
+                            "{key}={value}: expected true or false"
+                        )));
+                    }
                 }
             }
             _ => {
@@ -187,7 +191,9 @@ fn separator(key: &str, value: &str) -> Result<u8, OptionError> {
         }
     };
     if matches!(byte, b'\n' | b'\r') {
-        return Err(OptionError(format!("{key}: a line break cannot be a {key}")));
+        return Err(OptionError(format!(
+            "{key}: a line break cannot be a {key}"
+        )));
     }
     Ok(byte)
 }
@@ -268,8 +274,11 @@ mod tests {
 
     #[test]
     fn specs_parse_locations_and_options() {
-        let s = TableSpec::parse_with("a.csv,delimiter=semicolon,has_header=false", Default::default())
-            .unwrap();
+        let s = TableSpec::parse_with(
+            "a.csv,delimiter=semicolon,has_header=false",
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(s.location, Location::Local("a.csv".into()));
         assert_eq!(s.options.csv.delimiter, b';');
         assert!(!s.options.csv.has_header);

@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cleanroom_data::{
-    Cell, Decimal, Position, ReadError, Row, SourceOptions, Table, TableSpec,
-};
+use cleanroom_data::{Cell, Decimal, Position, ReadError, Row, SourceOptions, Table, TableSpec};
 
 fn spec(path: &Path, options: &str) -> TableSpec {
     let text = format!("{}{options}", path.display());
@@ -34,7 +32,10 @@ fn crlf_files_name_the_physical_line() {
     let body = b"id,amount\r\na,1\r\n\"b\r\nc\",2\r\nd,3\r\ne,\xff\r\n";
     for (name, bytes) in [
         ("crlf.csv", body.to_vec()),
-        ("lf.csv", body.iter().copied().filter(|&b| b != b'\r').collect()),
+        (
+            "lf.csv",
+            body.iter().copied().filter(|&b| b != b'\r').collect(),
+        ),
     ] {
         let path = write(dir.path(), name, &bytes);
         let mut table = Table::open(&spec(&path, "")).unwrap();
@@ -65,7 +66,11 @@ fn dialects_bom_and_headerless_files() {
         "\u{feff}id;amount\nx@y.org;12,50\n'a;b';3\n".as_bytes(),
     );
     let table = Table::open(&spec(&path, ",delimiter=semicolon,quote='")).unwrap();
-    assert_eq!(table.header(), ["id", "amount"], "the BOM is not part of the name");
+    assert_eq!(
+        table.header(),
+        ["id", "amount"],
+        "the BOM is not part of the name"
+    );
     let all = rows(table);
     assert_eq!(all[0].cells, [text("x@y.org"), text("12,50")]);
     assert_eq!(all[1].cells, [text("a;b"), text("3")]);
@@ -188,7 +193,10 @@ mod parquet_files {
         // The same rows through `format=parquet` on a name without the extension.
         let other = dir.path().join("t.bin");
         std::fs::copy(&path, &other).unwrap();
-        assert_eq!(rows(Table::open(&spec(&other, ",format=parquet")).unwrap()), all);
+        assert_eq!(
+            rows(Table::open(&spec(&other, ",format=parquet")).unwrap()),
+            all
+        );
     }
 
     #[test]

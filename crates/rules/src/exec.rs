@@ -38,9 +38,7 @@ pub enum DataError {
         column: String,
     },
     /// A row is too short to hold a column the plan reads.
-    #[error(
-        "table {table:?}, {at}: no field for column {column:?} (the row has {fields} fields)"
-    )]
+    #[error("table {table:?}, {at}: no field for column {column:?} (the row has {fields} fields)")]
     ShortRow {
         /// The collaboration table.
         table: String,
@@ -54,9 +52,7 @@ pub enum DataError {
     /// A `SUM`/`AVG` cell that is neither NULL nor a non-negative integer (or, for a column
     /// with a declared scale, a non-negative decimal with at most that many digits after the
     /// point).
-    #[error(
-        "table {table:?}, {at}, column {column:?}: {value:?} is not a non-negative {what}"
-    )]
+    #[error("table {table:?}, {at}, column {column:?}: {value:?} is not a non-negative {what}")]
     NotAnInteger {
         /// The collaboration table.
         table: String,
@@ -489,9 +485,8 @@ impl Plan {
                     } => match group.sums[*count_index] {
                         0 => Value::Null,
                         n => {
-                            let unit = 10f64.powi(i32::from(
-                                self.receiver.value_columns[*sum_index].scale,
-                            ));
+                            let unit = 10f64
+                                .powi(i32::from(self.receiver.value_columns[*sum_index].scale));
                             Value::Float(group.sums[*sum_index] as f64 / unit / n as f64)
                         }
                     },

@@ -83,12 +83,14 @@ mod reason;
 mod sql;
 mod value;
 
+/// The typed cells and rows the table builders take (see `cleanroom-data`).
+pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
     Identifier, ListRule, MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
-pub use intake::TableCheck;
 pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
+pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
@@ -98,8 +100,6 @@ pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits};
 pub use reason::{Reason, ReasonCode, Refusal};
 pub use sql::{MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
 pub use value::{Value, compare_text, is_null};
-/// The typed cells and rows the table builders take (see `cleanroom-data`).
-pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 
 impl Collaboration {
     /// Checks `sql`, run by the member named `querier`, against this collaboration's analysis

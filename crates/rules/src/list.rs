@@ -17,9 +17,9 @@ use std::cmp::Ordering;
 use cleanroom_psi::{ListOutcome, ListProviderTable, ListQuerierTable};
 
 use crate::exec::{DataError, Located, ResultError, ResultTable, texts};
-use cleanroom_data::Row;
 use crate::plan::{OutputValue, Plan, Protocol, Role};
 use crate::value::{Value, is_null};
+use cleanroom_data::Row;
 
 /// The receiver's rows that take part in a list query: per kept row, its normalized
 /// identifier and the values of the receiver's own list columns. They never leave the

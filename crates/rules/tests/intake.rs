@@ -103,7 +103,10 @@ fn table_entries_carry_the_dialect_and_the_null_spellings() {
     assert_eq!(options.csv.delimiter, b';');
     assert!(!options.csv.has_header);
     assert!(options.nulls.is_null("N/A") && options.nulls.is_null(""));
-    assert!(!options.nulls.is_null("NULL"), "the declared list replaces the default");
+    assert!(
+        !options.nulls.is_null("NULL"),
+        "the declared list replaces the default"
+    );
     let bad = COLLABORATION.replace("delimiter = \";\"", "delimiter = \";;\"");
     let err = Collaboration::from_toml_str(&bad, "intake.toml").unwrap_err();
     assert!(err.to_string().contains("table.delimiter"), "{err}");
@@ -131,9 +134,15 @@ fn the_whole_table_check_counts_skipped_rows_and_names_bad_ones() {
     let err = conversions
         .check_rows(&h, text_rows([vec!["1"]]))
         .unwrap_err();
-    assert!(err.to_string().contains("no field for column \"email\""), "{err}");
+    assert!(
+        err.to_string().contains("no field for column \"email\""),
+        "{err}"
+    );
     let err = conversions
-        .check_rows(&header(&["email", "amount", "email"]), text_rows(Vec::<Vec<String>>::new()))
+        .check_rows(
+            &header(&["email", "amount", "email"]),
+            text_rows(Vec::<Vec<String>>::new()),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("more than once"), "{err}");
 }

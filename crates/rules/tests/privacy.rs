@@ -286,7 +286,10 @@ fn run(
     mut decide: impl FnMut(&GroupCount) -> GroupDecision,
 ) -> (Vec<GroupCount>, ReceiverOutcome) {
     let mt = plan
-        .matcher_table(&header(&["email", "campaign"]), cleanroom_rules::text_rows(impressions.iter().cloned()))
+        .matcher_table(
+            &header(&["email", "campaign"]),
+            cleanroom_rules::text_rows(impressions.iter().cloned()),
+        )
         .unwrap();
     let rt = plan
         .receiver_table(

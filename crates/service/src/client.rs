@@ -4,8 +4,8 @@
 //! own table with the plan's filters, opens a session, plays the psi receiver (for a list
 //! query, the list querier), and turns the released outcome into the result table.
 
+use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cleanroom_psi::{ListOutcome, ListQuerier, Receiver, ReceiverOutcome};
@@ -192,7 +192,7 @@ pub struct Query<'a> {
     /// The SQL.
     pub sql: &'a str,
     /// The CSV file of each of the member's tables.
-    pub data: &'a BTreeMap<String, PathBuf>,
+    pub data: &'a BTreeMap<String, TableSpec>,
 }
 
 /// What a query's progress looks like, for a progress display.
@@ -235,6 +235,8 @@ pub struct QueryOutcome {
     pub counters: Counters,
     /// Rows of the member's table that took part.
     pub rows: u64,
+    /// Of those, rows never matched: NULL (in any declared spelling) or empty identifier.
+    pub skipped_rows: u64,
 }
 
 /// A connection to one server.
@@ -329,7 +331,7 @@ impl Client {
                 let limits = cleanroom_psi::Limits::default();
                 let (rows, side) = if plan.protocol() == Protocol::List {
                     let (table, kept) = data::list_querier_table(&plan, &path)?;
-                    let rows = table.stats().rows;
+                    let rows = table.stats();
                     let columns = plan.matcher().list_columns.len();
                     let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
                     (rows, Side::List(ListQuerierRole(querier), kept))
@@ -339,7 +341,7 @@ impl Client {
                     // connecting.
                     plan.check_querier_identifiers(table.distinct_identifiers())
                         .map_err(ClientError::Refused)?;
-                    let rows = table.stats().rows;
+                    let rows = table.stats();
                     let mut receiver = Receiver::new(&plan.domain(), table, limits);
                     if let Some(bounds) = plan.noise_bounds() {
                         receiver = receiver
@@ -353,6 +355,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
         };
+        let (rows, skipped_rows) = (rows.rows, rows.skipped_empty);
 
         let (outbound, requests) = mpsc::channel(4);
         let start = RunSessionRequest {
@@ -364,6 +367,7 @@ impl Client {
                     name: own.clone(),
                     columns,
                     rows,
+                    skipped_rows,
                 }),
             })),
         };
@@ -468,6 +472,7 @@ impl Client {
             summary,
             counters,
             rows,
+            skipped_rows,
         })
     }
 }
