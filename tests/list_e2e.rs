@@ -250,7 +250,7 @@ async fn start_server(fx: &Fixture) -> common::Running {
     common::serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
-        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv"))]),
+        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
         limits: Limits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
@@ -267,7 +267,7 @@ async fn query(fx: &Fixture, addr: SocketAddr, sql: &str) -> QueryOutcome {
     );
     config.timeout = Some(Duration::from_secs(60));
     let mut client = Client::connect(&config).await.unwrap();
-    let data = BTreeMap::from([("customers".to_owned(), fx.path("customers.csv"))]);
+    let data = BTreeMap::from([("customers".to_owned(), fx.path("customers.csv").into())]);
     client
         .run_query(
             Query {

@@ -67,7 +67,7 @@ async fn final_status(inbound: &mut Inbound) -> Status {
 fn receiver(fx: &Fixture, sql: &str) -> (Plan, Receiver) {
     let plan = fx.collaboration.plan("advertiser", sql).unwrap();
     let table =
-        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv")).unwrap();
+        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv").into()).unwrap();
     let receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
     (plan, receiver)
 }
@@ -742,7 +742,7 @@ async fn curious_members_and_foreign_tokens() {
         .map(|n| format!("user{n}@example.com,a\n"))
         .collect();
     std::fs::write(fx.path("panel.csv"), format!("email,segment\n{rows}")).unwrap();
-    let panel = BTreeMap::from([("panel".to_owned(), fx.path("panel.csv"))]);
+    let panel = BTreeMap::from([("panel".to_owned(), fx.path("panel.csv").into())]);
 
     // The analyst (no `query` ability) grants itself `query` in its own copy of the file: its
     // client's local check passes, the server's does not.
@@ -1060,7 +1060,9 @@ impl LyingServer {
         mut inbound: Streaming<RunSessionRequest>,
         tx: mpsc::Sender<Result<RunSessionResponse, Status>>,
     ) -> Option<()> {
-        let table = cleanroom_service::data::matcher_table(&plan, &self.impressions).ok()?;
+        let table =
+            cleanroom_service::data::matcher_table(&plan, &self.impressions.as_path().into())
+                .ok()?;
         let mut matcher = Matcher::new(&plan.domain(), table, PsiLimits::default());
         let accepted = SessionAccepted {
             session_id: "lie".to_owned(),

@@ -267,7 +267,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
 
     let plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
     let table =
-        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv")).unwrap();
+        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv").into()).unwrap();
     let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
     let (tx, mut inbound) = raw_open(
@@ -519,7 +519,7 @@ async fn plaintext_is_refused_off_loopback() {
     let config = ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
-        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv"))]),
+        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
         limits: Limits::default(),
         state,
         tls: None,
@@ -549,6 +549,7 @@ fn value_json(value: &Value) -> serde_json::Value {
         Value::Null => serde_json::Value::Null,
         Value::Integer(i) => serde_json::json!(i),
         Value::Float(x) => serde_json::json!(x),
+        Value::Decimal(d) => serde_json::json!(d.to_string()),
         Value::Text(s) => serde_json::json!(s),
     }
 }

@@ -160,6 +160,7 @@ fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
                 name: "conversions".to_owned(),
                 columns: fx.conversions.header.clone(),
                 rows,
+                skipped_rows: 0,
             }),
         })),
     }
@@ -678,7 +679,7 @@ async fn the_querier_never_sees_the_providers_row_count() {
         let server = serve_in_process(ServerConfig {
             collaboration: Arc::clone(&fx.collaboration),
             member: "publisher".to_owned(),
-            data: BTreeMap::from([("impressions".to_owned(), fx.path(file))]),
+            data: BTreeMap::from([("impressions".to_owned(), fx.path(file).into())]),
             limits: Limits::default(),
             state: Arc::new(StateDb::open(fx.path(&format!("state-{file}.db"))).unwrap()),
             tls: None,
@@ -1069,7 +1070,8 @@ impl LyingProvider {
         inbound: &mut Streaming<RunSessionRequest>,
         tx: &mpsc::Sender<Result<RunSessionResponse, Status>>,
     ) -> Option<()> {
-        let mut table = cleanroom_service::data::matcher_table(plan, &self.data).unwrap();
+        let mut table =
+            cleanroom_service::data::matcher_table(plan, &self.data.clone().into()).unwrap();
         let target_group = match self.lie {
             Lie::IsolateTarget => "the target".to_owned(),
             Lie::ShiftTarget(_) => encode_group_key(&[Some("the target")]),
@@ -1139,7 +1141,8 @@ impl LyingProvider {
     ) -> Option<()> {
         const KEY: [u8; 32] = [9; 32];
         let domain = plan.domain();
-        let table = cleanroom_service::data::list_provider_table(plan, &self.data).unwrap();
+        let table =
+            cleanroom_service::data::list_provider_table(plan, &self.data.clone().into()).unwrap();
         let mut provider = ListProvider::for_test_vector(
             &domain,
             table,
@@ -1261,7 +1264,7 @@ async fn against_liar(liar: LyingProvider, sql: &str, table: &str, data: PathBuf
                 let _ = stopped.await;
             }),
     );
-    let data = BTreeMap::from([(table.to_owned(), data)]);
+    let data = BTreeMap::from([(table.to_owned(), data.into())]);
     let result = async {
         let mut client =
             Client::connect(&advertiser_client_config(format!("http://{addr}"))).await?;
@@ -1615,7 +1618,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
     let server = serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
-        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv"))]),
+        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
         limits: Limits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
@@ -1630,7 +1633,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
     ];
     for sql in &filters {
         // The client refuses it locally: nothing is sent.
-        let data = BTreeMap::from([("customers".to_owned(), customers.clone())]);
+        let data = BTreeMap::from([("customers".to_owned(), customers.clone().into())]);
         let mut client =
             Client::connect(&advertiser_client_config(format!("http://{}", server.addr)))
                 .await
@@ -1672,6 +1675,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
                         .map(str::to_owned)
                         .to_vec(),
                     rows: 61,
+                    skipped_rows: 0,
                 }),
             })),
         };

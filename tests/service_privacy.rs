@@ -134,7 +134,10 @@ impl Server {
         let config = ServerConfig {
             collaboration: Arc::clone(&setup.collaboration),
             member: "publisher".to_owned(),
-            data: BTreeMap::from([("impressions".to_owned(), setup.path("impressions.csv"))]),
+            data: BTreeMap::from([(
+                "impressions".to_owned(),
+                setup.path("impressions.csv").into(),
+            )]),
             limits: Limits::default(),
             state: Arc::clone(&state),
             tls: None,
@@ -184,7 +187,7 @@ async fn query(
     );
     config.timeout = Some(Duration::from_secs(60));
     let mut client = Client::connect(&config).await?;
-    let data = BTreeMap::from([("conversions".to_owned(), setup.path(conversions))]);
+    let data = BTreeMap::from([("conversions".to_owned(), setup.path(conversions).into())]);
     client
         .run_query(
             Query {
@@ -357,7 +360,9 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
         vec!["alice@example.com".to_owned(), "1".to_owned()],
         vec!["user31@example.com".to_owned(), "1".to_owned()],
     ];
-    let table = plan.receiver_table(&header, rows.into_iter()).unwrap();
+    let table = plan
+        .receiver_table(&header, cleanroom_rules::text_rows(rows.into_iter()))
+        .unwrap();
     let start = |rows: u64| RunSessionRequest {
         message: Some(run_session_request::Message::Start(
             cleanroom_service::proto::SessionStart {
@@ -368,6 +373,7 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
                     name: "conversions".to_owned(),
                     columns: header.clone(),
                     rows,
+                    skipped_rows: 0,
                 }),
             },
         )),

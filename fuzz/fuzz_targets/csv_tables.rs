@@ -53,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for plan in plans() {
-        let _ = plan.matcher_table(&header, rows.iter().cloned());
-        if let Ok(table) = plan.receiver_table(&header, rows.iter().cloned()) {
+        let _ = plan.matcher_table(&header, cleanroom_rules::text_rows(rows.iter().cloned()));
+        if let Ok(table) = plan.receiver_table(&header, cleanroom_rules::text_rows(rows.iter().cloned())) {
             assert!(table.distinct() <= table.stats().rows);
         }
     }

@@ -26,7 +26,7 @@ pub struct AuditArgs {
     format: Format,
 }
 
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 16] = [
     "started_at",
     "session_id",
     "member",
@@ -35,6 +35,8 @@ const COLUMNS: [&str; 14] = [
     "suppressed_rows",
     "matcher_rows",
     "receiver_rows",
+    "matcher_skipped",
+    "receiver_skipped",
     "messages_received",
     "messages_sent",
     "bytes_received",
@@ -53,6 +55,8 @@ fn cells(entry: &AuditEntry) -> Vec<String> {
         entry.suppressed_rows.to_string(),
         entry.matcher_rows.to_string(),
         entry.receiver_rows.to_string(),
+        entry.matcher_skipped.to_string(),
+        entry.receiver_skipped.to_string(),
         entry.messages_received.to_string(),
         entry.messages_sent.to_string(),
         entry.bytes_received.to_string(),

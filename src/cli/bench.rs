@@ -503,11 +503,11 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
         collaboration,
         Side {
             member: "provider",
-            data: BTreeMap::from([("left_ids".to_owned(), left)]),
+            data: BTreeMap::from([("left_ids".to_owned(), left.into())]),
         },
         Side {
             member: "querier",
-            data: BTreeMap::from([("right_ids".to_owned(), right)]),
+            data: BTreeMap::from([("right_ids".to_owned(), right.into())]),
         },
         &token,
         sql,

@@ -104,11 +104,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         collaboration,
         Side {
             member: "publisher",
-            data: BTreeMap::from([("impressions".to_owned(), impressions_csv)]),
+            data: BTreeMap::from([("impressions".to_owned(), impressions_csv.into())]),
         },
         Side {
             member: "advertiser",
-            data: BTreeMap::from([("purchases".to_owned(), purchases_csv)]),
+            data: BTreeMap::from([("purchases".to_owned(), purchases_csv.into())]),
         },
         &advertiser_token,
         SQL,

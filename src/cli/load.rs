@@ -161,7 +161,7 @@ struct Observed {
 async fn client_loop(
     config: ClientConfig,
     collaboration: Arc<Collaboration>,
-    data: Arc<BTreeMap<String, std::path::PathBuf>>,
+    data: Arc<BTreeMap<String, cleanroom_data::TableSpec>>,
     sql: &'static str,
     expected: Vec<Value>,
     until: Instant,
@@ -203,7 +203,7 @@ async fn round(
     load: &Load,
     config: &ClientConfig,
     collaboration: &Arc<Collaboration>,
-    data: &Arc<BTreeMap<String, std::path::PathBuf>>,
+    data: &Arc<BTreeMap<String, cleanroom_data::TableSpec>>,
     sql: &'static str,
     expected: &[Value],
     until: Instant,
@@ -258,7 +258,7 @@ pub fn run(load: &Load, format: Format) -> Result<ExitCode> {
     )?);
     let data = Arc::new(BTreeMap::from([(
         "right_ids".to_owned(),
-        fixture.right.clone(),
+        fixture.right.clone().into(),
     )]));
     let (size, sum) = grpc_expected(load.size, load.common);
     let mut expected = vec![Value::Integer(size)];

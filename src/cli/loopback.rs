@@ -10,7 +10,9 @@ use cleanroom_service::{
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use cleanroom_data::TableSpec;
 use std::sync::Arc;
 
 /// A fresh random bearer token and the hex SHA-256 that goes into the collaboration file.
@@ -26,8 +28,8 @@ pub fn fresh_token() -> (String, String) {
 pub struct Side<'a> {
     /// The member's name in the collaboration.
     pub member: &'a str,
-    /// Table name → CSV file.
-    pub data: BTreeMap<String, PathBuf>,
+    /// Table name → where the table is.
+    pub data: BTreeMap<String, TableSpec>,
 }
 
 /// Serve `server`'s tables on 127.0.0.1, run `sql` as `client` against it, and shut the

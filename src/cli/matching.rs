@@ -1,22 +1,29 @@
-//! `cleanroom match`: offline matching of two CSV files through the real protocol messages.
+//! `cleanroom match`: offline matching of two tables through the real protocol messages.
+//!
+//! Rows whose identifier is NULL (empty, `NULL`, `null`, `\N`) or empty after normalization
+//! are never matched; how many each side had is printed with the result.
 
-use super::csv_input::{CsvFile, parse_amount};
 use super::output::{Format, render_csv, render_table};
+use super::table_input::{amount, cell, parse_spec};
 use anyhow::{Context, Result};
 use clap::Args;
+use cleanroom_data::{Decimal, Table, TableSpec};
 use cleanroom_psi::{Domain, MatcherTable, Normalization, ReceiverTable, match_offline};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `cleanroom match`.
 #[derive(Args, Debug)]
 pub struct MatchArgs {
-    /// The matcher's table (learns only intersection sizes).
-    left: PathBuf,
-    /// The receiver's table (may carry the value column to sum).
-    right: PathBuf,
+    /// The matcher's table (learns only intersection sizes): a CSV or Parquet file or an
+    /// `s3://` object, with options after commas (`,delimiter=semicolon`, `,format=parquet`,
+    /// `,has_header=false`, `,quote=...`).
+    #[arg(value_parser = parse_spec, value_name = "LEFT")]
+    left: TableSpec,
+    /// The receiver's table (may carry the value column to sum), as LEFT.
+    #[arg(value_parser = parse_spec, value_name = "RIGHT")]
+    right: TableSpec,
     /// The identifier column, present in both files.
     #[arg(long)]
     id_column: String,
@@ -26,6 +33,11 @@ pub struct MatchArgs {
     /// Sum this column of RIGHT over rows whose identifier is in LEFT.
     #[arg(long, value_name = "RIGHT_COLUMN")]
     sum: Option<String>,
+    /// Digits after the decimal point of the summed values (2 for amounts such as 12.50):
+    /// the sum is exact and printed with this many decimals.
+    #[arg(long, value_name = "DIGITS", default_value_t = 0, requires = "sum",
+          value_parser = clap::value_parser!(u8).range(0..=18))]
+    scale: u8,
     /// Report per group of this column of LEFT.
     #[arg(long, value_name = "LEFT_COLUMN")]
     group_by: Option<String>,
@@ -46,44 +58,73 @@ const OFFLINE_COLLABORATION: &str = "cleanroom-offline-match";
 const ALL: &str = "*";
 const GROUP: &str = "g:";
 
+/// Opens `spec`, naming it in the error.
+fn open(spec: &TableSpec) -> Result<Table> {
+    Ok(Table::open(spec)?)
+}
+
+/// The index of `column` in `table`.
+fn column(table: &Table, column: &str) -> Result<usize> {
+    table.column(column).map_err(anyhow::Error::msg)
+}
+
 /// Run `cleanroom match`.
 pub fn run(args: MatchArgs) -> Result<ExitCode> {
-    let mut left = CsvFile::open(&args.left)?;
-    let id_left = left.column(&args.id_column)?;
+    let mut left = open(&args.left)?;
+    let id_left = column(&left, &args.id_column)?;
     let group_col = args
         .group_by
         .as_deref()
-        .map(|g| left.column(g))
+        .map(|g| column(&left, g))
         .transpose()?;
     let mut matcher = MatcherTable::new(args.normalize);
     let mut group_keys = std::collections::BTreeSet::new();
-    let left_rows = left.for_each(|_, rec| {
-        let id = &rec[id_left];
-        matcher.push(ALL, id)?;
-        if let Some(g) = group_col {
-            let key = rec[g].to_owned();
-            matcher.push(&format!("{GROUP}{key}"), id)?;
+    let (mut left_rows, mut left_skipped) = (0u64, 0u64);
+    while let Some(row) = left.next() {
+        let row = row?;
+        left_rows += 1;
+        let id = cell(&left, &row, id_left, &args.id_column)?.text();
+        let Some(id) = id.filter(|id| args.normalize.apply(id).is_some()) else {
+            left_skipped += 1;
+            continue;
+        };
+        let at = |e| anyhow::anyhow!("{}: {}: {e}", left.location(), row.position);
+        matcher.push(ALL, &id).map_err(at)?;
+        if let (Some(g), Some(name)) = (group_col, &args.group_by) {
+            let key = cell(&left, &row, g, name)?
+                .text()
+                .map_or_else(|| "NULL".to_owned(), |t| t.into_owned());
+            matcher.push(&format!("{GROUP}{key}"), &id).map_err(at)?;
             group_keys.insert(key);
         }
-        Ok(())
-    })?;
+    }
 
-    let mut right = CsvFile::open(&args.right)?;
-    let id_right = right.column(&args.id_column)?;
+    let mut right = open(&args.right)?;
+    let id_right = column(&right, &args.id_column)?;
     let sum_col = args
         .sum
         .as_deref()
-        .map(|s| right.column(s).map(|i| (i, s)))
+        .map(|s| column(&right, s).map(|i| (i, s)))
         .transpose()?;
     let mut receiver = ReceiverTable::new(args.normalize, usize::from(sum_col.is_some()))?;
-    let right_rows = right.for_each(|_, rec| {
+    let (mut right_rows, mut right_skipped) = (0u64, 0u64);
+    while let Some(row) = right.next() {
+        let row = row?;
+        right_rows += 1;
+        let at = |e: anyhow::Error| anyhow::anyhow!("{}: {}: {e}", right.location(), row.position);
         let values = match sum_col {
-            Some((i, name)) => vec![parse_amount(&rec[i], name)?],
+            Some((i, name)) => {
+                vec![amount(cell(&right, &row, i, name)?, name, args.scale).map_err(at)?]
+            }
             None => vec![],
         };
-        receiver.push("", &rec[id_right], &values)?;
-        Ok(())
-    })?;
+        let id = cell(&right, &row, id_right, &args.id_column)?.text();
+        let Some(id) = id.filter(|id| args.normalize.apply(id).is_some()) else {
+            right_skipped += 1;
+            continue;
+        };
+        receiver.push("", &id, &values).map_err(|e| at(e.into()))?;
+    }
 
     let domain = Domain::new(OFFLINE_COLLABORATION, &args.id_column);
     let report = match_offline(&domain, matcher, receiver, 1).context("matching failed")?;
@@ -106,15 +147,36 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         })
         .collect();
 
+    // A sum with a scale is exact and printed with its decimals (a JSON string, like query's).
+    let sum_json = |units: u64| match args.scale {
+        0 => json!(units),
+        scale => json!(
+            Decimal {
+                units: i128::from(units),
+                scale
+            }
+            .to_string()
+        ),
+    };
+    let sum_text = |units: u64| {
+        Decimal {
+            units: i128::from(units),
+            scale: args.scale,
+        }
+        .to_string()
+    };
     match args.format {
         Format::Json => {
             let mut out = json!({
                 "left_rows": left_rows,
+                "left_skipped": left_skipped,
                 "right_rows": right_rows,
+                "right_skipped": right_skipped,
+                "skipped_reason": "NULL or empty identifier (never matched)",
                 "intersection_size": total,
             });
             if sum_col.is_some() {
-                out["sum"] = json!(total_sum);
+                out["sum"] = sum_json(total_sum);
             }
             if group_col.is_some() {
                 out["groups"] = groups
@@ -122,7 +184,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
                     .map(|(k, n, s)| {
                         let mut g = json!({"key": k, "intersection_size": n});
                         if sum_col.is_some() {
-                            g["sum"] = json!(s);
+                            g["sum"] = sum_json(*s);
                         }
                         g
                     })
@@ -138,7 +200,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
             let row = |k: &str, n: u64, s: u64| {
                 let mut r = vec![k.to_owned(), n.to_string()];
                 if sum_col.is_some() {
-                    r.push(s.to_string());
+                    r.push(sum_text(s));
                 }
                 r
             };
@@ -147,16 +209,25 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
             rows.push(row("(all)", total, total_sum));
             if args.format == Format::Csv {
                 print!("{}", render_csv(&columns, &rows)?);
+                if left_skipped + right_skipped > 0 {
+                    eprintln!(
+                        "skipped (NULL or empty identifier, never matched): {left_skipped} in {}, \
+                         {right_skipped} in {}",
+                        args.left, args.right
+                    );
+                }
             } else {
                 println!(
                     "{} rows in {}, {} in {}; identifiers matched on {:?} ({})",
-                    left_rows,
-                    args.left.display(),
-                    right_rows,
-                    args.right.display(),
-                    args.id_column,
-                    args.normalize
+                    left_rows, args.left, right_rows, args.right, args.id_column, args.normalize
                 );
+                if left_skipped + right_skipped > 0 {
+                    println!(
+                        "skipped (NULL or empty identifier, never matched): {left_skipped} in {}, \
+                         {right_skipped} in {}",
+                        args.left, args.right
+                    );
+                }
                 print!("{}", render_table(&columns, &rows));
             }
         }

@@ -27,9 +27,11 @@ pub struct QueryArgs {
     /// The querying member.
     #[arg(long, value_name = "NAME")]
     member: String,
-    /// One of your tables and its CSV file (repeat for several tables).
-    #[arg(long = "data", value_name = "TABLE=PATH", required = true, value_parser = parse_data)]
-    data: Vec<(String, PathBuf)>,
+    /// One of your tables and where it is: a CSV or Parquet file or an `s3://` object, with
+    /// options after commas (`,delimiter=semicolon`, `,format=parquet`, `,has_header=false`;
+    /// the collaboration's table entry gives the defaults). Repeat for several tables.
+    #[arg(long = "data", value_name = "TABLE=LOCATION", required = true, value_parser = parse_data)]
+    data: Vec<(String, String)>,
     /// The server: https://host:port (http:// only to loopback, or with --insecure).
     #[arg(long, value_name = "URL")]
     server: String,
@@ -247,10 +249,12 @@ fn print_stats(outcome: &QueryOutcome) {
         )
     };
     eprintln!(
-        "session {}: your {} rows matched against {}'s table {}; sent {} messages ({}), \
-         received {} messages ({}); {released}; {:.2} s",
+        "session {}: your {} rows ({} skipped: NULL or empty identifier, never matched) matched \
+         against {}'s table {}; sent {} messages ({}), received {} messages ({}); {released}; \
+         {:.2} s",
         outcome.summary.session_id,
         outcome.rows,
+        outcome.skipped_rows,
         outcome.accepted.matcher_member,
         outcome.accepted.matcher_table,
         c.messages_sent,
@@ -305,7 +309,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
     let token = read_token(args.token_file.as_ref())?;
-    let data = data_map(args.data)?;
+    let data = data_map(args.data, &collaboration)?;
     let mut config = ClientConfig::new(args.server.clone(), token);
     config.insecure = args.insecure;
     config.timeout = args.timeout.map(Duration::from_secs);

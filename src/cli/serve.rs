@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use cleanroom_data::TableSpec;
 use cleanroom_rules::Collaboration;
 use cleanroom_service::server::{ServerConfig, SessionHook};
 use cleanroom_service::{Limits, StateDb, TlsIdentity};
@@ -22,9 +23,12 @@ pub struct ServeArgs {
     /// The member running this server; it must own every table served.
     #[arg(long, value_name = "NAME")]
     member: String,
-    /// A table this server serves and its CSV file (repeat for several tables).
-    #[arg(long = "data", value_name = "TABLE=PATH", required = true, value_parser = parse_data)]
-    data: Vec<(String, PathBuf)>,
+    /// A table this server serves and where it is: a CSV or Parquet file or an `s3://` object,
+    /// with options after commas (`,delimiter=semicolon`, `,format=parquet`,
+    /// `,has_header=false`; the collaboration's table entry gives the defaults). Repeat for
+    /// several tables. The whole table is checked before the server accepts sessions.
+    #[arg(long = "data", value_name = "TABLE=LOCATION", required = true, value_parser = parse_data)]
+    data: Vec<(String, String)>,
     /// The address to listen on, e.g. 127.0.0.1:50051 or 0.0.0.0:443.
     #[arg(long, value_name = "ADDR")]
     listen: String,
@@ -57,21 +61,31 @@ pub struct ServeArgs {
     quiet: bool,
 }
 
-/// Parses `TABLE=PATH`.
-pub fn parse_data(s: &str) -> Result<(String, PathBuf), String> {
+/// Parses `TABLE=LOCATION[,key=value]...` (the options are checked with the collaboration).
+pub fn parse_data(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((table, path)) if !table.is_empty() && !path.is_empty() => {
-            Ok((table.to_owned(), PathBuf::from(path)))
+        Some((table, location)) if !table.is_empty() && !location.is_empty() => {
+            Ok((table.to_owned(), location.to_owned()))
         }
-        _ => Err(format!("expected TABLE=PATH, got {s:?}")),
+        _ => Err(format!("expected TABLE=LOCATION, got {s:?}")),
     }
 }
 
-/// Collects `--data` pairs, refusing a table named twice.
-pub fn data_map(pairs: Vec<(String, PathBuf)>) -> Result<BTreeMap<String, PathBuf>> {
+/// Collects `--data` pairs into table specs (the collaboration's table entry gives the
+/// default format, CSV dialect and NULL spellings), refusing a table named twice.
+pub fn data_map(
+    pairs: Vec<(String, String)>,
+    collaboration: &Collaboration,
+) -> Result<BTreeMap<String, TableSpec>> {
     let mut map = BTreeMap::new();
-    for (table, path) in pairs {
-        if map.insert(table.clone(), path).is_some() {
+    for (table, location) in pairs {
+        let defaults = collaboration
+            .table(&table)
+            .map(|t| t.source_options().clone())
+            .unwrap_or_default();
+        let spec = TableSpec::parse_with(&location, defaults)
+            .map_err(|e| anyhow!("--data {table}={location}: {e}"))?;
+        if map.insert(table.clone(), spec).is_some() {
             bail!("--data names table {table:?} twice");
         }
     }
@@ -113,7 +127,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let hook: SessionHook = Arc::new(move |entry| {
         if !quiet {
             eprintln!(
-                "session {} member={} decision={} released={} suppressed={} rows={}+{} bytes_in={} bytes_out={}{}",
+                "session {} member={} decision={} released={} suppressed={} rows={}+{} skipped={}+{} bytes_in={} bytes_out={}{}",
                 entry.session_id,
                 entry.member,
                 entry.decision,
@@ -121,6 +135,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 entry.suppressed_rows,
                 entry.matcher_rows,
                 entry.receiver_rows,
+                entry.matcher_skipped,
+                entry.receiver_skipped,
                 entry.bytes_received,
                 entry.bytes_sent,
                 if entry.reason.is_empty() {
@@ -131,10 +147,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             );
         }
     });
+    let data = data_map(args.data, &collaboration)?;
     let config = ServerConfig {
         collaboration: Arc::new(collaboration),
         member: args.member,
-        data: data_map(args.data)?,
+        data,
         limits,
         state: Arc::new(state),
         tls,
@@ -142,6 +159,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         on_session_end: Some(hook),
     };
     config.validate()?;
+    // The whole tables, before listening: a bad line stops the start with file, line, column.
+    let checked = config.check_tables()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,6 +180,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 if config.tls.is_some() { "https" } else { "http" },
                 config.state.path().display(),
             );
+        }
+        // Not about sessions: printed even with --quiet.
+        for line in &checked {
+            eprintln!("cleanroom serve: {line}");
         }
         cleanroom_service::serve(config, listener, shutdown_signal()).await?;
         if !quiet {

@@ -271,8 +271,11 @@ min_threshold = 3
         self.dir.path().join(name)
     }
 
-    pub fn advertiser_data(&self) -> BTreeMap<String, PathBuf> {
-        BTreeMap::from([("conversions".to_owned(), self.path("conversions.csv"))])
+    pub fn advertiser_data(&self) -> BTreeMap<String, cleanroom_data::TableSpec> {
+        BTreeMap::from([(
+            "conversions".to_owned(),
+            self.path("conversions.csv").into(),
+        )])
     }
 
     /// Distinct normalized emails of impressions rows that pass `keep`, per `key`.
@@ -417,7 +420,7 @@ pub async fn start_server(fx: &Fixture, limits: Limits, tls: Option<TlsIdentity>
     serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
-        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv"))]),
+        data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
         limits,
         state,
         tls,
@@ -535,6 +538,7 @@ pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunS
                 name: table.to_owned(),
                 columns: fx.conversions.header.clone(),
                 rows: fx.conversions.rows.len() as u64,
+                skipped_rows: 0,
             }),
         })),
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use cleanroom_data::{NullValues, SourceOptions};
 use cleanroom_psi::Normalization;
 use cleanroom_psi::elgamal::MAX_ITEM_VALUE;
 use serde::{Deserialize, Serialize};
@@ -183,9 +184,17 @@ pub struct AggregationRule {
     aggregate_columns: BTreeMap<String, BTreeSet<AggregateFunction>>,
     min_threshold: u64,
     sum_bounds: BTreeMap<String, (u64, u64)>,
+    scales: BTreeMap<String, u8>,
 }
 
 impl AggregationRule {
+    /// Digits after the decimal point of a summed column's values (`decimal_columns =
+    /// { amount = { scale = 2 } }`); 0, an integer column, when not declared. Sums of a column
+    /// with scale 2 are exact sums of cents, printed with two decimals.
+    pub fn scale(&self, column: &str) -> u8 {
+        self.scales.get(column).copied().unwrap_or(0)
+    }
+
     /// Columns the table may be joined on.
     pub fn join_columns(&self) -> &[String] {
         &self.join_columns
@@ -288,9 +297,18 @@ pub struct Table {
     columns: Vec<String>,
     identifier: Identifier,
     rule: AnalysisRule,
+    source: SourceOptions,
 }
 
 impl Table {
+    /// How the owner's file of this table is read by default: its format (`format = "parquet"`;
+    /// otherwise from the extension), CSV dialect (`delimiter`, `quote`, `has_header`) and the
+    /// collaboration's NULL spellings (`[collaboration] null_values`). Command-line options
+    /// override the format and dialect.
+    pub fn source_options(&self) -> &SourceOptions {
+        &self.source
+    }
+
     /// The table's unique name.
     pub fn name(&self) -> &str {
         &self.name
@@ -502,6 +520,15 @@ pub enum Problem {
         /// epsilon_per_query
         epsilon: String,
     },
+    /// A `decimal_columns` entry for a column that allows neither `SUM` nor `AVG`.
+    #[error("column {0:?} allows neither SUM nor AVG: a scale would do nothing")]
+    ScaleNotSummed(String),
+    /// A scale outside 1..=18 (values are summed as 64-bit integers of the smallest unit).
+    #[error("a decimal scale must be between 1 and 18, got {0}")]
+    BadScale(i64),
+    /// A table source option that cannot be understood (`delimiter = "ab"`, `format = "xls"`).
+    #[error("{0}")]
+    BadSourceOption(String),
     /// A column that is both a join column and a dimension column (it would expose identifiers).
     #[error("column {0:?} is both a join column and a dimension column")]
     JoinDimensionOverlap(String),
@@ -529,6 +556,7 @@ struct RawHeader {
     name: Option<String>,
     privacy: Option<Spanned<RawPrivacy>>,
     limits: Option<RawLimits>,
+    null_values: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -563,6 +591,10 @@ struct RawTable {
     columns: SpannedList,
     identifier: RawIdentifier,
     rule: Option<RawRule>,
+    format: Option<Spanned<String>>,
+    delimiter: Option<Spanned<String>>,
+    quote: Option<Spanned<String>>,
+    has_header: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -583,6 +615,14 @@ struct RawRule {
     min_threshold: Option<Spanned<i64>>,
     list_columns: Option<SpannedList>,
     sum_bounds: Option<RawSumBounds>,
+    decimal_columns: Option<Spanned<BTreeMap<String, Spanned<RawDecimal>>>>,
+}
+
+/// `decimal_columns = { column = { scale = 2 } }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecimal {
+    scale: i64,
 }
 
 /// `sum_bounds = { column = [low, high], ... }`, with positions.
@@ -653,9 +693,13 @@ impl Collaboration {
         for m in raw.member {
             members.push(validate_member(&at, m, &members)?);
         }
+        let nulls = match raw.collaboration.null_values {
+            Some(list) => NullValues::new(list.into_inner()),
+            None => NullValues::default(),
+        };
         let mut tables: Vec<Table> = Vec::with_capacity(raw.table.len());
         for t in raw.table {
-            let table = validate_table(&at, t, &members, &tables, privacy.as_ref())?;
+            let table = validate_table(&at, t, &members, &tables, privacy.as_ref(), &nulls)?;
             tables.push(table);
         }
         Ok(Self {
@@ -907,7 +951,31 @@ fn validate_table(
     members: &[Member],
     earlier: &[Table],
     privacy: Option<&Privacy>,
+    nulls: &NullValues,
 ) -> Result<Table, CollaborationError> {
+    let mut source = SourceOptions {
+        nulls: nulls.clone(),
+        ..SourceOptions::default()
+    };
+    let options = [
+        ("format", raw.format.as_ref()),
+        ("delimiter", raw.delimiter.as_ref()),
+        ("quote", raw.quote.as_ref()),
+    ];
+    for (key, value) in options {
+        if let Some(value) = value {
+            source.set(key, value.get_ref()).map_err(|e| {
+                at.invalid(
+                    &format!("table.{key}"),
+                    value,
+                    Problem::BadSourceOption(e.to_string()),
+                )
+            })?;
+        }
+    }
+    if let Some(h) = &raw.has_header {
+        source.csv.has_header = *h.get_ref();
+    }
     let name = raw.name.get_ref().clone();
     if name.trim().is_empty() {
         return Err(at.invalid("table.name", &raw.name, Problem::Empty));
@@ -1086,12 +1154,35 @@ fn validate_table(
                 privacy,
                 &rule.kind,
             )?;
+            let mut scales = BTreeMap::new();
+            if let Some(decimals) = &rule.decimal_columns {
+                for (column, decimal) in decimals.get_ref() {
+                    let key = format!("table.rule.decimal_columns.{column}");
+                    let summed = aggregate_columns.get(column).is_some_and(|f| {
+                        f.contains(&AggregateFunction::Sum) || f.contains(&AggregateFunction::Avg)
+                    });
+                    if !summed {
+                        return Err(at.invalid(
+                            &key,
+                            decimal,
+                            Problem::ScaleNotSummed(column.clone()),
+                        ));
+                    }
+                    let scale = decimal.get_ref().scale;
+                    let scale = u8::try_from(scale)
+                        .ok()
+                        .filter(|s| (1..=18).contains(s))
+                        .ok_or_else(|| at.invalid(&key, decimal, Problem::BadScale(scale)))?;
+                    scales.insert(column.clone(), scale);
+                }
+            }
             AnalysisRule::Aggregation(AggregationRule {
                 join_columns,
                 dimension_columns,
                 aggregate_columns,
                 min_threshold,
                 sum_bounds,
+                scales,
             })
         }
         "list" => {
@@ -1110,6 +1201,10 @@ fn validate_table(
                     rule.min_threshold.as_ref().map(|s| s.span()),
                 ),
                 ("sum_bounds", rule.sum_bounds.as_ref().map(|s| s.span())),
+                (
+                    "decimal_columns",
+                    rule.decimal_columns.as_ref().map(|s| s.span()),
+                ),
             ];
             for (key, span) in misplaced {
                 if let Some(span) = span {
@@ -1162,5 +1257,6 @@ fn validate_table(
             normalization,
         },
         rule,
+        source,
     })
 }

@@ -15,9 +15,10 @@ use serde::Serialize;
 
 use crate::plan::{OutputValue, Plan, Protocol, Role, SidePlan, ValueKind};
 use crate::value::{Value, is_null};
+use cleanroom_data::{Decimal, Position, Row};
 
-/// Why rows could not be turned into a PSI table. Rows are numbered from 1, not counting the
-/// header (row 1 is line 2 of a CSV file without multi-line fields).
+/// Why rows could not be turned into a PSI table. Each row error names where the row is (the
+/// physical line of a CSV record, the row of a Parquet file) as its source reported it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The header lacks a column the plan reads.
@@ -37,32 +38,32 @@ pub enum DataError {
         column: String,
     },
     /// A row is too short to hold a column the plan reads.
-    #[error(
-        "table {table:?}, row {row}: no field for column {column:?} (the row has {fields} fields)"
-    )]
+    #[error("table {table:?}, {at}: no field for column {column:?} (the row has {fields} fields)")]
     ShortRow {
         /// The collaboration table.
         table: String,
-        /// 1-based data row.
-        row: u64,
+        /// Where the row is.
+        at: Position,
         /// The column.
         column: String,
         /// How many fields the row has.
         fields: usize,
     },
-    /// A `SUM`/`AVG` cell that is neither empty nor a non-negative integer.
-    #[error(
-        "table {table:?}, row {row}, column {column:?}: {value:?} is not a non-negative integer"
-    )]
+    /// A `SUM`/`AVG` cell that is neither NULL nor a non-negative integer (or, for a column
+    /// with a declared scale, a non-negative decimal with at most that many digits after the
+    /// point).
+    #[error("table {table:?}, {at}, column {column:?}: {value:?} is not a non-negative {what}")]
     NotAnInteger {
         /// The collaboration table.
         table: String,
-        /// 1-based data row.
-        row: u64,
+        /// Where the row is.
+        at: Position,
         /// The column.
         column: String,
         /// The cell.
         value: String,
+        /// What was expected: `integer`, or `decimal with 2 digits after the point`.
+        what: String,
     },
     /// The PSI table refused the plan's shape (e.g. too many value columns).
     #[error("table {table:?}: {source}")]
@@ -75,12 +76,12 @@ pub enum DataError {
     },
     /// The PSI table refused the row (e.g. a value above the protocol's maximum, a group key
     /// too long for the wire).
-    #[error("table {table:?}, row {row}: {source}")]
+    #[error("table {table:?}, {at}: {source}")]
     Input {
         /// The collaboration table.
         table: String,
-        /// 1-based data row.
-        row: u64,
+        /// Where the row is.
+        at: Position,
         /// The PSI error.
         #[source]
         source: InputError,
@@ -197,13 +198,13 @@ impl<'p> Located<'p> {
         &self,
         row: &'r [String],
         index: usize,
-        number: u64,
+        at: Position,
     ) -> Result<&'r str, DataError> {
         row.get(index)
             .map(String::as_str)
             .ok_or_else(|| DataError::ShortRow {
                 table: self.side.table.clone(),
-                row: number,
+                at,
                 column: self.column_name(index),
                 fields: row.len(),
             })
@@ -230,12 +231,12 @@ impl<'p> Located<'p> {
     }
 
     /// Whether the row passes the side's filter (unknown counts as false).
-    pub(crate) fn keeps(&self, row: &[String], number: u64) -> Result<bool, DataError> {
+    pub(crate) fn keeps(&self, row: &[String], at: Position) -> Result<bool, DataError> {
         let Some(filter) = &self.side.filter else {
             return Ok(true);
         };
         for &(_, index) in &self.filter {
-            self.cell(row, index, number)?;
+            self.cell(row, index, at)?;
         }
         let cell = |column: &str| -> &str {
             self.filter
@@ -247,17 +248,42 @@ impl<'p> Located<'p> {
         Ok(filter.eval(&cell) == Some(true))
     }
 
-    fn group_key(&self, row: &[String], number: u64) -> Result<String, DataError> {
+    fn group_key(&self, row: &[String], at: Position) -> Result<String, DataError> {
         if self.groups.is_empty() {
             return Ok(String::new());
         }
         let mut key = Vec::with_capacity(self.groups.len());
         for &g in &self.groups {
-            let cell = self.cell(row, g, number)?;
+            let cell = self.cell(row, g, at)?;
             key.push((!is_null(cell)).then_some(cell));
         }
         Ok(encode_group_key(&key))
     }
+}
+
+/// A row's position and its cells as text, NULL as the empty string (which the filters, group
+/// keys and value columns read as NULL, and which is never matched as an identifier).
+pub(crate) fn texts(row: Row) -> (Position, Vec<String>) {
+    let cells = row
+        .cells
+        .into_iter()
+        .map(|c| match c {
+            cleanroom_data::Cell::Null => String::new(),
+            cleanroom_data::Cell::Text(s) => s,
+            other => other.text().map(|t| t.into_owned()).unwrap_or_default(),
+        })
+        .collect();
+    (row.position, cells)
+}
+
+/// A value cell in units of `10^-scale` (an integer for scale 0), if it is a non-negative
+/// number with at most `scale` digits after the point that fits 64 bits.
+pub(crate) fn amount(cell: &str, scale: u8) -> Option<u64> {
+    if scale == 0 {
+        return cell.trim().parse::<u64>().ok();
+    }
+    let d = Decimal::parse(cell, scale).ok()?;
+    u64::try_from(d.units).ok()
 }
 
 /// Encodes a group-key tuple (`None` = NULL) as the PSI group string: a JSON array.
@@ -280,7 +306,7 @@ impl Plan {
     pub fn matcher_table(
         &self,
         header: &[String],
-        rows: impl Iterator<Item = Vec<String>>,
+        rows: impl Iterator<Item = Row>,
     ) -> Result<MatcherTable, DataError> {
         let located = Located::new(&self.matcher, header)?;
         let mut table = MatcherTable::new(self.matcher.normalization);
@@ -291,17 +317,18 @@ impl Plan {
                 source,
             })?;
         }
-        for (number, row) in (1u64..).zip(rows) {
-            if !located.keeps(&row, number)? {
+        for row in rows {
+            let (at, row) = texts(row);
+            if !located.keeps(&row, at)? {
                 continue;
             }
-            let identifier = located.cell(&row, located.identifier, number)?;
-            let group = located.group_key(&row, number)?;
+            let identifier = located.cell(&row, located.identifier, at)?;
+            let group = located.group_key(&row, at)?;
             table
                 .push(&group, identifier)
                 .map_err(|source| DataError::Input {
                     table: self.matcher.table.clone(),
-                    row: number,
+                    at,
                     source,
                 })?;
         }
@@ -318,7 +345,7 @@ impl Plan {
     pub fn receiver_table(
         &self,
         header: &[String],
-        rows: impl Iterator<Item = Vec<String>>,
+        rows: impl Iterator<Item = Row>,
     ) -> Result<ReceiverTable, DataError> {
         let located = Located::new(&self.receiver, header)?;
         let mut table = ReceiverTable::new(
@@ -338,30 +365,33 @@ impl Plan {
                 })?;
         }
         let mut values = vec![0u64; self.receiver.value_columns.len()];
-        for (number, row) in (1u64..).zip(rows) {
-            if !located.keeps(&row, number)? {
+        for row in rows {
+            let (at, row) = texts(row);
+            if !located.keeps(&row, at)? {
                 continue;
             }
-            let identifier = located.cell(&row, located.identifier, number)?;
-            let group = located.group_key(&row, number)?;
+            let identifier = located.cell(&row, located.identifier, at)?;
+            let group = located.group_key(&row, at)?;
             for ((value, column), &index) in values
                 .iter_mut()
                 .zip(&self.receiver.value_columns)
                 .zip(&located.values)
             {
-                let cell = located.cell(&row, index, number)?;
+                let cell = located.cell(&row, index, at)?;
                 *value = match column.kind {
                     ValueKind::NonNull => u64::from(!is_null(cell)),
                     ValueKind::Integer if is_null(cell) => 0,
                     ValueKind::Integer => {
-                        cell.trim()
-                            .parse::<u64>()
-                            .map_err(|_| DataError::NotAnInteger {
-                                table: self.receiver.table.clone(),
-                                row: number,
-                                column: column.column.clone(),
-                                value: cell.to_owned(),
-                            })?
+                        amount(cell, column.scale).ok_or_else(|| DataError::NotAnInteger {
+                            table: self.receiver.table.clone(),
+                            at,
+                            column: column.column.clone(),
+                            value: cell.to_owned(),
+                            what: match column.scale {
+                                0 => "integer".to_owned(),
+                                s => format!("decimal with at most {s} digits after the point"),
+                            },
+                        })?
                     }
                 };
             }
@@ -369,7 +399,7 @@ impl Plan {
                 .push(&group, identifier, &values)
                 .map_err(|source| DataError::Input {
                     table: self.receiver.table.clone(),
-                    row: number,
+                    at,
                     source,
                 })?;
         }
@@ -384,7 +414,8 @@ impl Plan {
     }
 
     /// Turns the receiver's protocol outcome into the result: one row per released group with
-    /// the outputs in `SELECT` order (counts and sums as integers, averages as floats, NULL for
+    /// the outputs in `SELECT` order (counts and sums as integers, sums of a column with a
+    /// declared scale as exact decimals of that scale, averages as floats, NULL for
     /// the average of no values), sorted by group key, then by `ORDER BY`, then cut at `LIMIT`.
     /// Groups under the threshold are counted in `suppressed_rows`, whatever the order or
     /// limit. As with an inner join, a group with no matched identifier does not exist: it is
@@ -435,9 +466,17 @@ impl Plan {
                         .as_ref()
                         .map_or(Value::Null, |v| Value::Text(v.clone())),
                     OutputValue::CountDistinct { .. } => Value::Integer(group.intersection_size),
-                    OutputValue::Count { value_index, .. }
-                    | OutputValue::Sum { value_index, .. } => {
+                    OutputValue::Count { value_index, .. } => {
                         Value::Integer(group.sums[*value_index])
+                    }
+                    OutputValue::Sum { value_index, .. } => {
+                        match self.receiver.value_columns[*value_index].scale {
+                            0 => Value::Integer(group.sums[*value_index]),
+                            scale => Value::Decimal(Decimal {
+                                units: i128::from(group.sums[*value_index]),
+                                scale,
+                            }),
+                        }
                     }
                     OutputValue::Avg {
                         sum_index,
@@ -445,7 +484,11 @@ impl Plan {
                         ..
                     } => match group.sums[*count_index] {
                         0 => Value::Null,
-                        n => Value::Float(group.sums[*sum_index] as f64 / n as f64),
+                        n => {
+                            let unit = 10f64
+                                .powi(i32::from(self.receiver.value_columns[*sum_index].scale));
+                            Value::Float(group.sums[*sum_index] as f64 / unit / n as f64)
+                        }
                     },
                     OutputValue::ListColumn { .. } => {
                         unreachable!("list plans are refused above")

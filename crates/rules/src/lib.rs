@@ -52,11 +52,11 @@
 //! let rows = |n: usize, f: &dyn Fn(usize) -> Vec<String>| (0..n).map(f).collect::<Vec<_>>();
 //! // The publisher's side: who saw which campaign.
 //! let impressions = rows(8, &|i| vec![format!("u{i}@x.org"), ["a", "b"][i % 2].into()]);
-//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), impressions.into_iter())?;
+//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), cleanroom_rules::text_rows(impressions.into_iter()))?;
 //! // The advertiser's side: purchases.
 //! let purchases = rows(6, &|i| vec![format!("U{i}@X.org"), "10".into()]);
 //! let receiver =
-//!     plan.receiver_table(&header(&["email", "purchase_value"]), purchases.into_iter())?;
+//!     plan.receiver_table(&header(&["email", "purchase_value"]), cleanroom_rules::text_rows(purchases.into_iter()))?;
 //!
 //! let report = cleanroom_psi::match_offline(&plan.domain(), matcher, receiver, plan.min_release())?;
 //! let result = plan.result(&report.outcome)?;
@@ -75,6 +75,7 @@
 mod collaboration;
 pub mod dp;
 mod exec;
+mod intake;
 mod list;
 mod plan;
 pub mod privacy;
@@ -82,11 +83,14 @@ mod reason;
 mod sql;
 mod value;
 
+/// The typed cells and rows the table builders take (see `cleanroom-data`).
+pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
     Identifier, ListRule, MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
 pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
+pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
     CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,

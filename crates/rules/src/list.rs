@@ -16,9 +16,10 @@ use std::cmp::Ordering;
 
 use cleanroom_psi::{ListOutcome, ListProviderTable, ListQuerierTable};
 
-use crate::exec::{DataError, Located, ResultError, ResultTable};
+use crate::exec::{DataError, Located, ResultError, ResultTable, texts};
 use crate::plan::{OutputValue, Plan, Protocol, Role};
 use crate::value::{Value, is_null};
+use cleanroom_data::Row;
 
 /// The receiver's rows that take part in a list query: per kept row, its normalized
 /// identifier and the values of the receiver's own list columns. They never leave the
@@ -57,7 +58,7 @@ impl Plan {
     pub fn list_provider_table(
         &self,
         header: &[String],
-        rows: impl Iterator<Item = Vec<String>>,
+        rows: impl Iterator<Item = Row>,
     ) -> Result<ListProviderTable, DataError> {
         let side = &self.matcher;
         let located = Located::new(side, header)?;
@@ -66,21 +67,22 @@ impl Plan {
                 table: side.table.clone(),
                 source,
             })?;
-        for (number, row) in (1u64..).zip(rows) {
-            if !located.keeps(&row, number)? {
+        for row in rows {
+            let (at, row) = texts(row);
+            if !located.keeps(&row, at)? {
                 continue;
             }
-            let identifier = located.cell(&row, located.identifier, number)?;
+            let identifier = located.cell(&row, located.identifier, at)?;
             let values = located
                 .lists
                 .iter()
-                .map(|&index| located.cell(&row, index, number))
+                .map(|&index| located.cell(&row, index, at))
                 .collect::<Result<Vec<&str>, _>>()?;
             table
                 .push(identifier, &values)
                 .map_err(|source| DataError::Input {
                     table: side.table.clone(),
-                    row: number,
+                    at,
                     source,
                 })?;
         }
@@ -94,20 +96,21 @@ impl Plan {
     pub fn list_querier_table(
         &self,
         header: &[String],
-        rows: impl Iterator<Item = Vec<String>>,
+        rows: impl Iterator<Item = Row>,
     ) -> Result<(ListQuerierTable, QuerierRows), DataError> {
         let side = &self.receiver;
         let located = Located::new(side, header)?;
         let mut table = ListQuerierTable::new(side.normalization);
         let mut kept = QuerierRows::default();
-        for (number, row) in (1u64..).zip(rows) {
-            if !located.keeps(&row, number)? {
+        for row in rows {
+            let (at, row) = texts(row);
+            if !located.keeps(&row, at)? {
                 continue;
             }
-            let identifier = located.cell(&row, located.identifier, number)?;
+            let identifier = located.cell(&row, located.identifier, at)?;
             let mut values = Vec::with_capacity(located.lists.len());
             for &index in &located.lists {
-                values.push(located.cell(&row, index, number)?.to_owned());
+                values.push(located.cell(&row, index, at)?.to_owned());
             }
             table.push(identifier);
             if let Some(id) = side.normalization.apply(identifier) {

@@ -350,6 +350,10 @@ pub struct ValueColumn {
     pub column: String,
     /// What is summed.
     pub kind: ValueKind,
+    /// For [`ValueKind::Integer`]: digits after the decimal point (the rule's
+    /// `decimal_columns`); each cell is summed in units of `10^-scale`, exactly. 0 for
+    /// integers and for [`ValueKind::NonNull`].
+    pub scale: u8,
 }
 
 /// One side of the protocol: a member's table, filtered and grouped locally.

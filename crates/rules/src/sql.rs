@@ -1850,11 +1850,23 @@ impl<'c> Checker<'c> {
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
     ) -> Plan {
+        let receiver_rule = self
+            .sources
+            .iter()
+            .find(|s| s.role == Role::Receiver)
+            .and_then(|s| match s.rule {
+                SourceRule::Aggregation(rule) => Some(rule),
+                SourceRule::List(_) => None,
+            });
         let mut value_columns: Vec<ValueColumn> = Vec::new();
         let mut value_index = |column: &str, kind: ValueKind| -> usize {
             let wanted = ValueColumn {
                 column: column.to_owned(),
                 kind,
+                scale: match (kind, receiver_rule) {
+                    (ValueKind::Integer, Some(rule)) => rule.scale(column),
+                    _ => 0,
+                },
             };
             match value_columns.iter().position(|v| *v == wanted) {
                 Some(i) => i,

@@ -8,7 +8,16 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use cleanroom_data::Decimal;
 use serde::Serialize;
+
+fn decimal_text<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+fn decimal_f64(d: &Decimal) -> f64 {
+    d.units as f64 / 10f64.powi(i32::from(d.scale))
+}
 
 /// Whether a CSV cell is SQL `NULL`: empty after trimming whitespace.
 pub fn is_null(cell: &str) -> bool {
@@ -67,6 +76,9 @@ pub enum Value {
     Null,
     /// A count or a sum.
     Integer(u64),
+    /// A sum of a column with a declared scale, exact (serialized as its text, `"12.50"`, so
+    /// no JSON reader turns it into a binary float).
+    Decimal(#[serde(serialize_with = "decimal_text")] Decimal),
     /// An average.
     Float(f64),
     /// A dimension value, as it appears in the data.
@@ -80,6 +92,12 @@ impl Value {
         use Value::*;
         match (self, other) {
             (Integer(a), Integer(b)) => a.cmp(b),
+            (Decimal(a), Decimal(b)) if a.scale == b.scale => a.units.cmp(&b.units),
+            (Decimal(a), Decimal(b)) => decimal_f64(a).total_cmp(&decimal_f64(b)),
+            (Decimal(a), Integer(b)) => decimal_f64(a).total_cmp(&(*b as f64)),
+            (Integer(a), Decimal(b)) => (*a as f64).total_cmp(&decimal_f64(b)),
+            (Decimal(a), Float(b)) => decimal_f64(a).total_cmp(b),
+            (Float(a), Decimal(b)) => a.total_cmp(&decimal_f64(b)),
             (Integer(a), Float(b)) => (*a as f64).total_cmp(b),
             (Float(a), Integer(b)) => a.total_cmp(&(*b as f64)),
             (Float(a), Float(b)) => a.total_cmp(b),
@@ -109,6 +127,7 @@ impl fmt::Display for Value {
         match self {
             Value::Null => f.write_str("NULL"),
             Value::Integer(i) => write!(f, "{i}"),
+            Value::Decimal(d) => write!(f, "{d}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::Text(s) => f.write_str(s),
         }

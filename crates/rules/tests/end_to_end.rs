@@ -196,10 +196,16 @@ fn collaboration() -> Collaboration {
 /// Runs `plan` over the two CSVs through `match_offline`.
 fn run(plan: &Plan, matcher: &Csv, receiver: &Csv) -> ResultTable {
     let m = plan
-        .matcher_table(&matcher.header, matcher.rows.iter().cloned())
+        .matcher_table(
+            &matcher.header,
+            cleanroom_rules::text_rows(matcher.rows.iter().cloned()),
+        )
         .unwrap();
     let r = plan
-        .receiver_table(&receiver.header, receiver.rows.iter().cloned())
+        .receiver_table(
+            &receiver.header,
+            cleanroom_rules::text_rows(receiver.rows.iter().cloned()),
+        )
         .unwrap();
     let report = match_offline(&plan.domain(), m, r, plan.min_release()).unwrap();
     // The matcher's release decision is exactly the plan's.
@@ -212,10 +218,16 @@ fn run(plan: &Plan, matcher: &Csv, receiver: &Csv) -> ResultTable {
 fn run_roles(plan: &Plan, matcher: &Csv, receiver: &Csv) -> ReceiverOutcome {
     let domain = plan.domain();
     let m = plan
-        .matcher_table(&matcher.header, matcher.rows.iter().cloned())
+        .matcher_table(
+            &matcher.header,
+            cleanroom_rules::text_rows(matcher.rows.iter().cloned()),
+        )
         .unwrap();
     let r = plan
-        .receiver_table(&receiver.header, receiver.rows.iter().cloned())
+        .receiver_table(
+            &receiver.header,
+            cleanroom_rules::text_rows(receiver.rows.iter().cloned()),
+        )
         .unwrap();
     let mut m = Matcher::new(&domain, m, Limits::default());
     let mut r = Receiver::new(&domain, r, Limits::default());
@@ -477,10 +489,16 @@ fn the_matchers_release_decision_comes_from_the_plan() {
     let by_hand = run_roles(&plan, &imp, &conv);
     let offline = match_offline(
         &plan.domain(),
-        plan.matcher_table(&imp.header, imp.rows.iter().cloned())
-            .unwrap(),
-        plan.receiver_table(&conv.header, conv.rows.iter().cloned())
-            .unwrap(),
+        plan.matcher_table(
+            &imp.header,
+            cleanroom_rules::text_rows(imp.rows.iter().cloned()),
+        )
+        .unwrap(),
+        plan.receiver_table(
+            &conv.header,
+            cleanroom_rules::text_rows(conv.rows.iter().cloned()),
+        )
+        .unwrap(),
         plan.min_release(),
     )
     .unwrap();
@@ -616,7 +634,9 @@ fn data_errors_name_the_row_and_column() {
     let err = plan
         .receiver_table(
             &header,
-            vec![row(["a@x", "web", "5"]), row(["b@x", "web", "5.5"])].into_iter(),
+            cleanroom_rules::text_rows(
+                vec![row(["a@x", "web", "5"]), row(["b@x", "web", "5.5"])].into_iter(),
+            ),
         )
         .unwrap_err();
     assert_eq!(
@@ -625,13 +645,16 @@ fn data_errors_name_the_row_and_column() {
     );
     // A filtered-out row is never read.
     assert!(
-        plan.receiver_table(&header, vec![row(["b@x", "store", "-1"])].into_iter())
-            .is_ok()
+        plan.receiver_table(
+            &header,
+            cleanroom_rules::text_rows(vec![row(["b@x", "store", "-1"])].into_iter())
+        )
+        .is_ok()
     );
     let err = plan
         .receiver_table(
             &header,
-            vec![vec!["a@x".to_owned(), "web".to_owned()]].into_iter(),
+            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned(), "web".to_owned()]].into_iter()),
         )
         .unwrap_err();
     assert!(
@@ -641,7 +664,10 @@ fn data_errors_name_the_row_and_column() {
     );
 
     let err = plan
-        .receiver_table(&header[..2], std::iter::empty())
+        .receiver_table(
+            &header[..2],
+            cleanroom_rules::text_rows(Vec::<Vec<String>>::new()),
+        )
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -650,7 +676,9 @@ fn data_errors_name_the_row_and_column() {
     let err = plan
         .receiver_table(
             &header,
-            vec![row(["a@x", "web", "4294967295"]), row(["A@x", "web", "1"])].into_iter(),
+            cleanroom_rules::text_rows(
+                vec![row(["a@x", "web", "4294967295"]), row(["A@x", "web", "1"])].into_iter(),
+            ),
         )
         .unwrap_err();
     assert!(
@@ -661,7 +689,7 @@ fn data_errors_name_the_row_and_column() {
     assert!(
         plan.matcher_table(
             &["email".to_owned()],
-            vec![vec!["a@x".to_owned()]].into_iter()
+            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned()]].into_iter())
         )
         .is_ok()
     );

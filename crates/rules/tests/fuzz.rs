@@ -339,8 +339,8 @@ proptest! {
         let collab = collaboration();
         for sql in [SEEDS[2], SEEDS[3]] {
             let plan = collab.plan("advertiser", sql).unwrap();
-            let _ = plan.matcher_table(&header, rows.iter().cloned());
-            if let Ok(table) = plan.receiver_table(&header, rows.iter().cloned()) {
+            let _ = plan.matcher_table(&header, cleanroom_rules::text_rows(rows.iter().cloned()));
+            if let Ok(table) = plan.receiver_table(&header, cleanroom_rules::text_rows(rows.iter().cloned())) {
                 prop_assert!(table.distinct() <= table.stats().rows);
                 prop_assert!(table.stats().rows <= rows.len() as u64);
             }

@@ -98,10 +98,16 @@ fn plain(
 fn run(plan: &Plan) -> (ResultTable, Vec<u8>) {
     let (customers, subscribers) = (Csv::load("customers.csv"), Csv::load("subscribers.csv"));
     let provider = plan
-        .list_provider_table(&subscribers.header, subscribers.rows.iter().cloned())
+        .list_provider_table(
+            &subscribers.header,
+            cleanroom_rules::text_rows(subscribers.rows.iter().cloned()),
+        )
         .unwrap();
     let (querier, rows) = plan
-        .list_querier_table(&customers.header, customers.rows.iter().cloned())
+        .list_querier_table(
+            &customers.header,
+            cleanroom_rules::text_rows(customers.rows.iter().cloned()),
+        )
         .unwrap();
     let mut transcript = Vec::new();
     let report = list_offline_observed(&plan.domain(), provider, querier, |_, bytes| {
@@ -260,7 +266,10 @@ fn outcomes_of_the_wrong_shape_are_refused() {
     );
     let customers = Csv::load("customers.csv");
     let (_, rows) = list
-        .list_querier_table(&customers.header, customers.rows.iter().cloned())
+        .list_querier_table(
+            &customers.header,
+            cleanroom_rules::text_rows(customers.rows.iter().cloned()),
+        )
         .unwrap();
     let bad = ListOutcome {
         matches: vec![ListMatch {

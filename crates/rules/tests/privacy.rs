@@ -286,12 +286,15 @@ fn run(
     mut decide: impl FnMut(&GroupCount) -> GroupDecision,
 ) -> (Vec<GroupCount>, ReceiverOutcome) {
     let mt = plan
-        .matcher_table(&header(&["email", "campaign"]), impressions.iter().cloned())
+        .matcher_table(
+            &header(&["email", "campaign"]),
+            cleanroom_rules::text_rows(impressions.iter().cloned()),
+        )
         .unwrap();
     let rt = plan
         .receiver_table(
             &header(&["email", "amount", "coupon"]),
-            conversions.iter().cloned(),
+            cleanroom_rules::text_rows(conversions.iter().cloned()),
         )
         .unwrap();
     let mut m = Matcher::new(&plan.domain(), mt, Limits::default())

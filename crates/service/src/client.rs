@@ -4,8 +4,8 @@
 //! own table with the plan's filters, opens a session, plays the psi receiver (for a list
 //! query, the list querier), and turns the released outcome into the result table.
 
+use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cleanroom_psi::{ListQuerier, ProtocolError, Receiver};
@@ -196,7 +196,7 @@ pub struct Query<'a> {
     /// The SQL.
     pub sql: &'a str,
     /// The CSV file of each of the member's tables.
-    pub data: &'a BTreeMap<String, PathBuf>,
+    pub data: &'a BTreeMap<String, TableSpec>,
 }
 
 /// What a query's progress looks like, for a progress display.
@@ -242,6 +242,8 @@ pub struct QueryOutcome {
     /// For a list: the provider's payloads for this member's identifiers that did not open
     /// (altered or forged), counted as not matched.
     pub unopened: u64,
+    /// Of those, rows never matched: NULL (in any declared spelling) or empty identifier.
+    pub skipped_rows: u64,
 }
 
 /// A connection to one server.
@@ -336,7 +338,7 @@ impl Client {
                 let limits = cleanroom_psi::Limits::default();
                 let (rows, side) = if plan.protocol() == Protocol::List {
                     let (table, kept) = data::list_querier_table(&plan, &path)?;
-                    let rows = table.stats().rows;
+                    let rows = table.stats();
                     let columns = plan.matcher().list_columns.len();
                     let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
                     (rows, Side::List(ListQuerierRole(querier), kept))
@@ -346,7 +348,7 @@ impl Client {
                     // connecting.
                     plan.check_querier_identifiers(table.distinct_identifiers())
                         .map_err(ClientError::Refused)?;
-                    let rows = table.stats().rows;
+                    let rows = table.stats();
                     let mut receiver = Receiver::new(&plan.domain(), table, limits);
                     if plan.grouped_by() != Some(cleanroom_rules::Role::Matcher) {
                         receiver = receiver.expect_matcher_groups(1);
@@ -368,6 +370,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
         };
+        let (rows, skipped_rows) = (rows.rows, rows.skipped_empty);
 
         let (outbound, requests) = mpsc::channel(4);
         let start = RunSessionRequest {
@@ -379,6 +382,7 @@ impl Client {
                     name: own.clone(),
                     columns,
                     rows,
+                    skipped_rows,
                 }),
             })),
         };
@@ -492,6 +496,7 @@ impl Client {
             counters,
             rows,
             unopened,
+            skipped_rows,
         })
     }
 }

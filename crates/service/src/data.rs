@@ -1,69 +1,42 @@
-//! Reading a member's CSV file into the PSI table a plan asks for, streaming row by row (a
-//! 10-million-row file is never held as text in memory).
+//! Reading a member's table into the PSI table a plan asks for, through `cleanroom-data` (CSV
+//! or Parquet, local or on object storage), streaming row by row: a 10-million-row file is
+//! never held as text in memory.
 
-use std::path::{Path, PathBuf};
-
+use cleanroom_data::{ReadError, Row, Table as Source, TableSpec};
 use cleanroom_psi::{ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
-use cleanroom_rules::{DataError, Plan, QuerierRows};
+use cleanroom_rules::{DataError, Plan, QuerierRows, Table, TableCheck};
 
-/// A data file that cannot be turned into the plan's table.
+/// A table that cannot be turned into the plan's table.
 #[derive(Debug, thiserror::Error)]
 pub enum DataFileError {
-    /// The file cannot be opened or its header read.
-    #[error("{path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: csv::Error,
-    },
-    /// A record is not valid CSV (or not UTF-8).
-    #[error("{path}: {source}")]
-    Record {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong, with its line.
-        #[source]
-        source: csv::Error,
-    },
+    /// The table cannot be read: not found, malformed CSV at a line, a repeated header name,
+    /// an unsupported Parquet type, an object-store failure. The message names the location.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The rows do not fit the plan (missing column, non-integer value, ...).
-    #[error("{path}: {source}")]
+    #[error("{location}: {source}")]
     Rows {
-        /// The file.
-        path: PathBuf,
-        /// What the plan found, with its row and column.
+        /// The table's location.
+        location: String,
+        /// What the plan found, with its line (or row) and column.
         #[source]
         source: DataError,
     },
 }
 
-/// Runs `build` over the header and records of the CSV file at `path`; a CSV error stops the
-/// rows and is reported in preference to whatever `build` made of the truncated input.
+/// Runs `build` over the header and rows of the table at `spec`; a read error stops the rows
+/// and is reported in preference to whatever `build` made of the truncated input.
 fn with_rows<T>(
-    path: &Path,
-    build: impl FnOnce(&[String], &mut dyn Iterator<Item = Vec<String>>) -> Result<T, DataError>,
+    spec: &TableSpec,
+    build: impl FnOnce(&[String], &mut dyn Iterator<Item = Row>) -> Result<T, DataError>,
 ) -> Result<T, DataFileError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|source| DataFileError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|source| DataFileError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .iter()
-        .map(str::to_owned)
-        .collect();
+    let mut source = Source::open(spec)?;
+    let header = source.header().to_vec();
+    let location = source.location().to_owned();
     let mut failure = None;
     let built = {
-        let mut rows = reader.records().map_while(|record| match record {
-            Ok(record) => Some(record.iter().map(str::to_owned).collect::<Vec<String>>()),
+        let mut rows = source.by_ref().map_while(|row| match row {
+            Ok(row) => Some(row),
             Err(e) => {
                 failure = Some(e);
                 None
@@ -71,54 +44,58 @@ fn with_rows<T>(
         });
         build(&header, &mut rows)
     };
-    if let Some(source) = failure {
-        return Err(DataFileError::Record {
-            path: path.to_path_buf(),
-            source,
-        });
+    if let Some(e) = failure {
+        return Err(e.into());
     }
-    built.map_err(|source| DataFileError::Rows {
-        path: path.to_path_buf(),
-        source,
-    })
+    built.map_err(|source| DataFileError::Rows { location, source })
 }
 
-/// The matcher's table of `plan` from the CSV file at `path` (the plan's matcher-side filter
-/// and group columns applied).
-pub fn matcher_table(plan: &Plan, path: &Path) -> Result<MatcherTable, DataFileError> {
-    with_rows(path, |header, rows| plan.matcher_table(header, rows))
+/// The matcher's table of `plan` from the table at `spec` (the plan's matcher-side filter and
+/// group columns applied).
+pub fn matcher_table(plan: &Plan, spec: &TableSpec) -> Result<MatcherTable, DataFileError> {
+    with_rows(spec, |header, rows| plan.matcher_table(header, rows))
 }
 
-/// The receiver's table of `plan` from the CSV file at `path` (the plan's receiver-side
-/// filter, group columns and value columns applied).
-pub fn receiver_table(plan: &Plan, path: &Path) -> Result<ReceiverTable, DataFileError> {
-    with_rows(path, |header, rows| plan.receiver_table(header, rows))
+/// The receiver's table of `plan` from the table at `spec` (the plan's receiver-side filter,
+/// group columns and value columns applied).
+pub fn receiver_table(plan: &Plan, spec: &TableSpec) -> Result<ReceiverTable, DataFileError> {
+    with_rows(spec, |header, rows| plan.receiver_table(header, rows))
 }
 
-/// The list provider's table of a list `plan` from the CSV file at `path` (the plan's
+/// The list provider's table of a list `plan` from the table at `spec` (the plan's
 /// matcher-side filter applied; only the identifier and the matcher's list columns are read).
-pub fn list_provider_table(plan: &Plan, path: &Path) -> Result<ListProviderTable, DataFileError> {
-    with_rows(path, |header, rows| plan.list_provider_table(header, rows))
+pub fn list_provider_table(
+    plan: &Plan,
+    spec: &TableSpec,
+) -> Result<ListProviderTable, DataFileError> {
+    with_rows(spec, |header, rows| plan.list_provider_table(header, rows))
 }
 
-/// The list querier's table of a list `plan` from the CSV file at `path`, with the kept rows
-/// the result is joined from (the plan's receiver-side filter applied).
+/// The list querier's table of a list `plan` from the table at `spec`, with the kept rows the
+/// result is joined from (the plan's receiver-side filter applied).
 pub fn list_querier_table(
     plan: &Plan,
-    path: &Path,
+    spec: &TableSpec,
 ) -> Result<(ListQuerierTable, QuerierRows), DataFileError> {
-    with_rows(path, |header, rows| plan.list_querier_table(header, rows))
+    with_rows(spec, |header, rows| plan.list_querier_table(header, rows))
 }
 
-/// The header of the CSV file at `path`.
-pub fn header(path: &Path) -> Result<Vec<String>, DataFileError> {
-    let mut reader = csv::Reader::from_path(path).map_err(|source| DataFileError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let header = reader.headers().map_err(|source| DataFileError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(header.iter().map(str::to_owned).collect())
+/// The header of the table at `spec` (each name once: a repeated name is an error).
+pub fn header(spec: &TableSpec) -> Result<Vec<String>, DataFileError> {
+    Ok(Source::open(spec)?.header().to_vec())
+}
+
+/// Reads the whole table at `spec` as the collaboration's `table` (see
+/// [`Table::check_rows`]): every row well-formed, every column present, every summed value a
+/// number of its scale. Returns how many rows there are and how many are never matched.
+pub fn check_table(table: &Table, spec: &TableSpec) -> Result<TableCheck, DataFileError> {
+    with_rows(spec, |header, rows| table.check_rows(header, rows))
+}
+
+/// The table spec of `location` (a path or an object URL) for the collaboration's `table`: the
+/// table's declared format, dialect and NULL spellings, overridden by `options` given as
+/// `key=value` pairs (the command line's `,delimiter=;` and so on).
+pub fn spec_for(table: &Table, location_and_options: &str) -> Result<TableSpec, String> {
+    TableSpec::parse_with(location_and_options, table.source_options().clone())
+        .map_err(|e| format!("{location_and_options}: {e}"))
 }

@@ -5,9 +5,9 @@
 //! database, reads its own table with its own filters, plays the psi matcher, decides which
 //! output rows are released, records that decision durably, and only then sends the release.
 
+use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cleanroom_psi::range_proof::ValueRange;
@@ -53,8 +53,9 @@ pub struct ServerConfig {
     pub collaboration: Arc<Collaboration>,
     /// The member running this server (it must own every table in `data`).
     pub member: String,
-    /// The CSV file of each table this server serves.
-    pub data: BTreeMap<String, PathBuf>,
+    /// Where each table this server serves is, and how to read it (CSV or Parquet, local or
+    /// on object storage).
+    pub data: BTreeMap<String, TableSpec>,
     /// Per-session and concurrency limits.
     pub limits: Limits,
     /// The audit log.
@@ -118,7 +119,7 @@ pub enum ServerError {
         /// The table.
         table: String,
         /// The file.
-        path: PathBuf,
+        path: TableSpec,
         /// The missing column.
         column: String,
     },
@@ -181,6 +182,36 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Reads the whole of every table not checked yet in this process (see
+    /// [`data::check_table`]), before any session: a bad line is the provider's to fix at
+    /// start-up, naming file, line and column, not a partner's failed query later. Notes each
+    /// table's never-matched rows for the audit and returns, for the log, one line per table
+    /// checked now with its rows and never-matched rows.
+    pub fn check_tables(&self) -> Result<Vec<String>, ServerError> {
+        let mut log = Vec::new();
+        for (name, spec) in &self.data {
+            let Some(table) = self.collaboration.table(name) else {
+                return Err(ServerError::UnknownTable(name.clone()));
+            };
+            if self.state.table_skipped(name).is_some() {
+                continue;
+            }
+            let check = data::check_table(table, spec).map_err(|source| ServerError::Data {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+            log.push(format!(
+                "table {name} ({spec}): {} rows, {} skipped (NULL or empty identifier, never \
+                 matched)",
+                check.rows, check.skipped_rows
+            ));
+            self.state.set_table_skipped(name, check.skipped_rows);
+        }
+        Ok(log)
+    }
+}
+
 /// Serves the cleanroom service, `grpc.health.v1` and server reflection on `listener` until
 /// `shutdown` resolves (then lets running sessions finish).
 pub async fn serve(
@@ -189,6 +220,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    for line in config.check_tables()? {
+        eprintln!("cleanroom serve: {line}");
+    }
     config
         .state
         .record_policy(&Policy::of(&config.collaboration))?;
@@ -426,7 +460,7 @@ async fn state_call<T: Send + 'static>(
 struct Admitted {
     session_id: String,
     plan: Plan,
-    matcher_path: PathBuf,
+    matcher_path: TableSpec,
     receiver_rows: u64,
     permit: OwnedSemaphorePermit,
     /// The querier's standing after this session's charge.
@@ -435,7 +469,7 @@ struct Admitted {
 
 impl CleanRoom {
     /// The checks before any protocol message: identity, collaboration, rules, data, limits.
-    fn admit(&self, member: &str, start: &SessionStart) -> Result<(Plan, PathBuf), SessionError> {
+    fn admit(&self, member: &str, start: &SessionStart) -> Result<(Plan, TableSpec), SessionError> {
         let config = &self.config;
         if start.member != member {
             return Err(SessionError::PermissionDenied(format!(
@@ -539,10 +573,12 @@ impl CleanRoom {
         };
         let session_id = new_session_id().map_err(|e| e.status())?;
         let receiver_rows = start.table.as_ref().map_or(0, |t| t.rows);
+        let receiver_skipped = start.table.as_ref().map_or(0, |t| t.skipped_rows);
         {
             let (id, member, sql) = (session_id.clone(), member.to_owned(), start.sql.clone());
             state_call(&self.config.state, move |s| {
-                s.begin(&id, &member, &sql, receiver_rows)
+                s.begin(&id, &member, &sql, receiver_rows)?;
+                s.record_receiver_skipped(&id, receiver_skipped)
             })
             .await
             .map_err(|e| e.status())?;
@@ -570,14 +606,22 @@ impl CleanRoom {
             Err(error) => Err(error),
         };
         match admitted {
-            Ok((plan, matcher_path, permit, standing)) => Ok(Admitted {
-                session_id,
-                plan,
-                matcher_path,
-                receiver_rows,
-                permit,
-                standing,
-            }),
+            Ok((plan, matcher_path, permit, standing)) => {
+                let (id, table) = (session_id.clone(), plan.matcher().table.clone());
+                // The figure is informative: a failure to write it does not end the session.
+                let _ = state_call(&self.config.state, move |s| {
+                    s.record_matcher_skipped(&id, &table)
+                })
+                .await;
+                Ok(Admitted {
+                    session_id,
+                    plan,
+                    matcher_path,
+                    receiver_rows,
+                    permit,
+                    standing,
+                })
+            }
             Err(error) => {
                 self.finish(&session_id, &error, Completion::default())
                     .await;
@@ -698,7 +742,7 @@ impl CleanRoom {
         &self,
         session_id: &str,
         plan: &Plan,
-        matcher_path: PathBuf,
+        matcher_path: TableSpec,
         receiver_rows: u64,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
@@ -792,7 +836,7 @@ impl CleanRoom {
     async fn aggregate_protocol(
         &self,
         plan: &Plan,
-        matcher_path: PathBuf,
+        matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
@@ -860,7 +904,7 @@ impl CleanRoom {
     async fn list_protocol(
         &self,
         plan: &Plan,
-        matcher_path: PathBuf,
+        matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,

@@ -24,9 +24,15 @@ use cleanroom_rules::{Ability, Collaboration, Epsilon};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-/// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy;
-/// a version 1 file is upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 2;
+/// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
+/// the skipped-row counts of the audit; older files are upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Columns added after version 1, with their definitions (added to an older file on open).
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 2] = [
+    ("matcher_skipped", "INTEGER NOT NULL DEFAULT 0"),
+    ("receiver_skipped", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit (
@@ -46,7 +52,9 @@ CREATE TABLE IF NOT EXISTS audit (
     messages_received INTEGER NOT NULL DEFAULT 0,
     messages_sent INTEGER NOT NULL DEFAULT 0,
     bytes_received INTEGER NOT NULL DEFAULT 0,
-    bytes_sent INTEGER NOT NULL DEFAULT 0
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    matcher_skipped INTEGER NOT NULL DEFAULT 0,
+    receiver_skipped INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_member ON audit (member, id);
 CREATE TABLE IF NOT EXISTS ledger (
@@ -178,6 +186,12 @@ pub struct AuditEntry {
     pub bytes_received: u64,
     /// Protocol bytes sent to the client.
     pub bytes_sent: u64,
+    /// Rows of the server's table never matched (NULL or empty identifier), counted over the
+    /// whole table when the server started.
+    pub matcher_skipped: u64,
+    /// Rows of the querier's table never matched (NULL or empty identifier), as declared by
+    /// the client.
+    pub receiver_skipped: u64,
 }
 
 impl AuditEntry {
@@ -198,6 +212,8 @@ impl AuditEntry {
             receiver_rows: self.receiver_rows,
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
+            matcher_skipped: self.matcher_skipped,
+            receiver_skipped: self.receiver_skipped,
         }
     }
 }
@@ -429,6 +445,8 @@ pub enum StateError {
 pub struct StateDb {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Per served table, its rows never matched (set when the server checked it).
+    skipped: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -479,9 +497,25 @@ impl StateDb {
              COMMIT;"
         ))
         .map_err(err)?;
+        for (column, definition) in ADDED_AUDIT_COLUMNS {
+            let present: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = ?1",
+                    [column],
+                    |row| row.get(0),
+                )
+                .map_err(err)?;
+            if present == 0 {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE audit ADD COLUMN {column} {definition};"
+                ))
+                .map_err(err)?;
+            }
+        }
         Ok(StateDb {
             path,
             conn: Mutex::new(conn),
+            skipped: Mutex::default(),
         })
     }
 
@@ -510,6 +544,7 @@ impl StateDb {
         Ok(StateDb {
             path,
             conn: Mutex::new(conn),
+            skipped: Mutex::default(),
         })
     }
 
@@ -555,6 +590,53 @@ impl StateDb {
             }
             Err(e) => Err(self.sqlite(e)),
         }
+    }
+
+    /// Notes how many rows of served `table` are never matched (its whole-table check at
+    /// start-up), for the audit entries of the sessions that use it.
+    pub fn set_table_skipped(&self, table: &str, skipped: u64) {
+        self.skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(table.to_owned(), skipped);
+    }
+
+    /// The never-matched rows noted for served `table` by [`StateDb::set_table_skipped`], if
+    /// it was checked in this process.
+    pub fn table_skipped(&self, table: &str) -> Option<u64> {
+        self.skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(table)
+            .copied()
+    }
+
+    /// Records in `session_id`'s entry the querier's declared skipped rows.
+    pub fn record_receiver_skipped(
+        &self,
+        session_id: &str,
+        receiver_skipped: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE audit SET receiver_skipped = ?2 WHERE session_id = ?1",
+                params![session_id, to_i64(receiver_skipped)],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+
+    /// Records in `session_id`'s entry the skipped rows of served `table` (see
+    /// [`StateDb::set_table_skipped`]; 0 when it was not checked).
+    pub fn record_matcher_skipped(&self, session_id: &str, table: &str) -> Result<(), StateError> {
+        let skipped = self.table_skipped(table).unwrap_or(0);
+        self.conn()
+            .execute(
+                "UPDATE audit SET matcher_skipped = ?2 WHERE session_id = ?1",
+                params![session_id, to_i64(skipped)],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
     }
 
     /// Completes a running entry with its decision, reason and figures, durably. Returns
@@ -857,7 +939,7 @@ impl StateDb {
 
 const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finished_at, member, sql, decision,
     reason, released_rows, suppressed_rows, matcher_rows, receiver_rows, messages_received,
-    messages_sent, bytes_received, bytes_sent FROM audit";
+    messages_sent, bytes_received, bytes_sent, matcher_skipped, receiver_skipped FROM audit";
 
 /// A row as SQLite returns it, before its values are checked.
 struct RawEntry {
@@ -868,11 +950,11 @@ struct RawEntry {
     sql: String,
     decision: String,
     reason: String,
-    counts: [i64; 8],
+    counts: [i64; 10],
 }
 
 fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    let mut counts = [0i64; 8];
+    let mut counts = [0i64; 10];
     for (i, count) in counts.iter_mut().enumerate() {
         *count = row.get(8 + i)?;
     }
@@ -899,6 +981,8 @@ impl RawEntry {
             messages_sent,
             bytes_received,
             bytes_sent,
+            matcher_skipped,
+            receiver_skipped,
         ] = self.counts;
         Ok(AuditEntry {
             session_id: self.session_id,
@@ -916,6 +1000,8 @@ impl RawEntry {
             messages_sent: to_u64(messages_sent)?,
             bytes_received: to_u64(bytes_received)?,
             bytes_sent: to_u64(bytes_sent)?,
+            matcher_skipped: to_u64(matcher_skipped)?,
+            receiver_skipped: to_u64(receiver_skipped)?,
         })
     }
 }
