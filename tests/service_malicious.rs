@@ -342,42 +342,22 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
             let attacker = Attacker::new(&plan);
             let mut views = Vec::new();
             for who in [target.as_str(), STRANGER] {
-                let before = queries_charged(&server);
-                let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
-                let groups = matcher_points(&mut inbound).await;
                 let mut ids = fillers("f", 8);
                 ids.push(who.to_owned());
-                send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
-                let mut items = attacker.items(0, &ids);
-                let (Message::ReceiverItems { ciphertexts, .. }
-                | Message::ReceiverProvenItems { ciphertexts, .. }) = &mut items
-                else {
-                    unreachable!()
+                // The last item's ciphertext is not a point encoding.
+                let garble = |items: &mut Message| {
+                    let (Message::ReceiverItems { ciphertexts, .. }
+                    | Message::ReceiverProvenItems { ciphertexts, .. }) = items
+                    else {
+                        unreachable!("items")
+                    };
+                    let width = ciphertexts.len() / 9;
+                    ciphertexts[8 * width..].fill(0xFF);
                 };
-                let width = ciphertexts.len() / ids.len();
-                let at = (ids.len() - 1) * width;
-                ciphertexts[at..at + width].fill(0xFF);
-                send(&tx, &items).await;
-                for (g, points) in groups.iter().enumerate() {
-                    let tags = attacker.tags(points);
-                    send(
-                        &tx,
-                        &Message::ReceiverTags {
-                            group: g as u32,
-                            tags,
-                        },
-                    )
-                    .await;
-                }
-                let seen = seen(&mut inbound, &id).await;
-                drop(tx);
-                let entry = audit_view(&server, &id).await;
-                let charged = queries_charged(&server) - before;
-                views.push(View {
-                    seen,
-                    entry,
-                    charged,
-                });
+                let groups = [ids];
+                views.push(
+                    play_tampered(&fx, &server, sql, &attacker, &groups, garble, |_| {}).await,
+                );
             }
             if plan.privacy().is_some() {
                 blank_padded_sizes(&mut views);
@@ -410,6 +390,20 @@ async fn play(
     groups: &[Vec<String>],
     tamper: impl Fn(&mut Vec<Tag>),
 ) -> View {
+    play_tampered(fx, server, sql, attacker, groups, |_| {}, tamper).await
+}
+
+/// [`play`], also letting `tamper_items` change each chunk of items (one per receiver group)
+/// before it is sent.
+async fn play_tampered(
+    fx: &Fixture,
+    server: &Running,
+    sql: &str,
+    attacker: &Attacker,
+    groups: &[Vec<String>],
+    tamper_items: impl Fn(&mut Message),
+    tamper: impl Fn(&mut Vec<Tag>),
+) -> View {
     let before = queries_charged(server);
     let (tx, mut inbound, id) = open(server, start(fx, sql, 601)).await;
     let points = matcher_points(&mut inbound).await;
@@ -419,7 +413,9 @@ async fn play(
     )
     .await;
     for (g, ids) in groups.iter().enumerate() {
-        send(&tx, &attacker.items(g as u32, ids)).await;
+        let mut items = attacker.items(g as u32, ids);
+        tamper_items(&mut items);
+        send(&tx, &items).await;
     }
     for (g, points) in points.iter().enumerate() {
         let mut tags = attacker.tags(points);
@@ -517,44 +513,22 @@ async fn an_out_of_range_value_is_refused_alike_for_members_and_strangers() {
         let plan = fx.collaboration.plan("advertiser", sql).unwrap();
         let attacker = Attacker::new(&plan);
         let key = attacker.values.as_ref().expect("a summing plan");
+        // The flag: a high limb of 2^19 (bit 16 + 3 of a limb), far above any sum_bounds.
+        let flagged = key.encrypt_to_bytes(&[vec![(1u64 << 35) | 10]]);
         let mut views = Vec::new();
         for who in [target.as_str(), STRANGER] {
-            let before = queries_charged(&server);
-            let (tx, mut inbound, id) = open(&server, start(&fx, sql, 601)).await;
-            let groups = matcher_points(&mut inbound).await;
             let mut ids = fillers("f", 8);
             ids.push(who.to_owned());
-            send(&tx, &attacker.hello(vec![ids.len() as u64])).await;
-            let mut items = attacker.items(0, &ids);
-            let Message::ReceiverProvenItems { ciphertexts, .. } = &mut items else {
-                panic!("{sql}: the plan's ranges must be proven")
+            // The last item's ciphertext swapped for the flagged one, its proof left as it was.
+            let flag = |items: &mut Message| {
+                let Message::ReceiverProvenItems { ciphertexts, .. } = items else {
+                    panic!("{sql}: the plan's ranges must be proven")
+                };
+                let width = ciphertexts.len() / 9;
+                ciphertexts[8 * width..].copy_from_slice(&flagged);
             };
-            // The flag: a high limb of 2^19 (bit 16 + 3 of a limb), far above any sum_bounds.
-            let flagged = key.encrypt_to_bytes(&[vec![(1u64 << 35) | 10]]);
-            let width = ciphertexts.len() / ids.len();
-            let at = (ids.len() - 1) * width;
-            ciphertexts[at..at + width].copy_from_slice(&flagged);
-            send(&tx, &items).await;
-            for (g, points) in groups.iter().enumerate() {
-                let tags = attacker.tags(points);
-                send(
-                    &tx,
-                    &Message::ReceiverTags {
-                        group: g as u32,
-                        tags,
-                    },
-                )
-                .await;
-            }
-            let seen = seen(&mut inbound, &id).await;
-            drop(tx);
-            let entry = audit_view(&server, &id).await;
-            let charged = queries_charged(&server) - before;
-            views.push(View {
-                seen,
-                entry,
-                charged,
-            });
+            let groups = [ids];
+            views.push(play_tampered(&fx, &server, sql, &attacker, &groups, flag, |_| {}).await);
         }
         blank_padded_sizes(&mut views);
         assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
