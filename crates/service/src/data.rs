@@ -12,7 +12,7 @@ pub enum DataFileError {
     /// The table cannot be read: not found, malformed CSV at a line, a repeated header name,
     /// an unsupported Parquet type, an object-store failure. The message names the location.
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(Box<ReadError>),
     /// The rows do not fit the plan (missing column, non-integer value, ...).
     #[error("{location}: {source}")]
     Rows {
@@ -20,8 +20,14 @@ pub enum DataFileError {
         location: String,
         /// What the plan found, with its line (or row) and column.
         #[source]
-        source: DataError,
+        source: Box<DataError>,
     },
+}
+
+impl From<ReadError> for DataFileError {
+    fn from(e: ReadError) -> Self {
+        DataFileError::Read(Box::new(e))
+    }
 }
 
 /// Runs `build` over the header and rows of the table at `spec`; a read error stops the rows
@@ -47,7 +53,10 @@ fn with_rows<T>(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    built.map_err(|source| DataFileError::Rows { location, source })
+    built.map_err(|source| DataFileError::Rows {
+        location,
+        source: Box::new(source),
+    })
 }
 
 /// The matcher's table of `plan` from the table at `spec` (the plan's matcher-side filter and
