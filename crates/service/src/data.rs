@@ -6,6 +6,8 @@ use cleanroom_data::{ReadError, Row, Table as Source, TableSpec};
 use cleanroom_psi::{ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
 use cleanroom_rules::{DataError, Plan, QuerierRows, Table, TableCheck};
 
+use crate::server::{ServerConfig, ServerError};
+
 /// A table that cannot be turned into the plan's table.
 #[derive(Debug, thiserror::Error)]
 pub enum DataFileError {
@@ -101,10 +103,32 @@ pub fn check_table(table: &Table, spec: &TableSpec) -> Result<TableCheck, DataFi
     with_rows(spec, |header, rows| table.check_rows(header, rows))
 }
 
-/// The table spec of `location` (a path or an object URL) for the collaboration's `table`: the
-/// table's declared format, dialect and NULL spellings, overridden by `options` given as
-/// `key=value` pairs (the command line's `,delimiter=;` and so on).
-pub fn spec_for(table: &Table, location_and_options: &str) -> Result<TableSpec, String> {
-    TableSpec::parse_with(location_and_options, table.source_options().clone())
-        .map_err(|e| format!("{location_and_options}: {e}"))
+impl ServerConfig {
+    /// Reads the whole of every table not checked yet in this process (see
+    /// [`check_table`]), before any session: a bad line is the provider's to fix at
+    /// start-up, naming file, line and column, not a partner's failed query later. Notes each
+    /// table's never-matched rows for the audit and returns, for the log, one line per table
+    /// checked now with its rows and never-matched rows.
+    pub fn check_tables(&self) -> Result<Vec<String>, ServerError> {
+        let mut log = Vec::new();
+        for (name, spec) in &self.data {
+            let Some(table) = self.collaboration.table(name) else {
+                return Err(ServerError::UnknownTable(name.clone()));
+            };
+            if self.state.table_skipped(name).is_some() {
+                continue;
+            }
+            let check = check_table(table, spec).map_err(|source| ServerError::Data {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+            log.push(format!(
+                "table {name} ({spec}): {} rows, {} skipped (NULL or empty identifier, never \
+                 matched)",
+                check.rows, check.skipped_rows
+            ));
+            self.state.set_table_skipped(name, check.skipped_rows);
+        }
+        Ok(log)
+    }
 }
