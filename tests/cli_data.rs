@@ -318,7 +318,9 @@ decimal_columns = { amount = { scale = 2 } }
 min_threshold = 2
 "#;
 
-/// A `cleanroom serve` child and its address, or its whole log when it exited.
+/// A `cleanroom serve` child and its address, or its whole log when it exited. The caller
+/// kills and waits for the child it gets.
+#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path, impressions: &str) -> Result<(Child, String, String), String> {
     let config = dir.join("collab.toml");
     std::fs::write(&config, COLLABORATION).unwrap();
@@ -384,9 +386,7 @@ fn the_server_refuses_to_start_on_a_bad_line_5001() {
         }
     }
     let path = write(dir.path(), "impressions.csv", &text);
-    let log = serve(dir.path(), &path)
-        .err()
-        .expect("the server must not start");
+    let log = serve(dir.path(), &path).expect_err("the server must not start");
     assert!(
         log.contains("impressions.csv")
             && log.contains("line 5001")
@@ -395,9 +395,7 @@ fn the_server_refuses_to_start_on_a_bad_line_5001() {
     );
     // The same for a header that names a column twice.
     let path = write(dir.path(), "dup.csv", "email;campaign;email\na;b;c\n");
-    let log = serve(dir.path(), &path)
-        .err()
-        .expect("the server must not start");
+    let log = serve(dir.path(), &path).expect_err("the server must not start");
     assert!(log.contains("\"email\" more than once"), "{log}");
 }
 

@@ -44,8 +44,11 @@ fn cleanroom(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The matcher's rows (email; every 9th NULL) and the receiver's (email, amount in cents).
-fn rows(n: usize) -> (Vec<Option<String>>, Vec<(Option<String>, Option<i128>)>) {
+/// A receiver row: email (or NULL) and amount in cents (or NULL).
+type Purchase = (Option<String>, Option<i128>);
+
+/// The matcher's rows (email; every 9th NULL) and the receiver's.
+fn rows(n: usize) -> (Vec<Option<String>>, Vec<Purchase>) {
     let left = (0..n)
         .map(|i| (i % 9 != 0).then(|| format!("u{i}@x.org")))
         .collect();
@@ -67,7 +70,7 @@ fn csv_of(left: &[Option<String>]) -> Vec<u8> {
     text.into_bytes()
 }
 
-fn parquet_of(right: &[(Option<String>, Option<i128>)]) -> Vec<u8> {
+fn parquet_of(right: &[Purchase]) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("email", DataType::Utf8, true),
         Field::new("amount", DataType::Decimal128(12, 2), true),
@@ -89,7 +92,7 @@ fn parquet_of(right: &[(Option<String>, Option<i128>)]) -> Vec<u8> {
 }
 
 /// The plain answer: matched distinct identifiers and the sum of their amounts (cents).
-fn plain(left: &[Option<String>], right: &[(Option<String>, Option<i128>)]) -> (u64, i128) {
+fn plain(left: &[Option<String>], right: &[Purchase]) -> (u64, i128) {
     let ids: std::collections::HashSet<&String> = left.iter().flatten().collect();
     let mut matched = std::collections::HashSet::new();
     let mut sum = 0;

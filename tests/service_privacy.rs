@@ -361,7 +361,7 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
         vec!["user31@example.com".to_owned(), "1".to_owned()],
     ];
     let table = plan
-        .receiver_table(&header, cleanroom_rules::text_rows(rows.into_iter()))
+        .receiver_table(&header, cleanroom_rules::text_rows(rows))
         .unwrap();
     let start = |rows: u64| RunSessionRequest {
         message: Some(run_session_request::Message::Start(

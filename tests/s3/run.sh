@@ -45,4 +45,5 @@ boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(
     Bucket=os.environ["CLEANROOM_S3_BUCKET"])
 PY
 cd "$root"
-cargo test --locked --test s3 -- --ignored
+# --workspace: the same feature set as .ci/run's cargo test, so nothing is rebuilt.
+cargo test --workspace --locked --test s3 -- --ignored

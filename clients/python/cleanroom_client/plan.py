@@ -40,8 +40,13 @@ def load_plan(path: str) -> dict:
 # ----------------------------------------------------------------------------- text order
 
 
+# The spellings of NULL a CSV field may have (cleanroom's default `null_values`), compared
+# after trimming: such an identifier is never matched, such a value is NULL.
+NULL_SPELLINGS = frozenset(["", "NULL", "null", "\\N"])
+
+
 def is_null(cell: str) -> bool:
-    return trim(cell) == ""
+    return trim(cell) in NULL_SPELLINGS
 
 
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -183,7 +188,8 @@ class ReceiverTable:
     @classmethod
     def from_csv(cls, plan: dict, path: str) -> "ReceiverTable":
         side = plan["receiver"]
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             try:
                 header = next(reader)
@@ -221,7 +227,7 @@ class ReceiverTable:
                 if len(key.encode()) > MAX_GROUP_KEY_BYTES:
                     raise DataError(f"row {number}: group key longer than {MAX_GROUP_KEY_BYTES} bytes")
                 kept += 1
-                identifier = normalize(side["normalization"], row[ident])
+                identifier = None if is_null(row[ident]) else normalize(side["normalization"], row[ident])
                 if identifier is None:
                     skipped += 1
                     continue
@@ -246,9 +252,34 @@ def _value(column: dict, cell: str, number: int) -> int:
     if is_null(cell):
         return 0
     t = trim(cell)
+    scale = column.get("scale", 0)
+    if scale:
+        # Exact fixed point: at most `scale` digits after the point (trailing zeros aside).
+        m = _UDEC.match(t)
+        fraction = (m.group(2) or "").rstrip("0") if m else ""
+        if not m or len(fraction) > scale:
+            raise DataError(
+                f"row {number}, column {column['column']!r}: {cell!r} is not a non-negative decimal "
+                f"with at most {scale} digits after the point"
+            )
+        units = int((m.group(1) or "0") + fraction.ljust(scale, "0"))
+        if units >= 2**64:
+            raise DataError(f"row {number}, column {column['column']!r}: {cell!r} is too large")
+        return units
     if not _UINT.match(t) or int(t) >= 2**64:
         raise DataError(f"row {number}, column {column['column']!r}: {cell!r} is not a non-negative integer")
     return int(t)
+
+
+_UDEC = re.compile(r"\+?(?=\.?[0-9])([0-9]*)(?:\.([0-9]*))?\Z")
+
+
+def decimal_text(units: int, scale: int) -> str:
+    """`units / 10**scale` in plain notation with exactly `scale` decimals, as cleanroom prints it."""
+    if scale == 0:
+        return str(units)
+    digits = str(units).rjust(scale + 1, "0")
+    return f"{digits[:-scale]}.{digits[-scale:]}"
 
 
 # ----------------------------------------------------------------------------- results
@@ -303,11 +334,16 @@ def result(plan: dict, outcome: Outcome) -> dict:
                 row.append(key[out["key_index"]])
             elif kind == "count_distinct":
                 row.append(g.intersection_size)
-            elif kind in ("count", "sum"):
+            elif kind == "count":
                 row.append(g.sums[out["value_index"]])
+            elif kind == "sum":
+                scale = plan["receiver"]["value_columns"][out["value_index"]].get("scale", 0)
+                total = g.sums[out["value_index"]]
+                row.append(decimal_text(total, scale) if scale else total)
             elif kind == "avg":
                 n = g.sums[out["count_index"]]
-                row.append(None if n == 0 else g.sums[out["sum_index"]] / n)
+                scale = plan["receiver"]["value_columns"][out["sum_index"]].get("scale", 0)
+                row.append(None if n == 0 else g.sums[out["sum_index"]] / 10**scale / n)
             else:
                 raise ValueError(f"unknown output kind {kind!r}")
         keyed.append((key, row))

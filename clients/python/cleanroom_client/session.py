@@ -176,7 +176,9 @@ def run_query(
                 collaboration_id=plan["collaboration_id"],
                 member=plan["querier"],
                 sql=plan["sql"],
-                table=pb2.TableDescriptor(name=own, columns=table.header, rows=table.rows),
+                table=pb2.TableDescriptor(
+                    name=own, columns=table.header, rows=table.rows, skipped_rows=table.skipped
+                ),
             )
         )
     )

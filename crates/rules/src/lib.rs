@@ -52,11 +52,11 @@
 //! let rows = |n: usize, f: &dyn Fn(usize) -> Vec<String>| (0..n).map(f).collect::<Vec<_>>();
 //! // The publisher's side: who saw which campaign.
 //! let impressions = rows(8, &|i| vec![format!("u{i}@x.org"), ["a", "b"][i % 2].into()]);
-//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), cleanroom_rules::text_rows(impressions.into_iter()))?;
+//! let matcher = plan.matcher_table(&header(&["email", "campaign"]), cleanroom_rules::text_rows(impressions))?;
 //! // The advertiser's side: purchases.
 //! let purchases = rows(6, &|i| vec![format!("U{i}@X.org"), "10".into()]);
 //! let receiver =
-//!     plan.receiver_table(&header(&["email", "purchase_value"]), cleanroom_rules::text_rows(purchases.into_iter()))?;
+//!     plan.receiver_table(&header(&["email", "purchase_value"]), cleanroom_rules::text_rows(purchases))?;
 //!
 //! let report = cleanroom_psi::match_offline(&plan.domain(), matcher, receiver, plan.min_release())?;
 //! let result = plan.result(&report.outcome)?;

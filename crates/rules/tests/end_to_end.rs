@@ -634,9 +634,7 @@ fn data_errors_name_the_row_and_column() {
     let err = plan
         .receiver_table(
             &header,
-            cleanroom_rules::text_rows(
-                vec![row(["a@x", "web", "5"]), row(["b@x", "web", "5.5"])].into_iter(),
-            ),
+            cleanroom_rules::text_rows(vec![row(["a@x", "web", "5"]), row(["b@x", "web", "5.5"])]),
         )
         .unwrap_err();
     assert_eq!(
@@ -647,14 +645,14 @@ fn data_errors_name_the_row_and_column() {
     assert!(
         plan.receiver_table(
             &header,
-            cleanroom_rules::text_rows(vec![row(["b@x", "store", "-1"])].into_iter())
+            cleanroom_rules::text_rows(vec![row(["b@x", "store", "-1"])])
         )
         .is_ok()
     );
     let err = plan
         .receiver_table(
             &header,
-            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned(), "web".to_owned()]].into_iter()),
+            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned(), "web".to_owned()]]),
         )
         .unwrap_err();
     assert!(
@@ -676,9 +674,10 @@ fn data_errors_name_the_row_and_column() {
     let err = plan
         .receiver_table(
             &header,
-            cleanroom_rules::text_rows(
-                vec![row(["a@x", "web", "4294967295"]), row(["A@x", "web", "1"])].into_iter(),
-            ),
+            cleanroom_rules::text_rows(vec![
+                row(["a@x", "web", "4294967295"]),
+                row(["A@x", "web", "1"]),
+            ]),
         )
         .unwrap_err();
     assert!(
@@ -689,7 +688,7 @@ fn data_errors_name_the_row_and_column() {
     assert!(
         plan.matcher_table(
             &["email".to_owned()],
-            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned()]].into_iter())
+            cleanroom_rules::text_rows(vec![vec!["a@x".to_owned()]])
         )
         .is_ok()
     );

@@ -6,13 +6,15 @@ use cleanroom_data::{ReadError, Row, Table as Source, TableSpec};
 use cleanroom_psi::{ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
 use cleanroom_rules::{DataError, Plan, QuerierRows, Table, TableCheck};
 
+use crate::server::{ServerConfig, ServerError};
+
 /// A table that cannot be turned into the plan's table.
 #[derive(Debug, thiserror::Error)]
 pub enum DataFileError {
     /// The table cannot be read: not found, malformed CSV at a line, a repeated header name,
     /// an unsupported Parquet type, an object-store failure. The message names the location.
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(Box<ReadError>),
     /// The rows do not fit the plan (missing column, non-integer value, ...).
     #[error("{location}: {source}")]
     Rows {
@@ -20,8 +22,14 @@ pub enum DataFileError {
         location: String,
         /// What the plan found, with its line (or row) and column.
         #[source]
-        source: DataError,
+        source: Box<DataError>,
     },
+}
+
+impl From<ReadError> for DataFileError {
+    fn from(e: ReadError) -> Self {
+        DataFileError::Read(Box::new(e))
+    }
 }
 
 /// Runs `build` over the header and rows of the table at `spec`; a read error stops the rows
@@ -47,7 +55,10 @@ fn with_rows<T>(
     if let Some(e) = failure {
         return Err(e.into());
     }
-    built.map_err(|source| DataFileError::Rows { location, source })
+    built.map_err(|source| DataFileError::Rows {
+        location,
+        source: Box::new(source),
+    })
 }
 
 /// The matcher's table of `plan` from the table at `spec` (the plan's matcher-side filter and
@@ -92,10 +103,32 @@ pub fn check_table(table: &Table, spec: &TableSpec) -> Result<TableCheck, DataFi
     with_rows(spec, |header, rows| table.check_rows(header, rows))
 }
 
-/// The table spec of `location` (a path or an object URL) for the collaboration's `table`: the
-/// table's declared format, dialect and NULL spellings, overridden by `options` given as
-/// `key=value` pairs (the command line's `,delimiter=;` and so on).
-pub fn spec_for(table: &Table, location_and_options: &str) -> Result<TableSpec, String> {
-    TableSpec::parse_with(location_and_options, table.source_options().clone())
-        .map_err(|e| format!("{location_and_options}: {e}"))
+impl ServerConfig {
+    /// Reads the whole of every table not checked yet in this process (see
+    /// [`check_table`]), before any session: a bad line is the provider's to fix at
+    /// start-up, naming file, line and column, not a partner's failed query later. Notes each
+    /// table's never-matched rows for the audit and returns, for the log, one line per table
+    /// checked now with its rows and never-matched rows.
+    pub fn check_tables(&self) -> Result<Vec<String>, ServerError> {
+        let mut log = Vec::new();
+        for (name, spec) in &self.data {
+            let Some(table) = self.collaboration.table(name) else {
+                return Err(ServerError::UnknownTable(name.clone()));
+            };
+            if self.state.table_skipped(name).is_some() {
+                continue;
+            }
+            let check = check_table(table, spec).map_err(|source| ServerError::Data {
+                table: name.clone(),
+                source: Box::new(source),
+            })?;
+            log.push(format!(
+                "table {name} ({spec}): {} rows, {} skipped (NULL or empty identifier, never \
+                 matched)",
+                check.rows, check.skipped_rows
+            ));
+            self.state.set_table_skipped(name, check.skipped_rows);
+        }
+        Ok(log)
+    }
 }

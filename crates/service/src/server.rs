@@ -182,36 +182,6 @@ impl ServerConfig {
     }
 }
 
-impl ServerConfig {
-    /// Reads the whole of every table not checked yet in this process (see
-    /// [`data::check_table`]), before any session: a bad line is the provider's to fix at
-    /// start-up, naming file, line and column, not a partner's failed query later. Notes each
-    /// table's never-matched rows for the audit and returns, for the log, one line per table
-    /// checked now with its rows and never-matched rows.
-    pub fn check_tables(&self) -> Result<Vec<String>, ServerError> {
-        let mut log = Vec::new();
-        for (name, spec) in &self.data {
-            let Some(table) = self.collaboration.table(name) else {
-                return Err(ServerError::UnknownTable(name.clone()));
-            };
-            if self.state.table_skipped(name).is_some() {
-                continue;
-            }
-            let check = data::check_table(table, spec).map_err(|source| ServerError::Data {
-                table: name.clone(),
-                source: Box::new(source),
-            })?;
-            log.push(format!(
-                "table {name} ({spec}): {} rows, {} skipped (NULL or empty identifier, never \
-                 matched)",
-                check.rows, check.skipped_rows
-            ));
-            self.state.set_table_skipped(name, check.skipped_rows);
-        }
-        Ok(log)
-    }
-}
-
 /// Serves the cleanroom service, `grpc.health.v1` and server reflection on `listener` until
 /// `shutdown` resolves (then lets running sessions finish).
 pub async fn serve(
