@@ -196,8 +196,8 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// The wire form of this entry, as the querying member may read it: everything but the
-    /// provider's row count, which is the provider's data and stays in its own audit log
-    /// (`cleanroom audit` on the state database).
+    /// provider's row counts (processed and skipped), which are the provider's data and stay in
+    /// its own audit log (`cleanroom audit` on the state database).
     pub fn to_proto(&self) -> crate::proto::AuditEntry {
         crate::proto::AuditEntry {
             session_id: self.session_id.clone(),
@@ -212,7 +212,6 @@ impl AuditEntry {
             receiver_rows: self.receiver_rows,
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
-            matcher_skipped: self.matcher_skipped,
             receiver_skipped: self.receiver_skipped,
         }
     }
