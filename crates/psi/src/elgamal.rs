@@ -89,7 +89,7 @@ impl ValueKey {
     /// non-canonical or zero scalar, an odd count, or more than [`MAX_VALUE_COLUMNS`] columns.
     #[doc(hidden)]
     pub fn from_test_vector_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
-        if !secrets.len().is_multiple_of(LIMBS_PER_VALUE)
+        if secrets.len() % LIMBS_PER_VALUE != 0
             || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
         {
             return None;
@@ -239,9 +239,7 @@ impl ValuePublicKey {
 
     /// Decode public keys (two per column, at most [`MAX_VALUE_COLUMNS`] columns).
     pub fn from_bytes(bytes: &[PointBytes]) -> Result<Self, PointError> {
-        if !bytes.len().is_multiple_of(LIMBS_PER_VALUE)
-            || bytes.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
-        {
+        if bytes.len() % LIMBS_PER_VALUE != 0 || bytes.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE {
             return Err(PointError::WrongLength(bytes.len()));
         }
         let points = bytes

@@ -109,7 +109,7 @@ pub(crate) fn padded_width(encoded: usize) -> usize {
 pub(crate) fn is_payload_width(width: usize) -> bool {
     width > AEAD_TAG_BYTES
         && width <= MAX_PLAINTEXT_BYTES + AEAD_TAG_BYTES
-        && (width - AEAD_TAG_BYTES).is_multiple_of(PAD_BLOCK)
+        && (width - AEAD_TAG_BYTES) % PAD_BLOCK == 0
 }
 
 /// Payloads of `width` bytes that fit in one message.
