@@ -370,6 +370,7 @@ async fn malformed_and_out_of_order_messages_are_invalid_argument() {
             let done = Message::MatcherDone {
                 released: 0,
                 suppressed: 0,
+                bounded: 0,
             };
             send(tx, done.encode()).await;
         },
@@ -846,6 +847,7 @@ fn nothing_released(pairs: u64) -> Message {
     Message::MatcherDone {
         released: 0,
         suppressed: pairs,
+        bounded: 0,
     }
 }
 
@@ -1037,10 +1039,12 @@ impl LyingServer {
                 Message::MatcherDone {
                     released,
                     suppressed,
+                    bounded,
                 },
             ) => Message::MatcherDone {
                 released: released + 1,
                 suppressed,
+                bounded,
             }
             .encode(),
             (Lie::GarbageSums, Message::MatcherResult { mut groups }) => {
@@ -1095,6 +1099,7 @@ impl LyingServer {
             let done = Message::MatcherDone {
                 released: 0,
                 suppressed: 0,
+                bounded: 0,
             };
             tx.send(psi_response(done.encode())).await.ok()?;
             tx.send(summary_response()).await.ok()?;

@@ -718,6 +718,7 @@ async fn the_suppressed_count_is_the_same_for_members_and_strangers() {
                 let done = Message::MatcherDone {
                     released: 0,
                     suppressed: 2,
+                    bounded: 0,
                 };
                 assert_eq!(messages, &[done]);
                 assert_eq!((summary.released_rows, summary.suppressed_rows), (0, 2));

@@ -394,7 +394,8 @@ fn describe(msg: &Message) -> Value {
         Message::MatcherDone {
             released,
             suppressed,
-        } => json!({ "released": released, "suppressed": suppressed }),
+            bounded,
+        } => json!({ "released": released, "suppressed": suppressed, "bounded": bounded }),
         Message::ListProviderHello {
             set_size,
             columns,
@@ -478,12 +479,14 @@ fn wire_vectors() -> Value {
         Message::MatcherDone {
             released: 2,
             suppressed: 1,
+            bounded: 0,
         },
     ];
     let messages: Vec<Value> = messages.iter().map(message_vector).collect();
     let good_done = Message::MatcherDone {
         released: 0,
         suppressed: 0,
+        bounded: 0,
     }
     .encode();
     let mut invalid: Vec<(String, Vec<u8>)> = vec![

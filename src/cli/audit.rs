@@ -26,7 +26,7 @@ pub struct AuditArgs {
     format: Format,
 }
 
-const COLUMNS: [&str; 16] = [
+const COLUMNS: [&str; 18] = [
     "started_at",
     "session_id",
     "member",
@@ -37,6 +37,8 @@ const COLUMNS: [&str; 16] = [
     "receiver_rows",
     "matcher_skipped",
     "receiver_skipped",
+    "bounded_identifiers",
+    "bounded_disclosed",
     "messages_received",
     "messages_sent",
     "bytes_received",
@@ -57,6 +59,8 @@ fn cells(entry: &AuditEntry) -> Vec<String> {
         entry.receiver_rows.to_string(),
         entry.matcher_skipped.to_string(),
         entry.receiver_skipped.to_string(),
+        entry.bounded_identifiers.to_string(),
+        entry.bounded_disclosed.to_string(),
         entry.messages_received.to_string(),
         entry.messages_sent.to_string(),
         entry.bytes_received.to_string(),

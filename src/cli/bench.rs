@@ -370,10 +370,13 @@ fn run_memory_proven(n: u64, common: u64, interactive: bool) -> Result<Measured>
             progressed = true;
         }
         if !released && m.counts().is_some() {
-            m.release_with(|_| GroupDecision::Release {
-                count_noise: 0,
-                sum_noise: vec![0],
-            })?;
+            m.release_with(
+                |_| GroupDecision::Release {
+                    count_noise: 0,
+                    sum_noise: vec![0],
+                },
+                |bounded| bounded,
+            )?;
             released = true;
             progressed = true;
         }

@@ -66,7 +66,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&Allowed {
                 allowed: true,
-                plan
+                plan,
+                noise: plan.privacy().map(|p| p.outputs(plan)),
             })?
         ),
         Err(refusal) if json => println!(
@@ -91,6 +92,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 struct Allowed<'a> {
     allowed: bool,
     plan: &'a Plan,
+    /// Under privacy, the noise of each output column, in `SELECT` order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    noise: Option<Vec<cleanroom_rules::privacy::OutputNoise>>,
 }
 
 /// `{"allowed": false, "reasons": [...]}`.
@@ -168,6 +172,17 @@ fn describe_plan(plan: &Plan) -> String {
             privacy.set_size.scale.as_f64(),
             privacy.count.scale.as_f64()
         ));
+        if let Some(bounded) = &privacy.bounded {
+            out.push_str(&format!(
+                "bounding: each identifier counts in at most {k} output rows \
+                 (max_groups_per_identifier); one in more is kept in {k} chosen at random, and \
+                 the result says about how many were (noise scale {}, ±{} with 95% \
+                 probability)\n",
+                bounded.scale.as_f64(),
+                bounded.interval95(),
+                k = privacy.max_groups,
+            ));
+        }
         if !privacy.value_bounds.is_empty() {
             out.push_str(match privacy.sum_ranges {
                 SumRanges::Proven => {
@@ -183,10 +198,12 @@ fn describe_plan(plan: &Plan) -> String {
             });
         }
     }
+    let noise = plan.privacy().map(|p| p.outputs(plan));
     let rows: Vec<Vec<String>> = plan
         .outputs()
         .iter()
-        .map(|o| {
+        .enumerate()
+        .map(|(i, o)| {
             let source = match &o.value {
                 OutputValue::Dimension { table, column, .. } => format!("{table}.{column}"),
                 OutputValue::CountDistinct { table, column } => {
@@ -199,14 +216,33 @@ fn describe_plan(plan: &Plan) -> String {
                     format!("{table}.{column} of each matched row")
                 }
             };
-            vec![o.name.clone(), source]
+            let mut row = vec![o.name.clone(), source];
+            if let Some(n) = noise.as_ref().and_then(|n| n.get(i)) {
+                row.push(match n.kind {
+                    "none" => "exact".to_owned(),
+                    "avg" => format!(
+                        "noisy sum / noisy count: discrete Laplace, sum scale {} (±{}), count \
+                         scale {} (±{})",
+                        n.scale,
+                        n.interval95,
+                        n.count_scale.unwrap_or_default(),
+                        n.count_interval95.unwrap_or_default()
+                    ),
+                    _ => format!(
+                        "discrete Laplace, scale {}: within ±{} with 95% probability",
+                        n.scale, n.interval95
+                    ),
+                });
+            }
+            row
         })
         .collect();
+    let mut header = vec!["output".to_owned(), "computed as".to_owned()];
+    if noise.is_some() {
+        header.push("noise (95% interval)".to_owned());
+    }
     out.push('\n');
-    out.push_str(&render_table(
-        &["output".to_owned(), "computed as".to_owned()],
-        &rows,
-    ));
+    out.push_str(&render_table(&header, &rows));
     if !plan.order_by().is_empty() {
         let keys: Vec<String> = plan
             .order_by()

@@ -92,6 +92,12 @@ fn csv_cell(value: &Value) -> String {
 
 /// Renders a result in `format`.
 pub fn render(result: &ResultTable, format: Format) -> Result<String> {
+    render_with(result, format, &[])
+}
+
+/// [`render`], with the 95% half-width of each output column's noise (0: exact) printed next
+/// to its values in a table.
+fn render_with(result: &ResultTable, format: Format, interval95: &[u64]) -> Result<String> {
     Ok(match format {
         Format::Json => {
             let mut json = serde_json::to_string(result)?;
@@ -110,7 +116,17 @@ pub fn render(result: &ResultTable, format: Format) -> Result<String> {
             let rows: Vec<Vec<String>> = result
                 .rows
                 .iter()
-                .map(|row| row.iter().map(table_cell).collect())
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .map(|(i, v)| match interval95.get(i) {
+                            Some(&k) if k > 0 && *v != Value::Null => {
+                                format!("{} ±{k}", table_cell(v))
+                            }
+                            _ => table_cell(v),
+                        })
+                        .collect()
+                })
                 .collect();
             format!(
                 "{}suppressed rows (under the threshold): {}\n",
@@ -143,10 +159,20 @@ fn privacy_json(outcome: &QueryOutcome) -> Option<serde_json::Value> {
             noise
         })
         .collect();
+    let bounded = outcome.result.bounded_identifiers.map(|n| {
+        serde_json::json!({
+            "value": n,
+            "scale": privacy.bounded_scale,
+            "interval95": privacy.bounded_interval95,
+        })
+    });
     Some(serde_json::json!({
         "mechanism": privacy.mechanism,
         "epsilon": privacy.epsilon,
         "sum_ranges": privacy.sum_ranges,
+        "max_groups_per_identifier": privacy.max_groups_per_identifier,
+        "bounded_identifiers": bounded,
+        "own_identifiers_over_bound": outcome.own_over_bound,
         "outputs": outputs,
         "epsilon_spent": standing.map(|s| s.epsilon_spent),
         "epsilon_budget": standing.and_then(|s| s.epsilon_budget),
@@ -172,6 +198,21 @@ fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
             "  sums: sum_ranges = \"trusted\": values were not proven to lie in their \
              sum_bounds, so sums are differentially private only against an honest querier\n",
         );
+    }
+    let k = privacy.max_groups_per_identifier;
+    if let Some(n) = outcome.result.bounded_identifiers {
+        text.push_str(&format!(
+            "  each identifier counts in at most {k} output rows (max_groups_per_identifier); \
+             about {n} identifiers (noisy, ±{} with 95% probability) were in more and count in \
+             {k} of them, chosen at random: their other rows are not counted\n",
+            privacy.bounded_interval95
+        ));
+    }
+    if let Some(n) = outcome.own_over_bound.filter(|&n| n > 0) {
+        text.push_str(&format!(
+            "  {n} of your identifiers are in more than {k} of your groups: where matched, each \
+             counts in {k} of them, chosen at random by the provider\n"
+        ));
     }
     for o in privacy.outputs.iter().filter(|o| o.kind != "none") {
         let line = match o.kind.as_str() {
@@ -202,7 +243,15 @@ pub fn render_outcome(outcome: &QueryOutcome, format: Format) -> Result<String> 
             Ok(text)
         }
         (Format::Table, Some(_)) => {
-            Ok(render(&outcome.result, format)? + &privacy_text(outcome).unwrap_or_default())
+            let interval95: Vec<u64> = outcome
+                .accepted
+                .privacy
+                .iter()
+                .flat_map(|p| &p.outputs)
+                .map(|o| if o.kind == "avg" { 0 } else { o.interval95 })
+                .collect();
+            Ok(render_with(&outcome.result, format, &interval95)?
+                + &privacy_text(outcome).unwrap_or_default())
         }
         _ => render(&outcome.result, format),
     }
@@ -386,6 +435,7 @@ mod tests {
                 vec![Value::Text("C-2".into()), Value::Text("EU, north".into())],
             ],
             suppressed_rows: 0,
+            bounded_identifiers: None,
         }
     }
 

@@ -127,7 +127,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let hook: SessionHook = Arc::new(move |entry| {
         if !quiet {
             eprintln!(
-                "session {} member={} decision={} released={} suppressed={} rows={}+{} skipped={}+{} bytes_in={} bytes_out={}{}",
+                "session {} member={} decision={} released={} suppressed={} rows={}+{} skipped={}+{} bounded={} (told {}) bytes_in={} bytes_out={}{}",
                 entry.session_id,
                 entry.member,
                 entry.decision,
@@ -137,6 +137,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 entry.receiver_rows,
                 entry.matcher_skipped,
                 entry.receiver_skipped,
+                entry.bounded_identifiers,
+                entry.bounded_disclosed,
                 entry.bytes_received,
                 entry.bytes_sent,
                 if entry.reason.is_empty() {

@@ -31,6 +31,11 @@ use crate::elgamal::{LIMBS_PER_VALUE, MAX_LIMB_SUM, MAX_VALUE_COLUMNS};
 /// sums of up to `2^40 − 2^33` in units of `2^16`.
 pub const MAX_SUM_NOISE: u64 = 1 << 48;
 
+/// Largest number of output rows (pairs of groups) one identifier may count in
+/// ([`NoiseBounds::with_max_contributions`]): the matcher adds each receiver item into this many
+/// accumulators when it is grouped, so the bound keeps that work small.
+pub const MAX_CONTRIBUTIONS: u32 = 64;
+
 /// Most pairs of (matcher group, receiver group) a noisy release decides on. A noisy release
 /// decides every pair, matched or not, so that the existence of a group reveals nothing.
 pub const MAX_NOISY_PAIRS: u64 = 1_000_000;
@@ -38,11 +43,13 @@ pub const MAX_NOISY_PAIRS: u64 = 1_000_000;
 const LIMB: i128 = 1 << 16;
 
 /// The public bounds of a noisy release: per value column, the largest absolute noise the
-/// matcher may add to a sum. Both roles must be given the same bounds (both derive them from
-/// the same plan); the receiver needs them to decode the totals.
+/// matcher may add to a sum, and how many output rows one identifier may count in. Both roles
+/// must be given the same bounds (both derive them from the same plan); the receiver needs them
+/// to decode the totals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoiseBounds {
     sums: Vec<u64>,
+    contributions: u32,
 }
 
 /// Why noise bounds or a noise value cannot be used.
@@ -52,6 +59,9 @@ pub enum NoiseError {
     /// [`with_noise`](crate::Matcher::with_noise): there are no bounds to encode it with.
     #[error("noise in the release of a matcher made without noise bounds")]
     WithoutBounds,
+    /// A contribution bound of 0 or above [`MAX_CONTRIBUTIONS`].
+    #[error("an identifier may count in 1 to {MAX_CONTRIBUTIONS} output rows, not {0}")]
+    Contributions(u32),
     /// A bound larger than [`MAX_SUM_NOISE`].
     #[error("a sum noise bound of {0} exceeds the maximum of {MAX_SUM_NOISE}")]
     BoundTooLarge(u64),
@@ -80,7 +90,8 @@ pub enum NoiseError {
 
 impl NoiseBounds {
     /// Bounds for a noisy release: one per value column (none for cardinality), each at most
-    /// [`MAX_SUM_NOISE`].
+    /// [`MAX_SUM_NOISE`]; each identifier counts in one output row at most (see
+    /// [`with_max_contributions`](Self::with_max_contributions)).
     pub fn new(sum_bounds: Vec<u64>) -> Result<Self, NoiseError> {
         if sum_bounds.len() > MAX_VALUE_COLUMNS {
             return Err(NoiseError::TooManyColumns(sum_bounds.len()));
@@ -88,7 +99,26 @@ impl NoiseBounds {
         if let Some(&b) = sum_bounds.iter().find(|&&b| b > MAX_SUM_NOISE) {
             return Err(NoiseError::BoundTooLarge(b));
         }
-        Ok(Self { sums: sum_bounds })
+        Ok(Self {
+            sums: sum_bounds,
+            contributions: 1,
+        })
+    }
+
+    /// Let each identifier count in up to `k` output rows (1 to [`MAX_CONTRIBUTIONS`]): the
+    /// matcher keeps each of its identifiers in at most `k` of its groups and each match in at
+    /// most `k` pairs of groups, chosen at random ([`Matcher::with_noise`](crate::Matcher::with_noise)).
+    pub fn with_max_contributions(mut self, k: u32) -> Result<Self, NoiseError> {
+        if k == 0 || k > MAX_CONTRIBUTIONS {
+            return Err(NoiseError::Contributions(k));
+        }
+        self.contributions = k;
+        Ok(self)
+    }
+
+    /// How many output rows one identifier may count in.
+    pub fn max_contributions(&self) -> u32 {
+        self.contributions
     }
 
     /// The bound of each value column.

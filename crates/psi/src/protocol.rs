@@ -253,6 +253,11 @@ pub struct ReleaseSummary {
     pub released: u64,
     /// Pairs of announced groups not released.
     pub suppressed: u64,
+    /// Under noise, the exact number of identifiers whose contributions were bounded
+    /// ([`Matcher::with_noise`]): the matcher's identifiers kept in `k` of their groups, plus
+    /// the matches kept in `k` of their pairs of groups. Never sent: the receiver gets the
+    /// figure the release decided. 0 for exact releases.
+    pub bounded: u64,
 }
 
 /// What the matcher does with one (matcher group, receiver group) pair at release.
@@ -391,6 +396,49 @@ pub(crate) fn shuffle<T>(items: &mut [T]) {
     items.shuffle(&mut rand::rng());
 }
 
+/// Keeps each identifier in at most `k` of `groups`, chosen at random (uniformly among its
+/// groups, from a CSPRNG-seeded generator); returns how many identifiers were in more.
+fn bound_memberships(groups: &mut [(String, Vec<String>)], k: usize) -> u64 {
+    let mut memberships: Vec<(&str, u32, u32)> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, (_, ids))| {
+            ids.iter()
+                .enumerate()
+                .map(move |(i, id)| (id.as_str(), g as u32, i as u32))
+        })
+        .collect();
+    memberships.par_sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut rng = rand::rng();
+    let mut dropped: Vec<(u32, u32)> = Vec::new();
+    let mut bounded = 0;
+    for same in memberships.chunk_by(|a, b| a.0 == b.0) {
+        if same.len() > k {
+            bounded += 1;
+            dropped.extend(
+                rand::seq::index::sample(&mut rng, same.len(), same.len() - k)
+                    .into_iter()
+                    .map(|i| (same[i].1, same[i].2)),
+            );
+        }
+    }
+    drop(memberships);
+    dropped.sort_unstable();
+    for same in dropped.chunk_by(|a, b| a.0 == b.0) {
+        let ids = &mut groups[same[0].0 as usize].1;
+        let mut keep = vec![true; ids.len()];
+        for &(_, i) in same {
+            keep[i as usize] = false;
+        }
+        let mut at = 0;
+        ids.retain(|_| {
+            at += 1;
+            keep[at - 1]
+        });
+    }
+    bounded
+}
+
 /// A cursor over groups of items, yielding one chunk message at a time.
 #[derive(Debug, Default)]
 struct Sender {
@@ -464,6 +512,10 @@ pub struct Matcher {
     outbox: VecDeque<Message>,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
+    /// Under noise: this matcher's identifiers that were in more groups than an identifier
+    /// may count in, and matches that were in more pairs of groups.
+    table_bounded: u64,
+    match_bounded: u64,
     /// Fewest distinct identifiers the receiver must bring.
     min_receiver_identifiers: u64,
     /// How many groups the plan lets the receiver announce; `None`: any number within the
@@ -537,6 +589,8 @@ impl Matcher {
             released: false,
             outbox: VecDeque::new(),
             noise: None,
+            table_bounded: 0,
+            match_bounded: 0,
             min_receiver_identifiers: 0,
             receiver_groups: None,
             ranges: None,
@@ -563,27 +617,29 @@ impl Matcher {
         self
     }
 
-    /// Make this session's release noisy (differential privacy), within `bounds`. Three things
-    /// change:
+    /// Make this session's release noisy (differential privacy), within `bounds`. With `k` the
+    /// bounds' [`max_contributions`](NoiseBounds::max_contributions):
     ///
-    /// - each of this matcher's identifiers is kept in its first group only (in group-key
-    ///   order), so that it is in one announced set at most (see
+    /// - each of this matcher's identifiers is kept in at most `k` of its groups, chosen at
+    ///   random (never by order), so that it is in `k` announced sets at most (see
     ///   [`pad_groups`](Self::pad_groups));
     /// - every (matcher group, receiver group) pair is decided at release, matched or not, so
     ///   the existence of a group reveals nothing (at most [`MAX_NOISY_PAIRS`] pairs);
-    /// - each receiver identifier counts in at most one pair: its first match (lowest receiver
-    ///   group, earliest matcher group). An identifier then changes one released count by at
-    ///   most 1 and one sum by at most its value, whatever its groups on either side, and the
-    ///   same identifier sent several times counts once;
-    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::noise)).
+    /// - each of this matcher's identifiers counts in at most `k` pairs of groups: in each of
+    ///   its matcher groups its comparison value matches at most `k` receiver items, chosen at
+    ///   random when the receiver sent more (the receiver is not trusted to bound itself). An
+    ///   identifier then changes the released counts by at most `k` in total and the sums of a
+    ///   column by at most `k` times its bound, whatever its groups on either side;
+    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::noise)), and
+    ///   releases the number of bounded identifiers with the noise its caller draws.
     ///
-    /// The receiver must be made [`with_noise`](Receiver::with_noise) with the same bounds.
+    /// A plan grouped on one side only (as cleanroom's are) bounds on that side only: the
+    /// matcher's groups when it is grouped, the receiver's items otherwise. The receiver must
+    /// be made [`with_noise`](Receiver::with_noise) with the same bounds.
     pub fn with_noise(mut self, bounds: NoiseBounds) -> Self {
+        let k = bounds.max_contributions() as usize;
         if self.groups.len() > 1 {
-            let mut seen = std::collections::HashSet::new();
-            for (_, ids) in &mut self.groups {
-                ids.retain(|id| seen.insert(id.clone()));
-            }
+            self.table_bounded = bound_memberships(&mut self.groups, k);
         }
         self.noise = Some(bounds);
         self
@@ -898,97 +954,117 @@ impl Matcher {
     /// ciphertexts. Nothing here can fail: every check on the receiver's messages ran when they
     /// arrived.
     ///
-    /// With noise, an identifier counts once: only its first item (in arrival order) is looked
-    /// at, in the lowest matcher group it is in. And the work does not depend on the matches:
-    /// every item's ciphertext is decoded and added once, the unmatched ones into a sink, so
-    /// the time to the (charged) release says nothing about how many matched. Without noise
-    /// only matched ciphertexts are added: the release's duration grows with the matches
-    /// (SECURITY.md names this).
+    /// With noise, each of the matcher's comparison values matches at most `k` items (chosen at
+    /// random), and the work does not depend on the matches: every item's ciphertext is
+    /// decoded once and added `min(k, matcher groups)` times, into the pairs it counts in and
+    /// the rest into a sink, so the time to the (charged) release says nothing about how many
+    /// matched. (Only a receiver that forged its tags can make an item count in more pairs;
+    /// those extra additions then depend on what it forged.) Without noise only matched
+    /// ciphertexts are added: the release's duration grows with the matches (SECURITY.md
+    /// names this).
     fn match_all(&mut self) {
-        let once = self.noise.is_some();
+        let cap = self
+            .noise
+            .as_ref()
+            .map_or(usize::MAX, |b| b.max_contributions() as usize);
         let index = &self.index;
-        let hits: Vec<Vec<u32>> = std::mem::take(&mut self.tags)
+        let looked_up: Vec<(Vec<u32>, u64)> = std::mem::take(&mut self.tags)
             .into_par_iter()
             .map(|tags| {
-                tags.iter()
-                    .flat_map(|&t| {
-                        let start = index.partition_point(|&(k, _)| k < t);
-                        index[start..]
-                            .iter()
-                            .take_while(move |&&(k, _)| k == t)
-                            .take(if once { 1 } else { usize::MAX })
-                            .map(|&(_, item)| item)
-                    })
-                    .collect()
+                let mut rng = rand::rng();
+                let mut items = Vec::new();
+                let mut bounded = 0u64;
+                for t in tags {
+                    let start = index.partition_point(|&(k, _)| k < t);
+                    let run = index[start..].partition_point(|&(k, _)| k == t);
+                    let run = &index[start..start + run];
+                    if run.len() > cap {
+                        bounded += 1;
+                        items.extend(
+                            rand::seq::index::sample(&mut rng, run.len(), cap)
+                                .into_iter()
+                                .map(|i| run[i].1),
+                        );
+                    } else {
+                        items.extend(run.iter().map(|&(_, item)| item));
+                    }
+                }
+                (items, bounded)
             })
             .collect();
-        // Per item, the matcher group it counts in (`SINK`: none), or every (group, item) pair.
+        self.match_bounded = looked_up.iter().map(|(_, b)| b).sum();
+        let hits: Vec<Vec<u32>> = looked_up.into_iter().map(|(items, _)| items).collect();
+        // Per item, under noise, `slots` matcher groups it counts in (`SINK`: none); pairs past
+        // an item's slots (forged tags only), and every pair without noise, go to `extra`.
         const SINK: u32 = u32::MAX;
-        let mut target = if once {
-            vec![SINK; self.item_groups.len()]
-        } else {
-            Vec::new()
+        let slots = match self.noise {
+            Some(_) => cap.min(self.groups.len()).max(1),
+            None => 0,
         };
-        let mut kept: Vec<(u32, u32)> = Vec::new();
+        let mut targets = vec![SINK; self.item_groups.len() * slots];
+        let mut filled = vec![0u8; if slots > 0 { self.item_groups.len() } else { 0 }];
+        let mut extra: Vec<(u32, u32)> = Vec::new();
         for (m, items) in hits.iter().enumerate() {
             for &item in items {
-                if once {
-                    if target[item as usize] != SINK {
-                        continue;
-                    }
-                    target[item as usize] = m as u32;
-                }
                 self.accumulators
                     .entry((m as u32, self.item_groups[item as usize]))
                     .or_default()
                     .count += 1;
-                if !once {
-                    kept.push((m as u32, item));
+                match filled.get_mut(item as usize) {
+                    Some(f) if usize::from(*f) < slots => {
+                        targets[item as usize * slots + usize::from(*f)] = m as u32;
+                        *f += 1;
+                    }
+                    _ => extra.push((m as u32, item)),
                 }
             }
         }
         drop(hits);
+        drop(filled);
         let columns = self.peer.as_ref().map_or(0, |p| p.value_columns);
         let width = ciphertext_bytes(columns);
         if width > 0 {
-            let pairs: Vec<(u32, u32)> = if once {
-                target
-                    .iter()
-                    .enumerate()
-                    .map(|(item, &m)| (m, item as u32))
-                    .collect()
-            } else {
-                kept
-            };
             let (item_groups, ciphertexts) = (&self.item_groups, &self.ciphertexts);
-            let sums = pairs
-                .par_iter()
-                .fold(
-                    BTreeMap::<(u32, u32), Ciphertext>::new,
-                    |mut acc, &(m, item)| {
-                        let at = item as usize * width;
-                        let ct = Ciphertext::from_bytes(&ciphertexts[at..at + width], columns)
-                            .expect("every ciphertext was decoded on arrival");
-                        let key = if m == SINK {
-                            (SINK, SINK)
-                        } else {
-                            (m, item_groups[item as usize])
-                        };
-                        acc.entry(key)
-                            .or_insert_with(|| Ciphertext::zero(columns))
-                            .add_assign(&ct);
-                        acc
-                    },
-                )
-                .reduce(BTreeMap::new, |mut a, b| {
-                    for (k, ct) in b {
-                        a.entry(k)
-                            .or_insert_with(|| Ciphertext::zero(columns))
-                            .add_assign(&ct);
+            let decode = |item: usize| {
+                Ciphertext::from_bytes(&ciphertexts[item * width..(item + 1) * width], columns)
+                    .expect("every ciphertext was decoded on arrival")
+            };
+            let key = |m: u32, item: usize| {
+                if m == SINK {
+                    (SINK, SINK)
+                } else {
+                    (m, item_groups[item])
+                }
+            };
+            let add = |mut acc: BTreeMap<(u32, u32), Ciphertext>, pair, ct: &Ciphertext| {
+                acc.entry(pair)
+                    .or_insert_with(|| Ciphertext::zero(columns))
+                    .add_assign(ct);
+                acc
+            };
+            let merge = |mut a: BTreeMap<(u32, u32), Ciphertext>, b| {
+                for (k, ct) in b {
+                    a = add(a, k, &ct);
+                }
+                a
+            };
+            let slotted = (0..if slots > 0 { item_groups.len() } else { 0 })
+                .into_par_iter()
+                .fold(BTreeMap::new, |mut acc, item| {
+                    let ct = decode(item);
+                    for &m in &targets[item * slots..(item + 1) * slots] {
+                        acc = add(acc, key(m, item), &ct);
                     }
-                    a
-                });
-            for (pair, ct) in sums {
+                    acc
+                })
+                .reduce(BTreeMap::new, merge);
+            let sums = extra
+                .par_iter()
+                .fold(BTreeMap::new, |acc, &(m, item)| {
+                    add(acc, key(m, item as usize), &decode(item as usize))
+                })
+                .reduce(BTreeMap::new, merge);
+            for (pair, ct) in merge(slotted, sums) {
                 if let Some(acc) = self.accumulators.get_mut(&pair) {
                     acc.sum = Some(ct);
                 }
@@ -1022,13 +1098,16 @@ impl Matcher {
         &mut self,
         mut decide: impl FnMut(&GroupCount) -> bool,
     ) -> Result<ReleaseSummary, ProtocolError> {
-        self.release_with(|count| {
-            if decide(count) {
-                GroupDecision::EXACT
-            } else {
-                GroupDecision::Suppress
-            }
-        })
+        self.release_with(
+            |count| {
+                if decide(count) {
+                    GroupDecision::EXACT
+                } else {
+                    GroupDecision::Suppress
+                }
+            },
+            |bounded| bounded,
+        )
     }
 
     /// Release what `decide` says for each pair of groups: queues result messages and the
@@ -1037,6 +1116,10 @@ impl Matcher {
     /// pair, matched or not, in (matcher group, receiver group) order, and may add noise to
     /// what they release. `decide` sees the exact count, which never leaves the matcher.
     ///
+    /// In a noisy session `disclose_bounded` is given the exact number of bounded identifiers
+    /// ([`ReleaseSummary::bounded`]) and returns the (noisy) figure the receiver is told;
+    /// exact sessions bound nothing, never call it and tell 0.
+    ///
     /// The receiver is told how many pairs were released and how many were not: every pair of
     /// announced groups that is not released counts as suppressed, matched or not, so the
     /// suppressed count says nothing a released row does not (without noise, a count of the
@@ -1044,6 +1127,7 @@ impl Matcher {
     pub fn release_with(
         &mut self,
         mut decide: impl FnMut(&GroupCount) -> GroupDecision,
+        disclose_bounded: impl FnOnce(u64) -> u64,
     ) -> Result<ReleaseSummary, ProtocolError> {
         if self.released {
             return Err(ProtocolError::NotReady("already released"));
@@ -1125,6 +1209,11 @@ impl Matcher {
         self.released = true;
         let total = released.len() as u64;
         let suppressed = announced_pairs - total;
+        let bounded = self.table_bounded + self.match_bounded;
+        let disclosed = match self.noise {
+            Some(_) => disclose_bounded(bounded),
+            None => 0,
+        };
         for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
             self.outbox.push_back(Message::MatcherResult {
                 groups: chunk.to_vec(),
@@ -1133,10 +1222,12 @@ impl Matcher {
         self.outbox.push_back(Message::MatcherDone {
             released: total,
             suppressed,
+            bounded: disclosed,
         });
         Ok(ReleaseSummary {
             released: total,
             suppressed,
+            bounded,
         })
     }
 }
@@ -1171,6 +1262,9 @@ pub struct ReceiverOutcome {
     pub groups: Vec<GroupResult>,
     /// Number of groups the matcher withheld.
     pub suppressed_groups: u64,
+    /// Under noise, the matcher's noisy count of identifiers whose contributions it bounded
+    /// ([`Matcher::with_noise`]); 0 in exact sessions.
+    pub bounded_identifiers: u64,
 }
 
 struct PeerGroups {
@@ -1201,9 +1295,9 @@ pub struct Receiver {
     peer: Option<PeerGroups>,
     outbox: VecDeque<Message>,
     results: Vec<SealedResult>,
-    /// The suppressed count of the matcher's `MatcherDone`, once it arrived: the session is
-    /// finished, and [`open`](Receiver::open) may decrypt.
-    finished: Option<u64>,
+    /// The suppressed and bounded counts of the matcher's `MatcherDone`, once it arrived: the
+    /// session is finished, and [`open`](Receiver::open) may decrypt.
+    finished: Option<(u64, u64)>,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
     /// How many groups the plan lets the matcher announce; `None`: any number within the
@@ -1495,6 +1589,7 @@ impl Receiver {
             Message::MatcherDone {
                 released,
                 suppressed,
+                bounded,
             } => {
                 if self.peer.as_ref().is_none_or(|p| p.received != p.sizes) {
                     return Err(ProtocolError::Unexpected {
@@ -1514,7 +1609,12 @@ impl Receiver {
                         "released and suppressed pairs do not add up to the announced groups",
                     ));
                 }
-                self.finished = Some(suppressed);
+                if self.noise.is_none() && bounded != 0 {
+                    return Err(ProtocolError::InconsistentResult(
+                        "bounded contributions in an exact session",
+                    ));
+                }
+                self.finished = Some((suppressed, bounded));
                 Ok(())
             }
             other => Err(ProtocolError::Unexpected {
@@ -1593,7 +1693,7 @@ impl Receiver {
     /// more items than the range holds) is an error for this receiver alone, never an abort the
     /// matcher could see.
     pub fn open(&self) -> Result<ReceiverOutcome, ProtocolError> {
-        let suppressed = self.finished.ok_or(ProtocolError::NotReady(
+        let (suppressed, bounded) = self.finished.ok_or(ProtocolError::NotReady(
             "the matcher's results are incomplete",
         ))?;
         let mut groups = self
@@ -1621,6 +1721,7 @@ impl Receiver {
         Ok(ReceiverOutcome {
             groups,
             suppressed_groups: suppressed,
+            bounded_identifiers: bounded,
         })
     }
 }

@@ -261,6 +261,20 @@ impl ReceiverTable {
         all.len() as u64
     }
 
+    /// How many identifiers are in more than `k` groups: under noise, a match of one of them
+    /// counts in `k` of its groups only, chosen at random by the matcher
+    /// ([`Matcher::with_noise`](crate::Matcher::with_noise)).
+    pub fn identifiers_in_more_groups_than(&self, k: u32) -> u64 {
+        if self.groups.len() <= k as usize {
+            return 0;
+        }
+        let mut memberships: HashMap<&str, u32> = HashMap::new();
+        for id in self.groups.values().flat_map(|g| g.keys()) {
+            *memberships.entry(id.as_str()).or_default() += 1;
+        }
+        memberships.values().filter(|&&n| n > k).count() as u64
+    }
+
     pub(crate) fn into_groups(self) -> Vec<ReceiverGroup> {
         let bounds = self.bounds;
         self.groups

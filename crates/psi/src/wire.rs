@@ -173,6 +173,9 @@ pub enum Message {
         released: u64,
         /// groups withheld (under the release threshold)
         suppressed: u64,
+        /// under noise, the (noisy) number of identifiers whose contributions were bounded;
+        /// 0 in exact sessions
+        bounded: u64,
     },
     /// List provider → querier: the shape of the labeled set that follows.
     ListProviderHello {
@@ -354,10 +357,12 @@ impl Message {
             Message::MatcherDone {
                 released,
                 suppressed,
+                bounded,
             } => {
                 out.push(KIND_MATCHER_DONE);
                 out.extend_from_slice(&released.to_be_bytes());
                 out.extend_from_slice(&suppressed.to_be_bytes());
+                out.extend_from_slice(&bounded.to_be_bytes());
             }
             Message::ListProviderHello {
                 set_size,
@@ -520,6 +525,7 @@ impl Message {
             KIND_MATCHER_DONE => Message::MatcherDone {
                 released: r.u64("released")?,
                 suppressed: r.u64("suppressed")?,
+                bounded: r.u64("bounded")?,
             },
             KIND_LIST_PROVIDER_HELLO => {
                 let set_size = r.u64("set_size")?;

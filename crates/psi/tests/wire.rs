@@ -53,6 +53,7 @@ fn samples() -> Vec<Message> {
         Message::MatcherDone {
             released: 1,
             suppressed: 2,
+            bounded: 0,
         },
         Message::ListProviderHello {
             set_size: 5,
@@ -201,6 +202,7 @@ fn trailing_bytes_version_kind_and_size_are_rejected() {
     let mut bytes = Message::MatcherDone {
         released: 0,
         suppressed: 0,
+        bounded: 0,
     }
     .encode();
     bytes.push(0);
@@ -545,6 +547,7 @@ fn the_end_before_the_matchers_sets_is_refused() {
     let err = r.handle_message(Message::MatcherDone {
         released: 0,
         suppressed: 0,
+        bounded: 0,
     });
     assert_eq!(
         err,

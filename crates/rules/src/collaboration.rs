@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use toml::Spanned;
 
-use crate::privacy::{Epsilon, Privacy, QueryLimits, SumRanges, sum_bound_fits};
+use crate::privacy::{
+    DEFAULT_MAX_GROUPS_PER_IDENTIFIER, Epsilon, Privacy, QueryLimits, SumRanges, sum_bound_fits,
+};
 
 /// Smallest `min_threshold` an aggregation rule may declare.
 pub const MIN_THRESHOLD: u64 = 2;
@@ -483,6 +485,12 @@ pub enum Problem {
     /// `sum_ranges` other than `"proven"` or `"trusted"`.
     #[error("sum_ranges must be \"proven\" (the default) or \"trusted\", not {0:?}")]
     BadSumRanges(String),
+    /// `max_groups_per_identifier` outside 1..=64.
+    #[error(
+        "max_groups_per_identifier must be an integer from 1 to {max}, got {0}",
+        max = cleanroom_psi::noise::MAX_CONTRIBUTIONS
+    )]
+    BadMaxGroups(i64),
     /// `epsilon_per_query` above `epsilon_budget`.
     #[error("epsilon_per_query {per_query} exceeds epsilon_budget {budget}")]
     EpsilonAboveBudget {
@@ -565,6 +573,7 @@ struct RawPrivacy {
     epsilon_budget: Spanned<f64>,
     epsilon_per_query: Spanned<f64>,
     sum_ranges: Option<Spanned<String>>,
+    max_groups_per_identifier: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -804,10 +813,24 @@ fn validate_privacy(at: &Locator<'_>, raw: &RawPrivacy) -> Result<Privacy, Colla
             }
         },
     };
+    let max_groups_per_identifier = match &raw.max_groups_per_identifier {
+        None => DEFAULT_MAX_GROUPS_PER_IDENTIFIER,
+        Some(v) => u32::try_from(*v.get_ref())
+            .ok()
+            .filter(|k| (1..=cleanroom_psi::noise::MAX_CONTRIBUTIONS).contains(k))
+            .ok_or_else(|| {
+                at.invalid(
+                    "collaboration.privacy.max_groups_per_identifier",
+                    v,
+                    Problem::BadMaxGroups(*v.get_ref()),
+                )
+            })?,
+    };
     Ok(Privacy {
         epsilon_budget,
         epsilon_per_query,
         sum_ranges,
+        max_groups_per_identifier,
     })
 }
 

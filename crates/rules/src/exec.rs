@@ -136,6 +136,12 @@ pub struct ResultTable {
     pub rows: Vec<Vec<Value>>,
     /// Groups whose matched distinct identifiers were below the release threshold.
     pub suppressed_rows: u64,
+    /// For a grouped query under differential privacy, the provider's noisy count of
+    /// identifiers that were in more output rows than `max_groups_per_identifier` and were
+    /// kept in that many ([`PlanPrivacy::bounded`](crate::privacy::PlanPrivacy::bounded) gives
+    /// its noise); `None` when nothing can be bounded (exact or ungrouped queries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounded_identifiers: Option<u64>,
 }
 
 /// A side's columns, located in a header.
@@ -515,6 +521,11 @@ impl Plan {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,
             suppressed_rows: outcome.suppressed_groups,
+            bounded_identifiers: self
+                .privacy
+                .as_ref()
+                .and_then(|p| p.bounded)
+                .map(|_| outcome.bounded_identifiers),
         })
     }
 }

@@ -198,6 +198,7 @@ impl Plan {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,
             suppressed_rows: 0,
+            bounded_identifiers: None,
         })
     }
 }

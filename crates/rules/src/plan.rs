@@ -601,6 +601,15 @@ impl Plan {
         }
     }
 
+    /// Under differential privacy, the figure the receiver is told for `exact` identifiers whose
+    /// contributions the matcher bounded: noisy, drawn from the operating system-seeded CSPRNG
+    /// ([`PlanPrivacy::disclose_bounded_with`]); 0 for exact and ungrouped plans.
+    pub fn disclose_bounded(&self, exact: u64) -> u64 {
+        self.privacy
+            .as_ref()
+            .map_or(0, |p| p.disclose_bounded_with(exact, &mut rand::rng()))
+    }
+
     /// Whether the querier's side, after its filters, holds enough distinct identifiers: at
     /// least [`min_release`](Self::min_release), or results could single out the few people
     /// in it. The server enforces the same through

@@ -5,6 +5,7 @@
 //! [collaboration.privacy]
 //! epsilon_budget = 10.0     # per querying member, over the whole collaboration
 //! epsilon_per_query = 0.5   # what one aggregation query spends
+//! max_groups_per_identifier = 4  # output rows one person may count in (default 4)
 //!
 //! [collaboration.limits]
 //! queries_per_member = 500          # released queries per member, over the collaboration
@@ -19,18 +20,23 @@
 //! the noise at 46 scales), with respect to adding or removing one identifier of the matcher's
 //! (data provider's) table:
 //!
-//! - each identifier contributes once: the matcher keeps each of its identifiers in one group
-//!   and counts each receiver identifier in at most one output row
-//!   ([`cleanroom_psi::Matcher::with_noise`]), and the receiver clamps each identifier's total
-//!   of a summed column into its `sum_bounds` (a `COUNT(c)` column into `[0, 1]`) before
-//!   encrypting it ([`PlanPrivacy::value_bounds`]);
+//! - contributions are bounded: with `K = max_groups_per_identifier`, an identifier counts (and
+//!   sums) in every output row it belongs to, up to `K` of them; one in more is kept in `K`
+//!   chosen at random by the matcher, which holds either its own grouping or, at match time,
+//!   every match of the querier's grouping, and never trusts the querier to bound itself
+//!   ([`cleanroom_psi::Matcher::with_noise`]). An ungrouped query has one output row, so `K`
+//!   is 1 there. The receiver clamps each identifier's total of a summed column in a group into
+//!   its `sum_bounds` (a `COUNT(c)` column into `[0, 1]`) before encrypting it
+//!   ([`PlanPrivacy::value_bounds`]);
 //! - the query's `ε` is split evenly over the released statistics: the matcher's group sizes
-//!   (which the receiver learns from the protocol itself), the intersection sizes and each
-//!   value column's sums. A statistic that one identifier moves by at most `Δ` (1 for sizes and
-//!   counts, the upper sum bound for sums) gets discrete Laplace noise of scale `Δ·(2 + V)/ε`
-//!   ([`dp`]); for the group sizes, the matcher pads each group with a public bound plus that
-//!   noise of random dummies ([`PlanPrivacy::dummies`]); the output rows are disjoint, so the
-//!   query costs `ε` in total;
+//!   (which the receiver learns from the protocol itself), the intersection sizes, each value
+//!   column's sums and, for a grouped query, the number of identifiers whose contributions
+//!   were bounded. One identifier moves the group sizes by at most `K` (1 unless the matcher is
+//!   grouped), the counts by `K`, a column's sums by `K·high` and the bounded count by 1 (its
+//!   sensitivity `Δ`, in L1 over all rows); each gets discrete Laplace noise of scale
+//!   `Δ·S/ε` with `S` the number of statistics ([`dp`]). For the group sizes, the matcher pads
+//!   each group with a public bound plus that noise of random dummies
+//!   ([`PlanPrivacy::dummies`]). So the query costs `ε` in total;
 //! - the matcher adds the noise before release, decides the threshold on the noisy count, and
 //!   decides every output row, matched or not ([`Plan::decide`](crate::Plan::decide));
 //! - the service charges `ε` to the querying member's budget in the transaction that records
@@ -54,6 +60,10 @@ use crate::plan::{OutputValue, Plan, ValueKind};
 pub const EPSILON_UNITS: u64 = 1_000_000;
 /// Largest epsilon the collaboration file accepts (per query or as a budget).
 pub const MAX_EPSILON: u64 = 1_000 * EPSILON_UNITS;
+/// `max_groups_per_identifier` when the collaboration does not set it: a person seen in up to
+/// four campaigns (or stores, or days) counts in all of them, for four times the noise of
+/// counting once.
+pub const DEFAULT_MAX_GROUPS_PER_IDENTIFIER: u32 = 4;
 
 /// A privacy parameter `ε`, in integer millionths: exact to add and compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -141,9 +151,16 @@ pub struct Privacy {
     pub(crate) epsilon_budget: Epsilon,
     pub(crate) epsilon_per_query: Epsilon,
     pub(crate) sum_ranges: SumRanges,
+    pub(crate) max_groups_per_identifier: u32,
 }
 
 impl Privacy {
+    /// How many output rows of a grouped query one identifier may count in
+    /// (`max_groups_per_identifier`, [`DEFAULT_MAX_GROUPS_PER_IDENTIFIER`] unless set).
+    pub fn max_groups_per_identifier(&self) -> u32 {
+        self.max_groups_per_identifier
+    }
+
     /// The total `ε` each querying member may spend in the collaboration.
     pub fn epsilon_budget(&self) -> Epsilon {
         self.epsilon_budget
@@ -180,9 +197,9 @@ impl QueryLimits {
     }
 }
 
-/// Statistics a query may release, at most: the matcher's group sizes, the intersection sizes
-/// and every value column.
-const MAX_STATISTICS: u64 = 2 + MAX_VALUE_COLUMNS as u64;
+/// Statistics a query may release, at most: the matcher's group sizes, the intersection sizes,
+/// every value column and the number of bounded identifiers.
+const MAX_STATISTICS: u64 = 3 + MAX_VALUE_COLUMNS as u64;
 
 /// The noise of a statistic that one identifier moves by at most `sensitivity`, when `shares`
 /// statistics split `epsilon`: scale `sensitivity·shares/ε`.
@@ -195,7 +212,11 @@ fn scale(sensitivity: u64, shares: u64, epsilon: Epsilon) -> Option<Scale> {
 /// encrypted sums can carry ([`MAX_SUM_NOISE`]).
 pub(crate) fn sum_bound_fits(high: u64, privacy: &Privacy) -> bool {
     high <= MAX_ITEM_VALUE
-        && scale(high.max(1), MAX_STATISTICS, privacy.epsilon_per_query)
+        && scale(
+            high.max(1) * u64::from(privacy.max_groups_per_identifier),
+            MAX_STATISTICS,
+            privacy.epsilon_per_query,
+        )
             .is_some_and(|s| s.tail_bound() <= MAX_SUM_NOISE)
 }
 
@@ -247,6 +268,12 @@ pub struct PlanPrivacy {
     pub set_size: Noise,
     /// The noise of every intersection size.
     pub count: Noise,
+    /// How many output rows one identifier counts in at most: the collaboration's
+    /// `max_groups_per_identifier` for a grouped query, 1 for an ungrouped one.
+    pub max_groups: u32,
+    /// The noise of the number of identifiers whose contributions were bounded, for a grouped
+    /// query (`None`: an ungrouped query bounds nothing).
+    pub bounded: Option<Noise>,
     /// The noise of each value column's sums, in value-column order.
     pub sums: Vec<Noise>,
     /// Per value column, the interval each identifier's total is clamped into.
@@ -286,7 +313,18 @@ impl PlanPrivacy {
     ) -> Self {
         let epsilon = privacy.epsilon_per_query;
         let columns = &plan.receiver().value_columns;
-        let shares = 2 + columns.len() as u64;
+        let grouped = plan.grouped_by().is_some();
+        let k = if grouped {
+            privacy.max_groups_per_identifier
+        } else {
+            1
+        };
+        let shares = 2 + columns.len() as u64 + u64::from(grouped);
+        // Only the matcher's own groups make its announced sets overlap.
+        let set_k = match plan.grouped_by() {
+            Some(crate::Role::Matcher) => k,
+            _ => 1,
+        };
         let value_bounds: Vec<(u64, u64)> = columns
             .iter()
             .map(|c| match c.kind {
@@ -296,11 +334,13 @@ impl PlanPrivacy {
             .collect();
         Self {
             epsilon,
-            set_size: Noise::new(1, shares, epsilon),
-            count: Noise::new(1, shares, epsilon),
+            set_size: Noise::new(u64::from(set_k), shares, epsilon),
+            count: Noise::new(u64::from(k), shares, epsilon),
+            max_groups: k,
+            bounded: grouped.then(|| Noise::new(1, shares, epsilon)),
             sums: value_bounds
                 .iter()
-                .map(|&(_, high)| Noise::new(high, shares, epsilon))
+                .map(|&(_, high)| Noise::new(high * u64::from(k), shares, epsilon))
                 .collect(),
             value_bounds,
             sum_ranges: privacy.sum_ranges,
@@ -318,7 +358,8 @@ impl PlanPrivacy {
     /// The bounds both PSI roles are given.
     pub fn noise_bounds(&self) -> NoiseBounds {
         NoiseBounds::new(self.sums.iter().map(|n| n.bound).collect())
-            .expect("sum bounds validated when the collaboration was loaded")
+            .and_then(|b| b.with_max_contributions(self.max_groups))
+            .expect("bounds and max_groups_per_identifier validated with the collaboration")
     }
 
     /// The noise of each output column of `plan`, in `SELECT` order.
@@ -370,6 +411,19 @@ impl PlanPrivacy {
     pub fn dummies_with<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> u64 {
         let noise = dp::sample_bounded(rng, self.set_size.scale, self.set_size.bound);
         self.set_size.bound.saturating_add_signed(noise)
+    }
+
+    /// The figure the receiver is told for `exact` bounded identifiers: `exact` plus discrete
+    /// Laplace noise of [`bounded`](Self::bounded)'s scale (0 below 0), drawn from `rng`; 0 for
+    /// an ungrouped query, which bounds nothing.
+    pub fn disclose_bounded_with<R: rand::Rng + ?Sized>(&self, exact: u64, rng: &mut R) -> u64 {
+        match &self.bounded {
+            Some(noise) => {
+                let z = dp::sample_bounded(rng, noise.scale, noise.bound);
+                exact.saturating_add_signed(z)
+            }
+            None => 0,
+        }
     }
 
     /// The matcher's decision on one pair of groups: draws the noise of the count and of every
@@ -442,6 +496,7 @@ mod tests {
             epsilon_budget: Epsilon::from_micros(MAX_EPSILON),
             epsilon_per_query: Epsilon::from_micros(micros),
             sum_ranges: SumRanges::Proven,
+            max_groups_per_identifier: 1,
         };
         assert!(sum_bound_fits(100_000, &privacy(100_000)));
         assert!(sum_bound_fits(MAX_ITEM_VALUE, &privacy(10_000)));

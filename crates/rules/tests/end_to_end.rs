@@ -712,6 +712,7 @@ fn an_outcome_that_does_not_fit_the_plan_is_an_error_not_a_panic() {
             sums,
         }],
         suppressed_groups: 2,
+        bounded_identifiers: 0,
     };
     let ok = plan.result(&outcome("[\"spring\"]", "", vec![7])).unwrap();
     assert_eq!(

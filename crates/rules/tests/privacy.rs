@@ -318,10 +318,13 @@ fn run(
                 .unwrap();
         }
         if !released && m.counts().is_some() {
-            m.release_with(|c| {
-                seen.push(c.clone());
-                decide(c)
-            })
+            m.release_with(
+                |c| {
+                    seen.push(c.clone());
+                    decide(c)
+                },
+                |bounded| bounded,
+            )
             .unwrap();
             released = true;
         }

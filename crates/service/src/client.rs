@@ -244,6 +244,10 @@ pub struct QueryOutcome {
     pub unopened: u64,
     /// Of those, rows never matched: NULL (in any declared spelling) or empty identifier.
     pub skipped_rows: u64,
+    /// For a private query grouped by this member's columns: how many of its identifiers are
+    /// in more groups than `max_groups_per_identifier` (exact, this member's own data). A
+    /// match of one of them counts in that many groups, chosen at random by the provider.
+    pub own_over_bound: Option<u64>,
 }
 
 /// A connection to one server.
@@ -331,17 +335,17 @@ impl Client {
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         // Reading the table and shuffling it into a role are heavy: off the runtime.
-        let (columns, rows, side) = {
+        let (columns, rows, own_over_bound, side) = {
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
                 let columns = data::header(&path)?;
                 let limits = cleanroom_psi::Limits::default();
-                let (rows, side) = if plan.protocol() == Protocol::List {
+                let (rows, over, side) = if plan.protocol() == Protocol::List {
                     let (table, kept) = data::list_querier_table(&plan, &path)?;
                     let rows = table.stats();
                     let columns = plan.matcher().list_columns.len();
                     let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
-                    (rows, Side::List(ListQuerierRole(querier), kept))
+                    (rows, None, Side::List(ListQuerierRole(querier), kept))
                 } else {
                     let table = data::receiver_table(&plan, &path)?;
                     // The server refuses a querier set under the threshold; say so before
@@ -349,6 +353,12 @@ impl Client {
                     plan.check_querier_identifiers(table.distinct_identifiers())
                         .map_err(ClientError::Refused)?;
                     let rows = table.stats();
+                    // Under privacy, a match of an identifier in more of this member's groups
+                    // than the bound counts in that many: say how many could be cut.
+                    let over = plan
+                        .privacy()
+                        .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
+                        .map(|p| table.identifiers_in_more_groups_than(p.max_groups));
                     let mut receiver = Receiver::new(&plan.domain(), table, limits);
                     if plan.grouped_by() != Some(cleanroom_rules::Role::Matcher) {
                         receiver = receiver.expect_matcher_groups(1);
@@ -363,9 +373,9 @@ impl Client {
                             .with_range_proofs(crate::server::value_ranges(&ranges))
                             .map_err(|e| ClientError::Internal(e.to_string()))?;
                     }
-                    (rows, Side::Aggregate(ReceiverRole(receiver)))
+                    (rows, over, Side::Aggregate(ReceiverRole(receiver)))
                 };
-                Ok::<_, ClientError>((columns, rows, side))
+                Ok::<_, ClientError>((columns, rows, over, side))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
@@ -497,6 +507,7 @@ impl Client {
             rows,
             unopened,
             skipped_rows,
+            own_over_bound,
         })
     }
 }

@@ -33,6 +33,9 @@ pub fn privacy_info(plan: &Plan) -> Option<PrivacyInfo> {
         } else {
             privacy.sum_ranges.as_str().to_owned()
         },
+        max_groups_per_identifier: privacy.max_groups,
+        bounded_scale: privacy.bounded.map_or(0.0, |n| n.scale.as_f64()),
+        bounded_interval95: privacy.bounded.map_or(0, |n| n.interval95()),
     })
 }
 
@@ -66,6 +69,11 @@ pub(crate) fn check_accepted(plan: &Plan, server: Option<&PrivacyInfo>) -> Resul
                 Err(format!(
                     "sum ranges {:?} here, {:?} on the server",
                     ours.sum_ranges, theirs.sum_ranges
+                ))
+            } else if ours.max_groups_per_identifier != theirs.max_groups_per_identifier {
+                Err(format!(
+                    "an identifier counts in at most {} output rows here, {} on the server",
+                    ours.max_groups_per_identifier, theirs.max_groups_per_identifier
                 ))
             } else if ours.mechanism != theirs.mechanism
                 || ours.epsilon != theirs.epsilon

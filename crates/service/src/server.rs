@@ -426,6 +426,15 @@ async fn state_call<T: Send + 'static>(
         .map_err(SessionError::State)
 }
 
+/// What a session's protocol decided, before it is sent: pairs released and suppressed, the
+/// bounded identifiers (exact, and as the querier is told), and the encoded messages.
+struct Release {
+    released: u64,
+    suppressed: u64,
+    bounded: (u64, u64),
+    messages: Vec<Vec<u8>>,
+}
+
 /// A session that passed every check and may run.
 struct Admitted {
     session_id: String,
@@ -734,7 +743,12 @@ impl CleanRoom {
             .await?;
 
         let limits = self.psi_limits(receiver_rows);
-        let (released, suppressed, messages) = if plan.protocol() == Protocol::List {
+        let Release {
+            released,
+            suppressed,
+            bounded,
+            messages,
+        } = if plan.protocol() == Protocol::List {
             self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
                 .await?
         } else {
@@ -750,6 +764,8 @@ impl CleanRoom {
             messages_sent: counters.messages_sent + messages.len() as u64,
             bytes_received: counters.bytes_received,
             bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
+            bounded_identifiers: bounded.0,
+            bounded_disclosed: bounded.1,
         };
         // Record the release durably (the charge was made at admission), then send it.
         let id = session_id.to_owned();
@@ -811,7 +827,7 @@ impl CleanRoom {
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
-    ) -> Result<(u64, u64, Vec<Vec<u8>>), SessionError> {
+    ) -> Result<Release, SessionError> {
         // Reading the table and shuffling it into a matcher are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
@@ -853,16 +869,24 @@ impl CleanRoom {
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(role, move |role| {
-                let summary = role.0.release_with(|group| release_plan.decide(group))?;
+                let mut disclosed = 0;
+                let summary = role.0.release_with(
+                    |group| release_plan.decide(group),
+                    |bounded| {
+                        disclosed = release_plan.disclose_bounded(bounded);
+                        disclosed
+                    },
+                )?;
                 let mut messages = Vec::new();
                 while let Some(message) = role.0.poll_message() {
                     messages.push(message.encode());
                 }
-                Ok::<_, cleanroom_psi::ProtocolError>((
-                    summary.released,
-                    summary.suppressed,
+                Ok::<_, cleanroom_psi::ProtocolError>(Release {
+                    released: summary.released,
+                    suppressed: summary.suppressed,
+                    bounded: (summary.bounded, disclosed),
                     messages,
-                ))
+                })
             })
             .await?;
         released.map_err(|e| SessionError::Internal(e.to_string()))
@@ -879,7 +903,7 @@ impl CleanRoom {
         inbound: &mut Streaming<RunSessionRequest>,
         exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
         matcher_rows: &mut u64,
-    ) -> Result<(u64, u64, Vec<Vec<u8>>), SessionError> {
+    ) -> Result<Release, SessionError> {
         // Reading the table and sealing it into a provider are heavy: off the runtime.
         let table_plan = plan.clone();
         let table_name = plan.matcher().table.clone();
@@ -900,7 +924,12 @@ impl CleanRoom {
         let mut role = exchange
             .run(ListProviderRole::new(provider), &mut psi_in)
             .await?;
-        Ok((0, 0, role.release()))
+        Ok(Release {
+            released: 0,
+            suppressed: 0,
+            bounded: (0, 0),
+            messages: role.release(),
+        })
     }
 }
 

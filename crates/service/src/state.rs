@@ -25,13 +25,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::Serialize;
 
 /// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
-/// the skipped-row counts of the audit; older files are upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 3;
+/// the skipped-row counts of the audit, 4 the bounded contributions; older files are upgraded
+/// when opened for writing).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
-const ADDED_AUDIT_COLUMNS: [(&str, &str); 2] = [
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 4] = [
     ("matcher_skipped", "INTEGER NOT NULL DEFAULT 0"),
     ("receiver_skipped", "INTEGER NOT NULL DEFAULT 0"),
+    ("bounded_identifiers", "INTEGER NOT NULL DEFAULT 0"),
+    ("bounded_disclosed", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 const SCHEMA: &str = "
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS audit (
     bytes_received INTEGER NOT NULL DEFAULT 0,
     bytes_sent INTEGER NOT NULL DEFAULT 0,
     matcher_skipped INTEGER NOT NULL DEFAULT 0,
-    receiver_skipped INTEGER NOT NULL DEFAULT 0
+    receiver_skipped INTEGER NOT NULL DEFAULT 0,
+    bounded_identifiers INTEGER NOT NULL DEFAULT 0,
+    bounded_disclosed INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_member ON audit (member, id);
 CREATE TABLE IF NOT EXISTS ledger (
@@ -192,6 +197,12 @@ pub struct AuditEntry {
     /// Rows of the querier's table never matched (NULL or empty identifier), as declared by
     /// the client.
     pub receiver_skipped: u64,
+    /// Under differential privacy, the exact number of identifiers whose contributions the
+    /// provider bounded to `max_groups_per_identifier` output rows: the provider's data, kept
+    /// in its own audit log.
+    pub bounded_identifiers: u64,
+    /// The noisy figure of `bounded_identifiers` the querier was told.
+    pub bounded_disclosed: u64,
 }
 
 impl AuditEntry {
@@ -213,6 +224,7 @@ impl AuditEntry {
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
             receiver_skipped: self.receiver_skipped,
+            bounded_disclosed: self.bounded_disclosed,
         }
     }
 }
@@ -234,6 +246,10 @@ pub struct Completion {
     pub bytes_received: u64,
     /// Protocol bytes sent (counting the release message about to be sent).
     pub bytes_sent: u64,
+    /// Identifiers whose contributions were bounded, exactly.
+    pub bounded_identifiers: u64,
+    /// The noisy figure of them the querier was told.
+    pub bounded_disclosed: u64,
 }
 
 /// What a collaboration allows each querying member, as the server enforces it.
@@ -672,7 +688,8 @@ impl StateDb {
                     "UPDATE audit SET decision = ?2, reason = ?3, finished_at = {NOW},
                          released_rows = ?4, suppressed_rows = ?5, matcher_rows = ?6,
                          messages_received = ?7, messages_sent = ?8,
-                         bytes_received = ?9, bytes_sent = ?10
+                         bytes_received = ?9, bytes_sent = ?10,
+                         bounded_identifiers = ?11, bounded_disclosed = ?12
                      WHERE session_id = ?1 AND decision = 'running'"
                 ),
                 params![
@@ -686,6 +703,8 @@ impl StateDb {
                     to_i64(completion.messages_sent),
                     to_i64(completion.bytes_received),
                     to_i64(completion.bytes_sent),
+                    to_i64(completion.bounded_identifiers),
+                    to_i64(completion.bounded_disclosed),
                 ],
             )
             .map_err(|e| self.sqlite(e))?;
@@ -938,7 +957,8 @@ impl StateDb {
 
 const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finished_at, member, sql, decision,
     reason, released_rows, suppressed_rows, matcher_rows, receiver_rows, messages_received,
-    messages_sent, bytes_received, bytes_sent, matcher_skipped, receiver_skipped FROM audit";
+    messages_sent, bytes_received, bytes_sent, matcher_skipped, receiver_skipped,
+    bounded_identifiers, bounded_disclosed FROM audit";
 
 /// A row as SQLite returns it, before its values are checked.
 struct RawEntry {
@@ -949,11 +969,11 @@ struct RawEntry {
     sql: String,
     decision: String,
     reason: String,
-    counts: [i64; 10],
+    counts: [i64; 12],
 }
 
 fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    let mut counts = [0i64; 10];
+    let mut counts = [0i64; 12];
     for (i, count) in counts.iter_mut().enumerate() {
         *count = row.get(8 + i)?;
     }
@@ -982,6 +1002,8 @@ impl RawEntry {
             bytes_sent,
             matcher_skipped,
             receiver_skipped,
+            bounded_identifiers,
+            bounded_disclosed,
         ] = self.counts;
         Ok(AuditEntry {
             session_id: self.session_id,
@@ -1001,6 +1023,8 @@ impl RawEntry {
             bytes_sent: to_u64(bytes_sent)?,
             matcher_skipped: to_u64(matcher_skipped)?,
             receiver_skipped: to_u64(receiver_skipped)?,
+            bounded_identifiers: to_u64(bounded_identifiers)?,
+            bounded_disclosed: to_u64(bounded_disclosed)?,
         })
     }
 }
@@ -1018,6 +1042,7 @@ mod tests {
             messages_sent: 4,
             bytes_received: 1000,
             bytes_sent: 2000,
+            ..Completion::default()
         }
     }
 
