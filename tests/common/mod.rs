@@ -172,10 +172,23 @@ impl Fixture {
         epsilon_budget: f64,
         epsilon_per_query: f64,
     ) -> Fixture {
-        let privacy = format!(
+        Fixture::private_bounded(publisher_threshold, epsilon_budget, epsilon_per_query, None)
+    }
+
+    /// [`Fixture::private`] with `max_groups_per_identifier = k` (`None`: the default).
+    pub fn private_bounded(
+        publisher_threshold: u64,
+        epsilon_budget: f64,
+        epsilon_per_query: f64,
+        k: Option<u32>,
+    ) -> Fixture {
+        let mut privacy = format!(
             "[collaboration.privacy]\nepsilon_budget = {epsilon_budget:?}\n\
              epsilon_per_query = {epsilon_per_query:?}\n"
         );
+        if let Some(k) = k {
+            privacy.push_str(&format!("max_groups_per_identifier = {k}\n"));
+        }
         Fixture::build(
             publisher_threshold,
             &privacy,
