@@ -1679,3 +1679,72 @@ async fn list_queries_may_not_filter_on_identifiers() {
     }
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------- attack 11
+
+/// Attack 11, one identifier repeated across the querier's own groups under privacy: the
+/// querier puts its target in all 40 of its groups, next to six distinct people of the
+/// provider's in each, hoping to count the target 40 times and see it through the noise. The
+/// matcher counts a match in at most K = 4 pairs of groups (the collaboration's
+/// `max_groups_per_identifier`, default), chosen at random, whatever the querier sends, and
+/// tells how many identifiers it bounded (noisily). With ε = 500 per query (noise that is zero
+/// in practice) the release shows exactly that: 6 per group, plus the target in exactly 4
+/// groups when it is the provider's, and 1 bounded identifier; 6 per group and none bounded
+/// when it is not. The repeats gain the querier K, as for anyone in K groups, not 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_repeated_in_the_queriers_groups_counts_k_times() {
+    const GROUPS: usize = 40;
+    const BY_CHANNEL: &str = "SELECT c.channel, COUNT(DISTINCT c.email) AS buyers \
+        FROM impressions i JOIN conversions c ON i.email = c.email GROUP BY c.channel";
+    let fx = Fixture::private(5, 1000.0, 500.0);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let plan = fx.collaboration.plan("advertiser", BY_CHANNEL).unwrap();
+    assert_eq!(plan.privacy().unwrap().max_groups, 4);
+    let attacker = Attacker::new(&plan);
+    let people: Vec<String> = fx
+        .publisher_sets(|_| true, |_| String::new())
+        .remove("")
+        .unwrap()
+        .into_iter()
+        .collect();
+    let target = people[0].clone();
+    let others = &people[1..];
+    assert!(others.len() >= 6 * GROUPS);
+    for (who, member) in [(target.as_str(), true), (STRANGER, false)] {
+        let groups: Vec<Vec<String>> = (0..GROUPS)
+            .map(|g| {
+                let mut ids = others[6 * g..6 * g + 6].to_vec();
+                ids.push(who.to_owned());
+                ids
+            })
+            .collect();
+        let view = play(&fx, &server, BY_CHANNEL, &attacker, &groups, |_| {}).await;
+        let Seen::Released(messages, _) = &view.seen else {
+            panic!("the session is released: {:?}", view.seen)
+        };
+        let mut counts = Vec::new();
+        let mut bounded = None;
+        for message in messages {
+            match message {
+                Message::MatcherResult { groups } => {
+                    counts.extend(groups.iter().map(|g| g.intersection_size))
+                }
+                Message::MatcherDone { bounded: b, .. } => bounded = Some(*b),
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        assert_eq!(counts.len(), GROUPS, "every group released");
+        let with_target = counts.iter().filter(|&&c| c == 7).count();
+        assert!(counts.iter().all(|&c| c == 6 || c == 7), "{counts:?}");
+        if member {
+            assert_eq!(with_target, 4, "the target counts in K groups: {counts:?}");
+            assert_eq!(bounded, Some(1));
+        } else {
+            assert_eq!(with_target, 0, "{counts:?}");
+            assert_eq!(bounded, Some(0));
+        }
+        assert_eq!(view.entry.bounded_disclosed, bounded.unwrap());
+        assert_eq!(view.charged, 1);
+    }
+    server.stop().await;
+}

@@ -189,6 +189,7 @@ class MatcherResult:
 class MatcherDone:
     released: int
     suppressed: int
+    bounded: int = 0
 
 
 Message = Union[
@@ -261,7 +262,7 @@ def encode(msg: Message) -> bytes:
             ]
         return b"".join(parts)
     if isinstance(msg, MatcherDone):
-        return out + struct.pack(">QQ", msg.released, msg.suppressed)
+        return out + struct.pack(">QQQ", msg.released, msg.suppressed, msg.bounded)
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -361,7 +362,7 @@ def decode(data: bytes) -> Message:
             groups.append(ReleasedGroup(key, receiver_group, size, sums))
         msg = MatcherResult(groups)
     elif kind == 7:
-        msg = MatcherDone(r.u64("released"), r.u64("suppressed"))
+        msg = MatcherDone(r.u64("released"), r.u64("suppressed"), r.u64("bounded"))
     elif 8 <= kind <= 12:
         raise WireError(f"message kind {kind} belongs to the list protocol")
     else:
@@ -692,6 +693,9 @@ class Receiver:
                 raise ProtocolError(
                     "released and suppressed pairs do not add up to the announced groups"
                 )
+            # This client runs exact sessions only: nothing is bounded there (PROTOCOL.md 4.5).
+            if msg.bounded != 0:
+                raise ProtocolError("bounded contributions in an exact session")
             self._suppressed = msg.suppressed
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__}: the receiver only accepts matcher messages")
