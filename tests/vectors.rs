@@ -380,6 +380,10 @@ fn describe(msg: &Message) -> Value {
             "group": group,
             "tags": tags.iter().map(|t| hexs(t.0)).collect::<Vec<_>>(),
         }),
+        Message::ReceiverTagPoints { group, points: p } => json!({
+            "group": group,
+            "points": points(p),
+        }),
         Message::MatcherResult { groups } => json!({
             "groups": groups
                 .iter()
@@ -460,6 +464,10 @@ fn wire_vectors() -> Value {
             group: 0,
             tags: vec![Tag([0x11; 16]), Tag([0xee; 16])],
         },
+        Message::ReceiverTagPoints {
+            group: 1,
+            points: vec![point("alice@example.com")],
+        },
         Message::MatcherResult {
             groups: vec![
                 ReleasedGroup {
@@ -497,7 +505,7 @@ fn wire_vectors() -> Value {
             b
         }),
         ("unknown kind 0".into(), vec![1, 0]),
-        ("unknown kind 14".into(), vec![1, 14]),
+        ("unknown kind 15".into(), vec![1, 15]),
         (
             "truncated MatcherDone".into(),
             good_done[..good_done.len() - 1].to_vec(),

@@ -173,6 +173,14 @@ class ReceiverTags:
 
 
 @dataclass
+class ReceiverTagPoints:
+    """Kind 14: a noisy session's re-blinded points of one matcher group (PROTOCOL.md 7.7)."""
+
+    group: int
+    points: list
+
+
+@dataclass
 class ReleasedGroup:
     matcher_group: str
     receiver_group: int
@@ -198,6 +206,7 @@ Message = Union[
     ReceiverHello,
     ReceiverItems,
     ReceiverTags,
+    ReceiverTagPoints,
     MatcherResult,
     MatcherDone,
 ]
@@ -210,6 +219,7 @@ KINDS = {
     ReceiverTags: 5,
     MatcherResult: 6,
     MatcherDone: 7,
+    ReceiverTagPoints: 14,
 }
 
 
@@ -248,6 +258,8 @@ def encode(msg: Message) -> bytes:
         )
     if isinstance(msg, ReceiverTags):
         return out + _u32(msg.group) + _u32(len(msg.tags)) + b"".join(msg.tags)
+    if isinstance(msg, ReceiverTagPoints):
+        return out + _u32(msg.group) + _points(msg.points)
     if isinstance(msg, MatcherResult):
         parts = [out, _u32(len(msg.groups))]
         for g in msg.groups:
@@ -365,6 +377,8 @@ def decode(data: bytes) -> Message:
         msg = MatcherDone(r.u64("released"), r.u64("suppressed"), r.u64("bounded"))
     elif 8 <= kind <= 12:
         raise WireError(f"message kind {kind} belongs to the list protocol")
+    elif kind == 14:
+        msg = ReceiverTagPoints(r.u32("group"), r.points("points"))
     else:
         raise WireError(f"unknown message kind {kind}")
     if r.remaining():

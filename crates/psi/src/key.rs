@@ -49,6 +49,12 @@ impl BlindingKey {
         Self::from_scalar(self.scalar.invert())
     }
 
+    /// The key `k·j mod ℓ` of blinding by `other` (`j`) and then by this key (non-zero: `ℓ`
+    /// is prime).
+    pub(crate) fn product(&self, other: &BlindingKey) -> Self {
+        Self::from_scalar(self.scalar * other.scalar)
+    }
+
     /// `(k/2)·P`, whose batched double-and-compress is `compress(k·P)`.
     pub(crate) fn blind_half(&self, point: &RistrettoPoint) -> RistrettoPoint {
         self.half * point

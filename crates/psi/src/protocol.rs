@@ -22,7 +22,7 @@
 //! identifiers, nor anything it could hash to test one without the other's key.
 
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind_to_tags};
+use crate::batch::{hash_and_blind, reblind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, DecryptError, LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use crate::key::BlindingKey;
 use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
@@ -512,6 +512,12 @@ pub struct Matcher {
     outbox: VecDeque<Message>,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
+    /// Under noise with several groups, group `g`'s points are blinded by a key `k_g` of its
+    /// own (so that the receiver cannot see which identifiers two groups share), and
+    /// `unblind[g] = a·k_g^-1` turns the receiver's re-blinded points into tags. Empty: every
+    /// group is blinded by `key`.
+    group_keys: Vec<BlindingKey>,
+    unblind: Vec<BlindingKey>,
     /// Under noise: this matcher's identifiers that were in more groups than an identifier
     /// may count in, and matches that were in more pairs of groups.
     table_bounded: u64,
@@ -589,6 +595,8 @@ impl Matcher {
             released: false,
             outbox: VecDeque::new(),
             noise: None,
+            group_keys: Vec::new(),
+            unblind: Vec::new(),
             table_bounded: 0,
             match_bounded: 0,
             min_receiver_identifiers: 0,
@@ -622,7 +630,9 @@ impl Matcher {
     ///
     /// - each of this matcher's identifiers is kept in at most `k` of its groups, chosen at
     ///   random (never by order), so that it is in `k` announced sets at most (see
-    ///   [`pad_groups`](Self::pad_groups));
+    ///   [`pad_groups`](Self::pad_groups)); with several groups, each is blinded by a fresh key
+    ///   of its own, so the receiver cannot see which identifiers two groups share (it answers
+    ///   with [`Message::ReceiverTagPoints`], from which the matcher removes the group's key);
     /// - every (matcher group, receiver group) pair is decided at release, matched or not, so
     ///   the existence of a group reveals nothing (at most [`MAX_NOISY_PAIRS`] pairs);
     /// - each of this matcher's identifiers counts in at most `k` pairs of groups: in each of
@@ -640,6 +650,14 @@ impl Matcher {
         let k = bounds.max_contributions() as usize;
         if self.groups.len() > 1 {
             self.table_bounded = bound_memberships(&mut self.groups, k);
+            if self.test_vector.is_none() {
+                self.group_keys = self.groups.iter().map(|_| BlindingKey::generate()).collect();
+                self.unblind = self
+                    .group_keys
+                    .iter()
+                    .map(|k| self.key.product(&k.inverse()))
+                    .collect();
+            }
         }
         self.noise = Some(bounds);
         self
@@ -688,7 +706,8 @@ impl Matcher {
             .next(|g| groups.get(g).map(|(_, ids)| ids.len()), CHUNK_ITEMS)
         {
             let ids = &self.groups[group as usize].1[range];
-            let points = hash_and_blind(&self.domain, &self.key, ids);
+            let key = self.group_keys.get(group as usize).unwrap_or(&self.key);
+            let points = hash_and_blind(&self.domain, key, ids);
             return Some(Message::MatcherPoints { group, points });
         }
         self.outbox.pop_front()
@@ -792,64 +811,104 @@ impl Matcher {
                 self.receive_items(kind, group, value_columns, points, ciphertexts, Some(proof))
             }
             Message::ReceiverTags { group, tags } => {
-                if !self.index_sorted {
+                if !self.unblind.is_empty() {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
-                        why: "tags before all of the receiver's items",
+                        why: "tags where the re-blinded points of a group blinded by its own key \
+                              are expected",
                     });
                 }
-                // Tags re-blind this session's points: before they were all sent, the tags can
-                // only be made up or replayed from another session.
-                if !self.points_sent(group) {
+                self.receive_tags(kind, group, TagReply::Tags(tags))
+            }
+            Message::ReceiverTagPoints { group, points } => {
+                if self.unblind.is_empty() {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
-                        why: "tags of a group before its points were sent",
+                        why: "re-blinded points in a session whose groups share one key",
                     });
                 }
-                if self.tag_group.is_some_and(|g| g != group) {
-                    return Err(ProtocolError::Unexpected {
-                        got: kind,
-                        why: "tags of another group before the current group is complete",
-                    });
-                }
-                let size = self
-                    .groups
-                    .get(group as usize)
-                    .map_or(0, |(_, ids)| ids.len() as u64);
-                let received = self
-                    .tags_received
-                    .get_mut(group as usize)
-                    .ok_or(ProtocolError::UnknownGroup(group))?;
-                if *received + tags.len() as u64 > size {
-                    return Err(ProtocolError::TooManyElements {
-                        group,
-                        announced: size,
-                    });
-                }
-                *received += tags.len() as u64;
-                let complete = *received == size;
-                self.tag_group = (!complete).then_some(group);
-                let stored = &mut self.tags[group as usize];
-                stored.extend(tags.iter().map(Tag::as_u128));
-                if complete {
-                    // Repeats are checked on the group's own tags, before any lookup: the
-                    // error does not depend on whether the repeated tag matches.
-                    stored.par_sort_unstable();
-                    if stored.windows(2).any(|w| w[0] == w[1]) {
-                        return Err(ProtocolError::DuplicateTag(group));
-                    }
-                    self.groups_complete += 1;
-                    if self.groups_complete == self.groups.len() {
-                        self.match_all();
-                    }
-                }
-                Ok(())
+                self.receive_tags(kind, group, TagReply::Points(points))
             }
             other => Err(ProtocolError::Unexpected {
                 got: other.kind(),
                 why: "the matcher only accepts receiver messages",
             }),
         }
+    }
+
+    /// Admits one chunk of the receiver's tags of matcher group `group` (or its re-blinded
+    /// points, turned into tags here by removing the group's key): checked against the group's
+    /// size and the order of groups first; once the group is complete its tags are checked for
+    /// repeats, and once every group is, everything is matched.
+    fn receive_tags(
+        &mut self,
+        kind: &'static str,
+        group: u32,
+        reply: TagReply,
+    ) -> Result<(), ProtocolError> {
+        if !self.index_sorted {
+            return Err(ProtocolError::Unexpected {
+                got: kind,
+                why: "tags before all of the receiver's items",
+            });
+        }
+        // Tags re-blind this session's points: before they were all sent, the tags can only be
+        // made up or replayed from another session.
+        if !self.points_sent(group) {
+            return Err(ProtocolError::Unexpected {
+                got: kind,
+                why: "tags of a group before its points were sent",
+            });
+        }
+        if self.tag_group.is_some_and(|g| g != group) {
+            return Err(ProtocolError::Unexpected {
+                got: kind,
+                why: "tags of another group before the current group is complete",
+            });
+        }
+        let size = self
+            .groups
+            .get(group as usize)
+            .map_or(0, |(_, ids)| ids.len() as u64);
+        let count = match &reply {
+            TagReply::Tags(tags) => tags.len(),
+            TagReply::Points(points) => points.len(),
+        } as u64;
+        let received = self
+            .tags_received
+            .get_mut(group as usize)
+            .ok_or(ProtocolError::UnknownGroup(group))?;
+        if *received + count > size {
+            return Err(ProtocolError::TooManyElements {
+                group,
+                announced: size,
+            });
+        }
+        *received += count;
+        let complete = *received == size;
+        let tags = match reply {
+            TagReply::Tags(tags) => tags,
+            // `unblind[g] = a·k_g^-1`: from `b·k_g·H(x)` to `a·b·H(x)`, the tags of the
+            // receiver's items.
+            TagReply::Points(points) => reblind_to_tags(&self.unblind[group as usize], &points)
+                .map_err(point_error(kind))?,
+        };
+        self.tag_group = (!complete).then_some(group);
+        let stored = &mut self.tags[group as usize];
+        stored.extend(tags.iter().map(Tag::as_u128));
+        if complete {
+            // Repeats are checked on the group's own tags, before any lookup: the error does not
+            // depend on whether the repeated tag matches.
+            stored.par_sort_unstable();
+            if stored.windows(2).any(|w| w[0] == w[1]) {
+                return Err(ProtocolError::DuplicateTag(group));
+            }
+            self.groups_complete += 1;
+            if self.groups_complete == self.groups.len() {
+                self.match_all();
+            }
+        }
+        Ok(())
     }
 
     /// Admits one chunk of receiver items: every point is re-blinded and every ciphertext
@@ -1270,7 +1329,17 @@ pub struct ReceiverOutcome {
 struct PeerGroups {
     sizes: Vec<u64>,
     received: Vec<u64>,
-    tags: Vec<Vec<Tag>>,
+    /// Per matcher group, its points re-blinded by this receiver's key, until the group is
+    /// complete and they are sent (as tags, or whole: see [`TagReply`]).
+    reblinded: Vec<Vec<PointBytes>>,
+}
+
+/// How the receiver answers a matcher group: the tags of its re-blinded points, or, in a noisy
+/// session with several matcher groups (each blinded by a key of its own, which only the
+/// matcher can remove), the re-blinded points themselves.
+enum TagReply {
+    Tags(Vec<Tag>),
+    Points(Vec<PointBytes>),
 }
 
 /// A released pair as it arrived: checked and decoded, its sums still encrypted.
@@ -1552,7 +1621,7 @@ impl Receiver {
                 }
                 self.peer = Some(PeerGroups {
                     received: vec![0; group_sizes.len()],
-                    tags: vec![Vec::new(); group_sizes.len()],
+                    reblinded: vec![Vec::new(); group_sizes.len()],
                     sizes: group_sizes,
                 });
                 for g in 0..self.peer.as_ref().map_or(0, |p| p.sizes.len()) {
@@ -1566,8 +1635,8 @@ impl Receiver {
                     why: "points before the matcher's hello",
                 })?;
                 admit(&mut peer.received, &peer.sizes, group, points.len())?;
-                let tags = reblind_to_tags(&self.key, &points).map_err(point_error(kind))?;
-                peer.tags[group as usize].extend(tags);
+                let reblinded = reblind(&self.key, &points).map_err(point_error(kind))?;
+                peer.reblinded[group as usize].extend(reblinded);
                 self.flush_group_if_complete(group as usize);
                 Ok(())
             }
@@ -1631,15 +1700,25 @@ impl Receiver {
         if peer.received[g] != peer.sizes[g] {
             return;
         }
-        let mut tags = std::mem::take(&mut peer.tags[g]);
+        let mut points = std::mem::take(&mut peer.reblinded[g]);
         match &self.test_vector {
-            None => shuffle(&mut tags),
-            Some(rng) => rng.shuffle(&format!("receiver/tags/{g}"), &mut tags),
+            None => shuffle(&mut points),
+            Some(rng) => rng.shuffle(&format!("receiver/tags/{g}"), &mut points),
         }
-        for chunk in tags.chunks(CHUNK_ITEMS) {
-            self.outbox.push_back(Message::ReceiverTags {
-                group: g as u32,
-                tags: chunk.to_vec(),
+        // A noisy matcher with several groups blinds each with a key of its own and needs the
+        // points to remove it (`Matcher::with_noise`).
+        let whole = self.noise.is_some() && peer.sizes.len() > 1;
+        for chunk in points.chunks(CHUNK_ITEMS) {
+            self.outbox.push_back(if whole {
+                Message::ReceiverTagPoints {
+                    group: g as u32,
+                    points: chunk.to_vec(),
+                }
+            } else {
+                Message::ReceiverTags {
+                    group: g as u32,
+                    tags: chunk.iter().map(|p| Tag::of(&p.0)).collect(),
+                }
             });
         }
     }

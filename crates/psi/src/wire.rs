@@ -162,6 +162,16 @@ pub enum Message {
         /// comparison values
         tags: Vec<Tag>,
     },
+    /// Receiver → matcher, in a noisy session with several matcher groups (which the matcher
+    /// blinds with a key of their own): one matcher group's points re-blinded by the receiver,
+    /// sent whole (the matcher removes its group key before it makes the tags), once the whole
+    /// group arrived, shuffled.
+    ReceiverTagPoints {
+        /// matcher group index
+        group: u32,
+        /// re-blinded points
+        points: Vec<PointBytes>,
+    },
     /// Matcher → receiver: a chunk of released groups.
     MatcherResult {
         /// released groups
@@ -264,6 +274,7 @@ const KIND_LIST_QUERIER_HELLO: u8 = 10;
 const KIND_LIST_QUERIER_POINTS: u8 = 11;
 const KIND_LIST_PROVIDER_EVALUATIONS: u8 = 12;
 const KIND_RECEIVER_PROVEN_ITEMS: u8 = 13;
+const KIND_RECEIVER_TAG_POINTS: u8 = 14;
 const MAX_HELLO_GROUPS: u64 = 400_000;
 
 impl Message {
@@ -276,6 +287,7 @@ impl Message {
             Message::ReceiverItems { .. } => "ReceiverItems",
             Message::ReceiverProvenItems { .. } => "ReceiverProvenItems",
             Message::ReceiverTags { .. } => "ReceiverTags",
+            Message::ReceiverTagPoints { .. } => "ReceiverTagPoints",
             Message::MatcherResult { .. } => "MatcherResult",
             Message::MatcherDone { .. } => "MatcherDone",
             Message::ListProviderHello { .. } => "ListProviderHello",
@@ -333,6 +345,11 @@ impl Message {
                 out.extend_from_slice(ciphertexts);
                 put_len(&mut out, proof.len());
                 out.extend_from_slice(proof);
+            }
+            Message::ReceiverTagPoints { group, points } => {
+                out.push(KIND_RECEIVER_TAG_POINTS);
+                out.extend_from_slice(&group.to_be_bytes());
+                put_points(&mut out, points);
             }
             Message::ReceiverTags { group, tags } => {
                 out.push(KIND_RECEIVER_TAGS);
@@ -418,6 +435,10 @@ impl Message {
                 group_sizes: r.u64s("group_sizes")?,
             },
             KIND_MATCHER_POINTS => Message::MatcherPoints {
+                group: r.u32("group")?,
+                points: r.points("points")?,
+            },
+            KIND_RECEIVER_TAG_POINTS => Message::ReceiverTagPoints {
                 group: r.u32("group")?,
                 points: r.points("points")?,
             },

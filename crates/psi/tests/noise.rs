@@ -637,3 +637,101 @@ fn a_value_beyond_its_range_is_refused_on_arrival_member_or_not() {
     assert!(member.contains("RangeProof"), "{member}");
     assert_eq!(member, non_member);
 }
+
+/// With noise and several matcher groups, each group is blinded by a key of its own: an
+/// identifier kept in two groups is sent as two unrelated points, so the receiver cannot count
+/// the identifiers two groups share (without noise it can, and PROTOCOL.md 9 says so). The
+/// receiver answers with its re-blinded points, which the matcher turns into tags; plain tags
+/// are refused in such a session.
+#[test]
+fn a_noisy_matchers_groups_share_no_point() {
+    let rows = [("a", "x1"), ("b", "x1"), ("a", "x2"), ("b", "x3")];
+    let points_of = |m: &mut Matcher| {
+        let mut groups: Vec<Vec<[u8; 32]>> = Vec::new();
+        while let Some(message) = m.poll_message() {
+            match message {
+                Message::MatcherHello { group_sizes } => {
+                    groups = vec![Vec::new(); group_sizes.len()]
+                }
+                Message::MatcherPoints { group, points } => {
+                    groups[group as usize].extend(points.iter().map(|p| p.0))
+                }
+                other => panic!("unexpected {}", other.kind()),
+            }
+        }
+        groups
+    };
+    let shared = |groups: &[Vec<[u8; 32]>]| {
+        groups[0].iter().filter(|p| groups[1].contains(p)).count()
+    };
+    let exact = points_of(&mut Matcher::new(
+        &domain(),
+        matcher_table(&rows),
+        Limits::default(),
+    ));
+    assert_eq!(shared(&exact), 1, "x1, seen in both groups");
+    let bounds = NoiseBounds::new(vec![])
+        .unwrap()
+        .with_max_contributions(2)
+        .unwrap();
+    let noisy = points_of(
+        &mut Matcher::new(&domain(), matcher_table(&rows), Limits::default())
+            .with_noise(bounds.clone()),
+    );
+    assert_eq!(noisy.iter().map(Vec::len).sum::<usize>(), 4, "x1 kept in both");
+    assert_eq!(shared(&noisy), 0);
+
+    // The whole session still counts x1 in both groups.
+    let receiver = || {
+        Receiver::new(
+            &domain(),
+            receiver_table(&[("", "x1", &[]), ("", "x3", &[])], 0),
+            Limits::default(),
+        )
+        .with_noise(bounds.clone())
+        .unwrap()
+    };
+    let zero = |_: &GroupCount| GroupDecision::Release {
+        count_noise: 0,
+        sum_noise: vec![],
+    };
+    let (_, seen) = run(
+        Matcher::new(&domain(), matcher_table(&rows), Limits::default()).with_noise(bounds.clone()),
+        receiver(),
+        zero,
+    )
+    .unwrap();
+    let counts: Vec<u64> = seen.iter().map(|c| c.intersection_size).collect();
+    assert_eq!(counts, [1, 2]);
+
+    // A receiver that answers with plain tags is refused.
+    let mut m =
+        Matcher::new(&domain(), matcher_table(&rows), Limits::default()).with_noise(bounds.clone());
+    let mut r = Receiver::new(
+        &domain(),
+        receiver_table(&[("", "x1", &[]), ("", "x3", &[])], 0),
+        Limits::default(),
+    );
+    let mut refused = None;
+    'session: for _ in 0..10 {
+        while let Some(msg) = m.poll_message() {
+            r.handle_message(msg).unwrap();
+        }
+        while let Some(msg) = r.poll_message() {
+            if let Err(e) = m.handle_message(msg) {
+                refused = Some(e);
+                break 'session;
+            }
+        }
+    }
+    assert!(
+        matches!(
+            refused,
+            Some(ProtocolError::Unexpected {
+                got: "ReceiverTags",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}

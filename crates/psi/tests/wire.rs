@@ -42,6 +42,10 @@ fn samples() -> Vec<Message> {
             group: 0,
             tags: vec![Tag([9; 16]); 4],
         },
+        Message::ReceiverTagPoints {
+            group: 3,
+            points: vec![valid_point(); 2],
+        },
         Message::MatcherResult {
             groups: vec![ReleasedGroup {
                 matcher_group: "spring".into(),
@@ -53,7 +57,7 @@ fn samples() -> Vec<Message> {
         Message::MatcherDone {
             released: 1,
             suppressed: 2,
-            bounded: 0,
+            bounded: 7,
         },
         Message::ListProviderHello {
             set_size: 5,
