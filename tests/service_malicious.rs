@@ -63,6 +63,8 @@ struct Attacker {
     columns: usize,
     /// The ranges the plan makes it prove its values lie in (private plans with value columns).
     ranges: Option<Vec<ValueRange>>,
+    /// Whether the plan is private.
+    private: bool,
 }
 
 impl Attacker {
@@ -77,6 +79,7 @@ impl Attacker {
                 .privacy()
                 .and_then(|p| p.proven_ranges())
                 .map(|r| r.iter().map(|&(lo, hi)| ValueRange { lo, hi }).collect()),
+            private: plan.privacy().is_some(),
         }
     }
 
@@ -131,10 +134,40 @@ impl Attacker {
 
     /// Honest tags of the matcher's points: `Tag(b·(a·H(x)))`.
     fn tags(&self, points: &[PointBytes]) -> Vec<Tag> {
+        self.reblind(points).iter().map(|p| Tag::of(&p.0)).collect()
+    }
+
+    /// The matcher's points re-blinded: `b·P`.
+    fn reblind(&self, points: &[PointBytes]) -> Vec<PointBytes> {
         points
             .iter()
-            .map(|p| Tag::of(&self.key.blind(&p.decode().unwrap()).compress().to_bytes()))
+            .map(|p| PointBytes(self.key.blind(&p.decode().unwrap()).compress().to_bytes()))
             .collect()
+    }
+
+    /// The answer to matcher group `group` of `groups`, re-blinded points changed by `tamper`
+    /// first: their tags, or, when the matcher blinds each of several groups with a key of its
+    /// own (privacy), the points themselves.
+    fn reply(
+        &self,
+        group: u32,
+        groups: usize,
+        points: &[PointBytes],
+        tamper: impl Fn(&mut Vec<PointBytes>),
+    ) -> Message {
+        let mut reblinded = self.reblind(points);
+        tamper(&mut reblinded);
+        if self.private && groups > 1 {
+            Message::ReceiverTagPoints {
+                group,
+                points: reblinded,
+            }
+        } else {
+            Message::ReceiverTags {
+                group,
+                tags: reblinded.iter().map(|p| Tag::of(&p.0)).collect(),
+            }
+        }
     }
 }
 
@@ -388,7 +421,7 @@ async fn play(
     sql: &str,
     attacker: &Attacker,
     groups: &[Vec<String>],
-    tamper: impl Fn(&mut Vec<Tag>),
+    tamper: impl Fn(&mut Vec<PointBytes>),
 ) -> View {
     play_tampered(fx, server, sql, attacker, groups, |_| {}, tamper).await
 }
@@ -402,7 +435,7 @@ async fn play_tampered(
     attacker: &Attacker,
     groups: &[Vec<String>],
     tamper_items: impl Fn(&mut Message),
-    tamper: impl Fn(&mut Vec<Tag>),
+    tamper: impl Fn(&mut Vec<PointBytes>),
 ) -> View {
     let before = queries_charged(server);
     let (tx, mut inbound, id) = open(server, start(fx, sql, 601)).await;
@@ -417,17 +450,9 @@ async fn play_tampered(
         tamper_items(&mut items);
         send(&tx, &items).await;
     }
-    for (g, points) in points.iter().enumerate() {
-        let mut tags = attacker.tags(points);
-        tamper(&mut tags);
-        send(
-            &tx,
-            &Message::ReceiverTags {
-                group: g as u32,
-                tags,
-            },
-        )
-        .await;
+    for (g, group_points) in points.iter().enumerate() {
+        let reply = attacker.reply(g as u32, points.len(), group_points, &tamper);
+        send(&tx, &reply).await;
     }
     let seen = seen(&mut inbound, &id).await;
     drop(tx);
@@ -459,7 +484,7 @@ async fn duplicated_tags_fail_alike_whatever_matches() {
             .into_iter()
             .collect();
         let strangers = fillers("s", members.len());
-        let duplicate_half = |tags: &mut Vec<Tag>| {
+        let duplicate_half = |tags: &mut Vec<PointBytes>| {
             let half = tags.len() / 2;
             for i in half..tags.len() {
                 tags[i] = tags[i - half];

@@ -7,7 +7,7 @@
 
 use super::loopback::{self, Side};
 use super::output::Format;
-use super::query::render;
+use super::query::render_outcome;
 use super::sample;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -22,6 +22,14 @@ pub struct DemoArgs {
     /// Output rows with fewer matched people than this are suppressed.
     #[arg(long, default_value_t = 100)]
     threshold: u64,
+    /// Make the result differentially private with this epsilon (one query's worth of
+    /// budget); amounts are bounded to [0, 100000] cents per person.
+    #[arg(long, value_name = "EPSILON")]
+    epsilon: Option<f64>,
+    /// With --epsilon: how many campaigns one person counts in, at most
+    /// (`max_groups_per_identifier`; the collaboration default when absent).
+    #[arg(long, value_name = "K", requires = "epsilon")]
+    max_groups_per_identifier: Option<u32>,
 }
 
 /// The demo's collaboration; `{...}` are filled in with fresh token hashes and the threshold.
@@ -84,10 +92,24 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let (_, publisher_hash) = loopback::fresh_token();
     let (advertiser_token, advertiser_hash) = loopback::fresh_token();
-    let text = COLLABORATION
+    let mut text = COLLABORATION
         .replace("{publisher}", &publisher_hash)
         .replace("{advertiser}", &advertiser_hash)
         .replace("{threshold}", &args.threshold.to_string());
+    if let Some(epsilon) = args.epsilon {
+        let mut privacy = format!(
+            "[collaboration.privacy]\nepsilon_budget = {epsilon:?}\nepsilon_per_query = {epsilon:?}\n"
+        );
+        if let Some(k) = args.max_groups_per_identifier {
+            privacy.push_str(&format!("max_groups_per_identifier = {k}\n"));
+        }
+        text = text
+            .replacen("\n[[member]]", &format!("\n{privacy}\n[[member]]"), 1)
+            .replace(
+                "amount = [\"SUM\", \"AVG\"] }",
+                "amount = [\"SUM\", \"AVG\"] }\nsum_bounds = { amount = [0, 100000] }",
+            );
+    }
     let collaboration = Collaboration::from_toml_str(&text, "demo collaboration")?;
 
     println!(
@@ -116,7 +138,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         dir.path(),
     )?;
     let elapsed = started.elapsed();
-    print!("{}", render(&outcome.result, Format::Table)?);
+    print!("{}", render_outcome(&outcome, Format::Table)?);
     let c = &outcome.counters;
     println!(
         "\nOn the wire (session {}): advertiser sent {} messages ({} bytes), received {} ({} bytes) in {:.2?}.",
