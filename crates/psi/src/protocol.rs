@@ -651,7 +651,11 @@ impl Matcher {
         if self.groups.len() > 1 {
             self.table_bounded = bound_memberships(&mut self.groups, k);
             if self.test_vector.is_none() {
-                self.group_keys = self.groups.iter().map(|_| BlindingKey::generate()).collect();
+                self.group_keys = self
+                    .groups
+                    .iter()
+                    .map(|_| BlindingKey::generate())
+                    .collect();
                 self.unblind = self
                     .group_keys
                     .iter()

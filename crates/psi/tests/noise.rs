@@ -661,9 +661,8 @@ fn a_noisy_matchers_groups_share_no_point() {
         }
         groups
     };
-    let shared = |groups: &[Vec<[u8; 32]>]| {
-        groups[0].iter().filter(|p| groups[1].contains(p)).count()
-    };
+    let shared =
+        |groups: &[Vec<[u8; 32]>]| groups[0].iter().filter(|p| groups[1].contains(p)).count();
     let exact = points_of(&mut Matcher::new(
         &domain(),
         matcher_table(&rows),
@@ -678,7 +677,11 @@ fn a_noisy_matchers_groups_share_no_point() {
         &mut Matcher::new(&domain(), matcher_table(&rows), Limits::default())
             .with_noise(bounds.clone()),
     );
-    assert_eq!(noisy.iter().map(Vec::len).sum::<usize>(), 4, "x1 kept in both");
+    assert_eq!(
+        noisy.iter().map(Vec::len).sum::<usize>(),
+        4,
+        "x1 kept in both"
+    );
     assert_eq!(shared(&noisy), 0);
 
     // The whole session still counts x1 in both groups.

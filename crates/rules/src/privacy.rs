@@ -217,7 +217,7 @@ pub(crate) fn sum_bound_fits(high: u64, privacy: &Privacy) -> bool {
             MAX_STATISTICS,
             privacy.epsilon_per_query,
         )
-            .is_some_and(|s| s.tail_bound() <= MAX_SUM_NOISE)
+        .is_some_and(|s| s.tail_bound() <= MAX_SUM_NOISE)
 }
 
 /// The noise of one released statistic.

@@ -193,13 +193,19 @@ fn every_privacy_mistake_names_its_key_and_line() {
             },
         ),
         (
-            with_line(budget + 1, "epsilon_per_query = 1.0\nmax_groups_per_identifier = 0"),
+            with_line(
+                budget + 1,
+                "epsilon_per_query = 1.0\nmax_groups_per_identifier = 0",
+            ),
             budget + 2,
             "collaboration.privacy.max_groups_per_identifier",
             Problem::BadMaxGroups(0),
         ),
         (
-            with_line(budget + 1, "epsilon_per_query = 1.0\nmax_groups_per_identifier = 65"),
+            with_line(
+                budget + 1,
+                "epsilon_per_query = 1.0\nmax_groups_per_identifier = 65",
+            ),
             budget + 2,
             "collaboration.privacy.max_groups_per_identifier",
             Problem::BadMaxGroups(65),
@@ -602,7 +608,8 @@ fn plain_answer(
 fn contributions_are_bounded_to_k_campaigns_chosen_at_random() {
     let plan = collaboration().plan("advertiser", COUNT_SUM_SQL).unwrap();
     assert_eq!(plan.privacy().unwrap().max_groups, 4);
-    let (impressions, conversions) = several_campaigns(600, 12, |i| 1 + i % 6, |i| 1 + i as u64 % 50);
+    let (impressions, conversions) =
+        several_campaigns(600, 12, |i| 1 + i % 6, |i| 1 + i as u64 % 50);
     let zero = |_: &GroupCount| GroupDecision::Release {
         count_noise: 0,
         sum_noise: vec![0],
@@ -641,7 +648,11 @@ fn contributions_are_bounded_to_k_campaigns_chosen_at_random() {
     let plain = plain_answer(&impressions, &conversions);
     for (campaign, (n, _)) in &plain {
         let kept = kept_in[campaign];
-        assert!(kept <= 3 * n && kept >= 3 * n * 3 / 5, "{campaign}: {kept} of {}", 3 * n);
+        assert!(
+            kept <= 3 * n && kept >= 3 * n * 3 / 5,
+            "{campaign}: {kept} of {}",
+            3 * n
+        );
     }
 }
 
@@ -676,7 +687,11 @@ fn private_errors_follow_the_stated_noise() {
             sum_errors.push(g.sums[0] as f64 - s as f64);
         }
     }
-    assert_eq!(count_errors.len(), 30 * 40, "every campaign released every time");
+    assert_eq!(
+        count_errors.len(),
+        30 * 40,
+        "every campaign released every time"
+    );
     for (errors, noise, what) in [
         (&count_errors, privacy.count, "count"),
         (&sum_errors, privacy.sums[0], "sum"),
@@ -693,19 +708,31 @@ fn private_errors_follow_the_stated_noise() {
         // The relative standard error of a Laplace variance over 1,200 draws is about 6.5%;
         // a scale off by 1.5 moves the variance by a factor 2.25.
         let fits = |b: f64| (0.75..1.33).contains(&(variance / variance_of(b)));
-        assert!(fits(noise.scale.as_f64()), "{what}: variance {variance:.1}, expected {expected:.1}");
+        assert!(
+            fits(noise.scale.as_f64()),
+            "{what}: variance {variance:.1}, expected {expected:.1}"
+        );
         // The same errors against a wrong scale fail: the test has the power to see it.
         for wrong in [1.5, 1.0 / 1.5, 0.25] {
-            assert!(!fits(noise.scale.as_f64() * wrong), "{what}: scale x{wrong} not caught");
+            assert!(
+                !fits(noise.scale.as_f64() * wrong),
+                "{what}: scale x{wrong} not caught"
+            );
         }
         // No bias: within 4 standard errors of 0.
-        assert!(mean.abs() < 4.0 * (expected / n).sqrt(), "{what}: mean error {mean:.2}");
+        assert!(
+            mean.abs() < 4.0 * (expected / n).sqrt(),
+            "{what}: mean error {mean:.2}"
+        );
         // The stated 95% interval holds about 95% of the errors.
         let within = errors
             .iter()
             .filter(|e| e.abs() <= noise.interval95() as f64)
             .count() as f64
             / n;
-        assert!((0.93..=0.975).contains(&within), "{what}: {within:.3} within ±95%");
+        assert!(
+            (0.93..=0.975).contains(&within),
+            "{what}: {within:.3} within ±95%"
+        );
     }
 }
