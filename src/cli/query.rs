@@ -201,17 +201,27 @@ fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
     }
     let k = privacy.max_groups_per_identifier;
     if let Some(n) = outcome.result.bounded_identifiers {
+        let whose = if outcome.own_over_bound.is_some() {
+            format!(
+                "the provider bounded about {n} more (it bounds what a client sends beyond {k}; \
+                 none from this client)"
+            )
+        } else {
+            format!(
+                "about {n} identifiers were in more and count in {k} of them, chosen at random \
+                 by the provider: their other rows are not counted"
+            )
+        };
         text.push_str(&format!(
             "  each identifier counts in at most {k} output rows (max_groups_per_identifier); \
-             about {n} identifiers (noisy, ±{} with 95% probability) were in more and count in \
-             {k} of them, chosen at random: their other rows are not counted\n",
+             {whose} (noisy, ±{} with 95% probability)\n",
             privacy.bounded_interval95
         ));
     }
     if let Some(n) = outcome.own_over_bound.filter(|&n| n > 0) {
         text.push_str(&format!(
-            "  {n} of your identifiers are in more than {k} of your groups: where matched, each \
-             counts in {k} of them, chosen at random by the provider\n"
+            "  {n} of your identifiers were in more than {k} of your groups: each was kept in {k} \
+             of them, chosen at random before anything was sent\n"
         ));
     }
     for o in privacy.outputs.iter().filter(|o| o.kind != "none") {

@@ -23,7 +23,8 @@
 //! For differentially private results the matcher releases with
 //! [`Matcher::release_with`], adding integer noise to counts in the clear and to sums under
 //! encryption ([`noise`]); such a session decides every pair of groups and counts each
-//! receiver identifier once ([`Matcher::with_noise`]). A matcher can also refuse a receiver
+//! identifier in at most `k` pairs of groups, chosen at random ([`Matcher::with_noise`],
+//! [`NoiseBounds::with_max_contributions`]). A matcher can also refuse a receiver
 //! whose set is too small to hide anyone in ([`Matcher::require_receiver_identifiers`]).
 //!
 //! List queries ("which of my customers are your subscribers, and in which region?") use

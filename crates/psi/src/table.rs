@@ -261,6 +261,40 @@ impl ReceiverTable {
         all.len() as u64
     }
 
+    /// Keep each identifier in at most `k` of its groups, chosen uniformly at random (from a
+    /// CSPRNG-seeded generator, never by key order); returns how many identifiers were in
+    /// more. A noisy matcher counts a match in `k` pairs of groups at most whatever the
+    /// receiver sends ([`Matcher::with_noise`](crate::Matcher::with_noise)); bounding here
+    /// first makes the choice the grouping's owner's, and its count exact.
+    pub fn bound_groups(&mut self, k: u32) -> u64 {
+        let k = k as usize;
+        if self.groups.len() <= k {
+            return 0;
+        }
+        let mut memberships: HashMap<String, Vec<String>> = HashMap::new();
+        for (group, ids) in &self.groups {
+            for id in ids.keys() {
+                memberships
+                    .entry(id.clone())
+                    .or_default()
+                    .push(group.clone());
+            }
+        }
+        let mut rng = rand::rng();
+        let mut bounded = 0;
+        for (id, groups) in memberships {
+            if groups.len() > k {
+                bounded += 1;
+                for i in rand::seq::index::sample(&mut rng, groups.len(), groups.len() - k) {
+                    if let Some(g) = self.groups.get_mut(&groups[i]) {
+                        g.remove(&id);
+                    }
+                }
+            }
+        }
+        bounded
+    }
+
     /// How many identifiers are in more than `k` groups: under noise, a match of one of them
     /// counts in `k` of its groups only, chosen at random by the matcher
     /// ([`Matcher::with_noise`](crate::Matcher::with_noise)).
@@ -578,6 +612,30 @@ mod tests {
         assert_eq!(t.distinct(), 1);
         assert_eq!(t.stats().skipped_empty, 1);
         assert_eq!(t.into_identifiers(), vec!["+15550109999".to_owned()]);
+    }
+
+    #[test]
+    fn receiver_groups_are_bounded_at_random() {
+        let mut seen = HashMap::<String, u32>::new();
+        for _ in 0..30 {
+            let mut t = ReceiverTable::new(Normalization::None, 0).unwrap();
+            for g in ["a", "b", "c", "d"] {
+                t.push(g, "many", &[]).unwrap();
+            }
+            t.push("a", "one", &[]).unwrap();
+            assert_eq!(t.identifiers_in_more_groups_than(2), 1);
+            assert_eq!(t.bound_groups(2), 1);
+            assert_eq!(t.identifiers_in_more_groups_than(2), 0);
+            assert_eq!(t.bound_groups(2), 0);
+            for (g, ids) in &t.groups {
+                if ids.contains_key("many") {
+                    *seen.entry(g.clone()).or_default() += 1;
+                }
+            }
+            assert!(t.groups["a"].contains_key("one"));
+        }
+        assert_eq!(seen.values().sum::<u32>(), 60);
+        assert_eq!(seen.len(), 4, "every group is kept sometimes: {seen:?}");
     }
 
     #[test]

@@ -244,9 +244,9 @@ pub struct QueryOutcome {
     pub unopened: u64,
     /// Of those, rows never matched: NULL (in any declared spelling) or empty identifier.
     pub skipped_rows: u64,
-    /// For a private query grouped by this member's columns: how many of its identifiers are
-    /// in more groups than `max_groups_per_identifier` (exact, this member's own data). A
-    /// match of one of them counts in that many groups, chosen at random by the provider.
+    /// For a private query grouped by this member's columns: how many of its identifiers were
+    /// in more groups than `max_groups_per_identifier` and were kept in that many, chosen at
+    /// random by this client (exact, this member's own data).
     pub own_over_bound: Option<u64>,
 }
 
@@ -353,12 +353,14 @@ impl Client {
                     plan.check_querier_identifiers(table.distinct_identifiers())
                         .map_err(ClientError::Refused)?;
                     let rows = table.stats();
-                    // Under privacy, a match of an identifier in more of this member's groups
-                    // than the bound counts in that many: say how many could be cut.
+                    // Under privacy each identifier counts in at most K of this member's
+                    // groups: keep it in K of them, chosen at random here (the server enforces
+                    // the same bound whatever it is sent), and say how many were cut.
+                    let mut table = table;
                     let over = plan
                         .privacy()
                         .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
-                        .map(|p| table.identifiers_in_more_groups_than(p.max_groups));
+                        .map(|p| table.bound_groups(p.max_groups));
                     let mut receiver = Receiver::new(&plan.domain(), table, limits);
                     if plan.grouped_by() != Some(cleanroom_rules::Role::Matcher) {
                         receiver = receiver.expect_matcher_groups(1);
