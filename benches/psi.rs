@@ -2,14 +2,15 @@
 //! sessions (cardinality and intersection-sum) at 10^4 and 10^5 elements per side.
 //!
 //! `cargo bench --bench psi` (add `-- offline` to run only the sessions, `-- range_proof` only
-//! the range proofs of one chunk of encrypted values).
+//! the range proofs of one chunk of encrypted values, `-- grouped` the matcher-grouped sessions
+//! exact and private).
 
 use cleanroom_psi::elgamal::{Ciphertext, ValueKey};
 use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::wire::PointBytes;
 use cleanroom_psi::{
-    ChunkProof, Domain, MatcherTable, Normalization, ReceiverTable, ValueRange, encrypt_and_prove,
-    match_offline, verify_chunk,
+    ChunkProof, Domain, GroupDecision, Limits, Matcher, MatcherTable, NoiseBounds, Normalization,
+    Receiver, ReceiverTable, ValueRange, encrypt_and_prove, match_offline, verify_chunk,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -106,5 +107,93 @@ fn range_proof(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_element, offline, range_proof);
+/// A session grouped on the matcher's side: `n` people in four groups, each in two of them,
+/// against `n` receiver identifiers with one value column, half shared. Exact, and private
+/// with `k` = 1 and 4 (zero noise, no padding: what bounding, per-group keys and the
+/// constant-work additions cost).
+fn grouped(c: &mut Criterion) {
+    let domain = Domain::new("bench-collab", "email");
+    let tables = |n: usize| {
+        let mut m = MatcherTable::new(Normalization::Email);
+        let mut r = ReceiverTable::new(Normalization::Email, 1).unwrap();
+        for i in 0..n {
+            let id = format!("user{i}@example.com");
+            m.push(&format!("g{}", i % 4), &id).unwrap();
+            m.push(&format!("g{}", (i + 1) % 4), &id).unwrap();
+            r.push(
+                "",
+                &format!("user{}@example.com", i + n / 2),
+                &[i as u64 % 1000],
+            )
+            .unwrap();
+        }
+        (m, r)
+    };
+    let run = |mut m: Matcher, mut r: Receiver| {
+        let mut released = false;
+        while !r.is_finished() {
+            while let Some(msg) = m.poll_message() {
+                r.handle_message(msg).unwrap();
+            }
+            while let Some(msg) = r.poll_message() {
+                m.handle_message(msg).unwrap();
+            }
+            if !released && m.counts().is_some() {
+                m.release_with(
+                    |_| GroupDecision::Release {
+                        count_noise: 0,
+                        sum_noise: vec![0],
+                    },
+                    |b| b,
+                )
+                .unwrap();
+                released = true;
+            }
+        }
+        r.open().unwrap()
+    };
+    let mut g = c.benchmark_group("grouped");
+    g.sample_size(10);
+    let n = 10_000usize;
+    g.throughput(Throughput::Elements(3 * n as u64));
+    g.bench_function(BenchmarkId::new("exact", n), |b| {
+        b.iter_batched(
+            || tables(n),
+            |(m, r)| {
+                let limits = Limits::unlimited();
+                let m = Matcher::new(&domain, m, limits);
+                let r = Receiver::new(&domain, r, limits);
+                let outcome = run(m, r);
+                let total: u64 = outcome.groups.iter().map(|g| g.intersection_size).sum();
+                assert_eq!(total, 2 * (n - n / 2) as u64);
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    for k in [1u32, 4] {
+        g.bench_function(BenchmarkId::new(format!("private_k{k}"), n), |b| {
+            b.iter_batched(
+                || tables(n),
+                |(m, r)| {
+                    let limits = Limits::unlimited();
+                    let bounds = NoiseBounds::new(vec![1 << 20])
+                        .unwrap()
+                        .with_max_contributions(k)
+                        .unwrap();
+                    let m = Matcher::new(&domain, m, limits).with_noise(bounds.clone());
+                    let r = Receiver::new(&domain, r, limits)
+                        .with_noise(bounds)
+                        .unwrap();
+                    let outcome = run(m, r);
+                    let total: u64 = outcome.groups.iter().map(|g| g.intersection_size).sum();
+                    assert_eq!(total, u64::from(k.min(2)) * (n - n / 2) as u64);
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, per_element, offline, range_proof, grouped);
 criterion_main!(benches);

@@ -241,10 +241,13 @@ async fn the_budget_is_charged_refused_when_spent_and_survives_a_restart() {
     assert_eq!(privacy.epsilon, 0.4);
     let kinds: Vec<&str> = privacy.outputs.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(kinds, ["none", "count", "sum"]);
-    // ε = 0.4 over the publisher's group sizes, a count and one sum: scale 3·1/0.4 = 7.5 and
-    // 3·500/0.4 = 3750.
-    assert_eq!(privacy.outputs[1].scale, 7.5);
-    assert_eq!(privacy.outputs[2].scale, 3750.0);
+    // ε = 0.4 over the publisher's group sizes, a count, one sum and the bounded count (the
+    // query is grouped), with each person counting in up to K = 4 campaigns (the default):
+    // scale 4·4/0.4 = 40 and 4·500·4/0.4 = 20000.
+    assert_eq!(privacy.max_groups_per_identifier, 4);
+    assert_eq!(privacy.outputs[1].scale, 40.0);
+    assert_eq!(privacy.outputs[2].scale, 20000.0);
+    assert_eq!(privacy.bounded_scale, 10.0);
     let standing = first.summary.standing.unwrap();
     assert_eq!(standing.epsilon_spent, 0.4);
     assert_eq!(standing.epsilon_remaining, Some(0.6));
@@ -539,11 +542,19 @@ async fn cleanroom_query_prints_the_noise_and_the_budget() {
         "{table}"
     );
     assert!(
-        table.contains("buyers: count + noise of scale 7.5, within ±"),
+        table.contains("buyers: count + noise of scale 40, within ±120"),
         "{table}"
     );
     assert!(
-        table.contains("revenue: sum + noise of scale 3750"),
+        table.contains(
+            "revenue: sum of per-identifier totals clamped into sum_bounds + noise of scale 20000"
+        ),
+        "{table}"
+    );
+    // Each noisy value carries its interval, and the bounded count is told.
+    assert!(table.contains(" ±120 "), "{table}");
+    assert!(
+        table.contains("each identifier counts in at most 4 output rows"),
         "{table}"
     );
 
@@ -558,6 +569,10 @@ async fn cleanroom_query_prints_the_noise_and_the_budget() {
     assert_eq!(json["privacy"]["mechanism"], "discrete_laplace");
     assert_eq!(json["privacy"]["epsilon"], 0.4);
     assert_eq!(json["privacy"]["outputs"][1]["kind"], "count");
+    assert_eq!(json["privacy"]["max_groups_per_identifier"], 4);
+    assert!(json["privacy"]["bounded_identifiers"]["value"].is_u64());
+    assert_eq!(json["privacy"]["bounded_identifiers"]["interval95"], 30);
+    assert!(json["bounded_identifiers"].is_u64());
     assert_eq!(json["privacy"]["epsilon_spent"], 0.8);
     assert_eq!(json["columns"][0], "campaign");
 

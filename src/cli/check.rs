@@ -172,6 +172,22 @@ fn describe_plan(plan: &Plan) -> String {
             privacy.set_size.scale.as_f64(),
             privacy.count.scale.as_f64()
         ));
+        if !privacy.value_bounds.is_empty() {
+            let bounds: Vec<String> = plan
+                .receiver()
+                .value_columns
+                .iter()
+                .zip(&privacy.value_bounds)
+                .map(|(c, (lo, hi))| {
+                    format!("{} ({}) into [{lo}, {hi}]", c.column, name_of(c.kind))
+                })
+                .collect();
+            out.push_str(&format!(
+                "clamping: each identifier's total over its rows in a group is clamped: {}; SUM \
+                 adds those totals and AVG averages them (per identifier, not per row)\n",
+                bounds.join(", ")
+            ));
+        }
         if let Some(bounded) = &privacy.bounded {
             out.push_str(&format!(
                 "bounding: each identifier counts in at most {k} output rows \

@@ -227,9 +227,15 @@ fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
     for o in privacy.outputs.iter().filter(|o| o.kind != "none") {
         let line = match o.kind.as_str() {
             "avg" => format!(
-                "  {}: noisy sum / noisy count; sum noise scale {}, within ±{} with 95% \
-                 probability; count noise scale {}, within ±{}\n",
+                "  {}: noisy sum / noisy count of per-identifier totals (each identifier's rows \
+                 summed and clamped into sum_bounds, not an average of rows); sum noise scale \
+                 {}, within ±{} with 95% probability; count noise scale {}, within ±{}\n",
                 o.column, o.scale, o.interval95, o.count_scale, o.count_interval95
+            ),
+            "sum" => format!(
+                "  {}: sum of per-identifier totals clamped into sum_bounds + noise of scale {}, \
+                 within ±{} with 95% probability\n",
+                o.column, o.scale, o.interval95
             ),
             kind => format!(
                 "  {}: {kind} + noise of scale {}, within ±{} with 95% probability\n",
