@@ -126,6 +126,17 @@ pub(crate) fn open(
 }
 
 impl ParquetSource {
+    /// Per column, the scale of a `DECIMAL` column and `None` for the others.
+    pub(crate) fn scales(&self) -> Vec<Option<u8>> {
+        self.kinds
+            .iter()
+            .map(|k| match k {
+                Kind::Decimal(scale) => Some(*scale),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn cell(&self, column: &dyn Array, kind: Kind, i: usize) -> Result<Cell, String> {
         if column.is_null(i) {
             return Ok(Cell::Null);
