@@ -277,3 +277,45 @@ fn under_privacy_a_files_scale_must_be_declared() {
     // A DECIMAL(p, 0) column is an integer column: nothing to declare.
     plan.adopt_file_scales(&h, &[None, Some(0)]).unwrap();
 }
+
+#[test]
+fn the_plan_tells_how_the_receivers_file_is_read() {
+    let c = Collaboration::from_toml_str(COLLABORATION, "intake.toml").unwrap();
+    // The publisher queries: its own table is the receiver.
+    let text = COLLABORATION.replace(
+        "name = \"publisher\"\nabilities = []",
+        "name = \"publisher\"\nabilities = [\"query\", \"receive_results\"]",
+    );
+    let p = Collaboration::from_toml_str(&text, "intake.toml").unwrap();
+    let plan = p
+        .plan(
+            "publisher",
+            "SELECT COUNT(DISTINCT i.email) FROM conversions c JOIN impressions i \
+             ON c.email = i.email",
+        )
+        .unwrap();
+    assert_eq!(plan.receiver().table, "impressions");
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(
+        json["receiver"]["source"],
+        serde_json::json!({
+            "format": "csv",
+            "delimiter": ";",
+            "quote": "\"",
+            "has_header": false,
+            "null_values": ["", "N/A"],
+        })
+    );
+    let plan = c.plan("advertiser", SUM).unwrap();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(
+        json["receiver"]["source"],
+        serde_json::json!({
+            "format": null,
+            "delimiter": ",",
+            "quote": "\"",
+            "has_header": true,
+            "null_values": ["", "N/A"],
+        })
+    );
+}
