@@ -367,4 +367,51 @@ mod parquet_files {
         };
         assert!(err.to_string().contains("z.parquet"), "{err}");
     }
+
+    #[test]
+    fn damaged_parquet_files_are_errors_not_panics() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.parquet");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut outcomes = [0usize; 2];
+        for codec in [
+            Compression::SNAPPY,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4_RAW,
+            Compression::ZSTD(ZstdLevel::default()),
+        ] {
+            write_decimals(&path, 300, codec);
+            let original = std::fs::read(&path).unwrap();
+            for _ in 0..150 {
+                let mut bytes = original.clone();
+                // A few flipped bytes anywhere, or the file cut short.
+                match next() % 4 {
+                    0 => bytes.truncate((next() as usize) % bytes.len()),
+                    _ => {
+                        for _ in 0..1 + next() % 4 {
+                            let at = (next() as usize) % bytes.len();
+                            bytes[at] ^= 1 << (next() % 8);
+                        }
+                    }
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                let read = Table::open(&spec(&path, "")).map(|t| t.collect::<Result<Vec<_>, _>>());
+                match read {
+                    Ok(Ok(_)) => outcomes[0] += 1,
+                    Err(e) | Ok(Err(e)) => {
+                        assert!(e.to_string().contains("m.parquet"), "{e}");
+                        outcomes[1] += 1;
+                    }
+                }
+            }
+        }
+        assert!(outcomes[1] > 100, "most damaged files are refused: {outcomes:?}");
+    }
 }
