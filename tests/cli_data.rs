@@ -174,13 +174,27 @@ fn parquet_and_csv_give_the_plain_counts_and_exact_decimal_sums() {
     assert_eq!(results[0], results[1], "CSV and Parquet agree exactly");
     // A Parquet DECIMAL column needs no --scale: the file's is used.
     let right_pq = right_pq.display().to_string();
-    let json = match_json(&[&left_csv, &right_pq, "--id-column", "email", "--sum", "amount"]);
+    let json = match_json(&[
+        &left_csv,
+        &right_pq,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
     assert_eq!(json["sum"], money(cents).as_str());
     // Written at scale 3, the same amounts sum to the same value, printed with 3 decimals.
     let right_pq3 = dir.path().join("right3.parquet");
     write_parquet_at(&right_pq3, &right, 3);
     let right_pq3 = right_pq3.display().to_string();
-    let json = match_json(&[&left_csv, &right_pq3, "--id-column", "email", "--sum", "amount"]);
+    let json = match_json(&[
+        &left_csv,
+        &right_pq3,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
     assert_eq!(json["sum"], format!("{}0", money(cents)).as_str());
     // A --scale that is not the file's is refused, never rescaled.
     let (code, _, err) = cleanroom(&[
@@ -522,12 +536,24 @@ fn bench_runs_on_parquet_tables_and_checks_against_the_plain_result() {
     write_parquet(&right_pq, &right);
     let (size, cents, visits) = plain(&left, &right);
     assert!(size > 100, "the tables overlap: {size}");
-    let (l, r) = (left_pq.display().to_string(), right_pq.display().to_string());
+    let (l, r) = (
+        left_pq.display().to_string(),
+        right_pq.display().to_string(),
+    );
     for transport in ["memory", "grpc"] {
         let bench = |extra: &[&str]| -> Value {
             let mut args = vec![
-                "bench", "--left", &l, "--right", &r, "--id-column", "email", "--transport",
-                transport, "--format", "json",
+                "bench",
+                "--left",
+                &l,
+                "--right",
+                &r,
+                "--id-column",
+                "email",
+                "--transport",
+                transport,
+                "--format",
+                "json",
             ];
             args.extend_from_slice(extra);
             let (code, out, err) = cleanroom(&args);
@@ -541,12 +567,20 @@ fn bench_runs_on_parquet_tables_and_checks_against_the_plain_result() {
         // The DECIMAL(14, 2) amounts, summed exactly in cents.
         let json = bench(&["--protocol", "sum", "--value-column", "amount"]);
         assert_eq!(json["intersection_size"], size, "{transport}: {json}");
-        assert_eq!(json["sum"], u64::try_from(cents).unwrap(), "{transport}: {json}");
+        assert_eq!(
+            json["sum"],
+            u64::try_from(cents).unwrap(),
+            "{transport}: {json}"
+        );
         let json = bench(&["--protocol", "sum", "--value-column", "visits"]);
         assert_eq!(json["sum"], visits, "{transport}: {json}");
     }
     // A CSV table with options, against the Parquet one: the same answer.
-    let left_csv = write(dir.path(), "left.csv", &csv_text(&left, "").replace(',', ";"));
+    let left_csv = write(
+        dir.path(),
+        "left.csv",
+        &csv_text(&left, "").replace(',', ";"),
+    );
     let (code, out, err) = cleanroom(&[
         "bench",
         "--left",
@@ -564,5 +598,8 @@ fn bench_runs_on_parquet_tables_and_checks_against_the_plain_result() {
     // A missing column is an error naming the table.
     let (code, _, err) = cleanroom(&["bench", "--left", &l, "--right", &r]);
     assert_ne!(code, 0);
-    assert!(err.contains("left.parquet") && err.contains("no column \"id\""), "{err}");
+    assert!(
+        err.contains("left.parquet") && err.contains("no column \"id\""),
+        "{err}"
+    );
 }

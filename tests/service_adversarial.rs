@@ -67,7 +67,8 @@ async fn final_status(inbound: &mut Inbound) -> Status {
 fn receiver(fx: &Fixture, sql: &str) -> (Plan, Receiver) {
     let mut plan = fx.collaboration.plan("advertiser", sql).unwrap();
     let table =
-        cleanroom_service::data::receiver_table(&mut plan, &fx.path("conversions.csv").into()).unwrap();
+        cleanroom_service::data::receiver_table(&mut plan, &fx.path("conversions.csv").into())
+            .unwrap();
     let receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
     (plan, receiver)
 }

@@ -6,10 +6,10 @@ use super::output::{Format, render_table};
 use super::table_input::{amount, cell, parse_spec};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
+use cleanroom_data::{Table, TableSpec};
 use cleanroom_psi::{
     Domain, MatcherTable, Message, Normalization, ReceiverTable, match_offline_observed,
 };
-use cleanroom_data::{Table, TableSpec};
 use cleanroom_rules::{Collaboration, Value};
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -213,7 +213,9 @@ fn print_report(
         seconds,
         elements_per_second: elements as f64 / seconds,
         intersection_size: size,
-        sum: tables.then_some(measured.sum).filter(|_| args.protocol != BenchProtocol::Cardinality),
+        sum: tables
+            .then_some(measured.sum)
+            .filter(|_| args.protocol != BenchProtocol::Cardinality),
         bytes_on_wire: bytes,
         peak_rss_bytes: peak_rss_bytes(),
         curve_floor_seconds: floor.as_secs_f64(),
@@ -360,11 +362,7 @@ fn value_of(i: u64) -> u64 {
 
 /// The generated tables: `n` identifiers each, `common` of them shared, the receiver's with
 /// `columns` value columns.
-fn generated_tables(
-    n: u64,
-    common: u64,
-    columns: usize,
-) -> Result<(MatcherTable, ReceiverTable)> {
+fn generated_tables(n: u64, common: u64, columns: usize) -> Result<(MatcherTable, ReceiverTable)> {
     let mut matcher_table = MatcherTable::new(Normalization::None);
     for i in 0..n {
         matcher_table.push("", &identifier(i))?;
@@ -718,7 +716,10 @@ min_threshold = 2
 
 /// An SQL identifier: as it is when plain, else double-quoted.
 fn sql_identifier(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if plain {
         name.to_owned()

@@ -228,7 +228,11 @@ mod parquet_files {
         let columns = [("small", 8u8, 2i8), ("medium", 16, 3), ("large", 30, 4)];
         let mut fields = vec![Field::new("id", DataType::Utf8, false)];
         for (name, precision, scale) in columns {
-            fields.push(Field::new(name, DataType::Decimal128(precision, scale), true));
+            fields.push(Field::new(
+                name,
+                DataType::Decimal128(precision, scale),
+                true,
+            ));
         }
         let schema = Arc::new(Schema::new(fields));
         let props = WriterProperties::builder()
@@ -274,11 +278,11 @@ mod parquet_files {
             parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap())
                 .unwrap();
         use parquet::file::reader::FileReader;
-        let physical: Vec<PhysicalType> = reader.metadata().file_metadata().schema_descr().columns()
-            [1..]
-            .iter()
-            .map(|c| c.physical_type())
-            .collect();
+        let physical: Vec<PhysicalType> =
+            reader.metadata().file_metadata().schema_descr().columns()[1..]
+                .iter()
+                .map(|c| c.physical_type())
+                .collect();
         assert_eq!(
             physical,
             [
@@ -298,10 +302,19 @@ mod parquet_files {
                 match (&row.cells[c + 1], decimal_value(c, i)) {
                     (Cell::Null, None) => nulls[c] += 1,
                     (Cell::Decimal(d), Some(units)) => {
-                        assert_eq!(*d, Decimal { units, scale: [2, 3, 4][c] }, "row {i}");
+                        assert_eq!(
+                            *d,
+                            Decimal {
+                                units,
+                                scale: [2, 3, 4][c]
+                            },
+                            "row {i}"
+                        );
                         sums[c] += d.units;
                     }
-                    (cell, expected) => panic!("row {i}, column {c}: {cell:?}, expected {expected:?}"),
+                    (cell, expected) => {
+                        panic!("row {i}, column {c}: {cell:?}, expected {expected:?}")
+                    }
                 }
             }
         }
@@ -312,9 +325,18 @@ mod parquet_files {
         assert_eq!(sums.to_vec(), plain);
         assert_eq!(nulls, [222, 222, 222]);
         let printed: Vec<String> = (0..3)
-            .map(|c| Decimal { units: sums[c], scale: [2, 3, 4][c] }.to_string())
+            .map(|c| {
+                Decimal {
+                    units: sums[c],
+                    scale: [2, 3, 4][c],
+                }
+                .to_string()
+            })
             .collect();
-        assert_eq!(printed, ["98744775.92", "84513228867.035", "84511805712329.7035"]);
+        assert_eq!(
+            printed,
+            ["98744775.92", "84513228867.035", "84511805712329.7035"]
+        );
     }
 
     #[test]
@@ -412,6 +434,9 @@ mod parquet_files {
                 }
             }
         }
-        assert!(outcomes[1] > 100, "most damaged files are refused: {outcomes:?}");
+        assert!(
+            outcomes[1] > 100,
+            "most damaged files are refused: {outcomes:?}"
+        );
     }
 }

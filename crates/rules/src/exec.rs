@@ -85,7 +85,9 @@ pub enum DataError {
     /// A summed column that the file types as `DECIMAL` with a scale the rule does not
     /// declare and that cannot be taken from the file (beyond 18 digits, or under
     /// differential privacy, where `sum_bounds` count units of the declared scale).
-    #[error("table {table:?}, column {column:?}: the file's DECIMAL column has scale {file}; {reason}")]
+    #[error(
+        "table {table:?}, column {column:?}: the file's DECIMAL column has scale {file}; {reason}"
+    )]
     FileScale {
         /// The collaboration table.
         table: String,

@@ -188,7 +188,11 @@ fn a_parquet_decimal_scale_is_used_when_the_rule_declares_none() {
     let matcher = plan
         .matcher_table(
             &header(&["email", "campaign"]),
-            text_rows((0..50).step_by(2).map(|i| [format!("u{i}@x"), "c".to_owned()])),
+            text_rows(
+                (0..50)
+                    .step_by(2)
+                    .map(|i| [format!("u{i}@x"), "c".to_owned()]),
+            ),
         )
         .unwrap();
     let report = cleanroom_psi::match_offline(&plan.domain(), matcher, receiver, 2).unwrap();
@@ -219,9 +223,7 @@ fn a_declared_scale_that_differs_from_the_files_is_refused() {
     let h = header(&["email", "amount"]);
     for file in [0u8, 3] {
         let mut plan = c.plan("advertiser", SUM).unwrap();
-        let err = plan
-            .adopt_file_scales(&h, &[None, Some(file)])
-            .unwrap_err();
+        let err = plan.adopt_file_scales(&h, &[None, Some(file)]).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -273,7 +275,10 @@ fn under_privacy_a_files_scale_must_be_declared() {
         .unwrap()
         .check_typed_rows(&h, &[None, Some(2)], decimal_rows(&[], 2))
         .unwrap_err();
-    assert!(err.to_string().contains("under differential privacy"), "{err}");
+    assert!(
+        err.to_string().contains("under differential privacy"),
+        "{err}"
+    );
     // A DECIMAL(p, 0) column is an integer column: nothing to declare.
     plan.adopt_file_scales(&h, &[None, Some(0)]).unwrap();
 }

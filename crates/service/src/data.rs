@@ -41,7 +41,9 @@ fn with_rows<T>(
 ) -> Result<T, DataFileError> {
     let mut source = Source::open(spec)?;
     let header = source.header().to_vec();
-    let scales: Vec<Option<u8>> = (0..header.len()).map(|i| source.declared_scale(i)).collect();
+    let scales: Vec<Option<u8>> = (0..header.len())
+        .map(|i| source.declared_scale(i))
+        .collect();
     let location = source.location().to_owned();
     let mut failure = None;
     let built = {
@@ -86,7 +88,9 @@ pub fn list_provider_table(
     plan: &Plan,
     spec: &TableSpec,
 ) -> Result<ListProviderTable, DataFileError> {
-    with_rows(spec, |header, _, rows| plan.list_provider_table(header, rows))
+    with_rows(spec, |header, _, rows| {
+        plan.list_provider_table(header, rows)
+    })
 }
 
 /// The list querier's table of a list `plan` from the table at `spec`, with the kept rows the
@@ -95,7 +99,9 @@ pub fn list_querier_table(
     plan: &Plan,
     spec: &TableSpec,
 ) -> Result<(ListQuerierTable, QuerierRows), DataFileError> {
-    with_rows(spec, |header, _, rows| plan.list_querier_table(header, rows))
+    with_rows(spec, |header, _, rows| {
+        plan.list_querier_table(header, rows)
+    })
 }
 
 /// The header of the table at `spec` (each name once: a repeated name is an error).
