@@ -383,14 +383,20 @@ struct BenchTables {
     value_column: Option<String>,
 }
 
-/// One table's identifiers (NULL or empty ones left out) with, when `value` names a
-/// column, each row's amount in units of the column's scale (a Parquet `DECIMAL` column's
-/// own scale, else 0: integers). Returns them with the table's row count and the scale.
-fn read_identifiers(
-    spec: &TableSpec,
-    id_column: &str,
-    value: Option<&str>,
-) -> Result<(Vec<(String, u64)>, u64, u8)> {
+/// What [`read_identifiers`] read of one table.
+struct Identifiers {
+    /// Each row's identifier (NULL or empty ones left out) and amount (0 without a value
+    /// column).
+    items: Vec<(String, u64)>,
+    /// The table's rows, skipped ones included.
+    rows: u64,
+    /// The value column's scale: its amounts are in units of `10^-scale`.
+    scale: u8,
+}
+
+/// One table's identifiers with, when `value` names a column, each row's amount in units of
+/// the column's scale (a Parquet `DECIMAL` column's own scale, else 0: integers).
+fn read_identifiers(spec: &TableSpec, id_column: &str, value: Option<&str>) -> Result<Identifiers> {
     let mut table = Table::open(spec)?;
     let id = table.column(id_column).map_err(anyhow::Error::msg)?;
     let value = value
@@ -422,7 +428,7 @@ fn read_identifiers(
             items.push((text.into_owned(), units));
         }
     }
-    Ok((items, rows, scale))
+    Ok(Identifiers { items, rows, scale })
 }
 
 /// `cleanroom bench --left L --right R`: the protocol on two tables, through memory or the
@@ -434,8 +440,16 @@ fn run_tables(args: &BenchArgs, tables: &BenchTables) -> Result<ExitCode> {
     );
     let interactive = args.format == Format::Table;
     let value = tables.value_column.as_deref();
-    let (left, left_rows, _) = read_identifiers(&tables.left, &tables.id_column, None)?;
-    let (right, right_rows, scale) = read_identifiers(&tables.right, &tables.id_column, value)?;
+    let Identifiers {
+        items: left,
+        rows: left_rows,
+        ..
+    } = read_identifiers(&tables.left, &tables.id_column, None)?;
+    let Identifiers {
+        items: right,
+        rows: right_rows,
+        scale,
+    } = read_identifiers(&tables.right, &tables.id_column, value)?;
     // The plain computation: distinct shared identifiers, and the receiver's amounts of them.
     let provider: std::collections::HashSet<&str> = left.iter().map(|(i, _)| i.as_str()).collect();
     let mut shared: BTreeMap<&str, u64> = BTreeMap::new();
