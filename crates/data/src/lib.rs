@@ -7,7 +7,9 @@
 //! - **Formats** ([`Format`]): CSV in any [`CsvDialect`] (delimiter, quote, header row; a UTF-8
 //!   byte-order mark is dropped; line numbers are physical lines, also with CRLF endings and
 //!   quoted line breaks), and Parquet (feature `parquet`: integer, string and `DECIMAL`
-//!   columns, read one row group at a time so memory stays bounded by the row group).
+//!   columns, each `DECIMAL` with its own scale ([`Table::declared_scale`]); pages
+//!   uncompressed or snappy, gzip, LZ4 or zstd; read one row group at a time so memory stays
+//!   bounded by the row group; a panic of the Parquet reader on a malformed file is an error).
 //! - **Locations** ([`Location`]): a local path, or `s3://bucket/key` (also `gs://`, `az://`;
 //!   feature `object-store`) configured by the standard environment variables
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
