@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/{wire_message,point_bytes,ciphertext,collaboration_toml,sql_plan,csv_tables}
+mkdir -p corpus/{wire_message,point_bytes,ciphertext,collaboration_toml,sql_plan,csv_tables,table_bytes}
 cp "$root"/crates/rules/tests/data/collab.toml corpus/collaboration_toml/rules-collab.toml
-for f in "$root"/crates/rules/tests/data/*.csv; do cp "$f" corpus/csv_tables/; done
+for f in "$root"/crates/rules/tests/data/*.csv; do cp "$f" corpus/csv_tables/; cp "$f" corpus/table_bytes/; done
 # Queries of the rules' corpus tests and the README, one per file.
 grep -ho '"SELECT[^"]*"' "$root"/crates/rules/tests/*.rs "$root"/tests/*.rs 2>/dev/null \
     | sed 's/^"//; s/"$//' | sort -u | head -200 | {

@@ -75,10 +75,16 @@ fn csv_text(r: &Rows, null: &str) -> String {
 }
 
 fn write_parquet(path: &Path, r: &Rows) {
+    write_parquet_at(path, r, 2);
+}
+
+/// [`write_parquet`] with the amounts as `DECIMAL(14, scale)` (`scale` ≥ 2: the same values,
+/// written with more digits after the point).
+fn write_parquet_at(path: &Path, r: &Rows, scale: i8) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("email", DataType::Utf8, true),
         Field::new("visits", DataType::Int64, false),
-        Field::new("amount", DataType::Decimal128(12, 2), true),
+        Field::new("amount", DataType::Decimal128(14, scale), true),
     ]));
     let props = parquet::file::properties::WriterProperties::builder()
         .set_max_row_group_size(700)
@@ -87,8 +93,10 @@ fn write_parquet(path: &Path, r: &Rows) {
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
     let email: StringArray = r.email.iter().cloned().collect();
     let visits = Int64Array::from(r.visits.clone());
-    let amount = Decimal128Array::from(r.cents.clone())
-        .with_precision_and_scale(12, 2)
+    let factor = 10i128.pow(u32::try_from(scale - 2).unwrap());
+    let units: Vec<Option<i128>> = r.cents.iter().map(|c| c.map(|c| c * factor)).collect();
+    let amount = Decimal128Array::from(units)
+        .with_precision_and_scale(14, scale)
         .unwrap();
     w.write(
         &RecordBatch::try_new(
@@ -164,6 +172,50 @@ fn parquet_and_csv_give_the_plain_counts_and_exact_decimal_sums() {
         assert_eq!(json["sum"], visits);
     }
     assert_eq!(results[0], results[1], "CSV and Parquet agree exactly");
+    // A Parquet DECIMAL column needs no --scale: the file's is used.
+    let right_pq = right_pq.display().to_string();
+    let json = match_json(&[
+        &left_csv,
+        &right_pq,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
+    assert_eq!(json["sum"], money(cents).as_str());
+    // Written at scale 3, the same amounts sum to the same value, printed with 3 decimals.
+    let right_pq3 = dir.path().join("right3.parquet");
+    write_parquet_at(&right_pq3, &right, 3);
+    let right_pq3 = right_pq3.display().to_string();
+    let json = match_json(&[
+        &left_csv,
+        &right_pq3,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+    ]);
+    assert_eq!(json["sum"], format!("{}0", money(cents)).as_str());
+    // A --scale that is not the file's is refused, never rescaled.
+    let (code, _, err) = cleanroom(&[
+        "match",
+        &left_csv,
+        &right_pq3,
+        "--id-column",
+        "email",
+        "--sum",
+        "amount",
+        "--scale",
+        "2",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("right3.parquet")
+            && err.contains("\"amount\"")
+            && err.contains("scale 3")
+            && err.contains("--scale 2"),
+        "{err}"
+    );
     // The table output says how many rows were skipped, and why.
     let (code, out, err) = cleanroom(&["match", &left_csv, &right_csv, "--id-column", "email"]);
     assert_eq!(code, 0, "{err}");
@@ -445,6 +497,26 @@ fn serve_and_query_report_skipped_rows_and_exact_decimals() {
     let entry = &entries[0];
     assert_eq!(entry["matcher_skipped"], 2, "{audit}");
     assert_eq!(entry["receiver_skipped"], 2, "{audit}");
+    // A querier file whose DECIMAL scale (3) is not the rule's (2) is refused, naming the
+    // file, the column and both scales.
+    let scale3 = dir.path().join("conversions3.parquet");
+    write_parquet_at(
+        &scale3,
+        &Rows {
+            email: vec![Some("a@x.org".into())],
+            visits: vec![0],
+            cents: vec![Some(1250)],
+        },
+        3,
+    );
+    let (ok, _, err) = query(dir.path(), &url, scale3.to_str().unwrap(), sql);
+    assert!(!ok);
+    assert!(
+        err.contains("conversions3.parquet")
+            && err.contains("column \"amount\"")
+            && err.contains("has scale 3 but the rule declares scale 2"),
+        "{err}"
+    );
     // A querier file with a repeated header name is refused with its name.
     let dup = write(dir.path(), "dup.csv", "email,amount,amount\na@x.org,1,2\n");
     let (ok, _, err) = query(dir.path(), &url, &dup, sql);
@@ -452,4 +524,82 @@ fn serve_and_query_report_skipped_rows_and_exact_decimals() {
     assert!(err.contains("\"amount\" more than once"), "{err}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[test]
+fn bench_runs_on_parquet_tables_and_checks_against_the_plain_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (left, right) = (rows(1200, 0), rows(900, 700));
+    let left_pq = dir.path().join("left.parquet");
+    let right_pq = dir.path().join("right.parquet");
+    write_parquet(&left_pq, &left);
+    write_parquet(&right_pq, &right);
+    let (size, cents, visits) = plain(&left, &right);
+    assert!(size > 100, "the tables overlap: {size}");
+    let (l, r) = (
+        left_pq.display().to_string(),
+        right_pq.display().to_string(),
+    );
+    for transport in ["memory", "grpc"] {
+        let bench = |extra: &[&str]| -> Value {
+            let mut args = vec![
+                "bench",
+                "--left",
+                &l,
+                "--right",
+                &r,
+                "--id-column",
+                "email",
+                "--transport",
+                transport,
+                "--format",
+                "json",
+            ];
+            args.extend_from_slice(extra);
+            let (code, out, err) = cleanroom(&args);
+            assert_eq!(code, 0, "{transport}: {err}");
+            serde_json::from_str(&out).unwrap()
+        };
+        let json = bench(&[]);
+        assert_eq!(json["intersection_size"], size, "{transport}: {json}");
+        assert_eq!(json["size"], 1200);
+        assert_eq!(json["right_size"], 900);
+        // The DECIMAL(14, 2) amounts, summed exactly in cents.
+        let json = bench(&["--protocol", "sum", "--value-column", "amount"]);
+        assert_eq!(json["intersection_size"], size, "{transport}: {json}");
+        assert_eq!(
+            json["sum"],
+            u64::try_from(cents).unwrap(),
+            "{transport}: {json}"
+        );
+        let json = bench(&["--protocol", "sum", "--value-column", "visits"]);
+        assert_eq!(json["sum"], visits, "{transport}: {json}");
+    }
+    // A CSV table with options, against the Parquet one: the same answer.
+    let left_csv = write(
+        dir.path(),
+        "left.csv",
+        &csv_text(&left, "").replace(',', ";"),
+    );
+    let (code, out, err) = cleanroom(&[
+        "bench",
+        "--left",
+        &format!("{left_csv},delimiter=semicolon"),
+        "--right",
+        &r,
+        "--id-column",
+        "email",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["intersection_size"], size);
+    // A missing column is an error naming the table.
+    let (code, _, err) = cleanroom(&["bench", "--left", &l, "--right", &r]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("left.parquet") && err.contains("no column \"id\""),
+        "{err}"
+    );
 }

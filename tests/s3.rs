@@ -143,6 +143,35 @@ fn match_reads_csv_and_parquet_objects() {
         right.iter().filter(|(e, _)| e.is_none()).count()
     );
 
+    // bench reads the same objects (the Parquet DECIMAL summed at its own scale, in cents).
+    for transport in ["memory", "grpc"] {
+        let (code, out, err) = cleanroom(&[
+            "bench",
+            "--left",
+            &format!("s3://{b}/match/left.csv"),
+            "--right",
+            &format!("s3://{b}/match/right.parquet"),
+            "--id-column",
+            "email",
+            "--protocol",
+            "sum",
+            "--value-column",
+            "amount",
+            "--transport",
+            transport,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{transport}: {err}");
+        let json: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["intersection_size"], size, "{transport}: {json}");
+        assert_eq!(
+            json["sum"],
+            u64::try_from(cents).unwrap(),
+            "{transport}: {json}"
+        );
+    }
+
     // A missing object is an error naming it, not an empty table.
     let (code, _, err) = cleanroom(&[
         "match",

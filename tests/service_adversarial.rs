@@ -65,9 +65,10 @@ async fn final_status(inbound: &mut Inbound) -> Status {
 
 /// The advertiser's plan and a fresh psi receiver over the fixture's conversions.
 fn receiver(fx: &Fixture, sql: &str) -> (Plan, Receiver) {
-    let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+    let mut plan = fx.collaboration.plan("advertiser", sql).unwrap();
     let table =
-        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv").into()).unwrap();
+        cleanroom_service::data::receiver_table(&mut plan, &fx.path("conversions.csv").into())
+            .unwrap();
     let receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
     (plan, receiver)
 }

@@ -265,9 +265,10 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
     };
     let server = start_server(&fx, limits, None).await;
 
-    let plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
+    let mut plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
     let table =
-        cleanroom_service::data::receiver_table(&plan, &fx.path("conversions.csv").into()).unwrap();
+        cleanroom_service::data::receiver_table(&mut plan, &fx.path("conversions.csv").into())
+            .unwrap();
     let mut receiver = Receiver::new(&plan.domain(), table, PsiLimits::default());
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
     let (tx, mut inbound) = raw_open(

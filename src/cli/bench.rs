@@ -3,8 +3,10 @@
 
 use super::loopback::{self, Side};
 use super::output::{Format, render_table};
+use super::table_input::{amount, cell, parse_spec};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
+use cleanroom_data::{Table, TableSpec};
 use cleanroom_psi::{
     Domain, MatcherTable, Message, Normalization, ReceiverTable, match_offline_observed,
 };
@@ -36,19 +38,37 @@ pub enum Transport {
     /// In this process, every message encoded and decoded.
     Memory,
     /// Through the real gRPC service on a loopback port (plaintext), both members in this
-    /// process; includes reading both CSV files and checking the SQL.
+    /// process; includes reading both tables (CSV, or Parquet with --left/--right) and
+    /// checking the SQL.
     Grpc,
 }
 
 /// Arguments of `cleanroom bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Identifiers per party.
-    #[arg(long)]
-    size: u64,
+    /// Identifiers per party (generated, unless --left and --right name tables).
+    #[arg(long, required_unless_present = "left")]
+    size: Option<u64>,
     /// Fraction of identifiers common to both parties.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, conflicts_with = "left")]
     overlap: f64,
+    /// Run on this table as the matcher's (provider's) instead of generated identifiers: a CSV
+    /// or Parquet file or an `s3://` object, with options after commas (`,format=parquet`,
+    /// `,delimiter=semicolon`, `,has_header=false`, `,quote=...`), as `cleanroom match` takes
+    /// it. The result is checked against a plain computation over both tables.
+    #[arg(long, value_name = "TABLE", requires = "right", conflicts_with_all = ["size", "concurrency"],
+          value_parser = parse_spec)]
+    left: Option<TableSpec>,
+    /// The receiver's (querier's) table, as --left; it holds the summed column.
+    #[arg(long, value_name = "TABLE", requires = "left", value_parser = parse_spec)]
+    right: Option<TableSpec>,
+    /// With --left/--right: the identifier column of both tables (matched as written).
+    #[arg(long, value_name = "COLUMN", default_value = "id")]
+    id_column: String,
+    /// With --left/--right: the column of --right summed by the sum protocols (non-negative
+    /// integers, or a Parquet DECIMAL column, summed in units of its scale).
+    #[arg(long, value_name = "COLUMN", default_value = "value")]
+    value_column: String,
     /// Protocol to run.
     #[arg(long, value_enum, default_value_t = BenchProtocol::Cardinality)]
     protocol: BenchProtocol,
@@ -82,10 +102,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (0.0..=1.0).contains(&args.overlap),
         "--overlap must be between 0 and 1"
     );
-    ensure!(args.size > 0, "--size must be at least 1");
-    let n = args.size;
-    let common = (args.overlap * n as f64).round() as u64;
     let columns = usize::from(args.protocol != BenchProtocol::Cardinality);
+    if let (Some(left), Some(right)) = (&args.left, &args.right) {
+        let tables = BenchTables {
+            left: left.clone(),
+            right: right.clone(),
+            id_column: args.id_column.clone(),
+            value_column: (columns > 0).then(|| args.value_column.clone()),
+        };
+        return run_tables(&args, &tables);
+    }
+    let n = args.size.context("--size or --left/--right is needed")?;
+    ensure!(n > 0, "--size must be at least 1");
+    let common = (args.overlap * n as f64).round() as u64;
     ensure!(
         args.protocol != BenchProtocol::ProvenSum
             || (args.transport == Transport::Memory && args.concurrency.is_none()),
@@ -118,9 +147,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         serial,
     } = match args.transport {
         Transport::Memory if args.protocol == BenchProtocol::ProvenSum => {
-            run_memory_proven(n, common, interactive)?
+            let (m, r) = generated_tables(n, common, 1)?;
+            run_memory_proven(m, r, n, interactive)?
         }
-        Transport::Memory => run_memory(n, common, columns, interactive)?,
+        Transport::Memory => {
+            let (m, r) = generated_tables(n, common, columns)?;
+            run_memory(m, r, n, interactive)?
+        }
         Transport::Grpc => run_grpc(n, common, columns)?,
     };
     ensure!(
@@ -133,21 +166,56 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             "wrong sum {sum}, expected {expected_sum}"
         );
     }
+    print_report(
+        &args,
+        Measured {
+            seconds,
+            size,
+            sum,
+            bytes,
+            serial,
+        },
+        (n, n),
+        floor,
+    )
+}
+
+/// Prints what one run measured: `rows` is the number of identifiers (rows) of each party.
+fn print_report(
+    args: &BenchArgs,
+    measured: Measured,
+    sizes: (u64, u64),
+    floor: Duration,
+) -> Result<ExitCode> {
+    let Measured {
+        seconds,
+        size,
+        bytes,
+        serial,
+        ..
+    } = measured;
+    let n = sizes.0;
+    let elements = sizes.0 + sizes.1;
     let protocol = match args.protocol {
         BenchProtocol::Cardinality => "cardinality",
         BenchProtocol::Sum => "sum",
         BenchProtocol::ProvenSum => "proven-sum",
     };
+    let tables = args.left.is_some();
     let report = BenchReport {
         size: n,
+        right_size: tables.then_some(sizes.1),
         protocol,
         transport: match args.transport {
             Transport::Memory => "memory",
             Transport::Grpc => "grpc",
         },
         seconds,
-        elements_per_second: 2.0 * n as f64 / seconds,
+        elements_per_second: elements as f64 / seconds,
         intersection_size: size,
+        sum: tables
+            .then_some(measured.sum)
+            .filter(|_| args.protocol != BenchProtocol::Cardinality),
         bytes_on_wire: bytes,
         peak_rss_bytes: peak_rss_bytes(),
         curve_floor_seconds: floor.as_secs_f64(),
@@ -156,7 +224,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table | Format::Csv => {
             let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
-            let rows = vec![
+            let mut rows = vec![
                 vec!["size per party".into(), n.to_string()],
                 vec!["protocol".into(), protocol.into()],
                 vec!["intersection (checked)".into(), size.to_string()],
@@ -171,11 +239,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 ],
                 vec![
                     "elements per second".into(),
-                    format!("{:.0}", 2.0 * n as f64 / seconds),
+                    format!("{:.0}", elements as f64 / seconds),
                 ],
                 vec![
                     "bytes per element".into(),
-                    format!("{:.1}", bytes as f64 / (2 * n) as f64),
+                    format!("{:.1}", bytes as f64 / elements.max(1) as f64),
                 ],
                 vec![
                     "longest stretch under 1.5 cores".into(),
@@ -190,6 +258,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
                 ],
             ];
+            if let (Some(left), Some(right)) = (&args.left, &args.right) {
+                rows[0] = vec![
+                    "rows".into(),
+                    format!("{n} in {left}, {} in {right}", sizes.1),
+                ];
+                if let Some(sum) = report.sum {
+                    rows.insert(3, vec!["sum (checked, in units)".into(), sum.to_string()]);
+                }
+            }
             print!("{}", render_table(&columns, &rows));
         }
     }
@@ -199,12 +276,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 /// The JSON report of one bench run, fields in the documented order.
 #[derive(serde::Serialize)]
 struct BenchReport {
+    /// Identifiers per party; with tables, the rows of --left.
     size: u64,
+    /// With tables: the rows of --right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    right_size: Option<u64>,
     protocol: &'static str,
     transport: &'static str,
     seconds: f64,
     elements_per_second: f64,
     intersection_size: u64,
+    /// With tables and a sum protocol: the checked sum, in units of the column's scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sum: Option<u64>,
     bytes_on_wire: u64,
     peak_rss_bytes: u64,
     curve_floor_seconds: f64,
@@ -276,10 +360,9 @@ fn value_of(i: u64) -> u64 {
     i % 1000
 }
 
-/// Both roles in this process, every message encoded and decoded. Returns (seconds,
-/// intersection size, sum, bytes).
-fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<Measured> {
-    let domain = Domain::new("cleanroom-bench", "email");
+/// The generated tables: `n` identifiers each, `common` of them shared, the receiver's with
+/// `columns` value columns.
+fn generated_tables(n: u64, common: u64, columns: usize) -> Result<(MatcherTable, ReceiverTable)> {
     let mut matcher_table = MatcherTable::new(Normalization::None);
     for i in 0..n {
         matcher_table.push("", &identifier(i))?;
@@ -288,6 +371,148 @@ fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<
     for i in (n - common)..(2 * n - common) {
         receiver_table.push("", &identifier(i), &vec![value_of(i); columns])?;
     }
+    Ok((matcher_table, receiver_table))
+}
+
+/// `--left`/`--right`: the two tables to run on instead of generated identifiers.
+struct BenchTables {
+    left: TableSpec,
+    right: TableSpec,
+    id_column: String,
+    /// The summed column of `right` (sum protocols only).
+    value_column: Option<String>,
+}
+
+/// What [`read_identifiers`] read of one table.
+struct Identifiers {
+    /// Each row's identifier (NULL or empty ones left out) and amount (0 without a value
+    /// column).
+    items: Vec<(String, u64)>,
+    /// The table's rows, skipped ones included.
+    rows: u64,
+    /// The value column's scale: its amounts are in units of `10^-scale`.
+    scale: u8,
+}
+
+/// One table's identifiers with, when `value` names a column, each row's amount in units of
+/// the column's scale (a Parquet `DECIMAL` column's own scale, else 0: integers).
+fn read_identifiers(spec: &TableSpec, id_column: &str, value: Option<&str>) -> Result<Identifiers> {
+    let mut table = Table::open(spec)?;
+    let id = table.column(id_column).map_err(anyhow::Error::msg)?;
+    let value = value
+        .map(|v| table.column(v).map(|i| (i, v)))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let scale = value
+        .and_then(|(i, _)| table.declared_scale(i))
+        .unwrap_or(0);
+    ensure!(
+        scale <= 18,
+        "{}: column {:?} has scale {scale}; sums are exact in units of at most 10^-18",
+        table.location(),
+        value.map_or("", |(_, v)| v)
+    );
+    let (mut items, mut rows) = (Vec::new(), 0u64);
+    while let Some(row) = table.next() {
+        let row = row?;
+        rows += 1;
+        let units = match value {
+            Some((i, name)) => amount(cell(&table, &row, i, name)?, name, scale)
+                .map_err(|e| anyhow::anyhow!("{}: {}: {e}", table.location(), row.position))?,
+            None => 0,
+        };
+        let Some(text) = cell(&table, &row, id, id_column)?.text() else {
+            continue;
+        };
+        if Normalization::None.apply(&text).is_some() {
+            items.push((text.into_owned(), units));
+        }
+    }
+    Ok(Identifiers { items, rows, scale })
+}
+
+/// `cleanroom bench --left L --right R`: the protocol on two tables, through memory or the
+/// gRPC service, checked against the intersection and sum computed in the clear.
+fn run_tables(args: &BenchArgs, tables: &BenchTables) -> Result<ExitCode> {
+    ensure!(
+        args.concurrency.is_none(),
+        "--left/--right run one session; the load test generates its tables"
+    );
+    let interactive = args.format == Format::Table;
+    let value = tables.value_column.as_deref();
+    let Identifiers {
+        items: left,
+        rows: left_rows,
+        ..
+    } = read_identifiers(&tables.left, &tables.id_column, None)?;
+    let Identifiers {
+        items: right,
+        rows: right_rows,
+        scale,
+    } = read_identifiers(&tables.right, &tables.id_column, value)?;
+    // The plain computation: distinct shared identifiers, and the receiver's amounts of them.
+    let provider: std::collections::HashSet<&str> = left.iter().map(|(i, _)| i.as_str()).collect();
+    let mut shared: BTreeMap<&str, u64> = BTreeMap::new();
+    for (id, units) in &right {
+        if provider.contains(id.as_str()) {
+            *shared.entry(id).or_default() += units;
+        }
+    }
+    let expected_size = shared.len() as u64;
+    let expected_sum: u64 = shared.values().sum();
+    let columns = usize::from(value.is_some());
+    let build = || -> Result<(MatcherTable, ReceiverTable)> {
+        let mut m = MatcherTable::new(Normalization::None);
+        for (id, _) in &left {
+            m.push("", id)?;
+        }
+        let mut r = ReceiverTable::new(Normalization::None, columns)?;
+        for (id, units) in &right {
+            r.push("", id, &vec![*units; columns])?;
+        }
+        Ok((m, r))
+    };
+    let elements = left.len() as u64 + right.len() as u64;
+    let floor = curve_floor(elements);
+    let n = elements.div_ceil(2);
+    let measured = match args.transport {
+        Transport::Memory if args.protocol == BenchProtocol::ProvenSum => {
+            let (m, r) = build()?;
+            run_memory_proven(m, r, n, interactive)?
+        }
+        Transport::Memory => {
+            let (m, r) = build()?;
+            run_memory(m, r, n, interactive)?
+        }
+        Transport::Grpc => {
+            drop((left, right));
+            run_grpc_tables(tables, scale)?
+        }
+    };
+    ensure!(
+        measured.size == expected_size,
+        "wrong intersection size {}, expected {expected_size}",
+        measured.size
+    );
+    if columns > 0 {
+        ensure!(
+            measured.sum == expected_sum,
+            "wrong sum {}, expected {expected_sum}",
+            measured.sum
+        );
+    }
+    print_report(args, measured, (left_rows, right_rows), floor)
+}
+
+/// Both roles in this process, every message encoded and decoded. Returns (seconds,
+/// intersection size, sum, bytes).
+fn run_memory(
+    matcher_table: MatcherTable,
+    receiver_table: ReceiverTable,
+    n: u64,
+    interactive: bool,
+) -> Result<Measured> {
+    let domain = Domain::new("cleanroom-bench", "email");
     let progress = if interactive && n >= 50_000 {
         let bar = ProgressBar::new(4 * n);
         bar.set_style(ProgressStyle::with_template(
@@ -319,18 +544,15 @@ fn run_memory(n: u64, common: u64, columns: usize, interactive: bool) -> Result<
 /// [`run_memory`] for `--protocol proven-sum`: one value column whose values the receiver
 /// proves lie in `[0, 65535]`; the matcher, made with noise bounds, verifies every chunk on
 /// arrival and releases its one pair with zero noise.
-fn run_memory_proven(n: u64, common: u64, interactive: bool) -> Result<Measured> {
+fn run_memory_proven(
+    matcher_table: MatcherTable,
+    receiver_table: ReceiverTable,
+    n: u64,
+    interactive: bool,
+) -> Result<Measured> {
     use cleanroom_psi::range_proof::ValueRange;
     use cleanroom_psi::{GroupDecision, Limits, Matcher, NoiseBounds, Receiver};
     let domain = Domain::new("cleanroom-bench", "email");
-    let mut matcher_table = MatcherTable::new(Normalization::None);
-    for i in 0..n {
-        matcher_table.push("", &identifier(i))?;
-    }
-    let mut receiver_table = ReceiverTable::new(Normalization::None, 1)?;
-    for i in (n - common)..(2 * n - common) {
-        receiver_table.push("", &identifier(i), &[value_of(i)])?;
-    }
     let ranges = vec![ValueRange::new(0, 65_535)?];
     let bounds = NoiseBounds::new(vec![65_535])?;
     let mut m = Matcher::new(&domain, matcher_table, Limits::unlimited())
@@ -432,8 +654,42 @@ pub fn grpc_fixture(
     };
     let left = write("left.csv", 0..n)?;
     let right = write("right.csv", (n - common)..(2 * n - common))?;
+    let (token, collaboration) = bench_collaboration("id", Some("value"), Some("value"));
+    let sql = if columns > 0 {
+        "SELECT COUNT(DISTINCT r.id), SUM(r.value) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+    } else {
+        "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+    };
+    Ok(GrpcFixture {
+        collaboration,
+        left,
+        right,
+        token,
+        sql,
+    })
+}
+
+/// The benchmark's collaboration (TOML) and the querier's token: the provider's `left_ids`
+/// and the querier's `right_ids`, both with identifier column `id` (normalization `none`),
+/// plus a `value` column where named (summable on the querier's side).
+fn bench_collaboration(
+    id: &str,
+    left_value: Option<&str>,
+    right_value: Option<&str>,
+) -> (String, String) {
     let (_, server_hash) = loopback::fresh_token();
     let (token, client_hash) = loopback::fresh_token();
+    // JSON strings are TOML basic strings.
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let columns = |value: Option<&str>| {
+        std::iter::once(id)
+            .chain(value)
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let id_q = quote(id);
+    let sums = right_value.map_or_else(String::new, |v| format!(", {} = [\"SUM\"]", quote(v)));
     let collaboration = format!(
         r#"
 [collaboration]
@@ -449,38 +705,114 @@ token_sha256 = "{client_hash}"
 [[table]]
 name = "left_ids"
 owner = "provider"
-columns = ["id", "value"]
-identifier = {{ column = "id", normalize = "none" }}
+columns = [{left_columns}]
+identifier = {{ column = {id_q}, normalize = "none" }}
 [table.rule]
 type = "aggregation"
-join_columns = ["id"]
+join_columns = [{id_q}]
 dimension_columns = []
-aggregate_columns = {{ id = ["COUNT_DISTINCT"] }}
+aggregate_columns = {{ {id_q} = ["COUNT_DISTINCT"] }}
 min_threshold = 2
 [[table]]
 name = "right_ids"
 owner = "querier"
-columns = ["id", "value"]
-identifier = {{ column = "id", normalize = "none" }}
+columns = [{right_columns}]
+identifier = {{ column = {id_q}, normalize = "none" }}
 [table.rule]
 type = "aggregation"
-join_columns = ["id"]
+join_columns = [{id_q}]
 dimension_columns = []
-aggregate_columns = {{ id = ["COUNT_DISTINCT"], value = ["SUM"] }}
+aggregate_columns = {{ {id_q} = ["COUNT_DISTINCT"]{sums} }}
 min_threshold = 2
-"#
+"#,
+        left_columns = columns(left_value),
+        right_columns = columns(right_value),
     );
-    let sql = if columns > 0 {
-        "SELECT COUNT(DISTINCT r.id), SUM(r.value) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+    (token, collaboration)
+}
+
+/// An SQL identifier: as it is when plain, else double-quoted.
+fn sql_identifier(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_owned()
     } else {
-        "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// The query's answer as (intersection size, sum in units): the first row's integers, or
+/// the units of a decimal sum.
+fn answer(outcome: &cleanroom_service::QueryOutcome, columns: usize) -> Result<(u64, u64)> {
+    let row = outcome.result.rows.first().context("no row released")?;
+    let int = |v: &Value| match v {
+        Value::Integer(n) => Ok(*n),
+        Value::Decimal(d) => u64::try_from(d.units).context("a negative sum"),
+        other => bail!("expected an integer result, got {other:?}"),
     };
-    Ok(GrpcFixture {
+    let size = int(&row[0])?;
+    let sum = if columns > 0 { int(&row[1])? } else { 0 };
+    Ok((size, sum))
+}
+
+/// [`run_grpc`] on the tables of `--left`/`--right`.
+fn run_grpc_tables(tables: &BenchTables, scale: u8) -> Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let value = tables.value_column.as_deref();
+    let (token, text) = bench_collaboration(&tables.id_column, None, value);
+    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
+    let id = sql_identifier(&tables.id_column);
+    let sql = match value {
+        Some(v) => format!(
+            "SELECT COUNT(DISTINCT r.{id}), SUM(r.{}) FROM left_ids l JOIN right_ids r \
+             ON l.{id} = r.{id}",
+            sql_identifier(v)
+        ),
+        None => format!(
+            "SELECT COUNT(DISTINCT r.{id}) FROM left_ids l JOIN right_ids r ON l.{id} = r.{id}"
+        ),
+    };
+    let trace = CpuTrace::start();
+    let started = Instant::now();
+    let outcome = loopback::run(
         collaboration,
-        left,
-        right,
-        token,
-        sql,
+        Side {
+            member: "provider",
+            data: BTreeMap::from([("left_ids".to_owned(), tables.left.clone())]),
+        },
+        Side {
+            member: "querier",
+            data: BTreeMap::from([("right_ids".to_owned(), tables.right.clone())]),
+        },
+        &token,
+        &sql,
+        false,
+        dir.path(),
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let columns = usize::from(value.is_some());
+    if let (Some(Value::Decimal(d)), true) = (
+        outcome.result.rows.first().and_then(|r| r.get(1)),
+        columns > 0,
+    ) {
+        ensure!(
+            d.scale == scale,
+            "the service summed at scale {}, the table's is {scale}",
+            d.scale
+        );
+    }
+    let (size, sum) = answer(&outcome, columns)?;
+    let c = &outcome.counters;
+    Ok(Measured {
+        seconds,
+        size,
+        sum,
+        bytes: c.bytes_sent + c.bytes_received,
+        serial: trace.stop(),
     })
 }
 
@@ -518,13 +850,7 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
         dir.path(),
     )?;
     let seconds = started.elapsed().as_secs_f64();
-    let row = outcome.result.rows.first().context("no row released")?;
-    let int = |v: &Value| match v {
-        Value::Integer(n) => Ok(*n),
-        other => bail!("expected an integer result, got {other:?}"),
-    };
-    let size = int(&row[0])?;
-    let sum = if columns > 0 { int(&row[1])? } else { 0 };
+    let (size, sum) = answer(&outcome, columns)?;
     let c = &outcome.counters;
     Ok(Measured {
         seconds,

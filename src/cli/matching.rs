@@ -34,10 +34,11 @@ pub struct MatchArgs {
     #[arg(long, value_name = "RIGHT_COLUMN")]
     sum: Option<String>,
     /// Digits after the decimal point of the summed values (2 for amounts such as 12.50):
-    /// the sum is exact and printed with this many decimals.
-    #[arg(long, value_name = "DIGITS", default_value_t = 0, requires = "sum",
+    /// the sum is exact and printed with this many decimals. By default 0 (integers), or the
+    /// scale of a Parquet `DECIMAL` column; a different scale than the column's is refused.
+    #[arg(long, value_name = "DIGITS", requires = "sum",
           value_parser = clap::value_parser!(u8).range(0..=18))]
-    scale: u8,
+    scale: Option<u8>,
     /// Report per group of this column of LEFT.
     #[arg(long, value_name = "LEFT_COLUMN")]
     group_by: Option<String>,
@@ -66,6 +67,26 @@ fn open(spec: &TableSpec) -> Result<Table> {
 /// The index of `column` in `table`.
 fn column(table: &Table, column: &str) -> Result<usize> {
     table.column(column).map_err(anyhow::Error::msg)
+}
+
+/// The scale the summed column `name` (index `index` of `table`) is read at: `--scale` if
+/// given, else the column's own (a Parquet `DECIMAL`), else 0. A `--scale` that differs from
+/// the column's is refused: values are never rescaled silently.
+fn sum_scale(table: &Table, index: usize, name: &str, given: Option<u8>) -> Result<u8> {
+    match (given, table.declared_scale(index)) {
+        (Some(given), Some(file)) if given != file => anyhow::bail!(
+            "{}: column {name:?} is DECIMAL with scale {file}, but --scale {given} was given; \
+             values are never rescaled: give --scale {file} or leave it out",
+            table.location()
+        ),
+        (Some(scale), _) => Ok(scale),
+        (None, Some(file)) if file > 18 => anyhow::bail!(
+            "{}: column {name:?} is DECIMAL with scale {file}; sums are exact in units of at \
+             most 10^-18",
+            table.location()
+        ),
+        (None, file) => Ok(file.unwrap_or(0)),
+    }
 }
 
 /// Run `cleanroom match`.
@@ -106,6 +127,10 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|s| column(&right, s).map(|i| (i, s)))
         .transpose()?;
+    let scale = match sum_col {
+        Some((i, name)) => sum_scale(&right, i, name, args.scale)?,
+        None => 0,
+    };
     let mut receiver = ReceiverTable::new(args.normalize, usize::from(sum_col.is_some()))?;
     let (mut right_rows, mut right_skipped) = (0u64, 0u64);
     while let Some(row) = right.next() {
@@ -114,7 +139,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         let at = |e: anyhow::Error| anyhow::anyhow!("{}: {}: {e}", right.location(), row.position);
         let values = match sum_col {
             Some((i, name)) => {
-                vec![amount(cell(&right, &row, i, name)?, name, args.scale).map_err(at)?]
+                vec![amount(cell(&right, &row, i, name)?, name, scale).map_err(at)?]
             }
             None => vec![],
         };
@@ -148,7 +173,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         .collect();
 
     // A sum with a scale is exact and printed with its decimals (a JSON string, like query's).
-    let sum_json = |units: u64| match args.scale {
+    let sum_json = |units: u64| match scale {
         0 => json!(units),
         scale => json!(
             Decimal {
@@ -161,7 +186,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
     let sum_text = |units: u64| {
         Decimal {
             units: i128::from(units),
-            scale: args.scale,
+            scale,
         }
         .to_string()
     };

@@ -25,8 +25,8 @@ pub fn cell<'r>(table: &Table, row: &'r Row, index: usize, column: &str) -> Resu
 }
 
 /// A value cell as a non-negative amount in units of `10^-scale` (NULL counts as 0): an
-/// integer, a decimal text with at most `scale` digits after the point, or a Parquet integer
-/// or decimal. The error names the column and the value.
+/// integer, a decimal text with at most `scale` digits after the point, a Parquet integer,
+/// or a Parquet decimal of exactly that scale. The error names the column and the value.
 pub fn amount(cell: &Cell, column: &str, scale: u8) -> Result<u64> {
     let what = || match scale {
         0 => "a non-negative integer".to_owned(),
@@ -39,7 +39,12 @@ pub fn amount(cell: &Cell, column: &str, scale: u8) -> Result<u64> {
             scale: 0,
         }
         .rescale(scale),
-        Cell::Decimal(d) => d.rescale(scale),
+        // A typed decimal is read at its own scale only (see `matching::sum_scale`).
+        Cell::Decimal(d) if d.scale == scale => Ok(*d),
+        Cell::Decimal(d) => Err(cleanroom_data::DecimalError::TooPrecise {
+            value: d.to_string(),
+            scale,
+        }),
         Cell::Text(t) => Decimal::parse(t, scale),
     };
     let value = || cell.text().unwrap_or_default().into_owned();

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import math
 import re
@@ -40,13 +41,38 @@ def load_plan(path: str) -> dict:
 # ----------------------------------------------------------------------------- text order
 
 
-# The spellings of NULL a CSV field may have (cleanroom's default `null_values`), compared
-# after trimming: such an identifier is never matched, such a value is NULL.
+# The spellings of NULL a CSV field may have when the plan does not say (cleanroom's default
+# `null_values`), compared after trimming: such an identifier is never matched, such a value is
+# NULL. A plan's `receiver.source.null_values` replaces them.
 NULL_SPELLINGS = frozenset(["", "NULL", "null", "\\N"])
 
 
 def is_null(cell: str) -> bool:
-    return trim(cell) in NULL_SPELLINGS
+    """Whether a cell read by `ReceiverTable.from_csv` is NULL: empty after trimming (the reader
+    has already turned every declared NULL spelling into the empty cell)."""
+    return trim(cell) == ""
+
+
+class Source:
+    """How the receiver's file is read: the plan's ``receiver.source`` (PROTOCOL.md 4.1), or
+    cleanroom's defaults for a plan without one (RFC 4180 CSV with a header row, the default
+    NULL spellings)."""
+
+    def __init__(self, side: dict):
+        source = side.get("source") or {}
+        self.format = source.get("format")
+        self.delimiter = source.get("delimiter", ",")
+        self.quote = source.get("quote", '"')
+        self.has_header = source.get("has_header", True)
+        spellings = source.get("null_values")
+        self.nulls = NULL_SPELLINGS if spellings is None else frozenset([""] + [trim(s) for s in spellings])
+        for name, c in (("delimiter", self.delimiter), ("quote", self.quote)):
+            if not isinstance(c, str) or len(c) != 1 or c in "\r\n":
+                raise DataError(f"the plan's receiver.source.{name} {c!r} is not one character")
+
+    def cell(self, text: str) -> str:
+        """The empty cell for a declared NULL spelling, else the text as it is."""
+        return "" if trim(text) in self.nulls else text
 
 
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -188,13 +214,26 @@ class ReceiverTable:
     @classmethod
     def from_csv(cls, plan: dict, path: str) -> "ReceiverTable":
         side = plan["receiver"]
+        source = Source(side)
+        fmt = source.format or ("parquet" if path.lower().endswith((".parquet", ".pq")) else "csv")
+        if fmt != "csv":
+            raise DataError(f"{path}: this client reads CSV files only, not {fmt}")
         # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header.
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise DataError(f"{path}: no header") from None
+            records = csv.reader(f, delimiter=source.delimiter, quotechar=source.quote)
+            # Every declared NULL spelling becomes the empty cell, once, here.
+            reader = ([source.cell(c) for c in row] for row in records)
+            if source.has_header:
+                try:
+                    header = [h.strip() for h in next(records)]
+                except StopIteration:
+                    raise DataError(f"{path}: no header") from None
+            else:
+                first = next((row for row in reader if row), None)
+                if first is None:
+                    raise DataError(f"{path}: no rows")
+                header = [f"column_{i}" for i in range(1, len(first) + 1)]
+                reader = itertools.chain([first], reader)
 
             def find(column: str) -> int:
                 hits = [i for i, h in enumerate(header) if h == column]

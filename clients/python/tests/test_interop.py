@@ -30,6 +30,9 @@ COLLABORATION = """
 [collaboration]
 id = "interop-test"
 name = "Python client interoperability"
+# Declared NULL spellings: "N/A" and "-" are NULL, the literal "NULL" is an identifier like any
+# other. The client must read them from the plan (receiver.source), with the delimiter below.
+null_values = ["", "N/A", "-"]
 
 [[member]]
 name = "publisher"
@@ -59,6 +62,7 @@ name = "conversions"
 owner = "advertiser"
 columns = ["email", "product", "channel", "amount", "quantity"]
 identifier = {{ column = "email", normalize = "email" }}
+delimiter = ";"
 
 [table.rule]
 type = "aggregation"
@@ -103,14 +107,18 @@ def write_data(directory: pathlib.Path):
             f.write(f'"{email}",{campaign},{rng.choice(["EU", "US", "APAC"])}\n')
         # Two buyers only saw the "rare" campaign: under its threshold of 3.
         f.write("user200@example.com,rare,EU\nuser201@example.com,rare,US\n")
+        # Not a NULL spelling in this collaboration: the identifier "null", on both sides.
+        f.write("NULL,spring,EU\nN/A,spring,EU\n")
     with open(directory / "conversions.csv", "w", encoding="utf-8", newline="") as f:
-        f.write("email,product,channel,amount,quantity\n")
+        f.write("email;product;channel;amount;quantity\n")
         for _ in range(300):
             n = rng.randrange(150, 450)
             product = "truffles" if n % 40 == 3 else rng.choice(["apples", "bread", "cheese", "dates", "eggs"])
-            amount = rng.choice(["", str(rng.randrange(500)), str(rng.randrange(500)), str(70_000 + n)])
-            f.write(f'"{noisy_email(rng, n)}",{product},{rng.choice(["web", "store"])},{amount},{rng.randrange(1, 4)}\n')
-        f.write("USER200@example.com,apples,web,12,1\nuser201@example.com,bread,store,,2\n")
+            amount = rng.choice(["", "N/A", " - ", str(rng.randrange(500)), str(rng.randrange(500)), str(70_000 + n)])
+            email = "N/A" if rng.random() < 0.02 else noisy_email(rng, n)
+            f.write(f'"{email}";{product};{rng.choice(["web", "store"])};{amount};{rng.randrange(1, 4)}\n')
+        f.write("USER200@example.com;apples;web;12;1\nuser201@example.com;bread;store;;2\n")
+        f.write("null;apples;web;7;1\n")
 
 
 def cleanroom(*args, **kwargs):

@@ -7,7 +7,9 @@
 //! - **Formats** ([`Format`]): CSV in any [`CsvDialect`] (delimiter, quote, header row; a UTF-8
 //!   byte-order mark is dropped; line numbers are physical lines, also with CRLF endings and
 //!   quoted line breaks), and Parquet (feature `parquet`: integer, string and `DECIMAL`
-//!   columns, read one row group at a time so memory stays bounded by the row group).
+//!   columns, each `DECIMAL` with its own scale ([`Table::declared_scale`]); pages
+//!   uncompressed or snappy, gzip, LZ4 or zstd; read one row group at a time so memory stays
+//!   bounded by the row group; a panic of the Parquet reader on a malformed file is an error).
 //! - **Locations** ([`Location`]): a local path, or `s3://bucket/key` (also `gs://`, `az://`;
 //!   feature `object-store`) configured by the standard environment variables
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
@@ -166,6 +168,8 @@ trait Source: Send {
 pub struct Table {
     location: String,
     header: Vec<String>,
+    /// Per column, the scale the file declares (Parquet `DECIMAL(p, s)`), if any.
+    scales: Vec<Option<u8>>,
     source: Box<dyn Source>,
     failed: bool,
     // A remote object's local copy lives as long as the table.
@@ -208,16 +212,19 @@ impl Table {
                 });
             }
         };
-        let (header, source): (Vec<String>, Box<dyn Source>) = match format {
+        let (header, scales, source): (Vec<String>, Vec<Option<u8>>, Box<dyn Source>) = match format
+        {
             Format::Csv => {
                 let (header, source) =
                     csv_source::open(&path, &location, &spec.options.csv, &spec.options.nulls)?;
-                (header, Box::new(source))
+                let scales = vec![None; header.len()];
+                (header, scales, Box::new(source))
             }
             #[cfg(feature = "parquet")]
             Format::Parquet => {
                 let (header, source) = parquet_source::open(&path, &location, &spec.options.nulls)?;
-                (header, Box::new(source))
+                let scales = source.scales();
+                (header, scales, Box::new(source))
             }
             #[cfg(not(feature = "parquet"))]
             Format::Parquet => {
@@ -231,6 +238,7 @@ impl Table {
         Ok(Table {
             location,
             header,
+            scales,
             source,
             failed: false,
             #[cfg(feature = "object-store")]
@@ -241,6 +249,15 @@ impl Table {
     /// The column names, in row order, each name once.
     pub fn header(&self) -> &[String] {
         &self.header
+    }
+
+    /// The number of digits after the decimal point the file itself declares for column
+    /// `index`: `s` for a Parquet `DECIMAL(p, s)` column (whatever its physical type, `INT32`,
+    /// `INT64` or `FIXED_LEN_BYTE_ARRAY`), whose cells are [`Cell::Decimal`] of that scale.
+    /// `None` for every other column (all CSV columns; Parquet integer and string columns) and
+    /// for an index past the header.
+    pub fn declared_scale(&self, index: usize) -> Option<u8> {
+        self.scales.get(index).copied().flatten()
     }
 
     /// Where the table is (a path or a URL), as error messages name it.

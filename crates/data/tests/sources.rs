@@ -219,4 +219,224 @@ mod parquet_files {
             "{err}"
         );
     }
+
+    /// Writes `n` rows (id, small, medium, large): three `DECIMAL` columns of scale 2, 3 and 4
+    /// whose precisions (8, 16, 30) make the writer store them as `INT32`, `INT64` and
+    /// `FIXED_LEN_BYTE_ARRAY`; every 9th value NULL, some negative. Pages compressed with
+    /// `compression`, row groups of 700 rows.
+    fn write_decimals(path: &Path, n: usize, compression: parquet::basic::Compression) {
+        let columns = [("small", 8u8, 2i8), ("medium", 16, 3), ("large", 30, 4)];
+        let mut fields = vec![Field::new("id", DataType::Utf8, false)];
+        for (name, precision, scale) in columns {
+            fields.push(Field::new(
+                name,
+                DataType::Decimal128(precision, scale),
+                true,
+            ));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_size(700)
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        let ids: StringArray = (0..n).map(|i| Some(format!("u{i}"))).collect();
+        let mut arrays: Vec<Arc<dyn arrow_array::Array>> = vec![Arc::new(ids)];
+        for (c, (_, precision, scale)) in columns.into_iter().enumerate() {
+            let values: Vec<Option<i128>> = (0..n).map(|i| decimal_value(c, i)).collect();
+            arrays.push(Arc::new(
+                Decimal128Array::from(values)
+                    .with_precision_and_scale(precision, scale)
+                    .unwrap(),
+            ));
+        }
+        writer
+            .write(&RecordBatch::try_new(schema, arrays).unwrap())
+            .unwrap();
+        writer.close().unwrap();
+    }
+
+    /// The units of row `i` of decimal column `c` of [`write_decimals`].
+    fn decimal_value(c: usize, i: usize) -> Option<i128> {
+        let i = i as i128;
+        let magnitude = [99_999_999, 999_999_999_999_999, 10i128.pow(29) - 1][c];
+        (i % 9 != 4).then(|| {
+            let v = (i * 7_919 * 10i128.pow(4 * c as u32) + i * i) % magnitude;
+            if i % 5 == 3 { -v } else { v }
+        })
+    }
+
+    #[test]
+    fn decimal_columns_carry_their_scale_whatever_their_physical_type() {
+        use parquet::basic::{Compression, Type as PhysicalType};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        let n = 2_000;
+        write_decimals(&path, n, Compression::UNCOMPRESSED);
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        let physical: Vec<PhysicalType> =
+            reader.metadata().file_metadata().schema_descr().columns()[1..]
+                .iter()
+                .map(|c| c.physical_type())
+                .collect();
+        assert_eq!(
+            physical,
+            [
+                PhysicalType::INT32,
+                PhysicalType::INT64,
+                PhysicalType::FIXED_LEN_BYTE_ARRAY
+            ]
+        );
+
+        let table = Table::open(&spec(&path, "")).unwrap();
+        let scales: Vec<Option<u8>> = (0..5).map(|i| table.declared_scale(i)).collect();
+        assert_eq!(scales, [None, Some(2), Some(3), Some(4), None]);
+        let mut sums = [0i128; 3];
+        let mut nulls = [0usize; 3];
+        for (i, row) in rows(table).into_iter().enumerate() {
+            for c in 0..3 {
+                match (&row.cells[c + 1], decimal_value(c, i)) {
+                    (Cell::Null, None) => nulls[c] += 1,
+                    (Cell::Decimal(d), Some(units)) => {
+                        assert_eq!(
+                            *d,
+                            Decimal {
+                                units,
+                                scale: [2, 3, 4][c]
+                            },
+                            "row {i}"
+                        );
+                        sums[c] += d.units;
+                    }
+                    (cell, expected) => {
+                        panic!("row {i}, column {c}: {cell:?}, expected {expected:?}")
+                    }
+                }
+            }
+        }
+        // The plain computation, and the exact figures it gives.
+        let plain: Vec<i128> = (0..3)
+            .map(|c| (0..n).filter_map(|i| decimal_value(c, i)).sum())
+            .collect();
+        assert_eq!(sums.to_vec(), plain);
+        assert_eq!(nulls, [222, 222, 222]);
+        let printed: Vec<String> = (0..3)
+            .map(|c| {
+                Decimal {
+                    units: sums[c],
+                    scale: [2, 3, 4][c],
+                }
+                .to_string()
+            })
+            .collect();
+        assert_eq!(
+            printed,
+            ["98744775.92", "84513228867.035", "84511805712329.7035"]
+        );
+    }
+
+    #[test]
+    fn every_common_codec_reads_back_the_same_cells() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let reference = dir.path().join("plain.parquet");
+        write_decimals(&reference, 1_500, Compression::UNCOMPRESSED);
+        let expected = rows(Table::open(&spec(&reference, "")).unwrap());
+        assert_eq!(expected.len(), 1_500);
+        for codec in [
+            Compression::SNAPPY,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4,
+            Compression::LZ4_RAW,
+            Compression::ZSTD(ZstdLevel::default()),
+        ] {
+            let path = dir.path().join(format!("{codec:?}.parquet"));
+            write_decimals(&path, 1_500, codec);
+            // The pages really are compressed with this codec.
+            let file = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            let used = file.metadata().row_group(0).column(1).compression();
+            assert_eq!(
+                std::mem::discriminant(&used),
+                std::mem::discriminant(&codec),
+                "{codec:?}"
+            );
+            let table = Table::open(&spec(&path, "")).unwrap();
+            assert_eq!(rows(table), expected, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn undecodable_parquet_bytes_are_an_error_naming_the_file() {
+        use parquet::basic::{Compression, ZstdLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.parquet");
+        write_decimals(&path, 3_000, Compression::ZSTD(ZstdLevel::default()));
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Damage the middle of the first column chunks (page data), not the footer.
+        for b in &mut bytes[200..2_000] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = Table::open(&spec(&path, "")).map(|t| t.collect::<Result<Vec<_>, _>>());
+        let err = match outcome {
+            Err(e) | Ok(Err(e)) => e,
+            Ok(Ok(rows)) => panic!("{} rows from a damaged file", rows.len()),
+        };
+        assert!(err.to_string().contains("z.parquet"), "{err}");
+    }
+
+    #[test]
+    fn damaged_parquet_files_are_errors_not_panics() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.parquet");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut outcomes = [0usize; 2];
+        for codec in [
+            Compression::SNAPPY,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4_RAW,
+            Compression::ZSTD(ZstdLevel::default()),
+        ] {
+            write_decimals(&path, 300, codec);
+            let original = std::fs::read(&path).unwrap();
+            for _ in 0..150 {
+                let mut bytes = original.clone();
+                // A few flipped bytes anywhere, or the file cut short.
+                match next() % 4 {
+                    0 => bytes.truncate((next() as usize) % bytes.len()),
+                    _ => {
+                        for _ in 0..1 + next() % 4 {
+                            let at = (next() as usize) % bytes.len();
+                            bytes[at] ^= 1 << (next() % 8);
+                        }
+                    }
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                let read = Table::open(&spec(&path, "")).map(|t| t.collect::<Result<Vec<_>, _>>());
+                match read {
+                    Ok(Ok(_)) => outcomes[0] += 1,
+                    Err(e) | Ok(Err(e)) => {
+                        assert!(e.to_string().contains("m.parquet"), "{e}");
+                        outcomes[1] += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            outcomes[1] > 100,
+            "most damaged files are refused: {outcomes:?}"
+        );
+    }
 }

@@ -65,6 +65,39 @@ pub enum DataError {
         /// What was expected: `integer`, or `decimal with 2 digits after the point`.
         what: String,
     },
+    /// A summed column that the file types as `DECIMAL` with one scale while the rule
+    /// declares another (`decimal_columns`). Values are never rescaled silently.
+    #[error(
+        "table {table:?}, column {column:?}: the file's DECIMAL column has scale {file} but the \
+         rule declares scale {declared} (decimal_columns); values are never rescaled: declare \
+         scale {file} or write the column with scale {declared}"
+    )]
+    ScaleMismatch {
+        /// The collaboration table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The rule's scale.
+        declared: u8,
+        /// The file's scale.
+        file: u8,
+    },
+    /// A summed column that the file types as `DECIMAL` with a scale the rule does not
+    /// declare and that cannot be taken from the file (beyond 18 digits, or under
+    /// differential privacy, where `sum_bounds` count units of the declared scale).
+    #[error(
+        "table {table:?}, column {column:?}: the file's DECIMAL column has scale {file}; {reason}"
+    )]
+    FileScale {
+        /// The collaboration table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The file's scale.
+        file: u8,
+        /// Why it cannot be used as it is.
+        reason: String,
+    },
     /// The PSI table refused the plan's shape (e.g. too many value columns).
     #[error("table {table:?}: {source}")]
     Table {
@@ -282,6 +315,59 @@ pub(crate) fn texts(row: Row) -> (Position, Vec<String>) {
     (row.position, cells)
 }
 
+/// The scale a summed column is read at, from the rule's declared scale (`declared`, 0 when
+/// the rule declares none) and the scale the file's own type gives it (`file`: a Parquet
+/// `DECIMAL(p, s)`), if any. The file's scale is used when the rule declares none, except
+/// under differential privacy (`private`), where the column's `sum_bounds` are in units of
+/// the declared scale and so must not change meaning with the file; a declared scale that
+/// differs from the file's is refused (never rescaled).
+pub(crate) fn settle_scale(
+    table: &str,
+    column: &str,
+    declared: u8,
+    file: Option<u8>,
+    private: bool,
+) -> Result<u8, DataError> {
+    let Some(file) = file else {
+        return Ok(declared);
+    };
+    if declared != 0 {
+        return if declared == file {
+            Ok(declared)
+        } else {
+            Err(DataError::ScaleMismatch {
+                table: table.to_owned(),
+                column: column.to_owned(),
+                declared,
+                file,
+            })
+        };
+    }
+    let refuse = |reason: String| DataError::FileScale {
+        table: table.to_owned(),
+        column: column.to_owned(),
+        file,
+        reason,
+    };
+    if file == 0 {
+        Ok(0)
+    } else if file > MAX_SUM_SCALE {
+        Err(refuse(format!(
+            "sums are exact in units of at most 10^-{MAX_SUM_SCALE}"
+        )))
+    } else if private {
+        Err(refuse(format!(
+            "under differential privacy its sum_bounds count units of the declared scale, so \
+             the rule must declare it: decimal_columns = {{ {column} = {{ scale = {file} }} }}"
+        )))
+    } else {
+        Ok(file)
+    }
+}
+
+/// The largest scale of a summed column (values are summed as 64-bit integers of units).
+const MAX_SUM_SCALE: u8 = 18;
+
 /// A value cell in units of `10^-scale` (an integer for scale 0), if it is a non-negative
 /// number with at most `scale` digits after the point that fits 64 bits.
 pub(crate) fn amount(cell: &str, scale: u8) -> Option<u64> {
@@ -339,6 +425,33 @@ impl Plan {
                 })?;
         }
         Ok(table)
+    }
+
+    /// Takes the scales the receiver's file declares for its summed columns (`scales[i]` for
+    /// `header[i]`: a Parquet `DECIMAL(p, s)` column's `s`, `None` for untyped columns; see
+    /// `cleanroom_data::Table::declared_scale`) before [`Plan::receiver_table`] reads its
+    /// rows and [`Plan::result`] prints its sums: a column whose rule declares no scale is
+    /// summed at the file's; a declared scale that differs from the file's is refused, as is
+    /// an undeclared one under differential privacy. Columns absent from `header` are left
+    /// for [`Plan::receiver_table`] to report.
+    pub fn adopt_file_scales(
+        &mut self,
+        header: &[String],
+        scales: &[Option<u8>],
+    ) -> Result<(), DataError> {
+        let private = self.privacy.is_some();
+        let table = self.receiver.table.clone();
+        for column in &mut self.receiver.value_columns {
+            if column.kind != ValueKind::Integer {
+                continue;
+            }
+            let file = header
+                .iter()
+                .position(|h| *h == column.column)
+                .and_then(|i| scales.get(i).copied().flatten());
+            column.scale = settle_scale(&table, &column.column, column.scale, file, private)?;
+        }
+        Ok(())
     }
 
     /// Builds the receiver's PSI table from its rows: applies the receiver-side filter, reads

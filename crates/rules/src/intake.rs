@@ -7,7 +7,7 @@
 use cleanroom_data::Row;
 
 use crate::collaboration::{AnalysisRule, Table};
-use crate::exec::{DataError, amount, texts};
+use crate::exec::{DataError, amount, settle_scale, texts};
 use crate::value::is_null;
 
 /// What reading a whole table found.
@@ -29,6 +29,21 @@ impl Table {
     pub fn check_rows(
         &self,
         header: &[String],
+        rows: impl Iterator<Item = Row>,
+    ) -> Result<TableCheck, DataError> {
+        self.check_typed_rows(header, &[], rows)
+    }
+
+    /// [`Table::check_rows`] for a file whose columns may declare their own scale
+    /// (`scales[i]` for `header[i]`, a Parquet `DECIMAL(p, s)` column's `s`): a summed column
+    /// whose rule declares no scale is checked at the file's, and one whose declared scale
+    /// differs from the file's is refused (as is an undeclared one under differential
+    /// privacy), as [`Plan::adopt_file_scales`](crate::Plan::adopt_file_scales) decides for a
+    /// query.
+    pub fn check_typed_rows(
+        &self,
+        header: &[String],
+        scales: &[Option<u8>],
         rows: impl Iterator<Item = Row>,
     ) -> Result<TableCheck, DataError> {
         let mut index = Vec::with_capacity(self.columns().len());
@@ -54,18 +69,22 @@ impl Table {
         let identifier = position(self.identifier().column())
             .map(|p| index[p])
             .expect("the identifier is a column of its table");
-        let summed: Vec<(usize, &str, u8)> = match self.rule() {
-            AnalysisRule::Aggregation(rule) => rule
-                .aggregate_columns()
-                .iter()
-                .filter(|(_, f)| {
-                    f.contains(&crate::AggregateFunction::Sum)
-                        || f.contains(&crate::AggregateFunction::Avg)
-                })
-                .filter_map(|(c, _)| Some((index[position(c)?], c.as_str(), rule.scale(c))))
-                .collect(),
-            AnalysisRule::List(_) => Vec::new(),
-        };
+        let mut summed: Vec<(usize, &str, u8)> = Vec::new();
+        if let AnalysisRule::Aggregation(rule) = self.rule() {
+            let private = !rule.sum_bounds().is_empty();
+            for (c, f) in rule.aggregate_columns() {
+                if !(f.contains(&crate::AggregateFunction::Sum)
+                    || f.contains(&crate::AggregateFunction::Avg))
+                {
+                    continue;
+                }
+                let Some(p) = position(c) else { continue };
+                let i = index[p];
+                let file = scales.get(i).copied().flatten();
+                let scale = settle_scale(self.name(), c, rule.scale(c), file, private)?;
+                summed.push((i, c.as_str(), scale));
+            }
+        }
         let normalization = self.identifier().normalization();
         let mut check = TableCheck::default();
         for row in rows {

@@ -93,8 +93,8 @@ pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_gro
 pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
-    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
-    ValueKind,
+    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
+    ValueColumn, ValueKind,
 };
 pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits, SumRanges};
 pub use reason::{Reason, ReasonCode, Refusal};

@@ -12,6 +12,7 @@
 
 use std::cmp::Ordering;
 
+use cleanroom_data::{Format, SourceOptions};
 use cleanroom_psi::{Domain, GroupCount, GroupDecision, NoiseBounds, Normalization};
 use serde::{Serialize, Serializer};
 
@@ -381,8 +382,47 @@ pub struct SidePlan {
     pub list_columns: Vec<String>,
     /// Every column this side reads: identifier, group, filter, value and list columns.
     pub reads: Vec<String>,
+    /// How the side's owner reads its table unless its command line says otherwise: the
+    /// table entry's format and CSV dialect and the collaboration's `null_values`. An
+    /// independent client reads its file with these to find the same rows and NULLs.
+    pub source: TableSource,
     /// The `min_threshold` of this table's rule (0 for a list rule, which has none).
     pub min_threshold: u64,
+}
+
+/// How a table's file is read by default, as the collaboration file declares it (its table
+/// entry's `format`, `delimiter`, `quote`, `has_header`, and `[collaboration] null_values`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableSource {
+    /// `csv` or `parquet`; `null` when the table entry names none (then the file's extension
+    /// decides: `.parquet`/`.pq` is Parquet, anything else CSV).
+    pub format: Option<&'static str>,
+    /// The CSV field separator, one ASCII character.
+    pub delimiter: String,
+    /// The CSV quote character, one ASCII character (doubled inside quotes for itself).
+    pub quote: String,
+    /// Whether the CSV file's first record names the columns (otherwise they are `column_1`,
+    /// `column_2`, ...).
+    pub has_header: bool,
+    /// The text fields that are NULL, compared after trimming white space; always includes
+    /// the empty field.
+    pub null_values: Vec<String>,
+}
+
+impl TableSource {
+    /// The description of `options`.
+    pub fn of(options: &SourceOptions) -> TableSource {
+        TableSource {
+            format: options.format.map(|f| match f {
+                Format::Csv => "csv",
+                Format::Parquet => "parquet",
+            }),
+            delimiter: char::from(options.csv.delimiter).to_string(),
+            quote: char::from(options.csv.quote).to_string(),
+            has_header: options.csv.has_header,
+            null_values: options.nulls.spellings().to_vec(),
+        }
+    }
 }
 
 fn serialize_normalization<S: Serializer>(n: &Normalization, s: S) -> Result<S::Ok, S::Error> {

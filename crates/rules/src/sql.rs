@@ -27,8 +27,8 @@ use crate::collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
 };
 use crate::plan::{
-    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, ValueColumn,
-    ValueKind,
+    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
+    ValueColumn, ValueKind,
 };
 use crate::reason::{Reason, ReasonCode as Code, Refusal};
 
@@ -1958,6 +1958,7 @@ impl<'c> Checker<'c> {
                 value_columns: values,
                 list_columns: Vec::new(),
                 reads,
+                source: TableSource::of(source.table.source_options()),
                 min_threshold: match source.rule {
                     SourceRule::Aggregation(rule) => rule.min_threshold(),
                     SourceRule::List(_) => unreachable!("an aggregation plan"),
@@ -2133,6 +2134,7 @@ impl<'c> Checker<'c> {
                 value_columns: Vec::new(),
                 list_columns,
                 reads,
+                source: TableSource::of(source.table.source_options()),
                 min_threshold: 0,
             }
         };

@@ -335,8 +335,8 @@ impl Client {
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         // Reading the table and shuffling it into a role are heavy: off the runtime.
-        let (columns, rows, own_over_bound, side) = {
-            let plan = plan.clone();
+        let (columns, rows, own_over_bound, side, plan) = {
+            let mut plan = plan;
             tokio::task::spawn_blocking(move || {
                 let columns = data::header(&path)?;
                 let limits = cleanroom_psi::Limits::default();
@@ -347,7 +347,7 @@ impl Client {
                     let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
                     (rows, None, Side::List(ListQuerierRole(querier), kept))
                 } else {
-                    let table = data::receiver_table(&plan, &path)?;
+                    let table = data::receiver_table(&mut plan, &path)?;
                     // The server refuses a querier set under the threshold; say so before
                     // connecting.
                     plan.check_querier_identifiers(table.distinct_identifiers())
@@ -377,7 +377,7 @@ impl Client {
                     }
                     (rows, over, Side::Aggregate(ReceiverRole(receiver)))
                 };
-                Ok::<_, ClientError>((columns, rows, over, side))
+                Ok::<_, ClientError>((columns, rows, over, side, plan))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??

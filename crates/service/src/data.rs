@@ -32,14 +32,18 @@ impl From<ReadError> for DataFileError {
     }
 }
 
-/// Runs `build` over the header and rows of the table at `spec`; a read error stops the rows
-/// and is reported in preference to whatever `build` made of the truncated input.
+/// Runs `build` over the header, the columns' declared scales (see
+/// [`Source::declared_scale`]) and the rows of the table at `spec`; a read error stops the
+/// rows and is reported in preference to whatever `build` made of the truncated input.
 fn with_rows<T>(
     spec: &TableSpec,
-    build: impl FnOnce(&[String], &mut dyn Iterator<Item = Row>) -> Result<T, DataError>,
+    build: impl FnOnce(&[String], &[Option<u8>], &mut dyn Iterator<Item = Row>) -> Result<T, DataError>,
 ) -> Result<T, DataFileError> {
     let mut source = Source::open(spec)?;
     let header = source.header().to_vec();
+    let scales: Vec<Option<u8>> = (0..header.len())
+        .map(|i| source.declared_scale(i))
+        .collect();
     let location = source.location().to_owned();
     let mut failure = None;
     let built = {
@@ -50,7 +54,7 @@ fn with_rows<T>(
                 None
             }
         });
-        build(&header, &mut rows)
+        build(&header, &scales, &mut rows)
     };
     if let Some(e) = failure {
         return Err(e.into());
@@ -64,13 +68,18 @@ fn with_rows<T>(
 /// The matcher's table of `plan` from the table at `spec` (the plan's matcher-side filter and
 /// group columns applied).
 pub fn matcher_table(plan: &Plan, spec: &TableSpec) -> Result<MatcherTable, DataFileError> {
-    with_rows(spec, |header, rows| plan.matcher_table(header, rows))
+    with_rows(spec, |header, _, rows| plan.matcher_table(header, rows))
 }
 
 /// The receiver's table of `plan` from the table at `spec` (the plan's receiver-side filter,
-/// group columns and value columns applied).
-pub fn receiver_table(plan: &Plan, spec: &TableSpec) -> Result<ReceiverTable, DataFileError> {
-    with_rows(spec, |header, rows| plan.receiver_table(header, rows))
+/// group columns and value columns applied). A summed column the file types as `DECIMAL`
+/// gives `plan` its scale when the rule declares none (see [`Plan::adopt_file_scales`]), so
+/// the plan's result prints sums at the scale they were read at.
+pub fn receiver_table(plan: &mut Plan, spec: &TableSpec) -> Result<ReceiverTable, DataFileError> {
+    with_rows(spec, |header, scales, rows| {
+        plan.adopt_file_scales(header, scales)?;
+        plan.receiver_table(header, rows)
+    })
 }
 
 /// The list provider's table of a list `plan` from the table at `spec` (the plan's
@@ -79,7 +88,9 @@ pub fn list_provider_table(
     plan: &Plan,
     spec: &TableSpec,
 ) -> Result<ListProviderTable, DataFileError> {
-    with_rows(spec, |header, rows| plan.list_provider_table(header, rows))
+    with_rows(spec, |header, _, rows| {
+        plan.list_provider_table(header, rows)
+    })
 }
 
 /// The list querier's table of a list `plan` from the table at `spec`, with the kept rows the
@@ -88,7 +99,9 @@ pub fn list_querier_table(
     plan: &Plan,
     spec: &TableSpec,
 ) -> Result<(ListQuerierTable, QuerierRows), DataFileError> {
-    with_rows(spec, |header, rows| plan.list_querier_table(header, rows))
+    with_rows(spec, |header, _, rows| {
+        plan.list_querier_table(header, rows)
+    })
 }
 
 /// The header of the table at `spec` (each name once: a repeated name is an error).
@@ -98,9 +111,13 @@ pub fn header(spec: &TableSpec) -> Result<Vec<String>, DataFileError> {
 
 /// Reads the whole table at `spec` as the collaboration's `table` (see
 /// [`Table::check_rows`]): every row well-formed, every column present, every summed value a
-/// number of its scale. Returns how many rows there are and how many are never matched.
+/// number of its scale (a Parquet `DECIMAL` column's own scale when the rule declares none,
+/// see [`Table::check_typed_rows`]). Returns how many rows there are and how many are never
+/// matched.
 pub fn check_table(table: &Table, spec: &TableSpec) -> Result<TableCheck, DataFileError> {
-    with_rows(spec, |header, rows| table.check_rows(header, rows))
+    with_rows(spec, |header, scales, rows| {
+        table.check_typed_rows(header, scales, rows)
+    })
 }
 
 impl ServerConfig {
