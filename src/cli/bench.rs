@@ -805,7 +805,17 @@ fn run_grpc_tables(tables: &BenchTables, scale: u8) -> Result<Measured> {
             d.scale
         );
     }
-    let (size, sum) = answer(&outcome, columns)?;
+    measured(&outcome, columns, seconds, trace)
+}
+
+/// What one gRPC session measured: its answer, bytes on the wire and CPU time.
+fn measured(
+    outcome: &cleanroom_service::QueryOutcome,
+    columns: usize,
+    seconds: f64,
+    trace: CpuTrace,
+) -> Result<Measured> {
+    let (size, sum) = answer(outcome, columns)?;
     let c = &outcome.counters;
     Ok(Measured {
         seconds,
@@ -850,15 +860,7 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
         dir.path(),
     )?;
     let seconds = started.elapsed().as_secs_f64();
-    let (size, sum) = answer(&outcome, columns)?;
-    let c = &outcome.counters;
-    Ok(Measured {
-        seconds,
-        size,
-        sum,
-        bytes: c.bytes_sent + c.bytes_received,
-        serial: trace.stop(),
-    })
+    measured(&outcome, columns, seconds, trace)
 }
 
 /// Elements a message carries, for the progress bar.

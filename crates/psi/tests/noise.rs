@@ -62,6 +62,15 @@ fn run(
     Ok((r.open().unwrap(), seen))
 }
 
+/// A decision that releases every pair without noise (`columns` value columns), so that the
+/// counts and sums come out exactly.
+fn without_noise(columns: usize) -> impl FnMut(&GroupCount) -> GroupDecision {
+    move |_| GroupDecision::Release {
+        count_noise: 0,
+        sum_noise: vec![0; columns],
+    }
+}
+
 #[test]
 fn every_pair_is_decided_and_known_noise_comes_out_exactly() {
     // Matcher grouped by campaign; receiver ungrouped with one value column.
@@ -162,10 +171,7 @@ fn each_identifier_counts_in_at_most_k_pairs() {
             Receiver::new(&domain(), r(), Limits::default())
                 .with_noise(bounds)
                 .unwrap(),
-            |_| GroupDecision::Release {
-                count_noise: 0,
-                sum_noise: vec![0],
-            },
+            without_noise(1),
         )
         .unwrap()
     };
@@ -205,10 +211,7 @@ fn a_matcher_identifier_is_kept_in_k_of_its_groups_chosen_at_random() {
             )
             .with_noise(bounds.clone())
             .unwrap(),
-            |_| GroupDecision::Release {
-                count_noise: 0,
-                sum_noise: vec![],
-            },
+            without_noise(0),
         )
         .unwrap();
         assert_eq!(outcome.bounded_identifiers, 1);
@@ -257,10 +260,7 @@ fn a_receiver_repeating_an_identifier_across_its_groups_is_bounded_by_k() {
             Receiver::new(&domain(), table(), Limits::default())
                 .with_noise(bounds.clone())
                 .unwrap(),
-            |_| GroupDecision::Release {
-                count_noise: 0,
-                sum_noise: vec![0],
-            },
+            without_noise(1),
         )
         .unwrap();
         assert_eq!(seen.len(), 30, "every pair decided");
@@ -694,14 +694,10 @@ fn a_noisy_matchers_groups_share_no_point() {
         .with_noise(bounds.clone())
         .unwrap()
     };
-    let zero = |_: &GroupCount| GroupDecision::Release {
-        count_noise: 0,
-        sum_noise: vec![],
-    };
     let (_, seen) = run(
         Matcher::new(&domain(), matcher_table(&rows), Limits::default()).with_noise(bounds.clone()),
         receiver(),
-        zero,
+        without_noise(0),
     )
     .unwrap();
     let counts: Vec<u64> = seen.iter().map(|c| c.intersection_size).collect();
