@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use cleanroom_service::{AuditEntry, StateDb};
 
-use super::output::{Format, render_csv, render_table};
+use super::output::{CsvCells, Format, render_csv, render_table};
 
 /// Arguments of `cleanroom audit`.
 #[derive(Args, Debug)]
@@ -79,7 +79,11 @@ pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
             json.push('\n');
             json
         }
-        Format::Csv => render_csv(&columns, &entries.iter().map(cells).collect::<Vec<_>>())?,
+        Format::Csv => render_csv(
+            &columns,
+            &entries.iter().map(cells).collect::<Vec<_>>(),
+            CsvCells::Safe,
+        )?,
         Format::Table => {
             // One line per entry: the SQL and reason without line breaks.
             let rows: Vec<Vec<String>> = entries

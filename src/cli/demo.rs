@@ -6,7 +6,7 @@
 //! Both members run in this process, but talk only through gRPC, as they would across sites.
 
 use super::loopback::{self, Side};
-use super::output::Format;
+use super::output::{CsvCells, Format};
 use super::query::render_outcome;
 use super::sample;
 use anyhow::{Context, Result};
@@ -138,7 +138,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         dir.path(),
     )?;
     let elapsed = started.elapsed();
-    print!("{}", render_outcome(&outcome, Format::Table)?);
+    print!(
+        "{}",
+        render_outcome(&outcome, Format::Table, CsvCells::Safe)?
+    );
     let c = &outcome.counters;
     println!(
         "\nOn the wire (session {}): advertiser sent {} messages ({} bytes), received {} ({} bytes) in {:.2?}.",

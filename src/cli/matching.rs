@@ -3,7 +3,7 @@
 //! Rows whose identifier is NULL (empty, `NULL`, `null`, `\N`) or empty after normalization
 //! are never matched; how many each side had is printed with the result.
 
-use super::output::{Format, render_csv, render_table};
+use super::output::{CsvCells, Format, render_csv, render_table};
 use super::table_input::{amount, cell, parse_spec};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -233,7 +233,7 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
                 groups.iter().map(|(k, n, s)| row(k, *n, *s)).collect();
             rows.push(row("(all)", total, total_sum));
             if args.format == Format::Csv {
-                print!("{}", render_csv(&columns, &rows)?);
+                print!("{}", render_csv(&columns, &rows, CsvCells::Safe)?);
                 if left_skipped + right_skipped > 0 {
                     eprintln!(
                         "skipped (NULL or empty identifier, never matched): {left_skipped} in {}, \

@@ -12,7 +12,7 @@ use cleanroom_service::client::{Progress, QueryOutcome};
 use cleanroom_service::{BearerToken, Client, ClientConfig, ClientError, Query};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use super::output::{Format, render_csv, render_table};
+use super::output::{CsvCells, Format, render_csv, render_table};
 use super::serve::{data_map, parse_data};
 
 /// The environment variable holding the member's bearer token.
@@ -51,6 +51,11 @@ pub struct QueryArgs {
     /// temporary file in the same directory, renamed into place once complete).
     #[arg(long, value_name = "FILE.csv")]
     output: Option<PathBuf>,
+    /// Write CSV cells exactly as released. By default control characters are escaped and a
+    /// cell starting with `=`, `+`, `-` or `@` that is not a number gets a leading `'`, so that
+    /// a spreadsheet does not run a provider's value as a formula.
+    #[arg(long)]
+    csv_raw: bool,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
@@ -90,14 +95,14 @@ fn csv_cell(value: &Value) -> String {
     }
 }
 
-/// Renders a result in `format`.
-pub fn render(result: &ResultTable, format: Format) -> Result<String> {
-    render_with(result, format, &[])
-}
-
-/// [`render`], with the 95% half-width of each output column's noise (0: exact) printed next
-/// to its values in a table.
-fn render_with(result: &ResultTable, format: Format, interval95: &[u64]) -> Result<String> {
+/// Renders a result in `format`, with the 95% half-width of each output column's noise (0:
+/// exact) printed next to its values in a table, and CSV cells written as `cells` says.
+fn render_with(
+    result: &ResultTable,
+    format: Format,
+    interval95: &[u64],
+    cells: CsvCells,
+) -> Result<String> {
     Ok(match format {
         Format::Json => {
             let mut json = serde_json::to_string(result)?;
@@ -110,7 +115,7 @@ fn render_with(result: &ResultTable, format: Format, interval95: &[u64]) -> Resu
                 .iter()
                 .map(|row| row.iter().map(csv_cell).collect())
                 .collect();
-            render_csv(&result.columns, &rows)?
+            render_csv(&result.columns, &rows, cells)?
         }
         Format::Table => {
             let rows: Vec<Vec<String>> = result
@@ -249,7 +254,7 @@ fn privacy_text(outcome: &QueryOutcome) -> Option<String> {
 
 /// Renders a query's outcome in `format`: the result, and for a differentially private
 /// result its noise (a `privacy` object in JSON, lines under the table).
-pub fn render_outcome(outcome: &QueryOutcome, format: Format) -> Result<String> {
+pub fn render_outcome(outcome: &QueryOutcome, format: Format, cells: CsvCells) -> Result<String> {
     match (format, privacy_json(outcome)) {
         (Format::Json, Some(privacy)) => {
             let mut json = serde_json::to_value(&outcome.result)?;
@@ -266,10 +271,10 @@ pub fn render_outcome(outcome: &QueryOutcome, format: Format) -> Result<String> 
                 .flat_map(|p| &p.outputs)
                 .map(|o| if o.kind == "avg" { 0 } else { o.interval95 })
                 .collect();
-            Ok(render_with(&outcome.result, format, &interval95)?
+            Ok(render_with(&outcome.result, format, &interval95, cells)?
                 + &privacy_text(outcome).unwrap_or_default())
         }
-        _ => render(&outcome.result, format),
+        _ => render_with(&outcome.result, format, &[], cells),
     }
 }
 
@@ -333,8 +338,8 @@ fn print_stats(outcome: &QueryOutcome) {
 /// Writes `result` as CSV to `path` atomically: into a temporary file in the same directory,
 /// flushed to disk, then renamed over `path`, so a reader never sees a partial file and a
 /// failed query leaves an existing file untouched.
-pub fn write_csv_atomically(result: &ResultTable, path: &Path) -> Result<()> {
-    let csv = render(result, Format::Csv)?;
+pub fn write_csv_atomically(result: &ResultTable, path: &Path, cells: CsvCells) -> Result<()> {
+    let csv = render_with(result, Format::Csv, &[], cells)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -405,11 +410,16 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let cells = if args.csv_raw {
+        CsvCells::Raw
+    } else {
+        CsvCells::Safe
+    };
     match outcome {
         Ok(outcome) => {
             match &args.output {
                 Some(path) => {
-                    write_csv_atomically(&outcome.result, path)?;
+                    write_csv_atomically(&outcome.result, path, cells)?;
                     if !args.quiet {
                         eprintln!(
                             "wrote {} rows to {}",
@@ -420,7 +430,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
                     }
                 }
                 None => {
-                    print!("{}", render_outcome(&outcome, args.format)?);
+                    print!("{}", render_outcome(&outcome, args.format, cells)?);
                     if args.format == Format::Csv && !args.quiet {
                         eprint!("{}", privacy_text(&outcome).unwrap_or_default());
                     }
@@ -460,7 +470,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rows.csv");
         std::fs::write(&path, "old\n").unwrap();
-        write_csv_atomically(&result(), &path).unwrap();
+        write_csv_atomically(&result(), &path, CsvCells::Safe).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "id,region\nC-1,\nC-2,\"EU, north\"\n"
@@ -468,7 +478,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A directory that does not exist: an error, and nothing written anywhere.
         let missing = dir.path().join("missing").join("rows.csv");
-        assert!(write_csv_atomically(&result(), &missing).is_err());
+        assert!(write_csv_atomically(&result(), &missing, CsvCells::Safe).is_err());
         assert!(!missing.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }

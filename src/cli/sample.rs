@@ -37,7 +37,8 @@ pub struct SampleTable {
 impl SampleTable {
     /// The table as CSV text with its header row.
     pub fn to_csv(&self) -> anyhow::Result<String> {
-        super::output::render_csv(&self.header, &self.rows)
+        // Data files, written for the members' own reading: every cell as it is.
+        super::output::render_csv(&self.header, &self.rows, super::output::CsvCells::Raw)
     }
 }
 

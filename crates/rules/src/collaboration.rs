@@ -432,6 +432,10 @@ pub enum Problem {
     /// `token_sha256` is not 64 hex digits.
     #[error("not a hex SHA-256 digest (64 hex digits)")]
     BadTokenHash,
+    /// Two members share a token hash (in any hex case): the shared token would always
+    /// authenticate as the first of them.
+    #[error("the same token hash as member {0:?}: each member needs its own token")]
+    DuplicateTokenHash(String),
     /// A table's owner is not a member.
     #[error("owner {0:?} is not a member of the collaboration")]
     UnknownOwner(String),
@@ -959,6 +963,13 @@ fn validate_member(
             "member.token_sha256",
             &raw.token_sha256,
             Problem::BadTokenHash,
+        ));
+    }
+    if let Some(other) = earlier.iter().find(|m| m.token_sha256 == token_sha256) {
+        return Err(at.invalid(
+            "member.token_sha256",
+            &raw.token_sha256,
+            Problem::DuplicateTokenHash(other.name.clone()),
         ));
     }
     Ok(Member {

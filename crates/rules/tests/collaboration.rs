@@ -189,6 +189,15 @@ fn thresholds_must_be_in_range() {
 }
 
 #[test]
+fn token_hashes_must_be_unique_in_any_case() {
+    let shared =
+        r#"token_sha256 = "3A19586CC6DBA3DBD62E94AEC56BBD3FE729F5464F2A72DF28ADA62101059E3F""#;
+    let (line, key, problem) = invalid(&with_line(22, shared));
+    assert_eq!((line, key.as_str()), (22, "member.token_sha256"));
+    assert_eq!(problem, Problem::DuplicateTokenHash("publisher".into()));
+}
+
+#[test]
 fn names_must_be_unique() {
     let (line, key, problem) = invalid(&with_line(10, r#"name = "publisher""#));
     assert_eq!((line, key.as_str()), (10, "member.name"));

@@ -594,7 +594,7 @@ impl StateDb {
                 "INSERT INTO audit (session_id, started_at, member, sql, decision, receiver_rows)
                  VALUES (?1, {NOW}, ?2, ?3, 'running', ?4)"
             ),
-            params![session_id, member, sql, to_i64(receiver_rows)],
+            params![session_id, member, stored_sql(sql), to_i64(receiver_rows)],
         );
         match result {
             Ok(_) => Ok(()),
@@ -955,6 +955,22 @@ impl StateDb {
     }
 }
 
+/// The SQL as the audit stores it: whole up to the planner's limit
+/// ([`MAX_QUERY_BYTES`](cleanroom_rules::MAX_QUERY_BYTES), which refuses anything longer), else
+/// its first bytes and how long it was, so that a member cannot grow the database by sending
+/// megabytes of SQL that is refused anyway.
+fn stored_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    let limit = cleanroom_rules::MAX_QUERY_BYTES;
+    if sql.len() <= limit {
+        return sql.into();
+    }
+    let mut end = limit;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes, cut at {limit}]", &sql[..end], sql.len()).into()
+}
+
 const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finished_at, member, sql, decision,
     reason, released_rows, suppressed_rows, matcher_rows, receiver_rows, messages_received,
     messages_sent, bytes_received, bytes_sent, matcher_skipped, receiver_skipped,
@@ -1044,6 +1060,23 @@ mod tests {
             bytes_sent: 2000,
             ..Completion::default()
         }
+    }
+
+    #[test]
+    fn stored_sql_is_bounded_by_the_planners_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path().join("state.db")).unwrap();
+        let huge = format!("SELECT {}", "é".repeat(2 << 20));
+        db.begin("big", "advertiser", &huge, 1).unwrap();
+        db.begin("small", "advertiser", "SELECT 1", 1).unwrap();
+        let big = db.entry("big").unwrap().unwrap().sql;
+        assert!(
+            big.len() < cleanroom_rules::MAX_QUERY_BYTES + 64,
+            "{}",
+            big.len()
+        );
+        assert!(big.ends_with(&format!("[{} bytes, cut at 16384]", huge.len())));
+        assert_eq!(db.entry("small").unwrap().unwrap().sql, "SELECT 1");
     }
 
     #[test]
