@@ -139,7 +139,6 @@ fn grouped(c: &mut Criterion) {
                 m.handle_message(msg).unwrap();
             }
             if !released && m.counts().is_some() {
-                let noisy = noisy;
                 m.release_with(
                     |_| match noisy {
                         true => GroupDecision::Release {
