@@ -190,10 +190,15 @@ fn thresholds_must_be_in_range() {
 
 #[test]
 fn token_hashes_must_be_unique_in_any_case() {
-    let shared =
-        r#"token_sha256 = "3A19586CC6DBA3DBD62E94AEC56BBD3FE729F5464F2A72DF28ADA62101059E3F""#;
-    let (line, key, problem) = invalid(&with_line(22, shared));
-    assert_eq!((line, key.as_str()), (22, "member.token_sha256"));
+    // The advertiser's token hash replaced by the publisher's, in upper case.
+    let advertiser = "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955";
+    let line = 1 + BASE.lines().position(|l| l.contains(advertiser)).unwrap();
+    let shared = BASE.replace(
+        advertiser,
+        "3A19586CC6DBA3DBD62E94AEC56BBD3FE729F5464F2A72DF28ADA62101059E3F",
+    );
+    let (at, key, problem) = invalid(&shared);
+    assert_eq!((at, key.as_str()), (line, "member.token_sha256"));
     assert_eq!(problem, Problem::DuplicateTokenHash("publisher".into()));
 }
 
