@@ -504,6 +504,19 @@ fn run_tables(args: &BenchArgs, tables: &BenchTables) -> Result<ExitCode> {
     print_report(args, measured, (left_rows, right_rows), floor)
 }
 
+/// A progress bar over the `4·n` elements of an in-memory session, or a hidden one when
+/// `shown` is false.
+fn session_progress(n: u64, shown: bool) -> Result<ProgressBar> {
+    if !shown {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::new(4 * n);
+    bar.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {percent}% {msg}",
+    )?);
+    Ok(bar)
+}
+
 /// Both roles in this process, every message encoded and decoded. Returns (seconds,
 /// intersection size, sum, bytes).
 fn run_memory(
@@ -513,15 +526,7 @@ fn run_memory(
     interactive: bool,
 ) -> Result<Measured> {
     let domain = Domain::new("cleanroom-bench", "email");
-    let progress = if interactive && n >= 50_000 {
-        let bar = ProgressBar::new(4 * n);
-        bar.set_style(ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {percent}% {msg}",
-        )?);
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = session_progress(n, interactive && n >= 50_000)?;
     let trace = CpuTrace::start();
     let started = Instant::now();
     let report = match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
@@ -561,15 +566,7 @@ fn run_memory_proven(
     let mut r = Receiver::new(&domain, receiver_table, Limits::unlimited())
         .with_noise(bounds)?
         .with_range_proofs(ranges)?;
-    let progress = if interactive && n >= 10_000 {
-        let bar = ProgressBar::new(4 * n);
-        bar.set_style(ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {percent}% {msg}",
-        )?);
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = session_progress(n, interactive && n >= 10_000)?;
     let trace = CpuTrace::start();
     let started = Instant::now();
     let mut bytes = 0u64;
