@@ -797,7 +797,7 @@ async fn health_reflection_and_the_audit_rpc() {
     );
     assert_eq!(mine[0].released_rows, outcome.summary.released_rows);
     let theirs = analyst
-        .list_audit_entries(cleanroom_service::proto::ListAuditEntriesRequest { limit: 0 })
+        .list_audit_entries(cleanroom_service::proto::ListAuditEntriesRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -293,7 +293,10 @@ async fn audit_view(server: &Running, session_id: &str) -> AuditEntry {
     server.settled_entry(session_id).await;
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
     let entries = client
-        .list_audit_entries(ListAuditEntriesRequest { limit: 1000 })
+        .list_audit_entries(ListAuditEntriesRequest {
+            limit: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

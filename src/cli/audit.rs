@@ -18,6 +18,9 @@ pub struct AuditArgs {
     /// Only this member's query attempts.
     #[arg(long, value_name = "NAME")]
     member: Option<String>,
+    /// Only the query attempts of this collaboration (one state database may serve several).
+    #[arg(long, value_name = "ID")]
+    collaboration: Option<String>,
     /// Only the most recent N attempts.
     #[arg(long, value_name = "N")]
     last: Option<u32>,
@@ -26,9 +29,10 @@ pub struct AuditArgs {
     format: Format,
 }
 
-const COLUMNS: [&str; 18] = [
+const COLUMNS: [&str; 19] = [
     "started_at",
     "session_id",
+    "collaboration_id",
     "member",
     "decision",
     "released_rows",
@@ -51,6 +55,7 @@ fn cells(entry: &AuditEntry) -> Vec<String> {
     vec![
         entry.started_at.clone(),
         entry.session_id.clone(),
+        entry.collaboration_id.clone(),
         entry.member.clone(),
         entry.decision.to_string(),
         entry.released_rows.to_string(),
@@ -104,7 +109,13 @@ pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
     let state = StateDb::open_read_only(&args.state)
         .with_context(|| format!("--state {}", args.state.display()))?;
-    let entries = state.entries(args.member.as_deref(), args.last)?;
+    let mut entries = state.entries(args.member.as_deref(), None)?;
+    if let Some(collaboration) = &args.collaboration {
+        entries.retain(|e| &e.collaboration_id == collaboration);
+    }
+    if let Some(last) = args.last {
+        entries.drain(..entries.len().saturating_sub(last as usize));
+    }
     print!("{}", render(&entries, args.format)?);
     Ok(ExitCode::SUCCESS)
 }

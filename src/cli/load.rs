@@ -62,6 +62,8 @@ impl ServeChild {
             .args(["--listen", "127.0.0.1:0", "--state"])
             .arg(state)
             .args(["--max-sessions", &max_sessions.to_string()])
+            // Every load client is the same member: let it use every slot.
+            .args(["--max-sessions-per-member", &max_sessions.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

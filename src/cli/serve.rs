@@ -47,9 +47,17 @@ pub struct ServeArgs {
     /// Most rows a querying member may bring to one session.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_rows_per_session)]
     max_rows: u64,
-    /// Most sessions running at once; more are refused (RESOURCE_EXHAUSTED).
+    /// Most sessions running at once; more are refused (RESOURCE_EXHAUSTED, "the server is
+    /// busy").
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrent_sessions)]
     max_sessions: u32,
+    /// Most sessions one member may run at once [default: half of --max-sessions, at least 1].
+    #[arg(long, value_name = "N")]
+    max_sessions_per_member: Option<u32>,
+    /// The least a client must move, in bytes per second of the time the server waits for it
+    /// (measured over 30 s windows); a client that trickles slower is cut off. 0: no minimum.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().min_bytes_per_second)]
+    min_data_rate: u64,
     /// Seconds a session may go without any message before it is ended.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
@@ -116,8 +124,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let limits = Limits {
         max_rows_per_session: args.max_rows,
         max_concurrent_sessions: args.max_sessions,
+        max_sessions_per_member: args.max_sessions_per_member,
+        min_bytes_per_second: args.min_data_rate,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         session_timeout: Duration::from_secs(args.session_timeout),
+        ..Limits::default()
     };
     let addr = resolve(&args.listen)?;
     if tls.is_none() {

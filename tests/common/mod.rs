@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 pub const PUBLISHER_TOKEN: &str = "publisher-secret-token";
 pub const ADVERTISER_TOKEN: &str = "advertiser-secret-token";
 pub const ANALYST_TOKEN: &str = "analyst-secret-token";
+pub const RETAILER_TOKEN: &str = "retailer-secret-token";
 
 /// Per campaign: buyers (distinct matched emails) and revenue (sum of matched amounts).
 pub const BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers, \
@@ -284,6 +285,52 @@ min_threshold = 3
         self.dir.path().join(name)
     }
 
+    /// The fixture with its collaboration file rewritten by `edit` (and reloaded); the data
+    /// files stay.
+    pub fn edited(mut self, edit: impl FnOnce(String) -> String) -> Fixture {
+        let path = self.path("collab.toml");
+        let toml = edit(std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, toml).unwrap();
+        self.collaboration = Arc::new(Collaboration::load(&path).unwrap());
+        self
+    }
+
+    /// The fixture as collaboration `id` (another collaboration with the same members, tables
+    /// and data).
+    pub fn with_id(self, id: &str) -> Fixture {
+        self.edited(|toml| toml.replace(r#"id = "e2e-collaboration""#, &format!("id = {id:?}")))
+    }
+
+    /// The fixture with a second querying member, `retailer` (token [`RETAILER_TOKEN`]), whose
+    /// table `sales` holds the same rows as `conversions`.
+    pub fn with_second_querier(self) -> Fixture {
+        std::fs::copy(self.path("conversions.csv"), self.path("sales.csv")).unwrap();
+        self.edited(|toml| {
+            toml + &format!(
+                r#"
+[[member]]
+name = "retailer"
+abilities = ["query", "receive_results"]
+token_sha256 = "{}"
+
+[[table]]
+name = "sales"
+owner = "retailer"
+columns = ["email", "channel", "amount"]
+identifier = {{ column = "email", normalize = "email" }}
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["channel"]
+aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
+min_threshold = 3
+"#,
+                sha256_hex(RETAILER_TOKEN)
+            )
+        })
+    }
+
     pub fn advertiser_data(&self) -> BTreeMap<String, cleanroom_data::TableSpec> {
         BTreeMap::from([(
             "conversions".to_owned(),
@@ -430,6 +477,17 @@ impl Running {
 /// The publisher's server over the fixture's impressions, with a fresh state database.
 pub async fn start_server(fx: &Fixture, limits: Limits, tls: Option<TlsIdentity>) -> Running {
     let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    start_server_with_state(fx, limits, tls, state).await
+}
+
+/// The publisher's server over the fixture's impressions, recording in `state` (which may be
+/// shared with other servers).
+pub async fn start_server_with_state(
+    fx: &Fixture,
+    limits: Limits,
+    tls: Option<TlsIdentity>,
+    state: Arc<StateDb>,
+) -> Running {
     serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),

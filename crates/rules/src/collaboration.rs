@@ -124,7 +124,16 @@ pub struct Member {
     name: String,
     abilities: BTreeSet<Ability>,
     token_sha256: [u8; 32],
+    max_rows_per_session: u64,
 }
+
+/// The rows a member may bring to one session unless its entry says otherwise
+/// (`max_rows_per_session`): a provider's session costs about 150 bytes of memory per querier
+/// row (143 MiB for a million), so four concurrent sessions at this quota take about 3 GiB.
+pub const DEFAULT_MEMBER_ROWS_PER_SESSION: u64 = 5_000_000;
+
+/// The largest `max_rows_per_session` a member entry may give.
+pub const MAX_MEMBER_ROWS_PER_SESSION: u64 = 1_000_000_000;
 
 impl Member {
     /// The member's unique name.
@@ -142,6 +151,13 @@ impl Member {
         self.abilities.contains(&ability)
     }
 
+    /// The most rows the member may bring to one session (its entry's `max_rows_per_session`,
+    /// else [`DEFAULT_MEMBER_ROWS_PER_SESSION`]); a provider refuses a larger table before any
+    /// protocol message, and its matcher accepts no larger set.
+    pub fn max_rows_per_session(&self) -> u64 {
+        self.max_rows_per_session
+    }
+
     /// Whether SHA-256(`token`) equals the member's `token_sha256`. The comparison of the two
     /// digests takes the same time wherever they differ.
     pub fn token_matches(&self, token: &str) -> bool {
@@ -155,6 +171,7 @@ impl fmt::Debug for Member {
         f.debug_struct("Member")
             .field("name", &self.name)
             .field("abilities", &self.abilities)
+            .field("max_rows_per_session", &self.max_rows_per_session)
             .finish_non_exhaustive()
     }
 }
@@ -489,6 +506,11 @@ pub enum Problem {
     /// `sum_ranges` other than `"proven"` or `"trusted"`.
     #[error("sum_ranges must be \"proven\" (the default) or \"trusted\", not {0:?}")]
     BadSumRanges(String),
+    /// A member's `max_rows_per_session` outside 1..=10^9.
+    #[error(
+        "max_rows_per_session must be an integer from 1 to {MAX_MEMBER_ROWS_PER_SESSION}, got {0}"
+    )]
+    BadMemberRows(i64),
     /// `max_groups_per_identifier` outside 1..=64.
     #[error(
         "max_groups_per_identifier must be an integer from 1 to {max}, got {0}",
@@ -594,6 +616,7 @@ struct RawMember {
     #[serde(default)]
     abilities: Vec<Spanned<String>>,
     token_sha256: Spanned<String>,
+    max_rows_per_session: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -972,10 +995,24 @@ fn validate_member(
             Problem::DuplicateTokenHash(other.name.clone()),
         ));
     }
+    let max_rows_per_session = match &raw.max_rows_per_session {
+        None => DEFAULT_MEMBER_ROWS_PER_SESSION,
+        Some(rows) => u64::try_from(*rows.get_ref())
+            .ok()
+            .filter(|r| (1..=MAX_MEMBER_ROWS_PER_SESSION).contains(r))
+            .ok_or_else(|| {
+                at.invalid(
+                    "member.max_rows_per_session",
+                    rows,
+                    Problem::BadMemberRows(*rows.get_ref()),
+                )
+            })?,
+    };
     Ok(Member {
         name: raw.name.into_inner(),
         abilities,
         token_sha256,
+        max_rows_per_session,
     })
 }
 

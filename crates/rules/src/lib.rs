@@ -87,7 +87,8 @@ mod value;
 pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
-    Identifier, ListRule, MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
+    DEFAULT_MEMBER_ROWS_PER_SESSION, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
+    MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
 pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
 pub use intake::TableCheck;

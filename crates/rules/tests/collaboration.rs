@@ -203,6 +203,35 @@ fn token_hashes_must_be_unique_in_any_case() {
 }
 
 #[test]
+fn a_members_row_quota_defaults_and_is_checked() {
+    let base = Collaboration::from_toml_str(BASE, "t").unwrap();
+    let advertiser = base.member("advertiser").unwrap();
+    assert_eq!(
+        advertiser.max_rows_per_session(),
+        cleanroom_rules::DEFAULT_MEMBER_ROWS_PER_SESSION
+    );
+    // Line 12 is the advertiser's token line: add the quota after it.
+    let with_quota = |value: &str| {
+        with_line(
+            12,
+            &format!(
+                "token_sha256 = \"414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955\"\nmax_rows_per_session = {value}"
+            ),
+        )
+    };
+    let set = Collaboration::from_toml_str(&with_quota("250000"), "t").unwrap();
+    assert_eq!(
+        set.member("advertiser").unwrap().max_rows_per_session(),
+        250_000
+    );
+    for bad in ["0", "-1", "1000000001"] {
+        let (line, key, problem) = invalid(&with_quota(bad));
+        assert_eq!((line, key.as_str()), (13, "member.max_rows_per_session"));
+        assert_eq!(problem, Problem::BadMemberRows(bad.parse().unwrap()));
+    }
+}
+
+#[test]
 fn names_must_be_unique() {
     let (line, key, problem) = invalid(&with_line(10, r#"name = "publisher""#));
     assert_eq!((line, key.as_str()), (10, "member.name"));

@@ -133,6 +133,20 @@ pub enum ClientError {
     /// The querying member's data file cannot be read.
     #[error(transparent)]
     Data(#[from] DataFileError),
+    /// The member's table has more rows than the collaboration lets it bring to one session
+    /// (nothing was sent).
+    #[error(
+        "your table has {rows} rows; member {member:?} may bring at most {quota} per session \
+         (max_rows_per_session in the collaboration file)"
+    )]
+    OverRowQuota {
+        /// The member.
+        member: String,
+        /// The table's rows.
+        rows: u64,
+        /// The member's quota.
+        quota: u64,
+    },
     /// The server answered with an error status.
     #[error("{0}")]
     Remote(RemoteError),
@@ -297,17 +311,31 @@ impl Client {
             .into_inner())
     }
 
-    /// The calling member's audit entries on the server, newest first.
+    /// The calling member's newest `limit` audit entries on the server, newest first, read a
+    /// page at a time.
     pub async fn audit_entries(
         &mut self,
         limit: u32,
     ) -> Result<Vec<proto::AuditEntry>, ClientError> {
-        Ok(self
-            .inner
-            .list_audit_entries(ListAuditEntriesRequest { limit })
-            .await?
-            .into_inner()
-            .entries)
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        while entries.len() < limit as usize {
+            let page = self
+                .inner
+                .list_audit_entries(ListAuditEntriesRequest {
+                    limit: limit - entries.len() as u32,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        entries.truncate(limit as usize);
+        Ok(entries)
     }
 
     /// Runs one query to its released result.
@@ -383,6 +411,17 @@ impl Client {
             .map_err(|e| ClientError::Internal(e.to_string()))??
         };
         let (rows, skipped_rows) = (rows.rows, rows.skipped_empty);
+        let quota = query
+            .collaboration
+            .member(query.member)
+            .map_or(u64::MAX, cleanroom_rules::Member::max_rows_per_session);
+        if rows > quota {
+            return Err(ClientError::OverRowQuota {
+                member: query.member.to_owned(),
+                rows,
+                quota,
+            });
+        }
 
         let (outbound, requests) = mpsc::channel(4);
         let start = RunSessionRequest {
@@ -456,6 +495,9 @@ impl Client {
             max_message: MAX_MESSAGE_BYTES,
             counters: Counters::default(),
             progress: Some(&moved),
+            // The server is the one that must not be held by a trickling peer; the client has
+            // the session timeout and can always hang up.
+            min_rate: None,
             abort_when_peer_gone: false,
         };
         let finished = match side {

@@ -65,6 +65,20 @@ pub enum ExchangeError {
     /// Nothing moved in either direction for too long.
     #[error("no message in either direction for {0:?}")]
     Idle(Duration),
+    /// The peer moved data slower than the minimum rate: it trickles.
+    #[error(
+        "the peer moved {moved} bytes in {:?} spent waiting for it, under the minimum of \
+         {per_second} bytes per second",
+        window
+    )]
+    TooSlow {
+        /// Bytes moved (both directions) within the window.
+        moved: u64,
+        /// The waiting time measured.
+        window: Duration,
+        /// The minimum rate.
+        per_second: u64,
+    },
     /// The session ran out of time.
     #[error("the session exceeded its time limit of {0:?}")]
     Deadline(Duration),
@@ -103,6 +117,57 @@ impl Counters {
 /// A callback told about every message moved.
 pub type ProgressFn<'a> = dyn Fn(&Counters) + Send + Sync + 'a;
 
+/// A minimum data rate: `per_second` bytes, measured over each `window` of time spent waiting
+/// for the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Bytes per second, in both directions together.
+    pub per_second: u64,
+    /// The waiting time over which it is measured.
+    pub window: Duration,
+}
+
+/// The waiting time and bytes of the current window of a [`MinRate`].
+#[derive(Debug, Clone, Copy, Default)]
+struct RateWindow {
+    waited: Duration,
+    moved: u64,
+}
+
+impl RateWindow {
+    /// When the current window closes if the peer moves nothing, waiting from `now`.
+    fn closes_at(&self, rate: Option<MinRate>, now: Instant) -> Option<Instant> {
+        rate.map(|r| now + r.window.saturating_sub(self.waited))
+    }
+
+    /// Counts `waited` and `moved`; when the window is full, checks it and starts the next.
+    fn count(
+        &mut self,
+        rate: Option<MinRate>,
+        waited: Duration,
+        moved: usize,
+    ) -> Result<(), ExchangeError> {
+        let Some(rate) = rate else { return Ok(()) };
+        self.waited += waited;
+        self.moved = self.moved.saturating_add(moved as u64);
+        if self.waited < rate.window {
+            return Ok(());
+        }
+        // Whole bytes over the window measured; precision beyond a byte does not matter here.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let needed = (rate.per_second as f64 * rate.window.as_secs_f64()) as u64;
+        if self.moved < needed {
+            return Err(ExchangeError::TooSlow {
+                moved: self.moved,
+                window: self.waited,
+                per_second: rate.per_second,
+            });
+        }
+        *self = RateWindow::default();
+        Ok(())
+    }
+}
+
 /// Resolves at `at`, or never.
 async fn until(at: Option<Instant>) {
     match at {
@@ -128,6 +193,9 @@ pub(crate) struct Exchange<'a, T> {
     pub counters: Counters,
     /// Told after every message.
     pub progress: Option<&'a ProgressFn<'a>>,
+    /// The least the peer must move, in bytes per second of waiting for it, measured over
+    /// each window of that waiting; `None`: no minimum.
+    pub min_rate: Option<MinRate>,
     /// Whether to give up on a computation as soon as the peer stops reading (the server:
     /// its client went away). A client leaves this off: the server ends the call right after
     /// its last message, while the client may still be handling it.
@@ -198,6 +266,7 @@ impl<T: Send + 'static> Exchange<'_, T> {
         let mut role = role;
         let mut pending: Option<Vec<u8>> = None;
         let mut last_activity = Instant::now();
+        let mut rate = RateWindow::default();
         loop {
             if pending.is_none() {
                 let (r, next) = self.blocking(role, Role::poll).await?;
@@ -212,6 +281,8 @@ impl<T: Send + 'static> Exchange<'_, T> {
             }
             let idle_at = self.idle.map(|idle| last_activity + idle);
             let deadline = self.deadline;
+            let waiting_since = Instant::now();
+            let window_closes = rate.closes_at(self.min_rate, waiting_since);
             tokio::select! {
                 () = until(deadline.map(|d| d.0)) => {
                     return Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1)));
@@ -219,12 +290,18 @@ impl<T: Send + 'static> Exchange<'_, T> {
                 () = until(idle_at) => {
                     return Err(ExchangeError::Idle(self.idle.unwrap_or_default()));
                 }
+                () = until(window_closes) => {
+                    rate.count(self.min_rate, waiting_since.elapsed(), 0)?;
+                }
                 permit = self.outbound.reserve(), if pending.is_some() => {
                     let permit = permit.map_err(|_| ExchangeError::PeerGone)?;
+                    let mut moved = 0;
                     if let Some(bytes) = pending.take() {
-                        self.counters.sent(bytes.len());
+                        moved = bytes.len();
+                        self.counters.sent(moved);
                         permit.send((self.wrap)(bytes));
                     }
+                    rate.count(self.min_rate, waiting_since.elapsed(), moved)?;
                     last_activity = Instant::now();
                     self.report();
                 }
@@ -237,6 +314,7 @@ impl<T: Send + 'static> Exchange<'_, T> {
                     if bytes.len() > self.max_message {
                         return Err(ExchangeError::Oversized { size: bytes.len(), max: self.max_message });
                     }
+                    rate.count(self.min_rate, waiting_since.elapsed(), bytes.len())?;
                     self.counters.received(bytes.len());
                     let (r, handled) = self.blocking(role, move |r| r.handle(&bytes)).await?;
                     role = r;
@@ -327,6 +405,7 @@ mod tests {
             max_message: 1 << 20,
             counters: Counters::default(),
             progress: None,
+            min_rate: None,
             abort_when_peer_gone: false,
         }
     }
@@ -393,6 +472,65 @@ mod tests {
         let role = burst(0, 0, 100_000);
         let err = failure(&mut ex, role, rx).await;
         assert!(matches!(err, ExchangeError::Deadline(_)));
+    }
+
+    /// A peer that sends `size`-byte messages every `every`, `count` times.
+    fn trickle(
+        size: usize,
+        every: Duration,
+        count: u32,
+    ) -> mpsc::Receiver<Result<Vec<u8>, ExchangeError>> {
+        let (peer_tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for _ in 0..count {
+                if peer_tx.send(Ok(vec![7; size])).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_trickling_peer_is_cut_off_and_a_steady_one_is_not() {
+        let rate = MinRate {
+            per_second: 10_000,
+            window: Duration::from_millis(400),
+        };
+        // 40 bytes every 50 ms (800 B/s): each message beats the idle timeout, not the rate.
+        let (tx, _rx) = mpsc::channel(4);
+        let mut ex = exchange(&tx);
+        ex.min_rate = Some(rate);
+        let started = Instant::now();
+        let err = failure(
+            &mut ex,
+            burst(0, 0, 1000),
+            trickle(40, Duration::from_millis(50), 1000),
+        )
+        .await;
+        assert!(
+            matches!(err, ExchangeError::TooSlow { moved, per_second: 10_000, .. } if moved < 4_000),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= rate.window);
+        assert!(
+            err.to_string()
+                .contains("minimum of 10000 bytes per second")
+        );
+
+        // 4 KiB every 50 ms (80 KiB/s): well over the minimum, finishes.
+        let (tx, _rx) = mpsc::channel(4);
+        let mut ex = exchange(&tx);
+        ex.min_rate = Some(rate);
+        let role = ex
+            .run(
+                burst(0, 0, 30),
+                &mut ReceiverStream::new(trickle(4096, Duration::from_millis(50), 30)),
+            )
+            .await
+            .expect("a steady peer finishes");
+        assert!(role.done());
     }
 
     #[tokio::test]

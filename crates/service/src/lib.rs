@@ -31,6 +31,7 @@ pub mod privacy;
 pub mod proto;
 mod roles;
 pub mod server;
+pub mod slots;
 pub mod state;
 pub mod tls;
 
@@ -38,5 +39,7 @@ pub use auth::{BearerToken, TokenError};
 pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};
 pub use limits::{Limits, LimitsError};
 pub use server::{ServerConfig, ServerError, serve};
-pub use state::{AuditEntry, Decision, Exhausted, Policy, Standing, StateDb, StateError};
+pub use state::{
+    AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, Policy, Standing, StateDb, StateError,
+};
 pub use tls::{TlsError, TlsIdentity};

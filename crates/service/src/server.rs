@@ -15,7 +15,7 @@ use cleanroom_psi::{ListProvider, Matcher, ProtocolError};
 use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal, Role};
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -25,8 +25,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
 use crate::data::{self, DataFileError};
-use crate::exchange::{Counters, Exchange, ExchangeError, PeerError, within};
-use crate::limits::{Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
+use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, within};
+use crate::limits::{
+    FIRST_MESSAGE_TIMEOUT, Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
+};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
@@ -34,14 +36,23 @@ use crate::proto::{
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
 use crate::roles::{ListProviderRole, MatcherRole};
+use crate::slots::{SessionSlot, SessionSlots};
 use crate::state::{
-    AuditEntry, Completion, Decision, Exhausted, Policy, Standing, StateDb, StateError,
+    Attempt, AuditCursor, AuditEntry, AuditQuery, Completion, Decision, Exhausted, Policy,
+    Standing, StateDb, StateError,
 };
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
 /// The metadata key under which a refused query's reasons travel (a serialized
 /// `cleanroom.v1.QueryRefusal`).
 pub const REFUSAL_METADATA_KEY: &str = "cleanroom-refusal-bin";
+
+/// Entries in an audit page when the member asks for none in particular.
+const AUDIT_PAGE_DEFAULT_ENTRIES: u32 = 100;
+/// The most entries in one audit page.
+const AUDIT_PAGE_MAX_ENTRIES: u32 = 1_000;
+/// The most bytes of SQL and reasons in one audit page (well under the gRPC message limit).
+const AUDIT_PAGE_MAX_BYTES: usize = 1 << 20;
 
 /// Called with the audit entry of every session that ended (for logging).
 pub type SessionHook = Arc<dyn Fn(&AuditEntry) + Send + Sync>;
@@ -239,18 +250,21 @@ pub async fn serve(
 #[derive(Clone)]
 struct CleanRoom {
     config: Arc<ServerConfig>,
-    sessions: Arc<Semaphore>,
+    sessions: SessionSlots,
     /// Budgets and query limits of the collaboration.
     policy: Arc<Policy>,
 }
 
 impl CleanRoom {
     fn new(config: ServerConfig) -> CleanRoom {
-        let permits = config.limits.max_concurrent_sessions as usize;
+        let sessions = SessionSlots::new(
+            config.limits.max_concurrent_sessions,
+            config.limits.sessions_per_member(),
+        );
         CleanRoom {
             policy: Arc::new(Policy::of(&config.collaboration)),
             config: Arc::new(config),
-            sessions: Arc::new(Semaphore::new(permits)),
+            sessions,
         }
     }
 }
@@ -386,7 +400,7 @@ fn exchange_status(e: &ExchangeError) -> Status {
         ExchangeError::Transport(status) if status.code() == Code::Cancelled => status.clone(),
         ExchangeError::Transport(status) if is_too_large(status) => too_large(status),
         ExchangeError::Transport(status) => Status::cancelled(status.message().to_owned()),
-        ExchangeError::Idle(_) | ExchangeError::Deadline(_) => {
+        ExchangeError::Idle(_) | ExchangeError::Deadline(_) | ExchangeError::TooSlow { .. } => {
             Status::deadline_exceeded(e.to_string())
         }
         ExchangeError::Internal(_) => Status::internal(e.to_string()),
@@ -441,7 +455,7 @@ struct Admitted {
     plan: Plan,
     matcher_path: TableSpec,
     receiver_rows: u64,
-    permit: OwnedSemaphorePermit,
+    permit: SessionSlot,
     /// The querier's standing after this session's charge.
     standing: Standing,
 }
@@ -518,7 +532,25 @@ impl CleanRoom {
                 table.rows, config.limits.max_rows_per_session
             )));
         }
+        let quota = self.member_rows(member);
+        if table.rows > quota {
+            return Err(SessionError::ResourceExhausted(format!(
+                "the client's table has {} rows; member {member:?} may bring at most {quota} per \
+                 session (max_rows_per_session in the collaboration file)",
+                table.rows
+            )));
+        }
         Ok((plan, path))
+    }
+
+    /// The rows `member` may bring to one session: its quota in the collaboration file, within
+    /// the server's own limit.
+    fn member_rows(&self, member: &str) -> u64 {
+        self.config
+            .collaboration
+            .member(member)
+            .map_or(0, |m| m.max_rows_per_session())
+            .min(self.config.limits.max_rows_per_session)
     }
 
     /// Reads the start, records the attempt and admits or refuses it.
@@ -527,9 +559,15 @@ impl CleanRoom {
         member: &str,
         inbound: &mut Streaming<RunSessionRequest>,
     ) -> Result<Admitted, Status> {
-        let first = tokio::time::timeout(self.config.limits.idle_timeout, inbound.message())
+        let wait = self.config.limits.idle_timeout.min(FIRST_MESSAGE_TIMEOUT);
+        let first = tokio::time::timeout(wait, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no session start within the idle timeout"))?
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no session start within {}s",
+                    wait.as_secs_f32()
+                ))
+            })?
             .map_err(|status| {
                 if is_too_large(&status) {
                     too_large(&status)
@@ -555,22 +593,27 @@ impl CleanRoom {
         let receiver_skipped = start.table.as_ref().map_or(0, |t| t.skipped_rows);
         {
             let (id, member, sql) = (session_id.clone(), member.to_owned(), start.sql.clone());
+            let collaboration_id = self.config.collaboration.id().to_owned();
             state_call(&self.config.state, move |s| {
-                s.begin(&id, &member, &sql, receiver_rows)?;
+                s.begin(&Attempt {
+                    session_id: &id,
+                    collaboration_id: &collaboration_id,
+                    member: &member,
+                    sql: &sql,
+                    receiver_rows,
+                })?;
                 s.record_receiver_skipped(&id, receiver_skipped)
             })
             .await
             .map_err(|e| e.status())?;
         }
+        // The member's own quota is checked before the server's total, so that a refusal tells
+        // a member about its own sessions only (see `slots`).
         let admitted = match self.admit(member, &start) {
-            Ok((plan, path)) => Arc::clone(&self.sessions)
-                .try_acquire_owned()
-                .map_err(|_| {
-                    SessionError::ResourceExhausted(format!(
-                        "the server is running its maximum of {} sessions; try again later",
-                        self.config.limits.max_concurrent_sessions
-                    ))
-                })
+            Ok((plan, path)) => self
+                .sessions
+                .acquire(member)
+                .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))
                 .map(|permit| (plan, path, permit)),
             Err(error) => Err(error),
         };
@@ -676,6 +719,10 @@ impl CleanRoom {
             max_message: MAX_MESSAGE_BYTES,
             counters: Counters::default(),
             progress: None,
+            min_rate: (self.config.limits.min_bytes_per_second > 0).then_some(MinRate {
+                per_second: self.config.limits.min_bytes_per_second,
+                window: self.config.limits.rate_window,
+            }),
             abort_when_peer_gone: true,
         };
         let mut matcher_rows = 0;
@@ -1010,7 +1057,7 @@ impl CleanRoomService for CleanRoom {
         &self,
         request: Request<GetServerInfoRequest>,
     ) -> Result<Response<GetServerInfoResponse>, Status> {
-        authenticated(&request)?;
+        let member = authenticated(&request)?;
         let config = &self.config;
         let limits = &config.limits;
         Ok(Response::new(GetServerInfoResponse {
@@ -1019,8 +1066,10 @@ impl CleanRoomService for CleanRoom {
             member: config.member.clone(),
             tables: config.data.keys().cloned().collect(),
             limits: Some(proto::ServerLimits {
-                max_rows_per_session: limits.max_rows_per_session,
+                max_rows_per_session: self.member_rows(&member),
                 max_concurrent_sessions: limits.max_concurrent_sessions,
+                max_sessions_per_member: limits.sessions_per_member(),
+                min_bytes_per_second: limits.min_bytes_per_second,
                 idle_timeout_seconds: limits.idle_timeout.as_secs(),
                 session_timeout_seconds: limits.session_timeout.as_secs(),
                 max_message_bytes: MAX_MESSAGE_BYTES as u64,
@@ -1034,17 +1083,30 @@ impl CleanRoomService for CleanRoom {
         request: Request<ListAuditEntriesRequest>,
     ) -> Result<Response<ListAuditEntriesResponse>, Status> {
         let member = authenticated(&request)?;
-        let limit = match request.get_ref().limit {
-            0 => 100,
-            n => n.min(10_000),
+        let request = request.into_inner();
+        let before = match request.page_token.as_str() {
+            "" => None,
+            token => Some(AuditCursor::from_token(token).ok_or_else(|| {
+                Status::invalid_argument("page_token is not one this server gave")
+            })?),
         };
-        let entries = state_call(&self.config.state, move |s| {
-            s.entries(Some(&member), Some(limit))
-        })
-        .await
-        .map_err(|e| e.status())?;
+        let query = AuditQuery {
+            collaboration_id: self.config.collaboration.id().to_owned(),
+            member,
+            before,
+            max_entries: match request.limit {
+                0 => AUDIT_PAGE_DEFAULT_ENTRIES,
+                n => n.min(AUDIT_PAGE_MAX_ENTRIES),
+            },
+            max_bytes: AUDIT_PAGE_MAX_BYTES,
+        };
+        // The database lock is held only while this one page is read, never while it is sent.
+        let page = state_call(&self.config.state, move |s| s.page(&query))
+            .await
+            .map_err(|e| e.status())?;
         Ok(Response::new(ListAuditEntriesResponse {
-            entries: entries.iter().rev().map(AuditEntry::to_proto).collect(),
+            entries: page.entries.iter().map(AuditEntry::to_proto).collect(),
+            next_page_token: page.next.map(AuditCursor::token).unwrap_or_default(),
         }))
     }
 }

@@ -1,0 +1,382 @@
+//! The server's state database: a SQLite file (WAL journal, `synchronous=FULL`) holding the
+//! audit log, one entry per query attempt, and the privacy ledger, one entry per released
+//! query with the `ε` it spent.
+//!
+//! An entry is written when a session starts (`running`) and completed exactly once when it
+//! ends. A release is committed, durably, *before* the release message leaves the server, so a
+//! process killed at any moment leaves every released result in the log; entries of sessions
+//! that were running when the process died are marked `interrupted` the next time the database
+//! is opened for writing. Each change is a single SQLite transaction, so the log is always
+//! consistent.
+//!
+//! A release is recorded by [`StateDb::release`], which in one `IMMEDIATE` transaction checks
+//! the member's remaining budget and query limits, appends the ledger entry and marks the audit
+//! entry released: two sessions of one member can never both spend the last of a budget, and a
+//! budget spent survives any restart. The collaboration's [`Policy`] is recorded when a server
+//! starts so that `cleanroom budget` can show what is left without the collaboration file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+mod audit;
+mod ledger;
+
+pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
+pub use ledger::{Exhausted, Policy, Standing};
+
+/// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
+/// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
+/// each audit entry; older files are upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 5;
+
+/// Columns added after version 1, with their definitions (added to an older file on open).
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 5] = [
+    ("matcher_skipped", "INTEGER NOT NULL DEFAULT 0"),
+    ("receiver_skipped", "INTEGER NOT NULL DEFAULT 0"),
+    ("bounded_identifiers", "INTEGER NOT NULL DEFAULT 0"),
+    ("bounded_disclosed", "INTEGER NOT NULL DEFAULT 0"),
+    ("collaboration_id", "TEXT NOT NULL DEFAULT ''"),
+];
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL UNIQUE,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    member TEXT NOT NULL,
+    sql TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN
+        ('running', 'refused', 'released', 'failed', 'cancelled', 'interrupted')),
+    reason TEXT NOT NULL DEFAULT '',
+    released_rows INTEGER NOT NULL DEFAULT 0,
+    suppressed_rows INTEGER NOT NULL DEFAULT 0,
+    matcher_rows INTEGER NOT NULL DEFAULT 0,
+    receiver_rows INTEGER NOT NULL DEFAULT 0,
+    messages_received INTEGER NOT NULL DEFAULT 0,
+    messages_sent INTEGER NOT NULL DEFAULT 0,
+    bytes_received INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    matcher_skipped INTEGER NOT NULL DEFAULT 0,
+    receiver_skipped INTEGER NOT NULL DEFAULT 0,
+    bounded_identifiers INTEGER NOT NULL DEFAULT 0,
+    bounded_disclosed INTEGER NOT NULL DEFAULT 0,
+    collaboration_id TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL UNIQUE REFERENCES audit (session_id),
+    collaboration_id TEXT NOT NULL,
+    member TEXT NOT NULL,
+    released_at TEXT NOT NULL,
+    day TEXT NOT NULL,
+    epsilon_micros INTEGER NOT NULL CHECK (epsilon_micros >= 0)
+) STRICT;
+CREATE INDEX IF NOT EXISTS ledger_member ON ledger (collaboration_id, member, day);
+CREATE TABLE IF NOT EXISTS policy (
+    collaboration_id TEXT PRIMARY KEY,
+    epsilon_budget_micros INTEGER,
+    epsilon_per_query_micros INTEGER,
+    queries_per_member INTEGER,
+    queries_per_member_per_day INTEGER,
+    updated_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS policy_member (
+    collaboration_id TEXT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (collaboration_id, member)
+) STRICT;
+";
+
+/// SQLite's current time as RFC 3339 UTC with milliseconds.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// A state database that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite failed.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file holds a newer schema than this program knows.
+    #[error(
+        "state database {path} has schema version {found}; this cleanroom knows {SCHEMA_VERSION}"
+    )]
+    SchemaVersion {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// A stored value is not what this program writes.
+    #[error("state database holds an invalid value: {0}")]
+    Corrupt(String),
+    /// A session identifier was used twice.
+    #[error("session {0} is already recorded")]
+    DuplicateSession(String),
+    /// The member's budget or query limits do not allow the release (nothing was recorded).
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+}
+
+/// The server's state database. Safe to share between threads; every call is one short
+/// transaction (run it off the async runtime, e.g. in `spawn_blocking`).
+#[derive(Debug)]
+pub struct StateDb {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// Per served table, its rows never matched (set when the server checked it).
+    skipped: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// A test attempt in collaboration "c".
+#[cfg(test)]
+pub(crate) fn attempt<'a>(
+    session_id: &'a str,
+    member: &'a str,
+    sql: &'a str,
+    receiver_rows: u64,
+) -> Attempt<'a> {
+    Attempt {
+        session_id,
+        collaboration_id: "c",
+        member,
+        sql,
+        receiver_rows,
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> Result<u64, StateError> {
+    u64::try_from(v).map_err(|_| StateError::Corrupt(format!("negative count {v}")))
+}
+
+impl StateDb {
+    /// Opens (creating it if needed) the database at `path` for a server: WAL journal,
+    /// `synchronous=FULL`, schema created, and entries left `running` by a previous process
+    /// marked `interrupted`.
+    pub fn open(path: impl AsRef<Path>) -> Result<StateDb, StateError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StateError::Corrupt(format!(
+                "could not switch {} to WAL (journal mode {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::SchemaVersion {
+                path,
+                found: version,
+            });
+        }
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};
+             UPDATE audit SET decision = 'interrupted', finished_at = {NOW},
+                 reason = 'the server stopped during the session'
+             WHERE decision = 'running';
+             COMMIT;"
+        ))
+        .map_err(err)?;
+        for (column, definition) in ADDED_AUDIT_COLUMNS {
+            let present: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = ?1",
+                    [column],
+                    |row| row.get(0),
+                )
+                .map_err(err)?;
+            if present == 0 {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE audit ADD COLUMN {column} {definition};"
+                ))
+                .map_err(err)?;
+                if column == "collaboration_id" {
+                    // Entries written before version 5 belong to the one collaboration this
+                    // file recorded a policy for; with several (or none) they stay unattributed
+                    // (''): the operator's `cleanroom audit` shows them, no member's listing does.
+                    conn.execute_batch(
+                        "UPDATE audit SET collaboration_id = (SELECT collaboration_id FROM policy)
+                         WHERE collaboration_id = '' AND (SELECT COUNT(*) FROM policy) = 1;",
+                    )
+                    .map_err(err)?;
+                }
+            }
+        }
+        // Every member's listing reads one collaboration's entries of one member, newest first.
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS audit_member;
+             CREATE INDEX IF NOT EXISTS audit_listing ON audit (collaboration_id, member, id);",
+        )
+        .map_err(err)?;
+        Ok(StateDb {
+            path,
+            conn: Mutex::new(conn),
+            skipped: Mutex::default(),
+        })
+    }
+
+    /// Opens an existing database read-only (for `cleanroom audit`, also while a server runs).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<StateDb, StateError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(err)?;
+        if !(1..=SCHEMA_VERSION).contains(&version) {
+            return Err(StateError::SchemaVersion {
+                path,
+                found: version,
+            });
+        }
+        Ok(StateDb {
+            path,
+            conn: Mutex::new(conn),
+            skipped: Mutex::default(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (every change is one
+        // transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ledger::tests::policy;
+
+    #[test]
+    fn a_version_1_file_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     session_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL,
+                     finished_at TEXT, member TEXT NOT NULL, sql TEXT NOT NULL,
+                     decision TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                     released_rows INTEGER NOT NULL DEFAULT 0,
+                     suppressed_rows INTEGER NOT NULL DEFAULT 0,
+                     matcher_rows INTEGER NOT NULL DEFAULT 0,
+                     receiver_rows INTEGER NOT NULL DEFAULT 0,
+                     messages_received INTEGER NOT NULL DEFAULT 0,
+                     messages_sent INTEGER NOT NULL DEFAULT 0,
+                     bytes_received INTEGER NOT NULL DEFAULT 0,
+                     bytes_sent INTEGER NOT NULL DEFAULT 0) STRICT;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        assert!(
+            StateDb::open_read_only(&path)
+                .unwrap()
+                .standings()
+                .unwrap()
+                .is_empty()
+        );
+        let db = StateDb::open(&path).unwrap();
+        db.record_policy(&policy(None, None, None)).unwrap();
+        assert_eq!(db.standings().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn wal_mode_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let _db = StateDb::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn read_only_open_of_missing_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(StateDb::open_read_only(dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn entries_of_an_older_file_belong_to_its_one_collaboration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     session_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL,
+                     finished_at TEXT, member TEXT NOT NULL, sql TEXT NOT NULL,
+                     decision TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                     released_rows INTEGER NOT NULL DEFAULT 0,
+                     suppressed_rows INTEGER NOT NULL DEFAULT 0,
+                     matcher_rows INTEGER NOT NULL DEFAULT 0,
+                     receiver_rows INTEGER NOT NULL DEFAULT 0,
+                     messages_received INTEGER NOT NULL DEFAULT 0,
+                     messages_sent INTEGER NOT NULL DEFAULT 0,
+                     bytes_received INTEGER NOT NULL DEFAULT 0,
+                     bytes_sent INTEGER NOT NULL DEFAULT 0) STRICT;
+                 CREATE TABLE policy (collaboration_id TEXT PRIMARY KEY,
+                     epsilon_budget_micros INTEGER, epsilon_per_query_micros INTEGER,
+                     queries_per_member INTEGER, queries_per_member_per_day INTEGER,
+                     updated_at TEXT NOT NULL) STRICT;
+                 INSERT INTO policy (collaboration_id, updated_at) VALUES ('x', 'then');
+                 INSERT INTO audit (session_id, started_at, member, sql, decision)
+                     VALUES ('old', 'then', 'adv', 'q', 'released');
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.entry("old").unwrap().unwrap().collaboration_id, "x");
+    }
+}
