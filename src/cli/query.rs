@@ -41,6 +41,13 @@ pub struct QueryArgs {
     /// Allow http:// to a non-loopback server (only on a trusted network).
     #[arg(long)]
     insecure: bool,
+    /// Your client certificate (PEM), presented over TLS: required when the collaboration pins
+    /// your certificate (`client_cert_sha256` in your member entry).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Read the bearer token from this file instead of $CLEANROOM_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -386,6 +393,13 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     if let Some(ca) = &args.ca {
         config.ca_pem = Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.identity = Some(cleanroom_service::TlsIdentity {
+            cert_pem: std::fs::read(cert)
+                .with_context(|| format!("--tls-cert {}", cert.display()))?,
+            key_pem: std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?,
+        });
     }
     let bar = progress_bar(args.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()

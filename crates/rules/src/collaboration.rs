@@ -124,6 +124,7 @@ pub struct Member {
     name: String,
     abilities: BTreeSet<Ability>,
     token_sha256: [u8; 32],
+    client_cert_sha256: Option<[u8; 32]>,
     max_rows_per_session: u64,
 }
 
@@ -156,6 +157,13 @@ impl Member {
     /// protocol message, and its matcher accepts no larger set.
     pub fn max_rows_per_session(&self) -> u64 {
         self.max_rows_per_session
+    }
+
+    /// The SHA-256 of the DER client certificate the member must present over TLS, when its
+    /// entry pins one (`client_cert_sha256`): a server then refuses the member's token without
+    /// that certificate. `None`: the token alone authenticates.
+    pub fn client_cert_sha256(&self) -> Option<&[u8; 32]> {
+        self.client_cert_sha256.as_ref()
     }
 
     /// Whether SHA-256(`token`) equals the member's `token_sha256`. The comparison of the two
@@ -506,6 +514,13 @@ pub enum Problem {
     /// `sum_ranges` other than `"proven"` or `"trusted"`.
     #[error("sum_ranges must be \"proven\" (the default) or \"trusted\", not {0:?}")]
     BadSumRanges(String),
+    /// `client_cert_sha256` is not 64 hex digits.
+    #[error("client_cert_sha256 must be the 64 hex digits of the SHA-256 of a DER certificate")]
+    BadCertificateHash,
+    /// Two members pin the same client certificate (in any hex case): it would always
+    /// authenticate as the first of them.
+    #[error("the same client certificate as member {0:?}: each member needs its own")]
+    DuplicateCertificate(String),
     /// A member's `max_rows_per_session` outside 1..=10^9.
     #[error(
         "max_rows_per_session must be an integer from 1 to {MAX_MEMBER_ROWS_PER_SESSION}, got {0}"
@@ -616,6 +631,7 @@ struct RawMember {
     #[serde(default)]
     abilities: Vec<Spanned<String>>,
     token_sha256: Spanned<String>,
+    client_cert_sha256: Option<Spanned<String>>,
     max_rows_per_session: Option<Spanned<i64>>,
 }
 
@@ -995,6 +1011,31 @@ fn validate_member(
             Problem::DuplicateTokenHash(other.name.clone()),
         ));
     }
+    let client_cert_sha256 = match &raw.client_cert_sha256 {
+        None => None,
+        Some(pin) => {
+            let mut digest = [0u8; 32];
+            let text = pin.get_ref().trim();
+            if text.len() != 64 || hex::decode_to_slice(text, &mut digest).is_err() {
+                return Err(at.invalid(
+                    "member.client_cert_sha256",
+                    pin,
+                    Problem::BadCertificateHash,
+                ));
+            }
+            if let Some(other) = earlier
+                .iter()
+                .find(|m| m.client_cert_sha256 == Some(digest))
+            {
+                return Err(at.invalid(
+                    "member.client_cert_sha256",
+                    pin,
+                    Problem::DuplicateCertificate(other.name.clone()),
+                ));
+            }
+            Some(digest)
+        }
+    };
     let max_rows_per_session = match &raw.max_rows_per_session {
         None => DEFAULT_MEMBER_ROWS_PER_SESSION,
         Some(rows) => u64::try_from(*rows.get_ref())
@@ -1012,6 +1053,7 @@ fn validate_member(
         name: raw.name.into_inner(),
         abilities,
         token_sha256,
+        client_cert_sha256,
         max_rows_per_session,
     })
 }

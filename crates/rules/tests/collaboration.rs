@@ -203,6 +203,37 @@ fn token_hashes_must_be_unique_in_any_case() {
 }
 
 #[test]
+fn client_certificate_pins_are_checked_and_unique_in_any_case() {
+    let pin = "aa".repeat(32);
+    // Line 7 is the publisher's token line, line 12 the advertiser's: pin after each.
+    let pinned = |publisher: &str, advertiser: &str| {
+        let mut lines: Vec<String> = BASE.lines().map(str::to_owned).collect();
+        lines[11] = format!("{}\nclient_cert_sha256 = \"{advertiser}\"", lines[11]);
+        lines[6] = format!("{}\nclient_cert_sha256 = \"{publisher}\"", lines[6]);
+        lines.join("\n") + "\n"
+    };
+    let ok = Collaboration::from_toml_str(&pinned(&"bb".repeat(32), &pin), "t").unwrap();
+    assert_eq!(
+        ok.member("advertiser").unwrap().client_cert_sha256(),
+        Some(&[0xaa; 32])
+    );
+    assert_eq!(
+        Collaboration::from_toml_str(BASE, "t")
+            .unwrap()
+            .member("advertiser")
+            .unwrap()
+            .client_cert_sha256(),
+        None
+    );
+    let (line, key, problem) = invalid(&pinned(&pin, &pin.to_uppercase()));
+    assert_eq!((line, key.as_str()), (14, "member.client_cert_sha256"));
+    assert_eq!(problem, Problem::DuplicateCertificate("publisher".into()));
+    let (line, key, problem) = invalid(&pinned("not hex", &pin));
+    assert_eq!((line, key.as_str()), (8, "member.client_cert_sha256"));
+    assert_eq!(problem, Problem::BadCertificateHash);
+}
+
+#[test]
 fn a_members_row_quota_defaults_and_is_checked() {
     let base = Collaboration::from_toml_str(BASE, "t").unwrap();
     let advertiser = base.member("advertiser").unwrap();

@@ -42,6 +42,9 @@ pub struct ClientConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Allow `http://` to a non-loopback host.
     pub insecure: bool,
+    /// The member's client certificate and key, presented over TLS (required by a server
+    /// whose collaboration pins the member's certificate); `None` presents none.
+    pub identity: Option<crate::tls::TlsIdentity>,
     /// The member's bearer token.
     pub token: BearerToken,
     /// How long to wait for the connection.
@@ -64,6 +67,7 @@ impl ClientConfig {
             server: server.into(),
             ca_pem: None,
             insecure: false,
+            identity: None,
             token,
             connect_timeout: Duration::from_secs(10),
             timeout: None,
@@ -275,8 +279,11 @@ pub struct Client {
 impl Client {
     /// Connects to the server (TLS unless plaintext is allowed for the URL).
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let transport =
+        let mut transport =
             client_transport(&config.server, config.ca_pem.as_deref(), config.insecure)?;
+        if let Some(identity) = &config.identity {
+            transport = transport.presenting(identity)?;
+        }
         let connect_error = |source| ClientError::Connect {
             server: config.server.clone(),
             source,

@@ -49,6 +49,9 @@ pub enum TlsError {
     /// A CA certificate was given for a plaintext URL, where it would be silently ignored.
     #[error("--ca was given but the server URL is plaintext http://; use https://")]
     CaWithoutTls,
+    /// A client certificate was given for a plaintext URL, where it would be silently ignored.
+    #[error("--tls-cert was given but the server URL is plaintext http://; use https://")]
+    IdentityWithoutTls,
     /// Generating a self-signed certificate failed.
     #[error("could not generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -98,6 +101,19 @@ pub enum ClientTransport {
     Plaintext,
     /// TLS, trusting the given CA (PEM) or else the system's roots.
     Tls(ClientTlsConfig),
+}
+
+impl ClientTransport {
+    /// This transport, presenting `identity` as the client certificate: refused for plaintext,
+    /// where it would be silently ignored.
+    pub fn presenting(self, identity: &TlsIdentity) -> Result<ClientTransport, TlsError> {
+        match self {
+            ClientTransport::Plaintext => Err(TlsError::IdentityWithoutTls),
+            ClientTransport::Tls(config) => Ok(ClientTransport::Tls(
+                config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
+            )),
+        }
+    }
 }
 
 /// Decides the client's transport for `url`: `https://` uses TLS with `ca_pem` (or the system's
