@@ -155,6 +155,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         member: args.member,
         data,
         limits,
+        connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(state),
         tls,
         insecure: args.insecure,

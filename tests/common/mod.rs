@@ -435,6 +435,7 @@ pub async fn start_server(fx: &Fixture, limits: Limits, tls: Option<TlsIdentity>
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
         limits,
+        connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls,
         insecure: false,
