@@ -252,6 +252,7 @@ async fn start_server(fx: &Fixture) -> common::Running {
         member: "publisher".to_owned(),
         data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
         limits: Limits::default(),
+        connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
         insecure: false,

@@ -522,6 +522,7 @@ async fn plaintext_is_refused_off_loopback() {
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
         limits: Limits::default(),
+        connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls: None,
         insecure: false,

@@ -139,6 +139,7 @@ impl Server {
                 setup.path("impressions.csv").into(),
             )]),
             limits: Limits::default(),
+            connections: cleanroom_service::ConnectionLimits::default(),
             state: Arc::clone(&state),
             tls: None,
             insecure: false,

@@ -58,6 +58,7 @@ pub fn run(
         member: server.member.to_owned(),
         data: server.data,
         limits: Limits::default(),
+        connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(state_dir.join("state.db"))?),
         tls: identity.clone(),
         insecure: false,

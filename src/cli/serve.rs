@@ -11,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use cleanroom_data::TableSpec;
 use cleanroom_rules::Collaboration;
+use cleanroom_service::listener::{ConnectionLimits, OpenFilesLimit};
 use cleanroom_service::server::{ServerConfig, SessionHook};
 use cleanroom_service::{Limits, StateDb, TlsIdentity};
 
@@ -64,6 +65,18 @@ pub struct ServeArgs {
     /// Seconds a whole session may last.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().session_timeout.as_secs())]
     session_timeout: u64,
+    /// Most connections open at once (lowered to the open-files limit less 64); one more is
+    /// closed right after accept.
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().total)]
+    max_connections: u32,
+    /// Most connections open at once from one IP address; one more is closed right after
+    /// accept.
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().per_address)]
+    max_connections_per_address: u32,
+    /// Seconds a connection may take to complete its TLS handshake, and then (or after accept,
+    /// in plaintext) to send its first bytes; a slower one is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ConnectionLimits::default().handshake_timeout.as_secs())]
+    handshake_timeout: u64,
     /// Print nothing about sessions (errors still go to stderr).
     #[arg(long, short)]
     quiet: bool,
@@ -130,6 +143,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         session_timeout: Duration::from_secs(args.session_timeout),
         ..Limits::default()
     };
+    let connections = ConnectionLimits {
+        total: args.max_connections,
+        per_address: args.max_connections_per_address,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        first_bytes_timeout: Duration::from_secs(args.handshake_timeout),
+    };
     let addr = resolve(&args.listen)?;
     if tls.is_none() {
         cleanroom_service::tls::check_plaintext_listen(addr, args.insecure)?;
@@ -166,6 +185,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         member: args.member,
         data,
         limits,
+        connections,
         state: Arc::new(state),
         tls,
         insecure: args.insecure,
@@ -174,6 +194,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     config.validate()?;
     // The whole tables, before listening: a bad line stops the start with file, line, column.
     let checked = config.check_tables()?;
+    // Raised here to print it; `serve` raises it again (no change then) and fits the caps.
+    let open_files = cleanroom_service::listener::raise_open_files_limit();
+    let fitted = config.connections.fitted(open_files.now);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,12 +221,31 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         for line in &checked {
             eprintln!("cleanroom serve: {line}");
         }
+        eprintln!("cleanroom serve: {}", connections_line(open_files, fitted));
         cleanroom_service::serve(config, listener, shutdown_signal()).await?;
         if !quiet {
             eprintln!("cleanroom serve: stopped");
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `open files limit 1024 -> 524288; at most 1024 connections (64 per address)`.
+fn connections_line(open_files: OpenFilesLimit, limits: ConnectionLimits) -> String {
+    let show = |limit: Option<u64>| match limit {
+        None => "unknown".to_owned(),
+        Some(n) if n >= i64::MAX as u64 => "unlimited".to_owned(),
+        Some(n) => n.to_string(),
+    };
+    let limit = if open_files.before == open_files.now {
+        show(open_files.now)
+    } else {
+        format!("{} -> {}", show(open_files.before), show(open_files.now))
+    };
+    format!(
+        "open files limit {limit}; at most {} connections ({} per address)",
+        limits.total, limits.per_address
+    )
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.
@@ -228,4 +270,39 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_says_the_open_files_limit_and_the_caps() {
+        let raised = OpenFilesLimit {
+            before: Some(1024),
+            now: Some(524_288),
+        };
+        let fitted = ConnectionLimits::default().fitted(raised.now);
+        assert_eq!(
+            connections_line(raised, fitted),
+            "open files limit 1024 -> 524288; at most 1024 connections (64 per address)"
+        );
+        let stuck = OpenFilesLimit {
+            before: Some(1024),
+            now: Some(1024),
+        };
+        let fitted = ConnectionLimits::default().fitted(stuck.now);
+        assert_eq!(
+            connections_line(stuck, fitted),
+            "open files limit 1024; at most 960 connections (64 per address)"
+        );
+        let unknown = OpenFilesLimit {
+            before: None,
+            now: None,
+        };
+        assert_eq!(
+            connections_line(unknown, ConnectionLimits::default().fitted(None)),
+            "open files limit unknown; at most 1024 connections (64 per address)"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the service's integration tests (`service_e2e`, `service_adversarial`,
-//! `service_faults`, `service_privacy`, `list_e2e`): the fixture (a collaboration file and both members' CSV data, with the
+//! `service_faults`, `service_privacy`, `list_e2e`, `service_load`): the fixture (a collaboration file and both members' CSV data, with the
 //! plain answers to compare with), an in-process server on 127.0.0.1:0, high-level and raw
 //! clients, a recording TCP proxy, and the `cleanroom` binary. Each test crate uses a part of it.
 #![allow(dead_code)]
@@ -493,6 +493,7 @@ pub async fn start_server_with_state(
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
         limits,
+        connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls,
         insecure: false,

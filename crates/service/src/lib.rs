@@ -27,6 +27,7 @@ pub mod client;
 pub mod data;
 pub mod exchange;
 pub mod limits;
+pub mod listener;
 pub mod privacy;
 pub mod proto;
 mod roles;
@@ -38,6 +39,7 @@ pub mod tls;
 pub use auth::{BearerToken, TokenError};
 pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};
 pub use limits::{Limits, LimitsError};
+pub use listener::{ConnectionLimits, ConnectionLimitsError};
 pub use server::{ServerConfig, ServerError, serve};
 pub use state::{
     AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, Policy, Standing, StateDb, StateError,

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -29,6 +29,7 @@ use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, wit
 use crate::limits::{
     FIRST_MESSAGE_TIMEOUT, Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
 };
+use crate::listener::{ConnectionLimits, Connections, ConnectionsError};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub data: BTreeMap<String, TableSpec>,
     /// Per-session and concurrency limits.
     pub limits: Limits,
+    /// Connection caps and the TLS handshake and first-bytes timeouts (`listener.rs`).
+    pub connections: ConnectionLimits,
     /// The audit log.
     pub state: Arc<StateDb>,
     /// The certificate and key to serve TLS with; `None` for plaintext.
@@ -86,6 +89,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("member", &self.member)
             .field("data", &self.data)
             .field("limits", &self.limits)
+            .field("connections", &self.connections)
             .field("state", &self.state.path())
             .field("tls", &self.tls.is_some())
             .field("insecure", &self.insecure)
@@ -140,6 +144,9 @@ pub enum ServerError {
     /// Plaintext where it is not allowed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Unusable connection limits, or a TLS identity that does not make a configuration.
+    #[error(transparent)]
+    Connections(#[from] ConnectionsError),
     /// The listener's address cannot be read.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -159,6 +166,9 @@ impl ServerConfig {
     /// has the table's columns, and the limits work.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.limits.validate()?;
+        self.connections
+            .validate()
+            .map_err(ConnectionsError::Limits)?;
         if self.collaboration.member(&self.member).is_none() {
             return Err(ServerError::UnknownMember(self.member.clone()));
         }
@@ -230,18 +240,19 @@ pub async fn serve(
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let service = InterceptedService::new(service, check);
 
-    let mut builder = tonic::transport::Server::builder()
+    // Our own accept loop (listener.rs): connection caps fitted to the open-files limit, TLS
+    // handshakes under a timeout, silent connections closed. It sets TCP_NODELAY itself.
+    let open_files = crate::listener::raise_open_files_limit();
+    let connection_limits = config.connections.fitted(open_files.now);
+    let (_connections, incoming) =
+        Connections::accept(listener, connection_limits, config.tls.as_ref())?;
+    tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .tcp_nodelay(true);
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -5,8 +5,15 @@
 //! `--insecure`: bearer tokens and query text must not cross a network unencrypted by accident.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, ClientTlsConfig};
+
+/// The ALPN protocol the server offers: HTTP/2, the only one gRPC speaks.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// A certificate chain and its private key, both PEM.
 #[derive(Clone)]
@@ -55,12 +62,38 @@ pub enum TlsError {
     /// Generating a self-signed certificate failed.
     #[error("could not generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The certificate chain is not PEM, or holds no certificate.
+    #[error("the TLS certificate chain cannot be read: {0}")]
+    Certificate(String),
+    /// The private key is not a PEM private key.
+    #[error("the TLS private key cannot be read: {0}")]
+    PrivateKey(#[source] pem::Error),
+    /// rustls refused the certificate and key together (e.g. a key that does not match).
+    #[error("the TLS certificate and key cannot be used: {0}")]
+    Config(#[from] rustls::Error),
 }
 
 impl TlsIdentity {
-    /// The tonic server configuration presenting this identity.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    /// The rustls server configuration presenting this identity: the `ring` provider, its safe
+    /// default protocol versions (TLS 1.2 and 1.3), no client certificates, and ALPN `h2` only
+    /// (what tonic's own TLS configuration sets).
+    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(TlsError::Certificate(
+                "no certificate in the PEM".to_owned(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(TlsError::PrivateKey)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// A fresh self-signed certificate for `names` (DNS names or IP addresses), for tests and
@@ -109,9 +142,9 @@ impl ClientTransport {
     pub fn presenting(self, identity: &TlsIdentity) -> Result<ClientTransport, TlsError> {
         match self {
             ClientTransport::Plaintext => Err(TlsError::IdentityWithoutTls),
-            ClientTransport::Tls(config) => Ok(ClientTransport::Tls(
-                config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem)),
-            )),
+            ClientTransport::Tls(config) => Ok(ClientTransport::Tls(config.identity(
+                tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem),
+            ))),
         }
     }
 }
@@ -215,5 +248,37 @@ mod tests {
         assert!(id.cert_pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
         assert!(id.key_pem.starts_with(b"-----BEGIN PRIVATE KEY-----"));
         assert!(!format!("{id:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn server_config_offers_h2_and_refuses_bad_pem() {
+        let id = TlsIdentity::self_signed(&["localhost"]).unwrap();
+        let config = id.rustls_server_config().unwrap();
+        assert_eq!(config.alpn_protocols, [ALPN_H2.to_vec()]);
+        let no_cert = TlsIdentity {
+            cert_pem: b"not a certificate".to_vec(),
+            key_pem: id.key_pem.clone(),
+        };
+        assert!(matches!(
+            no_cert.rustls_server_config(),
+            Err(TlsError::Certificate(_))
+        ));
+        let no_key = TlsIdentity {
+            cert_pem: id.cert_pem.clone(),
+            key_pem: b"not a key".to_vec(),
+        };
+        assert!(matches!(
+            no_key.rustls_server_config(),
+            Err(TlsError::PrivateKey(_))
+        ));
+        let other = TlsIdentity::self_signed(&["localhost"]).unwrap();
+        let mismatched = TlsIdentity {
+            cert_pem: id.cert_pem.clone(),
+            key_pem: other.key_pem,
+        };
+        assert!(matches!(
+            mismatched.rustls_server_config(),
+            Err(TlsError::Config(_))
+        ));
     }
 }
