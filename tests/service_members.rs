@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_service::client::ClientError;
+use cleanroom_service::client_cert::digest_of_pem;
 use cleanroom_service::proto::{
     GetServerInfoRequest, ListAuditEntriesRequest, RunSessionResponse, run_session_response,
 };
-use cleanroom_service::{Decision, Limits, StateDb};
+use cleanroom_service::{Client, Decision, Limits, Query, StateDb, TlsIdentity};
 use common::*;
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
@@ -342,4 +343,59 @@ async fn two_collaborations_in_one_state_database_see_only_their_own() {
     assert_eq!(status.code(), Code::InvalidArgument);
     server_x.stop().await;
     server_y.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_member_needs_its_certificate_as_well_as_its_token() {
+    let own = TlsIdentity::self_signed(&["advertiser"]).unwrap();
+    let stranger = TlsIdentity::self_signed(&["advertiser"]).unwrap();
+    let pin = hex::encode(digest_of_pem(&own.cert_pem).unwrap());
+    let fx = Fixture::new(5).edited(|toml| {
+        let token = format!("token_sha256 = \"{}\"", sha256_hex(ADVERTISER_TOKEN));
+        toml.replace(&token, &format!("{token}\nclient_cert_sha256 = \"{pin}\""))
+    });
+    let server_tls = TlsIdentity::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let server = start_server(&fx, Limits::default(), Some(server_tls.clone())).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let data = fx.advertiser_data();
+    let query = async |identity: Option<&TlsIdentity>| {
+        let mut config = advertiser_client_config(url.clone());
+        config.ca_pem = Some(server_tls.cert_pem.clone());
+        config.identity = identity.cloned();
+        let mut client = Client::connect(&config).await?;
+        client
+            .run_query(
+                Query {
+                    collaboration: &fx.collaboration,
+                    member: "advertiser",
+                    sql: BY_CAMPAIGN,
+                    data: &data,
+                },
+                None,
+            )
+            .await
+    };
+
+    // The token alone: refused, and the message says what is missing.
+    match query(None).await {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::Unauthenticated, "{remote}");
+            assert!(
+                remote.to_string().contains("client certificate"),
+                "{remote}"
+            );
+        }
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    // The token with a certificate the collaboration does not pin: the handshake refuses it.
+    assert!(query(Some(&stranger)).await.is_err());
+    // Nothing of either attempt reached a session.
+    assert!(server.state.entries(None, None).unwrap().is_empty());
+
+    // The token with the pinned certificate: the exact answer.
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let outcome = query(Some(&own)).await.expect("token and certificate");
+    assert_rows_equal(&outcome.result, &want);
+    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    server.stop().await;
 }

@@ -794,6 +794,15 @@ impl Collaboration {
         &self.tables
     }
 
+    /// Every client certificate digest a member entry pins (`client_cert_sha256`), in member
+    /// order; no two are equal.
+    pub fn client_cert_pins(&self) -> Vec<[u8; 32]> {
+        self.members
+            .iter()
+            .filter_map(|m| m.client_cert_sha256)
+            .collect()
+    }
+
     /// The member called exactly `name`, if any.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)

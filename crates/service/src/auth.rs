@@ -9,6 +9,8 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::listener::PeerInfo;
+
 /// The metadata key that carries the token.
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -136,6 +138,23 @@ impl Interceptor for CheckToken {
         let member = self
             .member_for(token)
             .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        if let Some(pin) = self
+            .collaboration
+            .member(&member)
+            .and_then(cleanroom_rules::Member::client_cert_sha256)
+        {
+            let presented = request
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|peer| peer.client_cert_sha256);
+            if presented.as_ref() != Some(pin) {
+                return Err(Status::unauthenticated(format!(
+                    "member {member:?} must present its client certificate (pinned by \
+                     client_cert_sha256 in the collaboration file): give query --tls-cert and \
+                     --tls-key over https://"
+                )));
+            }
+        }
         request.extensions_mut().insert(AuthenticatedMember(member));
         Ok(request)
     }

@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod client_cert;
 pub mod data;
 pub mod exchange;
 pub mod limits;

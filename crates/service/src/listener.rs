@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::client_cert::{CertificateDigest, digest};
 use crate::tls::{TlsError, TlsIdentity};
 
 /// Open files kept free for everything but connections: the state database (and its journal),
@@ -242,10 +243,11 @@ impl Connections {
         listener: TcpListener,
         limits: ConnectionLimits,
         tls: Option<&TlsIdentity>,
+        pins: &[CertificateDigest],
     ) -> Result<(Connections, Incoming), ConnectionsError> {
         limits.validate()?;
         let tls = match tls {
-            Some(identity) => Some(TlsAcceptor::from(identity.rustls_server_config()?)),
+            Some(identity) => Some(TlsAcceptor::from(identity.rustls_server_config(pins)?)),
             None => None,
         };
         let connections = Connections {
@@ -356,13 +358,25 @@ async fn accept_loop(
         let tls = tls.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            let mut info = PeerInfo {
+                tcp: info,
+                client_cert_sha256: None,
+            };
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Ok(stream)) => {
+                            info.client_cert_sha256 = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(<[_]>::first)
+                                .map(|cert| digest(cert));
+                            Box::new(stream)
+                        }
                         // Timed out or failed: dropping the stream closes it and frees the slot.
                         Ok(Err(_)) | Err(_) => return,
                     }
@@ -386,7 +400,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// (`Request::remote_addr` works, with TLS too).
 pub struct Connection {
     io: Box<dyn Io>,
-    info: TcpConnectInfo,
+    info: PeerInfo,
     /// Until the first byte arrives: when the connection is given up.
     first_bytes: Option<Pin<Box<Sleep>>>,
     _slot: Slot,
@@ -402,7 +416,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn new(io: Box<dyn Io>, info: TcpConnectInfo, slot: Slot, first_bytes: Duration) -> Self {
+    fn new(io: Box<dyn Io>, info: PeerInfo, slot: Slot, first_bytes: Duration) -> Self {
         Connection {
             io,
             info,
@@ -412,10 +426,21 @@ impl Connection {
     }
 }
 
-impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+/// What the service knows of a connection's peer: its addresses, and the digest of the client
+/// certificate it presented over TLS (one of the collaboration's pins; the handshake refused any
+/// other).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The local and remote addresses.
+    pub tcp: TcpConnectInfo,
+    /// The client certificate's SHA-256, when the peer presented one.
+    pub client_cert_sha256: Option<CertificateDigest>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
+impl Connected for Connection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }
@@ -502,7 +527,7 @@ mod tests {
     ) -> (SocketAddr, Connections, Incoming) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (connections, incoming) = Connections::accept(listener, limits, tls).unwrap();
+        let (connections, incoming) = Connections::accept(listener, limits, tls, &[]).unwrap();
         (addr, connections, incoming)
     }
 
@@ -660,7 +685,7 @@ mod tests {
         connection.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"PRI * HTTP/2.0");
         assert_eq!(
-            connection.connect_info().remote_addr(),
+            connection.connect_info().tcp.remote_addr(),
             Some(honest.get_ref().0.local_addr().unwrap())
         );
         assert_eq!(connections.open(), 2, "the stalled handshake still counts");

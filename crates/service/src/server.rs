@@ -244,8 +244,12 @@ pub async fn serve(
     // handshakes under a timeout, silent connections closed. It sets TCP_NODELAY itself.
     let open_files = crate::listener::raise_open_files_limit();
     let connection_limits = config.connections.fitted(open_files.now);
-    let (_connections, incoming) =
-        Connections::accept(listener, connection_limits, config.tls.as_ref())?;
+    let (_connections, incoming) = Connections::accept(
+        listener,
+        connection_limits,
+        config.tls.as_ref(),
+        &config.collaboration.client_cert_pins(),
+    )?;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

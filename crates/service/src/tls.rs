@@ -75,9 +75,13 @@ pub enum TlsError {
 
 impl TlsIdentity {
     /// The rustls server configuration presenting this identity: the `ring` provider, its safe
-    /// default protocol versions (TLS 1.2 and 1.3), no client certificates, and ALPN `h2` only
-    /// (what tonic's own TLS configuration sets).
-    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// default protocol versions (TLS 1.2 and 1.3), ALPN `h2` only (what tonic's own TLS
+    /// configuration sets), and client certificates asked for only when `pins` is not empty,
+    /// then accepted only when pinned ([`crate::client_cert`]).
+    pub fn rustls_server_config(
+        &self,
+        pins: &[crate::client_cert::CertificateDigest],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
@@ -88,10 +92,19 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(TlsError::PrivateKey)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+        let algorithms = provider.signature_verification_algorithms;
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?;
+        // Client certificates are asked for only when the collaboration pins some.
+        let builder = if pins.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            builder.with_client_cert_verifier(crate::client_cert::PinnedClientCerts::new(
+                pins.to_vec(),
+                algorithms,
+            ))
+        };
+        let mut config = builder.with_single_cert(chain, key)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -253,14 +266,14 @@ mod tests {
     #[test]
     fn server_config_offers_h2_and_refuses_bad_pem() {
         let id = TlsIdentity::self_signed(&["localhost"]).unwrap();
-        let config = id.rustls_server_config().unwrap();
+        let config = id.rustls_server_config(&[]).unwrap();
         assert_eq!(config.alpn_protocols, [ALPN_H2.to_vec()]);
         let no_cert = TlsIdentity {
             cert_pem: b"not a certificate".to_vec(),
             key_pem: id.key_pem.clone(),
         };
         assert!(matches!(
-            no_cert.rustls_server_config(),
+            no_cert.rustls_server_config(&[]),
             Err(TlsError::Certificate(_))
         ));
         let no_key = TlsIdentity {
@@ -268,7 +281,7 @@ mod tests {
             key_pem: b"not a key".to_vec(),
         };
         assert!(matches!(
-            no_key.rustls_server_config(),
+            no_key.rustls_server_config(&[]),
             Err(TlsError::PrivateKey(_))
         ));
         let other = TlsIdentity::self_signed(&["localhost"]).unwrap();
@@ -277,7 +290,7 @@ mod tests {
             key_pem: other.key_pem,
         };
         assert!(matches!(
-            mismatched.rustls_server_config(),
+            mismatched.rustls_server_config(&[]),
             Err(TlsError::Config(_))
         ));
     }
