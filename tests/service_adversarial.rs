@@ -483,35 +483,6 @@ async fn more_than_announced_and_over_the_limits() {
     server.stop().await;
 }
 
-/// `message`'s items cut into chunks of at most `size` items, points and ciphertexts kept
-/// together.
-fn rechunk(message: Message, size: usize) -> Vec<Message> {
-    let Message::ReceiverItems {
-        group,
-        value_columns,
-        points,
-        ciphertexts,
-    } = message
-    else {
-        panic!("expected items, got {}", message.kind())
-    };
-    let width = ciphertexts.len() / points.len();
-    points
-        .chunks(size)
-        .zip(ciphertexts.chunks(size * width.max(1)))
-        .map(|(points, ciphertexts)| Message::ReceiverItems {
-            group,
-            value_columns,
-            points: points.to_vec(),
-            ciphertexts: if width == 0 {
-                Vec::new()
-            } else {
-                ciphertexts.to_vec()
-            },
-        })
-        .collect()
-}
-
 /// A set is a set: the receiver's item chunks re-cut into small pieces and sent shuffled
 /// across its groups (group 2 before group 0, a group's pieces in any order) give the exact
 /// result; the same pieces with one sent twice are refused.

@@ -107,13 +107,14 @@ async fn tls_server(
     fx: &Fixture,
     identity: &TlsIdentity,
     connections: ConnectionLimits,
+    limits: Limits,
 ) -> Running {
     let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
     serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
-        limits: Limits::default(),
+        limits,
         connections,
         state,
         tls: Some(identity.clone()),
@@ -149,6 +150,66 @@ async fn honest_query(fx: &Fixture, identity: &TlsIdentity, server: &Running) ->
     assert_rows_equal(&outcome.result, &want);
     assert_eq!(outcome.result.suppressed_rows, want_suppressed);
     elapsed
+}
+
+/// A session of the retailer, accepted over TLS, that then sends its items one at a time every
+/// 250 ms (each message within every timeout); the task runs until aborted.
+async fn trickle(
+    fx: &Fixture,
+    identity: &TlsIdentity,
+    server: &Running,
+) -> tokio::task::JoinHandle<()> {
+    use cleanroom_service::proto::clean_room_service_client::CleanRoomServiceClient;
+    use cleanroom_service::proto::{PsiMessage, RunSessionRequest, run_session_request};
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(tonic::transport::Certificate::from_pem(&identity.cert_pem));
+    let channel =
+        tonic::transport::Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = CleanRoomServiceClient::with_interceptor(
+        channel,
+        MaybeToken(Some(RETAILER_TOKEN.to_owned())),
+    );
+    let (tx, mut inbound) = raw_open(
+        &mut client,
+        start_message(fx, "retailer", RETAILER_BY_CAMPAIGN, "sales"),
+    )
+    .await
+    .expect("the trickling session is accepted");
+    inbound.message().await.unwrap().expect("the acceptance");
+    let mut plan = fx
+        .collaboration
+        .plan("retailer", RETAILER_BY_CAMPAIGN)
+        .unwrap();
+    let table =
+        cleanroom_service::data::receiver_table(&mut plan, &fx.path("sales.csv").into()).unwrap();
+    let mut receiver =
+        cleanroom_psi::Receiver::new(&plan.domain(), table, cleanroom_psi::Limits::default());
+    let mut messages = vec![receiver.poll_message().unwrap()];
+    while let Some(items) = receiver.poll_message() {
+        messages.extend(rechunk(items, 1));
+    }
+    tokio::spawn(async move {
+        // Read what the server sends, so that only this side's trickling holds the session.
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        for message in messages {
+            let payload = message.encode();
+            let request = RunSessionRequest {
+                message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        std::future::pending::<()>().await;
+    })
 }
 
 /// An idle socket and how long after it connected the server closed it (end of stream or
@@ -194,7 +255,7 @@ async fn an_honest_tls_query_is_served_beside_2000_idle_sockets() {
         return;
     }
     let timeout = Duration::from_secs(2);
-    let fx = Fixture::new(5);
+    let fx = Fixture::new(5).with_second_querier();
     let identity = TlsIdentity::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     // Every socket comes from 127.0.0.1: caps high enough for all of them.
     let connections = ConnectionLimits {
@@ -203,7 +264,12 @@ async fn an_honest_tls_query_is_served_beside_2000_idle_sockets() {
         handshake_timeout: timeout,
         first_bytes_timeout: timeout,
     };
-    let server = tls_server(&fx, &identity, connections).await;
+    // Eight slots, four per member: the retailer's four tricklers leave the advertiser its own.
+    let limits = Limits {
+        max_concurrent_sessions: 8,
+        ..Limits::default()
+    };
+    let server = tls_server(&fx, &identity, connections, limits).await;
     // The first query of a process also pays its one-off set-up; measure the second.
     let first_latency = honest_query(&fx, &identity, &server).await;
     let idle_latency = honest_query(&fx, &identity, &server).await;
@@ -226,13 +292,26 @@ async fn an_honest_tls_query_is_served_beside_2000_idle_sockets() {
         ));
     }
     let opening = first_opened.elapsed();
+    // And four sessions of another member that trickle one item every 250 ms.
+    let mut tricklers = Vec::new();
+    for _ in 0..4 {
+        tricklers.push(trickle(&fx, &identity, &server).await);
+    }
     let still_open_before = IDLE - closed.load(Ordering::Relaxed);
     let loaded_latency = honest_query(&fx, &identity, &server).await;
     let still_open_after = IDLE - closed.load(Ordering::Relaxed);
+    let trickling = tricklers.iter().filter(|t| !t.is_finished()).count();
+    assert_eq!(
+        trickling, 4,
+        "the tricklers were still sending during the honest query"
+    );
+    for trickler in tricklers {
+        trickler.abort();
+    }
     eprintln!(
-        "honest query: {:.2} s idle, {:.2} s with {IDLE} idle sockets ({still_open_before} open \
-         when it started, {still_open_after} when it ended; opening them took {:.2} s; the \
-         process's first query took {:.2} s)",
+        "honest query: {:.2} s idle, {:.2} s with {IDLE} idle sockets and {trickling} trickling \
+         sessions ({still_open_before} sockets open when it started, {still_open_after} when it \
+         ended; opening them took {:.2} s; the process's first query took {:.2} s)",
         idle_latency.as_secs_f64(),
         loaded_latency.as_secs_f64(),
         opening.as_secs_f64(),
@@ -272,7 +351,7 @@ async fn silent_connections_over_the_per_address_cap_are_closed_at_once() {
         handshake_timeout: timeout,
         first_bytes_timeout: timeout,
     };
-    let server = tls_server(&fx, &identity, connections).await;
+    let server = tls_server(&fx, &identity, connections, Limits::default()).await;
 
     let closed = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

@@ -20,10 +20,6 @@ use common::*;
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 
-/// The retailer's query: buyers per campaign among its sales.
-const RETAILER_BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT s.email) AS buyers \
-    FROM impressions i JOIN sales s ON i.email = s.email GROUP BY i.campaign";
-
 /// A session the server accepted and that the client keeps open without sending anything.
 struct Held {
     _tx: mpsc::Sender<cleanroom_service::proto::RunSessionRequest>,

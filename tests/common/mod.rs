@@ -35,6 +35,10 @@ pub const ADVERTISER_TOKEN: &str = "advertiser-secret-token";
 pub const ANALYST_TOKEN: &str = "analyst-secret-token";
 pub const RETAILER_TOKEN: &str = "retailer-secret-token";
 
+/// The retailer's query ([`Fixture::with_second_querier`]): buyers per campaign among its sales.
+pub const RETAILER_BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT s.email) AS buyers \
+    FROM impressions i JOIN sales s ON i.email = s.email GROUP BY i.campaign";
+
 /// Per campaign: buyers (distinct matched emails) and revenue (sum of matched amounts).
 pub const BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers, \
     SUM(c.amount) AS revenue FROM impressions i JOIN conversions c ON i.email = c.email \
@@ -706,4 +710,35 @@ async fn pump(
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// `message`'s items cut into chunks of at most `size` items, points and ciphertexts kept
+/// together.
+pub fn rechunk(message: cleanroom_psi::Message, size: usize) -> Vec<cleanroom_psi::Message> {
+    let cleanroom_psi::Message::ReceiverItems {
+        group,
+        value_columns,
+        points,
+        ciphertexts,
+    } = message
+    else {
+        panic!("expected items, got {}", message.kind())
+    };
+    let width = ciphertexts.len() / points.len();
+    points
+        .chunks(size)
+        .zip(ciphertexts.chunks(size * width.max(1)))
+        .map(
+            |(points, ciphertexts)| cleanroom_psi::Message::ReceiverItems {
+                group,
+                value_columns,
+                points: points.to_vec(),
+                ciphertexts: if width == 0 {
+                    Vec::new()
+                } else {
+                    ciphertexts.to_vec()
+                },
+            },
+        )
+        .collect()
 }
