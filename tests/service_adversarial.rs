@@ -48,21 +48,6 @@ async fn send(tx: &Outbound, payload: Vec<u8>) {
     let _ = tx.send(psi(payload)).await;
 }
 
-/// Reads the call to its end, which must be an error status (within 20 s).
-async fn final_status(inbound: &mut Inbound) -> Status {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the call ended OK; expected an error status"),
-                Err(status) => break status,
-            }
-        }
-    })
-    .await
-    .expect("the server ends the call")
-}
-
 /// The advertiser's plan and a fresh psi receiver over the fixture's conversions.
 fn receiver(fx: &Fixture, sql: &str) -> (Plan, Receiver) {
     let mut plan = fx.collaboration.plan("advertiser", sql).unwrap();

@@ -244,13 +244,7 @@ async fn forbidden_queries_are_invalid_argument_with_the_reason() {
     })
     .await
     .unwrap();
-    let status = loop {
-        match inbound.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the session ended without an error"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut inbound).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     server.stop().await;
 }

@@ -742,3 +742,20 @@ pub fn rechunk(message: cleanroom_psi::Message, size: usize) -> Vec<cleanroom_ps
         )
         .collect()
 }
+
+/// Reads the call to its end, which must be an error status (within 20 s).
+pub async fn final_status(
+    inbound: &mut tonic::Streaming<cleanroom_service::proto::RunSessionResponse>,
+) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the call ended OK; expected an error status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the server ends the call")
+}

@@ -293,28 +293,28 @@ mod tests {
     use super::*;
     use crate::state::ledger::tests::policy;
 
+    /// The audit table as version 1 wrote it.
+    const VERSION_1_AUDIT: &str = "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL,
+        finished_at TEXT, member TEXT NOT NULL, sql TEXT NOT NULL,
+        decision TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        released_rows INTEGER NOT NULL DEFAULT 0,
+        suppressed_rows INTEGER NOT NULL DEFAULT 0,
+        matcher_rows INTEGER NOT NULL DEFAULT 0,
+        receiver_rows INTEGER NOT NULL DEFAULT 0,
+        messages_received INTEGER NOT NULL DEFAULT 0,
+        messages_sent INTEGER NOT NULL DEFAULT 0,
+        bytes_received INTEGER NOT NULL DEFAULT 0,
+        bytes_sent INTEGER NOT NULL DEFAULT 0) STRICT;";
+
     #[test]
     fn a_version_1_file_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     session_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL,
-                     finished_at TEXT, member TEXT NOT NULL, sql TEXT NOT NULL,
-                     decision TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-                     released_rows INTEGER NOT NULL DEFAULT 0,
-                     suppressed_rows INTEGER NOT NULL DEFAULT 0,
-                     matcher_rows INTEGER NOT NULL DEFAULT 0,
-                     receiver_rows INTEGER NOT NULL DEFAULT 0,
-                     messages_received INTEGER NOT NULL DEFAULT 0,
-                     messages_sent INTEGER NOT NULL DEFAULT 0,
-                     bytes_received INTEGER NOT NULL DEFAULT 0,
-                     bytes_sent INTEGER NOT NULL DEFAULT 0) STRICT;
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
+            conn.execute_batch(&format!("{VERSION_1_AUDIT} PRAGMA user_version = 1;"))
+                .unwrap();
         }
         assert!(
             StateDb::open_read_only(&path)
@@ -352,19 +352,8 @@ mod tests {
         let path = dir.path().join("state.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     session_id TEXT NOT NULL UNIQUE, started_at TEXT NOT NULL,
-                     finished_at TEXT, member TEXT NOT NULL, sql TEXT NOT NULL,
-                     decision TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-                     released_rows INTEGER NOT NULL DEFAULT 0,
-                     suppressed_rows INTEGER NOT NULL DEFAULT 0,
-                     matcher_rows INTEGER NOT NULL DEFAULT 0,
-                     receiver_rows INTEGER NOT NULL DEFAULT 0,
-                     messages_received INTEGER NOT NULL DEFAULT 0,
-                     messages_sent INTEGER NOT NULL DEFAULT 0,
-                     bytes_received INTEGER NOT NULL DEFAULT 0,
-                     bytes_sent INTEGER NOT NULL DEFAULT 0) STRICT;
+            conn.execute_batch(&format!(
+                "{VERSION_1_AUDIT}
                  CREATE TABLE policy (collaboration_id TEXT PRIMARY KEY,
                      epsilon_budget_micros INTEGER, epsilon_per_query_micros INTEGER,
                      queries_per_member INTEGER, queries_per_member_per_day INTEGER,
@@ -372,8 +361,8 @@ mod tests {
                  INSERT INTO policy (collaboration_id, updated_at) VALUES ('x', 'then');
                  INSERT INTO audit (session_id, started_at, member, sql, decision)
                      VALUES ('old', 'then', 'adv', 'q', 'released');
-                 PRAGMA user_version = 4;",
-            )
+                 PRAGMA user_version = 4;"
+            ))
             .unwrap();
         }
         let db = StateDb::open(&path).unwrap();
