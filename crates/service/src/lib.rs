@@ -29,6 +29,7 @@ pub mod data;
 pub mod exchange;
 pub mod limits;
 pub mod listener;
+mod outcome;
 pub mod privacy;
 pub mod proto;
 mod roles;

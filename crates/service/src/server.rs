@@ -12,16 +12,14 @@ use std::sync::Arc;
 
 use cleanroom_psi::range_proof::ValueRange;
 use cleanroom_psi::{ListProvider, Matcher, ProtocolError};
-use cleanroom_rules::{Collaboration, Plan, Protocol, Reason, ReasonCode, Refusal, Role};
-use prost::Message as _;
+use cleanroom_rules::{Collaboration, Plan, Protocol, Role};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
 use crate::data::{self, DataFileError};
@@ -30,6 +28,7 @@ use crate::limits::{
     FIRST_MESSAGE_TIMEOUT, Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::listener::{ConnectionLimits, Connections, ConnectionsError};
+use crate::outcome::{SessionError, is_too_large, too_large};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
@@ -39,8 +38,7 @@ use crate::proto::{
 use crate::roles::{ListProviderRole, MatcherRole};
 use crate::slots::{SessionSlot, SessionSlots};
 use crate::state::{
-    Attempt, AuditCursor, AuditEntry, AuditQuery, Completion, Decision, Exhausted, Policy,
-    Standing, StateDb, StateError,
+    Attempt, AuditCursor, AuditEntry, AuditQuery, Completion, Policy, Standing, StateDb, StateError,
 };
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
@@ -282,159 +280,6 @@ impl CleanRoom {
             sessions,
         }
     }
-}
-
-/// Why a session ended without a release.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    Refused(Refusal),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    #[error(transparent)]
-    Exchange(#[from] ExchangeError),
-    #[error("the server could not read its table {table:?}")]
-    Data {
-        table: String,
-        #[source]
-        source: Box<DataFileError>,
-    },
-    #[error("the server's state database failed")]
-    State(#[from] StateError),
-    #[error("protocol error on the server: {0}")]
-    Internal(String),
-}
-
-/// Reason codes that mean the member may not do this at all, rather than that this query is
-/// not allowed.
-fn is_permission_code(code: ReasonCode) -> bool {
-    matches!(
-        code,
-        ReasonCode::UnknownMember
-            | ReasonCode::MissingQueryAbility
-            | ReasonCode::MissingReceiveResultsAbility
-    )
-}
-
-impl SessionError {
-    fn status(&self) -> Status {
-        match self {
-            SessionError::PermissionDenied(m) => Status::permission_denied(m.clone()),
-            SessionError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
-            SessionError::Refused(refusal) => {
-                let code = if refusal.reasons.iter().any(|r| is_permission_code(r.code)) {
-                    Code::PermissionDenied
-                } else {
-                    Code::InvalidArgument
-                };
-                refusal_status(code, refusal)
-            }
-            SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
-            SessionError::Exchange(e) => exchange_status(e),
-            SessionError::State(StateError::Exhausted(exhausted)) => {
-                let code = match exhausted {
-                    Exhausted::Budget { .. } => ReasonCode::BudgetExhausted,
-                    Exhausted::Queries { .. } | Exhausted::QueriesToday { .. } => {
-                        ReasonCode::QueryLimitReached
-                    }
-                };
-                let refusal = Refusal::one(Reason::new(code, exhausted.to_string()));
-                refusal_status(Code::ResourceExhausted, &refusal)
-            }
-            SessionError::Data { .. } | SessionError::State(_) | SessionError::Internal(_) => {
-                Status::internal(self.to_string())
-            }
-        }
-    }
-
-    fn decision(&self) -> Decision {
-        match self {
-            SessionError::PermissionDenied(_)
-            | SessionError::InvalidArgument(_)
-            | SessionError::Refused(_)
-            | SessionError::ResourceExhausted(_)
-            | SessionError::State(StateError::Exhausted(_)) => Decision::Refused,
-            SessionError::Exchange(ExchangeError::Transport(status)) if is_too_large(status) => {
-                Decision::Failed
-            }
-            SessionError::Exchange(
-                ExchangeError::PeerEnded | ExchangeError::PeerGone | ExchangeError::Transport(_),
-            ) => Decision::Cancelled,
-            _ => Decision::Failed,
-        }
-    }
-
-    /// The reason recorded in the audit log (server-side detail included).
-    fn audit_reason(&self) -> String {
-        match self {
-            SessionError::Data { source, .. } => format!("{self}: {source}"),
-            SessionError::State(StateError::Exhausted(exhausted)) => exhausted.to_string(),
-            SessionError::State(source) => format!("{self}: {source}"),
-            _ => self.to_string(),
-        }
-    }
-}
-
-/// A refusal's status: `code`, the reasons as the message, and the serialized
-/// `QueryRefusal` in the [`REFUSAL_METADATA_KEY`] trailer.
-fn refusal_status(code: Code, refusal: &Refusal) -> Status {
-    let details = proto::QueryRefusal {
-        reasons: refusal
-            .reasons
-            .iter()
-            .map(|r| proto::RefusalReason {
-                code: r.code.as_str().to_owned(),
-                table: r.table.clone().unwrap_or_default(),
-                column: r.column.clone().unwrap_or_default(),
-                message: r.message.clone(),
-            })
-            .collect(),
-    };
-    let mut metadata = MetadataMap::new();
-    metadata.insert_bin(
-        REFUSAL_METADATA_KEY,
-        MetadataValue::from_bytes(&details.encode_to_vec()),
-    );
-    Status::with_metadata(code, refusal.to_string(), metadata)
-}
-
-/// The status a peer sees for an exchange that went wrong.
-fn exchange_status(e: &ExchangeError) -> Status {
-    match e {
-        ExchangeError::Peer(PeerError::Protocol(cleanroom_psi::ProtocolError::LimitExceeded {
-            ..
-        })) => Status::resource_exhausted(e.to_string()),
-        ExchangeError::Peer(_) | ExchangeError::Oversized { .. } | ExchangeError::Unexpected(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        ExchangeError::PeerEnded | ExchangeError::PeerGone => Status::cancelled(e.to_string()),
-        ExchangeError::Transport(status) if status.code() == Code::Cancelled => status.clone(),
-        ExchangeError::Transport(status) if is_too_large(status) => too_large(status),
-        ExchangeError::Transport(status) => Status::cancelled(status.message().to_owned()),
-        ExchangeError::Idle(_) | ExchangeError::Deadline(_) | ExchangeError::TooSlow { .. } => {
-            Status::deadline_exceeded(e.to_string())
-        }
-        ExchangeError::Internal(_) => Status::internal(e.to_string()),
-    }
-}
-
-/// Whether the transport refused an incoming message over the size limit (tonic reports it as
-/// `OUT_OF_RANGE`).
-fn is_too_large(status: &Status) -> bool {
-    status.code() == Code::OutOfRange
-}
-
-/// The status a peer sees for a message over the size limit: `RESOURCE_EXHAUSTED`, as gRPC's
-/// reference implementations answer.
-fn too_large(status: &Status) -> Status {
-    Status::resource_exhausted(format!(
-        "a message over the limit of {MAX_GRPC_MESSAGE_BYTES} bytes: {}",
-        status.message()
-    ))
 }
 
 fn new_session_id() -> Result<String, SessionError> {

@@ -1,0 +1,171 @@
+//! How a session that ends without a release is told and recorded: the gRPC status the client
+//! sees (with the rules' reasons in the `cleanroom-refusal-bin` trailer), the decision and the
+//! reason the audit log keeps.
+//!
+//! The status a client sees is a function of its own session only: what it sent, its own
+//! standing, its own quota. Reasons that name the server's data never reach it.
+
+use cleanroom_rules::{Reason, ReasonCode, Refusal};
+use prost::Message as _;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+use crate::data::DataFileError;
+use crate::exchange::{ExchangeError, PeerError};
+use crate::limits::MAX_GRPC_MESSAGE_BYTES;
+use crate::proto;
+use crate::server::REFUSAL_METADATA_KEY;
+use crate::state::{Decision, Exhausted, StateError};
+
+/// Why a session ended without a release.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("the server could not read its table {table:?}")]
+    Data {
+        table: String,
+        #[source]
+        source: Box<DataFileError>,
+    },
+    #[error("the server's state database failed")]
+    State(#[from] StateError),
+    #[error("protocol error on the server: {0}")]
+    Internal(String),
+}
+
+/// Reason codes that mean the member may not do this at all, rather than that this query is
+/// not allowed.
+fn is_permission_code(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::UnknownMember
+            | ReasonCode::MissingQueryAbility
+            | ReasonCode::MissingReceiveResultsAbility
+    )
+}
+
+impl SessionError {
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            SessionError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            SessionError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            SessionError::Refused(refusal) => {
+                let code = if refusal.reasons.iter().any(|r| is_permission_code(r.code)) {
+                    Code::PermissionDenied
+                } else {
+                    Code::InvalidArgument
+                };
+                refusal_status(code, refusal)
+            }
+            SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
+            SessionError::Exchange(e) => exchange_status(e),
+            SessionError::State(StateError::Exhausted(exhausted)) => {
+                let code = match exhausted {
+                    Exhausted::Budget { .. } => ReasonCode::BudgetExhausted,
+                    Exhausted::Queries { .. } | Exhausted::QueriesToday { .. } => {
+                        ReasonCode::QueryLimitReached
+                    }
+                };
+                let refusal = Refusal::one(Reason::new(code, exhausted.to_string()));
+                refusal_status(Code::ResourceExhausted, &refusal)
+            }
+            SessionError::Data { .. } | SessionError::State(_) | SessionError::Internal(_) => {
+                Status::internal(self.to_string())
+            }
+        }
+    }
+
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            SessionError::PermissionDenied(_)
+            | SessionError::InvalidArgument(_)
+            | SessionError::Refused(_)
+            | SessionError::ResourceExhausted(_)
+            | SessionError::State(StateError::Exhausted(_)) => Decision::Refused,
+            SessionError::Exchange(ExchangeError::Transport(status)) if is_too_large(status) => {
+                Decision::Failed
+            }
+            SessionError::Exchange(
+                ExchangeError::PeerEnded | ExchangeError::PeerGone | ExchangeError::Transport(_),
+            ) => Decision::Cancelled,
+            _ => Decision::Failed,
+        }
+    }
+
+    /// The reason recorded in the audit log (server-side detail included).
+    pub(crate) fn audit_reason(&self) -> String {
+        match self {
+            SessionError::Data { source, .. } => format!("{self}: {source}"),
+            SessionError::State(StateError::Exhausted(exhausted)) => exhausted.to_string(),
+            SessionError::State(source) => format!("{self}: {source}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// A refusal's status: `code`, the reasons as the message, and the serialized
+/// `QueryRefusal` in the [`REFUSAL_METADATA_KEY`] trailer.
+pub(crate) fn refusal_status(code: Code, refusal: &Refusal) -> Status {
+    let details = proto::QueryRefusal {
+        reasons: refusal
+            .reasons
+            .iter()
+            .map(|r| proto::RefusalReason {
+                code: r.code.as_str().to_owned(),
+                table: r.table.clone().unwrap_or_default(),
+                column: r.column.clone().unwrap_or_default(),
+                message: r.message.clone(),
+            })
+            .collect(),
+    };
+    let mut metadata = MetadataMap::new();
+    metadata.insert_bin(
+        REFUSAL_METADATA_KEY,
+        MetadataValue::from_bytes(&details.encode_to_vec()),
+    );
+    Status::with_metadata(code, refusal.to_string(), metadata)
+}
+
+/// The status a peer sees for an exchange that went wrong.
+pub(crate) fn exchange_status(e: &ExchangeError) -> Status {
+    match e {
+        ExchangeError::Peer(PeerError::Protocol(cleanroom_psi::ProtocolError::LimitExceeded {
+            ..
+        })) => Status::resource_exhausted(e.to_string()),
+        ExchangeError::Peer(_) | ExchangeError::Oversized { .. } | ExchangeError::Unexpected(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ExchangeError::PeerEnded | ExchangeError::PeerGone => Status::cancelled(e.to_string()),
+        ExchangeError::Transport(status) if status.code() == Code::Cancelled => status.clone(),
+        ExchangeError::Transport(status) if is_too_large(status) => too_large(status),
+        ExchangeError::Transport(status) => Status::cancelled(status.message().to_owned()),
+        ExchangeError::Idle(_) | ExchangeError::Deadline(_) | ExchangeError::TooSlow { .. } => {
+            Status::deadline_exceeded(e.to_string())
+        }
+        ExchangeError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Whether the transport refused an incoming message over the size limit (tonic reports it as
+/// `OUT_OF_RANGE`).
+pub(crate) fn is_too_large(status: &Status) -> bool {
+    status.code() == Code::OutOfRange
+}
+
+/// The status a peer sees for a message over the size limit: `RESOURCE_EXHAUSTED`, as gRPC's
+/// reference implementations answer.
+pub(crate) fn too_large(status: &Status) -> Status {
+    Status::resource_exhausted(format!(
+        "a message over the limit of {MAX_GRPC_MESSAGE_BYTES} bytes: {}",
+        status.message()
+    ))
+}
