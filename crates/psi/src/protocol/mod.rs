@@ -22,8 +22,11 @@
 //! identifiers, nor anything it could hash to test one without the other's key.
 
 mod outcome;
+mod sizes;
 
 pub use outcome::{GroupCount, GroupDecision, GroupResult, ReceiverOutcome, ReleaseSummary};
+pub use sizes::ciphertext_bytes;
+pub(crate) use sizes::{admit, check_sizes};
 
 use crate::Domain;
 use crate::batch::{hash_and_blind, reblind, reblind_to_tags};
@@ -43,14 +46,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 
-/// Bytes of one item's ciphertext with `value_columns` columns (0 for cardinality).
-pub fn ciphertext_bytes(value_columns: usize) -> usize {
-    if value_columns == 0 {
-        0
-    } else {
-        32 * (1 + LIMBS_PER_VALUE * value_columns)
-    }
-}
+use sizes::Sender;
 
 /// The default bound on a list provider's payloads: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 256 << 20;
@@ -238,37 +234,6 @@ pub(crate) fn point_error(context: &'static str) -> impl Fn(PointError) -> Proto
     move |error| ProtocolError::Point { context, error }
 }
 
-/// Validate a hello's group sizes against limits.
-pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {
-    if sizes.len() as u64 > u64::from(limits.max_groups) {
-        return Err(ProtocolError::LimitExceeded {
-            what: "groups",
-            value: sizes.len() as u64,
-            limit: limits.max_groups.into(),
-        });
-    }
-    let total = sizes
-        .iter()
-        .try_fold(0u64, |a, s| a.checked_add(*s))
-        .unwrap_or(u64::MAX);
-    if total > limits.max_set_size {
-        return Err(ProtocolError::LimitExceeded {
-            what: "set size",
-            value: total,
-            limit: limits.max_set_size,
-        });
-    }
-    if let Some(declared) = limits.declared_set_size
-        && total > declared
-    {
-        return Err(ProtocolError::AboveDeclared {
-            announced: total,
-            declared,
-        });
-    }
-    Ok(())
-}
-
 /// Decode every ciphertext of `items` items with `value_columns` columns, in parallel: each must
 /// be canonical points in the layout the receiver's keys announced.
 fn decode_ciphertexts(
@@ -308,25 +273,6 @@ fn proven_chunk_items(ranges: &[ValueRange]) -> usize {
         n /= 2;
     }
     n
-}
-
-/// Account `n` more elements of `group` against announced sizes.
-pub(crate) fn admit(
-    received: &mut [u64],
-    sizes: &[u64],
-    group: u32,
-    n: usize,
-) -> Result<(), ProtocolError> {
-    let g = group as usize;
-    let slot = received
-        .get_mut(g)
-        .ok_or(ProtocolError::UnknownGroup(group))?;
-    let announced = sizes[g];
-    if *slot + n as u64 > announced {
-        return Err(ProtocolError::TooManyElements { group, announced });
-    }
-    *slot += n as u64;
-    Ok(())
 }
 
 /// A random identifier for padding: a prefix no normalization produces, then 256 random bits.
@@ -386,35 +332,6 @@ fn bound_memberships(groups: &mut [(String, Vec<String>)], k: usize) -> u64 {
         });
     }
     bounded
-}
-
-/// A cursor over groups of items, yielding one chunk message at a time.
-#[derive(Debug, Default)]
-struct Sender {
-    group: usize,
-    offset: usize,
-}
-
-impl Sender {
-    /// The next (group index, range) of at most `chunk` elements to send, advancing the cursor;
-    /// `None` when all are sent.
-    fn next(
-        &mut self,
-        sizes: impl Fn(usize) -> Option<usize>,
-        chunk: usize,
-    ) -> Option<(u32, std::ops::Range<usize>)> {
-        loop {
-            let len = sizes(self.group)?;
-            if self.offset < len {
-                let end = (self.offset + chunk).min(len);
-                let range = self.offset..end;
-                self.offset = end;
-                return Some((self.group as u32, range));
-            }
-            self.group += 1;
-            self.offset = 0;
-        }
-    }
 }
 
 // ---------------------------------------------------------------- matcher
