@@ -31,9 +31,9 @@ pub struct ReleaseSummary {
     /// Pairs of announced groups not released.
     pub suppressed: u64,
     /// Under noise, the exact number of identifiers whose contributions were bounded
-    /// ([`Matcher::with_noise`](super::Matcher::with_noise)): the matcher's identifiers kept in `k` of their groups, plus
-    /// the matches kept in `k` of their pairs of groups. Never sent: the receiver gets the
-    /// figure the release decided. 0 for exact releases.
+    /// ([`Matcher::with_noise`](super::Matcher::with_noise)): the matcher's identifiers kept
+    /// in `k` of their groups, plus the matches kept in `k` of their pairs of groups. Never
+    /// sent: the receiver gets the figure the release decided. 0 for exact releases.
     pub bounded: u64,
 }
 
