@@ -3,12 +3,12 @@
 //! ```text
 //!   matcher (data provider)                         receiver (querier)
 //!   MatcherHello {group sizes}            ──►
-//!   MatcherPoints {g, 2a·H(x)}*  (shuffled) ──►
+//!   MatcherPoints {g, a·H(x)}*  (shuffled)  ──►
 //!                                          ◄──  ReceiverHello {value keys, group sizes}
-//!                                          ◄──  ReceiverItems {g, 2b·H(y), Enc(values)}* (shuffled)
-//!                                          ◄──  ReceiverTags {g, tag(4ab·H(x))}*  (per matcher
+//!                                          ◄──  ReceiverItems {g, b·H(y), Enc(values)}* (shuffled)
+//!                                          ◄──  ReceiverTags {g, tag(ab·H(x))}*  (per matcher
 //!                                               group, once complete, shuffled)
-//!   tag(4ab·H(y)) ∩ tags of group g → counts per (matcher group, receiver group),
+//!   tag(ab·H(y)) ∩ tags of group g → counts per (matcher group, receiver group),
 //!   and Σ Enc(values) of matched items, re-randomized
 //!   MatcherResult {released groups}*       ──►
 //!   MatcherDone {released, suppressed}     ──►   decrypt sums → outcome
