@@ -1,4 +1,4 @@
-//! The two roles of a session, as sans-I/O state machines.
+//! The aggregate protocol: the two roles of a session, as sans-I/O state machines.
 //!
 //! ```text
 //!   matcher (data provider)                         receiver (querier)
@@ -14,12 +14,51 @@
 //!   MatcherDone {released, suppressed}     ──►   decrypt sums → outcome
 //! ```
 //!
+//! # Construction
+//! `H` is the [hash to the group](crate::hash), domain-separated by collaboration and column;
+//! `a` and `b` are the matcher's and the receiver's fresh [blinding keys](crate::key). Each
+//! party sends its identifiers blinded by its own key and the other re-blinds them by its key,
+//! so an identifier both hold becomes the same point `ab·H(x) = ba·H(x)` whichever side it came
+//! from, and is compared as a 128-bit [tag](crate::wire::Tag) of that point. Only the matcher
+//! compares: it re-blinds the receiver's items into tags itself, and gets the receiver's
+//! re-blinding of each of its groups as tags, one shuffled set per group.
+//!
+//! The receiver's values ride along [encrypted](crate::elgamal) under value keys only it holds
+//! ([`ciphertext_bytes`] per item). The matcher adds the ciphertexts of the matched items of
+//! each pair of groups and re-randomizes every total it releases with a fresh encryption of
+//! zero, or of the noise it draws, so the receiver decrypts totals without learning which items
+//! made them. When ranges are proven, each chunk of items carries a
+//! [range proof](crate::range_proof) bound to its place in the session by [`items_context`].
+//!
+//! In a noisy session with several matcher groups, group `g` is blinded by a key `k_g` of its
+//! own instead of `a`; the receiver returns its re-blinded points `b·k_g·H(x)` whole
+//! (`ReceiverTagPoints`), and the matcher turns them into tags of `ab·H(x)` with `a·k_g⁻¹`, so
+//! the receiver cannot see which identifiers two matcher groups share.
+//!
+//! # What each party learns
 //! Each role consumes the peer's messages with `handle_message` and yields its own with
 //! `poll_message`; neither touches a socket, a file or a clock. Every set that leaves a role is
 //! shuffled (per group), so positions reveal nothing about which elements matched. The matcher
 //! learns the receiver's group sizes and the intersection size per pair of groups; the receiver
 //! learns the matcher's group sizes and what the matcher releases. Neither sees the other's
 //! identifiers, nor anything it could hash to test one without the other's key.
+//!
+//! # Invariants both roles keep
+//! - A hello is checked against the role's [`Limits`] before anything is kept for it, and no
+//!   group ever admits more elements than the hello announced for it.
+//! - A message of the wrong role, or out of the protocol's order, is refused: every error is a
+//!   [`ProtocolError`], and any error ends the session (the role must be dropped).
+//! - Whatever could tell which identifiers match is decided only once all the inputs it depends
+//!   on arrived: the matcher matches nothing before every item and tag, and the receiver
+//!   decrypts nothing before `MatcherDone`.
+//!
+//! # Layout
+//! - this file: [`Limits`], [`ProtocolError`], and the helpers both roles and
+//!   [labeled PSI](crate::labeled) share;
+//! - `matcher.rs`: the [`Matcher`] role; `receiver.rs`: the [`Receiver`] role;
+//! - `outcome.rs`: what a session yields ([`GroupCount`], [`GroupDecision`],
+//!   [`ReleaseSummary`], [`GroupResult`], [`ReceiverOutcome`]);
+//! - `sizes.rs`: [`ciphertext_bytes`] and the accounting of what a peer announces and sends.
 
 mod matcher;
 mod outcome;
@@ -220,6 +259,7 @@ pub enum ProtocolError {
     PayloadMalformed(&'static str),
 }
 
+/// Turns a point's decoding error into [`ProtocolError::Point`], naming the message it came in.
 pub(crate) fn point_error(context: &'static str) -> impl Fn(PointError) -> ProtocolError {
     move |error| ProtocolError::Point { context, error }
 }
