@@ -11,12 +11,15 @@
 //!   ciphertext decoded, its chunk's range proof verified. Repeats are refused per receiver
 //!   group (items) and per matcher group (tags) before anything is looked up, so every error
 //!   raised before matching is the same whichever identifiers match;
-//! - tags are accepted only for a group whose points were all sent, one group at a time;
+//! - tags are accepted only after all of the receiver's items, only for a group whose points
+//!   were all sent, and one group at a time;
 //! - nothing is matched before every item and every tag arrived, and matching cannot fail;
 //! - under noise each matcher identifier counts in at most `k` pairs of groups, every pair of
-//!   announced groups is decided, and the work of matching does not depend on the matches;
-//! - a release happens once; released sums are re-randomized (by an encryption of zero, or of
-//!   the noise) and exact counts never leave the matcher.
+//!   announced groups is decided, and the work of matching does not depend on which items
+//!   match (short of a receiver forging its tags);
+//! - a release happens once and tells the receiver only the pairs decided for release (with
+//!   their noise) and how many were not; released sums are re-randomized, by an encryption of
+//!   zero or of the noise.
 
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
