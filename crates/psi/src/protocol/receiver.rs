@@ -1,0 +1,521 @@
+//! The receiver role (the querier): sends its blinded and encrypted items, re-blinds the
+//! matcher's groups into shuffled tags, and decrypts the released sums.
+//!
+//! Invariants:
+//!
+//! - the receiver's identifiers leave it only as `b·H(y)` under its fresh blinding key `b`, and
+//!   its values only encrypted under its own value keys (with range proofs when the session
+//!   proves ranges; values are then clamped into their ranges first);
+//! - a matcher group is answered only once all of its announced points arrived, as one
+//!   shuffled set: tags of `b·P`, or the points `b·P` themselves in a noisy session with
+//!   several matcher groups (whose keys only the matcher can remove);
+//! - results are checked as they arrive (known receiver group, intersection within the group
+//!   in exact sessions, sums in the session's layout) but decrypted only by
+//!   [`Receiver::open`], after `MatcherDone`: whether a total decrypts depends on this
+//!   receiver's values, so a failure there is never something the matcher could observe;
+//! - `MatcherDone` must account for every pair of announced groups, and nothing is accepted
+//!   after it.
+
+use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
+use super::{
+    GroupResult, Limits, ProtocolError, ReceiverOutcome, items_context, point_error, shuffle,
+};
+use crate::Domain;
+use crate::batch::{hash_and_blind, reblind};
+use crate::elgamal::{Ciphertext, ValueKey};
+use crate::key::BlindingKey;
+use crate::noise::{NoiseBounds, NoiseError};
+use crate::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
+use crate::table::{ReceiverGroup, ReceiverTable};
+use crate::test_vector::TestVectorRng;
+use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, ReleasedGroup, Tag};
+use std::collections::VecDeque;
+
+struct PeerGroups {
+    sizes: Vec<u64>,
+    received: Vec<u64>,
+    /// Per matcher group, its points re-blinded by this receiver's key, until the group is
+    /// complete and they are sent (as tags, or whole: see the matcher's `TagReply`).
+    reblinded: Vec<Vec<PointBytes>>,
+}
+
+/// A released pair as it arrived: checked and decoded, its sums still encrypted.
+struct SealedResult {
+    matcher_group: String,
+    receiver_group: u32,
+    intersection_size: u64,
+    sums: Option<Ciphertext>,
+}
+
+/// The receiver role: sends its blinded (and encrypted) items, re-blinds the matcher's groups
+/// into shuffled tags, and decrypts the released sums.
+pub struct Receiver {
+    key: BlindingKey,
+    value_key: Option<ValueKey>,
+    domain: Domain,
+    limits: Limits,
+    groups: Vec<ReceiverGroup>,
+    value_columns: usize,
+    hello_sent: bool,
+    sender: Sender,
+    peer: Option<PeerGroups>,
+    outbox: VecDeque<Message>,
+    results: Vec<SealedResult>,
+    /// The suppressed and bounded counts of the matcher's `MatcherDone`, once it arrived: the
+    /// session is finished, and [`open`](Receiver::open) may decrypt.
+    finished: Option<(u64, u64)>,
+    /// Bounds of a noisy release; `None` for exact releases.
+    noise: Option<NoiseBounds>,
+    /// How many groups the plan lets the matcher announce; `None`: any number within the
+    /// limits (a plan grouped on the matcher's side).
+    matcher_groups: Option<u32>,
+    /// The declared range of each value column when this receiver proves its values lie in
+    /// them; `None`: nothing is proven.
+    ranges: Option<Vec<ValueRange>>,
+    /// Most items per items message.
+    chunk: usize,
+    /// Fixed randomness of a published test vector; `None` in every real session.
+    test_vector: Option<TestVectorRng>,
+}
+
+impl Receiver {
+    /// Start a session with fresh keys; items are shuffled per group here.
+    pub fn new(domain: &Domain, table: ReceiverTable, limits: Limits) -> Self {
+        let value_columns = table.value_columns();
+        let mut groups = table.into_groups();
+        for (_, items) in &mut groups {
+            shuffle(items);
+        }
+        let value_key = (value_columns > 0).then(|| ValueKey::generate(value_columns));
+        Self::with_groups(
+            domain,
+            groups,
+            value_columns,
+            limits,
+            (BlindingKey::generate(), value_key),
+            None,
+        )
+    }
+
+    /// A receiver for published test vectors only: the keys are `key` and `value_key` (which
+    /// must have the table's value columns), each group's items are sorted by identifier and
+    /// then shuffled by `rng` (stream `receiver/shuffle/<g>`), item `i` of group `g` is
+    /// encrypted with scalar `i` of stream `receiver/encrypt/<g>`, and the tags of matcher
+    /// group `g` are shuffled with stream `receiver/tags/<g>`, so the whole transcript is
+    /// reproducible. A session run this way protects nothing.
+    #[doc(hidden)]
+    pub fn for_test_vector(
+        domain: &Domain,
+        table: ReceiverTable,
+        limits: Limits,
+        key: BlindingKey,
+        value_key: Option<ValueKey>,
+        rng: TestVectorRng,
+    ) -> Self {
+        let value_columns = table.value_columns();
+        assert_eq!(
+            value_key.as_ref().map_or(0, ValueKey::value_columns),
+            value_columns,
+            "test-vector value key for the table's value columns"
+        );
+        let mut groups = table.into_groups();
+        for (g, (_, items)) in groups.iter_mut().enumerate() {
+            items.sort_unstable();
+            rng.shuffle(&format!("receiver/shuffle/{g}"), items);
+        }
+        Self::with_groups(
+            domain,
+            groups,
+            value_columns,
+            limits,
+            (key, value_key),
+            Some(rng),
+        )
+    }
+
+    fn with_groups(
+        domain: &Domain,
+        groups: Vec<ReceiverGroup>,
+        value_columns: usize,
+        limits: Limits,
+        (key, value_key): (BlindingKey, Option<ValueKey>),
+        test_vector: Option<TestVectorRng>,
+    ) -> Self {
+        Self {
+            key,
+            value_key,
+            domain: domain.clone(),
+            limits,
+            groups,
+            value_columns,
+            hello_sent: false,
+            sender: Sender::default(),
+            peer: None,
+            outbox: VecDeque::new(),
+            results: Vec::new(),
+            finished: None,
+            noise: None,
+            matcher_groups: None,
+            ranges: None,
+            chunk: CHUNK_ITEMS,
+            test_vector,
+        }
+    }
+
+    /// Prove, chunk by chunk, that every encrypted value lies in its column's range (one range
+    /// per value column), as a matcher made with
+    /// [`require_range_proofs`](super::Matcher::require_range_proofs) requires: items go out as
+    /// [`Message::ReceiverProvenItems`], in chunks small enough for their proofs. Values are
+    /// clamped into their ranges before they are encrypted. Not for test-vector receivers,
+    /// whose encryption randomness is fixed.
+    pub fn with_range_proofs(mut self, ranges: Vec<ValueRange>) -> Result<Self, ProtocolError> {
+        if ranges.len() != self.value_columns || self.value_columns == 0 {
+            return Err(ProtocolError::ValueColumns {
+                expected: self.value_columns,
+                got: ranges.len(),
+            });
+        }
+        if self.test_vector.is_some() {
+            return Err(ProtocolError::NotReady(
+                "a test-vector receiver cannot prove ranges",
+            ));
+        }
+        self.chunk = proven_chunk_items(&ranges);
+        self.ranges = Some(ranges);
+        Ok(self)
+    }
+
+    /// Refuse, with [`ProtocolError::GroupsNotInPlan`], a matcher hello that announces other
+    /// than `groups` groups: a plan that is not grouped on the matcher's side has exactly one.
+    /// A lying matcher could otherwise isolate one of this receiver's identifiers in a group of
+    /// its own and learn from the receiver's reaction to that group's result.
+    pub fn expect_matcher_groups(mut self, groups: u32) -> Self {
+        self.matcher_groups = Some(groups);
+        self
+    }
+
+    /// Expect a noisy release within `bounds` (one per value column), as the matcher was made
+    /// [`with_noise`](super::Matcher::with_noise): sums are decoded as in [`noise`](crate::noise)
+    /// (a noisy total below 0 reads 0), and a noisy intersection size larger than this
+    /// receiver's group reads as the group's size.
+    pub fn with_noise(mut self, bounds: NoiseBounds) -> Result<Self, NoiseError> {
+        if bounds.sum_bounds().len() != self.value_columns {
+            return Err(NoiseError::Columns {
+                expected: self.value_columns,
+                got: bounds.sum_bounds().len(),
+            });
+        }
+        self.noise = Some(bounds);
+        Ok(self)
+    }
+
+    /// The next message to send, or `None` while waiting for the peer (or when finished).
+    pub fn poll_message(&mut self) -> Option<Message> {
+        if !self.hello_sent {
+            self.hello_sent = true;
+            let value_keys = self
+                .value_key
+                .as_ref()
+                .map(|k| k.public_key().to_bytes())
+                .unwrap_or_default();
+            let group_sizes = self
+                .groups
+                .iter()
+                .map(|(_, items)| items.len() as u64)
+                .collect();
+            return Some(Message::ReceiverHello {
+                value_keys,
+                group_sizes,
+            });
+        }
+        let groups = &self.groups;
+        if let Some((group, range)) = self
+            .sender
+            .next(|g| groups.get(g).map(|(_, items)| items.len()), self.chunk)
+        {
+            let first = range.start as u64;
+            let items = &self.groups[group as usize].1[range];
+            let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+            let points = hash_and_blind(&self.domain, &self.key, &ids);
+            if let (Some(ranges), Some(key)) = (&self.ranges, &self.value_key) {
+                // Each value is clamped into its range (a receiver table made by a private plan
+                // already is), so the proof always exists.
+                let values: Vec<Vec<u64>> = items
+                    .iter()
+                    .map(|(_, v)| {
+                        v.iter()
+                            .zip(ranges)
+                            .map(|(&x, r)| x.clamp(r.lo, r.hi))
+                            .collect()
+                    })
+                    .collect();
+                let values: Vec<&[u64]> = values.iter().map(Vec::as_slice).collect();
+                let (ciphertexts, proof) =
+                    encrypt_and_prove(key, ranges, &values, &items_context(group, first)).expect(
+                        "ranges match the keys (checked by with_range_proofs), values are \
+                         clamped into them, and chunks are within a proof's limit",
+                    );
+                return Some(Message::ReceiverProvenItems {
+                    group,
+                    value_columns: self.value_columns as u8,
+                    points,
+                    ciphertexts,
+                    proof: proof.to_bytes(),
+                });
+            }
+            let ciphertexts = match (&self.value_key, &self.test_vector) {
+                (Some(key), None) => {
+                    let values: Vec<&[u64]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+                    key.encrypt_to_bytes(&values)
+                }
+                (Some(key), Some(rng)) => {
+                    let label = format!("receiver/encrypt/{group}");
+                    (first..)
+                        .zip(items)
+                        .flat_map(|(i, (_, v))| {
+                            key.encrypt_with_randomness(v, rng.scalar(&label, i))
+                                .to_bytes()
+                        })
+                        .collect()
+                }
+                (None, _) => Vec::new(),
+            };
+            return Some(Message::ReceiverItems {
+                group,
+                value_columns: self.value_columns as u8,
+                points,
+                ciphertexts,
+            });
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Consume one message from the matcher.
+    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+        let kind = msg.kind();
+        if self.finished.is_some() {
+            return Err(ProtocolError::Unexpected {
+                got: kind,
+                why: "the session is finished",
+            });
+        }
+        match msg {
+            Message::MatcherHello { group_sizes } => {
+                if self.peer.is_some() {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "hello already received",
+                    });
+                }
+                check_sizes(&group_sizes, &self.limits)?;
+                if let Some(expected) = self.matcher_groups
+                    && group_sizes.len() as u64 != u64::from(expected)
+                {
+                    return Err(ProtocolError::GroupsNotInPlan {
+                        announced: group_sizes.len() as u64,
+                        expected,
+                    });
+                }
+                self.peer = Some(PeerGroups {
+                    received: vec![0; group_sizes.len()],
+                    reblinded: vec![Vec::new(); group_sizes.len()],
+                    sizes: group_sizes,
+                });
+                for g in 0..self.peer.as_ref().map_or(0, |p| p.sizes.len()) {
+                    self.flush_group_if_complete(g);
+                }
+                Ok(())
+            }
+            Message::MatcherPoints { group, points } => {
+                let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "points before the matcher's hello",
+                })?;
+                admit(&mut peer.received, &peer.sizes, group, points.len())?;
+                let reblinded = reblind(&self.key, &points).map_err(point_error(kind))?;
+                peer.reblinded[group as usize].extend(reblinded);
+                self.flush_group_if_complete(group as usize);
+                Ok(())
+            }
+            Message::MatcherResult { groups } => {
+                let tags_done = self.peer.as_ref().is_some_and(|p| p.received == p.sizes);
+                if !tags_done {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "results before the matcher's sets",
+                    });
+                }
+                let decoded = groups
+                    .into_iter()
+                    .map(|g| self.check_result(g))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.results.extend(decoded);
+                Ok(())
+            }
+            Message::MatcherDone {
+                released,
+                suppressed,
+                bounded,
+            } => {
+                if self.peer.as_ref().is_none_or(|p| p.received != p.sizes) {
+                    return Err(ProtocolError::Unexpected {
+                        got: kind,
+                        why: "the end before the matcher's sets",
+                    });
+                }
+                if released != self.results.len() as u64 {
+                    return Err(ProtocolError::InconsistentResult(
+                        "released count differs from the groups received",
+                    ));
+                }
+                let pairs = self.peer.as_ref().map_or(0, |p| p.sizes.len() as u64)
+                    * self.groups.len() as u64;
+                if released.checked_add(suppressed) != Some(pairs) {
+                    return Err(ProtocolError::InconsistentResult(
+                        "released and suppressed pairs do not add up to the announced groups",
+                    ));
+                }
+                if self.noise.is_none() && bounded != 0 {
+                    return Err(ProtocolError::InconsistentResult(
+                        "bounded contributions in an exact session",
+                    ));
+                }
+                self.finished = Some((suppressed, bounded));
+                Ok(())
+            }
+            other => Err(ProtocolError::Unexpected {
+                got: other.kind(),
+                why: "the receiver only accepts matcher messages",
+            }),
+        }
+    }
+
+    fn flush_group_if_complete(&mut self, g: usize) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if peer.received[g] != peer.sizes[g] {
+            return;
+        }
+        let mut points = std::mem::take(&mut peer.reblinded[g]);
+        match &self.test_vector {
+            None => shuffle(&mut points),
+            Some(rng) => rng.shuffle(&format!("receiver/tags/{g}"), &mut points),
+        }
+        // A noisy matcher with several groups blinds each with a key of its own and needs the
+        // points to remove it (`Matcher::with_noise`).
+        let whole = self.noise.is_some() && peer.sizes.len() > 1;
+        for chunk in points.chunks(CHUNK_ITEMS) {
+            self.outbox.push_back(if whole {
+                Message::ReceiverTagPoints {
+                    group: g as u32,
+                    points: chunk.to_vec(),
+                }
+            } else {
+                Message::ReceiverTags {
+                    group: g as u32,
+                    tags: chunk.iter().map(|p| Tag::of(&p.0)).collect(),
+                }
+            });
+        }
+    }
+
+    /// Checks a released pair against what this receiver knows and decodes its sums, without
+    /// decrypting: whether they decrypt depends on this receiver's values, so that is learned
+    /// only after the session ended ([`open`](Self::open)).
+    fn check_result(&self, g: ReleasedGroup) -> Result<SealedResult, ProtocolError> {
+        let (_, items) = self
+            .groups
+            .get(g.receiver_group as usize)
+            .ok_or(ProtocolError::UnknownGroup(g.receiver_group))?;
+        let group_size = items.len() as u64;
+        let intersection_size = match &self.noise {
+            Some(_) => g.intersection_size.min(group_size),
+            None if g.intersection_size > group_size => {
+                return Err(ProtocolError::InconsistentResult(
+                    "intersection larger than the receiver's group",
+                ));
+            }
+            None => g.intersection_size,
+        };
+        let sums = match &self.value_key {
+            Some(_) => Some(
+                Ciphertext::from_bytes(&g.sums, self.value_columns)
+                    .map_err(point_error("MatcherResult sums"))?,
+            ),
+            None if g.sums.is_empty() => None,
+            None => {
+                return Err(ProtocolError::InconsistentResult(
+                    "sums in a cardinality session",
+                ));
+            }
+        };
+        Ok(SealedResult {
+            matcher_group: g.matcher_group,
+            receiver_group: g.receiver_group,
+            intersection_size,
+            sums,
+        })
+    }
+
+    /// Whether the matcher's closing `MatcherDone` arrived: nothing more is expected, and the
+    /// transport should end the session before [`open`](Self::open) is called.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some()
+    }
+
+    /// Decrypts the released sums into the outcome, once the session is finished. Call it only
+    /// after the session ended on the wire: a total that does not decrypt (a lying matcher, or
+    /// more items than the range holds) is an error for this receiver alone, never an abort the
+    /// matcher could see.
+    pub fn open(&self) -> Result<ReceiverOutcome, ProtocolError> {
+        let (suppressed, bounded) = self.finished.ok_or(ProtocolError::NotReady(
+            "the matcher's results are incomplete",
+        ))?;
+        let mut groups = self
+            .results
+            .iter()
+            .map(|r| {
+                let sums = match (&self.value_key, &r.sums) {
+                    (Some(key), Some(ct)) => match &self.noise {
+                        Some(bounds) => bounds.decode(&key.decrypt_limbs(ct)?),
+                        None => key.decrypt(ct)?,
+                    },
+                    _ => Vec::new(),
+                };
+                Ok(GroupResult {
+                    matcher_group: r.matcher_group.clone(),
+                    receiver_group: self.groups[r.receiver_group as usize].0.clone(),
+                    intersection_size: r.intersection_size,
+                    sums,
+                })
+            })
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
+        groups.sort_by(|a, b| {
+            (&a.matcher_group, &a.receiver_group).cmp(&(&b.matcher_group, &b.receiver_group))
+        });
+        Ok(ReceiverOutcome {
+            groups,
+            suppressed_groups: suppressed,
+            bounded_identifiers: bounded,
+        })
+    }
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most items one chunk of proven items carries so that its message fits the wire's limit.
+fn proven_chunk_items(ranges: &[ValueRange]) -> usize {
+    let width = 32 + ciphertext_bytes(ranges.len());
+    let mut n = CHUNK_ITEMS;
+    while n > 1 && 64 + n * width + 4 + chunk_proof_bytes(n, ranges) > MAX_MESSAGE_BYTES {
+        n /= 2;
+    }
+    n
+}
