@@ -1,0 +1,371 @@
+//! The `SELECT` list: outputs of an aggregation query (dimension columns and allowed,
+//! executable aggregates), the meaning of any output expression, and the number of value
+//! columns the intersection-sum protocol can carry.
+
+use cleanroom_psi::elgamal::MAX_VALUE_COLUMNS;
+use sqlparser::ast::{
+    DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Select,
+    SelectItem,
+};
+
+use super::parse::{is_column_syntax, literal, strip_nested};
+use super::{Checker, MAX_DEPTH, Spec};
+use crate::collaboration::AggregateFunction;
+use crate::plan::{Role, ValueKind};
+use crate::reason::{Reason, ReasonCode as Code};
+
+/// Aggregate functions of common SQL dialects that the clean room does not offer.
+const OTHER_AGGREGATES: &[&str] = &[
+    "MIN",
+    "MAX",
+    "STDDEV",
+    "STDDEV_POP",
+    "STDDEV_SAMP",
+    "VARIANCE",
+    "VAR_POP",
+    "VAR_SAMP",
+    "APPROX_COUNT_DISTINCT",
+    "MEDIAN",
+    "PERCENTILE_CONT",
+    "PERCENTILE_DISC",
+    "ARRAY_AGG",
+    "STRING_AGG",
+    "LISTAGG",
+    "GROUP_CONCAT",
+    "ANY_VALUE",
+    "BOOL_AND",
+    "BOOL_OR",
+    "COUNT_IF",
+];
+
+impl Checker<'_> {
+    pub(super) fn check_projection(&mut self, select: &Select) -> Vec<(String, Option<Spec>)> {
+        let mut outputs = Vec::new();
+        let before = self.reasons.len();
+        for item in &select.projection {
+            let (expr, name) = match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    self.refuse(Reason::new(
+                        Code::SelectStar,
+                        "SELECT * is not allowed: name dimension columns and aggregates",
+                    ));
+                    continue;
+                }
+                SelectItem::ExprWithAliases { .. } => {
+                    self.unsupported_clause("multiple aliases for one output");
+                    continue;
+                }
+                SelectItem::UnnamedExpr(expr) => (expr, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            };
+            let spec = self.output_spec(expr, 0);
+            if let Some(Spec::Column(c)) = &spec {
+                self.require_dimension(c, Code::OutputNotDimension, "output");
+            }
+            let name = name.unwrap_or_else(|| match &spec {
+                Some(Spec::Column(c)) => c.column.clone(),
+                _ => expr.to_string(),
+            });
+            outputs.push((name, spec));
+        }
+        let aggregates = outputs
+            .iter()
+            .filter(|(_, spec)| matches!(spec, Some(Spec::Aggregate(..))))
+            .count();
+        if aggregates == 0 && self.reasons.len() == before {
+            self.refuse(Reason::new(
+                Code::NoAggregate,
+                "an aggregation query must output at least one aggregate, e.g. \
+                 COUNT(DISTINCT <identifier>)",
+            ));
+        }
+        outputs
+    }
+
+    /// What an output expression means: a column or an allowed, executable aggregate.
+    pub(super) fn output_spec(&mut self, expr: &Expr, depth: usize) -> Option<Spec> {
+        if depth > MAX_DEPTH {
+            self.refuse(Reason::new(
+                Code::QueryTooComplex,
+                "an expression is nested too deeply",
+            ));
+            return None;
+        }
+        match strip_nested(expr) {
+            e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
+                self.column(e).map(Spec::Column)
+            }
+            Expr::Function(f) if self.list => {
+                let name = f.name.to_string().to_ascii_uppercase();
+                let is_aggregate = matches!(name.as_str(), "COUNT" | "SUM" | "AVG")
+                    || OTHER_AGGREGATES.contains(&name.as_str());
+                self.refuse(if is_aggregate {
+                    Reason::new(
+                        Code::AggregateInListQuery,
+                        format!(
+                            "{name}(...) is an aggregate; the tables' list rules release \
+                             matched rows of list columns, not aggregates"
+                        ),
+                    )
+                } else {
+                    Reason::new(
+                        Code::UnsupportedFunction,
+                        format!(
+                            "function {name} is not supported; a list query outputs list \
+                             columns as they are"
+                        ),
+                    )
+                });
+                None
+            }
+            Expr::Function(f) => self.aggregate(f),
+            other if self.list => {
+                self.refuse(Reason::new(
+                    Code::UnsupportedExpression,
+                    format!("output {other} is not allowed: a list query outputs list columns"),
+                ));
+                None
+            }
+            other => {
+                self.refuse(Reason::new(
+                    Code::UnsupportedExpression,
+                    format!(
+                        "output {other} is not allowed: outputs are dimension columns and \
+                         aggregates of single columns"
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    fn aggregate(&mut self, f: &Function) -> Option<Spec> {
+        let name = f.name.to_string().to_ascii_uppercase();
+        if !matches!(name.as_str(), "COUNT" | "SUM" | "AVG") {
+            let message = if OTHER_AGGREGATES.contains(&name.as_str()) {
+                format!(
+                    "aggregate {name} is not supported; use COUNT(DISTINCT <identifier>), \
+                     COUNT, SUM or AVG"
+                )
+            } else {
+                format!("function {name} is not supported")
+            };
+            self.refuse(Reason::new(Code::UnsupportedFunction, message));
+            return None;
+        }
+        if f.uses_odbc_syntax
+            || !matches!(f.parameters, FunctionArguments::None)
+            || f.null_treatment.is_some()
+        {
+            self.unsupported_clause(&format!("this form of {name}"));
+            return None;
+        }
+        if f.filter.is_some() {
+            self.unsupported_clause(&format!("{name}(...) FILTER (WHERE ...); use WHERE"));
+            return None;
+        }
+        if !f.within_group.is_empty() {
+            self.unsupported_clause("WITHIN GROUP");
+            return None;
+        }
+        let list = match &f.args {
+            FunctionArguments::List(list) => list,
+            FunctionArguments::Subquery(_) => {
+                self.refuse(Reason::new(Code::Subquery, "subqueries are not allowed"));
+                return None;
+            }
+            FunctionArguments::None => {
+                self.refuse(Reason::new(
+                    Code::AggregateOverExpression,
+                    format!("{name} needs exactly one column"),
+                ));
+                return None;
+            }
+        };
+        if !list.clauses.is_empty() {
+            self.unsupported_clause(&format!("clauses inside {name}(...)"));
+            return None;
+        }
+        let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+        let identifiers: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let qualifier = s
+                    .alias
+                    .as_ref()
+                    .map_or(s.table.name(), |a| a.value.as_str());
+                format!(
+                    "COUNT(DISTINCT {qualifier}.{})",
+                    s.table.identifier().column()
+                )
+            })
+            .collect();
+        let count_star = || {
+            Reason::new(
+                Code::CountStar,
+                format!(
+                    "COUNT(*) counts joined rows, which the clean room does not release; use {} \
+                     to count matched identifiers",
+                    identifiers.join(" or ")
+                ),
+            )
+        };
+        let arg = match list.args.as_slice() {
+            [FunctionArg::Unnamed(arg)] => arg,
+            [] if name == "COUNT" => {
+                self.refuse(count_star());
+                return None;
+            }
+            _ => {
+                self.refuse(Reason::new(
+                    Code::AggregateOverExpression,
+                    format!("{name} takes exactly one column"),
+                ));
+                return None;
+            }
+        };
+        let expr = match arg {
+            FunctionArgExpr::Expr(expr) => strip_nested(expr),
+            FunctionArgExpr::Wildcard | FunctionArgExpr::QualifiedWildcard(_)
+                if name == "COUNT" =>
+            {
+                self.refuse(count_star());
+                return None;
+            }
+            _ => {
+                self.refuse(Reason::new(
+                    Code::AggregateOverExpression,
+                    format!("{name}(*) is not allowed; aggregate a single column"),
+                ));
+                return None;
+            }
+        };
+        if !is_column_syntax(expr) {
+            if name == "COUNT" && literal(expr).is_some() {
+                self.refuse(count_star());
+            } else {
+                self.refuse(Reason::new(
+                    Code::AggregateOverExpression,
+                    format!("{name}({expr}) aggregates an expression; aggregate a single column"),
+                ));
+            }
+            return None;
+        }
+        let column = self.column(expr)?;
+        let function = match (name.as_str(), distinct) {
+            ("COUNT", true) => AggregateFunction::CountDistinct,
+            ("COUNT", false) => AggregateFunction::Count,
+            ("SUM", true) => AggregateFunction::SumDistinct,
+            ("SUM", false) => AggregateFunction::Sum,
+            ("AVG", false) => AggregateFunction::Avg,
+            _ => {
+                self.refuse(Reason::new(
+                    Code::UnsupportedFunction,
+                    "AVG(DISTINCT ...) is not supported",
+                ));
+                return None;
+            }
+        };
+        let rule = self.rule_of(&column);
+        if !rule.allows(function, &column.column) {
+            let allowed: Vec<&str> = rule
+                .aggregate_columns()
+                .get(&column.column)
+                .map(|set| set.iter().map(|f| f.name()).collect())
+                .unwrap_or_default();
+            let allowed = if allowed.is_empty() {
+                "no aggregate".to_owned()
+            } else {
+                allowed.join(", ")
+            };
+            self.refuse(
+                Reason::new(
+                    Code::AggregateNotAllowed,
+                    format!(
+                        "the rule of table {:?} does not allow {} on column {:?} (allowed: {allowed})",
+                        column.table,
+                        function.name(),
+                        column.column
+                    ),
+                )
+                .table(column.table.clone())
+                .column(column.column.clone()),
+            );
+            return None;
+        }
+        let refusal = match function {
+            AggregateFunction::CountDistinct if !self.is_identifier(&column) => Some((
+                Code::CountDistinctNotIdentifier,
+                format!(
+                    "COUNT(DISTINCT {}) cannot be computed: only the number of matched distinct \
+                     identifiers is; use COUNT(DISTINCT {})",
+                    column.column,
+                    self.sources[column.source].table.identifier().column()
+                ),
+            )),
+            AggregateFunction::SumDistinct => Some((
+                Code::SumDistinctUnsupported,
+                format!(
+                    "SUM(DISTINCT {}) cannot be computed by the matching protocols; use SUM({})",
+                    column.column, column.column
+                ),
+            )),
+            AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg
+                if column.role == Role::Matcher =>
+            {
+                Some((
+                    Code::ProviderAggregateUnsupported,
+                    format!(
+                        "{} of {}.{} cannot be computed: the protocols only aggregate the \
+                         querying member's own columns",
+                        function.sql(&column.column),
+                        column.table,
+                        column.column
+                    ),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((code, message)) = refusal {
+            self.refuse(
+                Reason::new(code, message)
+                    .table(column.table.clone())
+                    .column(column.column.clone()),
+            );
+            return None;
+        }
+        Some(Spec::Aggregate(function, column))
+    }
+
+    /// Refuses more value columns than the intersection-sum protocol carries.
+    pub(super) fn check_value_columns(&mut self, outputs: &[(String, Option<Spec>)]) {
+        let mut columns: Vec<(&str, ValueKind)> = Vec::new();
+        for (_, spec) in outputs {
+            let Some(Spec::Aggregate(function, c)) = spec else {
+                continue;
+            };
+            let kinds: &[ValueKind] = match function {
+                AggregateFunction::Sum => &[ValueKind::Integer],
+                AggregateFunction::Count => &[ValueKind::NonNull],
+                AggregateFunction::Avg => &[ValueKind::Integer, ValueKind::NonNull],
+                _ => &[],
+            };
+            for kind in kinds {
+                if !columns.contains(&(c.column.as_str(), *kind)) {
+                    columns.push((c.column.as_str(), *kind));
+                }
+            }
+        }
+        if columns.len() > MAX_VALUE_COLUMNS {
+            self.refuse(Reason::new(
+                Code::TooManyValueColumns,
+                format!(
+                    "the query needs {} value columns (a SUM or COUNT counts one, an AVG two); \
+                     one query can carry at most {MAX_VALUE_COLUMNS}",
+                    columns.len()
+                ),
+            ));
+        }
+    }
+}

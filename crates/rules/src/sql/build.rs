@@ -1,0 +1,171 @@
+//! Building the [`Plan`] of a checked aggregation query: outputs, value columns, each side's
+//! filter, groups and reads, the protocol and the release threshold.
+
+use super::{Checker, SourceRule, Spec, role_index};
+use crate::collaboration::AggregateFunction;
+use crate::plan::{
+    Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
+    ValueColumn, ValueKind,
+};
+
+impl Checker<'_> {
+    pub(super) fn build_plan(
+        &self,
+        sql: &str,
+        outputs: Vec<(String, Option<Spec>)>,
+        mut filters: [Vec<Filter>; 2],
+        (grouped_by, group_columns): (Option<Role>, Vec<String>),
+        order_by: Vec<OrderKey>,
+        limit: Option<u64>,
+    ) -> Plan {
+        let receiver_rule = self
+            .sources
+            .iter()
+            .find(|s| s.role == Role::Receiver)
+            .and_then(|s| match s.rule {
+                SourceRule::Aggregation(rule) => Some(rule),
+                SourceRule::List(_) => None,
+            });
+        let mut value_columns: Vec<ValueColumn> = Vec::new();
+        let mut value_index = |column: &str, kind: ValueKind| -> usize {
+            let wanted = ValueColumn {
+                column: column.to_owned(),
+                kind,
+                scale: match (kind, receiver_rule) {
+                    (ValueKind::Integer, Some(rule)) => rule.scale(column),
+                    _ => 0,
+                },
+            };
+            match value_columns.iter().position(|v| *v == wanted) {
+                Some(i) => i,
+                None => {
+                    value_columns.push(wanted);
+                    value_columns.len() - 1
+                }
+            }
+        };
+        let outputs: Vec<Output> = outputs
+            .into_iter()
+            .map(|(name, spec)| {
+                let value = match spec.expect("every output was resolved") {
+                    Spec::Column(c) => OutputValue::Dimension {
+                        key_index: group_columns
+                            .iter()
+                            .position(|g| *g == c.column)
+                            .expect("outputs are grouped"),
+                        table: c.table,
+                        column: c.column,
+                    },
+                    Spec::Aggregate(function, c) => match function {
+                        AggregateFunction::CountDistinct => OutputValue::CountDistinct {
+                            table: c.table,
+                            column: c.column,
+                        },
+                        AggregateFunction::Count => OutputValue::Count {
+                            value_index: value_index(&c.column, ValueKind::NonNull),
+                            table: c.table,
+                            column: c.column,
+                        },
+                        AggregateFunction::Sum => OutputValue::Sum {
+                            value_index: value_index(&c.column, ValueKind::Integer),
+                            table: c.table,
+                            column: c.column,
+                        },
+                        AggregateFunction::Avg => OutputValue::Avg {
+                            sum_index: value_index(&c.column, ValueKind::Integer),
+                            count_index: value_index(&c.column, ValueKind::NonNull),
+                            table: c.table,
+                            column: c.column,
+                        },
+                        AggregateFunction::SumDistinct => {
+                            unreachable!("SUM(DISTINCT) is refused before planning")
+                        }
+                    },
+                };
+                Output { name, value }
+            })
+            .collect();
+
+        let side = |role: Role, filters: Vec<Filter>, values: Vec<ValueColumn>| -> SidePlan {
+            let source = self
+                .sources
+                .iter()
+                .find(|s| s.role == role)
+                .expect("both roles are bound");
+            let identifier = source.table.identifier();
+            let filter = match filters.len() {
+                0 => None,
+                1 => filters.into_iter().next(),
+                _ => Some(Filter::And { all: filters }),
+            };
+            let groups = if grouped_by == Some(role) {
+                group_columns.clone()
+            } else {
+                Vec::new()
+            };
+            let mut reads = vec![identifier.column().to_owned()];
+            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
+            for c in groups
+                .iter()
+                .map(String::as_str)
+                .chain(filter_columns)
+                .chain(values.iter().map(|v| v.column.as_str()))
+            {
+                if !reads.iter().any(|r| r == c) {
+                    reads.push(c.to_owned());
+                }
+            }
+            SidePlan {
+                role,
+                member: source.table.owner().to_owned(),
+                table: source.table.name().to_owned(),
+                identifier: identifier.column().to_owned(),
+                normalization: identifier.normalization(),
+                filter,
+                group_columns: groups,
+                value_columns: values,
+                list_columns: Vec::new(),
+                reads,
+                source: TableSource::of(source.table.source_options()),
+                min_threshold: match source.rule {
+                    SourceRule::Aggregation(rule) => rule.min_threshold(),
+                    SourceRule::List(_) => unreachable!("an aggregation plan"),
+                },
+            }
+        };
+        let protocol = if value_columns.is_empty() {
+            Protocol::Cardinality
+        } else {
+            Protocol::IntersectionSum
+        };
+        let matcher = side(
+            Role::Matcher,
+            std::mem::take(&mut filters[role_index(Role::Matcher)]),
+            Vec::new(),
+        );
+        let receiver = side(
+            Role::Receiver,
+            std::mem::take(&mut filters[role_index(Role::Receiver)]),
+            value_columns,
+        );
+        Plan {
+            collaboration_id: self.collab.id().to_owned(),
+            sql: sql.to_owned(),
+            querier: self.querier.to_owned(),
+            domain: format!(
+                "{}.{}={}.{}",
+                matcher.table, matcher.identifier, receiver.table, receiver.identifier
+            ),
+            protocol,
+            grouped_by,
+            min_release: matcher.min_threshold.max(receiver.min_threshold),
+            matcher,
+            receiver,
+            outputs,
+            order_by,
+            limit,
+            distinct: false,
+            privacy: None,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! SQL checking: parses a query with `sqlparser`, checks it against the collaboration's
+//! analysis rules and the protocols' abilities, and compiles it into a [`Plan`].
+//!
+//! A query over two aggregation-rule tables is an aggregation. A query over two list-rule
+//! tables is a list: `SELECT [DISTINCT] columns FROM a JOIN b ON a.id = b.id [WHERE ...]
+//! [ORDER BY outputs] [LIMIT n]`, where every output and filtered column is in its table's
+//! `list_columns`, with no aggregate, function or `GROUP BY`. One of each is refused.
+//!
+//! Every refusal carries a precise [`ReasonCode`]. The checker accumulates independent reasons
+//! (an unknown column and a disallowed aggregate are both reported) but stops after structural
+//! ones (no single SELECT, subqueries, an unresolvable FROM), where nothing else can be judged.
+//!
+//! The checker is one [`Checker`] whose `impl` is spread over this module's files, each owning
+//! one concern: [`parse`] (the parser, its limits and the query's shape), [`resolve`] (tables,
+//! aliases, the join and columns), [`aggregate`] (outputs and aggregates), [`filter`] (`WHERE`
+//! and how it splits between the sides), [`group_order`] (`GROUP BY`, `ORDER BY`, `LIMIT`),
+//! [`build`] (the aggregation [`Plan`]) and [`list`] (the list-query path and its plan).
+
+mod aggregate;
+mod build;
+mod filter;
+mod group_order;
+mod list;
+mod parse;
+mod resolve;
+
+use sqlparser::ast::{Ident, Query, SetExpr};
+
+use crate::collaboration::{
+    Ability, AggregateFunction, AggregationRule, Collaboration, ListRule, Table,
+};
+use crate::plan::{Plan, Role};
+use crate::reason::{Reason, ReasonCode as Code, Refusal};
+use parse::single_select;
+
+/// Longest query text accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// Most tokens (whitespace excluded) a query may have; bounds the depth of its syntax tree.
+pub const MAX_QUERY_TOKENS: usize = 2_000;
+/// Deepest expression nesting the checker follows.
+const MAX_DEPTH: usize = 256;
+
+/// Checks `sql` for the member `querier` and compiles it; see [`Collaboration::plan`].
+pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Result<Plan, Refusal> {
+    let Some(member) = collab.member(querier) else {
+        return Err(Refusal::one(Reason::new(
+            Code::UnknownMember,
+            format!(
+                "{querier:?} is not a member of collaboration {:?}",
+                collab.id()
+            ),
+        )));
+    };
+    let mut reasons = Vec::new();
+    if !member.can(Ability::Query) {
+        reasons.push(Reason::new(
+            Code::MissingQueryAbility,
+            format!("member {querier:?} does not have the \"query\" ability"),
+        ));
+    }
+    if !member.can(Ability::ReceiveResults) {
+        reasons.push(Reason::new(
+            Code::MissingReceiveResultsAbility,
+            format!(
+                "member {querier:?} does not have the \"receive_results\" ability; the querying \
+                 member is the one who receives the result"
+            ),
+        ));
+    }
+    let query = match single_select(sql) {
+        Ok(query) => query,
+        Err(reason) => {
+            reasons.push(reason);
+            return Err(Refusal { reasons });
+        }
+    };
+    let mut checker = Checker {
+        collab,
+        querier,
+        reasons,
+        sources: Vec::new(),
+        list: false,
+    };
+    let plan = checker.check_query(&query, sql);
+    match plan {
+        Some(plan) if checker.reasons.is_empty() => Ok(plan),
+        _ => {
+            debug_assert!(!checker.reasons.is_empty());
+            if checker.reasons.is_empty() {
+                checker.reasons.push(Reason::new(
+                    Code::UnsupportedExpression,
+                    "the query could not be compiled",
+                ));
+            }
+            Err(Refusal {
+                reasons: checker.reasons,
+            })
+        }
+    }
+}
+
+/// The rule of a table of the FROM clause; both are of the same type (the query's kind).
+#[derive(Clone, Copy)]
+enum SourceRule<'c> {
+    Aggregation(&'c AggregationRule),
+    List(&'c ListRule),
+}
+
+impl<'c> SourceRule<'c> {
+    fn is_join_column(&self, column: &str) -> bool {
+        match self {
+            Self::Aggregation(rule) => rule.is_join_column(column),
+            Self::List(rule) => rule.is_join_column(column),
+        }
+    }
+}
+
+/// A table of the FROM clause.
+struct Source<'c> {
+    table: &'c Table,
+    rule: SourceRule<'c>,
+    alias: Option<Ident>,
+    role: Role,
+}
+
+/// A resolved column reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ColumnRef {
+    /// Index into `Checker::sources`.
+    source: usize,
+    role: Role,
+    table: String,
+    column: String,
+}
+
+/// What one output expression means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spec {
+    Column(ColumnRef),
+    Aggregate(AggregateFunction, ColumnRef),
+}
+
+/// One query's check: what it is judged against, the reasons found so far and the tables of
+/// its `FROM` once resolved.
+struct Checker<'c> {
+    collab: &'c Collaboration,
+    querier: &'c str,
+    reasons: Vec<Reason>,
+    sources: Vec<Source<'c>>,
+    /// Whether FROM names list-rule tables only: the query is judged as a list query.
+    list: bool,
+}
+
+impl<'c> Checker<'c> {
+    fn refuse(&mut self, reason: Reason) {
+        if !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
+        }
+    }
+
+    fn check_query(&mut self, query: &Query, sql: &str) -> Option<Plan> {
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return None;
+        };
+        self.list = self.names_only_list_tables(select);
+        self.check_clauses(query, select);
+        if !self.resolve_from(select) {
+            return None;
+        }
+        if self.list {
+            return self.check_list_query(query, select, sql);
+        }
+        let outputs = self.check_projection(select);
+        self.check_value_columns(&outputs);
+        let filters = self.check_where(select);
+        let groups = self.check_group_by(select, &outputs);
+        let order_by = self.check_order_by(query, &outputs);
+        let limit = self.check_limit(query);
+        if !self.reasons.is_empty() {
+            return None;
+        }
+        Some(self.build_plan(sql, outputs, filters, groups?, order_by, limit))
+    }
+
+    fn unsupported_clause(&mut self, clause: &str) {
+        self.refuse(Reason::new(
+            Code::UnsupportedClause,
+            format!("{clause} is not supported"),
+        ));
+    }
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Matcher => 0,
+        Role::Receiver => 1,
+    }
+}
