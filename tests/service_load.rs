@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cleanroom_service::listener::{ConnectionLimits, raise_open_files_limit};
-use cleanroom_service::{Client, Limits, ServerConfig, StateDb, TlsIdentity};
+use cleanroom_service::{Limits, ServerConfig, StateDb, TlsIdentity};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -128,21 +128,7 @@ async fn tls_server(
 /// how long it took from connecting to the result.
 async fn honest_query(fx: &Fixture, identity: &TlsIdentity, server: &Running) -> Duration {
     let started = Instant::now();
-    let mut config = advertiser_client_config(format!("https://localhost:{}", server.addr.port()));
-    config.ca_pem = Some(identity.cert_pem.clone());
-    config.timeout = Some(Duration::from_secs(30));
-    let mut client = Client::connect(&config).await.unwrap();
-    let data = fx.advertiser_data();
-    let outcome = client
-        .run_query(
-            cleanroom_service::Query {
-                collaboration: &fx.collaboration,
-                member: "advertiser",
-                sql: BY_CAMPAIGN,
-                data: &data,
-            },
-            None,
-        )
+    let outcome = run_query_tls(fx, server, identity, None, BY_CAMPAIGN)
         .await
         .unwrap();
     let elapsed = started.elapsed();

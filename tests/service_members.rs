@@ -15,7 +15,7 @@ use cleanroom_service::client_cert::digest_of_pem;
 use cleanroom_service::proto::{
     GetServerInfoRequest, ListAuditEntriesRequest, RunSessionResponse, run_session_response,
 };
-use cleanroom_service::{Client, Decision, Limits, Query, StateDb, TlsIdentity};
+use cleanroom_service::{Decision, Limits, StateDb, TlsIdentity};
 use common::*;
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
@@ -346,24 +346,8 @@ async fn a_pinned_member_needs_its_certificate_as_well_as_its_token() {
     });
     let server_tls = TlsIdentity::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     let server = start_server(&fx, Limits::default(), Some(server_tls.clone())).await;
-    let url = format!("https://localhost:{}", server.addr.port());
-    let data = fx.advertiser_data();
     let query = async |identity: Option<&TlsIdentity>| {
-        let mut config = advertiser_client_config(url.clone());
-        config.ca_pem = Some(server_tls.cert_pem.clone());
-        config.identity = identity.cloned();
-        let mut client = Client::connect(&config).await?;
-        client
-            .run_query(
-                Query {
-                    collaboration: &fx.collaboration,
-                    member: "advertiser",
-                    sql: BY_CAMPAIGN,
-                    data: &data,
-                },
-                None,
-            )
-            .await
+        run_query_tls(&fx, &server, &server_tls, identity, BY_CAMPAIGN).await
     };
 
     // The token alone: refused, and the message says what is missing.

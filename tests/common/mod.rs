@@ -559,6 +559,33 @@ pub async fn run_query(
         .await
 }
 
+/// The advertiser's `sql` over TLS to `server` (whose certificate, for `localhost`, is
+/// `server_tls`), presenting the client certificate `identity` when given.
+pub async fn run_query_tls(
+    fx: &Fixture,
+    server: &Running,
+    server_tls: &TlsIdentity,
+    identity: Option<&TlsIdentity>,
+    sql: &str,
+) -> Result<cleanroom_service::QueryOutcome, ClientError> {
+    let mut config = advertiser_client_config(format!("https://localhost:{}", server.addr.port()));
+    config.ca_pem = Some(server_tls.cert_pem.clone());
+    config.identity = identity.cloned();
+    let mut client = Client::connect(&config).await?;
+    let data = fx.advertiser_data();
+    client
+        .run_query(
+            Query {
+                collaboration: &fx.collaboration,
+                member: "advertiser",
+                sql,
+                data: &data,
+            },
+            None,
+        )
+        .await
+}
+
 pub fn assert_rows_equal(got: &ResultTable, want: &[Vec<Value>]) {
     assert_eq!(got.rows.len(), want.len(), "rows: {:?}", got.rows);
     for (g, w) in got.rows.iter().zip(want) {
