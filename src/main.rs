@@ -5,7 +5,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Privacy-preserving data collaboration: match customer lists without sharing them.
@@ -25,6 +25,7 @@ enum Command {
     /// Measure matching throughput against the raw cost of the curve operations.
     Bench(cli::bench::BenchArgs),
     /// Serve this member's tables to querying partners (gRPC matching service).
+    #[command(args_override_self = true)]
     Serve(cli::serve::ServeArgs),
     /// Ask a partner's server a question over both members' data.
     Query(cli::query::QueryArgs),
@@ -34,10 +35,34 @@ enum Command {
     Budget(cli::budget::BudgetArgs),
     /// Check a query against the collaboration's rules without touching any data.
     Check(cli::check::CheckArgs),
+    /// Make bearer tokens for members (`token new`).
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `serve --config-file FILE`: the file's settings become flags before the command line's.
+    let serve = Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .expect("serve is a subcommand");
+    let given: Vec<_> = std::env::args_os().collect();
+    let argv = match cli::serve::server_file::expand(given.clone(), &serve) {
+        Ok(argv) => argv,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            if err.use_stderr() && argv != given {
+                eprintln!("note: the settings of --config-file are checked as the flags they name");
+            }
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        }
+    };
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(args),
         Command::Match(args) => cli::matching::run(args),
@@ -47,6 +72,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cli::audit::run(args),
         Command::Budget(args) => cli::budget::run(args),
         Command::Check(args) => cli::check::run(args),
+        Command::Token(args) => cli::token::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! `cleanroom serve`: run the matching service next to this member's data.
 
+pub mod server_file;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -18,6 +20,11 @@ use cleanroom_service::{Limits, StateDb, TlsIdentity};
 /// Arguments of `cleanroom serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// A server configuration file (TOML): any of these flags as `name = value` without the
+    /// dashes (`max-sessions = 8`, `data = ["t=x.csv"]`, `insecure = true`); a flag on the
+    /// command line overrides it (`--data` on the command line replaces the file's list).
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     /// The collaboration file (TOML), identical on every member's side.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
