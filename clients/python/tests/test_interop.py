@@ -238,3 +238,19 @@ def test_server_refusal_carries_reasons(setup):
 def test_unsupported_plans_are_refused_before_connecting(plan):
     with pytest.raises(session.QueryError):
         session.run_query("http://127.0.0.1:9", "token", plan, {})
+
+
+def test_the_stock_reflection_client_describes_the_service(setup):
+    # grpcio-reflection's descriptor database speaks grpc.reflection.v1alpha only.
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    _, url = setup
+    with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"cleanroom.v1.CleanRoomService", "grpc.health.v1.Health"} <= services, services
+        service = DescriptorPool(database).FindServiceByName("cleanroom.v1.CleanRoomService")
+        assert {m.name for m in service.methods} == {"RunSession", "GetServerInfo", "ListAuditEntries"}

@@ -201,8 +201,8 @@ impl ServerConfig {
     }
 }
 
-/// Serves the cleanroom service, `grpc.health.v1` and server reflection on `listener` until
-/// `shutdown` resolves (then lets running sessions finish).
+/// Serves the cleanroom service, `grpc.health.v1` and server reflection (`v1` and `v1alpha`)
+/// on `listener` until `shutdown` resolves (then lets running sessions finish).
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -227,10 +227,15 @@ pub async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: `grpc.reflection.v1`, and `v1alpha`, which the stock Python
+    // `grpcio-reflection` client and older tools (grpcurl before 1.9) still speak.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
 
     let check = CheckToken::new(Arc::clone(&config.collaboration));
     let service = CleanRoomServiceServer::new(CleanRoom::new(config.clone()))
@@ -253,6 +258,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
