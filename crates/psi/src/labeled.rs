@@ -62,8 +62,9 @@
 use crate::Domain;
 use crate::batch::{hash_and_blind, reblind};
 use crate::key::BlindingKey;
+use crate::party::{Party, Stage};
 use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error, shuffle};
-use crate::table::{InputStats, ListProviderTable, ListQuerierTable};
+use crate::table::{ListProviderTable, ListQuerierTable};
 use crate::test_vector::TestVectorRng;
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
@@ -391,6 +392,26 @@ impl ListProvider {
     }
 }
 
+impl Party for ListProvider {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once every point the querier announced arrived and was evaluated
+    /// ([`ListProvider::is_done`]); the evaluations may still wait in `poll`.
+    fn stage(&self) -> Stage {
+        if self.is_done() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
+    }
+}
+
 impl std::fmt::Debug for ListProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListProvider")
@@ -690,6 +711,26 @@ impl ListQuerier {
     }
 }
 
+impl Party for ListQuerier {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once every payload and every evaluation arrived; [`ListQuerier::open`] may
+    /// then open the matched payloads.
+    fn stage(&self) -> Stage {
+        if self.is_finished() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
+    }
+}
+
 impl std::fmt::Debug for ListQuerier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListQuerier")
@@ -697,95 +738,6 @@ impl std::fmt::Debug for ListQuerier {
             .field("columns", &self.columns)
             .finish_non_exhaustive()
     }
-}
-
-// ---------------------------------------------------------------- offline
-
-/// What an offline list run produced and what it moved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListReport {
-    /// What the querier learned.
-    pub outcome: ListOutcome,
-    /// What the provider learned: the querier's number of distinct identifiers.
-    pub querier_set_size: u64,
-    /// The provider's input counts.
-    pub provider_input: InputStats,
-    /// The querier's input counts.
-    pub querier_input: InputStats,
-    /// Messages exchanged, both directions.
-    pub messages: u64,
-    /// Encoded bytes exchanged, both directions.
-    pub bytes: u64,
-}
-
-/// Run a whole list session in-process, every message encoded and decoded on its way as it
-/// would cross a network. `observe` sees each message, decoded and encoded, as it crosses (for
-/// transcripts and progress displays).
-pub fn list_offline_observed(
-    domain: &Domain,
-    provider: ListProviderTable,
-    querier: ListQuerierTable,
-    mut observe: impl FnMut(&Message, &[u8]),
-) -> Result<ListReport, ProtocolError> {
-    let provider_input = provider.stats();
-    let querier_input = querier.stats();
-    let limits = Limits::unlimited();
-    let columns = provider.columns();
-    let mut p = ListProvider::new(domain, provider, limits);
-    let mut q = ListQuerier::new(domain, querier, columns, limits);
-    let (messages, bytes) = drive(&mut p, &mut q, &mut observe)?;
-    Ok(ListReport {
-        outcome: q.open().expect("driven to the end"),
-        querier_set_size: p.querier_set_size().expect("done implies the hello"),
-        provider_input,
-        querier_input,
-        messages,
-        bytes,
-    })
-}
-
-/// Move messages between the two roles until both are finished; returns the messages and
-/// bytes moved.
-fn drive(
-    p: &mut ListProvider,
-    q: &mut ListQuerier,
-    observe: &mut impl FnMut(&Message, &[u8]),
-) -> Result<(u64, u64), ProtocolError> {
-    let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut transfer = |msg: Message| -> Result<Message, ProtocolError> {
-        let encoded = msg.encode();
-        messages += 1;
-        bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
-        observe(&decoded, &encoded);
-        Ok(decoded)
-    };
-    loop {
-        let mut progressed = false;
-        while let Some(msg) = p.poll_message() {
-            q.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        while let Some(msg) = q.poll_message() {
-            p.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        if q.is_finished() && p.is_done() {
-            return Ok((messages, bytes));
-        }
-        if !progressed {
-            return Err(ProtocolError::NotReady("the session stalled"));
-        }
-    }
-}
-
-/// [`list_offline_observed`] without an observer.
-pub fn list_offline(
-    domain: &Domain,
-    provider: ListProviderTable,
-    querier: ListQuerierTable,
-) -> Result<ListReport, ProtocolError> {
-    list_offline_observed(domain, provider, querier, |_, _| {})
 }
 
 #[cfg(test)]
@@ -979,7 +931,8 @@ mod tests {
         let mut p = ListProvider::with_key(&domain, pt, unlimited(), test_key(11));
         let mut q = ListQuerier::new(&domain, qt, 2, unlimited());
         let mut transcript = Vec::new();
-        drive(&mut p, &mut q, &mut |m: &Message, _: &[u8]| {
+        let no_release = |_: &mut ListProvider| Ok(());
+        crate::offline::drive(&mut p, &mut q, no_release, &mut |m: &Message, _: &[u8]| {
             transcript.push(m.clone())
         })
         .unwrap();

@@ -43,6 +43,7 @@ pub mod labeled;
 pub mod noise;
 pub mod normalize;
 mod offline;
+pub mod party;
 pub mod protocol;
 pub mod range_proof;
 mod table;
@@ -51,13 +52,14 @@ pub mod test_vector;
 pub mod wire;
 
 pub use hash::Domain;
-pub use labeled::{
-    ListMatch, ListOutcome, ListProvider, ListQuerier, ListReport, list_offline,
-    list_offline_observed,
-};
+pub use labeled::{ListMatch, ListOutcome, ListProvider, ListQuerier};
 pub use noise::{NoiseBounds, NoiseError};
 pub use normalize::{Normalization, UnknownNormalization};
-pub use offline::{MatchReport, match_offline, match_offline_observed};
+pub use offline::{
+    ListReport, MatchReport, list_offline, list_offline_observed, match_offline,
+    match_offline_observed,
+};
+pub use party::{Party, Stage};
 pub use protocol::{
     GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
     ReceiverOutcome, ReleaseSummary,

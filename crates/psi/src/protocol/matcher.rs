@@ -31,6 +31,7 @@ use crate::batch::{hash_and_blind, reblind_to_tags};
 use crate::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
 use crate::key::BlindingKey;
 use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::party::{Party, Stage};
 use crate::range_proof::{ChunkProof, ValueRange, verify_chunk};
 use crate::table::MatcherTable;
 use crate::test_vector::TestVectorRng;
@@ -870,6 +871,26 @@ impl Matcher {
             suppressed,
             bounded,
         })
+    }
+}
+
+impl Party for Matcher {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Exchanging until every item and tag of the receiver arrived (the counts are known),
+    /// then awaiting the release, finished once released.
+    fn stage(&self) -> Stage {
+        match (&self.counts, self.released) {
+            (None, _) => Stage::Exchanging,
+            (Some(_), false) => Stage::AwaitingRelease,
+            (Some(_), true) => Stage::Finished,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::batch::{hash_and_blind, reblind};
 use crate::elgamal::{Ciphertext, ValueKey};
 use crate::key::BlindingKey;
 use crate::noise::{NoiseBounds, NoiseError};
+use crate::party::{Party, Stage};
 use crate::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
 use crate::table::{ReceiverGroup, ReceiverTable};
 use crate::test_vector::TestVectorRng;
@@ -499,6 +500,26 @@ impl Receiver {
             suppressed_groups: suppressed,
             bounded_identifiers: bounded,
         })
+    }
+}
+
+impl Party for Receiver {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once the matcher's closing `MatcherDone` arrived; [`Receiver::open`] may then
+    /// decrypt.
+    fn stage(&self) -> Stage {
+        if self.is_finished() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
     }
 }
 
