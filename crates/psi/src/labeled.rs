@@ -63,9 +63,9 @@ use crate::Domain;
 use crate::batch::{hash_and_blind, reblind};
 use crate::key::BlindingKey;
 use crate::party::{Party, Stage};
-use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error, shuffle};
+use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error};
+use crate::randomness::{OsRandomness, Stream, shuffle};
 use crate::table::{ListProviderTable, ListQuerierTable};
-use crate::test_vector::TestVectorRng;
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -258,17 +258,17 @@ impl ListProvider {
     /// A provider for published test vectors only: the key is `key`, and the set is sorted
     /// by identifier and then shuffled by `rng` (stream `provider/shuffle`), so the whole
     /// transcript is reproducible. A session run this way protects nothing.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: ListProviderTable,
         limits: Limits,
         key: BlindingKey,
-        rng: &TestVectorRng,
+        rng: &crate::test_vector::TestVectorRng,
     ) -> Self {
         let mut provider = Self::with_key(domain, table, limits, key);
         provider.items.sort_unstable();
-        rng.shuffle("provider/shuffle", &mut provider.items);
+        shuffle(rng, Stream::ProviderSet, &mut provider.items);
         provider
     }
 
@@ -281,7 +281,7 @@ impl ListProvider {
         let columns = u16::try_from(table.columns()).expect("tables bound the column count");
         let width = table.payload_bytes();
         let mut items = table.into_items();
-        shuffle(&mut items);
+        shuffle(&OsRandomness, Stream::ProviderSet, &mut items);
         Self {
             key,
             domain: domain.clone(),
@@ -491,7 +491,7 @@ impl ListQuerier {
     /// provider's columns the plan lists). Identifiers are shuffled here.
     pub fn new(domain: &Domain, table: ListQuerierTable, columns: usize, limits: Limits) -> Self {
         let mut identifiers = table.into_identifiers();
-        shuffle(&mut identifiers);
+        shuffle(&OsRandomness, Stream::QuerierSet, &mut identifiers);
         let key = BlindingKey::generate();
         Self {
             unblind: key.inverse(),
@@ -513,20 +513,20 @@ impl ListQuerier {
     /// A querier for published test vectors only: the key is `key`, and the identifiers are
     /// sorted and then shuffled by `rng` (stream `querier/shuffle`), so the whole transcript is
     /// reproducible. A session run this way protects nothing.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: ListQuerierTable,
         columns: usize,
         limits: Limits,
         key: BlindingKey,
-        rng: &TestVectorRng,
+        rng: &crate::test_vector::TestVectorRng,
     ) -> Self {
         let mut querier = Self::new(domain, table, columns, limits);
         querier.unblind = key.inverse();
         querier.key = key;
         querier.identifiers.sort_unstable();
-        rng.shuffle("querier/shuffle", &mut querier.identifiers);
+        shuffle(rng, Stream::QuerierSet, &mut querier.identifiers);
         querier
     }
 

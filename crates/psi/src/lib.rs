@@ -45,9 +45,10 @@ pub mod normalize;
 mod offline;
 pub mod party;
 pub mod protocol;
+mod randomness;
 pub mod range_proof;
 mod table;
-#[doc(hidden)]
+#[cfg(feature = "test-vectors")]
 pub mod test_vector;
 pub mod wire;
 

@@ -75,7 +75,6 @@ use crate::elgamal::DecryptError;
 use crate::noise::NoiseError;
 use crate::range_proof::RangeProofError;
 use crate::wire::{PointError, WireError};
-use rand::seq::SliceRandom;
 
 /// The default bound on a list provider's payloads: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 256 << 20;
@@ -272,9 +271,4 @@ pub fn items_context(group: u32, offset: u64) -> Vec<u8> {
     context.extend_from_slice(&group.to_be_bytes());
     context.extend_from_slice(&offset.to_be_bytes());
     context
-}
-
-/// Shuffle with a CSPRNG-seeded generator.
-pub(crate) fn shuffle<T>(items: &mut [T]) {
-    items.shuffle(&mut rand::rng());
 }
