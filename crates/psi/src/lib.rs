@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod capabilities;
 pub mod elgamal;
 pub mod hash;
 pub mod key;
@@ -52,6 +53,7 @@ mod table;
 pub mod test_vector;
 pub mod wire;
 
+pub use capabilities::{Capabilities, ListCapabilities};
 pub use hash::Domain;
 pub use labeled::{ListMatch, ListOutcome, ListProvider, ListQuerier};
 pub use noise::{NoiseBounds, NoiseError};
