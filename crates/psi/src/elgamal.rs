@@ -34,10 +34,7 @@ pub const MAX_ITEM_VALUE: u64 = u32::MAX as u64;
 pub const MAX_LIMB_SUM: u64 = 1 << 40;
 /// Number of items whose total is guaranteed to decrypt, whatever their values.
 pub const MAX_EXACT_ITEMS: u64 = MAX_LIMB_SUM / 0xFFFF;
-/// Most value columns one session may carry.
-pub const MAX_VALUE_COLUMNS: usize = 4;
-/// Limbs per value column.
-pub const LIMBS_PER_VALUE: usize = 2;
+pub use crate::format::{LIMBS_PER_VALUE, MAX_VALUE_COLUMNS};
 const LIMB_BITS: u32 = 16;
 
 /// A receiver's secret decryption keys (two per value column), zeroized on drop.

@@ -75,19 +75,10 @@ use sha2::Sha256;
 use std::collections::VecDeque;
 use zeroize::Zeroizing;
 
-/// Most list columns one session carries.
-pub const MAX_LIST_COLUMNS: usize = 64;
-/// Most rows one identifier's payload carries.
-pub const MAX_LIST_ROWS: usize = 16_384;
-/// Largest padded plaintext of one payload (64 KiB).
-pub const MAX_PLAINTEXT_BYTES: usize = 64 * 1024;
-/// Payload plaintexts are padded to a whole number of blocks of this size.
-pub const PAD_BLOCK: usize = 64;
-/// Bytes of the Poly1305 authentication tag that ends every payload.
-pub const AEAD_TAG_BYTES: usize = 16;
-
-/// Encoding of an identifier with no rows yet: the row count.
-pub(crate) const EMPTY_PAYLOAD_BYTES: usize = 4;
+use crate::format::is_payload_width;
+pub use crate::format::{
+    AEAD_TAG_BYTES, MAX_LIST_COLUMNS, MAX_LIST_ROWS, MAX_PLAINTEXT_BYTES, PAD_BLOCK,
+};
 
 const HKDF_SALT: &[u8] = b"cleanroom/psi/list";
 const TAG_INFO: &[u8] = b"cleanroom/psi/list/lookup-tag";
@@ -95,23 +86,6 @@ const KEY_INFO: &[u8] = b"cleanroom/psi/list/payload-key";
 const AAD_LABEL: &[u8] = b"cleanroom/psi/list/payload";
 /// Bytes of a `ListProviderItems` message before its items.
 const ITEMS_HEADER_BYTES: usize = 1 + 1 + 4 + 4;
-
-/// Bytes one value adds to a payload encoding.
-pub(crate) fn field_bytes(value: &str) -> usize {
-    4 + value.len()
-}
-
-/// The encrypted width of payloads whose longest encoding is `encoded` bytes.
-pub(crate) fn padded_width(encoded: usize) -> usize {
-    encoded.div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK + AEAD_TAG_BYTES
-}
-
-/// Whether `width` is a width [`padded_width`] can produce.
-pub(crate) fn is_payload_width(width: usize) -> bool {
-    width > AEAD_TAG_BYTES
-        && width <= MAX_PLAINTEXT_BYTES + AEAD_TAG_BYTES
-        && (width - AEAD_TAG_BYTES) % PAD_BLOCK == 0
-}
 
 /// Payloads of `width` bytes that fit in one message.
 fn items_per_message(width: usize) -> usize {
@@ -744,6 +718,7 @@ impl std::fmt::Debug for ListQuerier {
 mod tests {
     use super::*;
     use crate::Normalization;
+    use crate::format::padded_width;
     use sha2::Digest;
 
     fn test_key(byte: u8) -> BlindingKey {

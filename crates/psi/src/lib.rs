@@ -38,6 +38,7 @@
 mod batch;
 pub mod capabilities;
 pub mod elgamal;
+mod format;
 pub mod hash;
 pub mod key;
 pub mod labeled;
