@@ -7,9 +7,9 @@
 //! Invariant: every figure is one the engine's protocols enforce themselves; a plan within them
 //! never fails in the protocol for being too large.
 
-use crate::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
-use crate::labeled::{MAX_LIST_COLUMNS, MAX_LIST_ROWS};
-use crate::noise::{MAX_CONTRIBUTIONS, MAX_NOISY_PAIRS, MAX_SUM_NOISE};
+use crate::ecdh::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
+use crate::ecdh::list::{MAX_LIST_COLUMNS, MAX_LIST_ROWS};
+use crate::ecdh::noise::{MAX_CONTRIBUTIONS, MAX_NOISY_PAIRS, MAX_SUM_NOISE};
 
 /// What one engine can compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

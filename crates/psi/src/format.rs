@@ -4,8 +4,8 @@
 //!
 //! This module depends on nothing else in the crate, so the decoder can check every limit of
 //! a message without importing a protocol (and the protocols re-export what they document:
-//! [`elgamal::MAX_VALUE_COLUMNS`](crate::elgamal::MAX_VALUE_COLUMNS),
-//! [`labeled::MAX_LIST_COLUMNS`](crate::labeled::MAX_LIST_COLUMNS), …). Invariant: every width
+//! [`elgamal::MAX_VALUE_COLUMNS`](crate::ecdh::elgamal::MAX_VALUE_COLUMNS),
+//! [`labeled::MAX_LIST_COLUMNS`](crate::ecdh::list::MAX_LIST_COLUMNS), …). Invariant: every width
 //! computed here is the one the encoder writes and the decoder accepts.
 
 /// Most value columns one session may carry.

@@ -6,9 +6,11 @@
 //! (messages, bytes) count the encoded messages in both directions.
 
 use crate::Domain;
-use crate::labeled::{ListOutcome, ListProvider, ListQuerier};
+use crate::ecdh::aggregate::{
+    GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+};
+use crate::ecdh::list::{ListOutcome, ListProvider, ListQuerier};
 use crate::party::{Party, Stage};
-use crate::protocol::{GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome};
 use crate::table::{InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
 use crate::wire::Message;
 

@@ -16,7 +16,7 @@
 //! - [`Party::stage`] only moves forward: [`Stage::Exchanging`], then (for a party whose owner
 //!   decides a release) [`Stage::AwaitingRelease`], then [`Stage::Finished`].
 
-use crate::protocol::ProtocolError;
+use crate::ecdh::aggregate::ProtocolError;
 use crate::wire::Message;
 
 /// Where a party stands in its session.

@@ -10,7 +10,7 @@
 //! Secrets are not drawn here: blinding keys, value keys, noisy-session group keys and padding
 //! identifiers always come from the OS CSPRNG and are zeroized on drop.
 
-use crate::elgamal::{Ciphertext, ValueKey, ValuePublicKey};
+use crate::ecdh::elgamal::{Ciphertext, ValueKey, ValuePublicKey};
 use rand::RngExt;
 
 /// Which shuffle of a session a draw is for.

@@ -1,7 +1,7 @@
 //! The parties' inputs: rows normalized, deduplicated per group, and counted.
 
 use crate::Normalization;
-use crate::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
+use crate::ecdh::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Why a row was refused.

@@ -17,7 +17,7 @@
 //!
 //! with `lp(b) = u64_be(len(b)) || b`, as in [`hash`](crate::hash).
 
-use crate::elgamal::{Ciphertext, ValueKey, ValuePublicKey};
+use crate::ecdh::elgamal::{Ciphertext, ValueKey, ValuePublicKey};
 use crate::randomness::{Randomness, Stream};
 use curve25519_dalek::Scalar;
 use sha2::{Digest, Sha512};

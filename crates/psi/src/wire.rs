@@ -12,8 +12,8 @@
 //! UTF-8. Decoding checks every length against the bytes present before allocating, rejects
 //! trailing bytes, unknown kinds and any message over [`MAX_MESSAGE_BYTES`], and never panics.
 //!
-//! Kinds 1–7 belong to the aggregate protocols of [`protocol`](crate::protocol), kinds 8–12 to
-//! the list protocol of [`labeled`](crate::labeled).
+//! Kinds 1–7 belong to the aggregate protocols of [`protocol`](crate::ecdh::aggregate), kinds 8–12 to
+//! the list protocol of [`labeled`](crate::ecdh::list).
 
 use crate::format::{
     LIMBS_PER_VALUE, MAX_LIST_COLUMNS, MAX_VALUE_COLUMNS, ciphertext_bytes, is_payload_width,
@@ -144,7 +144,7 @@ pub enum Message {
     /// Receiver → matcher, when the session's value ranges are proven (differential privacy
     /// with `sum_ranges = "proven"`): a chunk of items as in [`Message::ReceiverItems`], with
     /// the proof that every encrypted value lies in its column's declared range
-    /// ([`range_proof`](crate::range_proof)), which the matcher verifies on arrival.
+    /// ([`range_proof`](crate::ecdh::range_proof)), which the matcher verifies on arrival.
     ReceiverProvenItems {
         /// receiver group index
         group: u32,
@@ -154,7 +154,7 @@ pub enum Message {
         points: Vec<PointBytes>,
         /// `points.len()` ciphertexts of `32·(1 + 2·value_columns)` bytes each, concatenated
         ciphertexts: Vec<u8>,
-        /// the chunk's [`ChunkProof`](crate::range_proof::ChunkProof) bytes
+        /// the chunk's [`ChunkProof`](crate::ecdh::range_proof::ChunkProof) bytes
         proof: Vec<u8>,
     },
     /// Receiver → matcher: tags of one matcher group's points re-blinded by the receiver,

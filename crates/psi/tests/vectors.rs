@@ -358,7 +358,7 @@ fn describe(msg: &Message) -> Value {
             "value_columns": value_columns,
             "points": points(p),
             "ciphertexts": ciphertexts
-                .chunks(cleanroom_psi::protocol::ciphertext_bytes(usize::from(*value_columns)).max(1))
+                .chunks(cleanroom_psi::ecdh::aggregate::ciphertext_bytes(usize::from(*value_columns)).max(1))
                 .map(points_hex)
                 .collect::<Vec<_>>(),
         }),
@@ -373,7 +373,7 @@ fn describe(msg: &Message) -> Value {
             "value_columns": value_columns,
             "points": points(p),
             "ciphertexts": ciphertexts
-                .chunks(cleanroom_psi::protocol::ciphertext_bytes(usize::from(*value_columns)).max(1))
+                .chunks(cleanroom_psi::ecdh::aggregate::ciphertext_bytes(usize::from(*value_columns)).max(1))
                 .map(points_hex)
                 .collect::<Vec<_>>(),
             "proof": hex::encode(proof),

@@ -19,13 +19,13 @@
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{GroupResult, Limits, ProtocolError, ReceiverOutcome, items_context, point_error};
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind};
-use crate::elgamal::{Ciphertext, ValueKey};
-use crate::key::BlindingKey;
-use crate::noise::{NoiseBounds, NoiseError};
+use crate::ecdh::batch::{hash_and_blind, reblind};
+use crate::ecdh::elgamal::{Ciphertext, ValueKey};
+use crate::ecdh::key::BlindingKey;
+use crate::ecdh::noise::{NoiseBounds, NoiseError};
+use crate::ecdh::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
 use crate::party::{Party, Stage};
 use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
-use crate::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
 use crate::table::{ReceiverGroup, ReceiverTable};
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, ReleasedGroup, Tag};
 use std::collections::VecDeque;
@@ -190,7 +190,7 @@ impl Receiver {
     }
 
     /// Expect a noisy release within `bounds` (one per value column), as the matcher was made
-    /// [`with_noise`](super::Matcher::with_noise): sums are decoded as in [`noise`](crate::noise)
+    /// [`with_noise`](super::Matcher::with_noise): sums are decoded as in [`noise`](crate::ecdh::noise)
     /// (a noisy total below 0 reads 0), and a noisy intersection size larger than this
     /// receiver's group reads as the group's size.
     pub fn with_noise(mut self, bounds: NoiseBounds) -> Result<Self, NoiseError> {

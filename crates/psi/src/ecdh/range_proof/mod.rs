@@ -2,7 +2,7 @@
 //!
 //! Under differential privacy each value column has a declared range `[lo, hi]`
 //! (`0 ≤ lo ≤ hi ≤ 2^32 − 1`) that bounds what one item can add to a sum. The receiver encrypts
-//! its values itself ([`elgamal`](crate::elgamal)): item values `v = v_0 + 2^16·v_1`, one random
+//! its values itself ([`elgamal`](crate::ecdh::elgamal)): item values `v = v_0 + 2^16·v_1`, one random
 //! `r` per item, `C = (R = r·B, C_i = m_i·B + r·S_i)`. Nothing in a ciphertext stops a malicious
 //! receiver from encrypting a limb of `2^20` (a flag in a high bit) and reading membership out of
 //! a noisy sum. The matcher therefore verifies, per chunk of items and before matching them, a
@@ -113,7 +113,7 @@
 //! e.g. 1,024 items of one `[0, 65535]` column: `160·1024 + 16·32·(9 + 20) = 178,688` bytes,
 //! 174.5 per item beside its 96-byte ciphertext; one `[0, 100000]` column: 299.5 per item.
 
-use crate::elgamal::{
+use crate::ecdh::elgamal::{
     Ciphertext, LIMBS_PER_VALUE, MAX_ITEM_VALUE, MAX_VALUE_COLUMNS, ValueKey, ValuePublicKey,
 };
 use crate::wire::CHUNK_ITEMS;
@@ -502,7 +502,7 @@ struct Generators {
     /// `H` as a curve25519-dalek 5 point, in a table.
     h_table: RistrettoBasepointTable,
     /// Verifier tables of `B` and `H`, and `1/2` (first messages are computed halved and
-    /// compressed in batches, as [`elgamal`](crate::elgamal) does).
+    /// compressed in batches, as [`elgamal`](crate::ecdh::elgamal) does).
     b_h: VartimeRistrettoPrecomputation,
     half: Scalar,
 }
@@ -519,7 +519,7 @@ fn generators() -> &'static Generators {
             bulletproofs: BulletproofGens::new(MAX_BITS as usize, MAX_AGGREGATE),
             h_table: RistrettoBasepointTable::create(&h),
             b_h: VartimeRistrettoPrecomputation::new([B, h]),
-            half: crate::key::half(),
+            half: crate::ecdh::key::half(),
         }
     })
 }

@@ -76,7 +76,7 @@ impl ValueKey {
     /// Fresh keys for `value_columns` columns, from the OS CSPRNG.
     pub fn generate(value_columns: usize) -> Self {
         let secrets = (0..value_columns * LIMBS_PER_VALUE)
-            .map(|_| crate::key::random_nonzero_scalar())
+            .map(|_| crate::ecdh::key::random_nonzero_scalar())
             .collect();
         Self { secrets }
     }
@@ -152,7 +152,7 @@ impl ValueKey {
     /// double-and-compressed in batches, which yields exactly `compress(e·B)` at a fraction of
     /// the cost of compressing one point at a time.
     pub fn encrypt_to_bytes<V: AsRef<[u64]> + Sync>(&self, items: &[V]) -> Vec<u8> {
-        let half = crate::key::half();
+        let half = crate::ecdh::key::half();
         let width = 1 + self.secrets.len();
         items
             .par_chunks(128)

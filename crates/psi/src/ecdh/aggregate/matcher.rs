@@ -26,13 +26,13 @@ use super::{
     GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary, items_context, point_error,
 };
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind_to_tags};
-use crate::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
-use crate::key::BlindingKey;
-use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::ecdh::batch::{hash_and_blind, reblind_to_tags};
+use crate::ecdh::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
+use crate::ecdh::key::BlindingKey;
+use crate::ecdh::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::ecdh::range_proof::{ChunkProof, ValueRange, verify_chunk};
 use crate::party::{Party, Stage};
 use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
-use crate::range_proof::{ChunkProof, ValueRange, verify_chunk};
 use crate::table::MatcherTable;
 use crate::wire::{
     CHUNK_ITEMS, Message, PointBytes, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
@@ -204,7 +204,7 @@ impl Matcher {
     /// Require the receiver to prove, chunk by chunk, that every encrypted value lies in its
     /// column's range (one per value column): items then arrive as
     /// [`Message::ReceiverProvenItems`], whose proofs are verified on arrival, before anything
-    /// is matched ([`range_proof`](crate::range_proof)). The hello must carry exactly as many
+    /// is matched ([`range_proof`](crate::ecdh::range_proof)). The hello must carry exactly as many
     /// value columns.
     pub fn require_range_proofs(mut self, ranges: Vec<ValueRange>) -> Self {
         self.ranges = Some(ranges);
@@ -226,7 +226,7 @@ impl Matcher {
     ///   random when the receiver sent more (the receiver is not trusted to bound itself). An
     ///   identifier then changes the released counts by at most `k` in total and the sums of a
     ///   column by at most `k` times its bound, whatever its groups on either side;
-    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::noise)), and
+    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::ecdh::noise)), and
     ///   releases the number of bounded identifiers with the noise its caller draws.
     ///
     /// A plan grouped on one side only (as cleanroom's are) bounds on that side only: the

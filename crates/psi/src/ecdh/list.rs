@@ -15,7 +15,7 @@
 //! # Construction
 //! `F_a(x) = compress(a·H(x))` is the Diffie–Hellman oblivious PRF ("2HashDH", Jarecki,
 //! Kiayias and Krawczyk 2014) with `H` the [hash to the group](crate::hash) and `a` the
-//! provider's fresh [key](crate::key). The provider computes it on its own identifiers; the
+//! provider's fresh [key](crate::ecdh::key). The provider computes it on its own identifiers; the
 //! querier obtains it on its own identifiers only, by sending `b·H(y)` and unblinding the
 //! provider's `a·b·H(y)` with `b⁻¹ mod ℓ`. From `P = F_a(x)`, HKDF-SHA256 (RFC 5869) derives
 //! two independent values with distinct labels:
@@ -60,10 +60,10 @@
 //! a matched payload that was tampered with fails authentication and ends the session.
 
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind};
-use crate::key::BlindingKey;
+use crate::ecdh::aggregate::{Limits, ProtocolError, admit, check_sizes, point_error};
+use crate::ecdh::batch::{hash_and_blind, reblind};
+use crate::ecdh::key::BlindingKey;
 use crate::party::{Party, Stage};
-use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error};
 use crate::randomness::{OsRandomness, Stream, shuffle};
 use crate::table::{ListProviderTable, ListQuerierTable};
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
