@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cleanroom_psi::ecdh::aggregate::items_context;
 use cleanroom_psi::elgamal::{LIMBS_PER_VALUE, ValueKey, ValuePublicKey};
 use cleanroom_psi::key::BlindingKey;
-use cleanroom_psi::protocol::items_context;
 use cleanroom_psi::range_proof::{ValueRange, encrypt_and_prove};
 use cleanroom_psi::test_vector::TestVectorRng;
 use cleanroom_psi::wire::{PointBytes, Tag};

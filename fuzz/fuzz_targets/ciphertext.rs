@@ -4,7 +4,7 @@
 #![no_main]
 
 use cleanroom_psi::elgamal::Ciphertext;
-use cleanroom_psi::protocol::ciphertext_bytes;
+use cleanroom_psi::ecdh::aggregate::ciphertext_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

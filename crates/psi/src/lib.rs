@@ -28,43 +28,57 @@
 //! whose set is too small to hide anyone in ([`Matcher::require_receiver_identifiers`]).
 //!
 //! List queries ("which of my customers are your subscribers, and in which region?") use
-//! [labeled PSI](labeled): the [`ListProvider`] sends, per identifier, a lookup tag and its
+//! [labeled PSI](ecdh::list): the [`ListProvider`] sends, per identifier, a lookup tag and its
 //! allowed column values sealed under a key derived from `a·H(x)`; the [`ListQuerier`] obtains
 //! `a·H(y)` for its own identifiers only and opens the payloads of those both hold.
 //! [`list_offline`] runs both in one process.
+//!
+//! # Layout
+//! - [`party`]: the [`Party`] trait every role of every protocol implements (poll / handle /
+//!   stage, no I/O); the offline runs drive any two parties through one driver.
+//! - [`ecdh`]: this engine — its [aggregate](ecdh::aggregate) and [list](ecdh::list)
+//!   protocols and their primitives ([`key`], [`elgamal`], [`noise`], [`range_proof`]);
+//!   [`Capabilities`] says what it can compute, for planners.
+//! - inputs: [`normalize`], [`hash`] (the [`Domain`]) and the role tables ([`MatcherTable`], …);
+//! - [`wire`]: the messages of every protocol and their encoding, checked against the sizes
+//!   the format fixes (a private leaf module, so the decoder imports no protocol).
+//!
+//! Modules import downwards only: `ecdh` uses `wire`, `table`, `hash`; `wire` uses nothing
+//! but the format's sizes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod batch;
-pub mod elgamal;
+pub mod capabilities;
+pub mod ecdh;
+mod format;
 pub mod hash;
-pub mod key;
-pub mod labeled;
-pub mod noise;
 pub mod normalize;
 mod offline;
-pub mod protocol;
-pub mod range_proof;
+pub mod party;
+mod randomness;
 mod table;
-#[doc(hidden)]
+#[cfg(feature = "test-vectors")]
 pub mod test_vector;
 pub mod wire;
 
-pub use hash::Domain;
-pub use labeled::{
-    ListMatch, ListOutcome, ListProvider, ListQuerier, ListReport, list_offline,
-    list_offline_observed,
-};
-pub use noise::{NoiseBounds, NoiseError};
-pub use normalize::{Normalization, UnknownNormalization};
-pub use offline::{MatchReport, match_offline, match_offline_observed};
-pub use protocol::{
+pub use capabilities::{Capabilities, ListCapabilities};
+pub use ecdh::aggregate::{
     GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
     ReceiverOutcome, ReleaseSummary,
 };
-pub use range_proof::{
+pub use ecdh::list::{ListMatch, ListOutcome, ListProvider, ListQuerier};
+pub use ecdh::noise::{NoiseBounds, NoiseError};
+pub use ecdh::range_proof::{
     ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
 };
+pub use ecdh::{elgamal, key, noise, range_proof};
+pub use hash::Domain;
+pub use normalize::{Normalization, UnknownNormalization};
+pub use offline::{
+    ListReport, MatchReport, list_offline, list_offline_observed, match_offline,
+    match_offline_observed,
+};
+pub use party::{Party, Stage};
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
 };

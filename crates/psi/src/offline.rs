@@ -1,11 +1,17 @@
-//! Offline matching: both roles in one process, through the real messages.
+//! Offline runs: both parties of a session in one process, through the real messages.
 //!
-//! Every message is encoded and decoded again on its way, exactly as it would cross a network,
-//! so this is the reference run for tests, benchmarks and `cleanroom match`.
+//! One generic driver moves the messages between any two [`Party`]s; every message is encoded
+//! and decoded again on its way, exactly as it would cross a network, so these are the
+//! reference runs for tests, benchmarks and `cleanroom match`. The figures of a report
+//! (messages, bytes) count the encoded messages in both directions.
 
 use crate::Domain;
-use crate::protocol::{GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome};
-use crate::table::{InputStats, MatcherTable, ReceiverTable};
+use crate::ecdh::aggregate::{
+    GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+};
+use crate::ecdh::list::{ListOutcome, ListProvider, ListQuerier};
+use crate::party::{Party, Stage};
+use crate::table::{InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
 use crate::wire::Message;
 
 /// What an offline run produced and what it moved.
@@ -40,35 +46,8 @@ pub fn match_offline_observed(
     let limits = Limits::unlimited();
     let mut m = Matcher::new(domain, matcher, limits);
     let mut r = Receiver::new(domain, receiver, limits);
-    let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut transfer = |msg: Message| -> Result<Message, ProtocolError> {
-        let encoded = msg.encode();
-        messages += 1;
-        bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
-        observe(&decoded, &encoded);
-        Ok(decoded)
-    };
-    let mut released = false;
-    while !r.is_finished() {
-        let mut progressed = false;
-        while let Some(msg) = m.poll_message() {
-            r.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        while let Some(msg) = r.poll_message() {
-            m.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        if !released && m.counts().is_some() {
-            m.release(|c| c.intersection_size >= min_release)?;
-            released = true;
-            progressed = true;
-        }
-        if !progressed {
-            return Err(ProtocolError::NotReady("the session stalled"));
-        }
-    }
+    let release = |m: &mut Matcher| m.release(|c| c.intersection_size >= min_release).map(drop);
+    let (messages, bytes) = drive(&mut m, &mut r, release, &mut observe)?;
     Ok(MatchReport {
         outcome: r.open()?,
         counts: m.counts().map(<[_]>::to_vec).unwrap_or_default(),
@@ -87,4 +66,97 @@ pub fn match_offline(
     min_release: u64,
 ) -> Result<MatchReport, ProtocolError> {
     match_offline_observed(domain, matcher, receiver, min_release, |_, _| {})
+}
+/// What an offline list run produced and what it moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListReport {
+    /// What the querier learned.
+    pub outcome: ListOutcome,
+    /// What the provider learned: the querier's number of distinct identifiers.
+    pub querier_set_size: u64,
+    /// The provider's input counts.
+    pub provider_input: InputStats,
+    /// The querier's input counts.
+    pub querier_input: InputStats,
+    /// Messages exchanged, both directions.
+    pub messages: u64,
+    /// Encoded bytes exchanged, both directions.
+    pub bytes: u64,
+}
+
+/// Run a whole list session in-process, every message encoded and decoded on its way as it
+/// would cross a network. `observe` sees each message, decoded and encoded, as it crosses (for
+/// transcripts and progress displays).
+pub fn list_offline_observed(
+    domain: &Domain,
+    provider: ListProviderTable,
+    querier: ListQuerierTable,
+    mut observe: impl FnMut(&Message, &[u8]),
+) -> Result<ListReport, ProtocolError> {
+    let provider_input = provider.stats();
+    let querier_input = querier.stats();
+    let limits = Limits::unlimited();
+    let columns = provider.columns();
+    let mut p = ListProvider::new(domain, provider, limits);
+    let mut q = ListQuerier::new(domain, querier, columns, limits);
+    let (messages, bytes) = drive(&mut p, &mut q, |_: &mut ListProvider| Ok(()), &mut observe)?;
+    Ok(ListReport {
+        outcome: q.open().expect("driven to the end"),
+        querier_set_size: p.querier_set_size().expect("done implies the hello"),
+        provider_input,
+        querier_input,
+        messages,
+        bytes,
+    })
+}
+
+/// [`list_offline_observed`] without an observer.
+pub fn list_offline(
+    domain: &Domain,
+    provider: ListProviderTable,
+    querier: ListQuerierTable,
+) -> Result<ListReport, ProtocolError> {
+    list_offline_observed(domain, provider, querier, |_, _| {})
+}
+
+/// The one driver of every offline run: moves messages between `a` and `b`, each encoded,
+/// counted and decoded again on its way (as it would cross a network) and shown to `observe`,
+/// until both are [`Stage::Finished`] and have nothing left to send. `release` is called once
+/// when `a` awaits its owner's release decision. Returns the messages and bytes moved.
+pub(crate) fn drive<A: Party, B: Party>(
+    a: &mut A,
+    b: &mut B,
+    mut release: impl FnMut(&mut A) -> Result<(), ProtocolError>,
+    observe: &mut impl FnMut(&Message, &[u8]),
+) -> Result<(u64, u64), ProtocolError> {
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut transfer = |msg: Message| -> Result<Message, ProtocolError> {
+        let encoded = msg.encode();
+        messages += 1;
+        bytes += encoded.len() as u64;
+        let decoded = Message::decode(&encoded)?;
+        observe(&decoded, &encoded);
+        Ok(decoded)
+    };
+    loop {
+        let mut progressed = false;
+        while let Some(msg) = a.poll() {
+            b.handle(transfer(msg)?)?;
+            progressed = true;
+        }
+        while let Some(msg) = b.poll() {
+            a.handle(transfer(msg)?)?;
+            progressed = true;
+        }
+        if a.stage() == Stage::Finished && b.stage() == Stage::Finished {
+            return Ok((messages, bytes));
+        }
+        if a.stage() == Stage::AwaitingRelease {
+            release(a)?;
+            progressed = true;
+        }
+        if !progressed {
+            return Err(ProtocolError::NotReady("the session stalled"));
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The parties' inputs: rows normalized, deduplicated per group, and counted.
 
 use crate::Normalization;
-use crate::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
+use crate::ecdh::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Why a row was refused.
@@ -45,16 +45,16 @@ pub enum InputError {
     #[error("group key longer than {} bytes", crate::wire::MAX_GROUP_KEY_BYTES)]
     GroupKeyTooLong,
     /// More list columns than a list session supports.
-    #[error("at most {max} list columns are supported, got {0}", max = crate::labeled::MAX_LIST_COLUMNS)]
+    #[error("at most {max} list columns are supported, got {0}", max = crate::format::MAX_LIST_COLUMNS)]
     TooManyListColumns(usize),
     /// The rows of one identifier do not fit in one list payload.
     #[error(
         "the rows of one identifier take more than the {} bytes of a list payload",
-        crate::labeled::MAX_PLAINTEXT_BYTES
+        crate::format::MAX_PLAINTEXT_BYTES
     )]
     PayloadTooLarge,
     /// One identifier has more rows than one list payload may carry.
-    #[error("one identifier has more than {} rows", crate::labeled::MAX_LIST_ROWS)]
+    #[error("one identifier has more than {} rows", crate::format::MAX_LIST_ROWS)]
     TooManyRows,
 }
 
@@ -349,7 +349,7 @@ impl ListProviderTable {
     /// An empty table whose rows carry `columns` list columns (0 when the query lists none of
     /// the provider's columns: matched identifiers then only count how often they occur).
     pub fn new(normalization: Normalization, columns: usize) -> Result<Self, InputError> {
-        if columns > crate::labeled::MAX_LIST_COLUMNS {
+        if columns > crate::format::MAX_LIST_COLUMNS {
             return Err(InputError::TooManyListColumns(columns));
         }
         Ok(Self {
@@ -386,17 +386,17 @@ impl ListProviderTable {
         let (encoded, rows) = self
             .items
             .get(&id)
-            .map_or((crate::labeled::EMPTY_PAYLOAD_BYTES, 0), |item| {
+            .map_or((crate::format::EMPTY_PAYLOAD_BYTES, 0), |item| {
                 (item.encoded, item.rows.len())
             });
-        if rows >= crate::labeled::MAX_LIST_ROWS {
+        if rows >= crate::format::MAX_LIST_ROWS {
             return Err(InputError::TooManyRows);
         }
         let encoded = values
             .iter()
-            .map(|v| crate::labeled::field_bytes(v.as_ref()))
+            .map(|v| crate::format::field_bytes(v.as_ref()))
             .fold(encoded, usize::saturating_add);
-        if encoded > crate::labeled::MAX_PLAINTEXT_BYTES {
+        if encoded > crate::format::MAX_PLAINTEXT_BYTES {
             return Err(InputError::PayloadTooLarge);
         }
         let row = values.iter().map(|v| v.as_ref().to_owned()).collect();
@@ -427,8 +427,8 @@ impl ListProviderTable {
             .values()
             .map(|i| i.encoded)
             .max()
-            .unwrap_or(crate::labeled::EMPTY_PAYLOAD_BYTES);
-        crate::labeled::padded_width(longest)
+            .unwrap_or(crate::format::EMPTY_PAYLOAD_BYTES);
+        crate::format::padded_width(longest)
     }
 
     /// Every identifier with its rows in a canonical order (sorted), so the payload shows
@@ -572,19 +572,19 @@ mod tests {
     #[test]
     fn list_provider_bounds_payloads() {
         assert_eq!(
-            ListProviderTable::new(Normalization::None, crate::labeled::MAX_LIST_COLUMNS + 1)
+            ListProviderTable::new(Normalization::None, crate::format::MAX_LIST_COLUMNS + 1)
                 .unwrap_err(),
-            InputError::TooManyListColumns(crate::labeled::MAX_LIST_COLUMNS + 1)
+            InputError::TooManyListColumns(crate::format::MAX_LIST_COLUMNS + 1)
         );
         let mut t = ListProviderTable::new(Normalization::None, 1).unwrap();
-        let big = "x".repeat(crate::labeled::MAX_PLAINTEXT_BYTES / 2);
+        let big = "x".repeat(crate::format::MAX_PLAINTEXT_BYTES / 2);
         t.push("a", &[big.as_str()]).unwrap();
         assert_eq!(
             t.push("a", &[big.as_str()]),
             Err(InputError::PayloadTooLarge)
         );
         // A first row too large for a payload leaves no trace of its identifier.
-        let huge = "x".repeat(crate::labeled::MAX_PLAINTEXT_BYTES);
+        let huge = "x".repeat(crate::format::MAX_PLAINTEXT_BYTES);
         assert_eq!(
             t.push("c", &[huge.as_str()]),
             Err(InputError::PayloadTooLarge)
@@ -594,10 +594,10 @@ mod tests {
         t.push("b", &["y"]).unwrap();
         assert_eq!(
             t.payload_bytes(),
-            crate::labeled::padded_width(4 + 4 + big.len())
+            crate::format::padded_width(4 + 4 + big.len())
         );
         let mut t = ListProviderTable::new(Normalization::None, 0).unwrap();
-        for _ in 0..crate::labeled::MAX_LIST_ROWS {
+        for _ in 0..crate::format::MAX_LIST_ROWS {
             t.push("a", &[] as &[&str]).unwrap();
         }
         assert_eq!(t.push("a", &[] as &[&str]), Err(InputError::TooManyRows));

@@ -2,7 +2,7 @@
 //!
 //! A real session draws its keys, ElGamal randomness and shuffles from the operating system's
 //! CSPRNG. To publish a complete session transcript that another implementation can reproduce
-//! byte for byte, [`Matcher::for_test_vector`](crate::Matcher::for_test_vector) and
+//! byte for byte (feature `test-vectors` only), [`Matcher::for_test_vector`](crate::Matcher::for_test_vector) and
 //! [`Receiver::for_test_vector`](crate::Receiver::for_test_vector) take fixed keys and this
 //! source instead. Everything it yields is public: a session run with it protects nothing.
 //!
@@ -17,6 +17,8 @@
 //!
 //! with `lp(b) = u64_be(len(b)) || b`, as in [`hash`](crate::hash).
 
+use crate::ecdh::elgamal::{Ciphertext, ValueKey, ValuePublicKey};
+use crate::randomness::{Randomness, Stream};
 use curve25519_dalek::Scalar;
 use sha2::{Digest, Sha512};
 
@@ -58,11 +60,49 @@ impl TestVectorRng {
         let n = items.len();
         for t in 0..n.saturating_sub(1) {
             let i = n - 1 - t;
-            let block = self.block(label, t as u64);
-            let r = u64::from_be_bytes(block[..8].try_into().expect("8 bytes"));
-            let j = (r % (i as u64 + 1)) as usize;
+            let j = self.index(label, t as u64, i);
             items.swap(i, j);
         }
+    }
+
+    /// The `t`-th swap partner of Fisher–Yates at position `i`: `u64_be(block(label, t)[0..8])
+    /// mod (i + 1)`.
+    fn index(&self, label: &str, t: u64, i: usize) -> usize {
+        let block = self.block(label, t);
+        let r = u64::from_be_bytes(block[..8].try_into().expect("8 bytes"));
+        (r % (i as u64 + 1)) as usize
+    }
+}
+
+/// The roles' draws, each from its own stream: `matcher/shuffle/<g>`, `receiver/shuffle/<g>`,
+/// `receiver/tags/<g>`, `provider/shuffle` and `querier/shuffle` for the shuffles; scalar `i` of
+/// `receiver/encrypt/<g>` for item `i` of receiver group `g`; scalar `k` of
+/// `matcher/rerandomize` for the `k`-th released total.
+impl Randomness for TestVectorRng {
+    fn shuffle(&self, stream: Stream, len: usize, swap: &mut dyn FnMut(usize, usize)) {
+        let label = match stream {
+            Stream::MatcherGroup(g) => format!("matcher/shuffle/{g}"),
+            Stream::ReceiverGroup(g) => format!("receiver/shuffle/{g}"),
+            Stream::ReceiverTags(g) => format!("receiver/tags/{g}"),
+            Stream::ProviderSet => "provider/shuffle".to_owned(),
+            Stream::QuerierSet => "querier/shuffle".to_owned(),
+        };
+        for t in 0..len.saturating_sub(1) {
+            let i = len - 1 - t;
+            swap(i, self.index(&label, t as u64, i));
+        }
+    }
+
+    fn encrypt_items(&self, key: &ValueKey, group: u32, first: u64, values: &[&[u64]]) -> Vec<u8> {
+        let label = format!("receiver/encrypt/{group}");
+        (first..)
+            .zip(values)
+            .flat_map(|(i, v)| key.encrypt_with(v, self.scalar(&label, i)).to_bytes())
+            .collect()
+    }
+
+    fn encryption_of_zero(&self, key: &ValuePublicKey, index: u64) -> Ciphertext {
+        key.encrypt_zero_with(self.scalar("matcher/rerandomize", index))
     }
 }
 

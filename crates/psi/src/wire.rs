@@ -12,9 +12,12 @@
 //! UTF-8. Decoding checks every length against the bytes present before allocating, rejects
 //! trailing bytes, unknown kinds and any message over [`MAX_MESSAGE_BYTES`], and never panics.
 //!
-//! Kinds 1–7 belong to the aggregate protocols of [`protocol`](crate::protocol), kinds 8–12 to
-//! the list protocol of [`labeled`](crate::labeled).
+//! Kinds 1–7 belong to the aggregate protocols of [`protocol`](crate::ecdh::aggregate), kinds 8–12 to
+//! the list protocol of [`labeled`](crate::ecdh::list).
 
+use crate::format::{
+    LIMBS_PER_VALUE, MAX_LIST_COLUMNS, MAX_VALUE_COLUMNS, ciphertext_bytes, is_payload_width,
+};
 use curve25519_dalek::RistrettoPoint;
 use curve25519_dalek::ristretto::CompressedRistretto;
 use curve25519_dalek::traits::IsIdentity;
@@ -141,7 +144,7 @@ pub enum Message {
     /// Receiver → matcher, when the session's value ranges are proven (differential privacy
     /// with `sum_ranges = "proven"`): a chunk of items as in [`Message::ReceiverItems`], with
     /// the proof that every encrypted value lies in its column's declared range
-    /// ([`range_proof`](crate::range_proof)), which the matcher verifies on arrival.
+    /// ([`range_proof`](crate::ecdh::range_proof)), which the matcher verifies on arrival.
     ReceiverProvenItems {
         /// receiver group index
         group: u32,
@@ -151,7 +154,7 @@ pub enum Message {
         points: Vec<PointBytes>,
         /// `points.len()` ciphertexts of `32·(1 + 2·value_columns)` bytes each, concatenated
         ciphertexts: Vec<u8>,
-        /// the chunk's [`ChunkProof`](crate::range_proof::ChunkProof) bytes
+        /// the chunk's [`ChunkProof`](crate::ecdh::range_proof::ChunkProof) bytes
         proof: Vec<u8>,
     },
     /// Receiver → matcher: tags of one matcher group's points re-blinded by the receiver,
@@ -444,8 +447,7 @@ impl Message {
             },
             KIND_RECEIVER_HELLO => {
                 let value_keys = r.points("value_keys")?;
-                let limit =
-                    (crate::elgamal::MAX_VALUE_COLUMNS * crate::elgamal::LIMBS_PER_VALUE) as u64;
+                let limit = (MAX_VALUE_COLUMNS * LIMBS_PER_VALUE) as u64;
                 if value_keys.len() as u64 > limit {
                     return Err(WireError::TooMany {
                         field: "value_keys",
@@ -461,11 +463,11 @@ impl Message {
             KIND_RECEIVER_ITEMS => {
                 let group = r.u32("group")?;
                 let value_columns = r.u8("value_columns")?;
-                if usize::from(value_columns) > crate::elgamal::MAX_VALUE_COLUMNS {
+                if usize::from(value_columns) > MAX_VALUE_COLUMNS {
                     return Err(WireError::Invalid("value_columns"));
                 }
                 let points = r.points("points")?;
-                let width = crate::protocol::ciphertext_bytes(usize::from(value_columns));
+                let width = ciphertext_bytes(usize::from(value_columns));
                 let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
                 Message::ReceiverItems {
                     group,
@@ -477,13 +479,11 @@ impl Message {
             KIND_RECEIVER_PROVEN_ITEMS => {
                 let group = r.u32("group")?;
                 let value_columns = r.u8("value_columns")?;
-                if value_columns == 0
-                    || usize::from(value_columns) > crate::elgamal::MAX_VALUE_COLUMNS
-                {
+                if value_columns == 0 || usize::from(value_columns) > MAX_VALUE_COLUMNS {
                     return Err(WireError::Invalid("value_columns"));
                 }
                 let points = r.points("points")?;
-                let width = crate::protocol::ciphertext_bytes(usize::from(value_columns));
+                let width = ciphertext_bytes(usize::from(value_columns));
                 let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
                 let n = r.count("proof", 1)?;
                 let proof = r.take(n, "proof")?.to_vec();
@@ -551,7 +551,7 @@ impl Message {
             KIND_LIST_PROVIDER_HELLO => {
                 let set_size = r.u64("set_size")?;
                 let columns = r.u16("columns")?;
-                if usize::from(columns) > crate::labeled::MAX_LIST_COLUMNS {
+                if usize::from(columns) > MAX_LIST_COLUMNS {
                     return Err(WireError::Invalid("columns"));
                 }
                 Message::ListProviderHello {
@@ -648,7 +648,7 @@ impl<'a> Reader<'a> {
     /// padding blocks, at most the protocol's largest payload.
     fn payload_bytes(&mut self) -> Result<u32, WireError> {
         let width = self.u32("payload_bytes")?;
-        if !crate::labeled::is_payload_width(width as usize) {
+        if !is_payload_width(width as usize) {
             return Err(WireError::Invalid("payload_bytes"));
         }
         Ok(width)

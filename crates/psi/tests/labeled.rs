@@ -1,7 +1,7 @@
 //! The list protocol end to end: exact rows against a plain join, chunking, what crosses the
 //! wire, and every refusal of a peer that deviates.
 
-use cleanroom_psi::labeled::{AEAD_TAG_BYTES, PAD_BLOCK};
+use cleanroom_psi::ecdh::list::{AEAD_TAG_BYTES, PAD_BLOCK};
 use cleanroom_psi::wire::{CHUNK_ITEMS, PointBytes, Tag, WireError};
 use cleanroom_psi::{
     Domain, InputError, Limits, ListMatch, ListOutcome, ListProvider, ListProviderTable,

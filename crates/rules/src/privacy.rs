@@ -48,8 +48,10 @@
 
 use std::fmt;
 
-use cleanroom_psi::elgamal::{MAX_ITEM_VALUE, MAX_VALUE_COLUMNS};
-use cleanroom_psi::noise::MAX_SUM_NOISE;
+/// What the engine sums: value columns, their range, and the noise a sum can carry.
+const MAX_VALUE_COLUMNS: usize = cleanroom_psi::Capabilities::ECDH.value_columns;
+const MAX_ITEM_VALUE: u64 = cleanroom_psi::Capabilities::ECDH.max_item_value;
+const MAX_SUM_NOISE: u64 = cleanroom_psi::Capabilities::ECDH.max_sum_noise;
 use cleanroom_psi::{GroupCount, GroupDecision, NoiseBounds};
 use serde::Serialize;
 

@@ -29,7 +29,6 @@ use crate::proto::{
     RunSessionRequest, SessionAccepted, SessionStart, SessionSummary, TableDescriptor,
     run_session_request, run_session_response,
 };
-use crate::roles::{ListQuerierRole, ReceiverRole};
 use crate::server::REFUSAL_METADATA_KEY;
 use crate::tls::{ClientTransport, TlsError, client_transport};
 
@@ -380,7 +379,7 @@ impl Client {
                     let rows = table.stats();
                     let columns = plan.matcher().list_columns.len();
                     let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
-                    (rows, None, Side::List(ListQuerierRole(querier), kept))
+                    (rows, None, Side::List(querier, kept))
                 } else {
                     let table = data::receiver_table(&mut plan, &path)?;
                     // The server refuses a querier set under the threshold; say so before
@@ -410,7 +409,7 @@ impl Client {
                             .with_range_proofs(crate::server::value_ranges(&ranges))
                             .map_err(|e| ClientError::Internal(e.to_string()))?;
                     }
-                    (rows, over, Side::Aggregate(ReceiverRole(receiver)))
+                    (rows, over, Side::Aggregate(receiver))
                 };
                 Ok::<_, ClientError>((columns, rows, over, side, plan))
             })
@@ -539,11 +538,11 @@ impl Client {
         // the server.
         let (result, unopened) = match finished {
             Side::Aggregate(role) => {
-                let outcome = role.0.open().map_err(ClientError::Opened)?;
+                let outcome = role.open().map_err(ClientError::Opened)?;
                 (plan.result(&outcome)?, 0)
             }
             Side::List(role, kept) => {
-                let outcome = role.0.open().ok_or(ClientError::Session(
+                let outcome = role.open().ok_or(ClientError::Session(
                     "the protocol ended without the provider's list",
                 ))?;
                 (plan.list_result(&kept, &outcome)?, outcome.unopened)
@@ -569,9 +568,9 @@ impl Client {
 #[allow(clippy::large_enum_variant)]
 enum Side {
     /// The psi receiver of an aggregation.
-    Aggregate(ReceiverRole),
+    Aggregate(Receiver),
     /// The psi list querier of a list, and the member's rows the list is joined with.
-    List(ListQuerierRole, QuerierRows),
+    List(ListQuerier, QuerierRows),
 }
 
 /// Runs `role` against the server's protocol messages until it is done.

@@ -1,5 +1,9 @@
 //! Moves protocol messages between a sans-I/O role and a pair of streams.
 //!
+//! Every psi [`Party`] is a [`Role`] here, through one generic adapter that encodes what the
+//! party polls and decodes what arrives for it; only what is really role-specific (the list
+//! provider's withheld evaluations, in [`roles`](crate::roles)) lives elsewhere.
+//!
 //! The role (the psi matcher or receiver) is driven from the async runtime but every call
 //! into it runs on the blocking pool, because the psi roles do heavy, parallel (rayon) work.
 //! Sending and receiving run concurrently: while an outgoing message waits for the peer to make
@@ -9,6 +13,8 @@
 
 use std::future::Future;
 use std::time::Duration;
+
+use cleanroom_psi::{Message, Party, Stage};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -23,6 +29,25 @@ pub(crate) trait Role: Send + 'static {
     fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError>;
     /// Whether the role needs nothing more from the peer (checked once `poll` returns `None`).
     fn done(&self) -> bool;
+}
+
+/// The one byte adapter of every psi party: messages are encoded on the way out and decoded on
+/// the way in, and the party is done with the exchange once it expects nothing more from the
+/// peer (the matcher still awaits its release, which the server sends after the exchange).
+impl<P: Party + Send + 'static> Role for P {
+    fn poll(&mut self) -> Option<Vec<u8>> {
+        Party::poll(self).map(|m| m.encode())
+    }
+
+    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
+        let message = Message::decode(bytes)?;
+        Party::handle(self, message)?;
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.stage() != Stage::Exchanging
+    }
 }
 
 /// What the peer sent that the protocol rejects.

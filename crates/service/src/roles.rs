@@ -1,48 +1,8 @@
-//! The psi roles as [`Role`]s of the exchange: encoding, decoding and "done" for each.
+//! What is role-specific in running the psi parties over the service: the list provider's
+//! withheld evaluations. Every other party runs as it is ([`Party`] is a
+//! [`Role`](crate::exchange::Role) of the exchange through its one generic adapter).
 
-use cleanroom_psi::{ListProvider, ListQuerier, Matcher, Message, Receiver};
-
-use crate::exchange::{PeerError, Role};
-
-/// The server's side: the psi matcher, done with the exchange once every message of the
-/// receiver arrived (its per-group counts are known and nothing is left to send).
-pub(crate) struct MatcherRole(pub Matcher);
-
-impl Role for MatcherRole {
-    fn poll(&mut self) -> Option<Vec<u8>> {
-        self.0.poll_message().map(|m| m.encode())
-    }
-
-    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
-        let message = Message::decode(bytes)?;
-        self.0.handle_message(message)?;
-        Ok(())
-    }
-
-    fn done(&self) -> bool {
-        self.0.counts().is_some()
-    }
-}
-
-/// The client's side: the psi receiver, done once the matcher's closing message arrived. Its
-/// sums are decrypted only after the session ended ([`Receiver::open`]).
-pub(crate) struct ReceiverRole(pub Receiver);
-
-impl Role for ReceiverRole {
-    fn poll(&mut self) -> Option<Vec<u8>> {
-        self.0.poll_message().map(|m| m.encode())
-    }
-
-    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
-        let message = Message::decode(bytes)?;
-        self.0.handle_message(message)?;
-        Ok(())
-    }
-
-    fn done(&self) -> bool {
-        self.0.is_finished()
-    }
-}
+use cleanroom_psi::{ListProvider, Message, Party, ProtocolError, Stage};
 
 /// The server's side of a list session: the psi list provider. Its evaluations of the
 /// querier's points are what makes the matched payloads readable, so they are the release:
@@ -69,53 +29,34 @@ impl ListProviderRole {
     }
 }
 
-impl Role for ListProviderRole {
-    fn poll(&mut self) -> Option<Vec<u8>> {
+impl Party for ListProviderRole {
+    /// The provider's messages, except its evaluations, which wait for [`release`](Self::release).
+    fn poll(&mut self) -> Option<Message> {
         loop {
             match self.provider.poll_message()? {
                 m @ Message::ListProviderEvaluations { .. } => self.withheld.push(m),
-                other => return Some(other.encode()),
+                other => return Some(other),
             }
         }
     }
 
-    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
-        let message = Message::decode(bytes)?;
-        self.provider.handle_message(message)?;
-        Ok(())
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.provider.handle_message(message)
     }
 
-    /// Done once every point the querier announced arrived (and was evaluated).
-    fn done(&self) -> bool {
-        self.provider.is_done()
-    }
-}
-
-/// The client's side of a list session: the psi list querier, done once every payload and
-/// evaluation arrived; the list is opened only after the session ended
-/// ([`ListQuerier::open`]).
-pub(crate) struct ListQuerierRole(pub ListQuerier);
-
-impl Role for ListQuerierRole {
-    fn poll(&mut self) -> Option<Vec<u8>> {
-        self.0.poll_message().map(|m| m.encode())
-    }
-
-    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
-        let message = Message::decode(bytes)?;
-        self.0.handle_message(message)?;
-        Ok(())
-    }
-
-    fn done(&self) -> bool {
-        self.0.is_finished()
+    /// Finished once every point the querier announced arrived (and was evaluated).
+    fn stage(&self) -> Stage {
+        self.provider.stage()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cleanroom_psi::{Domain, Limits, ListProviderTable, ListQuerierTable, Normalization};
+    use crate::exchange::Role;
+    use cleanroom_psi::{
+        Domain, Limits, ListProviderTable, ListQuerier, ListQuerierTable, Normalization,
+    };
 
     /// The provider's evaluations, which make the matched payloads readable, leave only
     /// through `release`, after every point of the querier arrived.
@@ -130,7 +71,7 @@ mod tests {
         let mut ids = ListQuerierTable::new(Normalization::Email);
         ids.push("B@x.org");
         ids.push("c@x.org");
-        let mut querier = ListQuerierRole(ListQuerier::new(&domain, ids, 1, Limits::default()));
+        let mut querier = ListQuerier::new(&domain, ids, 1, Limits::default());
 
         let kinds = |messages: &[Vec<u8>]| -> Vec<&'static str> {
             messages
@@ -138,30 +79,31 @@ mod tests {
                 .map(|m| Message::decode(m).unwrap().kind())
                 .collect()
         };
-        let from_provider: Vec<Vec<u8>> = std::iter::from_fn(|| provider.poll()).collect();
+        let from_provider: Vec<Vec<u8>> =
+            std::iter::from_fn(|| Role::poll(&mut provider)).collect();
         assert_eq!(
             kinds(&from_provider),
             ["ListProviderHello", "ListProviderItems"]
         );
         for m in &from_provider {
-            querier.handle(m).unwrap();
+            Role::handle(&mut querier, m).unwrap();
         }
         assert!(!provider.done());
-        for m in std::iter::from_fn(|| querier.poll()) {
-            provider.handle(&m).unwrap();
+        for m in std::iter::from_fn(|| Role::poll(&mut querier)) {
+            Role::handle(&mut provider, &m).unwrap();
         }
         // Everything arrived, nothing more to poll: the evaluations wait for the release.
-        assert_eq!(provider.poll(), None);
+        assert_eq!(Role::poll(&mut provider), None);
         assert!(provider.done());
         assert!(!querier.done());
         let released = provider.release();
         assert_eq!(kinds(&released), ["ListProviderEvaluations"]);
         assert!(provider.release().is_empty());
         for m in &released {
-            querier.handle(m).unwrap();
+            Role::handle(&mut querier, m).unwrap();
         }
         assert!(querier.done());
-        let outcome = querier.0.open().unwrap();
+        let outcome = querier.open().unwrap();
         assert_eq!(outcome.matches.len(), 1);
         assert_eq!(outcome.matches[0].identifier, "b@x.org");
         assert_eq!(outcome.matches[0].rows, [["south"]]);

@@ -35,7 +35,7 @@ use crate::proto::{
     ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
     SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
 };
-use crate::roles::{ListProviderRole, MatcherRole};
+use crate::roles::ListProviderRole;
 use crate::slots::{SessionSlot, SessionSlots};
 use crate::state::{
     Attempt, AuditCursor, AuditEntry, AuditQuery, Completion, Policy, Standing, StateDb, StateError,
@@ -769,7 +769,7 @@ impl CleanRoom {
             source: Box::new(source),
         })?;
         *matcher_rows = rows;
-        let role = MatcherRole(matcher);
+        let role = matcher;
 
         let mut psi_in = psi_stream(inbound);
         let role = exchange
@@ -783,7 +783,7 @@ impl CleanRoom {
         let (_, released) = exchange
             .blocking(role, move |role| {
                 let mut disclosed = 0;
-                let summary = role.0.release_with(
+                let summary = role.release_with(
                     |group| release_plan.decide(group),
                     |bounded| {
                         disclosed = release_plan.disclose_bounded(bounded);
@@ -791,7 +791,7 @@ impl CleanRoom {
                     },
                 )?;
                 let mut messages = Vec::new();
-                while let Some(message) = role.0.poll_message() {
+                while let Some(message) = role.poll_message() {
                     messages.push(message.encode());
                 }
                 Ok::<_, cleanroom_psi::ProtocolError>(Release {

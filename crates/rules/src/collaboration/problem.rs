@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use cleanroom_psi::elgamal::MAX_ITEM_VALUE;
+/// Largest value the engine sums per item and column.
+const MAX_ITEM_VALUE: u64 = cleanroom_psi::Capabilities::ECDH.max_item_value;
 
 use super::{MAX_MEMBER_ROWS_PER_SESSION, MAX_THRESHOLD, MIN_THRESHOLD};
 
@@ -158,7 +159,7 @@ pub enum Problem {
     /// `max_groups_per_identifier` outside 1..=64.
     #[error(
         "max_groups_per_identifier must be an integer from 1 to {max}, got {0}",
-        max = cleanroom_psi::noise::MAX_CONTRIBUTIONS
+        max = cleanroom_psi::Capabilities::ECDH.max_contributions
     )]
     BadMaxGroups(i64),
     /// `epsilon_per_query` above `epsilon_budget`.

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use cleanroom_data::{NullValues, SourceOptions};
 use cleanroom_psi::Normalization;
-use cleanroom_psi::elgamal::MAX_ITEM_VALUE;
+/// Largest value the engine sums per item and column.
+const MAX_ITEM_VALUE: u64 = cleanroom_psi::Capabilities::ECDH.max_item_value;
 use toml::Spanned;
 
 use super::raw::{RawFile, RawLimits, RawMember, RawPrivacy, RawSumBounds, RawTable, SpannedList};
@@ -143,7 +144,7 @@ fn validate_privacy(at: &Locator<'_>, raw: &RawPrivacy) -> Result<Privacy, Colla
         None => DEFAULT_MAX_GROUPS_PER_IDENTIFIER,
         Some(v) => u32::try_from(*v.get_ref())
             .ok()
-            .filter(|k| (1..=cleanroom_psi::noise::MAX_CONTRIBUTIONS).contains(k))
+            .filter(|k| (1..=cleanroom_psi::Capabilities::ECDH.max_contributions).contains(k))
             .ok_or_else(|| {
                 at.invalid(
                     "collaboration.privacy.max_groups_per_identifier",

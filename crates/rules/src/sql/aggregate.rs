@@ -2,7 +2,8 @@
 //! executable aggregates), the meaning of any output expression, and the number of value
 //! columns the intersection-sum protocol can carry.
 
-use cleanroom_psi::elgamal::MAX_VALUE_COLUMNS;
+/// Most value columns the engine sums in one session.
+const MAX_VALUE_COLUMNS: usize = cleanroom_psi::Capabilities::ECDH.value_columns;
 use sqlparser::ast::{
     DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Select,
     SelectItem,

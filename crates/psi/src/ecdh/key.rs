@@ -32,7 +32,7 @@ impl BlindingKey {
 
     /// A key from fixed bytes, for published test vectors only: a key that is not secret
     /// protects nothing. Returns `None` for a non-canonical or zero scalar.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-vectors"))]
     pub fn from_test_vector_bytes(bytes: [u8; 32]) -> Option<Self> {
         let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
         (scalar != Scalar::ZERO).then(|| Self::from_scalar(scalar))

@@ -17,17 +17,16 @@
 //!   after it.
 
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
-use super::{
-    GroupResult, Limits, ProtocolError, ReceiverOutcome, items_context, point_error, shuffle,
-};
+use super::{GroupResult, Limits, ProtocolError, ReceiverOutcome, items_context, point_error};
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind};
-use crate::elgamal::{Ciphertext, ValueKey};
-use crate::key::BlindingKey;
-use crate::noise::{NoiseBounds, NoiseError};
-use crate::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
+use crate::ecdh::batch::{hash_and_blind, reblind};
+use crate::ecdh::elgamal::{Ciphertext, ValueKey};
+use crate::ecdh::key::BlindingKey;
+use crate::ecdh::noise::{NoiseBounds, NoiseError};
+use crate::ecdh::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
+use crate::party::{Party, Stage};
+use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
 use crate::table::{ReceiverGroup, ReceiverTable};
-use crate::test_vector::TestVectorRng;
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, ReleasedGroup, Tag};
 use std::collections::VecDeque;
 
@@ -74,18 +73,16 @@ pub struct Receiver {
     ranges: Option<Vec<ValueRange>>,
     /// Most items per items message.
     chunk: usize,
-    /// Fixed randomness of a published test vector; `None` in every real session.
-    test_vector: Option<TestVectorRng>,
+    /// Where the order of each group, of each group's tags and the randomness of the value
+    /// encryptions come from (the OS CSPRNG in every real session).
+    randomness: Box<dyn Randomness>,
 }
 
 impl Receiver {
     /// Start a session with fresh keys; items are shuffled per group here.
     pub fn new(domain: &Domain, table: ReceiverTable, limits: Limits) -> Self {
         let value_columns = table.value_columns();
-        let mut groups = table.into_groups();
-        for (_, items) in &mut groups {
-            shuffle(items);
-        }
+        let groups = table.into_groups();
         let value_key = (value_columns > 0).then(|| ValueKey::generate(value_columns));
         Self::with_groups(
             domain,
@@ -93,7 +90,7 @@ impl Receiver {
             value_columns,
             limits,
             (BlindingKey::generate(), value_key),
-            None,
+            Box::new(OsRandomness),
         )
     }
 
@@ -102,15 +99,16 @@ impl Receiver {
     /// then shuffled by `rng` (stream `receiver/shuffle/<g>`), item `i` of group `g` is
     /// encrypted with scalar `i` of stream `receiver/encrypt/<g>`, and the tags of matcher
     /// group `g` are shuffled with stream `receiver/tags/<g>`, so the whole transcript is
-    /// reproducible. A session run this way protects nothing.
-    #[doc(hidden)]
+    /// reproducible. A session run this way protects nothing. Range proofs still draw their
+    /// randomness from the OS: such a session is not reproducible.
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: ReceiverTable,
         limits: Limits,
         key: BlindingKey,
         value_key: Option<ValueKey>,
-        rng: TestVectorRng,
+        rng: crate::test_vector::TestVectorRng,
     ) -> Self {
         let value_columns = table.value_columns();
         assert_eq!(
@@ -119,9 +117,8 @@ impl Receiver {
             "test-vector value key for the table's value columns"
         );
         let mut groups = table.into_groups();
-        for (g, (_, items)) in groups.iter_mut().enumerate() {
+        for (_, items) in &mut groups {
             items.sort_unstable();
-            rng.shuffle(&format!("receiver/shuffle/{g}"), items);
         }
         Self::with_groups(
             domain,
@@ -129,18 +126,22 @@ impl Receiver {
             value_columns,
             limits,
             (key, value_key),
-            Some(rng),
+            Box::new(rng),
         )
     }
 
+    /// A receiver of `groups`, each shuffled here by `randomness`.
     fn with_groups(
         domain: &Domain,
-        groups: Vec<ReceiverGroup>,
+        mut groups: Vec<ReceiverGroup>,
         value_columns: usize,
         limits: Limits,
         (key, value_key): (BlindingKey, Option<ValueKey>),
-        test_vector: Option<TestVectorRng>,
+        randomness: Box<dyn Randomness>,
     ) -> Self {
+        for (g, (_, items)) in groups.iter_mut().enumerate() {
+            shuffle(&*randomness, Stream::ReceiverGroup(g), items);
+        }
         Self {
             key,
             value_key,
@@ -158,7 +159,7 @@ impl Receiver {
             matcher_groups: None,
             ranges: None,
             chunk: CHUNK_ITEMS,
-            test_vector,
+            randomness,
         }
     }
 
@@ -166,19 +167,13 @@ impl Receiver {
     /// per value column), as a matcher made with
     /// [`require_range_proofs`](super::Matcher::require_range_proofs) requires: items go out as
     /// [`Message::ReceiverProvenItems`], in chunks small enough for their proofs. Values are
-    /// clamped into their ranges before they are encrypted. Not for test-vector receivers,
-    /// whose encryption randomness is fixed.
+    /// clamped into their ranges before they are encrypted.
     pub fn with_range_proofs(mut self, ranges: Vec<ValueRange>) -> Result<Self, ProtocolError> {
         if ranges.len() != self.value_columns || self.value_columns == 0 {
             return Err(ProtocolError::ValueColumns {
                 expected: self.value_columns,
                 got: ranges.len(),
             });
-        }
-        if self.test_vector.is_some() {
-            return Err(ProtocolError::NotReady(
-                "a test-vector receiver cannot prove ranges",
-            ));
         }
         self.chunk = proven_chunk_items(&ranges);
         self.ranges = Some(ranges);
@@ -195,7 +190,7 @@ impl Receiver {
     }
 
     /// Expect a noisy release within `bounds` (one per value column), as the matcher was made
-    /// [`with_noise`](super::Matcher::with_noise): sums are decoded as in [`noise`](crate::noise)
+    /// [`with_noise`](super::Matcher::with_noise): sums are decoded as in [`noise`](crate::ecdh::noise)
     /// (a noisy total below 0 reads 0), and a noisy intersection size larger than this
     /// receiver's group reads as the group's size.
     pub fn with_noise(mut self, bounds: NoiseBounds) -> Result<Self, NoiseError> {
@@ -263,22 +258,12 @@ impl Receiver {
                     proof: proof.to_bytes(),
                 });
             }
-            let ciphertexts = match (&self.value_key, &self.test_vector) {
-                (Some(key), None) => {
+            let ciphertexts = match &self.value_key {
+                Some(key) => {
                     let values: Vec<&[u64]> = items.iter().map(|(_, v)| v.as_slice()).collect();
-                    key.encrypt_to_bytes(&values)
+                    self.randomness.encrypt_items(key, group, first, &values)
                 }
-                (Some(key), Some(rng)) => {
-                    let label = format!("receiver/encrypt/{group}");
-                    (first..)
-                        .zip(items)
-                        .flat_map(|(i, (_, v))| {
-                            key.encrypt_with_randomness(v, rng.scalar(&label, i))
-                                .to_bytes()
-                        })
-                        .collect()
-                }
-                (None, _) => Vec::new(),
+                None => Vec::new(),
             };
             return Some(Message::ReceiverItems {
                 group,
@@ -398,10 +383,7 @@ impl Receiver {
             return;
         }
         let mut points = std::mem::take(&mut peer.reblinded[g]);
-        match &self.test_vector {
-            None => shuffle(&mut points),
-            Some(rng) => rng.shuffle(&format!("receiver/tags/{g}"), &mut points),
-        }
+        shuffle(&*self.randomness, Stream::ReceiverTags(g), &mut points);
         // A noisy matcher with several groups blinds each with a key of its own and needs the
         // points to remove it (`Matcher::with_noise`).
         let whole = self.noise.is_some() && peer.sizes.len() > 1;
@@ -499,6 +481,26 @@ impl Receiver {
             suppressed_groups: suppressed,
             bounded_identifiers: bounded,
         })
+    }
+}
+
+impl Party for Receiver {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once the matcher's closing `MatcherDone` arrived; [`Receiver::open`] may then
+    /// decrypt.
+    fn stage(&self) -> Stage {
+        if self.is_finished() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
     }
 }
 

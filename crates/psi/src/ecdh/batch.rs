@@ -6,7 +6,7 @@
 //! carries the standard encodings, and only the cost changes.
 
 use crate::Domain;
-use crate::key::BlindingKey;
+use crate::ecdh::key::BlindingKey;
 use crate::wire::{PointBytes, PointError, Tag};
 use curve25519_dalek::RistrettoPoint;
 use rayon::prelude::*;

@@ -16,19 +16,19 @@
 //!
 //! # Construction
 //! `H` is the [hash to the group](crate::hash), domain-separated by collaboration and column;
-//! `a` and `b` are the matcher's and the receiver's fresh [blinding keys](crate::key). Each
+//! `a` and `b` are the matcher's and the receiver's fresh [blinding keys](crate::ecdh::key). Each
 //! party sends its identifiers blinded by its own key and the other re-blinds them by its key,
 //! so an identifier both hold becomes the same point `ab·H(x) = ba·H(x)` whichever side it came
 //! from, and is compared as a 128-bit [tag](crate::wire::Tag) of that point. Only the matcher
 //! compares: it re-blinds the receiver's items into tags itself, and gets the receiver's
 //! re-blinding of each of its groups as tags, one shuffled set per group.
 //!
-//! The receiver's values ride along [encrypted](crate::elgamal) under value keys only it holds
+//! The receiver's values ride along [encrypted](crate::ecdh::elgamal) under value keys only it holds
 //! ([`ciphertext_bytes`] per item). The matcher adds the ciphertexts of the matched items of
 //! each pair of groups and re-randomizes every total it releases with a fresh encryption of
 //! zero, or of the noise it draws, so the receiver decrypts totals without learning which items
 //! made them. When ranges are proven, each chunk of items carries a
-//! [range proof](crate::range_proof) bound to its place in the session by [`items_context`].
+//! [range proof](crate::ecdh::range_proof) bound to its place in the session by [`items_context`].
 //!
 //! In a noisy session with several matcher groups, group `g` is blinded by a key `k_g` of its
 //! own instead of `a`; the receiver returns its re-blinded points `b·k_g·H(x)` whole
@@ -54,7 +54,7 @@
 //!
 //! # Layout
 //! - this file: [`Limits`], [`ProtocolError`], and the helpers both roles and
-//!   [labeled PSI](crate::labeled) share;
+//!   [labeled PSI](crate::ecdh::list) share;
 //! - `matcher.rs`: the [`Matcher`] role; `receiver.rs`: the [`Receiver`] role;
 //! - `outcome.rs`: what a session yields ([`GroupCount`], [`GroupDecision`],
 //!   [`ReleaseSummary`], [`GroupResult`], [`ReceiverOutcome`]);
@@ -71,11 +71,10 @@ pub use receiver::Receiver;
 pub use sizes::ciphertext_bytes;
 pub(crate) use sizes::{admit, check_sizes};
 
-use crate::elgamal::DecryptError;
-use crate::noise::NoiseError;
-use crate::range_proof::RangeProofError;
+use crate::ecdh::elgamal::DecryptError;
+use crate::ecdh::noise::NoiseError;
+use crate::ecdh::range_proof::RangeProofError;
 use crate::wire::{PointError, WireError};
-use rand::seq::SliceRandom;
 
 /// The default bound on a list provider's payloads: 256 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 256 << 20;
@@ -272,9 +271,4 @@ pub fn items_context(group: u32, offset: u64) -> Vec<u8> {
     context.extend_from_slice(&group.to_be_bytes());
     context.extend_from_slice(&offset.to_be_bytes());
     context
-}
-
-/// Shuffle with a CSPRNG-seeded generator.
-pub(crate) fn shuffle<T>(items: &mut [T]) {
-    items.shuffle(&mut rand::rng());
 }

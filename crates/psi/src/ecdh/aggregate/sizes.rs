@@ -11,16 +11,7 @@
 //!   chunks of at most the given size, and then nothing.
 
 use super::{Limits, ProtocolError};
-use crate::elgamal::LIMBS_PER_VALUE;
-
-/// Bytes of one item's ciphertext with `value_columns` columns (0 for cardinality).
-pub fn ciphertext_bytes(value_columns: usize) -> usize {
-    if value_columns == 0 {
-        0
-    } else {
-        32 * (1 + LIMBS_PER_VALUE * value_columns)
-    }
-}
+pub use crate::format::ciphertext_bytes;
 
 /// Validate a hello's group sizes against limits.
 pub(crate) fn check_sizes(sizes: &[u64], limits: &Limits) -> Result<(), ProtocolError> {

@@ -7,7 +7,7 @@
 //! re-randomizes the total, as an encryption of zero would).
 //!
 //! Noise may be negative, but exponential ElGamal only decrypts limb sums in
-//! `[0, MAX_LIMB_SUM]` (see [`elgamal`](crate::elgamal)). A noise value `z`, with `|z|` at most a
+//! `[0, MAX_LIMB_SUM]` (see [`elgamal`](crate::ecdh::elgamal)). A noise value `z`, with `|z|` at most a
 //! public bound `K`, is therefore written as `z = q·2^16 + r` with `0 ≤ r < 2^16` (floor
 //! division), and the matcher adds
 //!
@@ -24,7 +24,7 @@
 //! `2·offset / 2^20` extra giant steps per value column: [`MAX_SUM_NOISE`] keeps that under a
 //! few milliseconds.
 
-use crate::elgamal::{LIMBS_PER_VALUE, MAX_LIMB_SUM, MAX_VALUE_COLUMNS};
+use crate::ecdh::elgamal::{LIMBS_PER_VALUE, MAX_LIMB_SUM, MAX_VALUE_COLUMNS};
 
 /// Largest bound on the absolute noise of one sum (`2^48`): its offset (`2^32`) keeps the
 /// receiver's decryption within a few thousand giant steps, and leaves the high limb room for

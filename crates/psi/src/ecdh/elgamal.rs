@@ -34,10 +34,7 @@ pub const MAX_ITEM_VALUE: u64 = u32::MAX as u64;
 pub const MAX_LIMB_SUM: u64 = 1 << 40;
 /// Number of items whose total is guaranteed to decrypt, whatever their values.
 pub const MAX_EXACT_ITEMS: u64 = MAX_LIMB_SUM / 0xFFFF;
-/// Most value columns one session may carry.
-pub const MAX_VALUE_COLUMNS: usize = 4;
-/// Limbs per value column.
-pub const LIMBS_PER_VALUE: usize = 2;
+pub use crate::format::{LIMBS_PER_VALUE, MAX_VALUE_COLUMNS};
 const LIMB_BITS: u32 = 16;
 
 /// A receiver's secret decryption keys (two per value column), zeroized on drop.
@@ -79,7 +76,7 @@ impl ValueKey {
     /// Fresh keys for `value_columns` columns, from the OS CSPRNG.
     pub fn generate(value_columns: usize) -> Self {
         let secrets = (0..value_columns * LIMBS_PER_VALUE)
-            .map(|_| crate::key::random_nonzero_scalar())
+            .map(|_| crate::ecdh::key::random_nonzero_scalar())
             .collect();
         Self { secrets }
     }
@@ -87,7 +84,7 @@ impl ValueKey {
     /// Keys from fixed secrets (two per value column, in limb order), for published test
     /// vectors only: a key that is not secret protects nothing. Returns `None` for a
     /// non-canonical or zero scalar, an odd count, or more than [`MAX_VALUE_COLUMNS`] columns.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-vectors"))]
     pub fn from_test_vector_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
         if secrets.len() % LIMBS_PER_VALUE != 0
             || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
@@ -130,13 +127,18 @@ impl ValueKey {
             self.value_columns(),
             "value count checked by the table"
         );
-        self.encrypt_with_randomness(values, Scalar::random(&mut rand::rng()))
+        self.encrypt_with(values, Scalar::random(&mut rand::rng()))
     }
 
     /// [`encrypt`](Self::encrypt) with the randomness `r` given, for published test vectors
     /// only: a ciphertext whose `r` is known is no secret.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn encrypt_with_randomness(&self, values: &[u64], r: Scalar) -> Ciphertext {
+        self.encrypt_with(values, r)
+    }
+
+    /// `values` encrypted with the randomness `r`.
+    pub(crate) fn encrypt_with(&self, values: &[u64], r: Scalar) -> Ciphertext {
         let mut points = Vec::with_capacity(1 + self.secrets.len());
         points.push(RistrettoPoint::mul_base(&r));
         for (limb, s) in limbs(values).zip(&self.secrets) {
@@ -150,7 +152,7 @@ impl ValueKey {
     /// double-and-compressed in batches, which yields exactly `compress(e·B)` at a fraction of
     /// the cost of compressing one point at a time.
     pub fn encrypt_to_bytes<V: AsRef<[u64]> + Sync>(&self, items: &[V]) -> Vec<u8> {
-        let half = crate::key::half();
+        let half = crate::ecdh::key::half();
         let width = 1 + self.secrets.len();
         items
             .par_chunks(128)
@@ -251,7 +253,7 @@ impl ValuePublicKey {
 
     /// An encryption of zero under these keys: added to a total, it re-randomizes it.
     pub fn encrypt_zero(&self) -> Ciphertext {
-        self.encrypt_zero_with_randomness(Scalar::random(&mut rand::rng()))
+        self.encrypt_zero_with(Scalar::random(&mut rand::rng()))
     }
 
     /// A fresh encryption of the limbs `limbs` (one per key, low limb first per column) under
@@ -273,8 +275,13 @@ impl ValuePublicKey {
 
     /// [`encrypt_zero`](Self::encrypt_zero) with the randomness `r` given, for published test
     /// vectors only.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn encrypt_zero_with_randomness(&self, r: Scalar) -> Ciphertext {
+        self.encrypt_zero_with(r)
+    }
+
+    /// An encryption of zero with the randomness `r`.
+    pub(crate) fn encrypt_zero_with(&self, r: Scalar) -> Ciphertext {
         let mut points = Vec::with_capacity(1 + self.points.len());
         points.push(RistrettoPoint::mul_base(&r));
         points.extend(self.points.iter().map(|s| r * s));

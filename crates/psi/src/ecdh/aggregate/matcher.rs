@@ -24,16 +24,16 @@
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
     GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary, items_context, point_error,
-    shuffle,
 };
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind_to_tags};
-use crate::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
-use crate::key::BlindingKey;
-use crate::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
-use crate::range_proof::{ChunkProof, ValueRange, verify_chunk};
+use crate::ecdh::batch::{hash_and_blind, reblind_to_tags};
+use crate::ecdh::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
+use crate::ecdh::key::BlindingKey;
+use crate::ecdh::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::ecdh::range_proof::{ChunkProof, ValueRange, verify_chunk};
+use crate::party::{Party, Stage};
+use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
 use crate::table::MatcherTable;
-use crate::test_vector::TestVectorRng;
 use crate::wire::{
     CHUNK_ITEMS, Message, PointBytes, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
 };
@@ -108,49 +108,57 @@ pub struct Matcher {
     /// The declared range of each value column when the receiver must prove its values lie
     /// in them; `None`: the receiver is trusted (or the session has no values).
     ranges: Option<Vec<ValueRange>>,
-    /// Fixed randomness of a published test vector; `None` in every real session.
-    test_vector: Option<TestVectorRng>,
+    /// Where the order of each group and the re-randomization of released totals come from
+    /// (the OS CSPRNG in every real session).
+    randomness: Box<dyn Randomness>,
 }
 
 impl Matcher {
     /// Start a session with a fresh key. Groups are shuffled here; blinding happens lazily as
     /// messages are polled.
     pub fn new(domain: &Domain, table: MatcherTable, limits: Limits) -> Self {
-        let mut groups = table.into_groups();
-        for (_, ids) in &mut groups {
-            shuffle(ids);
-        }
-        Self::with_groups(domain, groups, limits, BlindingKey::generate(), None)
+        let groups = table.into_groups();
+        Self::with_groups(
+            domain,
+            groups,
+            limits,
+            BlindingKey::generate(),
+            Box::new(OsRandomness),
+        )
     }
 
     /// A matcher for published test vectors only: the blinding key is `key`, each group's
     /// identifiers are sorted and then shuffled by `rng` (stream `matcher/shuffle/<g>`), and
     /// released sums are re-randomized with `rng` (scalar `k` of stream `matcher/rerandomize`
     /// for the `k`-th released group), so the whole transcript is reproducible. A session run
-    /// this way protects nothing.
-    #[doc(hidden)]
+    /// this way protects nothing. Noise and padding still draw their secrets (group keys,
+    /// dummies) from the OS: such a session is not reproducible.
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: MatcherTable,
         limits: Limits,
         key: BlindingKey,
-        rng: TestVectorRng,
+        rng: crate::test_vector::TestVectorRng,
     ) -> Self {
         let mut groups = table.into_groups();
-        for (g, (_, ids)) in groups.iter_mut().enumerate() {
+        for (_, ids) in &mut groups {
             ids.sort_unstable();
-            rng.shuffle(&format!("matcher/shuffle/{g}"), ids);
         }
-        Self::with_groups(domain, groups, limits, key, Some(rng))
+        Self::with_groups(domain, groups, limits, key, Box::new(rng))
     }
 
+    /// A matcher of `groups`, each shuffled here by `randomness`.
     fn with_groups(
         domain: &Domain,
-        groups: Vec<(String, Vec<String>)>,
+        mut groups: Vec<(String, Vec<String>)>,
         limits: Limits,
         key: BlindingKey,
-        test_vector: Option<TestVectorRng>,
+        randomness: Box<dyn Randomness>,
     ) -> Self {
+        for (g, (_, ids)) in groups.iter_mut().enumerate() {
+            shuffle(&*randomness, Stream::MatcherGroup(g), ids);
+        }
         let n = groups.len();
         Self {
             key,
@@ -180,7 +188,7 @@ impl Matcher {
             min_receiver_identifiers: 0,
             receiver_groups: None,
             ranges: None,
-            test_vector,
+            randomness,
         }
     }
 
@@ -196,7 +204,7 @@ impl Matcher {
     /// Require the receiver to prove, chunk by chunk, that every encrypted value lies in its
     /// column's range (one per value column): items then arrive as
     /// [`Message::ReceiverProvenItems`], whose proofs are verified on arrival, before anything
-    /// is matched ([`range_proof`](crate::range_proof)). The hello must carry exactly as many
+    /// is matched ([`range_proof`](crate::ecdh::range_proof)). The hello must carry exactly as many
     /// value columns.
     pub fn require_range_proofs(mut self, ranges: Vec<ValueRange>) -> Self {
         self.ranges = Some(ranges);
@@ -218,7 +226,7 @@ impl Matcher {
     ///   random when the receiver sent more (the receiver is not trusted to bound itself). An
     ///   identifier then changes the released counts by at most `k` in total and the sums of a
     ///   column by at most `k` times its bound, whatever its groups on either side;
-    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::noise)), and
+    /// - [`release_with`](Self::release_with) may add noise (see [`noise`](crate::ecdh::noise)), and
     ///   releases the number of bounded identifiers with the noise its caller draws.
     ///
     /// A plan grouped on one side only (as cleanroom's are) bounds on that side only: the
@@ -228,18 +236,16 @@ impl Matcher {
         let k = bounds.max_contributions() as usize;
         if self.groups.len() > 1 {
             self.table_bounded = bound_memberships(&mut self.groups, k);
-            if self.test_vector.is_none() {
-                self.group_keys = self
-                    .groups
-                    .iter()
-                    .map(|_| BlindingKey::generate())
-                    .collect();
-                self.unblind = self
-                    .group_keys
-                    .iter()
-                    .map(|k| self.key.product(&k.inverse()))
-                    .collect();
-            }
+            self.group_keys = self
+                .groups
+                .iter()
+                .map(|_| BlindingKey::generate())
+                .collect();
+            self.unblind = self
+                .group_keys
+                .iter()
+                .map(|k| self.key.product(&k.inverse()))
+                .collect();
         }
         self.noise = Some(bounds);
         self
@@ -250,15 +256,12 @@ impl Matcher {
     /// noise, an announced size is the true size plus noise, shifted by a public amount. A
     /// dummy is the hash of 256 random bits: it equals an identifier of the receiver with
     /// negligible probability, and is blinded and shuffled like every identifier, so the
-    /// receiver cannot tell it from one. Pads nothing in a test-vector matcher.
+    /// receiver cannot tell it from one.
     pub fn pad_groups(mut self, mut dummies: impl FnMut() -> u64) -> Self {
-        if self.test_vector.is_some() {
-            return self;
-        }
-        for (_, ids) in &mut self.groups {
+        for (g, (_, ids)) in self.groups.iter_mut().enumerate() {
             let n = dummies();
             ids.extend((0..n).map(|_| dummy_identifier()));
-            shuffle(ids);
+            shuffle(&*self.randomness, Stream::MatcherGroup(g), ids);
         }
         self
     }
@@ -800,13 +803,8 @@ impl Matcher {
                     let sums = match (acc.and_then(|a| a.sum.as_ref()), &public_key) {
                         (Some(sum), Some(pk)) => {
                             let mut total = sum.clone();
-                            let zero = match &self.test_vector {
-                                None => pk.encrypt_zero(),
-                                Some(rng) => pk.encrypt_zero_with_randomness(
-                                    rng.scalar("matcher/rerandomize", released.len() as u64),
-                                ),
-                            };
-                            total.add_assign(&zero);
+                            let index = released.len() as u64;
+                            total.add_assign(&self.randomness.encryption_of_zero(pk, index));
                             total.to_bytes()
                         }
                         _ => Vec::new(),
@@ -870,6 +868,26 @@ impl Matcher {
             suppressed,
             bounded,
         })
+    }
+}
+
+impl Party for Matcher {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Exchanging until every item and tag of the receiver arrived (the counts are known),
+    /// then awaiting the release, finished once released.
+    fn stage(&self) -> Stage {
+        match (&self.counts, self.released) {
+            (None, _) => Stage::Exchanging,
+            (Some(_), false) => Stage::AwaitingRelease,
+            (Some(_), true) => Stage::Finished,
+        }
     }
 }
 

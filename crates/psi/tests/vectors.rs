@@ -1,11 +1,12 @@
-//! The published test vectors of PROTOCOL.md (`tests/vectors/*.json`): generated here from the
+//! The published test vectors of PROTOCOL.md (`tests/vectors/*.json` at the repository's root,
+//! where the Python client reads them too): generated here from the
 //! implementation and compared with the files on every test run, so the document, the vectors
 //! and the code cannot drift apart. Each vector is also checked against an independent
 //! computation from the document's formulas (SHA-512 input layout, tag formula, ElGamal
 //! equations), not only against the code that produced it.
 //!
 //! After an intentional protocol change, regenerate the files with
-//! `CLEANROOM_WRITE_VECTORS=1 cargo test --test vectors` and review the diff.
+//! `CLEANROOM_WRITE_VECTORS=1 cargo test -p cleanroom-psi --test vectors` and review the diff.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ const COLLABORATION: &str = "acme-newsco-q4";
 const DOMAIN_LABEL: &str = "impressions.email=conversions.email";
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors")
 }
 
 /// Compares `generated` with the file, or writes it when `CLEANROOM_WRITE_VECTORS` is set.
@@ -55,7 +56,8 @@ fn check_file(name: &str, generated: &Value) {
         panic!(
             "{} differs from what the implementation produces (first difference near line \
              {line}). If the protocol changed on purpose, regenerate with \
-             CLEANROOM_WRITE_VECTORS=1 cargo test --test vectors and update PROTOCOL.md.",
+             CLEANROOM_WRITE_VECTORS=1 cargo test -p cleanroom-psi --test vectors and update \
+             PROTOCOL.md.",
             path.display()
         );
     }
@@ -356,7 +358,7 @@ fn describe(msg: &Message) -> Value {
             "value_columns": value_columns,
             "points": points(p),
             "ciphertexts": ciphertexts
-                .chunks(cleanroom_psi::protocol::ciphertext_bytes(usize::from(*value_columns)).max(1))
+                .chunks(cleanroom_psi::ecdh::aggregate::ciphertext_bytes(usize::from(*value_columns)).max(1))
                 .map(points_hex)
                 .collect::<Vec<_>>(),
         }),
@@ -371,7 +373,7 @@ fn describe(msg: &Message) -> Value {
             "value_columns": value_columns,
             "points": points(p),
             "ciphertexts": ciphertexts
-                .chunks(cleanroom_psi::protocol::ciphertext_bytes(usize::from(*value_columns)).max(1))
+                .chunks(cleanroom_psi::ecdh::aggregate::ciphertext_bytes(usize::from(*value_columns)).max(1))
                 .map(points_hex)
                 .collect::<Vec<_>>(),
             "proof": hex::encode(proof),

@@ -15,7 +15,7 @@
 //! # Construction
 //! `F_a(x) = compress(a·H(x))` is the Diffie–Hellman oblivious PRF ("2HashDH", Jarecki,
 //! Kiayias and Krawczyk 2014) with `H` the [hash to the group](crate::hash) and `a` the
-//! provider's fresh [key](crate::key). The provider computes it on its own identifiers; the
+//! provider's fresh [key](crate::ecdh::key). The provider computes it on its own identifiers; the
 //! querier obtains it on its own identifiers only, by sending `b·H(y)` and unblinding the
 //! provider's `a·b·H(y)` with `b⁻¹ mod ℓ`. From `P = F_a(x)`, HKDF-SHA256 (RFC 5869) derives
 //! two independent values with distinct labels:
@@ -60,11 +60,12 @@
 //! a matched payload that was tampered with fails authentication and ends the session.
 
 use crate::Domain;
-use crate::batch::{hash_and_blind, reblind};
-use crate::key::BlindingKey;
-use crate::protocol::{Limits, ProtocolError, admit, check_sizes, point_error, shuffle};
-use crate::table::{InputStats, ListProviderTable, ListQuerierTable};
-use crate::test_vector::TestVectorRng;
+use crate::ecdh::aggregate::{Limits, ProtocolError, admit, check_sizes, point_error};
+use crate::ecdh::batch::{hash_and_blind, reblind};
+use crate::ecdh::key::BlindingKey;
+use crate::party::{Party, Stage};
+use crate::randomness::{OsRandomness, Stream, shuffle};
+use crate::table::{ListProviderTable, ListQuerierTable};
 use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -74,19 +75,10 @@ use sha2::Sha256;
 use std::collections::VecDeque;
 use zeroize::Zeroizing;
 
-/// Most list columns one session carries.
-pub const MAX_LIST_COLUMNS: usize = 64;
-/// Most rows one identifier's payload carries.
-pub const MAX_LIST_ROWS: usize = 16_384;
-/// Largest padded plaintext of one payload (64 KiB).
-pub const MAX_PLAINTEXT_BYTES: usize = 64 * 1024;
-/// Payload plaintexts are padded to a whole number of blocks of this size.
-pub const PAD_BLOCK: usize = 64;
-/// Bytes of the Poly1305 authentication tag that ends every payload.
-pub const AEAD_TAG_BYTES: usize = 16;
-
-/// Encoding of an identifier with no rows yet: the row count.
-pub(crate) const EMPTY_PAYLOAD_BYTES: usize = 4;
+use crate::format::is_payload_width;
+pub use crate::format::{
+    AEAD_TAG_BYTES, MAX_LIST_COLUMNS, MAX_LIST_ROWS, MAX_PLAINTEXT_BYTES, PAD_BLOCK,
+};
 
 const HKDF_SALT: &[u8] = b"cleanroom/psi/list";
 const TAG_INFO: &[u8] = b"cleanroom/psi/list/lookup-tag";
@@ -94,23 +86,6 @@ const KEY_INFO: &[u8] = b"cleanroom/psi/list/payload-key";
 const AAD_LABEL: &[u8] = b"cleanroom/psi/list/payload";
 /// Bytes of a `ListProviderItems` message before its items.
 const ITEMS_HEADER_BYTES: usize = 1 + 1 + 4 + 4;
-
-/// Bytes one value adds to a payload encoding.
-pub(crate) fn field_bytes(value: &str) -> usize {
-    4 + value.len()
-}
-
-/// The encrypted width of payloads whose longest encoding is `encoded` bytes.
-pub(crate) fn padded_width(encoded: usize) -> usize {
-    encoded.div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK + AEAD_TAG_BYTES
-}
-
-/// Whether `width` is a width [`padded_width`] can produce.
-pub(crate) fn is_payload_width(width: usize) -> bool {
-    width > AEAD_TAG_BYTES
-        && width <= MAX_PLAINTEXT_BYTES + AEAD_TAG_BYTES
-        && (width - AEAD_TAG_BYTES) % PAD_BLOCK == 0
-}
 
 /// Payloads of `width` bytes that fit in one message.
 fn items_per_message(width: usize) -> usize {
@@ -257,17 +232,17 @@ impl ListProvider {
     /// A provider for published test vectors only: the key is `key`, and the set is sorted
     /// by identifier and then shuffled by `rng` (stream `provider/shuffle`), so the whole
     /// transcript is reproducible. A session run this way protects nothing.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: ListProviderTable,
         limits: Limits,
         key: BlindingKey,
-        rng: &TestVectorRng,
+        rng: &crate::test_vector::TestVectorRng,
     ) -> Self {
         let mut provider = Self::with_key(domain, table, limits, key);
         provider.items.sort_unstable();
-        rng.shuffle("provider/shuffle", &mut provider.items);
+        shuffle(rng, Stream::ProviderSet, &mut provider.items);
         provider
     }
 
@@ -280,7 +255,7 @@ impl ListProvider {
         let columns = u16::try_from(table.columns()).expect("tables bound the column count");
         let width = table.payload_bytes();
         let mut items = table.into_items();
-        shuffle(&mut items);
+        shuffle(&OsRandomness, Stream::ProviderSet, &mut items);
         Self {
             key,
             domain: domain.clone(),
@@ -391,6 +366,26 @@ impl ListProvider {
     }
 }
 
+impl Party for ListProvider {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once every point the querier announced arrived and was evaluated
+    /// ([`ListProvider::is_done`]); the evaluations may still wait in `poll`.
+    fn stage(&self) -> Stage {
+        if self.is_done() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
+    }
+}
+
 impl std::fmt::Debug for ListProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListProvider")
@@ -470,7 +465,7 @@ impl ListQuerier {
     /// provider's columns the plan lists). Identifiers are shuffled here.
     pub fn new(domain: &Domain, table: ListQuerierTable, columns: usize, limits: Limits) -> Self {
         let mut identifiers = table.into_identifiers();
-        shuffle(&mut identifiers);
+        shuffle(&OsRandomness, Stream::QuerierSet, &mut identifiers);
         let key = BlindingKey::generate();
         Self {
             unblind: key.inverse(),
@@ -492,20 +487,20 @@ impl ListQuerier {
     /// A querier for published test vectors only: the key is `key`, and the identifiers are
     /// sorted and then shuffled by `rng` (stream `querier/shuffle`), so the whole transcript is
     /// reproducible. A session run this way protects nothing.
-    #[doc(hidden)]
+    #[cfg(feature = "test-vectors")]
     pub fn for_test_vector(
         domain: &Domain,
         table: ListQuerierTable,
         columns: usize,
         limits: Limits,
         key: BlindingKey,
-        rng: &TestVectorRng,
+        rng: &crate::test_vector::TestVectorRng,
     ) -> Self {
         let mut querier = Self::new(domain, table, columns, limits);
         querier.unblind = key.inverse();
         querier.key = key;
         querier.identifiers.sort_unstable();
-        rng.shuffle("querier/shuffle", &mut querier.identifiers);
+        shuffle(rng, Stream::QuerierSet, &mut querier.identifiers);
         querier
     }
 
@@ -690,6 +685,26 @@ impl ListQuerier {
     }
 }
 
+impl Party for ListQuerier {
+    fn poll(&mut self) -> Option<Message> {
+        self.poll_message()
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.handle_message(message)
+    }
+
+    /// Finished once every payload and every evaluation arrived; [`ListQuerier::open`] may
+    /// then open the matched payloads.
+    fn stage(&self) -> Stage {
+        if self.is_finished() {
+            Stage::Finished
+        } else {
+            Stage::Exchanging
+        }
+    }
+}
+
 impl std::fmt::Debug for ListQuerier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListQuerier")
@@ -699,99 +714,11 @@ impl std::fmt::Debug for ListQuerier {
     }
 }
 
-// ---------------------------------------------------------------- offline
-
-/// What an offline list run produced and what it moved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListReport {
-    /// What the querier learned.
-    pub outcome: ListOutcome,
-    /// What the provider learned: the querier's number of distinct identifiers.
-    pub querier_set_size: u64,
-    /// The provider's input counts.
-    pub provider_input: InputStats,
-    /// The querier's input counts.
-    pub querier_input: InputStats,
-    /// Messages exchanged, both directions.
-    pub messages: u64,
-    /// Encoded bytes exchanged, both directions.
-    pub bytes: u64,
-}
-
-/// Run a whole list session in-process, every message encoded and decoded on its way as it
-/// would cross a network. `observe` sees each message, decoded and encoded, as it crosses (for
-/// transcripts and progress displays).
-pub fn list_offline_observed(
-    domain: &Domain,
-    provider: ListProviderTable,
-    querier: ListQuerierTable,
-    mut observe: impl FnMut(&Message, &[u8]),
-) -> Result<ListReport, ProtocolError> {
-    let provider_input = provider.stats();
-    let querier_input = querier.stats();
-    let limits = Limits::unlimited();
-    let columns = provider.columns();
-    let mut p = ListProvider::new(domain, provider, limits);
-    let mut q = ListQuerier::new(domain, querier, columns, limits);
-    let (messages, bytes) = drive(&mut p, &mut q, &mut observe)?;
-    Ok(ListReport {
-        outcome: q.open().expect("driven to the end"),
-        querier_set_size: p.querier_set_size().expect("done implies the hello"),
-        provider_input,
-        querier_input,
-        messages,
-        bytes,
-    })
-}
-
-/// Move messages between the two roles until both are finished; returns the messages and
-/// bytes moved.
-fn drive(
-    p: &mut ListProvider,
-    q: &mut ListQuerier,
-    observe: &mut impl FnMut(&Message, &[u8]),
-) -> Result<(u64, u64), ProtocolError> {
-    let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut transfer = |msg: Message| -> Result<Message, ProtocolError> {
-        let encoded = msg.encode();
-        messages += 1;
-        bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
-        observe(&decoded, &encoded);
-        Ok(decoded)
-    };
-    loop {
-        let mut progressed = false;
-        while let Some(msg) = p.poll_message() {
-            q.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        while let Some(msg) = q.poll_message() {
-            p.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        if q.is_finished() && p.is_done() {
-            return Ok((messages, bytes));
-        }
-        if !progressed {
-            return Err(ProtocolError::NotReady("the session stalled"));
-        }
-    }
-}
-
-/// [`list_offline_observed`] without an observer.
-pub fn list_offline(
-    domain: &Domain,
-    provider: ListProviderTable,
-    querier: ListQuerierTable,
-) -> Result<ListReport, ProtocolError> {
-    list_offline_observed(domain, provider, querier, |_, _| {})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Normalization;
+    use crate::format::padded_width;
     use sha2::Digest;
 
     fn test_key(byte: u8) -> BlindingKey {
@@ -979,7 +906,8 @@ mod tests {
         let mut p = ListProvider::with_key(&domain, pt, unlimited(), test_key(11));
         let mut q = ListQuerier::new(&domain, qt, 2, unlimited());
         let mut transcript = Vec::new();
-        drive(&mut p, &mut q, &mut |m: &Message, _: &[u8]| {
+        let no_release = |_: &mut ListProvider| Ok(());
+        crate::offline::drive(&mut p, &mut q, no_release, &mut |m: &Message, _: &[u8]| {
             transcript.push(m.clone())
         })
         .unwrap();
