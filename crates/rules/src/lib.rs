@@ -90,11 +90,14 @@ pub use collaboration::{
     DEFAULT_MEMBER_ROWS_PER_SESSION, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
     MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
-pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
+pub use exec::{
+    DataError, PlanKindError, ResultError, ResultTable, decode_group_key, encode_group_key,
+};
 pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
-    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
+    AggregateOutput, AggregatePlan, AggregateValue, CompareOp, Filter, Join, ListColumn,
+    ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan, TableSource,
     ValueColumn, ValueKind,
 };
 pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits, SumRanges};
@@ -107,20 +110,6 @@ impl Collaboration {
     /// rules and the protocols' abilities. Returns the plan of an allowed query, or every reason
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
-        let mut plan = sql::compile(self, querier, sql)?;
-        if let Some(privacy) = self.privacy()
-            && plan.protocol() != Protocol::List
-        {
-            let bounds = match self.table(&plan.receiver().table).map(Table::rule) {
-                Some(AnalysisRule::Aggregation(rule)) => rule.sum_bounds(),
-                _ => unreachable!("an aggregation plan's tables have aggregation rules"),
-            };
-            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
-                *bounds
-                    .get(column)
-                    .expect("every SUM/AVG column has sum_bounds under privacy")
-            }));
-        }
-        Ok(plan)
+        sql::compile(self, querier, sql)
     }
 }

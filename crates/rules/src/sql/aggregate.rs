@@ -9,13 +9,41 @@ use sqlparser::ast::{
 };
 
 use super::parse::{is_column_syntax, literal, strip_nested};
-use super::{Checker, MAX_DEPTH, Spec};
-use crate::collaboration::AggregateFunction;
+use super::{Checker, ColumnRef, MAX_DEPTH, QueryRule, Spec};
+use crate::collaboration::{AggregateFunction, AggregationRule, AnalysisRule};
 use crate::plan::{Role, ValueKind};
 use crate::reason::{Reason, ReasonCode as Code};
 
+impl QueryRule for AggregationRule {
+    const SELECT_DISTINCT: bool = false;
+
+    fn of(rule: &AnalysisRule) -> Option<&Self> {
+        match rule {
+            AnalysisRule::Aggregation(rule) => Some(rule),
+            AnalysisRule::List(_) => None,
+        }
+    }
+
+    fn is_join_column(&self, column: &str) -> bool {
+        AggregationRule::is_join_column(self, column)
+    }
+
+    fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
+        checker.output_spec(expr, 0)
+    }
+
+    fn allows_filter_on(checker: &mut Checker<'_, Self>, column: &ColumnRef) -> bool {
+        checker.require_dimension(column, Code::FilterNotDimension, "filtered on")
+    }
+}
+
+/// Whether `name` (upper case) is an aggregate function of SQL, offered or not.
+pub(super) fn is_aggregate(name: &str) -> bool {
+    matches!(name, "COUNT" | "SUM" | "AVG") || OTHER_AGGREGATES.contains(&name)
+}
+
 /// Aggregate functions of common SQL dialects that the clean room does not offer.
-const OTHER_AGGREGATES: &[&str] = &[
+pub(super) const OTHER_AGGREGATES: &[&str] = &[
     "MIN",
     "MAX",
     "STDDEV",
@@ -38,7 +66,7 @@ const OTHER_AGGREGATES: &[&str] = &[
     "COUNT_IF",
 ];
 
-impl Checker<'_> {
+impl Checker<'_, AggregationRule> {
     pub(super) fn check_projection(&mut self, select: &Select) -> Vec<(String, Option<Spec>)> {
         let mut outputs = Vec::new();
         let before = self.reasons.len();
@@ -95,37 +123,7 @@ impl Checker<'_> {
             e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
                 self.column(e).map(Spec::Column)
             }
-            Expr::Function(f) if self.list => {
-                let name = f.name.to_string().to_ascii_uppercase();
-                let is_aggregate = matches!(name.as_str(), "COUNT" | "SUM" | "AVG")
-                    || OTHER_AGGREGATES.contains(&name.as_str());
-                self.refuse(if is_aggregate {
-                    Reason::new(
-                        Code::AggregateInListQuery,
-                        format!(
-                            "{name}(...) is an aggregate; the tables' list rules release \
-                             matched rows of list columns, not aggregates"
-                        ),
-                    )
-                } else {
-                    Reason::new(
-                        Code::UnsupportedFunction,
-                        format!(
-                            "function {name} is not supported; a list query outputs list \
-                             columns as they are"
-                        ),
-                    )
-                });
-                None
-            }
             Expr::Function(f) => self.aggregate(f),
-            other if self.list => {
-                self.refuse(Reason::new(
-                    Code::UnsupportedExpression,
-                    format!("output {other} is not allowed: a list query outputs list columns"),
-                ));
-                None
-            }
             other => {
                 self.refuse(Reason::new(
                     Code::UnsupportedExpression,
@@ -267,7 +265,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let rule = self.rule_of(&column);
+        let rule = self.sources[column.source].rule;
         if !rule.allows(function, &column.column) {
             let allowed: Vec<&str> = rule
                 .aggregate_columns()

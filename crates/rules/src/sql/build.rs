@@ -1,14 +1,15 @@
 //! Building the [`Plan`] of a checked aggregation query: outputs, value columns, each side's
 //! filter, groups and reads, the protocol and the release threshold.
 
-use super::{Checker, SourceRule, Spec, role_index};
-use crate::collaboration::AggregateFunction;
+use super::{Checker, Spec, role_index};
+use crate::collaboration::{AggregateFunction, AggregationRule};
 use crate::plan::{
-    Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
-    ValueColumn, ValueKind,
+    AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output, Role, SidePlan,
+    TableSource, ValueColumn, ValueKind,
 };
+use crate::privacy::PlanPrivacy;
 
-impl Checker<'_> {
+impl Checker<'_, AggregationRule> {
     pub(super) fn build_plan(
         &self,
         sql: &str,
@@ -17,23 +18,21 @@ impl Checker<'_> {
         (grouped_by, group_columns): (Option<Role>, Vec<String>),
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
-    ) -> Plan {
+    ) -> AggregatePlan {
         let receiver_rule = self
             .sources
             .iter()
             .find(|s| s.role == Role::Receiver)
-            .and_then(|s| match s.rule {
-                SourceRule::Aggregation(rule) => Some(rule),
-                SourceRule::List(_) => None,
-            });
+            .expect("both roles are bound")
+            .rule;
         let mut value_columns: Vec<ValueColumn> = Vec::new();
         let mut value_index = |column: &str, kind: ValueKind| -> usize {
             let wanted = ValueColumn {
                 column: column.to_owned(),
                 kind,
-                scale: match (kind, receiver_rule) {
-                    (ValueKind::Integer, Some(rule)) => rule.scale(column),
-                    _ => 0,
+                scale: match kind {
+                    ValueKind::Integer => receiver_rule.scale(column),
+                    ValueKind::NonNull => 0,
                 },
             };
             match value_columns.iter().position(|v| *v == wanted) {
@@ -44,11 +43,11 @@ impl Checker<'_> {
                 }
             }
         };
-        let outputs: Vec<Output> = outputs
+        let outputs: Vec<AggregateOutput> = outputs
             .into_iter()
             .map(|(name, spec)| {
                 let value = match spec.expect("every output was resolved") {
-                    Spec::Column(c) => OutputValue::Dimension {
+                    Spec::Column(c) => AggregateValue::Dimension {
                         key_index: group_columns
                             .iter()
                             .position(|g| *g == c.column)
@@ -57,21 +56,21 @@ impl Checker<'_> {
                         column: c.column,
                     },
                     Spec::Aggregate(function, c) => match function {
-                        AggregateFunction::CountDistinct => OutputValue::CountDistinct {
+                        AggregateFunction::CountDistinct => AggregateValue::CountDistinct {
                             table: c.table,
                             column: c.column,
                         },
-                        AggregateFunction::Count => OutputValue::Count {
+                        AggregateFunction::Count => AggregateValue::Count {
                             value_index: value_index(&c.column, ValueKind::NonNull),
                             table: c.table,
                             column: c.column,
                         },
-                        AggregateFunction::Sum => OutputValue::Sum {
+                        AggregateFunction::Sum => AggregateValue::Sum {
                             value_index: value_index(&c.column, ValueKind::Integer),
                             table: c.table,
                             column: c.column,
                         },
-                        AggregateFunction::Avg => OutputValue::Avg {
+                        AggregateFunction::Avg => AggregateValue::Avg {
                             sum_index: value_index(&c.column, ValueKind::Integer),
                             count_index: value_index(&c.column, ValueKind::NonNull),
                             table: c.table,
@@ -127,16 +126,8 @@ impl Checker<'_> {
                 list_columns: Vec::new(),
                 reads,
                 source: TableSource::of(source.table.source_options()),
-                min_threshold: match source.rule {
-                    SourceRule::Aggregation(rule) => rule.min_threshold(),
-                    SourceRule::List(_) => unreachable!("an aggregation plan"),
-                },
+                min_threshold: source.rule.min_threshold(),
             }
-        };
-        let protocol = if value_columns.is_empty() {
-            Protocol::Cardinality
-        } else {
-            Protocol::IntersectionSum
         };
         let matcher = side(
             Role::Matcher,
@@ -148,24 +139,33 @@ impl Checker<'_> {
             std::mem::take(&mut filters[role_index(Role::Receiver)]),
             value_columns,
         );
-        Plan {
-            collaboration_id: self.collab.id().to_owned(),
-            sql: sql.to_owned(),
-            querier: self.querier.to_owned(),
-            domain: format!(
-                "{}.{}={}.{}",
-                matcher.table, matcher.identifier, receiver.table, receiver.identifier
-            ),
-            protocol,
+        let mut plan = AggregatePlan {
             grouped_by,
             min_release: matcher.min_threshold.max(receiver.min_threshold),
-            matcher,
-            receiver,
+            join: Join {
+                collaboration_id: self.collab.id().to_owned(),
+                sql: sql.to_owned(),
+                querier: self.querier.to_owned(),
+                domain: format!(
+                    "{}.{}={}.{}",
+                    matcher.table, matcher.identifier, receiver.table, receiver.identifier
+                ),
+                matcher,
+                receiver,
+                order_by,
+                limit,
+            },
             outputs,
-            order_by,
-            limit,
-            distinct: false,
             privacy: None,
+        };
+        if let Some(privacy) = self.collab.privacy() {
+            let bounds = receiver_rule.sum_bounds();
+            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
+                *bounds
+                    .get(column)
+                    .expect("every SUM/AVG column has sum_bounds under privacy")
+            }));
         }
+        plan
     }
 }

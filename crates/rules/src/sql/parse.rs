@@ -12,7 +12,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::{Checker, MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
+use super::{Checker, MAX_QUERY_BYTES, MAX_QUERY_TOKENS, QueryRule};
 use crate::reason::{Reason, ReasonCode as Code};
 
 /// Parses `sql` into its only statement, which must be a query without subqueries, CTEs, set
@@ -131,7 +131,7 @@ impl Visitor for Scan {
     }
 }
 
-impl Checker<'_> {
+impl<R: QueryRule> Checker<'_, R> {
     pub(super) fn check_clauses(&mut self, query: &Query, select: &Select) {
         if query.fetch.is_some() {
             self.unsupported_clause("FETCH");
@@ -153,8 +153,8 @@ impl Checker<'_> {
         }
         match &select.distinct {
             None | Some(Distinct::All) => {}
-            Some(Distinct::Distinct) if self.list => {}
-            Some(Distinct::On(_)) if self.list => self.unsupported_clause("DISTINCT ON"),
+            Some(Distinct::Distinct) if R::SELECT_DISTINCT => {}
+            Some(Distinct::On(_)) if R::SELECT_DISTINCT => self.unsupported_clause("DISTINCT ON"),
             Some(_) => self.unsupported_clause("SELECT DISTINCT (use COUNT(DISTINCT ...))"),
         }
         if select.top.is_some() {
