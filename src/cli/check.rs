@@ -291,12 +291,7 @@ fn describe_plan(plan: &Plan) -> String {
 fn describe_aggregate(value: &AggregateValue) -> String {
     match value {
         AggregateValue::Dimension { table, column, .. } => format!("{table}.{column}"),
-        AggregateValue::CountDistinct { table, column } => {
-            format!("matched distinct {table}.{column}")
-        }
-        AggregateValue::Count { table, column, .. } => format!("COUNT({table}.{column})"),
-        AggregateValue::Sum { table, column, .. } => format!("SUM({table}.{column})"),
-        AggregateValue::Avg { table, column, .. } => format!("AVG({table}.{column})"),
+        AggregateValue::Aggregate(aggregate) => aggregate.describe(),
     }
 }
 

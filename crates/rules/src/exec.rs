@@ -585,32 +585,14 @@ impl AggregatePlan {
                     AggregateValue::Dimension { key_index, .. } => key[*key_index]
                         .as_ref()
                         .map_or(Value::Null, |v| Value::Text(v.clone())),
-                    AggregateValue::CountDistinct { .. } => Value::Integer(group.intersection_size),
-                    AggregateValue::Count { value_index, .. } => {
-                        Value::Integer(group.sums[*value_index])
+                    AggregateValue::Aggregate(aggregate) => {
+                        let values: Vec<(u64, u8)> = aggregate
+                            .value_indices
+                            .iter()
+                            .map(|&i| (group.sums[i], self.join.receiver.value_columns[i].scale))
+                            .collect();
+                        (aggregate.computation.result)(group.intersection_size, &values)
                     }
-                    AggregateValue::Sum { value_index, .. } => {
-                        match self.join.receiver.value_columns[*value_index].scale {
-                            0 => Value::Integer(group.sums[*value_index]),
-                            scale => Value::Decimal(Decimal {
-                                units: i128::from(group.sums[*value_index]),
-                                scale,
-                            }),
-                        }
-                    }
-                    AggregateValue::Avg {
-                        sum_index,
-                        count_index,
-                        ..
-                    } => match group.sums[*count_index] {
-                        0 => Value::Null,
-                        n => {
-                            let unit = 10f64.powi(i32::from(
-                                self.join.receiver.value_columns[*sum_index].scale,
-                            ));
-                            Value::Float(group.sums[*sum_index] as f64 / unit / n as f64)
-                        }
-                    },
                 })
                 .collect();
             keyed.push((key, row));

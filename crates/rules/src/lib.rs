@@ -8,11 +8,16 @@
 //! - [`Collaboration::plan`]: checks a SQL query (parsed with `sqlparser`) against the analysis
 //!   rules (modelled on AWS Clean Rooms' aggregation rules) and against what the PSI protocols
 //!   can execute, and compiles it into a [`Plan`], or refuses it with precise [`Reason`]s.
-//! - [`Plan`]: which member plays matcher and receiver, each side's local filter, group
-//!   columns and value columns, the protocol and the release threshold; plus pure functions
+//! - [`Plan`]: an [`AggregatePlan`] or a [`ListPlan`], each with its own outputs: which
+//!   member plays matcher and receiver, each side's local filter, group columns and value
+//!   columns, the protocol and the release threshold; plus pure functions
 //!   that turn rows into PSI tables ([`Plan::matcher_table`], [`Plan::receiver_table`]),
 //!   decide releases ([`Plan::release`]) and turn the outcome into a [`ResultTable`]
 //!   ([`Plan::result`]).
+//!
+//! - [`AggregateFunction`]: the aggregate functions a rule can allow, each one entry of one
+//!   table (its names, the value columns it needs, how its result follows from the protocol's
+//!   counts and sums, its noise and its description), which every part of the crate reads.
 //!
 //! - [`privacy`]: differential privacy (`[collaboration.privacy]`, `sum_bounds`) and query
 //!   limits (`[collaboration.limits]`); a private plan's [`Plan::decide`] draws exact discrete
@@ -72,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod aggregate;
 mod collaboration;
 pub mod dp;
 mod exec;
@@ -96,7 +102,7 @@ pub use exec::{
 pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
-    AggregateOutput, AggregatePlan, AggregateValue, CompareOp, Filter, Join, ListColumn,
+    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, CompareOp, Filter, Join, ListColumn,
     ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan, TableSource,
     ValueColumn, ValueKind,
 };

@@ -16,6 +16,7 @@ use cleanroom_data::{Format, SourceOptions};
 use cleanroom_psi::{Domain, GroupCount, GroupDecision, NoiseBounds, Normalization};
 use serde::{Serialize, Serializer};
 
+use crate::aggregate::{AggregateFunction, Computation};
 use crate::privacy::PlanPrivacy;
 use crate::reason::{Reason, ReasonCode, Refusal};
 use crate::value::{compare_text, is_null};
@@ -429,9 +430,11 @@ fn serialize_normalization<S: Serializer>(n: &Normalization, s: S) -> Result<S::
     s.serialize_str(n.name())
 }
 
-/// Where an aggregation plan's output column's values come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Where an aggregation plan's output column's values come from. Serialized with a `kind`
+/// (`dimension`, or the function's: `count_distinct`, `count`, `sum`, `avg`), `table`,
+/// `column`, and `key_index` or the function's value-column indices (`value_index`, or
+/// `sum_index` and `count_index` for `avg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AggregateValue {
     /// A dimension column: component `key_index` of the group key.
     Dimension {
@@ -442,42 +445,68 @@ pub enum AggregateValue {
         /// Position of the column in the grouped side's `group_columns`.
         key_index: usize,
     },
-    /// `COUNT(DISTINCT identifier)`: the number of matched distinct identifiers.
-    CountDistinct {
-        /// The table.
-        table: String,
-        /// The identifier column.
-        column: String,
-    },
-    /// `COUNT(c)` of the receiver's column: matched rows where `c` is not NULL.
-    Count {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of its [`ValueKind::NonNull`] value column.
-        value_index: usize,
-    },
-    /// `SUM(c)` of the receiver's column over matched rows (0 when there are none).
-    Sum {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of its [`ValueKind::Integer`] value column.
-        value_index: usize,
-    },
-    /// `AVG(c)` of the receiver's column: sum / non-NULL count (NULL when the count is 0).
-    Avg {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of the sum's value column.
-        sum_index: usize,
-        /// Index of the count's value column.
-        count_index: usize,
-    },
+    /// An aggregate function the protocols compute.
+    Aggregate(Aggregate),
+}
+
+/// A computed aggregate of one column: only functions of the
+/// [table of aggregate functions](crate::AggregateFunction) that the protocols compute can be
+/// planned (never `SUM(DISTINCT)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregate {
+    pub(crate) computation: &'static Computation,
+    /// The table.
+    pub table: String,
+    /// The column (the identifier, for `COUNT(DISTINCT)`).
+    pub column: String,
+    /// The indices of the receiver value columns it reads, in the order the function reads
+    /// them (empty for `COUNT(DISTINCT)`; the sum's then the count's for `AVG`).
+    pub value_indices: Vec<usize>,
+}
+
+impl Aggregate {
+    /// The function.
+    pub fn function(&self) -> AggregateFunction {
+        self.computation.function
+    }
+
+    /// How it is computed, for people: `matched distinct t.c`, `SUM(t.c)`, ...
+    pub fn describe(&self) -> String {
+        (self.computation.describe)(&format!("{}.{}", self.table, self.column))
+    }
+}
+
+impl Serialize for AggregateValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        match self {
+            AggregateValue::Dimension {
+                table,
+                column,
+                key_index,
+            } => {
+                map.serialize_entry("kind", "dimension")?;
+                map.serialize_entry("table", table)?;
+                map.serialize_entry("column", column)?;
+                map.serialize_entry("key_index", key_index)?;
+            }
+            AggregateValue::Aggregate(aggregate) => {
+                map.serialize_entry("kind", aggregate.computation.kind)?;
+                map.serialize_entry("table", &aggregate.table)?;
+                map.serialize_entry("column", &aggregate.column)?;
+                for (name, index) in aggregate
+                    .computation
+                    .index_names
+                    .iter()
+                    .zip(&aggregate.value_indices)
+                {
+                    map.serialize_entry(name, index)?;
+                }
+            }
+        }
+        map.end()
+    }
 }
 
 /// Where a list plan's output column's values come from: a list column of either table, the

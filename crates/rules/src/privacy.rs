@@ -394,17 +394,14 @@ impl PlanPrivacy {
     }
 
     fn output(&self, column: &str, value: &AggregateValue) -> OutputNoise {
-        let (kind, noise, count) = match value {
-            AggregateValue::CountDistinct { .. } => ("count", self.count, None),
-            AggregateValue::Count { value_index, .. } => ("count", self.sums[*value_index], None),
-            AggregateValue::Sum { value_index, .. } => ("sum", self.sums[*value_index], None),
-            AggregateValue::Avg {
-                sum_index,
-                count_index,
-                ..
-            } => ("avg", self.sums[*sum_index], Some(self.sums[*count_index])),
-            AggregateValue::Dimension { .. } => return OutputNoise::exact(column),
+        let AggregateValue::Aggregate(aggregate) = value else {
+            return OutputNoise::exact(column);
         };
+        let computation = aggregate.computation;
+        let mut values = aggregate.value_indices.iter().map(|&i| self.sums[i]);
+        let noise = values.next().unwrap_or(self.count);
+        let count = values.next();
+        let kind = computation.noise;
         OutputNoise {
             column: column.to_owned(),
             kind,

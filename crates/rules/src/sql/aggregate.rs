@@ -10,7 +10,8 @@ use sqlparser::ast::{
 
 use super::parse::{is_column_syntax, literal, strip_nested};
 use super::{Checker, ColumnRef, MAX_DEPTH, QueryRule, Spec};
-use crate::collaboration::{AggregateFunction, AggregationRule, AnalysisRule};
+use crate::aggregate::{self as functions, Operand, Support};
+use crate::collaboration::{AggregationRule, AnalysisRule};
 use crate::plan::{Role, ValueKind};
 use crate::reason::{Reason, ReasonCode as Code};
 
@@ -39,7 +40,7 @@ impl QueryRule for AggregationRule {
 
 /// Whether `name` (upper case) is an aggregate function of SQL, offered or not.
 pub(super) fn is_aggregate(name: &str) -> bool {
-    matches!(name, "COUNT" | "SUM" | "AVG") || OTHER_AGGREGATES.contains(&name)
+    functions::offered(name) || OTHER_AGGREGATES.contains(&name)
 }
 
 /// Aggregate functions of common SQL dialects that the clean room does not offer.
@@ -139,11 +140,11 @@ impl Checker<'_, AggregationRule> {
 
     fn aggregate(&mut self, f: &Function) -> Option<Spec> {
         let name = f.name.to_string().to_ascii_uppercase();
-        if !matches!(name.as_str(), "COUNT" | "SUM" | "AVG") {
+        if !functions::offered(&name) {
             let message = if OTHER_AGGREGATES.contains(&name.as_str()) {
                 format!(
-                    "aggregate {name} is not supported; use COUNT(DISTINCT <identifier>), \
-                     COUNT, SUM or AVG"
+                    "aggregate {name} is not supported; use {}",
+                    functions::usable_forms()
                 )
             } else {
                 format!("function {name} is not supported")
@@ -251,20 +252,15 @@ impl Checker<'_, AggregationRule> {
             return None;
         }
         let column = self.column(expr)?;
-        let function = match (name.as_str(), distinct) {
-            ("COUNT", true) => AggregateFunction::CountDistinct,
-            ("COUNT", false) => AggregateFunction::Count,
-            ("SUM", true) => AggregateFunction::SumDistinct,
-            ("SUM", false) => AggregateFunction::Sum,
-            ("AVG", false) => AggregateFunction::Avg,
-            _ => {
-                self.refuse(Reason::new(
-                    Code::UnsupportedFunction,
-                    "AVG(DISTINCT ...) is not supported",
-                ));
-                return None;
-            }
+        let Some(entry) = functions::by_sql(&name, distinct) else {
+            let form = if distinct { "DISTINCT ..." } else { "..." };
+            self.refuse(Reason::new(
+                Code::UnsupportedFunction,
+                format!("{name}({form}) is not supported"),
+            ));
+            return None;
         };
+        let function = entry.function;
         let rule = self.sources[column.source].rule;
         if !rule.allows(function, &column.column) {
             let allowed: Vec<&str> = rule
@@ -292,38 +288,33 @@ impl Checker<'_, AggregationRule> {
             );
             return None;
         }
-        let refusal = match function {
-            AggregateFunction::CountDistinct if !self.is_identifier(&column) => Some((
-                Code::CountDistinctNotIdentifier,
-                format!(
-                    "COUNT(DISTINCT {}) cannot be computed: only the number of matched distinct \
-                     identifiers is; use COUNT(DISTINCT {})",
-                    column.column,
-                    self.sources[column.source].table.identifier().column()
-                ),
-            )),
-            AggregateFunction::SumDistinct => Some((
-                Code::SumDistinctUnsupported,
-                format!(
-                    "SUM(DISTINCT {}) cannot be computed by the matching protocols; use SUM({})",
-                    column.column, column.column
-                ),
-            )),
-            AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg
-                if column.role == Role::Matcher =>
-            {
-                Some((
-                    Code::ProviderAggregateUnsupported,
-                    format!(
-                        "{} of {}.{} cannot be computed: the protocols only aggregate the \
-                         querying member's own columns",
-                        function.sql(&column.column),
-                        column.table,
-                        column.column
-                    ),
-                ))
-            }
-            _ => None,
+        let (computation, refusal) = match &entry.support {
+            Support::Refused { code, message } => (None, Some((*code, message(&column.column)))),
+            Support::Computed(c) => (
+                Some(c),
+                match c.operand {
+                    Operand::MatchedIdentifiers if !self.is_identifier(&column) => Some((
+                        Code::CountDistinctNotIdentifier,
+                        format!(
+                            "{} cannot be computed: only the number of matched distinct \
+                             identifiers is; use {}",
+                            function.sql(&column.column),
+                            function.sql(self.sources[column.source].table.identifier().column())
+                        ),
+                    )),
+                    Operand::QuerierColumn if column.role == Role::Matcher => Some((
+                        Code::ProviderAggregateUnsupported,
+                        format!(
+                            "{} of {}.{} cannot be computed: the protocols only aggregate the \
+                             querying member's own columns",
+                            function.sql(&column.column),
+                            column.table,
+                            column.column
+                        ),
+                    )),
+                    _ => None,
+                },
+            ),
         };
         if let Some((code, message)) = refusal {
             self.refuse(
@@ -333,22 +324,18 @@ impl Checker<'_, AggregationRule> {
             );
             return None;
         }
-        Some(Spec::Aggregate(function, column))
+        // A refused function has a refusal, so only computed ones get here.
+        computation.map(|c| Spec::Aggregate(c, column))
     }
 
     /// Refuses more value columns than the intersection-sum protocol carries.
     pub(super) fn check_value_columns(&mut self, outputs: &[(String, Option<Spec>)]) {
         let mut columns: Vec<(&str, ValueKind)> = Vec::new();
         for (_, spec) in outputs {
-            let Some(Spec::Aggregate(function, c)) = spec else {
+            let Some(Spec::Aggregate(computation, c)) = spec else {
                 continue;
             };
-            let kinds: &[ValueKind] = match function {
-                AggregateFunction::Sum => &[ValueKind::Integer],
-                AggregateFunction::Count => &[ValueKind::NonNull],
-                AggregateFunction::Avg => &[ValueKind::Integer, ValueKind::NonNull],
-                _ => &[],
-            };
+            let kinds = computation.values;
             for kind in kinds {
                 if !columns.contains(&(c.column.as_str(), *kind)) {
                     columns.push((c.column.as_str(), *kind));

@@ -2,10 +2,10 @@
 //! filter, groups and reads, the protocol and the release threshold.
 
 use super::{Checker, Spec, role_index};
-use crate::collaboration::{AggregateFunction, AggregationRule};
+use crate::collaboration::AggregationRule;
 use crate::plan::{
-    AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output, Role, SidePlan,
-    TableSource, ValueColumn, ValueKind,
+    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output,
+    Role, SidePlan, TableSource, ValueColumn, ValueKind,
 };
 use crate::privacy::PlanPrivacy;
 
@@ -55,31 +55,16 @@ impl Checker<'_, AggregationRule> {
                         table: c.table,
                         column: c.column,
                     },
-                    Spec::Aggregate(function, c) => match function {
-                        AggregateFunction::CountDistinct => AggregateValue::CountDistinct {
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Count => AggregateValue::Count {
-                            value_index: value_index(&c.column, ValueKind::NonNull),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Sum => AggregateValue::Sum {
-                            value_index: value_index(&c.column, ValueKind::Integer),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Avg => AggregateValue::Avg {
-                            sum_index: value_index(&c.column, ValueKind::Integer),
-                            count_index: value_index(&c.column, ValueKind::NonNull),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::SumDistinct => {
-                            unreachable!("SUM(DISTINCT) is refused before planning")
-                        }
-                    },
+                    Spec::Aggregate(computation, c) => AggregateValue::Aggregate(Aggregate {
+                        computation,
+                        value_indices: computation
+                            .values
+                            .iter()
+                            .map(|&kind| value_index(&c.column, kind))
+                            .collect(),
+                        table: c.table,
+                        column: c.column,
+                    }),
                 };
                 Output { name, value }
             })

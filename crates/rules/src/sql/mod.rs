@@ -26,8 +26,9 @@ mod resolve;
 
 use sqlparser::ast::{Expr, Ident, Query, Select, SetExpr};
 
+use crate::aggregate::Computation;
 use crate::collaboration::{
-    Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
+    Ability, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
 };
 use crate::plan::{Plan, Role};
 use crate::reason::{Reason, ReasonCode as Code, Refusal};
@@ -151,7 +152,8 @@ struct ColumnRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Spec {
     Column(ColumnRef),
-    Aggregate(AggregateFunction, ColumnRef),
+    /// A function the protocols compute, of a column.
+    Aggregate(&'static Computation, ColumnRef),
 }
 
 /// One query's check: what it is judged against, the reasons found so far and the tables of
