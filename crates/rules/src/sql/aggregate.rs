@@ -5,7 +5,6 @@
 use cleanroom_psi::elgamal::MAX_VALUE_COLUMNS;
 use sqlparser::ast::{
     DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Select,
-    SelectItem,
 };
 
 use super::parse::{is_column_syntax, literal, strip_nested};
@@ -27,6 +26,10 @@ impl QueryRule for AggregationRule {
 
     fn is_join_column(&self, column: &str) -> bool {
         AggregationRule::is_join_column(self, column)
+    }
+
+    fn min_threshold(&self) -> u64 {
+        AggregationRule::min_threshold(self)
     }
 
     fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
@@ -72,20 +75,10 @@ impl Checker<'_, AggregationRule> {
         let mut outputs = Vec::new();
         let before = self.reasons.len();
         for item in &select.projection {
-            let (expr, name) = match item {
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    self.refuse(Reason::new(
-                        Code::SelectStar,
-                        "SELECT * is not allowed: name dimension columns and aggregates",
-                    ));
-                    continue;
-                }
-                SelectItem::ExprWithAliases { .. } => {
-                    self.unsupported_clause("multiple aliases for one output");
-                    continue;
-                }
-                SelectItem::UnnamedExpr(expr) => (expr, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            let Some((expr, name)) =
+                self.select_item(item, "name dimension columns and aggregates")
+            else {
+                continue;
             };
             let spec = self.output_spec(expr, 0);
             if let Some(Spec::Column(c)) = &spec {

@@ -1,13 +1,100 @@
-//! Building the [`Plan`] of a checked aggregation query: outputs, value columns, each side's
-//! filter, groups and reads, the protocol and the release threshold.
+//! Building plans: each side's filter, reads and threshold and the join, as both kinds of
+//! plan have them, and the [`AggregatePlan`](crate::AggregatePlan) of a checked aggregation
+//! query: outputs, value columns, groups, the release threshold and the privacy.
 
-use super::{Checker, Spec, role_index};
+use super::{Checker, QueryRule, Spec, role_index};
 use crate::collaboration::AggregationRule;
 use crate::plan::{
     Aggregate, AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output,
     Role, SidePlan, TableSource, ValueColumn, ValueKind,
 };
 use crate::privacy::PlanPrivacy;
+
+/// The columns a side reads besides its identifier and filter: the group columns (when the
+/// group key is its), the value columns (the receiver of an aggregation) and the list columns
+/// (a list plan).
+#[derive(Default)]
+pub(super) struct SideColumns {
+    pub(super) groups: Vec<String>,
+    pub(super) values: Vec<ValueColumn>,
+    pub(super) lists: Vec<String>,
+}
+
+impl<R: QueryRule> Checker<'_, R> {
+    /// The side playing `role`: its table, its conjuncts as one filter, what it reads (the
+    /// identifier, then group, filter, value and list columns, each once) and its threshold.
+    pub(super) fn side_plan(
+        &self,
+        role: Role,
+        filters: Vec<Filter>,
+        columns: SideColumns,
+    ) -> SidePlan {
+        let source = self
+            .sources
+            .iter()
+            .find(|s| s.role == role)
+            .expect("both roles are bound");
+        let identifier = source.table.identifier();
+        let filter = match filters.len() {
+            0 => None,
+            1 => filters.into_iter().next(),
+            _ => Some(Filter::And { all: filters }),
+        };
+        let mut reads = vec![identifier.column().to_owned()];
+        let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
+        for c in columns
+            .groups
+            .iter()
+            .map(String::as_str)
+            .chain(filter_columns)
+            .chain(columns.values.iter().map(|v| v.column.as_str()))
+            .chain(columns.lists.iter().map(String::as_str))
+        {
+            if !reads.iter().any(|r| r == c) {
+                reads.push(c.to_owned());
+            }
+        }
+        SidePlan {
+            role,
+            member: source.table.owner().to_owned(),
+            table: source.table.name().to_owned(),
+            identifier: identifier.column().to_owned(),
+            normalization: identifier.normalization(),
+            filter,
+            group_columns: columns.groups,
+            value_columns: columns.values,
+            list_columns: columns.lists,
+            reads,
+            source: TableSource::of(source.table.source_options()),
+            min_threshold: source.rule.min_threshold(),
+        }
+    }
+
+    /// What the plan of this query has whatever its kind; the hashing domain names both
+    /// identifier columns, matcher's first.
+    pub(super) fn join(
+        &self,
+        sql: &str,
+        matcher: SidePlan,
+        receiver: SidePlan,
+        order_by: Vec<OrderKey>,
+        limit: Option<u64>,
+    ) -> Join {
+        Join {
+            collaboration_id: self.collab.id().to_owned(),
+            sql: sql.to_owned(),
+            querier: self.querier.to_owned(),
+            domain: format!(
+                "{}.{}={}.{}",
+                matcher.table, matcher.identifier, receiver.table, receiver.identifier
+            ),
+            matcher,
+            receiver,
+            order_by,
+            limit,
+        }
+    }
+}
 
 impl Checker<'_, AggregationRule> {
     pub(super) fn build_plan(
@@ -70,76 +157,34 @@ impl Checker<'_, AggregationRule> {
             })
             .collect();
 
-        let side = |role: Role, filters: Vec<Filter>, values: Vec<ValueColumn>| -> SidePlan {
-            let source = self
-                .sources
-                .iter()
-                .find(|s| s.role == role)
-                .expect("both roles are bound");
-            let identifier = source.table.identifier();
-            let filter = match filters.len() {
-                0 => None,
-                1 => filters.into_iter().next(),
-                _ => Some(Filter::And { all: filters }),
-            };
-            let groups = if grouped_by == Some(role) {
+        let groups = |role: Role| {
+            if grouped_by == Some(role) {
                 group_columns.clone()
             } else {
                 Vec::new()
-            };
-            let mut reads = vec![identifier.column().to_owned()];
-            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
-            for c in groups
-                .iter()
-                .map(String::as_str)
-                .chain(filter_columns)
-                .chain(values.iter().map(|v| v.column.as_str()))
-            {
-                if !reads.iter().any(|r| r == c) {
-                    reads.push(c.to_owned());
-                }
-            }
-            SidePlan {
-                role,
-                member: source.table.owner().to_owned(),
-                table: source.table.name().to_owned(),
-                identifier: identifier.column().to_owned(),
-                normalization: identifier.normalization(),
-                filter,
-                group_columns: groups,
-                value_columns: values,
-                list_columns: Vec::new(),
-                reads,
-                source: TableSource::of(source.table.source_options()),
-                min_threshold: source.rule.min_threshold(),
             }
         };
-        let matcher = side(
+        let matcher = self.side_plan(
             Role::Matcher,
             std::mem::take(&mut filters[role_index(Role::Matcher)]),
-            Vec::new(),
+            SideColumns {
+                groups: groups(Role::Matcher),
+                ..SideColumns::default()
+            },
         );
-        let receiver = side(
+        let receiver = self.side_plan(
             Role::Receiver,
             std::mem::take(&mut filters[role_index(Role::Receiver)]),
-            value_columns,
+            SideColumns {
+                groups: groups(Role::Receiver),
+                values: value_columns,
+                lists: Vec::new(),
+            },
         );
         let mut plan = AggregatePlan {
             grouped_by,
             min_release: matcher.min_threshold.max(receiver.min_threshold),
-            join: Join {
-                collaboration_id: self.collab.id().to_owned(),
-                sql: sql.to_owned(),
-                querier: self.querier.to_owned(),
-                domain: format!(
-                    "{}.{}={}.{}",
-                    matcher.table, matcher.identifier, receiver.table, receiver.identifier
-                ),
-                matcher,
-                receiver,
-                order_by,
-                limit,
-            },
+            join: self.join(sql, matcher, receiver, order_by, limit),
             outputs,
             privacy: None,
         };

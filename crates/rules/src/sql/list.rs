@@ -2,15 +2,14 @@
 //! `WHERE`, no `GROUP BY`, `ORDER BY` and `LIMIT` are checked and the [`Protocol::List`]
 //! plan is built.
 
-use sqlparser::ast::{Distinct, Expr, GroupByExpr, Query, Select, SelectItem};
+use sqlparser::ast::{Distinct, Expr, GroupByExpr, Query, Select};
 
 use super::aggregate::is_aggregate;
+use super::build::SideColumns;
 use super::parse::strip_nested;
 use super::{Checker, ColumnRef, MAX_DEPTH, QueryRule, Spec, role_index};
 use crate::collaboration::{AnalysisRule, ListRule};
-use crate::plan::{
-    Filter, Join, ListColumn, ListOutput, ListPlan, OrderKey, Output, Role, SidePlan, TableSource,
-};
+use crate::plan::{Filter, ListColumn, ListOutput, ListPlan, OrderKey, Output, Role};
 use crate::reason::{Reason, ReasonCode as Code};
 
 impl QueryRule for ListRule {
@@ -25,6 +24,10 @@ impl QueryRule for ListRule {
 
     fn is_join_column(&self, column: &str) -> bool {
         ListRule::is_join_column(self, column)
+    }
+
+    fn min_threshold(&self) -> u64 {
+        0
     }
 
     fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
@@ -93,20 +96,9 @@ impl Checker<'_, ListRule> {
     fn check_list_projection(&mut self, select: &Select) -> Vec<(String, Option<ColumnRef>)> {
         let mut outputs = Vec::new();
         for item in &select.projection {
-            let (expr, name) = match item {
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    self.refuse(Reason::new(
-                        Code::SelectStar,
-                        "SELECT * is not allowed: name the list columns to output",
-                    ));
-                    continue;
-                }
-                SelectItem::ExprWithAliases { .. } => {
-                    self.unsupported_clause("multiple aliases for one output");
-                    continue;
-                }
-                SelectItem::UnnamedExpr(expr) => (expr, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            let Some((expr, name)) = self.select_item(item, "name the list columns to output")
+            else {
+                continue;
             };
             let column = self.list_output(expr, 0);
             if let Some(c) = &column {
@@ -195,61 +187,20 @@ impl Checker<'_, ListRule> {
                 }
             })
             .collect();
-        let mut side = |role: Role| -> SidePlan {
-            let source = self
-                .sources
-                .iter()
-                .find(|s| s.role == role)
-                .expect("both roles are bound");
-            let identifier = source.table.identifier();
-            let filters = std::mem::take(&mut filters[role_index(role)]);
-            let filter = match filters.len() {
-                0 => None,
-                1 => filters.into_iter().next(),
-                _ => Some(Filter::And { all: filters }),
-            };
-            let list_columns = std::mem::take(&mut list_columns[role_index(role)]);
-            let mut reads = vec![identifier.column().to_owned()];
-            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
-            for c in filter_columns
-                .into_iter()
-                .chain(list_columns.iter().map(String::as_str))
-            {
-                if !reads.iter().any(|r| r == c) {
-                    reads.push(c.to_owned());
-                }
-            }
-            SidePlan {
+        let mut side = |role: Role| {
+            self.side_plan(
                 role,
-                member: source.table.owner().to_owned(),
-                table: source.table.name().to_owned(),
-                identifier: identifier.column().to_owned(),
-                normalization: identifier.normalization(),
-                filter,
-                group_columns: Vec::new(),
-                value_columns: Vec::new(),
-                list_columns,
-                reads,
-                source: TableSource::of(source.table.source_options()),
-                min_threshold: 0,
-            }
+                std::mem::take(&mut filters[role_index(role)]),
+                SideColumns {
+                    lists: std::mem::take(&mut list_columns[role_index(role)]),
+                    ..SideColumns::default()
+                },
+            )
         };
         let matcher = side(Role::Matcher);
         let receiver = side(Role::Receiver);
         ListPlan {
-            join: Join {
-                collaboration_id: self.collab.id().to_owned(),
-                sql: sql.to_owned(),
-                querier: self.querier.to_owned(),
-                domain: format!(
-                    "{}.{}={}.{}",
-                    matcher.table, matcher.identifier, receiver.table, receiver.identifier
-                ),
-                matcher,
-                receiver,
-                order_by,
-                limit,
-            },
+            join: self.join(sql, matcher, receiver, order_by, limit),
             outputs,
             distinct,
         }

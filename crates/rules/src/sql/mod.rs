@@ -123,6 +123,10 @@ trait QueryRule: Sized {
     /// Whether the rule lets its table be joined on `column`.
     fn is_join_column(&self, column: &str) -> bool;
 
+    /// The fewest matched identifiers a released row of this table needs (0: list rules
+    /// release every matched row).
+    fn min_threshold(&self) -> u64;
+
     /// What an output expression means, refusing what this kind does not output.
     fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec>;
 

@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Distinct, Expr, Query, Select, SelectFlavor, SetExpr, Statement, UnaryOperator,
+    Distinct, Expr, Query, Select, SelectFlavor, SelectItem, SetExpr, Statement, UnaryOperator,
     Value as SqlValue, Visit, Visitor,
 };
 use sqlparser::dialect::GenericDialect;
@@ -132,6 +132,30 @@ impl Visitor for Scan {
 }
 
 impl<R: QueryRule> Checker<'_, R> {
+    /// One item of the `SELECT` list as its expression and alias, or `None` once refused:
+    /// `*` (the refusal says what to name instead: `instead`) or several aliases.
+    pub(super) fn select_item<'s>(
+        &mut self,
+        item: &'s SelectItem,
+        instead: &str,
+    ) -> Option<(&'s Expr, Option<String>)> {
+        match item {
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                self.refuse(Reason::new(
+                    Code::SelectStar,
+                    format!("SELECT * is not allowed: {instead}"),
+                ));
+                None
+            }
+            SelectItem::ExprWithAliases { .. } => {
+                self.unsupported_clause("multiple aliases for one output");
+                None
+            }
+            SelectItem::UnnamedExpr(expr) => Some((expr, None)),
+            SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(alias.value.clone()))),
+        }
+    }
+
     pub(super) fn check_clauses(&mut self, query: &Query, select: &Select) {
         if query.fetch.is_some() {
             self.unsupported_clause("FETCH");
