@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use cleanroom_psi::{InputError, MatcherTable, ReceiverOutcome, ReceiverTable};
 use serde::Serialize;
 
-use crate::plan::{AggregatePlan, AggregateValue, Plan, Role, SidePlan, ValueKind};
+use crate::plan::{AggregatePlan, AggregateValue, Join, Plan, Role, SidePlan, ValueKind};
 use crate::value::{Value, is_null};
 use cleanroom_data::{Decimal, Position, Row};
 
@@ -599,19 +599,8 @@ impl AggregatePlan {
         }
         keyed.sort_by(|(a, _), (b, _)| compare_keys(a, b));
         let mut rows: Vec<Vec<Value>> = keyed.into_iter().map(|(_, row)| row).collect();
-        if !self.join.order_by.is_empty() {
-            rows.sort_by(|a, b| {
-                self.join
-                    .order_by
-                    .iter()
-                    .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            });
-        }
-        if let Some(limit) = self.join.limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        self.join.order(&mut rows);
+        self.join.cut(&mut rows);
         Ok(ResultTable {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,
@@ -675,6 +664,30 @@ impl Plan {
             plan: "list",
             table,
         })
+    }
+}
+
+impl Join {
+    /// Sorts result rows by the `ORDER BY` keys; stable, so rows equal under the keys keep the
+    /// default order they come in.
+    pub(crate) fn order(&self, rows: &mut [Vec<Value>]) {
+        if self.order_by.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| {
+            self.order_by
+                .iter()
+                .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        });
+    }
+
+    /// Cuts result rows at the `LIMIT`, if any.
+    pub(crate) fn cut(&self, rows: &mut Vec<Vec<Value>>) {
+        if let Some(limit) = self.limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
     }
 }
 

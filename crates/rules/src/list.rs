@@ -168,24 +168,13 @@ impl ListPlan {
                 .unwrap_or(Ordering::Equal)
         };
         rows.sort_by(by_columns);
-        if !self.join.order_by.is_empty() {
-            rows.sort_by(|a, b| {
-                self.join
-                    .order_by
-                    .iter()
-                    .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            });
-        }
+        self.join.order(&mut rows);
         if self.distinct {
             // Equal rows are adjacent: the order by all columns puts them together, and the
             // stable ORDER BY sort keeps them together.
             rows.dedup();
         }
-        if let Some(limit) = self.join.limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        self.join.cut(&mut rows);
         Ok(ResultTable {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,

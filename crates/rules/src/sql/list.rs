@@ -7,7 +7,7 @@ use sqlparser::ast::{Distinct, Expr, GroupByExpr, Query, Select};
 use super::aggregate::is_aggregate;
 use super::build::SideColumns;
 use super::parse::strip_nested;
-use super::{Checker, ColumnRef, MAX_DEPTH, QueryRule, Spec, role_index};
+use super::{Checker, ColumnRef, QueryRule, Spec, role_index};
 use crate::collaboration::{AnalysisRule, ListRule};
 use crate::plan::{Filter, ListColumn, ListOutput, ListPlan, OrderKey, Output, Role};
 use crate::reason::{Reason, ReasonCode as Code};
@@ -31,7 +31,7 @@ impl QueryRule for ListRule {
     }
 
     fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
-        checker.list_output(expr, 0).map(Spec::Column)
+        checker.list_output(expr).map(Spec::Column)
     }
 
     fn allows_filter_on(checker: &mut Checker<'_, Self>, column: &ColumnRef) -> bool {
@@ -100,7 +100,7 @@ impl Checker<'_, ListRule> {
             else {
                 continue;
             };
-            let column = self.list_output(expr, 0);
+            let column = self.list_output(expr);
             if let Some(c) = &column {
                 self.require_list_column(c, Code::OutputNotListColumn, "output");
             }
@@ -114,14 +114,7 @@ impl Checker<'_, ListRule> {
     }
 
     /// The column an output expression names; every other expression is refused.
-    fn list_output(&mut self, expr: &Expr, depth: usize) -> Option<ColumnRef> {
-        if depth > MAX_DEPTH {
-            self.refuse(Reason::new(
-                Code::QueryTooComplex,
-                "an expression is nested too deeply",
-            ));
-            return None;
-        }
+    fn list_output(&mut self, expr: &Expr) -> Option<ColumnRef> {
         match strip_nested(expr) {
             e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => self.column(e),
             Expr::Function(f) => {
