@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use cleanroom_rules::{
-    Collaboration, OutputValue, Plan, Protocol, Reason, Refusal, Role, SidePlan, SumRanges,
+    AggregateValue, Collaboration, Plan, Protocol, Reason, Refusal, Role, SidePlan, SumRanges,
 };
 use serde::Serialize;
 
@@ -215,24 +215,29 @@ fn describe_plan(plan: &Plan) -> String {
         }
     }
     let noise = plan.privacy().map(|p| p.outputs(plan));
-    let rows: Vec<Vec<String>> = plan
-        .outputs()
+    let outputs: Vec<(&str, String)> = match plan {
+        Plan::Aggregate(plan) => plan
+            .outputs()
+            .iter()
+            .map(|o| (o.name.as_str(), describe_aggregate(&o.value)))
+            .collect(),
+        Plan::List(plan) => plan
+            .outputs()
+            .iter()
+            .map(|o| {
+                let c = &o.value;
+                (
+                    o.name.as_str(),
+                    format!("{}.{} of each matched row", c.table, c.column),
+                )
+            })
+            .collect(),
+    };
+    let rows: Vec<Vec<String>> = outputs
         .iter()
         .enumerate()
-        .map(|(i, o)| {
-            let source = match &o.value {
-                OutputValue::Dimension { table, column, .. } => format!("{table}.{column}"),
-                OutputValue::CountDistinct { table, column } => {
-                    format!("matched distinct {table}.{column}")
-                }
-                OutputValue::Count { table, column, .. } => format!("COUNT({table}.{column})"),
-                OutputValue::Sum { table, column, .. } => format!("SUM({table}.{column})"),
-                OutputValue::Avg { table, column, .. } => format!("AVG({table}.{column})"),
-                OutputValue::ListColumn { table, column, .. } => {
-                    format!("{table}.{column} of each matched row")
-                }
-            };
-            let mut row = vec![o.name.clone(), source];
+        .map(|(i, (name, source))| {
+            let mut row = vec![name.to_string(), source.clone()];
             if let Some(n) = noise.as_ref().and_then(|n| n.get(i)) {
                 row.push(match n.kind {
                     "none" => "exact".to_owned(),
@@ -266,7 +271,7 @@ fn describe_plan(plan: &Plan) -> String {
             .map(|k| {
                 format!(
                     "{} {}",
-                    plan.outputs()[k.output].name,
+                    outputs[k.output].0,
                     if k.descending { "DESC" } else { "ASC" }
                 )
             })
@@ -280,6 +285,14 @@ fn describe_plan(plan: &Plan) -> String {
         out.push_str(&format!("limit:    {limit}\n"));
     }
     out
+}
+
+/// How an aggregation plan's output is computed, for people.
+fn describe_aggregate(value: &AggregateValue) -> String {
+    match value {
+        AggregateValue::Dimension { table, column, .. } => format!("{table}.{column}"),
+        AggregateValue::Aggregate(aggregate) => aggregate.describe(),
+    }
 }
 
 /// A refusal, for people.

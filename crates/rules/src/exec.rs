@@ -10,10 +10,10 @@
 
 use std::cmp::Ordering;
 
-use cleanroom_psi::{GroupCount, InputError, MatcherTable, ReceiverOutcome, ReceiverTable};
+use cleanroom_psi::{InputError, MatcherTable, ReceiverOutcome, ReceiverTable};
 use serde::Serialize;
 
-use crate::plan::{OutputValue, Plan, Protocol, Role, SidePlan, ValueKind};
+use crate::plan::{AggregatePlan, AggregateValue, Join, Plan, Role, SidePlan, ValueKind};
 use crate::value::{Value, is_null};
 use cleanroom_data::{Decimal, Position, Row};
 
@@ -98,6 +98,9 @@ pub enum DataError {
         /// Why it cannot be used as it is.
         reason: String,
     },
+    /// The table belongs to the other kind of plan.
+    #[error(transparent)]
+    PlanKind(#[from] PlanKindError),
     /// The PSI table refused the plan's shape (e.g. too many value columns).
     #[error("table {table:?}: {source}")]
     Table {
@@ -119,6 +122,17 @@ pub enum DataError {
         #[source]
         source: InputError,
     },
+}
+
+/// Why a plan cannot build a table of the other kind of plan (a list table from an
+/// aggregation plan, or an aggregation table from a list plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {plan} plan has no {table} table")]
+pub struct PlanKindError {
+    /// What the plan is: `list` or `aggregation`.
+    pub plan: &'static str,
+    /// The table asked for.
+    pub table: &'static str,
 }
 
 /// Why a protocol outcome does not fit the plan (a peer that does not follow the plan).
@@ -389,7 +403,7 @@ pub fn decode_group_key(encoded: &str, arity: usize) -> Option<Vec<Option<String
     (key.len() == arity).then_some(key)
 }
 
-impl Plan {
+impl AggregatePlan {
     /// Builds the matcher's PSI table from its rows: applies the matcher-side filter, reads the
     /// identifier and (when grouped on this side) the group key of each kept row. `header`
     /// names the columns of `rows`; columns the plan does not read may be absent. Under
@@ -400,12 +414,12 @@ impl Plan {
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<MatcherTable, DataError> {
-        let located = Located::new(&self.matcher, header)?;
-        let mut table = MatcherTable::new(self.matcher.normalization);
+        let located = Located::new(&self.join.matcher, header)?;
+        let mut table = MatcherTable::new(self.join.matcher.normalization);
         if self.privacy.is_some() && self.grouped_by != Some(Role::Matcher) {
             // Announced even when no row passes the filter: its absence would tell.
             table.ensure_group("").map_err(|source| DataError::Table {
-                table: self.matcher.table.clone(),
+                table: self.join.matcher.table.clone(),
                 source,
             })?;
         }
@@ -419,7 +433,7 @@ impl Plan {
             table
                 .push(&group, identifier)
                 .map_err(|source| DataError::Input {
-                    table: self.matcher.table.clone(),
+                    table: self.join.matcher.table.clone(),
                     at,
                     source,
                 })?;
@@ -429,19 +443,19 @@ impl Plan {
 
     /// Takes the scales the receiver's file declares for its summed columns (`scales[i]` for
     /// `header[i]`: a Parquet `DECIMAL(p, s)` column's `s`, `None` for untyped columns; see
-    /// `cleanroom_data::Table::declared_scale`) before [`Plan::receiver_table`] reads its
-    /// rows and [`Plan::result`] prints its sums: a column whose rule declares no scale is
+    /// `cleanroom_data::Table::declared_scale`) before [`Self::receiver_table`] reads its
+    /// rows and [`Self::result`] prints its sums: a column whose rule declares no scale is
     /// summed at the file's; a declared scale that differs from the file's is refused, as is
     /// an undeclared one under differential privacy. Columns absent from `header` are left
-    /// for [`Plan::receiver_table`] to report.
+    /// for [`Self::receiver_table`] to report.
     pub fn adopt_file_scales(
         &mut self,
         header: &[String],
         scales: &[Option<u8>],
     ) -> Result<(), DataError> {
         let private = self.privacy.is_some();
-        let table = self.receiver.table.clone();
-        for column in &mut self.receiver.value_columns {
+        let table = self.join.receiver.table.clone();
+        for column in &mut self.join.receiver.value_columns {
             if column.kind != ValueKind::Integer {
                 continue;
             }
@@ -466,24 +480,24 @@ impl Plan {
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<ReceiverTable, DataError> {
-        let located = Located::new(&self.receiver, header)?;
+        let located = Located::new(&self.join.receiver, header)?;
         let mut table = ReceiverTable::new(
-            self.receiver.normalization,
-            self.receiver.value_columns.len(),
+            self.join.receiver.normalization,
+            self.join.receiver.value_columns.len(),
         )
         .map_err(|source| DataError::Table {
-            table: self.receiver.table.clone(),
+            table: self.join.receiver.table.clone(),
             source,
         })?;
         if let Some(privacy) = &self.privacy {
             table
                 .bound_totals(privacy.value_bounds.clone())
                 .map_err(|source| DataError::Table {
-                    table: self.receiver.table.clone(),
+                    table: self.join.receiver.table.clone(),
                     source,
                 })?;
         }
-        let mut values = vec![0u64; self.receiver.value_columns.len()];
+        let mut values = vec![0u64; self.join.receiver.value_columns.len()];
         for row in rows {
             let (at, row) = texts(row);
             if !located.keeps(&row, at)? {
@@ -493,7 +507,7 @@ impl Plan {
             let group = located.group_key(&row, at)?;
             for ((value, column), &index) in values
                 .iter_mut()
-                .zip(&self.receiver.value_columns)
+                .zip(&self.join.receiver.value_columns)
                 .zip(&located.values)
             {
                 let cell = located.cell(&row, index, at)?;
@@ -502,7 +516,7 @@ impl Plan {
                     ValueKind::Integer if is_null(cell) => 0,
                     ValueKind::Integer => {
                         amount(cell, column.scale).ok_or_else(|| DataError::NotAnInteger {
-                            table: self.receiver.table.clone(),
+                            table: self.join.receiver.table.clone(),
                             at,
                             column: column.column.clone(),
                             value: cell.to_owned(),
@@ -517,19 +531,12 @@ impl Plan {
             table
                 .push(&group, identifier, &values)
                 .map_err(|source| DataError::Input {
-                    table: self.receiver.table.clone(),
+                    table: self.join.receiver.table.clone(),
                     at,
                     source,
                 })?;
         }
         Ok(table)
-    }
-
-    /// Whether a group may be released: its matched distinct identifiers reach the release
-    /// threshold (the largest `min_threshold` of the two tables). The matcher calls this for
-    /// every group before sending the result.
-    pub fn release(&self, count: &GroupCount) -> bool {
-        count.intersection_size >= self.min_release
     }
 
     /// Turns the receiver's protocol outcome into the result: one row per released group with
@@ -541,17 +548,11 @@ impl Plan {
     /// neither a row nor suppressed (so an empty intersection gives no row at all, even without
     /// `GROUP BY`). Fails when the outcome does not fit the plan (a misbehaving peer).
     pub fn result(&self, outcome: &ReceiverOutcome) -> Result<ResultTable, ResultError> {
-        if self.protocol == Protocol::List {
-            return Err(ResultError::ProtocolMismatch {
-                plan: "list",
-                got: "aggregation",
-            });
-        }
         let arity = match self.grouped_by {
-            Some(role) => self.side(role).group_columns.len(),
+            Some(role) => self.join.side(role).group_columns.len(),
             None => 0,
         };
-        let expected_sums = self.receiver.value_columns.len();
+        let expected_sums = self.join.receiver.value_columns.len();
         let mut keyed: Vec<(Vec<Option<String>>, Vec<Value>)> =
             Vec::with_capacity(outcome.groups.len());
         for group in &outcome.groups {
@@ -581,36 +582,16 @@ impl Plan {
                 .outputs
                 .iter()
                 .map(|output| match &output.value {
-                    OutputValue::Dimension { key_index, .. } => key[*key_index]
+                    AggregateValue::Dimension { key_index, .. } => key[*key_index]
                         .as_ref()
                         .map_or(Value::Null, |v| Value::Text(v.clone())),
-                    OutputValue::CountDistinct { .. } => Value::Integer(group.intersection_size),
-                    OutputValue::Count { value_index, .. } => {
-                        Value::Integer(group.sums[*value_index])
-                    }
-                    OutputValue::Sum { value_index, .. } => {
-                        match self.receiver.value_columns[*value_index].scale {
-                            0 => Value::Integer(group.sums[*value_index]),
-                            scale => Value::Decimal(Decimal {
-                                units: i128::from(group.sums[*value_index]),
-                                scale,
-                            }),
-                        }
-                    }
-                    OutputValue::Avg {
-                        sum_index,
-                        count_index,
-                        ..
-                    } => match group.sums[*count_index] {
-                        0 => Value::Null,
-                        n => {
-                            let unit = 10f64
-                                .powi(i32::from(self.receiver.value_columns[*sum_index].scale));
-                            Value::Float(group.sums[*sum_index] as f64 / unit / n as f64)
-                        }
-                    },
-                    OutputValue::ListColumn { .. } => {
-                        unreachable!("list plans are refused above")
+                    AggregateValue::Aggregate(aggregate) => {
+                        let values: Vec<(u64, u8)> = aggregate
+                            .value_indices
+                            .iter()
+                            .map(|&i| (group.sums[i], self.join.receiver.value_columns[i].scale))
+                            .collect();
+                        (aggregate.computation.result)(group.intersection_size, &values)
                     }
                 })
                 .collect();
@@ -618,18 +599,8 @@ impl Plan {
         }
         keyed.sort_by(|(a, _), (b, _)| compare_keys(a, b));
         let mut rows: Vec<Vec<Value>> = keyed.into_iter().map(|(_, row)| row).collect();
-        if !self.order_by.is_empty() {
-            rows.sort_by(|a, b| {
-                self.order_by
-                    .iter()
-                    .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            });
-        }
-        if let Some(limit) = self.limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        self.join.order(&mut rows);
+        self.join.cut(&mut rows);
         Ok(ResultTable {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,
@@ -640,6 +611,83 @@ impl Plan {
                 .and_then(|p| p.bounded)
                 .map(|_| outcome.bounded_identifiers),
         })
+    }
+}
+
+impl Plan {
+    /// [`AggregatePlan::matcher_table`]; a list plan has none ([`DataError::PlanKind`]: its
+    /// matcher builds [`Plan::list_provider_table`]).
+    pub fn matcher_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+    ) -> Result<MatcherTable, DataError> {
+        self.aggregate_for("matcher")?.matcher_table(header, rows)
+    }
+
+    /// [`AggregatePlan::adopt_file_scales`]; a list plan sums nothing and takes no scale.
+    pub fn adopt_file_scales(
+        &mut self,
+        header: &[String],
+        scales: &[Option<u8>],
+    ) -> Result<(), DataError> {
+        match self {
+            Plan::Aggregate(plan) => plan.adopt_file_scales(header, scales),
+            Plan::List(_) => Ok(()),
+        }
+    }
+
+    /// [`AggregatePlan::receiver_table`]; a list plan has none ([`DataError::PlanKind`]: its
+    /// receiver builds [`Plan::list_querier_table`]).
+    pub fn receiver_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+    ) -> Result<ReceiverTable, DataError> {
+        self.aggregate_for("receiver")?.receiver_table(header, rows)
+    }
+
+    /// [`AggregatePlan::result`]; fails with [`ResultError::ProtocolMismatch`] for a list
+    /// plan.
+    pub fn result(&self, outcome: &ReceiverOutcome) -> Result<ResultTable, ResultError> {
+        match self {
+            Plan::Aggregate(plan) => plan.result(outcome),
+            Plan::List(_) => Err(ResultError::ProtocolMismatch {
+                plan: "list",
+                got: "aggregation",
+            }),
+        }
+    }
+
+    fn aggregate_for(&self, table: &'static str) -> Result<&AggregatePlan, PlanKindError> {
+        self.as_aggregate().ok_or(PlanKindError {
+            plan: "list",
+            table,
+        })
+    }
+}
+
+impl Join {
+    /// Sorts result rows by the `ORDER BY` keys; stable, so rows equal under the keys keep the
+    /// default order they come in.
+    pub(crate) fn order(&self, rows: &mut [Vec<Value>]) {
+        if self.order_by.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| {
+            self.order_by
+                .iter()
+                .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        });
+    }
+
+    /// Cuts result rows at the `LIMIT`, if any.
+    pub(crate) fn cut(&self, rows: &mut Vec<Vec<Value>>) {
+        if let Some(limit) = self.limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
     }
 }
 

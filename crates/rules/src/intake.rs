@@ -73,9 +73,7 @@ impl Table {
         if let AnalysisRule::Aggregation(rule) = self.rule() {
             let private = !rule.sum_bounds().is_empty();
             for (c, f) in rule.aggregate_columns() {
-                if !(f.contains(&crate::AggregateFunction::Sum)
-                    || f.contains(&crate::AggregateFunction::Avg))
-                {
+                if !f.iter().any(|f| f.sums()) {
                     continue;
                 }
                 let Some(p) = position(c) else { continue };

@@ -8,11 +8,16 @@
 //! - [`Collaboration::plan`]: checks a SQL query (parsed with `sqlparser`) against the analysis
 //!   rules (modelled on AWS Clean Rooms' aggregation rules) and against what the PSI protocols
 //!   can execute, and compiles it into a [`Plan`], or refuses it with precise [`Reason`]s.
-//! - [`Plan`]: which member plays matcher and receiver, each side's local filter, group
-//!   columns and value columns, the protocol and the release threshold; plus pure functions
+//! - [`Plan`]: an [`AggregatePlan`] or a [`ListPlan`], each with its own outputs: which
+//!   member plays matcher and receiver, each side's local filter, group columns and value
+//!   columns, the protocol and the release threshold; plus pure functions
 //!   that turn rows into PSI tables ([`Plan::matcher_table`], [`Plan::receiver_table`]),
 //!   decide releases ([`Plan::release`]) and turn the outcome into a [`ResultTable`]
 //!   ([`Plan::result`]).
+//!
+//! - [`AggregateFunction`]: the aggregate functions a rule can allow, each one entry of one
+//!   table (its names, the value columns it needs, how its result follows from the protocol's
+//!   counts and sums, its noise and its description), which every part of the crate reads.
 //!
 //! - [`privacy`]: differential privacy (`[collaboration.privacy]`, `sum_bounds`) and query
 //!   limits (`[collaboration.limits]`); a private plan's [`Plan::decide`] draws exact discrete
@@ -72,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod aggregate;
 mod collaboration;
 pub mod dp;
 mod exec;
@@ -90,11 +96,14 @@ pub use collaboration::{
     DEFAULT_MEMBER_ROWS_PER_SESSION, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
     MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
 };
-pub use exec::{DataError, ResultError, ResultTable, decode_group_key, encode_group_key};
+pub use exec::{
+    DataError, PlanKindError, ResultError, ResultTable, decode_group_key, encode_group_key,
+};
 pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
-    CompareOp, Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
+    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, CompareOp, Filter, Join, ListColumn,
+    ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan, TableSource,
     ValueColumn, ValueKind,
 };
 pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits, SumRanges};
@@ -107,20 +116,6 @@ impl Collaboration {
     /// rules and the protocols' abilities. Returns the plan of an allowed query, or every reason
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
-        let mut plan = sql::compile(self, querier, sql)?;
-        if let Some(privacy) = self.privacy()
-            && plan.protocol() != Protocol::List
-        {
-            let bounds = match self.table(&plan.receiver().table).map(Table::rule) {
-                Some(AnalysisRule::Aggregation(rule)) => rule.sum_bounds(),
-                _ => unreachable!("an aggregation plan's tables have aggregation rules"),
-            };
-            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
-                *bounds
-                    .get(column)
-                    .expect("every SUM/AVG column has sum_bounds under privacy")
-            }));
-        }
-        Ok(plan)
+        sql::compile(self, querier, sql)
     }
 }

@@ -5,7 +5,7 @@
 //! [`ListProviderTable`]: those values, and no other column, travel encrypted to the receiver,
 //! which can open only the ones of identifiers it holds too. The receiver keeps the rows that
 //! pass its own filter; their identifiers go into [`ListQuerierTable`] and their own list
-//! columns stay in [`QuerierRows`], which [`Plan::list_result`] joins with the opened rows
+//! columns stay in [`QuerierRows`], which [`ListPlan::list_result`] joins with the opened rows
 //! exactly as `a JOIN b ON a.id = b.id` would: every pair of a receiver row and a matcher row
 //! with the same normalized identifier gives one output row.
 //!
@@ -16,8 +16,8 @@ use std::cmp::Ordering;
 
 use cleanroom_psi::{ListOutcome, ListProviderTable, ListQuerierTable};
 
-use crate::exec::{DataError, Located, ResultError, ResultTable, texts};
-use crate::plan::{OutputValue, Plan, Protocol, Role};
+use crate::exec::{DataError, Located, PlanKindError, ResultError, ResultTable, texts};
+use crate::plan::{ListPlan, Plan, Role};
 use crate::value::{Value, is_null};
 use cleanroom_data::Row;
 
@@ -49,7 +49,7 @@ fn cell_value(cell: &str) -> Value {
     }
 }
 
-impl Plan {
+impl ListPlan {
     /// Builds the matcher's labeled-PSI table of a list plan from its rows: applies the
     /// matcher-side filter and reads the identifier and the matcher's list columns of each kept
     /// row (cells as they are; an empty cell is NULL in the result). `header` names the columns
@@ -60,7 +60,7 @@ impl Plan {
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<ListProviderTable, DataError> {
-        let side = &self.matcher;
+        let side = &self.join.matcher;
         let located = Located::new(side, header)?;
         let mut table = ListProviderTable::new(side.normalization, side.list_columns.len())
             .map_err(|source| DataError::Table {
@@ -91,14 +91,14 @@ impl Plan {
 
     /// Builds the receiver's side of a list plan from its rows: applies the receiver-side
     /// filter; the identifiers of the kept rows form the labeled-PSI table, and each kept row's
-    /// normalized identifier and own list columns are kept for [`Plan::list_result`]. Rows
+    /// normalized identifier and own list columns are kept for [`ListPlan::list_result`]. Rows
     /// whose identifier is empty after normalization never match and are not kept.
     pub fn list_querier_table(
         &self,
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<(ListQuerierTable, QuerierRows), DataError> {
-        let side = &self.receiver;
+        let side = &self.join.receiver;
         let located = Located::new(side, header)?;
         let mut table = ListQuerierTable::new(side.normalization);
         let mut kept = QuerierRows::default();
@@ -124,20 +124,14 @@ impl Plan {
     /// row and a matcher row with the same identifier, with the outputs in `SELECT` order (an
     /// empty cell is NULL), sorted by the outputs left to right, then by `ORDER BY`; `DISTINCT`
     /// keeps one of equal rows; then cut at `LIMIT`. `suppressed_rows` is 0: list rules have no
-    /// threshold. Fails for an aggregation plan, or when a matcher row does not have one value
+    /// threshold. Fails when a matcher row does not have one value
     /// per matcher list column (a peer that does not follow the plan).
     pub fn list_result(
         &self,
         querier: &QuerierRows,
         outcome: &ListOutcome,
     ) -> Result<ResultTable, ResultError> {
-        if self.protocol != Protocol::List {
-            return Err(ResultError::ProtocolMismatch {
-                plan: "aggregation",
-                got: "list",
-            });
-        }
-        let expected = self.matcher.list_columns.len();
+        let expected = self.join.matcher.list_columns.len();
         if let Some(bad) = outcome
             .matches
             .iter()
@@ -158,12 +152,9 @@ impl Plan {
                 rows.push(
                     self.outputs
                         .iter()
-                        .map(|output| match &output.value {
-                            OutputValue::ListColumn { role, index, .. } => match role {
-                                Role::Receiver => cell_value(&own[*index]),
-                                Role::Matcher => cell_value(&their[*index]),
-                            },
-                            _ => unreachable!("list plans only output list columns"),
+                        .map(|output| match output.value.role {
+                            Role::Receiver => cell_value(&own[output.value.index]),
+                            Role::Matcher => cell_value(&their[output.value.index]),
                         })
                         .collect(),
                 );
@@ -177,28 +168,65 @@ impl Plan {
                 .unwrap_or(Ordering::Equal)
         };
         rows.sort_by(by_columns);
-        if !self.order_by.is_empty() {
-            rows.sort_by(|a, b| {
-                self.order_by
-                    .iter()
-                    .map(|k| a[k.output].compare(&b[k.output], k.descending, k.nulls_first))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            });
-        }
+        self.join.order(&mut rows);
         if self.distinct {
             // Equal rows are adjacent: the order by all columns puts them together, and the
             // stable ORDER BY sort keeps them together.
             rows.dedup();
         }
-        if let Some(limit) = self.limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        self.join.cut(&mut rows);
         Ok(ResultTable {
             columns: self.outputs.iter().map(|o| o.name.clone()).collect(),
             rows,
             suppressed_rows: 0,
             bounded_identifiers: None,
+        })
+    }
+}
+
+impl Plan {
+    /// [`ListPlan::list_provider_table`]; an aggregation plan has none
+    /// ([`DataError::PlanKind`]: its matcher builds [`Plan::matcher_table`]).
+    pub fn list_provider_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+    ) -> Result<ListProviderTable, DataError> {
+        self.list_for("list provider")?
+            .list_provider_table(header, rows)
+    }
+
+    /// [`ListPlan::list_querier_table`]; an aggregation plan has none
+    /// ([`DataError::PlanKind`]: its receiver builds [`Plan::receiver_table`]).
+    pub fn list_querier_table(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+    ) -> Result<(ListQuerierTable, QuerierRows), DataError> {
+        self.list_for("list querier")?
+            .list_querier_table(header, rows)
+    }
+
+    /// [`ListPlan::list_result`]; fails with [`ResultError::ProtocolMismatch`] for an
+    /// aggregation plan.
+    pub fn list_result(
+        &self,
+        querier: &QuerierRows,
+        outcome: &ListOutcome,
+    ) -> Result<ResultTable, ResultError> {
+        match self {
+            Plan::List(plan) => plan.list_result(querier, outcome),
+            Plan::Aggregate(_) => Err(ResultError::ProtocolMismatch {
+                plan: "aggregation",
+                got: "list",
+            }),
+        }
+    }
+
+    fn list_for(&self, table: &'static str) -> Result<&ListPlan, PlanKindError> {
+        self.as_list().ok_or(PlanKindError {
+            plan: "aggregation",
+            table,
         })
     }
 }

@@ -16,6 +16,7 @@ use cleanroom_data::{Format, SourceOptions};
 use cleanroom_psi::{Domain, GroupCount, GroupDecision, NoiseBounds, Normalization};
 use serde::{Serialize, Serializer};
 
+use crate::aggregate::{AggregateFunction, Computation};
 use crate::privacy::PlanPrivacy;
 use crate::reason::{Reason, ReasonCode, Refusal};
 use crate::value::{compare_text, is_null};
@@ -429,10 +430,12 @@ fn serialize_normalization<S: Serializer>(n: &Normalization, s: S) -> Result<S::
     s.serialize_str(n.name())
 }
 
-/// Where an output column's values come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OutputValue {
+/// Where an aggregation plan's output column's values come from. Serialized with a `kind`
+/// (`dimension`, or the function's: `count_distinct`, `count`, `sum`, `avg`), `table`,
+/// `column`, and `key_index` or the function's value-column indices (`value_index`, or
+/// `sum_index` and `count_index` for `avg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AggregateValue {
     /// A dimension column: component `key_index` of the group key.
     Dimension {
         /// The table.
@@ -442,64 +445,100 @@ pub enum OutputValue {
         /// Position of the column in the grouped side's `group_columns`.
         key_index: usize,
     },
-    /// `COUNT(DISTINCT identifier)`: the number of matched distinct identifiers.
-    CountDistinct {
-        /// The table.
-        table: String,
-        /// The identifier column.
-        column: String,
-    },
-    /// `COUNT(c)` of the receiver's column: matched rows where `c` is not NULL.
-    Count {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of its [`ValueKind::NonNull`] value column.
-        value_index: usize,
-    },
-    /// `SUM(c)` of the receiver's column over matched rows (0 when there are none).
-    Sum {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of its [`ValueKind::Integer`] value column.
-        value_index: usize,
-    },
-    /// `AVG(c)` of the receiver's column: sum / non-NULL count (NULL when the count is 0).
-    Avg {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// Index of the sum's value column.
-        sum_index: usize,
-        /// Index of the count's value column.
-        count_index: usize,
-    },
-    /// A list column of either table, in a list plan: the cell of each matched row.
-    ListColumn {
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// The side whose rows hold it.
-        role: Role,
-        /// Position of the column in that side's [`list_columns`](SidePlan::list_columns).
-        index: usize,
-    },
+    /// An aggregate function the protocols compute.
+    Aggregate(Aggregate),
 }
 
-/// One output column of the result, in `SELECT` order.
+/// A computed aggregate of one column: only functions of the
+/// [table of aggregate functions](crate::AggregateFunction) that the protocols compute can be
+/// planned (never `SUM(DISTINCT)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregate {
+    pub(crate) computation: &'static Computation,
+    /// The table.
+    pub table: String,
+    /// The column (the identifier, for `COUNT(DISTINCT)`).
+    pub column: String,
+    /// The indices of the receiver value columns it reads, in the order the function reads
+    /// them (empty for `COUNT(DISTINCT)`; the sum's then the count's for `AVG`).
+    pub value_indices: Vec<usize>,
+}
+
+impl Aggregate {
+    /// The function.
+    pub fn function(&self) -> AggregateFunction {
+        self.computation.function
+    }
+
+    /// How it is computed, for people: `matched distinct t.c`, `SUM(t.c)`, ...
+    pub fn describe(&self) -> String {
+        (self.computation.describe)(&format!("{}.{}", self.table, self.column))
+    }
+}
+
+impl Serialize for AggregateValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        match self {
+            AggregateValue::Dimension {
+                table,
+                column,
+                key_index,
+            } => {
+                map.serialize_entry("kind", "dimension")?;
+                map.serialize_entry("table", table)?;
+                map.serialize_entry("column", column)?;
+                map.serialize_entry("key_index", key_index)?;
+            }
+            AggregateValue::Aggregate(aggregate) => {
+                map.serialize_entry("kind", aggregate.computation.kind)?;
+                map.serialize_entry("table", &aggregate.table)?;
+                map.serialize_entry("column", &aggregate.column)?;
+                for (name, index) in aggregate
+                    .computation
+                    .index_names
+                    .iter()
+                    .zip(&aggregate.value_indices)
+                {
+                    map.serialize_entry(name, index)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// Where a list plan's output column's values come from: a list column of either table, the
+/// cell of each matched row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Output {
+#[serde(tag = "kind", rename = "list_column")]
+pub struct ListColumn {
+    /// The table.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// The side whose rows hold it.
+    pub role: Role,
+    /// Position of the column in that side's [`list_columns`](SidePlan::list_columns).
+    pub index: usize,
+}
+
+/// One output column of the result, in `SELECT` order: its name and where its values come
+/// from (`V`: [`AggregateValue`] in an aggregation plan, [`ListColumn`] in a list plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Output<V> {
     /// The column name: the alias, or the expression as written.
     pub name: String,
     /// Where its values come from.
     #[serde(flatten)]
-    pub value: OutputValue,
+    pub value: V,
 }
+
+/// An output column of an aggregation plan.
+pub type AggregateOutput = Output<AggregateValue>;
+/// An output column of a list plan.
+pub type ListOutput = Output<ListColumn>;
 
 /// One `ORDER BY` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -512,29 +551,21 @@ pub struct OrderKey {
     pub nulls_first: bool,
 }
 
-/// A checked query, compiled for the PSI protocols. Only
-/// [`Collaboration::plan`](crate::Collaboration::plan) creates plans.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Plan {
+/// What every plan has, whatever its kind: the collaboration and query, the querier, the two
+/// joined sides and how the result rows are ordered and cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
     pub(crate) collaboration_id: String,
     pub(crate) sql: String,
     pub(crate) querier: String,
     pub(crate) domain: String,
-    pub(crate) protocol: Protocol,
-    pub(crate) grouped_by: Option<Role>,
-    pub(crate) min_release: u64,
     pub(crate) matcher: SidePlan,
     pub(crate) receiver: SidePlan,
-    pub(crate) outputs: Vec<Output>,
     pub(crate) order_by: Vec<OrderKey>,
     pub(crate) limit: Option<u64>,
-    pub(crate) distinct: bool,
-    /// Set by [`Collaboration::plan`](crate::Collaboration::plan) for an aggregation plan of
-    /// a collaboration with a privacy section.
-    pub(crate) privacy: Option<PlanPrivacy>,
 }
 
-impl Plan {
+impl Join {
     /// The collaboration the plan was checked against.
     pub fn collaboration_id(&self) -> &str {
         &self.collaboration_id
@@ -548,22 +579,6 @@ impl Plan {
     /// The querying member (who is also the receiver).
     pub fn querier(&self) -> &str {
         &self.querier
-    }
-
-    /// The protocol to run: cardinality when no value column is needed, else intersection-sum.
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
-    /// Which side's group columns form the group key (`None`: one group, `""` on both sides).
-    pub fn grouped_by(&self) -> Option<Role> {
-        self.grouped_by
-    }
-
-    /// The release threshold: the largest `min_threshold` of the two tables (0 for a list
-    /// plan: list rules release every matched row).
-    pub fn min_release(&self) -> u64 {
-        self.min_release
     }
 
     /// The matcher's side: the other member's table.
@@ -584,25 +599,14 @@ impl Plan {
         }
     }
 
-    /// The output columns, in `SELECT` order.
-    pub fn outputs(&self) -> &[Output] {
-        &self.outputs
-    }
-
-    /// The `ORDER BY` keys, applied after the default order (by group key).
+    /// The `ORDER BY` keys, applied after the default order.
     pub fn order_by(&self) -> &[OrderKey] {
         &self.order_by
     }
 
-    /// The `LIMIT`, if any. In a list plan it shortens the printed result only: the receiver
-    /// learns every matched row of the matcher's list columns whatever the limit.
+    /// The `LIMIT`, if any.
     pub fn limit(&self) -> Option<u64> {
         self.limit
-    }
-
-    /// Whether a list plan keeps one copy of each output row (`SELECT DISTINCT`).
-    pub fn distinct(&self) -> bool {
-        self.distinct
     }
 
     /// The label that separates this join's hashes from every other join's: both identifier
@@ -615,9 +619,53 @@ impl Plan {
     pub fn domain(&self) -> Domain {
         Domain::new(&self.collaboration_id, &self.domain)
     }
+}
 
-    /// How the results are made differentially private; `None` when they are exact (no
-    /// privacy section, or a list plan).
+/// A checked aggregation query (two aggregation-rule tables): the matcher learns intersection
+/// sizes per group and decides releases, the receiver learns released counts and sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregatePlan {
+    pub(crate) join: Join,
+    pub(crate) grouped_by: Option<Role>,
+    pub(crate) min_release: u64,
+    pub(crate) outputs: Vec<AggregateOutput>,
+    /// Set by [`Collaboration::plan`](crate::Collaboration::plan) for a collaboration with a
+    /// privacy section.
+    pub(crate) privacy: Option<PlanPrivacy>,
+}
+
+impl AggregatePlan {
+    /// The collaboration, query, sides, order and limit.
+    pub fn join(&self) -> &Join {
+        &self.join
+    }
+
+    /// [`Protocol::Cardinality`] when no value column is needed, else
+    /// [`Protocol::IntersectionSum`].
+    pub fn protocol(&self) -> Protocol {
+        if self.join.receiver.value_columns.is_empty() {
+            Protocol::Cardinality
+        } else {
+            Protocol::IntersectionSum
+        }
+    }
+
+    /// Which side's group columns form the group key (`None`: one group, `""` on both sides).
+    pub fn grouped_by(&self) -> Option<Role> {
+        self.grouped_by
+    }
+
+    /// The release threshold: the largest `min_threshold` of the two tables.
+    pub fn min_release(&self) -> u64 {
+        self.min_release
+    }
+
+    /// The output columns, in `SELECT` order.
+    pub fn outputs(&self) -> &[AggregateOutput] {
+        &self.outputs
+    }
+
+    /// How the results are made differentially private; `None` when they are exact.
     pub fn privacy(&self) -> Option<&PlanPrivacy> {
         self.privacy.as_ref()
     }
@@ -627,6 +675,13 @@ impl Plan {
     /// [`Receiver::with_noise`](cleanroom_psi::Receiver::with_noise)); `None` when exact.
     pub fn noise_bounds(&self) -> Option<NoiseBounds> {
         self.privacy.as_ref().map(PlanPrivacy::noise_bounds)
+    }
+
+    /// Whether a group may be released: its matched distinct identifiers reach the release
+    /// threshold (the largest `min_threshold` of the two tables). The matcher calls this for
+    /// every group before sending the result.
+    pub fn release(&self, count: &GroupCount) -> bool {
+        count.intersection_size >= self.min_release
     }
 
     /// The matcher's decision on one pair of groups. Exact plans release a pair whose matched
@@ -658,16 +713,259 @@ impl Plan {
         if distinct >= self.min_release {
             return Ok(());
         }
+        let table = &self.join.receiver.table;
         Err(Refusal::one(
             Reason::new(
                 ReasonCode::QuerierSetTooSmall,
                 format!(
-                    "table {:?} has {distinct} distinct identifiers after the query's filters; \
-                     at least {} (the release threshold) are required",
-                    self.receiver.table, self.min_release
+                    "table {table:?} has {distinct} distinct identifiers after the query's \
+                     filters; at least {} (the release threshold) are required",
+                    self.min_release
                 ),
             )
-            .table(&self.receiver.table),
+            .table(table),
         ))
+    }
+}
+
+/// A checked list query (two list-rule tables): the receiver learns which of its rows match
+/// and the matcher's list columns of those rows. Nothing is aggregated, thresholded or noised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPlan {
+    pub(crate) join: Join,
+    pub(crate) outputs: Vec<ListOutput>,
+    pub(crate) distinct: bool,
+}
+
+impl ListPlan {
+    /// The collaboration, query, sides, order and limit. The limit shortens the printed
+    /// result only: the receiver learns every matched row of the matcher's list columns.
+    pub fn join(&self) -> &Join {
+        &self.join
+    }
+
+    /// The output columns, in `SELECT` order.
+    pub fn outputs(&self) -> &[ListOutput] {
+        &self.outputs
+    }
+
+    /// Whether the result keeps one copy of each output row (`SELECT DISTINCT`).
+    pub fn distinct(&self) -> bool {
+        self.distinct
+    }
+}
+
+/// A checked query, compiled for the PSI protocols: an aggregation or a list, each with its
+/// own outputs. Only [`Collaboration::plan`](crate::Collaboration::plan) creates plans.
+///
+/// The methods here answer for either kind (a list plan has no threshold, grouping or
+/// privacy); those that only make sense for one kind fail with a `ProtocolMismatch` /
+/// `PlanKind` error for the other.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Counts and sums over the intersection of two aggregation-rule tables.
+    Aggregate(AggregatePlan),
+    /// The matched rows of two list-rule tables.
+    List(ListPlan),
+}
+
+impl Plan {
+    /// What both kinds share: collaboration, query, sides, order and limit.
+    pub fn join(&self) -> &Join {
+        match self {
+            Plan::Aggregate(plan) => &plan.join,
+            Plan::List(plan) => &plan.join,
+        }
+    }
+
+    /// The aggregation plan, if this is one.
+    pub fn as_aggregate(&self) -> Option<&AggregatePlan> {
+        match self {
+            Plan::Aggregate(plan) => Some(plan),
+            Plan::List(_) => None,
+        }
+    }
+
+    /// The list plan, if this is one.
+    pub fn as_list(&self) -> Option<&ListPlan> {
+        match self {
+            Plan::List(plan) => Some(plan),
+            Plan::Aggregate(_) => None,
+        }
+    }
+
+    /// The collaboration the plan was checked against.
+    pub fn collaboration_id(&self) -> &str {
+        self.join().collaboration_id()
+    }
+
+    /// The SQL text the plan was compiled from.
+    pub fn sql(&self) -> &str {
+        self.join().sql()
+    }
+
+    /// The querying member (who is also the receiver).
+    pub fn querier(&self) -> &str {
+        self.join().querier()
+    }
+
+    /// The protocol to run: cardinality when no value column is needed, intersection-sum
+    /// when one is, list for a list plan.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Plan::Aggregate(plan) => plan.protocol(),
+            Plan::List(_) => Protocol::List,
+        }
+    }
+
+    /// Which side's group columns form the group key (`None`: one group, `""` on both sides;
+    /// always `None` for a list plan).
+    pub fn grouped_by(&self) -> Option<Role> {
+        self.as_aggregate().and_then(AggregatePlan::grouped_by)
+    }
+
+    /// The release threshold: the largest `min_threshold` of the two tables (0 for a list
+    /// plan: list rules release every matched row).
+    pub fn min_release(&self) -> u64 {
+        self.as_aggregate().map_or(0, AggregatePlan::min_release)
+    }
+
+    /// The matcher's side: the other member's table.
+    pub fn matcher(&self) -> &SidePlan {
+        self.join().matcher()
+    }
+
+    /// The receiver's side: the querier's own table.
+    pub fn receiver(&self) -> &SidePlan {
+        self.join().receiver()
+    }
+
+    /// The side playing `role`.
+    pub fn side(&self, role: Role) -> &SidePlan {
+        self.join().side(role)
+    }
+
+    /// The `ORDER BY` keys, applied after the default order (by group key).
+    pub fn order_by(&self) -> &[OrderKey] {
+        self.join().order_by()
+    }
+
+    /// The `LIMIT`, if any. In a list plan it shortens the printed result only: the receiver
+    /// learns every matched row of the matcher's list columns whatever the limit.
+    pub fn limit(&self) -> Option<u64> {
+        self.join().limit()
+    }
+
+    /// Whether a list plan keeps one copy of each output row (`SELECT DISTINCT`); false for
+    /// an aggregation plan.
+    pub fn distinct(&self) -> bool {
+        self.as_list().is_some_and(ListPlan::distinct)
+    }
+
+    /// The label that separates this join's hashes from every other join's: both identifier
+    /// columns, matcher's first. Both sides derive the same label from the same plan.
+    pub fn domain_label(&self) -> &str {
+        self.join().domain_label()
+    }
+
+    /// The PSI hashing domain both sides must use for this plan.
+    pub fn domain(&self) -> Domain {
+        self.join().domain()
+    }
+
+    /// How the results are made differentially private; `None` when they are exact (no
+    /// privacy section, or a list plan).
+    pub fn privacy(&self) -> Option<&PlanPrivacy> {
+        self.as_aggregate().and_then(AggregatePlan::privacy)
+    }
+
+    /// The bounds of a noisy release, to give both PSI roles
+    /// ([`Matcher::with_noise`](cleanroom_psi::Matcher::with_noise),
+    /// [`Receiver::with_noise`](cleanroom_psi::Receiver::with_noise)); `None` when exact.
+    pub fn noise_bounds(&self) -> Option<NoiseBounds> {
+        self.as_aggregate().and_then(AggregatePlan::noise_bounds)
+    }
+
+    /// Whether a group may be released ([`AggregatePlan::release`]); a list plan has no
+    /// threshold and releases every group.
+    pub fn release(&self, count: &GroupCount) -> bool {
+        self.as_aggregate().is_none_or(|plan| plan.release(count))
+    }
+
+    /// The matcher's decision on one pair of groups ([`AggregatePlan::decide`]); a list plan
+    /// has no threshold nor noise and releases every group exactly.
+    pub fn decide(&self, count: &GroupCount) -> GroupDecision {
+        match self {
+            Plan::Aggregate(plan) => plan.decide(count),
+            Plan::List(_) => GroupDecision::EXACT,
+        }
+    }
+
+    /// The noisy count of bounded identifiers ([`AggregatePlan::disclose_bounded`]); 0 for a
+    /// list plan.
+    pub fn disclose_bounded(&self, exact: u64) -> u64 {
+        self.as_aggregate()
+            .map_or(0, |plan| plan.disclose_bounded(exact))
+    }
+
+    /// Whether the querier's side holds enough distinct identifiers
+    /// ([`AggregatePlan::check_querier_identifiers`]); always for a list plan, which has no
+    /// threshold.
+    pub fn check_querier_identifiers(&self, distinct: u64) -> Result<(), Refusal> {
+        match self {
+            Plan::Aggregate(plan) => plan.check_querier_identifiers(distinct),
+            Plan::List(_) => Ok(()),
+        }
+    }
+}
+
+/// The plan as `cleanroom check --format json` prints it: the same fields for both kinds, in
+/// this order (`protocol` tells the kind).
+impl Serialize for Plan {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Outputs<'a> {
+            Aggregate(&'a [AggregateOutput]),
+            List(&'a [ListOutput]),
+        }
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            collaboration_id: &'a str,
+            sql: &'a str,
+            querier: &'a str,
+            domain: &'a str,
+            protocol: Protocol,
+            grouped_by: Option<Role>,
+            min_release: u64,
+            matcher: &'a SidePlan,
+            receiver: &'a SidePlan,
+            outputs: Outputs<'a>,
+            order_by: &'a [OrderKey],
+            limit: Option<u64>,
+            distinct: bool,
+            privacy: Option<&'a PlanPrivacy>,
+        }
+        let join = self.join();
+        Fields {
+            collaboration_id: &join.collaboration_id,
+            sql: &join.sql,
+            querier: &join.querier,
+            domain: &join.domain,
+            protocol: self.protocol(),
+            grouped_by: self.grouped_by(),
+            min_release: self.min_release(),
+            matcher: &join.matcher,
+            receiver: &join.receiver,
+            outputs: match self {
+                Plan::Aggregate(plan) => Outputs::Aggregate(&plan.outputs),
+                Plan::List(plan) => Outputs::List(&plan.outputs),
+            },
+            order_by: &join.order_by,
+            limit: join.limit,
+            distinct: self.distinct(),
+            privacy: self.privacy(),
+        }
+        .serialize(s)
     }
 }

@@ -56,7 +56,7 @@ use cleanroom_psi::{GroupCount, GroupDecision, NoiseBounds};
 use serde::Serialize;
 
 use crate::dp::{self, Scale};
-use crate::plan::{OutputValue, Plan, ValueKind};
+use crate::plan::{AggregatePlan, AggregateValue, Plan, ValueKind};
 
 /// Millionths per unit of epsilon.
 pub const EPSILON_UNITS: u64 = 1_000_000;
@@ -307,14 +307,28 @@ pub struct OutputNoise {
     pub count_interval95: Option<u64>,
 }
 
+impl OutputNoise {
+    /// An output column without noise (a dimension or a list column).
+    fn exact(column: &str) -> Self {
+        Self {
+            column: column.to_owned(),
+            kind: "none",
+            scale: 0.0,
+            interval95: 0,
+            count_scale: None,
+            count_interval95: None,
+        }
+    }
+}
+
 impl PlanPrivacy {
     pub(crate) fn for_plan(
-        plan: &Plan,
+        plan: &AggregatePlan,
         privacy: &Privacy,
         sum_bounds: impl Fn(&str) -> (u64, u64),
     ) -> Self {
         let epsilon = privacy.epsilon_per_query;
-        let columns = &plan.receiver().value_columns;
+        let columns = &plan.join().receiver().value_columns;
         let grouped = plan.grouped_by().is_some();
         let k = if grouped {
             privacy.max_groups_per_identifier
@@ -364,42 +378,40 @@ impl PlanPrivacy {
             .expect("bounds and max_groups_per_identifier validated with the collaboration")
     }
 
-    /// The noise of each output column of `plan`, in `SELECT` order.
+    /// The noise of each output column of `plan`, in `SELECT` order (`none` for every column
+    /// of a list plan, which is never noised).
     pub fn outputs(&self, plan: &Plan) -> Vec<OutputNoise> {
-        plan.outputs()
-            .iter()
-            .map(|o| {
-                let (kind, noise, count) = match &o.value {
-                    OutputValue::CountDistinct { .. } => ("count", Some(self.count), None),
-                    OutputValue::Count { value_index, .. } => {
-                        ("count", Some(self.sums[*value_index]), None)
-                    }
-                    OutputValue::Sum { value_index, .. } => {
-                        ("sum", Some(self.sums[*value_index]), None)
-                    }
-                    OutputValue::Avg {
-                        sum_index,
-                        count_index,
-                        ..
-                    } => (
-                        "avg",
-                        Some(self.sums[*sum_index]),
-                        Some(self.sums[*count_index]),
-                    ),
-                    OutputValue::Dimension { .. } | OutputValue::ListColumn { .. } => {
-                        ("none", None, None)
-                    }
-                };
-                OutputNoise {
-                    column: o.name.clone(),
-                    kind,
-                    scale: noise.map_or(0.0, |n| n.scale.as_f64()),
-                    interval95: noise.map_or(0, |n| n.interval95()),
-                    count_scale: count.map(|n| n.scale.as_f64()),
-                    count_interval95: count.map(|n| n.interval95()),
-                }
-            })
-            .collect()
+        match plan {
+            Plan::Aggregate(plan) => plan
+                .outputs()
+                .iter()
+                .map(|o| self.output(&o.name, &o.value))
+                .collect(),
+            Plan::List(plan) => plan
+                .outputs()
+                .iter()
+                .map(|o| OutputNoise::exact(&o.name))
+                .collect(),
+        }
+    }
+
+    fn output(&self, column: &str, value: &AggregateValue) -> OutputNoise {
+        let AggregateValue::Aggregate(aggregate) = value else {
+            return OutputNoise::exact(column);
+        };
+        let computation = aggregate.computation;
+        let mut values = aggregate.value_indices.iter().map(|&i| self.sums[i]);
+        let noise = values.next().unwrap_or(self.count);
+        let count = values.next();
+        let kind = computation.noise;
+        OutputNoise {
+            column: column.to_owned(),
+            kind,
+            scale: noise.scale.as_f64(),
+            interval95: noise.interval95(),
+            count_scale: count.map(|n| n.scale.as_f64()),
+            count_interval95: count.map(|n| n.interval95()),
+        }
     }
 
     /// How many dummies the matcher pads one group with: `bound + noise`, in `[0, 2·bound]`,

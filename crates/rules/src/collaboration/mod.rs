@@ -26,6 +26,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::aggregate::AggregateFunction;
 use crate::privacy::{Privacy, QueryLimits};
 
 /// Smallest `min_threshold` an aggregation rule may declare.
@@ -62,63 +63,6 @@ impl Ability {
 }
 
 impl fmt::Display for Ability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An aggregate function an aggregation rule can allow on a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AggregateFunction {
-    /// `COUNT(c)`: rows where `c` is not NULL.
-    Count,
-    /// `COUNT(DISTINCT c)`.
-    CountDistinct,
-    /// `SUM(c)`.
-    Sum,
-    /// `SUM(DISTINCT c)`.
-    SumDistinct,
-    /// `AVG(c)`.
-    Avg,
-}
-
-impl AggregateFunction {
-    /// The name used in the collaboration file (`COUNT_DISTINCT`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Count => "COUNT",
-            Self::CountDistinct => "COUNT_DISTINCT",
-            Self::Sum => "SUM",
-            Self::SumDistinct => "SUM_DISTINCT",
-            Self::Avg => "AVG",
-        }
-    }
-
-    /// How the function is written in SQL, with `column` as its argument.
-    pub fn sql(self, column: &str) -> String {
-        match self {
-            Self::Count => format!("COUNT({column})"),
-            Self::CountDistinct => format!("COUNT(DISTINCT {column})"),
-            Self::Sum => format!("SUM({column})"),
-            Self::SumDistinct => format!("SUM(DISTINCT {column})"),
-            Self::Avg => format!("AVG({column})"),
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "COUNT" => Some(Self::Count),
-            "COUNT_DISTINCT" => Some(Self::CountDistinct),
-            "SUM" => Some(Self::Sum),
-            "SUM_DISTINCT" => Some(Self::SumDistinct),
-            "AVG" => Some(Self::Avg),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for AggregateFunction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }

@@ -190,9 +190,7 @@ fn validate_sum_bounds(
     privacy: Option<&Privacy>,
     kind: &Spanned<String>,
 ) -> Result<BTreeMap<String, (u64, u64)>, CollaborationError> {
-    let summed = |functions: &BTreeSet<AggregateFunction>| {
-        functions.contains(&AggregateFunction::Sum) || functions.contains(&AggregateFunction::Avg)
-    };
+    let summed = |functions: &BTreeSet<AggregateFunction>| functions.iter().any(|f| f.sums());
     let Some(privacy) = privacy else {
         return match raw {
             Some(raw) => Err(at.invalid(
@@ -555,9 +553,9 @@ fn validate_table(
             if let Some(decimals) = &rule.decimal_columns {
                 for (column, decimal) in decimals.get_ref() {
                     let key = format!("table.rule.decimal_columns.{column}");
-                    let summed = aggregate_columns.get(column).is_some_and(|f| {
-                        f.contains(&AggregateFunction::Sum) || f.contains(&AggregateFunction::Avg)
-                    });
+                    let summed = aggregate_columns
+                        .get(column)
+                        .is_some_and(|f| f.iter().any(|f| f.sums()));
                     if !summed {
                         return Err(at.invalid(
                             &key,

@@ -6,17 +6,49 @@
 const MAX_VALUE_COLUMNS: usize = cleanroom_psi::Capabilities::ECDH.value_columns;
 use sqlparser::ast::{
     DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Select,
-    SelectItem,
 };
 
 use super::parse::{is_column_syntax, literal, strip_nested};
-use super::{Checker, MAX_DEPTH, Spec};
-use crate::collaboration::AggregateFunction;
+use super::{Checker, ColumnRef, MAX_DEPTH, QueryRule, Spec};
+use crate::aggregate::{self as functions, Operand, Support};
+use crate::collaboration::{AggregationRule, AnalysisRule};
 use crate::plan::{Role, ValueKind};
 use crate::reason::{Reason, ReasonCode as Code};
 
+impl QueryRule for AggregationRule {
+    const SELECT_DISTINCT: bool = false;
+
+    fn of(rule: &AnalysisRule) -> Option<&Self> {
+        match rule {
+            AnalysisRule::Aggregation(rule) => Some(rule),
+            AnalysisRule::List(_) => None,
+        }
+    }
+
+    fn is_join_column(&self, column: &str) -> bool {
+        AggregationRule::is_join_column(self, column)
+    }
+
+    fn min_threshold(&self) -> u64 {
+        AggregationRule::min_threshold(self)
+    }
+
+    fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
+        checker.output_spec(expr, 0)
+    }
+
+    fn allows_filter_on(checker: &mut Checker<'_, Self>, column: &ColumnRef) -> bool {
+        checker.require_dimension(column, Code::FilterNotDimension, "filtered on")
+    }
+}
+
+/// Whether `name` (upper case) is an aggregate function of SQL, offered or not.
+pub(super) fn is_aggregate(name: &str) -> bool {
+    functions::offered(name) || OTHER_AGGREGATES.contains(&name)
+}
+
 /// Aggregate functions of common SQL dialects that the clean room does not offer.
-const OTHER_AGGREGATES: &[&str] = &[
+pub(super) const OTHER_AGGREGATES: &[&str] = &[
     "MIN",
     "MAX",
     "STDDEV",
@@ -39,25 +71,15 @@ const OTHER_AGGREGATES: &[&str] = &[
     "COUNT_IF",
 ];
 
-impl Checker<'_> {
+impl Checker<'_, AggregationRule> {
     pub(super) fn check_projection(&mut self, select: &Select) -> Vec<(String, Option<Spec>)> {
         let mut outputs = Vec::new();
         let before = self.reasons.len();
         for item in &select.projection {
-            let (expr, name) = match item {
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    self.refuse(Reason::new(
-                        Code::SelectStar,
-                        "SELECT * is not allowed: name dimension columns and aggregates",
-                    ));
-                    continue;
-                }
-                SelectItem::ExprWithAliases { .. } => {
-                    self.unsupported_clause("multiple aliases for one output");
-                    continue;
-                }
-                SelectItem::UnnamedExpr(expr) => (expr, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            let Some((expr, name)) =
+                self.select_item(item, "name dimension columns and aggregates")
+            else {
+                continue;
             };
             let spec = self.output_spec(expr, 0);
             if let Some(Spec::Column(c)) = &spec {
@@ -96,37 +118,7 @@ impl Checker<'_> {
             e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
                 self.column(e).map(Spec::Column)
             }
-            Expr::Function(f) if self.list => {
-                let name = f.name.to_string().to_ascii_uppercase();
-                let is_aggregate = matches!(name.as_str(), "COUNT" | "SUM" | "AVG")
-                    || OTHER_AGGREGATES.contains(&name.as_str());
-                self.refuse(if is_aggregate {
-                    Reason::new(
-                        Code::AggregateInListQuery,
-                        format!(
-                            "{name}(...) is an aggregate; the tables' list rules release \
-                             matched rows of list columns, not aggregates"
-                        ),
-                    )
-                } else {
-                    Reason::new(
-                        Code::UnsupportedFunction,
-                        format!(
-                            "function {name} is not supported; a list query outputs list \
-                             columns as they are"
-                        ),
-                    )
-                });
-                None
-            }
             Expr::Function(f) => self.aggregate(f),
-            other if self.list => {
-                self.refuse(Reason::new(
-                    Code::UnsupportedExpression,
-                    format!("output {other} is not allowed: a list query outputs list columns"),
-                ));
-                None
-            }
             other => {
                 self.refuse(Reason::new(
                     Code::UnsupportedExpression,
@@ -142,11 +134,11 @@ impl Checker<'_> {
 
     fn aggregate(&mut self, f: &Function) -> Option<Spec> {
         let name = f.name.to_string().to_ascii_uppercase();
-        if !matches!(name.as_str(), "COUNT" | "SUM" | "AVG") {
+        if !functions::offered(&name) {
             let message = if OTHER_AGGREGATES.contains(&name.as_str()) {
                 format!(
-                    "aggregate {name} is not supported; use COUNT(DISTINCT <identifier>), \
-                     COUNT, SUM or AVG"
+                    "aggregate {name} is not supported; use {}",
+                    functions::usable_forms()
                 )
             } else {
                 format!("function {name} is not supported")
@@ -254,21 +246,16 @@ impl Checker<'_> {
             return None;
         }
         let column = self.column(expr)?;
-        let function = match (name.as_str(), distinct) {
-            ("COUNT", true) => AggregateFunction::CountDistinct,
-            ("COUNT", false) => AggregateFunction::Count,
-            ("SUM", true) => AggregateFunction::SumDistinct,
-            ("SUM", false) => AggregateFunction::Sum,
-            ("AVG", false) => AggregateFunction::Avg,
-            _ => {
-                self.refuse(Reason::new(
-                    Code::UnsupportedFunction,
-                    "AVG(DISTINCT ...) is not supported",
-                ));
-                return None;
-            }
+        let Some(entry) = functions::by_sql(&name, distinct) else {
+            let form = if distinct { "DISTINCT ..." } else { "..." };
+            self.refuse(Reason::new(
+                Code::UnsupportedFunction,
+                format!("{name}({form}) is not supported"),
+            ));
+            return None;
         };
-        let rule = self.rule_of(&column);
+        let function = entry.function;
+        let rule = self.sources[column.source].rule;
         if !rule.allows(function, &column.column) {
             let allowed: Vec<&str> = rule
                 .aggregate_columns()
@@ -295,38 +282,33 @@ impl Checker<'_> {
             );
             return None;
         }
-        let refusal = match function {
-            AggregateFunction::CountDistinct if !self.is_identifier(&column) => Some((
-                Code::CountDistinctNotIdentifier,
-                format!(
-                    "COUNT(DISTINCT {}) cannot be computed: only the number of matched distinct \
-                     identifiers is; use COUNT(DISTINCT {})",
-                    column.column,
-                    self.sources[column.source].table.identifier().column()
-                ),
-            )),
-            AggregateFunction::SumDistinct => Some((
-                Code::SumDistinctUnsupported,
-                format!(
-                    "SUM(DISTINCT {}) cannot be computed by the matching protocols; use SUM({})",
-                    column.column, column.column
-                ),
-            )),
-            AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg
-                if column.role == Role::Matcher =>
-            {
-                Some((
-                    Code::ProviderAggregateUnsupported,
-                    format!(
-                        "{} of {}.{} cannot be computed: the protocols only aggregate the \
-                         querying member's own columns",
-                        function.sql(&column.column),
-                        column.table,
-                        column.column
-                    ),
-                ))
-            }
-            _ => None,
+        let (computation, refusal) = match &entry.support {
+            Support::Refused { code, message } => (None, Some((*code, message(&column.column)))),
+            Support::Computed(c) => (
+                Some(c),
+                match c.operand {
+                    Operand::MatchedIdentifiers if !self.is_identifier(&column) => Some((
+                        Code::CountDistinctNotIdentifier,
+                        format!(
+                            "{} cannot be computed: only the number of matched distinct \
+                             identifiers is; use {}",
+                            function.sql(&column.column),
+                            function.sql(self.sources[column.source].table.identifier().column())
+                        ),
+                    )),
+                    Operand::QuerierColumn if column.role == Role::Matcher => Some((
+                        Code::ProviderAggregateUnsupported,
+                        format!(
+                            "{} of {}.{} cannot be computed: the protocols only aggregate the \
+                             querying member's own columns",
+                            function.sql(&column.column),
+                            column.table,
+                            column.column
+                        ),
+                    )),
+                    _ => None,
+                },
+            ),
         };
         if let Some((code, message)) = refusal {
             self.refuse(
@@ -336,22 +318,18 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some(Spec::Aggregate(function, column))
+        // A refused function has a refusal, so only computed ones get here.
+        computation.map(|c| Spec::Aggregate(c, column))
     }
 
     /// Refuses more value columns than the intersection-sum protocol carries.
     pub(super) fn check_value_columns(&mut self, outputs: &[(String, Option<Spec>)]) {
         let mut columns: Vec<(&str, ValueKind)> = Vec::new();
         for (_, spec) in outputs {
-            let Some(Spec::Aggregate(function, c)) = spec else {
+            let Some(Spec::Aggregate(computation, c)) = spec else {
                 continue;
             };
-            let kinds: &[ValueKind] = match function {
-                AggregateFunction::Sum => &[ValueKind::Integer],
-                AggregateFunction::Count => &[ValueKind::NonNull],
-                AggregateFunction::Avg => &[ValueKind::Integer, ValueKind::NonNull],
-                _ => &[],
-            };
+            let kinds = computation.values;
             for kind in kinds {
                 if !columns.contains(&(c.column.as_str(), *kind)) {
                     columns.push((c.column.as_str(), *kind));

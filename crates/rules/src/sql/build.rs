@@ -1,14 +1,102 @@
-//! Building the [`Plan`] of a checked aggregation query: outputs, value columns, each side's
-//! filter, groups and reads, the protocol and the release threshold.
+//! Building plans: each side's filter, reads and threshold and the join, as both kinds of
+//! plan have them, and the [`AggregatePlan`](crate::AggregatePlan) of a checked aggregation
+//! query: outputs, value columns, groups, the release threshold and the privacy.
 
-use super::{Checker, SourceRule, Spec, role_index};
-use crate::collaboration::AggregateFunction;
+use super::{Checker, QueryRule, Spec, role_index};
+use crate::collaboration::AggregationRule;
 use crate::plan::{
-    Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
-    ValueColumn, ValueKind,
+    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output,
+    Role, SidePlan, TableSource, ValueColumn, ValueKind,
 };
+use crate::privacy::PlanPrivacy;
 
-impl Checker<'_> {
+/// The columns a side reads besides its identifier and filter: the group columns (when the
+/// group key is its), the value columns (the receiver of an aggregation) and the list columns
+/// (a list plan).
+#[derive(Default)]
+pub(super) struct SideColumns {
+    pub(super) groups: Vec<String>,
+    pub(super) values: Vec<ValueColumn>,
+    pub(super) lists: Vec<String>,
+}
+
+impl<R: QueryRule> Checker<'_, R> {
+    /// The side playing `role`: its table, its conjuncts as one filter, what it reads (the
+    /// identifier, then group, filter, value and list columns, each once) and its threshold.
+    pub(super) fn side_plan(
+        &self,
+        role: Role,
+        filters: Vec<Filter>,
+        columns: SideColumns,
+    ) -> SidePlan {
+        let source = self
+            .sources
+            .iter()
+            .find(|s| s.role == role)
+            .expect("both roles are bound");
+        let identifier = source.table.identifier();
+        let filter = match filters.len() {
+            0 => None,
+            1 => filters.into_iter().next(),
+            _ => Some(Filter::And { all: filters }),
+        };
+        let mut reads = vec![identifier.column().to_owned()];
+        let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
+        for c in columns
+            .groups
+            .iter()
+            .map(String::as_str)
+            .chain(filter_columns)
+            .chain(columns.values.iter().map(|v| v.column.as_str()))
+            .chain(columns.lists.iter().map(String::as_str))
+        {
+            if !reads.iter().any(|r| r == c) {
+                reads.push(c.to_owned());
+            }
+        }
+        SidePlan {
+            role,
+            member: source.table.owner().to_owned(),
+            table: source.table.name().to_owned(),
+            identifier: identifier.column().to_owned(),
+            normalization: identifier.normalization(),
+            filter,
+            group_columns: columns.groups,
+            value_columns: columns.values,
+            list_columns: columns.lists,
+            reads,
+            source: TableSource::of(source.table.source_options()),
+            min_threshold: source.rule.min_threshold(),
+        }
+    }
+
+    /// What the plan of this query has whatever its kind; the hashing domain names both
+    /// identifier columns, matcher's first.
+    pub(super) fn join(
+        &self,
+        sql: &str,
+        matcher: SidePlan,
+        receiver: SidePlan,
+        order_by: Vec<OrderKey>,
+        limit: Option<u64>,
+    ) -> Join {
+        Join {
+            collaboration_id: self.collab.id().to_owned(),
+            sql: sql.to_owned(),
+            querier: self.querier.to_owned(),
+            domain: format!(
+                "{}.{}={}.{}",
+                matcher.table, matcher.identifier, receiver.table, receiver.identifier
+            ),
+            matcher,
+            receiver,
+            order_by,
+            limit,
+        }
+    }
+}
+
+impl Checker<'_, AggregationRule> {
     pub(super) fn build_plan(
         &self,
         sql: &str,
@@ -17,23 +105,21 @@ impl Checker<'_> {
         (grouped_by, group_columns): (Option<Role>, Vec<String>),
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
-    ) -> Plan {
+    ) -> AggregatePlan {
         let receiver_rule = self
             .sources
             .iter()
             .find(|s| s.role == Role::Receiver)
-            .and_then(|s| match s.rule {
-                SourceRule::Aggregation(rule) => Some(rule),
-                SourceRule::List(_) => None,
-            });
+            .expect("both roles are bound")
+            .rule;
         let mut value_columns: Vec<ValueColumn> = Vec::new();
         let mut value_index = |column: &str, kind: ValueKind| -> usize {
             let wanted = ValueColumn {
                 column: column.to_owned(),
                 kind,
-                scale: match (kind, receiver_rule) {
-                    (ValueKind::Integer, Some(rule)) => rule.scale(column),
-                    _ => 0,
+                scale: match kind {
+                    ValueKind::Integer => receiver_rule.scale(column),
+                    ValueKind::NonNull => 0,
                 },
             };
             match value_columns.iter().position(|v| *v == wanted) {
@@ -44,11 +130,11 @@ impl Checker<'_> {
                 }
             }
         };
-        let outputs: Vec<Output> = outputs
+        let outputs: Vec<AggregateOutput> = outputs
             .into_iter()
             .map(|(name, spec)| {
                 let value = match spec.expect("every output was resolved") {
-                    Spec::Column(c) => OutputValue::Dimension {
+                    Spec::Column(c) => AggregateValue::Dimension {
                         key_index: group_columns
                             .iter()
                             .position(|g| *g == c.column)
@@ -56,116 +142,60 @@ impl Checker<'_> {
                         table: c.table,
                         column: c.column,
                     },
-                    Spec::Aggregate(function, c) => match function {
-                        AggregateFunction::CountDistinct => OutputValue::CountDistinct {
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Count => OutputValue::Count {
-                            value_index: value_index(&c.column, ValueKind::NonNull),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Sum => OutputValue::Sum {
-                            value_index: value_index(&c.column, ValueKind::Integer),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::Avg => OutputValue::Avg {
-                            sum_index: value_index(&c.column, ValueKind::Integer),
-                            count_index: value_index(&c.column, ValueKind::NonNull),
-                            table: c.table,
-                            column: c.column,
-                        },
-                        AggregateFunction::SumDistinct => {
-                            unreachable!("SUM(DISTINCT) is refused before planning")
-                        }
-                    },
+                    Spec::Aggregate(computation, c) => AggregateValue::Aggregate(Aggregate {
+                        computation,
+                        value_indices: computation
+                            .values
+                            .iter()
+                            .map(|&kind| value_index(&c.column, kind))
+                            .collect(),
+                        table: c.table,
+                        column: c.column,
+                    }),
                 };
                 Output { name, value }
             })
             .collect();
 
-        let side = |role: Role, filters: Vec<Filter>, values: Vec<ValueColumn>| -> SidePlan {
-            let source = self
-                .sources
-                .iter()
-                .find(|s| s.role == role)
-                .expect("both roles are bound");
-            let identifier = source.table.identifier();
-            let filter = match filters.len() {
-                0 => None,
-                1 => filters.into_iter().next(),
-                _ => Some(Filter::And { all: filters }),
-            };
-            let groups = if grouped_by == Some(role) {
+        let groups = |role: Role| {
+            if grouped_by == Some(role) {
                 group_columns.clone()
             } else {
                 Vec::new()
-            };
-            let mut reads = vec![identifier.column().to_owned()];
-            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
-            for c in groups
-                .iter()
-                .map(String::as_str)
-                .chain(filter_columns)
-                .chain(values.iter().map(|v| v.column.as_str()))
-            {
-                if !reads.iter().any(|r| r == c) {
-                    reads.push(c.to_owned());
-                }
-            }
-            SidePlan {
-                role,
-                member: source.table.owner().to_owned(),
-                table: source.table.name().to_owned(),
-                identifier: identifier.column().to_owned(),
-                normalization: identifier.normalization(),
-                filter,
-                group_columns: groups,
-                value_columns: values,
-                list_columns: Vec::new(),
-                reads,
-                source: TableSource::of(source.table.source_options()),
-                min_threshold: match source.rule {
-                    SourceRule::Aggregation(rule) => rule.min_threshold(),
-                    SourceRule::List(_) => unreachable!("an aggregation plan"),
-                },
             }
         };
-        let protocol = if value_columns.is_empty() {
-            Protocol::Cardinality
-        } else {
-            Protocol::IntersectionSum
-        };
-        let matcher = side(
+        let matcher = self.side_plan(
             Role::Matcher,
             std::mem::take(&mut filters[role_index(Role::Matcher)]),
-            Vec::new(),
+            SideColumns {
+                groups: groups(Role::Matcher),
+                ..SideColumns::default()
+            },
         );
-        let receiver = side(
+        let receiver = self.side_plan(
             Role::Receiver,
             std::mem::take(&mut filters[role_index(Role::Receiver)]),
-            value_columns,
+            SideColumns {
+                groups: groups(Role::Receiver),
+                values: value_columns,
+                lists: Vec::new(),
+            },
         );
-        Plan {
-            collaboration_id: self.collab.id().to_owned(),
-            sql: sql.to_owned(),
-            querier: self.querier.to_owned(),
-            domain: format!(
-                "{}.{}={}.{}",
-                matcher.table, matcher.identifier, receiver.table, receiver.identifier
-            ),
-            protocol,
+        let mut plan = AggregatePlan {
             grouped_by,
             min_release: matcher.min_threshold.max(receiver.min_threshold),
-            matcher,
-            receiver,
+            join: self.join(sql, matcher, receiver, order_by, limit),
             outputs,
-            order_by,
-            limit,
-            distinct: false,
             privacy: None,
+        };
+        if let Some(privacy) = self.collab.privacy() {
+            let bounds = receiver_rule.sum_bounds();
+            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
+                *bounds
+                    .get(column)
+                    .expect("every SUM/AVG column has sum_bounds under privacy")
+            }));
         }
+        plan
     }
 }

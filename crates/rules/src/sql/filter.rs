@@ -4,11 +4,11 @@
 use sqlparser::ast::{BinaryOperator, Expr, InTarget, Select, UnaryOperator};
 
 use super::parse::{is_column_syntax, literal, strip_nested};
-use super::{Checker, MAX_DEPTH, role_index};
+use super::{Checker, MAX_DEPTH, QueryRule, role_index};
 use crate::plan::{CompareOp, Filter, Role};
 use crate::reason::{Reason, ReasonCode as Code};
 
-impl Checker<'_> {
+impl<R: QueryRule> Checker<'_, R> {
     /// Each side's conjuncts.
     pub(super) fn check_where(&mut self, select: &Select) -> [Vec<Filter>; 2] {
         let mut per_role: [Vec<Filter>; 2] = [Vec::new(), Vec::new()];
@@ -206,24 +206,7 @@ impl Checker<'_> {
         if !roles.contains(&column.role) {
             roles.push(column.role);
         }
-        let allowed = if self.list {
-            // Identifiers never appear in SQL, which the provider stores in its audit log: a
-            // filter on one would send the querier's own identifiers in the clear.
-            if self.is_identifier(&column)
-                || self.list_rule_of(&column).is_join_column(&column.column)
-            {
-                self.refuse_column(
-                    &column,
-                    Code::FilterNotListColumn,
-                    "filtered on",
-                    "it is a join column (identifiers never appear in a query's text)",
-                )
-            } else {
-                self.require_list_column(&column, Code::FilterNotListColumn, "filtered on")
-            }
-        } else {
-            self.require_dimension(&column, Code::FilterNotDimension, "filtered on")
-        };
+        let allowed = R::allows_filter_on(self, &column);
         allowed.then_some(column.column)
     }
 }

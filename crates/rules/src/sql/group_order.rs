@@ -7,11 +7,12 @@ use sqlparser::ast::{
 
 use super::parse::{is_column_syntax, literal, strip_nested};
 use super::resolve::ident_matches;
-use super::{Checker, ColumnRef, Spec};
+use super::{Checker, ColumnRef, QueryRule, Spec};
+use crate::collaboration::AggregationRule;
 use crate::plan::{OrderKey, Role};
 use crate::reason::{Reason, ReasonCode as Code};
 
-impl Checker<'_> {
+impl Checker<'_, AggregationRule> {
     // ----- GROUP BY -----
 
     /// The grouped side and its columns (`None` when refused).
@@ -54,7 +55,7 @@ impl Checker<'_> {
         }
         for (_, spec) in outputs {
             if let Some(Spec::Column(c)) = spec
-                && self.rule_of(c).is_dimension(&c.column)
+                && self.sources[c.source].rule.is_dimension(&c.column)
                 && !columns.contains(c)
             {
                 self.refuse(
@@ -118,7 +119,9 @@ impl Checker<'_> {
         ));
         None
     }
+}
 
+impl<R: QueryRule> Checker<'_, R> {
     // ----- ORDER BY, LIMIT -----
 
     pub(super) fn check_order_by(
@@ -196,7 +199,7 @@ impl Checker<'_> {
         // Judge the expression on the side, so that its own refusals do not pile up: what
         // matters is whether it is one of the outputs.
         let saved = std::mem::take(&mut self.reasons);
-        let spec = self.output_spec(expr, 0);
+        let spec = R::output_spec(self, expr);
         let own = std::mem::replace(&mut self.reasons, saved);
         if let Some(spec) = spec
             && let Some(i) = outputs.iter().position(|(_, s)| s.as_ref() == Some(&spec))

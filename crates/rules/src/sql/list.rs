@@ -2,15 +2,59 @@
 //! `WHERE`, no `GROUP BY`, `ORDER BY` and `LIMIT` are checked and the [`Protocol::List`]
 //! plan is built.
 
-use sqlparser::ast::{Distinct, GroupByExpr, Query, Select, SelectItem};
+use sqlparser::ast::{Distinct, Expr, GroupByExpr, Query, Select};
 
-use super::{Checker, ColumnRef, Spec, role_index};
-use crate::plan::{
-    Filter, OrderKey, Output, OutputValue, Plan, Protocol, Role, SidePlan, TableSource,
-};
+use super::aggregate::is_aggregate;
+use super::build::SideColumns;
+use super::parse::strip_nested;
+use super::{Checker, ColumnRef, QueryRule, Spec, role_index};
+use crate::collaboration::{AnalysisRule, ListRule};
+use crate::plan::{Filter, ListColumn, ListOutput, ListPlan, OrderKey, Output, Role};
 use crate::reason::{Reason, ReasonCode as Code};
 
-impl Checker<'_> {
+impl QueryRule for ListRule {
+    const SELECT_DISTINCT: bool = true;
+
+    fn of(rule: &AnalysisRule) -> Option<&Self> {
+        match rule {
+            AnalysisRule::List(rule) => Some(rule),
+            AnalysisRule::Aggregation(_) => None,
+        }
+    }
+
+    fn is_join_column(&self, column: &str) -> bool {
+        ListRule::is_join_column(self, column)
+    }
+
+    fn min_threshold(&self) -> u64 {
+        0
+    }
+
+    fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec> {
+        checker.list_output(expr).map(Spec::Column)
+    }
+
+    fn allows_filter_on(checker: &mut Checker<'_, Self>, column: &ColumnRef) -> bool {
+        // Identifiers never appear in SQL, which the provider stores in its audit log: a
+        // filter on one would send the querier's own identifiers in the clear.
+        if checker.is_identifier(column)
+            || checker.sources[column.source]
+                .rule
+                .is_join_column(&column.column)
+        {
+            checker.refuse_column(
+                column,
+                Code::FilterNotListColumn,
+                "filtered on",
+                "it is a join column (identifiers never appear in a query's text)",
+            )
+        } else {
+            checker.require_list_column(column, Code::FilterNotListColumn, "filtered on")
+        }
+    }
+}
+
+impl Checker<'_, ListRule> {
     /// Checks the rest of a list query (FROM is resolved): outputs, `WHERE`, no `GROUP BY`,
     /// `ORDER BY` of outputs, `LIMIT`.
     pub(super) fn check_list_query(
@@ -18,7 +62,11 @@ impl Checker<'_> {
         query: &Query,
         select: &Select,
         sql: &str,
-    ) -> Option<Plan> {
+    ) -> Option<ListPlan> {
+        self.check_clauses(query, select);
+        if !self.resolve_from(select) {
+            return None;
+        }
         let outputs = self.check_list_projection(select);
         let filters = self.check_where(select);
         match &select.group_by {
@@ -48,29 +96,14 @@ impl Checker<'_> {
     fn check_list_projection(&mut self, select: &Select) -> Vec<(String, Option<ColumnRef>)> {
         let mut outputs = Vec::new();
         for item in &select.projection {
-            let (expr, name) = match item {
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    self.refuse(Reason::new(
-                        Code::SelectStar,
-                        "SELECT * is not allowed: name the list columns to output",
-                    ));
-                    continue;
-                }
-                SelectItem::ExprWithAliases { .. } => {
-                    self.unsupported_clause("multiple aliases for one output");
-                    continue;
-                }
-                SelectItem::UnnamedExpr(expr) => (expr, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            let Some((expr, name)) = self.select_item(item, "name the list columns to output")
+            else {
+                continue;
             };
-            let column = match self.output_spec(expr, 0) {
-                Some(Spec::Column(c)) => {
-                    self.require_list_column(&c, Code::OutputNotListColumn, "output");
-                    Some(c)
-                }
-                Some(Spec::Aggregate(..)) => unreachable!("list queries refuse every function"),
-                None => None,
-            };
+            let column = self.list_output(expr);
+            if let Some(c) = &column {
+                self.require_list_column(c, Code::OutputNotListColumn, "output");
+            }
             let name = name.unwrap_or_else(|| match &column {
                 Some(c) => c.column.clone(),
                 None => expr.to_string(),
@@ -78,6 +111,41 @@ impl Checker<'_> {
             outputs.push((name, column));
         }
         outputs
+    }
+
+    /// The column an output expression names; every other expression is refused.
+    fn list_output(&mut self, expr: &Expr) -> Option<ColumnRef> {
+        match strip_nested(expr) {
+            e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => self.column(e),
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_ascii_uppercase();
+                self.refuse(if is_aggregate(&name) {
+                    Reason::new(
+                        Code::AggregateInListQuery,
+                        format!(
+                            "{name}(...) is an aggregate; the tables' list rules release \
+                             matched rows of list columns, not aggregates"
+                        ),
+                    )
+                } else {
+                    Reason::new(
+                        Code::UnsupportedFunction,
+                        format!(
+                            "function {name} is not supported; a list query outputs list \
+                             columns as they are"
+                        ),
+                    )
+                });
+                None
+            }
+            other => {
+                self.refuse(Reason::new(
+                    Code::UnsupportedExpression,
+                    format!("output {other} is not allowed: a list query outputs list columns"),
+                ));
+                None
+            }
+        }
     }
 
     fn build_list_plan(
@@ -88,9 +156,9 @@ impl Checker<'_> {
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
         distinct: bool,
-    ) -> Plan {
+    ) -> ListPlan {
         let mut list_columns: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-        let outputs: Vec<Output> = outputs
+        let outputs: Vec<ListOutput> = outputs
             .into_iter()
             .map(|(name, c)| {
                 let columns = &mut list_columns[role_index(c.role)];
@@ -103,7 +171,7 @@ impl Checker<'_> {
                 };
                 Output {
                     name,
-                    value: OutputValue::ListColumn {
+                    value: ListColumn {
                         table: c.table,
                         column: c.column,
                         role: c.role,
@@ -112,65 +180,22 @@ impl Checker<'_> {
                 }
             })
             .collect();
-        let mut side = |role: Role| -> SidePlan {
-            let source = self
-                .sources
-                .iter()
-                .find(|s| s.role == role)
-                .expect("both roles are bound");
-            let identifier = source.table.identifier();
-            let filters = std::mem::take(&mut filters[role_index(role)]);
-            let filter = match filters.len() {
-                0 => None,
-                1 => filters.into_iter().next(),
-                _ => Some(Filter::And { all: filters }),
-            };
-            let list_columns = std::mem::take(&mut list_columns[role_index(role)]);
-            let mut reads = vec![identifier.column().to_owned()];
-            let filter_columns = filter.as_ref().map(Filter::columns).unwrap_or_default();
-            for c in filter_columns
-                .into_iter()
-                .chain(list_columns.iter().map(String::as_str))
-            {
-                if !reads.iter().any(|r| r == c) {
-                    reads.push(c.to_owned());
-                }
-            }
-            SidePlan {
+        let mut side = |role: Role| {
+            self.side_plan(
                 role,
-                member: source.table.owner().to_owned(),
-                table: source.table.name().to_owned(),
-                identifier: identifier.column().to_owned(),
-                normalization: identifier.normalization(),
-                filter,
-                group_columns: Vec::new(),
-                value_columns: Vec::new(),
-                list_columns,
-                reads,
-                source: TableSource::of(source.table.source_options()),
-                min_threshold: 0,
-            }
+                std::mem::take(&mut filters[role_index(role)]),
+                SideColumns {
+                    lists: std::mem::take(&mut list_columns[role_index(role)]),
+                    ..SideColumns::default()
+                },
+            )
         };
         let matcher = side(Role::Matcher);
         let receiver = side(Role::Receiver);
-        Plan {
-            collaboration_id: self.collab.id().to_owned(),
-            sql: sql.to_owned(),
-            querier: self.querier.to_owned(),
-            domain: format!(
-                "{}.{}={}.{}",
-                matcher.table, matcher.identifier, receiver.table, receiver.identifier
-            ),
-            protocol: Protocol::List,
-            grouped_by: None,
-            min_release: 0,
-            matcher,
-            receiver,
+        ListPlan {
+            join: self.join(sql, matcher, receiver, order_by, limit),
             outputs,
-            order_by,
-            limit,
             distinct,
-            privacy: None,
         }
     }
 }

@@ -24,14 +24,16 @@ mod list;
 mod parse;
 mod resolve;
 
-use sqlparser::ast::{Ident, Query, SetExpr};
+use sqlparser::ast::{Expr, Ident, Query, Select, SetExpr};
 
+use crate::aggregate::Computation;
 use crate::collaboration::{
-    Ability, AggregateFunction, AggregationRule, Collaboration, ListRule, Table,
+    Ability, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
 };
 use crate::plan::{Plan, Role};
 use crate::reason::{Reason, ReasonCode as Code, Refusal};
 use parse::single_select;
+use resolve::names_only_list_tables;
 
 /// Longest query text accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
@@ -74,51 +76,68 @@ pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Resul
             return Err(Refusal { reasons });
         }
     };
-    let mut checker = Checker {
-        collab,
-        querier,
-        reasons,
-        sources: Vec::new(),
-        list: false,
+    let (plan, reasons) = match query.body.as_ref() {
+        SetExpr::Select(select) if names_only_list_tables(collab, select) => {
+            let mut checker = Checker::<ListRule>::new(collab, querier, reasons);
+            let plan = checker
+                .check_list_query(&query, select, sql)
+                .map(Plan::List);
+            (plan, checker.reasons)
+        }
+        SetExpr::Select(select) => {
+            let mut checker = Checker::<AggregationRule>::new(collab, querier, reasons);
+            let plan = checker
+                .check_aggregate_query(&query, select, sql)
+                .map(Plan::Aggregate);
+            (plan, checker.reasons)
+        }
+        _ => (None, reasons),
     };
-    let plan = checker.check_query(&query, sql);
     match plan {
-        Some(plan) if checker.reasons.is_empty() => Ok(plan),
+        Some(plan) if reasons.is_empty() => Ok(plan),
         _ => {
-            debug_assert!(!checker.reasons.is_empty());
-            if checker.reasons.is_empty() {
-                checker.reasons.push(Reason::new(
+            debug_assert!(!reasons.is_empty());
+            let mut reasons = reasons;
+            if reasons.is_empty() {
+                reasons.push(Reason::new(
                     Code::UnsupportedExpression,
                     "the query could not be compiled",
                 ));
             }
-            Err(Refusal {
-                reasons: checker.reasons,
-            })
+            Err(Refusal { reasons })
         }
     }
 }
 
-/// The rule of a table of the FROM clause; both are of the same type (the query's kind).
-#[derive(Clone, Copy)]
-enum SourceRule<'c> {
-    Aggregation(&'c AggregationRule),
-    List(&'c ListRule),
+/// The analysis rule of both tables of a query, whose type is the query's kind: an
+/// aggregation ([`AggregationRule`]) or a list ([`ListRule`]). What the two kinds check
+/// differently about the clauses they share is here; the rest is in [`aggregate`] and
+/// [`list`].
+trait QueryRule: Sized {
+    /// Whether `SELECT DISTINCT` is allowed.
+    const SELECT_DISTINCT: bool;
+
+    /// `rule` if it is of this kind.
+    fn of(rule: &AnalysisRule) -> Option<&Self>;
+
+    /// Whether the rule lets its table be joined on `column`.
+    fn is_join_column(&self, column: &str) -> bool;
+
+    /// The fewest matched identifiers a released row of this table needs (0: list rules
+    /// release every matched row).
+    fn min_threshold(&self) -> u64;
+
+    /// What an output expression means, refusing what this kind does not output.
+    fn output_spec(checker: &mut Checker<'_, Self>, expr: &Expr) -> Option<Spec>;
+
+    /// Whether `WHERE` may filter on `column`, refusing it otherwise.
+    fn allows_filter_on(checker: &mut Checker<'_, Self>, column: &ColumnRef) -> bool;
 }
 
-impl<'c> SourceRule<'c> {
-    fn is_join_column(&self, column: &str) -> bool {
-        match self {
-            Self::Aggregation(rule) => rule.is_join_column(column),
-            Self::List(rule) => rule.is_join_column(column),
-        }
-    }
-}
-
-/// A table of the FROM clause.
-struct Source<'c> {
+/// A table of the FROM clause, with its rule of the query's kind.
+struct Source<'c, R> {
     table: &'c Table,
-    rule: SourceRule<'c>,
+    rule: &'c R,
     alias: Option<Ident>,
     role: Role,
 }
@@ -137,38 +156,54 @@ struct ColumnRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Spec {
     Column(ColumnRef),
-    Aggregate(AggregateFunction, ColumnRef),
+    /// A function the protocols compute, of a column.
+    Aggregate(&'static Computation, ColumnRef),
 }
 
 /// One query's check: what it is judged against, the reasons found so far and the tables of
-/// its `FROM` once resolved.
-struct Checker<'c> {
+/// its `FROM` once resolved, whose rules are all `R`s.
+struct Checker<'c, R> {
     collab: &'c Collaboration,
     querier: &'c str,
     reasons: Vec<Reason>,
-    sources: Vec<Source<'c>>,
-    /// Whether FROM names list-rule tables only: the query is judged as a list query.
-    list: bool,
+    sources: Vec<Source<'c, R>>,
 }
 
-impl<'c> Checker<'c> {
+impl<'c, R: QueryRule> Checker<'c, R> {
+    fn new(collab: &'c Collaboration, querier: &'c str, reasons: Vec<Reason>) -> Self {
+        Self {
+            collab,
+            querier,
+            reasons,
+            sources: Vec::new(),
+        }
+    }
+
     fn refuse(&mut self, reason: Reason) {
         if !self.reasons.contains(&reason) {
             self.reasons.push(reason);
         }
     }
 
-    fn check_query(&mut self, query: &Query, sql: &str) -> Option<Plan> {
-        let SetExpr::Select(select) = query.body.as_ref() else {
-            return None;
-        };
-        self.list = self.names_only_list_tables(select);
+    fn unsupported_clause(&mut self, clause: &str) {
+        self.refuse(Reason::new(
+            Code::UnsupportedClause,
+            format!("{clause} is not supported"),
+        ));
+    }
+}
+
+impl<'c> Checker<'c, AggregationRule> {
+    /// Checks an aggregation query and compiles its plan.
+    fn check_aggregate_query(
+        &mut self,
+        query: &Query,
+        select: &Select,
+        sql: &str,
+    ) -> Option<crate::plan::AggregatePlan> {
         self.check_clauses(query, select);
         if !self.resolve_from(select) {
             return None;
-        }
-        if self.list {
-            return self.check_list_query(query, select, sql);
         }
         let outputs = self.check_projection(select);
         self.check_value_columns(&outputs);
@@ -180,13 +215,6 @@ impl<'c> Checker<'c> {
             return None;
         }
         Some(self.build_plan(sql, outputs, filters, groups?, order_by, limit))
-    }
-
-    fn unsupported_clause(&mut self, clause: &str) {
-        self.refuse(Reason::new(
-            Code::UnsupportedClause,
-            format!("{clause} is not supported"),
-        ));
     }
 }
 

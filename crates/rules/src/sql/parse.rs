@@ -5,14 +5,14 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Distinct, Expr, Query, Select, SelectFlavor, SetExpr, Statement, UnaryOperator,
+    Distinct, Expr, Query, Select, SelectFlavor, SelectItem, SetExpr, Statement, UnaryOperator,
     Value as SqlValue, Visit, Visitor,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::{Checker, MAX_QUERY_BYTES, MAX_QUERY_TOKENS};
+use super::{Checker, MAX_QUERY_BYTES, MAX_QUERY_TOKENS, QueryRule};
 use crate::reason::{Reason, ReasonCode as Code};
 
 /// Parses `sql` into its only statement, which must be a query without subqueries, CTEs, set
@@ -131,7 +131,31 @@ impl Visitor for Scan {
     }
 }
 
-impl Checker<'_> {
+impl<R: QueryRule> Checker<'_, R> {
+    /// One item of the `SELECT` list as its expression and alias, or `None` once refused:
+    /// `*` (the refusal says what to name instead: `instead`) or several aliases.
+    pub(super) fn select_item<'s>(
+        &mut self,
+        item: &'s SelectItem,
+        instead: &str,
+    ) -> Option<(&'s Expr, Option<String>)> {
+        match item {
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                self.refuse(Reason::new(
+                    Code::SelectStar,
+                    format!("SELECT * is not allowed: {instead}"),
+                ));
+                None
+            }
+            SelectItem::ExprWithAliases { .. } => {
+                self.unsupported_clause("multiple aliases for one output");
+                None
+            }
+            SelectItem::UnnamedExpr(expr) => Some((expr, None)),
+            SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(alias.value.clone()))),
+        }
+    }
+
     pub(super) fn check_clauses(&mut self, query: &Query, select: &Select) {
         if query.fetch.is_some() {
             self.unsupported_clause("FETCH");
@@ -153,8 +177,8 @@ impl Checker<'_> {
         }
         match &select.distinct {
             None | Some(Distinct::All) => {}
-            Some(Distinct::Distinct) if self.list => {}
-            Some(Distinct::On(_)) if self.list => self.unsupported_clause("DISTINCT ON"),
+            Some(Distinct::Distinct) if R::SELECT_DISTINCT => {}
+            Some(Distinct::On(_)) if R::SELECT_DISTINCT => self.unsupported_clause("DISTINCT ON"),
             Some(_) => self.unsupported_clause("SELECT DISTINCT (use COUNT(DISTINCT ...))"),
         }
         if select.top.is_some() {

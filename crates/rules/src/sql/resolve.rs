@@ -7,8 +7,8 @@ use sqlparser::ast::{
 };
 
 use super::parse::{is_column_syntax, strip_nested};
-use super::{Checker, ColumnRef, Source, SourceRule};
-use crate::collaboration::{AggregationRule, AnalysisRule, ListRule, Table};
+use super::{Checker, ColumnRef, QueryRule, Source};
+use crate::collaboration::{AggregationRule, AnalysisRule, Collaboration, ListRule, Table};
 use crate::plan::Role;
 use crate::reason::{Reason, ReasonCode as Code};
 
@@ -40,7 +40,7 @@ fn single_ident(name: &ObjectName) -> Option<&Ident> {
     }
 }
 
-impl<'c> Checker<'c> {
+impl<'c, R: QueryRule> Checker<'c, R> {
     // ----- FROM -----
 
     /// Resolves the two joined tables and checks the join; false when the query cannot be
@@ -131,29 +131,26 @@ impl<'c> Checker<'c> {
             return false;
         }
         for table in [a, b] {
-            let rule = match (table.rule(), self.list) {
-                (AnalysisRule::Aggregation(rule), false) => SourceRule::Aggregation(rule),
-                (AnalysisRule::List(rule), true) => SourceRule::List(rule),
-                (AnalysisRule::List(_), false) => {
-                    let other = if std::ptr::eq(table, a) { b } else { a };
-                    self.refuse(
-                        Reason::new(
-                            Code::ListRuleUnsupported,
-                            format!(
-                                "table {:?} has a list rule but {:?} an aggregation rule; a \
-                                 query lists the matched rows of two list-rule tables or \
-                                 aggregates two aggregation-rule tables",
-                                table.name(),
-                                other.name()
-                            ),
-                        )
-                        .table(table.name()),
-                    );
-                    continue;
-                }
-                (AnalysisRule::Aggregation(_), true) => {
-                    unreachable!("a list query names list-rule tables only")
-                }
+            let Some(rule) = R::of(table.rule()) else {
+                let other = if std::ptr::eq(table, a) { b } else { a };
+                let (list, aggregation) = match table.rule() {
+                    AnalysisRule::List(_) => (table, other),
+                    AnalysisRule::Aggregation(_) => (other, table),
+                };
+                self.refuse(
+                    Reason::new(
+                        Code::ListRuleUnsupported,
+                        format!(
+                            "table {:?} has a list rule but {:?} an aggregation rule; a query \
+                             lists the matched rows of two list-rule tables or aggregates two \
+                             aggregation-rule tables",
+                            list.name(),
+                            aggregation.name()
+                        ),
+                    )
+                    .table(list.name()),
+                );
+                continue;
             };
             let alias = if std::ptr::eq(table, a) {
                 first.1.clone()
@@ -537,61 +534,6 @@ impl<'c> Checker<'c> {
         }
     }
 
-    /// The aggregation rule of `c`'s table (aggregation queries only).
-    pub(super) fn rule_of(&self, c: &ColumnRef) -> &'c AggregationRule {
-        match self.sources[c.source].rule {
-            SourceRule::Aggregation(rule) => rule,
-            SourceRule::List(_) => unreachable!("list queries are judged by their list rules"),
-        }
-    }
-
-    /// The list rule of `c`'s table (list queries only).
-    pub(super) fn list_rule_of(&self, c: &ColumnRef) -> &'c ListRule {
-        match self.sources[c.source].rule {
-            SourceRule::List(rule) => rule,
-            SourceRule::Aggregation(_) => {
-                unreachable!("aggregation queries are judged by their aggregation rules")
-            }
-        }
-    }
-
-    /// Whether FROM names at least one table and only collaboration tables with list rules:
-    /// then the query is judged as a list query. Decided before the clauses are checked,
-    /// because a list query may be `SELECT DISTINCT`.
-    pub(super) fn names_only_list_tables(&self, select: &Select) -> bool {
-        let mut relations = select
-            .from
-            .iter()
-            .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
-            .peekable();
-        if relations.peek().is_none() {
-            return false;
-        }
-        relations.all(|relation| {
-            let TableFactor::Table { name, .. } = relation else {
-                return false;
-            };
-            single_ident(name)
-                .and_then(|ident| find_name(ident, self.collab.tables().iter().map(Table::name)))
-                .and_then(|n| self.collab.table(n))
-                .is_some_and(|t| matches!(t.rule(), AnalysisRule::List(_)))
-        })
-    }
-
-    /// Refuses `c` unless its table's list rule lists it; `code` says where it was used.
-    pub(super) fn require_list_column(&mut self, c: &ColumnRef, code: Code, used_as: &str) -> bool {
-        let rule = self.list_rule_of(c);
-        if rule.is_list_column(&c.column) {
-            return true;
-        }
-        let why = if rule.is_join_column(&c.column) || self.is_identifier(c) {
-            "it is a join column that the rule does not list in list_columns"
-        } else {
-            "it is not in list_columns of its table's rule"
-        };
-        self.refuse_column(c, code, used_as, why)
-    }
-
     /// Refuses `c` with `code`, saying what it was used as and why it may not be; always false.
     pub(super) fn refuse_column(
         &mut self,
@@ -614,10 +556,12 @@ impl<'c> Checker<'c> {
     pub(super) fn is_identifier(&self, c: &ColumnRef) -> bool {
         self.sources[c.source].table.identifier().column() == c.column
     }
+}
 
+impl Checker<'_, AggregationRule> {
     /// Refuses `c` unless it is a dimension column; `code` says where it was used.
     pub(super) fn require_dimension(&mut self, c: &ColumnRef, code: Code, used_as: &str) -> bool {
-        let rule = self.rule_of(c);
+        let rule = self.sources[c.source].rule;
         if rule.is_dimension(&c.column) {
             return true;
         }
@@ -628,4 +572,43 @@ impl<'c> Checker<'c> {
         };
         self.refuse_column(c, code, used_as, why)
     }
+}
+
+impl Checker<'_, ListRule> {
+    /// Refuses `c` unless its table's list rule lists it; `code` says where it was used.
+    pub(super) fn require_list_column(&mut self, c: &ColumnRef, code: Code, used_as: &str) -> bool {
+        let rule = self.sources[c.source].rule;
+        if rule.is_list_column(&c.column) {
+            return true;
+        }
+        let why = if rule.is_join_column(&c.column) || self.is_identifier(c) {
+            "it is a join column that the rule does not list in list_columns"
+        } else {
+            "it is not in list_columns of its table's rule"
+        };
+        self.refuse_column(c, code, used_as, why)
+    }
+}
+
+/// Whether FROM names at least one table and only collaboration tables with list rules: then
+/// the query is judged as a list query. Decided before the clauses are checked, because a list
+/// query may be `SELECT DISTINCT`.
+pub(super) fn names_only_list_tables(collab: &Collaboration, select: &Select) -> bool {
+    let mut relations = select
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+        .peekable();
+    if relations.peek().is_none() {
+        return false;
+    }
+    relations.all(|relation| {
+        let TableFactor::Table { name, .. } = relation else {
+            return false;
+        };
+        single_ident(name)
+            .and_then(|ident| find_name(ident, collab.tables().iter().map(Table::name)))
+            .and_then(|n| collab.table(n))
+            .is_some_and(|t| matches!(t.rule(), AnalysisRule::List(_)))
+    })
 }
