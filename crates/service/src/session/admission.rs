@@ -351,6 +351,9 @@ mod tests {
     use crate::state::{Decision, Exhausted};
     use cleanroom_data::SourceOptions;
     use cleanroom_rules::{Collaboration, ReasonCode};
+    use cleanroom_testkit::{
+        ADVERTISER_TOKEN, ANALYST_TOKEN, CollaborationToml, MemberToml, PUBLISHER_TOKEN, TableToml,
+    };
     use std::collections::BTreeMap;
     use tonic::Code;
 
@@ -362,69 +365,25 @@ mod tests {
     /// and bring 10 rows, and an analyst who may only receive results; `privacy` goes into the
     /// `[collaboration]` section.
     fn collaboration(privacy: &str) -> Collaboration {
-        let toml = format!(
-            r#"
-[collaboration]
-id = "admission"
-name = "Admission tests"
-{privacy}
-
-[[member]]
-name = "publisher"
-token_sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
-abilities = []
-
-[[member]]
-name = "advertiser"
-token_sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
-abilities = ["query", "receive_results"]
-max_rows_per_session = 10
-
-[[member]]
-name = "analyst"
-token_sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
-abilities = ["receive_results"]
-
-[[table]]
-name = "impressions"
-owner = "publisher"
-columns = ["email", "campaign"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = ["campaign"]
-aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
-min_threshold = 3
-
-[[table]]
-name = "conversions"
-owner = "advertiser"
-columns = ["email", "amount"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = []
-aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
-min_threshold = 3
-
-[[table]]
-name = "panel"
-owner = "analyst"
-columns = ["email"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = []
-aggregate_columns = {{ email = ["COUNT_DISTINCT"] }}
-min_threshold = 3
-"#
-        );
+        let toml = CollaborationToml::new("admission")
+            .header(privacy)
+            .member(MemberToml::new("publisher", PUBLISHER_TOKEN))
+            .member(
+                MemberToml::querier("advertiser", ADVERTISER_TOKEN)
+                    .line("max_rows_per_session = 10"),
+            )
+            .member(MemberToml::new("analyst", ANALYST_TOKEN).abilities(&["receive_results"]))
+            .table(
+                TableToml::aggregation("impressions", "publisher", &["email", "campaign"])
+                    .dimensions(&["campaign"]),
+            )
+            .table(TableToml::aggregation(
+                "conversions",
+                "advertiser",
+                &["email", "amount"],
+            ))
+            .table(TableToml::aggregation("panel", "analyst", &["email"]))
+            .render();
         Collaboration::from_toml_str(&toml, "admission.toml").unwrap()
     }
 

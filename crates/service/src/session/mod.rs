@@ -82,3 +82,33 @@ impl Side for Client {
 pub(crate) fn role_for<S: Side>(plan: &Plan, _side: S) -> S::Role {
     S::role(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleanroom_rules::Collaboration;
+    use cleanroom_testkit::{BY_CAMPAIGN, Fixture, list_collaboration};
+
+    #[test]
+    fn an_aggregation_makes_the_server_the_matcher_and_the_client_the_receiver() {
+        let fx = Fixture::new(3);
+        let plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
+        assert_eq!(role_for(&plan, Server), ServerRole::Matcher);
+        assert_eq!(role_for(&plan, Client), ClientRole::Receiver);
+    }
+
+    #[test]
+    fn a_list_query_makes_the_server_the_list_provider_and_the_client_the_list_querier() {
+        let toml = list_collaboration("roles", "Roles").render();
+        let collaboration = Collaboration::from_toml_str(&toml, "roles.toml").unwrap();
+        let plan = collaboration
+            .plan(
+                "advertiser",
+                "SELECT cu.customer_id, s.region FROM customers cu \
+                 JOIN subscribers s ON cu.email = s.email",
+            )
+            .unwrap();
+        assert_eq!(role_for(&plan, Server), ServerRole::ListProvider);
+        assert_eq!(role_for(&plan, Client), ClientRole::ListQuerier);
+    }
+}
