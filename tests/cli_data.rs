@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::{Decimal128Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use cleanroom_testkit::{CollaborationToml, MemberToml, TableToml};
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 
@@ -328,54 +329,33 @@ fn repeated_header_names_are_refused_by_match() {
     );
 }
 
-const COLLABORATION: &str = r#"
-[collaboration]
-id = "data-intake-test"
-
-[[member]]
-name = "publisher"
-abilities = []
-token_sha256 = "3a19586cc6dba3dbd62e94aec56bbd3fe729f5464f2a72df28ada62101059e3f"
-
-[[member]]
-name = "advertiser"
-abilities = ["query", "receive_results"]
-token_sha256 = "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955"
-
-[[table]]
-name = "impressions"
-owner = "publisher"
-columns = ["email", "campaign"]
-identifier = { column = "email", normalize = "email" }
-delimiter = ";"
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = ["campaign"]
-aggregate_columns = { email = ["COUNT_DISTINCT"] }
-min_threshold = 2
-
-[[table]]
-name = "conversions"
-owner = "advertiser"
-columns = ["email", "amount"]
-identifier = { column = "email", normalize = "email" }
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-aggregate_columns = { email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"] }
-decimal_columns = { amount = { scale = 2 } }
-min_threshold = 2
-"#;
+/// The collaboration file: the publisher's impressions and the advertiser's conversions
+/// (tokens `publisher-token` and `advertiser-token`).
+fn collaboration() -> String {
+    CollaborationToml::new("data-intake-test")
+        .member(MemberToml::new("publisher", "publisher-token"))
+        .member(MemberToml::querier("advertiser", "advertiser-token"))
+        .table(
+            TableToml::aggregation("impressions", "publisher", &["email", "campaign"])
+                .line(r#"delimiter = ";""#)
+                .dimensions(&["campaign"])
+                .min_threshold(2),
+        )
+        .table(
+            TableToml::aggregation("conversions", "advertiser", &["email", "amount"])
+                .aggregates(r#"email = ["COUNT_DISTINCT"], amount = ["SUM", "AVG"]"#)
+                .rule_line("decimal_columns = { amount = { scale = 2 } }")
+                .min_threshold(2),
+        )
+        .render()
+}
 
 /// A `cleanroom serve` child and its address, or its whole log when it exited. The caller
 /// kills and waits for the child it gets.
 #[allow(clippy::zombie_processes)]
 fn serve(dir: &Path, impressions: &str) -> Result<(Child, String, String), String> {
     let config = dir.join("collab.toml");
-    std::fs::write(&config, COLLABORATION).unwrap();
+    std::fs::write(&config, collaboration()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cleanroom"))
         .args(["serve", "--config"])
         .arg(&config)

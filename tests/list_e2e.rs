@@ -3,8 +3,9 @@
 //! the `cleanroom` binary itself with `--output FILE.csv`. Rows are compared exactly with the
 //! join computed in the clear over the same CSV files; a recording proxy shows that no column
 //! outside `list_columns` — and no identifier or listed value in the clear — crosses the wire.
-
-mod common;
+//!
+//! Here, the tests that run the `cleanroom` binary; the in-process one is
+//! `crates/service/tests/list_e2e.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,15 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cleanroom_rules::{Collaboration, Protocol, Value};
+use cleanroom_rules::{Collaboration, Value};
 use cleanroom_service::client::Query;
 use cleanroom_service::{
-    BearerToken, Client, ClientConfig, Decision, Limits, QueryOutcome, ServerConfig, StateDb,
+    BearerToken, Client, ClientConfig, Limits, QueryOutcome, ServerConfig, StateDb,
 };
-use sha2::{Digest, Sha256};
-
-const PUBLISHER_TOKEN: &str = "publisher-list-token";
-const ADVERTISER_TOKEN: &str = "advertiser-list-token";
+use cleanroom_testkit::{ADVERTISER_TOKEN, list_collaboration};
 
 /// Every matched pair: the customer, its segment, and the subscriber's newsletter and region.
 const OVERLAP: &str = "SELECT cu.customer_id, cu.segment, s.newsletter, s.region \
@@ -155,48 +153,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
-        let toml = format!(
-            r#"
-[collaboration]
-id = "list-e2e"
-name = "List queries end to end"
-
-[[member]]
-name = "publisher"
-abilities = []
-token_sha256 = "{publisher}"
-
-[[member]]
-name = "advertiser"
-abilities = ["query", "receive_results"]
-token_sha256 = "{advertiser}"
-
-[[table]]
-name = "subscribers"
-owner = "publisher"
-columns = ["email", "newsletter", "region", "signup_date"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "list"
-join_columns = ["email"]
-list_columns = ["newsletter", "region"]
-
-[[table]]
-name = "customers"
-owner = "advertiser"
-columns = ["email", "customer_id", "segment", "lifetime_value"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "list"
-join_columns = ["email"]
-list_columns = ["customer_id", "segment"]
-"#,
-            publisher = sha(PUBLISHER_TOKEN),
-            advertiser = sha(ADVERTISER_TOKEN),
-        );
+        let toml = list_collaboration("list-e2e", "List queries end to end").render();
         std::fs::write(dir.path().join("collab.toml"), toml).unwrap();
         let collaboration = Arc::new(Collaboration::load(dir.path().join("collab.toml")).unwrap());
         let (subscribers, customers) = data(&mut Rng(0x1157_5EED_0009));
@@ -246,8 +203,8 @@ fn sorted(mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
     rows
 }
 
-async fn start_server(fx: &Fixture) -> common::Running {
-    common::serve_in_process(ServerConfig {
+async fn start_server(fx: &Fixture) -> cleanroom_testkit::Running {
+    cleanroom_testkit::serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
@@ -284,75 +241,10 @@ async fn query(fx: &Fixture, addr: SocketAddr, sql: &str) -> QueryOutcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_rows_equal_the_plain_join_and_are_audited() {
-    let fx = Fixture::new();
-    let server = start_server(&fx).await;
-
-    let outcome = query(&fx, server.addr, OVERLAP).await;
-    assert_eq!(outcome.protocol, Protocol::List);
-    assert_eq!(
-        outcome.result.columns,
-        ["customer_id", "segment", "newsletter", "region"]
-    );
-    assert_eq!(outcome.result.suppressed_rows, 0);
-    let want = fx.plain_overlap();
-    assert!(want.len() > 150, "{} rows", want.len());
-    assert!(want.windows(2).any(|w| w[0] == w[1]), "a repeated row");
-    assert!(want.iter().any(|r| r[3] == Value::Null), "a NULL region");
-    assert_eq!(sorted(outcome.result.rows.clone()), want);
-    // 401 customer rows, the blank one included.
-    assert_eq!(outcome.rows, 401);
-
-    let weekly = query(&fx, server.addr, WEEKLY).await;
-    let mut want = fx.plain(
-        |s| s[1] == "weekly-briefing",
-        |c, s| vec![value(&s[2]), value(&c[2])],
-    );
-    want.dedup();
-    // ORDER BY region, segment: NULLs last in each.
-    let rank = |v: &Value| match v {
-        Value::Text(t) => (0, t.clone()),
-        _ => (1, String::new()),
-    };
-    want.sort_by_key(|r| (rank(&r[0]), rank(&r[1])));
-    assert_eq!(weekly.result.rows, want);
-    assert!(want.len() >= 6, "{want:?}");
-
-    // The server recorded both sessions as released, with the rows of its table that passed
-    // the filter; it cannot count the listed rows.
-    let weekly_rows = fx
-        .subscribers
-        .rows
-        .iter()
-        .filter(|s| s[1] == "weekly-briefing")
-        .count() as u64;
-    for (outcome, matcher_rows) in [(&outcome, 502), (&weekly, weekly_rows)] {
-        let id = &outcome.summary.session_id;
-        let mut entry = None;
-        for _ in 0..200 {
-            entry = server.state.entry(id).unwrap();
-            if entry
-                .as_ref()
-                .is_some_and(|e| e.decision != Decision::Running)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let entry = entry.unwrap();
-        assert_eq!(entry.decision, Decision::Released);
-        assert_eq!(entry.member, "advertiser");
-        assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
-        assert_eq!(entry.matcher_rows, matcher_rows);
-    }
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_outside_the_list_never_cross_the_wire() {
     let fx = Fixture::new();
     let server = start_server(&fx).await;
-    let (proxy, to_server, to_client) = common::recording_proxy(server.addr).await;
+    let (proxy, to_server, to_client) = cleanroom_testkit::recording_proxy(server.addr).await;
     let outcome = query(&fx, proxy, OVERLAP).await;
     assert_eq!(sorted(outcome.result.rows.clone()), fx.plain_overlap());
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::{Decimal128Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use cleanroom_testkit::{CollaborationToml, MemberToml, TableToml};
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use parquet::arrow::ArrowWriter;
@@ -184,46 +185,23 @@ fn match_reads_csv_and_parquet_objects() {
     assert!(err.contains("missing.csv"), "{err}");
 }
 
-const COLLABORATION: &str = r#"
-[collaboration]
-id = "s3-test"
-
-[[member]]
-name = "publisher"
-abilities = []
-token_sha256 = "3a19586cc6dba3dbd62e94aec56bbd3fe729f5464f2a72df28ada62101059e3f"
-
-[[member]]
-name = "advertiser"
-abilities = ["query", "receive_results"]
-token_sha256 = "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955"
-
-[[table]]
-name = "impressions"
-owner = "publisher"
-columns = ["email", "campaign"]
-identifier = { column = "email", normalize = "email" }
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = ["campaign"]
-aggregate_columns = { email = ["COUNT_DISTINCT"] }
-min_threshold = 3
-
-[[table]]
-name = "conversions"
-owner = "advertiser"
-columns = ["email", "amount"]
-identifier = { column = "email", normalize = "email" }
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-aggregate_columns = { email = ["COUNT_DISTINCT"], amount = ["SUM"] }
-decimal_columns = { amount = { scale = 2 } }
-min_threshold = 3
-"#;
+/// The collaboration file: the publisher's impressions and the advertiser's conversions
+/// (tokens `publisher-token` and `advertiser-token`).
+fn collaboration() -> String {
+    CollaborationToml::new("s3-test")
+        .member(MemberToml::new("publisher", "publisher-token"))
+        .member(MemberToml::querier("advertiser", "advertiser-token"))
+        .table(
+            TableToml::aggregation("impressions", "publisher", &["email", "campaign"])
+                .dimensions(&["campaign"]),
+        )
+        .table(
+            TableToml::aggregation("conversions", "advertiser", &["email", "amount"])
+                .aggregates(r#"email = ["COUNT_DISTINCT"], amount = ["SUM"]"#)
+                .rule_line("decimal_columns = { amount = { scale = 2 } }"),
+        )
+        .render()
+}
 
 #[test]
 #[ignore = "needs an S3-compatible server: run tests/s3/run.sh"]
@@ -234,7 +212,7 @@ fn serve_and_query_read_objects() {
     let b = bucket();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("collab.toml");
-    std::fs::write(&config, COLLABORATION).unwrap();
+    std::fs::write(&config, collaboration()).unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_cleanroom"))
         .args(["serve", "--config"])
         .arg(&config)

@@ -9,8 +9,6 @@
 //! half-written. `CLEANROOM_CRASH_ROUNDS=N cargo test --test service_faults -- --ignored` runs
 //! the long version.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
@@ -20,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cleanroom_service::{Decision, StateDb};
-use common::*;
+use cleanroom_testkit::*;
 
 /// A `cleanroom serve` child process of the publisher on 127.0.0.1.
 struct Served {

@@ -1,47 +1,15 @@
-//! `cleanroom bench`: matching throughput against the cost of the raw curve operations,
-//! measured in the same run on the same machine.
+//! `cleanroom bench`: its command line, the tables it names, and its reports. The harness
+//! itself (sessions, measurements, the load test) is the `cleanroom-bench` crate.
 
-use super::loopback::{self, Side};
 use super::output::{Format, render_table};
 use super::table_input::{amount, cell, parse_spec};
-use anyhow::{Context, Result, bail, ensure};
-use clap::{Args, ValueEnum};
+use anyhow::{Context, Result, ensure};
+use clap::Args;
+use cleanroom_bench::{BenchProtocol, Identifiers, Load, Report, Session, Tables, Transport};
 use cleanroom_data::{Table, TableSpec};
-use cleanroom_psi::{
-    Domain, MatcherTable, Message, Normalization, ReceiverTable, match_offline_observed,
-};
-use cleanroom_rules::{Collaboration, Value};
-use curve25519_dalek::{RistrettoPoint, Scalar};
-use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
-use std::collections::BTreeMap;
-use std::io::Write;
+use cleanroom_psi::Normalization;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-/// Which protocol to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchProtocol {
-    /// Intersection size only.
-    Cardinality,
-    /// Intersection size and the sum of one value column.
-    Sum,
-    /// The sum as a differentially private session runs it (with zero noise, so the result
-    /// can be checked): the receiver proves every value lies in `[0, 65535]`, the matcher
-    /// verifies every chunk and adds every item's ciphertext. Memory transport only.
-    ProvenSum,
-}
-
-/// How the two parties exchange messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
-    /// In this process, every message encoded and decoded.
-    Memory,
-    /// Through the real gRPC service on a loopback port (plaintext), both members in this
-    /// process; includes reading both tables (CSV, or Parquet with --left/--right) and
-    /// checking the SQL.
-    Grpc,
-}
+use std::time::Duration;
 
 /// Arguments of `cleanroom bench`.
 #[derive(Args, Debug)]
@@ -92,10 +60,6 @@ pub struct BenchArgs {
     duration: f64,
 }
 
-fn identifier(i: u64) -> String {
-    format!("user{i:010}@example.com")
-}
-
 /// Run `cleanroom bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     ensure!(
@@ -103,14 +67,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "--overlap must be between 0 and 1"
     );
     let columns = usize::from(args.protocol != BenchProtocol::Cardinality);
+    let session = Session {
+        protocol: args.protocol,
+        transport: args.transport,
+        interactive: args.format == Format::Table,
+    };
     if let (Some(left), Some(right)) = (&args.left, &args.right) {
-        let tables = BenchTables {
+        let tables = Tables {
             left: left.clone(),
             right: right.clone(),
             id_column: args.id_column.clone(),
             value_column: (columns > 0).then(|| args.value_column.clone()),
         };
-        return run_tables(&args, &tables);
+        ensure!(
+            args.concurrency.is_none(),
+            "--left/--right run one session; the load test generates its tables"
+        );
+        let value = tables.value_column.as_deref();
+        let left = read_identifiers(&tables.left, &tables.id_column, None)?;
+        let right = read_identifiers(&tables.right, &tables.id_column, value)?;
+        let report = cleanroom_bench::run_tables(session, &tables, left, right)?;
+        return print_report(args.format, &report);
     }
     let n = args.size.context("--size or --left/--right is needed")?;
     ensure!(n > 0, "--size must be at least 1");
@@ -126,272 +103,40 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             args.duration > 0.0 && args.duration.is_finite(),
             "--duration must be a positive number of seconds"
         );
-        let load = super::load::Load {
+        let load = Load {
+            server: std::env::current_exe().context("locating the cleanroom binary")?,
             size: n,
             common,
             columns,
             concurrency,
             duration: Duration::from_secs_f64(args.duration),
         };
-        return super::load::run(&load, args.format);
-    }
-    let interactive = args.format == Format::Table;
-
-    let floor = curve_floor(2 * n);
-    let expected_sum: u64 = ((n - common)..n).map(value_of).sum();
-    let Measured {
-        seconds,
-        size,
-        sum,
-        bytes,
-        serial,
-    } = match args.transport {
-        Transport::Memory if args.protocol == BenchProtocol::ProvenSum => {
-            let (m, r) = generated_tables(n, common, 1)?;
-            run_memory_proven(m, r, n, interactive)?
+        let report = cleanroom_bench::load::run(&load)?;
+        match args.format {
+            Format::Json => println!("{}", report.json),
+            Format::Table | Format::Csv => {
+                print!("{}", render_table(&metric_value(), &report.rows))
+            }
         }
-        Transport::Memory => {
-            let (m, r) = generated_tables(n, common, columns)?;
-            run_memory(m, r, n, interactive)?
-        }
-        Transport::Grpc => run_grpc(n, common, columns)?,
-    };
-    ensure!(
-        size == common,
-        "wrong intersection size {size}, expected {common}"
-    );
-    if columns > 0 {
-        ensure!(
-            sum == expected_sum,
-            "wrong sum {sum}, expected {expected_sum}"
-        );
+        report.verdict()?;
+        return Ok(ExitCode::SUCCESS);
     }
-    print_report(
-        &args,
-        Measured {
-            seconds,
-            size,
-            sum,
-            bytes,
-            serial,
-        },
-        (n, n),
-        floor,
-    )
+    let report = cleanroom_bench::run_generated(session, n, common)?;
+    print_report(args.format, &report)
 }
 
-/// Prints what one run measured: `rows` is the number of identifiers (rows) of each party.
-fn print_report(
-    args: &BenchArgs,
-    measured: Measured,
-    sizes: (u64, u64),
-    floor: Duration,
-) -> Result<ExitCode> {
-    let Measured {
-        seconds,
-        size,
-        bytes,
-        serial,
-        ..
-    } = measured;
-    let n = sizes.0;
-    let elements = sizes.0 + sizes.1;
-    let protocol = match args.protocol {
-        BenchProtocol::Cardinality => "cardinality",
-        BenchProtocol::Sum => "sum",
-        BenchProtocol::ProvenSum => "proven-sum",
-    };
-    let tables = args.left.is_some();
-    let report = BenchReport {
-        size: n,
-        right_size: tables.then_some(sizes.1),
-        protocol,
-        transport: match args.transport {
-            Transport::Memory => "memory",
-            Transport::Grpc => "grpc",
-        },
-        seconds,
-        elements_per_second: elements as f64 / seconds,
-        intersection_size: size,
-        sum: tables
-            .then_some(measured.sum)
-            .filter(|_| args.protocol != BenchProtocol::Cardinality),
-        bytes_on_wire: bytes,
-        peak_rss_bytes: peak_rss_bytes(),
-        curve_floor_seconds: floor.as_secs_f64(),
-    };
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string(&report)?),
-        Format::Table | Format::Csv => {
-            let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
-            let mut rows = vec![
-                vec!["size per party".into(), n.to_string()],
-                vec!["protocol".into(), protocol.into()],
-                vec!["intersection (checked)".into(), size.to_string()],
-                vec!["seconds".into(), format!("{seconds:.3}")],
-                vec![
-                    "curve floor seconds".into(),
-                    format!("{:.3}", floor.as_secs_f64()),
-                ],
-                vec![
-                    "ratio to floor".into(),
-                    format!("{:.3}", seconds / floor.as_secs_f64()),
-                ],
-                vec![
-                    "elements per second".into(),
-                    format!("{:.0}", elements as f64 / seconds),
-                ],
-                vec![
-                    "bytes per element".into(),
-                    format!("{:.1}", bytes as f64 / elements.max(1) as f64),
-                ],
-                vec![
-                    "longest stretch under 1.5 cores".into(),
-                    format!(
-                        "{:.2} s ({:.1}% of the run)",
-                        serial,
-                        100.0 * serial / seconds
-                    ),
-                ],
-                vec![
-                    "peak RSS MiB".into(),
-                    format!("{:.1}", peak_rss_bytes() as f64 / 1048576.0),
-                ],
-            ];
-            if let (Some(left), Some(right)) = (&args.left, &args.right) {
-                rows[0] = vec![
-                    "rows".into(),
-                    format!("{n} in {left}, {} in {right}", sizes.1),
-                ];
-                if let Some(sum) = report.sum {
-                    rows.insert(3, vec!["sum (checked, in units)".into(), sum.to_string()]);
-                }
-            }
-            print!("{}", render_table(&columns, &rows));
-        }
+/// The columns of the terminal reports.
+fn metric_value() -> Vec<String> {
+    ["metric", "value"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Prints what one session measured.
+fn print_report(format: Format, report: &Report) -> Result<ExitCode> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&report.json)?),
+        Format::Table | Format::Csv => print!("{}", render_table(&metric_value(), &report.rows)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The JSON report of one bench run, fields in the documented order.
-#[derive(serde::Serialize)]
-struct BenchReport {
-    /// Identifiers per party; with tables, the rows of --left.
-    size: u64,
-    /// With tables: the rows of --right.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    right_size: Option<u64>,
-    protocol: &'static str,
-    transport: &'static str,
-    seconds: f64,
-    elements_per_second: f64,
-    intersection_size: u64,
-    /// With tables and a sum protocol: the checked sum, in units of the column's scale.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sum: Option<u64>,
-    bytes_on_wire: u64,
-    peak_rss_bytes: u64,
-    curve_floor_seconds: f64,
-}
-
-/// What one protocol run measured.
-struct Measured {
-    seconds: f64,
-    size: u64,
-    sum: u64,
-    bytes: u64,
-    /// The longest stretch, in seconds, during which the process used under 1.5 cores.
-    serial: f64,
-}
-
-/// Samples this process's CPU time every 50 ms on a background thread, to find phases that
-/// leave a core idle.
-struct CpuTrace {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(f64, f64)>>,
-}
-
-impl CpuTrace {
-    fn start() -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut samples = Vec::new();
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(cpu) = process_cpu_seconds() {
-                    samples.push((started.elapsed().as_secs_f64(), cpu));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            samples
-        });
-        Self { stop, thread }
-    }
-
-    /// The longest run of consecutive sampling intervals below 1.5 cores, in seconds.
-    fn stop(self) -> f64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let samples = self.thread.join().unwrap_or_default();
-        let (mut longest, mut current) = (0.0f64, 0.0f64);
-        for w in samples.windows(2) {
-            let (dt, dcpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
-            if dt > 0.0 && dcpu / dt < 1.5 {
-                current += dt;
-                longest = longest.max(current);
-            } else {
-                current = 0.0;
-            }
-        }
-        longest
-    }
-}
-
-/// User plus system CPU time of this process (Linux `/proc/self/stat`, 100 ticks/s).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-fn value_of(i: u64) -> u64 {
-    i % 1000
-}
-
-/// The generated tables: `n` identifiers each, `common` of them shared, the receiver's with
-/// `columns` value columns.
-fn generated_tables(n: u64, common: u64, columns: usize) -> Result<(MatcherTable, ReceiverTable)> {
-    let mut matcher_table = MatcherTable::new(Normalization::None);
-    for i in 0..n {
-        matcher_table.push("", &identifier(i))?;
-    }
-    let mut receiver_table = ReceiverTable::new(Normalization::None, columns)?;
-    for i in (n - common)..(2 * n - common) {
-        receiver_table.push("", &identifier(i), &vec![value_of(i); columns])?;
-    }
-    Ok((matcher_table, receiver_table))
-}
-
-/// `--left`/`--right`: the two tables to run on instead of generated identifiers.
-struct BenchTables {
-    left: TableSpec,
-    right: TableSpec,
-    id_column: String,
-    /// The summed column of `right` (sum protocols only).
-    value_column: Option<String>,
-}
-
-/// What [`read_identifiers`] read of one table.
-struct Identifiers {
-    /// Each row's identifier (NULL or empty ones left out) and amount (0 without a value
-    /// column).
-    items: Vec<(String, u64)>,
-    /// The table's rows, skipped ones included.
-    rows: u64,
-    /// The value column's scale: its amounts are in units of `10^-scale`.
-    scale: u8,
 }
 
 /// One table's identifiers with, when `value` names a column, each row's amount in units of
@@ -429,477 +174,4 @@ fn read_identifiers(spec: &TableSpec, id_column: &str, value: Option<&str>) -> R
         }
     }
     Ok(Identifiers { items, rows, scale })
-}
-
-/// `cleanroom bench --left L --right R`: the protocol on two tables, through memory or the
-/// gRPC service, checked against the intersection and sum computed in the clear.
-fn run_tables(args: &BenchArgs, tables: &BenchTables) -> Result<ExitCode> {
-    ensure!(
-        args.concurrency.is_none(),
-        "--left/--right run one session; the load test generates its tables"
-    );
-    let interactive = args.format == Format::Table;
-    let value = tables.value_column.as_deref();
-    let Identifiers {
-        items: left,
-        rows: left_rows,
-        ..
-    } = read_identifiers(&tables.left, &tables.id_column, None)?;
-    let Identifiers {
-        items: right,
-        rows: right_rows,
-        scale,
-    } = read_identifiers(&tables.right, &tables.id_column, value)?;
-    // The plain computation: distinct shared identifiers, and the receiver's amounts of them.
-    let provider: std::collections::HashSet<&str> = left.iter().map(|(i, _)| i.as_str()).collect();
-    let mut shared: BTreeMap<&str, u64> = BTreeMap::new();
-    for (id, units) in &right {
-        if provider.contains(id.as_str()) {
-            *shared.entry(id).or_default() += units;
-        }
-    }
-    let expected_size = shared.len() as u64;
-    let expected_sum: u64 = shared.values().sum();
-    let columns = usize::from(value.is_some());
-    let build = || -> Result<(MatcherTable, ReceiverTable)> {
-        let mut m = MatcherTable::new(Normalization::None);
-        for (id, _) in &left {
-            m.push("", id)?;
-        }
-        let mut r = ReceiverTable::new(Normalization::None, columns)?;
-        for (id, units) in &right {
-            r.push("", id, &vec![*units; columns])?;
-        }
-        Ok((m, r))
-    };
-    let elements = left.len() as u64 + right.len() as u64;
-    let floor = curve_floor(elements);
-    let n = elements.div_ceil(2);
-    let measured = match args.transport {
-        Transport::Memory if args.protocol == BenchProtocol::ProvenSum => {
-            let (m, r) = build()?;
-            run_memory_proven(m, r, n, interactive)?
-        }
-        Transport::Memory => {
-            let (m, r) = build()?;
-            run_memory(m, r, n, interactive)?
-        }
-        Transport::Grpc => {
-            drop((left, right));
-            run_grpc_tables(tables, scale)?
-        }
-    };
-    ensure!(
-        measured.size == expected_size,
-        "wrong intersection size {}, expected {expected_size}",
-        measured.size
-    );
-    if columns > 0 {
-        ensure!(
-            measured.sum == expected_sum,
-            "wrong sum {}, expected {expected_sum}",
-            measured.sum
-        );
-    }
-    print_report(args, measured, (left_rows, right_rows), floor)
-}
-
-/// A progress bar over the `4·n` elements of an in-memory session, or a hidden one when
-/// `shown` is false.
-fn session_progress(n: u64, shown: bool) -> Result<ProgressBar> {
-    if !shown {
-        return Ok(ProgressBar::hidden());
-    }
-    let bar = ProgressBar::new(4 * n);
-    bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:40}] {percent}% {msg}",
-    )?);
-    Ok(bar)
-}
-
-/// Both roles in this process, every message encoded and decoded. Returns (seconds,
-/// intersection size, sum, bytes).
-fn run_memory(
-    matcher_table: MatcherTable,
-    receiver_table: ReceiverTable,
-    n: u64,
-    interactive: bool,
-) -> Result<Measured> {
-    let domain = Domain::new("cleanroom-bench", "email");
-    let progress = session_progress(n, interactive && n >= 50_000)?;
-    let trace = CpuTrace::start();
-    let started = Instant::now();
-    let report = match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
-        progress.inc(elements(msg))
-    })?;
-    let seconds = started.elapsed().as_secs_f64();
-    progress.finish_and_clear();
-    let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
-        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
-    });
-    Ok(Measured {
-        seconds,
-        size,
-        sum,
-        bytes: report.bytes,
-        serial: trace.stop(),
-    })
-}
-
-/// [`run_memory`] for `--protocol proven-sum`: one value column whose values the receiver
-/// proves lie in `[0, 65535]`; the matcher, made with noise bounds, verifies every chunk on
-/// arrival and releases its one pair with zero noise.
-fn run_memory_proven(
-    matcher_table: MatcherTable,
-    receiver_table: ReceiverTable,
-    n: u64,
-    interactive: bool,
-) -> Result<Measured> {
-    use cleanroom_psi::range_proof::ValueRange;
-    use cleanroom_psi::{GroupDecision, Limits, Matcher, NoiseBounds, Receiver};
-    let domain = Domain::new("cleanroom-bench", "email");
-    let ranges = vec![ValueRange::new(0, 65_535)?];
-    let bounds = NoiseBounds::new(vec![65_535])?;
-    let mut m = Matcher::new(&domain, matcher_table, Limits::unlimited())
-        .with_noise(bounds.clone())
-        .require_range_proofs(ranges.clone());
-    let mut r = Receiver::new(&domain, receiver_table, Limits::unlimited())
-        .with_noise(bounds)?
-        .with_range_proofs(ranges)?;
-    let progress = session_progress(n, interactive && n >= 10_000)?;
-    let trace = CpuTrace::start();
-    let started = Instant::now();
-    let mut bytes = 0u64;
-    let mut transfer = |msg: Message| -> Result<Message> {
-        let encoded = msg.encode();
-        bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
-        progress.inc(elements(&decoded));
-        Ok(decoded)
-    };
-    let mut released = false;
-    while !r.is_finished() {
-        let mut progressed = false;
-        while let Some(msg) = m.poll_message() {
-            r.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        while let Some(msg) = r.poll_message() {
-            m.handle_message(transfer(msg)?)?;
-            progressed = true;
-        }
-        if !released && m.counts().is_some() {
-            m.release_with(
-                |_| GroupDecision::Release {
-                    count_noise: 0,
-                    sum_noise: vec![0],
-                },
-                |bounded| bounded,
-            )?;
-            released = true;
-            progressed = true;
-        }
-        ensure!(progressed, "the session stalled");
-    }
-    let outcome = r.open()?;
-    let seconds = started.elapsed().as_secs_f64();
-    progress.finish_and_clear();
-    let (size, sum) = outcome.groups.first().map_or((0, 0), |g| {
-        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
-    });
-    Ok(Measured {
-        seconds,
-        size,
-        sum,
-        bytes,
-        serial: trace.stop(),
-    })
-}
-
-/// The gRPC benchmark's collaboration on disk: the provider's and the querier's CSV files of
-/// `n` identifiers each (`common` shared, each with a value), the collaboration (TOML) and the
-/// querier's bearer token. Also used by the load test.
-pub struct GrpcFixture {
-    /// The collaboration file's text.
-    pub collaboration: String,
-    /// The provider's table `left_ids`.
-    pub left: std::path::PathBuf,
-    /// The querier's table `right_ids`.
-    pub right: std::path::PathBuf,
-    /// The querier's bearer token.
-    pub token: String,
-    /// The query: the intersection size, and the sum of the values with `columns` = 1.
-    pub sql: &'static str,
-}
-
-/// Writes the gRPC benchmark's data into `dir`.
-pub fn grpc_fixture(
-    dir: &std::path::Path,
-    n: u64,
-    common: u64,
-    columns: usize,
-) -> Result<GrpcFixture> {
-    let write = |name: &str, range: std::ops::Range<u64>| -> Result<std::path::PathBuf> {
-        let path = dir.join(name);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        writeln!(w, "id,value")?;
-        for i in range {
-            writeln!(w, "{},{}", identifier(i), value_of(i))?;
-        }
-        w.flush()?;
-        Ok(path)
-    };
-    let left = write("left.csv", 0..n)?;
-    let right = write("right.csv", (n - common)..(2 * n - common))?;
-    let (token, collaboration) = bench_collaboration("id", Some("value"), Some("value"));
-    let sql = if columns > 0 {
-        "SELECT COUNT(DISTINCT r.id), SUM(r.value) FROM left_ids l JOIN right_ids r ON l.id = r.id"
-    } else {
-        "SELECT COUNT(DISTINCT r.id) FROM left_ids l JOIN right_ids r ON l.id = r.id"
-    };
-    Ok(GrpcFixture {
-        collaboration,
-        left,
-        right,
-        token,
-        sql,
-    })
-}
-
-/// The benchmark's collaboration (TOML) and the querier's token: the provider's `left_ids`
-/// and the querier's `right_ids`, both with identifier column `id` (normalization `none`),
-/// plus a `value` column where named (summable on the querier's side).
-fn bench_collaboration(
-    id: &str,
-    left_value: Option<&str>,
-    right_value: Option<&str>,
-) -> (String, String) {
-    let (_, server_hash) = loopback::fresh_token();
-    let (token, client_hash) = loopback::fresh_token();
-    // JSON strings are TOML basic strings.
-    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let columns = |value: Option<&str>| {
-        std::iter::once(id)
-            .chain(value)
-            .map(quote)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let id_q = quote(id);
-    let sums = right_value.map_or_else(String::new, |v| format!(", {} = [\"SUM\"]", quote(v)));
-    let collaboration = format!(
-        r#"
-[collaboration]
-id = "cleanroom-bench"
-[[member]]
-name = "provider"
-abilities = []
-token_sha256 = "{server_hash}"
-[[member]]
-name = "querier"
-abilities = ["query", "receive_results"]
-token_sha256 = "{client_hash}"
-[[table]]
-name = "left_ids"
-owner = "provider"
-columns = [{left_columns}]
-identifier = {{ column = {id_q}, normalize = "none" }}
-[table.rule]
-type = "aggregation"
-join_columns = [{id_q}]
-dimension_columns = []
-aggregate_columns = {{ {id_q} = ["COUNT_DISTINCT"] }}
-min_threshold = 2
-[[table]]
-name = "right_ids"
-owner = "querier"
-columns = [{right_columns}]
-identifier = {{ column = {id_q}, normalize = "none" }}
-[table.rule]
-type = "aggregation"
-join_columns = [{id_q}]
-dimension_columns = []
-aggregate_columns = {{ {id_q} = ["COUNT_DISTINCT"]{sums} }}
-min_threshold = 2
-"#,
-        left_columns = columns(left_value),
-        right_columns = columns(right_value),
-    );
-    (token, collaboration)
-}
-
-/// An SQL identifier: as it is when plain, else double-quoted.
-fn sql_identifier(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if plain {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-/// The query's answer as (intersection size, sum in units): the first row's integers, or
-/// the units of a decimal sum.
-fn answer(outcome: &cleanroom_service::QueryOutcome, columns: usize) -> Result<(u64, u64)> {
-    let row = outcome.result.rows.first().context("no row released")?;
-    let int = |v: &Value| match v {
-        Value::Integer(n) => Ok(*n),
-        Value::Decimal(d) => u64::try_from(d.units).context("a negative sum"),
-        other => bail!("expected an integer result, got {other:?}"),
-    };
-    let size = int(&row[0])?;
-    let sum = if columns > 0 { int(&row[1])? } else { 0 };
-    Ok((size, sum))
-}
-
-/// [`run_grpc`] on the tables of `--left`/`--right`.
-fn run_grpc_tables(tables: &BenchTables, scale: u8) -> Result<Measured> {
-    let dir = tempfile::tempdir()?;
-    let value = tables.value_column.as_deref();
-    let (token, text) = bench_collaboration(&tables.id_column, None, value);
-    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
-    let id = sql_identifier(&tables.id_column);
-    let sql = match value {
-        Some(v) => format!(
-            "SELECT COUNT(DISTINCT r.{id}), SUM(r.{}) FROM left_ids l JOIN right_ids r \
-             ON l.{id} = r.{id}",
-            sql_identifier(v)
-        ),
-        None => format!(
-            "SELECT COUNT(DISTINCT r.{id}) FROM left_ids l JOIN right_ids r ON l.{id} = r.{id}"
-        ),
-    };
-    let trace = CpuTrace::start();
-    let started = Instant::now();
-    let outcome = loopback::run(
-        collaboration,
-        Side {
-            member: "provider",
-            data: BTreeMap::from([("left_ids".to_owned(), tables.left.clone())]),
-        },
-        Side {
-            member: "querier",
-            data: BTreeMap::from([("right_ids".to_owned(), tables.right.clone())]),
-        },
-        &token,
-        &sql,
-        false,
-        dir.path(),
-    )?;
-    let seconds = started.elapsed().as_secs_f64();
-    let columns = usize::from(value.is_some());
-    if let (Some(Value::Decimal(d)), true) = (
-        outcome.result.rows.first().and_then(|r| r.get(1)),
-        columns > 0,
-    ) {
-        ensure!(
-            d.scale == scale,
-            "the service summed at scale {}, the table's is {scale}",
-            d.scale
-        );
-    }
-    measured(&outcome, columns, seconds, trace)
-}
-
-/// What one gRPC session measured: its answer, bytes on the wire and CPU time.
-fn measured(
-    outcome: &cleanroom_service::QueryOutcome,
-    columns: usize,
-    seconds: f64,
-    trace: CpuTrace,
-) -> Result<Measured> {
-    let (size, sum) = answer(outcome, columns)?;
-    let c = &outcome.counters;
-    Ok(Measured {
-        seconds,
-        size,
-        sum,
-        bytes: c.bytes_sent + c.bytes_received,
-        serial: trace.stop(),
-    })
-}
-
-/// The expected answer of the fixture's query: the intersection size and the sum of values.
-pub fn grpc_expected(n: u64, common: u64) -> (u64, u64) {
-    (common, ((n - common)..n).map(value_of).sum())
-}
-
-/// The real service on a loopback port, both members in this process.
-fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
-    let dir = tempfile::tempdir()?;
-    let GrpcFixture {
-        collaboration: text,
-        left,
-        right,
-        token,
-        sql,
-    } = grpc_fixture(dir.path(), n, common, columns)?;
-    let collaboration = Collaboration::from_toml_str(&text, "bench collaboration")?;
-    let trace = CpuTrace::start();
-    let started = Instant::now();
-    let outcome = loopback::run(
-        collaboration,
-        Side {
-            member: "provider",
-            data: BTreeMap::from([("left_ids".to_owned(), left.into())]),
-        },
-        Side {
-            member: "querier",
-            data: BTreeMap::from([("right_ids".to_owned(), right.into())]),
-        },
-        &token,
-        sql,
-        false,
-        dir.path(),
-    )?;
-    let seconds = started.elapsed().as_secs_f64();
-    measured(&outcome, columns, seconds, trace)
-}
-
-/// Elements a message carries, for the progress bar.
-fn elements(msg: &Message) -> u64 {
-    match msg {
-        Message::MatcherPoints { points, .. }
-        | Message::ReceiverItems { points, .. }
-        | Message::ReceiverProvenItems { points, .. } => points.len() as u64,
-        Message::ReceiverTags { tags, .. } => tags.len() as u64,
-        _ => 0,
-    }
-}
-
-/// The time for `count` elements to go through hash-to-group, blind, compress, decompress,
-/// re-blind and compress in a plain parallel loop: the curve work PSI cannot avoid.
-fn curve_floor(count: u64) -> Duration {
-    let domain = Domain::new("cleanroom-bench-floor", "email");
-    let a = Scalar::from(0x1234_5678_9abc_def1u64) * Scalar::from(0x0fed_cba9_8765_4321u64);
-    let b = a * a;
-    let started = Instant::now();
-    let acc: u64 = (0..count)
-        .into_par_iter()
-        .map(|i| {
-            let p: RistrettoPoint = a * domain.hash_to_group(&identifier(i));
-            let wire = p.compress();
-            let q = wire.decompress().expect("valid point");
-            u64::from((b * q).compress().as_bytes()[0])
-        })
-        .sum();
-    std::hint::black_box(acc);
-    started.elapsed()
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

@@ -5,12 +5,12 @@
 //! queries it: per campaign, how many people who saw it bought something, and for how much?
 //! Both members run in this process, but talk only through gRPC, as they would across sites.
 
-use super::loopback::{self, Side};
 use super::output::{CsvCells, Format};
 use super::query::render_outcome;
 use super::sample;
 use anyhow::{Context, Result};
 use clap::Args;
+use cleanroom_bench::loopback::{self, Side};
 use cleanroom_rules::Collaboration;
 use std::collections::BTreeMap;
 use std::process::ExitCode;

@@ -5,8 +5,6 @@ pub mod bench;
 pub mod budget;
 pub mod check;
 pub mod demo;
-pub mod load;
-pub mod loopback;
 pub mod matching;
 pub mod output;
 pub mod query;

@@ -30,6 +30,7 @@ use crate::proto::{
     run_session_request, run_session_response,
 };
 use crate::server::REFUSAL_METADATA_KEY;
+use crate::session::{self, ClientRole, check_accepted, receiver_for, role_for};
 use crate::tls::{ClientTransport, TlsError, client_transport};
 
 /// How to reach a server.
@@ -374,42 +375,34 @@ impl Client {
             tokio::task::spawn_blocking(move || {
                 let columns = data::header(&path)?;
                 let limits = cleanroom_psi::Limits::default();
-                let (rows, over, side) = if plan.protocol() == Protocol::List {
-                    let (table, kept) = data::list_querier_table(&plan, &path)?;
-                    let rows = table.stats();
-                    let columns = plan.matcher().list_columns.len();
-                    let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
-                    (rows, None, Side::List(querier, kept))
-                } else {
-                    let table = data::receiver_table(&mut plan, &path)?;
-                    // The server refuses a querier set under the threshold; say so before
-                    // connecting.
-                    plan.check_querier_identifiers(table.distinct_identifiers())
-                        .map_err(ClientError::Refused)?;
-                    let rows = table.stats();
-                    // Under privacy each identifier counts in at most K of this member's
-                    // groups: keep it in K of them, chosen at random here (the server enforces
-                    // the same bound whatever it is sent), and say how many were cut.
-                    let mut table = table;
-                    let over = plan
-                        .privacy()
-                        .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
-                        .map(|p| table.bound_groups(p.max_groups));
-                    let mut receiver = Receiver::new(&plan.domain(), table, limits);
-                    if plan.grouped_by() != Some(cleanroom_rules::Role::Matcher) {
-                        receiver = receiver.expect_matcher_groups(1);
+                let (rows, over, side) = match role_for(&plan, session::Client) {
+                    ClientRole::ListQuerier => {
+                        let (table, kept) = data::list_querier_table(&plan, &path)?;
+                        let rows = table.stats();
+                        let columns = plan.matcher().list_columns.len();
+                        let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
+                        (rows, None, Side::List(querier, kept))
                     }
-                    if let Some(bounds) = plan.noise_bounds() {
-                        receiver = receiver
-                            .with_noise(bounds)
-                            .map_err(|e| ClientError::Internal(e.to_string()))?;
+                    ClientRole::Receiver => {
+                        let table = data::receiver_table(&mut plan, &path)?;
+                        // The server refuses a querier set under the threshold; say so before
+                        // connecting.
+                        plan.check_querier_identifiers(table.distinct_identifiers())
+                            .map_err(ClientError::Refused)?;
+                        let rows = table.stats();
+                        // Under privacy each identifier counts in at most K of this member's
+                        // groups: keep it in K of them, chosen at random here (the server
+                        // enforces the same bound whatever it is sent), and say how many were
+                        // cut.
+                        let mut table = table;
+                        let over = plan
+                            .privacy()
+                            .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
+                            .map(|p| table.bound_groups(p.max_groups));
+                        let receiver =
+                            receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                        (rows, over, Side::Aggregate(receiver))
                     }
-                    if let Some(ranges) = plan.privacy().and_then(|p| p.proven_ranges()) {
-                        receiver = receiver
-                            .with_range_proofs(crate::server::value_ranges(&ranges))
-                            .map_err(|e| ClientError::Internal(e.to_string()))?;
-                    }
-                    (rows, over, Side::Aggregate(receiver))
                 };
                 Ok::<_, ClientError>((columns, rows, over, side, plan))
             })
@@ -464,29 +457,7 @@ impl Client {
                 ));
             }
         };
-        if accepted.min_release != plan.min_release() {
-            return Err(ClientError::PlanMismatch(format!(
-                "release threshold {} here, {} on the server",
-                plan.min_release(),
-                accepted.min_release
-            )));
-        }
-        if accepted.matcher_table != plan.matcher().table {
-            return Err(ClientError::PlanMismatch(format!(
-                "matcher table {:?} here, {:?} on the server",
-                plan.matcher().table,
-                accepted.matcher_table
-            )));
-        }
-        if accepted.value_columns as usize != plan.receiver().value_columns.len() {
-            return Err(ClientError::PlanMismatch(format!(
-                "{} value columns here, {} on the server",
-                plan.receiver().value_columns.len(),
-                accepted.value_columns
-            )));
-        }
-        crate::privacy::check_accepted(&plan, accepted.privacy.as_ref())
-            .map_err(ClientError::PlanMismatch)?;
+        check_accepted(&plan, &accepted).map_err(ClientError::PlanMismatch)?;
         report(Progress::Accepted {
             session_id: &accepted.session_id,
             rows,

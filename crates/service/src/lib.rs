@@ -34,6 +34,7 @@ pub mod privacy;
 pub mod proto;
 mod roles;
 pub mod server;
+mod session;
 pub mod slots;
 pub mod state;
 pub mod tls;

@@ -1,18 +1,18 @@
 //! The server side: `cleanroom serve`, run by the member who provides the other table.
 //!
-//! For each session the server authenticates the member (bearer token), re-plans the SQL from
-//! its own copy of the collaboration, checks the limits, records the attempt in the state
+//! For each session the server authenticates the member (bearer token), reads the session start
+//! off the stream and hands it to the [session host](crate::session), which re-plans the SQL
+//! from its own copy of the collaboration, checks the limits, records the attempt in the state
 //! database, reads its own table with its own filters, plays the psi matcher, decides which
 //! output rows are released, records that decision durably, and only then sends the release.
+//! This module is the gRPC around it: framing, statuses, health, reflection, the listener.
 
 use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use cleanroom_psi::range_proof::ValueRange;
-use cleanroom_psi::{ListProvider, Matcher, ProtocolError};
-use cleanroom_rules::{Collaboration, Plan, Protocol, Role};
+use cleanroom_rules::Collaboration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
 use crate::data::{self, DataFileError};
-use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, within};
+use crate::exchange::ExchangeError;
 use crate::limits::{
     FIRST_MESSAGE_TIMEOUT, Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
 };
@@ -33,13 +33,10 @@ use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomService
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
     ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
-    SessionStart, SessionStats, SessionSummary, run_session_request, run_session_response,
+    SessionSummary, run_session_request, run_session_response,
 };
-use crate::roles::ListProviderRole;
-use crate::slots::{SessionSlot, SessionSlots};
-use crate::state::{
-    Attempt, AuditCursor, AuditEntry, AuditQuery, Completion, Policy, Standing, StateDb, StateError,
-};
+use crate::session::{Admitted, Host, ServerFrames, SessionRequest, state_call};
+use crate::state::{AuditCursor, AuditEntry, AuditQuery, Policy, StateDb, StateError};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
 /// The metadata key under which a refused query's reasons travel (a serialized
@@ -265,158 +262,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// The gRPC service implementation.
+/// The gRPC service implementation: the transport around the [session host](Host).
 #[derive(Clone)]
 struct CleanRoom {
-    config: Arc<ServerConfig>,
-    sessions: SessionSlots,
-    /// Budgets and query limits of the collaboration.
-    policy: Arc<Policy>,
+    host: Host,
 }
 
 impl CleanRoom {
     fn new(config: ServerConfig) -> CleanRoom {
-        let sessions = SessionSlots::new(
-            config.limits.max_concurrent_sessions,
-            config.limits.sessions_per_member(),
-        );
         CleanRoom {
-            policy: Arc::new(Policy::of(&config.collaboration)),
-            config: Arc::new(config),
-            sessions,
+            host: Host::new(config),
         }
-    }
-}
-
-fn new_session_id() -> Result<String, SessionError> {
-    let mut bytes = [0u8; 12];
-    getrandom::fill(&mut bytes).map_err(|e| SessionError::Internal(e.to_string()))?;
-    Ok(hex::encode(bytes))
-}
-
-/// Runs a state database call on the blocking pool.
-async fn state_call<T: Send + 'static>(
-    state: &Arc<StateDb>,
-    f: impl FnOnce(&StateDb) -> Result<T, StateError> + Send + 'static,
-) -> Result<T, SessionError> {
-    let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || f(&state))
-        .await
-        .map_err(|e| SessionError::Internal(e.to_string()))?
-        .map_err(SessionError::State)
-}
-
-/// What a session's protocol decided, before it is sent: pairs released and suppressed, the
-/// bounded identifiers (exact, and as the querier is told), and the encoded messages.
-struct Release {
-    released: u64,
-    suppressed: u64,
-    bounded: (u64, u64),
-    messages: Vec<Vec<u8>>,
-}
-
-/// A session that passed every check and may run.
-struct Admitted {
-    session_id: String,
-    plan: Plan,
-    matcher_path: TableSpec,
-    receiver_rows: u64,
-    permit: SessionSlot,
-    /// The querier's standing after this session's charge.
-    standing: Standing,
-}
-
-impl CleanRoom {
-    /// The checks before any protocol message: identity, collaboration, rules, data, limits.
-    fn admit(&self, member: &str, start: &SessionStart) -> Result<(Plan, TableSpec), SessionError> {
-        let config = &self.config;
-        if start.member != member {
-            return Err(SessionError::PermissionDenied(format!(
-                "the bearer token belongs to member {member:?}, not to {:?}",
-                start.member
-            )));
-        }
-        if start.collaboration_id != config.collaboration.id() {
-            return Err(SessionError::InvalidArgument(format!(
-                "this server is in collaboration {:?}, not {:?}",
-                config.collaboration.id(),
-                start.collaboration_id
-            )));
-        }
-        let plan = config
-            .collaboration
-            .plan(member, &start.sql)
-            .map_err(SessionError::Refused)?;
-        let table = start.table.as_ref().ok_or_else(|| {
-            SessionError::InvalidArgument("the session start names no table".to_owned())
-        })?;
-        match config.collaboration.table(&table.name) {
-            Some(t) if t.owner() == member => {}
-            Some(t) => {
-                return Err(SessionError::PermissionDenied(format!(
-                    "table {:?} belongs to {:?}: member {member:?} cannot bring it",
-                    table.name,
-                    t.owner()
-                )));
-            }
-            None => {
-                return Err(SessionError::InvalidArgument(format!(
-                    "table {:?} is not in the collaboration",
-                    table.name
-                )));
-            }
-        }
-        if table.name != plan.receiver().table {
-            return Err(SessionError::InvalidArgument(format!(
-                "the query uses table {:?} of member {member:?}, but the client brings {:?}",
-                plan.receiver().table,
-                table.name
-            )));
-        }
-        let matcher = plan.matcher();
-        if matcher.member != config.member {
-            return Err(SessionError::InvalidArgument(format!(
-                "table {:?} belongs to member {:?}; this server is member {:?}",
-                matcher.table, matcher.member, config.member
-            )));
-        }
-        let path = config.data.get(&matcher.table).cloned().ok_or_else(|| {
-            SessionError::InvalidArgument(format!(
-                "this server does not serve table {:?}",
-                matcher.table
-            ))
-        })?;
-        // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
-        // before anything is charged or any of this server's data moves.
-        if plan.protocol() != Protocol::List {
-            plan.check_querier_identifiers(table.rows)
-                .map_err(SessionError::Refused)?;
-        }
-        if table.rows > config.limits.max_rows_per_session {
-            return Err(SessionError::ResourceExhausted(format!(
-                "the client's table has {} rows; this server accepts at most {} per session",
-                table.rows, config.limits.max_rows_per_session
-            )));
-        }
-        let quota = self.member_rows(member);
-        if table.rows > quota {
-            return Err(SessionError::ResourceExhausted(format!(
-                "the client's table has {} rows; member {member:?} may bring at most {quota} per \
-                 session (max_rows_per_session in the collaboration file)",
-                table.rows
-            )));
-        }
-        Ok((plan, path))
-    }
-
-    /// The rows `member` may bring to one session: its quota in the collaboration file, within
-    /// the server's own limit.
-    fn member_rows(&self, member: &str) -> u64 {
-        self.config
-            .collaboration
-            .member(member)
-            .map_or(0, |m| m.max_rows_per_session())
-            .min(self.config.limits.max_rows_per_session)
     }
 
     /// Reads the start, records the attempt and admits or refuses it.
@@ -425,7 +281,12 @@ impl CleanRoom {
         member: &str,
         inbound: &mut Streaming<RunSessionRequest>,
     ) -> Result<Admitted, Status> {
-        let wait = self.config.limits.idle_timeout.min(FIRST_MESSAGE_TIMEOUT);
+        let wait = self
+            .host
+            .config
+            .limits
+            .idle_timeout
+            .min(FIRST_MESSAGE_TIMEOUT);
         let first = tokio::time::timeout(wait, inbound.message())
             .await
             .map_err(|_| {
@@ -454,424 +315,41 @@ impl CleanRoom {
                 ));
             }
         };
-        let session_id = new_session_id().map_err(|e| e.status())?;
-        let receiver_rows = start.table.as_ref().map_or(0, |t| t.rows);
-        let receiver_skipped = start.table.as_ref().map_or(0, |t| t.skipped_rows);
-        {
-            let (id, member, sql) = (session_id.clone(), member.to_owned(), start.sql.clone());
-            let collaboration_id = self.config.collaboration.id().to_owned();
-            state_call(&self.config.state, move |s| {
-                s.begin(&Attempt {
-                    session_id: &id,
-                    collaboration_id: &collaboration_id,
-                    member: &member,
-                    sql: &sql,
-                    receiver_rows,
-                })?;
-                s.record_receiver_skipped(&id, receiver_skipped)
-            })
+        self.host
+            .open(member, &SessionRequest::of(&start))
             .await
-            .map_err(|e| e.status())?;
-        }
-        // The member's own quota is checked before the server's total, so that a refusal tells
-        // a member about its own sessions only (see `slots`).
-        let admitted = match self.admit(member, &start) {
-            Ok((plan, path)) => self
-                .sessions
-                .acquire(member)
-                .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))
-                .map(|permit| (plan, path, permit)),
-            Err(error) => Err(error),
-        };
-        // The charge comes last, once nothing else can refuse the session, and before the first
-        // message that depends on this server's data: whatever becomes of the session, it
-        // stays.
-        let admitted = match admitted {
-            Ok((plan, path, permit)) => self
-                .charge(&session_id, &plan)
-                .await
-                .map(|standing| (plan, path, permit, standing)),
-            Err(error) => Err(error),
-        };
-        match admitted {
-            Ok((plan, matcher_path, permit, standing)) => {
-                let (id, table) = (session_id.clone(), plan.matcher().table.clone());
-                // The figure is informative: a failure to write it does not end the session.
-                let _ = state_call(&self.config.state, move |s| {
-                    s.record_matcher_skipped(&id, &table)
-                })
-                .await;
-                Ok(Admitted {
-                    session_id,
-                    plan,
-                    matcher_path,
-                    receiver_rows,
-                    permit,
-                    standing,
-                })
-            }
-            Err(error) => {
-                self.finish(&session_id, &error, Completion::default())
-                    .await;
-                Err(error.status())
-            }
-        }
-    }
-
-    /// Charges the querier for `plan` (its budget and query limits), in the same transaction
-    /// that checks them: refused with [`StateError::Exhausted`] when they do not allow it.
-    async fn charge(&self, session_id: &str, plan: &Plan) -> Result<Standing, SessionError> {
-        let (id, policy, member, cost) = (
-            session_id.to_owned(),
-            Arc::clone(&self.policy),
-            plan.querier().to_owned(),
-            plan.privacy().map(|p| p.epsilon),
-        );
-        state_call(&self.config.state, move |s| {
-            s.charge(&id, &policy, &member, cost)
-        })
-        .await
-    }
-
-    /// Records how a session ended without a release and tells the hook.
-    async fn finish(&self, session_id: &str, error: &SessionError, completion: Completion) {
-        let (id, decision, reason) = (
-            session_id.to_owned(),
-            error.decision(),
-            error.audit_reason(),
-        );
-        let recorded = state_call(&self.config.state, move |s| {
-            s.finish(&id, decision, &reason, &completion)
-        })
-        .await;
-        if let Err(e) = recorded {
-            eprintln!("cleanroom serve: could not record the end of session {session_id}: {e}");
-        }
-        self.tell(session_id).await;
-    }
-
-    async fn tell(&self, session_id: &str) {
-        let Some(hook) = self.config.on_session_end.clone() else {
-            return;
-        };
-        let id = session_id.to_owned();
-        if let Ok(Some(entry)) = state_call(&self.config.state, move |s| s.entry(&id)).await {
-            hook(&entry);
-        }
-    }
-
-    /// Runs an admitted session to its end, recording its outcome.
-    async fn drive(
-        self,
-        admitted: Admitted,
-        mut inbound: Streaming<RunSessionRequest>,
-        outbound: mpsc::Sender<Result<RunSessionResponse, Status>>,
-        started: Instant,
-        deadline: (Instant, std::time::Duration),
-    ) {
-        let Admitted {
-            session_id,
-            plan,
-            matcher_path,
-            receiver_rows,
-            permit,
-            standing,
-        } = admitted;
-        let mut exchange = Exchange {
-            outbound: &outbound,
-            wrap: psi_response,
-            deadline: Some(deadline),
-            idle: Some(self.config.limits.idle_timeout),
-            max_message: MAX_MESSAGE_BYTES,
-            counters: Counters::default(),
-            progress: None,
-            min_rate: (self.config.limits.min_bytes_per_second > 0).then_some(MinRate {
-                per_second: self.config.limits.min_bytes_per_second,
-                window: self.config.limits.rate_window,
-            }),
-            abort_when_peer_gone: true,
-        };
-        let mut matcher_rows = 0;
-        let result = self
-            .run(
-                &session_id,
-                &plan,
-                matcher_path,
-                receiver_rows,
-                &mut inbound,
-                &mut exchange,
-                &mut matcher_rows,
-                (started, &standing),
-            )
-            .await;
-        let counters = exchange.counters;
-        drop(permit);
-        match result {
-            Ok(()) => self.tell(&session_id).await,
-            Err(error) => {
-                let completion = Completion {
-                    matcher_rows,
-                    messages_received: counters.messages_received,
-                    messages_sent: counters.messages_sent,
-                    bytes_received: counters.bytes_received,
-                    bytes_sent: counters.bytes_sent,
-                    ..Completion::default()
-                };
-                self.finish(&session_id, &error, completion).await;
-                // End the call with the error's status (a stream that just ends would read as
-                // OK). The client may be gone or not reading; then there is nobody to tell.
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    outbound.send(Err(error.status())),
-                )
-                .await;
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
-        &self,
-        session_id: &str,
-        plan: &Plan,
-        matcher_path: TableSpec,
-        receiver_rows: u64,
-        inbound: &mut Streaming<RunSessionRequest>,
-        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
-        matcher_rows: &mut u64,
-        (started, standing): (Instant, &Standing),
-    ) -> Result<(), SessionError> {
-        let accepted = SessionAccepted {
-            session_id: session_id.to_owned(),
-            matcher_member: plan.matcher().member.clone(),
-            matcher_table: plan.matcher().table.clone(),
-            min_release: plan.min_release(),
-            value_columns: plan.receiver().value_columns.len() as u32,
-            privacy: crate::privacy::privacy_info(plan),
-        };
-        exchange
-            .send_item(Ok(RunSessionResponse {
-                message: Some(run_session_response::Message::Accepted(accepted)),
-            }))
-            .await?;
-
-        let limits = self.psi_limits(receiver_rows);
-        let Release {
-            released,
-            suppressed,
-            bounded,
-            messages,
-        } = if plan.protocol() == Protocol::List {
-            self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
-                .await?
-        } else {
-            self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
-                .await?
-        };
-        let counters = exchange.counters;
-        let completion = Completion {
-            released_rows: released,
-            suppressed_rows: suppressed,
-            matcher_rows: *matcher_rows,
-            messages_received: counters.messages_received,
-            messages_sent: counters.messages_sent + messages.len() as u64,
-            bytes_received: counters.bytes_received,
-            bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
-            bounded_identifiers: bounded.0,
-            bounded_disclosed: bounded.1,
-        };
-        // Record the release durably (the charge was made at admission), then send it.
-        let id = session_id.to_owned();
-        let recorded = within(
-            exchange.deadline,
-            state_call(&self.config.state, move |s| s.release(&id, &completion)),
-        )
-        .await??;
-        if !recorded {
-            return Err(SessionError::Internal(
-                "the session's audit entry was already complete".to_owned(),
-            ));
-        }
-        for message in messages {
-            exchange.send_message(message).await?;
-        }
-        let counters = exchange.counters;
-        let summary = SessionSummary {
-            session_id: session_id.to_owned(),
-            released_rows: released,
-            suppressed_rows: suppressed,
-            stats: Some(SessionStats {
-                receiver_rows,
-                messages_sent: counters.messages_sent,
-                bytes_sent: counters.bytes_sent,
-                messages_received: counters.messages_received,
-                bytes_received: counters.bytes_received,
-                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            }),
-            standing: Some(crate::privacy::standing_proto(standing)),
-        };
-        exchange
-            .send_item(Ok(RunSessionResponse {
-                message: Some(run_session_response::Message::Summary(summary)),
-            }))
-            .await?;
-        Ok(())
-    }
-
-    /// The bounds the psi role enforces on the client's announcements: at most
-    /// `max_rows_per_session` identifiers, and no more than the `receiver_rows` the client
-    /// declared in its start (each identifier it sends comes from one of those rows).
-    fn psi_limits(&self, receiver_rows: u64) -> cleanroom_psi::Limits {
-        cleanroom_psi::Limits {
-            max_set_size: self.config.limits.max_rows_per_session,
-            declared_set_size: Some(receiver_rows),
-            ..cleanroom_psi::Limits::default()
-        }
-    }
-
-    /// Plays the psi matcher until every message of the receiver arrived, then decides the
-    /// release: returns the released and suppressed group counts and the encoded release
-    /// messages (not sent yet).
-    async fn aggregate_protocol(
-        &self,
-        plan: &Plan,
-        matcher_path: TableSpec,
-        limits: cleanroom_psi::Limits,
-        inbound: &mut Streaming<RunSessionRequest>,
-        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
-        matcher_rows: &mut u64,
-    ) -> Result<Release, SessionError> {
-        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
-        let table_plan = plan.clone();
-        let table_name = plan.matcher().table.clone();
-        let (_, built) = exchange
-            .blocking((), move |_| {
-                let table = data::matcher_table(&table_plan, &matcher_path)?;
-                let rows = table.stats().rows;
-                let mut matcher = Matcher::new(&table_plan.domain(), table, limits)
-                    .require_receiver_identifiers(table_plan.min_release());
-                if table_plan.grouped_by() != Some(Role::Receiver) {
-                    matcher = matcher.expect_receiver_groups(1);
-                }
-                if let (Some(bounds), Some(privacy)) =
-                    (table_plan.noise_bounds(), table_plan.privacy())
-                {
-                    matcher = matcher.with_noise(bounds).pad_groups(|| privacy.dummies());
-                    if let Some(ranges) = privacy.proven_ranges() {
-                        matcher = matcher.require_range_proofs(value_ranges(&ranges));
-                    }
-                }
-                Ok::<_, DataFileError>((rows, matcher))
-            })
-            .await?;
-        let (rows, matcher) = built.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
-        *matcher_rows = rows;
-        let role = matcher;
-
-        let mut psi_in = psi_stream(inbound);
-        let role = exchange
-            .run(role, &mut psi_in)
-            .await
-            .map_err(|e| refuse_tiny_querier_set(plan, e))?;
-
-        // Decide (with noise, for a private plan), then record the decision durably, then
-        // release.
-        let release_plan = plan.clone();
-        let (_, released) = exchange
-            .blocking(role, move |role| {
-                let mut disclosed = 0;
-                let summary = role.release_with(
-                    |group| release_plan.decide(group),
-                    |bounded| {
-                        disclosed = release_plan.disclose_bounded(bounded);
-                        disclosed
-                    },
-                )?;
-                let mut messages = Vec::new();
-                while let Some(message) = role.poll_message() {
-                    messages.push(message.encode());
-                }
-                Ok::<_, cleanroom_psi::ProtocolError>(Release {
-                    released: summary.released,
-                    suppressed: summary.suppressed,
-                    bounded: (summary.bounded, disclosed),
-                    messages,
-                })
-            })
-            .await?;
-        released.map_err(|e| SessionError::Internal(e.to_string()))
-    }
-
-    /// Plays the psi list provider until every point of the querier arrived; returns the
-    /// withheld evaluations (the release, not sent yet). The server cannot know how many rows
-    /// the querier lists: both counts are 0.
-    async fn list_protocol(
-        &self,
-        plan: &Plan,
-        matcher_path: TableSpec,
-        limits: cleanroom_psi::Limits,
-        inbound: &mut Streaming<RunSessionRequest>,
-        exchange: &mut Exchange<'_, Result<RunSessionResponse, Status>>,
-        matcher_rows: &mut u64,
-    ) -> Result<Release, SessionError> {
-        // Reading the table and sealing it into a provider are heavy: off the runtime.
-        let table_plan = plan.clone();
-        let table_name = plan.matcher().table.clone();
-        let (_, built) = exchange
-            .blocking((), move |_| {
-                let table = data::list_provider_table(&table_plan, &matcher_path)?;
-                let rows = table.stats().rows;
-                let provider = ListProvider::new(&table_plan.domain(), table, limits);
-                Ok::<_, DataFileError>((rows, provider))
-            })
-            .await?;
-        let (rows, provider) = built.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
-        *matcher_rows = rows;
-        let mut psi_in = psi_stream(inbound);
-        let mut role = exchange
-            .run(ListProviderRole::new(provider), &mut psi_in)
-            .await?;
-        Ok(Release {
-            released: 0,
-            suppressed: 0,
-            bounded: (0, 0),
-            messages: role.release(),
-        })
+            .map_err(|e| e.status())
     }
 }
 
-/// The psi ranges of a plan's proven `sum_bounds` (validated when the collaboration loaded).
-pub(crate) fn value_ranges(bounds: &[(u64, u64)]) -> Vec<ValueRange> {
-    bounds
-        .iter()
-        .map(|&(lo, hi)| ValueRange { lo, hi })
-        .collect()
-}
-
-/// The querier's set is smaller than the threshold: a refusal with the rules' reason, rather
-/// than a protocol failure.
-fn refuse_tiny_querier_set(plan: &Plan, error: ExchangeError) -> SessionError {
-    if let ExchangeError::Peer(PeerError::Protocol(ProtocolError::ReceiverSetTooSmall {
-        identifiers,
-        ..
-    })) = &error
-        && let Err(refusal) = plan.check_querier_identifiers(*identifiers)
-    {
-        return SessionError::Refused(refusal);
+impl ServerFrames for Result<RunSessionResponse, Status> {
+    fn accepted(accepted: SessionAccepted) -> Self {
+        Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Accepted(accepted)),
+        })
     }
-    error.into()
+
+    fn psi(payload: Vec<u8>) -> Self {
+        Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+        })
+    }
+
+    fn summary(summary: SessionSummary) -> Self {
+        Ok(RunSessionResponse {
+            message: Some(run_session_response::Message::Summary(summary)),
+        })
+    }
+
+    fn ended(error: &SessionError) -> Self {
+        Err(error.status())
+    }
 }
 
 /// The protocol messages of a client's stream; anything else after the start is an error.
 fn psi_stream(
-    inbound: &mut Streaming<RunSessionRequest>,
-) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin + '_ {
+    inbound: Streaming<RunSessionRequest>,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin {
     inbound.map(|item| match item {
         Ok(RunSessionRequest {
             message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
@@ -880,12 +358,6 @@ fn psi_stream(
             "only protocol messages may follow the session start",
         )),
         Err(status) => Err(ExchangeError::Transport(status)),
-    })
-}
-
-fn psi_response(payload: Vec<u8>) -> Result<RunSessionResponse, Status> {
-    Ok(RunSessionResponse {
-        message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
     })
 }
 
@@ -907,15 +379,18 @@ impl CleanRoomService for CleanRoom {
     ) -> Result<Response<Self::RunSessionStream>, Status> {
         let member = authenticated(&request)?;
         let started = Instant::now();
-        let timeout = self.config.limits.session_timeout;
+        let timeout = self.host.config.limits.session_timeout;
         let deadline = (started + timeout, timeout);
         let mut inbound = request.into_inner();
         let admitted = self.open(&member, &mut inbound).await?;
         let (outbound, responses) = mpsc::channel(4);
-        tokio::spawn(
-            self.clone()
-                .drive(admitted, inbound, outbound, started, deadline),
-        );
+        tokio::spawn(self.host.clone().drive(
+            admitted,
+            psi_stream(inbound),
+            outbound,
+            started,
+            deadline,
+        ));
         Ok(Response::new(ReceiverStream::new(responses)))
     }
 
@@ -924,7 +399,7 @@ impl CleanRoomService for CleanRoom {
         request: Request<GetServerInfoRequest>,
     ) -> Result<Response<GetServerInfoResponse>, Status> {
         let member = authenticated(&request)?;
-        let config = &self.config;
+        let config = &self.host.config;
         let limits = &config.limits;
         Ok(Response::new(GetServerInfoResponse {
             collaboration_id: config.collaboration.id().to_owned(),
@@ -932,7 +407,7 @@ impl CleanRoomService for CleanRoom {
             member: config.member.clone(),
             tables: config.data.keys().cloned().collect(),
             limits: Some(proto::ServerLimits {
-                max_rows_per_session: self.member_rows(&member),
+                max_rows_per_session: self.host.member_rows(&member),
                 max_concurrent_sessions: limits.max_concurrent_sessions,
                 max_sessions_per_member: limits.sessions_per_member(),
                 min_bytes_per_second: limits.min_bytes_per_second,
@@ -957,7 +432,7 @@ impl CleanRoomService for CleanRoom {
             })?),
         };
         let query = AuditQuery {
-            collaboration_id: self.config.collaboration.id().to_owned(),
+            collaboration_id: self.host.config.collaboration.id().to_owned(),
             member,
             before,
             max_entries: match request.limit {
@@ -967,7 +442,7 @@ impl CleanRoomService for CleanRoom {
             max_bytes: AUDIT_PAGE_MAX_BYTES,
         };
         // The database lock is held only while this one page is read, never while it is sent.
-        let page = state_call(&self.config.state, move |s| s.page(&query))
+        let page = state_call(&self.host.config.state, move |s| s.page(&query))
             .await
             .map_err(|e| e.status())?;
         Ok(Response::new(ListAuditEntriesResponse {

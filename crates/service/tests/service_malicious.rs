@@ -10,8 +10,6 @@
 //! client's behaviour on the wire. The old code (before a9f3a0d) answered differently in each
 //! of these cases. Attack 6 (range proofs) is not here.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +34,7 @@ use cleanroom_service::proto::{
     SessionStart, SessionSummary, TableDescriptor, run_session_request, run_session_response,
 };
 use cleanroom_service::{Client, Decision, Limits, ServerConfig, StateDb};
-use common::*;
+use cleanroom_testkit::*;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -1187,7 +1185,7 @@ impl LyingProvider {
                     if let Some(i) = tags.iter().position(|t| *t == target_tag) {
                         let mut rng = Rng(0x6A4B);
                         for byte in &mut payloads[i * width..(i + 1) * width] {
-                            *byte = rng.next() as u8;
+                            *byte = rng.next_u64() as u8;
                         }
                         garbled += 1;
                     }
@@ -1446,47 +1444,7 @@ struct ListFixture {
 impl ListFixture {
     fn new() -> ListFixture {
         let dir = tempfile::tempdir().unwrap();
-        let toml = format!(
-            r#"
-[collaboration]
-id = "list-malicious"
-name = "Lying list providers"
-
-[[member]]
-name = "publisher"
-abilities = []
-token_sha256 = "{publisher}"
-
-[[member]]
-name = "advertiser"
-abilities = ["query", "receive_results"]
-token_sha256 = "{advertiser}"
-
-[[table]]
-name = "subscribers"
-owner = "publisher"
-columns = ["email", "newsletter", "region", "signup_date"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "list"
-join_columns = ["email"]
-list_columns = ["newsletter", "region"]
-
-[[table]]
-name = "customers"
-owner = "advertiser"
-columns = ["email", "customer_id", "segment", "lifetime_value"]
-identifier = {{ column = "email", normalize = "email" }}
-
-[table.rule]
-type = "list"
-join_columns = ["email"]
-list_columns = ["customer_id", "segment"]
-"#,
-            publisher = sha256_hex(PUBLISHER_TOKEN),
-            advertiser = sha256_hex(ADVERTISER_TOKEN),
-        );
+        let toml = list_collaboration("list-malicious", "Lying list providers").render();
         std::fs::write(dir.path().join("collab.toml"), toml).unwrap();
         let collaboration = Arc::new(Collaboration::load(dir.path().join("collab.toml")).unwrap());
         let subscribers = Csv {

@@ -5,8 +5,6 @@
 //! Each attack is played by a member with a valid token; the test asserts what it can and
 //! cannot do, and that what it sees is the same whatever the other member does.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +14,7 @@ use cleanroom_service::proto::{
     GetServerInfoRequest, ListAuditEntriesRequest, RunSessionResponse, run_session_response,
 };
 use cleanroom_service::{Decision, Limits, StateDb, TlsIdentity};
-use common::*;
+use cleanroom_testkit::*;
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 

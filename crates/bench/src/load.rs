@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,12 +21,13 @@ use cleanroom_rules::{Collaboration, Value};
 use cleanroom_service::{BearerToken, Client, ClientConfig, Decision, Query, StateDb};
 use serde_json::json;
 
-use super::bench::{grpc_expected, grpc_fixture};
-use super::output::{Format, render_table};
+use crate::fixture::{grpc_expected, grpc_fixture};
 
 /// What to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Load {
+    /// The `cleanroom` binary whose `serve` runs the server.
+    pub server: PathBuf,
     /// Identifiers per party.
     pub size: u64,
     /// Identifiers common to both.
@@ -52,8 +53,13 @@ struct ServeChild {
 }
 
 impl ServeChild {
-    fn spawn(config: &Path, left: &Path, state: &Path, max_sessions: usize) -> Result<ServeChild> {
-        let exe = std::env::current_exe().context("locating the cleanroom binary")?;
+    fn spawn(
+        exe: &Path,
+        config: &Path,
+        left: &Path,
+        state: &Path,
+        max_sessions: usize,
+    ) -> Result<ServeChild> {
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config)
@@ -246,9 +252,31 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
-/// Runs the load test and prints its figures; fails when any session failed or the audit log
-/// disagrees with what the clients received.
-pub fn run(load: &Load, format: Format) -> Result<ExitCode> {
+/// The figures of a load test, and whether it passed.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// The JSON report.
+    pub json: serde_json::Value,
+    /// The rows of the terminal table (metric, value).
+    pub rows: Vec<Vec<String>>,
+    /// Why the test failed, if it did: sessions that failed, or an audit log that disagrees
+    /// with what the clients received. Reported after the figures.
+    pub failure: Option<String>,
+}
+
+impl LoadReport {
+    /// `Err` with the failure, if the test failed.
+    pub fn verdict(&self) -> Result<()> {
+        match &self.failure {
+            Some(failure) => bail!("{failure}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the load test and measures it; the report says whether any session failed or the
+/// audit log disagrees with what the clients received.
+pub fn run(load: &Load) -> Result<LoadReport> {
     let dir = tempfile::tempdir()?;
     let fixture = grpc_fixture(dir.path(), load.size, load.common, load.columns)?;
     let config_path = dir.path().join("collab.toml");
@@ -268,7 +296,13 @@ pub fn run(load: &Load, format: Format) -> Result<ExitCode> {
         expected.push(Value::Integer(sum));
     }
 
-    let server = ServeChild::spawn(&config_path, &fixture.left, &state, load.concurrency)?;
+    let server = ServeChild::spawn(
+        &load.server,
+        &config_path,
+        &fixture.left,
+        &state,
+        load.concurrency,
+    )?;
     let mut client_config =
         ClientConfig::new(server.url.clone(), BearerToken::new(&fixture.token)?);
     client_config.timeout = Some(Duration::from_secs(300));
@@ -343,58 +377,58 @@ pub fn run(load: &Load, format: Format) -> Result<ExitCode> {
         "audit_entries": audit.len(),
         "results_received": received,
     });
-    match format {
-        Format::Json => println!("{report}"),
-        Format::Table | Format::Csv => {
-            let columns: Vec<String> = ["metric", "value"].iter().map(|s| s.to_string()).collect();
-            let rows = vec![
-                vec!["size per party".into(), load.size.to_string()],
-                vec!["concurrent sessions".into(), load.concurrency.to_string()],
-                vec!["seconds".into(), format!("{elapsed:.1}")],
-                vec!["sessions".into(), sessions.to_string()],
-                vec![
-                    "sessions per second".into(),
-                    format!("{:.2}", sessions as f64 / elapsed),
-                ],
-                vec!["latency p50 ms".into(), format!("{:.1}", ms(p50))],
-                vec!["latency p99 ms".into(), format!("{:.1}", ms(p99))],
-                vec!["latency max ms".into(), format!("{:.1}", ms(max))],
-                vec!["errors".into(), measured.errors.len().to_string()],
-                vec![
-                    "server RSS MiB idle / warm / end / peak".into(),
-                    format!(
-                        "{:.1} / {:.1} / {:.1} / {:.1}",
-                        mib(rss_idle),
-                        mib(rss_warm),
-                        mib(rss_end),
-                        mib(rss_peak)
-                    ),
-                ],
-                vec![
-                    "audit: released / results received".into(),
-                    format!("{audited_released} / {received}"),
-                ],
-            ];
-            print!("{}", render_table(&columns, &rows));
-        }
-    }
-    if !measured.errors.is_empty() {
+    let rows = vec![
+        vec!["size per party".into(), load.size.to_string()],
+        vec!["concurrent sessions".into(), load.concurrency.to_string()],
+        vec!["seconds".into(), format!("{elapsed:.1}")],
+        vec!["sessions".into(), sessions.to_string()],
+        vec![
+            "sessions per second".into(),
+            format!("{:.2}", sessions as f64 / elapsed),
+        ],
+        vec!["latency p50 ms".into(), format!("{:.1}", ms(p50))],
+        vec!["latency p99 ms".into(), format!("{:.1}", ms(p99))],
+        vec!["latency max ms".into(), format!("{:.1}", ms(max))],
+        vec!["errors".into(), measured.errors.len().to_string()],
+        vec![
+            "server RSS MiB idle / warm / end / peak".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1} / {:.1}",
+                mib(rss_idle),
+                mib(rss_warm),
+                mib(rss_end),
+                mib(rss_peak)
+            ),
+        ],
+        vec![
+            "audit: released / results received".into(),
+            format!("{audited_released} / {received}"),
+        ],
+    ];
+    let failure = if !measured.errors.is_empty() {
         let mut distinct: Vec<&String> = measured.errors.iter().collect();
         distinct.sort();
         distinct.dedup();
-        bail!(
+        Some(format!(
             "{} sessions failed: {distinct:?}; server log: {:?}",
             measured.errors.len(),
             server_other.lock().unwrap_or_else(|p| p.into_inner())
-        );
-    }
-    ensure!(
-        audited_released == received
-            && server_released.load(Ordering::Relaxed) == received
-            && audit.len() as u64 == received,
-        "the audit log holds {audited_released} released entries of {} for the {received} \
-         results the clients received",
-        audit.len()
-    );
-    Ok(ExitCode::SUCCESS)
+        ))
+    } else if !(audited_released == received
+        && server_released.load(Ordering::Relaxed) == received
+        && audit.len() as u64 == received)
+    {
+        Some(format!(
+            "the audit log holds {audited_released} released entries of {} for the {received} \
+             results the clients received",
+            audit.len()
+        ))
+    } else {
+        None
+    };
+    Ok(LoadReport {
+        json: report,
+        rows,
+        failure,
+    })
 }

@@ -1,0 +1,615 @@
+//! Admission: who may run what. The authenticated member and its session request come in; a
+//! session that passed every check, holds a concurrency slot and has been charged comes out, or
+//! the error that refused it (recorded in the audit log).
+//!
+//! The order is part of the contract: the attempt is recorded first; then identity,
+//! collaboration, rules (the server plans the SQL from its own copy of the collaboration),
+//! tables and row quotas; then the member's own concurrency slot before the server's total (so
+//! a refusal tells a member about its own sessions only); the charge comes last, once nothing
+//! else can refuse the session.
+
+use std::sync::Arc;
+
+use cleanroom_data::TableSpec;
+use cleanroom_rules::{Plan, Protocol};
+
+use crate::outcome::SessionError;
+use crate::proto::SessionStart;
+use crate::server::ServerConfig;
+use crate::slots::{SessionSlot, SessionSlots};
+use crate::state::{Attempt, Completion, Policy, Standing, StateDb, StateError};
+
+/// What a client asks for, as its session start says: transport-free.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionRequest<'a> {
+    /// The member the client says it is (it must be the authenticated one).
+    pub member: &'a str,
+    /// The collaboration the client believes it is in.
+    pub collaboration_id: &'a str,
+    /// The query.
+    pub sql: &'a str,
+    /// The client's own table, if it names one.
+    pub table: Option<DeclaredTable<'a>>,
+}
+
+/// A table the client brings, as it describes it (never its rows).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeclaredTable<'a> {
+    /// Its name in the collaboration.
+    pub name: &'a str,
+    /// Its rows after the client's own filters.
+    pub rows: u64,
+    /// Of those, rows whose identifier is NULL or empty.
+    pub skipped_rows: u64,
+}
+
+impl<'a> SessionRequest<'a> {
+    /// The request a gRPC session start makes.
+    pub(crate) fn of(start: &'a SessionStart) -> SessionRequest<'a> {
+        SessionRequest {
+            member: &start.member,
+            collaboration_id: &start.collaboration_id,
+            sql: &start.sql,
+            table: start.table.as_ref().map(|t| DeclaredTable {
+                name: &t.name,
+                rows: t.rows,
+                skipped_rows: t.skipped_rows,
+            }),
+        }
+    }
+
+    /// The rows the client declared (0 without a table).
+    fn rows(&self) -> u64 {
+        self.table.map_or(0, |t| t.rows)
+    }
+}
+
+/// A session that passed every check, holds its slot and was charged: it may run.
+pub(crate) struct Admitted {
+    /// The session's identifier (its audit entry is running).
+    pub session_id: String,
+    /// The server's own plan of the query.
+    pub plan: Plan,
+    /// Where the server's table of the plan is.
+    pub matcher_path: TableSpec,
+    /// The rows the client declared.
+    pub receiver_rows: u64,
+    /// The concurrency slot, held until the session ends.
+    pub permit: SessionSlot,
+    /// The querier's standing after this session's charge.
+    pub standing: Standing,
+}
+
+/// The server's side of every session: its configuration, the concurrency slots and the
+/// collaboration's budgets and query limits.
+#[derive(Clone)]
+pub(crate) struct Host {
+    /// The server's configuration.
+    pub config: Arc<ServerConfig>,
+    sessions: SessionSlots,
+    /// Budgets and query limits of the collaboration.
+    policy: Arc<Policy>,
+}
+
+fn new_session_id() -> Result<String, SessionError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| SessionError::Internal(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Runs a state database call on the blocking pool.
+pub(crate) async fn state_call<T: Send + 'static>(
+    state: &Arc<StateDb>,
+    f: impl FnOnce(&StateDb) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, SessionError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))?
+        .map_err(SessionError::State)
+}
+
+impl Host {
+    /// The host of `config`'s sessions, with no session running.
+    pub(crate) fn new(config: ServerConfig) -> Host {
+        let sessions = SessionSlots::new(
+            config.limits.max_concurrent_sessions,
+            config.limits.sessions_per_member(),
+        );
+        Host {
+            policy: Arc::new(Policy::of(&config.collaboration)),
+            config: Arc::new(config),
+            sessions,
+        }
+    }
+
+    /// The checks before any protocol message: identity, collaboration, rules, data, limits.
+    /// Returns the server's plan and where its table is.
+    pub(crate) fn admit(
+        &self,
+        member: &str,
+        request: &SessionRequest<'_>,
+    ) -> Result<(Plan, TableSpec), SessionError> {
+        let config = &self.config;
+        if request.member != member {
+            return Err(SessionError::PermissionDenied(format!(
+                "the bearer token belongs to member {member:?}, not to {:?}",
+                request.member
+            )));
+        }
+        if request.collaboration_id != config.collaboration.id() {
+            return Err(SessionError::InvalidArgument(format!(
+                "this server is in collaboration {:?}, not {:?}",
+                config.collaboration.id(),
+                request.collaboration_id
+            )));
+        }
+        let plan = config
+            .collaboration
+            .plan(member, request.sql)
+            .map_err(SessionError::Refused)?;
+        let table = request.table.ok_or_else(|| {
+            SessionError::InvalidArgument("the session start names no table".to_owned())
+        })?;
+        match config.collaboration.table(table.name) {
+            Some(t) if t.owner() == member => {}
+            Some(t) => {
+                return Err(SessionError::PermissionDenied(format!(
+                    "table {:?} belongs to {:?}: member {member:?} cannot bring it",
+                    table.name,
+                    t.owner()
+                )));
+            }
+            None => {
+                return Err(SessionError::InvalidArgument(format!(
+                    "table {:?} is not in the collaboration",
+                    table.name
+                )));
+            }
+        }
+        if table.name != plan.receiver().table {
+            return Err(SessionError::InvalidArgument(format!(
+                "the query uses table {:?} of member {member:?}, but the client brings {:?}",
+                plan.receiver().table,
+                table.name
+            )));
+        }
+        let matcher = plan.matcher();
+        if matcher.member != config.member {
+            return Err(SessionError::InvalidArgument(format!(
+                "table {:?} belongs to member {:?}; this server is member {:?}",
+                matcher.table, matcher.member, config.member
+            )));
+        }
+        let path = config.data.get(&matcher.table).cloned().ok_or_else(|| {
+            SessionError::InvalidArgument(format!(
+                "this server does not serve table {:?}",
+                matcher.table
+            ))
+        })?;
+        // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
+        // before anything is charged or any of this server's data moves.
+        if plan.protocol() != Protocol::List {
+            plan.check_querier_identifiers(table.rows)
+                .map_err(SessionError::Refused)?;
+        }
+        if table.rows > config.limits.max_rows_per_session {
+            return Err(SessionError::ResourceExhausted(format!(
+                "the client's table has {} rows; this server accepts at most {} per session",
+                table.rows, config.limits.max_rows_per_session
+            )));
+        }
+        let quota = self.member_rows(member);
+        if table.rows > quota {
+            return Err(SessionError::ResourceExhausted(format!(
+                "the client's table has {} rows; member {member:?} may bring at most {quota} per \
+                 session (max_rows_per_session in the collaboration file)",
+                table.rows
+            )));
+        }
+        Ok((plan, path))
+    }
+
+    /// The rows `member` may bring to one session: its quota in the collaboration file, within
+    /// the server's own limit.
+    pub(crate) fn member_rows(&self, member: &str) -> u64 {
+        self.config
+            .collaboration
+            .member(member)
+            .map_or(0, |m| m.max_rows_per_session())
+            .min(self.config.limits.max_rows_per_session)
+    }
+
+    /// Records the attempt of authenticated `member` and admits or refuses it. A refusal after
+    /// the attempt was recorded is recorded too, and told to the session hook.
+    pub(crate) async fn open(
+        &self,
+        member: &str,
+        request: &SessionRequest<'_>,
+    ) -> Result<Admitted, SessionError> {
+        let session_id = new_session_id()?;
+        let receiver_rows = request.rows();
+        let receiver_skipped = request.table.map_or(0, |t| t.skipped_rows);
+        {
+            let (id, member, sql) = (
+                session_id.clone(),
+                member.to_owned(),
+                request.sql.to_owned(),
+            );
+            let collaboration_id = self.config.collaboration.id().to_owned();
+            state_call(&self.config.state, move |s| {
+                s.begin(&Attempt {
+                    session_id: &id,
+                    collaboration_id: &collaboration_id,
+                    member: &member,
+                    sql: &sql,
+                    receiver_rows,
+                })?;
+                s.record_receiver_skipped(&id, receiver_skipped)
+            })
+            .await?;
+        }
+        // The member's own quota is checked before the server's total, so that a refusal tells
+        // a member about its own sessions only (see `slots`).
+        let admitted = match self.admit(member, request) {
+            Ok((plan, path)) => self
+                .sessions
+                .acquire(member)
+                .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))
+                .map(|permit| (plan, path, permit)),
+            Err(error) => Err(error),
+        };
+        // The charge comes last, once nothing else can refuse the session, and before the first
+        // message that depends on this server's data: whatever becomes of the session, it
+        // stays.
+        let admitted = match admitted {
+            Ok((plan, path, permit)) => self
+                .charge(&session_id, &plan)
+                .await
+                .map(|standing| (plan, path, permit, standing)),
+            Err(error) => Err(error),
+        };
+        match admitted {
+            Ok((plan, matcher_path, permit, standing)) => {
+                let (id, table) = (session_id.clone(), plan.matcher().table.clone());
+                // The figure is informative: a failure to write it does not end the session.
+                let _ = state_call(&self.config.state, move |s| {
+                    s.record_matcher_skipped(&id, &table)
+                })
+                .await;
+                Ok(Admitted {
+                    session_id,
+                    plan,
+                    matcher_path,
+                    receiver_rows,
+                    permit,
+                    standing,
+                })
+            }
+            Err(error) => {
+                self.finish(&session_id, &error, Completion::default())
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Charges the querier for `plan` (its budget and query limits), in the same transaction
+    /// that checks them: refused with [`StateError::Exhausted`] when they do not allow it.
+    async fn charge(&self, session_id: &str, plan: &Plan) -> Result<Standing, SessionError> {
+        let (id, policy, member, cost) = (
+            session_id.to_owned(),
+            Arc::clone(&self.policy),
+            plan.querier().to_owned(),
+            plan.privacy().map(|p| p.epsilon),
+        );
+        state_call(&self.config.state, move |s| {
+            s.charge(&id, &policy, &member, cost)
+        })
+        .await
+    }
+
+    /// Records how a session ended without a release and tells the hook.
+    pub(crate) async fn finish(
+        &self,
+        session_id: &str,
+        error: &SessionError,
+        completion: Completion,
+    ) {
+        let (id, decision, reason) = (
+            session_id.to_owned(),
+            error.decision(),
+            error.audit_reason(),
+        );
+        let recorded = state_call(&self.config.state, move |s| {
+            s.finish(&id, decision, &reason, &completion)
+        })
+        .await;
+        if let Err(e) = recorded {
+            eprintln!("cleanroom serve: could not record the end of session {session_id}: {e}");
+        }
+        self.tell(session_id).await;
+    }
+
+    /// Tells the session hook, if there is one, how the session ended.
+    pub(crate) async fn tell(&self, session_id: &str) {
+        let Some(hook) = self.config.on_session_end.clone() else {
+            return;
+        };
+        let id = session_id.to_owned();
+        if let Ok(Some(entry)) = state_call(&self.config.state, move |s| s.entry(&id)).await {
+            hook(&entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::listener::ConnectionLimits;
+    use crate::state::{Decision, Exhausted};
+    use cleanroom_data::SourceOptions;
+    use cleanroom_rules::{Collaboration, ReasonCode};
+    use cleanroom_testkit::{
+        ADVERTISER_TOKEN, ANALYST_TOKEN, CollaborationToml, MemberToml, PUBLISHER_TOKEN, TableToml,
+    };
+    use std::collections::BTreeMap;
+    use tonic::Code;
+
+    /// Per campaign, the advertiser's buyers among the publisher's impressions.
+    const BY_CAMPAIGN: &str = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers \
+        FROM impressions i JOIN conversions c ON i.email = c.email GROUP BY i.campaign";
+
+    /// A collaboration of a publisher (the server, no abilities), an advertiser who may query
+    /// and bring 10 rows, and an analyst who may only receive results; `privacy` goes into the
+    /// `[collaboration]` section.
+    fn collaboration(privacy: &str) -> Collaboration {
+        let toml = CollaborationToml::new("admission")
+            .header(privacy)
+            .member(MemberToml::new("publisher", PUBLISHER_TOKEN))
+            .member(
+                MemberToml::querier("advertiser", ADVERTISER_TOKEN)
+                    .line("max_rows_per_session = 10"),
+            )
+            .member(MemberToml::new("analyst", ANALYST_TOKEN).abilities(&["receive_results"]))
+            .table(
+                TableToml::aggregation("impressions", "publisher", &["email", "campaign"])
+                    .dimensions(&["campaign"]),
+            )
+            .table(TableToml::aggregation(
+                "conversions",
+                "advertiser",
+                &["email", "amount"],
+            ))
+            .table(TableToml::aggregation("panel", "analyst", &["email"]))
+            .render();
+        Collaboration::from_toml_str(&toml, "admission.toml").unwrap()
+    }
+
+    /// The publisher's host of `collaboration`, with `limits` and a fresh state database in
+    /// `dir`. Its table's file is never read: admission only looks it up.
+    fn host(dir: &tempfile::TempDir, collaboration: Collaboration, limits: Limits) -> Host {
+        let data = BTreeMap::from([(
+            "impressions".to_owned(),
+            TableSpec::new("impressions.csv", SourceOptions::default()),
+        )]);
+        Host::new(ServerConfig {
+            collaboration: Arc::new(collaboration),
+            member: "publisher".to_owned(),
+            data,
+            limits,
+            connections: ConnectionLimits::default(),
+            state: Arc::new(StateDb::open(dir.path().join("state.db")).unwrap()),
+            tls: None,
+            insecure: false,
+            on_session_end: None,
+        })
+    }
+
+    /// `member`'s request for [`BY_CAMPAIGN`], bringing `rows` rows of `table`.
+    fn request<'a>(member: &'a str, table: &'a str, rows: u64) -> SessionRequest<'a> {
+        SessionRequest {
+            member,
+            collaboration_id: "admission",
+            sql: BY_CAMPAIGN,
+            table: Some(DeclaredTable {
+                name: table,
+                rows,
+                skipped_rows: 0,
+            }),
+        }
+    }
+
+    fn refusal(host: &Host, member: &str, request: &SessionRequest<'_>) -> SessionError {
+        let Err(error) = host.admit(member, request) else {
+            panic!("admission admits the session")
+        };
+        error
+    }
+
+    #[test]
+    fn a_query_within_the_rules_is_admitted_with_the_servers_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let (plan, path) = host
+            .admit("advertiser", &request("advertiser", "conversions", 10))
+            .unwrap();
+        assert_eq!(plan.matcher().table, "impressions");
+        assert_eq!(plan.receiver().table, "conversions");
+        assert_eq!(path, host.config.data["impressions"]);
+    }
+
+    #[test]
+    fn an_unknown_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let error = refusal(&host, "advertiser", &request("advertiser", "orders", 10));
+        assert!(
+            matches!(&error, SessionError::InvalidArgument(m) if m.contains("not in the collaboration")),
+            "{error}"
+        );
+        assert_eq!(error.status().code(), Code::InvalidArgument);
+        assert_eq!(error.decision(), Decision::Refused);
+    }
+
+    #[test]
+    fn a_table_of_another_member_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let error = refusal(&host, "advertiser", &request("advertiser", "panel", 10));
+        assert_eq!(error.status().code(), Code::PermissionDenied, "{error}");
+    }
+
+    #[test]
+    fn a_request_in_another_members_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let error = refusal(&host, "analyst", &request("advertiser", "conversions", 10));
+        assert!(
+            matches!(error, SessionError::PermissionDenied(_)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_request_for_another_collaboration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let mut other = request("advertiser", "conversions", 10);
+        other.collaboration_id = "elsewhere";
+        let error = refusal(&host, "advertiser", &other);
+        assert!(matches!(error, SessionError::InvalidArgument(_)), "{error}");
+    }
+
+    #[test]
+    fn a_request_without_a_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let mut bare = request("advertiser", "conversions", 10);
+        bare.table = None;
+        let error = refusal(&host, "advertiser", &bare);
+        assert!(matches!(error, SessionError::InvalidArgument(_)), "{error}");
+    }
+
+    #[test]
+    fn a_member_not_allowed_to_query_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let sql = BY_CAMPAIGN.replace("conversions c", "panel c");
+        let mut asked = request("analyst", "panel", 10);
+        asked.sql = &sql;
+        let error = refusal(&host, "analyst", &asked);
+        let SessionError::Refused(refusal) = &error else {
+            panic!("not a refusal of the rules: {error}");
+        };
+        assert!(
+            refusal
+                .reasons
+                .iter()
+                .any(|r| r.code == ReasonCode::MissingQueryAbility),
+            "{refusal}"
+        );
+        assert_eq!(error.status().code(), Code::PermissionDenied);
+    }
+
+    #[test]
+    fn fewer_declared_rows_than_the_threshold_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let error = refusal(
+            &host,
+            "advertiser",
+            &request("advertiser", "conversions", 2),
+        );
+        assert!(matches!(error, SessionError::Refused(_)), "{error}");
+        assert_eq!(error.status().code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn more_rows_than_the_members_quota_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        assert_eq!(host.member_rows("advertiser"), 10);
+        let error = refusal(
+            &host,
+            "advertiser",
+            &request("advertiser", "conversions", 11),
+        );
+        assert!(
+            matches!(&error, SessionError::ResourceExhausted(m) if m.contains("max_rows_per_session")),
+            "{error}"
+        );
+        assert_eq!(error.status().code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn more_rows_than_the_server_accepts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_rows_per_session: 5,
+            ..Limits::default()
+        };
+        let host = host(&dir, collaboration(""), limits);
+        assert_eq!(host.member_rows("advertiser"), 5);
+        let error = refusal(
+            &host,
+            "advertiser",
+            &request("advertiser", "conversions", 6),
+        );
+        assert!(
+            matches!(&error, SessionError::ResourceExhausted(m) if m.contains("this server accepts")),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_over_the_budget_is_refused_at_admission_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let privacy = "[collaboration.privacy]\nepsilon_budget = 1.0\nepsilon_per_query = 1.0\n";
+        let host = host(&dir, collaboration(privacy), Limits::default());
+        let asked = request("advertiser", "conversions", 10);
+        let first = host.open("advertiser", &asked).await.unwrap();
+        assert_eq!(first.receiver_rows, 10);
+        drop(first);
+        let error = host
+            .open("advertiser", &asked)
+            .await
+            .err()
+            .expect("the budget is spent");
+        assert!(
+            matches!(
+                error,
+                SessionError::State(StateError::Exhausted(Exhausted::Budget { .. }))
+            ),
+            "{error}"
+        );
+        assert_eq!(error.status().code(), Code::ResourceExhausted);
+        assert_eq!(error.decision(), Decision::Refused);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_the_attempt_is_recorded_in_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(&dir, collaboration(""), Limits::default());
+        let error = host
+            .open("advertiser", &request("advertiser", "orders", 10))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(error.decision(), Decision::Refused);
+        let page = host
+            .config
+            .state
+            .page(&crate::state::AuditQuery {
+                collaboration_id: "admission".to_owned(),
+                member: "advertiser".to_owned(),
+                before: None,
+                max_entries: 10,
+                max_bytes: 1 << 20,
+            })
+            .unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].decision, Decision::Refused);
+    }
+}

@@ -1,0 +1,114 @@
+//! One session, without the transport: who may run what (admission), which psi role the plan
+//! gives each side, what both sides must agree on before the protocol starts, and running the
+//! server's side over an abstract message channel.
+//!
+//! The gRPC [server](crate::server) and [client](crate::client) call this module and add only
+//! what belongs to the transport: reading the session start off the stream, framing messages,
+//! turning a [`SessionError`](crate::outcome::SessionError) into a status.
+//!
+//! Invariants:
+//! - admission checks everything that can refuse a session (identity, collaboration, rules,
+//!   tables, row quotas, concurrency) before the charge, and the charge comes before the first
+//!   message that depends on the server's data: whatever becomes of an admitted session, its
+//!   charge stays;
+//! - every session that was begun in the audit log ends there, with a release or a decision and
+//!   a reason;
+//! - the server records its release durably before the first message of it is sent.
+
+mod admission;
+mod agreement;
+mod run;
+
+pub(crate) use admission::{Admitted, Host, SessionRequest, state_call};
+pub(crate) use agreement::{accepted, check_accepted};
+pub(crate) use run::{ServerFrames, receiver_for};
+
+use cleanroom_rules::{Plan, Protocol};
+
+/// A side of a session; [`role_for`] says which psi role a plan gives it.
+pub(crate) trait Side {
+    /// The roles this side may play.
+    type Role;
+    /// The role `plan` gives this side.
+    fn role(plan: &Plan) -> Self::Role;
+}
+
+/// The server: the member who provides the other table.
+pub(crate) struct Server;
+
+/// The client: the querying member, who brings its own table.
+pub(crate) struct Client;
+
+/// The psi role the server plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerRole {
+    /// The matcher of an aggregation (cardinality or intersection-sum).
+    Matcher,
+    /// The list provider of a list query.
+    ListProvider,
+}
+
+/// The psi role the client plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientRole {
+    /// The receiver of an aggregation.
+    Receiver,
+    /// The list querier of a list query.
+    ListQuerier,
+}
+
+impl Side for Server {
+    type Role = ServerRole;
+    fn role(plan: &Plan) -> ServerRole {
+        match plan.protocol() {
+            Protocol::Cardinality | Protocol::IntersectionSum => ServerRole::Matcher,
+            Protocol::List => ServerRole::ListProvider,
+        }
+    }
+}
+
+impl Side for Client {
+    type Role = ClientRole;
+    fn role(plan: &Plan) -> ClientRole {
+        match plan.protocol() {
+            Protocol::Cardinality | Protocol::IntersectionSum => ClientRole::Receiver,
+            Protocol::List => ClientRole::ListQuerier,
+        }
+    }
+}
+
+/// The psi role `plan` gives `side`: each side's roles are their own type, so a server can
+/// never be asked to play the receiver.
+pub(crate) fn role_for<S: Side>(plan: &Plan, _side: S) -> S::Role {
+    S::role(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleanroom_rules::Collaboration;
+    use cleanroom_testkit::{BY_CAMPAIGN, Fixture, list_collaboration};
+
+    #[test]
+    fn an_aggregation_makes_the_server_the_matcher_and_the_client_the_receiver() {
+        let fx = Fixture::new(3);
+        let plan = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
+        assert_eq!(role_for(&plan, Server), ServerRole::Matcher);
+        assert_eq!(role_for(&plan, Client), ClientRole::Receiver);
+    }
+
+    #[test]
+    fn a_list_query_makes_the_server_the_list_provider_and_the_client_the_list_querier() {
+        let toml = list_collaboration("roles", "Roles").render();
+        let collaboration = Collaboration::from_toml_str(&toml, "roles.toml").unwrap();
+        let plan = collaboration
+            .plan(
+                "advertiser",
+                "SELECT cu.customer_id, s.region FROM customers cu \
+                 JOIN subscribers s ON cu.email = s.email",
+            )
+            .unwrap();
+        assert_eq!(role_for(&plan, Server), ServerRole::ListProvider);
+        assert_eq!(role_for(&plan, Client), ClientRole::ListQuerier);
+    }
+}

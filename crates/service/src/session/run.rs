@@ -1,0 +1,391 @@
+//! Running an admitted session on the server, over an abstract message channel, and how each
+//! side configures its psi role from the plan.
+//!
+//! The channel is a stream of the client's protocol messages in and an [`mpsc`] sender of the
+//! transport's items out ([`ServerFrames`] builds them); the psi role is driven by the
+//! [exchange](crate::exchange). The release is decided once every message of the client
+//! arrived, recorded durably, and only then sent; the summary follows it.
+
+use cleanroom_data::TableSpec;
+use cleanroom_psi::range_proof::ValueRange;
+use cleanroom_psi::{ListProvider, Matcher, MatcherTable, ProtocolError, Receiver, ReceiverTable};
+use cleanroom_rules::{Plan, Role};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+
+use super::admission::{Admitted, Host, state_call};
+use super::{Server, ServerRole, role_for};
+use crate::data::{self, DataFileError};
+use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, within};
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::outcome::SessionError;
+use crate::proto::{SessionAccepted, SessionStats, SessionSummary};
+use crate::roles::ListProviderRole;
+use crate::state::{Completion, Standing};
+
+/// How a transport frames what the server sends in a session: the acceptance, the protocol
+/// messages, the summary, and the error that ends a session without a release.
+pub(crate) trait ServerFrames: Send + 'static {
+    /// The session is accepted under these terms.
+    fn accepted(accepted: SessionAccepted) -> Self;
+    /// One encoded protocol message.
+    fn psi(payload: Vec<u8>) -> Self;
+    /// The session's summary, its last message.
+    fn summary(summary: SessionSummary) -> Self;
+    /// The session ended with `error`.
+    fn ended(error: &SessionError) -> Self;
+}
+
+/// What a session's protocol decided, before it is sent: pairs released and suppressed, the
+/// bounded identifiers (exact, and as the querier is told), and the encoded messages.
+struct Release {
+    released: u64,
+    suppressed: u64,
+    bounded: (u64, u64),
+    messages: Vec<Vec<u8>>,
+}
+
+impl Host {
+    /// Runs an admitted session to its end over `inbound` (the client's protocol messages) and
+    /// `outbound`, recording its outcome.
+    pub(crate) async fn drive<T, S>(
+        self,
+        admitted: Admitted,
+        mut inbound: S,
+        outbound: mpsc::Sender<T>,
+        started: Instant,
+        deadline: (Instant, std::time::Duration),
+    ) where
+        T: ServerFrames,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        let Admitted {
+            session_id,
+            plan,
+            matcher_path,
+            receiver_rows,
+            permit,
+            standing,
+        } = admitted;
+        let limits = &self.config.limits;
+        let mut exchange = Exchange {
+            outbound: &outbound,
+            wrap: T::psi,
+            deadline: Some(deadline),
+            idle: Some(limits.idle_timeout),
+            max_message: MAX_MESSAGE_BYTES,
+            counters: Counters::default(),
+            progress: None,
+            min_rate: (limits.min_bytes_per_second > 0).then_some(MinRate {
+                per_second: limits.min_bytes_per_second,
+                window: limits.rate_window,
+            }),
+            abort_when_peer_gone: true,
+        };
+        let mut matcher_rows = 0;
+        let result = self
+            .run(
+                &session_id,
+                &plan,
+                matcher_path,
+                receiver_rows,
+                &mut inbound,
+                &mut exchange,
+                &mut matcher_rows,
+                (started, &standing),
+            )
+            .await;
+        let counters = exchange.counters;
+        drop(permit);
+        match result {
+            Ok(()) => self.tell(&session_id).await,
+            Err(error) => {
+                let completion = Completion {
+                    matcher_rows,
+                    messages_received: counters.messages_received,
+                    messages_sent: counters.messages_sent,
+                    bytes_received: counters.bytes_received,
+                    bytes_sent: counters.bytes_sent,
+                    ..Completion::default()
+                };
+                self.finish(&session_id, &error, completion).await;
+                // End the call with the error (a stream that just ends would read as a
+                // success). The client may be gone or not reading; then there is nobody to tell.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    outbound.send(T::ended(&error)),
+                )
+                .await;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run<T, S>(
+        &self,
+        session_id: &str,
+        plan: &Plan,
+        matcher_path: TableSpec,
+        receiver_rows: u64,
+        inbound: &mut S,
+        exchange: &mut Exchange<'_, T>,
+        matcher_rows: &mut u64,
+        (started, standing): (Instant, &Standing),
+    ) -> Result<(), SessionError>
+    where
+        T: ServerFrames,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        exchange
+            .send_item(T::accepted(super::accepted(plan, session_id)))
+            .await?;
+
+        let limits = self.psi_limits(receiver_rows);
+        let Release {
+            released,
+            suppressed,
+            bounded,
+            messages,
+        } = match role_for(plan, Server) {
+            ServerRole::Matcher => {
+                self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
+                    .await?
+            }
+            ServerRole::ListProvider => {
+                self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
+                    .await?
+            }
+        };
+        let counters = exchange.counters;
+        let completion = Completion {
+            released_rows: released,
+            suppressed_rows: suppressed,
+            matcher_rows: *matcher_rows,
+            messages_received: counters.messages_received,
+            messages_sent: counters.messages_sent + messages.len() as u64,
+            bytes_received: counters.bytes_received,
+            bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
+            bounded_identifiers: bounded.0,
+            bounded_disclosed: bounded.1,
+        };
+        // Record the release durably (the charge was made at admission), then send it.
+        let id = session_id.to_owned();
+        let recorded = within(
+            exchange.deadline,
+            state_call(&self.config.state, move |s| s.release(&id, &completion)),
+        )
+        .await??;
+        if !recorded {
+            return Err(SessionError::Internal(
+                "the session's audit entry was already complete".to_owned(),
+            ));
+        }
+        for message in messages {
+            exchange.send_message(message).await?;
+        }
+        let counters = exchange.counters;
+        let summary = SessionSummary {
+            session_id: session_id.to_owned(),
+            released_rows: released,
+            suppressed_rows: suppressed,
+            stats: Some(SessionStats {
+                receiver_rows,
+                messages_sent: counters.messages_sent,
+                bytes_sent: counters.bytes_sent,
+                messages_received: counters.messages_received,
+                bytes_received: counters.bytes_received,
+                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+            standing: Some(crate::privacy::standing_proto(standing)),
+        };
+        exchange.send_item(T::summary(summary)).await?;
+        Ok(())
+    }
+
+    /// The bounds the psi role enforces on the client's announcements: at most
+    /// `max_rows_per_session` identifiers, and no more than the `receiver_rows` the client
+    /// declared in its start (each identifier it sends comes from one of those rows).
+    fn psi_limits(&self, receiver_rows: u64) -> cleanroom_psi::Limits {
+        cleanroom_psi::Limits {
+            max_set_size: self.config.limits.max_rows_per_session,
+            declared_set_size: Some(receiver_rows),
+            ..cleanroom_psi::Limits::default()
+        }
+    }
+
+    /// Plays the psi matcher until every message of the receiver arrived, then decides the
+    /// release: returns the released and suppressed group counts and the encoded release
+    /// messages (not sent yet).
+    async fn aggregate_protocol<T, S>(
+        &self,
+        plan: &Plan,
+        matcher_path: TableSpec,
+        limits: cleanroom_psi::Limits,
+        inbound: &mut S,
+        exchange: &mut Exchange<'_, T>,
+        matcher_rows: &mut u64,
+    ) -> Result<Release, SessionError>
+    where
+        T: ServerFrames,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
+        let table_plan = plan.clone();
+        let table_name = plan.matcher().table.clone();
+        let (_, built) = exchange
+            .blocking((), move |_| {
+                let table = data::matcher_table(&table_plan, &matcher_path)?;
+                let rows = table.stats().rows;
+                Ok::<_, DataFileError>((rows, matcher_for(&table_plan, table, limits)))
+            })
+            .await?;
+        let (rows, matcher) = built.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = rows;
+        let role = matcher;
+
+        let role = exchange
+            .run(role, inbound)
+            .await
+            .map_err(|e| refuse_tiny_querier_set(plan, e))?;
+
+        // Decide (with noise, for a private plan), then record the decision durably, then
+        // release.
+        let release_plan = plan.clone();
+        let (_, released) = exchange
+            .blocking(role, move |role| {
+                let mut disclosed = 0;
+                let summary = role.release_with(
+                    |group| release_plan.decide(group),
+                    |bounded| {
+                        disclosed = release_plan.disclose_bounded(bounded);
+                        disclosed
+                    },
+                )?;
+                let mut messages = Vec::new();
+                while let Some(message) = role.poll_message() {
+                    messages.push(message.encode());
+                }
+                Ok::<_, cleanroom_psi::ProtocolError>(Release {
+                    released: summary.released,
+                    suppressed: summary.suppressed,
+                    bounded: (summary.bounded, disclosed),
+                    messages,
+                })
+            })
+            .await?;
+        released.map_err(|e| SessionError::Internal(e.to_string()))
+    }
+
+    /// Plays the psi list provider until every point of the querier arrived; returns the
+    /// withheld evaluations (the release, not sent yet). The server cannot know how many rows
+    /// the querier lists: both counts are 0.
+    async fn list_protocol<T, S>(
+        &self,
+        plan: &Plan,
+        matcher_path: TableSpec,
+        limits: cleanroom_psi::Limits,
+        inbound: &mut S,
+        exchange: &mut Exchange<'_, T>,
+        matcher_rows: &mut u64,
+    ) -> Result<Release, SessionError>
+    where
+        T: ServerFrames,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        // Reading the table and sealing it into a provider are heavy: off the runtime.
+        let table_plan = plan.clone();
+        let table_name = plan.matcher().table.clone();
+        let (_, built) = exchange
+            .blocking((), move |_| {
+                let table = data::list_provider_table(&table_plan, &matcher_path)?;
+                let rows = table.stats().rows;
+                let provider = ListProvider::new(&table_plan.domain(), table, limits);
+                Ok::<_, DataFileError>((rows, provider))
+            })
+            .await?;
+        let (rows, provider) = built.map_err(|source| SessionError::Data {
+            table: table_name,
+            source: Box::new(source),
+        })?;
+        *matcher_rows = rows;
+        let mut role = exchange
+            .run(ListProviderRole::new(provider), inbound)
+            .await?;
+        Ok(Release {
+            released: 0,
+            suppressed: 0,
+            bounded: (0, 0),
+            messages: role.release(),
+        })
+    }
+}
+
+/// The server's psi matcher for `plan` over its `table`: the identifiers it requires of the
+/// receiver, the groups it expects, and, under privacy, its noise, padding and range proofs.
+pub(crate) fn matcher_for(
+    plan: &Plan,
+    table: MatcherTable,
+    limits: cleanroom_psi::Limits,
+) -> Matcher {
+    let mut matcher = Matcher::new(&plan.domain(), table, limits)
+        .require_receiver_identifiers(plan.min_release());
+    if plan.grouped_by() != Some(Role::Receiver) {
+        matcher = matcher.expect_receiver_groups(1);
+    }
+    if let (Some(bounds), Some(privacy)) = (plan.noise_bounds(), plan.privacy()) {
+        matcher = matcher.with_noise(bounds).pad_groups(|| privacy.dummies());
+        if let Some(ranges) = privacy.proven_ranges() {
+            matcher = matcher.require_range_proofs(value_ranges(&ranges));
+        }
+    }
+    matcher
+}
+
+/// The client's psi receiver for `plan` over its `table`: the groups it expects and, under
+/// privacy, its noise and range proofs. The error says why the plan's noise or ranges do not
+/// make a receiver.
+pub(crate) fn receiver_for(
+    plan: &Plan,
+    table: ReceiverTable,
+    limits: cleanroom_psi::Limits,
+) -> Result<Receiver, String> {
+    let mut receiver = Receiver::new(&plan.domain(), table, limits);
+    if plan.grouped_by() != Some(Role::Matcher) {
+        receiver = receiver.expect_matcher_groups(1);
+    }
+    if let Some(bounds) = plan.noise_bounds() {
+        receiver = receiver.with_noise(bounds).map_err(|e| e.to_string())?;
+    }
+    if let Some(ranges) = plan.privacy().and_then(|p| p.proven_ranges()) {
+        receiver = receiver
+            .with_range_proofs(value_ranges(&ranges))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(receiver)
+}
+
+/// The psi ranges of a plan's proven `sum_bounds` (validated when the collaboration loaded).
+pub(crate) fn value_ranges(bounds: &[(u64, u64)]) -> Vec<ValueRange> {
+    bounds
+        .iter()
+        .map(|&(lo, hi)| ValueRange { lo, hi })
+        .collect()
+}
+
+/// The querier's set is smaller than the threshold: a refusal with the rules' reason, rather
+/// than a protocol failure.
+fn refuse_tiny_querier_set(plan: &Plan, error: ExchangeError) -> SessionError {
+    if let ExchangeError::Peer(PeerError::Protocol(ProtocolError::ReceiverSetTooSmall {
+        identifiers,
+        ..
+    })) = &error
+        && let Err(refusal) = plan.check_querier_identifiers(*identifiers)
+    {
+        return SessionError::Refused(refusal);
+    }
+    error.into()
+}

@@ -1,0 +1,32 @@
+//! Protocol messages as a misbehaving peer would send them.
+
+/// `message`'s items cut into chunks of at most `size` items, points and ciphertexts kept
+/// together.
+pub fn rechunk(message: cleanroom_psi::Message, size: usize) -> Vec<cleanroom_psi::Message> {
+    let cleanroom_psi::Message::ReceiverItems {
+        group,
+        value_columns,
+        points,
+        ciphertexts,
+    } = message
+    else {
+        panic!("expected items, got {}", message.kind())
+    };
+    let width = ciphertexts.len() / points.len();
+    points
+        .chunks(size)
+        .zip(ciphertexts.chunks(size * width.max(1)))
+        .map(
+            |(points, ciphertexts)| cleanroom_psi::Message::ReceiverItems {
+                group,
+                value_columns,
+                points: points.to_vec(),
+                ciphertexts: if width == 0 {
+                    Vec::new()
+                } else {
+                    ciphertexts.to_vec()
+                },
+            },
+        )
+        .collect()
+}
