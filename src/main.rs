@@ -77,7 +77,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Each cause once: thiserror messages often hold their source's text already.
+            eprintln!(
+                "error: {}",
+                cleanroom_service::transport::causes(err.as_ref())
+            );
             ExitCode::from(2)
         }
     }

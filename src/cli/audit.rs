@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use cleanroom_service::{AuditEntry, StateDb};
 
@@ -107,8 +107,8 @@ pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
 
 /// Prints the audit log.
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
-    let state = StateDb::open_read_only(&args.state)
-        .with_context(|| format!("--state {}", args.state.display()))?;
+    // Its errors name the file.
+    let state = StateDb::open_read_only(&args.state)?;
     let mut entries = state.entries(args.member.as_deref(), None)?;
     if let Some(collaboration) = &args.collaboration {
         entries.retain(|e| &e.collaboration_id == collaboration);

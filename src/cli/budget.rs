@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use cleanroom_service::{Standing, StateDb};
 
@@ -86,8 +86,8 @@ pub fn render(standings: &[Standing], format: BudgetFormat) -> Result<String> {
 
 /// Prints every member's standing.
 pub fn run(args: BudgetArgs) -> Result<ExitCode> {
-    let state = StateDb::open_read_only(&args.state)
-        .with_context(|| format!("--state {}", args.state.display()))?;
+    // Its errors name the file.
+    let state = StateDb::open_read_only(&args.state)?;
     print!("{}", render(&state.standings()?, args.format)?);
     Ok(ExitCode::SUCCESS)
 }

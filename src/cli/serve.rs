@@ -229,7 +229,26 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             eprintln!("cleanroom serve: {line}");
         }
         eprintln!("cleanroom serve: {}", connections_line(open_files, fitted));
-        cleanroom_service::serve(config, listener, shutdown_signal()).await?;
+        // The first signal drains (running sessions go on, new ones are refused); a second
+        // stops at once, recording the running sessions as interrupted.
+        let state = Arc::clone(&config.state);
+        let (first, drain) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = first.send(());
+            shutdown_signal().await;
+            let interrupted = state.interrupt_running().unwrap_or(0);
+            eprintln!(
+                "cleanroom serve: second signal: stopping now; {interrupted} running session{} \
+                 recorded as interrupted",
+                if interrupted == 1 { "" } else { "s" }
+            );
+            std::process::exit(130);
+        });
+        cleanroom_service::serve(config, listener, async {
+            let _ = drain.await;
+        })
+        .await?;
         if !quiet {
             eprintln!("cleanroom serve: stopped");
         }

@@ -32,6 +32,7 @@ use crate::proto::{
 use crate::server::REFUSAL_METADATA_KEY;
 use crate::session::{self, ClientRole, check_accepted, receiver_for, role_for};
 use crate::tls::{ClientTransport, TlsError, client_transport};
+use crate::transport::causes;
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -116,14 +117,16 @@ pub enum ClientError {
     /// The transport security settings are refused.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The server cannot be reached.
-    #[error("cannot connect to {server}: {source}")]
-    Connect {
+    /// The server cannot be reached, or the connection failed under a call.
+    #[error("cannot reach {server}: {cause}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Transport {
         /// The server URL.
         server: String,
-        /// What failed.
-        #[source]
-        source: tonic::transport::Error,
+        /// What failed, each cause said once.
+        cause: String,
+        /// The likely fix, when the failure looks like a scheme mismatch (TLS against
+        /// plaintext or the reverse).
+        hint: Option<String>,
     },
     /// The local check refused the query (nothing was sent).
     #[error("{0}")]
@@ -191,6 +194,16 @@ impl From<tonic::Status> for ClientError {
 }
 
 impl ClientError {
+    /// A transport failure talking to `server`, with the likely fix when the failure looks
+    /// like a scheme mismatch.
+    fn transport(server: &str, cause: &str) -> ClientError {
+        ClientError::Transport {
+            server: server.to_owned(),
+            cause: cause.to_owned(),
+            hint: crate::transport::mismatch_hint(server, cause),
+        }
+    }
+
     /// Whether the query itself was refused (locally or by the server), as opposed to failing.
     pub fn is_refusal(&self) -> bool {
         match self {
@@ -272,6 +285,8 @@ pub struct QueryOutcome {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: CleanRoomServiceClient<InterceptedService<Channel, AttachToken>>,
+    /// The server URL, for messages.
+    server: String,
     timeout: Option<Duration>,
     idle: Option<Duration>,
 }
@@ -284,9 +299,8 @@ impl Client {
         if let Some(identity) = &config.identity {
             transport = transport.presenting(identity)?;
         }
-        let connect_error = |source| ClientError::Connect {
-            server: config.server.clone(),
-            source,
+        let connect_error = |source: tonic::transport::Error| {
+            ClientError::transport(&config.server, &causes(&source))
         };
         let mut endpoint = Endpoint::from_shared(config.server.clone())
             .map_err(connect_error)?
@@ -304,6 +318,7 @@ impl Client {
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         Ok(Client {
             inner,
+            server: config.server.clone(),
             timeout: config.timeout,
             idle: config.idle_timeout,
         })
@@ -311,11 +326,25 @@ impl Client {
 
     /// The server's description.
     pub async fn server_info(&mut self) -> Result<GetServerInfoResponse, ClientError> {
-        Ok(self
-            .inner
-            .get_server_info(GetServerInfoRequest {})
-            .await?
-            .into_inner())
+        match self.inner.get_server_info(GetServerInfoRequest {}).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.explained(status.into())),
+        }
+    }
+
+    /// `error`, or, when it is the connection failing under a call rather than an answer of
+    /// the server, a [`ClientError::Transport`] that says so (with the likely fix).
+    fn explained(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Remote(remote)
+                if remote.reasons.is_empty()
+                    && matches!(remote.code, Code::Unknown | Code::Unavailable)
+                    && crate::transport::is_transport_failure(&remote.message) =>
+            {
+                ClientError::transport(&self.server, &remote.message)
+            }
+            other => other,
+        }
     }
 
     /// The calling member's newest `limit` audit entries on the server, newest first, read a
@@ -333,7 +362,8 @@ impl Client {
                     limit: limit - entries.len() as u32,
                     page_token,
                 })
-                .await?
+                .await
+                .map_err(|status| self.explained(status.into()))?
                 .into_inner();
             entries.extend(page.entries);
             if page.next_page_token.is_empty() {
@@ -347,6 +377,15 @@ impl Client {
 
     /// Runs one query to its released result.
     pub async fn run_query(
+        &mut self,
+        query: Query<'_>,
+        progress: Option<ProgressHook<'_>>,
+    ) -> Result<QueryOutcome, ClientError> {
+        let outcome = self.run_query_unexplained(query, progress).await;
+        outcome.map_err(|error| self.explained(error))
+    }
+
+    async fn run_query_unexplained(
         &mut self,
         query: Query<'_>,
         progress: Option<ProgressHook<'_>>,

@@ -38,6 +38,7 @@ mod session;
 pub mod slots;
 pub mod state;
 pub mod tls;
+pub mod transport;
 
 pub use auth::{BearerToken, TokenError};
 pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};

@@ -11,6 +11,7 @@ use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cleanroom_rules::Collaboration;
 use tokio::net::TcpListener;
@@ -199,7 +200,8 @@ impl ServerConfig {
 }
 
 /// Serves the cleanroom service, `grpc.health.v1` and server reflection (`v1` and `v1alpha`)
-/// on `listener` until `shutdown` resolves (then lets running sessions finish).
+/// on `listener` until `shutdown` resolves and the sessions running then have ended; new
+/// sessions are refused meanwhile (see [`DRAINING_MESSAGE`]).
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -235,7 +237,9 @@ pub async fn serve(
     let reflection = reflection().build_v1()?;
 
     let check = CheckToken::new(Arc::clone(&config.collaboration));
-    let service = CleanRoomServiceServer::new(CleanRoom::new(config.clone()))
+    let clean_room = CleanRoom::new(config.clone());
+    let drain = drain(clean_room.clone(), health, shutdown);
+    let service = CleanRoomServiceServer::new(clean_room)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let service = InterceptedService::new(service, check);
@@ -257,21 +261,53 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, drain)
         .await?;
     Ok(())
+}
+
+/// What a draining server tells a new session.
+pub const DRAINING_MESSAGE: &str =
+    "the server is shutting down and takes no new sessions; try again later";
+
+/// Resolves once `shutdown` has resolved and every running session has ended. In between, the
+/// server drains: new sessions are refused (`UNAVAILABLE`, [`DRAINING_MESSAGE`]), health
+/// reports `NOT_SERVING`, and running sessions go on to their end.
+async fn drain(
+    clean_room: CleanRoom,
+    health: tonic_health::server::HealthReporter,
+    shutdown: impl Future<Output = ()>,
+) {
+    shutdown.await;
+    clean_room.draining.store(true, Ordering::SeqCst);
+    for service in [proto::SERVICE_NAME, ""] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let running = clean_room.host.running_sessions();
+    eprintln!(
+        "cleanroom serve: draining {running} running session{}; new sessions are refused",
+        if running == 1 { "" } else { "s" }
+    );
+    while clean_room.host.running_sessions() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The gRPC service implementation: the transport around the [session host](Host).
 #[derive(Clone)]
 struct CleanRoom {
     host: Host,
+    /// Set once the server was told to stop: new sessions are refused.
+    draining: Arc<AtomicBool>,
 }
 
 impl CleanRoom {
     fn new(config: ServerConfig) -> CleanRoom {
         CleanRoom {
             host: Host::new(config),
+            draining: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -378,6 +414,9 @@ impl CleanRoomService for CleanRoom {
         request: Request<Streaming<RunSessionRequest>>,
     ) -> Result<Response<Self::RunSessionStream>, Status> {
         let member = authenticated(&request)?;
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(DRAINING_MESSAGE));
+        }
         let started = Instant::now();
         let timeout = self.host.config.limits.session_timeout;
         let deadline = (started + timeout, timeout);

@@ -501,7 +501,38 @@ async fn tls_with_a_self_signed_certificate() {
         client.server_info().await
     }
     .await;
-    assert!(plain.is_err());
+    // ... and the error names the likely mistake and its fix.
+    let message = plain.unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("use https://127.0.0.1:{port}")),
+        "{message}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_against_a_plaintext_server_names_the_mismatch() {
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let port = server.addr.port();
+    let config = advertiser_client_config(format!("https://127.0.0.1:{port}"));
+    let failed = async {
+        let mut client = Client::connect(&config).await?;
+        client.server_info().await
+    }
+    .await;
+    let message = failed.unwrap_err().to_string();
+    assert!(message.contains("does not speak TLS"), "{message}");
+    assert!(
+        message.contains(&format!("use http://127.0.0.1:{port}")),
+        "{message}"
+    );
+    // Each cause once.
+    assert_eq!(
+        message.matches("InvalidContentType").count(),
+        1,
+        "{message}"
+    );
     server.stop().await;
 }
 

@@ -111,6 +111,11 @@ pub(crate) async fn state_call<T: Send + 'static>(
 
 impl Host {
     /// The host of `config`'s sessions, with no session running.
+    /// Sessions running now (admitted and not yet ended).
+    pub(crate) fn running_sessions(&self) -> u32 {
+        self.sessions.running()
+    }
+
     pub(crate) fn new(config: ServerConfig) -> Host {
         let sessions = SessionSlots::new(
             config.limits.max_concurrent_sessions,

@@ -119,6 +119,9 @@ pub enum StateError {
     /// A stored value is not what this program writes.
     #[error("state database holds an invalid value: {0}")]
     Corrupt(String),
+    /// A database to read does not exist.
+    #[error("no state database at {0} (`cleanroom serve --state` creates one)")]
+    Missing(PathBuf),
     /// A session identifier was used twice.
     #[error("session {0} is already recorded")]
     DuplicateSession(String),
@@ -162,7 +165,24 @@ fn to_u64(v: i64) -> Result<u64, StateError> {
     u64::try_from(v).map_err(|_| StateError::Corrupt(format!("negative count {v}")))
 }
 
+/// The statement that marks every session still `running` as `interrupted`.
+fn interrupt_running() -> String {
+    format!(
+        "UPDATE audit SET decision = 'interrupted', finished_at = {NOW},
+             reason = 'the server stopped during the session'
+         WHERE decision = 'running'"
+    )
+}
+
 impl StateDb {
+    /// Records every session still running as interrupted (the server is stopping at once);
+    /// returns how many there were.
+    pub fn interrupt_running(&self) -> Result<usize, StateError> {
+        self.conn()
+            .execute(&interrupt_running(), [])
+            .map_err(|e| self.sqlite(e))
+    }
+
     /// Opens (creating it if needed) the database at `path` for a server: WAL journal,
     /// `synchronous=FULL`, schema created, and entries left `running` by a previous process
     /// marked `interrupted`.
@@ -196,10 +216,9 @@ impl StateDb {
         }
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};
-             UPDATE audit SET decision = 'interrupted', finished_at = {NOW},
-                 reason = 'the server stopped during the session'
-             WHERE decision = 'running';
-             COMMIT;"
+             {};
+             COMMIT;",
+            interrupt_running()
         ))
         .map_err(err)?;
         for (column, definition) in ADDED_AUDIT_COLUMNS {
@@ -243,6 +262,9 @@ impl StateDb {
     /// Opens an existing database read-only (for `cleanroom audit`, also while a server runs).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<StateDb, StateError> {
         let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(StateError::Missing(path));
+        }
         let err = |source| StateError::Sqlite {
             path: path.clone(),
             source,

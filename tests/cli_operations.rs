@@ -1,0 +1,344 @@
+//! Running cleanroom as an operator does, through the binary: `token new` and `serve
+//! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
+//! queries a server whose settings come from a file, one of them overridden on the command
+//! line), errors said once with their fix, and stopping `serve` with one signal (drain) or two
+//! (at once).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cleanroom");
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/rules/tests/data")
+        .join(name)
+}
+
+/// Runs the binary; exit code, stdout, stderr.
+fn cleanroom(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("CLEANROOM_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cleanroom");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The token and the hash line of `token new`'s output.
+fn token_and_hash(stdout: &str) -> (String, String) {
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token (member \"advertiser\"): "))
+        .expect("a token line")
+        .to_owned();
+    let hash = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token_sha256 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("a hash line")
+        .to_owned();
+    (token, hash)
+}
+
+#[test]
+fn token_new_makes_a_random_256_bit_token_and_the_line_that_admits_it() {
+    let (code, stdout, stderr) = cleanroom(&["token", "new", "--member", "advertiser"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (token, hash) = token_and_hash(&stdout);
+    assert_eq!(token.len(), 64);
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(hash, hex::encode(Sha256::digest(token.as_bytes())));
+    let (_, again, _) = cleanroom(&["token", "new", "--member", "advertiser"], &[]);
+    assert_ne!(token_and_hash(&again).0, token, "every token is fresh");
+
+    // --out: a new owner-only file holds the token; nothing overwrites it; stdout has no token.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("advertiser.token");
+    let out = file.to_str().unwrap();
+    let (code, stdout, stderr) = cleanroom(&["token", "new", "--out", out], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let written = written.trim_end();
+    assert_eq!(written.len(), 64);
+    assert!(
+        !stdout.contains(written),
+        "the token is not printed with --out"
+    );
+    assert!(stdout.contains(&hex::encode(Sha256::digest(written.as_bytes()))));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (code, _, stderr) = cleanroom(&["token", "new", "--out", out], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--out"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim_end(), written);
+}
+
+/// A running `serve`, killed on drop; its stderr lines arrive on a channel.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// `cleanroom serve <args>`, once it listens, and its `http://` URL.
+    fn start(args: &[&str]) -> (Server, String) {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let server = Server { child, lines };
+        let start = server.line_with("cleanroom serve: member \"publisher\"");
+        let url = start
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("the listening address")
+            .to_owned();
+        (server, url)
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`) to the server.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The server's exit code, within a minute.
+    fn exit_code(&mut self) -> Option<i32> {
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("serve did not exit");
+    }
+
+    /// The first stderr line containing `needle`, within a minute.
+    fn line_with(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("serve never printed {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_server_file_configures_serve_and_a_fresh_token_admits_its_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stdout, _) = cleanroom(&["token", "new", "--member", "advertiser"], &[]);
+    let (token, hash) = token_and_hash(&stdout);
+    // The collaboration with the advertiser's old hash replaced by the line token new printed.
+    let collab = std::fs::read_to_string(data("collab.toml")).unwrap();
+    let old = "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955";
+    assert!(collab.contains(old));
+    let collab_path = dir.path().join("collab.toml");
+    std::fs::write(&collab_path, collab.replace(old, &hash)).unwrap();
+    let server_file = dir.path().join("server.toml");
+    std::fs::write(
+        &server_file,
+        format!(
+            "config = {:?}\nmember = \"publisher\"\ndata = [{:?}]\nlisten = \"127.0.0.1:0\"\n\
+             state = {:?}\nmax-connections = 100\nmax_connections_per_address = 7\n",
+            collab_path.to_str().unwrap(),
+            format!("impressions={}", data("impressions.csv").display()),
+            dir.path().join("state.db").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let (server, url) = Server::start(&[
+        "--config-file",
+        server_file.to_str().unwrap(),
+        "--max-connections",
+        "50",
+    ]);
+    // From the file: 7 per address; from the command line, over the file's 100: 50.
+    let caps = server.line_with("connections (");
+    assert!(
+        caps.ends_with("at most 50 connections (7 per address)"),
+        "{caps}"
+    );
+
+    let conversions = format!("conversions={}", data("conversions.csv").display());
+    let query_at = |url: &str, token: &str| {
+        cleanroom(
+            &[
+                "query",
+                "--config",
+                collab_path.to_str().unwrap(),
+                "--member",
+                "advertiser",
+                "--data",
+                &conversions,
+                "--server",
+                url,
+                "--format",
+                "json",
+                "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+                 JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
+            ],
+            &[("CLEANROOM_TOKEN", token)],
+        )
+    };
+    let query = |token: &str| query_at(&url, token);
+    let (code, stdout, stderr) = query(&token);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"columns\""), "{stdout}");
+    let (code, _, stderr) = query("advertiser-token");
+    assert_ne!(code, 0);
+    assert!(
+        stderr.to_lowercase().contains("unauthenticated") || stderr.contains("token"),
+        "{stderr}"
+    );
+
+    // https:// against this plaintext server: one line, each cause once, and the fix.
+    let tls_url = url.replacen("http://", "https://", 1);
+    let (code, _, stderr) = query_at(&tls_url, &token);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("InvalidContentType").count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("use {url}")), "{stderr}");
+}
+
+#[test]
+fn a_missing_state_database_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.db");
+    for command in ["audit", "budget"] {
+        let (code, _, stderr) = cleanroom(&[command, "--state", missing.to_str().unwrap()], &[]);
+        assert_eq!(code, 2);
+        assert_eq!(
+            stderr,
+            format!(
+                "error: no state database at {} (`cleanroom serve --state` creates one)\n",
+                missing.display()
+            )
+        );
+        assert!(
+            !missing.exists(),
+            "{command} created the database it was to read"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signal_drains_and_a_second_stops_at_once() {
+    use cleanroom_testkit::{
+        ADVERTISER_TOKEN, BY_CAMPAIGN, Fixture, raw_client, raw_open, start_message,
+    };
+
+    let fx = Fixture::new(5);
+    let state = fx.path("state.db");
+    let data = format!("impressions={}", fx.path("impressions.csv").display());
+    let collab = fx.path("collab.toml");
+    let args = [
+        "--config",
+        collab.to_str().unwrap(),
+        "--member",
+        "publisher",
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let start = || start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions");
+
+    // No session: one signal, and the server is gone after saying so.
+    let (mut server, _) = Server::start(&args);
+    server.signal("TERM");
+    server.line_with("draining 0 running sessions; new sessions are refused");
+    assert_eq!(server.exit_code(), Some(0));
+
+    // A session that holds its slot (it sent its start and waits): the first signal drains.
+    let (mut server, url) = Server::start(&args);
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+    let mut held = raw_client(addr, Some(ADVERTISER_TOKEN)).await;
+    let (_held_tx, mut held_in) = raw_open(&mut held, start()).await.unwrap();
+    held_in
+        .message()
+        .await
+        .unwrap()
+        .expect("the session is accepted");
+    server.signal("INT");
+    server.line_with("draining 1 running session; new sessions are refused");
+    // A member arriving now is told why, at once, and the server keeps serving the other.
+    let mut late = raw_client(addr, Some(ADVERTISER_TOKEN)).await;
+    let Err(refused) = raw_open(&mut late, start()).await else {
+        panic!("a draining server admitted a new session");
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        refused.message(),
+        cleanroom_service::server::DRAINING_MESSAGE
+    );
+    assert_eq!(
+        server.child.try_wait().unwrap(),
+        None,
+        "the server waits for the session"
+    );
+    // The second signal stops it now; the held session is recorded as interrupted.
+    server.signal("INT");
+    server.line_with("second signal: stopping now; 1 running session recorded as interrupted");
+    assert_eq!(server.exit_code(), Some(130));
+    let entries = cleanroom_service::StateDb::open_read_only(&state)
+        .unwrap()
+        .entries(None, None)
+        .unwrap();
+    let decisions: Vec<_> = entries.iter().map(|e| e.decision).collect();
+    assert!(
+        decisions.contains(&cleanroom_service::Decision::Interrupted),
+        "{decisions:?}"
+    );
+    assert!(
+        !decisions.contains(&cleanroom_service::Decision::Running),
+        "{decisions:?}"
+    );
+}
