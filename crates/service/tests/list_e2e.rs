@@ -1,249 +1,23 @@
 //! List queries over the real gRPC service on loopback: a server started in-process (the
-//! publisher, serving `subscribers`) and clients of the advertiser (bringing `customers`), then
-//! the `cleanroom` binary itself with `--output FILE.csv`. Rows are compared exactly with the
-//! join computed in the clear over the same CSV files; a recording proxy shows that no column
-//! outside `list_columns` — and no identifier or listed value in the clear — crosses the wire.
-//! (The `cleanroom` binary's list output: the root `tests/list_e2e.rs`.)
+//! publisher, serving `subscribers`) and clients of the advertiser (bringing `customers`). Rows
+//! are compared exactly with the join computed in the clear over the same CSV files; a recording
+//! proxy shows that no column outside `list_columns` — and no identifier or listed value in the
+//! clear — crosses the wire. (The `cleanroom` binary's list output: the root
+//! `tests/list_e2e.rs`; the fixture: `cleanroom_testkit::list`.)
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use cleanroom_rules::{Collaboration, Protocol, Value};
-use cleanroom_service::client::Query;
-use cleanroom_service::{
-    BearerToken, Client, ClientConfig, Decision, Limits, QueryOutcome, ServerConfig, StateDb,
-};
-use cleanroom_testkit::{ADVERTISER_TOKEN, list_collaboration};
-
-/// Every matched pair: the customer, its segment, and the subscriber's newsletter and region.
-const OVERLAP: &str = "SELECT cu.customer_id, cu.segment, s.newsletter, s.region \
-    FROM customers cu JOIN subscribers s ON cu.email = s.email";
-
-/// One row per (region, segment) among weekly subscribers, in a fixed order.
-const WEEKLY: &str = "SELECT DISTINCT s.region, cu.segment FROM customers cu \
-    JOIN subscribers s ON cu.email = s.email WHERE s.newsletter = 'weekly-briefing' \
-    ORDER BY 1, 2";
-
-/// A deterministic pseudo-random generator (xorshift64*), so every run sees the same data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// An email as a person might type it: random case changes and surrounding spaces.
-fn noisy_email(rng: &mut Rng, n: u64) -> String {
-    let base = format!("member{n}@example.org");
-    match rng.below(4) {
-        0 => base.to_uppercase(),
-        1 => format!("  {base} "),
-        2 => format!("Member{n}@Example.ORG"),
-        _ => base,
-    }
-}
-
-struct Csv {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Csv {
-    fn write(&self, path: &Path) {
-        let mut writer = csv::Writer::from_path(path).unwrap();
-        writer.write_record(&self.header).unwrap();
-        for row in &self.rows {
-            writer.write_record(row).unwrap();
-        }
-        writer.flush().unwrap();
-    }
-}
-
-fn normalize(email: &str) -> Option<String> {
-    let e = email.trim().to_lowercase();
-    (!e.is_empty()).then_some(e)
-}
-
-fn value(cell: &str) -> Value {
-    if cell.trim().is_empty() {
-        Value::Null
-    } else {
-        Value::Text(cell.to_owned())
-    }
-}
-
-/// The publisher's subscribers (email, newsletter, region, signup_date) over members
-/// 0..300, several rows per member, and the advertiser's customers (email, customer_id,
-/// segment, lifetime_value) over members 150..450, some twice.
-fn data(rng: &mut Rng) -> (Csv, Csv) {
-    let newsletters = ["daily-digest", "weekly-briefing", "sports-extra"];
-    let regions = ["EU", "US", "APAC", ""];
-    let mut subscribers = Vec::new();
-    for i in 0..500 {
-        let n = rng.below(300);
-        subscribers.push(vec![
-            noisy_email(rng, n),
-            newsletters[rng.below(3) as usize].to_owned(),
-            regions[rng.below(4) as usize].to_owned(),
-            format!(
-                "2023-{:02}-{:02}T{i:03}",
-                1 + rng.below(12),
-                1 + rng.below(28)
-            ),
-        ]);
-    }
-    // An exact duplicate row, and a row without an identifier.
-    subscribers.push(subscribers[0].clone());
-    subscribers.push(vec![
-        "  ".into(),
-        "daily-digest".into(),
-        "EU".into(),
-        "2023-01-01T999".into(),
-    ]);
-    let segments = ["gold-tier", "silver-tier", ""];
-    let mut customers = Vec::new();
-    for i in 0..400 {
-        let n = 150 + rng.below(300);
-        customers.push(vec![
-            noisy_email(rng, n),
-            format!("CUST-{i:05}"),
-            segments[rng.below(3) as usize].to_owned(),
-            format!("{}.{:02}", 1000 + rng.below(9000), rng.below(100)),
-        ]);
-    }
-    customers.push(vec![
-        String::new(),
-        "CUST-99999".into(),
-        "gold-tier".into(),
-        "5.00".into(),
-    ]);
-    let header = |h: &[&str]| h.iter().map(|s| s.to_string()).collect();
-    (
-        Csv {
-            header: header(&["email", "newsletter", "region", "signup_date"]),
-            rows: subscribers,
-        },
-        Csv {
-            header: header(&["email", "customer_id", "segment", "lifetime_value"]),
-            rows: customers,
-        },
-    )
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    collaboration: Arc<Collaboration>,
-    subscribers: Csv,
-    customers: Csv,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let toml = list_collaboration("list-e2e", "List queries end to end").render();
-        std::fs::write(dir.path().join("collab.toml"), toml).unwrap();
-        let collaboration = Arc::new(Collaboration::load(dir.path().join("collab.toml")).unwrap());
-        let (subscribers, customers) = data(&mut Rng(0x1157_5EED_0009));
-        subscribers.write(&dir.path().join("subscribers.csv"));
-        customers.write(&dir.path().join("customers.csv"));
-        Fixture {
-            dir,
-            collaboration,
-            subscribers,
-            customers,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The join in the clear: for every customer row and every subscriber row passing
-    /// `keep` with the same normalized email, `output(customer, subscriber)`; sorted.
-    fn plain(
-        &self,
-        keep: impl Fn(&[String]) -> bool,
-        output: impl Fn(&[String], &[String]) -> Vec<Value>,
-    ) -> Vec<Vec<Value>> {
-        let mut rows = Vec::new();
-        for c in &self.customers.rows {
-            let Some(id) = normalize(&c[0]) else { continue };
-            for s in self.subscribers.rows.iter().filter(|s| keep(s)) {
-                if normalize(&s[0]).as_ref() == Some(&id) {
-                    rows.push(output(c, s));
-                }
-            }
-        }
-        sorted(rows)
-    }
-
-    fn plain_overlap(&self) -> Vec<Vec<Value>> {
-        self.plain(
-            |_| true,
-            |c, s| vec![value(&c[1]), value(&c[2]), value(&s[1]), value(&s[2])],
-        )
-    }
-}
-
-fn sorted(mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
-    rows.sort_by_key(|r| format!("{r:?}"));
-    rows
-}
-
-async fn start_server(fx: &Fixture) -> cleanroom_testkit::Running {
-    cleanroom_testkit::serve_in_process(ServerConfig {
-        collaboration: Arc::clone(&fx.collaboration),
-        member: "publisher".to_owned(),
-        data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
-        limits: Limits::default(),
-        connections: cleanroom_service::ConnectionLimits::default(),
-        state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
-        tls: None,
-        insecure: false,
-        on_session_end: None,
-    })
-    .await
-}
-
-async fn query(fx: &Fixture, addr: SocketAddr, sql: &str) -> QueryOutcome {
-    let mut config = ClientConfig::new(
-        format!("http://{addr}"),
-        BearerToken::new(ADVERTISER_TOKEN).unwrap(),
-    );
-    config.timeout = Some(Duration::from_secs(60));
-    let mut client = Client::connect(&config).await.unwrap();
-    let data = BTreeMap::from([("customers".to_owned(), fx.path("customers.csv").into())]);
-    client
-        .run_query(
-            Query {
-                collaboration: &fx.collaboration,
-                member: "advertiser",
-                sql,
-                data: &data,
-            },
-            None,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
+use cleanroom_rules::{Protocol, Value};
+use cleanroom_service::Decision;
+use cleanroom_testkit::list::*;
+use cleanroom_testkit::normalize;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_rows_equal_the_plain_join_and_are_audited() {
-    let fx = Fixture::new();
-    let server = start_server(&fx).await;
+    let fx = ListFixture::new();
+    let server = start_list_server(&fx).await;
 
-    let outcome = query(&fx, server.addr, OVERLAP).await;
+    let outcome = list_query(&fx, server.addr, OVERLAP).await;
     assert_eq!(outcome.protocol, Protocol::List);
     assert_eq!(
         outcome.result.columns,
@@ -258,7 +32,7 @@ async fn list_rows_equal_the_plain_join_and_are_audited() {
     // 401 customer rows, the blank one included.
     assert_eq!(outcome.rows, 401);
 
-    let weekly = query(&fx, server.addr, WEEKLY).await;
+    let weekly = list_query(&fx, server.addr, WEEKLY).await;
     let mut want = fx.plain(
         |s| s[1] == "weekly-briefing",
         |c, s| vec![value(&s[2]), value(&c[2])],
@@ -300,5 +74,49 @@ async fn list_rows_equal_the_plain_join_and_are_audited() {
         assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
         assert_eq!(entry.matcher_rows, matcher_rows);
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_outside_the_list_never_cross_the_wire() {
+    let fx = ListFixture::new();
+    let server = start_list_server(&fx).await;
+    let (proxy, to_server, to_client) = cleanroom_testkit::recording_proxy(server.addr).await;
+    let outcome = list_query(&fx, proxy, OVERLAP).await;
+    assert_eq!(sorted(outcome.result.rows.clone()), fx.plain_overlap());
+
+    let wire = [
+        to_server.lock().unwrap().clone(),
+        to_client.lock().unwrap().clone(),
+    ]
+    .concat();
+    let contains = |needle: &str| wire.windows(needle.len()).any(|w| w == needle.as_bytes());
+    // The capture is the real traffic: every protocol byte, and the SQL in the clear.
+    assert!(wire.len() as u64 >= outcome.counters.bytes_sent + outcome.counters.bytes_received);
+    assert!(contains(OVERLAP));
+    let mut checked = 0;
+    for row in &fx.subscribers.rows {
+        // Not a list column: never sent, in any form.
+        assert!(!contains(&row[3]), "signup_date {:?} crossed", row[3]);
+        if let Some(id) = normalize(&row[0]) {
+            assert!(!contains(&id), "{id:?} crossed");
+            assert!(!contains(row[0].trim()), "{:?} crossed", row[0]);
+        }
+        checked += 1;
+    }
+    for row in &fx.customers.rows {
+        // The querier's own columns stay home, listed or not.
+        assert!(!contains(&row[1]), "customer_id {:?} crossed", row[1]);
+        assert!(!contains(&row[3]), "lifetime_value {:?} crossed", row[3]);
+        if let Some(id) = normalize(&row[0]) {
+            assert!(!contains(&id), "{id:?} crossed");
+        }
+        checked += 1;
+    }
+    // List columns cross only encrypted.
+    for listed in ["daily-digest", "weekly-briefing", "sports-extra"] {
+        assert!(!contains(listed), "{listed:?} crossed in the clear");
+    }
+    assert_eq!(checked, 502 + 401);
     server.stop().await;
 }

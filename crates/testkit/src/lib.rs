@@ -13,6 +13,8 @@ pub mod binary;
 pub mod client;
 pub mod collaboration;
 pub mod fixture;
+pub mod list;
+pub mod privacy;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
