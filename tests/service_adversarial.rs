@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cleanroom_psi::{Limits as PsiLimits, Matcher, Message};
+use cleanroom_psi::{AggregateMessage, Limits as PsiLimits, Matcher, WireMessage};
 use cleanroom_rules::{Collaboration, Plan};
 use cleanroom_service::Client;
 use cleanroom_service::client::{ClientError, Query};
@@ -98,48 +98,50 @@ fn summary_response() -> Result<RunSessionResponse, Status> {
 
 impl LyingServer {
     /// The matcher's message as this server sends it.
-    fn tamper(&self, message: Message) -> Vec<u8> {
+    fn tamper(&self, message: AggregateMessage) -> Vec<u8> {
         let mut rng = Rng(0x1_1E5);
         match (self.lie, message) {
-            (Lie::FewerAnnounced, Message::MatcherHello { mut group_sizes }) => {
+            (Lie::FewerAnnounced, AggregateMessage::MatcherHello { mut group_sizes }) => {
                 group_sizes[0] -= 1;
-                Message::MatcherHello { group_sizes }.encode()
+                AggregateMessage::MatcherHello { group_sizes }.encode()
             }
-            (Lie::MoreAnnounced, Message::MatcherHello { mut group_sizes }) => {
+            (Lie::MoreAnnounced, AggregateMessage::MatcherHello { mut group_sizes }) => {
                 group_sizes[0] += 1;
-                Message::MatcherHello { group_sizes }.encode()
+                AggregateMessage::MatcherHello { group_sizes }.encode()
             }
-            (Lie::HugeSet, Message::MatcherHello { .. }) => Message::MatcherHello {
-                group_sizes: vec![1 << 40],
+            (Lie::HugeSet, AggregateMessage::MatcherHello { .. }) => {
+                AggregateMessage::MatcherHello {
+                    group_sizes: vec![1 << 40],
+                }
+                .encode()
             }
-            .encode(),
-            (Lie::RandomBytes, Message::MatcherPoints { .. }) => {
+            (Lie::RandomBytes, AggregateMessage::MatcherPoints { .. }) => {
                 (0..200).map(|_| rng.next_u64() as u8).collect()
             }
-            (Lie::IntersectionTooLarge, Message::MatcherResult { mut groups }) => {
+            (Lie::IntersectionTooLarge, AggregateMessage::MatcherResult { mut groups }) => {
                 groups[0].intersection_size = 1_000_000;
-                Message::MatcherResult { groups }.encode()
+                AggregateMessage::MatcherResult { groups }.encode()
             }
             (
                 Lie::WrongReleasedCount,
-                Message::MatcherDone {
+                AggregateMessage::MatcherDone {
                     released,
                     suppressed,
                     bounded,
                 },
-            ) => Message::MatcherDone {
+            ) => AggregateMessage::MatcherDone {
                 released: released + 1,
                 suppressed,
                 bounded,
             }
             .encode(),
-            (Lie::GarbageSums, Message::MatcherResult { mut groups }) => {
+            (Lie::GarbageSums, AggregateMessage::MatcherResult { mut groups }) => {
                 for g in &mut groups {
                     g.sums = vec![0xFF; g.sums.len()];
                 }
-                Message::MatcherResult { groups }.encode()
+                AggregateMessage::MatcherResult { groups }.encode()
             }
-            (Lie::Oversized, Message::MatcherPoints { .. }) => vec![1; 5 << 20],
+            (Lie::Oversized, AggregateMessage::MatcherPoints { .. }) => vec![1; 5 << 20],
             (_, message) => message.encode(),
         }
     }
@@ -182,7 +184,7 @@ impl LyingServer {
             }
         }
         if self.lie == Lie::MoreAnnounced {
-            let done = Message::MatcherDone {
+            let done = AggregateMessage::MatcherDone {
                 released: 0,
                 suppressed: 0,
                 bounded: 0,
@@ -200,7 +202,7 @@ impl LyingServer {
                 return None;
             };
             matcher
-                .handle_message(Message::decode(&payload).ok()?)
+                .handle_message(AggregateMessage::decode(&payload).ok()?)
                 .ok()?;
             while let Some(message) = matcher.poll_message() {
                 tx.send(psi_response(self.tamper(message))).await.ok()?;

@@ -273,8 +273,7 @@ async fn check_after_crashes(fx: &Fixture, tally: &Tally) {
         let outcome = run_query(fx, served.url.clone(), BY_CAMPAIGN)
             .await
             .unwrap();
-        assert_rows_equal(&outcome.result, &want);
-        assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+        assert_exact(&outcome.result, &want, want_suppressed);
     }
     served.child.kill().unwrap();
     served.child.wait().unwrap();

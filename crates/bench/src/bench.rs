@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use cleanroom_data::TableSpec;
 use cleanroom_psi::{
-    Domain, MatcherTable, Message, Normalization, ReceiverTable, match_offline_observed,
+    AggregateMessage, Domain, MatcherTable, Normalization, ReceiverTable, WireMessage,
+    match_offline_observed,
 };
 use cleanroom_rules::{Collaboration, Value};
 use curve25519_dalek::{RistrettoPoint, Scalar};
@@ -480,10 +481,10 @@ fn run_memory_proven(
     let trace = CpuTrace::start();
     let started = Instant::now();
     let mut bytes = 0u64;
-    let mut transfer = |msg: Message| -> Result<Message> {
+    let mut transfer = |msg: AggregateMessage| -> Result<AggregateMessage> {
         let encoded = msg.encode();
         bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
+        let decoded = AggregateMessage::decode(&encoded)?;
         progress.inc(elements(&decoded));
         Ok(decoded)
     };
@@ -640,12 +641,12 @@ fn run_grpc(n: u64, common: u64, columns: usize) -> Result<Measured> {
 }
 
 /// Elements a message carries, for the progress bar.
-fn elements(msg: &Message) -> u64 {
+fn elements(msg: &AggregateMessage) -> u64 {
     match msg {
-        Message::MatcherPoints { points, .. }
-        | Message::ReceiverItems { points, .. }
-        | Message::ReceiverProvenItems { points, .. } => points.len() as u64,
-        Message::ReceiverTags { tags, .. } => tags.len() as u64,
+        AggregateMessage::MatcherPoints { points, .. }
+        | AggregateMessage::ReceiverItems { points, .. }
+        | AggregateMessage::ReceiverProvenItems { points, .. } => points.len() as u64,
+        AggregateMessage::ReceiverTags { tags, .. } => tags.len() as u64,
         _ => 0,
     }
 }

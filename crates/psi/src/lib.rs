@@ -63,10 +63,10 @@ pub mod wire;
 
 pub use capabilities::{Capabilities, ListCapabilities};
 pub use ecdh::aggregate::{
-    GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError, Receiver,
-    ReceiverOutcome, ReleaseSummary,
+    AggregateMessage, GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError,
+    Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup,
 };
-pub use ecdh::list::{ListMatch, ListOutcome, ListProvider, ListQuerier};
+pub use ecdh::list::{ListMatch, ListMessage, ListOutcome, ListProvider, ListQuerier};
 pub use ecdh::noise::{NoiseBounds, NoiseError};
 pub use ecdh::range_proof::{
     ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,
@@ -82,4 +82,4 @@ pub use party::{Party, Stage};
 pub use table::{
     InputError, InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable,
 };
-pub use wire::{Message, WireError};
+pub use wire::{WireError, WireMessage};

@@ -7,12 +7,12 @@
 
 use crate::Domain;
 use crate::ecdh::aggregate::{
-    GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+    AggregateMessage, GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
 };
-use crate::ecdh::list::{ListOutcome, ListProvider, ListQuerier};
+use crate::ecdh::list::{ListMessage, ListOutcome, ListProvider, ListQuerier};
 use crate::party::{Party, Stage};
 use crate::table::{InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
-use crate::wire::Message;
+use crate::wire::WireMessage;
 
 /// What an offline run produced and what it moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub fn match_offline_observed(
     matcher: MatcherTable,
     receiver: ReceiverTable,
     min_release: u64,
-    mut observe: impl FnMut(&Message, &[u8]),
+    mut observe: impl FnMut(&AggregateMessage, &[u8]),
 ) -> Result<MatchReport, ProtocolError> {
     let matcher_input = matcher.stats();
     let receiver_input = receiver.stats();
@@ -91,7 +91,7 @@ pub fn list_offline_observed(
     domain: &Domain,
     provider: ListProviderTable,
     querier: ListQuerierTable,
-    mut observe: impl FnMut(&Message, &[u8]),
+    mut observe: impl FnMut(&ListMessage, &[u8]),
 ) -> Result<ListReport, ProtocolError> {
     let provider_input = provider.stats();
     let querier_input = querier.stats();
@@ -123,18 +123,18 @@ pub fn list_offline(
 /// counted and decoded again on its way (as it would cross a network) and shown to `observe`,
 /// until both are [`Stage::Finished`] and have nothing left to send. `release` is called once
 /// when `a` awaits its owner's release decision. Returns the messages and bytes moved.
-pub(crate) fn drive<A: Party, B: Party>(
+pub(crate) fn drive<A: Party, B: Party<Message = A::Message>>(
     a: &mut A,
     b: &mut B,
     mut release: impl FnMut(&mut A) -> Result<(), ProtocolError>,
-    observe: &mut impl FnMut(&Message, &[u8]),
+    observe: &mut impl FnMut(&A::Message, &[u8]),
 ) -> Result<(u64, u64), ProtocolError> {
     let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut transfer = |msg: Message| -> Result<Message, ProtocolError> {
+    let mut transfer = |msg: A::Message| -> Result<A::Message, ProtocolError> {
         let encoded = msg.encode();
         messages += 1;
         bytes += encoded.len() as u64;
-        let decoded = Message::decode(&encoded)?;
+        let decoded = A::Message::decode(&encoded)?;
         observe(&decoded, &encoded);
         Ok(decoded)
     };

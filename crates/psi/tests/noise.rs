@@ -2,8 +2,9 @@
 //! messages.
 
 use cleanroom_psi::{
-    Domain, GroupCount, GroupDecision, Limits, Matcher, MatcherTable, Message, NoiseBounds,
-    NoiseError, Normalization, ProtocolError, Receiver, ReceiverOutcome, ReceiverTable,
+    AggregateMessage, Domain, GroupCount, GroupDecision, Limits, Matcher, MatcherTable,
+    NoiseBounds, NoiseError, Normalization, ProtocolError, Receiver, ReceiverOutcome,
+    ReceiverTable, WireMessage,
 };
 
 fn domain() -> Domain {
@@ -38,11 +39,11 @@ fn run(
     while !r.is_finished() {
         let mut progressed = false;
         while let Some(msg) = m.poll_message() {
-            r.handle_message(Message::decode(&msg.encode())?)?;
+            r.handle_message(AggregateMessage::decode(&msg.encode())?)?;
             progressed = true;
         }
         while let Some(msg) = r.poll_message() {
-            m.handle_message(Message::decode(&msg.encode())?)?;
+            m.handle_message(AggregateMessage::decode(&msg.encode())?)?;
             progressed = true;
         }
         if !released && m.counts().is_some() {
@@ -410,10 +411,11 @@ fn two_sessions_over_the_same_sets_share_no_blinded_value() {
         let r = receiver_table(&[("", "x1", &[]), ("", "x2", &[]), ("", "y", &[])], 0);
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let report = match_offline_observed(&domain(), m, r, 1, |message, _| match message {
-            Message::MatcherPoints { points, .. } | Message::ReceiverItems { points, .. } => {
+            AggregateMessage::MatcherPoints { points, .. }
+            | AggregateMessage::ReceiverItems { points, .. } => {
                 seen.extend(points.iter().map(|p| p.0.to_vec()))
             }
-            Message::ReceiverTags { tags, .. } => {
+            AggregateMessage::ReceiverTags { tags, .. } => {
                 seen.extend(tags.iter().map(|t| t.as_u128().to_le_bytes().to_vec()))
             }
             _ => {}
@@ -438,7 +440,7 @@ fn padded_groups_hide_their_sizes_and_match_nothing() {
     let mut m = Matcher::new(&domain(), m, Limits::default())
         .with_noise(bounds.clone())
         .pad_groups(|| pads.next().unwrap());
-    let Some(Message::MatcherHello { group_sizes }) = m.poll_message() else {
+    let Some(AggregateMessage::MatcherHello { group_sizes }) = m.poll_message() else {
         panic!("the matcher starts with its hello")
     };
     assert!(
@@ -450,7 +452,7 @@ fn padded_groups_hide_their_sizes_and_match_nothing() {
         .with_noise(bounds)
         .unwrap();
     // The hello was taken above: hand it to the receiver first.
-    r.handle_message(Message::MatcherHello { group_sizes })
+    r.handle_message(AggregateMessage::MatcherHello { group_sizes })
         .unwrap();
     let (outcome, seen) = run(m, r, |_| GroupDecision::Release {
         count_noise: 0,
@@ -591,12 +593,12 @@ fn a_value_beyond_its_range_is_refused_on_arrival_member_or_not() {
         .unwrap();
         while m.poll_message().is_some() {}
         let hello = r.poll_message().unwrap();
-        let Message::ReceiverHello { value_keys, .. } = &hello else {
+        let AggregateMessage::ReceiverHello { value_keys, .. } = &hello else {
             panic!("hello first")
         };
         assert_eq!(value_keys.len(), 2);
         m.handle_message(hello.clone()).unwrap();
-        let Some(Message::ReceiverProvenItems {
+        let Some(AggregateMessage::ReceiverProvenItems {
             group,
             value_columns,
             points,
@@ -612,7 +614,7 @@ fn a_value_beyond_its_range_is_refused_on_arrival_member_or_not() {
         let honest: Vec<&[u64]> = vec![&[1], &[2]];
         let (_, proof) = encrypt_and_prove(&key, &range(100), &honest, b"any").unwrap();
         let flagged = key.encrypt_to_bytes(&[vec![1 + (1 << 17)], vec![2]]);
-        let hello = Message::ReceiverHello {
+        let hello = AggregateMessage::ReceiverHello {
             value_keys: key.public_key().to_bytes(),
             group_sizes: vec![2],
         };
@@ -622,7 +624,7 @@ fn a_value_beyond_its_range_is_refused_on_arrival_member_or_not() {
         while m2.poll_message().is_some() {}
         m2.handle_message(hello).unwrap();
         let err = m2
-            .handle_message(Message::ReceiverProvenItems {
+            .handle_message(AggregateMessage::ReceiverProvenItems {
                 group,
                 value_columns,
                 points,
@@ -650,10 +652,10 @@ fn a_noisy_matchers_groups_share_no_point() {
         let mut groups: Vec<Vec<[u8; 32]>> = Vec::new();
         while let Some(message) = m.poll_message() {
             match message {
-                Message::MatcherHello { group_sizes } => {
+                AggregateMessage::MatcherHello { group_sizes } => {
                     groups = vec![Vec::new(); group_sizes.len()]
                 }
-                Message::MatcherPoints { group, points } => {
+                AggregateMessage::MatcherPoints { group, points } => {
                     groups[group as usize].extend(points.iter().map(|p| p.0))
                 }
                 other => panic!("unexpected {}", other.kind()),

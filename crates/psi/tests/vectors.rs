@@ -8,6 +8,8 @@
 //! After an intentional protocol change, regenerate the files with
 //! `CLEANROOM_WRITE_VECTORS=1 cargo test -p cleanroom-psi --test vectors` and review the diff.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -15,11 +17,13 @@ use cleanroom_psi::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValueKey};
 use cleanroom_psi::hash::PROTOCOL_VERSION;
 use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::test_vector::TestVectorRng;
-use cleanroom_psi::wire::{PointBytes, ReleasedGroup, Tag};
+use cleanroom_psi::wire::{PointBytes, Tag};
 use cleanroom_psi::{
-    Domain, Limits, ListProvider, ListProviderTable, ListQuerier, ListQuerierTable, Matcher,
-    MatcherTable, Message, Normalization, Receiver, ReceiverTable,
+    AggregateMessage, Domain, Limits, ListMessage, ListProvider, ListProviderTable, ListQuerier,
+    ListQuerierTable, Matcher, MatcherTable, Normalization, Receiver, ReceiverTable, ReleasedGroup,
+    WireMessage,
 };
+use common::AnyMessage;
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as B;
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use serde_json::{Value, json};
@@ -337,18 +341,25 @@ fn elgamal_vectors() -> Value {
 
 // ------------------------------------------------------------------------- wire format
 
-fn describe(msg: &Message) -> Value {
+fn describe(msg: &AnyMessage) -> Value {
+    match msg {
+        AnyMessage::Aggregate(m) => describe_aggregate(m),
+        AnyMessage::List(m) => describe_list(m),
+    }
+}
+
+fn describe_aggregate(msg: &AggregateMessage) -> Value {
     let points = |p: &[PointBytes]| p.iter().map(|p| hexs(p.0)).collect::<Vec<_>>();
     match msg {
-        Message::MatcherHello { group_sizes } => json!({ "group_sizes": group_sizes }),
-        Message::MatcherPoints { group, points: p } => {
+        AggregateMessage::MatcherHello { group_sizes } => json!({ "group_sizes": group_sizes }),
+        AggregateMessage::MatcherPoints { group, points: p } => {
             json!({ "group": group, "points": points(p) })
         }
-        Message::ReceiverHello {
+        AggregateMessage::ReceiverHello {
             value_keys,
             group_sizes,
         } => json!({ "value_keys": points(value_keys), "group_sizes": group_sizes }),
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group,
             value_columns,
             points: p,
@@ -362,7 +373,7 @@ fn describe(msg: &Message) -> Value {
                 .map(points_hex)
                 .collect::<Vec<_>>(),
         }),
-        Message::ReceiverProvenItems {
+        AggregateMessage::ReceiverProvenItems {
             group,
             value_columns,
             points: p,
@@ -378,15 +389,15 @@ fn describe(msg: &Message) -> Value {
                 .collect::<Vec<_>>(),
             "proof": hex::encode(proof),
         }),
-        Message::ReceiverTags { group, tags } => json!({
+        AggregateMessage::ReceiverTags { group, tags } => json!({
             "group": group,
             "tags": tags.iter().map(|t| hexs(t.0)).collect::<Vec<_>>(),
         }),
-        Message::ReceiverTagPoints { group, points: p } => json!({
+        AggregateMessage::ReceiverTagPoints { group, points: p } => json!({
             "group": group,
             "points": points(p),
         }),
-        Message::MatcherResult { groups } => json!({
+        AggregateMessage::MatcherResult { groups } => json!({
             "groups": groups
                 .iter()
                 .map(|g| json!({
@@ -397,17 +408,23 @@ fn describe(msg: &Message) -> Value {
                 }))
                 .collect::<Vec<_>>(),
         }),
-        Message::MatcherDone {
+        AggregateMessage::MatcherDone {
             released,
             suppressed,
             bounded,
         } => json!({ "released": released, "suppressed": suppressed, "bounded": bounded }),
-        Message::ListProviderHello {
+    }
+}
+
+fn describe_list(msg: &ListMessage) -> Value {
+    let points = |p: &[PointBytes]| p.iter().map(|p| hexs(p.0)).collect::<Vec<_>>();
+    match msg {
+        ListMessage::ListProviderHello {
             set_size,
             columns,
             payload_bytes,
         } => json!({ "set_size": set_size, "columns": columns, "payload_bytes": payload_bytes }),
-        Message::ListProviderItems {
+        ListMessage::ListProviderItems {
             payload_bytes,
             tags,
             payloads,
@@ -416,18 +433,19 @@ fn describe(msg: &Message) -> Value {
             "tags": tags.iter().map(|t| hexs(t.0)).collect::<Vec<_>>(),
             "payloads": payloads.chunks(*payload_bytes as usize).map(hexs).collect::<Vec<_>>(),
         }),
-        Message::ListQuerierHello { set_size } => json!({ "set_size": set_size }),
-        Message::ListQuerierPoints { points: p }
-        | Message::ListProviderEvaluations { points: p } => {
+        ListMessage::ListQuerierHello { set_size } => json!({ "set_size": set_size }),
+        ListMessage::ListQuerierPoints { points: p }
+        | ListMessage::ListProviderEvaluations { points: p } => {
             json!({ "points": points(p) })
         }
     }
 }
 
-fn message_vector(msg: &Message) -> Value {
+fn message_vector(msg: impl Into<AnyMessage>) -> Value {
+    let msg = msg.into();
     let bytes = msg.encode();
-    assert_eq!(&Message::decode(&bytes).unwrap(), msg, "round trip");
-    json!({ "kind": msg.kind(), "fields": describe(msg), "hex": hexs(&bytes) })
+    assert_eq!(AnyMessage::decode(&bytes).unwrap(), msg, "round trip");
+    json!({ "kind": msg.kind(), "fields": describe(&msg), "hex": hexs(&bytes) })
 }
 
 fn wire_vectors() -> Value {
@@ -439,38 +457,38 @@ fn wire_vectors() -> Value {
         .encrypt_with_randomness(&[70_000], TestVectorRng::new(SEED).scalar("wire", 0))
         .to_bytes();
     let messages = [
-        Message::MatcherHello {
+        AggregateMessage::MatcherHello {
             group_sizes: vec![2, 1],
         },
-        Message::MatcherPoints {
+        AggregateMessage::MatcherPoints {
             group: 1,
             points: vec![point("alice@example.com"), point("bob@example.com")],
         },
-        Message::ReceiverHello {
+        AggregateMessage::ReceiverHello {
             value_keys: value_key.public_key().to_bytes(),
             group_sizes: vec![1],
         },
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group: 0,
             value_columns: 1,
             points: vec![point("carol@example.com")],
             ciphertexts: ct.clone(),
         },
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group: 0,
             value_columns: 0,
             points: vec![point("carol@example.com")],
             ciphertexts: Vec::new(),
         },
-        Message::ReceiverTags {
+        AggregateMessage::ReceiverTags {
             group: 0,
             tags: vec![Tag([0x11; 16]), Tag([0xee; 16])],
         },
-        Message::ReceiverTagPoints {
+        AggregateMessage::ReceiverTagPoints {
             group: 1,
             points: vec![point("alice@example.com")],
         },
-        Message::MatcherResult {
+        AggregateMessage::MatcherResult {
             groups: vec![
                 ReleasedGroup {
                     matcher_group: "[\"spring\"]".to_owned(),
@@ -486,14 +504,14 @@ fn wire_vectors() -> Value {
                 },
             ],
         },
-        Message::MatcherDone {
+        AggregateMessage::MatcherDone {
             released: 2,
             suppressed: 1,
             bounded: 0,
         },
     ];
-    let messages: Vec<Value> = messages.iter().map(message_vector).collect();
-    let good_done = Message::MatcherDone {
+    let messages: Vec<Value> = messages.into_iter().map(message_vector).collect();
+    let good_done = AggregateMessage::MatcherDone {
         released: 0,
         suppressed: 0,
         bounded: 0,
@@ -561,7 +579,7 @@ fn wire_vectors() -> Value {
     // Long encodings are stored as a prefix followed by zero bytes up to their length.
     let mut cases = Vec::new();
     for (why, bytes) in invalid.drain(..) {
-        let error = Message::decode(&bytes).expect_err(&why).to_string();
+        let error = AnyMessage::decode(&bytes).expect_err(&why).to_string();
         if bytes.len() > 4096 {
             assert!(bytes[16..].iter().all(|b| *b == 0), "{why}");
             cases.push(json!({
@@ -642,16 +660,16 @@ fn session_vector(spec: &SessionSpec) -> Value {
     while !receiver.is_finished() {
         let mut progressed = false;
         while let Some(msg) = matcher.poll_message() {
-            to_receiver.push(message_vector(&msg));
+            to_receiver.push(message_vector(msg.clone()));
             receiver
-                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .handle_message(WireMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
             progressed = true;
         }
         while let Some(msg) = receiver.poll_message() {
-            to_matcher.push(message_vector(&msg));
+            to_matcher.push(message_vector(msg.clone()));
             matcher
-                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .handle_message(WireMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
             progressed = true;
         }
@@ -905,16 +923,16 @@ fn list_session_vector() -> Value {
     while !querier.is_finished() {
         let mut progressed = false;
         while let Some(msg) = provider.poll_message() {
-            to_querier.push(message_vector(&msg));
+            to_querier.push(message_vector(msg.clone()));
             querier
-                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .handle_message(WireMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
             progressed = true;
         }
         while let Some(msg) = querier.poll_message() {
-            to_provider.push(message_vector(&msg));
+            to_provider.push(message_vector(msg.clone()));
             provider
-                .handle_message(Message::decode(&msg.encode()).unwrap())
+                .handle_message(WireMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
             progressed = true;
         }

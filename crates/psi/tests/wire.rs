@@ -1,12 +1,13 @@
 //! Every decoder rejects malformed input with a typed error, never a panic.
 
-use cleanroom_psi::wire::{
-    CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, PointError, ReleasedGroup, Tag,
-};
+mod common;
+
+use cleanroom_psi::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, PointBytes, PointError, Tag};
 use cleanroom_psi::{
-    Domain, Limits, Matcher, MatcherTable, Normalization, ProtocolError, Receiver, ReceiverTable,
-    WireError,
+    AggregateMessage, Domain, Limits, ListMessage, Matcher, MatcherTable, Normalization,
+    ProtocolError, Receiver, ReceiverTable, ReleasedGroup, WireError, WireMessage,
 };
+use common::AnyMessage;
 use curve25519_dalek::RistrettoPoint;
 use proptest::prelude::*;
 
@@ -19,34 +20,34 @@ fn valid_point() -> PointBytes {
     )
 }
 
-fn samples() -> Vec<Message> {
-    vec![
-        Message::MatcherHello {
+fn samples() -> Vec<AnyMessage> {
+    let aggregate = vec![
+        AggregateMessage::MatcherHello {
             group_sizes: vec![3, 1],
         },
-        Message::MatcherPoints {
+        AggregateMessage::MatcherPoints {
             group: 1,
             points: vec![valid_point(); 3],
         },
-        Message::ReceiverHello {
+        AggregateMessage::ReceiverHello {
             value_keys: vec![valid_point(); 2],
             group_sizes: vec![7],
         },
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group: 0,
             value_columns: 1,
             points: vec![valid_point(); 2],
             ciphertexts: vec![7u8; 2 * 96],
         },
-        Message::ReceiverTags {
+        AggregateMessage::ReceiverTags {
             group: 0,
             tags: vec![Tag([9; 16]); 4],
         },
-        Message::ReceiverTagPoints {
+        AggregateMessage::ReceiverTagPoints {
             group: 3,
             points: vec![valid_point(); 2],
         },
-        Message::MatcherResult {
+        AggregateMessage::MatcherResult {
             groups: vec![ReleasedGroup {
                 matcher_group: "spring".into(),
                 receiver_group: 0,
@@ -54,34 +55,40 @@ fn samples() -> Vec<Message> {
                 sums: vec![1; 96],
             }],
         },
-        Message::MatcherDone {
+        AggregateMessage::MatcherDone {
             released: 1,
             suppressed: 2,
             bounded: 7,
         },
-        Message::ListProviderHello {
+    ];
+    let list = vec![
+        ListMessage::ListProviderHello {
             set_size: 5,
             columns: 2,
             payload_bytes: 80,
         },
-        Message::ListProviderItems {
+        ListMessage::ListProviderItems {
             payload_bytes: 80,
             tags: vec![Tag([3; 16]), Tag([4; 16])],
             payloads: vec![5u8; 2 * 80],
         },
-        Message::ListQuerierHello { set_size: 9 },
-        Message::ListQuerierPoints {
+        ListMessage::ListQuerierHello { set_size: 9 },
+        ListMessage::ListQuerierPoints {
             points: vec![valid_point(); 2],
         },
-        Message::ListProviderEvaluations {
+        ListMessage::ListProviderEvaluations {
             points: vec![valid_point(); 2],
         },
-    ]
+    ];
+    let aggregate = aggregate.into_iter().map(AnyMessage::Aggregate);
+    aggregate
+        .chain(list.into_iter().map(AnyMessage::List))
+        .collect()
 }
 
 #[test]
 fn list_kinds_have_the_documented_encoding() {
-    let hello = Message::ListProviderHello {
+    let hello = ListMessage::ListProviderHello {
         set_size: 5,
         columns: 2,
         payload_bytes: 80,
@@ -90,7 +97,7 @@ fn list_kinds_have_the_documented_encoding() {
         hello.encode(),
         [1, 8, 0, 0, 0, 0, 0, 0, 0, 5, 0, 2, 0, 0, 0, 80]
     );
-    let items = Message::ListProviderItems {
+    let items = ListMessage::ListProviderItems {
         payload_bytes: 80,
         tags: vec![Tag([3; 16])],
         payloads: vec![5u8; 80],
@@ -100,19 +107,19 @@ fn list_kinds_have_the_documented_encoding() {
     expected.extend([5u8; 80]);
     assert_eq!(items.encode(), expected);
     assert_eq!(
-        Message::ListQuerierHello { set_size: 258 }.encode(),
+        ListMessage::ListQuerierHello { set_size: 258 }.encode(),
         [1, 10, 0, 0, 0, 0, 0, 0, 1, 2]
     );
     let mut points = vec![1, 11, 0, 0, 0, 1];
     points.extend(valid_point().0);
-    let msg = Message::ListQuerierPoints {
+    let msg = ListMessage::ListQuerierPoints {
         points: vec![valid_point()],
     };
     assert_eq!(msg.encode(), points);
     points[1] = 12;
     assert_eq!(
-        Message::decode(&points).unwrap(),
-        Message::ListProviderEvaluations {
+        ListMessage::decode(&points).unwrap(),
+        ListMessage::ListProviderEvaluations {
             points: vec![valid_point()]
         }
     );
@@ -121,7 +128,7 @@ fn list_kinds_have_the_documented_encoding() {
 #[test]
 fn list_fields_are_checked_strictly() {
     let hello = |payload_bytes: u32, columns: u16| {
-        Message::ListProviderHello {
+        ListMessage::ListProviderHello {
             set_size: 1,
             columns,
             payload_bytes,
@@ -131,50 +138,53 @@ fn list_fields_are_checked_strictly() {
     // Widths that no table produces: below one block, not whole blocks, above the maximum.
     for width in [0, 16, 79, 81, 200, 64 * 1024 + 16 + 64] {
         assert_eq!(
-            Message::decode(&hello(width, 1)),
+            ListMessage::decode(&hello(width, 1)),
             Err(WireError::Invalid("payload_bytes")),
             "{width}"
         );
     }
-    assert!(Message::decode(&hello(64 * 1024 + 16, 1)).is_ok());
+    assert!(ListMessage::decode(&hello(64 * 1024 + 16, 1)).is_ok());
     assert_eq!(
-        Message::decode(&hello(80, 65)),
+        ListMessage::decode(&hello(80, 65)),
         Err(WireError::Invalid("columns"))
     );
-    assert!(Message::decode(&hello(80, 64)).is_ok());
+    assert!(ListMessage::decode(&hello(80, 64)).is_ok());
     // Items announcing more payloads than the bytes present, or an invalid width.
-    let mut items = Message::ListProviderItems {
+    let mut items = ListMessage::ListProviderItems {
         payload_bytes: 80,
         tags: vec![Tag([3; 16]); 2],
         payloads: vec![5u8; 160],
     }
     .encode();
     items.truncate(items.len() - 1);
-    assert_eq!(Message::decode(&items), Err(WireError::Truncated("tags")));
-    let bad_width = Message::ListProviderItems {
+    assert_eq!(
+        ListMessage::decode(&items),
+        Err(WireError::Truncated("tags"))
+    );
+    let bad_width = ListMessage::ListProviderItems {
         payload_bytes: 81,
         tags: vec![Tag([3; 16])],
         payloads: vec![5u8; 81],
     };
     assert_eq!(
-        Message::decode(&bad_width.encode()),
+        ListMessage::decode(&bad_width.encode()),
         Err(WireError::Invalid("payload_bytes"))
     );
     // More items than a chunk may carry, with the bytes present.
-    let many = Message::ListProviderItems {
+    let many = ListMessage::ListProviderItems {
         payload_bytes: 80,
         tags: vec![Tag([3; 16]); CHUNK_ITEMS + 1],
         payloads: vec![5u8; (CHUNK_ITEMS + 1) * 80],
     };
     assert!(matches!(
-        Message::decode(&many.encode()),
+        ListMessage::decode(&many.encode()),
         Err(WireError::TooMany { field: "tags", .. })
     ));
-    let many = Message::ListQuerierPoints {
+    let many = ListMessage::ListQuerierPoints {
         points: vec![valid_point(); CHUNK_ITEMS + 1],
     };
     assert!(matches!(
-        Message::decode(&many.encode()),
+        ListMessage::decode(&many.encode()),
         Err(WireError::TooMany { .. })
     ));
 }
@@ -182,7 +192,22 @@ fn list_fields_are_checked_strictly() {
 #[test]
 fn every_kind_round_trips() {
     for m in samples() {
-        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        assert_eq!(AnyMessage::decode(&m.encode()).unwrap(), m);
+    }
+}
+
+/// Each protocol decodes only its own kinds: the bytes of every message of the other protocol
+/// are an unknown kind, so a party is never handed a message of another protocol.
+#[test]
+fn each_protocol_decodes_only_its_own_kinds() {
+    for m in samples() {
+        let bytes = m.encode();
+        let kind = bytes[1];
+        let refused = match m {
+            AnyMessage::Aggregate(_) => ListMessage::decode(&bytes).map(drop),
+            AnyMessage::List(_) => AggregateMessage::decode(&bytes).map(drop),
+        };
+        assert_eq!(refused, Err(WireError::UnknownKind(kind)), "{}", m.kind());
     }
 }
 
@@ -191,7 +216,7 @@ fn every_truncation_is_rejected() {
     for m in samples() {
         let bytes = m.encode();
         for cut in 0..bytes.len() {
-            let err = Message::decode(&bytes[..cut]).unwrap_err();
+            let err = AnyMessage::decode(&bytes[..cut]).unwrap_err();
             assert!(
                 matches!(err, WireError::Truncated(_)),
                 "{} cut at {cut}: {err:?}",
@@ -203,22 +228,32 @@ fn every_truncation_is_rejected() {
 
 #[test]
 fn trailing_bytes_version_kind_and_size_are_rejected() {
-    let mut bytes = Message::MatcherDone {
+    let mut bytes = AggregateMessage::MatcherDone {
         released: 0,
         suppressed: 0,
         bounded: 0,
     }
     .encode();
     bytes.push(0);
-    assert_eq!(Message::decode(&bytes), Err(WireError::TrailingBytes(1)));
     assert_eq!(
-        Message::decode(&[2, 1, 0, 0, 0, 0]),
+        AggregateMessage::decode(&bytes),
+        Err(WireError::TrailingBytes(1))
+    );
+    assert_eq!(
+        AggregateMessage::decode(&[2, 1, 0, 0, 0, 0]),
         Err(WireError::UnsupportedVersion(2))
     );
-    assert_eq!(Message::decode(&[1, 99]), Err(WireError::UnknownKind(99)));
+    assert_eq!(
+        AggregateMessage::decode(&[1, 99]),
+        Err(WireError::UnknownKind(99))
+    );
+    assert_eq!(
+        ListMessage::decode(&[1, 99]),
+        Err(WireError::UnknownKind(99))
+    );
     let huge = vec![1u8; MAX_MESSAGE_BYTES + 1];
     assert_eq!(
-        Message::decode(&huge),
+        AggregateMessage::decode(&huge),
         Err(WireError::TooLarge(MAX_MESSAGE_BYTES + 1))
     );
 }
@@ -228,20 +263,20 @@ fn oversized_counts_are_rejected_before_allocation() {
     // A points message announcing u32::MAX points in a few bytes.
     let bytes = [1u8, 2, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3];
     assert!(matches!(
-        Message::decode(&bytes),
+        AggregateMessage::decode(&bytes),
         Err(WireError::Truncated(_))
     ));
     // More points than a chunk may carry, with the bytes present.
-    let m = Message::MatcherPoints {
+    let m = AggregateMessage::MatcherPoints {
         group: 0,
         points: vec![valid_point(); CHUNK_ITEMS + 1],
     };
     assert!(matches!(
-        Message::decode(&m.encode()),
+        AggregateMessage::decode(&m.encode()),
         Err(WireError::TooMany { .. })
     ));
     // Invalid UTF-8 in a group key.
-    let mut r = Message::MatcherResult {
+    let mut r = AggregateMessage::MatcherResult {
         groups: vec![ReleasedGroup {
             matcher_group: "ab".into(),
             receiver_group: 0,
@@ -251,7 +286,10 @@ fn oversized_counts_are_rejected_before_allocation() {
     }
     .encode();
     r[2 + 4 + 4] = 0xFF;
-    assert_eq!(Message::decode(&r), Err(WireError::InvalidGroupKey));
+    assert_eq!(
+        AggregateMessage::decode(&r),
+        Err(WireError::InvalidGroupKey)
+    );
 }
 
 #[test]
@@ -296,11 +334,11 @@ fn roles_reject_bad_points_and_unannounced_elements() {
     let identity = PointBytes(RistrettoPoint::default().compress().to_bytes());
     // Receiver gets the identity from the matcher.
     let mut r = receiver();
-    r.handle_message(Message::MatcherHello {
+    r.handle_message(AggregateMessage::MatcherHello {
         group_sizes: vec![2],
     })
     .unwrap();
-    let err = r.handle_message(Message::MatcherPoints {
+    let err = r.handle_message(AggregateMessage::MatcherPoints {
         group: 0,
         points: vec![identity],
     });
@@ -313,11 +351,11 @@ fn roles_reject_bad_points_and_unannounced_elements() {
     ));
     // More points than announced, and an unknown group.
     let mut r = receiver();
-    r.handle_message(Message::MatcherHello {
+    r.handle_message(AggregateMessage::MatcherHello {
         group_sizes: vec![1],
     })
     .unwrap();
-    let err = r.handle_message(Message::MatcherPoints {
+    let err = r.handle_message(AggregateMessage::MatcherPoints {
         group: 0,
         points: vec![valid_point(); 2],
     });
@@ -328,7 +366,7 @@ fn roles_reject_bad_points_and_unannounced_elements() {
             announced: 1
         })
     );
-    let err = r.handle_message(Message::MatcherPoints {
+    let err = r.handle_message(AggregateMessage::MatcherPoints {
         group: 5,
         points: vec![valid_point()],
     });
@@ -336,18 +374,18 @@ fn roles_reject_bad_points_and_unannounced_elements() {
     // Points before the hello; a second hello.
     let mut r = receiver();
     assert!(matches!(
-        r.handle_message(Message::MatcherPoints {
+        r.handle_message(AggregateMessage::MatcherPoints {
             group: 0,
             points: vec![]
         }),
         Err(ProtocolError::Unexpected { .. })
     ));
-    r.handle_message(Message::MatcherHello {
+    r.handle_message(AggregateMessage::MatcherHello {
         group_sizes: vec![],
     })
     .unwrap();
     assert!(matches!(
-        r.handle_message(Message::MatcherHello {
+        r.handle_message(AggregateMessage::MatcherHello {
             group_sizes: vec![]
         }),
         Err(ProtocolError::Unexpected { .. })
@@ -365,7 +403,7 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
             ..Limits::default()
         },
     );
-    let err = m.handle_message(Message::ReceiverHello {
+    let err = m.handle_message(AggregateMessage::ReceiverHello {
         value_keys: vec![],
         group_sizes: vec![11],
     });
@@ -376,7 +414,7 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
             ..
         })
     ));
-    let err = m.handle_message(Message::ReceiverHello {
+    let err = m.handle_message(AggregateMessage::ReceiverHello {
         value_keys: vec![],
         group_sizes: vec![1; 3],
     });
@@ -387,12 +425,12 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
 
     // Tags before items are complete.
     let mut m = matcher();
-    m.handle_message(Message::ReceiverHello {
+    m.handle_message(AggregateMessage::ReceiverHello {
         value_keys: vec![],
         group_sizes: vec![1],
     })
     .unwrap();
-    let err = m.handle_message(Message::ReceiverTags {
+    let err = m.handle_message(AggregateMessage::ReceiverTags {
         group: 0,
         tags: vec![Tag([0; 16])],
     });
@@ -417,7 +455,7 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
         }
     }
     let tags = match to_matcher.pop().unwrap() {
-        Message::ReceiverTags { tags, .. } => tags,
+        AggregateMessage::ReceiverTags { tags, .. } => tags,
         other => panic!("expected tags, got {}", other.kind()),
     };
     for msg in to_matcher {
@@ -426,7 +464,7 @@ fn matcher_enforces_limits_order_and_tag_uniqueness() {
     // Both of the matcher's identifiers are in the receiver's set, so every tag matches:
     // sending one of them twice (within the announced size of 2) must be refused.
     assert_eq!(tags.len(), 2);
-    let err = m.handle_message(Message::ReceiverTags {
+    let err = m.handle_message(AggregateMessage::ReceiverTags {
         group: 0,
         tags: vec![tags[0], tags[0]],
     });
@@ -438,7 +476,7 @@ fn a_receiver_repeating_an_identifier_in_a_group_is_refused() {
     // Regression (hostile-input tests): the same point twice in one receiver group matched
     // twice, so a querier could lift any matched group over the release threshold.
     let items = receiver_items();
-    let Message::ReceiverItems {
+    let AggregateMessage::ReceiverItems {
         group,
         value_columns,
         points,
@@ -450,7 +488,7 @@ fn a_receiver_repeating_an_identifier_in_a_group_is_refused() {
     assert_eq!(points.len(), 2);
     let mut m = matcher();
     m.handle_message(items[0].clone()).unwrap();
-    let err = m.handle_message(Message::ReceiverItems {
+    let err = m.handle_message(AggregateMessage::ReceiverItems {
         group,
         value_columns,
         points: vec![points[0], points[0]],
@@ -481,7 +519,7 @@ fn a_hello_above_the_declared_size_is_refused() {
         MatcherTable::new(Normalization::None),
         limits,
     );
-    let err = m.handle_message(Message::ReceiverHello {
+    let err = m.handle_message(AggregateMessage::ReceiverHello {
         value_keys: vec![],
         group_sizes: vec![2, 1],
     });
@@ -503,7 +541,7 @@ fn a_hello_above_the_declared_size_is_refused() {
 }
 
 /// The receiver's hello and items for a matcher that has not sent anything yet.
-fn receiver_items() -> Vec<Message> {
+fn receiver_items() -> Vec<AggregateMessage> {
     let mut r = receiver();
     std::iter::from_fn(|| r.poll_message()).collect()
 }
@@ -516,7 +554,7 @@ fn tags_before_the_matchers_points_are_refused() {
     for msg in receiver_items() {
         m.handle_message(msg).unwrap();
     }
-    let replayed = Message::ReceiverTags {
+    let replayed = AggregateMessage::ReceiverTags {
         group: 0,
         tags: vec![Tag([9; 16]), Tag([8; 16])],
     };
@@ -540,15 +578,15 @@ fn the_end_before_the_matchers_sets_is_refused() {
     let mut m = matcher();
     let mut r = receiver();
     let hello = m.poll_message().unwrap();
-    let Message::MatcherHello { group_sizes } = hello else {
+    let AggregateMessage::MatcherHello { group_sizes } = hello else {
         panic!("a hello first")
     };
-    r.handle_message(Message::MatcherHello {
+    r.handle_message(AggregateMessage::MatcherHello {
         group_sizes: group_sizes.iter().map(|s| s + 1).collect(),
     })
     .unwrap();
     r.handle_message(m.poll_message().unwrap()).unwrap();
-    let err = r.handle_message(Message::MatcherDone {
+    let err = r.handle_message(AggregateMessage::MatcherDone {
         released: 0,
         suppressed: 0,
         bounded: 0,
@@ -567,7 +605,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let _ = Message::decode(&bytes);
+        let _ = AggregateMessage::decode(&bytes);
+        let _ = ListMessage::decode(&bytes);
     }
 
     #[test]
@@ -575,8 +614,8 @@ proptest! {
         let mut bytes = samples()[which].encode();
         let i = pos.index(bytes.len());
         bytes[i] = byte;
-        if let Ok(m) = Message::decode(&bytes) {
-            prop_assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        if let Ok(m) = AnyMessage::decode(&bytes) {
+            prop_assert_eq!(AnyMessage::decode(&m.encode()).unwrap(), m);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! the noisy release, through the real PSI roles.
 
 use cleanroom_psi::{
-    GroupCount, GroupDecision, Limits, Matcher, Message, Receiver, ReceiverOutcome,
+    AggregateMessage, GroupCount, GroupDecision, Limits, Matcher, Receiver, ReceiverOutcome,
+    WireMessage,
 };
 use cleanroom_rules::dp;
 use cleanroom_rules::{
@@ -364,11 +365,11 @@ fn run_with(
     let mut released = false;
     while !r.is_finished() {
         while let Some(msg) = m.poll_message() {
-            r.handle_message(Message::decode(&msg.encode()).unwrap())
+            r.handle_message(AggregateMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
         }
         while let Some(msg) = r.poll_message() {
-            m.handle_message(Message::decode(&msg.encode()).unwrap())
+            m.handle_message(AggregateMessage::decode(&msg.encode()).unwrap())
                 .unwrap();
         }
         if !released && m.counts().is_some() {

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use cleanroom_psi::{Message, Party, Stage};
+use cleanroom_psi::{Party, Stage, WireMessage};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ pub(crate) trait Role: Send + 'static {
 }
 
 /// The one byte adapter of every psi party: messages are encoded on the way out and decoded on
-/// the way in, and the party is done with the exchange once it expects nothing more from the
+/// the way in as the party's own protocol's messages (bytes of another protocol do not decode), and the party is done with the exchange once it expects nothing more from the
 /// peer (the matcher still awaits its release, which the server sends after the exchange).
 impl<P: Party + Send + 'static> Role for P {
     fn poll(&mut self) -> Option<Vec<u8>> {
@@ -40,7 +40,7 @@ impl<P: Party + Send + 'static> Role for P {
     }
 
     fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
-        let message = Message::decode(bytes)?;
+        let message = P::Message::decode(bytes)?;
         Party::handle(self, message)?;
         Ok(())
     }

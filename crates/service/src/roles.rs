@@ -2,7 +2,7 @@
 //! withheld evaluations. Every other party runs as it is ([`Party`] is a
 //! [`Role`](crate::exchange::Role) of the exchange through its one generic adapter).
 
-use cleanroom_psi::{ListProvider, Message, Party, ProtocolError, Stage};
+use cleanroom_psi::{ListMessage, ListProvider, Party, ProtocolError, Stage, WireMessage};
 
 /// The server's side of a list session: the psi list provider. Its evaluations of the
 /// querier's points are what makes the matched payloads readable, so they are the release:
@@ -10,7 +10,7 @@ use cleanroom_psi::{ListProvider, Message, Party, ProtocolError, Stage};
 /// once the session's decision is recorded (as it does with the aggregate results).
 pub(crate) struct ListProviderRole {
     provider: ListProvider,
-    withheld: Vec<Message>,
+    withheld: Vec<ListMessage>,
 }
 
 impl ListProviderRole {
@@ -30,17 +30,19 @@ impl ListProviderRole {
 }
 
 impl Party for ListProviderRole {
+    type Message = ListMessage;
+
     /// The provider's messages, except its evaluations, which wait for [`release`](Self::release).
-    fn poll(&mut self) -> Option<Message> {
+    fn poll(&mut self) -> Option<ListMessage> {
         loop {
             match self.provider.poll_message()? {
-                m @ Message::ListProviderEvaluations { .. } => self.withheld.push(m),
+                m @ ListMessage::ListProviderEvaluations { .. } => self.withheld.push(m),
                 other => return Some(other),
             }
         }
     }
 
-    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
+    fn handle(&mut self, message: ListMessage) -> Result<(), ProtocolError> {
         self.provider.handle_message(message)
     }
 
@@ -76,7 +78,7 @@ mod tests {
         let kinds = |messages: &[Vec<u8>]| -> Vec<&'static str> {
             messages
                 .iter()
-                .map(|m| Message::decode(m).unwrap().kind())
+                .map(|m| ListMessage::decode(m).unwrap().kind())
                 .collect()
         };
         let from_provider: Vec<Vec<u8>> =

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cleanroom_psi::wire::{MAX_MESSAGE_BYTES, PointBytes};
-use cleanroom_psi::{Limits as PsiLimits, Message, Receiver, ReceiverOutcome};
+use cleanroom_psi::{
+    AggregateMessage, Limits as PsiLimits, Receiver, ReceiverOutcome, WireMessage,
+};
 use cleanroom_rules::{Collaboration, Plan, Value};
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::proto::{
@@ -66,7 +68,7 @@ async fn open_accepted(
 }
 
 /// The receiver's own messages in order: its hello, then its item chunks.
-fn hello_and_items(receiver: &mut Receiver) -> (Message, Vec<Message>) {
+fn hello_and_items(receiver: &mut Receiver) -> (AggregateMessage, Vec<AggregateMessage>) {
     let hello = receiver.poll_message().unwrap();
     let mut items = Vec::new();
     while let Some(m) = receiver.poll_message() {
@@ -99,8 +101,7 @@ async fn assert_released_exactly(
     (want, want_suppressed): (Vec<Vec<Value>>, u64),
 ) {
     let result = plan.result(outcome).unwrap();
-    assert_rows_equal(&result, &want);
-    assert_eq!(result.suppressed_rows, want_suppressed);
+    assert_exact(&result, &want, want_suppressed);
     assert_eq!(summary.session_id, session_id);
     assert_eq!(
         server.settled_entry(session_id).await.decision,
@@ -130,8 +131,7 @@ async fn assert_healthy(fx: &Fixture, server: &Running) {
     let outcome = run_query(fx, format!("http://{}", server.addr), BY_CAMPAIGN)
         .await
         .expect("an honest session after the hostile ones");
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     assert!(
         server
             .state
@@ -177,27 +177,30 @@ async fn expect_rejection(
 }
 
 /// The receiver's own hello, announcing `group_sizes` instead of its true sizes.
-fn hello_announcing(receiver: &mut Receiver, group_sizes: Vec<u64>) -> Message {
+fn hello_announcing(receiver: &mut Receiver, group_sizes: Vec<u64>) -> AggregateMessage {
     let (hello, _) = hello_and_items(receiver);
-    let Message::ReceiverHello { value_keys, .. } = hello else {
+    let AggregateMessage::ReceiverHello { value_keys, .. } = hello else {
         panic!("a hello")
     };
-    Message::ReceiverHello {
+    AggregateMessage::ReceiverHello {
         value_keys,
         group_sizes,
     }
 }
 
-fn with_points(message: Message, f: impl FnOnce(&mut Vec<PointBytes>)) -> Message {
+fn with_points(
+    message: AggregateMessage,
+    f: impl FnOnce(&mut Vec<PointBytes>),
+) -> AggregateMessage {
     match message {
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group,
             value_columns,
             mut points,
             ciphertexts,
         } => {
             f(&mut points);
-            Message::ReceiverItems {
+            AggregateMessage::ReceiverItems {
                 group,
                 value_columns,
                 points,
@@ -221,7 +224,7 @@ async fn malformed_and_out_of_order_messages_are_invalid_argument() {
     while tried < 24 {
         let len = rng.below(300) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        if Message::decode(&bytes).is_ok() {
+        if AggregateMessage::decode(&bytes).is_ok() {
             continue;
         }
         tried += 1;
@@ -315,7 +318,7 @@ async fn malformed_and_out_of_order_messages_are_invalid_argument() {
         async |tx, receiver| {
             let (hello, _) = hello_and_items(receiver);
             send(tx, hello.encode()).await;
-            let tags = Message::ReceiverTags {
+            let tags = AggregateMessage::ReceiverTags {
                 group: 0,
                 tags: vec![cleanroom_psi::wire::Tag([7; 16])],
             };
@@ -345,7 +348,7 @@ async fn malformed_and_out_of_order_messages_are_invalid_argument() {
             "the matcher only accepts receiver messages",
         ),
         async |tx, _| {
-            let done = Message::MatcherDone {
+            let done = AggregateMessage::MatcherDone {
                 released: 0,
                 suppressed: 0,
                 bounded: 0,
@@ -392,7 +395,7 @@ async fn more_than_announced_and_over_the_limits() {
         (Code::InvalidArgument, "more elements than the"),
         async |tx, receiver| {
             let (hello, items) = hello_and_items(receiver);
-            let Message::ReceiverHello {
+            let AggregateMessage::ReceiverHello {
                 value_keys,
                 mut group_sizes,
             } = hello
@@ -402,7 +405,7 @@ async fn more_than_announced_and_over_the_limits() {
             group_sizes[0] -= 1;
             send(
                 tx,
-                Message::ReceiverHello {
+                AggregateMessage::ReceiverHello {
                     value_keys,
                     group_sizes,
                 }
@@ -471,7 +474,8 @@ async fn item_chunks_in_any_order_give_the_exact_result() {
     let mut rng = Rng(0x0DD0_C4C5);
     let mut shuffled_pieces = |receiver: &mut Receiver| {
         let (hello, items) = hello_and_items(receiver);
-        let mut pieces: Vec<Message> = items.into_iter().flat_map(|m| rechunk(m, 7)).collect();
+        let mut pieces: Vec<AggregateMessage> =
+            items.into_iter().flat_map(|m| rechunk(m, 7)).collect();
         for i in (1..pieces.len()).rev() {
             pieces.swap(i, rng.below(i as u64 + 1) as usize);
         }
@@ -481,8 +485,8 @@ async fn item_chunks_in_any_order_give_the_exact_result() {
     let (plan, mut receiver) = receiver(&fx, EU_BY_CHANNEL);
     let (tx, mut inbound, session_id) = open_accepted(&mut client, &fx, EU_BY_CHANNEL).await;
     let (hello, pieces) = shuffled_pieces(&mut receiver);
-    let group_of = |m: &Message| match m {
-        Message::ReceiverItems { group, .. } => *group,
+    let group_of = |m: &AggregateMessage| match m {
+        AggregateMessage::ReceiverItems { group, .. } => *group,
         _ => unreachable!(),
     };
     let groups: std::collections::BTreeSet<u32> = pieces.iter().map(group_of).collect();
@@ -511,8 +515,8 @@ async fn item_chunks_in_any_order_give_the_exact_result() {
         (Code::InvalidArgument, "the same identifier was sent twice"),
         async |tx, receiver| {
             let (hello, mut pieces) = shuffled_pieces(receiver);
-            let size = |m: &Message| match m {
-                Message::ReceiverItems { points, .. } => points.len(),
+            let size = |m: &AggregateMessage| match m {
+                AggregateMessage::ReceiverItems { points, .. } => points.len(),
                 _ => unreachable!(),
             };
             let (i, j) = (0..pieces.len())
@@ -596,7 +600,8 @@ async fn play_receiver(
         }
         match inbound.message().await?.and_then(|m| m.message) {
             Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
-                let message = Message::decode(&payload).expect("the server's message decodes");
+                let message =
+                    AggregateMessage::decode(&payload).expect("the server's message decodes");
                 receiver
                     .handle_message(message)
                     .expect("the server's message is valid");
@@ -792,8 +797,8 @@ async fn curious_members_and_foreign_tokens() {
 
 /// The server's whole release when nothing matched.
 /// A release of nothing: every one of the `pairs` announced pairs of groups suppressed.
-fn nothing_released(pairs: u64) -> Message {
-    Message::MatcherDone {
+fn nothing_released(pairs: u64) -> AggregateMessage {
+    AggregateMessage::MatcherDone {
         released: 0,
         suppressed: pairs,
         bounded: 0,
@@ -802,13 +807,16 @@ fn nothing_released(pairs: u64) -> Message {
 
 /// Reads the server's messages to the summary; returns its release messages (results and
 /// end, not its hello and points) with the summary, or the final status.
-async fn read_to_end(inbound: &mut Inbound) -> Result<(Vec<Message>, SessionSummary), Status> {
+async fn read_to_end(
+    inbound: &mut Inbound,
+) -> Result<(Vec<AggregateMessage>, SessionSummary), Status> {
     let mut messages = Vec::new();
     loop {
         match inbound.message().await?.and_then(|m| m.message) {
             Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
-                match Message::decode(&payload).unwrap() {
-                    Message::MatcherHello { .. } | Message::MatcherPoints { .. } => {}
+                match AggregateMessage::decode(&payload).unwrap() {
+                    AggregateMessage::MatcherHello { .. }
+                    | AggregateMessage::MatcherPoints { .. } => {}
                     release => messages.push(release),
                 }
             }
@@ -873,11 +881,13 @@ async fn a_replayed_session_learns_nothing() {
         while announced != Some(points) {
             match inbound.message().await.unwrap().and_then(|m| m.message) {
                 Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
-                    match Message::decode(&payload).unwrap() {
-                        Message::MatcherHello { group_sizes } => {
+                    match AggregateMessage::decode(&payload).unwrap() {
+                        AggregateMessage::MatcherHello { group_sizes } => {
                             announced = Some(group_sizes.iter().sum::<u64>())
                         }
-                        Message::MatcherPoints { points: p, .. } => points += p.len() as u64,
+                        AggregateMessage::MatcherPoints { points: p, .. } => {
+                            points += p.len() as u64
+                        }
                         other => panic!("unexpected {}", other.kind()),
                     }
                 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cleanroom_psi::{Limits as PsiLimits, Receiver};
+use cleanroom_psi::{Limits as PsiLimits, Receiver, WireMessage};
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::proto::{
     PsiMessage, RunSessionRequest, run_session_request, run_session_response,
@@ -38,8 +38,7 @@ async fn grouped_counts_and_sums_equal_a_plain_computation() {
     );
     let outcome = run_query(&fx, url.clone(), BY_CAMPAIGN).await.unwrap();
     assert_eq!(outcome.result.columns, ["campaign", "buyers", "revenue"]);
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     assert_eq!(outcome.summary.released_rows, want.len() as u64);
     assert_eq!(outcome.summary.suppressed_rows, want_suppressed);
     assert_eq!(outcome.rows, fx.conversions.rows.len() as u64);
@@ -66,8 +65,7 @@ async fn grouped_counts_and_sums_equal_a_plain_computation() {
         outcome.result.columns,
         ["channel", "buyers", "revenue", "avg_amount"]
     );
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     server.stop().await;
 }
 
@@ -301,8 +299,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_nothing_behind() {
     let outcome = run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN)
         .await
         .unwrap();
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     server.stop().await;
 }
 
@@ -318,10 +315,8 @@ async fn two_sessions_run_at_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let (want_a, suppressed_a) = fx.plain_by_campaign();
     let (want_b, suppressed_b) = fx.plain_eu_by_channel();
-    assert_rows_equal(&a.result, &want_a);
-    assert_eq!(a.result.suppressed_rows, suppressed_a);
-    assert_rows_equal(&b.result, &want_b);
-    assert_eq!(b.result.suppressed_rows, suppressed_b);
+    assert_exact(&a.result, &want_a, suppressed_a);
+    assert_exact(&b.result, &want_b, suppressed_b);
     assert_ne!(a.summary.session_id, b.summary.session_id);
     let entries = server.state.entries(None, None).unwrap();
     assert_eq!(entries.len(), 2);
@@ -475,8 +470,7 @@ async fn tls_with_a_self_signed_certificate() {
         .await
         .unwrap();
     let (want, want_suppressed) = fx.plain_by_campaign();
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     let info = client.server_info().await.unwrap();
     assert_eq!(info.member, "publisher");
     assert_eq!(info.tables, ["impressions"]);

@@ -69,8 +69,7 @@ async fn honest_query(fx: &Fixture, identity: &TlsIdentity, server: &Running) ->
         .unwrap();
     let elapsed = started.elapsed();
     let (want, want_suppressed) = fx.plain_by_campaign();
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     elapsed
 }
 
@@ -81,6 +80,7 @@ async fn trickle(
     identity: &TlsIdentity,
     server: &Running,
 ) -> tokio::task::JoinHandle<()> {
+    use cleanroom_psi::WireMessage;
     use cleanroom_service::proto::clean_room_service_client::CleanRoomServiceClient;
     use cleanroom_service::proto::{PsiMessage, RunSessionRequest, run_session_request};
     let tls = tonic::transport::ClientTlsConfig::new()

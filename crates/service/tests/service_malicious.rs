@@ -22,7 +22,9 @@ use cleanroom_psi::key::BlindingKey;
 use cleanroom_psi::range_proof::{ValueRange, encrypt_and_prove};
 use cleanroom_psi::test_vector::TestVectorRng;
 use cleanroom_psi::wire::{PointBytes, Tag};
-use cleanroom_psi::{Domain, Limits as PsiLimits, ListProvider, Matcher, Message};
+use cleanroom_psi::{
+    AggregateMessage, Domain, Limits as PsiLimits, ListMessage, ListProvider, Matcher, WireMessage,
+};
 use cleanroom_rules::{Collaboration, Plan, encode_group_key};
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::proto::clean_room_service_server::{
@@ -81,8 +83,8 @@ impl Attacker {
         }
     }
 
-    fn hello(&self, group_sizes: Vec<u64>) -> Message {
-        Message::ReceiverHello {
+    fn hello(&self, group_sizes: Vec<u64>) -> AggregateMessage {
+        AggregateMessage::ReceiverHello {
             value_keys: self
                 .values
                 .as_ref()
@@ -104,13 +106,13 @@ impl Attacker {
 
     /// The items of receiver group `group`, each with the value 10 in every column; with their
     /// range proofs when the plan's ranges are proven (the group's first chunk).
-    fn items(&self, group: u32, ids: &[String]) -> Message {
+    fn items(&self, group: u32, ids: &[String]) -> AggregateMessage {
         let values = vec![vec![10u64; self.columns]; ids.len()];
         if let (Some(ranges), Some(key)) = (&self.ranges, &self.values) {
             let values: Vec<&[u64]> = values.iter().map(Vec::as_slice).collect();
             let (ciphertexts, proof) =
                 encrypt_and_prove(key, ranges, &values, &items_context(group, 0)).unwrap();
-            return Message::ReceiverProvenItems {
+            return AggregateMessage::ReceiverProvenItems {
                 group,
                 value_columns: self.columns as u8,
                 points: ids.iter().map(|id| self.point(id)).collect(),
@@ -118,7 +120,7 @@ impl Attacker {
                 proof: proof.to_bytes(),
             };
         }
-        Message::ReceiverItems {
+        AggregateMessage::ReceiverItems {
             group,
             value_columns: self.columns as u8,
             points: ids.iter().map(|id| self.point(id)).collect(),
@@ -152,16 +154,16 @@ impl Attacker {
         groups: usize,
         points: &[PointBytes],
         tamper: impl Fn(&mut Vec<PointBytes>),
-    ) -> Message {
+    ) -> AggregateMessage {
         let mut reblinded = self.reblind(points);
         tamper(&mut reblinded);
         if self.private && groups > 1 {
-            Message::ReceiverTagPoints {
+            AggregateMessage::ReceiverTagPoints {
                 group,
                 points: reblinded,
             }
         } else {
-            Message::ReceiverTags {
+            AggregateMessage::ReceiverTags {
                 group,
                 tags: reblinded.iter().map(|p| Tag::of(&p.0)).collect(),
             }
@@ -176,7 +178,7 @@ fn psi(payload: Vec<u8>) -> RunSessionRequest {
 }
 
 /// Sends one protocol message; the server may already have ended the call, which is fine.
-async fn send(tx: &Outbound, message: &Message) {
+async fn send(tx: &Outbound, message: &impl WireMessage) {
     let _ = tx.send(psi(message.encode())).await;
 }
 
@@ -221,12 +223,12 @@ async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
         }
         match inbound.message().await.unwrap().and_then(|m| m.message) {
             Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
-                match Message::decode(&payload).unwrap() {
-                    Message::MatcherHello { group_sizes } => {
+                match AggregateMessage::decode(&payload).unwrap() {
+                    AggregateMessage::MatcherHello { group_sizes } => {
                         groups = vec![Vec::new(); group_sizes.len()];
                         sizes = Some(group_sizes);
                     }
-                    Message::MatcherPoints { group, points } => {
+                    AggregateMessage::MatcherPoints { group, points } => {
                         groups[group as usize].extend(points)
                     }
                     other => panic!("unexpected {}", other.kind()),
@@ -242,7 +244,7 @@ async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
 #[derive(Debug, PartialEq)]
 enum Seen {
     Status(Code, String),
-    Released(Vec<Message>, SessionSummary),
+    Released(Vec<AggregateMessage>, SessionSummary),
 }
 
 async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
@@ -251,8 +253,9 @@ async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
         loop {
             match inbound.message().await?.and_then(|m| m.message) {
                 Some(run_session_response::Message::Psi(PsiMessage { payload })) => {
-                    match Message::decode(&payload).unwrap() {
-                        Message::MatcherHello { .. } | Message::MatcherPoints { .. } => {}
+                    match AggregateMessage::decode(&payload).unwrap() {
+                        AggregateMessage::MatcherHello { .. }
+                        | AggregateMessage::MatcherPoints { .. } => {}
                         release => messages.push(release),
                     }
                 }
@@ -341,6 +344,21 @@ fn blank_padded_sizes(views: &mut [View]) {
     }
 }
 
+/// Asserts that the attacker's two views (its target a member of the provider's data, then a
+/// stranger) are the same, the padded byte counts of a private session aside, and that both
+/// are a refusal with `code`; returns the refusal's message.
+fn refused_alike(views: &mut [View], private: bool, sql: &str, code: Code) -> String {
+    if private {
+        blank_padded_sizes(views);
+    }
+    assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+    let Seen::Status(got, message) = &views[0].seen else {
+        panic!("{sql}: the attack was not refused: {:?}", views[0]);
+    };
+    assert_eq!(*got, code, "{message}");
+    message.clone()
+}
+
 /// One identifier the publisher holds, normalized (among rows passing `keep`).
 fn member(fx: &Fixture, keep: impl Fn(&[String]) -> bool) -> String {
     fx.publisher_sets(keep, |_| String::new())
@@ -379,9 +397,9 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
                 let mut ids = fillers("f", 8);
                 ids.push(who.to_owned());
                 // The last item's ciphertext is not a point encoding.
-                let garble = |items: &mut Message| {
-                    let (Message::ReceiverItems { ciphertexts, .. }
-                    | Message::ReceiverProvenItems { ciphertexts, .. }) = items
+                let garble = |items: &mut AggregateMessage| {
+                    let (AggregateMessage::ReceiverItems { ciphertexts, .. }
+                    | AggregateMessage::ReceiverProvenItems { ciphertexts, .. }) = items
                     else {
                         unreachable!("items")
                     };
@@ -393,20 +411,10 @@ async fn a_bad_ciphertext_fails_alike_for_members_and_strangers() {
                     play_tampered(&fx, &server, sql, &attacker, &groups, garble, |_| {}).await,
                 );
             }
-            if plan.privacy().is_some() {
-                blank_padded_sizes(&mut views);
-            }
-            assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+            let private = plan.privacy().is_some();
+            refused_alike(&mut views, private, sql, Code::InvalidArgument);
             assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
-            let View {
-                seen: Seen::Status(code, message),
-                entry,
-                ..
-            } = &views[0]
-            else {
-                panic!("{sql}: a bad ciphertext was accepted: {:?}", views[0]);
-            };
-            assert_eq!(*code, Code::InvalidArgument, "{message}");
+            let entry = &views[0].entry;
             assert_eq!(entry.decision(), cleanroom_service::proto::Decision::Failed);
             assert_eq!((entry.released_rows, entry.suppressed_rows), (0, 0));
         }
@@ -435,7 +443,7 @@ async fn play_tampered(
     sql: &str,
     attacker: &Attacker,
     groups: &[Vec<String>],
-    tamper_items: impl Fn(&mut Message),
+    tamper_items: impl Fn(&mut AggregateMessage),
     tamper: impl Fn(&mut Vec<PointBytes>),
 ) -> View {
     let before = queries_charged(server);
@@ -508,14 +516,8 @@ async fn duplicated_tags_fail_alike_whatever_matches() {
                     .await,
                 );
             }
-            if plan.privacy().is_some() {
-                blank_padded_sizes(&mut views);
-            }
-            assert_eq!(views[0], views[1], "{sql}: members and strangers differ");
-            let Seen::Status(code, message) = &views[0].seen else {
-                panic!("{sql}: repeated tags were accepted: {:?}", views[0]);
-            };
-            assert_eq!(*code, Code::InvalidArgument, "{message}");
+            let private = plan.privacy().is_some();
+            let message = refused_alike(&mut views, private, sql, Code::InvalidArgument);
             assert!(message.contains("sent twice"), "{message}");
         }
         server.stop().await;
@@ -546,8 +548,8 @@ async fn an_out_of_range_value_is_refused_alike_for_members_and_strangers() {
             let mut ids = fillers("f", 8);
             ids.push(who.to_owned());
             // The last item's ciphertext swapped for the flagged one, its proof left as it was.
-            let flag = |items: &mut Message| {
-                let Message::ReceiverProvenItems { ciphertexts, .. } = items else {
+            let flag = |items: &mut AggregateMessage| {
+                let AggregateMessage::ReceiverProvenItems { ciphertexts, .. } = items else {
                     panic!("{sql}: the plan's ranges must be proven")
                 };
                 let width = ciphertexts.len() / 9;
@@ -556,13 +558,8 @@ async fn an_out_of_range_value_is_refused_alike_for_members_and_strangers() {
             let groups = [ids];
             views.push(play_tampered(&fx, &server, sql, &attacker, &groups, flag, |_| {}).await);
         }
-        blank_padded_sizes(&mut views);
-        assert_eq!(views[0], views[1], "{sql}: member and stranger differ");
+        let message = refused_alike(&mut views, true, sql, Code::InvalidArgument);
         assert_eq!(views[0].charged, 1, "a failed session keeps its charge");
-        let Seen::Status(code, message) = &views[0].seen else {
-            panic!("{sql}: an out-of-range value was accepted: {:?}", views[0]);
-        };
-        assert_eq!(*code, Code::InvalidArgument, "{message}");
         assert!(message.contains("range proof"), "{message}");
     }
     server.stop().await;
@@ -583,8 +580,8 @@ async fn cancelled_noisy_hellos_spend_the_budget() {
         let (tx, mut inbound, id) = open(&server, start(&fx, BY_CAMPAIGN, 601)).await;
         match inbound.message().await.unwrap().and_then(|m| m.message) {
             Some(run_session_response::Message::Psi(PsiMessage { payload })) => assert!(matches!(
-                Message::decode(&payload).unwrap(),
-                Message::MatcherHello { .. }
+                AggregateMessage::decode(&payload).unwrap(),
+                AggregateMessage::MatcherHello { .. }
             )),
             other => panic!("expected the noisy hello, got {other:?}"),
         }
@@ -742,7 +739,7 @@ async fn the_suppressed_count_is_the_same_for_members_and_strangers() {
         assert_eq!(views[0].charged, 1);
         match &views[0].seen {
             Seen::Released(messages, summary) if sql == EU_BY_CHANNEL => {
-                let done = Message::MatcherDone {
+                let done = AggregateMessage::MatcherDone {
                     released: 0,
                     suppressed: 2,
                     bounded: 0,
@@ -787,7 +784,11 @@ fn median(v: &[f64]) -> f64 {
 
 /// Receiver groups for the timing attack: `who` alone in each of `copies` groups, and five
 /// strangers (so the set reaches the threshold).
-fn target_in_groups(attacker: &Attacker, who: &str, copies: u32) -> (Message, Vec<Vec<u8>>) {
+fn target_in_groups(
+    attacker: &Attacker,
+    who: &str,
+    copies: u32,
+) -> (AggregateMessage, Vec<Vec<u8>>) {
     let mut sizes = vec![1u64; copies as usize];
     sizes.push(5);
     let mut items: Vec<Vec<u8>> = (0..copies)
@@ -804,7 +805,7 @@ async fn timed_session(
     server: &Running,
     sql: &str,
     attacker: &Attacker,
-    (hello, items): &(Message, Vec<Vec<u8>>),
+    (hello, items): &(AggregateMessage, Vec<Vec<u8>>),
 ) -> (Seen, Duration) {
     let (tx, mut inbound, id) = open(server, start(fx, sql, 3000)).await;
     let points = matcher_points(&mut inbound).await;
@@ -814,15 +815,15 @@ async fn timed_session(
     }
     // Let the server take in the items before the clock starts.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let mut tags: Vec<Message> = points
+    let mut tags: Vec<AggregateMessage> = points
         .iter()
         .enumerate()
-        .map(|(g, p)| Message::ReceiverTags {
+        .map(|(g, p)| AggregateMessage::ReceiverTags {
             group: g as u32,
             tags: attacker.tags(p),
         })
         .collect();
-    if let Some(Message::ReceiverTags { tags, .. }) = tags.last_mut() {
+    if let Some(AggregateMessage::ReceiverTags { tags, .. }) = tags.last_mut() {
         tags.pop();
     }
     let (last, rest) = tags.split_last().unwrap();
@@ -954,7 +955,7 @@ struct LyingProvider {
     observed: Arc<Mutex<Vec<String>>>,
 }
 
-fn psi_response(message: &Message) -> Result<RunSessionResponse, Status> {
+fn psi_response(message: &impl WireMessage) -> Result<RunSessionResponse, Status> {
     Ok(RunSessionResponse {
         message: Some(run_session_response::Message::Psi(PsiMessage {
             payload: message.encode(),
@@ -1003,12 +1004,12 @@ impl LyingProvider {
     }
 
     /// Reads one protocol message of the client, noting it; `None` once the stream ended.
-    async fn next(&self, inbound: &mut Streaming<RunSessionRequest>) -> Option<Message> {
+    async fn next<M: WireMessage>(&self, inbound: &mut Streaming<RunSessionRequest>) -> Option<M> {
         match inbound.message().await {
             Ok(Some(RunSessionRequest {
                 message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
             })) => {
-                let message = Message::decode(&payload).unwrap();
+                let message = M::decode(&payload).unwrap();
                 self.note(format!("{} {}", message.kind(), payload.len()));
                 Some(message)
             }
@@ -1043,16 +1044,18 @@ impl LyingProvider {
         }))
         .await
         .ok()?;
+        // Whatever the client does after the protocol (half-close, or reset) is what the
+        // provider learns.
         match self.lie {
             Lie::IsolateTarget | Lie::Shift(_) | Lie::ShiftTarget(_) => {
-                self.aggregate(&plan, &mut inbound, &tx).await?
+                self.aggregate(&plan, &mut inbound, &tx).await?;
+                while self.next::<AggregateMessage>(&mut inbound).await.is_some() {}
             }
             Lie::GarbleTarget | Lie::HugeList | Lie::DuplicateTarget => {
-                self.list(&plan, &mut inbound, &tx).await?
+                self.list(&plan, &mut inbound, &tx).await?;
+                while self.next::<ListMessage>(&mut inbound).await.is_some() {}
             }
         }
-        // Whatever the client does now (half-close, or reset) is what the provider learns.
-        while self.next(&mut inbound).await.is_some() {}
         let summary = SessionSummary {
             session_id: "lie".to_owned(),
             ..SessionSummary::default()
@@ -1081,7 +1084,7 @@ impl LyingProvider {
         };
         table.push(&target_group, &self.target).unwrap();
         let mut matcher = Matcher::new(&plan.domain(), table, PsiLimits::default());
-        let Some(Message::ReceiverHello {
+        let Some(AggregateMessage::ReceiverHello {
             value_keys,
             group_sizes,
         }) = self.next(inbound).await
@@ -1091,7 +1094,7 @@ impl LyingProvider {
         let key = ValuePublicKey::from_bytes(&value_keys).unwrap();
         let announced: u64 = group_sizes.iter().sum();
         matcher
-            .handle_message(Message::ReceiverHello {
+            .handle_message(AggregateMessage::ReceiverHello {
                 value_keys,
                 group_sizes,
             })
@@ -1099,7 +1102,7 @@ impl LyingProvider {
         let mut items = 0;
         while items < announced {
             let message = self.next(inbound).await?;
-            if let Message::ReceiverItems { points, .. } = &message {
+            if let AggregateMessage::ReceiverItems { points, .. } = &message {
                 items += points.len() as u64;
             }
             matcher.handle_message(message).unwrap();
@@ -1117,7 +1120,7 @@ impl LyingProvider {
                 Lie::ShiftTarget(k) => (k, Some(target_group.as_str())),
                 _ => (0, None),
             };
-            if let Message::MatcherResult { groups } = &mut message
+            if let AggregateMessage::MatcherResult { groups } = &mut message
                 && k > 0
             {
                 let mut limbs = vec![0; LIMBS_PER_VALUE * key.value_columns()];
@@ -1158,11 +1161,11 @@ impl LyingProvider {
             .compress()
             .to_bytes();
         let target_tag = lookup_tag(&prf);
-        let Some(Message::ListQuerierHello { set_size }) = self.next(inbound).await else {
+        let Some(ListMessage::ListQuerierHello { set_size }) = self.next(inbound).await else {
             panic!("expected the querier's hello")
         };
         provider
-            .handle_message(Message::ListQuerierHello { set_size })
+            .handle_message(ListMessage::ListQuerierHello { set_size })
             .unwrap();
         while !provider.is_done() {
             provider.handle_message(self.next(inbound).await?).unwrap();
@@ -1170,11 +1173,11 @@ impl LyingProvider {
         let mut garbled = 0;
         while let Some(mut message) = provider.poll_message() {
             match (&mut message, self.lie) {
-                (Message::ListProviderHello { set_size, .. }, Lie::HugeList) => {
+                (ListMessage::ListProviderHello { set_size, .. }, Lie::HugeList) => {
                     *set_size = 50_000_000
                 }
                 (
-                    Message::ListProviderItems {
+                    ListMessage::ListProviderItems {
                         payload_bytes,
                         tags,
                         payloads,
@@ -1190,7 +1193,7 @@ impl LyingProvider {
                         garbled += 1;
                     }
                 }
-                (Message::ListProviderItems { tags, .. }, Lie::DuplicateTarget) => {
+                (ListMessage::ListProviderItems { tags, .. }, Lie::DuplicateTarget) => {
                     if let Some(i) = tags.iter().position(|t| *t == target_tag) {
                         let other = (i + 1) % tags.len();
                         tags[other] = target_tag;
@@ -1714,10 +1717,10 @@ async fn an_identifier_repeated_in_the_queriers_groups_counts_k_times() {
         let mut bounded = None;
         for message in messages {
             match message {
-                Message::MatcherResult { groups } => {
+                AggregateMessage::MatcherResult { groups } => {
                     counts.extend(groups.iter().map(|g| g.intersection_size))
                 }
-                Message::MatcherDone { bounded: b, .. } => bounded = Some(*b),
+                AggregateMessage::MatcherDone { bounded: b, .. } => bounded = Some(*b),
                 other => panic!("unexpected {}", other.kind()),
             }
         }

@@ -81,8 +81,7 @@ async fn a_member_at_its_quota_neither_locks_out_nor_sees_another() {
     let outcome = run_query(&fx, format!("http://{}", server.addr), BY_CAMPAIGN)
         .await
         .expect("the advertiser still has its own slots");
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
 
     // The retailer probes while the advertiser holds both of its slots: the same answer, word
     // for word, as when the advertiser ran nothing.
@@ -367,7 +366,6 @@ async fn a_pinned_member_needs_its_certificate_as_well_as_its_token() {
     // The token with the pinned certificate: the exact answer.
     let (want, want_suppressed) = fx.plain_by_campaign();
     let outcome = query(Some(&own)).await.expect("token and certificate");
-    assert_rows_equal(&outcome.result, &want);
-    assert_eq!(outcome.result.suppressed_rows, want_suppressed);
+    assert_exact(&outcome.result, &want, want_suppressed);
     server.stop().await;
 }

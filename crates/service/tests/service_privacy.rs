@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cleanroom_psi::{Limits as PsiLimits, Receiver};
+use cleanroom_psi::{Limits as PsiLimits, Receiver, WireMessage};
 use cleanroom_service::Decision;
 use cleanroom_service::client::ClientError;
 use cleanroom_service::proto::{PsiMessage, RunSessionRequest, run_session_request};

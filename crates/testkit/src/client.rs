@@ -95,6 +95,13 @@ pub fn assert_rows_equal(got: &ResultTable, want: &[Vec<Value>]) {
     }
 }
 
+/// Asserts that `got` is exactly the plain computation: the rows `want` (floats within 1e-9)
+/// and `suppressed` groups withheld.
+pub fn assert_exact(got: &ResultTable, want: &[Vec<Value>], suppressed: u64) {
+    assert_rows_equal(got, want);
+    assert_eq!(got.suppressed_rows, suppressed, "suppressed groups");
+}
+
 /// Adds an optional bearer token: a raw client of the generated API, for what the
 /// high-level client would refuse to send.
 #[derive(Clone)]

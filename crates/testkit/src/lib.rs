@@ -21,8 +21,8 @@ pub mod server;
 
 pub use binary::run_cleanroom;
 pub use client::{
-    MaybeToken, RawClient, advertiser_client_config, assert_rows_equal, final_status, raw_client,
-    raw_open, refusal_codes, run_query, run_query_tls, start_message,
+    MaybeToken, RawClient, advertiser_client_config, assert_exact, assert_rows_equal, final_status,
+    raw_client, raw_open, refusal_codes, run_query, run_query_tls, start_message,
 };
 pub use collaboration::{
     ADVERTISER_TOKEN, ANALYST_TOKEN, CollaborationToml, MemberToml, PUBLISHER_TOKEN,

@@ -1,9 +1,11 @@
 //! Protocol messages as a misbehaving peer would send them.
 
+use cleanroom_psi::{AggregateMessage, WireMessage};
+
 /// `message`'s items cut into chunks of at most `size` items, points and ciphertexts kept
 /// together.
-pub fn rechunk(message: cleanroom_psi::Message, size: usize) -> Vec<cleanroom_psi::Message> {
-    let cleanroom_psi::Message::ReceiverItems {
+pub fn rechunk(message: AggregateMessage, size: usize) -> Vec<AggregateMessage> {
+    let AggregateMessage::ReceiverItems {
         group,
         value_columns,
         points,
@@ -16,17 +18,15 @@ pub fn rechunk(message: cleanroom_psi::Message, size: usize) -> Vec<cleanroom_ps
     points
         .chunks(size)
         .zip(ciphertexts.chunks(size * width.max(1)))
-        .map(
-            |(points, ciphertexts)| cleanroom_psi::Message::ReceiverItems {
-                group,
-                value_columns,
-                points: points.to_vec(),
-                ciphertexts: if width == 0 {
-                    Vec::new()
-                } else {
-                    ciphertexts.to_vec()
-                },
+        .map(|(points, ciphertexts)| AggregateMessage::ReceiverItems {
+            group,
+            value_columns,
+            points: points.to_vec(),
+            ciphertexts: if width == 0 {
+                Vec::new()
+            } else {
+                ciphertexts.to_vec()
             },
-        )
+        })
         .collect()
 }

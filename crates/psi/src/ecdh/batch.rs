@@ -9,6 +9,7 @@ use crate::Domain;
 use crate::ecdh::key::BlindingKey;
 use crate::wire::{PointBytes, PointError, Tag};
 use curve25519_dalek::RistrettoPoint;
+use curve25519_dalek::ristretto::CompressedRistretto;
 use rayon::prelude::*;
 
 /// Elements per unit of parallel work (and per shared inversion).
@@ -40,20 +41,7 @@ pub(crate) fn reblind_to_tags(
     key: &BlindingKey,
     points: &[PointBytes],
 ) -> Result<Vec<Tag>, PointError> {
-    let chunks: Vec<Vec<Tag>> = points
-        .par_chunks(BATCH)
-        .map(|chunk| {
-            let reblinded = chunk
-                .iter()
-                .map(|p| p.decode().map(|p| key.blind_half(&p)))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(RistrettoPoint::double_and_compress_batch(&reblinded)
-                .iter()
-                .map(|c| Tag::of(c.as_bytes()))
-                .collect())
-        })
-        .collect::<Result<_, PointError>>()?;
-    Ok(chunks.concat())
+    reblind_into(key, points, |c| Tag::of(c.as_bytes()))
 }
 
 /// `compress(k·P)` for each received point `P`, in order. Fails on the first point that is not
@@ -62,7 +50,17 @@ pub(crate) fn reblind(
     key: &BlindingKey,
     points: &[PointBytes],
 ) -> Result<Vec<PointBytes>, PointError> {
-    let chunks: Vec<Vec<PointBytes>> = points
+    reblind_into(key, points, |c| PointBytes(c.to_bytes()))
+}
+
+/// `out(compress(k·P))` for each received point `P`, in order: the one batch loop of both
+/// re-blindings.
+fn reblind_into<T: Send>(
+    key: &BlindingKey,
+    points: &[PointBytes],
+    out: impl Fn(&CompressedRistretto) -> T + Sync,
+) -> Result<Vec<T>, PointError> {
+    let chunks: Vec<Vec<T>> = points
         .par_chunks(BATCH)
         .map(|chunk| {
             let reblinded = chunk
@@ -70,12 +68,14 @@ pub(crate) fn reblind(
                 .map(|p| p.decode().map(|p| key.blind_half(&p)))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(RistrettoPoint::double_and_compress_batch(&reblinded)
-                .into_iter()
-                .map(|c| PointBytes(c.to_bytes()))
+                .iter()
+                .map(&out)
                 .collect())
         })
         .collect::<Result<_, PointError>>()?;
-    Ok(chunks.concat())
+    let mut all = Vec::with_capacity(points.len());
+    chunks.into_iter().for_each(|chunk| all.extend(chunk));
+    Ok(all)
 }
 
 #[cfg(test)]

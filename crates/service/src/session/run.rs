@@ -8,7 +8,9 @@
 
 use cleanroom_data::TableSpec;
 use cleanroom_psi::range_proof::ValueRange;
-use cleanroom_psi::{ListProvider, Matcher, MatcherTable, ProtocolError, Receiver, ReceiverTable};
+use cleanroom_psi::{
+    ListProvider, Matcher, MatcherTable, ProtocolError, Receiver, ReceiverTable, WireMessage,
+};
 use cleanroom_rules::{Plan, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -230,23 +232,12 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
-        // Reading the table and shuffling it into a matcher are heavy: off the runtime.
-        let table_plan = plan.clone();
-        let table_name = plan.matcher().table.clone();
-        let (_, built) = exchange
-            .blocking((), move |_| {
-                let table = data::matcher_table(&table_plan, &matcher_path)?;
-                let rows = table.stats().rows;
-                Ok::<_, DataFileError>((rows, matcher_for(&table_plan, table, limits)))
-            })
-            .await?;
-        let (rows, matcher) = built.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
+        let (rows, role) = build_role(exchange, plan, move |plan| {
+            let table = data::matcher_table(plan, &matcher_path)?;
+            Ok((table.stats().rows, matcher_for(plan, table, limits)))
+        })
+        .await?;
         *matcher_rows = rows;
-        let role = matcher;
-
         let role = exchange
             .run(role, inbound)
             .await
@@ -296,21 +287,12 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
-        // Reading the table and sealing it into a provider are heavy: off the runtime.
-        let table_plan = plan.clone();
-        let table_name = plan.matcher().table.clone();
-        let (_, built) = exchange
-            .blocking((), move |_| {
-                let table = data::list_provider_table(&table_plan, &matcher_path)?;
-                let rows = table.stats().rows;
-                let provider = ListProvider::new(&table_plan.domain(), table, limits);
-                Ok::<_, DataFileError>((rows, provider))
-            })
-            .await?;
-        let (rows, provider) = built.map_err(|source| SessionError::Data {
-            table: table_name,
-            source: Box::new(source),
-        })?;
+        let (rows, provider) = build_role(exchange, plan, move |plan| {
+            let table = data::list_provider_table(plan, &matcher_path)?;
+            let rows = table.stats().rows;
+            Ok((rows, ListProvider::new(&plan.domain(), table, limits)))
+        })
+        .await?;
         *matcher_rows = rows;
         let mut role = exchange
             .run(ListProviderRole::new(provider), inbound)
@@ -322,6 +304,26 @@ impl Host {
             messages: role.release(),
         })
     }
+}
+
+/// Reads the server's table for `plan` and builds its role from it with `build`, off the
+/// runtime (both are heavy); returns the table's row count and the role. A table that cannot
+/// be read is [`SessionError::Data`], naming it.
+async fn build_role<T, R>(
+    exchange: &mut Exchange<'_, T>,
+    plan: &Plan,
+    build: impl FnOnce(&Plan) -> Result<(u64, R), DataFileError> + Send + 'static,
+) -> Result<(u64, R), SessionError>
+where
+    T: ServerFrames,
+    R: Send + 'static,
+{
+    let table_plan = plan.clone();
+    let (_, built) = exchange.blocking((), move |_| build(&table_plan)).await?;
+    built.map_err(|source| SessionError::Data {
+        table: plan.matcher().table.clone(),
+        source: Box::new(source),
+    })
 }
 
 /// The server's psi matcher for `plan` over its `table`: the identifiers it requires of the

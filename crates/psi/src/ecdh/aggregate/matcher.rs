@@ -23,7 +23,8 @@
 
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
-    GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary, items_context, point_error,
+    AggregateMessage, GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary,
+    ReleasedGroup, items_context, point_error,
 };
 use crate::Domain;
 use crate::ecdh::batch::{hash_and_blind, reblind_to_tags};
@@ -31,12 +32,11 @@ use crate::ecdh::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
 use crate::ecdh::key::BlindingKey;
 use crate::ecdh::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
 use crate::ecdh::range_proof::{ChunkProof, ValueRange, verify_chunk};
-use crate::party::{Party, Stage};
+use crate::party::{Stage, impl_party};
 use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
 use crate::table::MatcherTable;
-use crate::wire::{
-    CHUNK_ITEMS, Message, PointBytes, RESULT_CHUNK_GROUPS, ReleasedGroup, Tag, WireError,
-};
+use crate::wire::WireMessage;
+use crate::wire::{CHUNK_ITEMS, PointBytes, RESULT_CHUNK_GROUPS, Tag, WireError};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -87,7 +87,7 @@ pub struct Matcher {
     accumulators: BTreeMap<(u32, u32), Accumulator>,
     counts: Option<Vec<GroupCount>>,
     released: bool,
-    outbox: VecDeque<Message>,
+    outbox: VecDeque<AggregateMessage>,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
     /// Under noise with several groups, group `g`'s points are blinded by a key `k_g` of its
@@ -203,7 +203,7 @@ impl Matcher {
 
     /// Require the receiver to prove, chunk by chunk, that every encrypted value lies in its
     /// column's range (one per value column): items then arrive as
-    /// [`Message::ReceiverProvenItems`], whose proofs are verified on arrival, before anything
+    /// [`AggregateMessage::ReceiverProvenItems`], whose proofs are verified on arrival, before anything
     /// is matched ([`range_proof`](crate::ecdh::range_proof)). The hello must carry exactly as many
     /// value columns.
     pub fn require_range_proofs(mut self, ranges: Vec<ValueRange>) -> Self {
@@ -218,7 +218,7 @@ impl Matcher {
     ///   random (never by order), so that it is in `k` announced sets at most (see
     ///   [`pad_groups`](Self::pad_groups)); with several groups, each is blinded by a fresh key
     ///   of its own, so the receiver cannot see which identifiers two groups share (it answers
-    ///   with [`Message::ReceiverTagPoints`], from which the matcher removes the group's key);
+    ///   with [`AggregateMessage::ReceiverTagPoints`], from which the matcher removes the group's key);
     /// - every (matcher group, receiver group) pair is decided at release, matched or not, so
     ///   the existence of a group reveals nothing (at most [`MAX_NOISY_PAIRS`] pairs);
     /// - each of this matcher's identifiers counts in at most `k` pairs of groups: in each of
@@ -275,7 +275,7 @@ impl Matcher {
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
-    pub fn poll_message(&mut self) -> Option<Message> {
+    pub fn poll_message(&mut self) -> Option<AggregateMessage> {
         if !self.hello_sent {
             self.hello_sent = true;
             let group_sizes = self
@@ -283,7 +283,7 @@ impl Matcher {
                 .iter()
                 .map(|(_, ids)| ids.len() as u64)
                 .collect();
-            return Some(Message::MatcherHello { group_sizes });
+            return Some(AggregateMessage::MatcherHello { group_sizes });
         }
         let groups = &self.groups;
         if let Some((group, range)) = self
@@ -293,16 +293,16 @@ impl Matcher {
             let ids = &self.groups[group as usize].1[range];
             let key = self.group_keys.get(group as usize).unwrap_or(&self.key);
             let points = hash_and_blind(&self.domain, key, ids);
-            return Some(Message::MatcherPoints { group, points });
+            return Some(AggregateMessage::MatcherPoints { group, points });
         }
         self.outbox.pop_front()
     }
 
     /// Consume one message from the receiver.
-    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+    pub fn handle_message(&mut self, msg: AggregateMessage) -> Result<(), ProtocolError> {
         let kind = msg.kind();
         match msg {
-            Message::ReceiverHello {
+            AggregateMessage::ReceiverHello {
                 value_keys,
                 group_sizes,
             } => {
@@ -366,7 +366,7 @@ impl Matcher {
                 });
                 self.finish_items_if_complete()
             }
-            Message::ReceiverItems {
+            AggregateMessage::ReceiverItems {
                 group,
                 value_columns,
                 points,
@@ -380,7 +380,7 @@ impl Matcher {
                 }
                 self.receive_items(kind, group, value_columns, points, ciphertexts, None)
             }
-            Message::ReceiverProvenItems {
+            AggregateMessage::ReceiverProvenItems {
                 group,
                 value_columns,
                 points,
@@ -395,7 +395,7 @@ impl Matcher {
                 }
                 self.receive_items(kind, group, value_columns, points, ciphertexts, Some(proof))
             }
-            Message::ReceiverTags { group, tags } => {
+            AggregateMessage::ReceiverTags { group, tags } => {
                 if !self.unblind.is_empty() {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
@@ -405,7 +405,7 @@ impl Matcher {
                 }
                 self.receive_tags(kind, group, TagReply::Tags(tags))
             }
-            Message::ReceiverTagPoints { group, points } => {
+            AggregateMessage::ReceiverTagPoints { group, points } => {
                 if self.unblind.is_empty() {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
@@ -854,11 +854,11 @@ impl Matcher {
             None => 0,
         };
         for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
-            self.outbox.push_back(Message::MatcherResult {
+            self.outbox.push_back(AggregateMessage::MatcherResult {
                 groups: chunk.to_vec(),
             });
         }
-        self.outbox.push_back(Message::MatcherDone {
+        self.outbox.push_back(AggregateMessage::MatcherDone {
             released: total,
             suppressed,
             bounded: disclosed,
@@ -871,25 +871,17 @@ impl Matcher {
     }
 }
 
-impl Party for Matcher {
-    fn poll(&mut self) -> Option<Message> {
-        self.poll_message()
-    }
-
-    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
-        self.handle_message(message)
-    }
-
+impl_party!(
     /// Exchanging until every item and tag of the receiver arrived (the counts are known),
     /// then awaiting the release, finished once released.
-    fn stage(&self) -> Stage {
-        match (&self.counts, self.released) {
-            (None, _) => Stage::Exchanging,
-            (Some(_), false) => Stage::AwaitingRelease,
-            (Some(_), true) => Stage::Finished,
-        }
+    Matcher,
+    AggregateMessage,
+    |this| match (&this.counts, this.released) {
+        (None, _) => Stage::Exchanging,
+        (Some(_), false) => Stage::AwaitingRelease,
+        (Some(_), true) => Stage::Finished,
     }
-}
+);
 
 impl std::fmt::Debug for Matcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -58,14 +58,17 @@
 //! - `matcher.rs`: the [`Matcher`] role; `receiver.rs`: the [`Receiver`] role;
 //! - `outcome.rs`: what a session yields ([`GroupCount`], [`GroupDecision`],
 //!   [`ReleaseSummary`], [`GroupResult`], [`ReceiverOutcome`]);
-//! - `sizes.rs`: [`ciphertext_bytes`] and the accounting of what a peer announces and sends.
+//! - `sizes.rs`: [`ciphertext_bytes`] and the accounting of what a peer announces and sends;
+//! - `message.rs`: the protocol's messages ([`AggregateMessage`]) and their encoding.
 
 mod matcher;
+mod message;
 mod outcome;
 mod receiver;
 mod sizes;
 
 pub use matcher::Matcher;
+pub use message::{AggregateMessage, ReleasedGroup};
 pub use outcome::{GroupCount, GroupDecision, GroupResult, ReceiverOutcome, ReleaseSummary};
 pub use receiver::Receiver;
 pub use sizes::ciphertext_bytes;

@@ -17,17 +17,21 @@
 //!   after it.
 
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
-use super::{GroupResult, Limits, ProtocolError, ReceiverOutcome, items_context, point_error};
+use super::{
+    AggregateMessage, GroupResult, Limits, ProtocolError, ReceiverOutcome, ReleasedGroup,
+    items_context, point_error,
+};
 use crate::Domain;
 use crate::ecdh::batch::{hash_and_blind, reblind};
 use crate::ecdh::elgamal::{Ciphertext, ValueKey};
 use crate::ecdh::key::BlindingKey;
 use crate::ecdh::noise::{NoiseBounds, NoiseError};
 use crate::ecdh::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
-use crate::party::{Party, Stage};
+use crate::party::{Stage, impl_party};
 use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
 use crate::table::{ReceiverGroup, ReceiverTable};
-use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, ReleasedGroup, Tag};
+use crate::wire::WireMessage;
+use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, PointBytes, Tag};
 use std::collections::VecDeque;
 
 struct PeerGroups {
@@ -58,7 +62,7 @@ pub struct Receiver {
     hello_sent: bool,
     sender: Sender,
     peer: Option<PeerGroups>,
-    outbox: VecDeque<Message>,
+    outbox: VecDeque<AggregateMessage>,
     results: Vec<SealedResult>,
     /// The suppressed and bounded counts of the matcher's `MatcherDone`, once it arrived: the
     /// session is finished, and [`open`](Receiver::open) may decrypt.
@@ -166,7 +170,7 @@ impl Receiver {
     /// Prove, chunk by chunk, that every encrypted value lies in its column's range (one range
     /// per value column), as a matcher made with
     /// [`require_range_proofs`](super::Matcher::require_range_proofs) requires: items go out as
-    /// [`Message::ReceiverProvenItems`], in chunks small enough for their proofs. Values are
+    /// [`AggregateMessage::ReceiverProvenItems`], in chunks small enough for their proofs. Values are
     /// clamped into their ranges before they are encrypted.
     pub fn with_range_proofs(mut self, ranges: Vec<ValueRange>) -> Result<Self, ProtocolError> {
         if ranges.len() != self.value_columns || self.value_columns == 0 {
@@ -205,7 +209,7 @@ impl Receiver {
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
-    pub fn poll_message(&mut self) -> Option<Message> {
+    pub fn poll_message(&mut self) -> Option<AggregateMessage> {
         if !self.hello_sent {
             self.hello_sent = true;
             let value_keys = self
@@ -218,7 +222,7 @@ impl Receiver {
                 .iter()
                 .map(|(_, items)| items.len() as u64)
                 .collect();
-            return Some(Message::ReceiverHello {
+            return Some(AggregateMessage::ReceiverHello {
                 value_keys,
                 group_sizes,
             });
@@ -250,7 +254,7 @@ impl Receiver {
                         "ranges match the keys (checked by with_range_proofs), values are \
                          clamped into them, and chunks are within a proof's limit",
                     );
-                return Some(Message::ReceiverProvenItems {
+                return Some(AggregateMessage::ReceiverProvenItems {
                     group,
                     value_columns: self.value_columns as u8,
                     points,
@@ -265,7 +269,7 @@ impl Receiver {
                 }
                 None => Vec::new(),
             };
-            return Some(Message::ReceiverItems {
+            return Some(AggregateMessage::ReceiverItems {
                 group,
                 value_columns: self.value_columns as u8,
                 points,
@@ -276,7 +280,7 @@ impl Receiver {
     }
 
     /// Consume one message from the matcher.
-    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+    pub fn handle_message(&mut self, msg: AggregateMessage) -> Result<(), ProtocolError> {
         let kind = msg.kind();
         if self.finished.is_some() {
             return Err(ProtocolError::Unexpected {
@@ -285,7 +289,7 @@ impl Receiver {
             });
         }
         match msg {
-            Message::MatcherHello { group_sizes } => {
+            AggregateMessage::MatcherHello { group_sizes } => {
                 if self.peer.is_some() {
                     return Err(ProtocolError::Unexpected {
                         got: kind,
@@ -311,7 +315,7 @@ impl Receiver {
                 }
                 Ok(())
             }
-            Message::MatcherPoints { group, points } => {
+            AggregateMessage::MatcherPoints { group, points } => {
                 let peer = self.peer.as_mut().ok_or(ProtocolError::Unexpected {
                     got: kind,
                     why: "points before the matcher's hello",
@@ -322,7 +326,7 @@ impl Receiver {
                 self.flush_group_if_complete(group as usize);
                 Ok(())
             }
-            Message::MatcherResult { groups } => {
+            AggregateMessage::MatcherResult { groups } => {
                 let tags_done = self.peer.as_ref().is_some_and(|p| p.received == p.sizes);
                 if !tags_done {
                     return Err(ProtocolError::Unexpected {
@@ -337,7 +341,7 @@ impl Receiver {
                 self.results.extend(decoded);
                 Ok(())
             }
-            Message::MatcherDone {
+            AggregateMessage::MatcherDone {
                 released,
                 suppressed,
                 bounded,
@@ -389,12 +393,12 @@ impl Receiver {
         let whole = self.noise.is_some() && peer.sizes.len() > 1;
         for chunk in points.chunks(CHUNK_ITEMS) {
             self.outbox.push_back(if whole {
-                Message::ReceiverTagPoints {
+                AggregateMessage::ReceiverTagPoints {
                     group: g as u32,
                     points: chunk.to_vec(),
                 }
             } else {
-                Message::ReceiverTags {
+                AggregateMessage::ReceiverTags {
                     group: g as u32,
                     tags: chunk.iter().map(|p| Tag::of(&p.0)).collect(),
                 }
@@ -484,25 +488,13 @@ impl Receiver {
     }
 }
 
-impl Party for Receiver {
-    fn poll(&mut self) -> Option<Message> {
-        self.poll_message()
-    }
-
-    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
-        self.handle_message(message)
-    }
-
+impl_party!(
     /// Finished once the matcher's closing `MatcherDone` arrived; [`Receiver::open`] may then
     /// decrypt.
-    fn stage(&self) -> Stage {
-        if self.is_finished() {
-            Stage::Finished
-        } else {
-            Stage::Exchanging
-        }
-    }
-}
+    Receiver,
+    AggregateMessage,
+    |this| Stage::finished_if(this.is_finished())
+);
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

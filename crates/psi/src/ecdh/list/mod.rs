@@ -59,14 +59,19 @@
 //! [`Limits`]. A provider that deviates can make the list wrong or incomplete, not learn more;
 //! a matched payload that was tampered with fails authentication and ends the session.
 
+mod message;
+
+pub use message::ListMessage;
+
 use crate::Domain;
 use crate::ecdh::aggregate::{Limits, ProtocolError, admit, check_sizes, point_error};
 use crate::ecdh::batch::{hash_and_blind, reblind};
 use crate::ecdh::key::BlindingKey;
-use crate::party::{Party, Stage};
+use crate::party::{Stage, impl_party};
 use crate::randomness::{OsRandomness, Stream, shuffle};
 use crate::table::{ListProviderTable, ListQuerierTable};
-use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, Message, PointBytes, Tag, WireError};
+use crate::wire::WireMessage;
+use crate::wire::{CHUNK_ITEMS, MAX_MESSAGE_BYTES, PointBytes, Tag, WireError};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
@@ -201,9 +206,12 @@ fn decode_rows(mut bytes: &[u8], columns: usize) -> Result<Vec<Vec<String>>, Pro
 
 // ---------------------------------------------------------------- provider
 
-struct QuerierSide {
-    size: u64,
-    received: u64,
+/// What the provider expects of the querier next (in the style of rustls's `Expect*` states).
+enum ProviderExpects {
+    /// The querier's hello, announcing how many points it sends.
+    QuerierHello,
+    /// The querier's points: `received` of the `size` it announced so far.
+    QuerierPoints { size: u64, received: u64 },
 }
 
 /// The list provider role (the data provider): sends its labeled set and evaluates the
@@ -218,8 +226,8 @@ pub struct ListProvider {
     items: Vec<(String, Vec<Vec<String>>)>,
     hello_sent: bool,
     next_item: usize,
-    querier: Option<QuerierSide>,
-    outbox: VecDeque<Message>,
+    expects: ProviderExpects,
+    outbox: VecDeque<ListMessage>,
 }
 
 impl ListProvider {
@@ -266,16 +274,16 @@ impl ListProvider {
             items,
             hello_sent: false,
             next_item: 0,
-            querier: None,
+            expects: ProviderExpects::QuerierHello,
             outbox: VecDeque::new(),
         }
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
-    pub fn poll_message(&mut self) -> Option<Message> {
+    pub fn poll_message(&mut self) -> Option<ListMessage> {
         if !self.hello_sent {
             self.hello_sent = true;
-            return Some(Message::ListProviderHello {
+            return Some(ListMessage::ListProviderHello {
                 set_size: self.items.len() as u64,
                 columns: self.columns,
                 payload_bytes: self.width,
@@ -290,7 +298,7 @@ impl ListProvider {
         self.outbox.pop_front()
     }
 
-    fn seal_chunk(&self, chunk: &[(String, Vec<Vec<String>>)]) -> Message {
+    fn seal_chunk(&self, chunk: &[(String, Vec<Vec<String>>)]) -> ListMessage {
         let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
         let prfs = hash_and_blind(&self.domain, &self.key, &ids);
         let sealed: Vec<(Tag, Vec<u8>)> = prfs
@@ -307,7 +315,7 @@ impl ListProvider {
             tags.push(tag);
             payloads.extend_from_slice(&payload);
         }
-        Message::ListProviderItems {
+        ListMessage::ListProviderItems {
             payload_bytes: self.width,
             tags,
             payloads,
@@ -315,38 +323,43 @@ impl ListProvider {
     }
 
     /// Consume one message from the querier.
-    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+    pub fn handle_message(&mut self, msg: ListMessage) -> Result<(), ProtocolError> {
         let kind = msg.kind();
-        match msg {
-            Message::ListQuerierHello { set_size } => {
-                if self.querier.is_some() {
-                    return Err(ProtocolError::Unexpected {
-                        got: kind,
-                        why: "hello already received",
-                    });
-                }
+        match (&mut self.expects, msg) {
+            (ProviderExpects::QuerierHello, ListMessage::ListQuerierHello { set_size }) => {
                 check_sizes(&[set_size], &self.limits)?;
-                self.querier = Some(QuerierSide {
+                self.expects = ProviderExpects::QuerierPoints {
                     size: set_size,
                     received: 0,
-                });
+                };
                 Ok(())
             }
-            Message::ListQuerierPoints { points } => {
-                let querier = self.querier.as_mut().ok_or(ProtocolError::Unexpected {
+            (ProviderExpects::QuerierPoints { .. }, ListMessage::ListQuerierHello { .. }) => {
+                Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "hello already received",
+                })
+            }
+            (ProviderExpects::QuerierHello, ListMessage::ListQuerierPoints { .. }) => {
+                Err(ProtocolError::Unexpected {
                     got: kind,
                     why: "points before the querier's hello",
-                })?;
-                let mut received = [querier.received];
-                admit(&mut received, &[querier.size], 0, points.len())?;
-                querier.received = received[0];
+                })
+            }
+            (
+                ProviderExpects::QuerierPoints { size, received },
+                ListMessage::ListQuerierPoints { points },
+            ) => {
+                let mut now = [*received];
+                admit(&mut now, &[*size], 0, points.len())?;
+                *received = now[0];
                 let evaluations = reblind(&self.key, &points).map_err(point_error(kind))?;
-                self.outbox.push_back(Message::ListProviderEvaluations {
+                self.outbox.push_back(ListMessage::ListProviderEvaluations {
                     points: evaluations,
                 });
                 Ok(())
             }
-            other => Err(ProtocolError::Unexpected {
+            (_, other) => Err(ProtocolError::Unexpected {
                 got: other.kind(),
                 why: "the list provider only accepts list querier messages",
             }),
@@ -356,35 +369,26 @@ impl ListProvider {
     /// The querier's number of distinct identifiers, once its hello arrived: all the provider
     /// learns.
     pub fn querier_set_size(&self) -> Option<u64> {
-        self.querier.as_ref().map(|q| q.size)
+        match self.expects {
+            ProviderExpects::QuerierHello => None,
+            ProviderExpects::QuerierPoints { size, .. } => Some(size),
+        }
     }
 
     /// Whether every point the querier announced has been evaluated: the session is over once
     /// this holds and `poll_message` returns `None`.
     pub fn is_done(&self) -> bool {
-        self.querier.as_ref().is_some_and(|q| q.received == q.size)
+        matches!(self.expects, ProviderExpects::QuerierPoints { size, received } if received == size)
     }
 }
 
-impl Party for ListProvider {
-    fn poll(&mut self) -> Option<Message> {
-        self.poll_message()
-    }
-
-    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
-        self.handle_message(message)
-    }
-
+impl_party!(
     /// Finished once every point the querier announced arrived and was evaluated
     /// ([`ListProvider::is_done`]); the evaluations may still wait in `poll`.
-    fn stage(&self) -> Stage {
-        if self.is_done() {
-            Stage::Finished
-        } else {
-            Stage::Exchanging
-        }
-    }
-}
+    ListProvider,
+    ListMessage,
+    |this| Stage::finished_if(this.is_done())
+);
 
 impl std::fmt::Debug for ListProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -431,11 +435,24 @@ impl ListOutcome {
     }
 }
 
+/// The shape of the provider's set, as its hello announced it, and how much of it arrived.
+#[derive(Clone, Copy)]
 struct ProviderSide {
     size: u64,
     columns: u16,
     width: u32,
     received: u64,
+}
+
+/// What the querier expects of the provider next (in the style of rustls's `Expect*` states).
+enum QuerierExpects {
+    /// The provider's hello, announcing its set.
+    ProviderHello,
+    /// The provider's items, and the evaluations of the points this querier sent.
+    ItemsAndEvaluations(ProviderSide),
+    /// Nothing: every payload and every evaluation arrived and the provider's set passed its
+    /// checks; nothing was opened yet.
+    Nothing(ProviderSide),
 }
 
 /// The list querier role: sends its blinded identifiers, unblinds the provider's evaluations
@@ -451,13 +468,10 @@ pub struct ListQuerier {
     sent: usize,
     /// Per identifier sent and evaluated, in order: its lookup tag and payload key.
     lookups: Vec<(Tag, Zeroizing<[u8; 32]>)>,
-    provider: Option<ProviderSide>,
+    expects: QuerierExpects,
     /// (lookup tag, item) for every provider item.
     index: Vec<(u128, u32)>,
     payloads: Vec<u8>,
-    /// Every payload and every evaluation arrived and the provider's set passed its checks;
-    /// nothing was opened yet.
-    finished: bool,
 }
 
 impl ListQuerier {
@@ -477,10 +491,9 @@ impl ListQuerier {
             hello_sent: false,
             sent: 0,
             lookups: Vec::new(),
-            provider: None,
+            expects: QuerierExpects::ProviderHello,
             index: Vec::new(),
             payloads: Vec::new(),
-            finished: false,
         }
     }
 
@@ -505,10 +518,10 @@ impl ListQuerier {
     }
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
-    pub fn poll_message(&mut self) -> Option<Message> {
+    pub fn poll_message(&mut self) -> Option<ListMessage> {
         if !self.hello_sent {
             self.hello_sent = true;
-            return Some(Message::ListQuerierHello {
+            return Some(ListMessage::ListQuerierHello {
                 set_size: self.identifiers.len() as u64,
             });
         }
@@ -516,38 +529,29 @@ impl ListQuerier {
             let end = (self.sent + CHUNK_ITEMS).min(self.identifiers.len());
             let points = hash_and_blind(&self.domain, &self.key, &self.identifiers[self.sent..end]);
             self.sent = end;
-            return Some(Message::ListQuerierPoints { points });
+            return Some(ListMessage::ListQuerierPoints { points });
         }
         None
     }
 
     /// Consume one message from the provider.
-    pub fn handle_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+    pub fn handle_message(&mut self, msg: ListMessage) -> Result<(), ProtocolError> {
         let kind = msg.kind();
-        if self.finished {
-            return Err(ProtocolError::Unexpected {
-                got: kind,
-                why: "the session is finished",
-            });
-        }
-        if !matches!(msg, Message::ListProviderHello { .. }) && self.provider.is_none() {
-            return Err(ProtocolError::Unexpected {
-                got: kind,
-                why: "a list provider message before the provider's hello",
-            });
-        }
-        match msg {
-            Message::ListProviderHello {
-                set_size,
-                columns,
-                payload_bytes,
-            } => {
-                if self.provider.is_some() {
-                    return Err(ProtocolError::Unexpected {
-                        got: kind,
-                        why: "hello already received",
-                    });
-                }
+        match (&mut self.expects, msg) {
+            (QuerierExpects::Nothing(_), _) => {
+                return Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "the session is finished",
+                });
+            }
+            (
+                QuerierExpects::ProviderHello,
+                ListMessage::ListProviderHello {
+                    set_size,
+                    columns,
+                    payload_bytes,
+                },
+            ) => {
                 if usize::from(columns) != self.columns {
                     return Err(ProtocolError::ListColumns {
                         expected: self.columns,
@@ -568,19 +572,33 @@ impl ListQuerier {
                         limit: self.limits.max_payload_bytes,
                     });
                 }
-                self.provider = Some(ProviderSide {
+                self.expects = QuerierExpects::ItemsAndEvaluations(ProviderSide {
                     size: set_size,
                     columns,
                     width: payload_bytes,
                     received: 0,
                 });
             }
-            Message::ListProviderItems {
-                payload_bytes,
-                tags,
-                payloads,
-            } => {
-                let provider = self.provider.as_mut().expect("checked above");
+            (QuerierExpects::ProviderHello, _) => {
+                return Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "a list provider message before the provider's hello",
+                });
+            }
+            (QuerierExpects::ItemsAndEvaluations(_), ListMessage::ListProviderHello { .. }) => {
+                return Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "hello already received",
+                });
+            }
+            (
+                QuerierExpects::ItemsAndEvaluations(provider),
+                ListMessage::ListProviderItems {
+                    payload_bytes,
+                    tags,
+                    payloads,
+                },
+            ) => {
                 if payload_bytes != provider.width {
                     return Err(ProtocolError::PayloadWidth {
                         expected: provider.width,
@@ -601,7 +619,10 @@ impl ListQuerier {
                 );
                 self.payloads.extend_from_slice(&payloads);
             }
-            Message::ListProviderEvaluations { points } => {
+            (
+                QuerierExpects::ItemsAndEvaluations(_),
+                ListMessage::ListProviderEvaluations { points },
+            ) => {
                 let got = (self.lookups.len() + points.len()) as u64;
                 if got > self.sent as u64 {
                     return Err(ProtocolError::UnrequestedEvaluations {
@@ -613,7 +634,7 @@ impl ListQuerier {
                 let lookups: Vec<_> = prfs.par_iter().map(derive).collect();
                 self.lookups.extend(lookups);
             }
-            other => {
+            (QuerierExpects::ItemsAndEvaluations(_), other) => {
                 return Err(ProtocolError::Unexpected {
                     got: other.kind(),
                     why: "the list querier only accepts list provider messages",
@@ -624,7 +645,7 @@ impl ListQuerier {
     }
 
     fn finish_if_complete(&mut self) -> Result<(), ProtocolError> {
-        let Some(provider) = &self.provider else {
+        let QuerierExpects::ItemsAndEvaluations(provider) = self.expects else {
             return Ok(());
         };
         if provider.received != provider.size || self.lookups.len() != self.identifiers.len() {
@@ -636,14 +657,14 @@ impl ListQuerier {
         if self.index.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(ProtocolError::DuplicateLookupTag);
         }
-        self.finished = true;
+        self.expects = QuerierExpects::Nothing(provider);
         Ok(())
     }
 
     /// Whether every payload and every evaluation arrived: nothing more is expected, and the
     /// transport should end the session before [`open`](Self::open) is called.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        matches!(self.expects, QuerierExpects::Nothing(_))
     }
 
     /// Looks up and opens the payloads of this querier's identifiers, once the session is
@@ -652,7 +673,9 @@ impl ListQuerier {
     /// holds, so nothing of it may show to the provider. A payload that does not open is
     /// counted in [`ListOutcome::unopened`] and treated as not matched.
     pub fn open(&self) -> Option<ListOutcome> {
-        let provider = self.provider.as_ref().filter(|_| self.finished)?;
+        let QuerierExpects::Nothing(provider) = &self.expects else {
+            return None;
+        };
         let (index, payloads) = (&self.index, &self.payloads);
         let (columns, width) = (provider.columns, provider.width);
         let opened: Vec<Result<ListMatch, ()>> = self
@@ -685,25 +708,13 @@ impl ListQuerier {
     }
 }
 
-impl Party for ListQuerier {
-    fn poll(&mut self) -> Option<Message> {
-        self.poll_message()
-    }
-
-    fn handle(&mut self, message: Message) -> Result<(), ProtocolError> {
-        self.handle_message(message)
-    }
-
+impl_party!(
     /// Finished once every payload and every evaluation arrived; [`ListQuerier::open`] may
     /// then open the matched payloads.
-    fn stage(&self) -> Stage {
-        if self.is_finished() {
-            Stage::Finished
-        } else {
-            Stage::Exchanging
-        }
-    }
-}
+    ListQuerier,
+    ListMessage,
+    |this| Stage::finished_if(this.is_finished())
+);
 
 impl std::fmt::Debug for ListQuerier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -889,7 +900,7 @@ mod tests {
         provider_ids: Vec<String>,
         querier_ids: Vec<String>,
         outcome: ListOutcome,
-        transcript: Vec<Message>,
+        transcript: Vec<ListMessage>,
     }
 
     fn run(provider_ids: &[&str], querier_ids: &[&str]) -> Run {
@@ -907,9 +918,12 @@ mod tests {
         let mut q = ListQuerier::new(&domain, qt, 2, unlimited());
         let mut transcript = Vec::new();
         let no_release = |_: &mut ListProvider| Ok(());
-        crate::offline::drive(&mut p, &mut q, no_release, &mut |m: &Message, _: &[u8]| {
-            transcript.push(m.clone())
-        })
+        crate::offline::drive(
+            &mut p,
+            &mut q,
+            no_release,
+            &mut |m: &ListMessage, _: &[u8]| transcript.push(m.clone()),
+        )
         .unwrap();
         Run {
             domain,
@@ -921,10 +935,10 @@ mod tests {
         }
     }
 
-    fn provider_items(transcript: &[Message]) -> Vec<(Tag, Vec<u8>)> {
+    fn provider_items(transcript: &[ListMessage]) -> Vec<(Tag, Vec<u8>)> {
         let mut items = Vec::new();
         for m in transcript {
-            if let Message::ListProviderItems {
+            if let ListMessage::ListProviderItems {
                 payload_bytes,
                 tags,
                 payloads,
@@ -976,8 +990,8 @@ mod tests {
         // (someone who knows the identifiers but not the provider's key).
         let mut guesses: Vec<(Tag, Zeroizing<[u8; 32]>)> = querier_keys;
         for m in &r.transcript {
-            if let Message::ListQuerierPoints { points }
-            | Message::ListProviderEvaluations { points } = m
+            if let ListMessage::ListQuerierPoints { points }
+            | ListMessage::ListProviderEvaluations { points } = m
             {
                 guesses.extend(points.iter().map(derive));
             }
@@ -1043,7 +1057,7 @@ mod tests {
         assert_eq!(r.outcome.rows_of("b@x.org").map(<[_]>::len), Some(2));
         assert_eq!(r.outcome.rows_of("d@x.org"), None);
         // hello, one items chunk; hello, one points chunk; one evaluations chunk.
-        let kinds: Vec<&str> = r.transcript.iter().map(Message::kind).collect();
+        let kinds: Vec<&str> = r.transcript.iter().map(ListMessage::kind).collect();
         assert_eq!(
             kinds,
             [
@@ -1060,11 +1074,11 @@ mod tests {
     fn evaluations_are_the_provider_key_applied_in_order() {
         let r = run(&["a@x.org"], &["a@x.org", "b@x.org", "c@x.org"]);
         let sent = r.transcript.iter().find_map(|m| match m {
-            Message::ListQuerierPoints { points } => Some(points.clone()),
+            ListMessage::ListQuerierPoints { points } => Some(points.clone()),
             _ => None,
         });
         let back = r.transcript.iter().find_map(|m| match m {
-            Message::ListProviderEvaluations { points } => Some(points.clone()),
+            ListMessage::ListProviderEvaluations { points } => Some(points.clone()),
             _ => None,
         });
         let (sent, back) = (sent.unwrap(), back.unwrap());
