@@ -2,7 +2,8 @@
 //! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
 //! queries a server whose settings come from a file, one of them overridden on the command
 //! line), errors said once with their fix, and stopping `serve` with one signal (drain) or two
-//! (at once).
+//! (at once); the log (text and JSON lines, RUST_LOG), the metrics, and failed
+//! authentications logged, counted and audited without the token.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -125,7 +126,9 @@ impl Server {
             }
         });
         let server = Server { child, lines };
-        let start = server.line_with("cleanroom serve: member \"publisher\"");
+        // The start line, in either log format: `... member "publisher" of collaboration ...
+        // on http://127.0.0.1:PORT (state ...)`.
+        let start = server.line_with("of collaboration");
         let url = start
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -340,5 +343,272 @@ async fn one_signal_drains_and_a_second_stops_at_once() {
     assert!(
         !decisions.contains(&cleanroom_service::Decision::Running),
         "{decisions:?}"
+    );
+}
+
+/// `GET /metrics` on `addr`: the status line and the body.
+fn scrape(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text body.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+/// Data rows of a fixture CSV file (lines after the header).
+fn data_rows(name: &str) -> f64 {
+    (std::fs::read_to_string(data(name)).unwrap().lines().count() - 1) as f64
+}
+
+#[test]
+fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let collab = data("collab.toml");
+    let impressions = format!("impressions={}", data("impressions.csv").display());
+    let args = [
+        "--config",
+        collab.to_str().unwrap(),
+        "--member",
+        "publisher",
+        "--data",
+        &impressions,
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let (mut server, url) = Server::start(&args);
+    let metrics = server.line_with("metrics at http://");
+    let metrics: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    let metrics = metrics["message"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("metrics at http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+
+    let conversions = format!("conversions={}", data("conversions.csv").display());
+    let query = |token: &str| {
+        cleanroom(
+            &[
+                "query",
+                "--config",
+                collab.to_str().unwrap(),
+                "--member",
+                "advertiser",
+                "--data",
+                &conversions,
+                "--server",
+                &url,
+                "--format",
+                "json",
+                "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+                 JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
+            ],
+            &[("CLEANROOM_TOKEN", token)],
+        )
+    };
+    const WRONG: &str = "not-a-member-token-5f3a9c";
+    let (code, _, stderr) = query(WRONG);
+    assert_ne!(code, 0, "{stderr}");
+    let (code, _, stderr) = query("advertiser-token");
+    assert_eq!(code, 0, "{stderr}");
+
+    // The metrics, while the server runs: exact counts of what happened.
+    let (status, body) = scrape(&metrics);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let auth = "cleanroom_authentication_failures_total{reason=\"unknown_token\"}";
+    assert_eq!(sample(&body, auth), 1.0);
+    assert_eq!(
+        sample(&body, "cleanroom_sessions_total{decision=\"released\"}"),
+        1.0
+    );
+    let rows = |side: &str| {
+        let series =
+            format!("cleanroom_session_rows_total{{member=\"advertiser\",side=\"{side}\"}}");
+        sample(&body, &series)
+    };
+    assert_eq!(rows("server"), data_rows("impressions.csv"));
+    assert_eq!(rows("client"), data_rows("conversions.csv"));
+    let duration = "cleanroom_session_duration_seconds_count{decision=\"released\"}";
+    assert_eq!(sample(&body, duration), 1.0);
+    assert_eq!(sample(&body, "cleanroom_sessions_in_flight"), 0.0);
+    assert!(
+        sample(
+            &body,
+            "cleanroom_session_bytes_total{direction=\"received\",member=\"advertiser\"}"
+        ) > 0.0
+    );
+    let (status, _) = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        (response.lines().next().unwrap().to_owned(), ())
+    };
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // Stopped, the failed authentication is in the state database.
+    server.signal("TERM");
+    assert_eq!(server.exit_code(), Some(0));
+    let lines: Vec<String> = server.lines.try_iter().collect();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for line in &lines {
+        assert!(!line.contains(WRONG), "the token was logged: {line}");
+        assert!(
+            !line.contains("advertiser-token"),
+            "a token was logged: {line}"
+        );
+        assert!(
+            !line.contains("@example.com"),
+            "an identifier was logged: {line}"
+        );
+    }
+    let event = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} event in {lines:#?}"))
+    };
+    let failed = event("authentication_failed");
+    assert_eq!(failed["reason"], "unknown_token");
+    assert_eq!(failed["level"], "WARN");
+    assert!(
+        failed["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{failed}"
+    );
+    assert!(
+        failed["timestamp"].as_str().unwrap().starts_with("20"),
+        "{failed}"
+    );
+    let started = event("session_started");
+    assert_eq!(started["member"], "advertiser");
+    assert_eq!(started["protocol"], "cardinality");
+    let ended = event("session_ended");
+    assert_eq!(ended["session_id"], started["session_id"]);
+    assert_eq!(ended["decision"], "released");
+    assert_eq!(
+        ended["server_rows"].as_f64(),
+        Some(data_rows("impressions.csv"))
+    );
+
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "audit",
+            "--state",
+            state.to_str().unwrap(),
+            "--auth-failures",
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(rows[0]["reason"], "unknown_token");
+    assert_eq!(rows[0]["peer"], "127.0.0.1");
+    assert_eq!(rows[0]["member"], "");
+    assert_eq!(rows[0]["count"], 1);
+    assert!(!stdout.contains(WRONG));
+
+    // RUST_LOG filters: the start line is kept, the sessions' INFO events are not, and a
+    // failed authentication (WARN) still is.
+    let mut text_args = args.to_vec();
+    text_args.truncate(10);
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(&text_args)
+        .env("RUST_LOG", "warn,cleanroom::serve=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = lines.next().unwrap().unwrap();
+    assert!(
+        start.contains(" INFO cleanroom::serve: member \"publisher\""),
+        "{start}"
+    );
+    let url = start
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let run = |token: &str| {
+        cleanroom(
+            &[
+                "query",
+                "--config",
+                collab.to_str().unwrap(),
+                "--member",
+                "advertiser",
+                "--data",
+                &conversions,
+                "--server",
+                &url,
+                "SELECT COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+                 JOIN conversions c ON i.email = c.email",
+            ],
+            &[("CLEANROOM_TOKEN", token)],
+        )
+    };
+    assert_ne!(run(WRONG).0, 0);
+    assert_eq!(run("advertiser-token").0, 0);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains(" WARN cleanroom::auth:") && l.contains("unknown_token")),
+        "{rest:#?}"
+    );
+    assert!(!rest.iter().any(|l| l.contains("session_")), "{rest:#?}");
+
+    // A RUST_LOG that does not parse stops the start with a clear error.
+    let (code, _, stderr) = {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .args(&text_args)
+            .env("RUST_LOG", "cleanroom=loud")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("RUST_LOG=\"cleanroom=loud\" is not a valid filter"),
+        "{stderr}"
     );
 }

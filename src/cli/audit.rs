@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use cleanroom_service::{AuditEntry, StateDb};
+use cleanroom_service::{AuditEntry, FailedAuthentication, StateDb};
 
 use super::output::{CsvCells, Format, render_csv, render_table};
 
@@ -27,6 +27,63 @@ pub struct AuditArgs {
     /// Output format (JSON: an array of objects).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Instead of the query attempts, the failed authentications: one row per minute, peer
+    /// address, member (a valid token without its certificate) and reason, with its count.
+    #[arg(long, conflicts_with = "member")]
+    auth_failures: bool,
+}
+
+const FAILURE_COLUMNS: [&str; 7] = [
+    "minute",
+    "last_at",
+    "collaboration_id",
+    "peer",
+    "member",
+    "reason",
+    "count",
+];
+
+/// Renders failed authentications in `format`.
+fn render_failures(rows: &[FailedAuthentication], format: Format) -> Result<String> {
+    let columns: Vec<String> = FAILURE_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.minute.clone(),
+                r.last_at.clone(),
+                r.collaboration_id.clone(),
+                r.peer.clone(),
+                r.member.clone(),
+                r.reason.clone(),
+                r.count.to_string(),
+            ]
+        })
+        .collect();
+    Ok(match format {
+        Format::Json => {
+            let objects: Vec<serde_json::Value> = cells
+                .iter()
+                .map(|row| {
+                    let mut object = serde_json::Map::new();
+                    for (column, cell) in FAILURE_COLUMNS.iter().zip(row) {
+                        let value = if *column == "count" {
+                            serde_json::Value::from(cell.parse::<u64>().unwrap_or(0))
+                        } else {
+                            serde_json::Value::from(cell.as_str())
+                        };
+                        object.insert((*column).to_owned(), value);
+                    }
+                    serde_json::Value::Object(object)
+                })
+                .collect();
+            let mut json = serde_json::to_string_pretty(&objects)?;
+            json.push('\n');
+            json
+        }
+        Format::Csv => render_csv(&columns, &cells, CsvCells::Safe)?,
+        Format::Table => render_table(&columns, &cells),
+    })
 }
 
 const COLUMNS: [&str; 19] = [
@@ -109,6 +166,17 @@ pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
     // Its errors name the file.
     let state = StateDb::open_read_only(&args.state)?;
+    if args.auth_failures {
+        let mut rows = state.failed_authentications(None)?;
+        if let Some(collaboration) = &args.collaboration {
+            rows.retain(|r| &r.collaboration_id == collaboration);
+        }
+        if let Some(last) = args.last {
+            rows.drain(..rows.len().saturating_sub(last as usize));
+        }
+        print!("{}", render_failures(&rows, args.format)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut entries = state.entries(args.member.as_deref(), None)?;
     if let Some(collaboration) = &args.collaboration {
         entries.retain(|e| &e.collaboration_id == collaboration);

@@ -14,7 +14,7 @@ use clap::Args;
 use cleanroom_data::TableSpec;
 use cleanroom_rules::Collaboration;
 use cleanroom_service::listener::{ConnectionLimits, OpenFilesLimit};
-use cleanroom_service::server::{ServerConfig, SessionHook};
+use cleanroom_service::server::ServerConfig;
 use cleanroom_service::{Limits, StateDb, TlsIdentity};
 
 /// Arguments of `cleanroom serve`.
@@ -84,9 +84,46 @@ pub struct ServeArgs {
     /// in plaintext) to send its first bytes; a slower one is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = ConnectionLimits::default().handshake_timeout.as_secs())]
     handshake_timeout: u64,
-    /// Print nothing about sessions (errors still go to stderr).
+    /// Log no session events below WARN (RUST_LOG, when set, decides instead).
     #[arg(long, short)]
     quiet: bool,
+    /// How log lines are written to stderr: `text` (a timestamp, the level, the target and the
+    /// event's fields) or `json` (one object per line). RUST_LOG filters them (default `info`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). They show every
+    /// member's activity: keep the address away from partners.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+}
+
+/// The format of the server's log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-02T05:00:00.000000Z  INFO cleanroom::session: event="session_ended" ...`
+    Text,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
+}
+
+/// Installs the log of `serve`: RUST_LOG's filter when it is set (refused when it does not
+/// parse), else `info` (with `quiet`, the session events only from WARN up); lines on stderr.
+fn init_log(format: LogFormat, quiet: bool) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+            .with_context(|| format!("RUST_LOG={directives:?} is not a valid filter"))?,
+        _ if quiet => EnvFilter::new("info,cleanroom::session=warn"),
+        _ => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| anyhow!("installing the log: {e}"))
 }
 
 /// Parses `TABLE=LOCATION[,key=value]...` (the options are checked with the collaboration).
@@ -130,6 +167,7 @@ fn resolve(listen: &str) -> Result<SocketAddr> {
 
 /// Runs the server until Ctrl-C (or SIGTERM).
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    init_log(args.log_format, args.quiet)?;
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -160,32 +198,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if tls.is_none() {
         cleanroom_service::tls::check_plaintext_listen(addr, args.insecure)?;
     }
-    let quiet = args.quiet;
-    let hook: SessionHook = Arc::new(move |entry| {
-        if !quiet {
-            eprintln!(
-                "session {} member={} decision={} released={} suppressed={} rows={}+{} skipped={}+{} bounded={} (told {}) bytes_in={} bytes_out={}{}",
-                entry.session_id,
-                entry.member,
-                entry.decision,
-                entry.released_rows,
-                entry.suppressed_rows,
-                entry.matcher_rows,
-                entry.receiver_rows,
-                entry.matcher_skipped,
-                entry.receiver_skipped,
-                entry.bounded_identifiers,
-                entry.bounded_disclosed,
-                entry.bytes_received,
-                entry.bytes_sent,
-                if entry.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" reason={:?}", entry.reason)
-                }
-            );
-        }
-    });
+    let metrics_addr = args.metrics_listen.as_deref().map(resolve).transpose()?;
     let data = data_map(args.data, &collaboration)?;
     let config = ServerConfig {
         collaboration: Arc::new(collaboration),
@@ -196,7 +209,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         state: Arc::new(state),
         tls,
         insecure: args.insecure,
-        on_session_end: Some(hook),
+        // Every session's end is an event of the log (cleanroom_service::events).
+        on_session_end: None,
     };
     config.validate()?;
     // The whole tables, before listening: a bad line stops the start with file, line, column.
@@ -214,21 +228,38 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
-        if !quiet {
-            eprintln!(
-                "cleanroom serve: member {:?} of collaboration {:?}, tables {}, on {}://{local} (state {})",
-                config.member,
-                config.collaboration.id(),
-                config.data.keys().cloned().collect::<Vec<_>>().join(", "),
-                if config.tls.is_some() { "https" } else { "http" },
-                config.state.path().display(),
-            );
-        }
-        // Not about sessions: printed even with --quiet.
+        tracing::info!(
+            target: "cleanroom::serve",
+            "member {:?} of collaboration {:?}, tables {}, on {}://{local} (state {})",
+            config.member,
+            config.collaboration.id(),
+            config.data.keys().cloned().collect::<Vec<_>>().join(", "),
+            if config.tls.is_some() { "https" } else { "http" },
+            config.state.path().display(),
+        );
+        // Rows and skipped rows per table: also with --quiet.
         for line in &checked {
-            eprintln!("cleanroom serve: {line}");
+            tracing::info!(target: "cleanroom::serve", "{line}");
         }
-        eprintln!("cleanroom serve: {}", connections_line(open_files, fitted));
+        tracing::info!(target: "cleanroom::serve", "{}", connections_line(open_files, fitted));
+        let metrics = match metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--metrics-listen {addr}"))?;
+                let at = listener.local_addr()?;
+                tracing::info!(target: "cleanroom::serve", "metrics at http://{at}/metrics");
+                if !at.ip().is_loopback() {
+                    tracing::warn!(
+                        target: "cleanroom::serve",
+                        "the metrics on {at} show every member's activity and have no \
+                         authentication: keep them away from partners"
+                    );
+                }
+                Some(listener)
+            }
+            None => None,
+        };
         // The first signal drains (running sessions go on, new ones are refused); a second
         // stops at once, recording the running sessions as interrupted.
         let state = Arc::clone(&config.state);
@@ -238,20 +269,21 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             let _ = first.send(());
             shutdown_signal().await;
             let interrupted = state.interrupt_running().unwrap_or(0);
-            eprintln!(
-                "cleanroom serve: second signal: stopping now; {interrupted} running session{} \
-                 recorded as interrupted",
+            tracing::warn!(
+                target: "cleanroom::serve",
+                event = "stopped_at_once",
+                interrupted,
+                "second signal: stopping now; {interrupted} running session{} recorded as \
+                 interrupted",
                 if interrupted == 1 { "" } else { "s" }
             );
             std::process::exit(130);
         });
-        cleanroom_service::serve(config, listener, async {
+        cleanroom_service::serve_with_metrics(config, listener, metrics, async {
             let _ = drain.await;
         })
         .await?;
-        if !quiet {
-            eprintln!("cleanroom serve: stopped");
-        }
+        tracing::info!(target: "cleanroom::serve", "stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -70,6 +70,8 @@ impl ServeChild {
             .args(["--max-sessions", &max_sessions.to_string()])
             // Every load client is the same member: let it use every slot.
             .args(["--max-sessions-per-member", &max_sessions.to_string()])
+            // JSON lines: the `session_ended` events are counted below.
+            .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -85,7 +87,7 @@ impl ServeChild {
             }
         };
         let url = banner
-            .split_whitespace()
+            .split(|c: char| c.is_whitespace() || c == '"')
             .find(|w| w.starts_with("http://"))
             .with_context(|| format!("no address in the server's banner {banner:?}"))?
             .to_owned();
@@ -95,9 +97,15 @@ impl ServeChild {
         // Drain the log so the server never blocks on a full pipe.
         let log = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                if line.contains("decision=released") {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["event"] != "session_ended" {
+                    continue;
+                }
+                if event["decision"] == "released" {
                     count.fetch_add(1, Ordering::Relaxed);
-                } else if line.starts_with("session ") {
+                } else {
                     log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
                 }
             }

@@ -34,6 +34,18 @@ pub enum Protocol {
     List,
 }
 
+impl Protocol {
+    /// The name the plan's JSON and the server's log use (`cardinality`, `intersection_sum`,
+    /// `list`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Cardinality => "cardinality",
+            Protocol::IntersectionSum => "intersection_sum",
+            Protocol::List => "list",
+        }
+    }
+}
+
 /// The part a member plays in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::events::{AuthFailure, ServerEvents};
 use crate::listener::PeerInfo;
 
 /// The metadata key that carries the token.
@@ -86,10 +87,12 @@ impl Interceptor for AttachToken {
 pub struct AuthenticatedMember(pub String);
 
 /// Server side: rejects calls without a valid token with `UNAUTHENTICATED` and records the
-/// member of a valid one as [`AuthenticatedMember`].
+/// member of a valid one as [`AuthenticatedMember`]. With [`ServerEvents`], every refusal is
+/// logged, counted and kept for the state database (bounded: see [`events`](crate::events)).
 #[derive(Clone)]
 pub struct CheckToken {
     collaboration: Arc<cleanroom_rules::Collaboration>,
+    events: Option<Arc<ServerEvents>>,
 }
 
 impl fmt::Debug for CheckToken {
@@ -101,7 +104,30 @@ impl fmt::Debug for CheckToken {
 impl CheckToken {
     /// Authenticates against the members of `collaboration`.
     pub fn new(collaboration: Arc<cleanroom_rules::Collaboration>) -> CheckToken {
-        CheckToken { collaboration }
+        CheckToken {
+            collaboration,
+            events: None,
+        }
+    }
+
+    /// Tells `events` about every call it refuses.
+    pub fn with_events(mut self, events: Arc<ServerEvents>) -> CheckToken {
+        self.events = Some(events);
+        self
+    }
+
+    /// The refusal of a call from `peer` for `reason`, told to the events.
+    fn refuse(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        member: Option<&str>,
+        reason: AuthFailure,
+        message: String,
+    ) -> Status {
+        if let Some(events) = &self.events {
+            events.authentication_failed(peer, member, reason);
+        }
+        Status::unauthenticated(message)
     }
 
     /// The member whose token is `token` (every member is compared, each in constant time, so
@@ -125,19 +151,34 @@ fn bearer(value: &str) -> Option<&str> {
 
 impl Interceptor for CheckToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.tcp.remote_addr());
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
-            return Err(Status::unauthenticated(
-                "missing bearer token (authorization: Bearer <token>)",
+            return Err(self.refuse(
+                peer,
+                None,
+                AuthFailure::MissingToken,
+                "missing bearer token (authorization: Bearer <token>)".to_owned(),
             ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(bearer)
-            .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
-        let member = self
-            .member_for(token)
-            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
+            self.refuse(
+                peer,
+                None,
+                AuthFailure::MalformedAuthorization,
+                "malformed authorization header".to_owned(),
+            )
+        })?;
+        let member = self.member_for(token).ok_or_else(|| {
+            self.refuse(
+                peer,
+                None,
+                AuthFailure::UnknownToken,
+                "invalid bearer token".to_owned(),
+            )
+        })?;
         if let Some(pin) = self
             .collaboration
             .member(&member)
@@ -148,11 +189,16 @@ impl Interceptor for CheckToken {
                 .get::<PeerInfo>()
                 .and_then(|peer| peer.client_cert_sha256);
             if presented.as_ref() != Some(pin) {
-                return Err(Status::unauthenticated(format!(
-                    "member {member:?} must present its client certificate (pinned by \
-                     client_cert_sha256 in the collaboration file): give query --tls-cert and \
-                     --tls-key over https://"
-                )));
+                return Err(self.refuse(
+                    peer,
+                    Some(&member),
+                    AuthFailure::ClientCertificateRequired,
+                    format!(
+                        "member {member:?} must present its client certificate (pinned by \
+                         client_cert_sha256 in the collaboration file): give query --tls-cert \
+                         and --tls-key over https://"
+                    ),
+                ));
             }
         }
         request.extensions_mut().insert(AuthenticatedMember(member));

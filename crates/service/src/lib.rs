@@ -26,9 +26,11 @@ pub mod auth;
 pub mod client;
 pub mod client_cert;
 pub mod data;
+pub mod events;
 pub mod exchange;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 mod outcome;
 pub mod privacy;
 pub mod proto;
@@ -44,8 +46,9 @@ pub use auth::{BearerToken, TokenError};
 pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};
 pub use limits::{Limits, LimitsError};
 pub use listener::{ConnectionLimits, ConnectionLimitsError};
-pub use server::{ServerConfig, ServerError, serve};
+pub use server::{ServerConfig, ServerError, serve, serve_with_metrics};
 pub use state::{
-    AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, Policy, Standing, StateDb, StateError,
+    AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, FailedAuthentication, Policy, Standing,
+    StateDb, StateError,
 };
 pub use tls::{TlsError, TlsIdentity};

@@ -101,6 +101,44 @@ impl SessionError {
         }
     }
 
+    /// Why the session ended, as stable codes for the log and the metrics: the rules' reason
+    /// codes of a refusal, else one code of the service's (`permission_denied`,
+    /// `invalid_argument`, `resource_exhausted`, `malformed_message`, `protocol_violation`,
+    /// `oversized_message`, `unexpected_message`, `peer_ended`, `peer_gone`, `transport`,
+    /// `idle_timeout`, `too_slow`, `session_timeout`, `server_data`, `state_database`,
+    /// `internal`).
+    pub(crate) fn reason_codes(&self) -> Vec<&'static str> {
+        let one = match self {
+            SessionError::Refused(refusal) => {
+                return refusal.reasons.iter().map(|r| r.code.as_str()).collect();
+            }
+            SessionError::State(StateError::Exhausted(Exhausted::Budget { .. })) => {
+                ReasonCode::BudgetExhausted.as_str()
+            }
+            SessionError::State(StateError::Exhausted(_)) => ReasonCode::QueryLimitReached.as_str(),
+            SessionError::PermissionDenied(_) => "permission_denied",
+            SessionError::InvalidArgument(_) => "invalid_argument",
+            SessionError::ResourceExhausted(_) => "resource_exhausted",
+            SessionError::Exchange(e) => match e {
+                ExchangeError::Peer(PeerError::Wire(_)) => "malformed_message",
+                ExchangeError::Peer(PeerError::Protocol(_)) => "protocol_violation",
+                ExchangeError::Oversized { .. } => "oversized_message",
+                ExchangeError::Unexpected(_) => "unexpected_message",
+                ExchangeError::PeerEnded => "peer_ended",
+                ExchangeError::PeerGone => "peer_gone",
+                ExchangeError::Transport(_) => "transport",
+                ExchangeError::Idle(_) => "idle_timeout",
+                ExchangeError::TooSlow { .. } => "too_slow",
+                ExchangeError::Deadline(_) => "session_timeout",
+                ExchangeError::Internal(_) => "internal",
+            },
+            SessionError::Data { .. } => "server_data",
+            SessionError::State(_) => "state_database",
+            SessionError::Internal(_) => "internal",
+        };
+        vec![one]
+    }
+
     /// The reason recorded in the audit log (server-side detail included).
     pub(crate) fn audit_reason(&self) -> String {
         match self {

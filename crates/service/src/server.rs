@@ -10,6 +10,7 @@
 use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,11 +25,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
 use crate::data::{self, DataFileError};
+use crate::events::FLUSH_INTERVAL;
 use crate::exchange::ExchangeError;
 use crate::limits::{
     FIRST_MESSAGE_TIMEOUT, Limits, LimitsError, MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES,
 };
-use crate::listener::{ConnectionLimits, Connections, ConnectionsError};
+use crate::listener::{ConnectionLimits, Connections, ConnectionsError, PeerInfo};
 use crate::outcome::{SessionError, is_too_large, too_large};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
@@ -207,9 +209,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], and with `metrics` the Prometheus metrics at `GET /metrics` on that listener
+/// ([`metrics`](crate::metrics)). Failed authentications counted in memory are written to the
+/// state database every [`FLUSH_INTERVAL`](crate::events::FLUSH_INTERVAL) and once more when
+/// the server stops.
+pub async fn serve_with_metrics(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     config.validate()?;
+    // What the check notes (rows, skipped rows per table): `cleanroom serve` logs it at INFO
+    // when it starts, before listening; here it is only repeated for the curious.
     for line in config.check_tables()? {
-        eprintln!("cleanroom serve: {line}");
+        tracing::debug!(target: "cleanroom::serve", "{line}");
     }
     config
         .state
@@ -236,8 +253,29 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let reflection = reflection().build_v1()?;
 
-    let check = CheckToken::new(Arc::clone(&config.collaboration));
     let clean_room = CleanRoom::new(config.clone());
+    let events = Arc::clone(&clean_room.host.events);
+    let check = CheckToken::new(Arc::clone(&config.collaboration)).with_events(Arc::clone(&events));
+    let _metrics = metrics.map(|listener| {
+        let host = clean_room.host.clone();
+        AbortOnDrop(tokio::spawn(crate::metrics::serve_metrics(
+            listener,
+            Arc::clone(events.metrics()),
+            Arc::new(move || host.running_sessions()),
+        )))
+    });
+    let _flush = AbortOnDrop(tokio::spawn({
+        let events = Arc::clone(&events);
+        async move {
+            let mut every = tokio::time::interval(FLUSH_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let events = Arc::clone(&events);
+                let _ = tokio::task::spawn_blocking(move || events.flush()).await;
+            }
+        }
+    }));
     let drain = drain(clean_room.clone(), health, shutdown);
     let service = CleanRoomServiceServer::new(clean_room)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -263,7 +301,17 @@ pub async fn serve(
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
+    let _ = tokio::task::spawn_blocking(move || events.flush()).await;
     Ok(())
+}
+
+/// A background task that ends with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a draining server tells a new session.
@@ -286,8 +334,11 @@ async fn drain(
             .await;
     }
     let running = clean_room.host.running_sessions();
-    eprintln!(
-        "cleanroom serve: draining {running} running session{}; new sessions are refused",
+    tracing::info!(
+        target: "cleanroom::serve",
+        event = "draining",
+        running,
+        "draining {running} running session{}; new sessions are refused",
         if running == 1 { "" } else { "s" }
     );
     while clean_room.host.running_sessions() > 0 {
@@ -311,12 +362,19 @@ impl CleanRoom {
         }
     }
 
-    /// Reads the start, records the attempt and admits or refuses it.
+    /// Reads the start, records the attempt and admits or refuses it. A refusal before the
+    /// attempt is recorded (no start, or not a start) is logged here; any later one is
+    /// recorded, logged and counted by the host.
     async fn open(
         &self,
         member: &str,
+        peer: Option<SocketAddr>,
         inbound: &mut Streaming<RunSessionRequest>,
     ) -> Result<Admitted, Status> {
+        let early = |reason: &str, status: Status| {
+            self.host.events.session_refused(member, peer, reason);
+            status
+        };
         let wait = self
             .host
             .config
@@ -326,28 +384,33 @@ impl CleanRoom {
         let first = tokio::time::timeout(wait, inbound.message())
             .await
             .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no session start within {}s",
-                    wait.as_secs_f32()
-                ))
+                early(
+                    "no_start",
+                    Status::deadline_exceeded(format!(
+                        "no session start within {}s",
+                        wait.as_secs_f32()
+                    )),
+                )
             })?
             .map_err(|status| {
                 if is_too_large(&status) {
-                    too_large(&status)
+                    early("bad_start", too_large(&status))
                 } else {
-                    status
+                    early("no_start", status)
                 }
             })?;
         let start = match first.and_then(|m| m.message) {
             Some(run_session_request::Message::Start(start)) => start,
             Some(run_session_request::Message::Psi(_)) => {
-                return Err(Status::invalid_argument(
-                    "a session must open with a start message",
+                return Err(early(
+                    "bad_start",
+                    Status::invalid_argument("a session must open with a start message"),
                 ));
             }
             None => {
-                return Err(Status::cancelled(
-                    "the client closed the session before starting",
+                return Err(early(
+                    "no_start",
+                    Status::cancelled("the client closed the session before starting"),
                 ));
             }
         };
@@ -397,6 +460,14 @@ fn psi_stream(
     })
 }
 
+/// The client's address, as the listener saw it.
+fn peer_of<T>(request: &Request<T>) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.tcp.remote_addr())
+}
+
 fn authenticated<T>(request: &Request<T>) -> Result<String, Status> {
     request
         .extensions()
@@ -414,14 +485,22 @@ impl CleanRoomService for CleanRoom {
         request: Request<Streaming<RunSessionRequest>>,
     ) -> Result<Response<Self::RunSessionStream>, Status> {
         let member = authenticated(&request)?;
+        let peer = peer_of(&request);
         if self.draining.load(Ordering::SeqCst) {
+            self.host.events.session_refused(&member, peer, "draining");
             return Err(Status::unavailable(DRAINING_MESSAGE));
         }
         let started = Instant::now();
         let timeout = self.host.config.limits.session_timeout;
         let deadline = (started + timeout, timeout);
         let mut inbound = request.into_inner();
-        let admitted = self.open(&member, &mut inbound).await?;
+        let admitted = self.open(&member, peer, &mut inbound).await?;
+        self.host.events.session_started(
+            &admitted.session_id,
+            &member,
+            peer,
+            admitted.plan.protocol().as_str(),
+        );
         let (outbound, responses) = mpsc::channel(4);
         tokio::spawn(self.host.clone().drive(
             admitted,

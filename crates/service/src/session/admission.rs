@@ -9,10 +9,13 @@
 //! else can refuse the session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cleanroom_data::TableSpec;
 use cleanroom_rules::{Plan, Protocol};
 
+use crate::events::ServerEvents;
+use crate::metrics::Metrics;
 use crate::outcome::SessionError;
 use crate::proto::SessionStart;
 use crate::server::ServerConfig;
@@ -89,6 +92,8 @@ pub(crate) struct Host {
     sessions: SessionSlots,
     /// Budgets and query limits of the collaboration.
     policy: Arc<Policy>,
+    /// What the server logs and counts.
+    pub events: Arc<ServerEvents>,
 }
 
 fn new_session_id() -> Result<String, SessionError> {
@@ -110,21 +115,27 @@ pub(crate) async fn state_call<T: Send + 'static>(
 }
 
 impl Host {
-    /// The host of `config`'s sessions, with no session running.
     /// Sessions running now (admitted and not yet ended).
     pub(crate) fn running_sessions(&self) -> u32 {
         self.sessions.running()
     }
 
+    /// The host of `config`'s sessions, with no session running and its metrics at zero.
     pub(crate) fn new(config: ServerConfig) -> Host {
         let sessions = SessionSlots::new(
             config.limits.max_concurrent_sessions,
             config.limits.sessions_per_member(),
         );
+        let events = ServerEvents::new(
+            Arc::new(Metrics::new()),
+            Arc::clone(&config.state),
+            config.collaboration.id(),
+        );
         Host {
             policy: Arc::new(Policy::of(&config.collaboration)),
             config: Arc::new(config),
             sessions,
+            events: Arc::new(events),
         }
     }
 
@@ -274,6 +285,12 @@ impl Host {
                 .map(|standing| (plan, path, permit, standing)),
             Err(error) => Err(error),
         };
+        if let Ok((plan, ..)) = &admitted
+            && let Some(privacy) = plan.privacy()
+        {
+            self.events
+                .charged(plan.querier(), privacy.epsilon.as_f64());
+        }
         match admitted {
             Ok((plan, matcher_path, permit, standing)) => {
                 let (id, table) = (session_id.clone(), plan.matcher().table.clone());
@@ -292,7 +309,7 @@ impl Host {
                 })
             }
             Err(error) => {
-                self.finish(&session_id, &error, Completion::default())
+                self.finish(&session_id, &error, Completion::default(), None)
                     .await;
                 Err(error)
             }
@@ -314,12 +331,14 @@ impl Host {
         .await
     }
 
-    /// Records how a session ended without a release and tells the hook.
+    /// Records how a session ended without a release (after `duration`, when it was
+    /// admitted) and tells the log, the metrics and the hook.
     pub(crate) async fn finish(
         &self,
         session_id: &str,
         error: &SessionError,
         completion: Completion,
+        duration: Option<Duration>,
     ) {
         let (id, decision, reason) = (
             session_id.to_owned(),
@@ -330,20 +349,32 @@ impl Host {
             s.finish(&id, decision, &reason, &completion)
         })
         .await;
-        if let Err(e) = recorded {
-            eprintln!("cleanroom serve: could not record the end of session {session_id}: {e}");
+        if let Err(error) = recorded {
+            tracing::error!(
+                target: "cleanroom::serve",
+                event = "state_error",
+                session_id,
+                %error,
+                "could not record the end of the session",
+            );
         }
-        self.tell(session_id).await;
+        self.tell(session_id, &error.reason_codes(), duration).await;
     }
 
-    /// Tells the session hook, if there is one, how the session ended.
-    pub(crate) async fn tell(&self, session_id: &str) {
-        let Some(hook) = self.config.on_session_end.clone() else {
-            return;
-        };
+    /// Tells the log, the metrics and the session hook, if there is one, how the session
+    /// ended (refused for `reasons`, empty unless refused).
+    pub(crate) async fn tell(
+        &self,
+        session_id: &str,
+        reasons: &[&str],
+        duration: Option<Duration>,
+    ) {
         let id = session_id.to_owned();
         if let Ok(Some(entry)) = state_call(&self.config.state, move |s| s.entry(&id)).await {
-            hook(&entry);
+            self.events.session_ended(&entry, reasons, duration);
+            if let Some(hook) = &self.config.on_session_end {
+                hook(&entry);
+            }
         }
     }
 }

@@ -101,7 +101,7 @@ impl Host {
         let counters = exchange.counters;
         drop(permit);
         match result {
-            Ok(()) => self.tell(&session_id).await,
+            Ok(()) => self.tell(&session_id, &[], Some(started.elapsed())).await,
             Err(error) => {
                 let completion = Completion {
                     matcher_rows,
@@ -111,7 +111,8 @@ impl Host {
                     bytes_sent: counters.bytes_sent,
                     ..Completion::default()
                 };
-                self.finish(&session_id, &error, completion).await;
+                self.finish(&session_id, &error, completion, Some(started.elapsed()))
+                    .await;
                 // End the call with the error (a stream that just ends would read as a
                 // success). The client may be gone or not reading; then there is nobody to tell.
                 let _ = tokio::time::timeout(

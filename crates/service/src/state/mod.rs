@@ -22,15 +22,18 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 mod audit;
+mod failed_auth;
 mod ledger;
 
 pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
+pub use failed_auth::{FailedAuthentication, FailedAuthenticationKey};
 pub use ledger::{Exhausted, Policy, Standing};
 
 /// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
-/// each audit entry; older files are upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 5;
+/// each audit entry, 6 the failed authentications; older files are upgraded when opened for
+/// writing).
+const SCHEMA_VERSION: i64 = 6;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
 const ADDED_AUDIT_COLUMNS: [(&str, &str); 5] = [
@@ -83,6 +86,16 @@ CREATE TABLE IF NOT EXISTS policy (
     queries_per_member INTEGER,
     queries_per_member_per_day INTEGER,
     updated_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS failed_auth (
+    minute TEXT NOT NULL,
+    last_at TEXT NOT NULL,
+    collaboration_id TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    member TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL CHECK (count > 0),
+    PRIMARY KEY (minute, collaboration_id, peer, member, reason)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_member (
     collaboration_id TEXT NOT NULL,
