@@ -405,8 +405,9 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
         .trim_end_matches("/metrics")
         .to_owned();
 
+    // The advertiser's query at `url` with `token`.
     let conversions = format!("conversions={}", data("conversions.csv").display());
-    let query = |token: &str| {
+    let query = |url: &str, token: &str| {
         cleanroom(
             &[
                 "query",
@@ -417,9 +418,7 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
                 "--data",
                 &conversions,
                 "--server",
-                &url,
-                "--format",
-                "json",
+                url,
                 "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
                  JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
             ],
@@ -427,9 +426,9 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
         )
     };
     const WRONG: &str = "not-a-member-token-5f3a9c";
-    let (code, _, stderr) = query(WRONG);
+    let (code, _, stderr) = query(&url, WRONG);
     assert_ne!(code, 0, "{stderr}");
-    let (code, _, stderr) = query("advertiser-token");
+    let (code, _, stderr) = query(&url, "advertiser-token");
     assert_eq!(code, 0, "{stderr}");
 
     // The metrics, while the server runs: exact counts of what happened.
@@ -560,26 +559,8 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_owned();
-    let run = |token: &str| {
-        cleanroom(
-            &[
-                "query",
-                "--config",
-                collab.to_str().unwrap(),
-                "--member",
-                "advertiser",
-                "--data",
-                &conversions,
-                "--server",
-                &url,
-                "SELECT COUNT(DISTINCT c.email) AS buyers FROM impressions i \
-                 JOIN conversions c ON i.email = c.email",
-            ],
-            &[("CLEANROOM_TOKEN", token)],
-        )
-    };
-    assert_ne!(run(WRONG).0, 0);
-    assert_eq!(run("advertiser-token").0, 0);
+    assert_ne!(query(&url, WRONG).0, 0);
+    assert_eq!(query(&url, "advertiser-token").0, 0);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

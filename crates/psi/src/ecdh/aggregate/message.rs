@@ -8,8 +8,8 @@
 
 use crate::format::{LIMBS_PER_VALUE, MAX_VALUE_COLUMNS, ciphertext_bytes};
 use crate::wire::{
-    MAX_GROUP_KEY_BYTES, PointBytes, RESULT_CHUNK_GROUPS, Tag, WireError, WireMessage, open,
-    put_len, put_points, put_tags, put_u64s, start,
+    MAX_GROUP_KEY_BYTES, PointBytes, RESULT_CHUNK_GROUPS, Reader, Tag, WireError, WireMessage,
+    open, put_len, put_points, put_tags, put_u64s, start,
 };
 
 /// One group the matcher releases: its key, which receiver group it crossed, the intersection
@@ -163,14 +163,13 @@ impl WireMessage for AggregateMessage {
                 value_columns,
                 points,
                 ciphertexts,
-            } => {
-                let mut out = start(KIND_RECEIVER_ITEMS);
-                out.extend_from_slice(&group.to_be_bytes());
-                out.push(*value_columns);
-                put_points(&mut out, points);
-                out.extend_from_slice(ciphertexts);
-                out
-            }
+            } => put_items(
+                KIND_RECEIVER_ITEMS,
+                *group,
+                *value_columns,
+                points,
+                ciphertexts,
+            ),
             AggregateMessage::ReceiverProvenItems {
                 group,
                 value_columns,
@@ -178,11 +177,13 @@ impl WireMessage for AggregateMessage {
                 ciphertexts,
                 proof,
             } => {
-                let mut out = start(KIND_RECEIVER_PROVEN_ITEMS);
-                out.extend_from_slice(&group.to_be_bytes());
-                out.push(*value_columns);
-                put_points(&mut out, points);
-                out.extend_from_slice(ciphertexts);
+                let mut out = put_items(
+                    KIND_RECEIVER_PROVEN_ITEMS,
+                    *group,
+                    *value_columns,
+                    points,
+                    ciphertexts,
+                );
                 put_len(&mut out, proof.len());
                 out.extend_from_slice(proof);
                 out
@@ -256,14 +257,7 @@ impl WireMessage for AggregateMessage {
                 }
             }
             KIND_RECEIVER_ITEMS => {
-                let group = r.u32("group")?;
-                let value_columns = r.u8("value_columns")?;
-                if usize::from(value_columns) > MAX_VALUE_COLUMNS {
-                    return Err(WireError::Invalid("value_columns"));
-                }
-                let points = r.points("points")?;
-                let width = ciphertext_bytes(usize::from(value_columns));
-                let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
+                let (group, value_columns, points, ciphertexts) = items(&mut r, 0)?;
                 AggregateMessage::ReceiverItems {
                     group,
                     value_columns,
@@ -272,14 +266,7 @@ impl WireMessage for AggregateMessage {
                 }
             }
             KIND_RECEIVER_PROVEN_ITEMS => {
-                let group = r.u32("group")?;
-                let value_columns = r.u8("value_columns")?;
-                if value_columns == 0 || usize::from(value_columns) > MAX_VALUE_COLUMNS {
-                    return Err(WireError::Invalid("value_columns"));
-                }
-                let points = r.points("points")?;
-                let width = ciphertext_bytes(usize::from(value_columns));
-                let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
+                let (group, value_columns, points, ciphertexts) = items(&mut r, 1)?;
                 let n = r.count("proof", 1)?;
                 let proof = r.take(n, "proof")?.to_vec();
                 AggregateMessage::ReceiverProvenItems {
@@ -335,4 +322,38 @@ impl WireMessage for AggregateMessage {
         r.finish()?;
         Ok(msg)
     }
+}
+
+/// The start of both item messages: the group, the value columns, the points and their
+/// ciphertexts.
+fn put_items(
+    kind: u8,
+    group: u32,
+    value_columns: u8,
+    points: &[PointBytes],
+    ciphertexts: &[u8],
+) -> Vec<u8> {
+    let mut out = start(kind);
+    out.extend_from_slice(&group.to_be_bytes());
+    out.push(value_columns);
+    put_points(&mut out, points);
+    out.extend_from_slice(ciphertexts);
+    out
+}
+
+/// Reads what [`put_items`] wrote, with at least `min_columns` and at most
+/// [`MAX_VALUE_COLUMNS`] value columns and exactly one ciphertext per point.
+fn items(
+    r: &mut Reader<'_>,
+    min_columns: u8,
+) -> Result<(u32, u8, Vec<PointBytes>, Vec<u8>), WireError> {
+    let group = r.u32("group")?;
+    let value_columns = r.u8("value_columns")?;
+    if value_columns < min_columns || usize::from(value_columns) > MAX_VALUE_COLUMNS {
+        return Err(WireError::Invalid("value_columns"));
+    }
+    let points = r.points("points")?;
+    let width = ciphertext_bytes(usize::from(value_columns));
+    let ciphertexts = r.take(points.len() * width, "ciphertexts")?.to_vec();
+    Ok((group, value_columns, points, ciphertexts))
 }
