@@ -1,8 +1,8 @@
 //! Running cleanroom as an operator does, through the binary: `token new` and `serve
 //! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
 //! queries a server whose settings come from a file, one of them overridden on the command
-//! line), errors said once with their fix, and stopping `serve` with one signal (drain) or two
-//! (at once).
+//! line), errors said once with their fix, `serve --client-ca` refused without TLS, and stopping
+//! `serve` with one signal (drain) or two (at once).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -244,6 +244,52 @@ fn a_server_file_configures_serve_and_a_fresh_token_admits_its_member() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert_eq!(stderr.matches("InvalidContentType").count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("use {url}")), "{stderr}");
+}
+
+#[test]
+fn a_client_ca_without_tls_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("partners.pem");
+    std::fs::write(
+        &ca,
+        cleanroom_testkit::CertificateAuthority::new("partners").cert_pem(),
+    )
+    .unwrap();
+    let state = dir.path().join("state.db");
+    let impressions = format!("impressions={}", data("impressions.csv").display());
+    let collab = data("collab.toml");
+    let args = [
+        "serve",
+        "--config",
+        collab.to_str().unwrap(),
+        "--member",
+        "publisher",
+        "--data",
+        &impressions,
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let expected = "error: --client-ca needs TLS: client certificates are only exchanged in a \
+                    TLS handshake; give --tls-cert and --tls-key as well\n";
+    // As a flag.
+    let mut flag = args.to_vec();
+    flag.extend(["--client-ca", ca.to_str().unwrap()]);
+    let (code, _, stderr) = cleanroom(&flag, &[]);
+    assert_eq!((code, stderr.as_str()), (2, expected));
+    // As the same key of a server file.
+    let server_file = dir.path().join("server.toml");
+    std::fs::write(
+        &server_file,
+        format!("client-ca = {:?}\n", ca.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut file = args.to_vec();
+    file.extend(["--config-file", server_file.to_str().unwrap()]);
+    let (code, _, stderr) = cleanroom(&file, &[]);
+    assert_eq!((code, stderr.as_str()), (2, expected));
+    assert!(!state.exists(), "the state database was created");
 }
 
 #[test]

@@ -23,6 +23,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
+use crate::client_cert::ClientAuth;
 use crate::data::{self, DataFileError};
 use crate::exchange::ExchangeError;
 use crate::limits::{
@@ -72,6 +73,10 @@ pub struct ServerConfig {
     pub state: Arc<StateDb>,
     /// The certificate and key to serve TLS with; `None` for plaintext.
     pub tls: Option<TlsIdentity>,
+    /// The CA certificates (PEM) every client certificate must chain to (`serve --client-ca`):
+    /// with them, the TLS handshake refuses a client that presents no such certificate, whatever
+    /// its token. Needs `tls`. Pins in the collaboration still apply on top.
+    pub client_ca: Option<Vec<u8>>,
     /// Allow plaintext on a non-loopback address.
     pub insecure: bool,
     /// Told about every session that ended.
@@ -88,6 +93,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("connections", &self.connections)
             .field("state", &self.state.path())
             .field("tls", &self.tls.is_some())
+            .field("client_ca", &self.client_ca.is_some())
             .field("insecure", &self.insecure)
             .finish_non_exhaustive()
     }
@@ -159,9 +165,16 @@ pub enum ServerError {
 
 impl ServerConfig {
     /// Checks the configuration: the member exists and owns every table served, each data file
-    /// has the table's columns, and the limits work.
+    /// has the table's columns, the limits work, and a client CA comes with TLS and holds a
+    /// usable certificate.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.limits.validate()?;
+        if let Some(ca) = &self.client_ca {
+            if self.tls.is_none() {
+                return Err(TlsError::ClientCaWithoutTls.into());
+            }
+            crate::client_cert::client_ca_roots(ca)?;
+        }
         self.connections
             .validate()
             .map_err(ConnectionsError::Limits)?;
@@ -248,12 +261,12 @@ pub async fn serve(
     // handshakes under a timeout, silent connections closed. It sets TCP_NODELAY itself.
     let open_files = crate::listener::raise_open_files_limit();
     let connection_limits = config.connections.fitted(open_files.now);
-    let (_connections, incoming) = Connections::accept(
-        listener,
-        connection_limits,
-        config.tls.as_ref(),
-        &config.collaboration.client_cert_pins(),
-    )?;
+    let clients = ClientAuth {
+        pins: config.collaboration.client_cert_pins(),
+        ca_pem: config.client_ca.clone(),
+    };
+    let (_connections, incoming) =
+        Connections::accept(listener, connection_limits, config.tls.as_ref(), &clients)?;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

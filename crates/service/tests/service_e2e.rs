@@ -542,6 +542,7 @@ async fn plaintext_is_refused_off_loopback() {
         connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls: None,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     };

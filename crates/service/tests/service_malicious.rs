@@ -681,6 +681,7 @@ async fn the_querier_never_sees_the_providers_row_count() {
             connections: cleanroom_service::ConnectionLimits::default(),
             state: Arc::new(StateDb::open(fx.path(&format!("state-{file}.db"))).unwrap()),
             tls: None,
+            client_ca: None,
             insecure: false,
             on_session_end: None,
         })
@@ -1588,6 +1589,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
         connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     })

@@ -407,6 +407,7 @@ mod tests {
             connections: ConnectionLimits::default(),
             state: Arc::new(StateDb::open(dir.path().join("state.db")).unwrap()),
             tls: None,
+            client_ca: None,
             insecure: false,
             on_session_end: None,
         })
