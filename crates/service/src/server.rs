@@ -34,8 +34,8 @@ use crate::outcome::{SessionError, is_too_large, too_large};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
-    ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
-    SessionSummary, run_session_request, run_session_response,
+    ListAuditEntriesResponse, PlanQueryRequest, PlanQueryResponse, PsiMessage, RunSessionRequest,
+    RunSessionResponse, SessionAccepted, SessionSummary, run_session_request, run_session_response,
 };
 use crate::session::{Admitted, Host, ServerFrames, SessionRequest, state_call};
 use crate::state::{AuditCursor, AuditEntry, AuditQuery, Policy, StateDb, StateError};
@@ -500,6 +500,22 @@ impl CleanRoomService for CleanRoom {
         Ok(Response::new(ListAuditEntriesResponse {
             entries: page.entries.iter().map(AuditEntry::to_proto).collect(),
             next_page_token: page.next.map(AuditCursor::token).unwrap_or_default(),
+        }))
+    }
+
+    /// The plan a session with this SQL would run under, from the server's own copy of the
+    /// collaboration (which the member holds too): nothing about the server's data, no slot, no
+    /// charge, no audit entry. A refusal is the status a session start would get, reasons in
+    /// the `cleanroom-refusal-bin` trailer.
+    async fn plan_query(
+        &self,
+        request: Request<PlanQueryRequest>,
+    ) -> Result<Response<PlanQueryResponse>, Status> {
+        let member = authenticated(&request)?;
+        let sql = request.into_inner().sql;
+        let plan = self.host.plan(&member, &sql).map_err(|e| e.status())?;
+        Ok(Response::new(PlanQueryResponse {
+            plan_json: cleanroom_rules::AllowedPlan::new(&plan).to_json(),
         }))
     }
 }

@@ -1248,6 +1248,13 @@ impl CleanRoomService for LyingProvider {
     ) -> Result<tonic::Response<ListAuditEntriesResponse>, Status> {
         Err(Status::unimplemented("a liar"))
     }
+
+    async fn plan_query(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::PlanQueryRequest>,
+    ) -> Result<tonic::Response<cleanroom_service::proto::PlanQueryResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
 }
 
 /// What a client did against a lying provider: its local result, and what the provider saw.
