@@ -1,13 +1,13 @@
 //! Running cleanroom as an operator does, through the binary: `token new` and `serve
 //! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
 //! queries a server whose settings come from a file, one of them overridden on the command
-//! line), errors said once with their fix, `serve --client-ca` refused without TLS, and stopping
-//! `serve` with one signal (drain) or two (at once).
+//! line), errors said once with their fix, `serve --client-ca` refused without TLS, stopping
+//! `serve` with one signal (drain) or two (at once), and `health` (exit 0 only when serving).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -355,6 +355,9 @@ async fn one_signal_drains_and_a_second_stops_at_once() {
         .expect("the session is accepted");
     server.signal("INT");
     server.line_with("draining 1 running session; new sessions are refused");
+    // A health check now says so (exit 1, as a container health check reads it).
+    let (code, stdout, _) = cleanroom(&["health", "--server", &url], &[]);
+    assert_eq!((code, stdout.as_str()), (1, "NOT_SERVING\n"));
     // A member arriving now is told why, at once, and the server keeps serving the other.
     let mut late = raw_client(addr, Some(ADVERTISER_TOKEN)).await;
     let Err(refused) = raw_open(&mut late, start()).await else {
@@ -387,4 +390,88 @@ async fn one_signal_drains_and_a_second_stops_at_once() {
         !decisions.contains(&cleanroom_service::Decision::Running),
         "{decisions:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_0_only_for_a_serving_server() {
+    use cleanroom_service::{Limits, StateDb, TlsIdentity};
+    use cleanroom_testkit::{
+        CertificateAuthority, Fixture, publisher_config, rand_suffix, serve_in_process,
+    };
+
+    let health = async |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["health".to_owned()];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            cleanroom(&all, &[])
+        })
+        .await
+        .unwrap()
+    };
+    let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    // Plaintext: the server as a whole and the cleanroom service serve; an unknown service is
+    // not serving.
+    let fx = Fixture::new(3);
+    let state =
+        || Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    let server = serve_in_process(publisher_config(&fx, Limits::default(), None, state())).await;
+    let url = format!("http://{}", server.addr);
+    assert_eq!(
+        health(args(&["--server", &url])).await,
+        (0, "SERVING\n".to_owned(), String::new())
+    );
+    let service = [
+        "--server",
+        &url,
+        "--service",
+        "cleanroom.v1.CleanRoomService",
+    ];
+    assert_eq!(health(args(&service)).await.0, 0);
+    let (code, _, stderr) = health(args(&["--server", &url, "--service", "nope"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    server.stop().await;
+    // Stopped: nothing listens.
+    let (code, stdout, stderr) = health(args(&["--server", &url])).await;
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(stderr.starts_with("error: cannot reach"), "{stderr}");
+
+    // TLS with a client CA: the probe needs a certificate of that CA too.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let server_tls = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let partners = CertificateAuthority::new("partners");
+    let probe = partners.issue_client("probe");
+    let mut config = publisher_config(&fx, Limits::default(), Some(server_tls.clone()), state());
+    config.client_ca = Some(partners.cert_pem());
+    let server = serve_in_process(config).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let ca = write("server.pem", &server_tls.cert_pem);
+    let (code, _, stderr) = health(args(&["--server", &url, "--ca", &ca])).await;
+    assert_eq!(code, 1, "{stderr}");
+    let (cert, key) = (
+        write("probe.pem", &probe.cert_pem),
+        write("probe.key", &probe.key_pem),
+    );
+    let with_cert = [
+        "--server",
+        &url,
+        "--ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    assert_eq!(
+        health(args(&with_cert)).await,
+        (0, "SERVING\n".to_owned(), String::new())
+    );
+    server.stop().await;
 }

@@ -281,6 +281,75 @@ pub struct QueryOutcome {
     pub own_over_bound: Option<u64>,
 }
 
+/// The channel to `server` that [`Client::connect`] opens: TLS unless plaintext is allowed for
+/// the URL (trusting `ca_pem`, or the system's roots), presenting `identity` as the client
+/// certificate when given. No token is attached here.
+async fn connect_channel(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    insecure: bool,
+    identity: Option<&crate::tls::TlsIdentity>,
+    connect_timeout: Duration,
+) -> Result<Channel, ClientError> {
+    let mut transport = client_transport(server, ca_pem, insecure)?;
+    if let Some(identity) = identity {
+        transport = transport.presenting(identity)?;
+    }
+    let connect_error =
+        |source: tonic::transport::Error| ClientError::transport(server, &causes(&source));
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(connect_error)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if let ClientTransport::Tls(tls) = transport {
+        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+    }
+    endpoint.connect().await.map_err(connect_error)
+}
+
+/// A server's answer to a health check (`grpc.health.v1`).
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Asks the server at `server` (`https://`, or `http://` where plaintext is allowed) what
+/// `grpc.health.v1.Health/Check` says of `service` (`""`: the server as a whole), connecting as
+/// [`Client::connect`] does (trusting `ca_pem`, presenting `identity`) but sending no token:
+/// health checks take none. Gives up after `timeout`, connection included. An answer outside
+/// the enumeration reads as [`ServingStatus::Unknown`].
+pub async fn check_health(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    insecure: bool,
+    identity: Option<&crate::tls::TlsIdentity>,
+    service: &str,
+    timeout: Duration,
+) -> Result<ServingStatus, ClientError> {
+    let check = async {
+        let channel = connect_channel(server, ca_pem, insecure, identity, timeout).await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map_err(|status| {
+                if crate::transport::is_transport_failure(status.message()) {
+                    ClientError::transport(server, status.message())
+                } else {
+                    ClientError::from(status)
+                }
+            })?;
+        Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    };
+    tokio::time::timeout(timeout, check).await.map_err(|_| {
+        ClientError::transport(
+            server,
+            &format!("no answer within {} s", timeout.as_secs_f32()),
+        )
+    })?
+}
+
 /// A connection to one server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -294,24 +363,14 @@ pub struct Client {
 impl Client {
     /// Connects to the server (TLS unless plaintext is allowed for the URL).
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let mut transport =
-            client_transport(&config.server, config.ca_pem.as_deref(), config.insecure)?;
-        if let Some(identity) = &config.identity {
-            transport = transport.presenting(identity)?;
-        }
-        let connect_error = |source: tonic::transport::Error| {
-            ClientError::transport(&config.server, &causes(&source))
-        };
-        let mut endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(connect_error)?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
-        if let ClientTransport::Tls(tls) = transport {
-            endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
-        }
-        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let channel = connect_channel(
+            &config.server,
+            config.ca_pem.as_deref(),
+            config.insecure,
+            config.identity.as_ref(),
+            config.connect_timeout,
+        )
+        .await?;
         let inner =
             CleanRoomServiceClient::with_interceptor(channel, AttachToken::new(&config.token))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
