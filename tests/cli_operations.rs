@@ -1,8 +1,9 @@
 //! Running cleanroom as an operator does, through the binary: `token new` and `serve
 //! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
 //! queries a server whose settings come from a file, one of them overridden on the command
-//! line), errors said once with their fix, `serve --client-ca` refused without TLS, stopping
-//! `serve` with one signal (drain) or two (at once), and `health` (exit 0 only when serving).
+//! line), errors said once with their fix, `serve --client-ca` (refused without TLS, then
+//! requiring a certificate of that CA), stopping `serve` with one signal (drain) or two (at
+//! once), and `health` (exit 0 only when serving).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -106,7 +107,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// `cleanroom serve <args>`, once it listens, and its `http://` URL.
+    /// `cleanroom serve <args>`, once it listens, and its `http://` (or `https://`) URL.
     fn start(args: &[&str]) -> (Server, String) {
         let mut child = Command::new(BIN)
             .arg("serve")
@@ -128,7 +129,7 @@ impl Server {
         let start = server.line_with("cleanroom serve: member \"publisher\"");
         let url = start
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .expect("the listening address")
             .to_owned();
         (server, url)
@@ -247,7 +248,7 @@ fn a_server_file_configures_serve_and_a_fresh_token_admits_its_member() {
 }
 
 #[test]
-fn a_client_ca_without_tls_is_refused_before_anything_is_created() {
+fn serve_client_ca_needs_tls_and_then_requires_a_certificate_of_that_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("partners.pem");
     std::fs::write(
@@ -290,6 +291,48 @@ fn a_client_ca_without_tls_is_refused_before_anything_is_created() {
     let (code, _, stderr) = cleanroom(&file, &[]);
     assert_eq!((code, stderr.as_str()), (2, expected));
     assert!(!state.exists(), "the state database was created");
+
+    // With TLS, the file's client CA is the one the handshake requires: a probe without a
+    // certificate of that CA fails, one with it is told SERVING.
+    let server_tls = cleanroom_service::TlsIdentity::self_signed(&["127.0.0.1"]).unwrap();
+    let partners = cleanroom_testkit::CertificateAuthority::new("partners");
+    std::fs::write(&ca, partners.cert_pem()).unwrap();
+    let probe = partners.issue_client("probe");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key) = (
+        write("server.pem", &server_tls.cert_pem),
+        write("server.key", &server_tls.key_pem),
+    );
+    let (probe_cert, probe_key) = (
+        write("probe.pem", &probe.cert_pem),
+        write("probe.key", &probe.key_pem),
+    );
+    let mut tls = file[1..].to_vec();
+    tls.extend(["--tls-cert", cert.as_str(), "--tls-key", key.as_str()]);
+    let (_server, url) = Server::start(&tls);
+    assert!(url.starts_with("https://"), "{url}");
+    let (code, _, stderr) = cleanroom(&["health", "--server", &url, "--ca", &cert], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("give --tls-cert and --tls-key"), "{stderr}");
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "health",
+            "--server",
+            &url,
+            "--ca",
+            &cert,
+            "--tls-cert",
+            &probe_cert,
+            "--tls-key",
+            &probe_key,
+        ],
+        &[],
+    );
+    assert_eq!((code, stdout.as_str()), (0, "SERVING\n"), "{stderr}");
 }
 
 #[test]
