@@ -37,6 +37,8 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Make bearer tokens for members (`token new`).
     Token(cli::token::TokenArgs),
+    /// Ask a server whether it serves (grpc.health.v1): exit 0 if so, 1 if not.
+    Health(cli::health::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Budget(args) => cli::budget::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Token(args) => cli::token::run(args),
+        Command::Health(args) => cli::health::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,14 +1,15 @@
 //! Running cleanroom as an operator does, through the binary: `token new` and `serve
 //! --config-file` (a member admitted by a freshly made token, and no longer by its old one,
 //! queries a server whose settings come from a file, one of them overridden on the command
-//! line), errors said once with their fix, and stopping `serve` with one signal (drain) or two
-//! (at once); the log (text and JSON lines, RUST_LOG), the metrics, and failed
-//! authentications logged, counted and audited without the token.
+//! line), errors said once with their fix, `serve --client-ca` (refused without TLS, then
+//! requiring a certificate of that CA), stopping `serve` with one signal (drain) or two (at
+//! once), `health` (exit 0 only when serving); the log (text and JSON lines, RUST_LOG), the
+//! metrics, and failed authentications logged, counted and audited without the token.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -107,7 +108,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// `cleanroom serve <args>`, once it listens, and its `http://` URL.
+    /// `cleanroom serve <args>`, once it listens, and its `http://` (or `https://`) URL.
     fn start(args: &[&str]) -> (Server, String) {
         let mut child = Command::new(BIN)
             .arg("serve")
@@ -131,7 +132,7 @@ impl Server {
         let start = server.line_with("of collaboration");
         let url = start
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .expect("the listening address")
             .to_owned();
         (server, url)
@@ -250,6 +251,94 @@ fn a_server_file_configures_serve_and_a_fresh_token_admits_its_member() {
 }
 
 #[test]
+fn serve_client_ca_needs_tls_and_then_requires_a_certificate_of_that_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("partners.pem");
+    std::fs::write(
+        &ca,
+        cleanroom_testkit::CertificateAuthority::new("partners").cert_pem(),
+    )
+    .unwrap();
+    let state = dir.path().join("state.db");
+    let impressions = format!("impressions={}", data("impressions.csv").display());
+    let collab = data("collab.toml");
+    let args = [
+        "serve",
+        "--config",
+        collab.to_str().unwrap(),
+        "--member",
+        "publisher",
+        "--data",
+        &impressions,
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let expected = "error: --client-ca needs TLS: client certificates are only exchanged in a \
+                    TLS handshake; give --tls-cert and --tls-key as well\n";
+    // As a flag.
+    let mut flag = args.to_vec();
+    flag.extend(["--client-ca", ca.to_str().unwrap()]);
+    let (code, _, stderr) = cleanroom(&flag, &[]);
+    assert_eq!((code, stderr.as_str()), (2, expected));
+    // As the same key of a server file.
+    let server_file = dir.path().join("server.toml");
+    std::fs::write(
+        &server_file,
+        format!("client-ca = {:?}\n", ca.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut file = args.to_vec();
+    file.extend(["--config-file", server_file.to_str().unwrap()]);
+    let (code, _, stderr) = cleanroom(&file, &[]);
+    assert_eq!((code, stderr.as_str()), (2, expected));
+    assert!(!state.exists(), "the state database was created");
+
+    // With TLS, the file's client CA is the one the handshake requires: a probe without a
+    // certificate of that CA fails, one with it is told SERVING.
+    let server_tls = cleanroom_service::TlsIdentity::self_signed(&["127.0.0.1"]).unwrap();
+    let partners = cleanroom_testkit::CertificateAuthority::new("partners");
+    std::fs::write(&ca, partners.cert_pem()).unwrap();
+    let probe = partners.issue_client("probe");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key) = (
+        write("server.pem", &server_tls.cert_pem),
+        write("server.key", &server_tls.key_pem),
+    );
+    let (probe_cert, probe_key) = (
+        write("probe.pem", &probe.cert_pem),
+        write("probe.key", &probe.key_pem),
+    );
+    let mut tls = file[1..].to_vec();
+    tls.extend(["--tls-cert", cert.as_str(), "--tls-key", key.as_str()]);
+    let (_server, url) = Server::start(&tls);
+    assert!(url.starts_with("https://"), "{url}");
+    let (code, _, stderr) = cleanroom(&["health", "--server", &url, "--ca", &cert], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("give --tls-cert and --tls-key"), "{stderr}");
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "health",
+            "--server",
+            &url,
+            "--ca",
+            &cert,
+            "--tls-cert",
+            &probe_cert,
+            "--tls-key",
+            &probe_key,
+        ],
+        &[],
+    );
+    assert_eq!((code, stdout.as_str()), (0, "SERVING\n"), "{stderr}");
+}
+
+#[test]
 fn a_missing_state_database_is_said_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere.db");
@@ -312,6 +401,9 @@ async fn one_signal_drains_and_a_second_stops_at_once() {
         .expect("the session is accepted");
     server.signal("INT");
     server.line_with("draining 1 running session; new sessions are refused");
+    // A health check now says so (exit 1, as a container health check reads it).
+    let (code, stdout, _) = cleanroom(&["health", "--server", &url], &[]);
+    assert_eq!((code, stdout.as_str()), (1, "NOT_SERVING\n"));
     // A member arriving now is told why, at once, and the server keeps serving the other.
     let mut late = raw_client(addr, Some(ADVERTISER_TOKEN)).await;
     let Err(refused) = raw_open(&mut late, start()).await else {
@@ -592,4 +684,88 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
         stderr.contains("RUST_LOG=\"cleanroom=loud\" is not a valid filter"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_0_only_for_a_serving_server() {
+    use cleanroom_service::{Limits, StateDb, TlsIdentity};
+    use cleanroom_testkit::{
+        CertificateAuthority, Fixture, publisher_config, rand_suffix, serve_in_process,
+    };
+
+    let health = async |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["health".to_owned()];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            cleanroom(&all, &[])
+        })
+        .await
+        .unwrap()
+    };
+    let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    // Plaintext: the server as a whole and the cleanroom service serve; an unknown service is
+    // not serving.
+    let fx = Fixture::new(3);
+    let state =
+        || Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    let server = serve_in_process(publisher_config(&fx, Limits::default(), None, state())).await;
+    let url = format!("http://{}", server.addr);
+    assert_eq!(
+        health(args(&["--server", &url])).await,
+        (0, "SERVING\n".to_owned(), String::new())
+    );
+    let service = [
+        "--server",
+        &url,
+        "--service",
+        "cleanroom.v1.CleanRoomService",
+    ];
+    assert_eq!(health(args(&service)).await.0, 0);
+    let (code, _, stderr) = health(args(&["--server", &url, "--service", "nope"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    server.stop().await;
+    // Stopped: nothing listens.
+    let (code, stdout, stderr) = health(args(&["--server", &url])).await;
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(stderr.starts_with("error: cannot reach"), "{stderr}");
+
+    // TLS with a client CA: the probe needs a certificate of that CA too.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let server_tls = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let partners = CertificateAuthority::new("partners");
+    let probe = partners.issue_client("probe");
+    let mut config = publisher_config(&fx, Limits::default(), Some(server_tls.clone()), state());
+    config.client_ca = Some(partners.cert_pem());
+    let server = serve_in_process(config).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let ca = write("server.pem", &server_tls.cert_pem);
+    let (code, _, stderr) = health(args(&["--server", &url, "--ca", &ca])).await;
+    assert_eq!(code, 1, "{stderr}");
+    let (cert, key) = (
+        write("probe.pem", &probe.cert_pem),
+        write("probe.key", &probe.key_pem),
+    );
+    let with_cert = [
+        "--server",
+        &url,
+        "--ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    assert_eq!(
+        health(args(&with_cert)).await,
+        (0, "SERVING\n".to_owned(), String::new())
+    );
+    server.stop().await;
 }

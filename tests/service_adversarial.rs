@@ -255,6 +255,13 @@ impl CleanRoomService for LyingServer {
     ) -> Result<tonic::Response<ListAuditEntriesResponse>, Status> {
         Err(Status::unimplemented("a liar"))
     }
+
+    async fn plan_query(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::PlanQueryRequest>,
+    ) -> Result<tonic::Response<cleanroom_service::proto::PlanQueryResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
 }
 
 /// Serves `lie` on a loopback port until the returned sender is dropped.

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use cleanroom_rules::{
-    AggregateValue, Collaboration, Plan, Protocol, Reason, Refusal, Role, SidePlan, SumRanges,
+    AggregateValue, AllowedPlan, Collaboration, Plan, Protocol, Reason, Refusal, Role, SidePlan,
+    SumRanges,
 };
 use serde::Serialize;
 
@@ -62,14 +63,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let verdict = collaboration.plan(&args.member, &sql);
     let json = args.format == Format::Json;
     match &verdict {
-        Ok(plan) if json => println!(
-            "{}",
-            serde_json::to_string_pretty(&Allowed {
-                allowed: true,
-                plan,
-                noise: plan.privacy().map(|p| p.outputs(plan)),
-            })?
-        ),
+        Ok(plan) if json => println!("{}", AllowedPlan::new(plan).to_json()),
         Err(refusal) if json => println!(
             "{}",
             serde_json::to_string_pretty(&Refused {
@@ -85,16 +79,6 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// `{"allowed": true, "plan": {...}}`, fields in declaration order.
-#[derive(Serialize)]
-struct Allowed<'a> {
-    allowed: bool,
-    plan: &'a Plan,
-    /// Under privacy, the noise of each output column, in `SELECT` order.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    noise: Option<Vec<cleanroom_rules::privacy::OutputNoise>>,
 }
 
 /// `{"allowed": false, "reasons": [...]}`.

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod budget;
 pub mod check;
 pub mod demo;
+pub mod health;
 pub mod matching;
 pub mod output;
 pub mod query;

@@ -42,7 +42,8 @@ pub struct QueryArgs {
     #[arg(long)]
     insecure: bool,
     /// Your client certificate (PEM), presented over TLS: required when the collaboration pins
-    /// your certificate (`client_cert_sha256` in your member entry).
+    /// your certificate (`client_cert_sha256` in your member entry), or when the server requires
+    /// one of its client CA (`serve --client-ca`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.

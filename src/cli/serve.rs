@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// The TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Partners' certificate authority (PEM, one or more CA certificates): every client must
+    /// then present a client certificate that chains to it (--tls-cert/--tls-key of `query`),
+    /// or the TLS handshake fails whatever its token; the token is still required, and a
+    /// member's client_cert_sha256 pin still applies. Needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
     /// Allow plaintext on a non-loopback address (only behind a trusted network).
     #[arg(long)]
     insecure: bool,
@@ -178,6 +184,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }),
         _ => None,
     };
+    let client_ca = match &args.client_ca {
+        Some(path) => {
+            // Before anything is created: without TLS there is no handshake to ask in.
+            if tls.is_none() {
+                return Err(cleanroom_service::TlsError::ClientCaWithoutTls.into());
+            }
+            Some(std::fs::read(path).with_context(|| format!("--client-ca {}", path.display()))?)
+        }
+        None => None,
+    };
     let state = StateDb::open(&args.state)?;
     let limits = Limits {
         max_rows_per_session: args.max_rows,
@@ -208,6 +224,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         connections,
         state: Arc::new(state),
         tls,
+        client_ca,
         insecure: args.insecure,
         // Every session's end is an event of the log (cleanroom_service::events).
         on_session_end: None,

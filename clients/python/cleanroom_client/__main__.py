@@ -1,11 +1,12 @@
-"""``python -m cleanroom_client``: run a query as the querying member.
+"""``cleanroom-client`` (or ``python -m cleanroom_client``): run a query as the querying member.
 
-    python -m cleanroom_client --server http://127.0.0.1:50051 --plan plan.json \\
+    cleanroom-client --server http://127.0.0.1:50051 --sql "SELECT ..." \\
         --data conversions=conversions.csv [--token-file FILE] [--format json|table]
 
-The plan is what ``cleanroom check --config collab.toml --member M --format json "SQL"`` prints.
-The token comes from ``--token-file`` or ``$CLEANROOM_TOKEN``. Exit status: 0 with a result,
-1 when the query was refused, 2 for any other failure (as ``cleanroom query``).
+With ``--sql`` the server plans the query (its ``PlanQuery`` call); ``--plan plan.json`` gives
+the plan instead, as ``cleanroom check --config collab.toml --member M --format json "SQL"``
+prints it. The token comes from ``--token-file`` or ``$CLEANROOM_TOKEN``. Exit status: 0 with a
+result, 1 when the query was refused, 2 for any other failure (as ``cleanroom query``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from .plan import DataError, ResultError, load_plan
 from .psi import ProtocolError
-from .session import QueryError, run_query
+from .session import QueryError, fetch_plan, run_query
 
 
 def _data(pairs):
@@ -51,9 +52,11 @@ def render_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cleanroom_client", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="cleanroom-client", description=__doc__.split("\n")[0])
     p.add_argument("--server", required=True, help="http(s)://host:port")
-    p.add_argument("--plan", required=True, help="the plan JSON of `cleanroom check --format json`")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--sql", help="the query; the server plans it (PlanQuery)")
+    query.add_argument("--plan", help="the plan JSON of `cleanroom check --format json`")
     p.add_argument("--data", action="append", required=True, metavar="TABLE=PATH")
     p.add_argument("--token-file")
     p.add_argument("--ca", help="CA certificate (PEM) to trust for https://")
@@ -76,7 +79,10 @@ def main(argv=None) -> int:
         with open(args.ca, "rb") as f:
             ca = f.read()
     try:
-        plan = load_plan(args.plan)
+        if args.plan:
+            plan = load_plan(args.plan)
+        else:
+            plan = fetch_plan(args.server, token, args.sql, ca=ca, insecure=args.insecure, timeout=args.timeout)
         outcome = run_query(
             args.server, token, plan, _data(args.data), ca=ca, insecure=args.insecure, timeout=args.timeout
         )

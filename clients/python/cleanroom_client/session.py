@@ -1,7 +1,10 @@
-"""One query over gRPC (PROTOCOL.md section 3): ``RunSession`` as the querying member.
+"""One query over gRPC (PROTOCOL.md section 3): ``RunSession`` as the querying member, and
+``PlanQuery`` for the plan of a query when no plan file is given.
 
-The protobuf modules are generated from ``proto/cleanroom/v1/cleanroom.proto`` at run time with
-``grpc_tools.protoc`` (package ``grpcio-tools``) into a temporary directory.
+The protobuf modules are generated from ``cleanroom/v1/cleanroom.proto`` at run time with
+``grpc_tools.protoc`` (package ``grpcio-tools``) into a temporary directory: the copy installed
+with this package (``cleanroom_client/proto``, kept identical to the repository's ``proto/`` by
+``tests/test_interop.py``), or the directory ``$CLEANROOM_PROTO_DIR`` names.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import ipaddress
+import json
 import os
 import pathlib
 import queue
@@ -33,10 +37,11 @@ _PROTO = None
 
 
 def default_proto_dir() -> pathlib.Path:
+    """``$CLEANROOM_PROTO_DIR``, else the ``.proto`` installed with this package."""
     env = os.environ.get("CLEANROOM_PROTO_DIR")
     if env:
         return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parents[3] / "proto"
+    return pathlib.Path(__file__).resolve().parent / "proto"
 
 
 def load_proto(proto_dir: Optional[str] = None):
@@ -130,6 +135,43 @@ def _remote_error(e: grpc.RpcError) -> QueryError:
     return QueryError(f"the server answered {e.code().name}: {e.details()}", e.code(), reasons)
 
 
+def _authorization(token: str):
+    return (("authorization", f"Bearer {token}"),)
+
+
+def fetch_plan(
+    server: str,
+    token: str,
+    sql: str,
+    *,
+    ca: Optional[bytes] = None,
+    insecure: bool = False,
+    timeout: Optional[float] = None,
+) -> dict:
+    """The plan the server would run ``sql`` under for the member ``token`` authenticates
+    (``PlanQuery``, PROTOCOL.md 3.3): the ``"plan"`` object of ``cleanroom check --format
+    json``'s document. A refused query raises ``QueryError`` with the server's reasons."""
+    pb2, pb2_grpc = load_proto()
+    channel = _channel(server, ca, insecure)
+    try:
+        stub = pb2_grpc.CleanRoomServiceStub(channel)
+        response = stub.PlanQuery(pb2.PlanQueryRequest(sql=sql), metadata=_authorization(token), timeout=timeout)
+    except grpc.RpcError as e:
+        raise _remote_error(e) from None
+    finally:
+        channel.close()
+    try:
+        doc = json.loads(response.plan_json)
+    except ValueError as e:
+        raise QueryError(f"the server's plan is not JSON: {e}") from None
+    plan = doc.get("plan") if isinstance(doc, dict) else None
+    if not isinstance(plan, dict) or doc.get("allowed") is not True:
+        raise QueryError("the server's answer to PlanQuery is not an allowed plan")
+    if plan.get("sql") != sql:
+        raise QueryError("the server's plan is for another query")
+    return plan
+
+
 def run_query(
     server: str,
     token: str,
@@ -185,7 +227,7 @@ def run_query(
     channel = _channel(server, ca, insecure)
     stub = pb2_grpc.CleanRoomServiceStub(channel)
     call = stub.RunSession(
-        request_stream(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout
+        request_stream(), metadata=_authorization(token), timeout=timeout
     )
     try:
         responses = iter(call)

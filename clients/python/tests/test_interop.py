@@ -11,6 +11,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from cleanroom_client import session
 from cleanroom_client.plan import load_plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+CLIENT = ROOT / "clients" / "python"
 BIN = pathlib.Path(os.environ.get("CLEANROOM_BIN", ROOT / "target" / "debug" / "cleanroom"))
 TOKENS = {"publisher": "publisher-interop-token", "advertiser": "advertiser-interop-token"}
 
@@ -253,4 +255,66 @@ def test_the_stock_reflection_client_describes_the_service(setup):
         services = set(database.get_services())
         assert {"cleanroom.v1.CleanRoomService", "grpc.health.v1.Health"} <= services, services
         service = DescriptorPool(database).FindServiceByName("cleanroom.v1.CleanRoomService")
-        assert {m.name for m in service.methods} == {"RunSession", "GetServerInfo", "ListAuditEntries"}
+        assert {m.name for m in service.methods} == {"RunSession", "GetServerInfo", "ListAuditEntries", "PlanQuery"}
+
+
+def test_the_server_plans_a_query_as_cleanroom_check_does(setup):
+    d, url = setup
+    for sql in QUERIES.values():
+        assert session.fetch_plan(url, TOKENS["advertiser"], sql, timeout=30) == load_plan(plan_of(d, sql))
+    # A refusal comes with the rules' reason codes, as a session's would.
+    with pytest.raises(session.QueryError) as e:
+        session.fetch_plan(
+            url, TOKENS["advertiser"], "SELECT c.email FROM impressions i JOIN conversions c ON i.email = c.email"
+        )
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.is_refusal and e.value.reasons and all(code for code, _ in e.value.reasons)
+    with pytest.raises(session.QueryError) as e:
+        session.fetch_plan(url, "not-a-member-token", QUERIES["cardinality"])
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_packaged_proto_and_dependencies_match_the_repository():
+    packaged = CLIENT / "cleanroom_client" / "proto" / "cleanroom" / "v1" / "cleanroom.proto"
+    assert packaged.read_bytes() == (ROOT / "proto" / "cleanroom" / "v1" / "cleanroom.proto").read_bytes(), (
+        "copy proto/cleanroom/v1/cleanroom.proto to clients/python/cleanroom_client/proto/cleanroom/v1/"
+    )
+    pinned = sorted(
+        line.strip() for line in (CLIENT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+    pyproject = (CLIENT / "pyproject.toml").read_text()
+    declared = re.search(r"^dependencies = \[(.*?)\]", pyproject, re.S | re.M).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', declared)) == pinned
+
+
+def test_the_installed_client_runs_a_query_without_a_plan(setup, tmp_path):
+    """`pip install` of this package into the running environment (the virtual environment
+    ci.sh makes), then its `cleanroom-client` command, from elsewhere and without the source
+    tree on the path, with `--sql` only: the server plans the query."""
+    d, url = setup
+    # From a copy, so that the build writes nothing into the source tree.
+    source = tmp_path / "cleanroom-client"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("__pycache__", "tests", "*.egg-info", "build"))
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CLEANROOM_PROTO_DIR")}
+    where = subprocess.run(
+        [sys.executable, "-c", "import cleanroom_client; print(cleanroom_client.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )
+    assert where.returncode == 0, where.stderr
+    assert "site-packages" in where.stdout and str(CLIENT) not in where.stdout, where.stdout
+    sql = QUERIES["by_product_filtered"]
+    out = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "cleanroom-client"), "--server", url, "--sql", sql,
+         "--data", f"conversions={d / 'conversions.csv'}", "--token-file", str(d / "advertiser.token"),
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == rust_query(d, url, sql)
+    assert result["rows"] and result["suppressed_rows"] > 0, result

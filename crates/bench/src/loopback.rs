@@ -61,6 +61,7 @@ pub fn run(
         connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(state_dir.join("state.db"))?),
         tls: identity.clone(),
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     };

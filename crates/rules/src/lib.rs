@@ -102,9 +102,9 @@ pub use exec::{
 pub use intake::TableCheck;
 pub use list::QuerierRows;
 pub use plan::{
-    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, CompareOp, Filter, Join, ListColumn,
-    ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan, TableSource,
-    ValueColumn, ValueKind,
+    Aggregate, AggregateOutput, AggregatePlan, AggregateValue, AllowedPlan, CompareOp, Filter,
+    Join, ListColumn, ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan,
+    TableSource, ValueColumn, ValueKind,
 };
 pub use privacy::{Epsilon, PlanPrivacy, Privacy, QueryLimits, SumRanges};
 pub use reason::{Reason, ReasonCode, Refusal};

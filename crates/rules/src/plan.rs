@@ -931,6 +931,34 @@ impl Plan {
     }
 }
 
+/// An allowed query's plan as one JSON document: what `cleanroom check --format json` prints
+/// and the service's `PlanQuery` call returns, `{"allowed": true, "plan": {...}}`, then, under
+/// differential privacy only, `"noise"`: each output column's noise, in `SELECT` order. It is a
+/// function of the collaboration file and the SQL alone.
+#[derive(Debug, Serialize)]
+pub struct AllowedPlan<'a> {
+    allowed: bool,
+    plan: &'a Plan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    noise: Option<Vec<crate::privacy::OutputNoise>>,
+}
+
+impl<'a> AllowedPlan<'a> {
+    /// The document of `plan`.
+    pub fn new(plan: &'a Plan) -> AllowedPlan<'a> {
+        AllowedPlan {
+            allowed: true,
+            plan,
+            noise: plan.privacy().map(|p| p.outputs(plan)),
+        }
+    }
+
+    /// The document as pretty-printed JSON, fields in the order above.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan has only string keys and finite numbers")
+    }
+}
+
 /// The plan as `cleanroom check --format json` prints it: the same fields for both kinds, in
 /// this order (`protocol` tells the kind).
 impl Serialize for Plan {

@@ -281,12 +281,139 @@ pub struct QueryOutcome {
     pub own_over_bound: Option<u64>,
 }
 
+/// The channel to `server` that [`Client::connect`] opens: TLS unless plaintext is allowed for
+/// the URL (trusting `ca_pem`, or the system's roots), presenting `identity` as the client
+/// certificate when given. No token is attached here.
+async fn connect_channel(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    insecure: bool,
+    identity: Option<&crate::tls::TlsIdentity>,
+    connect_timeout: Duration,
+) -> Result<Channel, ClientError> {
+    let mut transport = client_transport(server, ca_pem, insecure)?;
+    if let Some(identity) = identity {
+        transport = transport.presenting(identity)?;
+    }
+    let connect_error =
+        |source: tonic::transport::Error| ClientError::transport(server, &causes(&source));
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(connect_error)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if let ClientTransport::Tls(tls) = transport {
+        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+    }
+    endpoint.connect().await.map_err(connect_error)
+}
+
+/// The message of the `CANCELLED` status tonic gives a call whose connection was dropped.
+const CONNECTION_DROPPED: &str = "operation was canceled";
+
+/// `error` with a hint about client certificates when it is a TLS connection that the server
+/// ended without an answer, which is how a server that requires client certificates (`serve
+/// --client-ca`, or pins) refuses a client without an acceptable one: the handshake fails on
+/// the server's side, and the client only sees the connection end. `presented` says whether
+/// this client presented a certificate. Other errors are returned as they are.
+fn with_certificate_hint(error: ClientError, server: &str, presented: bool) -> ClientError {
+    if !server.starts_with("https://") {
+        return error;
+    }
+    let ended = match &error {
+        ClientError::Transport {
+            cause, hint: None, ..
+        } => ![
+            "Connection refused",
+            "dns error",
+            "tcp connect error",
+            "no answer within",
+        ]
+        .iter()
+        .any(|sign| cause.contains(sign)),
+        ClientError::Remote(remote) => {
+            remote.code == Code::Cancelled
+                && remote.reasons.is_empty()
+                && remote.message == CONNECTION_DROPPED
+        }
+        _ => false,
+    };
+    if !ended {
+        return error;
+    }
+    let cause = match error {
+        ClientError::Transport { cause, .. } => cause,
+        ClientError::Remote(remote) => remote.message,
+        _ => unreachable!("matched above"),
+    };
+    let hint = if presented {
+        "the server ended the TLS connection: it may not accept your client certificate (it must \
+         chain to the server's --client-ca, or be the one your member entry pins)"
+    } else {
+        "the server ended the TLS connection: if it requires client certificates (serve \
+         --client-ca), give --tls-cert and --tls-key"
+    };
+    ClientError::Transport {
+        server: server.to_owned(),
+        cause,
+        hint: Some(hint.to_owned()),
+    }
+}
+
+/// A server's answer to a health check (`grpc.health.v1`).
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Asks the server at `server` (`https://`, or `http://` where plaintext is allowed) what
+/// `grpc.health.v1.Health/Check` says of `service` (`""`: the server as a whole), connecting as
+/// [`Client::connect`] does (trusting `ca_pem`, presenting `identity`) but sending no token:
+/// health checks take none. Gives up after `timeout`, connection included. An answer outside
+/// the enumeration reads as [`ServingStatus::Unknown`].
+pub async fn check_health(
+    server: &str,
+    ca_pem: Option<&[u8]>,
+    insecure: bool,
+    identity: Option<&crate::tls::TlsIdentity>,
+    service: &str,
+    timeout: Duration,
+) -> Result<ServingStatus, ClientError> {
+    let presented = identity.is_some();
+    let check = async {
+        let channel = connect_channel(server, ca_pem, insecure, identity, timeout)
+            .await
+            .map_err(|e| with_certificate_hint(e, server, presented))?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map_err(|status| {
+                let error = if crate::transport::is_transport_failure(status.message()) {
+                    ClientError::transport(server, status.message())
+                } else {
+                    ClientError::from(status)
+                };
+                with_certificate_hint(error, server, presented)
+            })?;
+        Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    };
+    tokio::time::timeout(timeout, check).await.map_err(|_| {
+        ClientError::transport(
+            server,
+            &format!("no answer within {} s", timeout.as_secs_f32()),
+        )
+    })?
+}
+
 /// A connection to one server.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: CleanRoomServiceClient<InterceptedService<Channel, AttachToken>>,
     /// The server URL, for messages.
     server: String,
+    /// Whether this client presents a certificate (for the hint when a TLS server ends it).
+    presents_certificate: bool,
     timeout: Option<Duration>,
     idle: Option<Duration>,
 }
@@ -294,24 +421,15 @@ pub struct Client {
 impl Client {
     /// Connects to the server (TLS unless plaintext is allowed for the URL).
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let mut transport =
-            client_transport(&config.server, config.ca_pem.as_deref(), config.insecure)?;
-        if let Some(identity) = &config.identity {
-            transport = transport.presenting(identity)?;
-        }
-        let connect_error = |source: tonic::transport::Error| {
-            ClientError::transport(&config.server, &causes(&source))
-        };
-        let mut endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(connect_error)?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
-        if let ClientTransport::Tls(tls) = transport {
-            endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
-        }
-        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let channel = connect_channel(
+            &config.server,
+            config.ca_pem.as_deref(),
+            config.insecure,
+            config.identity.as_ref(),
+            config.connect_timeout,
+        )
+        .await
+        .map_err(|e| with_certificate_hint(e, &config.server, config.identity.is_some()))?;
         let inner =
             CleanRoomServiceClient::with_interceptor(channel, AttachToken::new(&config.token))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -319,6 +437,7 @@ impl Client {
         Ok(Client {
             inner,
             server: config.server.clone(),
+            presents_certificate: config.identity.is_some(),
             timeout: config.timeout,
             idle: config.idle_timeout,
         })
@@ -333,9 +452,10 @@ impl Client {
     }
 
     /// `error`, or, when it is the connection failing under a call rather than an answer of
-    /// the server, a [`ClientError::Transport`] that says so (with the likely fix).
+    /// the server, a [`ClientError::Transport`] that says so (with the likely fix: a scheme
+    /// mismatch, or a client certificate the server wants).
     fn explained(&self, error: ClientError) -> ClientError {
-        match error {
+        let error = match error {
             ClientError::Remote(remote)
                 if remote.reasons.is_empty()
                     && matches!(remote.code, Code::Unknown | Code::Unavailable)
@@ -343,8 +463,22 @@ impl Client {
             {
                 ClientError::transport(&self.server, &remote.message)
             }
+            // What tonic reports when the connection is dropped under a call (no status from
+            // the server), e.g. a TLS server that closed a plaintext connection, or one that
+            // refused this client's certificate.
+            ClientError::Remote(remote)
+                if remote.reasons.is_empty()
+                    && remote.code == Code::Cancelled
+                    && remote.message == CONNECTION_DROPPED =>
+            {
+                ClientError::transport(
+                    &self.server,
+                    &format!("connection closed under the call ({CONNECTION_DROPPED})"),
+                )
+            }
             other => other,
-        }
+        };
+        with_certificate_hint(error, &self.server, self.presents_certificate)
     }
 
     /// The calling member's newest `limit` audit entries on the server, newest first, read a
@@ -618,5 +752,57 @@ async fn within_idle<F: std::future::Future>(
 fn psi_request(payload: Vec<u8>) -> RunSessionRequest {
     RunSessionRequest {
         message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint_of(error: ClientError) -> Option<String> {
+        match error {
+            ClientError::Transport { hint, .. } => hint,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_tls_connection_the_server_ended_hints_at_client_certificates() {
+        let ended = |server: &str, cause: &str| ClientError::Transport {
+            server: server.to_owned(),
+            cause: cause.to_owned(),
+            hint: None,
+        };
+        let tls = "https://publisher.example:8443";
+        let hint = |cause: &str, presented: bool| {
+            hint_of(with_certificate_hint(ended(tls, cause), tls, presented))
+        };
+        assert!(
+            hint("transport error", false)
+                .unwrap()
+                .ends_with("give --tls-cert and --tls-key")
+        );
+        assert!(
+            hint("transport error", true)
+                .unwrap()
+                .contains("it may not accept your client certificate")
+        );
+        let dropped = ClientError::Remote(RemoteError {
+            code: Code::Cancelled,
+            message: CONNECTION_DROPPED.to_owned(),
+            reasons: Vec::new(),
+        });
+        assert!(hint_of(with_certificate_hint(dropped, tls, false)).is_some());
+        // A server that is not there, or plaintext: no word about certificates.
+        assert_eq!(hint("tcp connect error: Connection refused", false), None);
+        let plain = "http://127.0.0.1:8443";
+        assert_eq!(
+            hint_of(with_certificate_hint(
+                ended(plain, "transport error"),
+                plain,
+                false
+            )),
+            None
+        );
     }
 }

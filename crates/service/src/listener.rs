@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::client_cert::{CertificateDigest, digest};
+use crate::client_cert::{CertificateDigest, ClientAuth, digest};
 use crate::tls::{TlsError, TlsIdentity};
 
 /// Open files kept free for everything but connections: the state database (and its journal),
@@ -234,20 +234,20 @@ impl Drop for Slot {
 }
 
 impl Connections {
-    /// Accepts connections on `listener` under `limits` (with TLS when `tls` is given) in a
-    /// task of its own, and returns them as a stream for tonic's
-    /// `serve_with_incoming_shutdown`: only connections under the caps, with their TLS
+    /// Accepts connections on `listener` under `limits` (with TLS when `tls` is given, asking
+    /// for client certificates as `clients` says) in a task of its own, and returns them as a
+    /// stream for tonic's `serve_with_incoming_shutdown`: only connections under the caps, with their TLS
     /// handshake done in time, each closed if it sends nothing within the first-bytes timeout.
     /// The accept loop stops when the stream is dropped. Must be called within a tokio runtime.
     pub fn accept(
         listener: TcpListener,
         limits: ConnectionLimits,
         tls: Option<&TlsIdentity>,
-        pins: &[CertificateDigest],
+        clients: &ClientAuth,
     ) -> Result<(Connections, Incoming), ConnectionsError> {
         limits.validate()?;
         let tls = match tls {
-            Some(identity) => Some(TlsAcceptor::from(identity.rustls_server_config(pins)?)),
+            Some(identity) => Some(TlsAcceptor::from(identity.rustls_server_config(clients)?)),
             None => None,
         };
         let connections = Connections {
@@ -427,8 +427,8 @@ impl Connection {
 }
 
 /// What the service knows of a connection's peer: its addresses, and the digest of the client
-/// certificate it presented over TLS (one of the collaboration's pins; the handshake refused any
-/// other).
+/// certificate it presented over TLS (one the handshake accepted: chained to the client CA when
+/// there is one, else one of the collaboration's pins).
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The local and remote addresses.
@@ -527,7 +527,8 @@ mod tests {
     ) -> (SocketAddr, Connections, Incoming) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (connections, incoming) = Connections::accept(listener, limits, tls, &[]).unwrap();
+        let (connections, incoming) =
+            Connections::accept(listener, limits, tls, &ClientAuth::default()).unwrap();
         (addr, connections, incoming)
     }
 

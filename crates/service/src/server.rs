@@ -24,6 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthenticatedMember, CheckToken};
+use crate::client_cert::ClientAuth;
 use crate::data::{self, DataFileError};
 use crate::events::FLUSH_INTERVAL;
 use crate::exchange::ExchangeError;
@@ -35,8 +36,8 @@ use crate::outcome::{SessionError, is_too_large, too_large};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
     self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
-    ListAuditEntriesResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
-    SessionSummary, run_session_request, run_session_response,
+    ListAuditEntriesResponse, PlanQueryRequest, PlanQueryResponse, PsiMessage, RunSessionRequest,
+    RunSessionResponse, SessionAccepted, SessionSummary, run_session_request, run_session_response,
 };
 use crate::session::{Admitted, Host, ServerFrames, SessionRequest, state_call};
 use crate::state::{AuditCursor, AuditEntry, AuditQuery, Policy, StateDb, StateError};
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     pub state: Arc<StateDb>,
     /// The certificate and key to serve TLS with; `None` for plaintext.
     pub tls: Option<TlsIdentity>,
+    /// The CA certificates (PEM) every client certificate must chain to (`serve --client-ca`):
+    /// with them, the TLS handshake refuses a client that presents no such certificate, whatever
+    /// its token. Needs `tls`. Pins in the collaboration still apply on top.
+    pub client_ca: Option<Vec<u8>>,
     /// Allow plaintext on a non-loopback address.
     pub insecure: bool,
     /// Told about every session that ended.
@@ -90,6 +95,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("connections", &self.connections)
             .field("state", &self.state.path())
             .field("tls", &self.tls.is_some())
+            .field("client_ca", &self.client_ca.is_some())
             .field("insecure", &self.insecure)
             .finish_non_exhaustive()
     }
@@ -161,9 +167,16 @@ pub enum ServerError {
 
 impl ServerConfig {
     /// Checks the configuration: the member exists and owns every table served, each data file
-    /// has the table's columns, and the limits work.
+    /// has the table's columns, the limits work, and a client CA comes with TLS and holds a
+    /// usable certificate.
     pub fn validate(&self) -> Result<(), ServerError> {
         self.limits.validate()?;
+        if let Some(ca) = &self.client_ca {
+            if self.tls.is_none() {
+                return Err(TlsError::ClientCaWithoutTls.into());
+            }
+            crate::client_cert::client_ca_roots(ca)?;
+        }
         self.connections
             .validate()
             .map_err(ConnectionsError::Limits)?;
@@ -286,12 +299,12 @@ pub async fn serve_with_metrics(
     // handshakes under a timeout, silent connections closed. It sets TCP_NODELAY itself.
     let open_files = crate::listener::raise_open_files_limit();
     let connection_limits = config.connections.fitted(open_files.now);
-    let (_connections, incoming) = Connections::accept(
-        listener,
-        connection_limits,
-        config.tls.as_ref(),
-        &config.collaboration.client_cert_pins(),
-    )?;
+    let clients = ClientAuth {
+        pins: config.collaboration.client_cert_pins(),
+        ca_pem: config.client_ca.clone(),
+    };
+    let (_connections, incoming) =
+        Connections::accept(listener, connection_limits, config.tls.as_ref(), &clients)?;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -566,6 +579,22 @@ impl CleanRoomService for CleanRoom {
         Ok(Response::new(ListAuditEntriesResponse {
             entries: page.entries.iter().map(AuditEntry::to_proto).collect(),
             next_page_token: page.next.map(AuditCursor::token).unwrap_or_default(),
+        }))
+    }
+
+    /// The plan a session with this SQL would run under, from the server's own copy of the
+    /// collaboration (which the member holds too): nothing about the server's data, no slot, no
+    /// charge, no audit entry. A refusal is the status a session start would get, reasons in
+    /// the `cleanroom-refusal-bin` trailer.
+    async fn plan_query(
+        &self,
+        request: Request<PlanQueryRequest>,
+    ) -> Result<Response<PlanQueryResponse>, Status> {
+        let member = authenticated(&request)?;
+        let sql = request.into_inner().sql;
+        let plan = self.host.plan(&member, &sql).map_err(|e| e.status())?;
+        Ok(Response::new(PlanQueryResponse {
+            plan_json: cleanroom_rules::AllowedPlan::new(&plan).to_json(),
         }))
     }
 }

@@ -12,6 +12,8 @@ use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig};
 
+use crate::client_cert::ClientAuth;
+
 /// The ALPN protocol the server offers: HTTP/2, the only one gRPC speaks.
 pub const ALPN_H2: &[u8] = b"h2";
 
@@ -59,6 +61,15 @@ pub enum TlsError {
     /// A client certificate was given for a plaintext URL, where it would be silently ignored.
     #[error("--tls-cert was given but the server URL is plaintext http://; use https://")]
     IdentityWithoutTls,
+    /// A client CA was given without TLS: client certificates exist only in a TLS handshake.
+    #[error(
+        "--client-ca needs TLS: client certificates are only exchanged in a TLS handshake; give \
+         --tls-cert and --tls-key as well"
+    )]
+    ClientCaWithoutTls,
+    /// The client CA file holds no usable certificate.
+    #[error("the client CA certificate (--client-ca) cannot be used: {0}")]
+    ClientCa(String),
     /// Generating a self-signed certificate failed.
     #[error("could not generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -76,11 +87,12 @@ pub enum TlsError {
 impl TlsIdentity {
     /// The rustls server configuration presenting this identity: the `ring` provider, its safe
     /// default protocol versions (TLS 1.2 and 1.3), ALPN `h2` only (what tonic's own TLS
-    /// configuration sets), and client certificates asked for only when `pins` is not empty,
-    /// then accepted only when pinned ([`crate::client_cert`]).
+    /// configuration sets), and client certificates as `clients` says ([`ClientAuth::verifier`]):
+    /// required and chained to the client CA when there is one, else asked for only when some
+    /// are pinned and then accepted only when pinned, else not asked for.
     pub fn rustls_server_config(
         &self,
-        pins: &[crate::client_cert::CertificateDigest],
+        clients: &ClientAuth,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<Vec<_>, _>>()
@@ -92,17 +104,12 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(TlsError::PrivateKey)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let algorithms = provider.signature_verification_algorithms;
+        let verifier = clients.verifier(&provider)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?;
-        // Client certificates are asked for only when the collaboration pins some.
-        let builder = if pins.is_empty() {
-            builder.with_no_client_auth()
-        } else {
-            builder.with_client_cert_verifier(crate::client_cert::PinnedClientCerts::new(
-                pins.to_vec(),
-                algorithms,
-            ))
+        let builder = match verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(chain, key)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -264,16 +271,37 @@ mod tests {
     }
 
     #[test]
+    fn a_client_ca_must_hold_a_certificate() {
+        let id = TlsIdentity::self_signed(&["localhost"]).unwrap();
+        for bad in [&b"not a certificate"[..], b""] {
+            let clients = ClientAuth {
+                pins: Vec::new(),
+                ca_pem: Some(bad.to_vec()),
+            };
+            let error = id.rustls_server_config(&clients).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "the client CA certificate (--client-ca) cannot be used: no certificate in the PEM"
+            );
+        }
+        let clients = ClientAuth {
+            pins: Vec::new(),
+            ca_pem: Some(id.cert_pem.clone()),
+        };
+        assert!(id.rustls_server_config(&clients).is_ok());
+    }
+
+    #[test]
     fn server_config_offers_h2_and_refuses_bad_pem() {
         let id = TlsIdentity::self_signed(&["localhost"]).unwrap();
-        let config = id.rustls_server_config(&[]).unwrap();
+        let config = id.rustls_server_config(&ClientAuth::default()).unwrap();
         assert_eq!(config.alpn_protocols, [ALPN_H2.to_vec()]);
         let no_cert = TlsIdentity {
             cert_pem: b"not a certificate".to_vec(),
             key_pem: id.key_pem.clone(),
         };
         assert!(matches!(
-            no_cert.rustls_server_config(&[]),
+            no_cert.rustls_server_config(&ClientAuth::default()),
             Err(TlsError::Certificate(_))
         ));
         let no_key = TlsIdentity {
@@ -281,7 +309,7 @@ mod tests {
             key_pem: b"not a key".to_vec(),
         };
         assert!(matches!(
-            no_key.rustls_server_config(&[]),
+            no_key.rustls_server_config(&ClientAuth::default()),
             Err(TlsError::PrivateKey(_))
         ));
         let other = TlsIdentity::self_signed(&["localhost"]).unwrap();
@@ -290,7 +318,7 @@ mod tests {
             key_pem: other.key_pem,
         };
         assert!(matches!(
-            mismatched.rustls_server_config(&[]),
+            mismatched.rustls_server_config(&ClientAuth::default()),
             Err(TlsError::Config(_))
         ));
     }

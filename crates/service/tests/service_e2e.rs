@@ -93,6 +93,66 @@ async fn groups_under_the_threshold_are_suppressed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_query_returns_the_plan_a_session_would_run_and_touches_nothing() {
+    use cleanroom_service::proto::PlanQueryRequest;
+    let fx = Fixture::new(5);
+    let server = start_server(&fx, Limits::default(), None).await;
+    let plan_query = async |token: Option<&str>, sql: &str| {
+        let mut client = raw_client(server.addr, token).await;
+        client
+            .plan_query(PlanQueryRequest {
+                sql: sql.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().plan_json)
+    };
+
+    // An allowed query: exactly the document `cleanroom check --format json` prints.
+    let plan_json = plan_query(Some(ADVERTISER_TOKEN), BY_CAMPAIGN)
+        .await
+        .unwrap();
+    let local = fx.collaboration.plan("advertiser", BY_CAMPAIGN).unwrap();
+    assert_eq!(
+        plan_json,
+        cleanroom_rules::AllowedPlan::new(&local).to_json()
+    );
+    let document: serde_json::Value = serde_json::from_str(&plan_json).unwrap();
+    assert_eq!(document["allowed"], true);
+    assert_eq!(document["plan"]["sql"], BY_CAMPAIGN);
+    assert_eq!(document["plan"]["querier"], "advertiser");
+    assert_eq!(document["plan"]["protocol"], "intersection_sum");
+    assert_eq!(document["plan"]["matcher"]["table"], "impressions");
+    assert_eq!(document["plan"]["receiver"]["table"], "conversions");
+    assert!(document.get("noise").is_none(), "no privacy, no noise");
+
+    // Refused by the rules: the session's status and reason codes.
+    let status = plan_query(
+        Some(ADVERTISER_TOKEN),
+        "SELECT c.email FROM impressions i JOIN conversions c ON i.email = c.email",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["output_not_dimension"]);
+    // A member without the query ability.
+    let sql = "SELECT i.campaign, COUNT(DISTINCT p.email) AS n FROM impressions i \
+               JOIN panel p ON i.email = p.email GROUP BY i.campaign";
+    let status = plan_query(Some(ANALYST_TOKEN), sql).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(refusal_codes(&status), ["missing_query_ability"]);
+
+    // Without a token, or with a wrong one: UNAUTHENTICATED.
+    for token in [None, Some("not-a-member-token")] {
+        let status = plan_query(token, BY_CAMPAIGN).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // Nothing was recorded or charged.
+    assert!(server.state.entries(None, None).unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_abilities_are_enforced() {
     let fx = Fixture::new(5);
     let server = start_server(&fx, Limits::default(), None).await;
@@ -542,6 +602,7 @@ async fn plaintext_is_refused_off_loopback() {
         connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls: None,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     };

@@ -54,6 +54,7 @@ async fn tls_server(
         connections,
         state,
         tls: Some(identity.clone()),
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     })

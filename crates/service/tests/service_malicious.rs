@@ -681,6 +681,7 @@ async fn the_querier_never_sees_the_providers_row_count() {
             connections: cleanroom_service::ConnectionLimits::default(),
             state: Arc::new(StateDb::open(fx.path(&format!("state-{file}.db"))).unwrap()),
             tls: None,
+            client_ca: None,
             insecure: false,
             on_session_end: None,
         })
@@ -1247,6 +1248,13 @@ impl CleanRoomService for LyingProvider {
     ) -> Result<tonic::Response<ListAuditEntriesResponse>, Status> {
         Err(Status::unimplemented("a liar"))
     }
+
+    async fn plan_query(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::PlanQueryRequest>,
+    ) -> Result<tonic::Response<cleanroom_service::proto::PlanQueryResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
 }
 
 /// What a client did against a lying provider: its local result, and what the provider saw.
@@ -1588,6 +1596,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
         connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     })

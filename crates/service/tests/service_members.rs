@@ -1,6 +1,7 @@
 //! Hostile members against the real service on loopback: a member that hogs the session slots,
 //! watches for another member's activity, trickles data, brings more rows than it may, or
-//! reads the audit log of another collaboration served from the same state database.
+//! reads the audit log of another collaboration served from the same state database; members
+//! who must present a client certificate (pinned, or issued by the server's client CA).
 //!
 //! Each attack is played by a member with a valid token; the test asserts what it can and
 //! cannot do, and that what it sees is the same whatever the other member does.
@@ -366,6 +367,88 @@ async fn a_pinned_member_needs_its_certificate_as_well_as_its_token() {
     // The token with the pinned certificate: the exact answer.
     let (want, want_suppressed) = fx.plain_by_campaign();
     let outcome = query(Some(&own)).await.expect("token and certificate");
+    assert_exact(&outcome.result, &want, want_suppressed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_server_needs_a_certificate_of_that_ca_as_well_as_the_token() {
+    let partners = CertificateAuthority::new("partners");
+    // Same name, another key: its certificates do not chain to `partners`.
+    let impostor = CertificateAuthority::new("partners");
+    let server_tls = TlsIdentity::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let serve = async |fx: &Fixture| {
+        let state = Arc::new(StateDb::open(fx.path("state.db")).unwrap());
+        let mut config = publisher_config(fx, Limits::default(), Some(server_tls.clone()), state);
+        config.client_ca = Some(partners.cert_pem());
+        serve_in_process(config).await
+    };
+    let fx = Fixture::new(5);
+    let server = serve(&fx).await;
+    let query = async |identity: Option<&TlsIdentity>| {
+        run_query_tls(&fx, &server, &server_tls, identity, BY_CAMPAIGN).await
+    };
+
+    // The token alone, or with a certificate of another CA (or a self-signed one): the handshake
+    // fails, and the server never sees a call.
+    // The client says what the server most likely wants.
+    let self_signed = TlsIdentity::self_signed(&["advertiser"]).unwrap();
+    for (identity, hint) in [
+        (None, "give --tls-cert and --tls-key"),
+        (
+            Some(&impostor.issue_client("advertiser")),
+            "it may not accept your client certificate",
+        ),
+        (
+            Some(&self_signed),
+            "it may not accept your client certificate",
+        ),
+    ] {
+        match query(identity).await {
+            Err(error @ ClientError::Transport { .. }) => {
+                assert!(error.to_string().contains(hint), "{error}")
+            }
+            Err(error) => panic!("expected a failed connection, got {error:?}"),
+            Ok(outcome) => panic!("a query without a certificate of the CA ran: {outcome:?}"),
+        }
+    }
+    assert!(server.state.entries(None, None).unwrap().is_empty());
+
+    // A certificate of the CA does not replace the token.
+    let own = partners.issue_client("advertiser");
+    let mut config = advertiser_client_config(format!("https://localhost:{}", server.addr.port()));
+    config.ca_pem = Some(server_tls.cert_pem.clone());
+    config.identity = Some(own.clone());
+    config.token = cleanroom_service::BearerToken::new("not-a-member-token").unwrap();
+    let mut client = cleanroom_service::Client::connect(&config).await.unwrap();
+    match client.server_info().await {
+        Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+
+    // The token with a certificate of the CA: the exact answer.
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let outcome = query(Some(&own)).await.expect("token and certificate");
+    assert_exact(&outcome.result, &want, want_suppressed);
+    server.stop().await;
+
+    // A pin still applies on top of the CA: another certificate of the CA is refused for the
+    // pinned member, its pinned one (issued by the CA) admits it.
+    let pinned = partners.issue_client("advertiser");
+    let pin = hex::encode(digest_of_pem(&pinned.cert_pem).unwrap());
+    let fx = Fixture::new(5).edited(|toml| {
+        let token = format!("token_sha256 = \"{}\"", sha256_hex(ADVERTISER_TOKEN));
+        toml.replace(&token, &format!("{token}\nclient_cert_sha256 = \"{pin}\""))
+    });
+    let server = serve(&fx).await;
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    match run_query_tls(&fx, &server, &server_tls, Some(&own), BY_CAMPAIGN).await {
+        Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    let outcome = run_query_tls(&fx, &server, &server_tls, Some(&pinned), BY_CAMPAIGN)
+        .await
+        .expect("the pinned certificate");
     assert_exact(&outcome.result, &want, want_suppressed);
     server.stop().await;
 }

@@ -2,7 +2,8 @@
 //! collaboration files ([`CollaborationToml`], written in one place), the end-to-end
 //! [`Fixture`] (a publisher, an advertiser and an analyst with pseudo-random CSV data and the
 //! plain answers to their queries), an in-process server ([`start_server`]), the advertiser's
-//! client and a raw gRPC client, a recording proxy, protocol messages as a misbehaving peer
+//! client and a raw gRPC client, a certificate authority for client certificates, a recording
+//! proxy, protocol messages as a misbehaving peer
 //! would cut them, and running the `cleanroom` binary.
 //!
 //! Everything here panics on a failure: a fixture that cannot be built is a failed test.
@@ -18,6 +19,7 @@ pub mod privacy;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 pub use binary::run_cleanroom;
 pub use client::{
@@ -34,4 +36,7 @@ pub use fixture::{
 };
 pub use protocol::rechunk;
 pub use proxy::recording_proxy;
-pub use server::{Running, rand_suffix, serve_in_process, start_server, start_server_with_state};
+pub use server::{
+    Running, publisher_config, rand_suffix, serve_in_process, start_server, start_server_with_state,
+};
+pub use tls::CertificateAuthority;

@@ -190,6 +190,7 @@ pub async fn start_list_server(fx: &ListFixture) -> Running {
         connections: cleanroom_service::ConnectionLimits::default(),
         state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
         tls: None,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
     })

@@ -121,6 +121,7 @@ impl Server {
             connections: cleanroom_service::ConnectionLimits::default(),
             state: Arc::clone(&state),
             tls: None,
+            client_ca: None,
             insecure: false,
             on_session_end: None,
         };

@@ -66,7 +66,18 @@ pub async fn start_server_with_state(
     tls: Option<TlsIdentity>,
     state: Arc<StateDb>,
 ) -> Running {
-    serve_in_process(ServerConfig {
+    serve_in_process(publisher_config(fx, limits, tls, state)).await
+}
+
+/// The configuration of the publisher's server over the fixture's impressions, recording in
+/// `state`: what [`start_server_with_state`] serves, for a test to change before serving it.
+pub fn publisher_config(
+    fx: &Fixture,
+    limits: Limits,
+    tls: Option<TlsIdentity>,
+    state: Arc<StateDb>,
+) -> ServerConfig {
+    ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("impressions".to_owned(), fx.path("impressions.csv").into())]),
@@ -74,10 +85,10 @@ pub async fn start_server_with_state(
         connections: cleanroom_service::ConnectionLimits::default(),
         state,
         tls,
+        client_ca: None,
         insecure: false,
         on_session_end: None,
-    })
-    .await
+    }
 }
 
 /// Serves `config` on 127.0.0.1 (a free port) in this process until [`Running::stop`].

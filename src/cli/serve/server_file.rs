@@ -185,9 +185,13 @@ mod tests {
 
     #[test]
     fn the_file_gives_every_setting_and_the_command_line_overrides_it() {
-        let text = format!("{BASE}\nmax-sessions = 8\nmax_connections = 100\ninsecure = true\n");
+        let text = format!(
+            "{BASE}\nmax-sessions = 8\nmax_connections = 100\ninsecure = true\n\
+             client-ca = \"partners.pem\"\n"
+        );
         let args = parse(&text, &[]).unwrap();
         assert_eq!(args.member, "publisher");
+        assert_eq!(args.client_ca, Some("partners.pem".into()));
         assert_eq!(args.max_sessions, 8);
         assert_eq!(args.max_connections, 100);
         assert!(args.insecure);

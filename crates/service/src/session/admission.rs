@@ -190,19 +190,7 @@ impl Host {
                 table.name
             )));
         }
-        let matcher = plan.matcher();
-        if matcher.member != config.member {
-            return Err(SessionError::InvalidArgument(format!(
-                "table {:?} belongs to member {:?}; this server is member {:?}",
-                matcher.table, matcher.member, config.member
-            )));
-        }
-        let path = config.data.get(&matcher.table).cloned().ok_or_else(|| {
-            SessionError::InvalidArgument(format!(
-                "this server does not serve table {:?}",
-                matcher.table
-            ))
-        })?;
+        let path = self.served(&plan)?;
         // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
         // before anything is charged or any of this server's data moves.
         if plan.protocol() != Protocol::List {
@@ -224,6 +212,38 @@ impl Host {
             )));
         }
         Ok((plan, path))
+    }
+
+    /// The plan of `member`'s `sql` that this server would agree to in a session: the rules'
+    /// plan from the server's own copy of the collaboration, whose other table is this server's
+    /// and served by it. Reads no data, takes no slot, charges and records nothing.
+    pub(crate) fn plan(&self, member: &str, sql: &str) -> Result<Plan, SessionError> {
+        let plan = self
+            .config
+            .collaboration
+            .plan(member, sql)
+            .map_err(SessionError::Refused)?;
+        self.served(&plan)?;
+        Ok(plan)
+    }
+
+    /// Where this server's table of `plan` is: refused when the plan's other table belongs to
+    /// another member, or is not one this server serves.
+    fn served(&self, plan: &Plan) -> Result<TableSpec, SessionError> {
+        let config = &self.config;
+        let matcher = plan.matcher();
+        if matcher.member != config.member {
+            return Err(SessionError::InvalidArgument(format!(
+                "table {:?} belongs to member {:?}; this server is member {:?}",
+                matcher.table, matcher.member, config.member
+            )));
+        }
+        config.data.get(&matcher.table).cloned().ok_or_else(|| {
+            SessionError::InvalidArgument(format!(
+                "this server does not serve table {:?}",
+                matcher.table
+            ))
+        })
     }
 
     /// The rows `member` may bring to one session: its quota in the collaboration file, within
@@ -438,6 +458,7 @@ mod tests {
             connections: ConnectionLimits::default(),
             state: Arc::new(StateDb::open(dir.path().join("state.db")).unwrap()),
             tls: None,
+            client_ca: None,
             insecure: false,
             on_session_end: None,
         })
