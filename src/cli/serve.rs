@@ -241,6 +241,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Listened to before the server says it listens: a signal sent as soon as the start
+        // line shows must find the handlers in place, not end the process outright.
+        let mut signals = StopSignals::install()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
@@ -282,9 +285,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         let state = Arc::clone(&config.state);
         let (first, drain) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.next().await;
             let _ = first.send(());
-            shutdown_signal().await;
+            signals.next().await;
             let interrupted = state.interrupt_running().unwrap_or(0);
             tracing::warn!(
                 target: "cleanroom::serve",
@@ -324,27 +327,40 @@ fn connections_line(open_files: OpenFilesLimit, limits: ConnectionLimits) -> Str
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, each registered when this is made; a signal that arrives before
+/// [`next`](Self::next) is polled is kept for it.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = ctrl_c => {}
-            () = term => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers the handlers (inside the runtime).
+    fn install() -> Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    ctrl_c.await;
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]
