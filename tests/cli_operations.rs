@@ -260,21 +260,11 @@ fn serve_client_ca_needs_tls_and_then_requires_a_certificate_of_that_ca() {
     )
     .unwrap();
     let state = dir.path().join("state.db");
-    let impressions = format!("impressions={}", data("impressions.csv").display());
-    let collab = data("collab.toml");
-    let args = [
-        "serve",
-        "--config",
-        collab.to_str().unwrap(),
-        "--member",
-        "publisher",
-        "--data",
-        &impressions,
-        "--listen",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-    ];
+    let publisher = publisher_args(&state);
+    let args: Vec<&str> = ["serve"]
+        .into_iter()
+        .chain(publisher.iter().map(String::as_str))
+        .collect();
     let expected = "error: --client-ca needs TLS: client certificates are only exchanged in a \
                     TLS handshake; give --tls-cert and --tls-key as well\n";
     // As a flag.
@@ -438,6 +428,25 @@ async fn one_signal_drains_and_a_second_stops_at_once() {
     );
 }
 
+/// `serve`'s flags for the publisher of the fixture collaboration on 127.0.0.1, with its
+/// impressions and the state database `state`.
+fn publisher_args(state: &Path) -> Vec<String> {
+    [
+        "--config",
+        data("collab.toml").to_str().unwrap(),
+        "--member",
+        "publisher",
+        "--data",
+        &format!("impressions={}", data("impressions.csv").display()),
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// `GET /metrics` on `addr`: the status line and the body.
 fn scrape(addr: &str) -> (String, String) {
     use std::io::{Read, Write};
@@ -470,23 +479,9 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
     let collab = data("collab.toml");
-    let impressions = format!("impressions={}", data("impressions.csv").display());
-    let args = [
-        "--config",
-        collab.to_str().unwrap(),
-        "--member",
-        "publisher",
-        "--data",
-        &impressions,
-        "--listen",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
+    let publisher = publisher_args(&state);
+    let mut args: Vec<&str> = publisher.iter().map(String::as_str).collect();
+    args.extend(["--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
     let (mut server, url) = Server::start(&args);
     let metrics = server.line_with("metrics at http://");
     let metrics: serde_json::Value = serde_json::from_str(&metrics).unwrap();
@@ -630,8 +625,7 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
 
     // RUST_LOG filters: the start line is kept, the sessions' INFO events are not, and a
     // failed authentication (WARN) still is.
-    let mut text_args = args.to_vec();
-    text_args.truncate(10);
+    let text_args: Vec<&str> = publisher.iter().map(String::as_str).collect();
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(&text_args)
