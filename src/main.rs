@@ -39,6 +39,10 @@ enum Command {
     Token(cli::token::TokenArgs),
     /// Ask a server whether it serves (grpc.health.v1): exit 0 if so, 1 if not.
     Health(cli::health::HealthArgs),
+    /// Make a receiver's result key pair (`key new`).
+    Key(cli::key::KeyArgs),
+    /// Fetch the result of a query that named you as a receiver.
+    Results(cli::results::ResultsArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Token(args) => cli::token::run(args),
         Command::Health(args) => cli::health::run(args),
+        Command::Key(args) => cli::key::run(args),
+        Command::Results(args) => cli::results::run(args),
     };
     match result {
         Ok(code) => code,

@@ -166,6 +166,8 @@ impl LyingServer {
                 plan.min_release()
             },
             value_columns: plan.receiver().value_columns.len() as u32,
+            // The terms are honest; the lie is elsewhere.
+            agreement: Some(cleanroom_service::agreement(&self.collaboration, &plan)),
             ..SessionAccepted::default()
         };
         tx.send(Ok(RunSessionResponse {
@@ -383,6 +385,7 @@ async fn a_silent_server_times_the_client_out() {
         member: "advertiser",
         sql: BY_CAMPAIGN,
         data: &data,
+        receivers: &[],
     };
     match client.run_query(query, None).await {
         Err(ClientError::Exchange(ExchangeError::Idle(idle))) => {

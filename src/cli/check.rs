@@ -26,6 +26,10 @@ pub struct CheckArgs {
     /// The member running the query.
     #[arg(long, value_name = "NAME")]
     pub member: String,
+    /// A member the result would go to (repeat for several; default: the querying member).
+    /// Refused unless each has `receive_results` and, other than the querier, a `result_key`.
+    #[arg(long = "receiver", value_name = "MEMBER")]
+    pub receivers: Vec<String>,
     /// Output format: `table` for people, `json` for programs.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -60,7 +64,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         args.sql
     };
 
-    let verdict = collaboration.plan(&args.member, &sql);
+    let verdict = collaboration.plan_for(&args.member, &sql, &args.receivers);
     let json = args.format == Format::Json;
     match &verdict {
         Ok(plan) if json => println!("{}", AllowedPlan::new(plan).to_json()),

@@ -32,6 +32,36 @@ pub struct QueryArgs {
     /// the collaboration's table entry gives the defaults). Repeat for several tables.
     #[arg(long = "data", value_name = "TABLE=LOCATION", required = true, value_parser = parse_data)]
     data: Vec<(String, String)>,
+    /// A member the result goes to (repeat for several; default: you). Each needs the
+    /// `receive_results` ability, and one other than you a `result_key`: it fetches the result
+    /// with `cleanroom results`. When you are not named, you learn nothing of the result.
+    #[arg(long = "receiver", value_name = "MEMBER")]
+    receivers: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write the result rows as CSV to this file instead of printing them (atomically: a
+    /// temporary file in the same directory, renamed into place once complete).
+    #[arg(long, value_name = "FILE.csv")]
+    output: Option<PathBuf>,
+    /// Write CSV cells exactly as released. By default control characters are escaped and a
+    /// cell starting with `=`, `+`, `-` or `@` that is not a number gets a leading `'`, so that
+    /// a spreadsheet does not run a provider's value as a formula.
+    #[arg(long)]
+    csv_raw: bool,
+    /// No progress and no session statistics on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The query.
+    sql: String,
+}
+
+/// How a member reaches a partner's server: its address, the trust, the member's token and
+/// client certificate, and the time limits (shared by `query` and `results`).
+#[derive(Args, Debug)]
+pub struct Connection {
     /// The server: https://host:port (http:// only to loopback, or with --insecure).
     #[arg(long, value_name = "URL")]
     server: String,
@@ -52,29 +82,38 @@ pub struct QueryArgs {
     /// Read the bearer token from this file instead of $CLEANROOM_TOKEN.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    /// Write the result rows as CSV to this file instead of printing them (atomically: a
-    /// temporary file in the same directory, renamed into place once complete).
-    #[arg(long, value_name = "FILE.csv")]
-    output: Option<PathBuf>,
-    /// Write CSV cells exactly as released. By default control characters are escaped and a
-    /// cell starting with `=`, `+`, `-` or `@` that is not a number gets a leading `'`, so that
-    /// a spreadsheet does not run a provider's value as a formula.
-    #[arg(long)]
-    csv_raw: bool,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
     /// Give up when the session goes this many seconds without a message either way (0: never).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     idle_timeout: u64,
-    /// No progress and no session statistics on stderr.
-    #[arg(long, short)]
-    quiet: bool,
-    /// The query.
-    sql: String,
+}
+
+impl Connection {
+    /// The client configuration these flags describe (the token read from its file or
+    /// $CLEANROOM_TOKEN, the CA and client certificate from theirs).
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        let token = read_token(self.token_file.as_ref())?;
+        let mut config = ClientConfig::new(self.server.clone(), token);
+        config.insecure = self.insecure;
+        config.timeout = self.timeout.map(Duration::from_secs);
+        config.idle_timeout =
+            (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
+        if let Some(ca) = &self.ca {
+            config.ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.identity = Some(cleanroom_service::TlsIdentity {
+                cert_pem: std::fs::read(cert)
+                    .with_context(|| format!("--tls-cert {}", cert.display()))?,
+                key_pem: std::fs::read(key)
+                    .with_context(|| format!("--tls-key {}", key.display()))?,
+            });
+        }
+        Ok(config)
+    }
 }
 
 fn read_token(token_file: Option<&PathBuf>) -> Result<BearerToken> {
@@ -105,7 +144,7 @@ fn csv_cell(value: &Value) -> String {
 
 /// Renders a result in `format`, with the 95% half-width of each output column's noise (0:
 /// exact) printed next to its values in a table, and CSV cells written as `cells` says.
-fn render_with(
+pub(crate) fn render_with(
     result: &ResultTable,
     format: Format,
     interval95: &[u64],
@@ -362,6 +401,27 @@ pub fn write_csv_atomically(result: &ResultTable, path: &Path, cells: CsvCells) 
     Ok(())
 }
 
+/// Says where the result of a query this member does not receive went, and how its receivers
+/// fetch it; nothing of the result itself (this member learned nothing of it).
+fn print_delivered(outcome: &QueryOutcome, server: &str, format: Format) -> Result<()> {
+    let session = &outcome.summary.session_id;
+    let receivers = &outcome.summary.delivered_to;
+    if format == Format::Json {
+        let doc = serde_json::json!({"session_id": session, "delivered_to": receivers});
+        println!("{doc}");
+    } else {
+        println!(
+            "the result of session {session} went to {}: not to you.",
+            receivers.join(", ")
+        );
+        println!(
+            "each receiver fetches it with: cleanroom results --config FILE --member NAME \\
+               --server {server} --key-file KEY {session}"
+        );
+    }
+    Ok(())
+}
+
 /// Prints why a query was refused.
 fn print_refusal(error: &ClientError) {
     match error {
@@ -386,22 +446,8 @@ fn print_refusal(error: &ClientError) {
 pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
-    let token = read_token(args.token_file.as_ref())?;
     let data = data_map(args.data, &collaboration)?;
-    let mut config = ClientConfig::new(args.server.clone(), token);
-    config.insecure = args.insecure;
-    config.timeout = args.timeout.map(Duration::from_secs);
-    config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
-    if let Some(ca) = &args.ca {
-        config.ca_pem = Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
-    }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.identity = Some(cleanroom_service::TlsIdentity {
-            cert_pem: std::fs::read(cert)
-                .with_context(|| format!("--tls-cert {}", cert.display()))?,
-            key_pem: std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?,
-        });
-    }
+    let config = args.connection.client_config()?;
     let bar = progress_bar(args.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -412,6 +458,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         member: &args.member,
         sql: &args.sql,
         data: &data,
+        receivers: &args.receivers,
     };
     let outcome = runtime.block_on(async {
         let hook = |p: Progress<'_>| {
@@ -431,7 +478,18 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         CsvCells::Safe
     };
     match outcome {
+        Ok(outcome) if !outcome.received => {
+            print_delivered(&outcome, &args.connection.server, args.format)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(outcome) => {
+            if !outcome.summary.delivered_to.is_empty() && !args.quiet {
+                eprintln!(
+                    "the result is also kept for {} (session {}): `cleanroom results`",
+                    outcome.summary.delivered_to.join(", "),
+                    outcome.summary.session_id
+                );
+            }
             match &args.output {
                 Some(path) => {
                     write_csv_atomically(&outcome.result, path, cells)?;

@@ -81,7 +81,7 @@ fn new(args: NewArgs) -> Result<ExitCode> {
 }
 
 /// Creates `path` (failing if it exists) readable by its owner only, and writes `secret`.
-fn write_new_secret_file(path: &std::path::Path, secret: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_new_secret_file(path: &std::path::Path, secret: &[u8]) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

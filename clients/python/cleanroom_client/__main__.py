@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--sql", help="the query; the server plans it (PlanQuery)")
     query.add_argument("--plan", help="the plan JSON of `cleanroom check --format json`")
+    p.add_argument("--config", required=True, help="your copy of the collaboration file")
     p.add_argument("--data", action="append", required=True, metavar="TABLE=PATH")
     p.add_argument("--token-file")
     p.add_argument("--ca", help="CA certificate (PEM) to trust for https://")
@@ -79,12 +80,21 @@ def main(argv=None) -> int:
         with open(args.ca, "rb") as f:
             ca = f.read()
     try:
+        with open(args.config, "rb") as f:
+            collaboration = f.read()
         if args.plan:
             plan = load_plan(args.plan)
         else:
             plan = fetch_plan(args.server, token, args.sql, ca=ca, insecure=args.insecure, timeout=args.timeout)
         outcome = run_query(
-            args.server, token, plan, _data(args.data), ca=ca, insecure=args.insecure, timeout=args.timeout
+            args.server,
+            token,
+            plan,
+            _data(args.data),
+            collaboration=collaboration,
+            ca=ca,
+            insecure=args.insecure,
+            timeout=args.timeout,
         )
     except QueryError as e:
         print(f"query {'refused' if e.is_refusal else 'failed'}: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ with this package (``cleanroom_client/proto``, kept identical to the repository'
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib
 import ipaddress
 import json
@@ -172,17 +173,45 @@ def fetch_plan(
     return plan
 
 
+def collaboration_sha256(text: bytes) -> bytes:
+    """The collaboration file's digest both sides compare (PROTOCOL.md 3.2): SHA-256 of its
+    text, a leading byte-order mark removed and every CRLF read as LF."""
+    if text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:]
+    return hashlib.sha256(text.replace(b"\r\n", b"\n")).digest()
+
+
+def plan_sha256(plan: dict) -> bytes:
+    """SHA-256 of the plan's canonical JSON (PROTOCOL.md 3.2): keys sorted, no white space,
+    non-ASCII characters as UTF-8."""
+    canonical = json.dumps(plan, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def agreement(pb2, collaboration: bytes, plan: dict):
+    """This client's view of the session's terms: what the server compares with its own."""
+    return pb2.Agreement(
+        collaboration_sha256=collaboration_sha256(collaboration),
+        domain=plan["domain"],
+        matcher_normalization=plan["matcher"]["normalization"],
+        receiver_normalization=plan["receiver"]["normalization"],
+        plan_sha256=plan_sha256(plan),
+    )
+
+
 def run_query(
     server: str,
     token: str,
     plan: dict,
     data: dict,
     *,
+    collaboration: bytes,
     ca: Optional[bytes] = None,
     insecure: bool = False,
     timeout: Optional[float] = None,
 ) -> QueryOutcome:
-    """Runs the plan's query against ``server``; ``data`` maps the member's tables to CSV paths."""
+    """Runs the plan's query against ``server``; ``data`` maps the member's tables to CSV paths,
+    ``collaboration`` is this member's copy of the collaboration file (its bytes)."""
     if plan.get("protocol") not in ("cardinality", "intersection_sum"):
         raise QueryError(f"this client runs cardinality and intersection-sum, not {plan.get('protocol')!r}")
     if plan.get("privacy") is not None:
@@ -212,6 +241,7 @@ def run_query(
     def psi_request(payload: bytes):
         return pb2.RunSessionRequest(psi=pb2.PsiMessage(payload=payload))
 
+    ours = agreement(pb2, collaboration, plan)
     requests.put(
         pb2.RunSessionRequest(
             start=pb2.SessionStart(
@@ -221,6 +251,7 @@ def run_query(
                 table=pb2.TableDescriptor(
                     name=own, columns=table.header, rows=table.rows, skipped_rows=table.skipped
                 ),
+                agreement=ours,
             )
         )
     )
@@ -235,6 +266,11 @@ def run_query(
         if first is None or first.WhichOneof("message") != "accepted":
             raise QueryError("the session did not open with an acceptance")
         accepted = first.accepted
+        if not accepted.HasField("agreement") or accepted.agreement != ours:
+            raise QueryError(
+                "the server's terms differ from ours (collaboration file, hash domain, "
+                "normalizations or plan): are both collaboration files identical?"
+            )
         checks = [
             ("matcher table", plan["matcher"]["table"], accepted.matcher_table),
             ("release threshold", plan["min_release"], accepted.min_release),

@@ -188,7 +188,9 @@ def test_same_result_as_cleanroom_query(setup, name):
     sql = QUERIES[name]
     plan = load_plan(plan_of(d, sql))
     expected = rust_query(d, url, sql)
-    outcome = session.run_query(url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")}, timeout=60)
+    outcome = session.run_query(url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")},
+        collaboration=(d / "collab.toml").read_bytes(), timeout=60,
+    )
     assert outcome.result == expected
     assert outcome.suppressed_rows == expected["suppressed_rows"]
     assert outcome.released_rows == len(expected["rows"]) or plan["limit"] is not None
@@ -204,7 +206,7 @@ def test_command_line(setup):
     plan = plan_of(d, sql)
     out = subprocess.run(
         [sys.executable, "-m", "cleanroom_client", "--server", url, "--plan", str(plan),
-         "--data", f"conversions={d / 'conversions.csv'}", "--token-file", str(d / "advertiser.token"),
+         "--config", str(d / "collab.toml"), "--data", f"conversions={d / 'conversions.csv'}", "--token-file", str(d / "advertiser.token"),
          "--format", "json"],
         capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).resolve().parents[1],
     )
@@ -216,7 +218,9 @@ def test_wrong_token_is_refused(setup):
     d, url = setup
     plan = load_plan(plan_of(d, QUERIES["cardinality"]))
     with pytest.raises(session.QueryError) as e:
-        session.run_query(url, "not-a-member-token", plan, {"conversions": str(d / "conversions.csv")}, timeout=30)
+        session.run_query(url, "not-a-member-token", plan, {"conversions": str(d / "conversions.csv")},
+            collaboration=(d / "collab.toml").read_bytes(), timeout=30,
+        )
     assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert e.value.is_refusal
 
@@ -228,9 +232,38 @@ def test_server_refusal_carries_reasons(setup):
     # valid to this client: the reasons come back in the trailing metadata.
     plan = dict(plan, sql="SELECT c.email FROM impressions i JOIN conversions c ON i.email = c.email")
     with pytest.raises(session.QueryError) as e:
-        session.run_query(url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")}, timeout=30)
+        session.run_query(url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")},
+            collaboration=(d / "collab.toml").read_bytes(), timeout=30,
+        )
     assert e.value.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
     assert e.value.reasons and all(code for code, _ in e.value.reasons)
+
+
+@pytest.mark.parametrize("change", ["normalization", "collaboration_id"])
+def test_different_terms_are_refused_before_any_blinded_value(setup, tmp_path, change):
+    """A client whose collaboration file differs from the server's (another normalization, or
+    another collaboration id hashed into its points) is refused at the session start, with the
+    terms that differ named, instead of computing a wrong result."""
+    d, url = setup
+    text = (d / "collab.toml").read_text(encoding="utf-8")
+    plan = load_plan(plan_of(d, QUERIES["cardinality"]))
+    if change == "normalization":
+        changed = text.replace('normalize = "email"', 'normalize = "none"')
+        plan["matcher"]["normalization"] = plan["receiver"]["normalization"] = "none"
+        named = "normalization"
+    else:
+        # The start names the server's collaboration, as PROTOCOL.md's second client did, but
+        # this member's file (and so the id it would hash into its points) is another.
+        changed = text.replace(f'id = "{plan["collaboration_id"]}"', 'id = "elsewhere"', 1)
+        named = "collaboration file"
+    assert changed != text
+    with pytest.raises(session.QueryError) as e:
+        session.run_query(
+            url, TOKENS["advertiser"], plan, {"conversions": str(d / "conversions.csv")},
+            collaboration=changed.encode("utf-8"), timeout=30,
+        )
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION, e.value
+    assert named in str(e.value), e.value
 
 
 @pytest.mark.parametrize(
@@ -239,7 +272,7 @@ def test_server_refusal_carries_reasons(setup):
 )
 def test_unsupported_plans_are_refused_before_connecting(plan):
     with pytest.raises(session.QueryError):
-        session.run_query("http://127.0.0.1:9", "token", plan, {})
+        session.run_query("http://127.0.0.1:9", "token", plan, {}, collaboration=b"")
 
 
 def test_the_stock_reflection_client_describes_the_service(setup):
@@ -310,7 +343,7 @@ def test_the_installed_client_runs_a_query_without_a_plan(setup, tmp_path):
     sql = QUERIES["by_product_filtered"]
     out = subprocess.run(
         [str(pathlib.Path(sys.executable).parent / "cleanroom-client"), "--server", url, "--sql", sql,
-         "--data", f"conversions={d / 'conversions.csv'}", "--token-file", str(d / "advertiser.token"),
+         "--config", str(d / "collab.toml"), "--data", f"conversions={d / 'conversions.csv'}", "--token-file", str(d / "advertiser.token"),
          "--format", "json"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )

@@ -197,6 +197,7 @@ async fn client_loop(
             member: "querier",
             sql,
             data: &data,
+            receivers: &[],
         };
         match client.run_query(query, None).await {
             Ok(outcome) if outcome.result.rows == [expected.clone()] => {

@@ -83,6 +83,7 @@ pub fn run(
             member: client.member,
             sql,
             data: &client.data,
+            receivers: &[],
         };
         let outcome = async {
             let mut c = Client::connect(&client_config).await?;

@@ -56,6 +56,7 @@ pub mod normalize;
 mod offline;
 pub mod party;
 mod randomness;
+pub mod sealed;
 mod table;
 #[cfg(feature = "test-vectors")]
 pub mod test_vector;
@@ -64,7 +65,8 @@ pub mod wire;
 pub use capabilities::{Capabilities, ListCapabilities};
 pub use ecdh::aggregate::{
     AggregateMessage, GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError,
-    Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup,
+    Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup, ResultKeys, ResultKeysError,
+    ResultOpener,
 };
 pub use ecdh::list::{ListMatch, ListMessage, ListOutcome, ListProvider, ListQuerier};
 pub use ecdh::noise::{NoiseBounds, NoiseError};

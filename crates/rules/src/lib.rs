@@ -116,6 +116,19 @@ impl Collaboration {
     /// rules and the protocols' abilities. Returns the plan of an allowed query, or every reason
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
-        sql::compile(self, querier, sql)
+        sql::compile(self, querier, sql, &[])
+    }
+
+    /// [`plan`](Self::plan) for a query whose result goes to `receivers` (empty: the querier
+    /// alone). Every receiver must be a member with `receive_results`, and each other than the
+    /// querier must publish a `result_key`; the querier needs `receive_results` only when it is
+    /// a receiver. A list query's rows go to the querier only.
+    pub fn plan_for(
+        &self,
+        querier: &str,
+        sql: &str,
+        receivers: &[String],
+    ) -> Result<Plan, Refusal> {
+        sql::compile(self, querier, sql, receivers)
     }
 }

@@ -44,8 +44,15 @@ reason_codes! {
     UnknownMember => "unknown_member",
     /// The querying member lacks the `query` ability.
     MissingQueryAbility => "missing_query_ability",
-    /// The querying member lacks the `receive_results` ability (the querier receives results).
+    /// A receiver of the result lacks the `receive_results` ability (by default the querier
+    /// receives the result).
     MissingReceiveResultsAbility => "missing_receive_results_ability",
+    /// A named receiver of the result is not a member of the collaboration.
+    UnknownReceiver => "unknown_receiver",
+    /// A receiver other than the querier has no `result_key` to seal the result's keys to.
+    ReceiverWithoutResultKey => "receiver_without_result_key",
+    /// A list query's rows go to the querier only: it cannot name other receivers.
+    ListResultsToQuerierOnly => "list_results_to_querier_only",
     /// `SELECT *` or `SELECT t.*`.
     SelectStar => "select_star",
     /// A subquery anywhere (FROM, WHERE, SELECT, IN, EXISTS, parenthesized query).

@@ -8,6 +8,7 @@ use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cleanroom_psi::sealed::OpeningKey;
 use cleanroom_psi::{ListQuerier, ProtocolError, Receiver};
 use cleanroom_rules::{Collaboration, Protocol, QuerierRows, Refusal, ResultError, ResultTable};
 use prost::Message as _;
@@ -25,9 +26,10 @@ use crate::exchange::{Counters, Exchange, ExchangeError, Role};
 use crate::limits::{MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
 use crate::proto::clean_room_service_client::CleanRoomServiceClient;
 use crate::proto::{
-    self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest, PsiMessage,
-    RunSessionRequest, SessionAccepted, SessionStart, SessionSummary, TableDescriptor,
-    run_session_request, run_session_response,
+    self, FetchResultRequest, FetchResultResponse, GetServerInfoRequest, GetServerInfoResponse,
+    ListAuditEntriesRequest, PsiMessage, RunSessionRequest, SessionAccepted, SessionStart,
+    SessionSummary, TableDescriptor, fetch_result_response, run_session_request,
+    run_session_response,
 };
 use crate::server::REFUSAL_METADATA_KEY;
 use crate::session::{self, ClientRole, check_accepted, receiver_for, role_for};
@@ -173,6 +175,9 @@ pub enum ClientError {
     /// The released outcome does not fit the plan.
     #[error("the server's result does not fit the plan: {0}")]
     Result(#[from] ResultError),
+    /// A result fetched as a receiver does not open.
+    #[error(transparent)]
+    Delivery(#[from] session::DeliveryError),
     /// A local computation failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -228,6 +233,10 @@ pub struct Query<'a> {
     pub sql: &'a str,
     /// The CSV file of each of the member's tables.
     pub data: &'a BTreeMap<String, TableSpec>,
+    /// The members the result goes to, each once (empty: the querying member). A receiver
+    /// other than the querier fetches it from the server (`FetchResult`); when the querier is
+    /// not among them it learns nothing of the result.
+    pub receivers: &'a [String],
 }
 
 /// What a query's progress looks like, for a progress display.
@@ -257,8 +266,12 @@ pub type ProgressHook<'a> = &'a (dyn Fn(Progress<'_>) + Send + Sync);
 /// left of the member's budget.
 #[derive(Debug, Clone)]
 pub struct QueryOutcome {
-    /// The released result, in the `SELECT`'s column order.
+    /// The released result, in the `SELECT`'s column order; without rows when this member is
+    /// not a receiver of its query.
     pub result: ResultTable,
+    /// Whether this member received the result; `false`: it went only to the other receivers
+    /// (`summary.delivered_to`).
+    pub received: bool,
     /// The protocol that ran (for a list, the server's summary counts no rows: it cannot
     /// know how many rows the querier listed).
     pub protocol: Protocol,
@@ -279,6 +292,21 @@ pub struct QueryOutcome {
     /// in more groups than `max_groups_per_identifier` and were kept in that many, chosen at
     /// random by this client (exact, this member's own data).
     pub own_over_bound: Option<u64>,
+}
+
+/// A result fetched as a receiver of a query this member did not run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedResult {
+    /// The session it came from.
+    pub session_id: String,
+    /// The member that ran the query.
+    pub querier: String,
+    /// The query.
+    pub sql: String,
+    /// When the server recorded the release (RFC 3339, UTC).
+    pub released_at: String,
+    /// The released rows, in the `SELECT`'s column order.
+    pub result: ResultTable,
 }
 
 /// The channel to `server` that [`Client::connect`] opens: TLS unless plaintext is allowed for
@@ -443,6 +471,71 @@ impl Client {
         })
     }
 
+    /// The result of released session `session_id` kept for `member` as a receiver of a query
+    /// it did not run: fetched with this client's token (`FetchResult`), its keys opened with
+    /// `key` (the member's opening key, whose public half is its `result_key`), checked as the
+    /// querier's receiver would, and made into rows under this member's own `collaboration`.
+    pub async fn fetch_result(
+        &mut self,
+        collaboration: &Collaboration,
+        member: &str,
+        session_id: &str,
+        key: &OpeningKey,
+    ) -> Result<FetchedResult, ClientError> {
+        let request = FetchResultRequest {
+            session_id: session_id.to_owned(),
+        };
+        let mut stream = match self.inner.fetch_result(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.explained(status.into())),
+        };
+        let header = match stream.message().await? {
+            Some(FetchResultResponse {
+                message: Some(fetch_result_response::Message::Header(header)),
+            }) => header,
+            _ => {
+                return Err(ClientError::Session(
+                    "a fetched result must start with its header",
+                ));
+            }
+        };
+        if header.collaboration_id != collaboration.id() || header.session_id != session_id {
+            return Err(ClientError::Session(
+                "the fetched result is of another collaboration or session",
+            ));
+        }
+        let mut messages = Vec::new();
+        while let Some(response) = stream.message().await? {
+            match response.message {
+                Some(fetch_result_response::Message::Psi(PsiMessage { payload }))
+                    if messages.len() < header.messages as usize =>
+                {
+                    messages.push(payload)
+                }
+                _ => return Err(ClientError::Session("a fetched result has extra messages")),
+            }
+        }
+        if messages.len() != header.messages as usize {
+            return Err(ClientError::Session("a fetched result ended early"));
+        }
+        let result = session::open_delivered(
+            collaboration,
+            member,
+            &header.querier,
+            &header.sql,
+            &header.sealed_keys,
+            &messages,
+            key,
+        )?;
+        Ok(FetchedResult {
+            session_id: header.session_id,
+            querier: header.querier,
+            sql: header.sql,
+            released_at: header.released_at,
+            result,
+        })
+    }
+
     /// The server's description.
     pub async fn server_info(&mut self) -> Result<GetServerInfoResponse, ClientError> {
         match self.inner.get_server_info(GetServerInfoRequest {}).await {
@@ -531,8 +624,18 @@ impl Client {
         };
         let plan = query
             .collaboration
-            .plan(query.member, query.sql)
+            .plan_for(query.member, query.sql, query.receivers)
             .map_err(ClientError::Refused)?;
+        let receives =
+            query.receivers.is_empty() || query.receivers.iter().any(|r| r == query.member);
+        let sealing = (
+            query.collaboration,
+            query.member,
+            query.sql,
+            query.receivers,
+        );
+        // The terms as planned, before the data refines the plan (a Parquet column's scale).
+        let agreement = session::agreement(query.collaboration, &plan);
         let own = plan.receiver().table.clone();
         let path = query
             .data
@@ -543,9 +646,16 @@ impl Client {
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         // Reading the table and shuffling it into a role are heavy: off the runtime.
-        let (columns, rows, own_over_bound, side, plan) = {
+        let (columns, rows, own_over_bound, side, plan, result_keys) = {
             let mut plan = plan;
+            let (collaboration, member, sql, receivers) = (
+                sealing.0.clone(),
+                sealing.1.to_owned(),
+                sealing.2.to_owned(),
+                sealing.3.to_vec(),
+            );
             tokio::task::spawn_blocking(move || {
+                let mut result_keys = Vec::new();
                 let columns = data::header(&path)?;
                 let limits = cleanroom_psi::Limits::default();
                 let (rows, over, side) = match role_for(&plan, session::Client) {
@@ -572,12 +682,26 @@ impl Client {
                             .privacy()
                             .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
                             .map(|p| table.bound_groups(p.max_groups));
-                        let receiver =
+                        let mut receiver =
                             receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                        // Receivers other than this member get the keys to the result, sealed
+                        // to each; when this member is not a receiver it sees no result.
+                        result_keys = session::seal_result_keys(
+                            &collaboration,
+                            &member,
+                            &sql,
+                            &plan,
+                            &receivers,
+                            &receiver,
+                        )
+                        .map_err(ClientError::Internal)?;
+                        if !receives {
+                            receiver = receiver.results_elsewhere();
+                        }
                         (rows, over, Side::Aggregate(receiver))
                     }
                 };
-                Ok::<_, ClientError>((columns, rows, over, side, plan))
+                Ok::<_, ClientError>((columns, rows, over, side, plan, result_keys))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
@@ -607,6 +731,9 @@ impl Client {
                     rows,
                     skipped_rows,
                 }),
+                agreement: Some(agreement.clone()),
+                receivers: query.receivers.to_vec(),
+                result_keys,
             })),
         };
         outbound
@@ -630,7 +757,7 @@ impl Client {
                 ));
             }
         };
-        check_accepted(&plan, &accepted).map_err(ClientError::PlanMismatch)?;
+        check_accepted(&plan, &agreement, &accepted).map_err(ClientError::PlanMismatch)?;
         report(Progress::Accepted {
             session_id: &accepted.session_id,
             rows,
@@ -680,7 +807,22 @@ impl Client {
         // The session is over on the wire: only now are sums decrypted and payloads opened, so
         // whether they decrypt or open (which depends on this member's data) never shows to
         // the server.
+        let mut named: Vec<&String> = query
+            .receivers
+            .iter()
+            .filter(|r| *r != query.member)
+            .collect();
+        named.sort();
+        if summary.delivered_to.iter().collect::<Vec<_>>() != named {
+            return Err(ClientError::Session(
+                "the server kept the result for other receivers than this query named",
+            ));
+        }
         let (result, unopened) = match finished {
+            // The result went to the other receivers only: nothing to open here.
+            Side::Aggregate(_) if !receives => {
+                (plan.result(&cleanroom_psi::ReceiverOutcome::default())?, 0)
+            }
             Side::Aggregate(role) => {
                 let outcome = role.open().map_err(ClientError::Opened)?;
                 (plan.result(&outcome)?, 0)
@@ -694,6 +836,7 @@ impl Client {
         };
         Ok(QueryOutcome {
             result,
+            received: receives,
             protocol: plan.protocol(),
             accepted,
             summary,

@@ -43,10 +43,11 @@ pub mod tls;
 pub mod transport;
 
 pub use auth::{BearerToken, TokenError};
-pub use client::{Client, ClientConfig, ClientError, Query, QueryOutcome};
+pub use client::{Client, ClientConfig, ClientError, FetchedResult, Query, QueryOutcome};
 pub use limits::{Limits, LimitsError};
 pub use listener::{ConnectionLimits, ConnectionLimitsError};
 pub use server::{ServerConfig, ServerError, serve, serve_with_metrics};
+pub use session::{DeliveryError, MAX_SEALED_KEYS, agreement, keys_ad, open_delivered};
 pub use state::{
     AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, FailedAuthentication, Policy, Standing,
     StateDb, StateError,

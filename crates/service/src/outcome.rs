@@ -28,6 +28,10 @@ pub(crate) enum SessionError {
     Refused(Refusal),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The client's terms (collaboration file, hash domain, normalizations, plan) are not the
+    /// server's: the message names each that differs.
+    #[error("the client and the server do not compute under the same terms: {0}")]
+    AgreementDiffers(String),
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
     #[error("the server could not read its table {table:?}")]
@@ -67,6 +71,7 @@ impl SessionError {
                 refusal_status(code, refusal)
             }
             SessionError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
+            SessionError::AgreementDiffers(_) => Status::failed_precondition(self.to_string()),
             SessionError::Exchange(e) => exchange_status(e),
             SessionError::State(StateError::Exhausted(exhausted)) => {
                 let code = match exhausted {
@@ -90,6 +95,7 @@ impl SessionError {
             | SessionError::InvalidArgument(_)
             | SessionError::Refused(_)
             | SessionError::ResourceExhausted(_)
+            | SessionError::AgreementDiffers(_)
             | SessionError::State(StateError::Exhausted(_)) => Decision::Refused,
             SessionError::Exchange(ExchangeError::Transport(status)) if is_too_large(status) => {
                 Decision::Failed
@@ -103,7 +109,7 @@ impl SessionError {
 
     /// Why the session ended, as stable codes for the log and the metrics: the rules' reason
     /// codes of a refusal, else one code of the service's (`permission_denied`,
-    /// `invalid_argument`, `resource_exhausted`, `malformed_message`, `protocol_violation`,
+    /// `invalid_argument`, `resource_exhausted`, `agreement_differs`, `malformed_message`, `protocol_violation`,
     /// `oversized_message`, `unexpected_message`, `peer_ended`, `peer_gone`, `transport`,
     /// `idle_timeout`, `too_slow`, `session_timeout`, `server_data`, `state_database`,
     /// `internal`).
@@ -119,6 +125,7 @@ impl SessionError {
             SessionError::PermissionDenied(_) => "permission_denied",
             SessionError::InvalidArgument(_) => "invalid_argument",
             SessionError::ResourceExhausted(_) => "resource_exhausted",
+            SessionError::AgreementDiffers(_) => "agreement_differs",
             SessionError::Exchange(e) => match e {
                 ExchangeError::Peer(PeerError::Wire(_)) => "malformed_message",
                 ExchangeError::Peer(PeerError::Protocol(_)) => "protocol_violation",

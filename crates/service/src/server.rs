@@ -35,9 +35,10 @@ use crate::listener::{ConnectionLimits, Connections, ConnectionsError, PeerInfo}
 use crate::outcome::{SessionError, is_too_large, too_large};
 use crate::proto::clean_room_service_server::{CleanRoomService, CleanRoomServiceServer};
 use crate::proto::{
-    self, GetServerInfoRequest, GetServerInfoResponse, ListAuditEntriesRequest,
-    ListAuditEntriesResponse, PlanQueryRequest, PlanQueryResponse, PsiMessage, RunSessionRequest,
-    RunSessionResponse, SessionAccepted, SessionSummary, run_session_request, run_session_response,
+    self, DeliveredResult, FetchResultRequest, FetchResultResponse, GetServerInfoRequest,
+    GetServerInfoResponse, ListAuditEntriesRequest, ListAuditEntriesResponse, PlanQueryRequest,
+    PlanQueryResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
+    SessionSummary, fetch_result_response, run_session_request, run_session_response,
 };
 use crate::session::{Admitted, Host, ServerFrames, SessionRequest, state_call};
 use crate::state::{AuditCursor, AuditEntry, AuditQuery, Policy, StateDb, StateError};
@@ -596,5 +597,50 @@ impl CleanRoomService for CleanRoom {
         Ok(Response::new(PlanQueryResponse {
             plan_json: cleanroom_rules::AllowedPlan::new(&plan).to_json(),
         }))
+    }
+
+    type FetchResultStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<FetchResultResponse, Status>>>;
+
+    /// The result kept for the calling member as a receiver of a released session: the header
+    /// with the sealed keys, then the matcher's closing messages. Any other case, an unknown
+    /// session included, is the same NOT_FOUND: a member learns nothing of sessions whose
+    /// result is not its own.
+    async fn fetch_result(
+        &self,
+        request: Request<FetchResultRequest>,
+    ) -> Result<Response<Self::FetchResultStream>, Status> {
+        let member = authenticated(&request)?;
+        let session_id = request.into_inner().session_id;
+        let collaboration_id = self.host.config.collaboration.id().to_owned();
+        let (id, receiver) = (session_id.clone(), member.clone());
+        let delivered = state_call(&self.host.config.state, move |s| {
+            s.delivery(&collaboration_id, &id, &receiver)
+        })
+        .await
+        .map_err(|e| e.status())?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no result of that session is kept for member {member:?}"
+            ))
+        })?;
+        let mut responses = Vec::with_capacity(1 + delivered.delivery.messages.len());
+        responses.push(Ok(FetchResultResponse {
+            message: Some(fetch_result_response::Message::Header(DeliveredResult {
+                session_id,
+                collaboration_id: delivered.collaboration_id,
+                querier: delivered.querier,
+                sql: delivered.sql,
+                released_at: delivered.released_at,
+                sealed_keys: delivered.delivery.sealed_keys,
+                messages: delivered.delivery.messages.len() as u32,
+            })),
+        }));
+        for payload in delivered.delivery.messages {
+            responses.push(Ok(FetchResultResponse {
+                message: Some(fetch_result_response::Message::Psi(PsiMessage { payload })),
+            }));
+        }
+        Ok(Response::new(tokio_stream::iter(responses)))
     }
 }

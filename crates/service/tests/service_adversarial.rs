@@ -721,6 +721,7 @@ async fn curious_members_and_foreign_tokens() {
         member: "analyst",
         sql: panel_sql,
         data: &panel,
+        receivers: &[],
     };
     match analyst.run_query(query, None).await {
         Err(ClientError::Remote(remote)) => {
@@ -751,6 +752,7 @@ async fn curious_members_and_foreign_tokens() {
         member: "advertiser",
         sql: BY_CAMPAIGN,
         data: &data,
+        receivers: &[],
     };
     match stranger.run_query(query, None).await {
         Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
@@ -774,6 +776,7 @@ async fn curious_members_and_foreign_tokens() {
         member: "advertiser",
         sql: BY_CAMPAIGN,
         data: &data,
+        receivers: &[],
     };
     match advertiser.run_query(query, None).await {
         Err(ClientError::Remote(remote)) => {

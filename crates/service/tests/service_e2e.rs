@@ -182,6 +182,7 @@ async fn tokens_and_abilities_are_enforced() {
         member: "advertiser",
         sql: BY_CAMPAIGN,
         data: &data,
+        receivers: &[],
     };
     match wrong.run_query(query, None).await {
         Err(ClientError::Remote(remote)) => assert_eq!(remote.code, Code::Unauthenticated),
@@ -524,6 +525,7 @@ async fn tls_with_a_self_signed_certificate() {
                 member: "advertiser",
                 sql: BY_CAMPAIGN,
                 data: &data,
+                receivers: &[],
             },
             None,
         )

@@ -195,6 +195,13 @@ fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
                 rows,
                 skipped_rows: 0,
             }),
+            agreement: cleanroom_testkit::client::honest_agreement(
+                &fx.collaboration,
+                "advertiser",
+                sql,
+            ),
+            receivers: Vec::new(),
+            result_keys: Vec::new(),
         })),
     }
 }
@@ -1038,6 +1045,10 @@ impl LyingProvider {
             matcher_table: plan.matcher().table.clone(),
             min_release: plan.min_release(),
             value_columns: plan.receiver().value_columns.len() as u32,
+            // The terms are honest; the lie is elsewhere.
+            agreement: Some(cleanroom_service::agreement(&self.collaboration, &plan)),
+            receivers: Vec::new(),
+            result_keys: Vec::new(),
             ..SessionAccepted::default()
         };
         tx.send(Ok(RunSessionResponse {
@@ -1288,6 +1299,7 @@ async fn against_liar(liar: LyingProvider, sql: &str, table: &str, data: PathBuf
                     member: "advertiser",
                     sql,
                     data: &data,
+                    receivers: &[],
                 },
                 None,
             )
@@ -1620,6 +1632,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
                     member: "advertiser",
                     sql,
                     data: &data,
+                    receivers: &[],
                 },
                 None,
             )
@@ -1652,6 +1665,9 @@ async fn list_queries_may_not_filter_on_identifiers() {
                     rows: 61,
                     skipped_rows: 0,
                 }),
+                agreement: None,
+                receivers: Vec::new(),
+                result_keys: Vec::new(),
             })),
         };
         let status = raw_open(&mut client, start)

@@ -86,6 +86,13 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
                     rows,
                     skipped_rows: 0,
                 }),
+                agreement: cleanroom_testkit::client::honest_agreement(
+                    &setup.collaboration,
+                    "advertiser",
+                    COUNT,
+                ),
+                receivers: Vec::new(),
+                result_keys: Vec::new(),
             },
         )),
     };

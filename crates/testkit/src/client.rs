@@ -46,6 +46,7 @@ pub async fn run_query(
                 member: "advertiser",
                 sql,
                 data: &data,
+                receivers: &[],
             },
             None,
         )
@@ -73,6 +74,7 @@ pub async fn run_query_tls(
                 member: "advertiser",
                 sql,
                 data: &data,
+                receivers: &[],
             },
             None,
         )
@@ -134,6 +136,17 @@ pub async fn raw_client(addr: SocketAddr, token: Option<&str>) -> RawClient {
     CleanRoomServiceClient::with_interceptor(channel, MaybeToken(token.map(str::to_owned)))
 }
 
+/// The terms an honest client of `member` computes `sql` under in `collaboration`; none when
+/// the rules refuse the SQL (the server refuses it before it looks at them).
+pub fn honest_agreement(
+    collaboration: &cleanroom_rules::Collaboration,
+    member: &str,
+    sql: &str,
+) -> Option<cleanroom_service::proto::Agreement> {
+    let plan = collaboration.plan(member, sql).ok()?;
+    Some(cleanroom_service::agreement(collaboration, &plan))
+}
+
 /// The session start of `member`'s `sql`, bringing `table` with the fixture's conversions'
 /// header and row count.
 pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunSessionRequest {
@@ -148,6 +161,9 @@ pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunS
                 rows: fx.conversions.rows.len() as u64,
                 skipped_rows: 0,
             }),
+            agreement: honest_agreement(&fx.collaboration, member, sql),
+            receivers: Vec::new(),
+            result_keys: Vec::new(),
         })),
     }
 }

@@ -213,6 +213,7 @@ pub async fn list_query(fx: &ListFixture, addr: SocketAddr, sql: &str) -> QueryO
                 member: "advertiser",
                 sql,
                 data: &data,
+                receivers: &[],
             },
             None,
         )

@@ -179,6 +179,7 @@ pub async fn query(
                 member: "advertiser",
                 sql,
                 data: &data,
+                receivers: &[],
             },
             None,
         )

@@ -106,6 +106,39 @@ impl ValueKey {
         self.secrets.len() / LIMBS_PER_VALUE
     }
 
+    /// A copy of these keys (for handing a result's keys to a designated receiver, sealed);
+    /// zeroized on drop like the original.
+    pub(crate) fn copy(&self) -> ValueKey {
+        ValueKey {
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    /// The secret scalars' canonical encodings, in limb order.
+    pub(crate) fn secret_bytes(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.secrets.iter().map(Scalar::to_bytes)
+    }
+
+    /// Keys from secrets that [`secret_bytes`](Self::secret_bytes) gave: `None` for a
+    /// non-canonical or zero scalar, an odd count, none at all, or more than
+    /// [`MAX_VALUE_COLUMNS`] columns.
+    pub(crate) fn from_secret_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
+        if secrets.is_empty()
+            || secrets.len() % LIMBS_PER_VALUE != 0
+            || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
+        {
+            return None;
+        }
+        let secrets = secrets
+            .iter()
+            .map(|b| {
+                Option::<Scalar>::from(Scalar::from_canonical_bytes(*b))
+                    .filter(|s| *s != Scalar::ZERO)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { secrets })
+    }
+
     /// The secret scalars `s_i`, in limb order (for the range prover, which computes
     /// `m·B + r·S_i` as the fixed-base `(m + r·s_i)·B`).
     pub(crate) fn secrets(&self) -> &[Scalar] {

@@ -22,6 +22,7 @@ use std::fmt;
 
 use cleanroom_data::SourceOptions;
 use cleanroom_psi::Normalization;
+use cleanroom_psi::sealed::SealingKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -38,9 +39,10 @@ pub const MAX_THRESHOLD: u64 = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ability {
-    /// May run queries (and is then the PSI receiver of its own queries).
+    /// May run queries (and plays the PSI receiver of its own queries, with its table).
     Query,
-    /// May receive query results.
+    /// May receive query results: its own queries' (by default), or those of queries that
+    /// name it as a receiver.
     ReceiveResults,
 }
 
@@ -76,6 +78,7 @@ pub struct Member {
     token_sha256: [u8; 32],
     client_cert_sha256: Option<[u8; 32]>,
     max_rows_per_session: u64,
+    result_key: Option<SealingKey>,
 }
 
 /// The rows a member may bring to one session unless its entry says otherwise
@@ -114,6 +117,12 @@ impl Member {
     /// that certificate. `None`: the token alone authenticates.
     pub fn client_cert_sha256(&self) -> Option<&[u8; 32]> {
         self.client_cert_sha256.as_ref()
+    }
+
+    /// The public key results are sealed to when this member receives the result of a query
+    /// it did not run (`result_key`); `None`: it can receive only its own queries' results.
+    pub fn result_key(&self) -> Option<&SealingKey> {
+        self.result_key.as_ref()
     }
 
     /// Whether SHA-256(`token`) equals the member's `token_sha256`. The comparison of the two
@@ -326,9 +335,32 @@ pub struct Collaboration {
     tables: Vec<Table>,
     privacy: Option<Privacy>,
     limits: QueryLimits,
+    sha256: [u8; 32],
 }
 
 impl Collaboration {
+    /// SHA-256 of the file's text as both sides must hold it: a leading byte-order mark removed
+    /// and every CRLF read as LF, nothing else changed. Two members whose files have the same
+    /// digest planned from the same terms; the session start carries it (PROTOCOL.md 3.2).
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// The digest [`Collaboration::sha256`] gives a collaboration file's `text`.
+    pub fn digest_of(text: &str) -> [u8; 32] {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut hasher = Sha256::new();
+        let mut lines = text.split("\r\n");
+        if let Some(first) = lines.next() {
+            hasher.update(first.as_bytes());
+        }
+        for line in lines {
+            hasher.update(b"\n");
+            hasher.update(line.as_bytes());
+        }
+        hasher.finalize().into()
+    }
+
     /// The collaboration id; non-empty, and the domain separator for hashing.
     pub fn id(&self) -> &str {
         &self.id

@@ -144,6 +144,12 @@ pub enum Problem {
     /// `sum_ranges` other than `"proven"` or `"trusted"`.
     #[error("sum_ranges must be \"proven\" (the default) or \"trusted\", not {0:?}")]
     BadSumRanges(String),
+    /// `result_key` is not the 64 hex digits of a valid ristretto255 point.
+    #[error(
+        "result_key must be the 64 hex digits of a ristretto255 public key, as `cleanroom key \
+         new` prints it"
+    )]
+    BadResultKey,
     /// `client_cert_sha256` is not 64 hex digits.
     #[error("client_cert_sha256 must be the 64 hex digits of the SHA-256 of a DER certificate")]
     BadCertificateHash,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use cleanroom_data::{NullValues, SourceOptions};
 use cleanroom_psi::Normalization;
+use cleanroom_psi::sealed::SealingKey;
 /// Largest value the engine sums per item and column.
 const MAX_ITEM_VALUE: u64 = cleanroom_psi::Capabilities::ECDH.max_item_value;
 use toml::Spanned;
@@ -102,6 +103,7 @@ impl Collaboration {
             tables,
             privacy,
             limits,
+            sha256: Self::digest_of(text),
         })
     }
 }
@@ -331,12 +333,27 @@ fn validate_member(
                 )
             })?,
     };
+    let result_key = match &raw.result_key {
+        None => None,
+        Some(key) => {
+            let mut bytes = [0u8; 32];
+            let text = key.get_ref().trim();
+            if text.len() != 64 || hex::decode_to_slice(text, &mut bytes).is_err() {
+                return Err(at.invalid("member.result_key", key, Problem::BadResultKey));
+            }
+            Some(
+                SealingKey::from_bytes(bytes)
+                    .map_err(|_| at.invalid("member.result_key", key, Problem::BadResultKey))?,
+            )
+        }
+    };
     Ok(Member {
         name: raw.name.into_inner(),
         abilities,
         token_sha256,
         client_cert_sha256,
         max_rows_per_session,
+        result_key,
     })
 }
 

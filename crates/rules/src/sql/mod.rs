@@ -42,8 +42,14 @@ pub const MAX_QUERY_TOKENS: usize = 2_000;
 /// Deepest expression nesting the checker follows.
 const MAX_DEPTH: usize = 256;
 
-/// Checks `sql` for the member `querier` and compiles it; see [`Collaboration::plan`].
-pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Result<Plan, Refusal> {
+/// Checks `sql` for the member `querier`, its result going to `receivers` (empty: the
+/// querier), and compiles it; see [`Collaboration::plan_for`].
+pub(crate) fn compile(
+    collab: &Collaboration,
+    querier: &str,
+    sql: &str,
+    receivers: &[String],
+) -> Result<Plan, Refusal> {
     let Some(member) = collab.member(querier) else {
         return Err(Refusal::one(Reason::new(
             Code::UnknownMember,
@@ -60,15 +66,7 @@ pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Resul
             format!("member {querier:?} does not have the \"query\" ability"),
         ));
     }
-    if !member.can(Ability::ReceiveResults) {
-        reasons.push(Reason::new(
-            Code::MissingReceiveResultsAbility,
-            format!(
-                "member {querier:?} does not have the \"receive_results\" ability; the querying \
-                 member is the one who receives the result"
-            ),
-        ));
-    }
+    check_receivers(collab, querier, receivers, &mut reasons);
     let query = match single_select(sql) {
         Ok(query) => query,
         Err(reason) => {
@@ -93,11 +91,19 @@ pub(crate) fn compile(collab: &Collaboration, querier: &str, sql: &str) -> Resul
         }
         _ => (None, reasons),
     };
+    let mut reasons = reasons;
+    if let Some(Plan::List(_)) = &plan
+        && receivers.iter().any(|r| r != querier)
+    {
+        reasons.push(Reason::new(
+            Code::ListResultsToQuerierOnly,
+            "a list query's rows go to the querying member only; it cannot name other receivers",
+        ));
+    }
     match plan {
         Some(plan) if reasons.is_empty() => Ok(plan),
         _ => {
             debug_assert!(!reasons.is_empty());
-            let mut reasons = reasons;
             if reasons.is_empty() {
                 reasons.push(Reason::new(
                     Code::UnsupportedExpression,
@@ -222,5 +228,53 @@ fn role_index(role: Role) -> usize {
     match role {
         Role::Matcher => 0,
         Role::Receiver => 1,
+    }
+}
+
+/// The receivers' checks: each is a member with `receive_results`, and each other than the
+/// querier has a `result_key` (its keys are sealed to it). No receivers named: the querier.
+fn check_receivers(
+    collab: &Collaboration,
+    querier: &str,
+    receivers: &[String],
+    reasons: &mut Vec<Reason>,
+) {
+    let querier_only = [querier.to_owned()];
+    let receivers = if receivers.is_empty() {
+        &querier_only[..]
+    } else {
+        receivers
+    };
+    for name in receivers {
+        let Some(member) = collab.member(name) else {
+            reasons.push(Reason::new(
+                Code::UnknownReceiver,
+                format!(
+                    "receiver {name:?} is not a member of collaboration {:?}",
+                    collab.id()
+                ),
+            ));
+            continue;
+        };
+        if !member.can(Ability::ReceiveResults) {
+            let whose = if name == querier {
+                format!(
+                    "member {name:?} does not have the \"receive_results\" ability; name a \
+                     receiver that has it (the querier receives the result unless the query \
+                     names others)"
+                )
+            } else {
+                format!("receiver {name:?} does not have the \"receive_results\" ability")
+            };
+            reasons.push(Reason::new(Code::MissingReceiveResultsAbility, whose));
+        } else if name != querier && member.result_key().is_none() {
+            reasons.push(Reason::new(
+                Code::ReceiverWithoutResultKey,
+                format!(
+                    "receiver {name:?} has no result_key in the collaboration file: the result's \
+                     keys could not be sealed to it"
+                ),
+            ));
+        }
     }
 }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use cleanroom_data::TableSpec;
 use cleanroom_rules::{Plan, Protocol};
 
+use super::delivery::Recipients;
 use crate::events::ServerEvents;
 use crate::metrics::Metrics;
 use crate::outcome::SessionError;
-use crate::proto::SessionStart;
+use crate::proto::{Agreement, SealedResultKeys, SessionStart};
 use crate::server::ServerConfig;
 use crate::slots::{SessionSlot, SessionSlots};
 use crate::state::{Attempt, Completion, Policy, Standing, StateDb, StateError};
@@ -33,6 +34,12 @@ pub(crate) struct SessionRequest<'a> {
     pub sql: &'a str,
     /// The client's own table, if it names one.
     pub table: Option<DeclaredTable<'a>>,
+    /// The terms the client computes under, if it sent them.
+    pub agreement: Option<&'a Agreement>,
+    /// The members the result goes to (empty: the querier).
+    pub receivers: &'a [String],
+    /// The querier's result keys sealed to each receiver other than itself.
+    pub result_keys: &'a [SealedResultKeys],
 }
 
 /// A table the client brings, as it describes it (never its rows).
@@ -58,6 +65,9 @@ impl<'a> SessionRequest<'a> {
                 rows: t.rows,
                 skipped_rows: t.skipped_rows,
             }),
+            agreement: start.agreement.as_ref(),
+            receivers: &start.receivers,
+            result_keys: &start.result_keys,
         }
     }
 
@@ -81,6 +91,8 @@ pub(crate) struct Admitted {
     pub permit: SessionSlot,
     /// The querier's standing after this session's charge.
     pub standing: Standing,
+    /// Who the result goes to.
+    pub recipients: Recipients,
 }
 
 /// The server's side of every session: its configuration, the concurrency slots and the
@@ -139,13 +151,14 @@ impl Host {
         }
     }
 
-    /// The checks before any protocol message: identity, collaboration, rules, data, limits.
-    /// Returns the server's plan and where its table is.
+    /// The checks before any protocol message: identity, collaboration, rules (receivers
+    /// included), terms, data, limits. Returns the server's plan, where its table is, and who
+    /// the result goes to.
     pub(crate) fn admit(
         &self,
         member: &str,
         request: &SessionRequest<'_>,
-    ) -> Result<(Plan, TableSpec), SessionError> {
+    ) -> Result<(Plan, TableSpec, Recipients), SessionError> {
         let config = &self.config;
         if request.member != member {
             return Err(SessionError::PermissionDenied(format!(
@@ -162,8 +175,17 @@ impl Host {
         }
         let plan = config
             .collaboration
-            .plan(member, request.sql)
+            .plan_for(member, request.sql, request.receivers)
             .map_err(SessionError::Refused)?;
+        let recipients = Recipients::of(member, request.receivers, request.result_keys)?;
+        // Both sides must compute under the same terms, or the result is wrong without an
+        // error: checked before anything about the data.
+        super::check_agreement(
+            &super::agreement(&config.collaboration, &plan),
+            request.agreement,
+            "the client",
+        )
+        .map_err(SessionError::AgreementDiffers)?;
         let table = request.table.ok_or_else(|| {
             SessionError::InvalidArgument("the session start names no table".to_owned())
         })?;
@@ -211,7 +233,7 @@ impl Host {
                 table.rows
             )));
         }
-        Ok((plan, path))
+        Ok((plan, path, recipients))
     }
 
     /// The plan of `member`'s `sql` that this server would agree to in a session: the rules'
@@ -288,21 +310,21 @@ impl Host {
         // The member's own quota is checked before the server's total, so that a refusal tells
         // a member about its own sessions only (see `slots`).
         let admitted = match self.admit(member, request) {
-            Ok((plan, path)) => self
+            Ok((plan, path, recipients)) => self
                 .sessions
                 .acquire(member)
                 .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))
-                .map(|permit| (plan, path, permit)),
+                .map(|permit| (plan, path, recipients, permit)),
             Err(error) => Err(error),
         };
         // The charge comes last, once nothing else can refuse the session, and before the first
         // message that depends on this server's data: whatever becomes of the session, it
         // stays.
         let admitted = match admitted {
-            Ok((plan, path, permit)) => self
+            Ok((plan, path, recipients, permit)) => self
                 .charge(&session_id, &plan)
                 .await
-                .map(|standing| (plan, path, permit, standing)),
+                .map(|standing| (plan, path, recipients, permit, standing)),
             Err(error) => Err(error),
         };
         if let Ok((plan, ..)) = &admitted
@@ -312,7 +334,7 @@ impl Host {
                 .charged(plan.querier(), privacy.epsilon.as_f64());
         }
         match admitted {
-            Ok((plan, matcher_path, permit, standing)) => {
+            Ok((plan, matcher_path, recipients, permit, standing)) => {
                 let (id, table) = (session_id.clone(), plan.matcher().table.clone());
                 // The figure is informative: a failure to write it does not end the session.
                 let _ = state_call(&self.config.state, move |s| {
@@ -326,6 +348,7 @@ impl Host {
                     receiver_rows,
                     permit,
                     standing,
+                    recipients,
                 })
             }
             Err(error) => {
@@ -464,8 +487,14 @@ mod tests {
         })
     }
 
-    /// `member`'s request for [`BY_CAMPAIGN`], bringing `rows` rows of `table`.
-    fn request<'a>(member: &'a str, table: &'a str, rows: u64) -> SessionRequest<'a> {
+    /// `member`'s request for [`BY_CAMPAIGN`] to `host`, bringing `rows` rows of `table`,
+    /// under the terms of `host`'s own collaboration (when the rules allow the query).
+    fn request<'a>(host: &Host, member: &'a str, table: &'a str, rows: u64) -> SessionRequest<'a> {
+        let collaboration = &host.config.collaboration;
+        let agreement = collaboration
+            .plan(member, BY_CAMPAIGN)
+            .ok()
+            .map(|plan| &*Box::leak(Box::new(super::super::agreement(collaboration, &plan))));
         SessionRequest {
             member,
             collaboration_id: "admission",
@@ -475,6 +504,9 @@ mod tests {
                 rows,
                 skipped_rows: 0,
             }),
+            agreement,
+            receivers: &[],
+            result_keys: &[],
         }
     }
 
@@ -490,7 +522,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
         let (plan, path) = host
-            .admit("advertiser", &request("advertiser", "conversions", 10))
+            .admit(
+                "advertiser",
+                &request(&host, "advertiser", "conversions", 10),
+            )
             .unwrap();
         assert_eq!(plan.matcher().table, "impressions");
         assert_eq!(plan.receiver().table, "conversions");
@@ -501,7 +536,11 @@ mod tests {
     fn an_unknown_table_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let error = refusal(&host, "advertiser", &request("advertiser", "orders", 10));
+        let error = refusal(
+            &host,
+            "advertiser",
+            &request(&host, "advertiser", "orders", 10),
+        );
         assert!(
             matches!(&error, SessionError::InvalidArgument(m) if m.contains("not in the collaboration")),
             "{error}"
@@ -514,7 +553,11 @@ mod tests {
     fn a_table_of_another_member_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let error = refusal(&host, "advertiser", &request("advertiser", "panel", 10));
+        let error = refusal(
+            &host,
+            "advertiser",
+            &request(&host, "advertiser", "panel", 10),
+        );
         assert_eq!(error.status().code(), Code::PermissionDenied, "{error}");
     }
 
@@ -522,7 +565,11 @@ mod tests {
     fn a_request_in_another_members_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let error = refusal(&host, "analyst", &request("advertiser", "conversions", 10));
+        let error = refusal(
+            &host,
+            "analyst",
+            &request(&host, "advertiser", "conversions", 10),
+        );
         assert!(
             matches!(error, SessionError::PermissionDenied(_)),
             "{error}"
@@ -533,7 +580,7 @@ mod tests {
     fn a_request_for_another_collaboration_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let mut other = request("advertiser", "conversions", 10);
+        let mut other = request(&host, "advertiser", "conversions", 10);
         other.collaboration_id = "elsewhere";
         let error = refusal(&host, "advertiser", &other);
         assert!(matches!(error, SessionError::InvalidArgument(_)), "{error}");
@@ -543,7 +590,7 @@ mod tests {
     fn a_request_without_a_table_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let mut bare = request("advertiser", "conversions", 10);
+        let mut bare = request(&host, "advertiser", "conversions", 10);
         bare.table = None;
         let error = refusal(&host, "advertiser", &bare);
         assert!(matches!(error, SessionError::InvalidArgument(_)), "{error}");
@@ -554,7 +601,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
         let sql = BY_CAMPAIGN.replace("conversions c", "panel c");
-        let mut asked = request("analyst", "panel", 10);
+        let mut asked = request(&host, "analyst", "panel", 10);
         asked.sql = &sql;
         let error = refusal(&host, "analyst", &asked);
         let SessionError::Refused(refusal) = &error else {
@@ -577,7 +624,7 @@ mod tests {
         let error = refusal(
             &host,
             "advertiser",
-            &request("advertiser", "conversions", 2),
+            &request(&host, "advertiser", "conversions", 2),
         );
         assert!(matches!(error, SessionError::Refused(_)), "{error}");
         assert_eq!(error.status().code(), Code::InvalidArgument);
@@ -591,7 +638,7 @@ mod tests {
         let error = refusal(
             &host,
             "advertiser",
-            &request("advertiser", "conversions", 11),
+            &request(&host, "advertiser", "conversions", 11),
         );
         assert!(
             matches!(&error, SessionError::ResourceExhausted(m) if m.contains("max_rows_per_session")),
@@ -612,7 +659,7 @@ mod tests {
         let error = refusal(
             &host,
             "advertiser",
-            &request("advertiser", "conversions", 6),
+            &request(&host, "advertiser", "conversions", 6),
         );
         assert!(
             matches!(&error, SessionError::ResourceExhausted(m) if m.contains("this server accepts")),
@@ -625,7 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let privacy = "[collaboration.privacy]\nepsilon_budget = 1.0\nepsilon_per_query = 1.0\n";
         let host = host(&dir, collaboration(privacy), Limits::default());
-        let asked = request("advertiser", "conversions", 10);
+        let asked = request(&host, "advertiser", "conversions", 10);
         let first = host.open("advertiser", &asked).await.unwrap();
         assert_eq!(first.receiver_rows, 10);
         drop(first);
@@ -650,7 +697,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
         let error = host
-            .open("advertiser", &request("advertiser", "orders", 10))
+            .open("advertiser", &request(&host, "advertiser", "orders", 10))
             .await
             .err()
             .expect("refused");

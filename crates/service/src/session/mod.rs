@@ -17,10 +17,14 @@
 
 mod admission;
 mod agreement;
+mod delivery;
 mod run;
 
 pub(crate) use admission::{Admitted, Host, SessionRequest, state_call};
-pub(crate) use agreement::{accepted, check_accepted};
+pub use agreement::agreement;
+pub(crate) use agreement::{accepted, check_accepted, check_agreement};
+pub(crate) use delivery::seal_result_keys;
+pub use delivery::{DeliveryError, MAX_SEALED_KEYS, keys_ad, open_delivered};
 pub(crate) use run::{ServerFrames, receiver_for};
 
 use cleanroom_rules::{Plan, Protocol};

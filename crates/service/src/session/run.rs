@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 
 use super::admission::{Admitted, Host, state_call};
+use super::delivery::Recipients;
 use super::{Server, ServerRole, role_for};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, within};
@@ -24,7 +25,7 @@ use crate::limits::MAX_MESSAGE_BYTES;
 use crate::outcome::SessionError;
 use crate::proto::{SessionAccepted, SessionStats, SessionSummary};
 use crate::roles::ListProviderRole;
-use crate::state::{Completion, Standing};
+use crate::state::{Completion, Delivery, Standing};
 
 /// How a transport frames what the server sends in a session: the acceptance, the protocol
 /// messages, the summary, and the error that ends a session without a release.
@@ -40,12 +41,14 @@ pub(crate) trait ServerFrames: Send + 'static {
 }
 
 /// What a session's protocol decided, before it is sent: pairs released and suppressed, the
-/// bounded identifiers (exact, and as the querier is told), and the encoded messages.
+/// bounded identifiers (exact, and as the querier is told), the encoded messages, and the
+/// matcher's hello (for receivers other than the querier; empty for a list).
 struct Release {
     released: u64,
     suppressed: u64,
     bounded: (u64, u64),
     messages: Vec<Vec<u8>>,
+    hello: Vec<u8>,
 }
 
 impl Host {
@@ -69,6 +72,7 @@ impl Host {
             receiver_rows,
             permit,
             standing,
+            recipients,
         } = admitted;
         let limits = &self.config.limits;
         let mut exchange = Exchange {
@@ -95,7 +99,7 @@ impl Host {
                 &mut inbound,
                 &mut exchange,
                 &mut matcher_rows,
-                (started, &standing),
+                (started, &standing, &recipients),
             )
             .await;
         let counters = exchange.counters;
@@ -134,14 +138,18 @@ impl Host {
         inbound: &mut S,
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
-        (started, standing): (Instant, &Standing),
+        (started, standing, recipients): (Instant, &Standing, &Recipients),
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
         exchange
-            .send_item(T::accepted(super::accepted(plan, session_id)))
+            .send_item(T::accepted(super::accepted(
+                plan,
+                super::agreement(&self.config.collaboration, plan),
+                session_id,
+            )))
             .await?;
 
         let limits = self.psi_limits(receiver_rows);
@@ -150,6 +158,7 @@ impl Host {
             suppressed,
             bounded,
             messages,
+            hello,
         } = match role_for(plan, Server) {
             ServerRole::Matcher => {
                 self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
@@ -160,15 +169,34 @@ impl Host {
                     .await?
             }
         };
+        // The querier is sent the release only when it is a receiver; each other receiver's is
+        // kept, with the querier's keys sealed to it, in the release's own transaction.
+        let to_querier: &[Vec<u8>] = if recipients.querier_receives {
+            &messages
+        } else {
+            &[]
+        };
+        let deliveries: Vec<Delivery> = recipients
+            .others
+            .iter()
+            .map(|(receiver, sealed_keys)| Delivery {
+                receiver: receiver.clone(),
+                sealed_keys: sealed_keys.clone(),
+                messages: std::iter::once(hello.clone())
+                    .chain(messages.iter().cloned())
+                    .collect(),
+            })
+            .collect();
         let counters = exchange.counters;
         let completion = Completion {
             released_rows: released,
             suppressed_rows: suppressed,
             matcher_rows: *matcher_rows,
             messages_received: counters.messages_received,
-            messages_sent: counters.messages_sent + messages.len() as u64,
+            messages_sent: counters.messages_sent + to_querier.len() as u64,
             bytes_received: counters.bytes_received,
-            bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
+            bytes_sent: counters.bytes_sent
+                + to_querier.iter().map(|m| m.len() as u64).sum::<u64>(),
             bounded_identifiers: bounded.0,
             bounded_disclosed: bounded.1,
         };
@@ -176,7 +204,9 @@ impl Host {
         let id = session_id.to_owned();
         let recorded = within(
             exchange.deadline,
-            state_call(&self.config.state, move |s| s.release(&id, &completion)),
+            state_call(&self.config.state, move |s| {
+                s.release_delivering(&id, &completion, &deliveries)
+            }),
         )
         .await??;
         if !recorded {
@@ -184,14 +214,21 @@ impl Host {
                 "the session's audit entry was already complete".to_owned(),
             ));
         }
-        for message in messages {
-            exchange.send_message(message).await?;
+        for message in to_querier {
+            exchange.send_message(message.clone()).await?;
         }
         let counters = exchange.counters;
+        // A querier that is not a receiver learns nothing of the result, its counts included.
+        let (released, suppressed) = if recipients.querier_receives {
+            (released, suppressed)
+        } else {
+            (0, 0)
+        };
         let summary = SessionSummary {
             session_id: session_id.to_owned(),
             released_rows: released,
             suppressed_rows: suppressed,
+            delivered_to: recipients.other_names(),
             stats: Some(SessionStats {
                 receiver_rows,
                 messages_sent: counters.messages_sent,
@@ -266,6 +303,7 @@ impl Host {
                     suppressed: summary.suppressed,
                     bounded: (summary.bounded, disclosed),
                     messages,
+                    hello: role.hello().encode(),
                 })
             })
             .await?;
@@ -303,6 +341,7 @@ impl Host {
             suppressed: 0,
             bounded: (0, 0),
             messages: role.release(),
+            hello: Vec::new(),
         })
     }
 }

@@ -4,7 +4,7 @@ use cleanroom_rules::{Ability, Collaboration, Epsilon};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{Completion, Decision, NOW, StateDb, StateError, to_i64, to_u64};
+use super::{Completion, Decision, Delivery, NOW, StateDb, StateError, to_i64, to_u64};
 
 /// What a collaboration allows each querying member, as the server enforces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +304,18 @@ impl StateDb {
     /// released (the charge was made at admission, [`charge`](Self::charge)). Returns `false`
     /// when the entry was already complete or was never charged: nothing may be released then.
     pub fn release(&self, session_id: &str, completion: &Completion) -> Result<bool, StateError> {
+        self.release_delivering(session_id, completion, &[])
+    }
+
+    /// [`release`](Self::release), keeping in the same transaction the result of each receiver
+    /// other than the querier ([`Delivery`]): a kept result exists exactly when the release is
+    /// recorded.
+    pub fn release_delivering(
+        &self,
+        session_id: &str,
+        completion: &Completion,
+        deliveries: &[Delivery],
+    ) -> Result<bool, StateError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -320,6 +332,7 @@ impl StateDb {
         if !charged || !self.complete_in(&tx, session_id, Decision::Released, "", completion)? {
             return Ok(false);
         }
+        self.insert_deliveries(&tx, session_id, deliveries)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
         Ok(true)
     }

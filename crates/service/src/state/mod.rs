@@ -22,18 +22,20 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 mod audit;
+mod delivery;
 mod failed_auth;
 mod ledger;
 
 pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
+pub use delivery::{DeliveredResult, Delivery};
 pub use failed_auth::{FailedAuthentication, FailedAuthenticationKey};
 pub use ledger::{Exhausted, Policy, Standing};
 
 /// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
-/// each audit entry, 6 the failed authentications; older files are upgraded when opened for
-/// writing).
-const SCHEMA_VERSION: i64 = 6;
+/// each audit entry, 6 the failed authentications, 7 the deliveries to receivers other than
+/// the querier; older files are upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 7;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
 const ADDED_AUDIT_COLUMNS: [(&str, &str); 5] = [
@@ -96,6 +98,13 @@ CREATE TABLE IF NOT EXISTS failed_auth (
     reason TEXT NOT NULL,
     count INTEGER NOT NULL CHECK (count > 0),
     PRIMARY KEY (minute, collaboration_id, peer, member, reason)
+) STRICT;
+CREATE TABLE IF NOT EXISTS delivery (
+    session_id TEXT NOT NULL REFERENCES audit (session_id),
+    receiver TEXT NOT NULL,
+    sealed_keys BLOB NOT NULL,
+    messages BLOB NOT NULL,
+    PRIMARY KEY (session_id, receiver)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_member (
     collaboration_id TEXT NOT NULL,

@@ -274,16 +274,23 @@ impl Matcher {
         self
     }
 
+    /// This matcher's hello: the size of each of its groups (padded, under noise), as its first
+    /// message announces them. A receiver that was not in the session checks the result
+    /// against it ([`ResultOpener`](super::ResultOpener)).
+    pub fn hello(&self) -> AggregateMessage {
+        let group_sizes = self
+            .groups
+            .iter()
+            .map(|(_, ids)| ids.len() as u64)
+            .collect();
+        AggregateMessage::MatcherHello { group_sizes }
+    }
+
     /// The next message to send, or `None` while waiting for the peer (or when finished).
     pub fn poll_message(&mut self) -> Option<AggregateMessage> {
         if !self.hello_sent {
             self.hello_sent = true;
-            let group_sizes = self
-                .groups
-                .iter()
-                .map(|(_, ids)| ids.len() as u64)
-                .collect();
-            return Some(AggregateMessage::MatcherHello { group_sizes });
+            return Some(self.hello());
         }
         let groups = &self.groups;
         if let Some((group, range)) = self

@@ -56,17 +56,23 @@
 //! - this file: [`Limits`], [`ProtocolError`], and the helpers both roles and
 //!   [labeled PSI](crate::ecdh::list) share;
 //! - `matcher.rs`: the [`Matcher`] role; `receiver.rs`: the [`Receiver`] role;
+//! - `inbox.rs`: the checks and opening of a released result, shared by the receiver and
+//!   `delivery.rs`'s [`ResultOpener`], which opens a result for a receiver that is not the
+//!   querier from the querier's [`ResultKeys`];
 //! - `outcome.rs`: what a session yields ([`GroupCount`], [`GroupDecision`],
 //!   [`ReleaseSummary`], [`GroupResult`], [`ReceiverOutcome`]);
 //! - `sizes.rs`: [`ciphertext_bytes`] and the accounting of what a peer announces and sends;
 //! - `message.rs`: the protocol's messages ([`AggregateMessage`]) and their encoding.
 
+mod delivery;
+mod inbox;
 mod matcher;
 mod message;
 mod outcome;
 mod receiver;
 mod sizes;
 
+pub use delivery::{ResultKeys, ResultKeysError, ResultOpener};
 pub use matcher::Matcher;
 pub use message::{AggregateMessage, ReleasedGroup};
 pub use outcome::{GroupCount, GroupDecision, GroupResult, ReceiverOutcome, ReleaseSummary};

@@ -16,14 +16,15 @@
 //! - `MatcherDone` must account for every pair of announced groups, and nothing is accepted
 //!   after it.
 
+use super::inbox::{Inbox, Opening};
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
-    AggregateMessage, GroupResult, Limits, ProtocolError, ReceiverOutcome, ReleasedGroup,
-    items_context, point_error,
+    AggregateMessage, Limits, ProtocolError, ReceiverOutcome, ResultKeys, items_context,
+    point_error,
 };
 use crate::Domain;
 use crate::ecdh::batch::{hash_and_blind, reblind};
-use crate::ecdh::elgamal::{Ciphertext, ValueKey};
+use crate::ecdh::elgamal::ValueKey;
 use crate::ecdh::key::BlindingKey;
 use crate::ecdh::noise::{NoiseBounds, NoiseError};
 use crate::ecdh::range_proof::{ValueRange, chunk_proof_bytes, encrypt_and_prove};
@@ -42,14 +43,6 @@ struct PeerGroups {
     reblinded: Vec<Vec<PointBytes>>,
 }
 
-/// A released pair as it arrived: checked and decoded, its sums still encrypted.
-struct SealedResult {
-    matcher_group: String,
-    receiver_group: u32,
-    intersection_size: u64,
-    sums: Option<Ciphertext>,
-}
-
 /// The receiver role: sends its blinded (and encrypted) items, re-blinds the matcher's groups
 /// into shuffled tags, and decrypts the released sums.
 pub struct Receiver {
@@ -63,10 +56,12 @@ pub struct Receiver {
     sender: Sender,
     peer: Option<PeerGroups>,
     outbox: VecDeque<AggregateMessage>,
-    results: Vec<SealedResult>,
-    /// The suppressed and bounded counts of the matcher's `MatcherDone`, once it arrived: the
-    /// session is finished, and [`open`](Receiver::open) may decrypt.
-    finished: Option<(u64, u64)>,
+    /// The released pairs, and `MatcherDone` once it arrived: the session is finished, and
+    /// [`open`](Receiver::open) may decrypt.
+    inbox: Inbox,
+    /// Whether the result goes to other receivers than this querier: the session ends once
+    /// every tag was sent, and any result message is refused.
+    results_elsewhere: bool,
     /// Bounds of a noisy release; `None` for exact releases.
     noise: Option<NoiseBounds>,
     /// How many groups the plan lets the matcher announce; `None`: any number within the
@@ -157,8 +152,8 @@ impl Receiver {
             sender: Sender::default(),
             peer: None,
             outbox: VecDeque::new(),
-            results: Vec::new(),
-            finished: None,
+            inbox: Inbox::default(),
+            results_elsewhere: false,
             noise: None,
             matcher_groups: None,
             ranges: None,
@@ -282,7 +277,7 @@ impl Receiver {
     /// Consume one message from the matcher.
     pub fn handle_message(&mut self, msg: AggregateMessage) -> Result<(), ProtocolError> {
         let kind = msg.kind();
-        if self.finished.is_some() {
+        if self.inbox.is_finished() {
             return Err(ProtocolError::Unexpected {
                 got: kind,
                 why: "the session is finished",
@@ -326,6 +321,14 @@ impl Receiver {
                 self.flush_group_if_complete(group as usize);
                 Ok(())
             }
+            AggregateMessage::MatcherResult { .. } | AggregateMessage::MatcherDone { .. }
+                if self.results_elsewhere =>
+            {
+                Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "the result goes to other receivers than this querier",
+                })
+            }
             AggregateMessage::MatcherResult { groups } => {
                 let tags_done = self.peer.as_ref().is_some_and(|p| p.received == p.sizes);
                 if !tags_done {
@@ -334,12 +337,17 @@ impl Receiver {
                         why: "results before the matcher's sets",
                     });
                 }
-                let decoded = groups
-                    .into_iter()
-                    .map(|g| self.check_result(g))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.results.extend(decoded);
-                Ok(())
+                let groups_ = &self.groups;
+                let opening = Opening {
+                    value_key: self.value_key.as_ref(),
+                    value_columns: self.value_columns,
+                    noise: self.noise.as_ref(),
+                };
+                self.inbox.results(
+                    groups,
+                    |g| groups_.get(g as usize).map(|(_, items)| items.len() as u64),
+                    &opening,
+                )
             }
             AggregateMessage::MatcherDone {
                 released,
@@ -352,25 +360,10 @@ impl Receiver {
                         why: "the end before the matcher's sets",
                     });
                 }
-                if released != self.results.len() as u64 {
-                    return Err(ProtocolError::InconsistentResult(
-                        "released count differs from the groups received",
-                    ));
-                }
                 let pairs = self.peer.as_ref().map_or(0, |p| p.sizes.len() as u64)
                     * self.groups.len() as u64;
-                if released.checked_add(suppressed) != Some(pairs) {
-                    return Err(ProtocolError::InconsistentResult(
-                        "released and suppressed pairs do not add up to the announced groups",
-                    ));
-                }
-                if self.noise.is_none() && bounded != 0 {
-                    return Err(ProtocolError::InconsistentResult(
-                        "bounded contributions in an exact session",
-                    ));
-                }
-                self.finished = Some((suppressed, bounded));
-                Ok(())
+                self.inbox
+                    .done((released, suppressed, bounded), pairs, self.noise.is_some())
             }
             other => Err(ProtocolError::Unexpected {
                 got: other.kind(),
@@ -406,48 +399,47 @@ impl Receiver {
         }
     }
 
-    /// Checks a released pair against what this receiver knows and decodes its sums, without
-    /// decrypting: whether they decrypt depends on this receiver's values, so that is learned
-    /// only after the session ended ([`open`](Self::open)).
-    fn check_result(&self, g: ReleasedGroup) -> Result<SealedResult, ProtocolError> {
-        let (_, items) = self
-            .groups
-            .get(g.receiver_group as usize)
-            .ok_or(ProtocolError::UnknownGroup(g.receiver_group))?;
-        let group_size = items.len() as u64;
-        let intersection_size = match &self.noise {
-            Some(_) => g.intersection_size.min(group_size),
-            None if g.intersection_size > group_size => {
-                return Err(ProtocolError::InconsistentResult(
-                    "intersection larger than the receiver's group",
-                ));
-            }
-            None => g.intersection_size,
-        };
-        let sums = match &self.value_key {
-            Some(_) => Some(
-                Ciphertext::from_bytes(&g.sums, self.value_columns)
-                    .map_err(point_error("MatcherResult sums"))?,
-            ),
-            None if g.sums.is_empty() => None,
-            None => {
-                return Err(ProtocolError::InconsistentResult(
-                    "sums in a cardinality session",
-                ));
-            }
-        };
-        Ok(SealedResult {
-            matcher_group: g.matcher_group,
-            receiver_group: g.receiver_group,
-            intersection_size,
-            sums,
-        })
-    }
-
     /// Whether the matcher's closing `MatcherDone` arrived: nothing more is expected, and the
     /// transport should end the session before [`open`](Self::open) is called.
     pub fn is_finished(&self) -> bool {
-        self.finished.is_some()
+        if self.results_elsewhere {
+            return self.all_sent();
+        }
+        self.inbox.is_finished()
+    }
+
+    /// Whether every message this receiver has to send is sent: its hello, its items, and the
+    /// tags of every matcher group, all of which arrived.
+    fn all_sent(&self) -> bool {
+        let groups = &self.groups;
+        self.hello_sent
+            && self.outbox.is_empty()
+            && self
+                .sender
+                .is_done(|g| groups.get(g).map(|(_, items)| items.len()))
+            && self.peer.as_ref().is_some_and(|p| p.received == p.sizes)
+    }
+
+    /// Run the session for other receivers than this querier: the matcher's results go to
+    /// them, not here. The session is finished once every tag was sent, and a result message
+    /// is refused. [`result_keys`](Self::result_keys) is what a designated receiver needs to
+    /// open the result.
+    pub fn results_elsewhere(mut self) -> Self {
+        self.results_elsewhere = true;
+        self
+    }
+
+    /// What a designated receiver needs to check and open this session's result as this
+    /// receiver would: the value key and every group's key and size. Secret: hand it only to a
+    /// receiver of the result, sealed.
+    pub fn result_keys(&self) -> ResultKeys {
+        ResultKeys::new(
+            self.value_key.as_ref().map(ValueKey::copy),
+            self.groups
+                .iter()
+                .map(|(key, items)| (key.clone(), items.len() as u64))
+                .collect(),
+        )
     }
 
     /// Decrypts the released sums into the outcome, once the session is finished. Call it only
@@ -455,42 +447,19 @@ impl Receiver {
     /// more items than the range holds) is an error for this receiver alone, never an abort the
     /// matcher could see.
     pub fn open(&self) -> Result<ReceiverOutcome, ProtocolError> {
-        let (suppressed, bounded) = self.finished.ok_or(ProtocolError::NotReady(
-            "the matcher's results are incomplete",
-        ))?;
-        let mut groups = self
-            .results
-            .iter()
-            .map(|r| {
-                let sums = match (&self.value_key, &r.sums) {
-                    (Some(key), Some(ct)) => match &self.noise {
-                        Some(bounds) => bounds.decode(&key.decrypt_limbs(ct)?),
-                        None => key.decrypt(ct)?,
-                    },
-                    _ => Vec::new(),
-                };
-                Ok(GroupResult {
-                    matcher_group: r.matcher_group.clone(),
-                    receiver_group: self.groups[r.receiver_group as usize].0.clone(),
-                    intersection_size: r.intersection_size,
-                    sums,
-                })
-            })
-            .collect::<Result<Vec<_>, ProtocolError>>()?;
-        groups.sort_by(|a, b| {
-            (&a.matcher_group, &a.receiver_group).cmp(&(&b.matcher_group, &b.receiver_group))
-        });
-        Ok(ReceiverOutcome {
-            groups,
-            suppressed_groups: suppressed,
-            bounded_identifiers: bounded,
-        })
+        let opening = Opening {
+            value_key: self.value_key.as_ref(),
+            value_columns: self.value_columns,
+            noise: self.noise.as_ref(),
+        };
+        self.inbox
+            .open(|g| self.groups[g as usize].0.clone(), &opening)
     }
 }
 
 impl_party!(
-    /// Finished once the matcher's closing `MatcherDone` arrived; [`Receiver::open`] may then
-    /// decrypt.
+    /// Finished once the matcher's closing `MatcherDone` arrived ([`Receiver::open`] may then
+    /// decrypt), or, with the results elsewhere, once every tag was sent.
     Receiver,
     AggregateMessage,
     |this| Stage::finished_if(this.is_finished())

@@ -92,4 +92,17 @@ impl Sender {
             self.offset = 0;
         }
     }
+
+    /// Whether every element of every group was handed out.
+    pub(super) fn is_done(&self, sizes: impl Fn(usize) -> Option<usize>) -> bool {
+        let (mut group, mut offset) = (self.group, self.offset);
+        while let Some(len) = sizes(group) {
+            if offset < len {
+                return false;
+            }
+            group += 1;
+            offset = 0;
+        }
+        true
+    }
 }

@@ -1,0 +1,254 @@
+//! Result receivers: who a session's result goes to, and how a receiver that is not the
+//! querier gets it.
+//!
+//! A query names its receivers (none named: the querier). When the querier is among them it
+//! gets the result in the session, as always. For every other receiver `R`:
+//!
+//! - the querier seals its [`ResultKeys`] (value decryption keys, its groups' keys and sizes)
+//!   and its value columns' scales to `R`'s `result_key` from the collaboration file, under
+//!   associated data binding the box to the collaboration, the querier, `R` and the SQL
+//!   ([`keys_ad`]), and sends the boxes in its session start;
+//! - the server keeps, with the release and in its transaction, its hello and closing messages
+//!   and `R`'s box ([`Delivery`](crate::state::Delivery));
+//! - `R` fetches them with its own token (`FetchResult`), opens the box with its opening key
+//!   and checks and opens the result as the querier would have ([`open_delivered`]).
+//!
+//! When the querier is not a receiver, it is sent no result message and its summary counts no
+//! released or suppressed rows: it learns nothing of the result. The server cannot open a box;
+//! no member but `R` is ever given `R`'s delivery.
+
+use cleanroom_psi::sealed::{OpeningKey, SEALED_OVERHEAD};
+use cleanroom_psi::{AggregateMessage, Limits, Receiver, ResultKeys, ResultOpener, WireMessage};
+use cleanroom_rules::{Collaboration, Plan, ResultTable, Role};
+use prost::Message as _;
+
+use crate::outcome::SessionError;
+use crate::proto::{ResultKeysEnvelope, SealedResultKeys};
+
+/// The largest sealed box of result keys the server keeps (1 MiB of keys and group keys).
+pub const MAX_SEALED_KEYS: usize = (1 << 20) + SEALED_OVERHEAD;
+
+/// Who a session's result goes to, as admitted: whether the querier receives it, and each other
+/// receiver with the querier's keys sealed to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Recipients {
+    /// The querier receives the result in its session.
+    pub querier_receives: bool,
+    /// The other receivers, by name, each with its sealed keys.
+    pub others: Vec<(String, Vec<u8>)>,
+}
+
+impl Recipients {
+    /// The recipients a session start names: `receivers` (empty: the querier) with one sealed
+    /// box in `result_keys` for each receiver but the querier. The rules have checked each
+    /// receiver's ability and key; this checks the start's own shape.
+    pub(crate) fn of(
+        querier: &str,
+        receivers: &[String],
+        result_keys: &[SealedResultKeys],
+    ) -> Result<Recipients, SessionError> {
+        let invalid = |m: String| Err(SessionError::InvalidArgument(m));
+        if receivers.is_empty() {
+            if !result_keys.is_empty() {
+                return invalid("result keys for receivers the session start does not name".into());
+            }
+            return Ok(Recipients {
+                querier_receives: true,
+                others: Vec::new(),
+            });
+        }
+        let mut recipients = Recipients::default();
+        for (i, name) in receivers.iter().enumerate() {
+            if receivers[..i].contains(name) {
+                return invalid(format!("receiver {name:?} is named twice"));
+            }
+            if name == querier {
+                recipients.querier_receives = true;
+                continue;
+            }
+            let mut boxes = result_keys.iter().filter(|k| &k.receiver == name);
+            let (Some(sealed), None) = (boxes.next(), boxes.next()) else {
+                return invalid(format!(
+                    "the session start must carry exactly one sealed box of result keys for \
+                     receiver {name:?}"
+                ));
+            };
+            if !(SEALED_OVERHEAD..=MAX_SEALED_KEYS).contains(&sealed.sealed.len()) {
+                return invalid(format!(
+                    "the sealed result keys for {name:?} are {} bytes; a box holds {SEALED_OVERHEAD} \
+                     to {MAX_SEALED_KEYS}",
+                    sealed.sealed.len()
+                ));
+            }
+            recipients
+                .others
+                .push((name.clone(), sealed.sealed.clone()));
+        }
+        if let Some(extra) = result_keys
+            .iter()
+            .find(|k| k.receiver == querier || !receivers.contains(&k.receiver))
+        {
+            return invalid(format!(
+                "result keys for {:?}, which is not a receiver other than the querier",
+                extra.receiver
+            ));
+        }
+        Ok(recipients)
+    }
+
+    /// The names of the receivers other than the querier.
+    pub(crate) fn other_names(&self) -> Vec<String> {
+        self.others.iter().map(|(name, _)| name.clone()).collect()
+    }
+}
+
+/// The associated data of the keys sealed for `receiver`: they open only as the keys of
+/// `querier`'s `sql` in `collaboration_id`.
+pub fn keys_ad(collaboration_id: &str, querier: &str, receiver: &str, sql: &str) -> Vec<u8> {
+    let mut ad = b"cleanroom/result-keys/v1".to_vec();
+    for part in [collaboration_id, querier, receiver, sql] {
+        ad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        ad.extend_from_slice(part.as_bytes());
+    }
+    ad
+}
+
+/// The querier's result keys sealed for each receiver of `receivers` other than `querier`
+/// (its keys from `receiver` and the scales of `plan`'s value columns). A receiver without a
+/// `result_key` was refused by the rules; it is an error here too.
+pub(crate) fn seal_result_keys(
+    collaboration: &Collaboration,
+    querier: &str,
+    sql: &str,
+    plan: &Plan,
+    receivers: &[String],
+    receiver: &Receiver,
+) -> Result<Vec<SealedResultKeys>, String> {
+    let others: Vec<&String> = receivers.iter().filter(|r| *r != querier).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = receiver.result_keys().to_bytes();
+    let envelope = zeroize::Zeroizing::new(
+        ResultKeysEnvelope {
+            keys: keys.to_vec(),
+            value_scales: plan
+                .receiver()
+                .value_columns
+                .iter()
+                .map(|c| u32::from(c.scale))
+                .collect(),
+        }
+        .encode_to_vec(),
+    );
+    others
+        .into_iter()
+        .map(|name| {
+            let key = collaboration
+                .member(name)
+                .and_then(|m| m.result_key())
+                .ok_or_else(|| format!("receiver {name:?} has no result_key"))?;
+            let sealed = key.seal(&envelope, &keys_ad(collaboration.id(), querier, name, sql));
+            if sealed.len() > MAX_SEALED_KEYS {
+                return Err(format!(
+                    "the result keys for {name:?} take {} bytes, over the {MAX_SEALED_KEYS} a \
+                     server keeps: too many or too long group keys to deliver",
+                    sealed.len()
+                ));
+            }
+            Ok(SealedResultKeys {
+                receiver: name.clone(),
+                sealed,
+            })
+        })
+        .collect()
+}
+
+/// Why a delivered result does not open.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The rules refuse the delivered query under this member's copy of the collaboration.
+    #[error("the delivered query is refused here: {0}")]
+    Refused(cleanroom_rules::Refusal),
+    /// The sealed keys do not open with this key (another receiver's key, or altered).
+    #[error("the sealed result keys do not open: {0}")]
+    Sealed(#[from] cleanroom_psi::sealed::SealedError),
+    /// The opened keys or the server's messages are malformed or inconsistent.
+    #[error("the delivered result is malformed: {0}")]
+    Malformed(String),
+    /// The result does not become rows.
+    #[error(transparent)]
+    Result(#[from] cleanroom_rules::ResultError),
+}
+
+/// Opens a delivered result: plans `querier`'s `sql` from this receiver's own `collaboration`
+/// (naming `receiver` as a receiver), opens `sealed_keys` with `key`, checks the server's
+/// `messages` as the querier's receiver would, and makes the result rows.
+pub fn open_delivered(
+    collaboration: &Collaboration,
+    receiver: &str,
+    querier: &str,
+    sql: &str,
+    sealed_keys: &[u8],
+    messages: &[Vec<u8>],
+    key: &OpeningKey,
+) -> Result<ResultTable, DeliveryError> {
+    let mut plan = collaboration
+        .plan_for(querier, sql, &[receiver.to_owned()])
+        .or_else(|_| {
+            // The query may have named the querier too; the rules check the same receiver.
+            collaboration.plan_for(querier, sql, &[querier.to_owned(), receiver.to_owned()])
+        })
+        .map_err(DeliveryError::Refused)?;
+    let envelope = key.open(
+        sealed_keys,
+        &keys_ad(collaboration.id(), querier, receiver, sql),
+    )?;
+    let envelope = ResultKeysEnvelope::decode(envelope.as_slice())
+        .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    let keys = ResultKeys::from_bytes(&envelope.keys, &Limits::default())
+        .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    let header: Vec<String> = plan
+        .receiver()
+        .value_columns
+        .iter()
+        .map(|c| c.column.clone())
+        .collect();
+    if envelope.value_scales.len() != header.len() || keys.value_columns() != header.len() {
+        return Err(DeliveryError::Malformed(format!(
+            "the keys are for {} value columns; the plan has {}",
+            keys.value_columns(),
+            header.len()
+        )));
+    }
+    // The scales the querier's data set (a Parquet DECIMAL column's), checked by the rules
+    // as the querier's own were.
+    let scales = envelope
+        .value_scales
+        .iter()
+        .map(|s| u8::try_from(*s).map(Some))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DeliveryError::Malformed("a scale over 255 digits".to_owned()))?;
+    plan.adopt_file_scales(&header, &scales)
+        .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    let mut opener = ResultOpener::new(keys, Limits::default());
+    if plan.grouped_by() != Some(Role::Matcher) {
+        opener = opener.expect_matcher_groups(1);
+    }
+    if let Some(bounds) = plan.noise_bounds() {
+        opener = opener
+            .with_noise(bounds)
+            .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    }
+    for message in messages {
+        let message = AggregateMessage::decode(message)
+            .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+        opener
+            .handle_message(message)
+            .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    }
+    let outcome = opener
+        .open()
+        .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
+    Ok(plan.result(&outcome)?)
+}
