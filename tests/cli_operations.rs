@@ -763,3 +763,139 @@ async fn health_exits_0_only_for_a_serving_server() {
     );
     server.stop().await;
 }
+
+/// A fresh token of `member` from `token new`, and its hash.
+fn fresh_token(member: &str) -> (String, String) {
+    let (code, stdout, stderr) = cleanroom(&["token", "new", "--member", member], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("token (member {member:?}): ")))
+        .expect("a token line")
+        .to_owned();
+    (token.clone(), hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+#[test]
+fn a_receiver_makes_a_key_and_fetches_the_result_of_a_query_it_did_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("retailer.key");
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "key",
+            "new",
+            "--member",
+            "retailer",
+            "--out",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("result_key = \""))
+        .expect("the result_key line")
+        .to_owned();
+    let secret = std::fs::read_to_string(&key_file).unwrap();
+    assert!(
+        !stdout.contains(secret.trim()),
+        "the secret is never printed"
+    );
+    // A second `key new` never overwrites the file.
+    let (code, _, _) = cleanroom(&["key", "new", "--out", key_file.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+
+    // Fresh tokens for the advertiser (querier) and the retailer (receiver), and the
+    // retailer's result key in its entry.
+    let (advertiser, advertiser_hash) = fresh_token("advertiser");
+    let (retailer, retailer_hash) = fresh_token("retailer");
+    let collab = std::fs::read_to_string(data("collab.toml")).unwrap();
+    let collab = collab
+        .replace(
+            "414eb4cbdada9c62b0fd994eacd4ae564ea18cfe142c15df6ff5331210e26955",
+            &advertiser_hash,
+        )
+        .replace(
+            "22F56E4AA3CE46F8961F8496EFE6A4E63E4E2F848DAC293D6C31E2B6EAE5A21C",
+            &retailer_hash,
+        )
+        .replace(
+            "name = \"retailer\"\n",
+            &format!("name = \"retailer\"\n{line}\n"),
+        );
+    let collab_path = dir.path().join("collab.toml");
+    std::fs::write(&collab_path, &collab).unwrap();
+    let state = dir.path().join("state.db");
+    let mut args = publisher_args(&state);
+    args[1] = collab_path.to_str().unwrap().to_owned();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_server, url) = Server::start(&args);
+
+    let sql = "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+               JOIN conversions c ON i.email = c.email GROUP BY i.campaign";
+    let conversions = format!("conversions={}", data("conversions.csv").display());
+    let query = |receivers: &[&str]| {
+        let mut args = vec![
+            "query",
+            "--config",
+            collab_path.to_str().unwrap(),
+            "--member",
+            "advertiser",
+            "--data",
+            &conversions,
+            "--server",
+            &url,
+            "--format",
+            "json",
+        ];
+        for r in receivers {
+            args.extend(["--receiver", r]);
+        }
+        args.push(sql);
+        cleanroom(&args, &[("CLEANROOM_TOKEN", advertiser.as_str())])
+    };
+    let (code, own, stderr) = query(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    // The result goes to the retailer only: the advertiser is told where, not what.
+    let (code, stdout, stderr) = query(&["retailer"]);
+    assert_eq!(code, 0, "{stderr}");
+    let told: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(told["delivered_to"], serde_json::json!(["retailer"]));
+    assert!(told.get("rows").is_none(), "{stdout}");
+    let session = told["session_id"].as_str().unwrap().to_owned();
+
+    let results = |token: &str| {
+        cleanroom(
+            &[
+                "results",
+                "--config",
+                collab_path.to_str().unwrap(),
+                "--member",
+                "retailer",
+                "--key-file",
+                key_file.to_str().unwrap(),
+                "--server",
+                &url,
+                "--format",
+                "json",
+                &session,
+            ],
+            &[("CLEANROOM_TOKEN", token)],
+        )
+    };
+    let (code, fetched, stderr) = results(&retailer);
+    assert_eq!(code, 0, "{stderr}");
+    let fetched: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+    assert_eq!(fetched["rows"], own["rows"]);
+    assert_eq!(fetched["suppressed_rows"], own["suppressed_rows"]);
+    assert!(!own["rows"].as_array().unwrap().is_empty());
+    // The querier cannot fetch it with its own token.
+    let (code, _, stderr) = results(&advertiser);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("NotFound") || stderr.contains("no result"),
+        "{stderr}"
+    );
+}

@@ -264,6 +264,16 @@ impl CleanRoomService for LyingServer {
     ) -> Result<tonic::Response<cleanroom_service::proto::PlanQueryResponse>, Status> {
         Err(Status::unimplemented("a liar"))
     }
+
+    type FetchResultStream =
+        ReceiverStream<Result<cleanroom_service::proto::FetchResultResponse, Status>>;
+
+    async fn fetch_result(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::FetchResultRequest>,
+    ) -> Result<tonic::Response<Self::FetchResultStream>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
 }
 
 /// Serves `lie` on a loopback port until the returned sender is dropped.

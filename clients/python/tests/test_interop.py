@@ -288,7 +288,7 @@ def test_the_stock_reflection_client_describes_the_service(setup):
         services = set(database.get_services())
         assert {"cleanroom.v1.CleanRoomService", "grpc.health.v1.Health"} <= services, services
         service = DescriptorPool(database).FindServiceByName("cleanroom.v1.CleanRoomService")
-        assert {m.name for m in service.methods} == {"RunSession", "GetServerInfo", "ListAuditEntries", "PlanQuery"}
+        assert {m.name for m in service.methods} == {"RunSession", "GetServerInfo", "ListAuditEntries", "PlanQuery", "FetchResult"}
 
 
 def test_the_server_plans_a_query_as_cleanroom_check_does(setup):

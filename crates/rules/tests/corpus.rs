@@ -193,6 +193,10 @@ fn corpus_has_at_least_forty_queries_and_covers_every_code() {
         C::QuerierSetTooSmall,
         C::BudgetExhausted,
         C::QueryLimitReached,
+        // Judged on the receivers a query names, not on its SQL: `receivers_are_checked`.
+        C::UnknownReceiver,
+        C::ReceiverWithoutResultKey,
+        C::ListResultsToQuerierOnly,
     ];
     let missing: Vec<&C> = C::ALL
         .iter()
@@ -202,6 +206,86 @@ fn corpus_has_at_least_forty_queries_and_covers_every_code() {
         missing.is_empty(),
         "codes without a corpus query: {missing:?}"
     );
+}
+
+#[test]
+fn receivers_are_checked() {
+    // The retailer publishes a result key; the publisher has no ability, the analyst may
+    // query but not receive.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/collab.toml"
+    ))
+    .unwrap();
+    let key = cleanroom_psi::sealed::OpeningKey::generate().sealing_key();
+    let retailer = "name = \"retailer\"\n";
+    assert!(text.contains(retailer));
+    let text = text.replace(
+        retailer,
+        &format!(
+            "{retailer}result_key = \"{}\"\n",
+            key.to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    );
+    let collab = Collaboration::from_toml_str(&text, "collab.toml").unwrap();
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let count = q_count();
+    let codes = |querier: &str, sql: &str, receivers: &[&str]| {
+        collab
+            .plan_for(querier, sql, &names(receivers))
+            .map(|_| Vec::new())
+            .unwrap_or_else(|r| r.codes())
+    };
+    // The querier by default; another member with the ability and a key; both.
+    assert_eq!(codes("advertiser", &count, &[]), []);
+    assert_eq!(codes("advertiser", &count, &["retailer"]), []);
+    assert_eq!(codes("advertiser", &count, &["advertiser", "retailer"]), []);
+    // A querier without receive_results may query for a receiver that has it (the analyst
+    // owns no table, which stays refused either way).
+    assert_eq!(
+        codes("analyst", &count, &[]),
+        [C::MissingReceiveResultsAbility, C::QuerierTableRequired]
+    );
+    assert_eq!(
+        codes("analyst", &count, &["retailer"]),
+        [C::QuerierTableRequired]
+    );
+    assert_eq!(
+        codes("advertiser", &count, &["nobody"]),
+        [C::UnknownReceiver]
+    );
+    assert_eq!(
+        codes("advertiser", &count, &["publisher"]),
+        [C::MissingReceiveResultsAbility]
+    );
+    // The advertiser receives results but publishes no key: only its own queries'.
+    assert_eq!(
+        codes(
+            "retailer",
+            &q(
+                "SELECT i.region, SUM(s.visits) FROM store_visits s JOIN impressions i ON s.email = i.email GROUP BY i.region"
+            ),
+            &["advertiser"]
+        ),
+        [C::ReceiverWithoutResultKey]
+    );
+    let list = q("SELECT cu.customer_id, s.newsletter {L}");
+    assert_eq!(codes("advertiser", &list, &[]), []);
+    assert_eq!(
+        codes("advertiser", &list, &["retailer"]),
+        [C::ListResultsToQuerierOnly]
+    );
+}
+
+fn q(s: &str) -> String {
+    s.replace("{J}", J).replace("{L}", L)
+}
+
+fn q_count() -> String {
+    q("SELECT COUNT(DISTINCT i.email) {J}")
 }
 
 #[test]

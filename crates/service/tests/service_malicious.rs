@@ -1047,8 +1047,6 @@ impl LyingProvider {
             value_columns: plan.receiver().value_columns.len() as u32,
             // The terms are honest; the lie is elsewhere.
             agreement: Some(cleanroom_service::agreement(&self.collaboration, &plan)),
-            receivers: Vec::new(),
-            result_keys: Vec::new(),
             ..SessionAccepted::default()
         };
         tx.send(Ok(RunSessionResponse {
@@ -1264,6 +1262,16 @@ impl CleanRoomService for LyingProvider {
         &self,
         _: tonic::Request<cleanroom_service::proto::PlanQueryRequest>,
     ) -> Result<tonic::Response<cleanroom_service::proto::PlanQueryResponse>, Status> {
+        Err(Status::unimplemented("a liar"))
+    }
+
+    type FetchResultStream =
+        ReceiverStream<Result<cleanroom_service::proto::FetchResultResponse, Status>>;
+
+    async fn fetch_result(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::FetchResultRequest>,
+    ) -> Result<tonic::Response<Self::FetchResultStream>, Status> {
         Err(Status::unimplemented("a liar"))
     }
 }

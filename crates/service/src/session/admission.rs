@@ -521,12 +521,13 @@ mod tests {
     fn a_query_within_the_rules_is_admitted_with_the_servers_plan() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let (plan, path) = host
+        let (plan, path, recipients) = host
             .admit(
                 "advertiser",
                 &request(&host, "advertiser", "conversions", 10),
             )
             .unwrap();
+        assert!(recipients.querier_receives && recipients.others.is_empty());
         assert_eq!(plan.matcher().table, "impressions");
         assert_eq!(plan.receiver().table, "conversions");
         assert_eq!(path, host.config.data["impressions"]);

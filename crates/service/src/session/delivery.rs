@@ -252,3 +252,63 @@ pub fn open_delivered(
         .map_err(|e| DeliveryError::Malformed(e.to_string()))?;
     Ok(plan.result(&outcome)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boxed(receiver: &str, bytes: usize) -> SealedResultKeys {
+        SealedResultKeys {
+            receiver: receiver.to_owned(),
+            sealed: vec![7; bytes],
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_start_names_each_receiver_once_with_one_box_for_each_but_the_querier() {
+        let ok =
+            Recipients::of("adv", &names(&["adv", "agency"]), &[boxed("agency", 100)]).unwrap();
+        assert!(ok.querier_receives);
+        assert_eq!(ok.other_names(), ["agency"]);
+        let elsewhere = Recipients::of("adv", &names(&["agency"]), &[boxed("agency", 48)]).unwrap();
+        assert!(!elsewhere.querier_receives);
+        let default = Recipients::of("adv", &[], &[]).unwrap();
+        assert!(default.querier_receives && default.others.is_empty());
+
+        let refused = [
+            (names(&["agency", "agency"]), vec![boxed("agency", 100)]),
+            (names(&["agency"]), vec![]),
+            (
+                names(&["agency"]),
+                vec![boxed("agency", 100), boxed("agency", 100)],
+            ),
+            (names(&["agency"]), vec![boxed("agency", 47)]),
+            (
+                names(&["agency"]),
+                vec![boxed("agency", MAX_SEALED_KEYS + 1)],
+            ),
+            (
+                names(&["agency"]),
+                vec![boxed("agency", 100), boxed("adv", 100)],
+            ),
+            (names(&[]), vec![boxed("agency", 100)]),
+            (names(&["adv"]), vec![boxed("other", 100)]),
+        ];
+        for (receivers, keys) in refused {
+            assert!(
+                matches!(
+                    Recipients::of("adv", &receivers, &keys),
+                    Err(SessionError::InvalidArgument(_))
+                ),
+                "{receivers:?} {:?}",
+                keys.iter()
+                    .map(|k| (&k.receiver, k.sealed.len()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
