@@ -48,7 +48,7 @@ pub use limits::{Limits, LimitsError};
 pub use listener::{ConnectionLimits, ConnectionLimitsError};
 pub use server::{ServerConfig, ServerError, serve, serve_with_metrics};
 pub use state::{
-    AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, FailedAuthentication, Policy, Standing,
-    StateDb, StateError,
+    AuditEntry, AuditPage, AuditQuery, Contribution, Decision, Exhausted, FailedAuthentication,
+    Policy, Standing, StateDb, StateError, TableUse, UsageLine,
 };
 pub use tls::{TlsError, TlsIdentity};

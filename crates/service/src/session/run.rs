@@ -109,6 +109,7 @@ impl Host {
                     messages_sent: counters.messages_sent,
                     bytes_received: counters.bytes_received,
                     bytes_sent: counters.bytes_sent,
+                    compute_ms: millis(counters.compute),
                     ..Completion::default()
                 };
                 self.finish(&session_id, &error, completion, Some(started.elapsed()))
@@ -171,6 +172,7 @@ impl Host {
             bytes_sent: counters.bytes_sent + messages.iter().map(|m| m.len() as u64).sum::<u64>(),
             bounded_identifiers: bounded.0,
             bounded_disclosed: bounded.1,
+            compute_ms: millis(counters.compute),
         };
         // Record the release durably (the charge was made at admission), then send it.
         let id = session_id.to_owned();
@@ -305,6 +307,11 @@ impl Host {
             messages: role.release(),
         })
     }
+}
+
+/// Whole milliseconds of `time` (saturating).
+fn millis(time: std::time::Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Reads the server's table for `plan` and builds its role from it with `build`, off the
