@@ -123,7 +123,7 @@ pub struct Counters {
     pub messages_received: u64,
     /// Payload bytes received from the peer.
     pub bytes_received: u64,
-    /// Wall-clock time of the computations run off the runtime ([`Exchange::blocking`]),
+    /// Wall-clock time of the computations run off the runtime (`Exchange::blocking`),
     /// measured on the thread that ran each, from its start to its end: the session's compute
     /// time (not CPU time: parallel work inside a computation counts once, and a busy machine
     /// stretches it). A computation given up on (deadline, peer gone) is not counted.
