@@ -33,6 +33,9 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Print each member's privacy budget and query counts from a server's state.
     Budget(cli::budget::BudgetArgs),
+    /// Print what a server's sessions used per day and payer, priced if the collaboration
+    /// declares prices.
+    Usage(cli::usage::UsageArgs),
     /// Check a query against the collaboration's rules without touching any data.
     Check(cli::check::CheckArgs),
     /// Make bearer tokens for members (`token new`).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Query(args) => cli::query::run(args),
         Command::Audit(args) => cli::audit::run(args),
         Command::Budget(args) => cli::budget::run(args),
+        Command::Usage(args) => cli::usage::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Token(args) => cli::token::run(args),
         Command::Health(args) => cli::health::run(args),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use cleanroom_service::{AuditEntry, FailedAuthentication, StateDb};
+use cleanroom_service::{AuditEntry, Contribution, FailedAuthentication, StateDb, TableUse};
 
 use super::output::{CsvCells, Format, render_csv, render_table};
 
@@ -31,6 +31,15 @@ pub struct AuditArgs {
     /// address, member (a valid token without its certificate) and reason, with its count.
     #[arg(long, conflicts_with = "member")]
     auth_failures: bool,
+    /// Instead of one querier's attempts, the query log a contributing member is owed: the
+    /// entries whose session used a table owned by this member, each with the tables and
+    /// columns of the member's it read (attempts refused at admission read none).
+    #[arg(
+        long,
+        value_name = "MEMBER",
+        conflicts_with_all = ["member", "auth_failures"]
+    )]
+    contributor: Option<String>,
 }
 
 const FAILURE_COLUMNS: [&str; 7] = [
@@ -86,7 +95,7 @@ fn render_failures(rows: &[FailedAuthentication], format: Format) -> Result<Stri
     })
 }
 
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 22] = [
     "started_at",
     "session_id",
     "collaboration_id",
@@ -104,6 +113,9 @@ const COLUMNS: [&str; 19] = [
     "messages_sent",
     "bytes_received",
     "bytes_sent",
+    "payer",
+    "compute_ms",
+    "buckets",
     "sql",
     "reason",
 ];
@@ -127,6 +139,9 @@ fn cells(entry: &AuditEntry) -> Vec<String> {
         entry.messages_sent.to_string(),
         entry.bytes_received.to_string(),
         entry.bytes_sent.to_string(),
+        entry.payer.clone(),
+        entry.compute_ms.to_string(),
+        entry.buckets.to_string(),
         entry.sql.clone(),
         entry.reason.clone(),
     ]
@@ -162,6 +177,48 @@ pub fn render(entries: &[AuditEntry], format: Format) -> Result<String> {
     })
 }
 
+/// `table(column, column) table(...)`: the tables of a contributor a session used.
+fn used_cell(used: &[TableUse]) -> String {
+    used.iter()
+        .map(|u| format!("{}({})", u.table, u.columns.join(", ")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Renders a contributor's log in `format`: the audit columns and `used` (JSON: each entry's
+/// fields and `used`, an array of `{member, table, columns}`).
+pub fn render_contributions(rows: &[Contribution], format: Format) -> Result<String> {
+    if format == Format::Json {
+        let mut json = serde_json::to_string_pretty(rows)?;
+        json.push('\n');
+        return Ok(json);
+    }
+    let mut columns: Vec<String> = COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    columns.push("used".to_owned());
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut cells = cells(&row.entry);
+            cells.push(used_cell(&row.used));
+            cells
+        })
+        .collect();
+    Ok(match format {
+        Format::Csv => render_csv(&columns, &cells, CsvCells::Safe)?,
+        _ => {
+            let one_line: Vec<Vec<String>> = cells
+                .into_iter()
+                .map(|row| {
+                    row.into_iter()
+                        .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .collect()
+                })
+                .collect();
+            render_table(&columns, &one_line)
+        }
+    })
+}
+
 /// Prints the audit log.
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
     // Its errors name the file.
@@ -175,6 +232,17 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
             rows.drain(..rows.len().saturating_sub(last as usize));
         }
         print!("{}", render_failures(&rows, args.format)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(contributor) = &args.contributor {
+        let mut rows = state.contributions(contributor, None)?;
+        if let Some(collaboration) = &args.collaboration {
+            rows.retain(|r| &r.entry.collaboration_id == collaboration);
+        }
+        if let Some(last) = args.last {
+            rows.drain(..rows.len().saturating_sub(last as usize));
+        }
+        print!("{}", render_contributions(&rows, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut entries = state.entries(args.member.as_deref(), None)?;

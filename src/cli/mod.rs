@@ -15,3 +15,4 @@ pub mod sample;
 pub mod serve;
 pub mod table_input;
 pub mod token;
+pub mod usage;

@@ -23,6 +23,11 @@
 //!   limits (`[collaboration.limits]`); a private plan's [`Plan::decide`] draws exact discrete
 //!   Laplace noise ([`dp`]) for the matcher to add before release.
 //!
+//! - Who pays and at what price: `[collaboration] payer = "member"` ([`Collaboration::payer`];
+//!   default: each query's querier, [`Collaboration::payer_of`]) and `[collaboration.pricing]`
+//!   ([`Pricing`]: a `currency` of three uppercase letters and any of `per_million_rows`,
+//!   `per_gib`, `per_cpu_hour`, each finite and `>= 0`), read by the server's usage records.
+//!
 //! Roles: the owner of the other member's table runs the service next to its data and is the
 //! PSI **matcher**; the querying member is the **receiver** (it holds the value columns and
 //! learns the released result). Hence sums, averages and `COUNT(c)` only exist over the
@@ -93,8 +98,8 @@ mod value;
 pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
-    DEFAULT_MEMBER_ROWS_PER_SESSION, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
-    MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
+    DEFAULT_MEMBER_ROWS_PER_SESSION, GIB, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
+    MAX_THRESHOLD, MIN_THRESHOLD, Member, Pricing, Problem, Table,
 };
 pub use exec::{
     DataError, PlanKindError, ResultError, ResultTable, decode_group_key, encode_group_key,

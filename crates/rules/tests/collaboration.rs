@@ -370,3 +370,119 @@ fn shape_and_syntax_errors_carry_the_line() {
     assert!(matches!(e, CollaborationError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/collab.toml"));
 }
+
+/// `BASE` with `lines` added to its `[collaboration]` section (after line 2).
+fn with_header(lines: &str) -> String {
+    BASE.replacen("id = \"c1\"\n", &format!("id = \"c1\"\n{lines}\n"), 1)
+}
+
+#[test]
+fn the_payer_defaults_to_the_querier_and_must_be_a_member() {
+    let none = Collaboration::from_toml_str(BASE, "test.toml").unwrap();
+    assert_eq!(none.payer(), None);
+    assert_eq!(none.payer_of("advertiser"), "advertiser");
+    assert_eq!(none.pricing(), None);
+
+    let paid = Collaboration::from_toml_str(&with_header(r#"payer = "publisher""#), "t").unwrap();
+    assert_eq!(paid.payer(), Some("publisher"));
+    assert_eq!(paid.payer_of("advertiser"), "publisher");
+
+    let (line, key, problem) = invalid(&with_header("\npayer = \"agency\""));
+    assert_eq!((line, key.as_str()), (4, "collaboration.payer"));
+    assert_eq!(problem, Problem::UnknownPayer("agency".into()));
+}
+
+#[test]
+fn pricing_is_read_and_prices_work_by_hand() {
+    let collaboration = Collaboration::from_toml_str(
+        &with_header(
+            "[collaboration.pricing]\ncurrency = \"EUR\"\nper_million_rows = 2.0\n\
+             per_gib = 0.10\nper_cpu_hour = 5",
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    let pricing = collaboration.pricing().unwrap();
+    assert_eq!(pricing.currency(), "EUR");
+    assert_eq!(pricing.per_million_rows(), Some(2.0));
+    assert_eq!(pricing.per_gib(), Some(0.10));
+    assert_eq!(pricing.per_cpu_hour(), Some(5.0));
+    // 3 million rows, 2 GiB and 720 s (a fifth of an hour): 6 + 0.2 + 1.
+    let price = pricing.price(3_000_000, 2 << 30, 720.0);
+    assert!((price - 7.2).abs() < 1e-12, "{price}");
+
+    let rows_only = Collaboration::from_toml_str(
+        &with_header("[collaboration.pricing]\ncurrency = \"USD\"\nper_million_rows = 0"),
+        "test.toml",
+    )
+    .unwrap();
+    let pricing = rows_only.pricing().unwrap();
+    assert_eq!((pricing.per_gib(), pricing.per_cpu_hour()), (None, None));
+    assert_eq!(pricing.price(5_000_000, 1 << 40, 1e6), 0.0);
+}
+
+#[test]
+fn pricing_mistakes_are_named_with_key_and_line() {
+    let section = |body: &str| with_header(&format!("[collaboration.pricing]\n{body}"));
+    let cases: [(&str, usize, &str, Problem); 6] = [
+        (
+            "currency = \"eur\"\nper_gib = 1.0",
+            4,
+            "collaboration.pricing.currency",
+            Problem::BadCurrency("eur".into()),
+        ),
+        (
+            "currency = \"EURO\"\nper_gib = 1.0",
+            4,
+            "collaboration.pricing.currency",
+            Problem::BadCurrency("EURO".into()),
+        ),
+        (
+            "currency = \"EUR\"\nper_gib = -0.5",
+            5,
+            "collaboration.pricing.per_gib",
+            Problem::BadPrice("-0.5".into()),
+        ),
+        (
+            "currency = \"EUR\"\nper_million_rows = nan",
+            5,
+            "collaboration.pricing.per_million_rows",
+            Problem::BadPrice("NaN".into()),
+        ),
+        (
+            "currency = \"EUR\"\nper_cpu_hour = inf",
+            5,
+            "collaboration.pricing.per_cpu_hour",
+            Problem::BadPrice("inf".into()),
+        ),
+        (
+            "currency = \"EUR\"",
+            3,
+            "collaboration.pricing",
+            Problem::NoPrice,
+        ),
+    ];
+    for (body, want_line, want_key, want_problem) in cases {
+        let (line, key, problem) = invalid(&section(body));
+        assert_eq!(
+            (line, key.as_str(), problem),
+            (want_line, want_key, want_problem),
+            "{body}"
+        );
+    }
+    // The currency is required, and no other key is allowed.
+    for body in [
+        "per_gib = 1.0",
+        "currency = \"EUR\"\nper_gib = 1.0\nper_query = 3.0",
+    ] {
+        match Collaboration::from_toml_str(&section(body), "test.toml") {
+            Err(CollaborationError::Toml { message, .. }) => {
+                assert!(
+                    message.contains("currency") || message.contains("per_query"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a TOML error for {body:?}, got {other:?}"),
+        }
+    }
+}

@@ -5,7 +5,6 @@ use cleanroom_rules::{Ability, Collaboration};
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 #[test]
-#[ignore = "needs payer/result_key parsing (issue 21)"]
 fn the_three_member_example_loads() {
     let collaboration = Collaboration::load(format!("{EXAMPLES}/three-members.toml"))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -112,7 +112,7 @@ pub enum ExchangeError {
     Internal(String),
 }
 
-/// Protocol messages and bytes moved so far in one session.
+/// Protocol messages and bytes moved so far in one session, and the time its computations took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Messages sent to the peer.
@@ -123,6 +123,11 @@ pub struct Counters {
     pub messages_received: u64,
     /// Payload bytes received from the peer.
     pub bytes_received: u64,
+    /// Wall-clock time of the computations run off the runtime (`Exchange::blocking`),
+    /// measured on the thread that ran each, from its start to its end: the session's compute
+    /// time (not CPU time: parallel work inside a computation counts once, and a busy machine
+    /// stretches it). A computation given up on (deadline, peer gone) is not counted.
+    pub compute: Duration,
 }
 
 impl Counters {
@@ -231,7 +236,7 @@ impl<T: Send + 'static> Exchange<'_, T> {
     /// Runs `f` on the role in the blocking pool; gives up (leaving the computation to finish
     /// and drop the role on its own) when the session's deadline passes or the peer goes away.
     pub(crate) async fn blocking<R, O>(
-        &self,
+        &mut self,
         mut role: R,
         f: impl FnOnce(&mut R) -> O + Send + 'static,
     ) -> Result<(R, O), ExchangeError>
@@ -240,8 +245,9 @@ impl<T: Send + 'static> Exchange<'_, T> {
         O: Send + 'static,
     {
         let task = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let out = f(&mut role);
-            (role, out)
+            (role, out, started.elapsed())
         });
         let deadline = self.deadline;
         let peer_gone = async {
@@ -251,11 +257,13 @@ impl<T: Send + 'static> Exchange<'_, T> {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            joined = task => joined.map_err(|e| ExchangeError::Internal(e.to_string())),
-            () = until(deadline.map(|d| d.0)) => Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1))),
-            () = peer_gone => Err(ExchangeError::PeerGone),
-        }
+        let (role, out, took) = tokio::select! {
+            joined = task => joined.map_err(|e| ExchangeError::Internal(e.to_string()))?,
+            () = until(deadline.map(|d| d.0)) => return Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1))),
+            () = peer_gone => return Err(ExchangeError::PeerGone),
+        };
+        self.counters.compute += took;
+        Ok((role, out))
     }
 
     /// Sends one item outside the protocol (session control), within the session's deadline.

@@ -49,7 +49,7 @@ pub use listener::{ConnectionLimits, ConnectionLimitsError};
 pub use server::{ServerConfig, ServerError, serve, serve_with_metrics};
 pub use session::{DeliveryError, MAX_SEALED_KEYS, agreement, keys_ad, open_delivered};
 pub use state::{
-    AuditEntry, AuditPage, AuditQuery, Decision, Exhausted, FailedAuthentication, Policy, Standing,
-    StateDb, StateError,
+    AuditEntry, AuditPage, AuditQuery, Contribution, Decision, Exhausted, FailedAuthentication,
+    Policy, Standing, StateDb, StateError, TableUse, UsageLine,
 };
 pub use tls::{TlsError, TlsIdentity};

@@ -292,6 +292,9 @@ mod tests {
             receiver_skipped: 0,
             bounded_identifiers: 0,
             bounded_disclosed: 0,
+            payer: member.into(),
+            compute_ms: 0,
+            buckets: 1,
         }
     }
 

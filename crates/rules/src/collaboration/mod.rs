@@ -326,6 +326,56 @@ impl Table {
     }
 }
 
+/// Bytes in a GiB, the unit of [`Pricing::per_gib`].
+pub const GIB: u64 = 1 << 30;
+
+/// The unit prices a collaboration declares (`[collaboration.pricing]`): a currency and at
+/// least one price, each finite and `>= 0`. Prices are per unit of the work a session records:
+/// rows read on both sides, bytes on the wire in both directions, and the server's compute
+/// time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pricing {
+    currency: String,
+    per_million_rows: Option<f64>,
+    per_gib: Option<f64>,
+    per_cpu_hour: Option<f64>,
+}
+
+impl Pricing {
+    /// The currency of every price: three uppercase ASCII letters (an ISO 4217 code).
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    /// The price per million rows read, both sides together (`per_million_rows`).
+    pub fn per_million_rows(&self) -> Option<f64> {
+        self.per_million_rows
+    }
+
+    /// The price per GiB (2^30 bytes) on the wire, both directions together (`per_gib`).
+    pub fn per_gib(&self) -> Option<f64> {
+        self.per_gib
+    }
+
+    /// The price per hour of the server's session compute time (`per_cpu_hour`).
+    pub fn per_cpu_hour(&self) -> Option<f64> {
+        self.per_cpu_hour
+    }
+
+    /// The price of `rows` read, `bytes` on the wire and `cpu_seconds` of compute: each
+    /// declared price times its quantity in its unit, summed (an undeclared price adds
+    /// nothing). Finite and `>= 0` for any arguments.
+    pub fn price(&self, rows: u64, bytes: u64, cpu_seconds: f64) -> f64 {
+        // Quantities far beyond 2^53 lose precision as f64; prices are estimates at that scale.
+        #[allow(clippy::cast_precision_loss)]
+        let (rows, bytes) = (rows as f64, bytes as f64);
+        let part = |price: Option<f64>, quantity: f64| price.map_or(0.0, |p| p * quantity);
+        part(self.per_million_rows, rows / 1e6)
+            + part(self.per_gib, bytes / GIB as f64)
+            + part(self.per_cpu_hour, cpu_seconds.max(0.0) / 3600.0)
+    }
+}
+
 /// A validated collaboration: what the partners agreed on before any data moves.
 #[derive(Debug, Clone)]
 pub struct Collaboration {
@@ -336,6 +386,8 @@ pub struct Collaboration {
     privacy: Option<Privacy>,
     limits: QueryLimits,
     sha256: [u8; 32],
+    payer: Option<String>,
+    pricing: Option<Pricing>,
 }
 
 impl Collaboration {
@@ -379,6 +431,23 @@ impl Collaboration {
     /// The per-member query limits (`[collaboration.limits]`).
     pub fn query_limits(&self) -> &QueryLimits {
         &self.limits
+    }
+
+    /// The member who pays for every query (`[collaboration] payer`); always a member of the
+    /// collaboration. `None`: each query's querier pays for it ([`payer_of`](Self::payer_of)).
+    pub fn payer(&self) -> Option<&str> {
+        self.payer.as_deref()
+    }
+
+    /// Who pays for a query of `querier`: the collaboration's [`payer`](Self::payer), else the
+    /// querier itself.
+    pub fn payer_of<'a>(&'a self, querier: &'a str) -> &'a str {
+        self.payer.as_deref().unwrap_or(querier)
+    }
+
+    /// The unit prices (`[collaboration.pricing]`); `None`: the collaboration declares none.
+    pub fn pricing(&self) -> Option<&Pricing> {
+        self.pricing.as_ref()
     }
 
     /// Every member, in file order, names unique.

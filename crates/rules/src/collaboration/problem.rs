@@ -214,6 +214,22 @@ pub enum Problem {
     /// A table source option that cannot be understood (`delimiter = "ab"`, `format = "xls"`).
     #[error("{0}")]
     BadSourceOption(String),
+    /// `payer` names no member of the collaboration.
+    #[error("payer {0:?} is not a member of the collaboration")]
+    UnknownPayer(String),
+    /// A `currency` that is not three uppercase ASCII letters (an ISO 4217 code).
+    #[error(
+        "currency must be three uppercase letters (an ISO 4217 code such as \"EUR\"), got {0:?}"
+    )]
+    BadCurrency(String),
+    /// A unit price that is negative, infinite or not a number.
+    #[error("a price must be a finite number >= 0, got {0}")]
+    BadPrice(String),
+    /// `[collaboration.pricing]` without any unit price.
+    #[error(
+        "[collaboration.pricing] declares no price: give per_million_rows, per_gib or per_cpu_hour"
+    )]
+    NoPrice,
     /// A column that is both a join column and a dimension column (it would expose identifiers).
     #[error("column {0:?} is both a join column and a dimension column")]
     JoinDimensionOverlap(String),

@@ -28,6 +28,18 @@ pub(super) struct RawHeader {
     pub(super) privacy: Option<Spanned<RawPrivacy>>,
     pub(super) limits: Option<RawLimits>,
     pub(super) null_values: Option<Spanned<Vec<String>>>,
+    pub(super) payer: Option<Spanned<String>>,
+    pub(super) pricing: Option<Spanned<RawPricing>>,
+}
+
+/// `[collaboration.pricing]`: a currency and unit prices, each optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPricing {
+    pub(super) currency: Spanned<String>,
+    pub(super) per_million_rows: Option<Spanned<f64>>,
+    pub(super) per_gib: Option<Spanned<f64>>,
+    pub(super) per_cpu_hour: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]

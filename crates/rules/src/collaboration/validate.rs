@@ -12,11 +12,13 @@ use cleanroom_psi::sealed::SealingKey;
 const MAX_ITEM_VALUE: u64 = cleanroom_psi::Capabilities::ECDH.max_item_value;
 use toml::Spanned;
 
-use super::raw::{RawFile, RawLimits, RawMember, RawPrivacy, RawSumBounds, RawTable, SpannedList};
+use super::raw::{
+    RawFile, RawLimits, RawMember, RawPricing, RawPrivacy, RawSumBounds, RawTable, SpannedList,
+};
 use super::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
     DEFAULT_MEMBER_ROWS_PER_SESSION, Identifier, ListRule, MAX_MEMBER_ROWS_PER_SESSION,
-    MAX_THRESHOLD, MIN_THRESHOLD, Member, Problem, Table,
+    MAX_THRESHOLD, MIN_THRESHOLD, Member, Pricing, Problem, Table,
 };
 use crate::privacy::{
     DEFAULT_MAX_GROUPS_PER_IDENTIFIER, Epsilon, Privacy, QueryLimits, SumRanges, sum_bound_fits,
@@ -96,6 +98,23 @@ impl Collaboration {
             let table = validate_table(&at, t, &members, &tables, privacy.as_ref(), &nulls)?;
             tables.push(table);
         }
+        let payer = match raw.collaboration.payer {
+            None => None,
+            Some(payer) => {
+                if !members.iter().any(|m| &m.name == payer.get_ref()) {
+                    return Err(at.invalid(
+                        "collaboration.payer",
+                        &payer,
+                        Problem::UnknownPayer(payer.get_ref().clone()),
+                    ));
+                }
+                Some(payer.into_inner())
+            }
+        };
+        let pricing = match &raw.collaboration.pricing {
+            Some(p) => Some(validate_pricing(&at, p)?),
+            None => None,
+        };
         Ok(Self {
             id,
             name,
@@ -104,8 +123,47 @@ impl Collaboration {
             privacy,
             limits,
             sha256: Self::digest_of(text),
+            payer,
+            pricing,
         })
     }
+}
+
+fn validate_pricing(
+    at: &Locator<'_>,
+    raw: &Spanned<RawPricing>,
+) -> Result<Pricing, CollaborationError> {
+    let section = raw.get_ref();
+    let currency = section.currency.get_ref();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(at.invalid(
+            "collaboration.pricing.currency",
+            &section.currency,
+            Problem::BadCurrency(currency.clone()),
+        ));
+    }
+    let price = |key: &str, value: &Option<Spanned<f64>>| match value {
+        None => Ok(None),
+        Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => Ok(Some(*v.get_ref())),
+        Some(v) => Err(at.invalid(
+            &format!("collaboration.pricing.{key}"),
+            v,
+            Problem::BadPrice(v.get_ref().to_string()),
+        )),
+    };
+    let pricing = Pricing {
+        currency: currency.clone(),
+        per_million_rows: price("per_million_rows", &section.per_million_rows)?,
+        per_gib: price("per_gib", &section.per_gib)?,
+        per_cpu_hour: price("per_cpu_hour", &section.per_cpu_hour)?,
+    };
+    if pricing.per_million_rows.is_none()
+        && pricing.per_gib.is_none()
+        && pricing.per_cpu_hour.is_none()
+    {
+        return Err(at.invalid("collaboration.pricing", raw, Problem::NoPrice));
+    }
+    Ok(pricing)
 }
 
 fn validate_privacy(at: &Locator<'_>, raw: &RawPrivacy) -> Result<Privacy, CollaborationError> {

@@ -21,7 +21,7 @@ use crate::outcome::SessionError;
 use crate::proto::{Agreement, SealedResultKeys, SessionStart};
 use crate::server::ServerConfig;
 use crate::slots::{SessionSlot, SessionSlots};
-use crate::state::{Attempt, Completion, Policy, Standing, StateDb, StateError};
+use crate::state::{Attempt, Completion, Policy, Standing, StateDb, StateError, TableUse};
 
 /// What a client asks for, as its session start says: transport-free.
 #[derive(Debug, Clone, Copy)]
@@ -368,8 +368,9 @@ impl Host {
             plan.querier().to_owned(),
             plan.privacy().map(|p| p.epsilon),
         );
+        let uses = TableUse::of_plan(plan);
         state_call(&self.config.state, move |s| {
-            s.charge(&id, &policy, &member, cost)
+            s.charge(&id, &policy, &member, cost, &uses)
         })
         .await
     }

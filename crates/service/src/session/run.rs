@@ -113,6 +113,7 @@ impl Host {
                     messages_sent: counters.messages_sent,
                     bytes_received: counters.bytes_received,
                     bytes_sent: counters.bytes_sent,
+                    compute_ms: millis(counters.compute),
                     ..Completion::default()
                 };
                 self.finish(&session_id, &error, completion, Some(started.elapsed()))
@@ -199,6 +200,7 @@ impl Host {
                 + to_querier.iter().map(|m| m.len() as u64).sum::<u64>(),
             bounded_identifiers: bounded.0,
             bounded_disclosed: bounded.1,
+            compute_ms: millis(counters.compute),
         };
         // Record the release durably (the charge was made at admission), then send it.
         let id = session_id.to_owned();
@@ -344,6 +346,11 @@ impl Host {
             hello: Vec::new(),
         })
     }
+}
+
+/// Whole milliseconds of `time` (saturating).
+fn millis(time: std::time::Duration) -> u64 {
+    u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Reads the server's table for `plan` and builds its role from it with `build`, off the

@@ -123,6 +123,16 @@ pub struct AuditEntry {
     pub bounded_identifiers: u64,
     /// The noisy figure of `bounded_identifiers` the querier was told.
     pub bounded_disclosed: u64,
+    /// The member who pays for the session (the collaboration's `payer`, else the querier),
+    /// recorded when the session is charged: empty for an attempt refused at admission.
+    pub payer: String,
+    /// Milliseconds of the server's compute for the session: the wall-clock time of its
+    /// compute sections (reading its table, each protocol step, the release), measured on the
+    /// thread that ran each; not CPU time (see the service README).
+    pub compute_ms: u64,
+    /// Buckets of work the session ran: 1 for every charged (admitted) session, 0 for an
+    /// attempt refused at admission.
+    pub buckets: u64,
 }
 
 impl AuditEntry {
@@ -171,6 +181,8 @@ pub struct Completion {
     pub bounded_identifiers: u64,
     /// The noisy figure of them the querier was told.
     pub bounded_disclosed: u64,
+    /// Milliseconds of the server's compute sections (see [`AuditEntry::compute_ms`]).
+    pub compute_ms: u64,
 }
 
 impl StateDb {
@@ -285,7 +297,7 @@ impl StateDb {
                          released_rows = ?4, suppressed_rows = ?5, matcher_rows = ?6,
                          messages_received = ?7, messages_sent = ?8,
                          bytes_received = ?9, bytes_sent = ?10,
-                         bounded_identifiers = ?11, bounded_disclosed = ?12
+                         bounded_identifiers = ?11, bounded_disclosed = ?12, compute_ms = ?13
                      WHERE session_id = ?1 AND decision = 'running'"
                 ),
                 params![
@@ -301,6 +313,7 @@ impl StateDb {
                     to_i64(completion.bytes_sent),
                     to_i64(completion.bounded_identifiers),
                     to_i64(completion.bounded_disclosed),
+                    to_i64(completion.compute_ms),
                 ],
             )
             .map_err(|e| self.sqlite(e))?;
@@ -309,6 +322,7 @@ impl StateDb {
 
     /// One entry by session identifier.
     pub fn entry(&self, session_id: &str) -> Result<Option<AuditEntry>, StateError> {
+        self.require_current()?;
         let conn = self.conn();
         let row = conn
             .query_row(
@@ -328,6 +342,7 @@ impl StateDb {
         member: Option<&str>,
         newest: Option<u32>,
     ) -> Result<Vec<AuditEntry>, StateError> {
+        self.require_current()?;
         let conn = self.conn();
         let limit = newest.map_or(-1, i64::from);
         let mut stmt = conn
@@ -351,6 +366,7 @@ impl StateDb {
     /// any is left). Reads only that page from the database, under the lock only while it
     /// reads; `next` continues after the page's oldest entry.
     pub fn page(&self, query: &AuditQuery) -> Result<AuditPage, StateError> {
+        self.require_current()?;
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
@@ -476,13 +492,14 @@ fn bounded_text(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
     format!("{}… [{} bytes, cut at {limit}]", &text[..end], text.len()).into()
 }
 
-const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finished_at, member, sql, decision,
-    reason, released_rows, suppressed_rows, matcher_rows, receiver_rows, messages_received,
-    messages_sent, bytes_received, bytes_sent, matcher_skipped, receiver_skipped,
-    bounded_identifiers, bounded_disclosed, collaboration_id FROM audit";
+pub(super) const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finished_at, member,
+    sql, decision, reason, released_rows, suppressed_rows, matcher_rows, receiver_rows,
+    messages_received, messages_sent, bytes_received, bytes_sent, matcher_skipped,
+    receiver_skipped, bounded_identifiers, bounded_disclosed, collaboration_id, payer,
+    compute_ms, buckets FROM audit";
 
 /// A row as SQLite returns it, before its values are checked.
-struct RawEntry {
+pub(super) struct RawEntry {
     id: i64,
     session_id: String,
     collaboration_id: String,
@@ -492,13 +509,16 @@ struct RawEntry {
     sql: String,
     decision: String,
     reason: String,
-    counts: [i64; 12],
+    payer: String,
+    counts: [i64; 14],
 }
 
-fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    let mut counts = [0i64; 12];
+pub(super) fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
+    let mut counts = [0i64; 14];
     for (i, count) in counts.iter_mut().enumerate() {
-        *count = row.get(8 + i)?;
+        // The counts of version 7 follow the collaboration and the payer.
+        let column = if i < 12 { 8 + i } else { 10 + i };
+        *count = row.get(column)?;
     }
     Ok(RawEntry {
         id: row.get(0)?,
@@ -510,6 +530,7 @@ fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
         sql: row.get(5)?,
         decision: row.get(6)?,
         reason: row.get(7)?,
+        payer: row.get(21)?,
         counts,
     })
 }
@@ -520,7 +541,7 @@ impl RawEntry {
         self.sql.len() + self.reason.len() + self.member.len() + 256
     }
 
-    fn into_entry(self) -> Result<AuditEntry, StateError> {
+    pub(super) fn into_entry(self) -> Result<AuditEntry, StateError> {
         let [
             released_rows,
             suppressed_rows,
@@ -534,6 +555,8 @@ impl RawEntry {
             receiver_skipped,
             bounded_identifiers,
             bounded_disclosed,
+            compute_ms,
+            buckets,
         ] = self.counts;
         Ok(AuditEntry {
             session_id: self.session_id,
@@ -556,6 +579,9 @@ impl RawEntry {
             receiver_skipped: to_u64(receiver_skipped)?,
             bounded_identifiers: to_u64(bounded_identifiers)?,
             bounded_disclosed: to_u64(bounded_disclosed)?,
+            payer: self.payer,
+            compute_ms: to_u64(compute_ms)?,
+            buckets: to_u64(buckets)?,
         })
     }
 }

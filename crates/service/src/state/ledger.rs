@@ -4,7 +4,7 @@ use cleanroom_rules::{Ability, Collaboration, Epsilon};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{Completion, Decision, Delivery, NOW, StateDb, StateError, to_i64, to_u64};
+use super::{Completion, Decision, Delivery, NOW, StateDb, StateError, TableUse, to_i64, to_u64};
 
 /// What a collaboration allows each querying member, as the server enforces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Policy {
     pub queries_per_member_per_day: Option<u64>,
     /// The members that may query.
     pub members: Vec<String>,
+    /// The member who pays for every query (`payer`); `None`: each querier pays.
+    pub payer: Option<String>,
 }
 
 impl Policy {
@@ -41,6 +43,7 @@ impl Policy {
                 .filter(|m| m.can(Ability::Query))
                 .map(|m| m.name().to_owned())
                 .collect(),
+            payer: collaboration.payer().map(str::to_owned),
         }
     }
 }
@@ -254,7 +257,9 @@ impl StateDb {
 
     /// Charges an admitted session, in one transaction: checks that `policy` allows `member`
     /// one more query costing `cost` (`None` for an exact or list query) and appends the
-    /// ledger entry of `session_id`, whose audit entry must be running. This happens at
+    /// ledger entry of `session_id`, whose audit entry must be running; the audit entry gets
+    /// its payer (`policy.payer`, else `member`), its one bucket, and the tables it `uses`
+    /// (for the contributors' log). This happens at
     /// admission, before the first message that depends on the provider's data: whatever
     /// becomes of the session afterwards (released, failed, cancelled, interrupted), the charge
     /// stays. Returns the member's standing after the charge. When the budget or a limit does
@@ -265,6 +270,7 @@ impl StateDb {
         policy: &Policy,
         member: &str,
         cost: Option<Epsilon>,
+        uses: &[TableUse],
     ) -> Result<Standing, StateError> {
         let mut conn = self.conn();
         let tx = conn
@@ -295,6 +301,13 @@ impl StateDb {
             params![session_id, policy.collaboration_id, member, to_i64(micros)],
         )
         .map_err(|e| self.sqlite(e))?;
+        let payer = policy.payer.as_deref().unwrap_or(member);
+        tx.execute(
+            "UPDATE audit SET payer = ?2, buckets = 1 WHERE session_id = ?1",
+            params![session_id, payer],
+        )
+        .map_err(|e| self.sqlite(e))?;
+        self.record_uses_in(&tx, session_id, uses)?;
         let after = self.standing_in(&tx, policy, member)?;
         tx.commit().map_err(|e| self.sqlite(e))?;
         Ok(after)
@@ -408,6 +421,7 @@ pub(crate) mod tests {
             queries_per_member: total,
             queries_per_member_per_day: daily,
             members: vec!["adv".into(), "other".into()],
+            payer: None,
         }
     }
 
@@ -422,7 +436,7 @@ pub(crate) mod tests {
             db.record_policy(&p).unwrap();
             for id in ["s1", "s2"] {
                 db.begin(&attempt(id, "adv", "q", 10)).unwrap();
-                let after = db.charge(id, &p, "adv", cost).unwrap();
+                let after = db.charge(id, &p, "adv", cost, &[]).unwrap();
                 assert_eq!(after.member, "adv");
             }
             // s1 is released; s2 fails after admission and keeps its charge.
@@ -434,7 +448,7 @@ pub(crate) mod tests {
             // A completed entry is never released (or charged) again.
             assert!(!db.release("s1", &completion(1, 0)).unwrap());
             assert!(!db.release("s2", &completion(1, 0)).unwrap());
-            assert!(db.charge("s2", &p, "adv", cost).is_err());
+            assert!(db.charge("s2", &p, "adv", cost, &[]).is_err());
             // An entry that was never charged cannot be released.
             db.begin(&attempt("free", "adv", "q", 10)).unwrap();
             assert!(!db.release("free", &completion(1, 0)).unwrap());
@@ -453,7 +467,7 @@ pub(crate) mod tests {
         assert_eq!(standing.queries, 2);
         // The third query would exceed the budget: refused, nothing recorded.
         db.begin(&attempt("s3", "adv", "q", 10)).unwrap();
-        let err = db.charge("s3", &p, "adv", cost).unwrap_err();
+        let err = db.charge("s3", &p, "adv", cost, &[]).unwrap_err();
         let StateError::Exhausted(exhausted) = err else {
             panic!("{err}")
         };
@@ -485,10 +499,10 @@ pub(crate) mod tests {
         let db = StateDb::open(dir.path().join("state.db")).unwrap();
         let daily = policy(None, Some(5), Some(1));
         db.begin(&attempt("a", "adv", "q", 1)).unwrap();
-        db.charge("a", &daily, "adv", None).unwrap();
+        db.charge("a", &daily, "adv", None, &[]).unwrap();
         db.begin(&attempt("b", "adv", "q", 1)).unwrap();
         assert!(matches!(
-            db.charge("b", &daily, "adv", None),
+            db.charge("b", &daily, "adv", None, &[]),
             Err(StateError::Exhausted(Exhausted::QueriesToday {
                 used: 1,
                 limit: 1,
@@ -497,7 +511,7 @@ pub(crate) mod tests {
         ));
         // Another member is not affected.
         db.begin(&attempt("c", "other", "q", 1)).unwrap();
-        assert!(db.charge("c", &daily, "other", None).is_ok());
+        assert!(db.charge("c", &daily, "other", None, &[]).is_ok());
         let total = policy(None, Some(1), None);
         assert!(matches!(
             db.standing(&total, "adv").unwrap().admits(None),

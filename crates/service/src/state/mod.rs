@@ -14,6 +14,13 @@
 //! entry released: two sessions of one member can never both spend the last of a budget, and a
 //! budget spent survives any restart. The collaboration's [`Policy`] is recorded when a server
 //! starts so that `cleanroom budget` can show what is left without the collaboration file.
+//!
+//! The charge also records what the session will use and who pays for it: the payer (the
+//! collaboration's `payer`, else the querier), the session's one bucket of work, and each table
+//! it reads with the columns it reads ([`TableUse`]). The end of the session adds the rows read
+//! on each side, the bytes on the wire and the server's compute time. [`StateDb::usage`] sums
+//! these per day and payer (`cleanroom usage`); [`StateDb::contributions`] lists the entries
+//! that used one member's tables (`cleanroom audit --contributor`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -25,25 +32,45 @@ mod audit;
 mod delivery;
 mod failed_auth;
 mod ledger;
+mod usage;
 
 pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
 pub use delivery::{DeliveredResult, Delivery};
 pub use failed_auth::{FailedAuthentication, FailedAuthenticationKey};
 pub use ledger::{Exhausted, Policy, Standing};
+pub use usage::{Contribution, TableUse, UsageLine};
 
 /// The schema version stored in `PRAGMA user_version` (2 added the ledger and the policy, 3
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
-/// each audit entry, 6 the failed authentications, 7 the deliveries to receivers other than
-/// the querier; older files are upgraded when opened for writing).
+/// each audit entry, 6 the failed authentications, 7 the payer, compute time and buckets of
+/// each audit entry, the tables each session used, and the results kept for receivers other
+/// than the querier; older files are upgraded when opened for writing).
 const SCHEMA_VERSION: i64 = 7;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
-const ADDED_AUDIT_COLUMNS: [(&str, &str); 5] = [
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 8] = [
     ("matcher_skipped", "INTEGER NOT NULL DEFAULT 0"),
     ("receiver_skipped", "INTEGER NOT NULL DEFAULT 0"),
     ("bounded_identifiers", "INTEGER NOT NULL DEFAULT 0"),
     ("bounded_disclosed", "INTEGER NOT NULL DEFAULT 0"),
     ("collaboration_id", "TEXT NOT NULL DEFAULT ''"),
+    ("payer", "TEXT NOT NULL DEFAULT ''"),
+    ("compute_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("buckets", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// How a column added in version 7 is filled for the entries of an older file: before version
+/// 7 the querier paid, and every charged session (one with a ledger entry) ran as one bucket.
+/// Their compute time was not measured and stays 0.
+const VERSION_7_BACKFILL: [(&str, &str); 2] = [
+    (
+        "payer",
+        "UPDATE audit SET payer = member WHERE session_id IN (SELECT session_id FROM ledger);",
+    ),
+    (
+        "buckets",
+        "UPDATE audit SET buckets = 1 WHERE session_id IN (SELECT session_id FROM ledger);",
+    ),
 ];
 
 const SCHEMA: &str = "
@@ -69,7 +96,10 @@ CREATE TABLE IF NOT EXISTS audit (
     receiver_skipped INTEGER NOT NULL DEFAULT 0,
     bounded_identifiers INTEGER NOT NULL DEFAULT 0,
     bounded_disclosed INTEGER NOT NULL DEFAULT 0,
-    collaboration_id TEXT NOT NULL DEFAULT ''
+    collaboration_id TEXT NOT NULL DEFAULT '',
+    payer TEXT NOT NULL DEFAULT '',
+    compute_ms INTEGER NOT NULL DEFAULT 0,
+    buckets INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -111,6 +141,15 @@ CREATE TABLE IF NOT EXISTS policy_member (
     member TEXT NOT NULL,
     PRIMARY KEY (collaboration_id, member)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS table_use (
+    session_id TEXT NOT NULL REFERENCES audit (session_id),
+    member TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    column_name TEXT NOT NULL,
+    PRIMARY KEY (session_id, table_name, position)
+) STRICT;
+CREATE INDEX IF NOT EXISTS table_use_member ON table_use (member, session_id);
 ";
 
 /// SQLite's current time as RFC 3339 UTC with milliseconds.
@@ -127,6 +166,18 @@ pub enum StateError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// A file of an older schema, opened read-only, lacks what is asked of it (a server
+    /// opening it upgrades it).
+    #[error(
+        "state database {path} has schema version {found}, older than this cleanroom's \
+         {SCHEMA_VERSION}: start `cleanroom serve --state` on it once to upgrade it"
+    )]
+    Outdated {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
     },
     /// The file holds a newer schema than this program knows.
     #[error(
@@ -157,6 +208,8 @@ pub enum StateError {
 #[derive(Debug)]
 pub struct StateDb {
     path: PathBuf,
+    /// The schema version of the file (always [`SCHEMA_VERSION`] once opened for writing).
+    version: i64,
     conn: Mutex<Connection>,
     /// Per served table, its rows never matched (set when the server checked it).
     skipped: Mutex<std::collections::BTreeMap<String, u64>>,
@@ -256,6 +309,9 @@ impl StateDb {
                     "ALTER TABLE audit ADD COLUMN {column} {definition};"
                 ))
                 .map_err(err)?;
+                if let Some((_, backfill)) = VERSION_7_BACKFILL.iter().find(|(c, _)| *c == column) {
+                    conn.execute_batch(backfill).map_err(err)?;
+                }
                 if column == "collaboration_id" {
                     // Entries written before version 5 belong to the one collaboration this
                     // file recorded a policy for; with several (or none) they stay unattributed
@@ -276,6 +332,7 @@ impl StateDb {
         .map_err(err)?;
         Ok(StateDb {
             path,
+            version: SCHEMA_VERSION,
             conn: Mutex::new(conn),
             skipped: Mutex::default(),
         })
@@ -308,9 +365,22 @@ impl StateDb {
         }
         Ok(StateDb {
             path,
+            version,
             conn: Mutex::new(conn),
             skipped: Mutex::default(),
         })
+    }
+
+    /// Refuses with [`StateError::Outdated`] when the file is older than this program's schema
+    /// (read-only, so not upgraded): the audit entries and usage are read from version 7 on.
+    fn require_current(&self) -> Result<(), StateError> {
+        if self.version < SCHEMA_VERSION {
+            return Err(StateError::Outdated {
+                path: self.path.clone(),
+                found: self.version,
+            });
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -411,5 +481,46 @@ mod tests {
         }
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.entry("old").unwrap().unwrap().collaboration_id, "x");
+    }
+
+    #[test]
+    fn a_version_6_file_gets_payers_and_buckets_for_its_charged_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.begin(&attempt("charged", "adv", "q", 1)).unwrap();
+            db.charge("charged", &policy(None, None, None), "adv", None, &[])
+                .unwrap();
+            db.begin(&attempt("refused", "adv", "q", 1)).unwrap();
+            // Back to version 6: without the columns and the table of version 7.
+            let conn = db.conn();
+            conn.execute_batch(
+                "ALTER TABLE audit DROP COLUMN payer; ALTER TABLE audit DROP COLUMN compute_ms;
+                 ALTER TABLE audit DROP COLUMN buckets; DROP TABLE table_use;
+                 PRAGMA user_version = 6;",
+            )
+            .unwrap();
+        }
+        let read_only = StateDb::open_read_only(&path).unwrap();
+        assert!(matches!(
+            read_only.entries(None, None),
+            Err(StateError::Outdated { found: 6, .. })
+        ));
+        assert!(matches!(
+            read_only.usage(None, None),
+            Err(StateError::Outdated { found: 6, .. })
+        ));
+        let db = StateDb::open(&path).unwrap();
+        let charged = db.entry("charged").unwrap().unwrap();
+        assert_eq!((charged.payer.as_str(), charged.buckets), ("adv", 1));
+        let refused = db.entry("refused").unwrap().unwrap();
+        assert_eq!((refused.payer.as_str(), refused.buckets), ("", 0));
+        assert!(db.contributions("adv", None).unwrap().is_empty());
+        let version: i64 = db
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }
