@@ -251,7 +251,7 @@ async fn matcher_points(inbound: &mut Inbound) -> Vec<Vec<PointBytes>> {
 #[derive(Debug, PartialEq)]
 enum Seen {
     Status(Code, String),
-    Released(Vec<AggregateMessage>, SessionSummary),
+    Released(Vec<AggregateMessage>, Box<SessionSummary>),
 }
 
 async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
@@ -287,7 +287,7 @@ async fn seen(inbound: &mut Inbound, session_id: &str) -> Seen {
         .await
         .expect("the server ends the session")
     {
-        Ok((messages, summary)) => Seen::Released(messages, summary),
+        Ok((messages, summary)) => Seen::Released(messages, Box::new(summary)),
         Err(status) => Seen::Status(
             status.code(),
             status.message().replace(session_id, "<session>"),
