@@ -2,8 +2,6 @@
 //! `cleanroom usage` (sessions, rows and buckets exactly as they ran, attributed to the
 //! collaboration's payer, priced by hand) and `cleanroom audit --contributor`.
 
-use std::io::BufRead;
-
 use cleanroom_testkit::*;
 
 /// Runs the `cleanroom` binary with `args` and, when given, `token`; returns (exit code,
@@ -45,9 +43,9 @@ fn usage_counts_what_ran_for_the_payer_and_contributors_see_their_tables() {
     let impressions = format!("impressions={}", fx.path("impressions.csv").display());
     let conversions = format!("conversions={}", fx.path("conversions.csv").display());
 
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_cleanroom"))
-        .args([
-            "serve",
+    let server = ServeProcess::start(
+        env!("CARGO_BIN_EXE_cleanroom"),
+        &[
             "--config",
             config,
             "--member",
@@ -58,18 +56,9 @@ fn usage_counts_what_ran_for_the_payer_and_contributors_see_their_tables() {
             "127.0.0.1:0",
             "--state",
             state,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_owned();
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+        ],
+    );
+    let url = server.url.clone();
     let query = |sql: &str| {
         cleanroom(
             &[
@@ -101,8 +90,7 @@ fn usage_counts_what_ran_for_the_payer_and_contributors_see_their_tables() {
          JOIN conversions c ON p.email = c.email GROUP BY p.segment",
     );
     assert_ne!(code, 0, "{stderr}");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
 
     let (code, stdout, stderr) = cleanroom(&["audit", "--state", state, "--format", "json"], None);
     assert_eq!(code, 0, "{stderr}");

@@ -22,16 +22,16 @@ fn cleanroom(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn the_cli_lists_to_json_and_writes_csv_atomically() {
-    use std::io::BufRead;
+    use cleanroom_testkit::ServeProcess;
 
     let fx = ListFixture::new();
     let (config, state) = (fx.path("collab.toml"), fx.path("cli-state.db"));
     let (config, state) = (config.to_str().unwrap(), state.to_str().unwrap());
     let subscribers = format!("subscribers={}", fx.path("subscribers.csv").display());
     let customers = format!("customers={}", fx.path("customers.csv").display());
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_cleanroom"))
-        .args([
-            "serve",
+    let server = ServeProcess::start(
+        env!("CARGO_BIN_EXE_cleanroom"),
+        &[
             "--config",
             config,
             "--member",
@@ -42,18 +42,9 @@ fn the_cli_lists_to_json_and_writes_csv_atomically() {
             "127.0.0.1:0",
             "--state",
             state,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_owned();
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+        ],
+    );
+    let url = server.url.clone();
     let base = [
         "query",
         "--config",
@@ -131,6 +122,5 @@ fn the_cli_lists_to_json_and_writes_csv_atomically() {
     assert!(stderr.contains("output_not_list_column"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
 }

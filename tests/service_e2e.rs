@@ -32,8 +32,6 @@ fn value_json(value: &Value) -> serde_json::Value {
 
 #[test]
 fn the_cli_serves_queries_and_audits() {
-    use std::io::BufRead;
-
     let fx = Fixture::new(5);
     let config = fx.path("collab.toml");
     let state = fx.path("cli-state.db");
@@ -61,9 +59,9 @@ fn the_cli_serves_queries_and_audits() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("loopback"), "{stderr}");
 
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_cleanroom"))
-        .args([
-            "serve",
+    let server = ServeProcess::start(
+        env!("CARGO_BIN_EXE_cleanroom"),
+        &[
             "--config",
             config,
             "--member",
@@ -74,19 +72,9 @@ fn the_cli_serves_queries_and_audits() {
             "127.0.0.1:0",
             "--state",
             state,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_owned();
-    // Keep draining the server's log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+        ],
+    );
+    let url = server.url.clone();
 
     let query = |sql: &str, format: &str, token: Option<&str>| {
         cleanroom(
@@ -168,8 +156,7 @@ fn the_cli_serves_queries_and_audits() {
     assert!(stderr.contains("CLEANROOM_TOKEN"), "{stderr}");
 
     // Killed outright: the log still holds both released results.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
     let (code, stdout, stderr) = cleanroom(&["audit", "--state", state, "--format", "json"], None);
     assert_eq!(code, 0, "{stderr}");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();

@@ -6,9 +6,7 @@
 use cleanroom_psi::sealed::OpeningKey;
 use cleanroom_service::client::ClientError;
 use cleanroom_service::proto::run_session_request;
-use cleanroom_service::{
-    BearerToken, Client, ClientConfig, Decision, DeliveryError, Limits, Query,
-};
+use cleanroom_service::{BearerToken, Client, ClientConfig, Decision, DeliveryError, Limits};
 use cleanroom_testkit::*;
 use tonic::Code;
 
@@ -38,29 +36,6 @@ fn analyst_config(url: String) -> ClientConfig {
     ClientConfig::new(url, BearerToken::new(ANALYST_TOKEN).unwrap())
 }
 
-/// The advertiser's query of `sql`, its result going to `receivers`.
-async fn query_for(
-    fx: &Fixture,
-    url: String,
-    sql: &str,
-    receivers: &[String],
-) -> Result<cleanroom_service::QueryOutcome, ClientError> {
-    let mut client = Client::connect(&advertiser_client_config(url)).await?;
-    let data = fx.advertiser_data();
-    client
-        .run_query(
-            Query {
-                collaboration: &fx.collaboration,
-                member: "advertiser",
-                sql,
-                data: &data,
-                receivers,
-            },
-            None,
-        )
-        .await
-}
-
 fn analyst() -> Vec<String> {
     vec!["analyst".to_owned()]
 }
@@ -71,7 +46,7 @@ async fn the_result_goes_only_to_the_named_receiver_exactly() {
     let server = start_server(&fx, Limits::default(), None).await;
     let url = format!("http://{}", server.addr);
 
-    let outcome = query_for(&fx, url.clone(), BY_CAMPAIGN, &analyst())
+    let outcome = run_query_for(&fx, url.clone(), BY_CAMPAIGN, &analyst())
         .await
         .unwrap();
     // The querier learns nothing of the result: no row, no count.
@@ -128,7 +103,7 @@ async fn a_querier_that_receives_too_and_the_other_receiver_get_the_same_rows() 
     let server = start_server(&fx, Limits::default(), None).await;
     let url = format!("http://{}", server.addr);
     let both = vec!["advertiser".to_owned(), "analyst".to_owned()];
-    let outcome = query_for(&fx, url.clone(), EU_BY_CHANNEL, &both)
+    let outcome = run_query_for(&fx, url.clone(), EU_BY_CHANNEL, &both)
         .await
         .unwrap();
     assert!(outcome.received);
@@ -153,7 +128,7 @@ async fn nobody_else_can_tell_a_kept_result_from_no_result() {
     let (fx, _key) = fixture(false);
     let server = start_server(&fx, Limits::default(), None).await;
     let url = format!("http://{}", server.addr);
-    let outcome = query_for(&fx, url.clone(), BY_CAMPAIGN, &analyst())
+    let outcome = run_query_for(&fx, url.clone(), BY_CAMPAIGN, &analyst())
         .await
         .unwrap();
     let session = outcome.summary.session_id;
@@ -186,7 +161,7 @@ async fn receivers_are_checked_before_any_data_moves() {
     let server = start_server(&fx, Limits::default(), None).await;
     let url = format!("http://{}", server.addr);
     // A querier without receive_results that names no receiver: refused locally...
-    let refused = query_for(&fx, url.clone(), BY_CAMPAIGN, &[])
+    let refused = run_query_for(&fx, url.clone(), BY_CAMPAIGN, &[])
         .await
         .unwrap_err();
     let ClientError::Refused(refusal) = &refused else {
@@ -203,7 +178,7 @@ async fn receivers_are_checked_before_any_data_moves() {
         ("publisher", "missing_receive_results_ability"),
         ("nobody", "unknown_receiver"),
     ] {
-        let error = query_for(&fx, url.clone(), BY_CAMPAIGN, &[receiver.to_owned()])
+        let error = run_query_for(&fx, url.clone(), BY_CAMPAIGN, &[receiver.to_owned()])
             .await
             .unwrap_err();
         let ClientError::Refused(refusal) = &error else {

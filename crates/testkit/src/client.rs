@@ -37,6 +37,16 @@ pub async fn run_query(
     url: String,
     sql: &str,
 ) -> Result<cleanroom_service::QueryOutcome, ClientError> {
+    run_query_for(fx, url, sql, &[]).await
+}
+
+/// [`run_query`] whose result goes to `receivers` (empty: the advertiser).
+pub async fn run_query_for(
+    fx: &Fixture,
+    url: String,
+    sql: &str,
+    receivers: &[String],
+) -> Result<cleanroom_service::QueryOutcome, ClientError> {
     let mut client = Client::connect(&advertiser_client_config(url)).await?;
     let data = fx.advertiser_data();
     client
@@ -46,7 +56,7 @@ pub async fn run_query(
                 member: "advertiser",
                 sql,
                 data: &data,
-                receivers: &[],
+                receivers,
             },
             None,
         )

@@ -21,10 +21,10 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 
-pub use binary::run_cleanroom;
+pub use binary::{ServeProcess, run_cleanroom};
 pub use client::{
     MaybeToken, RawClient, advertiser_client_config, assert_exact, assert_rows_equal, final_status,
-    raw_client, raw_open, refusal_codes, run_query, run_query_tls, start_message,
+    raw_client, raw_open, refusal_codes, run_query, run_query_for, run_query_tls, start_message,
 };
 pub use collaboration::{
     ADVERTISER_TOKEN, ANALYST_TOKEN, CollaborationToml, MemberToml, PUBLISHER_TOKEN,

@@ -86,19 +86,7 @@ impl ValueKey {
     /// non-canonical or zero scalar, an odd count, or more than [`MAX_VALUE_COLUMNS`] columns.
     #[cfg(any(test, feature = "test-vectors"))]
     pub fn from_test_vector_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
-        if secrets.len() % LIMBS_PER_VALUE != 0
-            || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
-        {
-            return None;
-        }
-        let secrets = secrets
-            .iter()
-            .map(|b| {
-                Option::<Scalar>::from(Scalar::from_canonical_bytes(*b))
-                    .filter(|s| *s != Scalar::ZERO)
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self { secrets })
+        Self::from_scalars(secrets)
     }
 
     /// Number of value columns.
@@ -123,8 +111,16 @@ impl ValueKey {
     /// non-canonical or zero scalar, an odd count, none at all, or more than
     /// [`MAX_VALUE_COLUMNS`] columns.
     pub(crate) fn from_secret_bytes(secrets: &[[u8; 32]]) -> Option<Self> {
-        if secrets.is_empty()
-            || secrets.len() % LIMBS_PER_VALUE != 0
+        if secrets.is_empty() {
+            return None;
+        }
+        Self::from_scalars(secrets)
+    }
+
+    /// Keys from scalar encodings: `None` for a non-canonical or zero scalar, an odd count, or
+    /// more than [`MAX_VALUE_COLUMNS`] columns.
+    fn from_scalars(secrets: &[[u8; 32]]) -> Option<Self> {
+        if secrets.len() % LIMBS_PER_VALUE != 0
             || secrets.len() > MAX_VALUE_COLUMNS * LIMBS_PER_VALUE
         {
             return None;
