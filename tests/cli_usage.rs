@@ -40,23 +40,12 @@ fn usage_counts_what_ran_for_the_payer_and_contributors_see_their_tables() {
     let config = fx.path("collab.toml");
     let state = fx.path("state.db");
     let (config, state) = (config.to_str().unwrap(), state.to_str().unwrap());
-    let impressions = format!("impressions={}", fx.path("impressions.csv").display());
     let conversions = format!("conversions={}", fx.path("conversions.csv").display());
 
-    let server = ServeProcess::start(
+    let server = ServeProcess::publisher(
         env!("CARGO_BIN_EXE_cleanroom"),
-        &[
-            "--config",
-            config,
-            "--member",
-            "publisher",
-            "--data",
-            &impressions,
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state,
-        ],
+        &fx,
+        std::path::Path::new(state),
     );
     let url = server.url.clone();
     let query = |sql: &str| {

@@ -59,20 +59,10 @@ fn the_cli_serves_queries_and_audits() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("loopback"), "{stderr}");
 
-    let server = ServeProcess::start(
+    let server = ServeProcess::publisher(
         env!("CARGO_BIN_EXE_cleanroom"),
-        &[
-            "--config",
-            config,
-            "--member",
-            "publisher",
-            "--data",
-            &impressions,
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state,
-        ],
+        &fx,
+        std::path::Path::new(state),
     );
     let url = server.url.clone();
 

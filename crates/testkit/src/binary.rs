@@ -49,6 +49,28 @@ impl ServeProcess {
         ServeProcess { child, url }
     }
 
+    /// The publisher's `serve` over `fx`'s collaboration and impressions, recording in
+    /// `state`, on a loopback port.
+    pub fn publisher(binary: &str, fx: &crate::Fixture, state: &std::path::Path) -> ServeProcess {
+        let impressions = format!("impressions={}", fx.path("impressions.csv").display());
+        let config = fx.path("collab.toml");
+        ServeProcess::start(
+            binary,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--member",
+                "publisher",
+                "--data",
+                &impressions,
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                state.to_str().unwrap(),
+            ],
+        )
+    }
+
     /// Kills the server and waits for it.
     pub fn stop(mut self) {
         self.kill();
