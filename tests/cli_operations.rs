@@ -855,6 +855,33 @@ fn a_receiver_makes_a_key_and_fetches_the_result_of_a_query_it_did_not_run() {
         args.push(sql);
         cleanroom(&args, &[("CLEANROOM_TOKEN", advertiser.as_str())])
     };
+    // `check` says beforehand whether the receivers may receive.
+    let check = |receiver: &str| {
+        cleanroom(
+            &[
+                "check",
+                "--config",
+                collab_path.to_str().unwrap(),
+                "--member",
+                "advertiser",
+                "--receiver",
+                receiver,
+                "--format",
+                "json",
+                sql,
+            ],
+            &[],
+        )
+    };
+    let (code, stdout, stderr) = check("retailer");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = check("publisher");
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("missing_receive_results_ability"),
+        "{stdout}"
+    );
+
     let (code, own, stderr) = query(&[]);
     assert_eq!(code, 0, "{stderr}");
     // The result goes to the retailer only: the advertiser is told where, not what.

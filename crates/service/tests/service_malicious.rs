@@ -949,6 +949,8 @@ enum Lie {
     HugeList,
     /// List: the target's lookup tag twice (on its own payload and on another's).
     DuplicateTarget,
+    /// Any plan: accepts under other terms than the client's (another normalization).
+    OtherTerms,
 }
 
 /// A provider that plays the real roles with a key it knows, and lies as `lie` says. It
@@ -1045,8 +1047,15 @@ impl LyingProvider {
             matcher_table: plan.matcher().table.clone(),
             min_release: plan.min_release(),
             value_columns: plan.receiver().value_columns.len() as u32,
-            // The terms are honest; the lie is elsewhere.
-            agreement: Some(cleanroom_service::agreement(&self.collaboration, &plan)),
+            // The terms are honest unless they are the lie.
+            agreement: Some(cleanroom_service::agreement(&self.collaboration, &plan)).map(
+                |mut terms| {
+                    if self.lie == Lie::OtherTerms {
+                        terms.receiver_normalization = "none".to_owned();
+                    }
+                    terms
+                },
+            ),
             ..SessionAccepted::default()
         };
         tx.send(Ok(RunSessionResponse {
@@ -1057,6 +1066,10 @@ impl LyingProvider {
         // Whatever the client does after the protocol (half-close, or reset) is what the
         // provider learns.
         match self.lie {
+            Lie::OtherTerms => {
+                while self.next::<AggregateMessage>(&mut inbound).await.is_some() {}
+                return Some(());
+            }
             Lie::IsolateTarget | Lie::Shift(_) | Lie::ShiftTarget(_) => {
                 self.aggregate(&plan, &mut inbound, &tx).await?;
                 while self.next::<AggregateMessage>(&mut inbound).await.is_some() {}
@@ -1362,6 +1375,36 @@ fn conversions_with_target(fx: &Fixture, amount: u64) -> PathBuf {
     let path = fx.path(&format!("conversions-target-{amount}.csv"));
     csv.write(&path);
     path
+}
+
+// ------------------------------------------------------------------ other terms accepted
+
+/// A provider that accepts under other terms than the client's (here another normalization,
+/// the result would be wrong) is left before the client sends any protocol message, the same
+/// way whatever the client's data, with the term that differs named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_accepting_other_terms_gets_no_protocol_message() {
+    let fx = Fixture::new(5);
+    let mut runs = Vec::new();
+    for amount in [5, 400] {
+        let liar = aggregate_liar(&fx, Lie::OtherTerms);
+        let data = conversions_with_target(&fx, amount);
+        runs.push(against_liar(liar, TOTAL, "conversions", data).await);
+    }
+    assert_eq!(runs[0].observed, runs[1].observed);
+    assert_eq!(runs[0].observed.len(), 1, "{:?}", runs[0].observed);
+    assert!(
+        runs[0].observed[0].starts_with("end:"),
+        "{:?}",
+        runs[0].observed
+    );
+    for run in &runs {
+        let error = run.result.as_ref().expect_err("the client leaves");
+        assert!(
+            matches!(error, ClientError::PlanMismatch(m) if m.contains("normalization of the receiver's identifier")),
+            "{error}"
+        );
+    }
 }
 
 // ----------------------------------------------------------------------------- attack 7
