@@ -19,6 +19,9 @@ pub(crate) struct CsvSource {
     /// A record read ahead to name the columns of a headerless file.
     pending: Option<Row>,
     record: csv::ByteRecord,
+    /// Where the input ends when its last line has no line break (the last record then has no
+    /// terminator); `None` when it ends with one.
+    unterminated_end: Option<u64>,
 }
 
 pub(crate) fn open(
@@ -31,7 +34,9 @@ pub(crate) fn open(
         location: location.to_owned(),
         source,
     };
-    let mut file = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
+    let mut file = File::open(path).map_err(io)?;
+    let unterminated_end = unterminated_end(&mut file).map_err(io)?;
+    let mut file = BufReader::with_capacity(1 << 16, file);
     let mut start = [0u8; 3];
     let mut got = 0;
     while got < 3 {
@@ -40,11 +45,13 @@ pub(crate) fn open(
             n => got += n,
         }
     }
-    let prefix: Vec<u8> = if start[..got] == [0xEF, 0xBB, 0xBF] {
+    let bom = start[..got] == [0xEF, 0xBB, 0xBF];
+    let prefix: Vec<u8> = if bom {
         Vec::new()
     } else {
         start[..got].to_vec()
     };
+    let unterminated_end = unterminated_end.map(|end| if bom { end - 3 } else { end });
     let input: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(prefix).chain(file));
     let reader = csv::ReaderBuilder::new()
         .delimiter(dialect.delimiter)
@@ -59,6 +66,7 @@ pub(crate) fn open(
         nulls: nulls.clone(),
         pending: None,
         record: csv::ByteRecord::new(),
+        unterminated_end,
     };
     let header = if dialect.has_header {
         let Some((_, fields)) = source.read_fields()? else {
@@ -83,21 +91,49 @@ pub(crate) fn open(
     Ok((header, source))
 }
 
+/// The length of `file` when its last byte is not a line break (`None` when it is, or the file
+/// is empty); the file is left at its start.
+fn unterminated_end(file: &mut File) -> std::io::Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok((last[0] != b'\n').then_some(len))
+}
+
 impl CsvSource {
     /// The next record's fields as text, with the physical line it starts on. Blank lines
     /// (also `\r\n` alone) are skipped.
     fn read_fields(&mut self) -> Result<Option<(u64, Vec<String>)>, ReadError> {
         loop {
             let more = self.reader.read_byte_record(&mut self.record);
-            let line = self.record.position().map_or(1, csv::Position::line);
+            let looked_from = self.record.position().map_or(1, csv::Position::line);
             let more = more.map_err(|e| ReadError::Csv {
                 location: self.location.clone(),
-                position: Position::Line(e.position().map_or(line, csv::Position::line)),
+                position: Position::Line(e.position().map_or(looked_from, csv::Position::line)),
                 message: e.to_string(),
             })?;
             if !more {
                 return Ok(None);
             }
+            // The reader now stands after the record's terminator (none at the end of a file
+            // that does not end with one); the record began the line breaks it holds before.
+            let inner = self
+                .record
+                .iter()
+                .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
+                .sum::<u64>();
+            let at = self.reader.position();
+            let terminated = u64::from(self.unterminated_end != Some(at.byte()));
+            let line = at
+                .line()
+                .saturating_sub(inner + terminated)
+                .max(looked_from);
             let count = self.record.len();
             let mut fields = Vec::with_capacity(count);
             for (i, bytes) in self.record.iter().enumerate() {

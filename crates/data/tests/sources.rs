@@ -460,9 +460,7 @@ fn blank_lines_are_skipped_and_a_leading_byte_order_mark_is_dropped() {
     let id_v = ["id".to_owned(), "v".to_owned()];
 
     // Blank lines (empty, or `\r\n` alone) before the header, in the middle and at the end are
-    // skipped. (Only the cells are compared: with `\n` endings, a row after blank lines in the
-    // middle is positioned at the first of them, line 4 here instead of 6, a defect of the line
-    // numbers in errors, not of what is read.)
+    // skipped, and each row keeps the physical line it is on.
     for (name, bytes) in [
         ("blank.csv", &b"\nid,v\na,1\n\n\nb,2\n\n"[..]),
         (
@@ -472,13 +470,25 @@ fn blank_lines_are_skipped_and_a_leading_byte_order_mark_is_dropped() {
     ] {
         let (header, records) = read(name, bytes, "");
         assert_eq!(header, id_v, "{name}");
-        let cells: Vec<&[Cell]> = records.iter().map(|(_, c)| c.as_slice()).collect();
         assert_eq!(
-            cells,
-            [[text("a"), text("1")], [text("b"), text("2")]],
+            records,
+            [
+                (Position::Line(3), vec![text("a"), text("1")]),
+                (Position::Line(6), vec![text("b"), text("2")]),
+            ],
             "{name}"
         );
     }
+    // The same after a quoted line break, and on a last line without a line break.
+    let (_, records) = read("quoted.csv", b"id,v\n\"a\nb\",1\n\n\nc,2\n\nd,3", "");
+    assert_eq!(
+        records,
+        [
+            (Position::Line(2), vec![text("a\nb"), text("1")]),
+            (Position::Line(6), vec![text("c"), text("2")]),
+            (Position::Line(8), vec![text("d"), text("3")]),
+        ]
+    );
     // A line holding only delimiters is a row of NULL cells; a line of spaces is a row of one
     // (NULL) cell; a line holding only `""` is one empty field, skipped like a blank line.
     let (_, records) = read("delimiters.csv", b"id,v\n,\n  \n\"\"\na,1\n", "");
