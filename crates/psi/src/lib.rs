@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bucket;
 pub mod capabilities;
 pub mod ecdh;
 mod format;
@@ -64,9 +65,9 @@ pub mod wire;
 
 pub use capabilities::{Capabilities, ListCapabilities};
 pub use ecdh::aggregate::{
-    AggregateMessage, GroupCount, GroupDecision, GroupResult, Limits, Matcher, ProtocolError,
-    Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup, ResultKeys, ResultKeysError,
-    ResultOpener,
+    AggregateMessage, GroupCount, GroupDecision, GroupResult, JobTotals, Limits, Matcher,
+    ProtocolError, Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup, ResultKeys,
+    ResultKeysError, ResultOpener,
 };
 pub use ecdh::list::{ListMatch, ListMessage, ListOutcome, ListProvider, ListQuerier};
 pub use ecdh::noise::{NoiseBounds, NoiseError};
@@ -78,7 +79,7 @@ pub use hash::Domain;
 pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{
     ListReport, MatchReport, list_offline, list_offline_observed, match_offline,
-    match_offline_observed,
+    match_offline_bucketed, match_offline_observed,
 };
 pub use party::{Party, Stage};
 pub use table::{

@@ -6,9 +6,12 @@
 //! (messages, bytes) count the encoded messages in both directions.
 
 use crate::Domain;
+use crate::bucket::BucketKey;
 use crate::ecdh::aggregate::{
-    AggregateMessage, GroupCount, Limits, Matcher, ProtocolError, Receiver, ReceiverOutcome,
+    AggregateMessage, GroupCount, JobTotals, Limits, Matcher, ProtocolError, Receiver,
+    ReceiverOutcome, ResultKeys, ResultOpener,
 };
+use crate::ecdh::elgamal::ValueKey;
 use crate::ecdh::list::{ListMessage, ListOutcome, ListProvider, ListQuerier};
 use crate::party::{Party, Stage};
 use crate::table::{InputStats, ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
@@ -67,6 +70,57 @@ pub fn match_offline(
 ) -> Result<MatchReport, ProtocolError> {
     match_offline_observed(domain, matcher, receiver, min_release, |_, _| {})
 }
+/// [`match_offline`] as a job of `buckets` buckets ([`JobTotals`]): both tables split by a
+/// fresh [`BucketKey`], one session per bucket (fresh blinding keys, the receiver's one value
+/// key, no release), the matcher's totals added up and released once, and the release checked
+/// and opened by the receiver's [`ResultOpener`]. The outcome equals an unbucketed run's; the
+/// report's messages and bytes are every bucket's and the release's.
+pub fn match_offline_bucketed(
+    domain: &Domain,
+    matcher: MatcherTable,
+    receiver: ReceiverTable,
+    min_release: u64,
+    buckets: u32,
+) -> Result<MatchReport, ProtocolError> {
+    let matcher_input = matcher.stats();
+    let receiver_input = receiver.stats();
+    let limits = Limits::unlimited();
+    let key = BucketKey::generate();
+    let columns = receiver.value_columns();
+    let value_key = (columns > 0).then(|| ValueKey::generate(columns));
+    let keys = ResultKeys::for_job(value_key.as_ref(), receiver.group_sizes());
+    let mut job = JobTotals::new(None);
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let parts = matcher
+        .into_buckets(&key, domain, buckets)
+        .into_iter()
+        .zip(receiver.into_buckets(&key, domain, buckets));
+    for (matcher, receiver) in parts {
+        let mut m = Matcher::new(domain, matcher, limits);
+        let mut r = Receiver::in_job(domain, receiver, limits, value_key.as_ref())?;
+        let (n, b) = drive(&mut m, &mut r, |m| job.add_bucket(m), &mut |_, _| {})?;
+        messages += n;
+        bytes += b;
+    }
+    let counts = job.counts();
+    let (release, _) = job.release(|c| c.intersection_size >= min_release)?;
+    let mut opener = ResultOpener::new(keys, limits);
+    for message in release {
+        let encoded = message.encode();
+        messages += 1;
+        bytes += encoded.len() as u64;
+        opener.handle_message(AggregateMessage::decode(&encoded)?)?;
+    }
+    Ok(MatchReport {
+        outcome: opener.open()?,
+        counts,
+        matcher_input,
+        receiver_input,
+        messages,
+        bytes,
+    })
+}
+
 /// What an offline list run produced and what it moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListReport {

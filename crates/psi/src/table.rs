@@ -132,6 +132,41 @@ impl MatcherTable {
         self.groups.values().map(|s| s.len() as u64).sum()
     }
 
+    /// This table split into `buckets` tables by `key` ([`bucket`](crate::bucket)): each
+    /// identifier goes to its bucket, and every group exists in every bucket, empty or not, so
+    /// that group numbers agree across buckets. The parts' input counts are zero: the whole
+    /// table's are [`stats`](Self::stats) before the split.
+    pub fn into_buckets(
+        self,
+        key: &crate::bucket::BucketKey,
+        domain: &crate::Domain,
+        buckets: u32,
+    ) -> Vec<MatcherTable> {
+        let empty: BTreeMap<String, HashSet<String>> = self
+            .groups
+            .keys()
+            .map(|k| (k.clone(), HashSet::new()))
+            .collect();
+        let mut parts: Vec<MatcherTable> = (0..buckets.max(1))
+            .map(|_| MatcherTable {
+                normalization: self.normalization,
+                groups: empty.clone(),
+                stats: InputStats::default(),
+            })
+            .collect();
+        for (group, ids) in self.groups {
+            for id in ids {
+                let b = key.bucket(domain, &id, buckets) as usize;
+                parts[b]
+                    .groups
+                    .get_mut(&group)
+                    .expect("every group is in every part")
+                    .insert(id);
+            }
+        }
+        parts
+    }
+
     pub(crate) fn into_groups(self) -> Vec<(String, Vec<String>)> {
         self.groups
             .into_iter()
@@ -307,6 +342,51 @@ impl ReceiverTable {
             *memberships.entry(id.as_str()).or_default() += 1;
         }
         memberships.values().filter(|&&n| n > k).count() as u64
+    }
+
+    /// Each group's key and number of distinct identifiers, in group order: what a job's
+    /// release is checked against once its buckets are done.
+    pub fn group_sizes(&self) -> Vec<(String, u64)> {
+        self.groups
+            .iter()
+            .map(|(k, items)| (k.clone(), items.len() as u64))
+            .collect()
+    }
+
+    /// This table split into `buckets` tables by `key`, as
+    /// [`MatcherTable::into_buckets`]: every group in every part, each identifier (with its
+    /// totals) in its bucket, the bounds kept, the parts' input counts zero.
+    pub fn into_buckets(
+        self,
+        key: &crate::bucket::BucketKey,
+        domain: &crate::Domain,
+        buckets: u32,
+    ) -> Vec<ReceiverTable> {
+        let empty: BTreeMap<String, HashMap<String, Vec<u64>>> = self
+            .groups
+            .keys()
+            .map(|k| (k.clone(), HashMap::new()))
+            .collect();
+        let mut parts: Vec<ReceiverTable> = (0..buckets.max(1))
+            .map(|_| ReceiverTable {
+                normalization: self.normalization,
+                value_columns: self.value_columns,
+                groups: empty.clone(),
+                stats: InputStats::default(),
+                bounds: self.bounds.clone(),
+            })
+            .collect();
+        for (group, items) in self.groups {
+            for (id, totals) in items {
+                let b = key.bucket(domain, &id, buckets) as usize;
+                parts[b]
+                    .groups
+                    .get_mut(&group)
+                    .expect("every group is in every part")
+                    .insert(id, totals);
+            }
+        }
+        parts
     }
 
     pub(crate) fn into_groups(self) -> Vec<ReceiverGroup> {

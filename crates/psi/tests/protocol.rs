@@ -2,7 +2,7 @@
 
 use cleanroom_psi::{
     Domain, GroupResult, MatcherTable, Normalization, ReceiverTable, match_offline,
-    match_offline_observed,
+    match_offline_bucketed, match_offline_observed,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,13 +59,12 @@ fn plain(
     out
 }
 
-fn run(
+fn tables(
     norm: Normalization,
     m: &[MRow],
     r: &[RRow],
     columns: usize,
-    min_release: u64,
-) -> (Vec<GroupResult>, u64) {
+) -> (MatcherTable, ReceiverTable) {
     let mut mt = MatcherTable::new(norm);
     for (g, id) in m {
         mt.push(g, id).unwrap();
@@ -74,13 +73,57 @@ fn run(
     for (g, id, v) in r {
         rt.push(g, id, &v[..columns]).unwrap();
     }
+    (mt, rt)
+}
+
+fn run(
+    norm: Normalization,
+    m: &[MRow],
+    r: &[RRow],
+    columns: usize,
+    min_release: u64,
+) -> (Vec<GroupResult>, u64) {
+    let (mt, rt) = tables(norm, m, r, columns);
     let report = match_offline(&Domain::new("test-collab", "email"), mt, rt, min_release).unwrap();
     (report.outcome.groups, report.outcome.suppressed_groups)
 }
 
 fn check(norm: Normalization, m: &[MRow], r: &[RRow], columns: usize, min_release: u64) {
+    let outcome = run(norm, m, r, columns, min_release);
+    check_outcome(norm, m, r, columns, min_release, outcome);
+}
+
+/// The same session as a job of `buckets` buckets ([`match_offline_bucketed`]).
+fn run_bucketed(
+    norm: Normalization,
+    m: &[MRow],
+    r: &[RRow],
+    columns: usize,
+    min_release: u64,
+    buckets: u32,
+) -> (Vec<GroupResult>, u64) {
+    let (mt, rt) = tables(norm, m, r, columns);
+    let report = match_offline_bucketed(
+        &Domain::new("test-collab", "email"),
+        mt,
+        rt,
+        min_release,
+        buckets,
+    )
+    .unwrap();
+    (report.outcome.groups, report.outcome.suppressed_groups)
+}
+
+/// Checks a run's released groups and suppressed count against the plain computation.
+fn check_outcome(
+    norm: Normalization,
+    m: &[MRow],
+    r: &[RRow],
+    columns: usize,
+    min_release: u64,
+    (groups, suppressed): (Vec<GroupResult>, u64),
+) {
     let expected = plain(norm, m, r, columns);
-    let (groups, suppressed) = run(norm, m, r, columns, min_release);
     let got: BTreeMap<(String, String), (u64, Vec<u64>)> = groups
         .into_iter()
         .map(|g| {
@@ -308,4 +351,30 @@ proptest! {
     fn protocol_equals_plain_computation((m, r) in arb_rows(), threshold in 1u64..4) {
         check(Normalization::Email, &m, &r, 2, threshold);
     }
+
+    /// A job of buckets releases exactly what one session over the whole sets does: the
+    /// buckets' intersections are disjoint, their counts and encrypted sums add up, and the
+    /// threshold applies once, to the totals (a pair under it in every bucket can pass it).
+    #[test]
+    fn a_job_of_buckets_equals_one_session((m, r) in arb_rows(), threshold in 1u64..4, buckets in 1u32..9) {
+        let outcome = run_bucketed(Normalization::Email, &m, &r, 2, threshold, buckets);
+        check_outcome(Normalization::Email, &m, &r, 2, threshold, outcome);
+    }
+}
+
+#[test]
+fn a_job_releases_pairs_that_no_single_bucket_would() {
+    // 40 shared identifiers in 8 buckets: about 5 per bucket, under a threshold of 30, yet
+    // 40 in all.
+    let m: Vec<MRow> = (0..40)
+        .map(|i| (String::new(), format!("u{i}@x.com")))
+        .collect();
+    let r: Vec<RRow> = (0..40)
+        .map(|i| (String::new(), format!("u{i}@x.com"), vec![i, 1]))
+        .collect();
+    let (groups, suppressed) = run_bucketed(Normalization::Email, &m, &r, 2, 30, 8);
+    assert_eq!(suppressed, 0);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].intersection_size, 40);
+    assert_eq!(groups[0].sums, vec![(0..40).sum::<u64>(), 40]);
 }

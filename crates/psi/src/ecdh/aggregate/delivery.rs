@@ -50,6 +50,18 @@ impl ResultKeys {
         ResultKeys { value_key, groups }
     }
 
+    /// The keys of a job's result, for its own querier: the job's `value_key` (none for
+    /// cardinality) and its whole table's groups ([`ReceiverTable::group_sizes`], taken before
+    /// the table was split into buckets).
+    ///
+    /// [`ReceiverTable::group_sizes`]: crate::ReceiverTable::group_sizes
+    pub fn for_job(value_key: Option<&ValueKey>, groups: Vec<(String, u64)>) -> ResultKeys {
+        ResultKeys {
+            value_key: value_key.map(ValueKey::copy),
+            groups,
+        }
+    }
+
     /// The number of value columns the keys decrypt (0 for cardinality).
     pub fn value_columns(&self) -> usize {
         self.value_key.as_ref().map_or(0, ValueKey::value_columns)

@@ -21,22 +21,24 @@
 //!   their noise) and how many were not; released sums are re-randomized, by an encryption of
 //!   zero or of the noise.
 
+use super::job::BucketPart;
+use super::release::{Accumulator, ReleaseTerms, release};
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
     AggregateMessage, GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary,
-    ReleasedGroup, items_context, point_error,
+    items_context, point_error,
 };
 use crate::Domain;
 use crate::ecdh::batch::{hash_and_blind, reblind_to_tags};
 use crate::ecdh::elgamal::{Ciphertext, LIMBS_PER_VALUE, ValuePublicKey};
 use crate::ecdh::key::BlindingKey;
-use crate::ecdh::noise::{MAX_NOISY_PAIRS, NoiseBounds, NoiseError};
+use crate::ecdh::noise::{MAX_NOISY_PAIRS, NoiseBounds};
 use crate::ecdh::range_proof::{ChunkProof, ValueRange, verify_chunk};
 use crate::party::{Stage, impl_party};
 use crate::randomness::{OsRandomness, Randomness, Stream, shuffle};
 use crate::table::MatcherTable;
 use crate::wire::WireMessage;
-use crate::wire::{CHUNK_ITEMS, PointBytes, RESULT_CHUNK_GROUPS, Tag, WireError};
+use crate::wire::{CHUNK_ITEMS, PointBytes, Tag, WireError};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -45,12 +47,6 @@ struct PeerItems {
     public_key: Option<ValuePublicKey>,
     sizes: Vec<u64>,
     received: Vec<u64>,
-}
-
-#[derive(Default)]
-struct Accumulator {
-    count: u64,
-    sum: Option<Ciphertext>,
 }
 
 /// How the receiver answers a matcher group: the tags of its re-blinded points, or, in a noisy
@@ -761,6 +757,32 @@ impl Matcher {
         )
     }
 
+    /// Ends this matcher's part of a job of buckets ([`JobTotals`](super::JobTotals)) once
+    /// the receiver's data is complete: hands over its totals per pair of groups, its group
+    /// keys and announced sizes, the receiver's value keys and the bounded count, and
+    /// releases nothing. The matcher is then finished; a bucket is never released on its own.
+    pub(super) fn take_bucket(&mut self) -> Result<BucketPart, ProtocolError> {
+        if self.released {
+            return Err(ProtocolError::NotReady("already released"));
+        }
+        if self.counts.is_none() {
+            return Err(ProtocolError::NotReady("the receiver's data is incomplete"));
+        }
+        self.released = true;
+        Ok(BucketPart {
+            matcher_groups: self
+                .groups
+                .iter()
+                .map(|(key, ids)| (key.clone(), ids.len() as u64))
+                .collect(),
+            receiver_groups: self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32,
+            public_key: self.peer.as_ref().and_then(|p| p.public_key.clone()),
+            noisy: self.noise.is_some(),
+            totals: std::mem::take(&mut self.accumulators),
+            bounded: self.table_bounded + self.match_bounded,
+        })
+    }
+
     /// Release what `decide` says for each pair of groups: queues result messages and the
     /// closing `MatcherDone` for `poll_message`. Exact sessions decide the pairs that share at
     /// least one identifier; noisy sessions ([`with_noise`](Self::with_noise)) decide every
@@ -777,7 +799,7 @@ impl Matcher {
     /// non-empty pairs would tell whether a lone identifier matched).
     pub fn release_with(
         &mut self,
-        mut decide: impl FnMut(&GroupCount) -> GroupDecision,
+        decide: impl FnMut(&GroupCount) -> GroupDecision,
         disclose_bounded: impl FnOnce(u64) -> u64,
     ) -> Result<ReleaseSummary, ProtocolError> {
         if self.released {
@@ -786,95 +808,19 @@ impl Matcher {
         if self.counts.is_none() {
             return Err(ProtocolError::NotReady("the receiver's data is incomplete"));
         }
-        let public_key = self.peer.as_ref().and_then(|p| p.public_key.clone());
-        let receiver_groups = self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32;
-        let announced_pairs = (self.groups.len() as u64) * u64::from(receiver_groups);
-        let pairs: Vec<(u32, u32)> = match &self.noise {
-            None => self.accumulators.keys().copied().collect(),
-            Some(_) => (0..self.groups.len() as u32)
-                .flat_map(|m| (0..receiver_groups).map(move |r| (m, r)))
-                .collect(),
+        let keys: Vec<String> = self.groups.iter().map(|(key, _)| key.clone()).collect();
+        let terms = ReleaseTerms {
+            matcher_groups: &keys,
+            receiver_groups: self.peer.as_ref().map_or(0, |p| p.sizes.len()) as u32,
+            public_key: self.peer.as_ref().and_then(|p| p.public_key.as_ref()),
+            noise: self.noise.as_ref(),
+            randomness: &*self.randomness,
+            bounded: self.table_bounded + self.match_bounded,
         };
-        let mut released = Vec::new();
-        for (m, r) in pairs {
-            let acc = self.accumulators.get(&(m, r));
-            let count = GroupCount {
-                matcher_group: self.groups[m as usize].0.clone(),
-                receiver_group: r,
-                intersection_size: acc.map_or(0, |a| a.count),
-            };
-            let decision = decide(&count);
-            let (intersection_size, sums) = match (&decision, &self.noise) {
-                (GroupDecision::Suppress, _) => continue,
-                (decision, None) if decision.is_exact() => {
-                    let sums = match (acc.and_then(|a| a.sum.as_ref()), &public_key) {
-                        (Some(sum), Some(pk)) => {
-                            let mut total = sum.clone();
-                            let index = released.len() as u64;
-                            total.add_assign(&self.randomness.encryption_of_zero(pk, index));
-                            total.to_bytes()
-                        }
-                        _ => Vec::new(),
-                    };
-                    (count.intersection_size, sums)
-                }
-                (_, None) => return Err(NoiseError::WithoutBounds.into()),
-                (
-                    GroupDecision::Release {
-                        count_noise,
-                        sum_noise,
-                    },
-                    Some(bounds),
-                ) => {
-                    let noisy = i128::from(count.intersection_size) + i128::from(*count_noise);
-                    let noisy = u64::try_from(noisy.max(0)).unwrap_or(u64::MAX);
-                    let sums = match &public_key {
-                        Some(pk) => {
-                            let mut total = acc
-                                .and_then(|a| a.sum.clone())
-                                .unwrap_or_else(|| Ciphertext::zero(pk.value_columns()));
-                            // A fresh encryption of the noise also re-randomizes the total.
-                            total.add_assign(&pk.encrypt_limbs(&bounds.encode(sum_noise)?));
-                            total.to_bytes()
-                        }
-                        None => {
-                            bounds.encode(sum_noise)?;
-                            Vec::new()
-                        }
-                    };
-                    (noisy, sums)
-                }
-            };
-            released.push(ReleasedGroup {
-                matcher_group: count.matcher_group,
-                receiver_group: r,
-                intersection_size,
-                sums,
-            });
-        }
+        let (messages, summary) = release(&terms, &self.accumulators, decide, disclose_bounded)?;
         self.released = true;
-        let total = released.len() as u64;
-        let suppressed = announced_pairs - total;
-        let bounded = self.table_bounded + self.match_bounded;
-        let disclosed = match self.noise {
-            Some(_) => disclose_bounded(bounded),
-            None => 0,
-        };
-        for chunk in released.chunks(RESULT_CHUNK_GROUPS) {
-            self.outbox.push_back(AggregateMessage::MatcherResult {
-                groups: chunk.to_vec(),
-            });
-        }
-        self.outbox.push_back(AggregateMessage::MatcherDone {
-            released: total,
-            suppressed,
-            bounded: disclosed,
-        });
-        Ok(ReleaseSummary {
-            released: total,
-            suppressed,
-            bounded,
-        })
+        self.outbox.extend(messages);
+        Ok(summary)
     }
 }
 

@@ -66,13 +66,16 @@
 
 mod delivery;
 mod inbox;
+mod job;
 mod matcher;
 mod message;
 mod outcome;
 mod receiver;
+mod release;
 mod sizes;
 
 pub use delivery::{ResultKeys, ResultKeysError, ResultOpener};
+pub use job::JobTotals;
 pub use matcher::Matcher;
 pub use message::{AggregateMessage, ReleasedGroup};
 pub use outcome::{GroupCount, GroupDecision, GroupResult, ReceiverOutcome, ReleaseSummary};
@@ -154,6 +157,9 @@ pub enum ProtocolError {
     /// A group index outside the announced groups.
     #[error("unknown group {0}")]
     UnknownGroup(u32),
+    /// A bucket of a job whose shape (groups, value keys, noise) differs from the job's first.
+    #[error("a bucket differs from the job's first bucket in {0}")]
+    BucketMismatch(&'static str),
     /// More elements for a group than its hello announced.
     #[error("group {group}: more elements than the {announced} announced")]
     TooManyElements {

@@ -93,6 +93,36 @@ impl Receiver {
         )
     }
 
+    /// The receiver of one bucket of a job ([`JobTotals`](super::JobTotals)): fresh blinding
+    /// key, but `value_key` (the job's, for every bucket, so that the buckets' encrypted sums
+    /// add up; `None` for cardinality), and no result: it finishes after its tags, as
+    /// [`results_elsewhere`](Self::results_elsewhere). The job's result is opened with a
+    /// [`ResultOpener`](super::ResultOpener) over [`ResultKeys::for_job`].
+    pub fn in_job(
+        domain: &Domain,
+        table: ReceiverTable,
+        limits: Limits,
+        value_key: Option<&ValueKey>,
+    ) -> Result<Self, ProtocolError> {
+        let value_columns = table.value_columns();
+        let columns = value_key.map_or(0, ValueKey::value_columns);
+        if columns != value_columns {
+            return Err(ProtocolError::ValueColumns {
+                expected: value_columns,
+                got: columns,
+            });
+        }
+        let receiver = Self::with_groups(
+            domain,
+            table.into_groups(),
+            value_columns,
+            limits,
+            (BlindingKey::generate(), value_key.map(ValueKey::copy)),
+            Box::new(OsRandomness),
+        );
+        Ok(receiver.results_elsewhere())
+    }
+
     /// A receiver for published test vectors only: the keys are `key` and `value_key` (which
     /// must have the table's value columns), each group's items are sorted by identifier and
     /// then shuffled by `rng` (stream `receiver/shuffle/<g>`), item `i` of group `g` is

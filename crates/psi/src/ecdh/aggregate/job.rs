@@ -1,0 +1,261 @@
+//! A job of buckets: one query over sets too large for one session, run as one session per
+//! bucket ([`bucket`](crate::bucket)) and released once.
+//!
+//! ```text
+//!   for each bucket i:  matcher_i ⇄ receiver_i   (fresh blinding keys; the receiver's one
+//!                       value key for the whole job; no release: the receiver stops after
+//!                       its tags, the matcher hands its totals to JobTotals)
+//!   JobTotals: Σ_i counts and Σ_i ciphertexts per pair of groups
+//!   release once:       MatcherHello (sizes summed over buckets), MatcherResult*, MatcherDone
+//!                       → the receiver checks and opens them with a ResultOpener
+//! ```
+//!
+//! Invariants:
+//! - an identifier is in exactly one bucket on both sides, so the totals equal one session's
+//!   over the whole sets, exactly, and a per-identifier bound under noise stays one;
+//! - every bucket announces every group of both sides (empty ones too), so a pair of groups has
+//!   the same numbers in every bucket; a bucket whose groups, receiver groups or value keys
+//!   differ from the first's is refused;
+//! - nothing is released per bucket: the threshold, the noise and the release are applied
+//!   once, to the totals, by the same code as a session's ([`release`](super::release)).
+
+use std::collections::BTreeMap;
+
+use super::release::{Accumulator, ReleaseTerms, release};
+use super::{AggregateMessage, GroupCount, GroupDecision, Matcher, ProtocolError, ReleaseSummary};
+use crate::ecdh::elgamal::ValuePublicKey;
+use crate::ecdh::noise::NoiseBounds;
+use crate::randomness::OsRandomness;
+
+/// One bucket's matcher, done: what [`JobTotals::add_bucket`] takes from it.
+pub(super) struct BucketPart {
+    pub matcher_groups: Vec<(String, u64)>,
+    pub receiver_groups: u32,
+    pub public_key: Option<ValuePublicKey>,
+    pub noisy: bool,
+    pub totals: BTreeMap<(u32, u32), Accumulator>,
+    pub bounded: u64,
+}
+
+/// The matcher's side of a job: the totals of its buckets so far, released once after the
+/// last.
+pub struct JobTotals {
+    noise: Option<NoiseBounds>,
+    /// The first bucket's shape, which every other must have.
+    shape: Option<(Vec<String>, u32, Option<ValuePublicKey>)>,
+    /// The matcher's group sizes summed over the buckets.
+    sizes: Vec<u64>,
+    totals: BTreeMap<(u32, u32), Accumulator>,
+    bounded: u64,
+    buckets: u32,
+    released: bool,
+}
+
+impl JobTotals {
+    /// An empty job, released exactly, or with noise within `noise` (the bounds every
+    /// bucket's matcher was made [`with_noise`](Matcher::with_noise) with).
+    pub fn new(noise: Option<NoiseBounds>) -> JobTotals {
+        JobTotals {
+            noise,
+            shape: None,
+            sizes: Vec::new(),
+            totals: BTreeMap::new(),
+            bounded: 0,
+            buckets: 0,
+            released: false,
+        }
+    }
+
+    /// Adds the totals of `matcher`, one bucket's matcher whose receiver's data is complete
+    /// (it awaits its release); the matcher is finished afterwards, having released nothing.
+    pub fn add_bucket(&mut self, matcher: &mut Matcher) -> Result<(), ProtocolError> {
+        if self.released {
+            return Err(ProtocolError::NotReady("the job is released"));
+        }
+        let part = matcher.take_bucket()?;
+        if part.noisy != self.noise.is_some() {
+            return Err(ProtocolError::BucketMismatch("noise"));
+        }
+        let keys: Vec<String> = part.matcher_groups.iter().map(|(k, _)| k.clone()).collect();
+        match &self.shape {
+            None => {
+                self.sizes = vec![0; keys.len()];
+                self.shape = Some((keys, part.receiver_groups, part.public_key));
+            }
+            Some((groups, receiver_groups, public_key)) => {
+                if *groups != keys {
+                    return Err(ProtocolError::BucketMismatch("the matcher's groups"));
+                }
+                if *receiver_groups != part.receiver_groups {
+                    return Err(ProtocolError::BucketMismatch("the receiver's groups"));
+                }
+                if *public_key != part.public_key {
+                    return Err(ProtocolError::BucketMismatch("the receiver's value keys"));
+                }
+            }
+        }
+        for (size, (_, n)) in self.sizes.iter_mut().zip(&part.matcher_groups) {
+            *size += n;
+        }
+        for (pair, acc) in part.totals {
+            self.totals.entry(pair).or_default().add(&acc);
+        }
+        self.bounded += part.bounded;
+        self.buckets += 1;
+        Ok(())
+    }
+
+    /// How many buckets were added.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The intersection size of each pair of groups that shares an identifier, over every
+    /// bucket so far (exact; what the matcher learns).
+    pub fn counts(&self) -> Vec<GroupCount> {
+        let Some((groups, _, _)) = &self.shape else {
+            return Vec::new();
+        };
+        self.totals
+            .iter()
+            .map(|(&(m, r), acc)| GroupCount {
+                matcher_group: groups[m as usize].clone(),
+                receiver_group: r,
+                intersection_size: acc.count,
+            })
+            .collect()
+    }
+
+    /// Releases exactly the pairs `decide` accepts, as [`Matcher::release`]; see
+    /// [`release_with`](Self::release_with).
+    pub fn release(
+        &mut self,
+        mut decide: impl FnMut(&GroupCount) -> bool,
+    ) -> Result<(Vec<AggregateMessage>, ReleaseSummary), ProtocolError> {
+        self.release_with(
+            |count| {
+                if decide(count) {
+                    GroupDecision::EXACT
+                } else {
+                    GroupDecision::Suppress
+                }
+            },
+            |bounded| bounded,
+        )
+    }
+
+    /// Releases the job as [`Matcher::release_with`] releases a session, over the totals of
+    /// every bucket: returns the messages the receiver checks, the job's hello (the matcher's
+    /// group sizes summed over the buckets) first, then the results and `MatcherDone`.
+    pub fn release_with(
+        &mut self,
+        decide: impl FnMut(&GroupCount) -> GroupDecision,
+        disclose_bounded: impl FnOnce(u64) -> u64,
+    ) -> Result<(Vec<AggregateMessage>, ReleaseSummary), ProtocolError> {
+        if self.released {
+            return Err(ProtocolError::NotReady("already released"));
+        }
+        let Some((groups, receiver_groups, public_key)) = &self.shape else {
+            return Err(ProtocolError::NotReady("no bucket was matched"));
+        };
+        let terms = ReleaseTerms {
+            matcher_groups: groups,
+            receiver_groups: *receiver_groups,
+            public_key: public_key.as_ref(),
+            noise: self.noise.as_ref(),
+            randomness: &OsRandomness,
+            bounded: self.bounded,
+        };
+        let (results, summary) = release(&terms, &self.totals, decide, disclose_bounded)?;
+        self.released = true;
+        let mut messages = vec![AggregateMessage::MatcherHello {
+            group_sizes: self.sizes.clone(),
+        }];
+        messages.extend(results);
+        Ok((messages, summary))
+    }
+}
+
+impl std::fmt::Debug for JobTotals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobTotals")
+            .field("buckets", &self.buckets)
+            .field("released", &self.released)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecdh::elgamal::ValueKey;
+    use crate::offline::drive;
+    use crate::{Domain, Limits, MatcherTable, Normalization, Receiver, ReceiverTable};
+
+    /// One bucket's session over `m` and `r` (rows of `(group, id)`), added to `job`.
+    fn bucket(
+        job: &mut JobTotals,
+        m: &[(&str, &str)],
+        r: &[(&str, &str)],
+        value_key: &ValueKey,
+    ) -> Result<(), ProtocolError> {
+        let domain = Domain::new("job", "email");
+        let mut mt = MatcherTable::new(Normalization::Email);
+        for (g, id) in m {
+            mt.push(g, id).unwrap();
+        }
+        let mut rt = ReceiverTable::new(Normalization::Email, 1).unwrap();
+        for (g, id) in r {
+            rt.push(g, id, &[3]).unwrap();
+        }
+        let limits = Limits::unlimited();
+        let mut matcher = Matcher::new(&domain, mt, limits);
+        let mut receiver = Receiver::in_job(&domain, rt, limits, Some(value_key)).unwrap();
+        drive(
+            &mut matcher,
+            &mut receiver,
+            |m| job.add_bucket(m),
+            &mut |_, _| {},
+        )
+        .map(drop)
+    }
+
+    #[test]
+    fn a_bucket_of_another_shape_is_refused_and_nothing_is_released_before_the_end() {
+        let key = ValueKey::generate(1);
+        let mut job = JobTotals::new(None);
+        bucket(&mut job, &[("a", "x@y.z")], &[("", "x@y.z")], &key).unwrap();
+        // Other matcher groups, other receiver groups, other value keys: refused.
+        let wrong = [
+            bucket(&mut job, &[("b", "x@y.z")], &[("", "x@y.z")], &key),
+            bucket(
+                &mut job,
+                &[("a", "x@y.z")],
+                &[("r", "x@y.z"), ("s", "w@y.z")],
+                &key,
+            ),
+            bucket(
+                &mut job,
+                &[("a", "x@y.z")],
+                &[("", "x@y.z")],
+                &ValueKey::generate(1),
+            ),
+        ];
+        for error in wrong {
+            assert!(
+                matches!(error, Err(ProtocolError::BucketMismatch(_))),
+                "{error:?}"
+            );
+        }
+        bucket(&mut job, &[("a", "v@y.z")], &[("", "v@y.z")], &key).unwrap();
+        assert_eq!(job.buckets(), 2);
+        assert_eq!(job.counts()[0].intersection_size, 2);
+        let (messages, summary) = job.release(|c| c.intersection_size >= 2).unwrap();
+        assert_eq!(summary.released, 1);
+        assert!(matches!(
+            &messages[0],
+            AggregateMessage::MatcherHello { group_sizes } if group_sizes == &[2]
+        ));
+        assert!(job.release(|_| true).is_err(), "released once");
+    }
+}
