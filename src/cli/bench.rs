@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Transport between the parties.
     #[arg(long, value_enum, default_value_t = Transport::Memory)]
     transport: Transport,
+    /// Run the session as a job of this many buckets (in memory, cardinality and sum): both
+    /// sets split by a keyed hash, one session per bucket, released once.
+    #[arg(long, value_name = "B", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    buckets: u32,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -67,10 +71,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "--overlap must be between 0 and 1"
     );
     let columns = usize::from(args.protocol != BenchProtocol::Cardinality);
+    ensure!(
+        args.buckets == 1
+            || (args.transport == Transport::Memory
+                && args.protocol != BenchProtocol::ProvenSum
+                && args.concurrency.is_none()),
+        "--buckets runs in memory, for cardinality and sum"
+    );
     let session = Session {
         protocol: args.protocol,
         transport: args.transport,
         interactive: args.format == Format::Table,
+        buckets: args.buckets,
     };
     if let (Some(left), Some(right)) = (&args.left, &args.right) {
         let tables = Tables {

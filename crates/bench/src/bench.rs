@@ -55,6 +55,9 @@ pub struct Session {
     pub transport: Transport,
     /// Draw progress bars (the output is a terminal table).
     pub interactive: bool,
+    /// In memory: run the session as a job of this many buckets (1: one session), released
+    /// once ([`cleanroom_psi::JobTotals`]).
+    pub buckets: u32,
 }
 
 impl Session {
@@ -95,7 +98,7 @@ pub fn run_generated(session: Session, n: u64, common: u64) -> Result<Report> {
         }
         Transport::Memory => {
             let (m, r) = generated_tables(n, common, columns)?;
-            run_memory(m, r, n, interactive)?
+            run_memory(m, r, n, interactive, session.buckets)?
         }
         Transport::Grpc => run_grpc(n, common, columns)?,
     };
@@ -155,6 +158,7 @@ fn report(
             Transport::Memory => "memory",
             Transport::Grpc => "grpc",
         },
+        buckets: (session.buckets > 1).then_some(session.buckets),
         seconds,
         elements_per_second: elements as f64 / seconds,
         intersection_size: size,
@@ -169,6 +173,7 @@ fn report(
     let mut rows = vec![
         vec!["size per party".into(), n.to_string()],
         vec!["protocol".into(), protocol.into()],
+        vec!["buckets".into(), session.buckets.max(1).to_string()],
         vec!["intersection (checked)".into(), size.to_string()],
         vec!["seconds".into(), format!("{seconds:.3}")],
         vec![
@@ -222,6 +227,9 @@ pub struct BenchReport {
     right_size: Option<u64>,
     protocol: &'static str,
     transport: &'static str,
+    /// Buckets of the job (in memory); absent for one session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buckets: Option<u32>,
     seconds: f64,
     elements_per_second: f64,
     intersection_size: u64,
@@ -387,7 +395,7 @@ pub fn run_tables(
         }
         Transport::Memory => {
             let (m, r) = build()?;
-            run_memory(m, r, n, interactive)?
+            run_memory(m, r, n, interactive, session.buckets)?
         }
         Transport::Grpc => {
             drop((left, right));
@@ -435,14 +443,19 @@ fn run_memory(
     receiver_table: ReceiverTable,
     n: u64,
     interactive: bool,
+    buckets: u32,
 ) -> Result<Measured> {
     let domain = Domain::new("cleanroom-bench", "email");
-    let progress = session_progress(n, interactive && n >= 50_000)?;
+    let progress = session_progress(n, interactive && n >= 50_000 && buckets <= 1)?;
     let trace = CpuTrace::start();
     let started = Instant::now();
-    let report = match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
-        progress.inc(elements(msg))
-    })?;
+    let report = if buckets > 1 {
+        cleanroom_psi::match_offline_bucketed(&domain, matcher_table, receiver_table, 1, buckets)?
+    } else {
+        match_offline_observed(&domain, matcher_table, receiver_table, 1, |msg, _| {
+            progress.inc(elements(msg))
+        })?
+    };
     let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
