@@ -154,6 +154,55 @@ fn json_matches_a_plain_computation() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["intersection_size"], n);
     assert!(v.get("sum").is_none() && v.get("groups").is_none());
+
+    // As a job of buckets through bucket files: the same document, and the work directory
+    // left as it was found.
+    let whole = {
+        let (code, out, err) = cleanroom(
+            &[
+                &args[..],
+                &[
+                    "--sum",
+                    "amount",
+                    "--group-by",
+                    "campaign",
+                    "--format",
+                    "json",
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    for buckets in ["2", "7"] {
+        let (code, out, err) = cleanroom(
+            &[
+                &args[..],
+                &[
+                    "--sum",
+                    "amount",
+                    "--group-by",
+                    "campaign",
+                    "--format",
+                    "json",
+                    "--buckets",
+                    buckets,
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, whole, "{buckets} buckets");
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+    let (code, _, err) = cleanroom(&[&args[..], &["--work-dir", work.to_str().unwrap()]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--buckets"), "{err}");
 }
 
 #[test]

@@ -3,12 +3,13 @@
 //! Rows whose identifier is NULL (empty, `NULL`, `null`, `\N`) or empty after normalization
 //! are never matched; how many each side had is printed with the result.
 
+use super::match_job::{Job, Sides};
 use super::output::{CsvCells, Format, render_csv, render_table};
 use super::table_input::{amount, cell, parse_spec};
 use anyhow::{Context, Result};
 use clap::Args;
 use cleanroom_data::{Decimal, Table, TableSpec};
-use cleanroom_psi::{Domain, MatcherTable, Normalization, ReceiverTable, match_offline};
+use cleanroom_psi::{Domain, Normalization};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -45,6 +46,16 @@ pub struct MatchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Match as a job of this many buckets: both tables are read once into bucket files (by a
+    /// keyed hash of the identifier) and matched one bucket at a time, so that one bucket's
+    /// sets are in memory at once; the result is the same (docs/scale-out.md).
+    #[arg(long, value_name = "B", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    buckets: u32,
+    /// With --buckets: where the bucket files go (a fresh directory inside it, removed at the
+    /// end); by default under the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_normalization(s: &str) -> Result<Normalization, String> {
@@ -91,6 +102,10 @@ fn sum_scale(table: &Table, index: usize, name: &str, given: Option<u8>) -> Resu
 
 /// Run `cleanroom match`.
 pub fn run(args: MatchArgs) -> Result<ExitCode> {
+    let domain = Domain::new(OFFLINE_COLLABORATION, &args.id_column);
+    if args.work_dir.is_some() && args.buckets == 1 {
+        anyhow::bail!("--work-dir holds the bucket files of --buckets B (B > 1)");
+    }
     let mut left = open(&args.left)?;
     let id_left = column(&left, &args.id_column)?;
     let group_col = args
@@ -98,28 +113,6 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|g| column(&left, g))
         .transpose()?;
-    let mut matcher = MatcherTable::new(args.normalize);
-    let mut group_keys = std::collections::BTreeSet::new();
-    let (mut left_rows, mut left_skipped) = (0u64, 0u64);
-    while let Some(row) = left.next() {
-        let row = row?;
-        left_rows += 1;
-        let id = cell(&left, &row, id_left, &args.id_column)?.text();
-        let Some(id) = id.filter(|id| args.normalize.apply(id).is_some()) else {
-            left_skipped += 1;
-            continue;
-        };
-        let at = |e| anyhow::anyhow!("{}: {}: {e}", left.location(), row.position);
-        matcher.push(ALL, &id).map_err(at)?;
-        if let (Some(g), Some(name)) = (group_col, &args.group_by) {
-            let key = cell(&left, &row, g, name)?
-                .text()
-                .map_or_else(|| "NULL".to_owned(), |t| t.into_owned());
-            matcher.push(&format!("{GROUP}{key}"), &id).map_err(at)?;
-            group_keys.insert(key);
-        }
-    }
-
     let mut right = open(&args.right)?;
     let id_right = column(&right, &args.id_column)?;
     let sum_col = args
@@ -131,7 +124,40 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
         Some((i, name)) => sum_scale(&right, i, name, args.scale)?,
         None => 0,
     };
-    let mut receiver = ReceiverTable::new(args.normalize, usize::from(sum_col.is_some()))?;
+    let columns = usize::from(sum_col.is_some());
+    let job = (args.buckets > 1)
+        .then(|| {
+            Job::new(
+                &domain,
+                args.buckets,
+                args.normalize,
+                args.work_dir.as_deref(),
+            )
+        })
+        .transpose()?;
+    let mut sides = Sides::new(job.as_ref(), args.normalize, columns)?;
+
+    let mut group_keys = std::collections::BTreeSet::new();
+    let (mut left_rows, mut left_skipped) = (0u64, 0u64);
+    while let Some(row) = left.next() {
+        let row = row?;
+        left_rows += 1;
+        let id = cell(&left, &row, id_left, &args.id_column)?.text();
+        let Some(id) = id.filter(|id| args.normalize.apply(id).is_some()) else {
+            left_skipped += 1;
+            continue;
+        };
+        let at = |e| anyhow::anyhow!("{}: {}: {e}", left.location(), row.position);
+        sides.push_left(ALL, &id).map_err(at)?;
+        if let (Some(g), Some(name)) = (group_col, &args.group_by) {
+            let key = cell(&left, &row, g, name)?
+                .text()
+                .map_or_else(|| "NULL".to_owned(), |t| t.into_owned());
+            sides.push_left(&format!("{GROUP}{key}"), &id).map_err(at)?;
+            group_keys.insert(key);
+        }
+    }
+
     let (mut right_rows, mut right_skipped) = (0u64, 0u64);
     while let Some(row) = right.next() {
         let row = row?;
@@ -148,11 +174,12 @@ pub fn run(args: MatchArgs) -> Result<ExitCode> {
             right_skipped += 1;
             continue;
         };
-        receiver.push("", &id, &values).map_err(|e| at(e.into()))?;
+        sides.push_right(&id, &values).map_err(at)?;
     }
 
-    let domain = Domain::new(OFFLINE_COLLABORATION, &args.id_column);
-    let report = match_offline(&domain, matcher, receiver, 1).context("matching failed")?;
+    let mut groups = vec![ALL.to_owned()];
+    groups.extend(group_keys.iter().map(|k| format!("{GROUP}{k}")));
+    let report = sides.run(&domain, &groups).context("matching failed")?;
     let mut by_group: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for g in &report.outcome.groups {
         by_group.insert(

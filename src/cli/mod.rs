@@ -2,11 +2,13 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bucket_files;
 pub mod budget;
 pub mod check;
 pub mod demo;
 pub mod health;
 pub mod key;
+pub mod match_job;
 pub mod matching;
 pub mod output;
 pub mod query;

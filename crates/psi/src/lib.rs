@@ -79,7 +79,7 @@ pub use hash::Domain;
 pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{
     ListReport, MatchReport, list_offline, list_offline_observed, match_offline,
-    match_offline_bucketed, match_offline_observed,
+    match_offline_bucketed, match_offline_job, match_offline_observed,
 };
 pub use party::{Party, Stage};
 pub use table::{

@@ -70,11 +70,9 @@ pub fn match_offline(
 ) -> Result<MatchReport, ProtocolError> {
     match_offline_observed(domain, matcher, receiver, min_release, |_, _| {})
 }
-/// [`match_offline`] as a job of `buckets` buckets ([`JobTotals`]): both tables split by a
-/// fresh [`BucketKey`], one session per bucket (fresh blinding keys, the receiver's one value
-/// key, no release), the matcher's totals added up and released once, and the release checked
-/// and opened by the receiver's [`ResultOpener`]. The outcome equals an unbucketed run's; the
-/// report's messages and bytes are every bucket's and the release's.
+/// [`match_offline`] as a job of `buckets` buckets ([`JobTotals`]): both tables split in
+/// memory by a fresh [`BucketKey`] ([`MatcherTable::into_buckets`]), then
+/// [`match_offline_job`]. The outcome equals an unbucketed run's.
 pub fn match_offline_bucketed(
     domain: &Domain,
     matcher: MatcherTable,
@@ -82,20 +80,59 @@ pub fn match_offline_bucketed(
     min_release: u64,
     buckets: u32,
 ) -> Result<MatchReport, ProtocolError> {
-    let matcher_input = matcher.stats();
-    let receiver_input = receiver.stats();
-    let limits = Limits::unlimited();
+    let (matcher_input, receiver_input) = (matcher.stats(), receiver.stats());
     let key = BucketKey::generate();
     let columns = receiver.value_columns();
-    let value_key = (columns > 0).then(|| ValueKey::generate(columns));
-    let keys = ResultKeys::for_job(value_key.as_ref(), receiver.group_sizes());
-    let mut job = JobTotals::new(None);
-    let (mut messages, mut bytes) = (0u64, 0u64);
-    let parts = matcher
+    let mut parts = matcher
         .into_buckets(&key, domain, buckets)
         .into_iter()
         .zip(receiver.into_buckets(&key, domain, buckets));
-    for (matcher, receiver) in parts {
+    let mut report = match_offline_job(domain, buckets, columns, min_release, |_| {
+        parts
+            .next()
+            .ok_or(ProtocolError::NotReady("a bucket is missing"))
+    })?;
+    report.matcher_input = matcher_input;
+    report.receiver_input = receiver_input;
+    Ok(report)
+}
+
+/// A job of `buckets` buckets in this process, one bucket in memory at a time: `load(i)` gives
+/// bucket `i`'s two tables (each with every group of its side, as
+/// [`MatcherTable::into_buckets`] makes them) only when its turn comes. Each bucket is one
+/// session (fresh blinding keys, the receiver's one value key for `value_columns` columns, no
+/// release), the matcher's totals are added up and released once with `min_release`, and the
+/// receiver checks and opens the release with its [`ResultOpener`] over its whole groups (the
+/// sums of the buckets' group sizes). The report's input counts are the loaded parts'; its
+/// messages and bytes are every bucket's and the release's.
+pub fn match_offline_job<E: From<ProtocolError>>(
+    domain: &Domain,
+    buckets: u32,
+    value_columns: usize,
+    min_release: u64,
+    mut load: impl FnMut(u32) -> Result<(MatcherTable, ReceiverTable), E>,
+) -> Result<MatchReport, E> {
+    let limits = Limits::unlimited();
+    let value_key = (value_columns > 0).then(|| ValueKey::generate(value_columns));
+    let mut job = JobTotals::new(None);
+    let mut groups: Vec<(String, u64)> = Vec::new();
+    let (mut matcher_input, mut receiver_input) = (InputStats::default(), InputStats::default());
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    for bucket in 0..buckets.max(1) {
+        let (matcher, receiver) = load(bucket)?;
+        add_stats(&mut matcher_input, matcher.stats());
+        add_stats(&mut receiver_input, receiver.stats());
+        let sizes = receiver.group_sizes();
+        if groups.is_empty() {
+            groups = sizes;
+        } else if groups.len() != sizes.len() || groups.iter().zip(&sizes).any(|(a, b)| a.0 != b.0)
+        {
+            return Err(ProtocolError::BucketMismatch("the receiver's groups").into());
+        } else {
+            for (total, (_, n)) in groups.iter_mut().zip(sizes) {
+                total.1 += n;
+            }
+        }
         let mut m = Matcher::new(domain, matcher, limits);
         let mut r = Receiver::in_job(domain, receiver, limits, value_key.as_ref())?;
         let (n, b) = drive(&mut m, &mut r, |m| job.add_bucket(m), &mut |_, _| {})?;
@@ -104,12 +141,12 @@ pub fn match_offline_bucketed(
     }
     let counts = job.counts();
     let (release, _) = job.release(|c| c.intersection_size >= min_release)?;
-    let mut opener = ResultOpener::new(keys, limits);
+    let mut opener = ResultOpener::new(ResultKeys::for_job(value_key.as_ref(), groups), limits);
     for message in release {
         let encoded = message.encode();
         messages += 1;
         bytes += encoded.len() as u64;
-        opener.handle_message(AggregateMessage::decode(&encoded)?)?;
+        opener.handle_message(AggregateMessage::decode(&encoded).map_err(ProtocolError::from)?)?;
     }
     Ok(MatchReport {
         outcome: opener.open()?,
@@ -119,6 +156,11 @@ pub fn match_offline_bucketed(
         messages,
         bytes,
     })
+}
+
+fn add_stats(total: &mut InputStats, part: InputStats) {
+    total.rows += part.rows;
+    total.skipped_empty += part.skipped_empty;
 }
 
 /// What an offline list run produced and what it moved.

@@ -344,6 +344,16 @@ impl ReceiverTable {
         memberships.values().filter(|&&n| n > k).count() as u64
     }
 
+    /// Make sure the group `key` exists, empty if no row was pushed to it: every bucket of a
+    /// job announces every group ([`MatcherTable::ensure_group`] for the matcher).
+    pub fn ensure_group(&mut self, key: &str) -> Result<(), InputError> {
+        if key.len() > crate::wire::MAX_GROUP_KEY_BYTES {
+            return Err(InputError::GroupKeyTooLong);
+        }
+        self.groups.entry(key.to_owned()).or_default();
+        Ok(())
+    }
+
     /// Each group's key and number of distinct identifiers, in group order: what a job's
     /// release is checked against once its buckets are done.
     pub fn group_sizes(&self) -> Vec<(String, u64)> {

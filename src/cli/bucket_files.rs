@@ -1,0 +1,170 @@
+//! Bucket files: a table's kept rows written once, as they are read, to one file per bucket,
+//! then read back one bucket at a time, so that a job holds one bucket's sets in memory
+//! (docs/scale-out.md). Files live in a work directory: the one given (`--work-dir`), or a
+//! fresh one under the system's temporary directory, removed at the end.
+//!
+//! A record is `u32 count || count × (u32 length || UTF-8 bytes) || u32 count || count × u64`,
+//! big-endian: the row's texts (group key, identifier) and its values.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Where a job's bucket files go: a fresh directory, inside `--work-dir` when given, else under
+/// the system's temporary directory; removed with its files when dropped.
+pub struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    /// A fresh directory for one job, inside `dir` when given.
+    pub fn new(dir: Option<&Path>) -> Result<WorkDir> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cleanroom-job-");
+        Ok(WorkDir(match dir {
+            Some(dir) => builder
+                .tempdir_in(dir)
+                .with_context(|| format!("--work-dir {}", dir.display()))?,
+            None => builder.tempdir().context("a temporary work directory")?,
+        }))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// One side's bucket files being written.
+pub struct BucketWriter {
+    paths: Vec<PathBuf>,
+    files: Vec<BufWriter<File>>,
+}
+
+impl BucketWriter {
+    /// `buckets` new files named `<side>-<i>.bucket` in `dir`.
+    pub fn create(dir: &Path, side: &str, buckets: u32) -> Result<BucketWriter> {
+        let paths: Vec<PathBuf> = (0..buckets)
+            .map(|i| dir.join(format!("{side}-{i}.bucket")))
+            .collect();
+        let files = paths
+            .iter()
+            .map(|p| {
+                File::create_new(p)
+                    .map(|f| BufWriter::with_capacity(1 << 16, f))
+                    .with_context(|| format!("creating {}", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BucketWriter { paths, files })
+    }
+
+    /// Appends a record to bucket `bucket`.
+    pub fn write(&mut self, bucket: u32, texts: &[&str], values: &[u64]) -> Result<()> {
+        let file = &mut self.files[bucket as usize];
+        let mut record = Vec::with_capacity(16 + texts.iter().map(|t| 4 + t.len()).sum::<usize>());
+        record.extend_from_slice(&(texts.len() as u32).to_be_bytes());
+        for text in texts {
+            record.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            record.extend_from_slice(text.as_bytes());
+        }
+        record.extend_from_slice(&(values.len() as u32).to_be_bytes());
+        for v in values {
+            record.extend_from_slice(&v.to_be_bytes());
+        }
+        file.write_all(&record)
+            .with_context(|| format!("writing {}", self.paths[bucket as usize].display()))
+    }
+
+    /// Flushes and closes every file; returns their paths, by bucket.
+    pub fn finish(self) -> Result<Vec<PathBuf>> {
+        for (file, path) in self.files.into_iter().zip(&self.paths) {
+            file.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(self.paths)
+    }
+}
+
+/// Reads every record of the bucket file at `path`, in order, into `each(texts, values)`.
+pub fn read_bucket(
+    path: &Path,
+    mut each: impl FnMut(&[String], &[u64]) -> Result<()>,
+) -> Result<()> {
+    let mut file = BufReader::with_capacity(
+        1 << 16,
+        File::open(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let bad = || anyhow::anyhow!("{}: a damaged bucket file", path.display());
+    let u32_of = |file: &mut BufReader<File>, at_start: bool| -> Result<Option<u32>> {
+        let mut buf = [0u8; 4];
+        match file.read_exact(&mut buf) {
+            Ok(()) => Ok(Some(u32::from_be_bytes(buf))),
+            Err(e) if at_start && e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(_) => Err(bad()),
+        }
+    };
+    let (mut texts, mut values) = (Vec::new(), Vec::new());
+    while let Some(count) = u32_of(&mut file, true)? {
+        texts.clear();
+        values.clear();
+        for _ in 0..count {
+            let len = u32_of(&mut file, false)?.ok_or_else(bad)? as usize;
+            if len > 1 << 20 {
+                bail!("{}: a damaged bucket file", path.display());
+            }
+            let mut bytes = vec![0u8; len];
+            file.read_exact(&mut bytes).map_err(|_| bad())?;
+            texts.push(String::from_utf8(bytes).map_err(|_| bad())?);
+        }
+        let count = u32_of(&mut file, false)?.ok_or_else(bad)?;
+        for _ in 0..count {
+            let mut buf = [0u8; 8];
+            file.read_exact(&mut buf).map_err(|_| bad())?;
+            values.push(u64::from_be_bytes(buf));
+        }
+        each(&texts, &values)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_come_back_in_order_per_bucket_and_the_directory_goes_away() {
+        let work = WorkDir::new(None).unwrap();
+        let dir = work.path().to_path_buf();
+        let mut w = BucketWriter::create(&dir, "left", 3).unwrap();
+        w.write(2, &["g", "a@b.c"], &[]).unwrap();
+        w.write(0, &["x"], &[7, u64::MAX]).unwrap();
+        w.write(2, &["", "é"], &[1]).unwrap();
+        let paths = w.finish().unwrap();
+        let read = |i: usize| {
+            let mut got = Vec::new();
+            read_bucket(&paths[i], |t, v| {
+                got.push((t.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            got
+        };
+        assert_eq!(read(0), [(vec!["x".to_owned()], vec![7, u64::MAX])]);
+        assert!(read(1).is_empty());
+        assert_eq!(
+            read(2),
+            [
+                (vec!["g".to_owned(), "a@b.c".to_owned()], vec![]),
+                (vec!["".to_owned(), "é".to_owned()], vec![1]),
+            ]
+        );
+        // A truncated file is an error, never a short read taken for the end.
+        let bytes = std::fs::read(&paths[2]).unwrap();
+        std::fs::write(&paths[2], &bytes[..bytes.len() - 3]).unwrap();
+        assert!(read_bucket(&paths[2], |_, _| Ok(())).is_err());
+        drop(work);
+        assert!(!dir.exists());
+    }
+}
