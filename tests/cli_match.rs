@@ -157,21 +157,16 @@ fn json_matches_a_plain_computation() {
 
     // As a job of buckets through bucket files: the same document, and the work directory
     // left as it was found.
+    let grouped = [
+        "--sum",
+        "amount",
+        "--group-by",
+        "campaign",
+        "--format",
+        "json",
+    ];
     let whole = {
-        let (code, out, err) = cleanroom(
-            &[
-                &args[..],
-                &[
-                    "--sum",
-                    "amount",
-                    "--group-by",
-                    "campaign",
-                    "--format",
-                    "json",
-                ],
-            ]
-            .concat(),
-        );
+        let (code, out, err) = cleanroom(&[&args[..], &grouped[..]].concat());
         assert_eq!(code, 0, "{err}");
         out
     };
@@ -181,18 +176,8 @@ fn json_matches_a_plain_computation() {
         let (code, out, err) = cleanroom(
             &[
                 &args[..],
-                &[
-                    "--sum",
-                    "amount",
-                    "--group-by",
-                    "campaign",
-                    "--format",
-                    "json",
-                    "--buckets",
-                    buckets,
-                    "--work-dir",
-                    work.to_str().unwrap(),
-                ],
+                &grouped[..],
+                &["--buckets", buckets, "--work-dir", work.to_str().unwrap()],
             ]
             .concat(),
         );

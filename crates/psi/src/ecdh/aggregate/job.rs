@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::release::{Accumulator, ReleaseTerms, release};
+use super::release::{Accumulator, ReleaseTerms, exactly, release};
 use super::{AggregateMessage, GroupCount, GroupDecision, Matcher, ProtocolError, ReleaseSummary};
 use crate::ecdh::elgamal::ValuePublicKey;
 use crate::ecdh::noise::NoiseBounds;
@@ -130,18 +130,9 @@ impl JobTotals {
     /// [`release_with`](Self::release_with).
     pub fn release(
         &mut self,
-        mut decide: impl FnMut(&GroupCount) -> bool,
+        decide: impl FnMut(&GroupCount) -> bool,
     ) -> Result<(Vec<AggregateMessage>, ReleaseSummary), ProtocolError> {
-        self.release_with(
-            |count| {
-                if decide(count) {
-                    GroupDecision::EXACT
-                } else {
-                    GroupDecision::Suppress
-                }
-            },
-            |bounded| bounded,
-        )
+        self.release_with(exactly(decide), |bounded| bounded)
     }
 
     /// Releases the job as [`Matcher::release_with`] releases a session, over the totals of

@@ -22,7 +22,7 @@
 //!   zero or of the noise.
 
 use super::job::BucketPart;
-use super::release::{Accumulator, ReleaseTerms, release};
+use super::release::{Accumulator, ReleaseTerms, exactly, release};
 use super::sizes::{Sender, admit, check_sizes, ciphertext_bytes};
 use super::{
     AggregateMessage, GroupCount, GroupDecision, Limits, ProtocolError, ReleaseSummary,
@@ -743,18 +743,9 @@ impl Matcher {
     /// [`GroupDecision::EXACT`] and `false` as [`GroupDecision::Suppress`].
     pub fn release(
         &mut self,
-        mut decide: impl FnMut(&GroupCount) -> bool,
+        decide: impl FnMut(&GroupCount) -> bool,
     ) -> Result<ReleaseSummary, ProtocolError> {
-        self.release_with(
-            |count| {
-                if decide(count) {
-                    GroupDecision::EXACT
-                } else {
-                    GroupDecision::Suppress
-                }
-            },
-            |bounded| bounded,
-        )
+        self.release_with(exactly(decide), |bounded| bounded)
     }
 
     /// Ends this matcher's part of a job of buckets ([`JobTotals`](super::JobTotals)) once

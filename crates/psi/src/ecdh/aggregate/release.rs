@@ -54,6 +54,20 @@ pub(super) struct ReleaseTerms<'a> {
     pub bounded: u64,
 }
 
+/// An exact decision from a yes/no one: `true` releases the pair exactly, `false` suppresses
+/// it.
+pub(super) fn exactly(
+    mut decide: impl FnMut(&GroupCount) -> bool,
+) -> impl FnMut(&GroupCount) -> GroupDecision {
+    move |count| {
+        if decide(count) {
+            GroupDecision::EXACT
+        } else {
+            GroupDecision::Suppress
+        }
+    }
+}
+
 /// Decides every pair (exact: the matched ones; noisy: all announced pairs) with `decide` and
 /// returns the release's messages (`MatcherResult`s, then `MatcherDone`) and its summary; see
 /// [`Matcher::release_with`](super::Matcher::release_with).
