@@ -249,6 +249,11 @@ impl ResultOpener {
         }
     }
 
+    /// Whether `MatcherDone` arrived: the result is complete and may be opened.
+    pub fn is_finished(&self) -> bool {
+        self.inbox.is_finished()
+    }
+
     /// Decrypts the result, once `MatcherDone` arrived.
     pub fn open(&self) -> Result<ReceiverOutcome, ProtocolError> {
         let own = &self.keys.groups;

@@ -35,6 +35,7 @@ pub(super) struct BucketPart {
     pub noisy: bool,
     pub totals: BTreeMap<(u32, u32), Accumulator>,
     pub bounded: u64,
+    pub receiver_identifiers: u64,
 }
 
 /// The matcher's side of a job: the totals of its buckets so far, released once after the
@@ -49,6 +50,9 @@ pub struct JobTotals {
     bounded: u64,
     buckets: u32,
     released: bool,
+    /// The receiver's distinct identifiers over the buckets so far, and the fewest the release
+    /// requires.
+    receiver_identifiers: (u64, u64),
 }
 
 impl JobTotals {
@@ -63,7 +67,17 @@ impl JobTotals {
             bounded: 0,
             buckets: 0,
             released: false,
+            receiver_identifiers: (0, 0),
         }
+    }
+
+    /// Refuse the release, with [`ProtocolError::ReceiverSetTooSmall`], when the receiver
+    /// brought fewer than `identifiers` distinct identifiers over the whole job. A bucket's
+    /// matcher cannot check this (a bucket holds a part of the set), so the job checks it
+    /// once, before anything is decided; as a session's matcher does before it matches.
+    pub fn require_receiver_identifiers(mut self, identifiers: u64) -> Self {
+        self.receiver_identifiers.1 = identifiers;
+        self
     }
 
     /// Adds the totals of `matcher`, one bucket's matcher whose receiver's data is complete
@@ -101,6 +115,7 @@ impl JobTotals {
             self.totals.entry(pair).or_default().add(&acc);
         }
         self.bounded += part.bounded;
+        self.receiver_identifiers.0 += part.receiver_identifiers;
         self.buckets += 1;
         Ok(())
     }
@@ -149,6 +164,13 @@ impl JobTotals {
         let Some((groups, receiver_groups, public_key)) = &self.shape else {
             return Err(ProtocolError::NotReady("no bucket was matched"));
         };
+        let (identifiers, required) = self.receiver_identifiers;
+        if identifiers < required {
+            return Err(ProtocolError::ReceiverSetTooSmall {
+                identifiers,
+                required,
+            });
+        }
         let terms = ReleaseTerms {
             matcher_groups: groups,
             receiver_groups: *receiver_groups,
@@ -248,5 +270,27 @@ mod tests {
             AggregateMessage::MatcherHello { group_sizes } if group_sizes == &[2]
         ));
         assert!(job.release(|_| true).is_err(), "released once");
+    }
+
+    #[test]
+    fn the_receiver_set_is_checked_over_the_whole_job() {
+        let key = ValueKey::generate(1);
+        // Two identifiers in each of two buckets: 4 over the job, under 5 and not under 4.
+        for (required, refused) in [(5, true), (4, false)] {
+            let mut job = JobTotals::new(None).require_receiver_identifiers(required);
+            for ids in [["a@y.z", "b@y.z"], ["c@y.z", "d@y.z"]] {
+                let rows: Vec<(&str, &str)> = ids.iter().map(|id| ("", *id)).collect();
+                bucket(&mut job, &[("g", ids[0])], &rows, &key).unwrap();
+            }
+            let released = job.release(|_| true);
+            assert_eq!(
+                matches!(
+                    released,
+                    Err(ProtocolError::ReceiverSetTooSmall { identifiers: 4, .. })
+                ),
+                refused,
+                "{released:?}"
+            );
+        }
     }
 }

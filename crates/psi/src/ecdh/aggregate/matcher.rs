@@ -98,6 +98,9 @@ pub struct Matcher {
     match_bounded: u64,
     /// Fewest distinct identifiers the receiver must bring.
     min_receiver_identifiers: u64,
+    /// The receiver's distinct identifiers (distinct comparison values over its groups), once
+    /// all its items arrived.
+    receiver_identifiers: u64,
     /// How many groups the plan lets the receiver announce; `None`: any number within the
     /// limits (a plan grouped on the receiver's side).
     receiver_groups: Option<u32>,
@@ -182,6 +185,7 @@ impl Matcher {
             table_bounded: 0,
             match_bounded: 0,
             min_receiver_identifiers: 0,
+            receiver_identifiers: 0,
             receiver_groups: None,
             ranges: None,
             randomness,
@@ -569,15 +573,14 @@ impl Matcher {
             {
                 return Err(ProtocolError::DuplicateItem(group));
             }
-            if self.min_receiver_identifiers > 0 {
-                let distinct = self.index.chunk_by(|a, b| a.0 == b.0).count() as u64;
-                if distinct < self.min_receiver_identifiers {
-                    return Err(ProtocolError::ReceiverSetTooSmall {
-                        identifiers: distinct,
-                        required: self.min_receiver_identifiers,
-                    });
-                }
+            let distinct = self.index.chunk_by(|a, b| a.0 == b.0).count() as u64;
+            if distinct < self.min_receiver_identifiers {
+                return Err(ProtocolError::ReceiverSetTooSmall {
+                    identifiers: distinct,
+                    required: self.min_receiver_identifiers,
+                });
             }
+            self.receiver_identifiers = distinct;
             self.index_sorted = true;
             // A group without identifiers gets no tags: it is complete already.
             self.groups_complete = self.groups.iter().filter(|(_, ids)| ids.is_empty()).count();
@@ -771,6 +774,7 @@ impl Matcher {
             noisy: self.noise.is_some(),
             totals: std::mem::take(&mut self.accumulators),
             bounded: self.table_bounded + self.match_bounded,
+            receiver_identifiers: self.receiver_identifiers,
         })
     }
 
