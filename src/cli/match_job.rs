@@ -12,7 +12,7 @@ use cleanroom_psi::{
     match_offline_job,
 };
 
-use super::bucket_files::{BucketWriter, WorkDir, read_bucket};
+use cleanroom_data::bucket_files::{BucketWriter, WorkDir, read_bucket};
 
 /// How a job assigns identifiers to buckets, and where its files are.
 pub struct Job {
@@ -86,7 +86,9 @@ impl<'a> Sides<'a> {
     pub fn push_left(&mut self, group: &str, id: &str) -> Result<()> {
         match self {
             Sides::Tables(left, _) => Ok(left.push(group, id).map(drop)?),
-            Sides::Buckets { left, job, .. } => left.write(job.bucket(id), &[group, id], &[]),
+            Sides::Buckets { left, job, .. } => {
+                Ok(left.write(job.bucket(id), &[group, id], &[])?)
+            }
         }
     }
 
@@ -94,7 +96,7 @@ impl<'a> Sides<'a> {
     pub fn push_right(&mut self, id: &str, values: &[u64]) -> Result<()> {
         match self {
             Sides::Tables(_, right) => Ok(right.push("", id, values).map(drop)?),
-            Sides::Buckets { right, job, .. } => right.write(job.bucket(id), &[id], values),
+            Sides::Buckets { right, job, .. } => Ok(right.write(job.bucket(id), &[id], values)?),
         }
     }
 

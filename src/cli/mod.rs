@@ -2,7 +2,6 @@
 
 pub mod audit;
 pub mod bench;
-pub mod bucket_files;
 pub mod budget;
 pub mod check;
 pub mod demo;

@@ -7,10 +7,21 @@
 //! big-endian: the row's texts (group key, identifier) and its values.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+/// An I/O error on `path`, saying what was being done.
+fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+}
+
+/// A bucket file that does not hold whole records (truncated or overwritten).
+fn damaged(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: a damaged bucket file", path.display()),
+    )
+}
 
 /// Where a job's bucket files go: a fresh directory, inside `--work-dir` when given, else under
 /// the system's temporary directory; removed with its files when dropped.
@@ -18,14 +29,16 @@ pub struct WorkDir(tempfile::TempDir);
 
 impl WorkDir {
     /// A fresh directory for one job, inside `dir` when given.
-    pub fn new(dir: Option<&Path>) -> Result<WorkDir> {
+    pub fn new(dir: Option<&Path>) -> io::Result<WorkDir> {
         let mut builder = tempfile::Builder::new();
         builder.prefix("cleanroom-job-");
         Ok(WorkDir(match dir {
             Some(dir) => builder
                 .tempdir_in(dir)
-                .with_context(|| format!("--work-dir {}", dir.display()))?,
-            None => builder.tempdir().context("a temporary work directory")?,
+                .map_err(|e| at(dir, "a job directory in the work directory", e))?,
+            None => builder.tempdir().map_err(|e| {
+                io::Error::new(e.kind(), format!("a temporary work directory: {e}"))
+            })?,
         }))
     }
 
@@ -43,7 +56,7 @@ pub struct BucketWriter {
 
 impl BucketWriter {
     /// `buckets` new files named `<side>-<i>.bucket` in `dir`.
-    pub fn create(dir: &Path, side: &str, buckets: u32) -> Result<BucketWriter> {
+    pub fn create(dir: &Path, side: &str, buckets: u32) -> io::Result<BucketWriter> {
         let paths: Vec<PathBuf> = (0..buckets)
             .map(|i| dir.join(format!("{side}-{i}.bucket")))
             .collect();
@@ -52,14 +65,14 @@ impl BucketWriter {
             .map(|p| {
                 File::create_new(p)
                     .map(|f| BufWriter::with_capacity(1 << 16, f))
-                    .with_context(|| format!("creating {}", p.display()))
+                    .map_err(|e| at(p, "creating", e))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(BucketWriter { paths, files })
     }
 
     /// Appends a record to bucket `bucket`.
-    pub fn write(&mut self, bucket: u32, texts: &[&str], values: &[u64]) -> Result<()> {
+    pub fn write(&mut self, bucket: u32, texts: &[&str], values: &[u64]) -> io::Result<()> {
         let file = &mut self.files[bucket as usize];
         let mut record = Vec::with_capacity(16 + texts.iter().map(|t| 4 + t.len()).sum::<usize>());
         record.extend_from_slice(&(texts.len() as u32).to_be_bytes());
@@ -72,37 +85,37 @@ impl BucketWriter {
             record.extend_from_slice(&v.to_be_bytes());
         }
         file.write_all(&record)
-            .with_context(|| format!("writing {}", self.paths[bucket as usize].display()))
+            .map_err(|e| at(&self.paths[bucket as usize], "writing", e))
     }
 
     /// Flushes and closes every file; returns their paths, by bucket.
-    pub fn finish(self) -> Result<Vec<PathBuf>> {
+    pub fn finish(self) -> io::Result<Vec<PathBuf>> {
         for (file, path) in self.files.into_iter().zip(&self.paths) {
             file.into_inner()
                 .map_err(|e| e.into_error())
                 .and_then(|f| f.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
+                .map_err(|e| at(path, "writing", e))?;
         }
         Ok(self.paths)
     }
 }
 
-/// Reads every record of the bucket file at `path`, in order, into `each(texts, values)`.
-pub fn read_bucket(
+/// Reads every record of the bucket file at `path`, in order, into `each(texts, values)`; a
+/// file that ends inside a record is an error, never a short read taken for the end.
+pub fn read_bucket<E: From<io::Error>>(
     path: &Path,
-    mut each: impl FnMut(&[String], &[u64]) -> Result<()>,
-) -> Result<()> {
+    mut each: impl FnMut(&[String], &[u64]) -> Result<(), E>,
+) -> Result<(), E> {
     let mut file = BufReader::with_capacity(
         1 << 16,
-        File::open(path).with_context(|| format!("reading {}", path.display()))?,
+        File::open(path).map_err(|e| at(path, "reading", e))?,
     );
-    let bad = || anyhow::anyhow!("{}: a damaged bucket file", path.display());
-    let u32_of = |file: &mut BufReader<File>, at_start: bool| -> Result<Option<u32>> {
+    let u32_of = |file: &mut BufReader<File>, at_start: bool| -> io::Result<Option<u32>> {
         let mut buf = [0u8; 4];
         match file.read_exact(&mut buf) {
             Ok(()) => Ok(Some(u32::from_be_bytes(buf))),
-            Err(e) if at_start && e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(_) => Err(bad()),
+            Err(e) if at_start && e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(_) => Err(damaged(path)),
         }
     };
     let (mut texts, mut values) = (Vec::new(), Vec::new());
@@ -110,18 +123,18 @@ pub fn read_bucket(
         texts.clear();
         values.clear();
         for _ in 0..count {
-            let len = u32_of(&mut file, false)?.ok_or_else(bad)? as usize;
+            let len = u32_of(&mut file, false)?.ok_or_else(|| damaged(path))? as usize;
             if len > 1 << 20 {
-                bail!("{}: a damaged bucket file", path.display());
+                return Err(damaged(path).into());
             }
             let mut bytes = vec![0u8; len];
-            file.read_exact(&mut bytes).map_err(|_| bad())?;
-            texts.push(String::from_utf8(bytes).map_err(|_| bad())?);
+            file.read_exact(&mut bytes).map_err(|_| damaged(path))?;
+            texts.push(String::from_utf8(bytes).map_err(|_| damaged(path))?);
         }
-        let count = u32_of(&mut file, false)?.ok_or_else(bad)?;
+        let count = u32_of(&mut file, false)?.ok_or_else(|| damaged(path))?;
         for _ in 0..count {
             let mut buf = [0u8; 8];
-            file.read_exact(&mut buf).map_err(|_| bad())?;
+            file.read_exact(&mut buf).map_err(|_| damaged(path))?;
             values.push(u64::from_be_bytes(buf));
         }
         each(&texts, &values)?;
@@ -146,7 +159,7 @@ mod tests {
             let mut got = Vec::new();
             read_bucket(&paths[i], |t, v| {
                 got.push((t.to_vec(), v.to_vec()));
-                Ok(())
+                Ok::<_, io::Error>(())
             })
             .unwrap();
             got
@@ -163,7 +176,7 @@ mod tests {
         // A truncated file is an error, never a short read taken for the end.
         let bytes = std::fs::read(&paths[2]).unwrap();
         std::fs::write(&paths[2], &bytes[..bytes.len() - 3]).unwrap();
-        assert!(read_bucket(&paths[2], |_, _| Ok(())).is_err());
+        assert!(read_bucket(&paths[2], |_, _| Ok::<_, io::Error>(())).is_err());
         drop(work);
         assert!(!dir.exists());
     }

@@ -15,6 +15,8 @@
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 //!   `AWS_ALLOW_HTTP`, ...). A remote object is streamed to a temporary file first (memory
 //!   stays bounded; the file is removed when the table is dropped).
+//! - **Bucket files** ([`bucket_files`]): kept rows spilled to one file per bucket of a job,
+//!   read back one bucket at a time, so a job holds one bucket in memory.
 //! - **NULL** is decided here, once: a CSV field equal to one of the [`NullValues`] after
 //!   trimming whitespace (by default empty, `NULL`, `null`, `\N`) and a Parquet NULL both become
 //!   [`Cell::Null`], which is never matched as an identifier.
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bucket_files;
 mod cell;
 mod csv_source;
 mod options;

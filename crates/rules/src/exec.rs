@@ -122,6 +122,43 @@ pub enum DataError {
         #[source]
         source: InputError,
     },
+    /// The kept rows could not be written where a job of buckets spills them.
+    #[error("table {table:?}: writing its rows to bucket files: {source}")]
+    Spill {
+        /// The collaboration table.
+        table: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a kept row could not be placed in a [`MatcherRows`] or [`ReceiverRows`].
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// The PSI table refused the row.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The row could not be written to its bucket file.
+    #[error(transparent)]
+    Spill(#[from] std::io::Error),
+}
+
+impl DataError {
+    /// The error of placing the row at `at` of `table`.
+    fn placing(table: &str, at: Position, error: PlaceError) -> DataError {
+        match error {
+            PlaceError::Input(source) => DataError::Input {
+                table: table.to_owned(),
+                at,
+                source,
+            },
+            PlaceError::Spill(source) => DataError::Spill {
+                table: table.to_owned(),
+                source,
+            },
+        }
+    }
 }
 
 /// Why a plan cannot build a table of the other kind of plan (a list table from an
@@ -403,6 +440,44 @@ pub fn decode_group_key(encoded: &str, arity: usize) -> Option<Vec<Option<String
     (key.len() == arity).then_some(key)
 }
 
+/// Where a matcher's kept rows go: its PSI table, or a partition of them into buckets (a job
+/// of buckets, each loaded into a table of its own when its turn comes).
+pub trait MatcherRows {
+    /// Announces group `key` even if no row lands in it.
+    fn ensure_group(&mut self, key: &str) -> Result<(), InputError>;
+    /// One kept row: `raw_identifier` (not normalized yet) in `group`.
+    fn push(&mut self, group: &str, raw_identifier: &str) -> Result<(), PlaceError>;
+}
+
+impl MatcherRows for MatcherTable {
+    fn ensure_group(&mut self, key: &str) -> Result<(), InputError> {
+        MatcherTable::ensure_group(self, key)
+    }
+
+    fn push(&mut self, group: &str, raw_identifier: &str) -> Result<(), PlaceError> {
+        Ok(MatcherTable::push(self, group, raw_identifier).map(drop)?)
+    }
+}
+
+/// Where a receiver's kept rows go: its PSI table, or a partition of them into buckets.
+pub trait ReceiverRows {
+    /// One kept row: `raw_identifier` (not normalized yet) in `group`, with one value per
+    /// value column.
+    fn push(&mut self, group: &str, raw_identifier: &str, values: &[u64])
+    -> Result<(), PlaceError>;
+}
+
+impl ReceiverRows for ReceiverTable {
+    fn push(
+        &mut self,
+        group: &str,
+        raw_identifier: &str,
+        values: &[u64],
+    ) -> Result<(), PlaceError> {
+        Ok(ReceiverTable::push(self, group, raw_identifier, values).map(drop)?)
+    }
+}
+
 impl AggregatePlan {
     /// Builds the matcher's PSI table from its rows: applies the matcher-side filter, reads the
     /// identifier and (when grouped on this side) the group key of each kept row. `header`
@@ -414,8 +489,20 @@ impl AggregatePlan {
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<MatcherTable, DataError> {
-        let located = Located::new(&self.join.matcher, header)?;
         let mut table = MatcherTable::new(self.join.matcher.normalization);
+        self.matcher_rows(header, rows, &mut table)?;
+        Ok(table)
+    }
+
+    /// [`Self::matcher_table`] into any [`MatcherRows`]: the same rows kept, the same group
+    /// keys, the same errors.
+    pub fn matcher_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        table: &mut impl MatcherRows,
+    ) -> Result<(), DataError> {
+        let located = Located::new(&self.join.matcher, header)?;
         if self.privacy.is_some() && self.grouped_by != Some(Role::Matcher) {
             // Announced even when no row passes the filter: its absence would tell.
             table.ensure_group("").map_err(|source| DataError::Table {
@@ -432,13 +519,9 @@ impl AggregatePlan {
             let group = located.group_key(&row, at)?;
             table
                 .push(&group, identifier)
-                .map_err(|source| DataError::Input {
-                    table: self.join.matcher.table.clone(),
-                    at,
-                    source,
-                })?;
+                .map_err(|e| DataError::placing(&self.join.matcher.table, at, e))?;
         }
-        Ok(table)
+        Ok(())
     }
 
     /// Takes the scales the receiver's file declares for its summed columns (`scales[i]` for
@@ -480,7 +563,14 @@ impl AggregatePlan {
         header: &[String],
         rows: impl Iterator<Item = Row>,
     ) -> Result<ReceiverTable, DataError> {
-        let located = Located::new(&self.join.receiver, header)?;
+        let mut table = self.empty_receiver_table()?;
+        self.receiver_rows(header, rows, &mut table)?;
+        Ok(table)
+    }
+
+    /// The receiver's PSI table before any row: its normalization, value columns and, under
+    /// differential privacy, the bounds each identifier's totals are clamped into.
+    pub fn empty_receiver_table(&self) -> Result<ReceiverTable, DataError> {
         let mut table = ReceiverTable::new(
             self.join.receiver.normalization,
             self.join.receiver.value_columns.len(),
@@ -497,6 +587,18 @@ impl AggregatePlan {
                     source,
                 })?;
         }
+        Ok(table)
+    }
+
+    /// [`Self::receiver_table`]'s rows into any [`ReceiverRows`]: the same rows kept, the same
+    /// group keys and values, the same errors.
+    pub fn receiver_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        table: &mut impl ReceiverRows,
+    ) -> Result<(), DataError> {
+        let located = Located::new(&self.join.receiver, header)?;
         let mut values = vec![0u64; self.join.receiver.value_columns.len()];
         for row in rows {
             let (at, row) = texts(row);
@@ -530,13 +632,9 @@ impl AggregatePlan {
             }
             table
                 .push(&group, identifier, &values)
-                .map_err(|source| DataError::Input {
-                    table: self.join.receiver.table.clone(),
-                    at,
-                    source,
-                })?;
+                .map_err(|e| DataError::placing(&self.join.receiver.table, at, e))?;
         }
-        Ok(table)
+        Ok(())
     }
 
     /// Turns the receiver's protocol outcome into the result: one row per released group with
@@ -623,6 +721,33 @@ impl Plan {
         rows: impl Iterator<Item = Row>,
     ) -> Result<MatcherTable, DataError> {
         self.aggregate_for("matcher")?.matcher_table(header, rows)
+    }
+
+    /// [`AggregatePlan::matcher_rows`]; a list plan has none ([`DataError::PlanKind`]).
+    pub fn matcher_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        table: &mut impl MatcherRows,
+    ) -> Result<(), DataError> {
+        self.aggregate_for("matcher")?
+            .matcher_rows(header, rows, table)
+    }
+
+    /// [`AggregatePlan::receiver_rows`]; a list plan has none ([`DataError::PlanKind`]).
+    pub fn receiver_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        table: &mut impl ReceiverRows,
+    ) -> Result<(), DataError> {
+        self.aggregate_for("receiver")?
+            .receiver_rows(header, rows, table)
+    }
+
+    /// [`AggregatePlan::empty_receiver_table`]; a list plan has none ([`DataError::PlanKind`]).
+    pub fn empty_receiver_table(&self) -> Result<ReceiverTable, DataError> {
+        self.aggregate_for("receiver")?.empty_receiver_table()
     }
 
     /// [`AggregatePlan::adopt_file_scales`]; a list plan sums nothing and takes no scale.

@@ -102,7 +102,8 @@ pub use collaboration::{
     MAX_THRESHOLD, MIN_THRESHOLD, Member, Pricing, Problem, Table,
 };
 pub use exec::{
-    DataError, PlanKindError, ResultError, ResultTable, decode_group_key, encode_group_key,
+    DataError, MatcherRows, PlaceError, PlanKindError, ReceiverRows, ResultError, ResultTable,
+    decode_group_key, encode_group_key,
 };
 pub use intake::TableCheck;
 pub use list::QuerierRows;
