@@ -54,6 +54,15 @@ pub struct QueryArgs {
     /// No progress and no session statistics on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The most rows of your table held in memory: a table with more is read into bucket
+    /// files and the session runs as a job of buckets of about this many rows (PROTOCOL.md
+    /// 3.6).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    bucket_rows: u64,
+    /// Where a job of buckets writes its bucket files (a fresh directory inside it, removed at
+    /// the end); default: the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// The query.
     sql: String,
 }
@@ -344,6 +353,9 @@ fn describe(progress: Progress<'_>) -> String {
         Progress::Accepted { session_id, rows } => {
             format!("session {session_id}: matching {rows} rows")
         }
+        Progress::Bucket { bucket, buckets } => {
+            format!("bucket {} of {buckets}", bucket + 1)
+        }
         Progress::Moved(c) => format!(
             "sent {} in {} messages, received {} in {} messages",
             HumanBytes(c.bytes_sent),
@@ -447,7 +459,9 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
     let data = data_map(args.data, &collaboration)?;
-    let config = args.connection.client_config()?;
+    let mut config = args.connection.client_config()?;
+    config.bucket_rows = args.bucket_rows;
+    config.work_dir = args.work_dir.clone();
     let bar = progress_bar(args.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -461,10 +475,14 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         receivers: &args.receivers,
     };
     let outcome = runtime.block_on(async {
-        let hook = |p: Progress<'_>| {
-            if let Some(bar) = &bar {
-                bar.set_message(describe(p));
+        let hook = |p: Progress<'_>| match &bar {
+            Some(bar) => bar.set_message(describe(p)),
+            // Without a terminal, a line per bucket of a job (and nothing else: the
+            // statistics follow the result).
+            None if !args.quiet && matches!(p, Progress::Bucket { .. }) => {
+                eprintln!("{}", describe(p));
             }
+            None => {}
         };
         let mut client = Client::connect(&config).await?;
         client.run_query(query, Some(&hook)).await

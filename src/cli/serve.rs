@@ -78,6 +78,18 @@ pub struct ServeArgs {
     /// Seconds a whole session may last.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().session_timeout.as_secs())]
     session_timeout: u64,
+    /// Rows of a served table held in memory at once: a session over a larger table runs as a
+    /// job of buckets of about this many rows (PROTOCOL.md 3.6).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().bucket_rows)]
+    bucket_rows: u64,
+    /// The fewest rows either side's bucket may be expected to hold: a job is never split
+    /// further (a smaller bucket tells more about the identifiers in it; SECURITY.md §2).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().min_bucket_rows)]
+    min_bucket_rows: u64,
+    /// Where jobs of buckets write their bucket files (a fresh directory per job inside it,
+    /// removed when the job ends); default: the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// Most connections open at once (lowered to the open-files limit less 64); one more is
     /// closed right after accept.
     #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().total)]
@@ -202,6 +214,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         min_bytes_per_second: args.min_data_rate,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         session_timeout: Duration::from_secs(args.session_timeout),
+        bucket_rows: args.bucket_rows,
+        min_bucket_rows: args.min_bucket_rows,
         ..Limits::default()
     };
     let connections = ConnectionLimits {
@@ -228,6 +242,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         insecure: args.insecure,
         // Every session's end is an event of the log (cleanroom_service::events).
         on_session_end: None,
+        work_dir: args.work_dir,
     };
     config.validate()?;
     // The whole tables, before listening: a bad line stops the start with file, line, column.

@@ -64,6 +64,7 @@ pub fn run(
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     };
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

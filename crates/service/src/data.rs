@@ -4,7 +4,7 @@
 
 use cleanroom_data::{ReadError, Row, Table as Source, TableSpec};
 use cleanroom_psi::{ListProviderTable, ListQuerierTable, MatcherTable, ReceiverTable};
-use cleanroom_rules::{DataError, Plan, QuerierRows, Table, TableCheck};
+use cleanroom_rules::{DataError, MatcherRows, Plan, QuerierRows, ReceiverRows, Table, TableCheck};
 
 use crate::server::{ServerConfig, ServerError};
 
@@ -71,6 +71,30 @@ pub fn matcher_table(plan: &Plan, spec: &TableSpec) -> Result<MatcherTable, Data
     with_rows(spec, |header, _, rows| plan.matcher_table(header, rows))
 }
 
+/// [`matcher_table`]'s kept rows into `rows` (a job's bucket files) instead of a table.
+pub fn matcher_rows(
+    plan: &Plan,
+    spec: &TableSpec,
+    rows: &mut impl MatcherRows,
+) -> Result<(), DataFileError> {
+    with_rows(spec, |header, _, source| {
+        plan.matcher_rows(header, source, rows)
+    })
+}
+
+/// [`receiver_table`]'s kept rows into `rows` (a job's bucket files) instead of a table, the
+/// file's scales adopted as there.
+pub fn receiver_rows(
+    plan: &mut Plan,
+    spec: &TableSpec,
+    rows: &mut impl ReceiverRows,
+) -> Result<(), DataFileError> {
+    with_rows(spec, |header, scales, source| {
+        plan.adopt_file_scales(header, scales)?;
+        plan.receiver_rows(header, source, rows)
+    })
+}
+
 /// The receiver's table of `plan` from the table at `spec` (the plan's receiver-side filter,
 /// group columns and value columns applied). A summed column the file types as `DECIMAL`
 /// gives `plan` its scale when the rule declares none (see [`Plan::adopt_file_scales`]), so
@@ -132,7 +156,7 @@ impl ServerConfig {
             let Some(table) = self.collaboration.table(name) else {
                 return Err(ServerError::UnknownTable(name.clone()));
             };
-            if self.state.table_skipped(name).is_some() {
+            if self.state.table_checked(name).is_some() {
                 continue;
             }
             let check = check_table(table, spec).map_err(|source| ServerError::Data {
@@ -144,7 +168,8 @@ impl ServerConfig {
                  matched)",
                 check.rows, check.skipped_rows
             ));
-            self.state.set_table_skipped(name, check.skipped_rows);
+            self.state
+                .set_table_checked(name, check.rows, check.skipped_rows);
         }
         Ok(log)
     }

@@ -28,6 +28,7 @@ pub mod client_cert;
 pub mod data;
 pub mod events;
 pub mod exchange;
+pub mod job;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

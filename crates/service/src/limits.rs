@@ -38,6 +38,14 @@ pub struct Limits {
     /// How long a whole session may last before it ends with `DEADLINE_EXCEEDED`.
     /// Default: 2 hours.
     pub session_timeout: Duration,
+    /// Rows a job of buckets puts in one bucket (`job`): a session whose server table has
+    /// more is split into buckets of about this many rows, so that memory holds one bucket.
+    /// Default: 2^20.
+    pub bucket_rows: u64,
+    /// The fewest rows either side's bucket may be expected to hold: the server never splits
+    /// a session into more buckets than this allows (what one bucket's size tells about an
+    /// identifier in it shrinks as the bucket grows; SECURITY.md §2). Default: 2^16.
+    pub min_bucket_rows: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +58,8 @@ impl Default for Limits {
             rate_window: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             session_timeout: Duration::from_secs(2 * 3600),
+            bucket_rows: 1 << 20,
+            min_bucket_rows: 1 << 16,
         }
     }
 }
@@ -115,6 +125,12 @@ impl Limits {
         }
         if self.session_timeout.is_zero() {
             return Err(LimitsError::Zero("session timeout"));
+        }
+        if self.bucket_rows == 0 {
+            return Err(LimitsError::Zero("bucket rows"));
+        }
+        if self.min_bucket_rows == 0 {
+            return Err(LimitsError::Zero("min bucket rows"));
         }
         if self.idle_timeout > self.session_timeout {
             return Err(LimitsError::IdleAboveSession {

@@ -84,6 +84,10 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Told about every session that ended.
     pub on_session_end: Option<SessionHook>,
+    /// Where a job of buckets writes its bucket files (`serve --work-dir`): a fresh
+    /// directory per job inside it, removed when the job ends; `None`: under the system's
+    /// temporary directory.
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {

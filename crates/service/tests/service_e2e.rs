@@ -607,6 +607,7 @@ async fn plaintext_is_refused_off_loopback() {
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     };
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let err = cleanroom_service::serve(config, listener, async {})

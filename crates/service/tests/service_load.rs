@@ -57,6 +57,7 @@ async fn tls_server(
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     })
     .await
 }

@@ -202,6 +202,7 @@ fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
             ),
             receivers: Vec::new(),
             result_keys: Vec::new(),
+            buckets: 0,
         })),
     }
 }
@@ -691,6 +692,7 @@ async fn the_querier_never_sees_the_providers_row_count() {
             client_ca: None,
             insecure: false,
             on_session_end: None,
+            work_dir: None,
         })
         .await;
         let outcome = run_query(&fx, format!("http://{}", server.addr), TOTAL)
@@ -1662,6 +1664,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     })
     .await;
     let customers = fx.customers_with(STRANGER);
@@ -1719,6 +1722,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
                 agreement: None,
                 receivers: Vec::new(),
                 result_keys: Vec::new(),
+                buckets: 0,
             })),
         };
         let status = raw_open(&mut client, start)

@@ -174,6 +174,7 @@ pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunS
             agreement: honest_agreement(&fx.collaboration, member, sql),
             receivers: Vec::new(),
             result_keys: Vec::new(),
+            buckets: 0,
         })),
     }
 }

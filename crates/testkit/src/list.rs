@@ -193,6 +193,7 @@ pub async fn start_list_server(fx: &ListFixture) -> Running {
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     })
     .await
 }

@@ -124,6 +124,7 @@ impl Server {
             client_ca: None,
             insecure: false,
             on_session_end: None,
+            work_dir: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

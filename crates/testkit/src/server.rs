@@ -88,6 +88,7 @@ pub fn publisher_config(
         client_ca: None,
         insecure: false,
         on_session_end: None,
+        work_dir: None,
     }
 }
 

@@ -2,15 +2,20 @@
 //!
 //! The client plans the SQL locally first (fast feedback; the server checks again), reads its
 //! own table with the plan's filters, opens a session, plays the psi receiver (for a list
-//! query, the list querier), and turns the released outcome into the result table.
+//! query, the list querier), and turns the released outcome into the result table. A table
+//! too large for memory runs as a job of buckets ([`job`]).
+
+mod job;
 
 use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cleanroom_psi::sealed::OpeningKey;
-use cleanroom_psi::{ListQuerier, ProtocolError, Receiver};
-use cleanroom_rules::{Collaboration, Protocol, QuerierRows, Refusal, ResultError, ResultTable};
+use cleanroom_psi::{ListQuerier, ProtocolError, Receiver, ReceiverTable, ResultOpener};
+use cleanroom_rules::{
+    Collaboration, Plan, Protocol, QuerierRows, Refusal, ResultError, ResultTable,
+};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -60,6 +65,13 @@ pub struct ClientConfig {
     /// and then goes silent does not hold the client forever. `None` waits as long as `timeout`
     /// allows.
     pub idle_timeout: Option<Duration>,
+    /// The most rows of this member's table held in memory at once: a table with more is
+    /// read into bucket files and the session asks the server for a job of buckets of about
+    /// this many rows each (PROTOCOL.md 3.6). Default: 2^20.
+    pub bucket_rows: u64,
+    /// Where a job's bucket files go (a fresh directory inside it, removed at the end);
+    /// `None`: under the system's temporary directory.
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl ClientConfig {
@@ -75,6 +87,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: None,
             idle_timeout: Some(Duration::from_secs(600)),
+            bucket_rows: 1 << 20,
+            work_dir: None,
         }
     }
 }
@@ -253,6 +267,13 @@ pub enum Progress<'a> {
         session_id: &'a str,
         /// Rows of the member's table taking part.
         rows: u64,
+    },
+    /// A bucket of a job of buckets begins (`bucket` of `buckets`, from 0).
+    Bucket {
+        /// The bucket.
+        bucket: u32,
+        /// How many the job has.
+        buckets: u32,
     },
     /// Protocol messages moved.
     Moved(&'a Counters),
@@ -444,6 +465,8 @@ pub struct Client {
     presents_certificate: bool,
     timeout: Option<Duration>,
     idle: Option<Duration>,
+    bucket_rows: u64,
+    work_dir: Option<std::path::PathBuf>,
 }
 
 impl Client {
@@ -468,6 +491,8 @@ impl Client {
             presents_certificate: config.identity.is_some(),
             timeout: config.timeout,
             idle: config.idle_timeout,
+            bucket_rows: config.bucket_rows.max(1),
+            work_dir: config.work_dir.clone(),
         })
     }
 
@@ -646,7 +671,9 @@ impl Client {
         report(Progress::ReadingData { table: &own });
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         // Reading the table and shuffling it into a role are heavy: off the runtime.
-        let (columns, rows, own_over_bound, side, plan, result_keys) = {
+        let others = query.receivers.iter().any(|r| r != query.member);
+        let memory_rows = if others { u64::MAX } else { self.bucket_rows };
+        let (columns, rows, own_over_bound, prepared, plan, result_keys) = {
             let mut plan = plan;
             let (collaboration, member, sql, receivers) = (
                 sealing.0.clone(),
@@ -654,54 +681,79 @@ impl Client {
                 sealing.2.to_owned(),
                 sealing.3.to_vec(),
             );
+            let path = path.clone();
             tokio::task::spawn_blocking(move || {
                 let mut result_keys = Vec::new();
                 let columns = data::header(&path)?;
                 let limits = cleanroom_psi::Limits::default();
-                let (rows, over, side) = match role_for(&plan, session::Client) {
+                let (rows, over, prepared) = match role_for(&plan, session::Client) {
                     ClientRole::ListQuerier => {
                         let (table, kept) = data::list_querier_table(&plan, &path)?;
                         let rows = table.stats();
                         let columns = plan.matcher().list_columns.len();
                         let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
-                        (rows, None, Side::List(querier, kept))
+                        (rows, None, Prepared::List(querier, kept))
                     }
                     ClientRole::Receiver => {
-                        let table = data::receiver_table(&mut plan, &path)?;
-                        // The server refuses a querier set under the threshold; say so before
-                        // connecting.
-                        plan.check_querier_identifiers(table.distinct_identifiers())
-                            .map_err(ClientError::Refused)?;
-                        let rows = table.stats();
-                        // Under privacy each identifier counts in at most K of this member's
-                        // groups: keep it in K of them, chosen at random here (the server
-                        // enforces the same bound whatever it is sent), and say how many were
-                        // cut.
-                        let mut table = table;
-                        let over = plan
-                            .privacy()
-                            .filter(|_| plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
-                            .map(|p| table.bound_groups(p.max_groups));
-                        let mut receiver =
-                            receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
-                        // Receivers other than this member get the keys to the result, sealed
-                        // to each; when this member is not a receiver it sees no result.
-                        result_keys = session::seal_result_keys(
-                            &collaboration,
-                            &member,
-                            &sql,
-                            &plan,
-                            &receivers,
-                            &receiver,
-                        )
-                        .map_err(ClientError::Internal)?;
-                        if !receives {
-                            receiver = receiver.results_elsewhere();
+                        let empty =
+                            plan.empty_receiver_table()
+                                .map_err(|source| DataFileError::Rows {
+                                    location: path.to_string(),
+                                    source: Box::new(source),
+                                })?;
+                        let mut first = crate::job::FirstPass::new(
+                            empty,
+                            plan.receiver().normalization,
+                            memory_rows,
+                        );
+                        data::receiver_rows(&mut plan, &path, &mut first)?;
+                        let (table, rows) = first.finish();
+                        match table {
+                            // More rows than memory holds: a job, its files written once the
+                            // server's terms arrive.
+                            None => (rows, None, Prepared::Large),
+                            Some(mut table) => {
+                                // The server refuses a querier set under the threshold; say
+                                // so before connecting.
+                                plan.check_querier_identifiers(table.distinct_identifiers())
+                                    .map_err(ClientError::Refused)?;
+                                // Under privacy each identifier counts in at most K of this
+                                // member's groups: keep it in K of them, chosen at random here
+                                // (the server enforces the same bound whatever it is sent),
+                                // and say how many were cut.
+                                let over = plan
+                                    .privacy()
+                                    .filter(|_| {
+                                        plan.grouped_by() == Some(cleanroom_rules::Role::Receiver)
+                                    })
+                                    .map(|p| table.bound_groups(p.max_groups));
+                                if !others {
+                                    (rows, over, Prepared::Table(table))
+                                } else {
+                                    let mut receiver = receiver_for(&plan, table, limits)
+                                        .map_err(ClientError::Internal)?;
+                                    // Receivers other than this member get the keys to the
+                                    // result, sealed to each; when this member is not a
+                                    // receiver it sees no result.
+                                    result_keys = session::seal_result_keys(
+                                        &collaboration,
+                                        &member,
+                                        &sql,
+                                        &plan,
+                                        &receivers,
+                                        &receiver,
+                                    )
+                                    .map_err(ClientError::Internal)?;
+                                    if !receives {
+                                        receiver = receiver.results_elsewhere();
+                                    }
+                                    (rows, over, Prepared::Receiver(receiver))
+                                }
+                            }
                         }
-                        (rows, over, Side::Aggregate(receiver))
                     }
                 };
-                Ok::<_, ClientError>((columns, rows, over, side, plan, result_keys))
+                Ok::<_, ClientError>((columns, rows, over, prepared, plan, result_keys))
             })
             .await
             .map_err(|e| ClientError::Internal(e.to_string()))??
@@ -734,6 +786,10 @@ impl Client {
                 agreement: Some(agreement.clone()),
                 receivers: query.receivers.to_vec(),
                 result_keys,
+                buckets: match prepared {
+                    Prepared::Large => crate::job::buckets_for(rows, self.bucket_rows),
+                    _ => 1,
+                },
             })),
         };
         outbound
@@ -777,12 +833,57 @@ impl Client {
             min_rate: None,
             abort_when_peer_gone: false,
         };
-        let finished = match side {
-            Side::Aggregate(role) => {
+        let job = crate::job::JobTerms::from_proto(accepted.job.as_ref())
+            .map_err(ClientError::PlanMismatch)?;
+        let mut plan = plan;
+        let mut own_over_bound = own_over_bound;
+        let limits = cleanroom_psi::Limits::default();
+        let finished = match (prepared, job) {
+            (Prepared::List(role, kept), None) => {
+                Side::List(run_role(&mut exchange, &mut inbound, role).await?, kept)
+            }
+            (Prepared::Receiver(role), None) => {
                 Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
             }
-            Side::List(role, kept) => {
-                Side::List(run_role(&mut exchange, &mut inbound, role).await?, kept)
+            (Prepared::List(..) | Prepared::Receiver(_), Some(_)) => {
+                return Err(ClientError::PlanMismatch(
+                    "the server made a job of buckets of a session that runs as one (a list, \
+                     or a result for other receivers)"
+                        .to_owned(),
+                ));
+            }
+            (Prepared::Table(table), None) => {
+                let role = receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
+            }
+            (Prepared::Large, None) => {
+                // The server would not split (its own table is small): the whole table, in
+                // memory after all.
+                let (table, over) = whole_table(&mut plan, &path).await?;
+                own_over_bound = over;
+                let role = receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
+            }
+            (prepared, Some(job)) => {
+                let (work, buckets) = match prepared {
+                    Prepared::Table(table) => {
+                        let parts = table.into_buckets(&job.key, &plan.domain(), job.buckets);
+                        (None, crate::job::ClientBuckets::InMemory(parts.into_iter()))
+                    }
+                    _ => {
+                        let (work, buckets) =
+                            job::partition(&mut plan, &path, &job, self.work_dir.as_deref())
+                                .await?;
+                        (Some(work), buckets)
+                    }
+                };
+                let (opener, over) =
+                    job::run(&mut exchange, &mut inbound, &plan, &job, buckets, &report).await?;
+                drop(work);
+                if over.is_some() {
+                    own_over_bound = over;
+                }
+                Side::Job(opener)
             }
         };
         let counters = exchange.counters;
@@ -827,6 +928,10 @@ impl Client {
                 let outcome = role.open().map_err(ClientError::Opened)?;
                 (plan.result(&outcome)?, 0)
             }
+            Side::Job(opener) => {
+                let outcome = opener.open().map_err(ClientError::Opened)?;
+                (plan.result(&outcome)?, 0)
+            }
             Side::List(role, kept) => {
                 let outcome = role.open().ok_or(ClientError::Session(
                     "the protocol ended without the provider's list",
@@ -849,15 +954,56 @@ impl Client {
     }
 }
 
-/// The client's role in a session, with what the result needs besides its outcome; after the
-/// exchange, the finished role whose outcome is opened once the session ended. One per query,
-/// moved once: the size difference of the variants does not matter.
+/// The client's own side, prepared before the session starts. One per query, moved once: the
+/// size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    /// A list query's querier, and the member's rows the list is joined with.
+    List(ListQuerier, QuerierRows),
+    /// An aggregation whose result also goes to other receivers (their keys are sealed before
+    /// the start): one protocol run.
+    Receiver(Receiver),
+    /// An aggregation's whole table, in memory: one protocol run, or split in memory when the
+    /// server makes a job of buckets (its own table is large).
+    Table(ReceiverTable),
+    /// An aggregation over more rows than memory holds: read again, into bucket files, once
+    /// the server's job terms arrive.
+    Large,
+}
+
+/// The client's finished role, whose outcome is opened once the session ended. One per
+/// query, moved once: the size difference of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Side {
     /// The psi receiver of an aggregation.
     Aggregate(Receiver),
     /// The psi list querier of a list, and the member's rows the list is joined with.
     List(ListQuerier, QuerierRows),
+    /// The opener of a job's release.
+    Job(ResultOpener),
+}
+
+/// The client's whole table for `plan`, in memory (off the runtime), its identifiers bounded
+/// to their groups under privacy as before a session: the table and how many were cut.
+async fn whole_table(
+    plan: &mut Plan,
+    path: &TableSpec,
+) -> Result<(ReceiverTable, Option<u64>), ClientError> {
+    let (mut table_plan, spec) = (plan.clone(), path.clone());
+    let (built, table_plan) = tokio::task::spawn_blocking(move || {
+        let built = data::receiver_table(&mut table_plan, &spec).map(|mut table| {
+            let over = table_plan
+                .privacy()
+                .filter(|_| table_plan.grouped_by() == Some(cleanroom_rules::Role::Receiver))
+                .map(|p| table.bound_groups(p.max_groups));
+            (table, over)
+        });
+        (built, table_plan)
+    })
+    .await
+    .map_err(|e| ClientError::Internal(e.to_string()))?;
+    *plan = table_plan;
+    Ok(built?)
 }
 
 /// Runs `role` against the server's protocol messages until it is done.
@@ -866,7 +1012,15 @@ async fn run_role<R: Role>(
     inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
     role: R,
 ) -> Result<R, ClientError> {
-    let mut psi_in = inbound.map(|item| match item {
+    Ok(exchange.run(role, &mut psi_messages(inbound)).await?)
+}
+
+/// The protocol messages of the server's stream; anything else before the protocol is over
+/// is an error.
+fn psi_messages(
+    inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin + '_ {
+    inbound.map(|item| match item {
         Ok(proto::RunSessionResponse {
             message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
         }) => Ok(payload),
@@ -874,8 +1028,7 @@ async fn run_role<R: Role>(
             "a session message before the protocol finished",
         )),
         Err(status) => Err(ExchangeError::Transport(status)),
-    });
-    Ok(exchange.run(role, &mut psi_in).await?)
+    })
 }
 
 /// Runs `fut` within the session's deadline and, when there is one, the idle timeout.

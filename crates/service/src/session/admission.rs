@@ -40,6 +40,8 @@ pub(crate) struct SessionRequest<'a> {
     pub receivers: &'a [String],
     /// The querier's result keys sealed to each receiver other than itself.
     pub result_keys: &'a [SealedResultKeys],
+    /// The buckets the client asks for (0 or 1: one session).
+    pub buckets: u32,
 }
 
 /// A table the client brings, as it describes it (never its rows).
@@ -68,6 +70,7 @@ impl<'a> SessionRequest<'a> {
             agreement: start.agreement.as_ref(),
             receivers: &start.receivers,
             result_keys: &start.result_keys,
+            buckets: start.buckets,
         }
     }
 
@@ -93,6 +96,8 @@ pub(crate) struct Admitted {
     pub standing: Standing,
     /// Who the result goes to.
     pub recipients: Recipients,
+    /// The job of buckets the session runs as; `None`: one protocol run.
+    pub job: Option<crate::job::JobTerms>,
 }
 
 /// The server's side of every session: its configuration, the concurrency slots and the
@@ -186,6 +191,13 @@ impl Host {
             "the client",
         )
         .map_err(SessionError::AgreementDiffers)?;
+        let buckets =
+            crate::job::check_requested(request.buckets).map_err(SessionError::InvalidArgument)?;
+        if buckets > 1 && plan.protocol() == cleanroom_rules::Protocol::List {
+            return Err(SessionError::InvalidArgument(
+                "a list query runs as one session, not as a job of buckets".to_owned(),
+            ));
+        }
         let table = request.table.ok_or_else(|| {
             SessionError::InvalidArgument("the session start names no table".to_owned())
         })?;
@@ -341,6 +353,18 @@ impl Host {
                     s.record_matcher_skipped(&id, &table)
                 })
                 .await;
+                let job = match plan.protocol() {
+                    cleanroom_rules::Protocol::List => None,
+                    _ => crate::job::JobTerms::decide(
+                        request.buckets,
+                        receiver_rows,
+                        self.config
+                            .state
+                            .table_checked(&plan.matcher().table)
+                            .map(|(rows, _)| rows),
+                        &self.config.limits,
+                    ),
+                };
                 Ok(Admitted {
                     session_id,
                     plan,
@@ -349,6 +373,7 @@ impl Host {
                     permit,
                     standing,
                     recipients,
+                    job,
                 })
             }
             Err(error) => {
@@ -485,6 +510,7 @@ mod tests {
             client_ca: None,
             insecure: false,
             on_session_end: None,
+            work_dir: None,
         })
     }
 
@@ -508,6 +534,7 @@ mod tests {
             agreement,
             receivers: &[],
             result_keys: &[],
+            buckets: 0,
         }
     }
 

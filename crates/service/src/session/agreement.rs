@@ -107,8 +107,14 @@ fn short_hex(digest: &[u8]) -> String {
 
 /// The server's acceptance of session `session_id` under `plan` and its `agreement`: the terms
 /// the client checks.
-pub(crate) fn accepted(plan: &Plan, agreement: Agreement, session_id: &str) -> SessionAccepted {
+pub(crate) fn accepted(
+    plan: &Plan,
+    agreement: Agreement,
+    session_id: &str,
+    job: Option<&crate::job::JobTerms>,
+) -> SessionAccepted {
     SessionAccepted {
+        job: job.map(crate::job::JobTerms::to_proto),
         session_id: session_id.to_owned(),
         matcher_member: plan.matcher().member.clone(),
         matcher_table: plan.matcher().table.clone(),

@@ -18,6 +18,7 @@
 mod admission;
 mod agreement;
 mod delivery;
+mod job;
 mod run;
 
 pub(crate) use admission::{Admitted, Host, SessionRequest, state_call};
@@ -25,7 +26,7 @@ pub use agreement::agreement;
 pub(crate) use agreement::{accepted, check_accepted, check_agreement};
 pub(crate) use delivery::seal_result_keys;
 pub use delivery::{DeliveryError, MAX_SEALED_KEYS, keys_ad, open_delivered};
-pub(crate) use run::{ServerFrames, receiver_for};
+pub(crate) use run::{ServerFrames, receiver_for, value_ranges};
 
 use cleanroom_rules::{Plan, Protocol};
 

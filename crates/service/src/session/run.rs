@@ -42,13 +42,14 @@ pub(crate) trait ServerFrames: Send + 'static {
 
 /// What a session's protocol decided, before it is sent: pairs released and suppressed, the
 /// bounded identifiers (exact, and as the querier is told), the encoded messages, and the
-/// matcher's hello (for receivers other than the querier; empty for a list).
-struct Release {
-    released: u64,
-    suppressed: u64,
-    bounded: (u64, u64),
-    messages: Vec<Vec<u8>>,
-    hello: Vec<u8>,
+/// matcher's hello that receivers other than the querier get before them (`None` when the
+/// messages begin with it, as a job's do, or for a list).
+pub(super) struct Release {
+    pub released: u64,
+    pub suppressed: u64,
+    pub bounded: (u64, u64),
+    pub messages: Vec<Vec<u8>>,
+    pub hello: Option<Vec<u8>>,
 }
 
 impl Host {
@@ -73,6 +74,7 @@ impl Host {
             permit,
             standing,
             recipients,
+            job,
         } = admitted;
         let limits = &self.config.limits;
         let mut exchange = Exchange {
@@ -100,6 +102,7 @@ impl Host {
                 &mut exchange,
                 &mut matcher_rows,
                 (started, &standing, &recipients),
+                job.as_ref(),
             )
             .await;
         let counters = exchange.counters;
@@ -140,6 +143,7 @@ impl Host {
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
         (started, standing, recipients): (Instant, &Standing, &Recipients),
+        job: Option<&crate::job::JobTerms>,
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
@@ -150,6 +154,7 @@ impl Host {
                 plan,
                 super::agreement(&self.config.collaboration, plan),
                 session_id,
+                job,
             )))
             .await?;
 
@@ -160,12 +165,24 @@ impl Host {
             bounded,
             messages,
             hello,
-        } = match role_for(plan, Server) {
-            ServerRole::Matcher => {
+        } = match (role_for(plan, Server), job) {
+            (ServerRole::Matcher, None) => {
                 self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
                     .await?
             }
-            ServerRole::ListProvider => {
+            (ServerRole::Matcher, Some(job)) => {
+                self.aggregate_job(
+                    plan,
+                    matcher_path,
+                    limits,
+                    job,
+                    inbound,
+                    exchange,
+                    matcher_rows,
+                )
+                .await?
+            }
+            (ServerRole::ListProvider, _) => {
                 self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
                     .await?
             }
@@ -183,9 +200,7 @@ impl Host {
             .map(|(receiver, sealed_keys)| Delivery {
                 receiver: receiver.clone(),
                 sealed_keys: sealed_keys.clone(),
-                messages: std::iter::once(hello.clone())
-                    .chain(messages.iter().cloned())
-                    .collect(),
+                messages: hello.iter().chain(&messages).cloned().collect(),
             })
             .collect();
         let counters = exchange.counters;
@@ -305,7 +320,7 @@ impl Host {
                     suppressed: summary.suppressed,
                     bounded: (summary.bounded, disclosed),
                     messages,
-                    hello: role.hello().encode(),
+                    hello: Some(role.hello().encode()),
                 })
             })
             .await?;
@@ -343,7 +358,7 @@ impl Host {
             suppressed: 0,
             bounded: (0, 0),
             messages: role.release(),
-            hello: Vec::new(),
+            hello: None,
         })
     }
 }
@@ -380,8 +395,17 @@ pub(crate) fn matcher_for(
     table: MatcherTable,
     limits: cleanroom_psi::Limits,
 ) -> Matcher {
-    let mut matcher = Matcher::new(&plan.domain(), table, limits)
-        .require_receiver_identifiers(plan.min_release());
+    bucket_matcher(plan, table, limits).require_receiver_identifiers(plan.min_release())
+}
+
+/// [`matcher_for`] for one bucket of a job: the same, but the querier's set is checked over
+/// the whole job (`JobTotals::require_receiver_identifiers`), not per bucket.
+pub(super) fn bucket_matcher(
+    plan: &Plan,
+    table: MatcherTable,
+    limits: cleanroom_psi::Limits,
+) -> Matcher {
+    let mut matcher = Matcher::new(&plan.domain(), table, limits);
     if plan.grouped_by() != Some(Role::Receiver) {
         matcher = matcher.expect_receiver_groups(1);
     }
@@ -427,7 +451,7 @@ pub(crate) fn value_ranges(bounds: &[(u64, u64)]) -> Vec<ValueRange> {
 
 /// The querier's set is smaller than the threshold: a refusal with the rules' reason, rather
 /// than a protocol failure.
-fn refuse_tiny_querier_set(plan: &Plan, error: ExchangeError) -> SessionError {
+pub(super) fn refuse_tiny_querier_set(plan: &Plan, error: ExchangeError) -> SessionError {
     if let ExchangeError::Peer(PeerError::Protocol(ProtocolError::ReceiverSetTooSmall {
         identifiers,
         ..

@@ -215,19 +215,20 @@ impl StateDb {
         }
     }
 
-    /// Notes how many rows of served `table` are never matched (its whole-table check at
-    /// start-up), for the audit entries of the sessions that use it.
-    pub fn set_table_skipped(&self, table: &str, skipped: u64) {
-        self.skipped
+    /// Notes how many rows served `table` has and how many of them are never matched (its
+    /// whole-table check at start-up), for the audit entries of the sessions that use it and
+    /// the buckets of their jobs.
+    pub fn set_table_checked(&self, table: &str, rows: u64, skipped: u64) {
+        self.checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(table.to_owned(), skipped);
+            .insert(table.to_owned(), (rows, skipped));
     }
 
-    /// The never-matched rows noted for served `table` by [`StateDb::set_table_skipped`], if
-    /// it was checked in this process.
-    pub fn table_skipped(&self, table: &str) -> Option<u64> {
-        self.skipped
+    /// The rows and never-matched rows noted for served `table` by
+    /// [`StateDb::set_table_checked`], if it was checked in this process.
+    pub fn table_checked(&self, table: &str) -> Option<(u64, u64)> {
+        self.checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(table)
@@ -250,9 +251,9 @@ impl StateDb {
     }
 
     /// Records in `session_id`'s entry the skipped rows of served `table` (see
-    /// [`StateDb::set_table_skipped`]; 0 when it was not checked).
+    /// [`StateDb::set_table_checked`]; 0 when it was not checked).
     pub fn record_matcher_skipped(&self, session_id: &str, table: &str) -> Result<(), StateError> {
-        let skipped = self.table_skipped(table).unwrap_or(0);
+        let skipped = self.table_checked(table).map_or(0, |(_, skipped)| skipped);
         self.conn()
             .execute(
                 "UPDATE audit SET matcher_skipped = ?2 WHERE session_id = ?1",

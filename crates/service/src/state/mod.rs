@@ -211,8 +211,8 @@ pub struct StateDb {
     /// The schema version of the file (always [`SCHEMA_VERSION`] once opened for writing).
     version: i64,
     conn: Mutex<Connection>,
-    /// Per served table, its rows never matched (set when the server checked it).
-    skipped: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per served table, its rows and its rows never matched (set when the server checked it).
+    checked: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 /// A test attempt in collaboration "c".
@@ -334,7 +334,7 @@ impl StateDb {
             path,
             version: SCHEMA_VERSION,
             conn: Mutex::new(conn),
-            skipped: Mutex::default(),
+            checked: Mutex::default(),
         })
     }
 
@@ -367,7 +367,7 @@ impl StateDb {
             path,
             version,
             conn: Mutex::new(conn),
-            skipped: Mutex::default(),
+            checked: Mutex::default(),
         })
     }
 

@@ -1,0 +1,165 @@
+//! The client's side of a job of buckets ([`crate::job`]): one psi receiver per bucket (fresh
+//! blinding keys, one value key for the whole job, no result), then the job's one release,
+//! checked and opened by a [`ResultOpener`] against the client's group sizes summed over the
+//! buckets.
+
+use std::sync::Arc;
+
+use cleanroom_data::TableSpec;
+use cleanroom_data::bucket_files::WorkDir;
+use cleanroom_psi::elgamal::ValueKey;
+use cleanroom_psi::{AggregateMessage, Receiver, ResultKeys, ResultOpener, WireMessage};
+use cleanroom_rules::{Plan, Role as PlanRole};
+
+use super::{ClientError, Progress, psi_messages};
+use crate::data::{self, DataFileError};
+use crate::exchange::{Exchange, PeerError, Role};
+use crate::job::{ClientBuckets, JobTerms, Partition};
+use crate::proto::{self, RunSessionRequest};
+use crate::session::value_ranges;
+
+/// The job's release as the client takes it: the opener, as a role that sends nothing and is
+/// done once `MatcherDone` arrived.
+struct Release(ResultOpener);
+
+impl Role for Release {
+    fn poll(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn handle(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
+        let message = AggregateMessage::decode(bytes)?;
+        self.0.handle_message(message)?;
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+/// Reads the client's table again, into the job's bucket files under a fresh directory
+/// (inside `work_dir` when given): the second pass of a table too large for memory.
+pub(super) async fn partition(
+    plan: &mut Plan,
+    path: &TableSpec,
+    job: &JobTerms,
+    work_dir: Option<&std::path::Path>,
+) -> Result<(WorkDir, ClientBuckets), ClientError> {
+    let work = WorkDir::new(work_dir)
+        .map_err(|e| ClientError::Internal(format!("the job's work directory: {e}")))?;
+    let (dir, terms, mut table_plan, spec) = (
+        work.path().to_owned(),
+        job.clone(),
+        plan.clone(),
+        path.clone(),
+    );
+    let (rows, table_plan) = tokio::task::spawn_blocking(move || {
+        let table = table_plan.receiver().table.clone();
+        let spill = |source| DataFileError::Rows {
+            location: dir.display().to_string(),
+            source: Box::new(cleanroom_rules::DataError::Spill {
+                table: table.clone(),
+                source,
+            }),
+        };
+        let side = (&table_plan.domain(), table_plan.receiver().normalization);
+        let columns = table_plan.receiver().value_columns.len();
+        let partitioned = Partition::create(&dir, "receiver", &terms, side, columns)
+            .map_err(spill)
+            .and_then(|mut partition| {
+                data::receiver_rows(&mut table_plan, &spec, &mut partition)?;
+                partition.finish().map_err(spill)
+            });
+        (partitioned, table_plan)
+    })
+    .await
+    .map_err(|e| ClientError::Internal(e.to_string()))?;
+    *plan = table_plan;
+    let empty = plan.empty_receiver_table().map_err(|source| {
+        ClientError::Data(DataFileError::Rows {
+            location: path.to_string(),
+            source: Box::new(source),
+        })
+    })?;
+    Ok((work, ClientBuckets::Files { rows: rows?, empty }))
+}
+
+/// Runs the job's buckets in order over the session's streams, then takes its release:
+/// returns the opener holding it and, for a private query grouped by this member's columns,
+/// how many of its identifiers were kept in fewer groups (summed over the buckets).
+pub(super) async fn run(
+    exchange: &mut Exchange<'_, RunSessionRequest>,
+    inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
+    plan: &Plan,
+    job: &JobTerms,
+    mut buckets: ClientBuckets,
+    report: &(dyn Fn(Progress<'_>) + Sync),
+) -> Result<(ResultOpener, Option<u64>), ClientError> {
+    let columns = plan.receiver().value_columns.len();
+    let value_key = Arc::new((columns > 0).then(|| ValueKey::generate(columns)));
+    let limits = cleanroom_psi::Limits::default();
+    let bound = plan
+        .privacy()
+        .filter(|_| plan.grouped_by() == Some(PlanRole::Receiver))
+        .map(|p| p.max_groups);
+    let ranges = plan.privacy().and_then(|p| p.proven_ranges());
+    let one_matcher_group = plan.grouped_by() != Some(PlanRole::Matcher);
+    let mut over = bound.map(|_| 0u64);
+    let mut sizes: Vec<(String, u64)> = Vec::new();
+    for bucket in 0..job.buckets {
+        report(Progress::Bucket {
+            bucket,
+            buckets: job.buckets,
+        });
+        let (domain, key, ranges) = (plan.domain(), Arc::clone(&value_key), ranges.clone());
+        let (back, built) = exchange
+            .blocking(buckets, move |buckets| {
+                let mut table = buckets
+                    .bucket(bucket)
+                    .map_err(|e| ClientError::Internal(format!("the job's {e}")))?;
+                let cut = bound.map(|k| table.bound_groups(k));
+                let part = table.group_sizes();
+                let mut receiver = Receiver::in_job(&domain, table, limits, (*key).as_ref())
+                    .map_err(|e| ClientError::Internal(e.to_string()))?;
+                if one_matcher_group {
+                    receiver = receiver.expect_matcher_groups(1);
+                }
+                if let Some(ranges) = ranges {
+                    receiver = receiver
+                        .with_range_proofs(value_ranges(&ranges))
+                        .map_err(|e| ClientError::Internal(e.to_string()))?;
+                }
+                Ok::<_, ClientError>((receiver, part, cut))
+            })
+            .await?;
+        buckets = back;
+        let (receiver, part, cut) = built?;
+        if let (Some(over), Some(cut)) = (over.as_mut(), cut) {
+            *over += cut;
+        }
+        if sizes.is_empty() {
+            sizes = part;
+        } else if sizes.len() != part.len() || sizes.iter().zip(&part).any(|(a, b)| a.0 != b.0) {
+            return Err(ClientError::Internal(format!(
+                "bucket {bucket} of this job has other groups than the first"
+            )));
+        } else {
+            for (total, (_, n)) in sizes.iter_mut().zip(part) {
+                total.1 += n;
+            }
+        }
+        let mut psi_in = psi_messages(inbound);
+        exchange.run(receiver, &mut psi_in).await?;
+    }
+    let mut opener = ResultOpener::new(ResultKeys::for_job((*value_key).as_ref(), sizes), limits);
+    if let Some(bounds) = plan.noise_bounds() {
+        opener = opener.with_noise(bounds).map_err(ClientError::Opened)?;
+    }
+    if one_matcher_group {
+        opener = opener.expect_matcher_groups(1);
+    }
+    let mut psi_in = psi_messages(inbound);
+    let Release(opener) = exchange.run(Release(opener), &mut psi_in).await?;
+    Ok((opener, over))
+}

@@ -1,0 +1,110 @@
+//! The server's side of a job of buckets ([`crate::job`]): its table split into bucket files
+//! once, one matcher per bucket (fresh keys, every group announced), the totals added up in
+//! psi's `JobTotals`, and one release after the last bucket, decided as a session's is.
+
+use std::sync::Arc;
+
+use cleanroom_data::TableSpec;
+use cleanroom_data::bucket_files::WorkDir;
+use cleanroom_psi::{JobTotals, WireMessage};
+use cleanroom_rules::{DataError, Plan};
+use tokio_stream::Stream;
+
+use super::admission::Host;
+use super::run::{Release, ServerFrames, bucket_matcher, refuse_tiny_querier_set};
+use crate::data::{self, DataFileError};
+use crate::exchange::{Exchange, ExchangeError, PeerError};
+use crate::job::{JobTerms, Partition};
+use crate::outcome::SessionError;
+
+impl Host {
+    /// Plays the psi matcher of each bucket of `job` in turn until every bucket's receiver
+    /// data arrived, then decides the job's release once: returns it (not sent yet), its
+    /// messages beginning with the job's hello (the group sizes summed over the buckets).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn aggregate_job<T, S>(
+        &self,
+        plan: &Plan,
+        matcher_path: TableSpec,
+        limits: cleanroom_psi::Limits,
+        job: &JobTerms,
+        inbound: &mut S,
+        exchange: &mut Exchange<'_, T>,
+        matcher_rows: &mut u64,
+    ) -> Result<Release, SessionError>
+    where
+        T: ServerFrames,
+        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+    {
+        let data_error = |source: DataFileError| SessionError::Data {
+            table: plan.matcher().table.clone(),
+            source: Box::new(source),
+        };
+        let work = WorkDir::new(self.config.work_dir.as_deref())
+            .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        // The table, read once into the bucket files (off the runtime: it is the whole table).
+        let (dir, terms, table_plan) = (work.path().to_owned(), job.clone(), plan.clone());
+        let (_, partitioned) = exchange
+            .blocking((), move |_| {
+                let spill = |source| DataFileError::Rows {
+                    location: dir.display().to_string(),
+                    source: Box::new(DataError::Spill {
+                        table: table_plan.matcher().table.clone(),
+                        source,
+                    }),
+                };
+                let side = (&table_plan.domain(), table_plan.matcher().normalization);
+                let mut partition =
+                    Partition::create(&dir, "matcher", &terms, side, 0).map_err(spill)?;
+                data::matcher_rows(&table_plan, &matcher_path, &mut partition)?;
+                partition.finish().map_err(spill)
+            })
+            .await?;
+        let rows = Arc::new(partitioned.map_err(data_error)?);
+        *matcher_rows = rows.stats.rows;
+
+        let mut totals =
+            JobTotals::new(plan.noise_bounds()).require_receiver_identifiers(plan.min_release());
+        let normalization = plan.matcher().normalization;
+        for bucket in 0..job.buckets {
+            let (bucket_plan, bucket_rows) = (plan.clone(), Arc::clone(&rows));
+            let (_, matcher) = exchange
+                .blocking((), move |_| {
+                    bucket_rows
+                        .matcher_bucket(bucket, normalization)
+                        .map(|table| bucket_matcher(&bucket_plan, table, limits))
+                })
+                .await?;
+            let matcher = matcher.map_err(|e| SessionError::Internal(format!("the job's {e}")))?;
+            let mut matcher = exchange.run(matcher, inbound).await?;
+            // Added to the totals, never released on its own.
+            totals
+                .add_bucket(&mut matcher)
+                .map_err(|e| ExchangeError::Peer(PeerError::Protocol(e)))?;
+        }
+        drop(work);
+
+        let release_plan = plan.clone();
+        let (_, released) = exchange
+            .blocking(totals, move |totals| {
+                let mut disclosed = 0;
+                let (messages, summary) = totals.release_with(
+                    |group| release_plan.decide(group),
+                    |bounded| {
+                        disclosed = release_plan.disclose_bounded(bounded);
+                        disclosed
+                    },
+                )?;
+                Ok::<_, cleanroom_psi::ProtocolError>(Release {
+                    released: summary.released,
+                    suppressed: summary.suppressed,
+                    bounded: (summary.bounded, disclosed),
+                    messages: messages.iter().map(WireMessage::encode).collect(),
+                    hello: None,
+                })
+            })
+            .await?;
+        released
+            .map_err(|e| refuse_tiny_querier_set(plan, ExchangeError::Peer(PeerError::Protocol(e))))
+    }
+}

@@ -1,0 +1,285 @@
+//! Jobs of buckets through the real service (issue 18, PROTOCOL.md 3.6): the in-process
+//! publisher with small buckets, the advertiser's real [`Client`] reading its table into
+//! bucket files (or splitting it in memory), and a querier attacker that plays each bucket by
+//! hand. Results are compared exactly with a plain computation over the same CSV files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cleanroom_psi::bucket::BucketKey;
+use cleanroom_psi::elgamal::ValueKey;
+use cleanroom_psi::{
+    AggregateMessage, Limits as PsiLimits, Normalization, Receiver, ReceiverTable, WireMessage,
+};
+use cleanroom_service::client::{ClientError, Query};
+use cleanroom_service::proto::{
+    PsiMessage, RunSessionRequest, RunSessionResponse, run_session_request, run_session_response,
+};
+use cleanroom_service::{Client, Decision, Limits, QueryOutcome, StateDb};
+use cleanroom_testkit::*;
+use tokio::sync::mpsc;
+use tonic::{Code, Streaming};
+
+/// Buckets of 100 rows, each side's expected to hold at least 20: the fixture's ~700
+/// impressions make 8 buckets.
+fn job_limits() -> Limits {
+    Limits {
+        bucket_rows: 100,
+        min_bucket_rows: 20,
+        ..Limits::default()
+    }
+}
+
+/// The publisher's server with `limits`, its bucket files under `work`.
+async fn server(fx: &Fixture, limits: Limits, work: &Path) -> Running {
+    let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    let mut config = publisher_config(fx, limits, None, state);
+    config.work_dir = Some(work.to_owned());
+    serve_in_process(config).await
+}
+
+/// The advertiser's `sql`, holding at most `bucket_rows` of its rows in memory, its bucket
+/// files under `work`.
+async fn query(
+    fx: &Fixture,
+    server: &Running,
+    sql: &str,
+    bucket_rows: u64,
+    work: &Path,
+) -> Result<QueryOutcome, ClientError> {
+    let mut config = advertiser_client_config(format!("http://{}", server.addr));
+    config.bucket_rows = bucket_rows;
+    config.work_dir = Some(work.to_owned());
+    let mut client = Client::connect(&config).await?;
+    let data = fx.advertiser_data();
+    let query = Query {
+        collaboration: &fx.collaboration,
+        member: "advertiser",
+        sql,
+        data: &data,
+        receivers: &[],
+    };
+    client.run_query(query, None).await
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_buckets_releases_exactly_what_a_plain_computation_gives() {
+    let fx = Fixture::new(5);
+    let (server_work, client_work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = server(&fx, job_limits(), server_work.path()).await;
+    for (sql, (want, want_suppressed)) in [
+        (BY_CAMPAIGN, fx.plain_by_campaign()),
+        (EU_BY_CHANNEL, fx.plain_eu_by_channel()),
+    ] {
+        // The advertiser's ~600 rows over 100 in memory: into its bucket files, asking for 8
+        // buckets; within memory: split in memory, because the publisher's table is large.
+        for bucket_rows in [100, 1 << 20] {
+            let outcome = query(&fx, &server, sql, bucket_rows, client_work.path())
+                .await
+                .unwrap();
+            let job = outcome.accepted.job.as_ref().expect("a job of buckets");
+            assert_eq!(job.buckets, 8, "{sql}");
+            assert_eq!(job.bucket_key.len(), 32);
+            assert_exact(&outcome.result, &want, want_suppressed);
+            assert_eq!(outcome.summary.released_rows, want.len() as u64);
+            assert_eq!(outcome.summary.suppressed_rows, want_suppressed);
+            assert_eq!(outcome.rows, fx.conversions.rows.len() as u64);
+
+            let entry = server.settled_entry(&outcome.summary.session_id).await;
+            assert_eq!(entry.decision, Decision::Released);
+            assert_eq!(entry.released_rows, want.len() as u64);
+            if sql == BY_CAMPAIGN {
+                // Every impression row is kept (EU_BY_CHANNEL filters them).
+                assert_eq!(entry.matcher_rows, fx.impressions.rows.len() as u64);
+            }
+            assert_eq!(entry.receiver_rows, fx.conversions.rows.len() as u64);
+            assert_eq!(entry.bytes_received, outcome.counters.bytes_sent);
+            assert_eq!(entry.bytes_sent, outcome.counters.bytes_received);
+            // The bucket files are gone on both sides once the job ended.
+            assert!(is_empty(server_work.path()) && is_empty(client_work.path()));
+        }
+    }
+    server.stop().await;
+
+    // Buckets that would hold fewer than min_bucket_rows are never made: one session, the
+    // same result.
+    let whole = Limits {
+        min_bucket_rows: 400,
+        ..job_limits()
+    };
+    let server = self::server(&fx, whole, server_work.path()).await;
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let outcome = query(&fx, &server, BY_CAMPAIGN, 100, client_work.path())
+        .await
+        .unwrap();
+    assert!(outcome.accepted.job.is_none());
+    assert_exact(&outcome.result, &want, want_suppressed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_buckets_that_are_not_a_power_of_two_is_refused() {
+    let fx = Fixture::new(5);
+    let work = tempfile::tempdir().unwrap();
+    let server = server(&fx, job_limits(), work.path()).await;
+    for buckets in [3, 8192] {
+        let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+        let Err(status) = raw_open(&mut client, start(&fx, BY_CAMPAIGN, buckets)).await else {
+            panic!("{buckets} buckets accepted");
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("power of two"), "{status:?}");
+    }
+    server.stop().await;
+}
+
+/// The advertiser's session start for `sql` with its fixture rows, asking for `buckets`.
+fn start(fx: &Fixture, sql: &str, buckets: u32) -> RunSessionRequest {
+    let mut start = start_message(fx, "advertiser", sql, "conversions");
+    if let Some(run_session_request::Message::Start(s)) = &mut start.message {
+        s.buckets = buckets;
+    }
+    start
+}
+
+/// What the querier sees at the end of a job it played by hand: the status it ended with,
+/// and its own audit entry (ids and times blanked).
+#[derive(Debug, PartialEq)]
+struct View {
+    code: Code,
+    message: String,
+    entry: cleanroom_service::proto::AuditEntry,
+}
+
+/// Plays a job of buckets as a querier holding the one identifier `who`: in each bucket, an
+/// honest receiver of its part (empty but for `who`'s bucket).
+async fn play_job(fx: &Fixture, server: &Running, sql: &str, who: &str) -> View {
+    let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let (tx, mut inbound) = raw_open(&mut client, start(fx, sql, 8)).await.unwrap();
+    let accepted = match inbound.message().await.unwrap().and_then(|m| m.message) {
+        Some(run_session_response::Message::Accepted(a)) => a,
+        other => panic!("expected an acceptance, got {other:?}"),
+    };
+    let job = accepted.job.expect("a job");
+    let key = BucketKey::from_bytes(job.bucket_key.try_into().unwrap());
+    let columns = accepted.value_columns as usize;
+    let value_key = ValueKey::generate(columns);
+    let domain = plan.domain();
+    let mine = key.bucket(&domain, who, job.buckets);
+    let mut ended = None;
+    for bucket in 0..job.buckets {
+        let mut table = ReceiverTable::new(Normalization::Email, columns).unwrap();
+        table.ensure_group("").unwrap();
+        if bucket == mine {
+            table.push("", who, &vec![1; columns]).unwrap();
+        }
+        let receiver =
+            Receiver::in_job(&domain, table, PsiLimits::default(), Some(&value_key)).unwrap();
+        if let Err(status) = pump(receiver, &tx, &mut inbound).await {
+            ended = Some(status);
+            break;
+        }
+    }
+    let status = match ended {
+        Some(status) => status,
+        None => final_status(&mut inbound).await,
+    };
+    drop(tx);
+    server.settled_entry(&accepted.session_id).await;
+    let mut entry = own_entry(server, &accepted.session_id).await;
+    entry.session_id.clear();
+    entry.started_at.clear();
+    entry.finished_at.clear();
+    // The bytes of a job follow the publisher's bucket sizes under the job's fresh key (a
+    // random partition of its table, drawn anew each job), whatever the querier holds.
+    entry.bytes_sent = 0;
+    entry.bytes_received = 0;
+    View {
+        code: status.code(),
+        message: status.message().replace(&accepted.session_id, "<session>"),
+        entry,
+    }
+}
+
+/// Runs one bucket's honest receiver over the raw streams until it has sent its tags; the
+/// status the server ended the call with, if it did.
+async fn pump(
+    mut receiver: Receiver,
+    tx: &mpsc::Sender<RunSessionRequest>,
+    inbound: &mut Streaming<RunSessionResponse>,
+) -> Result<(), tonic::Status> {
+    loop {
+        while let Some(message) = receiver.poll_message() {
+            let request = RunSessionRequest {
+                message: Some(run_session_request::Message::Psi(PsiMessage {
+                    payload: message.encode(),
+                })),
+            };
+            let _ = tx.send(request).await;
+        }
+        if receiver.is_finished() {
+            return Ok(());
+        }
+        match inbound.message().await? {
+            Some(RunSessionResponse {
+                message: Some(run_session_response::Message::Psi(PsiMessage { payload })),
+            }) => receiver
+                .handle_message(AggregateMessage::decode(&payload).unwrap())
+                .unwrap(),
+            other => panic!("unexpected {other:?} within a bucket"),
+        }
+    }
+}
+
+/// The querier's own audit entry of `session_id` (ListAuditEntries).
+async fn own_entry(server: &Running, session_id: &str) -> cleanroom_service::proto::AuditEntry {
+    let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
+    let request = cleanroom_service::proto::ListAuditEntriesRequest {
+        limit: 1000,
+        ..Default::default()
+    };
+    let entries = client
+        .list_audit_entries(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    entries
+        .into_iter()
+        .find(|e| e.session_id == session_id)
+        .expect("the querier sees its entry")
+}
+
+/// A bucket holds a part of the querier's set, so a bucket's matcher cannot hold the querier
+/// to the threshold's number of identifiers: a querier with one identifier would run a whole
+/// job and learn from the release whether it matched. The job checks the querier's distinct
+/// identifiers over all its buckets before deciding anything, and refuses alike whether the
+/// one identifier is the publisher's or a stranger's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_querier_set_under_the_threshold_is_refused_over_the_job_alike() {
+    let fx = Fixture::new(5);
+    let work = tempfile::tempdir().unwrap();
+    let server = server(&fx, job_limits(), work.path()).await;
+    let target = fx
+        .publisher_sets(|_| true, |_| String::new())
+        .remove("")
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let stranger = "user950@example.com";
+    let mut views = Vec::new();
+    for who in [target.as_str(), stranger] {
+        views.push(play_job(&fx, &server, BY_CAMPAIGN, who).await);
+    }
+    assert_eq!(views[0], views[1], "member and stranger differ");
+    assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
+    assert_eq!(views[0].entry.released_rows, 0);
+    assert!(is_empty(work.path()));
+    server.stop().await;
+}
