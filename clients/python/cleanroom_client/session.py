@@ -271,6 +271,13 @@ def run_query(
                 "the server's terms differ from ours (collaboration file, hash domain, "
                 "normalizations or plan): are both collaboration files identical?"
             )
+        if accepted.HasField("job"):
+            # PROTOCOL.md 3.6: this client runs every session as one protocol run.
+            raise QueryError(
+                f"the server runs this session as a job of {accepted.job.buckets} buckets, "
+                "which this client does not implement (its table is over the server's "
+                "bucket_rows): use the cleanroom binary"
+            )
         checks = [
             ("matcher table", plan["matcher"]["table"], accepted.matcher_table),
             ("release threshold", plan["min_release"], accepted.min_release),

@@ -91,6 +91,7 @@ async fn a_job_of_buckets_releases_exactly_what_a_plain_computation_gives() {
 
             let entry = server.settled_entry(&outcome.summary.session_id).await;
             assert_eq!(entry.decision, Decision::Released);
+            assert_eq!(entry.buckets, 8);
             assert_eq!(entry.released_rows, want.len() as u64);
             if sql == BY_CAMPAIGN {
                 // Every impression row is kept (EU_BY_CHANNEL filters them).
@@ -281,5 +282,61 @@ async fn a_querier_set_under_the_threshold_is_refused_over_the_job_alike() {
     assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
     assert_eq!(views[0].entry.released_rows, 0);
     assert!(is_empty(work.path()));
+    server.stop().await;
+}
+
+/// Under differential privacy a job is charged once, at admission, and its noise is drawn
+/// once, on the totals: each released count is within a few noise scales of the exact count
+/// over the whole table, and not all of them are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_job_is_charged_once_and_noised_once() {
+    let fx = Fixture::private(5, 100.0, 1.0);
+    let (server_work, client_work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = server(&fx, job_limits(), server_work.path()).await;
+    let outcome = match query(&fx, &server, BY_CAMPAIGN, 100, client_work.path()).await {
+        Ok(outcome) => outcome,
+        Err(e) => panic!("{e}: {:?}", server.state.entries(None, Some(3))),
+    };
+    assert_eq!(outcome.accepted.job.as_ref().map(|j| j.buckets), Some(8));
+    let privacy = outcome.accepted.privacy.as_ref().unwrap();
+    let buyers = privacy.outputs.iter().find(|o| o.column == "buyers");
+    let scale = buyers.expect("the count's noise").scale;
+    assert!(scale >= 1.0, "count noise of scale {scale}");
+    let campaign = fx.impressions.column("campaign");
+    let exact: std::collections::BTreeMap<String, usize> = fx
+        .publisher_sets(|_| true, |r| r[campaign].clone())
+        .into_iter()
+        .map(|(campaign, set)| {
+            let buyers = fx
+                .conversions
+                .rows
+                .iter()
+                .filter_map(|r| normalize(&r[fx.conversions.column("email")]))
+                .filter(|e| set.contains(e))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            (campaign, buyers)
+        })
+        .collect();
+    let mut differs = false;
+    assert!(!outcome.result.rows.is_empty());
+    for row in &outcome.result.rows {
+        let (cleanroom_rules::Value::Text(c), cleanroom_rules::Value::Integer(noisy)) =
+            (&row[0], &row[1])
+        else {
+            panic!("{row:?}");
+        };
+        let exact = exact[c] as f64;
+        // e^-12 per value that a discrete Laplace draw of this scale goes further.
+        assert!(
+            (*noisy as f64 - exact).abs() <= 12.0 * scale,
+            "{c}: {noisy} against {exact}"
+        );
+        differs |= *noisy as f64 != exact;
+    }
+    assert!(differs, "no noise on any released count");
+    let standing = server.state.standings().unwrap();
+    let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
+    assert_eq!(advertiser.queries, 1, "charged once for the whole job");
     server.stop().await;
 }

@@ -113,6 +113,7 @@ pub(super) async fn run(
             buckets: job.buckets,
         });
         let (domain, key, ranges) = (plan.domain(), Arc::clone(&value_key), ranges.clone());
+        let noise = plan.noise_bounds();
         let (back, built) = exchange
             .blocking(buckets, move |buckets| {
                 let mut table = buckets
@@ -124,6 +125,13 @@ pub(super) async fn run(
                     .map_err(|e| ClientError::Internal(e.to_string()))?;
                 if one_matcher_group {
                     receiver = receiver.expect_matcher_groups(1);
+                }
+                // Under privacy the matcher's groups come with keys of their own: the bucket's
+                // replies are re-blinded points, not tags.
+                if let Some(bounds) = noise {
+                    receiver = receiver
+                        .with_noise(bounds)
+                        .map_err(|e| ClientError::Internal(e.to_string()))?;
                 }
                 if let Some(ranges) = ranges {
                     receiver = receiver

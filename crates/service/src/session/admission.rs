@@ -353,8 +353,11 @@ impl Host {
                     s.record_matcher_skipped(&id, &table)
                 })
                 .await;
+                // A list, and a result sealed to other receivers (their keys carry whole-session
+                // group sizes), run as one session.
                 let job = match plan.protocol() {
                     cleanroom_rules::Protocol::List => None,
+                    _ if !recipients.others.is_empty() => None,
                     _ => crate::job::JobTerms::decide(
                         request.buckets,
                         receiver_rows,
@@ -365,6 +368,12 @@ impl Host {
                         &self.config.limits,
                     ),
                 };
+                if let Some(job) = &job {
+                    let (id, buckets) = (session_id.clone(), job.buckets);
+                    // Informative, as the skipped rows above.
+                    let _ = state_call(&self.config.state, move |s| s.record_buckets(&id, buckets))
+                        .await;
+                }
                 Ok(Admitted {
                     session_id,
                     plan,

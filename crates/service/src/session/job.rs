@@ -66,7 +66,14 @@ impl Host {
         let mut totals =
             JobTotals::new(plan.noise_bounds()).require_receiver_identifiers(plan.min_release());
         let normalization = plan.matcher().normalization;
+        // The client reads its table into its bucket files once it has the key, as this server
+        // did: waiting for its first bucket is not trickling. The minimum rate holds from the
+        // second bucket on; the idle and session timeouts throughout.
+        let min_rate = exchange.min_rate.take();
         for bucket in 0..job.buckets {
+            if bucket == 1 {
+                exchange.min_rate = min_rate;
+            }
             let (bucket_plan, bucket_rows) = (plan.clone(), Arc::clone(&rows));
             let (_, matcher) = exchange
                 .blocking((), move |_| {

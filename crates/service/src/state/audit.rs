@@ -130,8 +130,8 @@ pub struct AuditEntry {
     /// compute sections (reading its table, each protocol step, the release), measured on the
     /// thread that ran each; not CPU time (see the service README).
     pub compute_ms: u64,
-    /// Buckets of work the session ran: 1 for every charged (admitted) session, 0 for an
-    /// attempt refused at admission.
+    /// Buckets of work the session ran: 1 for every charged (admitted) session, `B` for a job
+    /// of `B` buckets (PROTOCOL.md 3.6), 0 for an attempt refused at admission.
     pub buckets: u64,
 }
 
@@ -233,6 +233,18 @@ impl StateDb {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(table)
             .copied()
+    }
+
+    /// Records that charged session `session_id` runs as a job of `buckets` buckets (its
+    /// entry counted 1, a session, when it was charged; usage sums them per payer).
+    pub fn record_buckets(&self, session_id: &str, buckets: u32) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE audit SET buckets = ?2 WHERE session_id = ?1 AND buckets > 0",
+                params![session_id, i64::from(buckets)],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
     }
 
     /// Records in `session_id`'s entry the querier's declared skipped rows.
