@@ -31,7 +31,9 @@ use cleanroom_data::bucket_files::{BucketWriter, read_bucket};
 use cleanroom_psi::bucket::BucketKey;
 use cleanroom_psi::wire::MAX_GROUP_KEY_BYTES;
 use cleanroom_psi::{Domain, InputError, InputStats, MatcherTable, Normalization, ReceiverTable};
-use cleanroom_rules::{MatcherRows, PlaceError, ReceiverRows};
+use cleanroom_rules::{DataError, MatcherRows, PlaceError, ReceiverRows};
+
+use crate::data::DataFileError;
 
 use crate::limits::Limits;
 use crate::proto;
@@ -76,18 +78,17 @@ impl JobTerms {
     /// be expected to fill a bucket with fewer than `limits.min_bucket_rows`. `None`: one
     /// session.
     ///
-    /// `server_rows` is `None` when the server's table was not checked at start-up: then only
-    /// the request and the querier's rows count.
+    /// `server_rows` is `None` when the server's table was not checked at start-up: its
+    /// buckets' sizes are then unknown, and the session is not split.
     pub(crate) fn decide(
         requested: u32,
         querier_rows: u64,
         server_rows: Option<u64>,
         limits: &Limits,
     ) -> Option<JobTerms> {
-        let own = server_rows.map_or(1, |rows| buckets_for(rows, limits.bucket_rows));
-        let wanted = requested.max(own);
-        let smaller =
-            querier_rows.min(server_rows.unwrap_or(querier_rows)) / limits.min_bucket_rows.max(1);
+        let server_rows = server_rows?;
+        let wanted = requested.max(buckets_for(server_rows, limits.bucket_rows));
+        let smaller = querier_rows.min(server_rows) / limits.min_bucket_rows.max(1);
         let floor = if smaller < 2 {
             1
         } else {
@@ -132,6 +133,18 @@ impl JobTerms {
             buckets: job.buckets,
             key: BucketKey::from_bytes(key),
         }))
+    }
+}
+
+/// The error of writing `table`'s kept rows to the bucket files under `dir`.
+pub(crate) fn spill_error(dir: &Path, table: &str) -> impl Fn(io::Error) -> DataFileError + use<> {
+    let (location, table) = (dir.display().to_string(), table.to_owned());
+    move |source| DataFileError::Rows {
+        location: location.clone(),
+        source: Box::new(DataError::Spill {
+            table: table.clone(),
+            source,
+        }),
     }
 }
 
@@ -398,12 +411,8 @@ mod tests {
         // Never below 10 expected rows per bucket on either side: 35 rows allow 2 buckets.
         assert_eq!(b(64, 10_000, 35), Some(2));
         assert_eq!(b(64, 15, 10_000), None);
-        // A table not checked at start-up: the request, within the querier's rows.
-        assert_eq!(
-            JobTerms::decide(8, 1000, None, &l).map(|t| t.buckets),
-            Some(8)
-        );
-        assert_eq!(JobTerms::decide(1, 1000, None, &l), None);
+        // A table not checked at start-up: one session, whatever the request.
+        assert_eq!(JobTerms::decide(8, 1000, None, &l), None);
         assert_eq!(buckets_for(u64::MAX, 1), MAX_BUCKETS);
         assert_eq!(buckets_for(0, 100), 1);
     }

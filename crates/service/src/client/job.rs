@@ -14,7 +14,7 @@ use cleanroom_rules::{Plan, Role as PlanRole};
 use super::{ClientError, Progress, psi_messages};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, PeerError, Role};
-use crate::job::{ClientBuckets, JobTerms, Partition};
+use crate::job::{ClientBuckets, JobTerms, Partition, spill_error};
 use crate::proto::{self, RunSessionRequest};
 use crate::session::value_ranges;
 
@@ -55,18 +55,11 @@ pub(super) async fn partition(
         path.clone(),
     );
     let (rows, table_plan) = tokio::task::spawn_blocking(move || {
-        let table = table_plan.receiver().table.clone();
-        let spill = |source| DataFileError::Rows {
-            location: dir.display().to_string(),
-            source: Box::new(cleanroom_rules::DataError::Spill {
-                table: table.clone(),
-                source,
-            }),
-        };
+        let spill = spill_error(&dir, &table_plan.receiver().table);
         let side = (&table_plan.domain(), table_plan.receiver().normalization);
         let columns = table_plan.receiver().value_columns.len();
         let partitioned = Partition::create(&dir, "receiver", &terms, side, columns)
-            .map_err(spill)
+            .map_err(&spill)
             .and_then(|mut partition| {
                 data::receiver_rows(&mut table_plan, &spec, &mut partition)?;
                 partition.finish().map_err(spill)

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use cleanroom_data::TableSpec;
 use cleanroom_data::bucket_files::WorkDir;
 use cleanroom_psi::{JobTotals, WireMessage};
-use cleanroom_rules::{DataError, Plan};
+use cleanroom_rules::Plan;
 use tokio_stream::Stream;
 
 use super::admission::Host;
 use super::run::{Release, ServerFrames, bucket_matcher, refuse_tiny_querier_set};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, ExchangeError, PeerError};
-use crate::job::{JobTerms, Partition};
+use crate::job::{JobTerms, Partition, spill_error};
 use crate::outcome::SessionError;
 
 impl Host {
@@ -46,16 +46,10 @@ impl Host {
         let (dir, terms, table_plan) = (work.path().to_owned(), job.clone(), plan.clone());
         let (_, partitioned) = exchange
             .blocking((), move |_| {
-                let spill = |source| DataFileError::Rows {
-                    location: dir.display().to_string(),
-                    source: Box::new(DataError::Spill {
-                        table: table_plan.matcher().table.clone(),
-                        source,
-                    }),
-                };
+                let spill = spill_error(&dir, &table_plan.matcher().table);
                 let side = (&table_plan.domain(), table_plan.matcher().normalization);
                 let mut partition =
-                    Partition::create(&dir, "matcher", &terms, side, 0).map_err(spill)?;
+                    Partition::create(&dir, "matcher", &terms, side, 0).map_err(&spill)?;
                 data::matcher_rows(&table_plan, &matcher_path, &mut partition)?;
                 partition.finish().map_err(spill)
             })
