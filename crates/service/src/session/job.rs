@@ -11,7 +11,7 @@ use cleanroom_rules::Plan;
 use tokio_stream::Stream;
 
 use super::admission::Host;
-use super::run::{Release, ServerFrames, bucket_matcher, refuse_tiny_querier_set};
+use super::run::{Release, ServerFrames, bucket_matcher, decide_release, refuse_tiny_querier_set};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, ExchangeError, PeerError};
 use crate::job::{JobTerms, Partition, spill_error};
@@ -24,6 +24,7 @@ impl Host {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn aggregate_job<T, S>(
         &self,
+        session_id: &str,
         plan: &Plan,
         matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
@@ -68,34 +69,39 @@ impl Host {
             if bucket == 1 {
                 exchange.min_rate = min_rate;
             }
+            let started = std::time::Instant::now();
             let (bucket_plan, bucket_rows) = (plan.clone(), Arc::clone(&rows));
             let (_, matcher) = exchange
                 .blocking((), move |_| {
                     bucket_rows
                         .matcher_bucket(bucket, normalization)
-                        .map(|table| bucket_matcher(&bucket_plan, table, limits))
+                        .map(|table| {
+                            let rows = table.stats().rows;
+                            (bucket_matcher(&bucket_plan, table, limits), rows)
+                        })
                 })
                 .await?;
-            let matcher = matcher.map_err(|e| SessionError::Internal(format!("the job's {e}")))?;
+            let (matcher, rows) =
+                matcher.map_err(|e| SessionError::Internal(format!("the job's {e}")))?;
             let mut matcher = exchange.run(matcher, inbound).await?;
             // Added to the totals, never released on its own.
             totals
                 .add_bucket(&mut matcher)
                 .map_err(|e| ExchangeError::Peer(PeerError::Protocol(e)))?;
+            self.events.bucket_matched(
+                session_id,
+                (bucket + 1, job.buckets),
+                rows,
+                started.elapsed(),
+                exchange.counters.bytes_received,
+            );
         }
         drop(work);
 
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(totals, move |totals| {
-                let mut disclosed = 0;
-                let (messages, summary) = totals.release_with(
-                    |group| release_plan.decide(group),
-                    |bounded| {
-                        disclosed = release_plan.disclose_bounded(bounded);
-                        disclosed
-                    },
-                )?;
+                let ((messages, summary), disclosed) = decide_release(&release_plan, totals)?;
                 Ok::<_, cleanroom_psi::ProtocolError>(Release {
                     released: summary.released,
                     suppressed: summary.suppressed,

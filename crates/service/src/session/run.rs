@@ -9,7 +9,8 @@
 use cleanroom_data::TableSpec;
 use cleanroom_psi::range_proof::ValueRange;
 use cleanroom_psi::{
-    ListProvider, Matcher, MatcherTable, ProtocolError, Receiver, ReceiverTable, WireMessage,
+    AggregateMessage, GroupCount, GroupDecision, JobTotals, ListProvider, Matcher, MatcherTable,
+    ProtocolError, Receiver, ReceiverTable, ReleaseSummary, WireMessage,
 };
 use cleanroom_rules::{Plan, Role};
 use tokio::sync::mpsc;
@@ -38,6 +39,59 @@ pub(crate) trait ServerFrames: Send + 'static {
     fn summary(summary: SessionSummary) -> Self;
     /// The session ended with `error`.
     fn ended(error: &SessionError) -> Self;
+}
+
+/// What a release is decided over: a session's matcher, or a job's totals after its last
+/// bucket. Both apply the plan's rules to each group and say how many bounded identifiers the
+/// querier is told of.
+pub(super) trait ReleaseDecision {
+    /// What deciding returns besides the disclosed bounded count.
+    type Decided;
+    /// Decides with `decide` per group and `disclose_bounded` for the bounded identifiers.
+    fn release_with(
+        &mut self,
+        decide: impl FnMut(&GroupCount) -> GroupDecision,
+        disclose_bounded: impl FnOnce(u64) -> u64,
+    ) -> Result<Self::Decided, ProtocolError>;
+}
+
+impl ReleaseDecision for Matcher {
+    type Decided = ReleaseSummary;
+    fn release_with(
+        &mut self,
+        decide: impl FnMut(&GroupCount) -> GroupDecision,
+        disclose_bounded: impl FnOnce(u64) -> u64,
+    ) -> Result<ReleaseSummary, ProtocolError> {
+        Matcher::release_with(self, decide, disclose_bounded)
+    }
+}
+
+impl ReleaseDecision for JobTotals {
+    type Decided = (Vec<AggregateMessage>, ReleaseSummary);
+    fn release_with(
+        &mut self,
+        decide: impl FnMut(&GroupCount) -> GroupDecision,
+        disclose_bounded: impl FnOnce(u64) -> u64,
+    ) -> Result<Self::Decided, ProtocolError> {
+        JobTotals::release_with(self, decide, disclose_bounded)
+    }
+}
+
+/// Decides `role`'s release under `plan` (thresholds, noise and limits per group; the bounded
+/// identifiers as the plan discloses them): returns what psi decided and the disclosed count.
+pub(super) fn decide_release<R: ReleaseDecision>(
+    plan: &Plan,
+    role: &mut R,
+) -> Result<(R::Decided, u64), ProtocolError> {
+    let mut disclosed = 0;
+    let decided = role.release_with(
+        |group| plan.decide(group),
+        |bounded| {
+            disclosed = plan.disclose_bounded(bounded);
+            disclosed
+        },
+    )?;
+    Ok((decided, disclosed))
 }
 
 /// What a session's protocol decided, before it is sent: pairs released and suppressed, the
@@ -172,6 +226,7 @@ impl Host {
             }
             (ServerRole::Matcher, Some(job)) => {
                 self.aggregate_job(
+                    session_id,
                     plan,
                     matcher_path,
                     limits,
@@ -303,14 +358,7 @@ impl Host {
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(role, move |role| {
-                let mut disclosed = 0;
-                let summary = role.release_with(
-                    |group| release_plan.decide(group),
-                    |bounded| {
-                        disclosed = release_plan.disclose_bounded(bounded);
-                        disclosed
-                    },
-                )?;
+                let (summary, disclosed) = decide_release(&release_plan, role)?;
                 let mut messages = Vec::new();
                 while let Some(message) = role.poll_message() {
                     messages.push(message.encode());
