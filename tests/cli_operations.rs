@@ -926,3 +926,77 @@ fn a_receiver_makes_a_key_and_fetches_the_result_of_a_query_it_did_not_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_job_shows_its_buckets_with_rate_and_time_left_and_serve_logs_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let collab = data("collab.toml");
+    let publisher = publisher_args(&state);
+    let mut args: Vec<&str> = publisher.iter().map(String::as_str).collect();
+    // 160 impressions in buckets of 40, 110 conversions in buckets of 30: a job of 4 buckets.
+    args.extend(["--log-format", "json", "--bucket-rows", "40"]);
+    args.extend(["--min-bucket-rows", "16"]);
+    let (server, url) = Server::start(&args);
+    let conversions = format!("conversions={}", data("conversions.csv").display());
+    // Without a terminal: a line per bucket.
+    let (code, _, stderr) = cleanroom(
+        &[
+            "query",
+            "--config",
+            collab.to_str().unwrap(),
+            "--member",
+            "advertiser",
+            "--data",
+            &conversions,
+            "--server",
+            &url,
+            "--bucket-rows",
+            "30",
+            "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+             JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
+        ],
+        &[("CLEANROOM_TOKEN", "advertiser-token")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let rows = rows_with_identifier("conversions.csv");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bucket "))
+        .collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert_eq!(lines[0], format!("bucket 1 of 4: {rows} rows to match"));
+    for (done, line) in lines[1..].iter().enumerate() {
+        let prefix = format!("bucket {} of 4 done: ", done + 1);
+        assert!(line.starts_with(&prefix), "{line}");
+        assert!(line.contains(&format!(" of {rows} rows, ")), "{line}");
+        assert!(line.contains(" rows/s"), "{line}");
+        assert_eq!(line.contains(" left"), done < 3, "{line}");
+    }
+    assert!(
+        lines[4].contains(&format!("done: {rows} of {rows} rows")),
+        "{line:?}",
+        line = lines[4]
+    );
+
+    // One log event per bucket on the server's side, in order, with its own rows only.
+    let mut server_rows = 0;
+    for bucket in 1..=4 {
+        let line = server.line_with("\"bucket_matched\"");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &event;
+        assert_eq!(fields["bucket"], bucket, "{line}");
+        assert_eq!(fields["buckets"], 4, "{line}");
+        server_rows += fields["server_rows"].as_u64().unwrap();
+    }
+    assert_eq!(server_rows, rows_with_identifier("impressions.csv"));
+}
+
+/// Data rows of a fixture CSV file whose first column (the email) is not blank: the rows a
+/// job puts in its buckets.
+fn rows_with_identifier(name: &str) -> u64 {
+    let text = std::fs::read_to_string(data(name)).unwrap();
+    let rows = text.lines().skip(1);
+    rows.filter(|l| !l.split(',').next().unwrap().trim().is_empty())
+        .count() as u64
+}

@@ -10,7 +10,7 @@ use clap::Args;
 use cleanroom_rules::{Collaboration, Protocol, ResultTable, Value};
 use cleanroom_service::client::{Progress, QueryOutcome};
 use cleanroom_service::{BearerToken, Client, ClientConfig, ClientError, Query};
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 
 use super::output::{CsvCells, Format, render_csv, render_table};
 use super::serve::{data_map, parse_data};
@@ -347,23 +347,80 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
     Some(bar)
 }
 
-fn describe(progress: Progress<'_>) -> String {
-    match progress {
-        Progress::ReadingData { table } => format!("reading table {table}"),
-        Progress::Accepted { session_id, rows } => {
-            format!("session {session_id}: matching {rows} rows")
+/// What the progress display remembers between reports: when the job's first bucket began,
+/// for rows per second and the time left; the last bucket line, kept beside the bytes moved on
+/// a terminal.
+#[derive(Default)]
+struct ProgressView {
+    job_start: Option<std::time::Instant>,
+    bucket_line: Option<String>,
+}
+
+impl ProgressView {
+    /// The line that shows `progress`, remembering what later lines need.
+    fn describe(&mut self, progress: Progress<'_>) -> String {
+        match progress {
+            Progress::ReadingData { table } => format!("reading table {table}"),
+            Progress::Accepted { session_id, rows } => {
+                format!("session {session_id}: matching {rows} rows")
+            }
+            Progress::Bucket {
+                done,
+                buckets,
+                rows_done,
+                rows,
+            } => {
+                let start = *self.job_start.get_or_insert_with(std::time::Instant::now);
+                let line = bucket_line(done, buckets, (rows_done, rows), start.elapsed());
+                self.bucket_line = Some(line.clone());
+                line
+            }
+            Progress::Moved(c) => {
+                let moved = format!(
+                    "sent {} in {} messages, received {} in {} messages",
+                    HumanBytes(c.bytes_sent),
+                    c.messages_sent,
+                    HumanBytes(c.bytes_received),
+                    c.messages_received
+                );
+                match &self.bucket_line {
+                    Some(line) => format!("{line}; {moved}"),
+                    None => moved,
+                }
+            }
         }
-        Progress::Bucket { bucket, buckets } => {
-            format!("bucket {} of {buckets}", bucket + 1)
-        }
-        Progress::Moved(c) => format!(
-            "sent {} in {} messages, received {} in {} messages",
-            HumanBytes(c.bytes_sent),
-            c.messages_sent,
-            HumanBytes(c.bytes_received),
-            c.messages_received
-        ),
     }
+}
+
+/// "bucket 3 of 32 done: 937500 of 10000000 rows, 8700 rows/s, about 17 min 20 s left": the
+/// rate over the buckets done since the first began, the time left at that rate.
+fn bucket_line(
+    done: u32,
+    buckets: u32,
+    (rows_done, rows): (u64, u64),
+    elapsed: Duration,
+) -> String {
+    if done == 0 {
+        return format!("bucket 1 of {buckets}: {rows} rows to match");
+    }
+    let seconds = elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        rows_done as f64 / seconds
+    } else {
+        0.0
+    };
+    let mut line = format!("bucket {done} of {buckets} done: {rows_done} of {rows} rows");
+    if rate > 0.0 {
+        line.push_str(&format!(", {rate:.0} rows/s"));
+        if done < buckets {
+            let left = rows.saturating_sub(rows_done) as f64 / rate;
+            line.push_str(&format!(
+                ", about {} left",
+                HumanDuration(Duration::from_secs_f64(left))
+            ));
+        }
+    }
+    line
 }
 
 fn print_stats(outcome: &QueryOutcome) {
@@ -474,15 +531,23 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         data: &data,
         receivers: &args.receivers,
     };
+    let view = std::sync::Mutex::new(ProgressView::default());
     let outcome = runtime.block_on(async {
-        let hook = |p: Progress<'_>| match &bar {
-            Some(bar) => bar.set_message(describe(p)),
-            // Without a terminal, a line per bucket of a job (and nothing else: the
-            // statistics follow the result).
-            None if !args.quiet && matches!(p, Progress::Bucket { .. }) => {
-                eprintln!("{}", describe(p));
+        let hook = |p: Progress<'_>| {
+            let line = || {
+                view.lock()
+                    .map(|mut view| view.describe(p))
+                    .unwrap_or_default()
+            };
+            match &bar {
+                Some(bar) => bar.set_message(line()),
+                // Without a terminal, a line per bucket of a job (and nothing else: the
+                // statistics follow the result).
+                None if !args.quiet && matches!(p, Progress::Bucket { .. }) => {
+                    eprintln!("{}", line());
+                }
+                None => {}
             }
-            None => {}
         };
         let mut client = Client::connect(&config).await?;
         client.run_query(query, Some(&hook)).await
@@ -543,6 +608,24 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_line_shows_the_rate_and_the_time_left() {
+        let line = bucket_line(4, 32, (1_000_000, 8_000_000), Duration::from_secs(100));
+        assert_eq!(
+            line,
+            "bucket 4 of 32 done: 1000000 of 8000000 rows, 10000 rows/s, about 12 minutes left"
+        );
+        let last = bucket_line(32, 32, (8_000_000, 8_000_000), Duration::from_secs(800));
+        assert_eq!(
+            last,
+            "bucket 32 of 32 done: 8000000 of 8000000 rows, 10000 rows/s"
+        );
+        assert_eq!(
+            bucket_line(0, 32, (0, 8_000_000), Duration::ZERO),
+            "bucket 1 of 32: 8000000 rows to match"
+        );
+    }
 
     fn result() -> ResultTable {
         ResultTable {

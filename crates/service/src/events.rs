@@ -150,6 +150,29 @@ impl ServerEvents {
         }
     }
 
+    /// Bucket `done` of `buckets` of a job's session was matched (from 1), over `rows` of the
+    /// server's rows, in `duration`; `bytes_received` so far in the session. Nothing of the
+    /// bucket's intersection: that is added to the job's totals, released once.
+    pub(crate) fn bucket_matched(
+        &self,
+        session_id: &str,
+        (done, buckets): (u32, u32),
+        rows: u64,
+        duration: Duration,
+        bytes_received: u64,
+    ) {
+        tracing::info!(
+            target: "cleanroom::session",
+            event = "bucket_matched",
+            session_id,
+            bucket = done,
+            buckets,
+            server_rows = rows,
+            duration_ms = duration.as_millis() as u64,
+            bytes_received,
+        );
+    }
+
     /// A session was refused before its attempt was recorded.
     pub(crate) fn session_refused(&self, member: &str, peer: Option<SocketAddr>, reason: &str) {
         self.metrics.refused_early(reason);

@@ -313,6 +313,12 @@ impl PartitionedRows {
     }
 }
 
+/// The rows of `table` that take part in matching: those with an identifier.
+pub(crate) fn matched_rows(table: &ReceiverTable) -> u64 {
+    let stats = table.stats();
+    stats.rows - stats.skipped_empty
+}
+
 /// The client's first pass over its table: the rows go into its table as long as they number
 /// at most `limit`; past that the table is dropped and the rows only counted, and the job's
 /// bucket files are written after the server's acceptance (a second pass).
@@ -378,6 +384,14 @@ pub(crate) enum ClientBuckets {
 
 impl ClientBuckets {
     /// Bucket `bucket`'s table; buckets are taken in order, each once.
+    /// The rows the buckets hold together: the kept rows with an identifier.
+    pub(crate) fn rows_to_match(&self) -> u64 {
+        match self {
+            ClientBuckets::InMemory(parts) => parts.as_slice().iter().map(matched_rows).sum(),
+            ClientBuckets::Files { rows, .. } => rows.stats.rows - rows.stats.skipped_empty,
+        }
+    }
+
     pub(crate) fn bucket(&mut self, bucket: u32) -> Result<ReceiverTable, BucketLoadError> {
         match self {
             ClientBuckets::InMemory(parts) => parts.next().ok_or(BucketLoadError::Record(bucket)),

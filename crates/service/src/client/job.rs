@@ -14,7 +14,7 @@ use cleanroom_rules::{Plan, Role as PlanRole};
 use super::{ClientError, Progress, psi_messages};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, PeerError, Role};
-use crate::job::{ClientBuckets, JobTerms, Partition, spill_error};
+use crate::job::{ClientBuckets, JobTerms, Partition, matched_rows, spill_error};
 use crate::proto::{self, RunSessionRequest};
 use crate::session::value_ranges;
 
@@ -100,10 +100,13 @@ pub(super) async fn run(
     let one_matcher_group = plan.grouped_by() != Some(PlanRole::Matcher);
     let mut over = bound.map(|_| 0u64);
     let mut sizes: Vec<(String, u64)> = Vec::new();
+    let (mut rows_done, rows) = (0, buckets.rows_to_match());
     for bucket in 0..job.buckets {
         report(Progress::Bucket {
-            bucket,
+            done: bucket,
             buckets: job.buckets,
+            rows_done,
+            rows,
         });
         let (domain, key, ranges) = (plan.domain(), Arc::clone(&value_key), ranges.clone());
         let noise = plan.noise_bounds();
@@ -113,7 +116,7 @@ pub(super) async fn run(
                     .bucket(bucket)
                     .map_err(|e| ClientError::Internal(format!("the job's {e}")))?;
                 let cut = bound.map(|k| table.bound_groups(k));
-                let part = table.group_sizes();
+                let part = (table.group_sizes(), matched_rows(&table));
                 let mut receiver = Receiver::in_job(&domain, table, limits, (*key).as_ref())
                     .map_err(|e| ClientError::Internal(e.to_string()))?;
                 if one_matcher_group {
@@ -135,7 +138,7 @@ pub(super) async fn run(
             })
             .await?;
         buckets = back;
-        let (receiver, part, cut) = built?;
+        let (receiver, (part, bucket_rows), cut) = built?;
         if let (Some(over), Some(cut)) = (over.as_mut(), cut) {
             *over += cut;
         }
@@ -152,7 +155,14 @@ pub(super) async fn run(
         }
         let mut psi_in = psi_messages(inbound);
         exchange.run(receiver, &mut psi_in).await?;
+        rows_done += bucket_rows;
     }
+    report(Progress::Bucket {
+        done: job.buckets,
+        buckets: job.buckets,
+        rows_done,
+        rows,
+    });
     let mut opener = ResultOpener::new(ResultKeys::for_job((*value_key).as_ref(), sizes), limits);
     if let Some(bounds) = plan.noise_bounds() {
         opener = opener.with_noise(bounds).map_err(ClientError::Opened)?;

@@ -268,12 +268,17 @@ pub enum Progress<'a> {
         /// Rows of the member's table taking part.
         rows: u64,
     },
-    /// A bucket of a job of buckets begins (`bucket` of `buckets`, from 0).
+    /// Buckets of a job done so far: reported before the first bucket (`done` = 0) and after
+    /// each (`done` = `buckets` after the last).
     Bucket {
-        /// The bucket.
-        bucket: u32,
+        /// Buckets matched.
+        done: u32,
         /// How many the job has.
         buckets: u32,
+        /// The member's rows in the buckets matched.
+        rows_done: u64,
+        /// The member's rows in all the buckets: its kept rows with an identifier.
+        rows: u64,
     },
     /// Protocol messages moved.
     Moved(&'a Counters),
