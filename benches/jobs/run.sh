@@ -18,7 +18,7 @@ mkdir -p "$run/swork" "$run/cwork"
 /usr/bin/time -v -o "$run/server.time" "$bin" serve \
   --config "$here/collab.toml" --member publisher --data "impressions=$data/impressions.csv" \
   --listen "127.0.0.1:$port" --state "$run/state.db" --bucket-rows "$server_rows" \
-  --work-dir "$run/swork" --min-data-rate 0 --session-timeout 86400 2> "$run/server.log" &
+  --work-dir "$run/swork" --max-rows 1000000000 --min-data-rate 0 --session-timeout 86400 2> "$run/server.log" &
 server=$!
 trap 'pkill -TERM -P $server 2>/dev/null || true; kill $sampler 2>/dev/null || true' EXIT
 for _ in $(seq 600); do
