@@ -990,6 +990,28 @@ fn a_job_shows_its_buckets_with_rate_and_time_left_and_serve_logs_each() {
         server_rows += fields["server_rows"].as_u64().unwrap();
     }
     assert_eq!(server_rows, rows_with_identifier("impressions.csv"));
+    drop(server);
+
+    // The job's one audit entry: all 4 buckets done.
+    let (code, stdout, stderr) = cleanroom(
+        &[
+            "audit",
+            "--state",
+            state.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(entries.len(), 1, "{stdout}");
+    let entry = &entries[0];
+    assert_eq!(entry["decision"], "released", "{stdout}");
+    assert_eq!(
+        (&entry["buckets"], &entry["buckets_done"]),
+        (&4.into(), &4.into())
+    );
 }
 
 /// Data rows of a fixture CSV file whose first column (the email) is not blank: the rows a

@@ -95,7 +95,7 @@ fn render_failures(rows: &[FailedAuthentication], format: Format) -> Result<Stri
     })
 }
 
-const COLUMNS: [&str; 22] = [
+const COLUMNS: [&str; 23] = [
     "started_at",
     "session_id",
     "collaboration_id",
@@ -116,6 +116,7 @@ const COLUMNS: [&str; 22] = [
     "payer",
     "compute_ms",
     "buckets",
+    "buckets_done",
     "sql",
     "reason",
 ];
@@ -142,6 +143,7 @@ fn cells(entry: &AuditEntry) -> Vec<String> {
         entry.payer.clone(),
         entry.compute_ms.to_string(),
         entry.buckets.to_string(),
+        entry.buckets_done.to_string(),
         entry.sql.clone(),
         entry.reason.clone(),
     ]

@@ -295,6 +295,7 @@ mod tests {
             payer: member.into(),
             compute_ms: 0,
             buckets: 1,
+            buckets_done: 1,
         }
     }
 

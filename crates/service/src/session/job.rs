@@ -10,7 +10,7 @@ use cleanroom_psi::{JobTotals, WireMessage};
 use cleanroom_rules::Plan;
 use tokio_stream::Stream;
 
-use super::admission::Host;
+use super::admission::{Host, state_call};
 use super::run::{Release, ServerFrames, bucket_matcher, decide_release, refuse_tiny_querier_set};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, ExchangeError, PeerError};
@@ -88,6 +88,12 @@ impl Host {
             totals
                 .add_bucket(&mut matcher)
                 .map_err(|e| ExchangeError::Peer(PeerError::Protocol(e)))?;
+            // The job's progress in its audit entry, before the next bucket begins.
+            let (id, done) = (session_id.to_owned(), bucket + 1);
+            state_call(&self.config.state, move |s| {
+                s.record_buckets_done(&id, done)
+            })
+            .await?;
             self.events.bucket_matched(
                 session_id,
                 (bucket + 1, job.buckets),

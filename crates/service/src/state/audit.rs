@@ -133,6 +133,9 @@ pub struct AuditEntry {
     /// Buckets of work the session ran: 1 for every charged (admitted) session, `B` for a job
     /// of `B` buckets (PROTOCOL.md 3.6), 0 for an attempt refused at admission.
     pub buckets: u64,
+    /// Buckets matched so far (a job's progress, recorded as each bucket ends); a released
+    /// entry has all of its `buckets` done.
+    pub buckets_done: u64,
 }
 
 impl AuditEntry {
@@ -247,6 +250,19 @@ impl StateDb {
         Ok(())
     }
 
+    /// Records that `done` buckets of running job `session_id` are matched (its progress in
+    /// the audit; a bucket's intersection is never recorded on its own).
+    pub fn record_buckets_done(&self, session_id: &str, done: u32) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE audit SET buckets_done = ?2
+                 WHERE session_id = ?1 AND decision = 'running' AND ?2 <= buckets",
+                params![session_id, i64::from(done)],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+
     /// Records in `session_id`'s entry the querier's declared skipped rows.
     pub fn record_receiver_skipped(
         &self,
@@ -310,7 +326,9 @@ impl StateDb {
                          released_rows = ?4, suppressed_rows = ?5, matcher_rows = ?6,
                          messages_received = ?7, messages_sent = ?8,
                          bytes_received = ?9, bytes_sent = ?10,
-                         bounded_identifiers = ?11, bounded_disclosed = ?12, compute_ms = ?13
+                         bounded_identifiers = ?11, bounded_disclosed = ?12, compute_ms = ?13,
+                         buckets_done = CASE WHEN ?2 = 'released' THEN buckets
+                                             ELSE buckets_done END
                      WHERE session_id = ?1 AND decision = 'running'"
                 ),
                 params![
@@ -509,7 +527,7 @@ pub(super) const SELECT_ENTRY: &str = "SELECT id, session_id, started_at, finish
     sql, decision, reason, released_rows, suppressed_rows, matcher_rows, receiver_rows,
     messages_received, messages_sent, bytes_received, bytes_sent, matcher_skipped,
     receiver_skipped, bounded_identifiers, bounded_disclosed, collaboration_id, payer,
-    compute_ms, buckets FROM audit";
+    compute_ms, buckets, buckets_done FROM audit";
 
 /// A row as SQLite returns it, before its values are checked.
 pub(super) struct RawEntry {
@@ -523,11 +541,11 @@ pub(super) struct RawEntry {
     decision: String,
     reason: String,
     payer: String,
-    counts: [i64; 14],
+    counts: [i64; 15],
 }
 
 pub(super) fn raw_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    let mut counts = [0i64; 14];
+    let mut counts = [0i64; 15];
     for (i, count) in counts.iter_mut().enumerate() {
         // The counts of version 7 follow the collaboration and the payer.
         let column = if i < 12 { 8 + i } else { 10 + i };
@@ -570,6 +588,7 @@ impl RawEntry {
             bounded_disclosed,
             compute_ms,
             buckets,
+            buckets_done,
         ] = self.counts;
         Ok(AuditEntry {
             session_id: self.session_id,
@@ -595,6 +614,7 @@ impl RawEntry {
             payer: self.payer,
             compute_ms: to_u64(compute_ms)?,
             buckets: to_u64(buckets)?,
+            buckets_done: to_u64(buckets_done)?,
         })
     }
 }

@@ -44,11 +44,12 @@ pub use usage::{Contribution, TableUse, UsageLine};
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
 /// each audit entry, 6 the failed authentications, 7 the payer, compute time and buckets of
 /// each audit entry, the tables each session used, and the results kept for receivers other
-/// than the querier; older files are upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 7;
+/// than the querier, 8 the buckets done of each entry; older files are upgraded when opened
+/// for writing).
+const SCHEMA_VERSION: i64 = 8;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
-const ADDED_AUDIT_COLUMNS: [(&str, &str); 8] = [
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 9] = [
     ("matcher_skipped", "INTEGER NOT NULL DEFAULT 0"),
     ("receiver_skipped", "INTEGER NOT NULL DEFAULT 0"),
     ("bounded_identifiers", "INTEGER NOT NULL DEFAULT 0"),
@@ -57,12 +58,13 @@ const ADDED_AUDIT_COLUMNS: [(&str, &str); 8] = [
     ("payer", "TEXT NOT NULL DEFAULT ''"),
     ("compute_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("buckets", "INTEGER NOT NULL DEFAULT 0"),
+    ("buckets_done", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
-/// How a column added in version 7 is filled for the entries of an older file: before version
-/// 7 the querier paid, and every charged session (one with a ledger entry) ran as one bucket.
-/// Their compute time was not measured and stays 0.
-const VERSION_7_BACKFILL: [(&str, &str); 2] = [
+/// How a column added in version 7 or 8 is filled for the entries of an older file: before
+/// version 7 the querier paid, and every charged session (one with a ledger entry) ran as one
+/// bucket. Their compute time was not measured and stays 0.
+const BACKFILL: [(&str, &str); 3] = [
     (
         "payer",
         "UPDATE audit SET payer = member WHERE session_id IN (SELECT session_id FROM ledger);",
@@ -70,6 +72,12 @@ const VERSION_7_BACKFILL: [(&str, &str); 2] = [
     (
         "buckets",
         "UPDATE audit SET buckets = 1 WHERE session_id IN (SELECT session_id FROM ledger);",
+    ),
+    // Before version 8 a released entry had matched all its buckets; of the others it is not
+    // known how many.
+    (
+        "buckets_done",
+        "UPDATE audit SET buckets_done = buckets WHERE decision = 'released';",
     ),
 ];
 
@@ -99,7 +107,8 @@ CREATE TABLE IF NOT EXISTS audit (
     collaboration_id TEXT NOT NULL DEFAULT '',
     payer TEXT NOT NULL DEFAULT '',
     compute_ms INTEGER NOT NULL DEFAULT 0,
-    buckets INTEGER NOT NULL DEFAULT 0
+    buckets INTEGER NOT NULL DEFAULT 0,
+    buckets_done INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -309,7 +318,7 @@ impl StateDb {
                     "ALTER TABLE audit ADD COLUMN {column} {definition};"
                 ))
                 .map_err(err)?;
-                if let Some((_, backfill)) = VERSION_7_BACKFILL.iter().find(|(c, _)| *c == column) {
+                if let Some((_, backfill)) = BACKFILL.iter().find(|(c, _)| *c == column) {
                     conn.execute_batch(backfill).map_err(err)?;
                 }
                 if column == "collaboration_id" {
@@ -498,7 +507,7 @@ mod tests {
             conn.execute_batch(
                 "ALTER TABLE audit DROP COLUMN payer; ALTER TABLE audit DROP COLUMN compute_ms;
                  ALTER TABLE audit DROP COLUMN buckets; DROP TABLE table_use;
-                 PRAGMA user_version = 6;",
+                 ALTER TABLE audit DROP COLUMN buckets_done; PRAGMA user_version = 6;",
             )
             .unwrap();
         }
@@ -522,5 +531,51 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_7_file_has_all_buckets_done_for_its_released_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            for id in ["released", "failed"] {
+                db.begin(&attempt(id, "adv", "q", 1)).unwrap();
+                db.charge(id, &policy(None, None, None), "adv", None, &[])
+                    .unwrap();
+                db.record_buckets(id, 4).unwrap();
+                db.record_buckets_done(id, 3).unwrap();
+            }
+            let done = Completion::default();
+            db.finish("failed", Decision::Failed, "peer gone", &done)
+                .unwrap();
+            db.conn()
+                .execute_batch(
+                    "UPDATE audit SET decision = 'released' WHERE session_id = 'released';
+                     ALTER TABLE audit DROP COLUMN buckets_done; PRAGMA user_version = 7;",
+                )
+                .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let released = db.entry("released").unwrap().unwrap();
+        assert_eq!((released.buckets, released.buckets_done), (4, 4));
+        let failed = db.entry("failed").unwrap().unwrap();
+        assert_eq!((failed.buckets, failed.buckets_done), (4, 0));
+    }
+
+    #[test]
+    fn a_job_records_its_buckets_done_and_a_release_completes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path().join("state.db")).unwrap();
+        db.begin(&attempt("job", "adv", "q", 1)).unwrap();
+        db.charge("job", &policy(None, None, None), "adv", None, &[])
+            .unwrap();
+        db.record_buckets("job", 8).unwrap();
+        db.record_buckets_done("job", 5).unwrap();
+        // Never more than the job has.
+        db.record_buckets_done("job", 9).unwrap();
+        assert_eq!(db.entry("job").unwrap().unwrap().buckets_done, 5);
+        db.release("job", &Completion::default()).unwrap();
+        assert_eq!(db.entry("job").unwrap().unwrap().buckets_done, 8);
     }
 }
