@@ -57,7 +57,7 @@ pub struct QueryArgs {
     /// The most rows of your table held in memory: a table with more is read into bucket
     /// files and the session runs as a job of buckets of about this many rows (PROTOCOL.md
     /// 3.6).
-    #[arg(long, value_name = "N", default_value_t = 1 << 19, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1 << 18, value_parser = clap::value_parser!(u64).range(1..))]
     bucket_rows: u64,
     /// Where a job of buckets writes its bucket files (a fresh directory inside it, removed at
     /// the end); default: the system's temporary directory.

@@ -40,7 +40,8 @@ pub struct Limits {
     pub session_timeout: Duration,
     /// Rows a job of buckets puts in one bucket (`job`): a session whose server table has
     /// more is split into buckets of about this many rows, so that memory holds one bucket.
-    /// Default: 2^19 (a querier with sums holds about 250 MB then; BENCHMARKS.md).
+    /// Default: 2^18: the server holds a bucket of each side, and at 10^7 rows per side with
+    /// 2^19 it peaked at 256 MiB (BENCHMARKS.md).
     pub bucket_rows: u64,
     /// The fewest rows either side's bucket may be expected to hold: the server never splits
     /// a session into more buckets than this allows (what one bucket's size tells about an
@@ -58,7 +59,7 @@ impl Default for Limits {
             rate_window: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             session_timeout: Duration::from_secs(2 * 3600),
-            bucket_rows: 1 << 19,
+            bucket_rows: 1 << 18,
             min_bucket_rows: 1 << 16,
         }
     }

@@ -67,7 +67,7 @@ pub struct ClientConfig {
     pub idle_timeout: Option<Duration>,
     /// The most rows of this member's table held in memory at once: a table with more is
     /// read into bucket files and the session asks the server for a job of buckets of about
-    /// this many rows each (PROTOCOL.md 3.6). Default: 2^19.
+    /// this many rows each (PROTOCOL.md 3.6). Default: 2^18, as the server's.
     pub bucket_rows: u64,
     /// Where a job's bucket files go (a fresh directory inside it, removed at the end);
     /// `None`: under the system's temporary directory.
@@ -87,7 +87,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: None,
             idle_timeout: Some(Duration::from_secs(600)),
-            bucket_rows: 1 << 19,
+            bucket_rows: 1 << 18,
             work_dir: None,
         }
     }
