@@ -5,12 +5,6 @@
 
 mod cli;
 
-/// mimalloc rather than the system's: glibc's malloc keeps the memory of a bucket freed on one
-/// thread's arena when the next is allocated on another, and a job's peak RSS grew with its
-/// buckets (BENCHMARKS.md, "Jobs of buckets through the service").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
