@@ -2,13 +2,13 @@
 # One row of BENCHMARKS.md "Jobs of buckets through the service": `serve` and `query` as two
 # processes on 127.0.0.1, each under /usr/bin/time, the work directories sampled every second.
 #   benches/jobs/run.sh N SERVER_BUCKET_ROWS CLIENT_BUCKET_ROWS [PORT]
-# Builds nothing: uses target/release/cleanroom. Tables are generated once per N under
-# target/bench-jobs/N. Prints wall time, peak RSS of each process, disk and the result.
+# Builds nothing: uses target/release/cleanroom (or $CLEANROOM_BIN). Tables are generated once
+# per N under target/bench-jobs/N. Prints wall time, peak RSS of each process, disk and the result.
 set -euo pipefail
 n=$1 server_rows=$2 client_rows=$3 port=${4:-50777}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin=$root/target/release/cleanroom
+bin=${CLEANROOM_BIN:-$root/target/release/cleanroom}
 data=$root/target/bench-jobs/$n
 mkdir -p "$root/target/bench-jobs"
 run=$(mktemp -d "$root/target/bench-jobs/run.XXXXXX")
@@ -46,5 +46,6 @@ echo "client wall s: $(echo "$end - $start" | bc)"
 echo "client peak RSS KiB: $(awk '/Maximum resident/ {print $6}' "$run/client.time")"
 echo "server peak RSS KiB: $(awk '/Maximum resident/ {print $6}' "$run/server.time")"
 echo "bucket files max bytes: $(cat "$run/disk.max" 2>/dev/null || echo 0)"
-grep -iE "bytes|bucket" "$run/client.log" | tail -3 || true
+tail -2 "$run/client.log" || true
+grep -o "bytes_received=[0-9]* bytes_sent=[0-9]*" "$run/server.log" | tail -1 || true
 awk -F, 'NR > 1 {b += $2; r += $3} END {print "result buyers " b " revenue " r}' "$run/result.csv"
