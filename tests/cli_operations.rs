@@ -469,6 +469,21 @@ fn sample(body: &str, series: &str) -> f64 {
         .unwrap()
 }
 
+/// The advertiser's buyers per campaign, asked of the server at `url` with `token` and the
+/// `extra` flags of `query`: exit code, stdout, stderr.
+fn buyers_query(url: &str, token: &str, extra: &[&str]) -> (i32, String, String) {
+    let collab = data("collab.toml");
+    let conversions = format!("conversions={}", data("conversions.csv").display());
+    let mut args = vec!["query", "--config", collab.to_str().unwrap(), "--member"];
+    args.extend(["advertiser", "--data", &conversions, "--server", url]);
+    args.extend(extra);
+    args.push(
+        "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
+         JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
+    );
+    cleanroom(&args, &[("CLEANROOM_TOKEN", token)])
+}
+
 /// Data rows of a fixture CSV file (lines after the header).
 fn data_rows(name: &str) -> f64 {
     (std::fs::read_to_string(data(name)).unwrap().lines().count() - 1) as f64
@@ -478,7 +493,6 @@ fn data_rows(name: &str) -> f64 {
 fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
-    let collab = data("collab.toml");
     let publisher = publisher_args(&state);
     let mut args: Vec<&str> = publisher.iter().map(String::as_str).collect();
     args.extend(["--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
@@ -493,25 +507,7 @@ fn the_log_the_metrics_and_the_audit_see_sessions_and_failed_authentications() {
         .to_owned();
 
     // The advertiser's query at `url` with `token`.
-    let conversions = format!("conversions={}", data("conversions.csv").display());
-    let query = |url: &str, token: &str| {
-        cleanroom(
-            &[
-                "query",
-                "--config",
-                collab.to_str().unwrap(),
-                "--member",
-                "advertiser",
-                "--data",
-                &conversions,
-                "--server",
-                url,
-                "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
-                 JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
-            ],
-            &[("CLEANROOM_TOKEN", token)],
-        )
-    };
+    let query = |url: &str, token: &str| buyers_query(url, token, &[]);
     const WRONG: &str = "not-a-member-token-5f3a9c";
     let (code, _, stderr) = query(&url, WRONG);
     assert_ne!(code, 0, "{stderr}");
@@ -931,33 +927,14 @@ fn a_receiver_makes_a_key_and_fetches_the_result_of_a_query_it_did_not_run() {
 fn a_job_shows_its_buckets_with_rate_and_time_left_and_serve_logs_each() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
-    let collab = data("collab.toml");
     let publisher = publisher_args(&state);
     let mut args: Vec<&str> = publisher.iter().map(String::as_str).collect();
     // 160 impressions in buckets of 40, 110 conversions in buckets of 30: a job of 4 buckets.
     args.extend(["--log-format", "json", "--bucket-rows", "40"]);
     args.extend(["--min-bucket-rows", "16"]);
     let (server, url) = Server::start(&args);
-    let conversions = format!("conversions={}", data("conversions.csv").display());
     // Without a terminal: a line per bucket.
-    let (code, _, stderr) = cleanroom(
-        &[
-            "query",
-            "--config",
-            collab.to_str().unwrap(),
-            "--member",
-            "advertiser",
-            "--data",
-            &conversions,
-            "--server",
-            &url,
-            "--bucket-rows",
-            "30",
-            "SELECT i.campaign, COUNT(DISTINCT c.email) AS buyers FROM impressions i \
-             JOIN conversions c ON i.email = c.email GROUP BY i.campaign",
-        ],
-        &[("CLEANROOM_TOKEN", "advertiser-token")],
-    );
+    let (code, _, stderr) = buyers_query(&url, "advertiser-token", &["--bucket-rows", "30"]);
     assert_eq!(code, 0, "{stderr}");
     let rows = rows_with_identifier("conversions.csv");
     let lines: Vec<&str> = stderr
