@@ -26,7 +26,7 @@ for _ in $(seq 600); do
   sleep 1
 done
 ( max=0; while true; do
-    s=$(du -sb "$run/swork" "$run/cwork" | awk '{t+=$1} END {print t}')
+    s=$(du -scb "$run/swork" "$run/cwork" | tail -1 | cut -f1)
     [ "$s" -gt "$max" ] && max=$s && echo "$max" > "$run/disk.max"
     sleep 1
   done ) &
@@ -48,4 +48,5 @@ echo "server peak RSS KiB: $(awk '/Maximum resident/ {print $6}' "$run/server.ti
 echo "bucket files max bytes: $(cat "$run/disk.max" 2>/dev/null || echo 0)"
 tail -2 "$run/client.log" || true
 grep -o "bytes_received=[0-9]* bytes_sent=[0-9]*" "$run/server.log" | tail -1 || true
+grep -hE "User time|System time" "$run/client.time" "$run/server.time" || true
 awk -F, 'NR > 1 {b += $2; r += $3} END {print "result buyers " b " revenue " r}' "$run/result.csv"
