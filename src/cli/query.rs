@@ -392,7 +392,7 @@ impl ProgressView {
     }
 }
 
-/// "bucket 3 of 32 done: 937500 of 10000000 rows, 8700 rows/s, about 17 min 20 s left": the
+/// "bucket 3 of 32 done: 937500 of 10000000 rows, 8700 rows/s, about 17 minutes left": the
 /// rate over the buckets done since the first began, the time left at that rate.
 fn bucket_line(
     done: u32,

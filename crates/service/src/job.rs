@@ -315,7 +315,11 @@ impl PartitionedRows {
 
 /// The rows of `table` that take part in matching: those with an identifier.
 pub(crate) fn matched_rows(table: &ReceiverTable) -> u64 {
-    let stats = table.stats();
+    rows_with_identifier(table.stats())
+}
+
+/// The rows counted in `stats` that have an identifier (the others are never matched).
+fn rows_with_identifier(stats: InputStats) -> u64 {
     stats.rows - stats.skipped_empty
 }
 
@@ -383,15 +387,15 @@ pub(crate) enum ClientBuckets {
 }
 
 impl ClientBuckets {
-    /// Bucket `bucket`'s table; buckets are taken in order, each once.
     /// The rows the buckets hold together: the kept rows with an identifier.
     pub(crate) fn rows_to_match(&self) -> u64 {
         match self {
             ClientBuckets::InMemory(parts) => parts.as_slice().iter().map(matched_rows).sum(),
-            ClientBuckets::Files { rows, .. } => rows.stats.rows - rows.stats.skipped_empty,
+            ClientBuckets::Files { rows, .. } => rows_with_identifier(rows.stats),
         }
     }
 
+    /// Bucket `bucket`'s table; buckets are taken in order, each once.
     pub(crate) fn bucket(&mut self, bucket: u32) -> Result<ReceiverTable, BucketLoadError> {
         match self {
             ClientBuckets::InMemory(parts) => parts.next().ok_or(BucketLoadError::Record(bucket)),
