@@ -3,6 +3,7 @@
 //! `cleanroom-rules` and `cleanroom-service`.
 #![forbid(unsafe_code)]
 
+mod arenas;
 mod cli;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -49,6 +50,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: glibc's arenas are limited from the environment at start-up.
+    arenas::limit_arenas();
     // `serve --config-file FILE`: the file's settings become flags before the command line's.
     let serve = Cli::command()
         .find_subcommand("serve")

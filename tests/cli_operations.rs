@@ -110,9 +110,18 @@ impl Drop for Server {
 impl Server {
     /// `cleanroom serve <args>`, once it listens, and its `http://` (or `https://`) URL.
     fn start(args: &[&str]) -> (Server, String) {
+        Server::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with `env` added to the environment, which otherwise sets no limit
+    /// on glibc's arenas (the binary's own default is tested).
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> (Server, String) {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("GLIBC_TUNABLES")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -920,6 +929,41 @@ fn a_receiver_makes_a_key_and_fetches_the_result_of_a_query_it_did_not_run() {
     assert!(
         stderr.contains("NotFound") || stderr.contains("no result"),
         "{stderr}"
+    );
+}
+
+/// The value of `name` in the environment of the running process `pid`, as Linux shows it.
+#[cfg(target_os = "linux")]
+fn environment_of(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        let (key, value) = entry.split_once('=')?;
+        (key == name).then(|| value.to_owned())
+    })
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn serve_limits_glibc_arenas_itself_and_keeps_a_limit_the_user_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let publisher = publisher_args(&state);
+    let args: Vec<&str> = publisher.iter().map(String::as_str).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+
+    let (server, _) = Server::start_with_env(&args, &[]);
+    let pid = server.child.id();
+    assert_eq!(
+        environment_of(pid, "MALLOC_ARENA_MAX"),
+        Some(cores.to_string())
+    );
+    drop(server);
+
+    let (server, _) = Server::start_with_env(&args, &[("MALLOC_ARENA_MAX", "7")]);
+    assert_eq!(
+        environment_of(server.child.id(), "MALLOC_ARENA_MAX").as_deref(),
+        Some("7")
     );
 }
 
