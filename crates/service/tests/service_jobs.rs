@@ -92,6 +92,9 @@ async fn a_job_of_buckets_releases_exactly_what_a_plain_computation_gives() {
             let entry = server.settled_entry(&outcome.summary.session_id).await;
             assert_eq!(entry.decision, Decision::Released);
             assert_eq!((entry.buckets, entry.buckets_done), (8, 8));
+            // The totals stored after each bucket are spent with the release.
+            let id = &outcome.summary.session_id;
+            assert_eq!(server.state.job_checkpoint(id).unwrap(), None);
             assert_eq!(entry.released_rows, want.len() as u64);
             if sql == BY_CAMPAIGN {
                 // Every impression row is kept (EU_BY_CHANNEL filters them).
@@ -192,6 +195,9 @@ async fn play_job(fx: &Fixture, server: &Running, sql: &str, who: &str) -> View 
     };
     drop(tx);
     server.settled_entry(&accepted.session_id).await;
+    // The totals stored after each bucket end with the refused job.
+    let stored = server.state.job_checkpoint(&accepted.session_id).unwrap();
+    assert_eq!(stored, None, "totals kept after the job");
     let mut entry = own_entry(server, &accepted.session_id).await;
     entry.session_id.clear();
     entry.started_at.clear();

@@ -88,10 +88,11 @@ impl Host {
             totals
                 .add_bucket(&mut matcher)
                 .map_err(|e| ExchangeError::Peer(PeerError::Protocol(e)))?;
-            // The job's progress in its audit entry, before the next bucket begins.
-            let (id, done) = (session_id.to_owned(), bucket + 1);
+            // The job's progress in its audit entry and its totals, durable before the next
+            // bucket begins.
+            let (id, done, checkpoint) = (session_id.to_owned(), bucket + 1, totals.checkpoint());
             state_call(&self.config.state, move |s| {
-                s.record_buckets_done(&id, done)
+                s.record_bucket(&id, done, &checkpoint)
             })
             .await?;
             self.events.bucket_matched(

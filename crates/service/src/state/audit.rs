@@ -250,17 +250,61 @@ impl StateDb {
         Ok(())
     }
 
-    /// Records that `done` buckets of running job `session_id` are matched (its progress in
-    /// the audit; a bucket's intersection is never recorded on its own).
-    pub fn record_buckets_done(&self, session_id: &str, done: u32) -> Result<(), StateError> {
-        self.conn()
+    /// Records that `done` buckets of running job `session_id` are matched, with the job's
+    /// totals after them (`checkpoint`, psi's `JobTotals::checkpoint`), in one transaction:
+    /// the audit shows the job's progress and the totals survive a crash of the server. A
+    /// bucket's intersection is never recorded on its own; nothing is stored for an entry that
+    /// no longer runs or for more buckets than the job has.
+    pub fn record_bucket(
+        &self,
+        session_id: &str,
+        done: u32,
+        checkpoint: &[u8],
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        let running = tx
             .execute(
                 "UPDATE audit SET buckets_done = ?2
                  WHERE session_id = ?1 AND decision = 'running' AND ?2 <= buckets",
                 params![session_id, i64::from(done)],
             )
             .map_err(|e| self.sqlite(e))?;
-        Ok(())
+        if running == 1 {
+            tx.execute(
+                &format!(
+                    "INSERT INTO job_totals (session_id, buckets_done, checkpoint, updated_at)
+                     VALUES (?1, ?2, ?3, {NOW})
+                     ON CONFLICT (session_id) DO UPDATE SET buckets_done = ?2,
+                         checkpoint = ?3, updated_at = {NOW}"
+                ),
+                params![session_id, i64::from(done), checkpoint],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    /// The stored totals of job `session_id`: how many buckets they hold and their checkpoint
+    /// bytes. `None` when nothing is stored: a session of one bucket, a job before its first
+    /// bucket, or a job that ended (its totals are deleted when its entry is completed); a job
+    /// that was running when the server stopped (`interrupted`) keeps them.
+    pub fn job_checkpoint(&self, session_id: &str) -> Result<Option<(u32, Vec<u8>)>, StateError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT buckets_done, checkpoint FROM job_totals WHERE session_id = ?1",
+                params![session_id],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        row.map(|(done, bytes)| {
+            let done = u32::try_from(done)
+                .map_err(|_| StateError::Corrupt(format!("job {session_id}: {done} buckets")))?;
+            Ok((done, bytes))
+        })
+        .transpose()
     }
 
     /// Records in `session_id`'s entry the querier's declared skipped rows.
@@ -306,7 +350,11 @@ impl StateDb {
                 "a session cannot finish as running".to_owned(),
             ));
         }
-        self.complete_in(&self.conn(), session_id, decision, reason, completion)
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        let completed = self.complete_in(&tx, session_id, decision, reason, completion)?;
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(completed)
     }
 
     /// Completes `session_id`'s running entry within `conn`'s current transaction: its
@@ -348,6 +396,15 @@ impl StateDb {
                 ],
             )
             .map_err(|e| self.sqlite(e))?;
+        if changed == 1 {
+            // A job's totals end with it: released once, or never (refused, failed,
+            // cancelled). Only a job the server stopped in the middle of keeps them.
+            conn.execute(
+                "DELETE FROM job_totals WHERE session_id = ?1",
+                params![session_id],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
         Ok(changed == 1)
     }
 

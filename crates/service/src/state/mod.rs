@@ -44,9 +44,9 @@ pub use usage::{Contribution, TableUse, UsageLine};
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
 /// each audit entry, 6 the failed authentications, 7 the payer, compute time and buckets of
 /// each audit entry, the tables each session used, and the results kept for receivers other
-/// than the querier, 8 the buckets done of each entry; older files are upgraded when opened
-/// for writing).
-const SCHEMA_VERSION: i64 = 8;
+/// than the querier, 8 the buckets done of each entry, 9 the totals of each job not released;
+/// older files are upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 9;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
 const ADDED_AUDIT_COLUMNS: [(&str, &str); 9] = [
@@ -109,6 +109,12 @@ CREATE TABLE IF NOT EXISTS audit (
     compute_ms INTEGER NOT NULL DEFAULT 0,
     buckets INTEGER NOT NULL DEFAULT 0,
     buckets_done INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS job_totals (
+    session_id TEXT PRIMARY KEY REFERENCES audit (session_id),
+    buckets_done INTEGER NOT NULL CHECK (buckets_done > 0),
+    checkpoint BLOB NOT NULL,
+    updated_at TEXT NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -544,7 +550,7 @@ mod tests {
                 db.charge(id, &policy(None, None, None), "adv", None, &[])
                     .unwrap();
                 db.record_buckets(id, 4).unwrap();
-                db.record_buckets_done(id, 3).unwrap();
+                db.record_bucket(id, 3, b"totals").unwrap();
             }
             let done = Completion::default();
             db.finish("failed", Decision::Failed, "peer gone", &done)
@@ -571,11 +577,38 @@ mod tests {
         db.charge("job", &policy(None, None, None), "adv", None, &[])
             .unwrap();
         db.record_buckets("job", 8).unwrap();
-        db.record_buckets_done("job", 5).unwrap();
+        assert_eq!(db.job_checkpoint("job").unwrap(), None);
+        db.record_bucket("job", 4, b"after 4").unwrap();
+        db.record_bucket("job", 5, b"after 5").unwrap();
         // Never more than the job has.
-        db.record_buckets_done("job", 9).unwrap();
+        db.record_bucket("job", 9, b"after 9").unwrap();
         assert_eq!(db.entry("job").unwrap().unwrap().buckets_done, 5);
-        db.release("job", &Completion::default()).unwrap();
-        assert_eq!(db.entry("job").unwrap().unwrap().buckets_done, 8);
+        assert_eq!(
+            db.job_checkpoint("job").unwrap(),
+            Some((5, b"after 5".to_vec()))
+        );
+        // Durable: the file opened again holds the last bucket's totals.
+        drop(db);
+        let db = StateDb::open(dir.path().join("state.db")).unwrap();
+        assert_eq!(
+            db.job_checkpoint("job").unwrap(),
+            Some((5, b"after 5".to_vec()))
+        );
+        // The restart marked the entry interrupted: nothing more is recorded for it.
+        db.record_bucket("job", 6, b"after 6").unwrap();
+        assert_eq!(db.job_checkpoint("job").unwrap().unwrap().0, 5);
+
+        db.begin(&attempt("job2", "adv", "q", 1)).unwrap();
+        db.charge("job2", &policy(None, None, None), "adv", None, &[])
+            .unwrap();
+        db.record_buckets("job2", 8).unwrap();
+        db.record_bucket("job2", 3, b"after 3").unwrap();
+        db.release("job2", &Completion::default()).unwrap();
+        assert_eq!(db.entry("job2").unwrap().unwrap().buckets_done, 8);
+        assert_eq!(
+            db.job_checkpoint("job2").unwrap(),
+            None,
+            "spent with the release"
+        );
     }
 }
