@@ -20,10 +20,12 @@
 //!   with glibc's default and says so on standard error.
 
 /// The environment variable glibc reads its arena limit from.
-pub const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
 
 /// The arena limit this binary sets: one per core it may use, at least two.
-pub fn arena_limit() -> usize {
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn arena_limit() -> usize {
     std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2))
 }
 
