@@ -89,8 +89,10 @@ impl Host {
                 .add_bucket(&mut matcher)
                 .map_err(|e| ExchangeError::Peer(PeerError::Protocol(e)))?;
             // The job's progress in its audit entry and its totals, durable before the next
-            // bucket begins.
-            let (id, done, checkpoint) = (session_id.to_owned(), bucket + 1, totals.checkpoint());
+            // bucket begins (encoded off the runtime: a point per pair and value limb).
+            let (back, checkpoint) = exchange.blocking(totals, |t| t.checkpoint()).await?;
+            totals = back;
+            let (id, done) = (session_id.to_owned(), bucket + 1);
             state_call(&self.config.state, move |s| {
                 s.record_bucket(&id, done, &checkpoint)
             })
