@@ -290,6 +290,8 @@ impl StateDb {
     /// bucket, or a job that ended (its totals are deleted when its entry is completed); a job
     /// that was running when the server stopped (`interrupted`) keeps them.
     pub fn job_checkpoint(&self, session_id: &str) -> Result<Option<(u32, Vec<u8>)>, StateError> {
+        // A file older than version 9, opened to read, has no such table: say so plainly.
+        self.require_current()?;
         let row = self
             .conn()
             .query_row(
