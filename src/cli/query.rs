@@ -63,6 +63,17 @@ pub struct QueryArgs {
     /// the end); default: the system's temporary directory.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// A name for this query (1 to 64 characters of A-Z a-z 0-9 . _ -), so that it can
+    /// resume: when this process or the server stops in the middle of a job, running the same
+    /// command again continues with the buckets not yet done, without a second charge, and
+    /// prints the one released result. The job's value key waits in --work-dir (or the
+    /// system's temporary directory) until then.
+    #[arg(long, value_name = "NAME")]
+    job_id: Option<String>,
+    /// With --job-id: how many times to reconnect, waiting 1, 2, 4 … up to 30 seconds, when
+    /// the server cannot be reached or the connection breaks.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "job_id")]
+    retries: u32,
     /// The query.
     sql: String,
 }
@@ -423,6 +434,11 @@ fn bucket_line(
     line
 }
 
+/// The wait before retry `attempt` (from 1): 1, 2, 4 … seconds, at most 30.
+fn retry_wait(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
 fn print_stats(outcome: &QueryOutcome) {
     let c = &outcome.counters;
     let elapsed = outcome.summary.stats.as_ref().map_or(0, |s| s.elapsed_ms);
@@ -519,6 +535,15 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let mut config = args.connection.client_config()?;
     config.bucket_rows = args.bucket_rows;
     config.work_dir = args.work_dir.clone();
+    if let Some(name) = &args.job_id {
+        cleanroom_service::job::check_job_id(name).map_err(|e| anyhow::anyhow!("--job-id: {e}"))?;
+    }
+    config.job_id = args.job_id.clone();
+    let retries = if args.job_id.is_some() {
+        args.retries
+    } else {
+        0
+    };
     let bar = progress_bar(args.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -532,26 +557,53 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         receivers: &args.receivers,
     };
     let view = std::sync::Mutex::new(ProgressView::default());
-    let outcome = runtime.block_on(async {
-        let hook = |p: Progress<'_>| {
-            let line = || {
-                view.lock()
-                    .map(|mut view| view.describe(p))
-                    .unwrap_or_default()
-            };
-            match &bar {
-                Some(bar) => bar.set_message(line()),
-                // Without a terminal, a line per bucket of a job (and nothing else: the
-                // statistics follow the result).
-                None if !args.quiet && matches!(p, Progress::Bucket { .. }) => {
-                    eprintln!("{}", line());
-                }
-                None => {}
-            }
+    let hook = |p: Progress<'_>| {
+        let line = || {
+            view.lock()
+                .map(|mut view| view.describe(p))
+                .unwrap_or_default()
         };
-        let mut client = Client::connect(&config).await?;
-        client.run_query(query, Some(&hook)).await
-    });
+        match &bar {
+            Some(bar) => bar.set_message(line()),
+            // Without a terminal, a line per bucket of a job (and nothing else: the
+            // statistics follow the result).
+            None if !args.quiet && matches!(p, Progress::Bucket { .. }) => {
+                eprintln!("{}", line());
+            }
+            None => {}
+        }
+    };
+    let mut attempt = 0;
+    let outcome = loop {
+        let outcome = runtime.block_on(async {
+            let mut client = Client::connect(&config).await?;
+            client.run_query(query, Some(&hook)).await
+        });
+        match outcome {
+            // A named job: the server keeps its buckets done, so trying again costs only
+            // the bucket under way.
+            Err(error) if attempt < retries && error.is_retryable() => {
+                attempt += 1;
+                let wait = retry_wait(attempt);
+                let line = format!(
+                    "{error}; job {} resumes: trying again in {} s (retry {attempt} of \
+                     {retries})",
+                    args.job_id.as_deref().unwrap_or_default(),
+                    wait.as_secs()
+                );
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None if !args.quiet => eprintln!("{line}"),
+                    None => {}
+                }
+                if let Ok(mut view) = view.lock() {
+                    *view = ProgressView::default();
+                }
+                std::thread::sleep(wait);
+            }
+            outcome => break outcome,
+        }
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -608,6 +660,12 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_half_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|a| retry_wait(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn a_bucket_line_shows_the_rate_and_the_time_left() {

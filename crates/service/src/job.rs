@@ -46,8 +46,11 @@ pub const MAX_BUCKETS: u32 = 4096;
 pub struct JobTerms {
     /// How many buckets: a power of two, 2 to [`MAX_BUCKETS`].
     pub buckets: u32,
-    /// The bucket hash's key, fresh for this session.
+    /// The bucket hash's key, fresh for this job.
     pub key: BucketKey,
+    /// Buckets already matched, whose totals the server holds: both sides begin with bucket
+    /// `done` (0 unless the job resumed).
+    pub done: u32,
 }
 
 /// The buckets that hold `rows` at most `bucket_rows` each (rounded up to a power of two,
@@ -100,6 +103,7 @@ impl JobTerms {
         (buckets > 1).then(|| JobTerms {
             buckets,
             key: BucketKey::generate(),
+            done: 0,
         })
     }
 
@@ -108,11 +112,13 @@ impl JobTerms {
         proto::JobTerms {
             buckets: self.buckets,
             bucket_key: self.key.to_bytes().to_vec(),
+            buckets_done: self.done,
         }
     }
 
     /// The terms of `SessionAccepted.job` as the client checks them: absent is one session;
-    /// present, a power of two from 2 to [`MAX_BUCKETS`] buckets and a key of 32 bytes.
+    /// present, a power of two from 2 to [`MAX_BUCKETS`] buckets, a key of 32 bytes and at
+    /// most all of them done.
     pub(crate) fn from_proto(job: Option<&proto::JobTerms>) -> Result<Option<JobTerms>, String> {
         let Some(job) = job else {
             return Ok(None);
@@ -129,11 +135,68 @@ impl JobTerms {
                 job.bucket_key.len()
             )
         })?;
+        if job.buckets_done > job.buckets {
+            return Err(format!(
+                "the server says {} of the job's {} buckets are done",
+                job.buckets_done, job.buckets
+            ));
+        }
         Ok(Some(JobTerms {
             buckets: job.buckets,
             key: BucketKey::from_bytes(key),
+            done: job.buckets_done,
         }))
     }
+}
+
+/// The longest name of a job.
+pub const MAX_JOB_ID_BYTES: usize = 64;
+
+/// A job's name as a client gives it: `None` for none (empty); refused unless 1 to
+/// [`MAX_JOB_ID_BYTES`] characters of `A-Z a-z 0-9 . _ -`.
+pub fn check_job_id(job_id: &str) -> Result<Option<&str>, String> {
+    if job_id.is_empty() {
+        return Ok(None);
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if job_id.len() > MAX_JOB_ID_BYTES || !job_id.chars().all(allowed) {
+        return Err(format!(
+            "a job id is 1 to {MAX_JOB_ID_BYTES} characters of A-Z a-z 0-9 . _ -, not {:?}",
+            job_id
+                .chars()
+                .take(MAX_JOB_ID_BYTES + 1)
+                .collect::<String>()
+        ));
+    }
+    Ok(Some(job_id))
+}
+
+/// What a named job was asked under, as a digest: the query, the receivers, the table the
+/// client brings with its declared rows, and the terms it computes under. A resume must bring
+/// the same: the same query over the same data.
+pub(crate) fn terms_digest(
+    sql: &str,
+    receivers: &[String],
+    table: (&str, u64, u64),
+    agreement: Option<&proto::Agreement>,
+) -> [u8; 32] {
+    use prost::Message as _;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut put = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    };
+    put(b"cleanroom job terms v1");
+    put(sql.as_bytes());
+    for receiver in receivers {
+        put(receiver.as_bytes());
+    }
+    put(table.0.as_bytes());
+    put(&table.1.to_be_bytes());
+    put(&table.2.to_be_bytes());
+    put(&agreement.map(|a| a.encode_to_vec()).unwrap_or_default());
+    hash.finalize().into()
 }
 
 /// The error of writing `table`'s kept rows to the bucket files under `dir`.
@@ -408,6 +471,15 @@ impl ClientBuckets {
 mod tests {
     use super::*;
 
+    #[test]
+    fn job_ids_are_short_plain_names() {
+        assert_eq!(check_job_id(""), Ok(None));
+        assert_eq!(check_job_id("q3-2026_run.1"), Ok(Some("q3-2026_run.1")));
+        for bad in ["a b", "../x", "é", &"x".repeat(MAX_JOB_ID_BYTES + 1)] {
+            assert!(check_job_id(bad).is_err(), "{bad}");
+        }
+    }
+
     fn limits(bucket_rows: u64, min_bucket_rows: u64) -> Limits {
         Limits {
             bucket_rows,
@@ -444,14 +516,27 @@ mod tests {
         let job = |buckets, key: Vec<u8>| proto::JobTerms {
             buckets,
             bucket_key: key,
+            buckets_done: 0,
         };
         assert_eq!(JobTerms::from_proto(None), Ok(None));
         assert!(JobTerms::from_proto(Some(&job(4, vec![1; 32]))).is_ok());
+        let resumed = proto::JobTerms {
+            buckets_done: 4,
+            ..job(4, vec![1; 32])
+        };
+        assert_eq!(
+            JobTerms::from_proto(Some(&resumed)).unwrap().unwrap().done,
+            4
+        );
         for bad in [
             job(1, vec![1; 32]),
             job(6, vec![1; 32]),
             job(MAX_BUCKETS * 2, vec![1; 32]),
             job(4, vec![1; 31]),
+            proto::JobTerms {
+                buckets_done: 5,
+                ..job(4, vec![1; 32])
+            },
         ] {
             assert!(JobTerms::from_proto(Some(&bad)).is_err(), "{bad:?}");
         }

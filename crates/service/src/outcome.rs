@@ -44,6 +44,18 @@ pub(crate) enum SessionError {
     State(#[from] StateError),
     #[error("protocol error on the server: {0}")]
     Internal(String),
+    /// A named job cannot be resumed now: it is running on another connection (`ABORTED`: try
+    /// again once that connection is closed).
+    #[error("{0}")]
+    JobRunning(String),
+    /// A named job cannot be resumed at all: it ended, or the request's terms are not the
+    /// job's (`FAILED_PRECONDITION`).
+    #[error("{0}")]
+    JobClosed(String),
+    /// A named job's connection was lost (`source`): its entry is recorded `interrupted`, its
+    /// totals kept, to resume under its name (PROTOCOL.md 3.6, step 6).
+    #[error("{0}")]
+    Resumable(Box<SessionError>),
 }
 
 /// Reason codes that mean the member may not do this at all, rather than that this query is
@@ -60,6 +72,9 @@ fn is_permission_code(code: ReasonCode) -> bool {
 impl SessionError {
     pub(crate) fn status(&self) -> Status {
         match self {
+            SessionError::Resumable(source) => source.status(),
+            SessionError::JobRunning(m) => Status::aborted(m.clone()),
+            SessionError::JobClosed(m) => Status::failed_precondition(m.clone()),
             SessionError::PermissionDenied(m) => Status::permission_denied(m.clone()),
             SessionError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             SessionError::Refused(refusal) => {
@@ -91,7 +106,10 @@ impl SessionError {
 
     pub(crate) fn decision(&self) -> Decision {
         match self {
+            SessionError::Resumable(_) => Decision::Interrupted,
             SessionError::PermissionDenied(_)
+            | SessionError::JobRunning(_)
+            | SessionError::JobClosed(_)
             | SessionError::InvalidArgument(_)
             | SessionError::Refused(_)
             | SessionError::ResourceExhausted(_)
@@ -107,14 +125,34 @@ impl SessionError {
         }
     }
 
+    /// Whether the session ended because the connection to the client was lost or went
+    /// quiet (it ended, vanished, stopped sending, or ran out of time), rather than because
+    /// of what it sent or of this server: a named job ended so may resume.
+    pub(crate) fn is_connection_lost(&self) -> bool {
+        match self {
+            SessionError::Exchange(ExchangeError::Transport(status)) => !is_too_large(status),
+            SessionError::Exchange(
+                ExchangeError::PeerEnded
+                | ExchangeError::PeerGone
+                | ExchangeError::Idle(_)
+                | ExchangeError::TooSlow { .. }
+                | ExchangeError::Deadline(_),
+            ) => true,
+            _ => false,
+        }
+    }
+
     /// Why the session ended, as stable codes for the log and the metrics: the rules' reason
     /// codes of a refusal, else one code of the service's (`permission_denied`,
     /// `invalid_argument`, `resource_exhausted`, `agreement_differs`, `malformed_message`, `protocol_violation`,
     /// `oversized_message`, `unexpected_message`, `peer_ended`, `peer_gone`, `transport`,
     /// `idle_timeout`, `too_slow`, `session_timeout`, `server_data`, `state_database`,
-    /// `internal`).
+    /// `internal`, `job_running`, `job_closed`); an interrupted job's are its cause's.
     pub(crate) fn reason_codes(&self) -> Vec<&'static str> {
         let one = match self {
+            SessionError::Resumable(source) => return source.reason_codes(),
+            SessionError::JobRunning(_) => "job_running",
+            SessionError::JobClosed(_) => "job_closed",
             SessionError::Refused(refusal) => {
                 return refusal.reasons.iter().map(|r| r.code.as_str()).collect();
             }
@@ -149,6 +187,10 @@ impl SessionError {
     /// The reason recorded in the audit log (server-side detail included).
     pub(crate) fn audit_reason(&self) -> String {
         match self {
+            SessionError::Resumable(source) => format!(
+                "{}; the job keeps its buckets done and resumes under its name",
+                source.audit_reason()
+            ),
             SessionError::Data { source, .. } => format!("{self}: {source}"),
             SessionError::State(StateError::Exhausted(exhausted)) => exhausted.to_string(),
             SessionError::State(source) => format!("{self}: {source}"),

@@ -157,26 +157,96 @@ struct View {
     code: Code,
     message: String,
     entry: cleanroom_service::proto::AuditEntry,
+    /// The buckets done the server announced when the job resumed.
+    resumed_at: Option<u32>,
 }
 
 /// Plays a job of buckets as a querier holding the one identifier `who`: in each bucket, an
 /// honest receiver of its part (empty but for `who`'s bucket).
 async fn play_job(fx: &Fixture, server: &Running, sql: &str, who: &str) -> View {
-    let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+    play_job_resumed(fx, server, sql, who, None).await
+}
+
+/// The acceptance of `start` on a new connection, and the connection.
+async fn accept(
+    server: &Running,
+    start: RunSessionRequest,
+) -> (
+    cleanroom_service::proto::SessionAccepted,
+    mpsc::Sender<RunSessionRequest>,
+    Streaming<RunSessionResponse>,
+) {
     let mut client = raw_client(server.addr, Some(ADVERTISER_TOKEN)).await;
-    let (tx, mut inbound) = raw_open(&mut client, start(fx, sql, 8)).await.unwrap();
-    let accepted = match inbound.message().await.unwrap().and_then(|m| m.message) {
-        Some(run_session_response::Message::Accepted(a)) => a,
+    let (tx, mut inbound) = raw_open(&mut client, start).await.unwrap();
+    match inbound.message().await.unwrap().and_then(|m| m.message) {
+        Some(run_session_response::Message::Accepted(a)) => (a, tx, inbound),
         other => panic!("expected an acceptance, got {other:?}"),
-    };
-    let job = accepted.job.expect("a job");
-    let key = BucketKey::from_bytes(job.bucket_key.try_into().unwrap());
+    }
+}
+
+/// Waits until `session_id`'s entry is `decision` with `done` buckets done.
+async fn wait_for(server: &Running, session_id: &str, decision: Decision, done: u64) {
+    for _ in 0..400 {
+        let entry = server.state.entry(session_id).unwrap().unwrap();
+        if entry.decision == decision && entry.buckets_done == done {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("session {session_id} never became {decision} with {done} buckets done");
+}
+
+/// [`play_job`], named and, with `resume_after` = `Some(k)`, hung up once the server holds
+/// `k` buckets and resumed on a new connection under the same name and value key.
+async fn play_job_resumed(
+    fx: &Fixture,
+    server: &Running,
+    sql: &str,
+    who: &str,
+    resume_after: Option<u32>,
+) -> View {
+    let plan = fx.collaboration.plan("advertiser", sql).unwrap();
+    let mut start = start(fx, sql, 8);
+    if let (Some(run_session_request::Message::Start(s)), Some(_)) =
+        (&mut start.message, resume_after)
+    {
+        // A name spent with its job: each case names its own.
+        s.job_id = format!("probe-{}", rand_suffix());
+    }
+    let (accepted, mut tx, mut inbound) = accept(server, start.clone()).await;
+    let job = accepted.job.clone().expect("a job");
+    let key = BucketKey::from_bytes(job.bucket_key.clone().try_into().unwrap());
     let columns = accepted.value_columns as usize;
     let value_key = ValueKey::generate(columns);
     let domain = plan.domain();
     let mine = key.bucket(&domain, who, job.buckets);
     let mut ended = None;
+    let mut resumed_at = None;
     for bucket in 0..job.buckets {
+        if Some(bucket) == resume_after {
+            // Hang up once the server holds the buckets before this one, and come back.
+            wait_for(
+                server,
+                &accepted.session_id,
+                Decision::Running,
+                bucket.into(),
+            )
+            .await;
+            drop((tx, inbound));
+            wait_for(
+                server,
+                &accepted.session_id,
+                Decision::Interrupted,
+                bucket.into(),
+            )
+            .await;
+            let (again, new_tx, new_inbound) = accept(server, start.clone()).await;
+            assert_eq!(again.session_id, accepted.session_id, "the job's own entry");
+            let terms = again.job.expect("the job's terms");
+            assert_eq!(terms.bucket_key, job.bucket_key);
+            resumed_at = Some(terms.buckets_done);
+            (tx, inbound) = (new_tx, new_inbound);
+        }
         let mut table = ReceiverTable::new(Normalization::Email, columns).unwrap();
         table.ensure_group("").unwrap();
         if bucket == mine {
@@ -210,6 +280,7 @@ async fn play_job(fx: &Fixture, server: &Running, sql: &str, who: &str) -> View 
         code: status.code(),
         message: status.message().replace(&accepted.session_id, "<session>"),
         entry,
+        resumed_at,
     }
 }
 
@@ -344,5 +415,184 @@ async fn a_private_job_is_charged_once_and_noised_once() {
     let standing = server.state.standings().unwrap();
     let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
     assert_eq!(advertiser.queries, 1, "charged once for the whole job");
+    server.stop().await;
+}
+
+/// The querier of the threshold test above, hanging up in the middle of its job and resuming
+/// it: the resumed job goes on from the totals the server kept (the identifier's bucket may be
+/// before or after the break), and both cases still end alike, refused, with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_refuses_a_querier_set_under_the_threshold_alike() {
+    let fx = Fixture::new(5);
+    let work = tempfile::tempdir().unwrap();
+    let server = server(&fx, job_limits(), work.path()).await;
+    let target = fx
+        .publisher_sets(|_| true, |_| String::new())
+        .remove("")
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut views = Vec::new();
+    for who in [target.as_str(), "user950@example.com"] {
+        views.push(play_job_resumed(&fx, &server, BY_CAMPAIGN, who, Some(3)).await);
+    }
+    assert_eq!(views[0], views[1], "member and stranger differ");
+    assert_eq!(views[0].resumed_at, Some(3));
+    assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
+    assert_eq!(views[0].entry.released_rows, 0);
+    assert!(is_empty(work.path()));
+    server.stop().await;
+}
+
+/// The advertiser's named job `job_id` of `sql`, as [`query`] runs it; with `stop_after`, the
+/// client's call is dropped (the process "dies") once that many buckets are done on its side.
+/// Returns the job's session and the outcome, `None` when stopped.
+async fn named_query(
+    fx: &Fixture,
+    server: &Running,
+    (sql, job_id): (&str, &str),
+    work: &Path,
+    stop_after: Option<u32>,
+) -> (String, Option<Result<QueryOutcome, ClientError>>) {
+    let mut config = advertiser_client_config(format!("http://{}", server.addr));
+    config.bucket_rows = 100;
+    config.work_dir = Some(work.to_owned());
+    config.job_id = Some(job_id.to_owned());
+    let mut client = Client::connect(&config).await.unwrap();
+    let data = fx.advertiser_data();
+    let query = Query {
+        collaboration: &fx.collaboration,
+        member: "advertiser",
+        sql,
+        data: &data,
+        receivers: &[],
+    };
+    let session = std::sync::Mutex::new(String::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = std::sync::Mutex::new(Some(stop));
+    let hook = |p: cleanroom_service::client::Progress<'_>| match p {
+        cleanroom_service::client::Progress::Accepted { session_id, .. } => {
+            *session.lock().unwrap() = session_id.to_owned();
+        }
+        cleanroom_service::client::Progress::Bucket { done, .. } if Some(done) == stop_after => {
+            if let Some(stop) = stop.lock().unwrap().take() {
+                let _ = stop.send(());
+            }
+        }
+        _ => {}
+    };
+    let outcome = tokio::select! {
+        outcome = client.run_query(query, Some(&hook)) => Some(outcome),
+        _ = stopped => None,
+    };
+    let session = session.lock().unwrap().clone();
+    (session, outcome)
+}
+
+/// A named job whose client stops in the middle resumes when the same query runs again under
+/// the same name: the same audit entry goes on from the buckets the server holds, the result
+/// is exactly the plain one, the job is charged once, and once released it is never released
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
+    let fx = Fixture::new(5);
+    let (server_work, client_work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = server(&fx, job_limits(), server_work.path()).await;
+    let (want, want_suppressed) = fx.plain_by_campaign();
+    let named = (BY_CAMPAIGN, "by-campaign-1");
+
+    let (id, outcome) = named_query(&fx, &server, named, client_work.path(), Some(4)).await;
+    assert!(outcome.is_none(), "stopped");
+    let entry = loop {
+        let entry = server.state.entry(&id).unwrap().unwrap();
+        if entry.decision != Decision::Running {
+            break entry;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(entry.decision, Decision::Interrupted, "{}", entry.reason);
+    assert!((3..8).contains(&entry.buckets_done), "{entry:?}");
+    let (done, _) = server
+        .state
+        .job_checkpoint(&id)
+        .unwrap()
+        .expect("totals kept");
+    assert_eq!(u64::from(done), entry.buckets_done);
+    // The client's value key waits for the job, owner-only.
+    let keys: Vec<_> = std::fs::read_dir(client_work.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keys[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let (again, outcome) = named_query(&fx, &server, named, client_work.path(), None).await;
+    let outcome = outcome.unwrap().unwrap();
+    assert_eq!(again, id, "the job's own entry");
+    assert_eq!(outcome.accepted.job.as_ref().unwrap().buckets_done, done);
+    assert_exact(&outcome.result, &want, want_suppressed);
+    let entry = server.settled_entry(&id).await;
+    assert_eq!(entry.decision, Decision::Released);
+    assert_eq!((entry.buckets, entry.buckets_done), (8, 8));
+    assert_eq!(entry.released_rows, want.len() as u64);
+    // The bytes of both connections.
+    assert!(entry.bytes_received > outcome.counters.bytes_sent);
+    assert_eq!(server.state.job_checkpoint(&id).unwrap(), None);
+    let entries = server.state.entries(None, Some(100)).unwrap();
+    assert_eq!(entries.len(), 1, "one entry for the job: {entries:?}");
+    let standing = server.state.standings().unwrap();
+    let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
+    assert_eq!(advertiser.queries, 1, "charged once for the whole job");
+    assert!(is_empty(server_work.path()) && is_empty(client_work.path()));
+
+    // Released once: the name cannot run it again.
+    let (_, outcome) = named_query(&fx, &server, named, client_work.path(), None).await;
+    match outcome.unwrap() {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::FailedPrecondition, "{remote}");
+            assert!(remote.message.contains("released"), "{remote}");
+        }
+        other => panic!("a released job ran again: {other:?}"),
+    }
+    // Nor can other terms under the name of an interrupted one: stop another, change its SQL.
+    let other = (EU_BY_CHANNEL, "eu-1");
+    let (id, _) = named_query(&fx, &server, other, client_work.path(), Some(2)).await;
+    loop {
+        let entry = server.state.entry(&id).unwrap().unwrap();
+        if entry.decision != Decision::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (_, outcome) = named_query(
+        &fx,
+        &server,
+        (BY_CAMPAIGN, "eu-1"),
+        client_work.path(),
+        None,
+    )
+    .await;
+    match outcome.unwrap() {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::FailedPrecondition, "{remote}");
+            assert!(remote.message.contains("other terms"), "{remote}");
+        }
+        other => panic!("a job resumed under other terms: {other:?}"),
+    }
+    assert_eq!(
+        server.state.entry(&id).unwrap().unwrap().decision,
+        Decision::Interrupted,
+        "the job waits for its own terms"
+    );
+    let standing = server.state.standings().unwrap();
+    let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
+    assert_eq!(advertiser.queries, 2, "refused resumes are not charged");
     server.stop().await;
 }

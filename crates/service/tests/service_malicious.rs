@@ -203,6 +203,7 @@ fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
             receivers: Vec::new(),
             result_keys: Vec::new(),
             buckets: 0,
+            job_id: String::new(),
         })),
     }
 }
@@ -1723,6 +1724,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
                 receivers: Vec::new(),
                 result_keys: Vec::new(),
                 buckets: 0,
+                job_id: String::new(),
             })),
         };
         let status = raw_open(&mut client, start)

@@ -94,6 +94,7 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
                 receivers: Vec::new(),
                 result_keys: Vec::new(),
                 buckets: 0,
+                job_id: String::new(),
             },
         )),
     };

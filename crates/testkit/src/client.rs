@@ -175,6 +175,7 @@ pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunS
             receivers: Vec::new(),
             result_keys: Vec::new(),
             buckets: 0,
+            job_id: String::new(),
         })),
     }
 }

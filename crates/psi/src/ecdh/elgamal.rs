@@ -141,6 +141,33 @@ impl ValueKey {
         &self.secrets
     }
 
+    /// The secret scalars, 32 bytes each in limb order, in a buffer zeroized on drop: for a
+    /// receiver that keeps its key across processes (a job it may resume after a crash), to
+    /// be stored as the secret it is.
+    pub fn to_secret_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(self.secrets.len() * 32));
+        for secret in self.secret_bytes() {
+            out.extend_from_slice(&secret);
+        }
+        out
+    }
+
+    /// Keys from [`to_secret_bytes`](Self::to_secret_bytes): `None` unless the bytes are 64
+    /// per value column for 1 to [`MAX_VALUE_COLUMNS`] columns, each 32 a canonical non-zero
+    /// scalar.
+    pub fn from_stored_secret(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() % 32 != 0 {
+            return None;
+        }
+        let secrets: zeroize::Zeroizing<Vec<[u8; 32]>> = zeroize::Zeroizing::new(
+            bytes
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("chunks of 32"))
+                .collect(),
+        );
+        Self::from_secret_bytes(&secrets)
+    }
+
     /// The public keys `S_i = s_i·B`.
     pub fn public_key(&self) -> ValuePublicKey {
         ValuePublicKey {
@@ -461,6 +488,22 @@ fn discrete_log(target: &RistrettoPoint) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stored_key_decrypts_what_the_original_encrypted_and_damage_is_refused() {
+        let key = super::ValueKey::generate(2);
+        let stored = key.to_secret_bytes();
+        assert_eq!(stored.len(), 2 * 2 * 32);
+        let back = super::ValueKey::from_stored_secret(&stored).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
+        let total = key.encrypt(&[7, 1 << 20]);
+        assert_eq!(back.decrypt(&total).unwrap(), vec![7, 1 << 20]);
+        assert!(super::ValueKey::from_stored_secret(&[]).is_none());
+        assert!(super::ValueKey::from_stored_secret(&stored[..96]).is_none());
+        assert!(super::ValueKey::from_stored_secret(&stored[..100]).is_none());
+        assert!(super::ValueKey::from_stored_secret(&[0xff; 64]).is_none());
+        assert!(super::ValueKey::from_stored_secret(&[0; 64]).is_none());
+    }
+
     use super::*;
 
     #[test]

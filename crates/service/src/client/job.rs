@@ -3,6 +3,8 @@
 //! checked and opened by a [`ResultOpener`] against the client's group sizes summed over the
 //! buckets.
 
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cleanroom_data::TableSpec;
@@ -80,17 +82,18 @@ pub(super) async fn partition(
 
 /// Runs the job's buckets in order over the session's streams, then takes its release:
 /// returns the opener holding it and, for a private query grouped by this member's columns,
-/// how many of its identifiers were kept in fewer groups (summed over the buckets).
+/// how many of its identifiers were kept in fewer groups (summed over the buckets). The
+/// buckets the server already holds (`job.done`, a resumed job) are only read again, for this
+/// side's group sizes; `value_key` is the job's (the stored one when it resumes).
 pub(super) async fn run(
     exchange: &mut Exchange<'_, RunSessionRequest>,
     inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
     plan: &Plan,
-    job: &JobTerms,
+    (job, value_key): (&JobTerms, Option<ValueKey>),
     mut buckets: ClientBuckets,
     report: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<(ResultOpener, Option<u64>), ClientError> {
-    let columns = plan.receiver().value_columns.len();
-    let value_key = Arc::new((columns > 0).then(|| ValueKey::generate(columns)));
+    let value_key = Arc::new(value_key);
     let limits = cleanroom_psi::Limits::default();
     let bound = plan
         .privacy()
@@ -102,12 +105,15 @@ pub(super) async fn run(
     let mut sizes: Vec<(String, u64)> = Vec::new();
     let (mut rows_done, rows) = (0, buckets.rows_to_match());
     for bucket in 0..job.buckets {
-        report(Progress::Bucket {
-            done: bucket,
-            buckets: job.buckets,
-            rows_done,
-            rows,
-        });
+        let matched = bucket < job.done;
+        if !matched {
+            report(Progress::Bucket {
+                done: bucket,
+                buckets: job.buckets,
+                rows_done,
+                rows,
+            });
+        }
         let (domain, key, ranges) = (plan.domain(), Arc::clone(&value_key), ranges.clone());
         let noise = plan.noise_bounds();
         let (back, built) = exchange
@@ -117,6 +123,9 @@ pub(super) async fn run(
                     .map_err(|e| ClientError::Internal(format!("the job's {e}")))?;
                 let cut = bound.map(|k| table.bound_groups(k));
                 let part = (table.group_sizes(), matched_rows(&table));
+                if matched {
+                    return Ok::<_, ClientError>((None, part, cut));
+                }
                 let mut receiver = Receiver::in_job(&domain, table, limits, (*key).as_ref())
                     .map_err(|e| ClientError::Internal(e.to_string()))?;
                 if one_matcher_group {
@@ -134,7 +143,7 @@ pub(super) async fn run(
                         .with_range_proofs(value_ranges(&ranges))
                         .map_err(|e| ClientError::Internal(e.to_string()))?;
                 }
-                Ok::<_, ClientError>((receiver, part, cut))
+                Ok((Some(receiver), part, cut))
             })
             .await?;
         buckets = back;
@@ -153,8 +162,10 @@ pub(super) async fn run(
                 total.1 += n;
             }
         }
-        let mut psi_in = psi_messages(inbound);
-        exchange.run(receiver, &mut psi_in).await?;
+        if let Some(receiver) = receiver {
+            let mut psi_in = psi_messages(inbound);
+            exchange.run(receiver, &mut psi_in).await?;
+        }
         rows_done += bucket_rows;
     }
     report(Progress::Bucket {
@@ -173,4 +184,106 @@ pub(super) async fn run(
     let mut psi_in = psi_messages(inbound);
     let Release(opener) = exchange.run(Release(opener), &mut psi_in).await?;
     Ok((opener, over))
+}
+
+/// Where a named job keeps its value key between runs of the client (PROTOCOL.md 3.6, step
+/// 6): the sums of the buckets done are encrypted under it, so a resumed job needs the same.
+/// One file per collaboration, member, server and job name, under the work directory (or the
+/// system's temporary directory), readable by its owner only, removed once the job's release
+/// arrived.
+pub(crate) struct KeyFile {
+    path: PathBuf,
+    job_id: String,
+}
+
+/// The first bytes of a key file: a name and the format's version.
+const KEY_FILE_MAGIC: &[u8; 5] = b"CRVK\x01";
+
+impl KeyFile {
+    /// The key file of job `job_id` of `member` in `collaboration_id` on `server`.
+    pub(crate) fn new(
+        work_dir: Option<&Path>,
+        (collaboration_id, member, server): (&str, &str, &str),
+        job_id: &str,
+    ) -> KeyFile {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [collaboration_id, member, server, job_id] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        let tag = hex::encode(&hash.finalize()[..8]);
+        let dir = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        KeyFile {
+            path: dir.join(format!("cleanroom-job-{job_id}-{tag}.key")),
+            job_id: job_id.to_owned(),
+        }
+    }
+
+    /// The job's value key for `columns` value columns: the stored one when there is one;
+    /// otherwise, unless the server holds buckets of the job already (`done` > 0: their sums
+    /// are under the lost key), a fresh key, stored (synced, renamed into place) before it
+    /// encrypts anything.
+    pub(crate) fn value_key(&self, columns: usize, done: u32) -> Result<ValueKey, ClientError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            ClientError::Internal(format!(
+                "job {:?}: {what} {}: {e}",
+                self.job_id,
+                self.path.display()
+            ))
+        };
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                let key = bytes
+                    .strip_prefix(KEY_FILE_MAGIC.as_slice())
+                    .and_then(ValueKey::from_stored_secret)
+                    .ok_or_else(|| {
+                        failed("the value key file", &"is not a key this client wrote")
+                    })?;
+                if key.value_columns() != columns {
+                    return Err(failed(
+                        "the value key file",
+                        &format!(
+                            "holds keys of {} value columns, not {columns}",
+                            key.value_columns()
+                        ),
+                    ));
+                }
+                Ok(key)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && done == 0 => {
+                let key = ValueKey::generate(columns);
+                self.store(&key)
+                    .map_err(|e| failed("cannot store the value key in", &e))?;
+                Ok(key)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(failed(
+                &format!("the server holds {done} buckets done, whose sums only the value key in"),
+                &"can open, and it is gone; name a new job",
+            )),
+            Err(e) => Err(failed("cannot read", &e)),
+        }
+    }
+
+    fn store(&self, key: &ValueKey) -> io::Result<()> {
+        let mut partial = self.path.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&partial)?;
+        let mut bytes = zeroize::Zeroizing::new(KEY_FILE_MAGIC.to_vec());
+        bytes.extend_from_slice(&key.to_secret_bytes());
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &self.path)
+    }
+
+    /// Removes the file (the job ended); a file already gone is no error.
+    pub(crate) fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

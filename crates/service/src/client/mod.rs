@@ -11,6 +11,7 @@ use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cleanroom_psi::elgamal::ValueKey;
 use cleanroom_psi::sealed::OpeningKey;
 use cleanroom_psi::{ListQuerier, ProtocolError, Receiver, ReceiverTable, ResultOpener};
 use cleanroom_rules::{
@@ -69,9 +70,13 @@ pub struct ClientConfig {
     /// read into bucket files and the session asks the server for a job of buckets of about
     /// this many rows each (PROTOCOL.md 3.6). Default: 2^18, as the server's.
     pub bucket_rows: u64,
-    /// Where a job's bucket files go (a fresh directory inside it, removed at the end);
-    /// `None`: under the system's temporary directory.
+    /// Where a job's bucket files go (a fresh directory inside it, removed at the end), and a
+    /// named job's value key file; `None`: under the system's temporary directory.
     pub work_dir: Option<std::path::PathBuf>,
+    /// A name for the query, so that running it again under the same name resumes it where
+    /// it stopped (PROTOCOL.md 3.6, step 6): 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    /// `None`: a query that ends with its connection.
+    pub job_id: Option<String>,
 }
 
 impl ClientConfig {
@@ -89,6 +94,7 @@ impl ClientConfig {
             idle_timeout: Some(Duration::from_secs(600)),
             bucket_rows: 1 << 18,
             work_dir: None,
+            job_id: None,
         }
     }
 }
@@ -220,6 +226,31 @@ impl ClientError {
             server: server.to_owned(),
             cause: cause.to_owned(),
             hint: crate::transport::mismatch_hint(server, cause),
+        }
+    }
+
+    /// Whether trying again later may succeed: the server could not be reached, the
+    /// connection broke under the session (a server restarting), or the server says a named
+    /// job still runs on a connection it has not closed yet. A refusal, bad data or a broken
+    /// protocol is never retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Remote(remote) => {
+                remote.reasons.is_empty()
+                    && matches!(
+                        remote.code,
+                        Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown
+                    )
+            }
+            ClientError::Exchange(error) => matches!(
+                error,
+                ExchangeError::PeerEnded
+                    | ExchangeError::PeerGone
+                    | ExchangeError::Idle(_)
+                    | ExchangeError::Transport(_)
+            ),
+            _ => false,
         }
     }
 
@@ -472,6 +503,7 @@ pub struct Client {
     idle: Option<Duration>,
     bucket_rows: u64,
     work_dir: Option<std::path::PathBuf>,
+    job_id: Option<String>,
 }
 
 impl Client {
@@ -498,6 +530,7 @@ impl Client {
             idle: config.idle_timeout,
             bucket_rows: config.bucket_rows.max(1),
             work_dir: config.work_dir.clone(),
+            job_id: config.job_id.clone(),
         })
     }
 
@@ -795,6 +828,7 @@ impl Client {
                     Prepared::Large => crate::job::buckets_for(rows, self.bucket_rows),
                     _ => 1,
                 },
+                job_id: self.job_id.clone().unwrap_or_default(),
             })),
         };
         outbound
@@ -840,6 +874,14 @@ impl Client {
         };
         let job = crate::job::JobTerms::from_proto(accepted.job.as_ref())
             .map_err(ClientError::PlanMismatch)?;
+        // A named job's value key outlives this process, until the job's release arrives.
+        let key_file = self.job_id.as_deref().map(|id| {
+            job::KeyFile::new(
+                self.work_dir.as_deref(),
+                (query.collaboration.id(), query.member, &self.server),
+                id,
+            )
+        });
         let mut plan = plan;
         let mut own_over_bound = own_over_bound;
         let limits = cleanroom_psi::Limits::default();
@@ -882,8 +924,21 @@ impl Client {
                         (Some(work), buckets)
                     }
                 };
-                let (opener, over) =
-                    job::run(&mut exchange, &mut inbound, &plan, &job, buckets, &report).await?;
+                let columns = plan.receiver().value_columns.len();
+                let value_key = match (&key_file, columns) {
+                    (_, 0) => None,
+                    (Some(file), columns) => Some(file.value_key(columns, job.done)?),
+                    (None, columns) => Some(ValueKey::generate(columns)),
+                };
+                let (opener, over) = job::run(
+                    &mut exchange,
+                    &mut inbound,
+                    &plan,
+                    (&job, value_key),
+                    buckets,
+                    &report,
+                )
+                .await?;
                 drop(work);
                 // A table split in memory was bounded whole, before the session (its parts
                 // have nothing left to cut); one read into bucket files, bucket by bucket.
@@ -903,6 +958,10 @@ impl Client {
                 ));
             }
         };
+        // The job is released: it will never resume, and its key opens nothing more.
+        if let Some(file) = &key_file {
+            file.remove();
+        }
         // The call must end cleanly after the summary.
         if within_idle(deadline, idle, inbound.message())
             .await??

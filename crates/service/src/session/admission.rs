@@ -21,7 +21,19 @@ use crate::outcome::SessionError;
 use crate::proto::{Agreement, SealedResultKeys, SessionStart};
 use crate::server::ServerConfig;
 use crate::slots::{SessionSlot, SessionSlots};
-use crate::state::{Attempt, Completion, Policy, Standing, StateDb, StateError, TableUse};
+use crate::state::{
+    Attempt, Completion, Decision, JobRecord, Policy, Standing, StateDb, StateError, StoredJob,
+    TableUse,
+};
+
+/// The digest of what `request` asks, as a named job records it (see
+/// [`crate::job::terms_digest`]).
+fn request_digest(request: &SessionRequest<'_>) -> [u8; 32] {
+    let table = request
+        .table
+        .map_or(("", 0, 0), |t| (t.name, t.rows, t.skipped_rows));
+    crate::job::terms_digest(request.sql, request.receivers, table, request.agreement)
+}
 
 /// What a client asks for, as its session start says: transport-free.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +54,8 @@ pub(crate) struct SessionRequest<'a> {
     pub result_keys: &'a [SealedResultKeys],
     /// The buckets the client asks for (0 or 1: one session).
     pub buckets: u32,
+    /// The client's name for the query, to resume it (empty: none).
+    pub job_id: &'a str,
 }
 
 /// A table the client brings, as it describes it (never its rows).
@@ -71,6 +85,7 @@ impl<'a> SessionRequest<'a> {
             receivers: &start.receivers,
             result_keys: &start.result_keys,
             buckets: start.buckets,
+            job_id: &start.job_id,
         }
     }
 
@@ -98,6 +113,11 @@ pub(crate) struct Admitted {
     pub recipients: Recipients,
     /// The job of buckets the session runs as; `None`: one protocol run.
     pub job: Option<crate::job::JobTerms>,
+    /// Whether the client named the session (`job_id`): losing its connection then
+    /// interrupts it, to resume, rather than ending it.
+    pub named: bool,
+    /// The totals of the buckets done before (`job.done` of them), for a resumed job.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// The server's side of every session: its configuration, the concurrency slots and the
@@ -196,6 +216,14 @@ impl Host {
         if buckets > 1 && plan.protocol() == cleanroom_rules::Protocol::List {
             return Err(SessionError::InvalidArgument(
                 "a list query runs as one session, not as a job of buckets".to_owned(),
+            ));
+        }
+        let named =
+            crate::job::check_job_id(request.job_id).map_err(SessionError::InvalidArgument)?;
+        if named.is_some() && plan.protocol() == cleanroom_rules::Protocol::List {
+            return Err(SessionError::InvalidArgument(
+                "a list query cannot be named as a job to resume: it runs as one session"
+                    .to_owned(),
             ));
         }
         let table = request.table.ok_or_else(|| {
@@ -297,6 +325,22 @@ impl Host {
         member: &str,
         request: &SessionRequest<'_>,
     ) -> Result<Admitted, SessionError> {
+        // A job this member named before is resumed rather than begun (its own entry, no
+        // second charge); a name of another member's is not seen here at all.
+        if let Ok(Some(name)) = crate::job::check_job_id(request.job_id) {
+            let (collaboration_id, owner, name) = (
+                self.config.collaboration.id().to_owned(),
+                member.to_owned(),
+                name.to_owned(),
+            );
+            let stored = state_call(&self.config.state, move |s| {
+                s.find_job(&collaboration_id, &owner, &name)
+            })
+            .await?;
+            if let Some(stored) = stored {
+                return self.resume(member, request, stored).await;
+            }
+        }
         let session_id = new_session_id()?;
         let receiver_rows = request.rows();
         let receiver_skipped = request.table.map_or(0, |t| t.skipped_rows);
@@ -374,6 +418,13 @@ impl Host {
                     let _ = state_call(&self.config.state, move |s| s.record_buckets(&id, buckets))
                         .await;
                 }
+                let named = !request.job_id.is_empty();
+                if named && let Err(error) = self.name_job(&session_id, request, job.as_ref()).await
+                {
+                    self.finish(&session_id, &error, Completion::default(), None)
+                        .await;
+                    return Err(error);
+                }
                 Ok(Admitted {
                     session_id,
                     plan,
@@ -383,6 +434,8 @@ impl Host {
                     standing,
                     recipients,
                     job,
+                    named,
+                    checkpoint: None,
                 })
             }
             Err(error) => {
@@ -391,6 +444,146 @@ impl Host {
                 Err(error)
             }
         }
+    }
+
+    /// Records admitted session `session_id` as the job the client named, with its terms.
+    async fn name_job(
+        &self,
+        session_id: &str,
+        request: &SessionRequest<'_>,
+        job: Option<&crate::job::JobTerms>,
+    ) -> Result<(), SessionError> {
+        let (id, collaboration_id, member, name) = (
+            session_id.to_owned(),
+            self.config.collaboration.id().to_owned(),
+            request.member.to_owned(),
+            request.job_id.to_owned(),
+        );
+        let digest = request_digest(request);
+        let (buckets, key) = job.map_or((1, None), |j| (j.buckets, Some(j.key.to_bytes())));
+        state_call(&self.config.state, move |s| {
+            s.record_job(&JobRecord {
+                session_id: &id,
+                collaboration_id: &collaboration_id,
+                member: &member,
+                job_id: &name,
+                terms_digest: digest,
+                buckets,
+                bucket_key: key,
+            })
+        })
+        .await
+    }
+
+    /// Resumes `member`'s named job `stored`: the request passes every check of admission,
+    /// brings the job's terms, and finds it interrupted; then its entry runs again, with no
+    /// charge, from the buckets done. A refusal is recorded as an attempt of its own.
+    async fn resume(
+        &self,
+        member: &str,
+        request: &SessionRequest<'_>,
+        stored: StoredJob,
+    ) -> Result<Admitted, SessionError> {
+        let resumed = self.reopen(member, request, stored).await;
+        if let Err(error) = &resumed {
+            let session_id = new_session_id()?;
+            let (id, member, sql) = (
+                session_id.clone(),
+                member.to_owned(),
+                request.sql.to_owned(),
+            );
+            let collaboration_id = self.config.collaboration.id().to_owned();
+            let receiver_rows = request.rows();
+            state_call(&self.config.state, move |s| {
+                s.begin(&Attempt {
+                    session_id: &id,
+                    collaboration_id: &collaboration_id,
+                    member: &member,
+                    sql: &sql,
+                    receiver_rows,
+                })
+            })
+            .await?;
+            self.finish(&session_id, error, Completion::default(), None)
+                .await;
+        }
+        resumed
+    }
+
+    async fn reopen(
+        &self,
+        member: &str,
+        request: &SessionRequest<'_>,
+        stored: StoredJob,
+    ) -> Result<Admitted, SessionError> {
+        let (plan, matcher_path, recipients) = self.admit(member, request)?;
+        let (name, id) = (request.job_id, stored.session_id.clone());
+        if request_digest(request)[..] != stored.terms_digest[..] {
+            return Err(SessionError::JobClosed(format!(
+                "job {name:?} (session {id}) was asked with other terms: another query, other \
+                 receivers, another table or row count, or other collaboration terms; resume it \
+                 with the same, or name a new job"
+            )));
+        }
+        match stored.decision {
+            Decision::Interrupted => {}
+            Decision::Running => {
+                return Err(SessionError::JobRunning(format!(
+                    "job {name:?} (session {id}) is running on another connection; try again \
+                     once that one is closed"
+                )));
+            }
+            Decision::Released => {
+                return Err(SessionError::JobClosed(format!(
+                    "job {name:?} (session {id}) was released: its result was sent then, and \
+                     is not sent twice"
+                )));
+            }
+            // The stored reason stays in the audit log: it may hold this server's detail.
+            ended => {
+                return Err(SessionError::JobClosed(format!(
+                    "job {name:?} (session {id}) ended {ended}: it cannot resume; name a new job"
+                )));
+            }
+        }
+        let job = match (stored.buckets, stored.bucket_key) {
+            (1, _) => None,
+            (buckets, Some(key)) => Some(crate::job::JobTerms {
+                buckets,
+                key: cleanroom_psi::bucket::BucketKey::from_bytes(key),
+                done: stored.done.as_ref().map_or(0, |(done, _)| *done),
+            }),
+            (_, None) => {
+                return Err(SessionError::Internal(format!(
+                    "job {name:?} has no bucket key"
+                )));
+            }
+        };
+        let permit = self
+            .sessions
+            .acquire(member)
+            .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))?;
+        let (policy, querier) = (Arc::clone(&self.policy), plan.querier().to_owned());
+        let standing =
+            state_call(&self.config.state, move |s| s.standing(&policy, &querier)).await?;
+        let reopen_id = id.clone();
+        if !state_call(&self.config.state, move |s| s.reopen_job(&reopen_id)).await? {
+            return Err(SessionError::JobRunning(format!(
+                "job {name:?} (session {id}) was resumed by another connection first"
+            )));
+        }
+        Ok(Admitted {
+            session_id: id,
+            plan,
+            matcher_path,
+            receiver_rows: request.rows(),
+            permit,
+            standing,
+            recipients,
+            job,
+            named: true,
+            checkpoint: stored.done.map(|(_, checkpoint)| checkpoint),
+        })
     }
 
     /// Charges the querier for `plan` (its budget and query limits), in the same transaction
@@ -462,7 +655,7 @@ mod tests {
     use super::*;
     use crate::limits::Limits;
     use crate::listener::ConnectionLimits;
-    use crate::state::{Decision, Exhausted};
+    use crate::state::Exhausted;
     use cleanroom_data::SourceOptions;
     use cleanroom_rules::{Collaboration, ReasonCode};
     use cleanroom_testkit::{
@@ -544,6 +737,7 @@ mod tests {
             receivers: &[],
             result_keys: &[],
             buckets: 0,
+            job_id: "",
         }
     }
 

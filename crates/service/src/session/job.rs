@@ -28,7 +28,7 @@ impl Host {
         plan: &Plan,
         matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
-        job: &JobTerms,
+        (job, checkpoint): (&JobTerms, Option<Vec<u8>>),
         inbound: &mut S,
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
@@ -58,15 +58,28 @@ impl Host {
         let rows = Arc::new(partitioned.map_err(data_error)?);
         *matcher_rows = rows.stats.rows;
 
-        let mut totals =
-            JobTotals::new(plan.noise_bounds()).require_receiver_identifiers(plan.min_release());
+        // A resumed job goes on from the totals of its buckets done.
+        let totals = match checkpoint {
+            Some(bytes) => JobTotals::restore(&bytes, plan.noise_bounds()).map_err(|e| {
+                SessionError::Internal(format!("the job's stored totals do not restore: {e}"))
+            })?,
+            None => JobTotals::new(plan.noise_bounds()),
+        };
+        if totals.buckets() != job.done {
+            return Err(SessionError::Internal(format!(
+                "the job's stored totals hold {} buckets, its entry {}",
+                totals.buckets(),
+                job.done
+            )));
+        }
+        let mut totals = totals.require_receiver_identifiers(plan.min_release());
         let normalization = plan.matcher().normalization;
         // The client reads its table into its bucket files once it has the key, as this server
         // did: waiting for its first bucket is not trickling. The minimum rate holds from the
         // second bucket on; the idle and session timeouts throughout.
         let min_rate = exchange.min_rate.take();
-        for bucket in 0..job.buckets {
-            if bucket == 1 {
+        for bucket in job.done..job.buckets {
+            if bucket == job.done + 1 {
                 exchange.min_rate = min_rate;
             }
             let started = std::time::Instant::now();

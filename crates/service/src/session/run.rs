@@ -129,6 +129,8 @@ impl Host {
             standing,
             recipients,
             job,
+            named,
+            checkpoint,
         } = admitted;
         let limits = &self.config.limits;
         let mut exchange = Exchange {
@@ -156,11 +158,18 @@ impl Host {
                 &mut exchange,
                 &mut matcher_rows,
                 (started, &standing, &recipients),
-                job.as_ref(),
+                job.as_ref().map(|job| (job, checkpoint)),
             )
             .await;
         let counters = exchange.counters;
         drop(permit);
+        // A named job whose client went away waits, interrupted, for the client to resume it.
+        let result = result.map_err(|error| match error {
+            error if named && error.is_connection_lost() => {
+                SessionError::Resumable(Box::new(error))
+            }
+            error => error,
+        });
         match result {
             Ok(()) => self.tell(&session_id, &[], Some(started.elapsed())).await,
             Err(error) => {
@@ -197,7 +206,7 @@ impl Host {
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
         (started, standing, recipients): (Instant, &Standing, &Recipients),
-        job: Option<&crate::job::JobTerms>,
+        job: Option<(&crate::job::JobTerms, Option<Vec<u8>>)>,
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
@@ -208,7 +217,7 @@ impl Host {
                 plan,
                 super::agreement(&self.config.collaboration, plan),
                 session_id,
-                job,
+                job.as_ref().map(|(terms, _)| *terms),
             )))
             .await?;
 

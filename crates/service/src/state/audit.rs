@@ -360,7 +360,8 @@ impl StateDb {
     }
 
     /// Completes `session_id`'s running entry within `conn`'s current transaction: its
-    /// decision, reason, end time and figures. `false` when it was no longer running.
+    /// decision, reason, end time and figures (the wire and compute figures added to those of
+    /// the job's earlier connections, if it resumed). `false` when it was no longer running.
     pub(super) fn complete_in(
         &self,
         conn: &Connection,
@@ -374,9 +375,11 @@ impl StateDb {
                 &format!(
                     "UPDATE audit SET decision = ?2, reason = ?3, finished_at = {NOW},
                          released_rows = ?4, suppressed_rows = ?5, matcher_rows = ?6,
-                         messages_received = ?7, messages_sent = ?8,
-                         bytes_received = ?9, bytes_sent = ?10,
-                         bounded_identifiers = ?11, bounded_disclosed = ?12, compute_ms = ?13,
+                         messages_received = messages_received + ?7,
+                         messages_sent = messages_sent + ?8,
+                         bytes_received = bytes_received + ?9, bytes_sent = bytes_sent + ?10,
+                         bounded_identifiers = ?11, bounded_disclosed = ?12,
+                         compute_ms = compute_ms + ?13,
                          buckets_done = CASE WHEN ?2 = 'released' THEN buckets
                                              ELSE buckets_done END
                      WHERE session_id = ?1 AND decision = 'running'"
@@ -398,9 +401,9 @@ impl StateDb {
                 ],
             )
             .map_err(|e| self.sqlite(e))?;
-        if changed == 1 {
+        if changed == 1 && decision != Decision::Interrupted {
             // A job's totals end with it: released once, or never (refused, failed,
-            // cancelled). Only a job the server stopped in the middle of keeps them.
+            // cancelled). Only an interrupted job keeps them, to resume.
             conn.execute(
                 "DELETE FROM job_totals WHERE session_id = ?1",
                 params![session_id],

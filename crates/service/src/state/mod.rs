@@ -31,12 +31,14 @@ use rusqlite::{Connection, OpenFlags};
 mod audit;
 mod delivery;
 mod failed_auth;
+mod job;
 mod ledger;
 mod usage;
 
 pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
 pub use delivery::{DeliveredResult, Delivery};
 pub use failed_auth::{FailedAuthentication, FailedAuthenticationKey};
+pub use job::{JobRecord, StoredJob};
 pub use ledger::{Exhausted, Policy, Standing};
 pub use usage::{Contribution, TableUse, UsageLine};
 
@@ -44,9 +46,9 @@ pub use usage::{Contribution, TableUse, UsageLine};
 /// the skipped-row counts of the audit, 4 the bounded contributions, 5 the collaboration of
 /// each audit entry, 6 the failed authentications, 7 the payer, compute time and buckets of
 /// each audit entry, the tables each session used, and the results kept for receivers other
-/// than the querier, 8 the buckets done of each entry, 9 the totals of each job not released;
-/// older files are upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 9;
+/// than the querier, 8 the buckets done of each entry, 9 the totals of each job not released, 10 the
+/// jobs named to be resumed; older files are upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 10;
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
 const ADDED_AUDIT_COLUMNS: [(&str, &str); 9] = [
@@ -115,6 +117,16 @@ CREATE TABLE IF NOT EXISTS job_totals (
     buckets_done INTEGER NOT NULL CHECK (buckets_done > 0),
     checkpoint BLOB NOT NULL,
     updated_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS job (
+    session_id TEXT PRIMARY KEY REFERENCES audit (session_id),
+    collaboration_id TEXT NOT NULL,
+    member TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    terms_digest BLOB NOT NULL,
+    buckets INTEGER NOT NULL CHECK (buckets > 0),
+    bucket_key BLOB,
+    UNIQUE (collaboration_id, member, job_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
