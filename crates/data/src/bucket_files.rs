@@ -42,6 +42,26 @@ impl WorkDir {
         }))
     }
 
+    /// The directory `name` of a job that may resume, inside `dir` when given (else the
+    /// system's temporary directory): what a killed process of the same job left there is
+    /// removed first, and the directory made afresh. Removed when dropped, as [`WorkDir::new`]'s.
+    pub fn named(dir: Option<&Path>, name: &str) -> io::Result<WorkDir> {
+        let parent = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let path = parent.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(at(&path, "the job's earlier work directory", e));
+            }
+            _ => {}
+        }
+        let made = tempfile::Builder::new()
+            .prefix(name)
+            .rand_bytes(0)
+            .tempdir_in(&parent)
+            .map_err(|e| at(&parent, "a job directory in the work directory", e))?;
+        Ok(WorkDir(made))
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         self.0.path()
@@ -179,5 +199,16 @@ mod tests {
         assert!(read_bucket(&paths[2], |_, _| Ok::<_, io::Error>(())).is_err());
         drop(work);
         assert!(!dir.exists());
+
+        // A named directory: what an earlier process left is replaced.
+        let parent = tempfile::tempdir().unwrap();
+        let left = parent.path().join("job-7");
+        std::fs::create_dir(&left).unwrap();
+        std::fs::write(left.join("receiver-0.bucket"), b"old").unwrap();
+        let work = WorkDir::named(Some(parent.path()), "job-7").unwrap();
+        assert_eq!(work.path(), left);
+        assert_eq!(std::fs::read_dir(&left).unwrap().count(), 0);
+        drop(work);
+        assert!(!left.exists());
     }
 }

@@ -41,15 +41,19 @@ impl Role for Release {
 }
 
 /// Reads the client's table again, into the job's bucket files under a fresh directory
-/// (inside `work_dir` when given): the second pass of a table too large for memory.
+/// (inside `work_dir` when given; a named job's own, `key_file`'s, replacing what a killed
+/// client left): the second pass of a table too large for memory.
 pub(super) async fn partition(
     plan: &mut Plan,
     path: &TableSpec,
     job: &JobTerms,
-    work_dir: Option<&std::path::Path>,
+    (work_dir, key_file): (Option<&std::path::Path>, Option<&KeyFile>),
 ) -> Result<(WorkDir, ClientBuckets), ClientError> {
-    let work = WorkDir::new(work_dir)
-        .map_err(|e| ClientError::Internal(format!("the job's work directory: {e}")))?;
+    let work = match key_file {
+        Some(file) => WorkDir::named(work_dir, &file.work_name()),
+        None => WorkDir::new(work_dir),
+    }
+    .map_err(|e| ClientError::Internal(format!("the job's work directory: {e}")))?;
     let (dir, terms, mut table_plan, spec) = (
         work.path().to_owned(),
         job.clone(),
@@ -194,6 +198,7 @@ pub(super) async fn run(
 pub(crate) struct KeyFile {
     path: PathBuf,
     job_id: String,
+    tag: String,
 }
 
 /// The first bytes of a key file: a name and the format's version.
@@ -217,7 +222,13 @@ impl KeyFile {
         KeyFile {
             path: dir.join(format!("cleanroom-job-{job_id}-{tag}.key")),
             job_id: job_id.to_owned(),
+            tag,
         }
+    }
+
+    /// The name of the job's own work directory, beside the key file.
+    pub(crate) fn work_name(&self) -> String {
+        format!("cleanroom-job-{}-{}.d", self.job_id, self.tag)
     }
 
     /// The job's value key for `columns` value columns: the stored one when there is one;

@@ -918,9 +918,13 @@ impl Client {
                         (None, crate::job::ClientBuckets::InMemory(parts.into_iter()))
                     }
                     _ => {
-                        let (work, buckets) =
-                            job::partition(&mut plan, &path, &job, self.work_dir.as_deref())
-                                .await?;
+                        let (work, buckets) = job::partition(
+                            &mut plan,
+                            &path,
+                            &job,
+                            (self.work_dir.as_deref(), key_file.as_ref()),
+                        )
+                        .await?;
                         (Some(work), buckets)
                     }
                 };

@@ -28,7 +28,7 @@ impl Host {
         plan: &Plan,
         matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
-        (job, checkpoint): (&JobTerms, Option<Vec<u8>>),
+        (job, checkpoint, named): (&JobTerms, Option<Vec<u8>>, bool),
         inbound: &mut S,
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
@@ -41,8 +41,14 @@ impl Host {
             table: plan.matcher().table.clone(),
             source: Box::new(source),
         };
-        let work = WorkDir::new(self.config.work_dir.as_deref())
-            .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        // A job that may resume has its own directory, so that a resume replaces what a
+        // killed server left.
+        let work_dir = self.config.work_dir.as_deref();
+        let work = match named {
+            true => WorkDir::named(work_dir, &format!("cleanroom-job-{session_id}")),
+            false => WorkDir::new(work_dir),
+        }
+        .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
         // The table, read once into the bucket files (off the runtime: it is the whole table).
         let (dir, terms, table_plan) = (work.path().to_owned(), job.clone(), plan.clone());
         let (_, partitioned) = exchange

@@ -158,7 +158,7 @@ impl Host {
                 &mut exchange,
                 &mut matcher_rows,
                 (started, &standing, &recipients),
-                job.as_ref().map(|job| (job, checkpoint)),
+                job.as_ref().map(|job| (job, checkpoint, named)),
             )
             .await;
         let counters = exchange.counters;
@@ -206,7 +206,7 @@ impl Host {
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
         (started, standing, recipients): (Instant, &Standing, &Recipients),
-        job: Option<(&crate::job::JobTerms, Option<Vec<u8>>)>,
+        job: Option<(&crate::job::JobTerms, Option<Vec<u8>>, bool)>,
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
@@ -217,7 +217,7 @@ impl Host {
                 plan,
                 super::agreement(&self.config.collaboration, plan),
                 session_id,
-                job.as_ref().map(|(terms, _)| *terms),
+                job.as_ref().map(|(terms, ..)| *terms),
             )))
             .await?;
 
