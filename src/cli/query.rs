@@ -363,7 +363,8 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
 /// a terminal.
 #[derive(Default)]
 struct ProgressView {
-    job_start: Option<std::time::Instant>,
+    /// When the first bucket reported began, and the rows done before it (a resumed job's).
+    job_start: Option<(std::time::Instant, u64)>,
     bucket_line: Option<String>,
 }
 
@@ -381,8 +382,10 @@ impl ProgressView {
                 rows_done,
                 rows,
             } => {
-                let start = *self.job_start.get_or_insert_with(std::time::Instant::now);
-                let line = bucket_line(done, buckets, (rows_done, rows), start.elapsed());
+                let (start, before) = *self
+                    .job_start
+                    .get_or_insert_with(|| (std::time::Instant::now(), rows_done));
+                let line = bucket_line(done, buckets, (rows_done, rows, before), start.elapsed());
                 self.bucket_line = Some(line.clone());
                 line
             }
@@ -404,11 +407,12 @@ impl ProgressView {
 }
 
 /// "bucket 3 of 32 done: 937500 of 10000000 rows, 8700 rows/s, about 17 minutes left": the
-/// rate over the buckets done since the first began, the time left at that rate.
+/// rate over the buckets matched since the first reported began (`before` rows were done
+/// then: a resumed job's), the time left at that rate.
 fn bucket_line(
     done: u32,
     buckets: u32,
-    (rows_done, rows): (u64, u64),
+    (rows_done, rows, before): (u64, u64, u64),
     elapsed: Duration,
 ) -> String {
     if done == 0 {
@@ -416,7 +420,7 @@ fn bucket_line(
     }
     let seconds = elapsed.as_secs_f64();
     let rate = if seconds > 0.0 {
-        rows_done as f64 / seconds
+        rows_done.saturating_sub(before) as f64 / seconds
     } else {
         0.0
     };
@@ -669,19 +673,25 @@ mod tests {
 
     #[test]
     fn a_bucket_line_shows_the_rate_and_the_time_left() {
-        let line = bucket_line(4, 32, (1_000_000, 8_000_000), Duration::from_secs(100));
+        let line = bucket_line(4, 32, (1_000_000, 8_000_000, 0), Duration::from_secs(100));
         assert_eq!(
             line,
             "bucket 4 of 32 done: 1000000 of 8000000 rows, 10000 rows/s, about 12 minutes left"
         );
-        let last = bucket_line(32, 32, (8_000_000, 8_000_000), Duration::from_secs(800));
+        let last = bucket_line(32, 32, (8_000_000, 8_000_000, 0), Duration::from_secs(800));
         assert_eq!(
             last,
             "bucket 32 of 32 done: 8000000 of 8000000 rows, 10000 rows/s"
         );
         assert_eq!(
-            bucket_line(0, 32, (0, 8_000_000), Duration::ZERO),
+            bucket_line(0, 32, (0, 8_000_000, 0), Duration::ZERO),
             "bucket 1 of 32: 8000000 rows to match"
+        );
+        // A resumed job: the rate counts the rows matched since it resumed, not those before.
+        let resumed = bucket_line(6, 8, (6_000, 8_000, 4_000), Duration::from_secs(10));
+        assert_eq!(
+            resumed,
+            "bucket 6 of 8 done: 6000 of 8000 rows, 200 rows/s, about 10 seconds left"
         );
     }
 

@@ -145,7 +145,9 @@ impl Host {
                 per_second: limits.min_bytes_per_second,
                 window: limits.rate_window,
             }),
-            abort_when_peer_gone: true,
+            // A named job's bucket whose receiver data all arrived is worth finishing: it is
+            // recorded, and the resume goes on after it. A bucket costs one bucket's compute.
+            abort_when_peer_gone: !named,
         };
         let mut matcher_rows = 0;
         let result = self
