@@ -173,6 +173,18 @@ impl ServerEvents {
         );
     }
 
+    /// Released job `session_id`'s kept release (`messages`) was sent again to its querier
+    /// `member`, who resumed the job after losing it: nothing ran, nothing was charged.
+    pub(crate) fn release_sent_again(&self, session_id: &str, member: &str, messages: u64) {
+        tracing::info!(
+            target: "cleanroom::session",
+            event = "release_sent_again",
+            session_id,
+            member,
+            messages,
+        );
+    }
+
     /// A session was refused before its attempt was recorded.
     pub(crate) fn session_refused(&self, member: &str, peer: Option<SocketAddr>, reason: &str) {
         self.metrics.refused_early(reason);

@@ -526,6 +526,7 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
         .filter(|p| p.extension().is_some_and(|e| e == "key"))
         .collect();
     assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = std::fs::read(&keys[0]).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -552,14 +553,23 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
     assert_eq!(advertiser.queries, 1, "charged once for the whole job");
     assert!(is_empty(server_work.path()) && is_empty(client_work.path()));
 
-    // Released once: the name cannot run it again.
+    // Released once. A client that lost the release (it died before the release arrived, so
+    // it still has its key) gets the same release again under the name: nothing runs, nothing
+    // is charged or recorded.
+    std::fs::write(&keys[0], &key).unwrap();
+    let (resent, outcome) = named_query(&fx, &server, named, client_work.path(), None).await;
+    let outcome = outcome.unwrap().unwrap();
+    assert_eq!(resent, id);
+    assert_eq!(outcome.accepted.job.as_ref().unwrap().buckets_done, 8);
+    assert_exact(&outcome.result, &want, want_suppressed);
+    assert_eq!(server.state.entries(None, Some(100)).unwrap().len(), 1);
+    assert_eq!(server.state.entry(&id).unwrap().unwrap(), entry);
+    assert!(is_empty(client_work.path()), "the key went with the result");
+    // Without its key the sums of the release cannot be opened: said, and nothing sent.
     let (_, outcome) = named_query(&fx, &server, named, client_work.path(), None).await;
     match outcome.unwrap() {
-        Err(ClientError::Remote(remote)) => {
-            assert_eq!(remote.code, Code::FailedPrecondition, "{remote}");
-            assert!(remote.message.contains("released"), "{remote}");
-        }
-        other => panic!("a released job ran again: {other:?}"),
+        Err(error) => assert!(error.to_string().contains("is gone"), "{error}"),
+        Ok(_) => panic!("a release opened without its key"),
     }
     // Nor can other terms under the name of an interrupted one: stop another, change its SQL.
     let other = (EU_BY_CHANNEL, "eu-1");
@@ -593,6 +603,6 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
     );
     let standing = server.state.standings().unwrap();
     let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
-    assert_eq!(advertiser.queries, 2, "refused resumes are not charged");
+    assert_eq!(advertiser.queries, 2, "resumes and resends are not charged");
     server.stop().await;
 }

@@ -118,6 +118,8 @@ pub(crate) struct Admitted {
     pub named: bool,
     /// The totals of the buckets done before (`job.done` of them), for a resumed job.
     pub checkpoint: Option<Vec<u8>>,
+    /// A released job's release, to send again (its client lost it): nothing runs.
+    pub resend: Option<Vec<Vec<u8>>>,
 }
 
 /// The server's side of every session: its configuration, the concurrency slots and the
@@ -436,6 +438,7 @@ impl Host {
                     job,
                     named,
                     checkpoint: None,
+                    resend: None,
                 })
             }
             Err(error) => {
@@ -525,18 +528,20 @@ impl Host {
                  with the same, or name a new job"
             )));
         }
-        match stored.decision {
-            Decision::Interrupted => {}
+        let resend = match stored.decision {
+            Decision::Interrupted => None,
             Decision::Running => {
                 return Err(SessionError::JobRunning(format!(
                     "job {name:?} (session {id}) is running on another connection; try again \
                      once that one is closed"
                 )));
             }
+            // The same release again: it tells nothing the first did not, and costs nothing.
+            Decision::Released if stored.release.is_some() => stored.release,
             Decision::Released => {
                 return Err(SessionError::JobClosed(format!(
                     "job {name:?} (session {id}) was released: its result was sent then, and \
-                     is not sent twice"
+                     is not kept to be sent again (a job of one bucket)"
                 )));
             }
             // The stored reason stays in the audit log: it may hold this server's detail.
@@ -545,13 +550,16 @@ impl Host {
                     "job {name:?} (session {id}) ended {ended}: it cannot resume; name a new job"
                 )));
             }
-        }
+        };
         let job = match (stored.buckets, stored.bucket_key) {
             (1, _) => None,
             (buckets, Some(key)) => Some(crate::job::JobTerms {
                 buckets,
                 key: cleanroom_psi::bucket::BucketKey::from_bytes(key),
-                done: stored.done.as_ref().map_or(0, |(done, _)| *done),
+                done: match resend {
+                    Some(_) => buckets,
+                    None => stored.done.as_ref().map_or(0, |(done, _)| *done),
+                },
             }),
             (_, None) => {
                 return Err(SessionError::Internal(format!(
@@ -567,7 +575,9 @@ impl Host {
         let standing =
             state_call(&self.config.state, move |s| s.standing(&policy, &querier)).await?;
         let reopen_id = id.clone();
-        if !state_call(&self.config.state, move |s| s.reopen_job(&reopen_id)).await? {
+        if resend.is_none()
+            && !state_call(&self.config.state, move |s| s.reopen_job(&reopen_id)).await?
+        {
             return Err(SessionError::JobRunning(format!(
                 "job {name:?} (session {id}) was resumed by another connection first"
             )));
@@ -582,7 +592,11 @@ impl Host {
             recipients,
             job,
             named: true,
-            checkpoint: stored.done.map(|(_, checkpoint)| checkpoint),
+            checkpoint: match resend {
+                Some(_) => None,
+                None => stored.done.map(|(_, checkpoint)| checkpoint),
+            },
+            resend,
         })
     }
 

@@ -143,3 +143,51 @@ impl Host {
             .map_err(|e| refuse_tiny_querier_set(plan, ExchangeError::Peer(PeerError::Protocol(e))))
     }
 }
+
+impl Host {
+    /// Sends released job `session_id`'s kept release again, to a client that resumed it
+    /// after losing it: the acceptance (every bucket done), the same messages, and a summary
+    /// from its audit entry. Nothing is run, charged or recorded; the log says it.
+    pub(super) async fn resend<T: ServerFrames>(
+        &self,
+        session_id: &str,
+        plan: &Plan,
+        job: &JobTerms,
+        messages: Vec<Vec<u8>>,
+        outbound: &tokio::sync::mpsc::Sender<T>,
+        standing: &crate::state::Standing,
+    ) -> Result<(), SessionError> {
+        let id = session_id.to_owned();
+        let entry = state_call(&self.config.state, move |s| s.entry(&id))
+            .await?
+            .ok_or_else(|| SessionError::Internal(format!("no audit entry {session_id}")))?;
+        let gone = |_| SessionError::Exchange(ExchangeError::PeerGone);
+        let agreement = super::agreement(&self.config.collaboration, plan);
+        let accepted = super::accepted(plan, agreement, session_id, Some(job));
+        outbound.send(T::accepted(accepted)).await.map_err(gone)?;
+        let (count, bytes) = (
+            messages.len() as u64,
+            messages.iter().map(Vec::len).sum::<usize>(),
+        );
+        for message in messages {
+            outbound.send(T::psi(message)).await.map_err(gone)?;
+        }
+        let summary = crate::proto::SessionSummary {
+            session_id: session_id.to_owned(),
+            released_rows: entry.released_rows,
+            suppressed_rows: entry.suppressed_rows,
+            delivered_to: Vec::new(),
+            stats: Some(crate::proto::SessionStats {
+                receiver_rows: entry.receiver_rows,
+                messages_sent: count,
+                bytes_sent: bytes as u64,
+                ..Default::default()
+            }),
+            standing: Some(crate::privacy::standing_proto(standing)),
+        };
+        outbound.send(T::summary(summary)).await.map_err(gone)?;
+        self.events
+            .release_sent_again(session_id, &entry.member, count);
+        Ok(())
+    }
+}

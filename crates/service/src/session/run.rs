@@ -131,8 +131,23 @@ impl Host {
             job,
             named,
             checkpoint,
+            resend,
         } = admitted;
         let limits = &self.config.limits;
+        if let (Some(messages), Some(job)) = (resend, &job) {
+            let sent = self
+                .resend(&session_id, &plan, job, messages, &outbound, &standing)
+                .await;
+            drop(permit);
+            if let Err(error) = sent {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    outbound.send(T::ended(&error)),
+                )
+                .await;
+            }
+            return;
+        }
         let mut exchange = Exchange {
             outbound: &outbound,
             wrap: T::psi,
@@ -214,6 +229,8 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
+        // A named job's own release is kept with it, to send again to a client that lost it.
+        let keep_release = job.as_ref().is_some_and(|(_, _, named)| *named);
         exchange
             .send_item(T::accepted(super::accepted(
                 plan,
@@ -285,10 +302,11 @@ impl Host {
         };
         // Record the release durably (the charge was made at admission), then send it.
         let id = session_id.to_owned();
+        let kept = keep_release.then(|| to_querier.to_vec());
         let recorded = within(
             exchange.deadline,
             state_call(&self.config.state, move |s| {
-                s.release_delivering(&id, &completion, &deliveries)
+                s.release_delivering(&id, &completion, &deliveries, kept.as_deref())
             }),
         )
         .await??;

@@ -39,7 +39,7 @@ pub struct DeliveredResult {
 }
 
 /// The messages as one blob: each a `u32` big-endian length and its bytes.
-fn pack(messages: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn pack(messages: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(messages.iter().map(|m| 4 + m.len()).sum());
     for m in messages {
         out.extend_from_slice(&(m.len() as u32).to_be_bytes());
@@ -48,7 +48,7 @@ fn pack(messages: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn unpack(mut blob: &[u8]) -> Option<Vec<Vec<u8>>> {
+pub(super) fn unpack(mut blob: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     while !blob.is_empty() {
         let (len, rest) = blob.split_at_checked(4)?;

@@ -51,6 +51,8 @@ pub struct StoredJob {
     pub bucket_key: Option<[u8; 32]>,
     /// Buckets whose totals are stored, and the totals' checkpoint (none before the first).
     pub done: Option<(u32, Vec<u8>)>,
+    /// The querier's release messages, kept with a released job of buckets.
+    pub release: Option<Vec<Vec<u8>>>,
 }
 
 impl StateDb {
@@ -91,12 +93,20 @@ impl StateDb {
         job_id: &str,
     ) -> Result<Option<StoredJob>, StateError> {
         self.require_current()?;
-        type Row = (String, String, String, Vec<u8>, i64, Option<Vec<u8>>);
+        type Row = (
+            String,
+            String,
+            String,
+            Vec<u8>,
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
         let row: Option<Row> = self
             .conn()
             .query_row(
                 "SELECT job.session_id, audit.decision, audit.reason, job.terms_digest,
-                     job.buckets, job.bucket_key
+                     job.buckets, job.bucket_key, job.release
                  FROM job JOIN audit ON audit.session_id = job.session_id
                  WHERE job.collaboration_id = ?1 AND job.member = ?2 AND job.job_id = ?3",
                 params![collaboration_id, member, job_id],
@@ -108,12 +118,13 @@ impl StateDb {
                         row.get(3)?,
                         row.get(4)?,
                         row.get(5)?,
+                        row.get(6)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| self.sqlite(e))?;
-        let Some((session_id, decision, reason, terms_digest, buckets, key)) = row else {
+        let Some((session_id, decision, reason, terms_digest, buckets, key, release)) = row else {
             return Ok(None);
         };
         let corrupt = |what: &str| StateError::Corrupt(format!("job {job_id}: {what}"));
@@ -122,6 +133,9 @@ impl StateDb {
             .map(|k| <[u8; 32]>::try_from(k.as_slice()).map_err(|_| corrupt("its bucket key")))
             .transpose()?;
         let done = self.job_checkpoint(&session_id)?;
+        let release = release
+            .map(|blob| super::delivery::unpack(&blob).ok_or_else(|| corrupt("its release")))
+            .transpose()?;
         Ok(Some(StoredJob {
             decision: decision.parse()?,
             session_id,
@@ -130,6 +144,7 @@ impl StateDb {
             buckets,
             bucket_key,
             done,
+            release,
         }))
     }
 
@@ -225,7 +240,13 @@ mod tests {
             released_rows: 3,
             ..Completion::default()
         };
-        assert!(db.release("s1", &second).unwrap());
+        let kept = vec![b"hello".to_vec(), b"done".to_vec()];
+        assert!(
+            db.release_delivering("s1", &second, &[], Some(&kept))
+                .unwrap()
+        );
+        let found = db.find_job("c", "adv", "nightly").unwrap().unwrap();
+        assert_eq!(found.release, Some(kept));
         let entry = db.entry("s1").unwrap().unwrap();
         assert_eq!(entry.decision, Decision::Released);
         assert_eq!(

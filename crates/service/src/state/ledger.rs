@@ -317,17 +317,19 @@ impl StateDb {
     /// released (the charge was made at admission, [`charge`](Self::charge)). Returns `false`
     /// when the entry was already complete or was never charged: nothing may be released then.
     pub fn release(&self, session_id: &str, completion: &Completion) -> Result<bool, StateError> {
-        self.release_delivering(session_id, completion, &[])
+        self.release_delivering(session_id, completion, &[], None)
     }
 
     /// [`release`](Self::release), keeping in the same transaction the result of each receiver
-    /// other than the querier ([`Delivery`]): a kept result exists exactly when the release is
-    /// recorded.
+    /// other than the querier ([`Delivery`]) and, for a named job, the querier's own
+    /// (`job_release`, to send again to a resume that lost it): a kept result exists exactly
+    /// when the release is recorded.
     pub fn release_delivering(
         &self,
         session_id: &str,
         completion: &Completion,
         deliveries: &[Delivery],
+        job_release: Option<&[Vec<u8>]>,
     ) -> Result<bool, StateError> {
         let mut conn = self.conn();
         let tx = conn
@@ -346,6 +348,13 @@ impl StateDb {
             return Ok(false);
         }
         self.insert_deliveries(&tx, session_id, deliveries)?;
+        if let Some(messages) = job_release {
+            tx.execute(
+                "UPDATE job SET release = ?2 WHERE session_id = ?1",
+                rusqlite::params![session_id, super::delivery::pack(messages)],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        }
         tx.commit().map_err(|e| self.sqlite(e))?;
         Ok(true)
     }

@@ -126,6 +126,7 @@ CREATE TABLE IF NOT EXISTS job (
     terms_digest BLOB NOT NULL,
     buckets INTEGER NOT NULL CHECK (buckets > 0),
     bucket_key BLOB,
+    release BLOB,
     UNIQUE (collaboration_id, member, job_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS ledger (
