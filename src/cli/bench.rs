@@ -43,8 +43,11 @@ pub struct BenchArgs {
     /// Transport between the parties.
     #[arg(long, value_enum, default_value_t = Transport::Memory)]
     transport: Transport,
-    /// Run the session as a job of this many buckets (in memory, cardinality and sum): both
-    /// sets split by a keyed hash, one session per bucket, released once.
+    /// Run the session as a job of this many buckets (in memory, cardinality and sum), one
+    /// session per bucket, released once: --left/--right split by a keyed hash, generated
+    /// identifiers by ranges, each bucket generated when its turn comes. Without it, more
+    /// than 2^24 generated identifiers per party run in buckets of at most 2^20, so that
+    /// --size goes to 10^8 in bounded memory.
     #[arg(long, value_name = "B", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     buckets: u32,
     /// Output format.

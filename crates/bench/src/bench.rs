@@ -96,11 +96,21 @@ pub fn run_generated(session: Session, n: u64, common: u64) -> Result<Report> {
             let (m, r) = generated_tables(n, common, 1)?;
             run_memory_proven(m, r, n, interactive)?
         }
-        Transport::Memory => {
-            let (m, r) = generated_tables(n, common, columns)?;
-            run_memory(m, r, n, interactive, session.buckets)?
-        }
+        Transport::Memory => match generated_buckets(n, session.buckets) {
+            1 => {
+                let (m, r) = generated_tables(n, common, columns)?;
+                run_memory(m, r, n, interactive, 1)?
+            }
+            buckets => run_generated_job(n, common, columns, buckets, interactive)?,
+        },
         Transport::Grpc => run_grpc(n, common, columns)?,
+    };
+    let session = Session {
+        buckets: match session.transport {
+            Transport::Memory => generated_buckets(n, session.buckets),
+            Transport::Grpc => session.buckets,
+        },
+        ..session
     };
     ensure!(
         size == common,
@@ -301,6 +311,75 @@ fn process_cpu_seconds() -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The most identifiers per party the in-memory benchmark holds as one session (about 230
+/// bytes each per party: some 8 GB at this size); above it, unless `--buckets` says otherwise,
+/// it runs as a job of buckets of about [`GENERATED_BUCKET`] identifiers.
+pub const MEMORY_SESSION_MAX: u64 = 1 << 24;
+
+/// The identifiers per party of one generated bucket when the benchmark splits by itself.
+pub const GENERATED_BUCKET: u64 = 1 << 20;
+
+/// The buckets the in-memory benchmark of `n` identifiers per party runs with: `asked` when
+/// given (above 1), else one session up to [`MEMORY_SESSION_MAX`] and the smallest power of
+/// two of buckets of at most [`GENERATED_BUCKET`] above it.
+pub fn generated_buckets(n: u64, asked: u32) -> u32 {
+    if asked > 1 || n <= MEMORY_SESSION_MAX {
+        return asked.max(1);
+    }
+    let buckets = n.div_ceil(GENERATED_BUCKET).next_power_of_two();
+    u32::try_from(buckets).unwrap_or(u32::MAX)
+}
+
+/// The generated identifiers as a job of `buckets` buckets, each generated when its turn
+/// comes, so that memory holds one: bucket `b` is the `b`-th of `buckets` equal ranges of the
+/// identifiers' indices `0 .. 2n - common`, on both sides (the matcher's `0 .. n`, the
+/// receiver's `n - common .. 2n - common`). A range stands for the keyed hash of a job through
+/// the service: a shared identifier is in one bucket on both sides, and each bucket is one
+/// session with fresh keys, the totals released once ([`cleanroom_psi::match_offline_job`]).
+fn run_generated_job(
+    n: u64,
+    common: u64,
+    columns: usize,
+    buckets: u32,
+    interactive: bool,
+) -> Result<Measured> {
+    let domain = Domain::new("cleanroom-bench", "email");
+    let (all, first_receiver) = (2 * n - common, n - common);
+    let span = all.div_ceil(u64::from(buckets));
+    let progress = session_progress(2 * n, interactive)?;
+    let trace = CpuTrace::start();
+    let started = Instant::now();
+    let report =
+        cleanroom_psi::match_offline_job(&domain, buckets, columns, 1, |bucket| -> Result<_> {
+            let low = (u64::from(bucket) * span).min(all);
+            let high = (low + span).min(all);
+            let mut matcher = MatcherTable::new(Normalization::None);
+            matcher.ensure_group("")?;
+            for i in low..high.min(n) {
+                matcher.push("", &identifier(i))?;
+            }
+            let mut receiver = ReceiverTable::new(Normalization::None, columns)?;
+            receiver.ensure_group("")?;
+            for i in low.max(first_receiver)..high {
+                receiver.push("", &identifier(i), &vec![value_of(i); columns])?;
+            }
+            progress.inc(matcher.stats().rows + receiver.stats().rows);
+            Ok((matcher, receiver))
+        })?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
+        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
+    });
+    Ok(Measured {
+        seconds,
+        size,
+        sum,
+        bytes: report.bytes,
+        serial: trace.stop(),
+    })
 }
 
 /// The generated tables: `n` identifiers each, `common` of them shared, the receiver's with
@@ -695,4 +774,39 @@ fn peak_rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_memory_benchmark_splits_itself_only_past_what_memory_holds() {
+        assert_eq!(generated_buckets(1_000_000, 1), 1);
+        assert_eq!(generated_buckets(MEMORY_SESSION_MAX, 1), 1);
+        assert_eq!(generated_buckets(MEMORY_SESSION_MAX + 1, 1), 32);
+        assert_eq!(generated_buckets(100_000_000, 1), 128);
+        assert_eq!(generated_buckets(1_000, 8), 8);
+    }
+
+    /// A generated job, bucket by bucket: the answer is checked inside (`run_generated` fails
+    /// on a wrong intersection size or sum), whatever the split of the ranges.
+    #[test]
+    fn a_generated_job_of_buckets_gives_the_exact_answer() {
+        for (protocol, buckets, n, common) in [
+            (BenchProtocol::Cardinality, 4, 2_000, 700),
+            (BenchProtocol::Sum, 8, 1_999, 1_999),
+            (BenchProtocol::Sum, 16, 500, 0),
+        ] {
+            let session = Session {
+                protocol,
+                transport: Transport::Memory,
+                interactive: false,
+                buckets,
+            };
+            let report = run_generated(session, n, common).unwrap();
+            let buckets_row = report.rows.iter().find(|r| r[0] == "buckets").unwrap();
+            assert_eq!(buckets_row[1], buckets.to_string());
+        }
+    }
 }
