@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use cleanroom_data::TableSpec;
 use cleanroom_psi::{
-    AggregateMessage, Domain, MatcherTable, Normalization, ReceiverTable, WireMessage,
+    AggregateMessage, Domain, MatchReport, MatcherTable, Normalization, ReceiverTable, WireMessage,
     match_offline_observed,
 };
 use cleanroom_rules::{Collaboration, Value};
@@ -377,18 +377,8 @@ fn run_generated_job(
             progress.inc(matcher.stats().rows + receiver.stats().rows);
             Ok((matcher, receiver))
         })?;
-    let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
-        (g.intersection_size, g.sums.first().copied().unwrap_or(0))
-    });
-    Ok(Measured {
-        seconds,
-        size,
-        sum,
-        bytes: report.bytes,
-        serial: trace.stop(),
-    })
+    Ok(memory_measured(&report, started, trace))
 }
 
 /// The most elements the curve floor is measured on: a larger count's floor is the time of
@@ -549,18 +539,24 @@ fn run_memory(
             progress.inc(elements(msg))
         })?
     };
-    let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
+    Ok(memory_measured(&report, started, trace))
+}
+
+/// What an in-memory run measured: its time since `started`, its one group's intersection
+/// size and first sum, its bytes, and the CPU trace's longest serial stretch.
+fn memory_measured(report: &MatchReport, started: Instant, trace: CpuTrace) -> Measured {
+    let seconds = started.elapsed().as_secs_f64();
     let (size, sum) = report.outcome.groups.first().map_or((0, 0), |g| {
         (g.intersection_size, g.sums.first().copied().unwrap_or(0))
     });
-    Ok(Measured {
+    Measured {
         seconds,
         size,
         sum,
         bytes: report.bytes,
         serial: trace.stop(),
-    })
+    }
 }
 
 /// [`run_memory`] for `--protocol proven-sum`: one value column whose values the receiver

@@ -47,19 +47,41 @@ async fn query(
     bucket_rows: u64,
     work: &Path,
 ) -> Result<QueryOutcome, ClientError> {
+    let mut client = advertiser(server, bucket_rows, work, None).await?;
+    let data = fx.advertiser_data();
+    client
+        .run_query(advertiser_query(fx, sql, &data), None)
+        .await
+}
+
+/// The advertiser's client of `server`, holding at most `bucket_rows` of its rows in memory,
+/// its bucket files (and a named job's key) under `work`, naming its query `job_id`.
+async fn advertiser(
+    server: &Running,
+    bucket_rows: u64,
+    work: &Path,
+    job_id: Option<&str>,
+) -> Result<Client, ClientError> {
     let mut config = advertiser_client_config(format!("http://{}", server.addr));
     config.bucket_rows = bucket_rows;
     config.work_dir = Some(work.to_owned());
-    let mut client = Client::connect(&config).await?;
-    let data = fx.advertiser_data();
-    let query = Query {
+    config.job_id = job_id.map(str::to_owned);
+    Client::connect(&config).await
+}
+
+/// The advertiser's query `sql` over its tables `data`.
+fn advertiser_query<'a>(
+    fx: &'a Fixture,
+    sql: &'a str,
+    data: &'a std::collections::BTreeMap<String, cleanroom_data::TableSpec>,
+) -> Query<'a> {
+    Query {
         collaboration: &fx.collaboration,
         member: "advertiser",
         sql,
-        data: &data,
+        data,
         receivers: &[],
-    };
-    client.run_query(query, None).await
+    }
 }
 
 fn is_empty(dir: &Path) -> bool {
@@ -161,12 +183,6 @@ struct View {
     resumed_at: Option<u32>,
 }
 
-/// Plays a job of buckets as a querier holding the one identifier `who`: in each bucket, an
-/// honest receiver of its part (empty but for `who`'s bucket).
-async fn play_job(fx: &Fixture, server: &Running, sql: &str, who: &str) -> View {
-    play_job_resumed(fx, server, sql, who, None).await
-}
-
 /// The acceptance of `start` on a new connection, and the connection.
 async fn accept(
     server: &Running,
@@ -196,7 +212,9 @@ async fn wait_for(server: &Running, session_id: &str, decision: Decision, done: 
     panic!("session {session_id} never became {decision} with {done} buckets done");
 }
 
-/// [`play_job`], named and, with `resume_after` = `Some(k)`, hung up once the server holds
+/// Plays a job of buckets as a querier holding the one identifier `who`: in each bucket, an
+/// honest receiver of its part (empty but for `who`'s bucket). With `resume_after` =
+/// `Some(k)` the job is named, hung up once the server holds
 /// `k` buckets and resumed on a new connection under the same name and value key.
 async fn play_job_resumed(
     fx: &Fixture,
@@ -340,6 +358,14 @@ async fn own_entry(server: &Running, session_id: &str) -> cleanroom_service::pro
 /// one identifier is the publisher's or a stranger's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_querier_set_under_the_threshold_is_refused_over_the_job_alike() {
+    let views = threshold_cases(None).await;
+    assert_eq!(views[0].resumed_at, None);
+}
+
+/// The two cases of the threshold tests, a publisher's identifier and a stranger's, each
+/// played by [`play_job_resumed`] with `resume_after`: they must end alike, refused, with
+/// nothing left in the server's work directory.
+async fn threshold_cases(resume_after: Option<u32>) -> Vec<View> {
     let fx = Fixture::new(5);
     let work = tempfile::tempdir().unwrap();
     let server = server(&fx, job_limits(), work.path()).await;
@@ -353,13 +379,14 @@ async fn a_querier_set_under_the_threshold_is_refused_over_the_job_alike() {
     let stranger = "user950@example.com";
     let mut views = Vec::new();
     for who in [target.as_str(), stranger] {
-        views.push(play_job(&fx, &server, BY_CAMPAIGN, who).await);
+        views.push(play_job_resumed(&fx, &server, BY_CAMPAIGN, who, resume_after).await);
     }
     assert_eq!(views[0], views[1], "member and stranger differ");
     assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
     assert_eq!(views[0].entry.released_rows, 0);
     assert!(is_empty(work.path()));
     server.stop().await;
+    views
 }
 
 /// Under differential privacy a job is charged once, at admission, and its noise is drawn
@@ -423,26 +450,8 @@ async fn a_private_job_is_charged_once_and_noised_once() {
 /// before or after the break), and both cases still end alike, refused, with nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_job_refuses_a_querier_set_under_the_threshold_alike() {
-    let fx = Fixture::new(5);
-    let work = tempfile::tempdir().unwrap();
-    let server = server(&fx, job_limits(), work.path()).await;
-    let target = fx
-        .publisher_sets(|_| true, |_| String::new())
-        .remove("")
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap();
-    let mut views = Vec::new();
-    for who in [target.as_str(), "user950@example.com"] {
-        views.push(play_job_resumed(&fx, &server, BY_CAMPAIGN, who, Some(3)).await);
-    }
-    assert_eq!(views[0], views[1], "member and stranger differ");
+    let views = threshold_cases(Some(3)).await;
     assert_eq!(views[0].resumed_at, Some(3));
-    assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
-    assert_eq!(views[0].entry.released_rows, 0);
-    assert!(is_empty(work.path()));
-    server.stop().await;
 }
 
 /// The advertiser's named job `job_id` of `sql`, as [`query`] runs it; with `stop_after`, the
@@ -455,19 +464,9 @@ async fn named_query(
     work: &Path,
     stop_after: Option<u32>,
 ) -> (String, Option<Result<QueryOutcome, ClientError>>) {
-    let mut config = advertiser_client_config(format!("http://{}", server.addr));
-    config.bucket_rows = 100;
-    config.work_dir = Some(work.to_owned());
-    config.job_id = Some(job_id.to_owned());
-    let mut client = Client::connect(&config).await.unwrap();
+    let mut client = advertiser(server, 100, work, Some(job_id)).await.unwrap();
     let data = fx.advertiser_data();
-    let query = Query {
-        collaboration: &fx.collaboration,
-        member: "advertiser",
-        sql,
-        data: &data,
-        receivers: &[],
-    };
+    let query = advertiser_query(fx, sql, &data);
     let session = std::sync::Mutex::new(String::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stop = std::sync::Mutex::new(Some(stop));

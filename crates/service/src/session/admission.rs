@@ -345,26 +345,7 @@ impl Host {
         }
         let session_id = new_session_id()?;
         let receiver_rows = request.rows();
-        let receiver_skipped = request.table.map_or(0, |t| t.skipped_rows);
-        {
-            let (id, member, sql) = (
-                session_id.clone(),
-                member.to_owned(),
-                request.sql.to_owned(),
-            );
-            let collaboration_id = self.config.collaboration.id().to_owned();
-            state_call(&self.config.state, move |s| {
-                s.begin(&Attempt {
-                    session_id: &id,
-                    collaboration_id: &collaboration_id,
-                    member: &member,
-                    sql: &sql,
-                    receiver_rows,
-                })?;
-                s.record_receiver_skipped(&id, receiver_skipped)
-            })
-            .await?;
-        }
+        self.begin_attempt(&session_id, member, request).await?;
         // The member's own quota is checked before the server's total, so that a refusal tells
         // a member about its own sessions only (see `slots`).
         let admitted = match self.admit(member, request) {
@@ -490,27 +471,40 @@ impl Host {
         let resumed = self.reopen(member, request, stored).await;
         if let Err(error) = &resumed {
             let session_id = new_session_id()?;
-            let (id, member, sql) = (
-                session_id.clone(),
-                member.to_owned(),
-                request.sql.to_owned(),
-            );
-            let collaboration_id = self.config.collaboration.id().to_owned();
-            let receiver_rows = request.rows();
-            state_call(&self.config.state, move |s| {
-                s.begin(&Attempt {
-                    session_id: &id,
-                    collaboration_id: &collaboration_id,
-                    member: &member,
-                    sql: &sql,
-                    receiver_rows,
-                })
-            })
-            .await?;
+            self.begin_attempt(&session_id, member, request).await?;
             self.finish(&session_id, error, Completion::default(), None)
                 .await;
         }
         resumed
+    }
+
+    /// Records the attempt `session_id` of authenticated `member` (`running`), with the rows
+    /// its client declared.
+    async fn begin_attempt(
+        &self,
+        session_id: &str,
+        member: &str,
+        request: &SessionRequest<'_>,
+    ) -> Result<(), SessionError> {
+        let (id, member, sql) = (
+            session_id.to_owned(),
+            member.to_owned(),
+            request.sql.to_owned(),
+        );
+        let collaboration_id = self.config.collaboration.id().to_owned();
+        let (receiver_rows, receiver_skipped) =
+            (request.rows(), request.table.map_or(0, |t| t.skipped_rows));
+        state_call(&self.config.state, move |s| {
+            s.begin(&Attempt {
+                session_id: &id,
+                collaboration_id: &collaboration_id,
+                member: &member,
+                sql: &sql,
+                receiver_rows,
+            })?;
+            s.record_receiver_skipped(&id, receiver_skipped)
+        })
+        .await
     }
 
     async fn reopen(
