@@ -4,6 +4,8 @@
 #   benches/jobs/run.sh N SERVER_BUCKET_ROWS CLIENT_BUCKET_ROWS [PORT]
 # Builds nothing: uses target/release/cleanroom (or $CLEANROOM_BIN). Tables are generated once
 # per N under target/bench-jobs/N. Prints wall time, peak RSS of each process, disk and the result.
+# PIN=1 runs serve on core 0 and query on core 1 only (taskset): two one-core machines, so that
+# what one side does while the other computes shows in the wall time.
 set -euo pipefail
 n=$1 server_rows=$2 client_rows=$3 port=${4:-50777}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +17,9 @@ run=$(mktemp -d "$root/target/bench-jobs/run.XXXXXX")
 [ -f "$data/purchases.csv" ] || python3 "$here/gen.py" "$n" "$data" > "$data.expected"
 cat "$data.expected"
 mkdir -p "$run/swork" "$run/cwork"
-/usr/bin/time -v -o "$run/server.time" "$bin" serve \
+server_pin=() client_pin=()
+if [ "${PIN:-0}" = 1 ]; then server_pin=(taskset -c 0) client_pin=(taskset -c 1); fi
+/usr/bin/time -v -o "$run/server.time" "${server_pin[@]}" "$bin" serve \
   --config "$here/collab.toml" --member publisher --data "impressions=$data/impressions.csv" \
   --listen "127.0.0.1:$port" --state "$run/state.db" --bucket-rows "$server_rows" \
   --work-dir "$run/swork" --max-rows 1000000000 --min-data-rate 0 --session-timeout 86400 2> "$run/server.log" &
@@ -32,7 +36,7 @@ done
   done ) &
 sampler=$!
 start=$(date +%s.%N)
-CLEANROOM_TOKEN=advertiser-token /usr/bin/time -v -o "$run/client.time" "$bin" query \
+CLEANROOM_TOKEN=advertiser-token /usr/bin/time -v -o "$run/client.time" "${client_pin[@]}" "$bin" query \
   --config "$here/collab.toml" --member advertiser --data "purchases=$data/purchases.csv" \
   --server "http://127.0.0.1:$port" --bucket-rows "$client_rows" --work-dir "$run/cwork" \
   --format csv "SELECT i.campaign, COUNT(DISTINCT p.email) AS buyers, SUM(p.amount) AS revenue

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// further (a smaller bucket tells more about the identifiers in it; SECURITY.md §2).
     #[arg(long, value_name = "N", default_value_t = Limits::default().min_bucket_rows)]
     min_bucket_rows: u64,
+    /// Seconds a named job (`query --job-id`) that stopped waits for its client to resume it;
+    /// then it is cancelled and its totals deleted (and a released job's kept release
+    /// dropped). Checked when the server starts and every hour.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().job_retention.as_secs())]
+    job_retention: u64,
     /// Where jobs of buckets write their bucket files (a fresh directory per job inside it,
     /// removed when the job ends); default: the system's temporary directory.
     #[arg(long, value_name = "DIR")]
@@ -216,6 +221,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         session_timeout: Duration::from_secs(args.session_timeout),
         bucket_rows: args.bucket_rows,
         min_bucket_rows: args.min_bucket_rows,
+        job_retention: Duration::from_secs(args.job_retention),
         ..Limits::default()
     };
     let connections = ConnectionLimits {

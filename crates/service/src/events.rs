@@ -185,6 +185,21 @@ impl ServerEvents {
         );
     }
 
+    /// Named jobs past their retention were ended, or bucket files of stopped jobs removed
+    /// (nothing is logged when nothing was).
+    pub(crate) fn jobs_tidied(&self, tidied: &crate::retention::Tidied) {
+        if tidied.is_empty() {
+            return;
+        }
+        tracing::info!(
+            target: "cleanroom::serve",
+            event = "jobs_tidied",
+            cancelled = tidied.expired.cancelled.len(),
+            releases_dropped = tidied.expired.releases_dropped,
+            directories_removed = tidied.directories_removed,
+        );
+    }
+
     /// A session was refused before its attempt was recorded.
     pub(crate) fn session_refused(&self, member: &str, peer: Option<SocketAddr>, reason: &str) {
         self.metrics.refused_early(reason);

@@ -35,6 +35,7 @@ pub mod metrics;
 mod outcome;
 pub mod privacy;
 pub mod proto;
+pub mod retention;
 mod roles;
 pub mod server;
 mod session;

@@ -47,6 +47,10 @@ pub struct Limits {
     /// a session into more buckets than this allows (what one bucket's size tells about an
     /// identifier in it shrinks as the bucket grows; SECURITY.md §2). Default: 2^16.
     pub min_bucket_rows: u64,
+    /// How long a named job that stopped may wait for its client to resume it: after that,
+    /// the server cancels it and deletes its totals, and drops the release it kept of a
+    /// released job ([`retention`](crate::retention)). Default: 7 days.
+    pub job_retention: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +65,7 @@ impl Default for Limits {
             session_timeout: Duration::from_secs(2 * 3600),
             bucket_rows: 1 << 18,
             min_bucket_rows: 1 << 16,
+            job_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -132,6 +137,9 @@ impl Limits {
         }
         if self.min_bucket_rows == 0 {
             return Err(LimitsError::Zero("min bucket rows"));
+        }
+        if self.job_retention.is_zero() {
+            return Err(LimitsError::Zero("job retention"));
         }
         if self.idle_timeout > self.session_timeout {
             return Err(LimitsError::IdleAboveSession {

@@ -48,10 +48,14 @@ pub(crate) enum SessionError {
     /// again once that connection is closed).
     #[error("{0}")]
     JobRunning(String),
-    /// A named job cannot be resumed at all: it ended, or the request's terms are not the
-    /// job's (`FAILED_PRECONDITION`).
+    /// A named job cannot be resumed: it ended (`FAILED_PRECONDITION`, reason `job_ended`):
+    /// whatever the client keeps for it can go.
     #[error("{0}")]
-    JobClosed(String),
+    JobEnded(String),
+    /// A named job cannot be resumed under the request's terms, which are not the job's
+    /// (`FAILED_PRECONDITION`, reason `job_terms_differ`): the job keeps waiting for its own.
+    #[error("{0}")]
+    JobTermsDiffer(String),
     /// A named job's connection was lost (`source`): its entry is recorded `interrupted`, its
     /// totals kept, to resume under its name (PROTOCOL.md 3.6, step 6).
     #[error("{0}")]
@@ -74,7 +78,8 @@ impl SessionError {
         match self {
             SessionError::Resumable(source) => source.status(),
             SessionError::JobRunning(m) => Status::aborted(m.clone()),
-            SessionError::JobClosed(m) => Status::failed_precondition(m.clone()),
+            SessionError::JobEnded(m) => job_status("job_ended", m),
+            SessionError::JobTermsDiffer(m) => job_status("job_terms_differ", m),
             SessionError::PermissionDenied(m) => Status::permission_denied(m.clone()),
             SessionError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             SessionError::Refused(refusal) => {
@@ -109,7 +114,8 @@ impl SessionError {
             SessionError::Resumable(_) => Decision::Interrupted,
             SessionError::PermissionDenied(_)
             | SessionError::JobRunning(_)
-            | SessionError::JobClosed(_)
+            | SessionError::JobEnded(_)
+            | SessionError::JobTermsDiffer(_)
             | SessionError::InvalidArgument(_)
             | SessionError::Refused(_)
             | SessionError::ResourceExhausted(_)
@@ -147,12 +153,14 @@ impl SessionError {
     /// `invalid_argument`, `resource_exhausted`, `agreement_differs`, `malformed_message`, `protocol_violation`,
     /// `oversized_message`, `unexpected_message`, `peer_ended`, `peer_gone`, `transport`,
     /// `idle_timeout`, `too_slow`, `session_timeout`, `server_data`, `state_database`,
-    /// `internal`, `job_running`, `job_closed`); an interrupted job's are its cause's.
+    /// `internal`, `job_running`, `job_ended`, `job_terms_differ`); an interrupted job's are
+    /// its cause's.
     pub(crate) fn reason_codes(&self) -> Vec<&'static str> {
         let one = match self {
             SessionError::Resumable(source) => return source.reason_codes(),
             SessionError::JobRunning(_) => "job_running",
-            SessionError::JobClosed(_) => "job_closed",
+            SessionError::JobEnded(_) => "job_ended",
+            SessionError::JobTermsDiffer(_) => "job_terms_differ",
             SessionError::Refused(refusal) => {
                 return refusal.reasons.iter().map(|r| r.code.as_str()).collect();
             }
@@ -202,24 +210,39 @@ impl SessionError {
 /// A refusal's status: `code`, the reasons as the message, and the serialized
 /// `QueryRefusal` in the [`REFUSAL_METADATA_KEY`] trailer.
 pub(crate) fn refusal_status(code: Code, refusal: &Refusal) -> Status {
-    let details = proto::QueryRefusal {
-        reasons: refusal
-            .reasons
-            .iter()
-            .map(|r| proto::RefusalReason {
-                code: r.code.as_str().to_owned(),
-                table: r.table.clone().unwrap_or_default(),
-                column: r.column.clone().unwrap_or_default(),
-                message: r.message.clone(),
-            })
-            .collect(),
+    let reasons = refusal
+        .reasons
+        .iter()
+        .map(|r| proto::RefusalReason {
+            code: r.code.as_str().to_owned(),
+            table: r.table.clone().unwrap_or_default(),
+            column: r.column.clone().unwrap_or_default(),
+            message: r.message.clone(),
+        })
+        .collect();
+    status_with_reasons(code, refusal.to_string(), reasons)
+}
+
+/// A refused resume of a named job: `FAILED_PRECONDITION` with one reason of the service's,
+/// `code`, so that the client can tell a job that ended from one asked under other terms.
+fn job_status(code: &str, message: &str) -> Status {
+    let reason = proto::RefusalReason {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        ..proto::RefusalReason::default()
     };
+    status_with_reasons(Code::FailedPrecondition, message.to_owned(), vec![reason])
+}
+
+/// A status of `code` carrying `reasons` in `cleanroom-refusal-bin`.
+fn status_with_reasons(code: Code, message: String, reasons: Vec<proto::RefusalReason>) -> Status {
+    let details = proto::QueryRefusal { reasons };
     let mut metadata = MetadataMap::new();
     metadata.insert_bin(
         REFUSAL_METADATA_KEY,
         MetadataValue::from_bytes(&details.encode_to_vec()),
     );
-    Status::with_metadata(code, refusal.to_string(), metadata)
+    Status::with_metadata(code, message, metadata)
 }
 
 /// The status a peer sees for an exchange that went wrong.

@@ -273,6 +273,18 @@ pub async fn serve_with_metrics(
 
     let clean_room = CleanRoom::new(config.clone());
     let events = Arc::clone(&clean_room.host.events);
+    // Before any connection: no job runs yet, so every stopped job's bucket files can go.
+    let tidied = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::retention::tidy(&config, true))
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??
+    };
+    events.jobs_tidied(&tidied);
+    let _retention = AbortOnDrop(tokio::spawn(crate::retention::keep_tidy(
+        config.clone(),
+        Arc::clone(&events),
+    )));
     let check = CheckToken::new(Arc::clone(&config.collaboration)).with_events(Arc::clone(&events));
     let _metrics = metrics.map(|listener| {
         let host = clean_room.host.clone();

@@ -592,9 +592,12 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
         Err(ClientError::Remote(remote)) => {
             assert_eq!(remote.code, Code::FailedPrecondition, "{remote}");
             assert!(remote.message.contains("other terms"), "{remote}");
+            assert_eq!(remote.reasons[0].code, "job_terms_differ");
         }
         other => panic!("a job resumed under other terms: {other:?}"),
     }
+    // The job still waits: the client keeps its key for it.
+    assert!(!is_empty(client_work.path()));
     assert_eq!(
         server.state.entry(&id).unwrap().unwrap().decision,
         Decision::Interrupted,
@@ -603,5 +606,73 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
     let standing = server.state.standings().unwrap();
     let advertiser = standing.iter().find(|s| s.member == "advertiser").unwrap();
     assert_eq!(advertiser.queries, 2, "resumes and resends are not charged");
+    server.stop().await;
+}
+
+/// A named job that waits longer than the server's retention is cancelled and its totals
+/// deleted; bucket files a killed server left are removed when it starts; and the client that
+/// comes back to resume it is told the job ended and removes what it kept for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_not_resumed_in_time_is_cancelled_and_its_client_forgets_it() {
+    let fx = Fixture::new(5);
+    let (server_work, client_work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let limits = Limits {
+        job_retention: std::time::Duration::from_millis(1),
+        ..job_limits()
+    };
+    let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
+    let mut config = publisher_config(&fx, limits, None, state);
+    config.work_dir = Some(server_work.path().to_owned());
+    let server = serve_in_process(config.clone()).await;
+    let named = (BY_CAMPAIGN, "late-1");
+
+    let (id, outcome) = named_query(&fx, &server, named, client_work.path(), Some(2)).await;
+    assert!(outcome.is_none(), "stopped");
+    let entry = loop {
+        let entry = server.state.entry(&id).unwrap().unwrap();
+        if entry.decision != Decision::Running {
+            break entry;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(entry.decision, Decision::Interrupted, "{}", entry.reason);
+    assert!(server.state.job_checkpoint(&id).unwrap().is_some());
+    assert!(
+        !is_empty(client_work.path()),
+        "the client keeps the job's key"
+    );
+    // What a server killed in the middle of the job would have left.
+    let left = server_work.path().join(format!("cleanroom-job-{id}"));
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("matcher-0.bucket"), b"rows").unwrap();
+
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let tidied = cleanroom_service::retention::tidy(&config, true).unwrap();
+    assert_eq!(tidied.expired.cancelled, [id.clone()]);
+    assert_eq!(tidied.directories_removed, 1);
+    assert!(is_empty(server_work.path()));
+    let entry = server.state.entry(&id).unwrap().unwrap();
+    assert_eq!(entry.decision, Decision::Cancelled);
+    assert!(
+        entry.reason.starts_with("not resumed within"),
+        "{}",
+        entry.reason
+    );
+    assert_eq!(server.state.job_checkpoint(&id).unwrap(), None);
+
+    let (_, outcome) = named_query(&fx, &server, named, client_work.path(), None).await;
+    match outcome.unwrap() {
+        Err(ClientError::Remote(remote)) => {
+            assert_eq!(remote.code, Code::FailedPrecondition, "{remote}");
+            assert_eq!(remote.reasons[0].code, "job_ended", "{remote}");
+            assert!(remote.message.contains("removed what it kept"), "{remote}");
+        }
+        other => panic!("a cancelled job resumed: {other:?}"),
+    }
+    assert!(is_empty(client_work.path()), "the key went with the job");
+    assert_eq!(
+        server.state.entry(&id).unwrap().unwrap().decision,
+        Decision::Cancelled
+    );
     server.stop().await;
 }

@@ -297,4 +297,13 @@ impl KeyFile {
     pub(crate) fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// Removes the file and the job's work directory in `work_dir` (the server says the job
+    /// ended): `true` when either was there.
+    pub(crate) fn forget(&self, work_dir: Option<&Path>) -> bool {
+        let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let key = std::fs::remove_file(&self.path).is_ok();
+        let dir = std::fs::remove_dir_all(parent.join(self.work_name())).is_ok();
+        key || dir
+    }
 }

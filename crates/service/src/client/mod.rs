@@ -671,8 +671,34 @@ impl Client {
         query: Query<'_>,
         progress: Option<ProgressHook<'_>>,
     ) -> Result<QueryOutcome, ClientError> {
+        let job = self.key_file(&query);
         let outcome = self.run_query_unexplained(query, progress).await;
-        outcome.map_err(|error| self.explained(error))
+        outcome.map_err(|error| match (error, job) {
+            // The job ended on the server (released, cancelled past its retention, failed): it
+            // will never resume, so its key and bucket files here open and serve nothing.
+            (ClientError::Remote(mut remote), Some(job))
+                if remote.reasons.iter().any(|r| r.code == "job_ended") =>
+            {
+                if job.forget(self.work_dir.as_deref()) {
+                    remote
+                        .message
+                        .push_str(" (this client removed what it kept for the job)");
+                }
+                ClientError::Remote(remote)
+            }
+            (error, _) => self.explained(error),
+        })
+    }
+
+    /// Where `query`'s value key is kept when it is a named job.
+    fn key_file(&self, query: &Query<'_>) -> Option<job::KeyFile> {
+        self.job_id.as_deref().map(|id| {
+            job::KeyFile::new(
+                self.work_dir.as_deref(),
+                (query.collaboration.id(), query.member, &self.server),
+                id,
+            )
+        })
     }
 
     async fn run_query_unexplained(
@@ -875,13 +901,7 @@ impl Client {
         let job = crate::job::JobTerms::from_proto(accepted.job.as_ref())
             .map_err(ClientError::PlanMismatch)?;
         // A named job's value key outlives this process, until the job's release arrives.
-        let key_file = self.job_id.as_deref().map(|id| {
-            job::KeyFile::new(
-                self.work_dir.as_deref(),
-                (query.collaboration.id(), query.member, &self.server),
-                id,
-            )
-        });
+        let key_file = self.key_file(&query);
         let mut plan = plan;
         let mut own_over_bound = own_over_bound;
         let limits = cleanroom_psi::Limits::default();

@@ -516,7 +516,7 @@ impl Host {
         let (plan, matcher_path, recipients) = self.admit(member, request)?;
         let (name, id) = (request.job_id, stored.session_id.clone());
         if request_digest(request)[..] != stored.terms_digest[..] {
-            return Err(SessionError::JobClosed(format!(
+            return Err(SessionError::JobTermsDiffer(format!(
                 "job {name:?} (session {id}) was asked with other terms: another query, other \
                  receivers, another table or row count, or other collaboration terms; resume it \
                  with the same, or name a new job"
@@ -533,14 +533,14 @@ impl Host {
             // The same release again: it tells nothing the first did not, and costs nothing.
             Decision::Released if stored.release.is_some() => stored.release,
             Decision::Released => {
-                return Err(SessionError::JobClosed(format!(
+                return Err(SessionError::JobEnded(format!(
                     "job {name:?} (session {id}) was released: its result was sent then, and \
                      is not kept to be sent again (a job of one bucket)"
                 )));
             }
             // The stored reason stays in the audit log: it may hold this server's detail.
             ended => {
-                return Err(SessionError::JobClosed(format!(
+                return Err(SessionError::JobEnded(format!(
                     "job {name:?} (session {id}) ended {ended}: it cannot resume; name a new job"
                 )));
             }

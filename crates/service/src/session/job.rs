@@ -45,7 +45,7 @@ impl Host {
         // killed server left.
         let work_dir = self.config.work_dir.as_deref();
         let work = match named {
-            true => WorkDir::named(work_dir, &format!("cleanroom-job-{session_id}")),
+            true => WorkDir::named(work_dir, &crate::retention::job_dir_name(session_id)),
             false => WorkDir::new(work_dir),
         }
         .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;

@@ -10,9 +10,11 @@
 //! - the entry reopened is the job's own audit entry: a job has one entry, however many
 //!   connections it took.
 
-use rusqlite::{OptionalExtension, params};
+use std::time::Duration;
 
-use super::{Decision, StateDb, StateError};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::{Decision, NOW, StateDb, StateError};
 
 /// A named job as recorded at its admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,88 @@ pub struct StoredJob {
     pub release: Option<Vec<Vec<u8>>>,
 }
 
+/// What [`StateDb::expire_jobs`] ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExpiredJobs {
+    /// The interrupted jobs that waited longer than allowed: now `cancelled`, their totals
+    /// deleted (a resume is refused as for any job that ended).
+    pub cancelled: Vec<String>,
+    /// Released jobs whose kept release was dropped (a resume then cannot be sent it again).
+    pub releases_dropped: usize,
+}
+
 impl StateDb {
+    /// Ends what named jobs keep longer than `retention` after they stopped: each job
+    /// interrupted before then is cancelled (reason: not resumed in time) and its totals
+    /// deleted; each job released before then has its kept release dropped. One
+    /// transaction: a job being resumed at that moment is either reopened first (and runs)
+    /// or cancelled first (and its resume refused).
+    pub fn expire_jobs(&self, retention: Duration) -> Result<ExpiredJobs, StateError> {
+        self.require_current()?;
+        let cutoff = format!("-{} seconds", retention.as_secs());
+        let before = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)";
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sqlite(e))?;
+        let run = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<ExpiredJobs> {
+            let cancelled: Vec<String> = tx
+                .prepare(&format!(
+                    "SELECT audit.session_id FROM audit JOIN job ON job.session_id = audit.session_id
+                     WHERE audit.decision = 'interrupted' AND audit.finished_at < {before}
+                     ORDER BY audit.id"
+                ))?
+                .query_map(params![cutoff], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let reason = format!(
+                "not resumed within {} s of its interruption: its totals were deleted",
+                retention.as_secs()
+            );
+            for id in &cancelled {
+                tx.execute(
+                    &format!(
+                        "UPDATE audit SET decision = 'cancelled', finished_at = {NOW}, reason = ?2
+                         WHERE session_id = ?1 AND decision = 'interrupted'"
+                    ),
+                    params![id, reason],
+                )?;
+                tx.execute("DELETE FROM job_totals WHERE session_id = ?1", params![id])?;
+            }
+            let releases_dropped = tx.execute(
+                &format!(
+                    "UPDATE job SET release = NULL WHERE release IS NOT NULL AND session_id IN
+                         (SELECT session_id FROM audit
+                          WHERE decision = 'released' AND finished_at < {before})"
+                ),
+                params![cutoff],
+            )?;
+            Ok(ExpiredJobs {
+                cancelled,
+                releases_dropped,
+            })
+        };
+        let expired = run(&tx).map_err(|e| self.sqlite(e))?;
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(expired)
+    }
+
+    /// The named jobs waiting, interrupted, for their client to resume them.
+    pub fn interrupted_jobs(&self) -> Result<Vec<String>, StateError> {
+        self.require_current()?;
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT audit.session_id FROM audit JOIN job ON job.session_id = audit.session_id
+                 WHERE audit.decision = 'interrupted' ORDER BY audit.id",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let ids = statement
+            .query_map([], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+            .map_err(|e| self.sqlite(e))?;
+        Ok(ids)
+    }
+
     /// Records that admitted session `job.session_id` is `job.member`'s job `job.job_id`.
     /// Refused with [`StateError::DuplicateSession`] when the member already has a job of
     /// that name.
@@ -270,5 +353,99 @@ mod tests {
         )
         .unwrap();
         assert!(!db.reopen_job("s2").unwrap());
+    }
+
+    #[test]
+    fn jobs_not_resumed_in_time_are_cancelled_and_kept_releases_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path().join("state.db")).unwrap();
+        let named = |id: &str, job: &str| {
+            db.begin(&attempt(id, "adv", "q", 1)).unwrap();
+            db.charge(id, &policy(None, None, None), "adv", None, &[])
+                .unwrap();
+            db.record_buckets(id, 8).unwrap();
+            db.record_job(&record(id, "adv", job)).unwrap();
+            db.record_bucket(id, 2, b"after 2").unwrap();
+        };
+        // One job interrupted, one released with its release kept, one still running, and an
+        // interrupted entry that is not a named job.
+        named("waits", "a");
+        db.finish(
+            "waits",
+            Decision::Interrupted,
+            "peer gone",
+            &Completion::default(),
+        )
+        .unwrap();
+        named("released", "b");
+        db.release_delivering(
+            "released",
+            &Completion::default(),
+            &[],
+            Some(&[b"r".to_vec()]),
+        )
+        .unwrap();
+        named("runs", "c");
+        db.begin(&attempt("plain", "adv", "q", 1)).unwrap();
+        db.finish(
+            "plain",
+            Decision::Interrupted,
+            "stopped",
+            &Completion::default(),
+        )
+        .unwrap();
+        assert_eq!(db.interrupted_jobs().unwrap(), ["waits"]);
+
+        // Within the retention nothing changes.
+        assert_eq!(
+            db.expire_jobs(Duration::from_secs(3600)).unwrap(),
+            ExpiredJobs::default()
+        );
+        assert_eq!(
+            db.job_checkpoint("waits").unwrap(),
+            Some((2, b"after 2".to_vec()))
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let expired = db.expire_jobs(Duration::ZERO).unwrap();
+        assert_eq!(
+            expired,
+            ExpiredJobs {
+                cancelled: vec!["waits".to_owned()],
+                releases_dropped: 1
+            }
+        );
+        let waits = db.find_job("c", "adv", "a").unwrap().unwrap();
+        assert_eq!(waits.decision, Decision::Cancelled);
+        assert!(
+            waits.reason.starts_with("not resumed within 0 s"),
+            "{}",
+            waits.reason
+        );
+        assert_eq!(waits.done, None);
+        assert!(!db.reopen_job("waits").unwrap());
+        let released = db.find_job("c", "adv", "b").unwrap().unwrap();
+        assert_eq!(
+            (released.decision, released.release),
+            (Decision::Released, None)
+        );
+        // The running job and the unnamed entry are left as they were.
+        assert_eq!(
+            db.entry("runs").unwrap().unwrap().decision,
+            Decision::Running
+        );
+        assert_eq!(
+            db.job_checkpoint("runs").unwrap(),
+            Some((2, b"after 2".to_vec()))
+        );
+        assert_eq!(
+            db.entry("plain").unwrap().unwrap().decision,
+            Decision::Interrupted
+        );
+        assert!(db.interrupted_jobs().unwrap().is_empty());
+        // Nothing is expired twice.
+        assert_eq!(
+            db.expire_jobs(Duration::ZERO).unwrap(),
+            ExpiredJobs::default()
+        );
     }
 }

@@ -38,7 +38,7 @@ mod usage;
 pub use audit::{Attempt, AuditCursor, AuditEntry, AuditPage, AuditQuery, Completion, Decision};
 pub use delivery::{DeliveredResult, Delivery};
 pub use failed_auth::{FailedAuthentication, FailedAuthenticationKey};
-pub use job::{JobRecord, StoredJob};
+pub use job::{ExpiredJobs, JobRecord, StoredJob};
 pub use ledger::{Exhausted, Policy, Standing};
 pub use usage::{Contribution, TableUse, UsageLine};
 
