@@ -290,6 +290,23 @@ impl<T: Send + 'static> Exchange<'_, T> {
         }
     }
 
+    /// The next item of `inbound`, outside the protocol (session control), within the idle
+    /// timeout and the session's deadline: [`ExchangeError::PeerEnded`] when the stream ends.
+    pub(crate) async fn receive<S, I>(&mut self, inbound: &mut S) -> Result<I, ExchangeError>
+    where
+        S: Stream<Item = Result<I, ExchangeError>> + Unpin,
+    {
+        let idle_at = self.idle.map(|idle| Instant::now() + idle);
+        let deadline = self.deadline;
+        tokio::select! {
+            () = until(deadline.map(|d| d.0)) => {
+                Err(ExchangeError::Deadline(deadline.map_or(Duration::ZERO, |d| d.1)))
+            }
+            () = until(idle_at) => Err(ExchangeError::Idle(self.idle.unwrap_or_default())),
+            item = inbound.next() => item.unwrap_or(Err(ExchangeError::PeerEnded)),
+        }
+    }
+
     /// Runs the protocol until the role is done, returning it.
     pub(crate) async fn run<R, S>(&mut self, role: R, inbound: &mut S) -> Result<R, ExchangeError>
     where

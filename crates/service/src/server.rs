@@ -40,7 +40,7 @@ use crate::proto::{
     PlanQueryResponse, PsiMessage, RunSessionRequest, RunSessionResponse, SessionAccepted,
     SessionSummary, fetch_result_response, run_session_request, run_session_response,
 };
-use crate::session::{Admitted, Host, ServerFrames, SessionRequest, state_call};
+use crate::session::{Admitted, Host, Inbound, ServerFrames, SessionRequest, state_call};
 use crate::state::{AuditCursor, AuditEntry, AuditQuery, Policy, StateDb, StateError};
 use crate::tls::{TlsError, TlsIdentity, check_plaintext_listen};
 
@@ -431,7 +431,9 @@ impl CleanRoom {
             })?;
         let start = match first.and_then(|m| m.message) {
             Some(run_session_request::Message::Start(start)) => start,
-            Some(run_session_request::Message::Psi(_)) => {
+            Some(
+                run_session_request::Message::Psi(_) | run_session_request::Message::ResultKeys(_),
+            ) => {
                 return Err(early(
                     "bad_start",
                     Status::invalid_argument("a session must open with a start message"),
@@ -475,16 +477,20 @@ impl ServerFrames for Result<RunSessionResponse, Status> {
     }
 }
 
-/// The protocol messages of a client's stream; anything else after the start is an error.
+/// What a client's stream carries after its start: protocol messages and result keys;
+/// anything else (a second start, an empty request) is an error.
 fn psi_stream(
     inbound: Streaming<RunSessionRequest>,
-) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin {
+) -> impl tokio_stream::Stream<Item = Result<Inbound, ExchangeError>> + Unpin {
     inbound.map(|item| match item {
         Ok(RunSessionRequest {
             message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
-        }) => Ok(payload),
+        }) => Ok(Inbound::Psi(payload)),
+        Ok(RunSessionRequest {
+            message: Some(run_session_request::Message::ResultKeys(keys)),
+        }) => Ok(Inbound::ResultKeys(keys.result_keys)),
         Ok(_) => Err(ExchangeError::Unexpected(
-            "only protocol messages may follow the session start",
+            "only protocol messages and result keys may follow the session start",
         )),
         Err(status) => Err(ExchangeError::Transport(status)),
     })

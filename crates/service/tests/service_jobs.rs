@@ -13,7 +13,8 @@ use cleanroom_psi::{
 };
 use cleanroom_service::client::{ClientError, Query};
 use cleanroom_service::proto::{
-    PsiMessage, RunSessionRequest, RunSessionResponse, run_session_request, run_session_response,
+    LaterResultKeys, PsiMessage, RunSessionRequest, RunSessionResponse, SealedResultKeys,
+    run_session_request, run_session_response,
 };
 use cleanroom_service::{Client, Decision, Limits, QueryOutcome, StateDb};
 use cleanroom_testkit::*;
@@ -212,26 +213,55 @@ async fn wait_for(server: &Running, session_id: &str, decision: Decision, done: 
     panic!("session {session_id} never became {decision} with {done} buckets done");
 }
 
+/// What the querier of [`play_job_resumed`] does about the keys of a receiver other than
+/// itself.
+#[derive(Debug, Clone)]
+enum LaterKeys {
+    /// It names no other receiver.
+    NoOtherReceiver,
+    /// It names the analyst too, leaves the keys out of its start and sends these after the
+    /// last bucket.
+    After(Vec<SealedResultKeys>),
+    /// As `After`, but sends them before its first protocol message, in the job's first bucket.
+    Within(Vec<SealedResultKeys>),
+}
+
+/// The request that carries `keys` after the start.
+fn later_keys(keys: &[SealedResultKeys]) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::ResultKeys(LaterResultKeys {
+            result_keys: keys.to_vec(),
+        })),
+    }
+}
+
 /// Plays a job of buckets as a querier holding the one identifier `who`: in each bucket, an
 /// honest receiver of its part (empty but for `who`'s bucket). With `resume_after` =
 /// `Some(k)` the job is named, hung up once the server holds
-/// `k` buckets and resumed on a new connection under the same name and value key.
+/// `k` buckets and resumed on a new connection under the same name and value key. `later`
+/// says whether the result goes to the analyst too and when its keys are sent.
 async fn play_job_resumed(
     fx: &Fixture,
     server: &Running,
-    sql: &str,
-    who: &str,
+    (sql, who): (&str, &str),
     resume_after: Option<u32>,
+    later: &LaterKeys,
 ) -> View {
     let plan = fx.collaboration.plan("advertiser", sql).unwrap();
     let mut start = start(fx, sql, 8);
-    if let (Some(run_session_request::Message::Start(s)), Some(_)) =
-        (&mut start.message, resume_after)
-    {
-        // A name spent with its job: each case names its own.
-        s.job_id = format!("probe-{}", rand_suffix());
+    if let Some(run_session_request::Message::Start(s)) = &mut start.message {
+        if resume_after.is_some() {
+            // A name spent with its job: each case names its own.
+            s.job_id = format!("probe-{}", rand_suffix());
+        }
+        if !matches!(later, LaterKeys::NoOtherReceiver) {
+            s.receivers = vec!["advertiser".to_owned(), "analyst".to_owned()];
+        }
     }
     let (accepted, mut tx, mut inbound) = accept(server, start.clone()).await;
+    if let LaterKeys::Within(keys) = later {
+        let _ = tx.send(later_keys(keys)).await;
+    }
     let job = accepted.job.clone().expect("a job");
     let key = BucketKey::from_bytes(job.bucket_key.clone().try_into().unwrap());
     let columns = accepted.value_columns as usize;
@@ -276,6 +306,9 @@ async fn play_job_resumed(
             ended = Some(status);
             break;
         }
+    }
+    if let (None, LaterKeys::After(keys)) = (&ended, later) {
+        let _ = tx.send(later_keys(keys)).await;
     }
     let status = match ended {
         Some(status) => status,
@@ -358,15 +391,44 @@ async fn own_entry(server: &Running, session_id: &str) -> cleanroom_service::pro
 /// one identifier is the publisher's or a stranger's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_querier_set_under_the_threshold_is_refused_over_the_job_alike() {
-    let views = threshold_cases(None).await;
+    let views = threshold_cases(None, LaterKeys::NoOtherReceiver).await;
     assert_eq!(views[0].resumed_at, None);
 }
 
+/// The same querier naming the analyst as a receiver too, and bending the keys it sends for
+/// it after its start: every bent message is refused alike, whether its identifier is the
+/// publisher's or a stranger's, before anything is decided on the totals; the well-formed keys
+/// end as the threshold test does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bent_result_keys_after_the_start_are_refused_alike() {
+    let for_ = |receiver: &str, bytes: usize| SealedResultKeys {
+        receiver: receiver.to_owned(),
+        sealed: vec![7; bytes],
+    };
+    let cases = [
+        (LaterKeys::After(vec![for_("analyst", 100)]), "querier_set_too_small"),
+        (LaterKeys::After(vec![]), "exactly one sealed box"),
+        (LaterKeys::After(vec![for_("analyst", 47)]), "a box holds"),
+        (
+            LaterKeys::After(vec![for_("analyst", 100), for_("publisher", 100)]),
+            "not a receiver other than",
+        ),
+        (
+            LaterKeys::Within(vec![for_("analyst", 100)]),
+            "within the protocol",
+        ),
+    ];
+    for (later, said) in cases {
+        let views = threshold_cases(None, later.clone()).await;
+        assert!(views[0].message.contains(said), "{later:?}: {views:?}");
+    }
+}
+
 /// The two cases of the threshold tests, a publisher's identifier and a stranger's, each
-/// played by [`play_job_resumed`] with `resume_after`: they must end alike, refused, with
-/// nothing left in the server's work directory.
-async fn threshold_cases(resume_after: Option<u32>) -> Vec<View> {
-    let fx = Fixture::new(5);
+/// played by [`play_job_resumed`] with `resume_after` and `later`: they must end alike,
+/// refused, with nothing left in the server's work directory.
+async fn threshold_cases(resume_after: Option<u32>, later: LaterKeys) -> Vec<View> {
+    let (fx, _) = Fixture::new(5).with_analyst_key(true);
     let work = tempfile::tempdir().unwrap();
     let server = server(&fx, job_limits(), work.path()).await;
     let target = fx
@@ -379,7 +441,7 @@ async fn threshold_cases(resume_after: Option<u32>) -> Vec<View> {
     let stranger = "user950@example.com";
     let mut views = Vec::new();
     for who in [target.as_str(), stranger] {
-        views.push(play_job_resumed(&fx, &server, BY_CAMPAIGN, who, resume_after).await);
+        views.push(play_job_resumed(&fx, &server, (BY_CAMPAIGN, who), resume_after, &later).await);
     }
     assert_eq!(views[0], views[1], "member and stranger differ");
     assert_eq!(views[0].code, Code::InvalidArgument, "{views:?}");
@@ -450,7 +512,7 @@ async fn a_private_job_is_charged_once_and_noised_once() {
 /// before or after the break), and both cases still end alike, refused, with nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_job_refuses_a_querier_set_under_the_threshold_alike() {
-    let views = threshold_cases(Some(3)).await;
+    let views = threshold_cases(Some(3), LaterKeys::NoOtherReceiver).await;
     assert_eq!(views[0].resumed_at, Some(3));
 }
 

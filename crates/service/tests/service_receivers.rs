@@ -10,26 +10,10 @@ use cleanroom_service::{BearerToken, Client, ClientConfig, Decision, DeliveryErr
 use cleanroom_testkit::*;
 use tonic::Code;
 
-/// The fixture where the advertiser may query but not receive results, and the analyst
-/// receives results with a result key (whose secret half is returned).
+/// The fixture where the analyst receives results with a result key (whose secret half is
+/// returned), and the advertiser may receive them too or not.
 fn fixture(advertiser_receives: bool) -> (Fixture, OpeningKey) {
-    let key = OpeningKey::generate();
-    let public = hex::encode(key.sealing_key().to_bytes());
-    let fx = Fixture::new(3).edited(|toml| {
-        let analyst = "name = \"analyst\"\nabilities = [\"receive_results\"]\n";
-        assert!(toml.contains(analyst), "the fixture's analyst entry");
-        let mut edited = toml.replace(analyst, &format!("{analyst}result_key = \"{public}\"\n"));
-        if !advertiser_receives {
-            let advertiser = "name = \"advertiser\"\nabilities = [\"query\", \"receive_results\"]";
-            assert!(
-                edited.contains(advertiser),
-                "the fixture's advertiser entry"
-            );
-            edited = edited.replace(advertiser, "name = \"advertiser\"\nabilities = [\"query\"]");
-        }
-        edited
-    });
-    (fx, key)
+    Fixture::new(3).with_analyst_key(advertiser_receives)
 }
 
 fn analyst_config(url: String) -> ClientConfig {
@@ -209,4 +193,72 @@ async fn receivers_are_checked_before_any_data_moves() {
         assert_eq!(entry.matcher_rows, 0);
     }
     server.stop().await;
+}
+
+/// A querier whose table is larger than it holds in memory asks for buckets and leaves its
+/// keys for the other receivers out of the start: it sends them once its group sizes are
+/// known, after the job's last bucket, or right after the acceptance when the server makes
+/// one session of it. Either way the analyst fetches exactly the plain result, and the
+/// advertiser gets it too only when it is a receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_querier_split_into_buckets_delivers_to_other_receivers_exactly() {
+    let job = Limits {
+        bucket_rows: 100,
+        min_bucket_rows: 20,
+        ..Limits::default()
+    };
+    // No bucket may be expected to hold fewer rows than either table has: one session.
+    let one_session = Limits {
+        min_bucket_rows: 1 << 30,
+        ..job
+    };
+    for advertiser_receives in [false, true] {
+        let (fx, key) = fixture(advertiser_receives);
+        let (want, want_suppressed) = fx.plain_by_campaign();
+        for (limits, is_job) in [(job, true), (one_session, false)] {
+            let server = start_server(&fx, limits, None).await;
+            let url = format!("http://{}", server.addr);
+            let work = tempfile::tempdir().unwrap();
+            let mut config = advertiser_client_config(url.clone());
+            config.bucket_rows = 100;
+            config.work_dir = Some(work.path().to_owned());
+            let receivers = match advertiser_receives {
+                true => vec!["advertiser".to_owned(), "analyst".to_owned()],
+                false => analyst(),
+            };
+            let data = fx.advertiser_data();
+            let query = cleanroom_service::Query {
+                collaboration: &fx.collaboration,
+                member: "advertiser",
+                sql: BY_CAMPAIGN,
+                data: &data,
+                receivers: &receivers,
+            };
+            let mut client = Client::connect(&config).await.unwrap();
+            let outcome = client.run_query(query, None).await.unwrap();
+            let case = format!("receives {advertiser_receives}, job {is_job}");
+            assert_eq!(outcome.accepted.job.is_some(), is_job, "{case}");
+            assert_eq!(outcome.summary.delivered_to, analyst(), "{case}");
+            assert_eq!(outcome.received, advertiser_receives, "{case}");
+
+            let mut analyst_client = Client::connect(&analyst_config(url)).await.unwrap();
+            let session = outcome.summary.session_id.clone();
+            let fetched = analyst_client
+                .fetch_result(&fx.collaboration, "analyst", &session, &key)
+                .await
+                .unwrap();
+            assert_exact(&fetched.result, &want, want_suppressed);
+            if advertiser_receives {
+                assert_eq!(outcome.result, fetched.result, "{case}");
+            } else {
+                assert!(outcome.result.rows.is_empty(), "{case}");
+                assert_eq!(outcome.summary.released_rows, 0, "{case}");
+            }
+            let entry = server.settled_entry(&session).await;
+            assert_eq!(entry.decision, Decision::Released, "{case}");
+            assert_eq!(entry.released_rows, want.len() as u64, "{case}");
+            assert_eq!(entry.buckets > 1, is_job, "{case}");
+            server.stop().await;
+        }
+    }
 }

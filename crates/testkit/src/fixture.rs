@@ -249,6 +249,35 @@ impl Fixture {
         self
     }
 
+    /// The fixture where the analyst (a receiver of results) has a `result_key`, whose
+    /// opening half is returned; unless `advertiser_receives`, the advertiser may query but
+    /// not receive results.
+    pub fn with_analyst_key(
+        self,
+        advertiser_receives: bool,
+    ) -> (Fixture, cleanroom_psi::sealed::OpeningKey) {
+        let key = cleanroom_psi::sealed::OpeningKey::generate();
+        let public = hex::encode(key.sealing_key().to_bytes());
+        let fx = self.edited(|toml| {
+            let analyst = "name = \"analyst\"\nabilities = [\"receive_results\"]\n";
+            assert!(toml.contains(analyst), "the fixture's analyst entry");
+            let mut edited =
+                toml.replace(analyst, &format!("{analyst}result_key = \"{public}\"\n"));
+            if !advertiser_receives {
+                let advertiser =
+                    "name = \"advertiser\"\nabilities = [\"query\", \"receive_results\"]";
+                assert!(
+                    edited.contains(advertiser),
+                    "the fixture's advertiser entry"
+                );
+                edited =
+                    edited.replace(advertiser, "name = \"advertiser\"\nabilities = [\"query\"]");
+            }
+            edited
+        });
+        (fx, key)
+    }
+
     /// The fixture as collaboration `id` (another collaboration with the same members, tables
     /// and data).
     pub fn with_id(self, id: &str) -> Fixture {

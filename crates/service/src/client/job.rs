@@ -84,19 +84,27 @@ pub(super) async fn partition(
     Ok((work, ClientBuckets::Files { rows: rows?, empty }))
 }
 
+/// Seals a job's result keys to each receiver other than the querier (the query's own).
+pub(super) type Seal<'a> =
+    dyn Fn(&Plan, &ResultKeys) -> Result<Vec<proto::SealedResultKeys>, String> + Sync + 'a;
+
 /// Runs the job's buckets in order over the session's streams, then takes its release:
-/// returns the opener holding it and, for a private query grouped by this member's columns,
-/// how many of its identifiers were kept in fewer groups (summed over the buckets). The
-/// buckets the server already holds (`job.done`, a resumed job) are only read again, for this
-/// side's group sizes; `value_key` is the job's (the stored one when it resumes).
+/// returns the opener holding it (`None` when the result goes to other receivers only) and,
+/// for a private query grouped by this member's columns, how many of its identifiers were
+/// kept in fewer groups (summed over the buckets). The buckets the server already holds
+/// (`job.done`, a resumed job) are only read again, for this side's group sizes; `value_key`
+/// is the job's (the stored one when it resumes). With `seal`, the job's result keys are
+/// sealed to the other receivers and sent after the last bucket (PROTOCOL.md 3.6, step 7);
+/// `receives`: whether this member gets the release.
 pub(super) async fn run(
     exchange: &mut Exchange<'_, RunSessionRequest>,
     inbound: &mut tonic::Streaming<proto::RunSessionResponse>,
     plan: &Plan,
     (job, value_key): (&JobTerms, Option<ValueKey>),
     mut buckets: ClientBuckets,
+    (seal, receives): (Option<&Seal<'_>>, bool),
     report: &(dyn Fn(Progress<'_>) + Sync),
-) -> Result<(ResultOpener, Option<u64>), ClientError> {
+) -> Result<(Option<ResultOpener>, Option<u64>), ClientError> {
     let value_key = Arc::new(value_key);
     let limits = cleanroom_psi::Limits::default();
     let bound = plan
@@ -178,7 +186,21 @@ pub(super) async fn run(
         rows_done,
         rows,
     });
-    let mut opener = ResultOpener::new(ResultKeys::for_job((*value_key).as_ref(), sizes), limits);
+    let keys = ResultKeys::for_job((*value_key).as_ref(), sizes);
+    if let Some(seal) = seal {
+        let sealed = seal(plan, &keys).map_err(ClientError::Internal)?;
+        match exchange.send_item(super::later_keys(sealed)).await {
+            // A server that sends a released job's kept release again reads nothing more and
+            // may have closed the call: what it sent is read below; a server gone otherwise
+            // shows there too.
+            Err(crate::exchange::ExchangeError::PeerGone) | Ok(()) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if !receives {
+        return Ok((None, over));
+    }
+    let mut opener = ResultOpener::new(keys, limits);
     if let Some(bounds) = plan.noise_bounds() {
         opener = opener.with_noise(bounds).map_err(ClientError::Opened)?;
     }
@@ -187,7 +209,7 @@ pub(super) async fn run(
     }
     let mut psi_in = psi_messages(inbound);
     let Release(opener) = exchange.run(Release(opener), &mut psi_in).await?;
-    Ok((opener, over))
+    Ok((Some(opener), over))
 }
 
 /// Where a named job keeps its value key between runs of the client (PROTOCOL.md 3.6, step

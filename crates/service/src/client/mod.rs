@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use cleanroom_psi::elgamal::ValueKey;
 use cleanroom_psi::sealed::OpeningKey;
-use cleanroom_psi::{ListQuerier, ProtocolError, Receiver, ReceiverTable, ResultOpener};
+use cleanroom_psi::{
+    ListQuerier, ProtocolError, Receiver, ReceiverTable, ResultKeys, ResultOpener,
+};
 use cleanroom_rules::{
     Collaboration, Plan, Protocol, QuerierRows, Refusal, ResultError, ResultTable,
 };
@@ -33,8 +35,8 @@ use crate::limits::{MAX_GRPC_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
 use crate::proto::clean_room_service_client::CleanRoomServiceClient;
 use crate::proto::{
     self, FetchResultRequest, FetchResultResponse, GetServerInfoRequest, GetServerInfoResponse,
-    ListAuditEntriesRequest, PsiMessage, RunSessionRequest, SessionAccepted, SessionStart,
-    SessionSummary, TableDescriptor, fetch_result_response, run_session_request,
+    ListAuditEntriesRequest, PsiMessage, RunSessionRequest, SealedResultKeys, SessionAccepted,
+    SessionStart, SessionSummary, TableDescriptor, fetch_result_response, run_session_request,
     run_session_response,
 };
 use crate::server::REFUSAL_METADATA_KEY;
@@ -736,7 +738,7 @@ impl Client {
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         // Reading the table and shuffling it into a role are heavy: off the runtime.
         let others = query.receivers.iter().any(|r| r != query.member);
-        let memory_rows = if others { u64::MAX } else { self.bucket_rows };
+        let memory_rows = self.bucket_rows;
         let (columns, rows, own_over_bound, prepared, plan, result_keys) = {
             let mut plan = plan;
             let (collaboration, member, sql, receivers) = (
@@ -805,7 +807,7 @@ impl Client {
                                         &sql,
                                         &plan,
                                         &receivers,
-                                        &receiver,
+                                        &receiver.result_keys(),
                                     )
                                     .map_err(ClientError::Internal)?;
                                     if !receives {
@@ -902,6 +904,18 @@ impl Client {
             .map_err(ClientError::PlanMismatch)?;
         // A named job's value key outlives this process, until the job's release arrives.
         let key_file = self.key_file(&query);
+        // The other receivers' keys, when the start left them out (a job's group sizes are
+        // known once its table is split).
+        let seal = |plan: &Plan, keys: &ResultKeys| {
+            session::seal_result_keys(
+                query.collaboration,
+                query.member,
+                query.sql,
+                plan,
+                query.receivers,
+                keys,
+            )
+        };
         let mut plan = plan;
         let mut own_over_bound = own_over_bound;
         let limits = cleanroom_psi::Limits::default();
@@ -928,7 +942,15 @@ impl Client {
                 // memory after all.
                 let (table, over) = whole_table(&mut plan, &path).await?;
                 own_over_bound = over;
-                let role = receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                let mut role = receiver_for(&plan, table, limits).map_err(ClientError::Internal)?;
+                // The other receivers' keys, left out of the start, go first.
+                if others {
+                    let sealed = seal(&plan, &role.result_keys()).map_err(ClientError::Internal)?;
+                    exchange.send_item(later_keys(sealed)).await?;
+                    if !receives {
+                        role = role.results_elsewhere();
+                    }
+                }
                 Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
             }
             (prepared, Some(job)) => {
@@ -960,6 +982,7 @@ impl Client {
                     &plan,
                     (&job, value_key),
                     buckets,
+                    (others.then_some(&seal), receives),
                     &report,
                 )
                 .await?;
@@ -967,7 +990,10 @@ impl Client {
                 // A table split in memory was bounded whole, before the session (its parts
                 // have nothing left to cut); one read into bucket files, bucket by bucket.
                 own_over_bound = own_over_bound.or(over);
-                Side::Job(opener)
+                match opener {
+                    Some(opener) => Side::Job(opener),
+                    None => Side::Elsewhere,
+                }
             }
         };
         let counters = exchange.counters;
@@ -1009,6 +1035,7 @@ impl Client {
         }
         let (result, unopened) = match finished {
             // The result went to the other receivers only: nothing to open here.
+            Side::Elsewhere => (plan.result(&cleanroom_psi::ReceiverOutcome::default())?, 0),
             Side::Aggregate(_) if !receives => {
                 (plan.result(&cleanroom_psi::ReceiverOutcome::default())?, 0)
             }
@@ -1069,6 +1096,19 @@ enum Side {
     List(ListQuerier, QuerierRows),
     /// The opener of a job's release.
     Job(ResultOpener),
+    /// A job whose result went to the other receivers only.
+    Elsewhere,
+}
+
+/// The request that carries the other receivers' keys `sealed` after the start.
+fn later_keys(sealed: Vec<SealedResultKeys>) -> RunSessionRequest {
+    RunSessionRequest {
+        message: Some(run_session_request::Message::ResultKeys(
+            proto::LaterResultKeys {
+                result_keys: sealed,
+            },
+        )),
+    }
 }
 
 /// The client's whole table for `plan`, in memory (off the runtime), its identifiers bounded

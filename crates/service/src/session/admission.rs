@@ -14,7 +14,7 @@ use std::time::Duration;
 use cleanroom_data::TableSpec;
 use cleanroom_rules::{Plan, Protocol};
 
-use super::delivery::Recipients;
+use super::delivery::{OtherReceivers, Recipients};
 use crate::events::ServerEvents;
 use crate::metrics::Metrics;
 use crate::outcome::SessionError;
@@ -204,7 +204,12 @@ impl Host {
             .collaboration
             .plan_for(member, request.sql, request.receivers)
             .map_err(SessionError::Refused)?;
-        let recipients = Recipients::of(member, request.receivers, request.result_keys)?;
+        let recipients = Recipients::of(
+            member,
+            request.receivers,
+            request.result_keys,
+            request.buckets,
+        )?;
         // Both sides must compute under the same terms, or the result is wrong without an
         // error: checked before anything about the data.
         super::check_agreement(
@@ -380,11 +385,11 @@ impl Host {
                     s.record_matcher_skipped(&id, &table)
                 })
                 .await;
-                // A list, and a result sealed to other receivers (their keys carry whole-session
-                // group sizes), run as one session.
-                let job = match plan.protocol() {
-                    cleanroom_rules::Protocol::List => None,
-                    _ if !recipients.others.is_empty() => None,
+                // A list, and a result whose keys for other receivers came with the start
+                // (sealed over the whole table's group sizes), run as one session.
+                let job = match (plan.protocol(), &recipients.others) {
+                    (cleanroom_rules::Protocol::List, _) => None,
+                    (_, OtherReceivers::Sealed(sealed)) if !sealed.is_empty() => None,
                     _ => crate::job::JobTerms::decide(
                         request.buckets,
                         receiver_rows,

@@ -7,7 +7,9 @@
 //! - the querier seals its [`ResultKeys`] (value decryption keys, its groups' keys and sizes)
 //!   and its value columns' scales to `R`'s `result_key` from the collaboration file, under
 //!   associated data binding the box to the collaboration, the querier, `R` and the SQL
-//!   ([`keys_ad`]), and sends the boxes in its session start;
+//!   ([`keys_ad`]), and sends the boxes in its session start, or, when it asks for buckets, in
+//!   a `LaterResultKeys` once its group sizes over the job are known (PROTOCOL.md 3.6, step
+//!   7: after the last bucket, or after the acceptance of one session);
 //! - the server keeps, with the release and in its transaction, its hello and closing messages
 //!   and `R`'s box ([`Delivery`](crate::state::Delivery));
 //! - `R` fetches them with its own token (`FetchResult`), opens the box with its opening key
@@ -18,7 +20,7 @@
 //! no member but `R` is ever given `R`'s delivery.
 
 use cleanroom_psi::sealed::{OpeningKey, SEALED_OVERHEAD};
-use cleanroom_psi::{AggregateMessage, Limits, Receiver, ResultKeys, ResultOpener, WireMessage};
+use cleanroom_psi::{AggregateMessage, Limits, ResultKeys, ResultOpener, WireMessage};
 use cleanroom_rules::{Collaboration, Plan, ResultTable, Role};
 use prost::Message as _;
 
@@ -28,78 +30,103 @@ use crate::proto::{ResultKeysEnvelope, SealedResultKeys};
 /// The largest sealed box of result keys the server keeps (1 MiB of keys and group keys).
 pub const MAX_SEALED_KEYS: usize = (1 << 20) + SEALED_OVERHEAD;
 
-/// Who a session's result goes to, as admitted: whether the querier receives it, and each other
-/// receiver with the querier's keys sealed to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Who a session's result goes to, as admitted: whether the querier receives it, and the
+/// other receivers with the querier's keys sealed to each, or still to come.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recipients {
     /// The querier receives the result in its session.
     pub querier_receives: bool,
-    /// The other receivers, by name, each with its sealed keys.
-    pub others: Vec<(String, Vec<u8>)>,
+    /// The other receivers.
+    pub others: OtherReceivers,
+}
+
+/// The receivers of a result other than the querier, and where their sealed keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OtherReceivers {
+    /// Each receiver with its box, from the session start (none: no other receiver).
+    Sealed(Vec<(String, Vec<u8>)>),
+    /// The receivers whose boxes the client sends later, in one `LaterResultKeys` (a start
+    /// that asked for buckets: its group sizes are known only once its table is split).
+    KeysToFollow(Vec<String>),
 }
 
 impl Recipients {
     /// The recipients a session start names: `receivers` (empty: the querier) with one sealed
-    /// box in `result_keys` for each receiver but the querier. The rules have checked each
+    /// box in `result_keys` for each receiver but the querier, or none at all when the start
+    /// asks for 2 or more `buckets` (the boxes then follow). The rules have checked each
     /// receiver's ability and key; this checks the start's own shape.
     pub(crate) fn of(
         querier: &str,
         receivers: &[String],
         result_keys: &[SealedResultKeys],
+        buckets: u32,
     ) -> Result<Recipients, SessionError> {
         let invalid = |m: String| Err(SessionError::InvalidArgument(m));
-        if receivers.is_empty() {
-            if !result_keys.is_empty() {
-                return invalid("result keys for receivers the session start does not name".into());
-            }
-            return Ok(Recipients {
-                querier_receives: true,
-                others: Vec::new(),
-            });
-        }
-        let mut recipients = Recipients::default();
         for (i, name) in receivers.iter().enumerate() {
             if receivers[..i].contains(name) {
                 return invalid(format!("receiver {name:?} is named twice"));
             }
-            if name == querier {
-                recipients.querier_receives = true;
-                continue;
-            }
-            let mut boxes = result_keys.iter().filter(|k| &k.receiver == name);
-            let (Some(sealed), None) = (boxes.next(), boxes.next()) else {
-                return invalid(format!(
-                    "the session start must carry exactly one sealed box of result keys for \
-                     receiver {name:?}"
-                ));
-            };
-            if !(SEALED_OVERHEAD..=MAX_SEALED_KEYS).contains(&sealed.sealed.len()) {
-                return invalid(format!(
-                    "the sealed result keys for {name:?} are {} bytes; a box holds {SEALED_OVERHEAD} \
-                     to {MAX_SEALED_KEYS}",
-                    sealed.sealed.len()
-                ));
-            }
-            recipients
-                .others
-                .push((name.clone(), sealed.sealed.clone()));
         }
-        if let Some(extra) = result_keys
+        let querier_receives = receivers.is_empty() || receivers.iter().any(|r| r == querier);
+        let names: Vec<String> = receivers
             .iter()
-            .find(|k| k.receiver == querier || !receivers.contains(&k.receiver))
-        {
-            return invalid(format!(
-                "result keys for {:?}, which is not a receiver other than the querier",
-                extra.receiver
-            ));
-        }
-        Ok(recipients)
+            .filter(|r| *r != querier)
+            .cloned()
+            .collect();
+        let others = if !names.is_empty() && result_keys.is_empty() && buckets > 1 {
+            OtherReceivers::KeysToFollow(names)
+        } else {
+            OtherReceivers::Sealed(boxes_for(querier, &names, result_keys, "session start")?)
+        };
+        Ok(Recipients {
+            querier_receives,
+            others,
+        })
     }
 
     /// The names of the receivers other than the querier.
     pub(crate) fn other_names(&self) -> Vec<String> {
-        self.others.iter().map(|(name, _)| name.clone()).collect()
+        match &self.others {
+            OtherReceivers::Sealed(sealed) => sealed.iter().map(|(name, _)| name.clone()).collect(),
+            OtherReceivers::KeysToFollow(names) => names.clone(),
+        }
     }
+}
+
+/// The box of each receiver of `names` (the receivers other than `querier`) in `boxes`, which
+/// `message` carried: exactly one each, of a size a server keeps, and none for anyone else.
+pub(crate) fn boxes_for(
+    querier: &str,
+    names: &[String],
+    boxes: &[SealedResultKeys],
+    message: &str,
+) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
+    let invalid = |m: String| Err(SessionError::InvalidArgument(m));
+    let mut sealed = Vec::with_capacity(names.len());
+    for name in names {
+        let mut found = boxes.iter().filter(|k| &k.receiver == name);
+        let (Some(one), None) = (found.next(), found.next()) else {
+            return invalid(format!(
+                "the {message} must carry exactly one sealed box of result keys for receiver \
+                 {name:?}"
+            ));
+        };
+        if !(SEALED_OVERHEAD..=MAX_SEALED_KEYS).contains(&one.sealed.len()) {
+            return invalid(format!(
+                "the sealed result keys for {name:?} are {} bytes; a box holds {SEALED_OVERHEAD} \
+                 to {MAX_SEALED_KEYS}",
+                one.sealed.len()
+            ));
+        }
+        sealed.push((name.clone(), one.sealed.clone()));
+    }
+    if let Some(extra) = boxes.iter().find(|k| !names.contains(&k.receiver)) {
+        return invalid(format!(
+            "result keys for {:?}, which is not a receiver other than the querier {querier:?}",
+            extra.receiver
+        ));
+    }
+    Ok(sealed)
 }
 
 /// The associated data of the keys sealed for `receiver`: they open only as the keys of
@@ -113,22 +140,22 @@ pub fn keys_ad(collaboration_id: &str, querier: &str, receiver: &str, sql: &str)
     ad
 }
 
-/// The querier's result keys sealed for each receiver of `receivers` other than `querier`
-/// (its keys from `receiver` and the scales of `plan`'s value columns). A receiver without a
-/// `result_key` was refused by the rules; it is an error here too.
+/// The querier's result keys `keys` (a session's receiver's, or a job's) sealed for each
+/// receiver of `receivers` other than `querier`, with the scales of `plan`'s value columns. A
+/// receiver without a `result_key` was refused by the rules; it is an error here too.
 pub(crate) fn seal_result_keys(
     collaboration: &Collaboration,
     querier: &str,
     sql: &str,
     plan: &Plan,
     receivers: &[String],
-    receiver: &Receiver,
+    keys: &ResultKeys,
 ) -> Result<Vec<SealedResultKeys>, String> {
     let others: Vec<&String> = receivers.iter().filter(|r| *r != querier).collect();
     if others.is_empty() {
         return Ok(Vec::new());
     }
-    let keys = receiver.result_keys().to_bytes();
+    let keys = keys.to_bytes();
     let envelope = zeroize::Zeroizing::new(
         ResultKeysEnvelope {
             keys: keys.to_vec(),
@@ -270,14 +297,44 @@ mod tests {
 
     #[test]
     fn a_start_names_each_receiver_once_with_one_box_for_each_but_the_querier() {
-        let ok =
-            Recipients::of("adv", &names(&["adv", "agency"]), &[boxed("agency", 100)]).unwrap();
+        let ok = Recipients::of(
+            "adv",
+            &names(&["adv", "agency"]),
+            &[boxed("agency", 100)],
+            1,
+        )
+        .unwrap();
         assert!(ok.querier_receives);
         assert_eq!(ok.other_names(), ["agency"]);
-        let elsewhere = Recipients::of("adv", &names(&["agency"]), &[boxed("agency", 48)]).unwrap();
+        let elsewhere =
+            Recipients::of("adv", &names(&["agency"]), &[boxed("agency", 48)], 8).unwrap();
         assert!(!elsewhere.querier_receives);
-        let default = Recipients::of("adv", &[], &[]).unwrap();
-        assert!(default.querier_receives && default.others.is_empty());
+        assert_eq!(
+            elsewhere.others,
+            OtherReceivers::Sealed(vec![("agency".to_owned(), vec![7; 48])])
+        );
+        let default = Recipients::of("adv", &[], &[], 1).unwrap();
+        assert!(default.querier_receives);
+        assert_eq!(default.others, OtherReceivers::Sealed(Vec::new()));
+        // A start that asks for buckets may leave the boxes to follow, all of them.
+        let later = Recipients::of("adv", &names(&["adv", "agency"]), &[], 8).unwrap();
+        assert_eq!(
+            later.others,
+            OtherReceivers::KeysToFollow(vec!["agency".to_owned()])
+        );
+        let boxes = [boxed("agency", 100)];
+        assert_eq!(
+            boxes_for("adv", &later.other_names(), &boxes, "keys").unwrap(),
+            [("agency".to_owned(), vec![7; 100])]
+        );
+        for wrong in [
+            vec![],
+            vec![boxed("agency", 100), boxed("agency", 100)],
+            vec![boxed("agency", 100), boxed("adv", 100)],
+            vec![boxed("agency", 47)],
+        ] {
+            assert!(boxes_for("adv", &later.other_names(), &wrong, "keys").is_err());
+        }
 
         let refused = [
             (names(&["agency", "agency"]), vec![boxed("agency", 100)]),
@@ -301,7 +358,7 @@ mod tests {
         for (receivers, keys) in refused {
             assert!(
                 matches!(
-                    Recipients::of("adv", &receivers, &keys),
+                    Recipients::of("adv", &receivers, &keys, 1),
                     Err(SessionError::InvalidArgument(_))
                 ),
                 "{receivers:?} {:?}",

@@ -19,10 +19,9 @@ use crate::outcome::SessionError;
 
 impl Host {
     /// Plays the psi matcher of each bucket of `job` in turn until every bucket's receiver
-    /// data arrived, then decides the job's release once: returns it (not sent yet), its
-    /// messages beginning with the job's hello (the group sizes summed over the buckets).
+    /// data arrived: returns the job's totals, for [`release_job`](Self::release_job).
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn aggregate_job<T, S>(
+    pub(super) async fn match_job<T, S>(
         &self,
         session_id: &str,
         plan: &Plan,
@@ -32,7 +31,7 @@ impl Host {
         inbound: &mut S,
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
-    ) -> Result<Release, SessionError>
+    ) -> Result<JobTotals, SessionError>
     where
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
@@ -125,7 +124,17 @@ impl Host {
             );
         }
         drop(work);
+        Ok(totals)
+    }
 
+    /// Decides the job's release once, on its `totals`: returns it (not sent yet), its
+    /// messages beginning with the job's hello (the group sizes summed over the buckets).
+    pub(super) async fn release_job<T: ServerFrames>(
+        &self,
+        plan: &Plan,
+        totals: JobTotals,
+        exchange: &mut Exchange<'_, T>,
+    ) -> Result<Release, SessionError> {
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(totals, move |totals| {

@@ -30,6 +30,34 @@ pub(crate) use run::{ServerFrames, receiver_for, value_ranges};
 
 use cleanroom_rules::{Plan, Protocol};
 
+use crate::exchange::ExchangeError;
+use crate::proto::SealedResultKeys;
+
+/// What a client sends after its session start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// One protocol message.
+    Psi(Vec<u8>),
+    /// The result keys for the other receivers, when the start left them to follow.
+    ResultKeys(Vec<SealedResultKeys>),
+}
+
+/// The protocol messages of `inbound`, for a psi role: result keys there are out of order.
+pub(crate) fn psi_only<S>(
+    inbound: &mut S,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin + '_
+where
+    S: tokio_stream::Stream<Item = Result<Inbound, ExchangeError>> + Unpin,
+{
+    tokio_stream::StreamExt::map(inbound, |item| match item? {
+        Inbound::Psi(payload) => Ok(payload),
+        Inbound::ResultKeys(_) => Err(ExchangeError::Unexpected(
+            "result keys within the protocol: they follow a job's last bucket, or the \
+             acceptance of one session, and only when the start left them out",
+        )),
+    })
+}
+
 /// A side of a session; [`role_for`] says which psi role a plan gives it.
 pub(crate) trait Side {
     /// The roles this side may play.

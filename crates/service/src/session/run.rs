@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 
 use super::admission::{Admitted, Host, state_call};
-use super::delivery::Recipients;
-use super::{Server, ServerRole, role_for};
+use super::delivery::{OtherReceivers, Recipients, boxes_for};
+use super::{Inbound, Server, ServerRole, psi_only, role_for};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Counters, Exchange, ExchangeError, MinRate, PeerError, within};
 use crate::limits::MAX_MESSAGE_BYTES;
@@ -118,7 +118,7 @@ impl Host {
         deadline: (Instant, std::time::Duration),
     ) where
         T: ServerFrames,
-        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+        S: Stream<Item = Result<Inbound, ExchangeError>> + Unpin,
     {
         let Admitted {
             session_id,
@@ -227,7 +227,7 @@ impl Host {
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
-        S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
+        S: Stream<Item = Result<Inbound, ExchangeError>> + Unpin,
     {
         // A named job's own release is kept with it, to send again to a client that lost it.
         let keep_release = job.as_ref().is_some_and(|(_, _, named)| *named);
@@ -241,35 +241,57 @@ impl Host {
             .await?;
 
         let limits = self.psi_limits(receiver_rows);
+        // The other receivers' keys that follow the start come before anything of this
+        // server's data is computed on: after the acceptance for one session, after the last
+        // bucket's data for a job.
+        let (release, sealed) = match (role_for(plan, Server), job) {
+            (ServerRole::Matcher, None) => {
+                let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
+                let mut psi = psi_only(inbound);
+                let release = self
+                    .aggregate_protocol(
+                        plan,
+                        matcher_path,
+                        limits,
+                        &mut psi,
+                        exchange,
+                        matcher_rows,
+                    )
+                    .await?;
+                (release, sealed)
+            }
+            (ServerRole::Matcher, Some(job)) => {
+                let totals = self
+                    .match_job(
+                        session_id,
+                        plan,
+                        matcher_path,
+                        limits,
+                        job,
+                        &mut psi_only(inbound),
+                        exchange,
+                        matcher_rows,
+                    )
+                    .await?;
+                let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
+                (self.release_job(plan, totals, exchange).await?, sealed)
+            }
+            (ServerRole::ListProvider, _) => {
+                let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
+                let mut psi = psi_only(inbound);
+                let release = self
+                    .list_protocol(plan, matcher_path, limits, &mut psi, exchange, matcher_rows)
+                    .await?;
+                (release, sealed)
+            }
+        };
         let Release {
             released,
             suppressed,
             bounded,
             messages,
             hello,
-        } = match (role_for(plan, Server), job) {
-            (ServerRole::Matcher, None) => {
-                self.aggregate_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
-                    .await?
-            }
-            (ServerRole::Matcher, Some(job)) => {
-                self.aggregate_job(
-                    session_id,
-                    plan,
-                    matcher_path,
-                    limits,
-                    job,
-                    inbound,
-                    exchange,
-                    matcher_rows,
-                )
-                .await?
-            }
-            (ServerRole::ListProvider, _) => {
-                self.list_protocol(plan, matcher_path, limits, inbound, exchange, matcher_rows)
-                    .await?
-            }
-        };
+        } = release;
         // The querier is sent the release only when it is a receiver; each other receiver's is
         // kept, with the querier's keys sealed to it, in the release's own transaction.
         let to_querier: &[Vec<u8>] = if recipients.querier_receives {
@@ -277,8 +299,7 @@ impl Host {
         } else {
             &[]
         };
-        let deliveries: Vec<Delivery> = recipients
-            .others
+        let deliveries: Vec<Delivery> = sealed
             .iter()
             .map(|(receiver, sealed_keys)| Delivery {
                 receiver: receiver.clone(),
@@ -437,6 +458,40 @@ impl Host {
             messages: role.release(),
             hello: None,
         })
+    }
+}
+
+/// The other receivers' sealed keys: those of the start, or those that follow it, read now
+/// off `inbound` (one `LaterResultKeys`, checked as the start's boxes are) when the start
+/// left them out. Anything else there ends the session.
+async fn sealed_keys<T, S>(
+    plan: &Plan,
+    recipients: &Recipients,
+    inbound: &mut S,
+    exchange: &mut Exchange<'_, T>,
+) -> Result<Vec<(String, Vec<u8>)>, SessionError>
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<Inbound, ExchangeError>> + Unpin,
+{
+    let names = match &recipients.others {
+        OtherReceivers::Sealed(sealed) => return Ok(sealed.clone()),
+        OtherReceivers::KeysToFollow(names) => names,
+    };
+    match exchange.receive(inbound).await? {
+        Inbound::ResultKeys(boxes) => {
+            exchange.counters.received(
+                boxes
+                    .iter()
+                    .map(|b| b.receiver.len() + b.sealed.len())
+                    .sum(),
+            );
+            boxes_for(plan.querier(), names, &boxes, "result keys message")
+        }
+        Inbound::Psi(_) => Err(ExchangeError::Unexpected(
+            "a protocol message where the result keys for the other receivers were due",
+        )
+        .into()),
     }
 }
 
