@@ -406,7 +406,10 @@ async fn bent_result_keys_after_the_start_are_refused_alike() {
         sealed: vec![7; bytes],
     };
     let cases = [
-        (LaterKeys::After(vec![for_("analyst", 100)]), "querier_set_too_small"),
+        (
+            LaterKeys::After(vec![for_("analyst", 100)]),
+            "querier_set_too_small",
+        ),
         (LaterKeys::After(vec![]), "exactly one sealed box"),
         (LaterKeys::After(vec![for_("analyst", 47)]), "a box holds"),
         (
