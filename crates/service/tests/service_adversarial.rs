@@ -364,11 +364,32 @@ async fn malformed_and_out_of_order_messages_are_invalid_argument() {
         "a second start",
         (
             Code::InvalidArgument,
-            "only protocol messages may follow the session start",
+            "only protocol messages and result keys may follow the session start",
         ),
         async |tx, _| {
             let _ = tx
                 .send(start_message(&fx, "advertiser", BY_CAMPAIGN, "conversions"))
+                .await;
+        },
+    )
+    .await;
+    // Result keys in a session whose start did not leave any to follow.
+    expect_rejection(
+        &fx,
+        &server,
+        "result keys nobody asked for",
+        (Code::InvalidArgument, "result keys within the protocol"),
+        async |tx, _| {
+            let keys = cleanroom_service::proto::LaterResultKeys {
+                result_keys: vec![cleanroom_service::proto::SealedResultKeys {
+                    receiver: "analyst".to_owned(),
+                    sealed: vec![7; 100],
+                }],
+            };
+            let _ = tx
+                .send(RunSessionRequest {
+                    message: Some(run_session_request::Message::ResultKeys(keys)),
+                })
                 .await;
         },
     )

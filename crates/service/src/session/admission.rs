@@ -771,7 +771,8 @@ mod tests {
                 &request(&host, "advertiser", "conversions", 10),
             )
             .unwrap();
-        assert!(recipients.querier_receives && recipients.others.is_empty());
+        assert!(recipients.querier_receives);
+        assert_eq!(recipients.others, OtherReceivers::Sealed(Vec::new()));
         assert_eq!(plan.matcher().table, "impressions");
         assert_eq!(plan.receiver().table, "conversions");
         assert_eq!(path, host.config.data["impressions"]);
