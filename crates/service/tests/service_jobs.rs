@@ -16,7 +16,7 @@ use cleanroom_service::proto::{
     LaterResultKeys, PsiMessage, RunSessionRequest, RunSessionResponse, SealedResultKeys,
     run_session_request, run_session_response,
 };
-use cleanroom_service::{Client, Decision, Limits, QueryOutcome, StateDb};
+use cleanroom_service::{Client, Decision, Limits, QueryOutcome, ServerConfig, StateDb};
 use cleanroom_testkit::*;
 use tokio::sync::mpsc;
 use tonic::{Code, Streaming};
@@ -31,12 +31,17 @@ fn job_limits() -> Limits {
     }
 }
 
-/// The publisher's server with `limits`, its bucket files under `work`.
-async fn server(fx: &Fixture, limits: Limits, work: &Path) -> Running {
+/// The publisher's server configuration with `limits`, its bucket files under `work`.
+fn server_config(fx: &Fixture, limits: Limits, work: &Path) -> ServerConfig {
     let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
     let mut config = publisher_config(fx, limits, None, state);
     config.work_dir = Some(work.to_owned());
-    serve_in_process(config).await
+    config
+}
+
+/// The publisher's server with `limits`, its bucket files under `work`.
+async fn server(fx: &Fixture, limits: Limits, work: &Path) -> Running {
+    serve_in_process(server_config(fx, limits, work)).await
 }
 
 /// The advertiser's `sql`, holding at most `bucket_rows` of its rows in memory, its bucket
@@ -568,13 +573,7 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
 
     let (id, outcome) = named_query(&fx, &server, named, client_work.path(), Some(4)).await;
     assert!(outcome.is_none(), "stopped");
-    let entry = loop {
-        let entry = server.state.entry(&id).unwrap().unwrap();
-        if entry.decision != Decision::Running {
-            break entry;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    };
+    let entry = server.settled_entry(&id).await;
     assert_eq!(entry.decision, Decision::Interrupted, "{}", entry.reason);
     assert!((3..8).contains(&entry.buckets_done), "{entry:?}");
     let (done, _) = server
@@ -638,13 +637,7 @@ async fn a_named_job_resumes_where_its_client_stopped_and_releases_once() {
     // Nor can other terms under the name of an interrupted one: stop another, change its SQL.
     let other = (EU_BY_CHANNEL, "eu-1");
     let (id, _) = named_query(&fx, &server, other, client_work.path(), Some(2)).await;
-    loop {
-        let entry = server.state.entry(&id).unwrap().unwrap();
-        if entry.decision != Decision::Running {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    server.settled_entry(&id).await;
     let (_, outcome) = named_query(
         &fx,
         &server,
@@ -685,21 +678,13 @@ async fn a_job_not_resumed_in_time_is_cancelled_and_its_client_forgets_it() {
         job_retention: std::time::Duration::from_millis(1),
         ..job_limits()
     };
-    let state = Arc::new(StateDb::open(fx.path(&format!("state-{}.db", rand_suffix()))).unwrap());
-    let mut config = publisher_config(&fx, limits, None, state);
-    config.work_dir = Some(server_work.path().to_owned());
+    let config = server_config(&fx, limits, server_work.path());
     let server = serve_in_process(config.clone()).await;
     let named = (BY_CAMPAIGN, "late-1");
 
     let (id, outcome) = named_query(&fx, &server, named, client_work.path(), Some(2)).await;
     assert!(outcome.is_none(), "stopped");
-    let entry = loop {
-        let entry = server.state.entry(&id).unwrap().unwrap();
-        if entry.decision != Decision::Running {
-            break entry;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    };
+    let entry = server.settled_entry(&id).await;
     assert_eq!(entry.decision, Decision::Interrupted, "{}", entry.reason);
     assert!(server.state.job_checkpoint(&id).unwrap().is_some());
     assert!(
