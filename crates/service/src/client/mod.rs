@@ -929,7 +929,7 @@ impl Client {
             (Prepared::List(..) | Prepared::Receiver(_), Some(_)) => {
                 return Err(ClientError::PlanMismatch(
                     "the server made a job of buckets of a session that runs as one (a list, \
-                     or a result for other receivers)"
+                     or a result whose keys for other receivers came with the start)"
                         .to_owned(),
                 ));
             }
