@@ -698,7 +698,7 @@ async fn a_job_not_resumed_in_time_is_cancelled_and_its_client_forgets_it() {
 
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let tidied = cleanroom_service::retention::tidy(&config, true).unwrap();
-    assert_eq!(tidied.expired.cancelled, [id.clone()]);
+    assert_eq!(tidied.expired.cancelled, std::slice::from_ref(&id));
     assert_eq!(tidied.directories_removed, 1);
     assert!(is_empty(server_work.path()));
     let entry = server.state.entry(&id).unwrap().unwrap();
