@@ -69,7 +69,10 @@ pub use ecdh::aggregate::{
     ProtocolError, Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup, ResultKeys,
     ResultKeysError, ResultOpener,
 };
-pub use ecdh::list::{ListMatch, ListMessage, ListOutcome, ListProvider, ListQuerier};
+pub use ecdh::list::{
+    ListBucketError, ListMatch, ListMessage, ListOutcome, ListProvider, ListQuerier,
+    ParkedListBucket,
+};
 pub use ecdh::noise::{NoiseBounds, NoiseError};
 pub use ecdh::range_proof::{
     ChunkProof, RangeProofError, ValueRange, chunk_proof_bytes, encrypt_and_prove, verify_chunk,

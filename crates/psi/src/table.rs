@@ -521,6 +521,30 @@ impl ListProviderTable {
         crate::format::padded_width(longest)
     }
 
+    /// This table split into `buckets` tables by `key` ([`bucket`](crate::bucket)), each
+    /// identifier with all its rows in its bucket. The parts' input counts are zero: the whole
+    /// table's are [`stats`](Self::stats) before the split.
+    pub fn into_buckets(
+        self,
+        key: &crate::bucket::BucketKey,
+        domain: &crate::Domain,
+        buckets: u32,
+    ) -> Vec<ListProviderTable> {
+        let mut parts: Vec<ListProviderTable> = (0..buckets.max(1))
+            .map(|_| ListProviderTable {
+                normalization: self.normalization,
+                columns: self.columns,
+                items: HashMap::new(),
+                stats: InputStats::default(),
+            })
+            .collect();
+        for (id, item) in self.items {
+            let b = key.bucket(domain, &id, buckets) as usize;
+            parts[b].items.insert(id, item);
+        }
+        parts
+    }
+
     /// Every identifier with its rows in a canonical order (sorted), so the payload shows
     /// nothing of the order of the provider's data.
     pub(crate) fn into_items(self) -> Vec<(String, Vec<Vec<String>>)> {
@@ -576,6 +600,25 @@ impl ListQuerierTable {
     /// Distinct identifiers (what the provider learns as the querier's set size).
     pub fn distinct(&self) -> u64 {
         self.identifiers.len() as u64
+    }
+
+    /// This table split into `buckets` tables by `key` ([`bucket`](crate::bucket)). The
+    /// parts' input counts are zero: the whole table's are [`stats`](Self::stats) before the
+    /// split.
+    pub fn into_buckets(
+        self,
+        key: &crate::bucket::BucketKey,
+        domain: &crate::Domain,
+        buckets: u32,
+    ) -> Vec<ListQuerierTable> {
+        let mut parts: Vec<ListQuerierTable> = (0..buckets.max(1))
+            .map(|_| ListQuerierTable::new(self.normalization))
+            .collect();
+        for id in self.identifiers {
+            let b = key.bucket(domain, &id, buckets) as usize;
+            parts[b].identifiers.insert(id);
+        }
+        parts
     }
 
     pub(crate) fn into_identifiers(self) -> Vec<String> {

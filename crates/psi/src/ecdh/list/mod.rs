@@ -59,8 +59,10 @@
 //! [`Limits`]. A provider that deviates can make the list wrong or incomplete, not learn more;
 //! a matched payload that was tampered with fails authentication and ends the session.
 
+mod bucket;
 mod message;
 
+pub use bucket::{ListBucketError, ParkedListBucket};
 pub use message::ListMessage;
 
 use crate::Domain;
@@ -252,6 +254,18 @@ impl ListProvider {
         provider.items.sort_unstable();
         shuffle(rng, Stream::ProviderSet, &mut provider.items);
         provider
+    }
+
+    /// This provider sealing every payload to `width` bytes (a job's width: the widest of
+    /// its buckets' [`payload_bytes`](ListProviderTable::payload_bytes)), so that a bucket's
+    /// hello does not tell its own longest payload. A width below the provider's own is
+    /// ignored: payloads never lose bytes.
+    pub fn with_job_width(mut self, width: usize) -> Self {
+        if is_payload_width(width) && width as u64 > u64::from(self.width) {
+            self.width = u32::try_from(width).expect("payload widths fit in u32");
+            self.per_message = items_per_message(width);
+        }
+        self
     }
 
     fn with_key(
@@ -453,6 +467,27 @@ enum QuerierExpects {
     /// Nothing: every payload and every evaluation arrived and the provider's set passed its
     /// checks; nothing was opened yet.
     Nothing(ProviderSide),
+    /// In a bucket of a job: every payload arrived (written to the items sink) and the
+    /// provider's set passed its checks; the evaluations come after the job's last bucket, to
+    /// the [`ParkedListBucket`] this querier becomes.
+    EvaluationsLater(ProviderSide),
+}
+
+/// Where the provider's items go as they arrive.
+enum ItemStore {
+    /// One session: in memory, `(lookup tag, item)` and the payloads side by side.
+    InMemory {
+        index: Vec<(u128, u32)>,
+        payloads: Vec<u8>,
+    },
+    /// A bucket of a job: each item written to `sink` as one fixed record `tag ‖ payload`;
+    /// only the tags stay, to be checked for repeats. The first write error is kept and
+    /// returned by [`ListQuerier::park`].
+    Spilled {
+        tags: Vec<u128>,
+        sink: Box<dyn std::io::Write + Send>,
+        failed: Option<std::io::Error>,
+    },
 }
 
 /// The list querier role: sends its blinded identifiers, unblinds the provider's evaluations
@@ -469,9 +504,7 @@ pub struct ListQuerier {
     /// Per identifier sent and evaluated, in order: its lookup tag and payload key.
     lookups: Vec<(Tag, Zeroizing<[u8; 32]>)>,
     expects: QuerierExpects,
-    /// (lookup tag, item) for every provider item.
-    index: Vec<(u128, u32)>,
-    payloads: Vec<u8>,
+    items: ItemStore,
 }
 
 impl ListQuerier {
@@ -492,9 +525,31 @@ impl ListQuerier {
             sent: 0,
             lookups: Vec::new(),
             expects: QuerierExpects::ProviderHello,
-            index: Vec::new(),
-            payloads: Vec::new(),
+            items: ItemStore::InMemory {
+                index: Vec::new(),
+                payloads: Vec::new(),
+            },
         }
+    }
+
+    /// The querier of one bucket of a job (`table` holds the bucket's identifiers): the
+    /// provider's items are written to `items` as they arrive, one fixed record
+    /// `tag ‖ payload` each, and the bucket ends without evaluations: once finished, the
+    /// querier is [parked](Self::park) until the job's release.
+    pub fn for_bucket(
+        domain: &Domain,
+        table: ListQuerierTable,
+        columns: usize,
+        limits: Limits,
+        items: Box<dyn std::io::Write + Send>,
+    ) -> Self {
+        let mut querier = Self::new(domain, table, columns, limits);
+        querier.items = ItemStore::Spilled {
+            tags: Vec::new(),
+            sink: items,
+            failed: None,
+        };
+        querier
     }
 
     /// A querier for published test vectors only: the key is `key`, and the identifiers are
@@ -542,6 +597,12 @@ impl ListQuerier {
                 return Err(ProtocolError::Unexpected {
                     got: kind,
                     why: "the session is finished",
+                });
+            }
+            (QuerierExpects::EvaluationsLater(_), _) => {
+                return Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "the bucket is finished: its evaluations come after the job's last bucket",
                 });
             }
             (
@@ -611,13 +672,47 @@ impl ListQuerier {
                 let mut received = [provider.received];
                 admit(&mut received, &[provider.size], 0, tags.len())?;
                 provider.received = received[0];
-                let first = self.index.len() as u32;
-                self.index.extend(
-                    tags.iter()
-                        .enumerate()
-                        .map(|(i, t)| (t.as_u128(), first + i as u32)),
-                );
-                self.payloads.extend_from_slice(&payloads);
+                match &mut self.items {
+                    ItemStore::InMemory {
+                        index,
+                        payloads: all,
+                    } => {
+                        let first = index.len() as u32;
+                        index.extend(
+                            tags.iter()
+                                .enumerate()
+                                .map(|(i, t)| (t.as_u128(), first + i as u32)),
+                        );
+                        all.extend_from_slice(&payloads);
+                    }
+                    ItemStore::Spilled {
+                        tags: all,
+                        sink,
+                        failed,
+                    } => {
+                        all.extend(tags.iter().map(Tag::as_u128));
+                        if failed.is_none() {
+                            let width = payload_bytes as usize;
+                            let written = tags
+                                .iter()
+                                .zip(payloads.chunks_exact(width))
+                                .try_for_each(|(tag, payload)| {
+                                    sink.write_all(&tag.0)?;
+                                    sink.write_all(payload)
+                                });
+                            *failed = written.err();
+                        }
+                    }
+                }
+            }
+            (
+                QuerierExpects::ItemsAndEvaluations(_),
+                ListMessage::ListProviderEvaluations { .. },
+            ) if matches!(self.items, ItemStore::Spilled { .. }) => {
+                return Err(ProtocolError::Unexpected {
+                    got: kind,
+                    why: "evaluations within a bucket: they come after the job's last bucket",
+                });
             }
             (
                 QuerierExpects::ItemsAndEvaluations(_),
@@ -648,23 +743,46 @@ impl ListQuerier {
         let QuerierExpects::ItemsAndEvaluations(provider) = self.expects else {
             return Ok(());
         };
-        if provider.received != provider.size || self.lookups.len() != self.identifiers.len() {
+        if provider.received != provider.size {
             return Ok(());
         }
         // The provider's tags are checked on their own, before any lookup: a repeat is an
         // error whatever this querier holds.
-        self.index.par_sort_unstable();
-        if self.index.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(ProtocolError::DuplicateLookupTag);
+        match &mut self.items {
+            ItemStore::InMemory { index, .. } => {
+                if self.lookups.len() != self.identifiers.len() {
+                    return Ok(());
+                }
+                index.par_sort_unstable();
+                if index.windows(2).any(|w| w[0].0 == w[1].0) {
+                    return Err(ProtocolError::DuplicateLookupTag);
+                }
+                self.expects = QuerierExpects::Nothing(provider);
+            }
+            ItemStore::Spilled { tags, .. } => {
+                tags.par_sort_unstable();
+                if tags.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(ProtocolError::DuplicateLookupTag);
+                }
+                *tags = Vec::new();
+                self.expects = QuerierExpects::EvaluationsLater(provider);
+            }
         }
-        self.expects = QuerierExpects::Nothing(provider);
         Ok(())
     }
 
-    /// Whether every payload and every evaluation arrived: nothing more is expected, and the
-    /// transport should end the session before [`open`](Self::open) is called.
+    /// Whether nothing more is expected: every payload and every evaluation arrived (the
+    /// transport should end the session before [`open`](Self::open) is called), or, in a
+    /// bucket of a job, every payload arrived and every point was sent (the querier is then
+    /// [parked](Self::park)).
     pub fn is_finished(&self) -> bool {
-        matches!(self.expects, QuerierExpects::Nothing(_))
+        match self.expects {
+            QuerierExpects::Nothing(_) => true,
+            QuerierExpects::EvaluationsLater(_) => {
+                self.hello_sent && self.sent == self.identifiers.len()
+            }
+            _ => false,
+        }
     }
 
     /// Looks up and opens the payloads of this querier's identifiers, once the session is
@@ -676,7 +794,9 @@ impl ListQuerier {
         let QuerierExpects::Nothing(provider) = &self.expects else {
             return None;
         };
-        let (index, payloads) = (&self.index, &self.payloads);
+        let ItemStore::InMemory { index, payloads } = &self.items else {
+            return None;
+        };
         let (columns, width) = (provider.columns, provider.width);
         let opened: Vec<Result<ListMatch, ()>> = self
             .identifiers
