@@ -146,7 +146,7 @@ pub enum PlaceError {
 
 impl DataError {
     /// The error of placing the row at `at` of `table`.
-    fn placing(table: &str, at: Position, error: PlaceError) -> DataError {
+    pub(crate) fn placing(table: &str, at: Position, error: PlaceError) -> DataError {
         match error {
             PlaceError::Input(source) => DataError::Input {
                 table: table.to_owned(),

@@ -106,7 +106,7 @@ pub use exec::{
     decode_group_key, encode_group_key,
 };
 pub use intake::TableCheck;
-pub use list::QuerierRows;
+pub use list::{ListProviderRows, QuerierRows};
 pub use plan::{
     Aggregate, AggregateOutput, AggregatePlan, AggregateValue, AllowedPlan, CompareOp, Filter,
     Join, ListColumn, ListOutput, ListPlan, OrderKey, Output, Plan, Protocol, Role, SidePlan,

@@ -16,10 +16,23 @@ use std::cmp::Ordering;
 
 use cleanroom_psi::{ListOutcome, ListProviderTable, ListQuerierTable};
 
-use crate::exec::{DataError, Located, PlanKindError, ResultError, ResultTable, texts};
+use crate::exec::{DataError, Located, PlaceError, PlanKindError, ResultError, ResultTable, texts};
 use crate::plan::{ListPlan, Plan, Role};
 use crate::value::{Value, is_null};
 use cleanroom_data::Row;
+
+/// Where a list provider's kept rows go: its labeled-PSI table, or a partition of them into
+/// buckets (a job of buckets, each loaded into a table of its own when its turn comes).
+pub trait ListProviderRows {
+    /// One kept row: `raw_identifier` (not normalized yet) and one value per list column.
+    fn push(&mut self, raw_identifier: &str, values: &[&str]) -> Result<(), PlaceError>;
+}
+
+impl ListProviderRows for ListProviderTable {
+    fn push(&mut self, raw_identifier: &str, values: &[&str]) -> Result<(), PlaceError> {
+        Ok(ListProviderTable::push(self, raw_identifier, values).map(drop)?)
+    }
+}
 
 /// The receiver's rows that take part in a list query: per kept row, its normalized
 /// identifier and the values of the receiver's own list columns. They never leave the
@@ -61,12 +74,25 @@ impl ListPlan {
         rows: impl Iterator<Item = Row>,
     ) -> Result<ListProviderTable, DataError> {
         let side = &self.join.matcher;
-        let located = Located::new(side, header)?;
         let mut table = ListProviderTable::new(side.normalization, side.list_columns.len())
             .map_err(|source| DataError::Table {
                 table: side.table.clone(),
                 source,
             })?;
+        self.list_provider_rows(header, rows, &mut table)?;
+        Ok(table)
+    }
+
+    /// [`list_provider_table`](Self::list_provider_table)'s kept rows into `into` (a job's
+    /// bucket files) instead of a table: the same filter, the same cells, the same errors.
+    pub fn list_provider_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        into: &mut impl ListProviderRows,
+    ) -> Result<(), DataError> {
+        let side = &self.join.matcher;
+        let located = Located::new(side, header)?;
         for row in rows {
             let (at, row) = texts(row);
             if !located.keeps(&row, at)? {
@@ -78,15 +104,10 @@ impl ListPlan {
                 .iter()
                 .map(|&index| located.cell(&row, index, at))
                 .collect::<Result<Vec<&str>, _>>()?;
-            table
-                .push(identifier, &values)
-                .map_err(|source| DataError::Input {
-                    table: side.table.clone(),
-                    at,
-                    source,
-                })?;
+            into.push(identifier, &values)
+                .map_err(|error| DataError::placing(&side.table, at, error))?;
         }
-        Ok(table)
+        Ok(())
     }
 
     /// Builds the receiver's side of a list plan from its rows: applies the receiver-side
@@ -194,6 +215,18 @@ impl Plan {
     ) -> Result<ListProviderTable, DataError> {
         self.list_for("list provider")?
             .list_provider_table(header, rows)
+    }
+
+    /// [`ListPlan::list_provider_rows`]; an aggregation plan has none
+    /// ([`DataError::PlanKind`]).
+    pub fn list_provider_rows(
+        &self,
+        header: &[String],
+        rows: impl Iterator<Item = Row>,
+        into: &mut impl ListProviderRows,
+    ) -> Result<(), DataError> {
+        self.list_for("list provider")?
+            .list_provider_rows(header, rows, into)
     }
 
     /// [`ListPlan::list_querier_table`]; an aggregation plan has none

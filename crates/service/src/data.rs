@@ -117,6 +117,17 @@ pub fn list_provider_table(
     })
 }
 
+/// [`list_provider_table`]'s kept rows into `rows` (a job's bucket files) instead of a table.
+pub fn list_provider_rows(
+    plan: &Plan,
+    spec: &TableSpec,
+    rows: &mut impl cleanroom_rules::ListProviderRows,
+) -> Result<(), DataFileError> {
+    with_rows(spec, |header, _, source| {
+        plan.list_provider_rows(header, source, rows)
+    })
+}
+
 /// The list querier's table of a list `plan` from the table at `spec`, with the kept rows the
 /// result is joined from (the plan's receiver-side filter applied).
 pub fn list_querier_table(

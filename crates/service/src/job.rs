@@ -30,8 +30,10 @@ use std::path::{Path, PathBuf};
 use cleanroom_data::bucket_files::{BucketWriter, read_bucket};
 use cleanroom_psi::bucket::BucketKey;
 use cleanroom_psi::wire::MAX_GROUP_KEY_BYTES;
-use cleanroom_psi::{Domain, InputError, InputStats, MatcherTable, Normalization, ReceiverTable};
-use cleanroom_rules::{DataError, MatcherRows, PlaceError, ReceiverRows};
+use cleanroom_psi::{
+    Domain, InputError, InputStats, ListProviderTable, MatcherTable, Normalization, ReceiverTable,
+};
+use cleanroom_rules::{DataError, ListProviderRows, MatcherRows, PlaceError, ReceiverRows};
 
 use crate::data::DataFileError;
 
@@ -318,6 +320,62 @@ impl ReceiverRows for Partition {
     }
 }
 
+/// A list provider's kept rows being split into bucket files: each row's identifier is
+/// normalized to find its bucket (a row whose identifier normalizes to nothing is counted as
+/// skipped and written nowhere), and its raw identifier and list values are written there.
+pub(crate) struct ListPartition {
+    terms: JobTerms,
+    domain: Domain,
+    normalization: Normalization,
+    writer: BucketWriter,
+    stats: InputStats,
+}
+
+impl ListPartition {
+    /// A partition into new files `<side>-<i>.bucket` under `dir`.
+    pub(crate) fn create(
+        dir: &Path,
+        side: &str,
+        terms: &JobTerms,
+        (domain, normalization): (&Domain, Normalization),
+    ) -> io::Result<ListPartition> {
+        Ok(ListPartition {
+            terms: terms.clone(),
+            domain: domain.clone(),
+            normalization,
+            writer: BucketWriter::create(dir, side, terms.buckets)?,
+            stats: InputStats::default(),
+        })
+    }
+
+    /// Closes the files (flushed and synced); a list has no groups.
+    pub(crate) fn finish(self) -> io::Result<PartitionedRows> {
+        Ok(PartitionedRows {
+            files: self.writer.finish()?,
+            groups: Vec::new(),
+            stats: self.stats,
+        })
+    }
+}
+
+impl ListProviderRows for ListPartition {
+    fn push(&mut self, raw_identifier: &str, values: &[&str]) -> Result<(), PlaceError> {
+        self.stats.rows += 1;
+        let Some(normalized) = self.normalization.apply(raw_identifier) else {
+            self.stats.skipped_empty += 1;
+            return Ok(());
+        };
+        let bucket = self
+            .terms
+            .key
+            .bucket(&self.domain, &normalized, self.terms.buckets);
+        let mut texts = Vec::with_capacity(1 + values.len());
+        texts.push(raw_identifier);
+        texts.extend_from_slice(values);
+        Ok(self.writer.write(bucket, &texts, &[])?)
+    }
+}
+
 /// Why a bucket could not be loaded back.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketLoadError {
@@ -352,6 +410,24 @@ impl PartitionedRows {
         }
         read_bucket(&self.files[bucket as usize], |texts, _| match texts {
             [group, id] => table.push(group, id).map(drop).map_err(input),
+            _ => Err(BucketLoadError::Record(bucket)),
+        })?;
+        Ok(table)
+    }
+
+    /// Bucket `bucket` of a list provider's side, into `table` (empty, as the plan makes it:
+    /// normalization, list columns): the rows of the bucket.
+    pub(crate) fn list_provider_bucket(
+        &self,
+        bucket: u32,
+        mut table: ListProviderTable,
+    ) -> Result<ListProviderTable, BucketLoadError> {
+        let input = |source| BucketLoadError::Input { bucket, source };
+        let columns = table.columns();
+        read_bucket(&self.files[bucket as usize], |texts, _| match texts {
+            [id, values @ ..] if values.len() == columns => {
+                table.push(id, values).map(drop).map_err(input)
+            }
             _ => Err(BucketLoadError::Record(bucket)),
         })?;
         Ok(table)

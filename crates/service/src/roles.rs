@@ -21,6 +21,11 @@ impl ListProviderRole {
         }
     }
 
+    /// The querier's number of distinct identifiers, once its hello arrived.
+    pub(crate) fn querier_set_size(&self) -> Option<u64> {
+        self.provider.querier_set_size()
+    }
+
     /// Every message held back, in order, encoded; the role has nothing left to send after.
     pub(crate) fn release(&mut self) -> Vec<Vec<u8>> {
         let mut messages: Vec<Vec<u8>> = self.withheld.drain(..).map(|m| m.encode()).collect();

@@ -24,7 +24,8 @@ pub mod tls;
 pub use binary::{ServeProcess, run_cleanroom};
 pub use client::{
     MaybeToken, RawClient, advertiser_client_config, assert_exact, assert_rows_equal, final_status,
-    raw_client, raw_open, refusal_codes, run_query, run_query_for, run_query_tls, start_message,
+    honest_agreement, raw_client, raw_open, refusal_codes, run_query, run_query_for, run_query_tls,
+    start_message,
 };
 pub use collaboration::{
     ADVERTISER_TOKEN, ANALYST_TOKEN, CollaborationToml, MemberToml, PUBLISHER_TOKEN,

@@ -182,30 +182,55 @@ pub fn sorted(mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
 
 /// The publisher's server over `subscribers`, in this process.
 pub async fn start_list_server(fx: &ListFixture) -> Running {
+    start_list_server_with(fx, Limits::default(), None).await
+}
+
+/// [`start_list_server`] under `limits`, its job files under `work_dir`, recording in a state
+/// database of its own.
+pub async fn start_list_server_with(
+    fx: &ListFixture,
+    limits: Limits,
+    work_dir: Option<&std::path::Path>,
+) -> Running {
+    let state = fx.path(&format!("state-{}.db", crate::rand_suffix()));
     serve_in_process(ServerConfig {
         collaboration: Arc::clone(&fx.collaboration),
         member: "publisher".to_owned(),
         data: BTreeMap::from([("subscribers".to_owned(), fx.path("subscribers.csv").into())]),
-        limits: Limits::default(),
+        limits,
         connections: cleanroom_service::ConnectionLimits::default(),
-        state: Arc::new(StateDb::open(fx.path("state.db")).unwrap()),
+        state: Arc::new(StateDb::open(state).unwrap()),
         tls: None,
         client_ca: None,
         insecure: false,
         on_session_end: None,
-        work_dir: None,
+        work_dir: work_dir.map(std::path::Path::to_path_buf),
     })
     .await
 }
 
 /// The advertiser's `sql` over `customers` against the server at `addr`.
 pub async fn list_query(fx: &ListFixture, addr: SocketAddr, sql: &str) -> QueryOutcome {
+    list_query_with(fx, addr, sql, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// [`list_query`] with the client's configuration changed by `configure` first; the error
+/// as the client returns it.
+pub async fn list_query_with(
+    fx: &ListFixture,
+    addr: SocketAddr,
+    sql: &str,
+    configure: impl FnOnce(&mut ClientConfig),
+) -> Result<QueryOutcome, cleanroom_service::client::ClientError> {
     let mut config = ClientConfig::new(
         format!("http://{addr}"),
         BearerToken::new(ADVERTISER_TOKEN).unwrap(),
     );
     config.timeout = Some(Duration::from_secs(60));
-    let mut client = Client::connect(&config).await.unwrap();
+    configure(&mut config);
+    let mut client = Client::connect(&config).await?;
     let data = BTreeMap::from([("customers".to_owned(), fx.path("customers.csv").into())]);
     client
         .run_query(
@@ -219,5 +244,4 @@ pub async fn list_query(fx: &ListFixture, addr: SocketAddr, sql: &str) -> QueryO
             None,
         )
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

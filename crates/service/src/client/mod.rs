@@ -6,6 +6,7 @@
 //! too large for memory runs as a job of buckets ([`job`]).
 
 mod job;
+mod list_job;
 
 use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use cleanroom_psi::elgamal::ValueKey;
 use cleanroom_psi::sealed::OpeningKey;
 use cleanroom_psi::{
-    ListQuerier, ProtocolError, Receiver, ReceiverTable, ResultKeys, ResultOpener,
+    ListQuerier, ListQuerierTable, ProtocolError, Receiver, ReceiverTable, ResultKeys, ResultOpener,
 };
 use cleanroom_rules::{
     Collaboration, Plan, Protocol, QuerierRows, Refusal, ResultError, ResultTable,
@@ -755,10 +756,7 @@ impl Client {
                 let (rows, over, prepared) = match role_for(&plan, session::Client) {
                     ClientRole::ListQuerier => {
                         let (table, kept) = data::list_querier_table(&plan, &path)?;
-                        let rows = table.stats();
-                        let columns = plan.matcher().list_columns.len();
-                        let querier = ListQuerier::new(&plan.domain(), table, columns, limits);
-                        (rows, None, Prepared::List(querier, kept))
+                        (table.stats(), None, Prepared::List(table, kept))
                     }
                     ClientRole::Receiver => {
                         let empty =
@@ -853,7 +851,9 @@ impl Client {
                 receivers: query.receivers.to_vec(),
                 result_keys,
                 buckets: match prepared {
-                    Prepared::Large => crate::job::buckets_for(rows, self.bucket_rows),
+                    Prepared::Large | Prepared::List(..) => {
+                        crate::job::buckets_for(rows, self.bucket_rows)
+                    }
                     _ => 1,
                 },
                 job_id: self.job_id.clone().unwrap_or_default(),
@@ -920,16 +920,37 @@ impl Client {
         let mut own_over_bound = own_over_bound;
         let limits = cleanroom_psi::Limits::default();
         let finished = match (prepared, job) {
-            (Prepared::List(role, kept), None) => {
+            (Prepared::List(table, kept), None) => {
+                let (domain, columns) = (plan.domain(), plan.matcher().list_columns.len());
+                let (_, role) = exchange
+                    .blocking(Some(table), move |table| {
+                        let table = table.take().expect("the table is taken once");
+                        ListQuerier::new(&domain, table, columns, limits)
+                    })
+                    .await?;
                 Side::List(run_role(&mut exchange, &mut inbound, role).await?, kept)
+            }
+            (Prepared::List(table, kept), Some(job)) => {
+                let work_dir = self.work_dir.as_deref();
+                let parked = list_job::run(
+                    &mut exchange,
+                    &mut inbound,
+                    &plan,
+                    &job,
+                    table,
+                    work_dir,
+                    &report,
+                )
+                .await?;
+                Side::ListJob(parked, kept)
             }
             (Prepared::Receiver(role), None) => {
                 Side::Aggregate(run_role(&mut exchange, &mut inbound, role).await?)
             }
-            (Prepared::List(..) | Prepared::Receiver(_), Some(_)) => {
+            (Prepared::Receiver(_), Some(_)) => {
                 return Err(ClientError::PlanMismatch(
-                    "the server made a job of buckets of a session that runs as one (a list, \
-                     or a result whose keys for other receivers came with the start)"
+                    "the server made a job of buckets of a session that runs as one (a result \
+                     whose keys for other receivers came with the start)"
                         .to_owned(),
                 ));
             }
@@ -1053,6 +1074,10 @@ impl Client {
                 ))?;
                 (plan.list_result(&kept, &outcome)?, outcome.unopened)
             }
+            Side::ListJob(parked, kept) => {
+                let outcome = parked.open()?;
+                (plan.list_result(&kept, &outcome)?, outcome.unopened)
+            }
         };
         Ok(QueryOutcome {
             result,
@@ -1073,8 +1098,9 @@ impl Client {
 /// size difference of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Prepared {
-    /// A list query's querier, and the member's rows the list is joined with.
-    List(ListQuerier, QuerierRows),
+    /// A list query's identifiers (one querier, or one per bucket once the server's terms
+    /// arrive), and the member's rows the list is joined with.
+    List(ListQuerierTable, QuerierRows),
     /// An aggregation whose result also goes to other receivers (their keys are sealed before
     /// the start): one protocol run.
     Receiver(Receiver),
@@ -1094,6 +1120,8 @@ enum Side {
     Aggregate(Receiver),
     /// The psi list querier of a list, and the member's rows the list is joined with.
     List(ListQuerier, QuerierRows),
+    /// A list's job of buckets, every bucket with its evaluations, and the member's rows.
+    ListJob(list_job::ParkedJob, QuerierRows),
     /// The opener of a job's release.
     Job(ResultOpener),
     /// A job whose result went to the other receivers only.

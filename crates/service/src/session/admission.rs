@@ -218,18 +218,13 @@ impl Host {
             "the client",
         )
         .map_err(SessionError::AgreementDiffers)?;
-        let buckets =
-            crate::job::check_requested(request.buckets).map_err(SessionError::InvalidArgument)?;
-        if buckets > 1 && plan.protocol() == cleanroom_rules::Protocol::List {
-            return Err(SessionError::InvalidArgument(
-                "a list query runs as one session, not as a job of buckets".to_owned(),
-            ));
-        }
+        crate::job::check_requested(request.buckets).map_err(SessionError::InvalidArgument)?;
         let named =
             crate::job::check_job_id(request.job_id).map_err(SessionError::InvalidArgument)?;
         if named.is_some() && plan.protocol() == cleanroom_rules::Protocol::List {
             return Err(SessionError::InvalidArgument(
-                "a list query cannot be named as a job to resume: it runs as one session"
+                "a list query cannot be named as a job to resume: its withheld evaluations are \
+                 not kept across a restart"
                     .to_owned(),
             ));
         }
@@ -385,11 +380,16 @@ impl Host {
                     s.record_matcher_skipped(&id, &table)
                 })
                 .await;
-                // A list, and a result whose keys for other receivers came with the start
-                // (sealed over the whole table's group sizes), run as one session.
+                // A result whose keys for other receivers came with the start (sealed over the
+                // whole table's group sizes), and a list for other receivers (its release is
+                // kept for them in one piece), run as one session.
                 let job = match (plan.protocol(), &recipients.others) {
-                    (cleanroom_rules::Protocol::List, _) => None,
                     (_, OtherReceivers::Sealed(sealed)) if !sealed.is_empty() => None,
+                    (cleanroom_rules::Protocol::List, OtherReceivers::KeysToFollow(names))
+                        if !names.is_empty() =>
+                    {
+                        None
+                    }
                     _ => crate::job::JobTerms::decide(
                         request.buckets,
                         receiver_rows,

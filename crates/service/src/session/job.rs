@@ -145,6 +145,7 @@ impl Host {
                     bounded: (summary.bounded, disclosed),
                     messages: messages.iter().map(WireMessage::encode).collect(),
                     hello: None,
+                    withheld: None,
                 })
             })
             .await?;

@@ -19,6 +19,7 @@ mod admission;
 mod agreement;
 mod delivery;
 mod job;
+mod list_job;
 mod run;
 
 pub(crate) use admission::{Admitted, Host, SessionRequest, state_call};

@@ -104,6 +104,8 @@ pub(super) struct Release {
     pub bounded: (u64, u64),
     pub messages: Vec<Vec<u8>>,
     pub hello: Option<Vec<u8>>,
+    /// A list job's release, in files: sent after `messages`, to the querier only.
+    pub withheld: Option<super::list_job::WithheldEvaluations>,
 }
 
 impl Host {
@@ -276,7 +278,23 @@ impl Host {
                 let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
                 (self.release_job(plan, totals, exchange).await?, sealed)
             }
-            (ServerRole::ListProvider, _) => {
+            (ServerRole::ListProvider, Some((job, ..))) => {
+                let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
+                let release = self
+                    .list_job(
+                        session_id,
+                        plan,
+                        matcher_path,
+                        limits,
+                        job,
+                        &mut psi_only(inbound),
+                        exchange,
+                        matcher_rows,
+                    )
+                    .await?;
+                (release, sealed)
+            }
+            (ServerRole::ListProvider, None) => {
                 let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
                 let mut psi = psi_only(inbound);
                 let release = self
@@ -291,6 +309,7 @@ impl Host {
             bounded,
             messages,
             hello,
+            withheld,
         } = release;
         // The querier is sent the release only when it is a receiver; each other receiver's is
         // kept, with the querier's keys sealed to it, in the release's own transaction.
@@ -308,15 +327,18 @@ impl Host {
             })
             .collect();
         let counters = exchange.counters;
+        let (withheld_messages, withheld_bytes) =
+            withheld.as_ref().map_or((0, 0), |w| (w.messages, w.bytes));
         let completion = Completion {
             released_rows: released,
             suppressed_rows: suppressed,
             matcher_rows: *matcher_rows,
             messages_received: counters.messages_received,
-            messages_sent: counters.messages_sent + to_querier.len() as u64,
+            messages_sent: counters.messages_sent + to_querier.len() as u64 + withheld_messages,
             bytes_received: counters.bytes_received,
             bytes_sent: counters.bytes_sent
-                + to_querier.iter().map(|m| m.len() as u64).sum::<u64>(),
+                + to_querier.iter().map(|m| m.len() as u64).sum::<u64>()
+                + withheld_bytes,
             bounded_identifiers: bounded.0,
             bounded_disclosed: bounded.1,
             compute_ms: millis(counters.compute),
@@ -338,6 +360,9 @@ impl Host {
         }
         for message in to_querier {
             exchange.send_message(message.clone()).await?;
+        }
+        if let Some(withheld) = withheld {
+            withheld.send(exchange).await?;
         }
         let counters = exchange.counters;
         // A querier that is not a receiver learns nothing of the result, its counts included.
@@ -419,6 +444,7 @@ impl Host {
                     bounded: (summary.bounded, disclosed),
                     messages,
                     hello: Some(role.hello().encode()),
+                    withheld: None,
                 })
             })
             .await?;
@@ -457,6 +483,7 @@ impl Host {
             bounded: (0, 0),
             messages: role.release(),
             hello: None,
+            withheld: None,
         })
     }
 }
