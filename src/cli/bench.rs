@@ -79,7 +79,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             || (args.transport == Transport::Memory
                 && args.protocol != BenchProtocol::ProvenSum
                 && args.concurrency.is_none()),
-        "--buckets runs in memory, for cardinality and sum"
+        "--buckets runs in memory, for cardinality, sum and list"
     );
     let session = Session {
         protocol: args.protocol,
@@ -111,6 +111,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         args.protocol != BenchProtocol::ProvenSum
             || (args.transport == Transport::Memory && args.concurrency.is_none()),
         "--protocol proven-sum runs in memory only"
+    );
+    ensure!(
+        args.protocol != BenchProtocol::List
+            || (args.transport == Transport::Memory && args.concurrency.is_none()),
+        "--protocol list runs in memory only"
     );
     if let Some(concurrency) = args.concurrency {
         ensure!(concurrency > 0, "--concurrency must be at least 1");

@@ -33,6 +33,11 @@ pub enum BenchProtocol {
     /// can be checked): the receiver proves every value lies in `[0, 65535]`, the matcher
     /// verifies every chunk and adds every item's ciphertext. Memory transport only.
     ProvenSum,
+    /// The list protocol (labeled PSI): the receiver learns which of its identifiers the
+    /// matcher holds and the matcher's row of each (one list column); with --buckets, as a job
+    /// whose evaluations are withheld on disk until its last bucket. Memory transport and
+    /// generated identifiers only.
+    List,
 }
 
 /// How the two parties exchange messages.
@@ -95,6 +100,15 @@ pub fn run_generated(session: Session, n: u64, common: u64) -> Result<Report> {
         Transport::Memory if session.protocol == BenchProtocol::ProvenSum => {
             let (m, r) = generated_tables(n, common, 1)?;
             run_memory_proven(m, r, n, interactive)?
+        }
+        Transport::Memory if session.protocol == BenchProtocol::List => crate::list::run_generated(
+            n,
+            common,
+            generated_buckets(n, session.buckets),
+            interactive,
+        )?,
+        Transport::Grpc if session.protocol == BenchProtocol::List => {
+            bail!("--protocol list runs in memory only")
         }
         Transport::Memory => match generated_buckets(n, session.buckets) {
             1 => {
@@ -159,6 +173,7 @@ fn report(
         BenchProtocol::Cardinality => "cardinality",
         BenchProtocol::Sum => "sum",
         BenchProtocol::ProvenSum => "proven-sum",
+        BenchProtocol::List => "list",
     };
     let report = BenchReport {
         size: n,
@@ -261,24 +276,24 @@ pub struct BenchReport {
 }
 
 /// What one protocol run measured.
-struct Measured {
-    seconds: f64,
-    size: u64,
-    sum: u64,
-    bytes: u64,
+pub(crate) struct Measured {
+    pub(crate) seconds: f64,
+    pub(crate) size: u64,
+    pub(crate) sum: u64,
+    pub(crate) bytes: u64,
     /// The longest stretch, in seconds, during which the process used under 1.5 cores.
-    serial: f64,
+    pub(crate) serial: f64,
 }
 
 /// Samples this process's CPU time every 50 ms on a background thread, to find phases that
 /// leave a core idle.
-struct CpuTrace {
+pub(crate) struct CpuTrace {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(f64, f64)>>,
 }
 
 impl CpuTrace {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -296,7 +311,7 @@ impl CpuTrace {
     }
 
     /// The longest run of consecutive sampling intervals below 1.5 cores, in seconds.
-    fn stop(self) -> f64 {
+    pub(crate) fn stop(self) -> f64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
         let (mut longest, mut current) = (0.0f64, 0.0f64);
@@ -434,6 +449,10 @@ pub fn run_tables(
     left: Identifiers,
     right: Identifiers,
 ) -> Result<Report> {
+    ensure!(
+        session.protocol != BenchProtocol::List,
+        "--protocol list runs on generated identifiers only"
+    );
     let interactive = session.interactive;
     let value = tables.value_column.as_deref();
     let Identifiers {
@@ -508,7 +527,7 @@ pub fn run_tables(
 
 /// A progress bar over the `4·n` elements of an in-memory session, or a hidden one when
 /// `shown` is false.
-fn session_progress(n: u64, shown: bool) -> Result<ProgressBar> {
+pub(crate) fn session_progress(n: u64, shown: bool) -> Result<ProgressBar> {
     if !shown {
         return Ok(ProgressBar::hidden());
     }
@@ -811,6 +830,9 @@ mod tests {
             (BenchProtocol::Cardinality, 4, 2_000, 700),
             (BenchProtocol::Sum, 8, 1_999, 1_999),
             (BenchProtocol::Sum, 16, 500, 0),
+            (BenchProtocol::List, 1, 1_000, 300),
+            (BenchProtocol::List, 4, 1_000, 300),
+            (BenchProtocol::List, 8, 999, 999),
         ] {
             let session = Session {
                 protocol,

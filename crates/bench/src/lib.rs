@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod fixture;
+mod list;
 pub mod load;
 pub mod loopback;
 

@@ -15,12 +15,11 @@
 //! - nothing of a bucket is released on its own: a querier that stops before the last bucket
 //!   gets no evaluation at all.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cleanroom_data::TableSpec;
-use cleanroom_data::bucket_files::WorkDir;
+use cleanroom_data::bucket_files::{WorkDir, read_messages, write_messages};
 use cleanroom_psi::{ListProvider, ListProviderTable};
 use cleanroom_rules::Plan;
 use tokio_stream::Stream;
@@ -62,34 +61,6 @@ impl WithheldEvaluations {
             }
         }
         Ok(())
-    }
-}
-
-/// Writes `messages` to a new file at `path`, each as `u32 length ‖ bytes`, synced.
-fn write_messages(path: &Path, messages: &[Vec<u8>]) -> io::Result<()> {
-    let mut file = BufWriter::new(std::fs::File::create(path)?);
-    for message in messages {
-        let len = u32::try_from(message.len()).map_err(io::Error::other)?;
-        file.write_all(&len.to_be_bytes())?;
-        file.write_all(message)?;
-    }
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()
-}
-
-/// The messages [`write_messages`] wrote at `path`.
-fn read_messages(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let mut file = BufReader::new(std::fs::File::open(path)?);
-    let mut messages = Vec::new();
-    let mut len = [0u8; 4];
-    loop {
-        match file.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(messages),
-            Err(e) => return Err(e),
-        }
-        let mut message = vec![0u8; u32::from_be_bytes(len) as usize];
-        file.read_exact(&mut message)?;
-        messages.push(message);
     }
 }
 
