@@ -4,7 +4,8 @@
 //! CSPRNG when a session starts. Blinding maps a point `P` to `k·P`; because `k` is secret and
 //! fresh per session, blinded values of two sessions cannot be linked (DDH), and
 //! `a·(b·P) = b·(a·P)` lets both parties arrive at the same doubly-blinded point. The scalar is
-//! zeroized on drop, has no `Debug` that shows it, and no serialization.
+//! zeroized on drop, has no `Debug` that shows it, and no public serialization (a parked list
+//! bucket of a named job saves its querier's unblinding key, for the querier's own disk only).
 
 use curve25519_dalek::{RistrettoPoint, Scalar};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -35,6 +36,19 @@ impl BlindingKey {
     #[cfg(any(test, feature = "test-vectors"))]
     pub fn from_test_vector_bytes(bytes: [u8; 32]) -> Option<Self> {
         let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
+        (scalar != Scalar::ZERO).then(|| Self::from_scalar(scalar))
+    }
+
+    /// The scalar's canonical bytes, for a parked list bucket's saved state only
+    /// (`list/bucket.rs`): zeroized when dropped.
+    pub(crate) fn to_secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.scalar.to_bytes())
+    }
+
+    /// A key from [`to_secret_bytes`](Self::to_secret_bytes); `None` for a non-canonical or
+    /// zero scalar.
+    pub(crate) fn from_secret_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        let scalar = Option::<Scalar>::from(Scalar::from_canonical_bytes(*bytes))?;
         (scalar != Scalar::ZERO).then(|| Self::from_scalar(scalar))
     }
 

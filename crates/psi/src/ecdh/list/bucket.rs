@@ -57,9 +57,57 @@ pub enum ListBucketError {
     /// The items could not be written or read back.
     #[error("the bucket's items: {0}")]
     Items(#[from] std::io::Error),
+    /// Saved state that is not a bucket this querier saved.
+    #[error("the bucket's saved state is damaged: {0}")]
+    State(&'static str),
 }
 
+/// The first bytes of a parked bucket's saved state: a name and the format's version.
+const STATE_MAGIC: &[u8; 5] = b"CRLB\x01";
+
 impl ListQuerier {
+    /// Whether every item of the provider's bucket arrived (and its tags passed their checks):
+    /// from then on the bucket's state can be [saved](Self::save_bucket), before its last
+    /// message goes (which [`poll_message`](Self::poll_message) holds back until then).
+    pub fn items_complete(&self) -> bool {
+        matches!(self.expects, QuerierExpects::EvaluationsLater(_))
+    }
+
+    /// The state that opens this bucket after the job's release, once its
+    /// [items are complete](Self::items_complete): `b⁻¹`, the provider's announced shape and
+    /// this bucket's identifiers in the order their points go. The items sink is flushed
+    /// first (an earlier write error is returned here). The bytes are secret (they unblind
+    /// the evaluations) and are zeroized when dropped; [`ParkedListBucket::restore`] reads
+    /// them back.
+    pub fn save_bucket(&mut self) -> Result<Zeroizing<Vec<u8>>, ListBucketError> {
+        let QuerierExpects::EvaluationsLater(provider) = self.expects else {
+            return Err(ListBucketError::NotFinished(
+                "a bucket is saved once the provider's items all arrived",
+            ));
+        };
+        let ItemStore::Spilled { sink, failed, .. } = &mut self.items else {
+            return Err(ListBucketError::NotFinished("not a bucket of a job"));
+        };
+        if let Some(error) = failed.take() {
+            return Err(error.into());
+        }
+        sink.flush()?;
+        let mut state = Zeroizing::new(Vec::with_capacity(
+            64 + self.identifiers.iter().map(|i| 4 + i.len()).sum::<usize>(),
+        ));
+        state.extend_from_slice(STATE_MAGIC);
+        state.extend_from_slice(self.unblind.to_secret_bytes().as_slice());
+        state.extend_from_slice(&provider.size.to_be_bytes());
+        state.extend_from_slice(&provider.columns.to_be_bytes());
+        state.extend_from_slice(&provider.width.to_be_bytes());
+        state.extend_from_slice(&(self.identifiers.len() as u64).to_be_bytes());
+        for identifier in &self.identifiers {
+            state.extend_from_slice(&(identifier.len() as u32).to_be_bytes());
+            state.extend_from_slice(identifier.as_bytes());
+        }
+        Ok(state)
+    }
+
     /// The querier of a finished bucket ([`is_finished`](Self::is_finished) under
     /// [`for_bucket`](Self::for_bucket)), keeping only what opening needs: its identifiers in
     /// the order their points went, `b⁻¹`, and the provider's announced shape. The items sink
@@ -102,6 +150,58 @@ pub struct ParkedListBucket {
 }
 
 impl ParkedListBucket {
+    /// The bucket [saved](ListQuerier::save_bucket) by a querier, waiting for its evaluations
+    /// as if it had just been parked. Bytes that are not such a state are refused, never a
+    /// panic.
+    pub fn restore(mut bytes: &[u8]) -> Result<ParkedListBucket, ListBucketError> {
+        let mut take = |n: usize, what: &'static str| -> Result<&[u8], ListBucketError> {
+            if bytes.len() < n {
+                return Err(ListBucketError::State(what));
+            }
+            let (head, rest) = bytes.split_at(n);
+            bytes = rest;
+            Ok(head)
+        };
+        if take(STATE_MAGIC.len(), "too short")? != STATE_MAGIC {
+            return Err(ListBucketError::State("not a saved bucket"));
+        }
+        let key: [u8; 32] = take(32, "the key")?.try_into().expect("32 bytes");
+        let key = Zeroizing::new(key);
+        let unblind =
+            BlindingKey::from_secret_bytes(&key).ok_or(ListBucketError::State("the key"))?;
+        let be = |b: &[u8]| b.iter().fold(0u64, |n, &x| (n << 8) | u64::from(x));
+        let size = be(take(8, "the provider's size")?);
+        let columns = be(take(2, "the columns")?) as u16;
+        let width = be(take(4, "the width")?) as u32;
+        if usize::from(columns) > super::MAX_LIST_COLUMNS
+            || !crate::format::is_payload_width(width as usize)
+        {
+            return Err(ListBucketError::State("the provider's shape"));
+        }
+        let count = be(take(8, "the identifiers")?);
+        let mut identifiers = Vec::new();
+        for _ in 0..count {
+            let len = be(take(4, "an identifier")?) as usize;
+            let identifier = std::str::from_utf8(take(len, "an identifier")?)
+                .map_err(|_| ListBucketError::State("an identifier is not UTF-8"))?;
+            identifiers.push(identifier.to_owned());
+        }
+        if !bytes.is_empty() {
+            return Err(ListBucketError::State("bytes after the identifiers"));
+        }
+        Ok(ParkedListBucket {
+            unblind,
+            identifiers,
+            lookups: Vec::new(),
+            provider: ProviderSide {
+                size,
+                columns,
+                width,
+                received: size,
+            },
+        })
+    }
+
     /// Evaluations this bucket still expects.
     pub fn awaiting(&self) -> usize {
         self.identifiers.len() - self.lookups.len()
@@ -302,6 +402,88 @@ mod tests {
         }
         assert!(p.is_done() && q.is_finished());
         (hello_width, withheld, q.park().unwrap(), sink)
+    }
+
+    /// A bucket's querier whose provider is slow: its last message waits for every item.
+    #[test]
+    fn a_buckets_last_message_waits_for_the_providers_items() {
+        let domain = Domain::new("c", "email");
+        for querier_ids in [0, 3] {
+            let (provider, _) = tables("p3@x.org");
+            let mut querier = ListQuerierTable::new(Normalization::Email);
+            for i in 0..querier_ids {
+                querier.push(&format!("p{i}@x.org"));
+            }
+            let mut p = ListProvider::new(&domain, provider, Limits::default());
+            let mut q = ListQuerier::for_bucket(
+                &domain,
+                querier,
+                1,
+                Limits::default(),
+                Box::new(Shared::default()),
+            );
+            // Nothing from the provider yet: the hello goes only when points follow it, the
+            // last points not at all.
+            let early: Vec<&str> = std::iter::from_fn(|| q.poll()).map(|m| m.kind()).collect();
+            match querier_ids {
+                0 => assert!(early.is_empty()),
+                _ => assert_eq!(early, ["ListQuerierHello"]),
+            }
+            while let Some(m) = p.poll() {
+                q.handle(m).unwrap();
+            }
+            assert!(q.items_complete() && !q.is_finished());
+            let late: Vec<&str> = std::iter::from_fn(|| q.poll()).map(|m| m.kind()).collect();
+            match querier_ids {
+                0 => assert_eq!(late, ["ListQuerierHello"]),
+                _ => assert_eq!(late, ["ListQuerierPoints"]),
+            }
+            assert!(q.is_finished());
+        }
+    }
+
+    #[test]
+    fn a_saved_bucket_opens_as_the_parked_one() {
+        let domain = Domain::new("c", "email");
+        let (provider, querier) = tables("p3@x.org");
+        let sink = Shared::default();
+        let mut p = ListProvider::new(&domain, provider, Limits::default());
+        let mut q = ListQuerier::for_bucket(
+            &domain,
+            querier,
+            1,
+            Limits::default(),
+            Box::new(sink.clone()),
+        );
+        let mut withheld = Vec::new();
+        while let Some(m) = p.poll() {
+            q.handle(m).unwrap();
+        }
+        let saved = q.save_bucket().unwrap();
+        for m in std::iter::from_fn(|| q.poll()) {
+            p.handle(m).unwrap();
+        }
+        withheld.extend(std::iter::from_fn(|| p.poll()));
+        let items = sink.0.lock().unwrap().clone();
+        let mut parked = q.park().unwrap();
+        let mut restored = ParkedListBucket::restore(&saved).unwrap();
+        for m in withheld {
+            parked.handle_message(m.clone()).unwrap();
+            restored.handle_message(m).unwrap();
+        }
+        let outcome = parked.open(items.as_slice()).unwrap();
+        assert_eq!(outcome.matches.len(), 30);
+        assert_eq!(restored.open(items.as_slice()).unwrap(), outcome);
+        // Damaged state is refused, whatever the damage.
+        for cut in [0, 4, 20, 40, 60, saved.len() - 1] {
+            assert!(ParkedListBucket::restore(&saved[..cut]).is_err(), "{cut}");
+        }
+        let mut longer = saved.to_vec();
+        longer.push(0);
+        assert!(ParkedListBucket::restore(&longer).is_err());
+        let mut zero_key = saved.to_vec();
+        zero_key[5..37].fill(0);
+        assert!(ParkedListBucket::restore(&zero_key).is_err());
     }
 
     #[test]

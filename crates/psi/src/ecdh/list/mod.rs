@@ -574,7 +574,16 @@ impl ListQuerier {
 
     /// The next message to send, or `None` while waiting for the peer (or when finished).
     pub fn poll_message(&mut self) -> Option<ListMessage> {
+        // In a bucket of a job, the bucket's last message (its last points, or its hello when
+        // it has none) waits until every item of the provider arrived: once the provider has
+        // it the bucket counts as done, and by then this querier can keep all it needs to open
+        // the bucket later (`bucket.rs`).
+        let holds_last = matches!(self.items, ItemStore::Spilled { .. })
+            && !matches!(self.expects, QuerierExpects::EvaluationsLater(_));
         if !self.hello_sent {
+            if holds_last && self.identifiers.is_empty() {
+                return None;
+            }
             self.hello_sent = true;
             return Some(ListMessage::ListQuerierHello {
                 set_size: self.identifiers.len() as u64,
@@ -582,6 +591,9 @@ impl ListQuerier {
         }
         if self.sent < self.identifiers.len() {
             let end = (self.sent + CHUNK_ITEMS).min(self.identifiers.len());
+            if holds_last && end == self.identifiers.len() {
+                return None;
+            }
             let points = hash_and_blind(&self.domain, &self.key, &self.identifiers[self.sent..end]);
             self.sent = end;
             return Some(ListMessage::ListQuerierPoints { points });
