@@ -14,7 +14,9 @@
 //! is removed when its session ends, whatever the end; only a killed server leaves one. The
 //! server removes those of every interrupted job when it starts, before it accepts a
 //! connection (no job runs then, and a resume reads the table into bucket files afresh), and
-//! those of every job it cancels.
+//! those of every job it cancels. A named list job's withheld evaluations
+//! (`cleanroom-job-<session id>.evaluations`) stay while it waits, interrupted, and go when it
+//! ends or is cancelled.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +31,13 @@ pub(crate) const TIDY_INTERVAL: Duration = Duration::from_secs(3600);
 /// directory.
 pub(crate) fn job_dir_name(session_id: &str) -> String {
     format!("cleanroom-job-{session_id}")
+}
+
+/// The directory where named list job `session_id` keeps the evaluations it withholds, in the
+/// server's work directory: not replaced by a resume (the buckets done are not run again),
+/// removed when the job ends or is cancelled.
+pub(crate) fn evaluations_dir_name(session_id: &str) -> String {
+    format!("cleanroom-job-{session_id}.evaluations")
 }
 
 /// What one [`tidy`] did.
@@ -64,6 +73,14 @@ pub fn tidy(config: &ServerConfig, at_start: bool) -> Result<Tidied, StateError>
         .iter()
         .filter(|id| remove_dir(&parent.join(job_dir_name(id))))
         .count();
+    // A cancelled list job's withheld evaluations go too (an interrupted one keeps them: its
+    // resume does not run its buckets done again).
+    let directories_removed = directories_removed
+        + expired
+            .cancelled
+            .iter()
+            .filter(|id| remove_dir(&parent.join(evaluations_dir_name(id))))
+            .count();
     Ok(Tidied {
         expired,
         directories_removed,

@@ -3,17 +3,19 @@
 //! attacker that plays buckets by hand. Rows are compared exactly with the join computed in the
 //! clear over the same CSV files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use cleanroom_psi::bucket::BucketKey;
 use cleanroom_psi::{
     Limits as PsiLimits, ListMessage, ListQuerier, ListQuerierTable, Normalization, WireMessage,
 };
+use cleanroom_service::client::{ClientError, Progress, Query};
 use cleanroom_service::proto::{
     PsiMessage, RunSessionRequest, RunSessionResponse, SessionStart, TableDescriptor,
     run_session_request, run_session_response,
 };
-use cleanroom_service::{Decision, Limits};
+use cleanroom_service::{BearerToken, Client, ClientConfig, Decision, Limits, QueryOutcome};
 use cleanroom_testkit::list::*;
 use cleanroom_testkit::{ADVERTISER_TOKEN, Running, honest_agreement, raw_client, raw_open};
 use tokio::sync::mpsc;
@@ -265,5 +267,136 @@ async fn a_querier_that_leaves_a_list_job_early_gets_no_evaluation_alike() {
     // The job's files went with it.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(is_empty(work.path()));
+    server.stop().await;
+}
+
+/// Runs the advertiser's list [`OVERLAP`] as job `job_id` (8 buckets asked, files under
+/// `work`), dropping it when bucket `stop_after` is about to begin; returns its session id and
+/// outcome (`None`: stopped).
+async fn named_list_query(
+    fx: &ListFixture,
+    server: &Running,
+    job_id: &str,
+    work: &Path,
+    stop_after: Option<u32>,
+) -> (String, Option<Result<QueryOutcome, ClientError>>) {
+    let mut config = ClientConfig::new(
+        format!("http://{}", server.addr),
+        BearerToken::new(ADVERTISER_TOKEN).unwrap(),
+    );
+    config.bucket_rows = 100;
+    config.work_dir = Some(work.to_owned());
+    config.job_id = Some(job_id.to_owned());
+    let mut client = Client::connect(&config).await.unwrap();
+    let data = BTreeMap::from([("customers".to_owned(), fx.path("customers.csv").into())]);
+    let query = Query {
+        collaboration: &fx.collaboration,
+        member: "advertiser",
+        sql: OVERLAP,
+        data: &data,
+        receivers: &[],
+    };
+    let session = std::sync::Mutex::new(String::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = std::sync::Mutex::new(Some(stop));
+    let hook = |p: Progress<'_>| match p {
+        Progress::Accepted { session_id, .. } => {
+            *session.lock().unwrap() = session_id.to_owned();
+        }
+        Progress::Bucket { done, .. } if Some(done) == stop_after => {
+            if let Some(stop) = stop.lock().unwrap().take() {
+                let _ = stop.send(());
+            }
+        }
+        _ => {}
+    };
+    let outcome = tokio::select! {
+        outcome = client.run_query(query, Some(&hook)) => Some(outcome),
+        _ = stopped => None,
+    };
+    let session = session.lock().unwrap().clone();
+    (session, outcome)
+}
+
+/// The files under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(files_under(&path)),
+            false => files.push(path),
+        }
+    }
+    files
+}
+
+/// A named list job whose client stops in the middle resumes under the same name: the server
+/// goes on from the buckets it holds (their evaluations kept on its disk), the client opens
+/// those from the buckets it saved, and the list is exactly the plain join, released once in
+/// one audit entry. Its release is not kept: asked again, the job has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_list_job_resumes_where_its_client_stopped() {
+    let fx = ListFixture::new();
+    let (server_work, client_work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server = start_list_server_with(&fx, job_limits(), Some(server_work.path())).await;
+
+    let (id, outcome) =
+        named_list_query(&fx, &server, "overlap-1", client_work.path(), Some(4)).await;
+    assert!(outcome.is_none(), "stopped");
+    let entry = server.settled_entry(&id).await;
+    assert_eq!(entry.decision, Decision::Interrupted, "{}", entry.reason);
+    assert_eq!(entry.buckets, 8);
+    assert!((3..8).contains(&entry.buckets_done), "{entry:?}");
+    // The server keeps the evaluations of the buckets it holds; the client its saved buckets,
+    // owner-only, at least as many.
+    let evaluations = files_under(server_work.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".evaluations/evaluations-"))
+        .count() as u64;
+    assert!(evaluations >= entry.buckets_done, "{evaluations}");
+    let states: Vec<_> = files_under(client_work.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "state"))
+        .collect();
+    assert!(states.len() as u64 >= entry.buckets_done, "{states:?}");
+    #[cfg(unix)]
+    for state in &states {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{state:?}");
+    }
+
+    let (again, outcome) =
+        named_list_query(&fx, &server, "overlap-1", client_work.path(), None).await;
+    let outcome = outcome.unwrap().unwrap();
+    assert_eq!(again, id, "the job's own entry");
+    let done = outcome.accepted.job.as_ref().unwrap().buckets_done;
+    assert_eq!(u64::from(done), entry.buckets_done);
+    assert_eq!(sorted(outcome.result.rows.clone()), fx.plain_overlap());
+    let entry = server.settled_entry(&id).await;
+    assert_eq!(entry.decision, Decision::Released);
+    assert_eq!(entry.buckets_done, 8);
+    assert_eq!(server.state.entries(None, Some(100)).unwrap().len(), 1);
+    // Nothing of the job is left on either side.
+    assert!(
+        is_empty(server_work.path()),
+        "{:?}",
+        files_under(server_work.path())
+    );
+    assert!(
+        is_empty(client_work.path()),
+        "{:?}",
+        files_under(client_work.path())
+    );
+
+    // Asked again under its name, the job has ended: its release is not kept.
+    let (_, outcome) = named_list_query(&fx, &server, "overlap-1", client_work.path(), None).await;
+    match outcome.unwrap() {
+        Err(ClientError::Remote(remote)) => {
+            assert!(remote.message.contains("not kept"), "{remote}");
+        }
+        other => panic!("a list job released twice: {other:?}"),
+    }
     server.stop().await;
 }

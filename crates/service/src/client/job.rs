@@ -253,6 +253,13 @@ impl KeyFile {
         format!("cleanroom-job-{}-{}.d", self.job_id, self.tag)
     }
 
+    /// The name of a list job's directory of parked buckets, beside the key file: each
+    /// bucket's saved state (its unblinding key among it) and the provider's items, kept across
+    /// runs of the client until the job's release is opened.
+    pub(crate) fn list_dir_name(&self) -> String {
+        format!("cleanroom-job-{}-{}.list", self.job_id, self.tag)
+    }
+
     /// The job's value key for `columns` value columns: the stored one when there is one;
     /// otherwise, unless the server holds buckets of the job already (`done` > 0: their sums
     /// are under the lost key), a fresh key, stored (synced, renamed into place) before it
@@ -320,12 +327,13 @@ impl KeyFile {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// Removes the file and the job's work directory in `work_dir` (the server says the job
-    /// ended): `true` when either was there.
+    /// Removes the file, the job's work directory and a list job's parked buckets in
+    /// `work_dir` (the server says the job ended): `true` when any was there.
     pub(crate) fn forget(&self, work_dir: Option<&Path>) -> bool {
         let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
         let key = std::fs::remove_file(&self.path).is_ok();
         let dir = std::fs::remove_dir_all(parent.join(self.work_name())).is_ok();
-        key || dir
+        let list = std::fs::remove_dir_all(parent.join(self.list_dir_name())).is_ok();
+        key || dir || list
     }
 }

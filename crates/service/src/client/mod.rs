@@ -931,14 +931,14 @@ impl Client {
                 Side::List(run_role(&mut exchange, &mut inbound, role).await?, kept)
             }
             (Prepared::List(table, kept), Some(job)) => {
-                let work_dir = self.work_dir.as_deref();
+                let dirs = (self.work_dir.as_deref(), key_file.as_ref());
                 let parked = list_job::run(
                     &mut exchange,
                     &mut inbound,
                     &plan,
                     &job,
                     table,
-                    work_dir,
+                    dirs,
                     &report,
                 )
                 .await?;

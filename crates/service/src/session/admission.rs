@@ -219,15 +219,7 @@ impl Host {
         )
         .map_err(SessionError::AgreementDiffers)?;
         crate::job::check_requested(request.buckets).map_err(SessionError::InvalidArgument)?;
-        let named =
-            crate::job::check_job_id(request.job_id).map_err(SessionError::InvalidArgument)?;
-        if named.is_some() && plan.protocol() == cleanroom_rules::Protocol::List {
-            return Err(SessionError::InvalidArgument(
-                "a list query cannot be named as a job to resume: its withheld evaluations are \
-                 not kept across a restart"
-                    .to_owned(),
-            ));
-        }
+        crate::job::check_job_id(request.job_id).map_err(SessionError::InvalidArgument)?;
         let table = request.table.ok_or_else(|| {
             SessionError::InvalidArgument("the session start names no table".to_owned())
         })?;
@@ -540,7 +532,7 @@ impl Host {
             Decision::Released => {
                 return Err(SessionError::JobEnded(format!(
                     "job {name:?} (session {id}) was released: its result was sent then, and \
-                     is not kept to be sent again (a job of one bucket)"
+                     is not kept to be sent again (a job of one bucket, or a list)"
                 )));
             }
             // The stored reason stays in the audit log: it may hold this server's detail.

@@ -74,7 +74,7 @@ impl Host {
         plan: &Plan,
         matcher_path: TableSpec,
         limits: cleanroom_psi::Limits,
-        job: &JobTerms,
+        (job, checkpoint, named): (&JobTerms, Option<Vec<u8>>, bool),
         inbound: &mut S,
         exchange: &mut Exchange<'_, T>,
         matcher_rows: &mut u64,
@@ -87,8 +87,21 @@ impl Host {
             table: plan.matcher().table.clone(),
             source: Box::new(source),
         };
-        let work = WorkDir::new(self.config.work_dir.as_deref())
-            .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        // A job that may resume has its own directory, so that a resume replaces what a
+        // killed server left, and keeps its withheld evaluations in another, which a resume
+        // does not replace.
+        let work_dir = self.config.work_dir.as_deref();
+        let work = match named {
+            true => WorkDir::named(work_dir, &crate::retention::job_dir_name(session_id)),
+            false => WorkDir::new(work_dir),
+        }
+        .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        let kept = match named {
+            true => evaluations_dir(work_dir, session_id),
+            false => work.path().to_owned(),
+        };
+        std::fs::create_dir_all(&kept)
+            .map_err(|e| SessionError::Internal(format!("the job's evaluations directory: {e}")))?;
         let empty = {
             let side = plan.matcher();
             ListProviderTable::new(side.normalization, side.list_columns.len())
@@ -120,11 +133,33 @@ impl Host {
         *matcher_rows = rows.stats.rows;
 
         let declared = limits.declared_set_size;
-        let (mut files, mut messages, mut bytes, mut points) = (Vec::new(), 0, 0, 0u64);
+        // A resumed job goes on from its buckets done: their evaluations are on disk, and the
+        // points they took are in its checkpoint.
+        let mut points = match checkpoint.as_deref() {
+            None => 0,
+            Some(bytes) => <[u8; 8]>::try_from(bytes)
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    SessionError::Internal("the list job's stored progress does not restore".into())
+                })?,
+        };
+        let (mut files, mut messages, mut bytes) = (Vec::new(), 0, 0);
+        for bucket in 0..job.done {
+            let path = kept.join(format!("evaluations-{bucket}"));
+            let (_, done) = exchange
+                .blocking(path.clone(), |path| read_messages(path))
+                .await?;
+            let done = done.map_err(|e| {
+                SessionError::Internal(format!("the job's evaluations of bucket {bucket}: {e}"))
+            })?;
+            messages += done.len() as u64;
+            bytes += done.iter().map(|m| m.len() as u64).sum::<u64>();
+            files.push(path);
+        }
         // As for an aggregate job: the minimum rate holds from the second bucket on.
         let min_rate = exchange.min_rate.take();
-        for bucket in 0..job.buckets {
-            if bucket == 1 {
+        for bucket in job.done..job.buckets {
+            if bucket == job.done + 1 {
                 exchange.min_rate = min_rate;
             }
             let started = std::time::Instant::now();
@@ -151,7 +186,7 @@ impl Host {
             let withheld = role.release();
             messages += withheld.len() as u64;
             bytes += withheld.iter().map(|m| m.len() as u64).sum::<u64>();
-            let path = work.path().join(format!("evaluations-{bucket}"));
+            let path = kept.join(format!("evaluations-{bucket}"));
             let target = path.clone();
             let (_, written) = exchange
                 .blocking((), move |_| write_messages(&target, &withheld))
@@ -160,10 +195,13 @@ impl Host {
                 SessionError::Internal(format!("the job's evaluations of bucket {bucket}: {e}"))
             })?;
             files.push(path);
-            // The job's progress in its audit entry. A list job keeps no totals (its
-            // evaluations are in the files, and it cannot be resumed): the checkpoint is empty.
+            // The job's progress in its audit entry, with the points its buckets took (its
+            // evaluations are in the files): what a resume goes on from.
             let (id, done) = (session_id.to_owned(), bucket + 1);
-            state_call(&self.config.state, move |s| s.record_bucket(&id, done, &[])).await?;
+            state_call(&self.config.state, move |s| {
+                s.record_bucket(&id, done, &points.to_be_bytes())
+            })
+            .await?;
             self.events.bucket_matched(
                 session_id,
                 (bucket + 1, job.buckets),
@@ -185,6 +223,29 @@ impl Host {
                 bytes,
             }),
         })
+    }
+}
+
+/// Where named list job `session_id` keeps its withheld evaluations: beside its bucket files
+/// directory in `work_dir` (or the system's temporary directory).
+fn evaluations_dir(work_dir: Option<&std::path::Path>, session_id: &str) -> PathBuf {
+    work_dir
+        .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
+        .join(crate::retention::evaluations_dir_name(session_id))
+}
+
+/// Removes named job `session_id`'s withheld evaluations, if it has any: it ended. A
+/// directory that cannot be removed is logged and left (retention does not come back to it).
+pub(super) fn forget_evaluations(work_dir: Option<&std::path::Path>, session_id: &str) {
+    let dir = evaluations_dir(work_dir, session_id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            target: "cleanroom::serve",
+            "cannot remove an ended job's withheld evaluations {}: {e}",
+            dir.display()
+        ),
     }
 }
 

@@ -189,6 +189,10 @@ impl Host {
             }
             error => error,
         });
+        // Otherwise a named list job's withheld evaluations go: sent, or never to be.
+        if named && !matches!(result, Err(SessionError::Resumable(_))) {
+            super::list_job::forget_evaluations(self.config.work_dir.as_deref(), &session_id);
+        }
         match result {
             Ok(()) => self.tell(&session_id, &[], Some(started.elapsed())).await,
             Err(error) => {
@@ -231,8 +235,10 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Inbound, ExchangeError>> + Unpin,
     {
-        // A named job's own release is kept with it, to send again to a client that lost it.
-        let keep_release = job.as_ref().is_some_and(|(_, _, named)| *named);
+        // A named job's own release is kept with it, to send again to a client that lost it;
+        // a list job's is not (it is on disk, in the size of the querier's set).
+        let keep_release = job.as_ref().is_some_and(|(_, _, named)| *named)
+            && plan.protocol() != cleanroom_rules::Protocol::List;
         exchange
             .send_item(T::accepted(super::accepted(
                 plan,
@@ -278,7 +284,7 @@ impl Host {
                 let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
                 (self.release_job(plan, totals, exchange).await?, sealed)
             }
-            (ServerRole::ListProvider, Some((job, ..))) => {
+            (ServerRole::ListProvider, Some(job)) => {
                 let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
                 let release = self
                     .list_job(
