@@ -14,6 +14,10 @@
 //!   provider admits at most what the earlier buckets left;
 //! - nothing of a bucket is released on its own: a querier that stops before the last bucket
 //!   gets no evaluation at all.
+//! - a named job keeps its evaluations in `cleanroom-job-<session>.evaluations` (a resume
+//!   replaces its bucket files, not these) and the points of its buckets done as its
+//!   checkpoint: a resume goes on from `buckets_done`, within the same declared bound; the
+//!   directory goes when the job ends, or with the job when retention cancels it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -16,6 +16,10 @@
 //!   sink, fixed records of `16 + W` bytes, so reading them back needs no framing;
 //! - every bucket of a job seals to one width `W` ([`ListProvider::with_job_width`]), so no
 //!   bucket's hello tells its own longest payload;
+//! - a bucket's querier sends its last message of the bucket (its last points, or its hello
+//!   when it has none) only once every item arrived: the provider counts the bucket done when
+//!   it has that message, and by then the querier can [save](ListQuerier::save_bucket) all
+//!   that opens the bucket, so a job that resumes can open every bucket the provider holds;
 //! - a parked bucket takes exactly the evaluations of the points it sent, and opens only
 //!   once it has them all: the outcome of a job is the union of its buckets' outcomes, which
 //!   is the outcome one session over the whole sets gives (each identifier is in one bucket
