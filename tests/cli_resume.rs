@@ -1,8 +1,8 @@
 //! Resuming a named job of buckets with the real binaries (issue 18): `query --job-id` killed
 //! with SIGKILL in the middle of its job and run again; `serve` killed in the middle of a job
-//! and started again on the same state file while the client retries. Each time the result
-//! is exactly the plain computation's, and the server's audit log holds one entry for the job,
-//! charged once.
+//! and started again on the same state file while the client retries; both for an aggregation
+//! and for a list. Each time the result is exactly the plain computation's, and the server's
+//! audit log holds one entry for the job, charged once.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -40,6 +40,51 @@ fn setup(dir: &Path) {
     }
     std::fs::write(dir.join("impressions.csv"), impressions).unwrap();
     std::fs::write(dir.join("conversions.csv"), conversions).unwrap();
+    // The list's tables: subscribers 0..ROWS, customers ROWS/2..3·ROWS/2, as above.
+    let mut subscribers = String::from("email,newsletter,region,signup_date\n");
+    let mut customers = String::from("email,customer_id,segment,lifetime_value\n");
+    for i in 0..ROWS {
+        let newsletter = CAMPAIGNS[(i % 3) as usize];
+        subscribers.push_str(&format!("user{i}@example.com,{newsletter},EU,2024-01-01\n"));
+        let user = i + ROWS / 2;
+        customers.push_str(&format!("User{user}@Example.com,c{user},retail,{i}\n"));
+    }
+    std::fs::write(dir.join("subscribers.csv"), subscribers).unwrap();
+    std::fs::write(dir.join("customers.csv"), customers).unwrap();
+}
+
+/// What a job computes: the aggregation [`SQL`] or the list [`LIST_SQL`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Aggregate,
+    List,
+}
+
+/// Every customer who subscribes, with the newsletter.
+const LIST_SQL: &str = "SELECT cu.customer_id, s.newsletter FROM customers cu \
+     JOIN subscribers s ON cu.email = s.email";
+
+/// The plain list: `customer_id,newsletter` of every shared user, sorted.
+fn plain_list() -> Vec<String> {
+    let mut rows: Vec<String> = (ROWS / 2..ROWS)
+        .map(|user| format!("c{user},{}", CAMPAIGNS[(user % 3) as usize]))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// `query`'s output checked against the plain computation of `kind`.
+fn assert_plain(kind: Kind, stdout: &str) {
+    match kind {
+        Kind::Aggregate => assert_eq!(parse(stdout), plain()),
+        Kind::List => {
+            let mut lines = stdout.lines();
+            assert_eq!(lines.next(), Some("customer_id,newsletter"), "{stdout}");
+            let mut rows: Vec<String> = lines.map(str::to_owned).collect();
+            rows.sort();
+            assert_eq!(rows, plain_list());
+        }
+    }
 }
 
 /// The plain answer: per campaign, the buyers and their revenue.
@@ -74,6 +119,7 @@ fn parse(stdout: &str) -> BTreeMap<String, (u64, u64)> {
 /// `serve` for the publisher on `listen`, with buckets of 5 000 rows.
 fn serve(dir: &Path, listen: &str) -> ServeProcess {
     let impressions = format!("impressions={}", dir.join("impressions.csv").display());
+    let subscribers = format!("subscribers={}", dir.join("subscribers.csv").display());
     let (config, state, work) = (
         dir.join("collab.toml"),
         dir.join("state.db"),
@@ -89,6 +135,8 @@ fn serve(dir: &Path, listen: &str) -> ServeProcess {
             "publisher",
             "--data",
             &impressions,
+            "--data",
+            &subscribers,
             "--listen",
             listen,
             "--state",
@@ -104,25 +152,27 @@ fn serve(dir: &Path, listen: &str) -> ServeProcess {
 }
 
 /// `query --job-id <job>` for the advertiser, its stderr piped.
-fn query(dir: &Path, url: &str, job: &str) -> Child {
-    let conversions = format!("conversions={}", dir.join("conversions.csv").display());
+fn query(dir: &Path, url: &str, job: &str, kind: Kind) -> Child {
+    let (data, sql) = match kind {
+        Kind::Aggregate => (
+            format!("conversions={}", dir.join("conversions.csv").display()),
+            SQL,
+        ),
+        Kind::List => (
+            format!("customers={}", dir.join("customers.csv").display()),
+            LIST_SQL,
+        ),
+    };
     let work = dir.join("client-work");
     std::fs::create_dir_all(&work).unwrap();
     Command::new(BIN)
         .args(["query", "--config"])
         .arg(dir.join("collab.toml"))
-        .args([
-            "--member",
-            "advertiser",
-            "--data",
-            &conversions,
-            "--server",
-            url,
-        ])
+        .args(["--member", "advertiser", "--data", &data, "--server", url])
         .args(["--bucket-rows", "5000", "--format", "csv", "--job-id", job])
         .arg("--work-dir")
         .arg(&work)
-        .arg(SQL)
+        .arg(sql)
         .env("CLEANROOM_TOKEN", "advertiser-token")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -189,24 +239,38 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// The job's one entry, released with all its buckets, and nothing left in either work
 /// directory.
-fn assert_released_once(dir: &Path) {
+fn assert_released_once(dir: &Path, kind: Kind) {
     let entry = wait_for_entry(dir, "released");
     assert_eq!(
         (&entry["buckets"], &entry["buckets_done"]),
         (&8.into(), &8.into())
     );
-    assert_eq!(entry["released_rows"], 3);
+    // A list's rows are the querier's to count, not the server's.
+    let released = match kind {
+        Kind::Aggregate => 3,
+        Kind::List => 0,
+    };
+    assert_eq!(entry["released_rows"], released);
     assert!(files(&dir.join("client-work")).is_empty());
     assert!(files(&dir.join("server-work")).is_empty());
 }
 
 #[test]
 fn a_query_killed_in_the_middle_of_its_job_resumes_under_its_name() {
+    killed_query_resumes(Kind::Aggregate);
+}
+
+#[test]
+fn a_list_query_killed_in_the_middle_of_its_job_resumes_under_its_name() {
+    killed_query_resumes(Kind::List);
+}
+
+fn killed_query_resumes(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let server = serve(dir.path(), "127.0.0.1:0");
 
-    let mut first = query(dir.path(), &server.url, "nightly-1");
+    let mut first = query(dir.path(), &server.url, "nightly-1", kind);
     let (seen, _rest) = read_until(&mut first, "bucket 3 of 8 done");
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
@@ -214,15 +278,19 @@ fn a_query_killed_in_the_middle_of_its_job_resumes_under_its_name() {
     let entry = wait_for_entry(dir.path(), "interrupted");
     let done = entry["buckets_done"].as_u64().unwrap();
     assert!((2..8).contains(&done), "{entry}");
-    // The job's value key waits in the client's work directory.
+    // The job's value key (a list's saved buckets) waits in the client's work directory.
     let kept = files(&dir.path().join("client-work"));
+    let waits = match kind {
+        Kind::Aggregate => "key",
+        Kind::List => "list",
+    };
     assert!(
         kept.iter()
-            .any(|p| p.extension().is_some_and(|e| e == "key")),
+            .any(|p| p.extension().is_some_and(|e| e == waits)),
         "{kept:?}"
     );
 
-    let again = query(dir.path(), &server.url, "nightly-1")
+    let again = query(dir.path(), &server.url, "nightly-1", kind)
         .wait_with_output()
         .unwrap();
     let (stdout, stderr) = (
@@ -230,19 +298,28 @@ fn a_query_killed_in_the_middle_of_its_job_resumes_under_its_name() {
         String::from_utf8(again.stderr).unwrap(),
     );
     assert!(again.status.success(), "{stderr}");
-    assert_eq!(parse(&stdout), plain());
+    assert_plain(kind, &stdout);
     // It went on from the buckets the server held.
     let resumed = format!("bucket {done} of 8 done: ");
     assert!(
         stderr.lines().next().unwrap().starts_with(&resumed),
         "{stderr}"
     );
-    assert_released_once(dir.path());
+    assert_released_once(dir.path(), kind);
     server.stop();
 }
 
 #[test]
 fn a_job_whose_server_is_killed_resumes_once_it_is_back() {
+    killed_server_resumes(Kind::Aggregate);
+}
+
+#[test]
+fn a_list_job_whose_server_is_killed_resumes_once_it_is_back() {
+    killed_server_resumes(Kind::List);
+}
+
+fn killed_server_resumes(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -253,14 +330,22 @@ fn a_job_whose_server_is_killed_resumes_once_it_is_back() {
     let listen = format!("127.0.0.1:{port}");
     let server = serve(dir.path(), &listen);
 
-    let mut client = query(dir.path(), &server.url, "nightly-2");
+    let mut client = query(dir.path(), &server.url, "nightly-2", kind);
     let (_, rest) = read_until(&mut client, "bucket 3 of 8 done");
     server.stop(); // SIGKILL
     // The server's own restart marks the job interrupted; the client, meanwhile, retries.
     std::thread::sleep(Duration::from_millis(500));
     let server = serve(dir.path(), &listen);
+    // The result is read while stderr is: a list's rows outgrow a pipe's buffer.
+    let mut stdout = client.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
     let stderr: Vec<String> = rest.map(Result::unwrap).collect();
     let output = client.wait_with_output().unwrap();
+    let stdout = reading.join().unwrap();
     assert!(output.status.success(), "{stderr:#?}");
     assert!(
         stderr
@@ -268,7 +353,7 @@ fn a_job_whose_server_is_killed_resumes_once_it_is_back() {
             .any(|l| l.contains("job nightly-2 resumes: trying again in")),
         "{stderr:#?}"
     );
-    assert_eq!(parse(&String::from_utf8(output.stdout).unwrap()), plain());
-    assert_released_once(dir.path());
+    assert_plain(kind, &stdout);
+    assert_released_once(dir.path(), kind);
     server.stop();
 }
