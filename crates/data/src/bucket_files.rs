@@ -162,6 +162,38 @@ pub fn read_bucket<E: From<io::Error>>(
     Ok(())
 }
 
+/// Writes `messages` to a new file at `path`, each as `u32 length || bytes` (big-endian),
+/// flushed and synced: a job's withheld protocol messages of one bucket, kept until its release.
+pub fn write_messages(path: &Path, messages: &[Vec<u8>]) -> io::Result<()> {
+    let write = || -> io::Result<()> {
+        let mut file = BufWriter::new(File::create(path)?);
+        for message in messages {
+            let len = u32::try_from(message.len()).map_err(io::Error::other)?;
+            file.write_all(&len.to_be_bytes())?;
+            file.write_all(message)?;
+        }
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().map_err(|e| at(path, "writing", e))
+}
+
+/// The messages [`write_messages`] wrote at `path`; a file that ends within a message is
+/// damaged.
+pub fn read_messages(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut file = BufReader::new(File::open(path).map_err(|e| at(path, "reading", e))?);
+    let (mut messages, mut len) = (Vec::new(), [0u8; 4]);
+    loop {
+        match file.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(messages),
+            Err(e) => return Err(at(path, "reading", e)),
+        }
+        let mut message = vec![0u8; u32::from_be_bytes(len) as usize];
+        file.read_exact(&mut message).map_err(|_| damaged(path))?;
+        messages.push(message);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,36 +243,16 @@ mod tests {
         drop(work);
         assert!(!left.exists());
     }
-}
 
-/// Writes `messages` to a new file at `path`, each as `u32 length || bytes` (big-endian),
-/// flushed and synced: a job's withheld protocol messages of one bucket, kept until its release.
-pub fn write_messages(path: &Path, messages: &[Vec<u8>]) -> io::Result<()> {
-    let write = || -> io::Result<()> {
-        let mut file = BufWriter::new(File::create(path)?);
-        for message in messages {
-            let len = u32::try_from(message.len()).map_err(io::Error::other)?;
-            file.write_all(&len.to_be_bytes())?;
-            file.write_all(message)?;
-        }
-        file.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    write().map_err(|e| at(path, "writing", e))
-}
-
-/// The messages [`write_messages`] wrote at `path`; a file that ends within a message is
-/// damaged.
-pub fn read_messages(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let mut file = BufReader::new(File::open(path).map_err(|e| at(path, "reading", e))?);
-    let (mut messages, mut len) = (Vec::new(), [0u8; 4]);
-    loop {
-        match file.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(messages),
-            Err(e) => return Err(at(path, "reading", e)),
-        }
-        let mut message = vec![0u8; u32::from_be_bytes(len) as usize];
-        file.read_exact(&mut message).map_err(|_| damaged(path))?;
-        messages.push(message);
+    #[test]
+    fn message_files_give_back_what_was_written_and_refuse_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evaluations-0");
+        let messages = vec![vec![1u8, 2, 3], Vec::new(), vec![9; 70_000]];
+        write_messages(&path, &messages).unwrap();
+        assert_eq!(read_messages(&path).unwrap(), messages);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(read_messages(&path).is_err());
     }
 }

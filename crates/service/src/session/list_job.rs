@@ -170,7 +170,7 @@ impl Host {
             // The querier's points over all buckets stay within the rows it declared.
             let limits = cleanroom_psi::Limits {
                 declared_set_size: declared.map(|d| d.saturating_sub(points)),
-                ..limits.clone()
+                ..limits
             };
             let (bucket_rows, table, domain) = (Arc::clone(&rows), empty.clone(), plan.domain());
             let (_, provider) = exchange
