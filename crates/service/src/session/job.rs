@@ -18,6 +18,21 @@ use crate::job::{JobTerms, Partition, spill_error};
 use crate::outcome::SessionError;
 
 impl Host {
+    /// The directory of job `session_id`'s bucket files: a fresh one, or, for a job that may
+    /// resume (`named`), its own, so that a resume replaces what a killed server left.
+    pub(super) fn job_work_dir(
+        &self,
+        session_id: &str,
+        named: bool,
+    ) -> Result<WorkDir, SessionError> {
+        let work_dir = self.config.work_dir.as_deref();
+        match named {
+            true => WorkDir::named(work_dir, &crate::retention::job_dir_name(session_id)),
+            false => WorkDir::new(work_dir),
+        }
+        .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))
+    }
+
     /// Plays the psi matcher of each bucket of `job` in turn until every bucket's receiver
     /// data arrived: returns the job's totals, for [`release_job`](Self::release_job).
     #[allow(clippy::too_many_arguments)]
@@ -40,14 +55,7 @@ impl Host {
             table: plan.matcher().table.clone(),
             source: Box::new(source),
         };
-        // A job that may resume has its own directory, so that a resume replaces what a
-        // killed server left.
-        let work_dir = self.config.work_dir.as_deref();
-        let work = match named {
-            true => WorkDir::named(work_dir, &crate::retention::job_dir_name(session_id)),
-            false => WorkDir::new(work_dir),
-        }
-        .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        let work = self.job_work_dir(session_id, named)?;
         // The table, read once into the bucket files (off the runtime: it is the whole table).
         let (dir, terms, table_plan) = (work.path().to_owned(), job.clone(), plan.clone());
         let (_, partitioned) = exchange

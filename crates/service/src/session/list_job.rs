@@ -91,20 +91,19 @@ impl Host {
             table: plan.matcher().table.clone(),
             source: Box::new(source),
         };
-        // A job that may resume has its own directory, so that a resume replaces what a
-        // killed server left, and keeps its withheld evaluations in another, which a resume
-        // does not replace.
-        let work_dir = self.config.work_dir.as_deref();
-        let work = match named {
-            true => WorkDir::named(work_dir, &crate::retention::job_dir_name(session_id)),
-            false => WorkDir::new(work_dir),
-        }
-        .map_err(|e| SessionError::Internal(format!("the job's work directory: {e}")))?;
+        // A job that may resume keeps its withheld evaluations beside its bucket files, in a
+        // directory that a resume does not replace.
+        let work = self.job_work_dir(session_id, named)?;
         let kept = match named {
-            true => evaluations_dir(work_dir, session_id),
+            true => evaluations_dir(self.config.work_dir.as_deref(), session_id),
             false => work.path().to_owned(),
         };
-        std::fs::create_dir_all(&kept)
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&kept)
             .map_err(|e| SessionError::Internal(format!("the job's evaluations directory: {e}")))?;
         let empty = {
             let side = plan.matcher();
