@@ -446,6 +446,43 @@ mod tests {
         }
     }
 
+    /// A provider that sends evaluations within a bucket (before the job's release) is refused,
+    /// before and after the bucket's items are in.
+    #[test]
+    fn evaluations_within_a_bucket_are_refused() {
+        let domain = Domain::new("c", "email");
+        for early in [true, false] {
+            let (provider, querier) = tables("p3@x.org");
+            let mut p = ListProvider::new(&domain, provider, Limits::default());
+            let mut q = ListQuerier::for_bucket(
+                &domain,
+                querier,
+                1,
+                Limits::default(),
+                Box::new(Shared::default()),
+            );
+            let from_provider: Vec<ListMessage> = std::iter::from_fn(|| p.poll()).collect();
+            let (hello, items) = from_provider.split_at(1);
+            q.handle(hello[0].clone()).unwrap();
+            if !early {
+                for m in items {
+                    q.handle(m.clone()).unwrap();
+                }
+            }
+            for m in std::iter::from_fn(|| q.poll()) {
+                p.handle(m).unwrap();
+            }
+            let evaluation = std::iter::from_fn(|| p.poll())
+                .find(|m| matches!(m, ListMessage::ListProviderEvaluations { .. }));
+            let evaluation =
+                evaluation.unwrap_or(ListMessage::ListProviderEvaluations { points: Vec::new() });
+            assert!(
+                matches!(q.handle(evaluation), Err(ProtocolError::Unexpected { .. })),
+                "early: {early}"
+            );
+        }
+    }
+
     #[test]
     fn a_saved_bucket_opens_as_the_parked_one() {
         let domain = Domain::new("c", "email");
