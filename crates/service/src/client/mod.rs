@@ -5,8 +5,14 @@
 //! query, the list querier), and turns the released outcome into the result table. A table
 //! too large for memory runs as a job of buckets ([`job`]).
 
+mod connect;
+mod error;
 mod job;
 mod list_job;
+
+use connect::{CONNECTION_DROPPED, connect_channel, with_certificate_hint};
+pub use connect::{ServingStatus, check_health};
+pub use error::{ClientError, RemoteError};
 
 use cleanroom_data::TableSpec;
 use std::collections::BTreeMap;
@@ -15,19 +21,16 @@ use std::time::Duration;
 use cleanroom_psi::elgamal::ValueKey;
 use cleanroom_psi::sealed::OpeningKey;
 use cleanroom_psi::{
-    ListQuerier, ListQuerierTable, ProtocolError, Receiver, ReceiverTable, ResultKeys, ResultOpener,
+    ListQuerier, ListQuerierTable, Receiver, ReceiverTable, ResultKeys, ResultOpener,
 };
-use cleanroom_rules::{
-    Collaboration, Plan, Protocol, QuerierRows, Refusal, ResultError, ResultTable,
-};
-use prost::Message as _;
+use cleanroom_rules::{Collaboration, Plan, Protocol, QuerierRows, ResultTable};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::auth::{AttachToken, BearerToken};
 use crate::data::{self, DataFileError};
@@ -40,10 +43,7 @@ use crate::proto::{
     SessionStart, SessionSummary, TableDescriptor, fetch_result_response, run_session_request,
     run_session_response,
 };
-use crate::server::REFUSAL_METADATA_KEY;
 use crate::session::{self, ClientRole, check_accepted, receiver_for, role_for};
-use crate::tls::{ClientTransport, TlsError, client_transport};
-use crate::transport::causes;
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -98,174 +98,6 @@ impl ClientConfig {
             bucket_rows: 1 << 18,
             work_dir: None,
             job_id: None,
-        }
-    }
-}
-
-/// An error status from the server, with the reasons of a refused query.
-#[derive(Debug, Clone)]
-pub struct RemoteError {
-    /// The gRPC status code.
-    pub code: Code,
-    /// The server's message.
-    pub message: String,
-    /// The reasons of a refused query (empty for other errors).
-    pub reasons: Vec<proto::RefusalReason>,
-}
-
-impl std::fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the server answered {:?}: {}", self.code, self.message)
-    }
-}
-
-impl From<tonic::Status> for RemoteError {
-    fn from(status: tonic::Status) -> RemoteError {
-        let reasons = status
-            .metadata()
-            .get_bin(REFUSAL_METADATA_KEY)
-            .and_then(|v| v.to_bytes().ok())
-            .and_then(|bytes| proto::QueryRefusal::decode(bytes.as_ref()).ok())
-            .map(|r| r.reasons)
-            .unwrap_or_default();
-        RemoteError {
-            code: status.code(),
-            message: status.message().to_owned(),
-            reasons,
-        }
-    }
-}
-
-/// A query that did not produce a result.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The transport security settings are refused.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The server cannot be reached, or the connection failed under a call.
-    #[error("cannot reach {server}: {cause}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
-    Transport {
-        /// The server URL.
-        server: String,
-        /// What failed, each cause said once.
-        cause: String,
-        /// The likely fix, when the failure looks like a scheme mismatch (TLS against
-        /// plaintext or the reverse).
-        hint: Option<String>,
-    },
-    /// The local check refused the query (nothing was sent).
-    #[error("{0}")]
-    Refused(Refusal),
-    /// No data file for the querying member's table of the query.
-    #[error("the query uses your table {table:?}: give --data {table}=PATH")]
-    MissingData {
-        /// The table.
-        table: String,
-    },
-    /// The querying member's data file cannot be read.
-    #[error(transparent)]
-    Data(#[from] DataFileError),
-    /// The member's table has more rows than the collaboration lets it bring to one session
-    /// (nothing was sent).
-    #[error(
-        "your table has {rows} rows; member {member:?} may bring at most {quota} per session \
-         (max_rows_per_session in the collaboration file)"
-    )]
-    OverRowQuota {
-        /// The member.
-        member: String,
-        /// The table's rows.
-        rows: u64,
-        /// The member's quota.
-        quota: u64,
-    },
-    /// The server answered with an error status.
-    #[error("{0}")]
-    Remote(RemoteError),
-    /// The protocol exchange failed on this side.
-    #[error("{0}")]
-    Exchange(ExchangeError),
-    /// The server broke the session's message order.
-    #[error("unexpected message from the server: {0}")]
-    Session(&'static str),
-    /// The server's plan differs from the local one (different collaboration files?).
-    #[error("the server's plan differs from ours: {0} (are both collaboration files identical?)")]
-    PlanMismatch(String),
-    /// The released sums do not decrypt (a lying server, or totals beyond the decryptable
-    /// range). Found after the session ended, and reported here only.
-    #[error("the server's released sums do not decrypt: {0}")]
-    Opened(ProtocolError),
-    /// The released outcome does not fit the plan.
-    #[error("the server's result does not fit the plan: {0}")]
-    Result(#[from] ResultError),
-    /// A result fetched as a receiver does not open.
-    #[error(transparent)]
-    Delivery(#[from] session::DeliveryError),
-    /// A local computation failed.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<ExchangeError> for ClientError {
-    fn from(e: ExchangeError) -> ClientError {
-        match e {
-            ExchangeError::Transport(status) => ClientError::Remote(status.into()),
-            other => ClientError::Exchange(other),
-        }
-    }
-}
-
-impl From<tonic::Status> for ClientError {
-    fn from(status: tonic::Status) -> ClientError {
-        ClientError::Remote(status.into())
-    }
-}
-
-impl ClientError {
-    /// A transport failure talking to `server`, with the likely fix when the failure looks
-    /// like a scheme mismatch.
-    fn transport(server: &str, cause: &str) -> ClientError {
-        ClientError::Transport {
-            server: server.to_owned(),
-            cause: cause.to_owned(),
-            hint: crate::transport::mismatch_hint(server, cause),
-        }
-    }
-
-    /// Whether trying again later may succeed: the server could not be reached, the
-    /// connection broke under the session (a server restarting), or the server says a named
-    /// job still runs on a connection it has not closed yet. A refusal, bad data or a broken
-    /// protocol is never retried.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ClientError::Transport { .. } => true,
-            ClientError::Remote(remote) => {
-                remote.reasons.is_empty()
-                    && matches!(
-                        remote.code,
-                        Code::Unavailable | Code::Aborted | Code::Cancelled | Code::Unknown
-                    )
-            }
-            ClientError::Exchange(error) => matches!(
-                error,
-                ExchangeError::PeerEnded
-                    | ExchangeError::PeerGone
-                    | ExchangeError::Idle(_)
-                    | ExchangeError::Transport(_)
-            ),
-            _ => false,
-        }
-    }
-
-    /// Whether the query itself was refused (locally or by the server), as opposed to failing.
-    pub fn is_refusal(&self) -> bool {
-        match self {
-            ClientError::Refused(_) => true,
-            ClientError::Remote(remote) => {
-                !remote.reasons.is_empty()
-                    || matches!(remote.code, Code::PermissionDenied | Code::Unauthenticated)
-            }
-            _ => false,
         }
     }
 }
@@ -367,131 +199,6 @@ pub struct FetchedResult {
     pub released_at: String,
     /// The released rows, in the `SELECT`'s column order.
     pub result: ResultTable,
-}
-
-/// The channel to `server` that [`Client::connect`] opens: TLS unless plaintext is allowed for
-/// the URL (trusting `ca_pem`, or the system's roots), presenting `identity` as the client
-/// certificate when given. No token is attached here.
-async fn connect_channel(
-    server: &str,
-    ca_pem: Option<&[u8]>,
-    insecure: bool,
-    identity: Option<&crate::tls::TlsIdentity>,
-    connect_timeout: Duration,
-) -> Result<Channel, ClientError> {
-    let mut transport = client_transport(server, ca_pem, insecure)?;
-    if let Some(identity) = identity {
-        transport = transport.presenting(identity)?;
-    }
-    let connect_error =
-        |source: tonic::transport::Error| ClientError::transport(server, &causes(&source));
-    let mut endpoint = Endpoint::from_shared(server.to_owned())
-        .map_err(connect_error)?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    if let ClientTransport::Tls(tls) = transport {
-        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
-    }
-    endpoint.connect().await.map_err(connect_error)
-}
-
-/// The message of the `CANCELLED` status tonic gives a call whose connection was dropped.
-const CONNECTION_DROPPED: &str = "operation was canceled";
-
-/// `error` with a hint about client certificates when it is a TLS connection that the server
-/// ended without an answer, which is how a server that requires client certificates (`serve
-/// --client-ca`, or pins) refuses a client without an acceptable one: the handshake fails on
-/// the server's side, and the client only sees the connection end. `presented` says whether
-/// this client presented a certificate. Other errors are returned as they are.
-fn with_certificate_hint(error: ClientError, server: &str, presented: bool) -> ClientError {
-    if !server.starts_with("https://") {
-        return error;
-    }
-    let ended = match &error {
-        ClientError::Transport {
-            cause, hint: None, ..
-        } => ![
-            "Connection refused",
-            "dns error",
-            "tcp connect error",
-            "no answer within",
-        ]
-        .iter()
-        .any(|sign| cause.contains(sign)),
-        ClientError::Remote(remote) => {
-            remote.code == Code::Cancelled
-                && remote.reasons.is_empty()
-                && remote.message == CONNECTION_DROPPED
-        }
-        _ => false,
-    };
-    if !ended {
-        return error;
-    }
-    let cause = match error {
-        ClientError::Transport { cause, .. } => cause,
-        ClientError::Remote(remote) => remote.message,
-        _ => unreachable!("matched above"),
-    };
-    let hint = if presented {
-        "the server ended the TLS connection: it may not accept your client certificate (it must \
-         chain to the server's --client-ca, or be the one your member entry pins)"
-    } else {
-        "the server ended the TLS connection: if it requires client certificates (serve \
-         --client-ca), give --tls-cert and --tls-key"
-    };
-    ClientError::Transport {
-        server: server.to_owned(),
-        cause,
-        hint: Some(hint.to_owned()),
-    }
-}
-
-/// A server's answer to a health check (`grpc.health.v1`).
-pub use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Asks the server at `server` (`https://`, or `http://` where plaintext is allowed) what
-/// `grpc.health.v1.Health/Check` says of `service` (`""`: the server as a whole), connecting as
-/// [`Client::connect`] does (trusting `ca_pem`, presenting `identity`) but sending no token:
-/// health checks take none. Gives up after `timeout`, connection included. An answer outside
-/// the enumeration reads as [`ServingStatus::Unknown`].
-pub async fn check_health(
-    server: &str,
-    ca_pem: Option<&[u8]>,
-    insecure: bool,
-    identity: Option<&crate::tls::TlsIdentity>,
-    service: &str,
-    timeout: Duration,
-) -> Result<ServingStatus, ClientError> {
-    let presented = identity.is_some();
-    let check = async {
-        let channel = connect_channel(server, ca_pem, insecure, identity, timeout)
-            .await
-            .map_err(|e| with_certificate_hint(e, server, presented))?;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let response = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .map_err(|status| {
-                let error = if crate::transport::is_transport_failure(status.message()) {
-                    ClientError::transport(server, status.message())
-                } else {
-                    ClientError::from(status)
-                };
-                with_certificate_hint(error, server, presented)
-            })?;
-        Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
-    };
-    tokio::time::timeout(timeout, check).await.map_err(|_| {
-        ClientError::transport(
-            server,
-            &format!("no answer within {} s", timeout.as_secs_f32()),
-        )
-    })?
 }
 
 /// A connection to one server.
