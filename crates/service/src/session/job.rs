@@ -11,8 +11,11 @@ use cleanroom_rules::Plan;
 use tokio_stream::Stream;
 
 use super::admission::{Host, state_call};
-use super::run::{Release, ServerFrames, bucket_matcher, decide_release, refuse_tiny_querier_set};
-use crate::data::{self, DataFileError};
+use super::run::{
+    Release, ServerFrames, bucket_matcher, decide_release, matcher_data_error,
+    refuse_tiny_querier_set,
+};
+use crate::data;
 use crate::exchange::{Exchange, ExchangeError, PeerError};
 use crate::job::{JobTerms, Partition, spill_error};
 use crate::outcome::SessionError;
@@ -51,10 +54,7 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
-        let data_error = |source: DataFileError| SessionError::Data {
-            table: plan.matcher().table.clone(),
-            source: Box::new(source),
-        };
+        let data_error = |source| matcher_data_error(plan, source);
         let work = self.job_work_dir(session_id, named)?;
         // The table, read once into the bucket files (off the runtime: it is the whole table).
         let (dir, terms, table_plan) = (work.path().to_owned(), job.clone(), plan.clone());

@@ -29,7 +29,7 @@ use cleanroom_rules::Plan;
 use tokio_stream::Stream;
 
 use super::admission::{Host, state_call};
-use super::run::{Release, ServerFrames};
+use super::run::{Release, ServerFrames, matcher_data_error};
 use crate::data::{self, DataFileError};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::job::{JobTerms, ListPartition, PartitionedRows, spill_error};
@@ -87,10 +87,7 @@ impl Host {
         T: ServerFrames,
         S: Stream<Item = Result<Vec<u8>, ExchangeError>> + Unpin,
     {
-        let data_error = |source: DataFileError| SessionError::Data {
-            table: plan.matcher().table.clone(),
-            source: Box::new(source),
-        };
+        let data_error = |source| matcher_data_error(plan, source);
         // A job that may resume keeps its withheld evaluations beside its bucket files, in a
         // directory that a resume does not replace.
         let work = self.job_work_dir(session_id, named)?;

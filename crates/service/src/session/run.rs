@@ -547,10 +547,15 @@ where
 {
     let table_plan = plan.clone();
     let (_, built) = exchange.blocking((), move |_| build(&table_plan)).await?;
-    built.map_err(|source| SessionError::Data {
+    built.map_err(|source| matcher_data_error(plan, source))
+}
+
+/// The server's table of `plan` could not be read: [`SessionError::Data`], naming it.
+pub(super) fn matcher_data_error(plan: &Plan, source: DataFileError) -> SessionError {
+    SessionError::Data {
         table: plan.matcher().table.clone(),
         source: Box::new(source),
-    })
+    }
 }
 
 /// The server's psi matcher for `plan` over its `table`: the identifiers it requires of the
