@@ -81,8 +81,8 @@ pub use ecdh::{elgamal, key, noise, range_proof};
 pub use hash::Domain;
 pub use normalize::{Normalization, UnknownNormalization};
 pub use offline::{
-    ListReport, MatchReport, list_offline, list_offline_observed, match_offline,
-    match_offline_bucketed, match_offline_job, match_offline_observed,
+    ChainReport, ListReport, MatchReport, chain_offline, list_offline, list_offline_observed,
+    match_offline, match_offline_bucketed, match_offline_job, match_offline_observed,
 };
 pub use party::{Party, Stage};
 pub use table::{

@@ -11,6 +11,7 @@ use crate::ecdh::aggregate::{
     AggregateMessage, GroupCount, JobTotals, Limits, Matcher, ProtocolError, Receiver,
     ReceiverOutcome, ResultKeys, ResultOpener,
 };
+use crate::ecdh::chain::run::ChainParties;
 use crate::ecdh::elgamal::ValueKey;
 use crate::ecdh::list::{ListMessage, ListOutcome, ListProvider, ListQuerier};
 use crate::party::{Party, Stage};
@@ -255,4 +256,57 @@ pub(crate) fn drive<A: Party, B: Party<Message = A::Message>>(
             return Err(ProtocolError::NotReady("the session stalled"));
         }
     }
+}
+
+/// What an offline chain run produced and what it moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// What the querier learned.
+    pub outcome: ReceiverOutcome,
+    /// What the matcher learned (every pair of groups with a non-empty N-way intersection).
+    pub counts: Vec<GroupCount>,
+    /// What each filter learned, in chain order: how many of the querier's candidates, per
+    /// querier group, matched it and every set before it.
+    pub filter_counts: Vec<Vec<u64>>,
+    /// Messages exchanged, every connection, both directions (a relayed hop counts twice).
+    pub messages: u64,
+    /// Encoded bytes exchanged, likewise.
+    pub bytes: u64,
+}
+
+/// A join across `2 + filters.len()` members in-process ([`chain`](crate::ecdh::chain)): the
+/// querier's `receiver` table, the `filters` in chain order, and the `matcher` last; every
+/// group whose N-way intersection has at least `min_release` identifiers is released.
+pub fn chain_offline(
+    domain: &Domain,
+    receiver: ReceiverTable,
+    filters: Vec<ListQuerierTable>,
+    matcher: MatcherTable,
+    min_release: u64,
+) -> Result<ChainReport, ProtocolError> {
+    let mut parties = ChainParties::new(domain, receiver, filters, matcher, (|r| r, |m| m))?;
+    let (messages, bytes) = parties.run(
+        |m| {
+            m.matcher_mut()
+                .release(|c| c.intersection_size >= min_release)
+                .map(drop)
+        },
+        |_, message| vec![message],
+    )?;
+    Ok(ChainReport {
+        outcome: parties.querier.open()?,
+        counts: parties
+            .matcher
+            .matcher()
+            .counts()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default(),
+        filter_counts: parties
+            .filters
+            .iter()
+            .map(|f| f.counts().to_vec())
+            .collect(),
+        messages,
+        bytes,
+    })
 }

@@ -19,6 +19,7 @@
 //! |-------|----------|----------|
 //! | 1–7, 13, 14 | [aggregate](crate::ecdh::aggregate) | [`AggregateMessage`](crate::ecdh::aggregate::AggregateMessage) |
 //! | 8–12 | [list](crate::ecdh::list) | [`ListMessage`](crate::ecdh::list::ListMessage) |
+//! | 15–19 (and 1–7, 13, 14) | [chain](crate::ecdh::chain) | [`ChainMessage`](crate::ecdh::chain::ChainMessage) |
 //!
 //! This module knows no protocol: it holds the shared types, the limits every message obeys,
 //! and the reader and writer the protocols' codecs are built from.

@@ -3,6 +3,8 @@
 //!
 //! - [`aggregate`]: the [`Matcher`](aggregate::Matcher) and [`Receiver`](aggregate::Receiver)
 //!   of counts and sums per pair of groups, exact or noisy;
+//! - [`chain`]: joins across three to five members, the querier and a chain of providers
+//!   ending at the two-party matcher;
 //! - [`list`]: the [`ListProvider`](list::ListProvider) and [`ListQuerier`](list::ListQuerier)
 //!   of list queries;
 //! - [`key`]: blinding keys; [`elgamal`]: the receiver's value encryption; [`noise`]: noise
@@ -14,6 +16,7 @@
 
 pub mod aggregate;
 pub(crate) mod batch;
+pub mod chain;
 pub mod elgamal;
 pub mod key;
 pub mod list;

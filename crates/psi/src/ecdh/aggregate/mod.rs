@@ -271,6 +271,13 @@ pub enum ProtocolError {
     /// A payload that authenticates but does not hold rows in the protocol's encoding.
     #[error("malformed payload: {0}")]
     PayloadMalformed(&'static str),
+    /// A sealed hop of a chain session that cannot be accepted: sealed to another provider,
+    /// for another session, out of order, altered, or not from the predecessor.
+    #[error("sealed hop refused: {0}")]
+    Hop(&'static str),
+    /// A chain session whose parties disagree on its shape (positions, sizes, relay keys).
+    #[error("the chain's parties disagree: {0}")]
+    ChainMismatch(&'static str),
 }
 
 /// Turns a point's decoding error into [`ProtocolError::Point`], naming the message it came in.

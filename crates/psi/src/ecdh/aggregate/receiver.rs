@@ -72,6 +72,9 @@ pub struct Receiver {
     ranges: Option<Vec<ValueRange>>,
     /// Most items per items message.
     chunk: usize,
+    /// Whether the matcher's groups go on down a [chain](crate::ecdh::chain): re-blinded
+    /// points, never tags.
+    in_chain: bool,
     /// Where the order of each group, of each group's tags and the randomness of the value
     /// encryptions come from (the OS CSPRNG in every real session).
     randomness: Box<dyn Randomness>,
@@ -188,6 +191,7 @@ impl Receiver {
             matcher_groups: None,
             ranges: None,
             chunk: CHUNK_ITEMS,
+            in_chain: false,
             randomness,
         }
     }
@@ -413,7 +417,8 @@ impl Receiver {
         shuffle(&*self.randomness, Stream::ReceiverTags(g), &mut points);
         // A noisy matcher with several groups blinds each with a key of its own and needs the
         // points to remove it (`Matcher::with_noise`).
-        let whole = self.noise.is_some() && peer.sizes.len() > 1;
+        // In a chain, the filters re-blind them further.
+        let whole = self.in_chain || (self.noise.is_some() && peer.sizes.len() > 1);
         for chunk in points.chunks(CHUNK_ITEMS) {
             self.outbox.push_back(if whole {
                 AggregateMessage::ReceiverTagPoints {
@@ -448,6 +453,19 @@ impl Receiver {
                 .sender
                 .is_done(|g| groups.get(g).map(|(_, items)| items.len()))
             && self.peer.as_ref().is_some_and(|p| p.received == p.sizes)
+    }
+
+    /// The querier of a [chain](crate::ecdh::chain): the matcher's groups go on re-blinded,
+    /// as points.
+    pub(crate) fn in_chain(mut self) -> Self {
+        self.in_chain = true;
+        self
+    }
+
+    /// This receiver's blinding key, which the querier of a chain also applies to the
+    /// filters' sets.
+    pub(crate) fn blinding_key(&self) -> &BlindingKey {
+        &self.key
     }
 
     /// Run the session for other receivers than this querier: the matcher's results go to
