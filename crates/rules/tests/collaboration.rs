@@ -486,3 +486,32 @@ fn pricing_mistakes_are_named_with_key_and_line() {
         }
     }
 }
+
+#[test]
+fn relay_keys_are_read_and_checked_like_result_keys() {
+    let key = cleanroom_psi::sealed::OpeningKey::generate().sealing_key();
+    let publisher_token =
+        "token_sha256 = \"3a19586cc6dba3dbd62e94aec56bbd3fe729f5464f2a72df28ada62101059e3f\"";
+    let with_key = |entry: &str| with_line(7, &format!("{publisher_token}\n{entry}"));
+
+    let c = Collaboration::from_toml_str(
+        &with_key(&format!("relay_key = \"{}\"", hex::encode(key.to_bytes()))),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(c.member("publisher").unwrap().relay_key(), Some(&key));
+    assert_eq!(c.member("advertiser").unwrap().relay_key(), None);
+    assert!(c.member("publisher").unwrap().result_key().is_none());
+
+    for bad in ["abcd", &"zz".repeat(32), &"00".repeat(31), &"ff".repeat(32)] {
+        let (line, key, problem) = invalid(&with_key(&format!("relay_key = \"{bad}\"")));
+        assert_eq!((line, key.as_str()), (8, "member.relay_key"), "{bad}");
+        assert!(
+            matches!(problem, Problem::BadRelayKey),
+            "{bad}: {problem:?}"
+        );
+    }
+    let (_, key, problem) = invalid(&with_key("result_key = \"abcd\""));
+    assert_eq!(key, "member.result_key");
+    assert!(matches!(problem, Problem::BadResultKey));
+}

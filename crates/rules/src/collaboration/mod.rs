@@ -79,6 +79,7 @@ pub struct Member {
     client_cert_sha256: Option<[u8; 32]>,
     max_rows_per_session: u64,
     result_key: Option<SealingKey>,
+    relay_key: Option<SealingKey>,
 }
 
 /// The rows a member may bring to one session unless its entry says otherwise
@@ -123,6 +124,14 @@ impl Member {
     /// it did not run (`result_key`); `None`: it can receive only its own queries' results.
     pub fn result_key(&self) -> Option<&SealingKey> {
         self.result_key.as_ref()
+    }
+
+    /// The public key that other providers' messages are sealed to when this member serves a
+    /// table in a join across three or more members (`relay_key`), so that the querier who
+    /// relays them can neither read nor replace them; `None`: it cannot take part in such a
+    /// join as a provider.
+    pub fn relay_key(&self) -> Option<&SealingKey> {
+        self.relay_key.as_ref()
     }
 
     /// Whether SHA-256(`token`) equals the member's `token_sha256`. The comparison of the two

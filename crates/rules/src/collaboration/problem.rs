@@ -150,6 +150,12 @@ pub enum Problem {
          new` prints it"
     )]
     BadResultKey,
+    /// `relay_key` is not the 64 hex digits of a valid ristretto255 point.
+    #[error(
+        "relay_key must be the 64 hex digits of a ristretto255 public key, as `cleanroom key \
+         new` prints it"
+    )]
+    BadRelayKey,
     /// `client_cert_sha256` is not 64 hex digits.
     #[error("client_cert_sha256 must be the 64 hex digits of the SHA-256 of a DER certificate")]
     BadCertificateHash,

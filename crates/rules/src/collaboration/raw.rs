@@ -68,6 +68,7 @@ pub(super) struct RawMember {
     pub(super) client_cert_sha256: Option<Spanned<String>>,
     pub(super) max_rows_per_session: Option<Spanned<i64>>,
     pub(super) result_key: Option<Spanned<String>>,
+    pub(super) relay_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

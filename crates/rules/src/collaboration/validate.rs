@@ -391,20 +391,13 @@ fn validate_member(
                 )
             })?,
     };
-    let result_key = match &raw.result_key {
-        None => None,
-        Some(key) => {
-            let mut bytes = [0u8; 32];
-            let text = key.get_ref().trim();
-            if text.len() != 64 || hex::decode_to_slice(text, &mut bytes).is_err() {
-                return Err(at.invalid("member.result_key", key, Problem::BadResultKey));
-            }
-            Some(
-                SealingKey::from_bytes(bytes)
-                    .map_err(|_| at.invalid("member.result_key", key, Problem::BadResultKey))?,
-            )
-        }
-    };
+    let result_key = sealing_key(
+        at,
+        "member.result_key",
+        &raw.result_key,
+        Problem::BadResultKey,
+    )?;
+    let relay_key = sealing_key(at, "member.relay_key", &raw.relay_key, Problem::BadRelayKey)?;
     Ok(Member {
         name: raw.name.into_inner(),
         abilities,
@@ -412,7 +405,29 @@ fn validate_member(
         client_cert_sha256,
         max_rows_per_session,
         result_key,
+        relay_key,
     })
+}
+
+/// A member's public key (`result_key`, `relay_key`): 64 hex digits of a ristretto255 point,
+/// or `problem` at `key`.
+fn sealing_key(
+    at: &Locator<'_>,
+    key: &str,
+    raw: &Option<Spanned<String>>,
+    problem: Problem,
+) -> Result<Option<SealingKey>, CollaborationError> {
+    let Some(text) = raw else {
+        return Ok(None);
+    };
+    let mut bytes = [0u8; 32];
+    let hex_text = text.get_ref().trim();
+    if hex_text.len() != 64 || hex::decode_to_slice(hex_text, &mut bytes).is_err() {
+        return Err(at.invalid(key, text, problem));
+    }
+    SealingKey::from_bytes(bytes)
+        .map(Some)
+        .map_err(|_| at.invalid(key, text, problem))
 }
 
 fn validate_table(
