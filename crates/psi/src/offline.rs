@@ -284,7 +284,7 @@ pub fn chain_offline(
     matcher: MatcherTable,
     min_release: u64,
 ) -> Result<ChainReport, ProtocolError> {
-    let mut parties = ChainParties::new(domain, receiver, filters, matcher, (|r| r, |m| m))?;
+    let mut parties = ChainParties::new(domain, receiver, filters, matcher, (|r| r, |m| m), false)?;
     let (messages, bytes) = parties.run(
         |m| {
             m.matcher_mut()

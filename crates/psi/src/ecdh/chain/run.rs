@@ -26,8 +26,9 @@ pub(crate) struct ChainParties {
 }
 
 impl ChainParties {
-    /// A session over the tables given, with fresh relay keys, each role configured by the
-    /// closures (noise, thresholds) before it is wrapped.
+    /// A session over the tables given, with fresh relay keys, each two-party role configured
+    /// by the closures (noise, thresholds) before it is wrapped; `noisy` tells the filters the
+    /// session is noisy.
     pub(crate) fn new(
         domain: &Domain,
         receiver: ReceiverTable,
@@ -37,6 +38,7 @@ impl ChainParties {
             impl FnOnce(Receiver) -> Receiver,
             impl FnOnce(Matcher) -> Matcher,
         ),
+        noisy: bool,
     ) -> Result<ChainParties, ProtocolError> {
         let limits = Limits::unlimited();
         let relays: Vec<OpeningKey> = (0..=filters.len())
@@ -53,9 +55,11 @@ impl ChainParties {
             .zip(1u8..)
             .zip(relays.by_ref())
             .map(|((table, position), relay)| {
-                ChainFilter::new(domain, table, chain.clone(), position, relay, limits)
+                let filter =
+                    ChainFilter::new(domain, table, chain.clone(), position, relay, limits)?;
+                Ok(if noisy { filter.noisy() } else { filter })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
         let matcher = (configure.1)(Matcher::new(domain, matcher, limits));
         let matcher = ChainMatcher::new(
             matcher,

@@ -7,7 +7,10 @@ use super::ChainMessage;
 use super::run::{ChainParties, Direction};
 use crate::ecdh::aggregate::{AggregateMessage, ProtocolError};
 use crate::wire::WireMessage;
-use crate::{Domain, ListQuerierTable, MatcherTable, Normalization, ReceiverTable, chain_offline};
+use crate::{
+    Domain, GroupDecision, ListQuerierTable, MatcherTable, NoiseBounds, Normalization,
+    ReceiverTable, chain_offline,
+};
 
 /// Who holds identifier `i` (0 ≤ i < 600): the querier (with a group and a value), each of
 /// three filters, the matcher (with a group).
@@ -154,7 +157,7 @@ fn attacked(
     let domain = Domain::new("collab", "email");
     let (receiver, sets, matcher) = tables_of();
     assert_eq!(sets.len(), filters);
-    let mut parties = ChainParties::new(&domain, receiver, sets, matcher, (|r| r, |m| m))?;
+    let mut parties = ChainParties::new(&domain, receiver, sets, matcher, (|r| r, |m| m), false)?;
     parties.run(|m| m.matcher_mut().release(|_| true).map(drop), wire)
 }
 
@@ -333,4 +336,56 @@ fn a_repeated_candidate_is_refused_alike_whether_or_not_the_filter_holds_it() {
     // sizes differ, as announced, and so does the number of chunks: compare the kinds seen).
     let kinds = |seen: &[&'static str]| seen.iter().copied().collect::<HashSet<&str>>();
     assert_eq!(kinds(&seen_held), kinds(&seen_stranger));
+}
+
+/// In a noisy session with several matcher groups, the last filter hands the matcher its
+/// groups as points (the matcher removes its group keys before it compares): with every
+/// decision exact, the result is still the plain one.
+#[test]
+fn a_noisy_matcher_with_several_groups_gets_points_and_counts_exactly() {
+    let domain = Domain::new("collab", "email");
+    for filters in 1..=2 {
+        let (receiver, sets, matcher) = tables(filters);
+        let bounds = NoiseBounds::new(vec![101]).unwrap();
+        let mut parties = ChainParties::new(
+            &domain,
+            receiver,
+            sets,
+            matcher,
+            (
+                |r: crate::Receiver| r.with_noise(bounds.clone()).unwrap(),
+                |m: crate::Matcher| m.with_noise(bounds.clone()),
+            ),
+            true,
+        )
+        .unwrap();
+        parties
+            .run(
+                |m| {
+                    m.matcher_mut()
+                        .release_with(
+                            |_| GroupDecision::Release {
+                                count_noise: 0,
+                                sum_noise: vec![0],
+                            },
+                            |b| b,
+                        )
+                        .map(drop)
+                },
+                |_, message| vec![message],
+            )
+            .unwrap();
+        let outcome = parties.querier.open().unwrap();
+        let got: BTreeMap<(String, String), (u64, u64)> = outcome
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    (g.matcher_group.clone(), g.receiver_group.clone()),
+                    (g.intersection_size, g.sums[0]),
+                )
+            })
+            .collect();
+        assert_eq!(got, plain(filters), "{} members", filters + 2);
+    }
 }
