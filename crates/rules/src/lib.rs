@@ -15,6 +15,12 @@
 //!   decide releases ([`Plan::release`]) and turn the outcome into a [`ResultTable`]
 //!   ([`Plan::result`]).
 //!
+//! - [`ChainPlan`]: an aggregation across three to five members (issue 22), which
+//!   [`Collaboration::plan_query`] plans and [`Collaboration::plan`] refuses as not yet served:
+//!   the querier receives, the providers other than the matcher filter in `FROM` order
+//!   ([`ChainFilter::identifiers`]), the matcher (the grouping provider, else the first) comes
+//!   last; each provider's member, position and `relay_key` are in [`ChainPlan::links`].
+//!
 //! - [`AggregateFunction`]: the aggregate functions a rule can allow, each one entry of one
 //!   table (its names, the value columns it needs, how its result follows from the protocol's
 //!   counts and sums, its noise and its description), which every part of the crate reads.
@@ -83,6 +89,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod chain;
 mod collaboration;
 pub mod dp;
 mod exec;
@@ -95,6 +102,10 @@ mod sql;
 mod value;
 
 /// The typed cells and rows the table builders take (see `cleanroom-data`).
+pub use chain::{
+    ChainFilter, ChainLink, ChainPart, ChainPlan, FilterRows, FilterSet, MAX_CHAIN_TABLES,
+    QueryPlan,
+};
 pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
     Ability, AggregateFunction, AggregationRule, AnalysisRule, Collaboration, CollaborationError,
@@ -121,8 +132,11 @@ impl Collaboration {
     /// Checks `sql`, run by the member named `querier`, against this collaboration's analysis
     /// rules and the protocols' abilities. Returns the plan of an allowed query, or every reason
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
+    ///
+    /// A [`Plan`] joins two tables. An allowed join across three or more members is refused
+    /// here with [`ReasonCode::MultipartyNotServed`]; [`plan_query`](Self::plan_query) plans it.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
-        sql::compile(self, querier, sql, &[])
+        self.plan_for(querier, sql, &[])
     }
 
     /// [`plan`](Self::plan) for a query whose result goes to `receivers` (empty: the querier
@@ -135,6 +149,28 @@ impl Collaboration {
         sql: &str,
         receivers: &[String],
     ) -> Result<Plan, Refusal> {
+        match sql::compile(self, querier, sql, receivers)? {
+            QueryPlan::TwoParty(plan) => Ok(plan),
+            QueryPlan::Chain(plan) => Err(Refusal::one(Reason::new(
+                ReasonCode::MultipartyNotServed,
+                format!(
+                    "joins across {} members are planned but not yet served; `cleanroom \
+                     check` explains the plan",
+                    plan.members()
+                ),
+            ))),
+        }
+    }
+
+    /// [`plan_for`](Self::plan_for), also planning an aggregation across three to five members
+    /// (the querier's table and up to four providers', one per member, joined on their
+    /// identifiers) as a [`ChainPlan`].
+    pub fn plan_query(
+        &self,
+        querier: &str,
+        sql: &str,
+        receivers: &[String],
+    ) -> Result<QueryPlan, Refusal> {
         sql::compile(self, querier, sql, receivers)
     }
 }

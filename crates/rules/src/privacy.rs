@@ -325,6 +325,7 @@ impl PlanPrivacy {
     pub(crate) fn for_plan(
         plan: &AggregatePlan,
         privacy: &Privacy,
+        announced_sets: u64,
         sum_bounds: impl Fn(&str) -> (u64, u64),
     ) -> Self {
         let epsilon = privacy.epsilon_per_query;
@@ -335,7 +336,9 @@ impl PlanPrivacy {
         } else {
             1
         };
-        let shares = 2 + columns.len() as u64 + u64::from(grouped);
+        // One share per release: the count, each provider's announced set size (one in two
+        // parties; every provider of a chain announces its own), each sum and the bounded count.
+        let shares = 1 + announced_sets + columns.len() as u64 + u64::from(grouped);
         // Only the matcher's own groups make its announced sets overlap.
         let set_k = match plan.grouped_by() {
             Some(crate::Role::Matcher) => k,
@@ -382,17 +385,22 @@ impl PlanPrivacy {
     /// of a list plan, which is never noised).
     pub fn outputs(&self, plan: &Plan) -> Vec<OutputNoise> {
         match plan {
-            Plan::Aggregate(plan) => plan
-                .outputs()
-                .iter()
-                .map(|o| self.output(&o.name, &o.value))
-                .collect(),
+            Plan::Aggregate(plan) => self.aggregate_outputs(plan),
             Plan::List(plan) => plan
                 .outputs()
                 .iter()
                 .map(|o| OutputNoise::exact(&o.name))
                 .collect(),
         }
+    }
+
+    /// The noise of each output column of an aggregation plan (or of a
+    /// [`ChainPlan`](crate::ChainPlan)'s [`ends`](crate::ChainPlan::ends)), in `SELECT` order.
+    pub fn aggregate_outputs(&self, plan: &AggregatePlan) -> Vec<OutputNoise> {
+        plan.outputs()
+            .iter()
+            .map(|o| self.output(&o.name, &o.value))
+            .collect()
     }
 
     fn output(&self, column: &str, value: &AggregateValue) -> OutputNoise {

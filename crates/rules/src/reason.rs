@@ -73,16 +73,27 @@ reason_codes! {
     NonEqualityJoin => "non_equality_join",
     /// An equality join that is not between the two tables' identifier columns.
     JoinNotOnIdentifiers => "join_not_on_identifiers",
+    /// In a join of three or more tables, a `JOIN t ... ON` condition that does not compare
+    /// `t`'s identifier with the identifier of a table joined before it.
+    JoinConditionMissesTable => "join_condition_misses_table",
     /// An identifier column that its owner's rule does not list in `join_columns`.
     JoinColumnNotAllowed => "join_column_not_allowed",
     /// The two identifier columns normalize differently, so they cannot be matched.
     NormalizationMismatch => "normalization_mismatch",
     /// A query over a single table (a join of two tables is required).
     JoinRequired => "join_required",
-    /// More than two tables.
+    /// More tables than a query may join: two for a list query; five (the querier's and four
+    /// providers') for an aggregation.
     TooManyTables => "too_many_tables",
-    /// Both tables belong to the same member.
+    /// Two of the joined tables belong to the same member (or one table is joined twice).
     SameOwnerTables => "same_owner_tables",
+    /// A provider of a join across three or more members has no `relay_key` in the
+    /// collaboration file: the messages other providers send it could not be sealed to it.
+    ProviderWithoutRelayKey => "provider_without_relay_key",
+    /// A join across three or more members, allowed and planned (`cleanroom check` explains
+    /// it), asked of a caller that runs two-party plans only: the service does not serve such
+    /// joins yet.
+    MultipartyNotServed => "multiparty_not_served",
     /// None of the tables belongs to the querying member.
     QuerierTableRequired => "querier_table_required",
     /// A table that is not in the collaboration.

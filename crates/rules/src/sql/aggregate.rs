@@ -17,6 +17,7 @@ use crate::reason::{Reason, ReasonCode as Code};
 
 impl QueryRule for AggregationRule {
     const SELECT_DISTINCT: bool = false;
+    const MAX_TABLES: usize = crate::chain::MAX_CHAIN_TABLES;
 
     fn of(rule: &AnalysisRule) -> Option<&Self> {
         match rule {

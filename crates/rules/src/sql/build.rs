@@ -2,7 +2,7 @@
 //! plan have them, and the [`AggregatePlan`](crate::AggregatePlan) of a checked aggregation
 //! query: outputs, value columns, groups, the release threshold and the privacy.
 
-use super::{Checker, QueryRule, Spec, role_index};
+use super::{Checker, QueryRule, Spec};
 use crate::collaboration::AggregationRule;
 use crate::plan::{
     Aggregate, AggregateOutput, AggregatePlan, AggregateValue, Filter, Join, OrderKey, Output,
@@ -21,19 +21,17 @@ pub(super) struct SideColumns {
 }
 
 impl<R: QueryRule> Checker<'_, R> {
-    /// The side playing `role`: its table, its conjuncts as one filter, what it reads (the
-    /// identifier, then group, filter, value and list columns, each once) and its threshold.
+    /// The side of `sources[source]`: its table, its conjuncts as one filter, what it reads
+    /// (the identifier, then group, filter, value and list columns, each once) and its
+    /// threshold.
     pub(super) fn side_plan(
         &self,
-        role: Role,
+        source: usize,
         filters: Vec<Filter>,
         columns: SideColumns,
     ) -> SidePlan {
-        let source = self
-            .sources
-            .iter()
-            .find(|s| s.role == role)
-            .expect("both roles are bound");
+        let source = &self.sources[source];
+        let role = source.role;
         let identifier = source.table.identifier();
         let filter = match filters.len() {
             0 => None,
@@ -101,17 +99,78 @@ impl Checker<'_, AggregationRule> {
         &self,
         sql: &str,
         outputs: Vec<(String, Option<Spec>)>,
-        mut filters: [Vec<Filter>; 2],
-        (grouped_by, group_columns): (Option<Role>, Vec<String>),
+        mut filters: Vec<Vec<Filter>>,
+        (grouped_by, group_columns): (Option<usize>, Vec<String>),
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
     ) -> AggregatePlan {
-        let receiver_rule = self
-            .sources
-            .iter()
-            .find(|s| s.role == Role::Receiver)
-            .expect("both roles are bound")
-            .rule;
+        let grouped_by = grouped_by.map(|source| self.sources[source].role);
+        let (outputs, value_columns) = self.aggregate_outputs(outputs, &group_columns);
+        let groups = |role: Role| {
+            if grouped_by == Some(role) {
+                group_columns.clone()
+            } else {
+                Vec::new()
+            }
+        };
+        let matcher = self.source_of(Role::Matcher);
+        let matcher = self.side_plan(
+            matcher,
+            std::mem::take(&mut filters[matcher]),
+            SideColumns {
+                groups: groups(Role::Matcher),
+                ..SideColumns::default()
+            },
+        );
+        let receiver = self.source_of(Role::Receiver);
+        let receiver = self.side_plan(
+            receiver,
+            std::mem::take(&mut filters[receiver]),
+            SideColumns {
+                groups: groups(Role::Receiver),
+                values: value_columns,
+                lists: Vec::new(),
+            },
+        );
+        let mut plan = AggregatePlan {
+            grouped_by,
+            min_release: matcher.min_threshold.max(receiver.min_threshold),
+            join: self.join(sql, matcher, receiver, order_by, limit),
+            outputs,
+            privacy: None,
+        };
+        self.add_privacy(&mut plan, 1);
+        plan
+    }
+
+    /// Sets the privacy of `plan` when the collaboration has a privacy section;
+    /// `announced_sets` is the number of providers announcing their set sizes.
+    pub(super) fn add_privacy(&self, plan: &mut AggregatePlan, announced_sets: u64) {
+        if let Some(privacy) = self.collab.privacy() {
+            let bounds = self.sources[self.source_of(Role::Receiver)]
+                .rule
+                .sum_bounds();
+            plan.privacy = Some(PlanPrivacy::for_plan(
+                plan,
+                privacy,
+                announced_sets,
+                |column| {
+                    *bounds
+                        .get(column)
+                        .expect("every SUM/AVG column has sum_bounds under privacy")
+                },
+            ));
+        }
+    }
+
+    /// The outputs of an aggregation and the receiver's value columns they read; dimension
+    /// outputs index `group_columns`.
+    pub(super) fn aggregate_outputs(
+        &self,
+        outputs: Vec<(String, Option<Spec>)>,
+        group_columns: &[String],
+    ) -> (Vec<AggregateOutput>, Vec<ValueColumn>) {
+        let receiver_rule = self.sources[self.source_of(Role::Receiver)].rule;
         let mut value_columns: Vec<ValueColumn> = Vec::new();
         let mut value_index = |column: &str, kind: ValueKind| -> usize {
             let wanted = ValueColumn {
@@ -156,46 +215,6 @@ impl Checker<'_, AggregationRule> {
                 Output { name, value }
             })
             .collect();
-
-        let groups = |role: Role| {
-            if grouped_by == Some(role) {
-                group_columns.clone()
-            } else {
-                Vec::new()
-            }
-        };
-        let matcher = self.side_plan(
-            Role::Matcher,
-            std::mem::take(&mut filters[role_index(Role::Matcher)]),
-            SideColumns {
-                groups: groups(Role::Matcher),
-                ..SideColumns::default()
-            },
-        );
-        let receiver = self.side_plan(
-            Role::Receiver,
-            std::mem::take(&mut filters[role_index(Role::Receiver)]),
-            SideColumns {
-                groups: groups(Role::Receiver),
-                values: value_columns,
-                lists: Vec::new(),
-            },
-        );
-        let mut plan = AggregatePlan {
-            grouped_by,
-            min_release: matcher.min_threshold.max(receiver.min_threshold),
-            join: self.join(sql, matcher, receiver, order_by, limit),
-            outputs,
-            privacy: None,
-        };
-        if let Some(privacy) = self.collab.privacy() {
-            let bounds = receiver_rule.sum_bounds();
-            plan.privacy = Some(PlanPrivacy::for_plan(&plan, privacy, |column| {
-                *bounds
-                    .get(column)
-                    .expect("every SUM/AVG column has sum_bounds under privacy")
-            }));
-        }
-        plan
+        (outputs, value_columns)
     }
 }

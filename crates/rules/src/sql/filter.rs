@@ -4,41 +4,46 @@
 use sqlparser::ast::{BinaryOperator, Expr, InTarget, Select, UnaryOperator};
 
 use super::parse::{is_column_syntax, literal, strip_nested};
-use super::{Checker, MAX_DEPTH, QueryRule, role_index};
-use crate::plan::{CompareOp, Filter, Role};
+use super::{Checker, MAX_DEPTH, QueryRule};
+use crate::plan::{CompareOp, Filter};
 use crate::reason::{Reason, ReasonCode as Code};
 
 impl<R: QueryRule> Checker<'_, R> {
-    /// Each side's conjuncts.
-    pub(super) fn check_where(&mut self, select: &Select) -> [Vec<Filter>; 2] {
-        let mut per_role: [Vec<Filter>; 2] = [Vec::new(), Vec::new()];
+    /// Each table's conjuncts, indexed as `sources`.
+    pub(super) fn check_where(&mut self, select: &Select) -> Vec<Vec<Filter>> {
+        let mut per_source: Vec<Vec<Filter>> = vec![Vec::new(); self.sources.len()];
         let Some(selection) = &select.selection else {
-            return per_role;
+            return per_source;
+        };
+        let tables = if self.sources.len() == 2 {
+            "both tables"
+        } else {
+            "several tables"
         };
         for conjunct in operands(selection, &BinaryOperator::And) {
-            let mut roles = Vec::new();
-            let Some(filter) = self.predicate(conjunct, &mut roles, 0) else {
+            let mut sources = Vec::new();
+            let Some(filter) = self.predicate(conjunct, &mut sources, 0) else {
                 continue;
             };
-            match roles.as_slice() {
+            match sources.as_slice() {
                 [] => self.refuse(Reason::new(
                     Code::UnsupportedPredicate,
                     format!("predicate {conjunct} does not filter on a column"),
                 )),
-                [role] => per_role[role_index(*role)].push(filter),
+                [source] => per_source[*source].push(filter),
                 _ => self.refuse(Reason::new(
                     Code::PredicateSpansTables,
                     format!(
-                        "predicate {conjunct} names columns of both tables; each predicate must \
+                        "predicate {conjunct} names columns of {tables}; each predicate must \
                          name one table, since each owner filters its own rows"
                     ),
                 )),
             }
         }
-        per_role
+        per_source
     }
 
-    fn predicate(&mut self, expr: &Expr, roles: &mut Vec<Role>, depth: usize) -> Option<Filter> {
+    fn predicate(&mut self, expr: &Expr, sources: &mut Vec<usize>, depth: usize) -> Option<Filter> {
         if depth > MAX_DEPTH {
             self.refuse(Reason::new(
                 Code::QueryTooComplex,
@@ -56,7 +61,7 @@ impl<R: QueryRule> Checker<'_, R> {
                     let mut filters = Vec::new();
                     let mut ok = true;
                     for operand in operands(expr, op) {
-                        match self.predicate(operand, roles, depth + 1) {
+                        match self.predicate(operand, sources, depth + 1) {
                             Some(f) => filters.push(f),
                             None => ok = false,
                         }
@@ -93,7 +98,7 @@ impl<R: QueryRule> Checker<'_, R> {
                             return None;
                         }
                     };
-                    let column = self.filter_column(column, roles)?;
+                    let column = self.filter_column(column, sources)?;
                     Some(Filter::Compare { column, op, value })
                 }
                 _ => {
@@ -108,13 +113,13 @@ impl<R: QueryRule> Checker<'_, R> {
                 op: UnaryOperator::Not,
                 expr: inner,
             } => {
-                let filter = self.predicate(inner, roles, depth + 1)?;
+                let filter = self.predicate(inner, sources, depth + 1)?;
                 Some(Filter::Not {
                     filter: Box::new(filter),
                 })
             }
             Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
-                let column = self.filter_column(inner, roles)?;
+                let column = self.filter_column(inner, sources)?;
                 Some(Filter::IsNull {
                     column,
                     negated: matches!(expr, Expr::IsNotNull(_)),
@@ -141,7 +146,7 @@ impl<R: QueryRule> Checker<'_, R> {
                     )));
                     return None;
                 };
-                let column = self.filter_column(inner, roles)?;
+                let column = self.filter_column(inner, sources)?;
                 Some(Filter::In {
                     column,
                     values,
@@ -160,7 +165,7 @@ impl<R: QueryRule> Checker<'_, R> {
                     )));
                     return None;
                 };
-                let column = self.filter_column(inner, roles)?;
+                let column = self.filter_column(inner, sources)?;
                 Some(Filter::Between {
                     column,
                     low,
@@ -193,8 +198,8 @@ impl<R: QueryRule> Checker<'_, R> {
         }
     }
 
-    /// The dimension column a predicate filters on (recording its role).
-    fn filter_column(&mut self, expr: &Expr, roles: &mut Vec<Role>) -> Option<String> {
+    /// The dimension column a predicate filters on (recording its table's index in `sources`).
+    fn filter_column(&mut self, expr: &Expr, sources: &mut Vec<usize>) -> Option<String> {
         if !is_column_syntax(expr) {
             self.refuse(Reason::new(
                 Code::UnsupportedPredicate,
@@ -203,8 +208,8 @@ impl<R: QueryRule> Checker<'_, R> {
             return None;
         }
         let column = self.column(expr)?;
-        if !roles.contains(&column.role) {
-            roles.push(column.role);
+        if !sources.contains(&column.source) {
+            sources.push(column.source);
         }
         let allowed = R::allows_filter_on(self, &column);
         allowed.then_some(column.column)

@@ -9,18 +9,18 @@ use super::parse::{is_column_syntax, literal, strip_nested};
 use super::resolve::ident_matches;
 use super::{Checker, ColumnRef, QueryRule, Spec};
 use crate::collaboration::AggregationRule;
-use crate::plan::{OrderKey, Role};
+use crate::plan::OrderKey;
 use crate::reason::{Reason, ReasonCode as Code};
 
 impl Checker<'_, AggregationRule> {
     // ----- GROUP BY -----
 
-    /// The grouped side and its columns (`None` when refused).
+    /// The grouped table (its index in `sources`) and its columns (`None` when refused).
     pub(super) fn check_group_by(
         &mut self,
         select: &Select,
         outputs: &[(String, Option<Spec>)],
-    ) -> Option<(Option<Role>, Vec<String>)> {
+    ) -> Option<(Option<usize>, Vec<String>)> {
         let exprs = match &select.group_by {
             GroupByExpr::All(_) => {
                 self.unsupported_clause("GROUP BY ALL");
@@ -46,8 +46,8 @@ impl Checker<'_, AggregationRule> {
                 columns.push(column);
             }
         }
-        let role = columns.first().map(|c| c.role);
-        if columns.iter().any(|c| Some(c.role) != role) {
+        let source = columns.first().map(|c| c.source);
+        if columns.iter().any(|c| Some(c.source) != source) {
             self.refuse(Reason::new(
                 Code::GroupByMultipleTables,
                 "GROUP BY may only use dimension columns of one table",
@@ -71,7 +71,7 @@ impl Checker<'_, AggregationRule> {
         if self.reasons.len() != before {
             return None;
         }
-        Some((role, columns.into_iter().map(|c| c.column).collect()))
+        Some((source, columns.into_iter().map(|c| c.column).collect()))
     }
 
     fn group_item(&mut self, expr: &Expr, outputs: &[(String, Option<Spec>)]) -> Option<ColumnRef> {

@@ -7,13 +7,14 @@ use sqlparser::ast::{Distinct, Expr, GroupByExpr, Query, Select};
 use super::aggregate::is_aggregate;
 use super::build::SideColumns;
 use super::parse::strip_nested;
-use super::{Checker, ColumnRef, QueryRule, Spec, role_index};
+use super::{Checker, ColumnRef, QueryRule, Spec};
 use crate::collaboration::{AnalysisRule, ListRule};
 use crate::plan::{Filter, ListColumn, ListOutput, ListPlan, OrderKey, Output, Role};
 use crate::reason::{Reason, ReasonCode as Code};
 
 impl QueryRule for ListRule {
     const SELECT_DISTINCT: bool = true;
+    const MAX_TABLES: usize = 2;
 
     fn of(rule: &AnalysisRule) -> Option<&Self> {
         match rule {
@@ -152,16 +153,16 @@ impl Checker<'_, ListRule> {
         &self,
         sql: &str,
         outputs: Vec<(String, ColumnRef)>,
-        mut filters: [Vec<Filter>; 2],
+        mut filters: Vec<Vec<Filter>>,
         order_by: Vec<OrderKey>,
         limit: Option<u64>,
         distinct: bool,
     ) -> ListPlan {
-        let mut list_columns: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        let mut list_columns: Vec<Vec<String>> = vec![Vec::new(); self.sources.len()];
         let outputs: Vec<ListOutput> = outputs
             .into_iter()
             .map(|(name, c)| {
-                let columns = &mut list_columns[role_index(c.role)];
+                let columns = &mut list_columns[c.source];
                 let index = match columns.iter().position(|l| *l == c.column) {
                     Some(i) => i,
                     None => {
@@ -181,11 +182,12 @@ impl Checker<'_, ListRule> {
             })
             .collect();
         let mut side = |role: Role| {
+            let source = self.source_of(role);
             self.side_plan(
-                role,
-                std::mem::take(&mut filters[role_index(role)]),
+                source,
+                std::mem::take(&mut filters[source]),
                 SideColumns {
-                    lists: std::mem::take(&mut list_columns[role_index(role)]),
+                    lists: std::mem::take(&mut list_columns[source]),
                     ..SideColumns::default()
                 },
             )

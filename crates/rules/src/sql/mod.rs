@@ -14,10 +14,12 @@
 //! one concern: [`parse`] (the parser, its limits and the query's shape), [`resolve`] (tables,
 //! aliases, the join and columns), [`aggregate`] (outputs and aggregates), [`filter`] (`WHERE`
 //! and how it splits between the sides), [`group_order`] (`GROUP BY`, `ORDER BY`, `LIMIT`),
-//! [`build`] (the aggregation [`Plan`]) and [`list`] (the list-query path and its plan).
+//! [`build`] (the aggregation [`Plan`]), [`chain`] (the [`ChainPlan`] of an aggregation
+//! across three to five members) and [`list`] (the list-query path and its plan).
 
 mod aggregate;
 mod build;
+mod chain;
 mod filter;
 mod group_order;
 mod list;
@@ -27,10 +29,11 @@ mod resolve;
 use sqlparser::ast::{Expr, Ident, Query, Select, SetExpr};
 
 use crate::aggregate::Computation;
+use crate::chain::{ChainPlan, QueryPlan};
 use crate::collaboration::{
     Ability, AggregationRule, AnalysisRule, Collaboration, ListRule, Table,
 };
-use crate::plan::{Plan, Role};
+use crate::plan::{AggregatePlan, Plan, Role};
 use crate::reason::{Reason, ReasonCode as Code, Refusal};
 use parse::single_select;
 use resolve::names_only_list_tables;
@@ -43,13 +46,13 @@ pub const MAX_QUERY_TOKENS: usize = 2_000;
 const MAX_DEPTH: usize = 256;
 
 /// Checks `sql` for the member `querier`, its result going to `receivers` (empty: the
-/// querier), and compiles it; see [`Collaboration::plan_for`].
+/// querier), and compiles it; see [`Collaboration::plan_query`].
 pub(crate) fn compile(
     collab: &Collaboration,
     querier: &str,
     sql: &str,
     receivers: &[String],
-) -> Result<Plan, Refusal> {
+) -> Result<QueryPlan, Refusal> {
     let Some(member) = collab.member(querier) else {
         return Err(Refusal::one(Reason::new(
             Code::UnknownMember,
@@ -79,20 +82,23 @@ pub(crate) fn compile(
             let mut checker = Checker::<ListRule>::new(collab, querier, reasons);
             let plan = checker
                 .check_list_query(&query, select, sql)
-                .map(Plan::List);
+                .map(|plan| QueryPlan::TwoParty(Plan::List(plan)));
             (plan, checker.reasons)
         }
         SetExpr::Select(select) => {
             let mut checker = Checker::<AggregationRule>::new(collab, querier, reasons);
             let plan = checker
                 .check_aggregate_query(&query, select, sql)
-                .map(Plan::Aggregate);
+                .map(|compiled| match compiled {
+                    Compiled::Pair(plan) => QueryPlan::TwoParty(Plan::Aggregate(plan)),
+                    Compiled::Chain(plan) => QueryPlan::Chain(plan),
+                });
             (plan, checker.reasons)
         }
         _ => (None, reasons),
     };
     let mut reasons = reasons;
-    if let Some(Plan::List(_)) = &plan
+    if let Some(QueryPlan::TwoParty(Plan::List(_))) = &plan
         && receivers.iter().any(|r| r != querier)
     {
         reasons.push(Reason::new(
@@ -122,6 +128,9 @@ pub(crate) fn compile(
 trait QueryRule: Sized {
     /// Whether `SELECT DISTINCT` is allowed.
     const SELECT_DISTINCT: bool;
+
+    /// The most tables a query of this kind joins, the querier's included.
+    const MAX_TABLES: usize;
 
     /// `rule` if it is of this kind.
     fn of(rule: &AnalysisRule) -> Option<&Self>;
@@ -199,6 +208,13 @@ impl<'c, R: QueryRule> Checker<'c, R> {
     }
 }
 
+/// A checked aggregation query: two tables, or a chain across three to five members.
+#[allow(clippy::large_enum_variant)] // one per query, consumed at once
+enum Compiled {
+    Pair(AggregatePlan),
+    Chain(ChainPlan),
+}
+
 impl<'c> Checker<'c, AggregationRule> {
     /// Checks an aggregation query and compiles its plan.
     fn check_aggregate_query(
@@ -206,10 +222,14 @@ impl<'c> Checker<'c, AggregationRule> {
         query: &Query,
         select: &Select,
         sql: &str,
-    ) -> Option<crate::plan::AggregatePlan> {
+    ) -> Option<Compiled> {
         self.check_clauses(query, select);
         if !self.resolve_from(select) {
             return None;
+        }
+        let chain = self.sources.len() > 2;
+        if chain {
+            self.check_relay_keys();
         }
         let outputs = self.check_projection(select);
         self.check_value_columns(&outputs);
@@ -220,14 +240,23 @@ impl<'c> Checker<'c, AggregationRule> {
         if !self.reasons.is_empty() {
             return None;
         }
-        Some(self.build_plan(sql, outputs, filters, groups?, order_by, limit))
+        let groups = groups?;
+        Some(if chain {
+            Compiled::Chain(self.build_chain(sql, outputs, filters, groups, order_by, limit))
+        } else {
+            Compiled::Pair(self.build_plan(sql, outputs, filters, groups, order_by, limit))
+        })
     }
 }
 
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::Matcher => 0,
-        Role::Receiver => 1,
+impl<R> Checker<'_, R> {
+    /// The index in `sources` of the table playing `role` in a two-table query (the first
+    /// such table of a longer one).
+    fn source_of(&self, role: Role) -> usize {
+        self.sources
+            .iter()
+            .position(|s| s.role == role)
+            .expect("both roles are bound")
     }
 }
 

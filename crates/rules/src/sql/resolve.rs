@@ -43,8 +43,9 @@ fn single_ident(name: &ObjectName) -> Option<&Ident> {
 impl<'c, R: QueryRule> Checker<'c, R> {
     // ----- FROM -----
 
-    /// Resolves the two joined tables and checks the join; false when the query cannot be
-    /// judged further.
+    /// Resolves the joined tables (two, or up to [`QueryRule::MAX_TABLES`]: the querier's and
+    /// one per other member) and checks each join; false when the query cannot be judged
+    /// further.
     pub(super) fn resolve_from(&mut self, select: &Select) -> bool {
         match select.from.as_slice() {
             [] => {
@@ -67,82 +68,63 @@ impl<'c, R: QueryRule> Checker<'c, R> {
         let Some(first) = self.resolve_table(&from.relation) else {
             return false;
         };
-        let join = match from.joins.as_slice() {
-            [] => {
-                self.refuse(
-                    Reason::new(
-                        Code::JoinRequired,
-                        format!(
-                            "table {:?} must be joined with a table of another member",
-                            first.0.name()
-                        ),
-                    )
-                    .table(first.0.name()),
-                );
-                return false;
-            }
-            [join] => join,
-            _ => {
-                self.refuse(Reason::new(
-                    Code::TooManyTables,
-                    "exactly two tables (one per member) may be joined",
-                ));
-                return false;
-            }
-        };
-        let Some(second) = self.resolve_table(&join.relation) else {
-            return false;
-        };
-
-        let (a, b) = (first.0, second.0);
-        if a.name() == b.name() {
+        if from.joins.is_empty() {
             self.refuse(
                 Reason::new(
-                    Code::SameOwnerTables,
-                    format!("table {:?} cannot be joined with itself", a.name()),
-                )
-                .table(a.name()),
-            );
-            return false;
-        }
-        if a.owner() == b.owner() {
-            self.refuse(
-                Reason::new(
-                    Code::SameOwnerTables,
+                    Code::JoinRequired,
                     format!(
-                        "tables {:?} and {:?} both belong to {:?}; a join must match two members' data",
-                        a.name(),
-                        b.name(),
-                        a.owner()
+                        "table {:?} must be joined with a table of another member",
+                        first.0.name()
                     ),
                 )
-                .table(b.name()),
+                .table(first.0.name()),
             );
             return false;
         }
-        if a.owner() != self.querier && b.owner() != self.querier {
-            self.refuse(Reason::new(
-                Code::QuerierTableRequired,
+        if from.joins.len() + 1 > R::MAX_TABLES {
+            let message = if R::MAX_TABLES == 2 {
+                "exactly two tables (one per member) may be joined".to_owned()
+            } else {
                 format!(
-                    "one of the joined tables must belong to the querying member {:?}",
-                    self.querier
-                ),
-            ));
+                    "the query joins {} tables; at most {} may be joined: the querier's and one \
+                     of each of up to {} other members",
+                    from.joins.len() + 1,
+                    R::MAX_TABLES,
+                    R::MAX_TABLES - 1
+                )
+            };
+            self.refuse(Reason::new(Code::TooManyTables, message));
             return false;
         }
-        for table in [a, b] {
+        let mut tables = vec![first];
+        for join in &from.joins {
+            match self.resolve_table(&join.relation) {
+                Some(table) => tables.push(table),
+                None => return false,
+            }
+        }
+        if !self.check_owners(&tables) {
+            return false;
+        }
+        for (i, (table, alias)) in tables.iter().enumerate() {
             let Some(rule) = R::of(table.rule()) else {
-                let other = if std::ptr::eq(table, a) { b } else { a };
+                let other = tables
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .find(|t| {
+                        std::mem::discriminant(t.rule()) != std::mem::discriminant(table.rule())
+                    })
+                    .unwrap_or(tables[usize::from(i == 0)].0);
                 let (list, aggregation) = match table.rule() {
-                    AnalysisRule::List(_) => (table, other),
-                    AnalysisRule::Aggregation(_) => (other, table),
+                    AnalysisRule::List(_) => (*table, other),
+                    AnalysisRule::Aggregation(_) => (other, *table),
                 };
                 self.refuse(
                     Reason::new(
                         Code::ListRuleUnsupported,
                         format!(
                             "table {:?} has a list rule but {:?} an aggregation rule; a query \
-                             lists the matched rows of two list-rule tables or aggregates two \
+                             lists the matched rows of two list-rule tables or aggregates \
                              aggregation-rule tables",
                             list.name(),
                             aggregation.name()
@@ -152,11 +134,6 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                 );
                 continue;
             };
-            let alias = if std::ptr::eq(table, a) {
-                first.1.clone()
-            } else {
-                second.1.clone()
-            };
             let role = if table.owner() == self.querier {
                 Role::Receiver
             } else {
@@ -165,37 +142,85 @@ impl<'c, R: QueryRule> Checker<'c, R> {
             self.sources.push(Source {
                 table,
                 rule,
-                alias,
+                alias: alias.clone(),
                 role,
             });
         }
-        if self.sources.len() != 2 {
+        if self.sources.len() != tables.len() {
             return false;
         }
 
-        match &join.join_operator {
-            JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
-                self.check_join_constraint(constraint)
+        for (i, join) in from.joins.iter().enumerate() {
+            match &join.join_operator {
+                JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
+                    self.check_join_constraint(constraint, i + 1)
+                }
+                JoinOperator::Left(_)
+                | JoinOperator::LeftOuter(_)
+                | JoinOperator::Right(_)
+                | JoinOperator::RightOuter(_)
+                | JoinOperator::FullOuter(_) => self.refuse(Reason::new(
+                    Code::OuterJoin,
+                    "outer joins are not allowed; use INNER JOIN",
+                )),
+                JoinOperator::CrossJoin(_) => self.refuse(Reason::new(
+                    Code::CrossJoin,
+                    "cross joins are not allowed; use INNER JOIN ... ON a.id = b.id",
+                )),
+                _ => self.refuse(Reason::new(
+                    Code::UnsupportedJoin,
+                    "only INNER JOIN ... ON equality of identifiers is allowed",
+                )),
             }
-            JoinOperator::Left(_)
-            | JoinOperator::LeftOuter(_)
-            | JoinOperator::Right(_)
-            | JoinOperator::RightOuter(_)
-            | JoinOperator::FullOuter(_) => self.refuse(Reason::new(
-                Code::OuterJoin,
-                "outer joins are not allowed; use INNER JOIN",
-            )),
-            JoinOperator::CrossJoin(_) => self.refuse(Reason::new(
-                Code::CrossJoin,
-                "cross joins are not allowed; use INNER JOIN ... ON a.id = b.id",
-            )),
-            _ => self.refuse(Reason::new(
-                Code::UnsupportedJoin,
-                "only INNER JOIN ... ON equality of identifiers is allowed",
-            )),
+            if join.global {
+                self.unsupported_clause("GLOBAL JOIN");
+            }
         }
-        if join.global {
-            self.unsupported_clause("GLOBAL JOIN");
+        true
+    }
+
+    /// Refuses a table joined twice, two tables of one member, and a join without the
+    /// querier's table; true when the owners are as a join needs them.
+    fn check_owners(&mut self, tables: &[(&'c Table, Option<Ident>)]) -> bool {
+        for (j, (b, _)) in tables.iter().enumerate() {
+            for (a, _) in &tables[..j] {
+                if a.name() == b.name() {
+                    self.refuse(
+                        Reason::new(
+                            Code::SameOwnerTables,
+                            format!("table {:?} cannot be joined with itself", a.name()),
+                        )
+                        .table(a.name()),
+                    );
+                    return false;
+                }
+                if a.owner() == b.owner() {
+                    self.refuse(
+                        Reason::new(
+                            Code::SameOwnerTables,
+                            format!(
+                                "tables {:?} and {:?} both belong to {:?}; a join must match \
+                                 different members' data, one table each",
+                                a.name(),
+                                b.name(),
+                                a.owner()
+                            ),
+                        )
+                        .table(b.name()),
+                    );
+                    return false;
+                }
+            }
+        }
+        if tables.iter().all(|(t, _)| t.owner() != self.querier) {
+            self.refuse(Reason::new(
+                Code::QuerierTableRequired,
+                format!(
+                    "one of the joined tables must belong to the querying member {:?}",
+                    self.querier
+                ),
+            ));
+            return false;
         }
         true
     }
@@ -272,7 +297,8 @@ impl<'c, R: QueryRule> Checker<'c, R> {
         }
     }
 
-    fn check_join_constraint(&mut self, constraint: &JoinConstraint) {
+    /// Checks the condition of the join of `sources[joined]` with the tables before it.
+    fn check_join_constraint(&mut self, constraint: &JoinConstraint, joined: usize) {
         match constraint {
             JoinConstraint::On(expr) => {
                 let expr = strip_nested(expr);
@@ -312,7 +338,7 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                 let (Some(l), Some(r)) = (self.column(left), self.column(right)) else {
                     return;
                 };
-                self.check_join_columns(&l, &r);
+                self.check_join_columns(&l, &r, joined);
             }
             JoinConstraint::Using(names) => {
                 let [name] = names.as_slice() else {
@@ -329,25 +355,22 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                     );
                     return;
                 };
+                // The joined table's column and the first earlier table's that has it (with
+                // two tables: the first table's).
+                let earlier = (0..joined)
+                    .find(|&i| self.column_in(i, ident).is_some())
+                    .unwrap_or(0);
                 let mut refs = Vec::new();
-                for (i, source) in self.sources.iter().enumerate() {
-                    match find_name(ident, source.table.columns().iter().map(String::as_str)) {
-                        Some(column) => refs.push(ColumnRef {
-                            source: i,
-                            role: source.role,
-                            table: source.table.name().to_owned(),
-                            column: column.to_owned(),
-                        }),
+                for i in [earlier, joined] {
+                    match self.column_in(i, ident) {
+                        Some(column) => refs.push(column),
                         None => {
+                            let table = self.sources[i].table.name();
                             let reason = Reason::new(
                                 Code::UnknownColumn,
-                                format!(
-                                    "table {:?} has no column {:?}",
-                                    source.table.name(),
-                                    ident.value
-                                ),
+                                format!("table {table:?} has no column {:?}", ident.value),
                             )
-                            .table(source.table.name())
+                            .table(table)
                             .column(ident.value.clone());
                             self.reasons.push(reason);
                         }
@@ -355,7 +378,7 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                 }
                 if let [l, r] = refs.as_slice() {
                     let (l, r) = (l.clone(), r.clone());
-                    self.check_join_columns(&l, &r);
+                    self.check_join_columns(&l, &r, joined);
                 }
             }
             JoinConstraint::Natural => self.refuse(Reason::new(
@@ -370,7 +393,7 @@ impl<'c, R: QueryRule> Checker<'c, R> {
         }
     }
 
-    fn check_join_columns(&mut self, l: &ColumnRef, r: &ColumnRef) {
+    fn check_join_columns(&mut self, l: &ColumnRef, r: &ColumnRef, joined: usize) {
         if l.source == r.source {
             self.refuse(Reason::new(
                 Code::JoinNotOnIdentifiers,
@@ -380,6 +403,31 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                     l.table
                 ),
             ));
+            return;
+        }
+        let (early, late) = (l.source.min(r.source), l.source.max(r.source));
+        if late != joined {
+            let table = self.sources[joined].table.name().to_owned();
+            let (earlier, later) = (&self.sources[early], &self.sources[late]);
+            let why = if late < joined {
+                format!(
+                    "it compares {:?} and {:?}, joined before it",
+                    earlier.table.name(),
+                    later.table.name()
+                )
+            } else {
+                format!("{:?} is joined after it", later.table.name())
+            };
+            self.refuse(
+                Reason::new(
+                    Code::JoinConditionMissesTable,
+                    format!(
+                        "the condition of JOIN {table} must compare the identifier of {table:?} \
+                         with that of a table joined before it: {why}"
+                    ),
+                )
+                .table(table.clone()),
+            );
             return;
         }
         let mut ok = true;
@@ -480,8 +528,9 @@ impl<'c, R: QueryRule> Checker<'c, R> {
                             Reason::new(
                                 Code::AmbiguousColumn,
                                 format!(
-                                    "column {:?} exists in both tables; qualify it (table.column)",
-                                    ident.value
+                                    "column {:?} exists in {} tables; qualify it (table.column)",
+                                    ident.value,
+                                    if found.len() == 2 { "both" } else { "several" }
                                 ),
                             )
                             .column(ident.value.clone()),
