@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use cleanroom_psi::sealed::SealingKey;
 use cleanroom_rules::{
-    AggregateValue, AllowedPlan, Collaboration, Plan, Protocol, Reason, Refusal, Role, SidePlan,
-    SumRanges,
+    AggregateValue, AllowedPlan, ChainPlan, Collaboration, OrderKey, Plan, Protocol, QueryPlan,
+    Reason, Refusal, Role, SidePlan, SumRanges,
 };
 use serde::Serialize;
 
@@ -64,10 +65,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         args.sql
     };
 
-    let verdict = collaboration.plan_for(&args.member, &sql, &args.receivers);
+    // Every kind the planner knows, joins across three or more members included (which
+    // `query` does not run yet).
+    let verdict = collaboration.plan_query(&args.member, &sql, &args.receivers);
     let json = args.format == Format::Json;
     match &verdict {
-        Ok(plan) if json => println!("{}", AllowedPlan::new(plan).to_json()),
+        Ok(QueryPlan::TwoParty(plan)) if json => println!("{}", AllowedPlan::new(plan).to_json()),
+        Ok(plan) if json => println!("{}", plan.to_json()),
         Err(refusal) if json => println!(
             "{}",
             serde_json::to_string_pretty(&Refused {
@@ -75,7 +79,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 reasons: &refusal.reasons
             })?
         ),
-        Ok(plan) => print!("{}", describe_plan(plan)),
+        Ok(QueryPlan::TwoParty(plan)) => print!("{}", describe_plan(plan)),
+        Ok(QueryPlan::Chain(plan)) => print!("{}", describe_chain(plan)),
         Err(refusal) => print!("{}", describe_refusal(refusal)),
     }
     Ok(if verdict.is_ok() {
@@ -221,12 +226,30 @@ fn describe_plan(plan: &Plan) -> String {
             })
             .collect(),
     };
+    out.push_str(&describe_outputs(
+        &outputs,
+        noise.as_deref(),
+        plan.order_by(),
+        plan.distinct(),
+        plan.limit(),
+    ));
+    out
+}
+
+/// The outputs table, then the order, `DISTINCT` and limit, for people.
+fn describe_outputs(
+    outputs: &[(&str, String)],
+    noise: Option<&[cleanroom_rules::privacy::OutputNoise]>,
+    order_by: &[OrderKey],
+    distinct: bool,
+    limit: Option<u64>,
+) -> String {
     let rows: Vec<Vec<String>> = outputs
         .iter()
         .enumerate()
         .map(|(i, (name, source))| {
             let mut row = vec![name.to_string(), source.clone()];
-            if let Some(n) = noise.as_ref().and_then(|n| n.get(i)) {
+            if let Some(n) = noise.and_then(|n| n.get(i)) {
                 row.push(match n.kind {
                     "none" => "exact".to_owned(),
                     "avg" => format!(
@@ -250,11 +273,10 @@ fn describe_plan(plan: &Plan) -> String {
     if noise.is_some() {
         header.push("noise (95% interval)".to_owned());
     }
-    out.push('\n');
+    let mut out = String::from("\n");
     out.push_str(&render_table(&header, &rows));
-    if !plan.order_by().is_empty() {
-        let keys: Vec<String> = plan
-            .order_by()
+    if !order_by.is_empty() {
+        let keys: Vec<String> = order_by
             .iter()
             .map(|k| {
                 format!(
@@ -266,12 +288,117 @@ fn describe_plan(plan: &Plan) -> String {
             .collect();
         out.push_str(&format!("order by: {}\n", keys.join(", ")));
     }
-    if plan.distinct() {
+    if distinct {
         out.push_str("distinct: one of each output row\n");
     }
-    if let Some(limit) = plan.limit() {
+    if let Some(limit) = limit {
         out.push_str(&format!("limit:    {limit}\n"));
     }
+    out
+}
+
+/// A join across three or more members, for people: which member serves which part.
+fn describe_chain(plan: &ChainPlan) -> String {
+    let mut out = format!(
+        "allowed: {} may run this query across {} members (planned; `query` does not run \
+         joins across more than two members yet)\n",
+        plan.querier(),
+        plan.members()
+    );
+    let grouping = match plan.grouped_by() {
+        Some(Role::Matcher) => ", grouped on the matcher's side",
+        Some(Role::Receiver) => ", grouped on the receiver's side",
+        None => "",
+    };
+    out.push_str(&format!(
+        "protocol: {} over the {}-way intersection{grouping}\n",
+        name_of(plan.protocol()),
+        plan.members()
+    ));
+    let key = |k: &SealingKey| hex::encode(k.to_bytes());
+    let mut parts: Vec<String> = Vec::new();
+    for filter in plan.filters() {
+        let link = filter.link();
+        parts.push(format!(
+            "{} (member {}) filters at position {}",
+            link.table(),
+            link.member(),
+            link.position()
+        ));
+    }
+    let matcher = plan.matcher_link();
+    let mut matches = format!(
+        "{} (member {}) matches at position {}",
+        matcher.table(),
+        matcher.member(),
+        matcher.position()
+    );
+    if !plan.matcher().group_columns.is_empty() {
+        matches.push_str(&format!(
+            " and groups by {}",
+            plan.matcher().group_columns.join(", ")
+        ));
+    }
+    parts.push(matches);
+    let receiver = plan.receiver();
+    let mut receives = format!("the querier {} receives", plan.querier());
+    if !receiver.group_columns.is_empty() {
+        receives.push_str(&format!(
+            ", groups by {}",
+            receiver.group_columns.join(", ")
+        ));
+    }
+    if !receiver.value_columns.is_empty() {
+        let values: Vec<&str> = receiver
+            .value_columns
+            .iter()
+            .map(|v| v.column.as_str())
+            .collect();
+        receives.push_str(&format!(" and sums {}", values.join(", ")));
+    }
+    parts.push(receives);
+    out.push_str(&format!("chain:    {}\n", parts.join("; ")));
+    for filter in plan.filters() {
+        let link = filter.link();
+        out.push_str(&format!(
+            "filter {}: {}\n    relay key: {}\n",
+            link.position(),
+            describe_side(filter.side()),
+            key(link.relay_key())
+        ));
+    }
+    out.push_str(&format!(
+        "matcher:  {}\n    relay key: {}\n",
+        describe_side(plan.matcher()),
+        key(matcher.relay_key())
+    ));
+    out.push_str(&format!("receiver: {}\n", describe_side(plan.receiver())));
+    out.push_str(&format!(
+        "release:  rows with at least {} matched identifiers (the strictest min_threshold of \
+         the {} tables); others are suppressed\n",
+        plan.min_release(),
+        plan.members()
+    ));
+    if let Some(privacy) = plan.privacy() {
+        out.push_str(&format!(
+            "privacy:  spends epsilon {} of the querier's budget, split over the count, every \
+             provider's announced set size and the sums\n",
+            privacy.epsilon
+        ));
+    }
+    let noise = plan.privacy().map(|p| p.aggregate_outputs(plan.ends()));
+    let outputs: Vec<(&str, String)> = plan
+        .outputs()
+        .iter()
+        .map(|o| (o.name.as_str(), describe_aggregate(&o.value)))
+        .collect();
+    out.push_str(&describe_outputs(
+        &outputs,
+        noise.as_deref(),
+        plan.order_by(),
+        false,
+        plan.limit(),
+    ));
     out
 }
 
