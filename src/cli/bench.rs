@@ -50,6 +50,16 @@ pub struct BenchArgs {
     /// --size goes to 10^8 in bounded memory.
     #[arg(long, value_name = "B", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     buckets: u32,
+    /// Join this many members (3 to 5: the querier, up to three filters and the matcher) in
+    /// memory, with a sum, each holding --size identifiers of which --overlap are shared by
+    /// all; reports time and bytes per element against the two-party session on the same
+    /// querier and matcher, measured in the same run (best of --runs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(3..=5),
+          conflicts_with_all = ["left", "concurrency", "buckets", "transport", "protocol"])]
+    parties: Option<u8>,
+    /// With --parties: how many times to run both sessions (the best time of each counts).
+    #[arg(long, value_name = "R", default_value_t = 1, requires = "parties")]
+    runs: u32,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -107,6 +117,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let n = args.size.context("--size or --left/--right is needed")?;
     ensure!(n > 0, "--size must be at least 1");
     let common = (args.overlap * n as f64).round() as u64;
+    if let Some(parties) = args.parties {
+        let report = cleanroom_bench::run_parties(parties, n, common, args.runs)?;
+        match args.format {
+            Format::Json => println!("{}", serde_json::to_string(&report)?),
+            Format::Table | Format::Csv => {
+                print!("{}", render_table(&metric_value(), &report.rows()))
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     ensure!(
         args.protocol != BenchProtocol::ProvenSum
             || (args.transport == Transport::Memory && args.concurrency.is_none()),

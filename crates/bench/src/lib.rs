@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+mod chain;
 pub mod fixture;
 mod list;
 pub mod load;
@@ -21,4 +22,5 @@ pub use bench::{
     BenchProtocol, BenchReport, Identifiers, Report, Session, Tables, Transport, run_generated,
     run_tables,
 };
+pub use chain::{PartiesReport, run_parties};
 pub use load::{Load, LoadReport};

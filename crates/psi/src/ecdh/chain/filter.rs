@@ -477,12 +477,18 @@ impl ChainFilter {
             }
             group.done = true;
             let mut items = std::mem::take(&mut group.items);
+            // Every candidate costs one random point, kept or not, so that how long the
+            // filter takes does not tell how many matched.
+            let replacements: Vec<PointBytes> = (0..items.len())
+                .into_par_iter()
+                .map(|_| random_point())
+                .collect();
             let mut matched = 0u64;
-            for (point, _) in &mut items {
-                if compare.contains(&Tag::of(&point.0)) {
-                    matched += 1;
-                } else {
-                    *point = random_point();
+            for ((point, _), replacement) in items.iter_mut().zip(replacements) {
+                let keep = compare.contains(&Tag::of(&point.0));
+                matched += u64::from(keep);
+                if !keep {
+                    *point = replacement;
                 }
             }
             self.counts[g] = matched;
