@@ -602,6 +602,11 @@ impl ListQuerierTable {
         self.identifiers.len() as u64
     }
 
+    /// The distinct normalized identifiers, in no particular order.
+    pub fn identifiers(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.identifiers.iter().map(String::as_str)
+    }
+
     /// This table split into `buckets` tables by `key` ([`bucket`](crate::bucket)). The
     /// parts' input counts are zero: the whole table's are [`stats`](Self::stats) before the
     /// split.

@@ -18,11 +18,9 @@
 //! the two-party [`Plan`] never holds one, so a caller that runs two-party plans cannot run a
 //! chain by mistake.
 
-use std::collections::BTreeSet;
-
 use cleanroom_data::Row;
 use cleanroom_psi::sealed::SealingKey;
-use cleanroom_psi::{Domain, InputStats, Normalization};
+use cleanroom_psi::{Domain, ListQuerierTable};
 use serde::{Serialize, Serializer};
 
 use crate::exec::{DataError, Located, PlaceError, texts};
@@ -155,8 +153,8 @@ impl ChainFilter {
         &self,
         header: &[String],
         rows: impl Iterator<Item = Row>,
-    ) -> Result<FilterSet, DataError> {
-        let mut set = FilterSet::new(self.side.normalization);
+    ) -> Result<ListQuerierTable, DataError> {
+        let mut set = ListQuerierTable::new(self.side.normalization);
         self.rows(header, rows, &mut set)?;
         Ok(set)
     }
@@ -168,50 +166,11 @@ pub trait FilterRows {
     fn push(&mut self, raw_identifier: &str) -> Result<(), PlaceError>;
 }
 
-/// A chain filter's input: its distinct normalized identifiers, in order, and its counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterSet {
-    normalization: Normalization,
-    identifiers: BTreeSet<String>,
-    stats: InputStats,
-}
-
-impl FilterSet {
-    /// An empty set whose identifiers are normalized with `normalization`.
-    pub fn new(normalization: Normalization) -> FilterSet {
-        FilterSet {
-            normalization,
-            identifiers: BTreeSet::new(),
-            stats: InputStats::default(),
-        }
-    }
-
-    /// The distinct normalized identifiers, in ascending order, none empty.
-    pub fn identifiers(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.identifiers.iter().map(String::as_str)
-    }
-
-    /// The distinct normalized identifiers, in ascending order, none empty.
-    pub fn into_identifiers(self) -> Vec<String> {
-        self.identifiers.into_iter().collect()
-    }
-
-    /// Rows pushed, and those skipped because their identifier was NULL or empty after
-    /// normalization.
-    pub fn stats(&self) -> InputStats {
-        self.stats
-    }
-}
-
-impl FilterRows for FilterSet {
+/// A chain filter's input is psi's table of distinct normalized identifiers (the one a list
+/// querier brings too), with its counts of rows read and skipped.
+impl FilterRows for ListQuerierTable {
     fn push(&mut self, raw_identifier: &str) -> Result<(), PlaceError> {
-        self.stats.rows += 1;
-        match self.normalization.apply(raw_identifier) {
-            Some(id) => {
-                self.identifiers.insert(id);
-            }
-            None => self.stats.skipped_empty += 1,
-        }
+        ListQuerierTable::push(self, raw_identifier);
         Ok(())
     }
 }

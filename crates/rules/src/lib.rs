@@ -103,8 +103,7 @@ mod value;
 
 /// The typed cells and rows the table builders take (see `cleanroom-data`).
 pub use chain::{
-    ChainFilter, ChainLink, ChainPart, ChainPlan, FilterRows, FilterSet, MAX_CHAIN_TABLES,
-    QueryPlan,
+    ChainFilter, ChainLink, ChainPart, ChainPlan, FilterRows, MAX_CHAIN_TABLES, QueryPlan,
 };
 pub use cleanroom_data::{Cell, Decimal, Position, Row, text_rows};
 pub use collaboration::{
