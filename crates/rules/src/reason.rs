@@ -94,6 +94,9 @@ reason_codes! {
     /// it), asked of a caller that runs two-party plans only: the service does not serve such
     /// joins yet.
     MultipartyNotServed => "multiparty_not_served",
+    /// A sum across three or more members in a collaboration that proves the querier's value
+    /// ranges: the proofs cannot travel along the chain of providers.
+    RangesUnprovenInChain => "ranges_unproven_in_chain",
     /// None of the tables belongs to the querying member.
     QuerierTableRequired => "querier_table_required",
     /// A table that is not in the collaboration.

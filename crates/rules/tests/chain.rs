@@ -12,6 +12,8 @@ use cleanroom_rules::{
 struct Fixture {
     members: Vec<String>,
     tables: Vec<String>,
+    /// The `[collaboration.privacy]` section, if private (summed columns then get bounds).
+    privacy: Option<&'static str>,
 }
 
 /// What the fixture's tables look like: the identifier `patient_id`, normalized as `email`
@@ -43,6 +45,7 @@ impl Fixture {
         Fixture {
             members: Vec::new(),
             tables: Vec::new(),
+            privacy: None,
         }
     }
 
@@ -104,10 +107,20 @@ impl Fixture {
     }
 
     fn build(&self) -> Collaboration {
+        let mut tables = self.tables.join("\n");
+        let privacy = match self.privacy {
+            Some(section) => {
+                tables = tables.replace(
+                    "cost = [\"SUM\", \"AVG\"] }\n",
+                    "cost = [\"SUM\", \"AVG\"] }\nsum_bounds = { cost = [0, 1000] }\n",
+                );
+                format!("[collaboration.privacy]\n{section}\n")
+            }
+            None => String::new(),
+        };
         let text = format!(
-            "[collaboration]\nid = \"hospitals\"\n\n{}\n{}",
+            "[collaboration]\nid = \"hospitals\"\n\n{privacy}\n{}\n{tables}",
             self.members.join("\n"),
-            self.tables.join("\n")
         );
         Collaboration::from_toml_str(&text, "chain.toml").expect("the fixture is valid")
     }
@@ -444,4 +457,37 @@ fn a_filters_identifiers_are_exactly_its_distinct_kept_identifiers() {
     );
     assert_eq!(set.stats().rows, kept.len() as u64);
     assert_eq!(set.stats().skipped_empty, skipped);
+}
+
+#[test]
+fn a_sum_across_members_is_refused_where_ranges_are_proven() {
+    let private = |ranges: &'static str| {
+        let mut fixture = Fixture::new().querier("registry");
+        fixture.privacy = Some(ranges);
+        fixture
+            .provider("hospital_a")
+            .provider("hospital_b")
+            .table(TableSpec {
+                summed: Some("cost"),
+                ..TableSpec::new("patients", "registry", &["region"], 2)
+            })
+            .table(TableSpec::new("visits_a", "hospital_a", &["diagnosis"], 5))
+            .table(TableSpec::new("visits_b", "hospital_b", &["diagnosis"], 7))
+            .build()
+    };
+    let sum = format!(
+        "SELECT SUM(p.cost) {}",
+        from(&[("visits_a", "a"), ("visits_b", "b")])
+    );
+    let proven = private("epsilon_budget = 10.0\nepsilon_per_query = 1.0\nsum_ranges = \"proven\"");
+    assert_eq!(refused(&proven, &sum).codes(), [C::RangesUnprovenInChain]);
+    // Counting proves nothing, and a trusting collaboration sums.
+    let count = sum.replace("SUM(p.cost)", "COUNT(DISTINCT p.patient_id)");
+    assert!(matches!(
+        proven.plan_query("registry", &count, &[]),
+        Ok(QueryPlan::Chain(_))
+    ));
+    let trusted =
+        private("epsilon_budget = 10.0\nepsilon_per_query = 1.0\nsum_ranges = \"trusted\"");
+    assert!(chain(&trusted, &sum).privacy().is_some());
 }

@@ -97,6 +97,7 @@ fn list_start(fx: &ListFixture, rows: u64) -> RunSessionRequest {
             result_keys: Vec::new(),
             buckets: 4,
             job_id: String::new(),
+            chain_context: Vec::new(),
         })),
     }
 }

@@ -204,6 +204,7 @@ fn start(fx: &Fixture, sql: &str, rows: u64) -> RunSessionRequest {
             result_keys: Vec::new(),
             buckets: 0,
             job_id: String::new(),
+            chain_context: Vec::new(),
         })),
     }
 }
@@ -1725,6 +1726,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
                 result_keys: Vec::new(),
                 buckets: 0,
                 job_id: String::new(),
+                chain_context: Vec::new(),
             })),
         };
         let status = raw_open(&mut client, start)

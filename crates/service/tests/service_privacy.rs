@@ -95,6 +95,7 @@ async fn a_differencing_attempt_gets_noisy_answers_then_refusals() {
                 result_keys: Vec::new(),
                 buckets: 0,
                 job_id: String::new(),
+                chain_context: Vec::new(),
             },
         )),
     };

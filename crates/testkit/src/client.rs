@@ -176,6 +176,7 @@ pub fn start_message(fx: &Fixture, member: &str, sql: &str, table: &str) -> RunS
             result_keys: Vec::new(),
             buckets: 0,
             job_id: String::new(),
+            chain_context: Vec::new(),
         })),
     }
 }

@@ -242,7 +242,19 @@ impl<'c> Checker<'c, AggregationRule> {
         }
         let groups = groups?;
         Some(if chain {
-            Compiled::Chain(self.build_chain(sql, outputs, filters, groups, order_by, limit))
+            let plan = self.build_chain(sql, outputs, filters, groups, order_by, limit);
+            if plan.privacy().is_some_and(|p| p.proven_ranges().is_some()) {
+                self.refuse(Reason::new(
+                    Code::RangesUnprovenInChain,
+                    "the collaboration proves the querier's value ranges (sum_ranges = \"proven\"), \
+                     and range proofs do not travel along a join across three or more members \
+                     (each filter re-randomizes the ciphertexts): sum over two members, or count \
+                     only"
+                        .to_owned(),
+                ));
+                return None;
+            }
+            Compiled::Chain(plan)
         } else {
             Compiled::Pair(self.build_plan(sql, outputs, filters, groups, order_by, limit))
         })

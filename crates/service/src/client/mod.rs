@@ -564,6 +564,7 @@ impl Client {
                     _ => 1,
                 },
                 job_id: self.job_id.clone().unwrap_or_default(),
+                chain_context: Vec::new(),
             })),
         };
         outbound

@@ -24,6 +24,9 @@ pub enum Decision {
     Cancelled,
     /// The server stopped during the session, before anything was released.
     Interrupted,
+    /// This server filtered the candidates of a join across three or more members and passed
+    /// them on; the chain's matcher decides the release.
+    Filtered,
 }
 
 impl Decision {
@@ -36,6 +39,7 @@ impl Decision {
             Decision::Failed => "failed",
             Decision::Cancelled => "cancelled",
             Decision::Interrupted => "interrupted",
+            Decision::Filtered => "filtered",
         }
     }
 
@@ -49,6 +53,7 @@ impl Decision {
             Decision::Failed => P::Failed,
             Decision::Cancelled => P::Cancelled,
             Decision::Interrupted => P::Interrupted,
+            Decision::Filtered => P::Filtered,
         }
     }
 }
@@ -70,6 +75,7 @@ impl FromStr for Decision {
             "failed" => Decision::Failed,
             "cancelled" => Decision::Cancelled,
             "interrupted" => Decision::Interrupted,
+            "filtered" => Decision::Filtered,
             other => return Err(StateError::Corrupt(format!("unknown decision {other:?}"))),
         })
     }

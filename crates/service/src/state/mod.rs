@@ -47,8 +47,47 @@ pub use usage::{Contribution, TableUse, UsageLine};
 /// each audit entry, 6 the failed authentications, 7 the payer, compute time and buckets of
 /// each audit entry, the tables each session used, and the results kept for receivers other
 /// than the querier, 8 the buckets done of each entry, 9 the totals of each job not released, 10 the
-/// jobs named to be resumed; older files are upgraded when opened for writing).
-const SCHEMA_VERSION: i64 = 10;
+/// jobs named to be resumed, 11 the decision `filtered` of a chain's filter; older files are
+/// upgraded when opened for writing).
+const SCHEMA_VERSION: i64 = 11;
+
+/// Lets a file of version 10 or older record the decision `filtered` (version 11): its audit
+/// table's `CHECK` lists the decisions, and SQLite changes a constraint only by editing the
+/// schema's text, as its documentation prescribes for loosening one (ALTER TABLE, section 7):
+/// one more value allowed, no row to rewrite, the schema's version bumped in the same
+/// transaction.
+fn widen_decisions(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'audit'",
+        [],
+        |row| row.get(0),
+    )?;
+    // Version 1 wrote no CHECK at all: nothing to widen.
+    if sql.contains("'filtered'") || !sql.contains("CHECK (decision IN") {
+        return Ok(());
+    }
+    let widened = sql.replace("'interrupted')", "'interrupted', 'filtered')");
+    if widened == sql {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    let version: i64 = conn.query_row("PRAGMA schema_version", [], |row| row.get(0))?;
+    conn.execute_batch("BEGIN IMMEDIATE; PRAGMA writable_schema = ON;")?;
+    let edited = conn
+        .execute(
+            "UPDATE sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = 'audit'",
+            [&widened],
+        )
+        .and_then(|_| {
+            conn.execute_batch(&format!(
+                "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF; COMMIT;",
+                version + 1
+            ))
+        });
+    if edited.is_err() {
+        let _ = conn.execute_batch("PRAGMA writable_schema = OFF; ROLLBACK;");
+    }
+    edited
+}
 
 /// Columns added after version 1, with their definitions (added to an older file on open).
 const ADDED_AUDIT_COLUMNS: [(&str, &str); 9] = [
@@ -92,7 +131,7 @@ CREATE TABLE IF NOT EXISTS audit (
     member TEXT NOT NULL,
     sql TEXT NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN
-        ('running', 'refused', 'released', 'failed', 'cancelled', 'interrupted')),
+        ('running', 'refused', 'released', 'failed', 'cancelled', 'interrupted', 'filtered')),
     reason TEXT NOT NULL DEFAULT '',
     released_rows INTEGER NOT NULL DEFAULT 0,
     suppressed_rows INTEGER NOT NULL DEFAULT 0,
@@ -352,6 +391,7 @@ impl StateDb {
                 }
             }
         }
+        widen_decisions(&conn).map_err(err)?;
         // Every member's listing reads one collaboration's entries of one member, newest first.
         conn.execute_batch(
             "DROP INDEX IF EXISTS audit_member;
@@ -509,6 +549,69 @@ mod tests {
         }
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.entry("old").unwrap().unwrap().collaboration_id, "x");
+    }
+
+    #[test]
+    fn a_version_10_file_learns_the_decision_filtered_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.begin(&attempt("old", "adv", "q", 1)).unwrap();
+            // Back to version 10: the audit's CHECK without 'filtered'.
+            let conn = db.conn();
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_schema WHERE name = 'audit'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA schema_version", [], |row| row.get(0))
+                .unwrap();
+            conn.execute_batch("PRAGMA writable_schema = ON;").unwrap();
+            conn.execute(
+                "UPDATE sqlite_schema SET sql = ?1 WHERE name = 'audit'",
+                [sql.replace(", 'filtered'", "")],
+            )
+            .unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF; PRAGMA user_version = 10;",
+                version + 1
+            ))
+            .unwrap();
+            drop(conn);
+            db.begin(&attempt("refused", "adv", "q", 1)).unwrap();
+            assert!(
+                db.finish("refused", Decision::Filtered, "", &Completion::default())
+                    .is_err()
+            );
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(
+            db.entry("old").unwrap().unwrap().decision,
+            Decision::Interrupted
+        );
+        db.begin(&attempt("new", "adv", "q", 1)).unwrap();
+        assert!(
+            db.finish(
+                "new",
+                Decision::Filtered,
+                "filtered",
+                &Completion::default()
+            )
+            .unwrap()
+        );
+        assert_eq!(
+            db.entry("new").unwrap().unwrap().decision,
+            Decision::Filtered
+        );
+        let ok: String = db
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl ChainFilter {
                 "sizes for another number of filters",
             ));
         }
-        check_sizes(&sizes, &self.limits)?;
+        check_sizes(&sizes, &self.others_limits())?;
         let mine = usize::from(self.position) - 1;
         if sizes[mine] != self.own.len() as u64 {
             return Err(ProtocolError::ChainMismatch(
@@ -363,7 +363,7 @@ impl ChainFilter {
                 if self.matcher_groups.is_some() {
                     return Err(unexpected("hello already received"));
                 }
-                check_sizes(&group_sizes, &self.limits)?;
+                check_sizes(&group_sizes, &self.others_limits())?;
                 self.send_on(&ChainMessage::Aggregate(AggregateMessage::MatcherHello {
                     group_sizes: group_sizes.clone(),
                 }));
@@ -504,6 +504,15 @@ impl ChainFilter {
         }
         for message in out {
             self.send_on(&ChainMessage::Aggregate(message));
+        }
+    }
+
+    /// The limits on what other providers announce: the querier's declared rows bound the
+    /// querier's set only.
+    fn others_limits(&self) -> Limits {
+        Limits {
+            declared_set_size: None,
+            ..self.limits
         }
     }
 
