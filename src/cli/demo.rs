@@ -4,6 +4,11 @@
 //! throwaway certificate, on a loopback port); an advertiser holds purchases with amounts and
 //! queries it: per campaign, how many people who saw it bought something, and for how much?
 //! Both members run in this process, but talk only through gRPC, as they would across sites.
+//!
+//! `--members 3` runs the second scenario: three hospitals count the patients all three
+//! share, by diagnosis, with the querier's costs summed; hospitals B and C each serve their
+//! table on a port of their own, and A's client relays between them (PROTOCOL.md 7.9). The
+//! demo holds all three tables, so it checks the released rows against a plain join.
 
 use super::output::{CsvCells, Format};
 use super::query::render_outcome;
@@ -30,6 +35,10 @@ pub struct DemoArgs {
     /// (`max_groups_per_identifier`; the collaboration default when absent).
     #[arg(long, value_name = "K", requires = "epsilon")]
     max_groups_per_identifier: Option<u32>,
+    /// Members joined: 2 (a publisher and an advertiser) or 3 (three hospitals).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3),
+          conflicts_with = "epsilon")]
+    members: u8,
 }
 
 /// The demo's collaboration; `{...}` are filled in with fresh token hashes and the threshold.
@@ -82,6 +91,9 @@ const SQL: &str = "SELECT i.campaign, COUNT(DISTINCT p.email) AS buyers, \
 
 /// Run the demo and print the released rows and what crossed the wire.
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    if args.members == 3 {
+        return run_hospitals(args.threshold);
+    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let impressions = sample::impressions();
     let purchases = sample::purchases();
@@ -156,4 +168,216 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         "Only blinded points, comparison tags and encrypted values crossed; no email left either side."
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The hospitals' collaboration; `{...}` are filled in with fresh token hashes, relay keys and
+/// the threshold.
+const HOSPITALS: &str = r#"
+[collaboration]
+id = "cleanroom-demo-hospitals"
+name = "Three hospitals count their shared patients (demo)"
+
+[[member]]
+name = "hospital_a"
+abilities = ["query", "receive_results"]
+token_sha256 = "{a}"
+
+[[member]]
+name = "hospital_b"
+abilities = []
+token_sha256 = "{b}"
+relay_key = "{relay_b}"
+
+[[member]]
+name = "hospital_c"
+abilities = []
+token_sha256 = "{c}"
+relay_key = "{relay_c}"
+
+[[table]]
+name = "patients_a"
+owner = "hospital_a"
+columns = ["email", "diagnosis", "cost"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["diagnosis"]
+aggregate_columns = { email = ["COUNT_DISTINCT"], cost = ["SUM", "AVG"] }
+min_threshold = {threshold}
+
+[[table]]
+name = "patients_b"
+owner = "hospital_b"
+columns = ["email", "diagnosis"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["diagnosis"]
+aggregate_columns = { email = ["COUNT_DISTINCT"] }
+min_threshold = {threshold}
+
+[[table]]
+name = "patients_c"
+owner = "hospital_c"
+columns = ["email", "diagnosis"]
+identifier = { column = "email", normalize = "email" }
+
+[table.rule]
+type = "aggregation"
+join_columns = ["email"]
+dimension_columns = ["diagnosis"]
+aggregate_columns = { email = ["COUNT_DISTINCT"] }
+min_threshold = {threshold}
+"#;
+
+const HOSPITALS_SQL: &str = "SELECT a.diagnosis, COUNT(DISTINCT a.email) AS shared_patients, \
+                             SUM(a.cost) AS cost_cents FROM patients_a a \
+                             JOIN patients_b b ON a.email = b.email \
+                             JOIN patients_c c ON a.email = c.email \
+                             GROUP BY a.diagnosis ORDER BY a.diagnosis";
+
+/// The three hospitals' demo: hospital A queries B's and C's servers, and the released rows
+/// are checked against the plain join of the three tables.
+fn run_hospitals(threshold: u64) -> Result<ExitCode> {
+    use cleanroom_psi::sealed::OpeningKey;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let tables = sample::hospitals();
+    let mut data = Vec::new();
+    for (table, name) in tables
+        .iter()
+        .zip(["patients_a", "patients_b", "patients_c"])
+    {
+        let path = dir.path().join(format!("{name}.csv"));
+        std::fs::write(&path, table.to_csv()?)?;
+        data.push(BTreeMap::from([(name.to_owned(), path.into())]));
+    }
+    let (a_token, a_hash) = loopback::fresh_token();
+    let (relay_b, relay_c) = (OpeningKey::generate(), OpeningKey::generate());
+    let public = |key: &OpeningKey| hex::encode(key.sealing_key().to_bytes());
+    let text = HOSPITALS
+        .replace("{a}", &a_hash)
+        .replace("{b}", &loopback::fresh_token().1)
+        .replace("{c}", &loopback::fresh_token().1)
+        .replace("{relay_b}", &public(&relay_b))
+        .replace("{relay_c}", &public(&relay_c))
+        .replace("{threshold}", &threshold.to_string());
+    let collaboration = Collaboration::from_toml_str(&text, "demo collaboration")?;
+    println!("cleanroom demo --members 3: three hospitals count the patients they all share.");
+    println!(
+        "  hospital_b serves {} patients and hospital_c {} over TLS, each on its own loopback \
+         port; hospital_a brings {} and relays between them.",
+        tables[1].rows.len(),
+        tables[2].rows.len(),
+        tables[0].rows.len()
+    );
+    println!("  query: {HOSPITALS_SQL}\n");
+    let started = Instant::now();
+    let mut data = data.into_iter();
+    let (a, b, c) = (
+        data.next().expect("three tables"),
+        data.next().expect("three tables"),
+        data.next().expect("three tables"),
+    );
+    let outcome = loopback::run_chain(
+        collaboration,
+        vec![
+            loopback::Provider {
+                side: Side {
+                    member: "hospital_b",
+                    data: b,
+                },
+                relay_key: relay_b,
+            },
+            loopback::Provider {
+                side: Side {
+                    member: "hospital_c",
+                    data: c,
+                },
+                relay_key: relay_c,
+            },
+        ],
+        Side {
+            member: "hospital_a",
+            data: a,
+        },
+        &a_token,
+        HOSPITALS_SQL,
+        true,
+        dir.path(),
+    )?;
+    let elapsed = started.elapsed();
+    print!(
+        "{}",
+        render_outcome(&outcome, Format::Table, CsvCells::Safe)?
+    );
+    for p in &outcome.chain {
+        let part = if p.position == outcome.chain.len() {
+            "matched and released"
+        } else {
+            "filtered"
+        };
+        println!("  {} ({part}): session {}", p.member, p.session_id);
+    }
+    let c = &outcome.counters;
+    println!(
+        "\nOn the wire: hospital_a sent {} messages ({} bytes), received {} ({} bytes) in {:.2?}.",
+        c.messages_sent, c.bytes_sent, c.messages_received, c.bytes_received, elapsed
+    );
+    check_hospitals(&tables, &outcome.result, threshold)?;
+    println!(
+        "Checked against a plain join of the three tables: every released row is exact, and \
+         the rows under the threshold were suppressed."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plain join of the three hospitals' tables, by A's diagnosis: (patients all three hold,
+/// A's costs of them); fails unless `result` releases exactly the groups at or above
+/// `threshold`, with these figures, and suppresses the others.
+fn check_hospitals(
+    tables: &[sample::SampleTable; 3],
+    result: &cleanroom_rules::ResultTable,
+    threshold: u64,
+) -> Result<()> {
+    use std::collections::{BTreeSet, HashSet};
+    let norm = |e: &str| e.trim().to_lowercase();
+    let held = |t: &sample::SampleTable| -> HashSet<String> {
+        t.rows.iter().map(|r| norm(&r[0])).collect()
+    };
+    let (b, c) = (held(&tables[1]), held(&tables[2]));
+    let mut plain: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut seen = BTreeSet::new();
+    for row in &tables[0].rows {
+        let id = norm(&row[0]);
+        if b.contains(&id) && c.contains(&id) && seen.insert(id) {
+            let e = plain.entry(row[1].clone()).or_default();
+            e.0 += 1;
+            e.1 += row[2].parse::<u64>()?;
+        }
+    }
+    let expected: Vec<Vec<String>> = plain
+        .iter()
+        .filter(|(_, (n, _))| *n >= threshold)
+        .map(|(d, (n, s))| vec![d.clone(), n.to_string(), s.to_string()])
+        .collect();
+    let released: Vec<Vec<String>> = result
+        .rows
+        .iter()
+        .map(|row| row.iter().map(ToString::to_string).collect())
+        .collect();
+    anyhow::ensure!(
+        released == expected,
+        "released {released:?}, the plain join gives {expected:?}"
+    );
+    let under = plain.values().filter(|(n, _)| *n < threshold).count() as u64;
+    anyhow::ensure!(
+        result.suppressed_rows == under,
+        "{} rows suppressed, the plain join has {under} under the threshold",
+        result.suppressed_rows
+    );
+    Ok(())
 }

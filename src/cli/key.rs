@@ -1,4 +1,5 @@
-//! `cleanroom key new`: a receiver's result key pair.
+//! `cleanroom key new`: a receiver's result key pair, or (`--relay`) a provider's relay key
+//! pair.
 //!
 //! A member that receives the results of queries it does not run (`cleanroom query --receiver
 //! NAME`) publishes the public half as `result_key` in its collaboration entry; the querier
@@ -6,6 +7,11 @@
 //! file, opens them (`cleanroom results --key-file`). The secret is a ristretto255 scalar from
 //! the operating system's CSPRNG, written as 64 hex digits to a new file readable by its owner
 //! only; it is never printed.
+//!
+//! A relay key is the same kind of pair: a provider of joins across three or more members
+//! publishes its public half as `relay_key`, the other providers seal what they send it to it
+//! (relayed by the querier), and its server opens them with the secret half (`serve
+//! --relay-key`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +46,9 @@ struct NewArgs {
     /// overwritten).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// A relay key (for `serve --relay-key`, published as `relay_key`) instead of a result key.
+    #[arg(long)]
+    relay: bool,
 }
 
 /// Runs `cleanroom key`.
@@ -59,30 +68,32 @@ fn new(args: NewArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|m| format!(" (member {m:?})"))
         .unwrap_or_default();
+    let kind = if args.relay { "relay" } else { "result" };
     println!(
-        "secret result key written to {}{for_member}",
+        "secret {kind} key written to {}{for_member}",
         args.out.display()
     );
     println!("line for the member's [[member]] entry in the collaboration file:");
     println!(
-        "result_key = \"{}\"",
+        "{kind}_key = \"{}\"",
         hex::encode(key.sealing_key().to_bytes())
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a secret result key written by `cleanroom key new`.
-pub fn read_opening_key(path: &Path) -> Result<OpeningKey> {
+/// Reads a secret key written by `cleanroom key new`, given with `flag` (`--key-file`,
+/// `--relay-key`), which its errors name.
+pub fn read_opening_key(path: &Path, flag: &str) -> Result<OpeningKey> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("--key-file {}", path.display()))?,
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))?,
     );
     let mut bytes = Zeroizing::new([0u8; 32]);
     let hex_text = text.trim();
     if hex_text.len() != 64 || hex::decode_to_slice(hex_text, bytes.as_mut()).is_err() {
         bail!(
-            "--key-file {}: not a result key (64 hex digits, as `cleanroom key new` writes)",
+            "{flag} {}: not a secret key (64 hex digits, as `cleanroom key new` writes)",
             path.display()
         );
     }
-    OpeningKey::from_bytes(*bytes).with_context(|| format!("--key-file {}", path.display()))
+    OpeningKey::from_bytes(*bytes).with_context(|| format!("{flag} {}", path.display()))
 }

@@ -1,5 +1,6 @@
 //! `cleanroom query`: ask a partner's server a question over both members' data.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,12 +83,16 @@ pub struct QueryArgs {
 /// client certificate, and the time limits (shared by `query` and `results`).
 #[derive(Args, Debug)]
 pub struct Connection {
-    /// The server: https://host:port (http:// only to loopback, or with --insecure).
-    #[arg(long, value_name = "URL")]
-    server: String,
-    /// The CA certificate (PEM) to trust for the server; default: the system's roots.
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
+    /// The server: https://host:port (http:// only to loopback, or with --insecure). For a
+    /// join across three or more members, one per provider table, named:
+    /// `--server visits_a=https://a.example:8443 --server visits_b=https://b.example:8443`.
+    #[arg(long = "server", value_name = "[TABLE=]URL", required = true)]
+    servers: Vec<String>,
+    /// The CA certificate (PEM) to trust for the server; default: the system's roots. For a
+    /// join across three or more members, `TABLE=FILE` for one provider's server (a bare
+    /// `FILE` applies to the others).
+    #[arg(long = "ca", value_name = "[TABLE=]FILE")]
+    cas: Vec<String>,
     /// Allow http:// to a non-loopback server (only on a trusted network).
     #[arg(long)]
     insecure: bool,
@@ -110,19 +115,82 @@ pub struct Connection {
     idle_timeout: u64,
 }
 
+/// `TABLE=VALUE` as (table, value), or `None` for a bare value (a URL's `scheme://` or a path
+/// is never read as a table name).
+fn named(text: &str) -> Option<(&str, &str)> {
+    let (table, value) = text.split_once('=')?;
+    let plain = !table.is_empty()
+        && table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    plain.then_some((table, value))
+}
+
 impl Connection {
-    /// The client configuration these flags describe (the token read from its file or
-    /// $CLEANROOM_TOKEN, the CA and client certificate from theirs).
+    /// The one server of a two-party query (or of `results`).
+    pub fn server(&self) -> Result<&str> {
+        match self.servers.as_slice() {
+            [server] if named(server).is_none() => Ok(server),
+            _ => anyhow::bail!(
+                "give one --server URL (TABLE=URL names the servers of a join across three or \
+                 more members)"
+            ),
+        }
+    }
+
+    /// The client configuration of the one server these flags describe (the token read from
+    /// its file or $CLEANROOM_TOKEN, the CA and client certificate from theirs).
     pub fn client_config(&self) -> Result<ClientConfig> {
+        let server = self.server()?.to_owned();
+        if self.cas.iter().any(|ca| named(ca).is_some()) || self.cas.len() > 1 {
+            anyhow::bail!("give at most one --ca FILE for one server");
+        }
+        self.config_for(server, self.cas.first().map(String::as_str))
+    }
+
+    /// For a join across three or more members: each provider table's server (`--server
+    /// TABLE=URL`), with its `--ca TABLE=FILE` or the bare `--ca FILE`.
+    pub fn chain_configs(&self) -> Result<BTreeMap<String, ClientConfig>> {
+        let default_ca = self.cas.iter().find(|ca| named(ca).is_none());
+        let mut configs = BTreeMap::new();
+        for server in &self.servers {
+            let (table, url) = named(server).with_context(|| {
+                format!(
+                    "--server {server}: a join across three or more members names each \
+                     provider's server as TABLE=URL"
+                )
+            })?;
+            let ca = self
+                .cas
+                .iter()
+                .filter_map(|ca| named(ca))
+                .find(|(t, _)| *t == table)
+                .map(|(_, file)| file)
+                .or(default_ca.map(String::as_str));
+            let config = self.config_for(url.to_owned(), ca)?;
+            if configs.insert(table.to_owned(), config).is_some() {
+                anyhow::bail!("--server {table}=… is given twice");
+            }
+        }
+        for ca in &self.cas {
+            if let Some((table, _)) = named(ca)
+                && !configs.contains_key(table)
+            {
+                anyhow::bail!("--ca {ca}: no --server {table}=URL");
+            }
+        }
+        Ok(configs)
+    }
+
+    fn config_for(&self, server: String, ca: Option<&str>) -> Result<ClientConfig> {
         let token = read_token(self.token_file.as_ref())?;
-        let mut config = ClientConfig::new(self.server.clone(), token);
+        let mut config = ClientConfig::new(server, token);
         config.insecure = self.insecure;
         config.timeout = self.timeout.map(Duration::from_secs);
         config.idle_timeout =
             (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout));
-        if let Some(ca) = &self.ca {
-            config.ca_pem =
-                Some(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?);
+        if let Some(ca) = ca {
+            config.ca_pem = Some(std::fs::read(ca).with_context(|| format!("--ca {ca}"))?);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.identity = Some(cleanroom_service::TlsIdentity {
@@ -532,10 +600,21 @@ fn print_refusal(error: &ClientError) {
 
 /// Runs the query and prints the released result. Exit 0 with a result, 1 when the query
 /// was refused (locally or by the server), 2 for any other failure.
-pub fn run(args: QueryArgs) -> Result<ExitCode> {
+pub fn run(mut args: QueryArgs) -> Result<ExitCode> {
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
-    let data = data_map(args.data, &collaboration)?;
+    let data = data_map(std::mem::take(&mut args.data), &collaboration)?;
+    let chain = matches!(
+        collaboration.plan_query(&args.member, &args.sql, &args.receivers),
+        Ok(cleanroom_rules::QueryPlan::Chain(_))
+    );
+    if chain {
+        anyhow::ensure!(
+            args.job_id.is_none(),
+            "--job-id: a join across three or more members runs as one session"
+        );
+        return run_chain(&args, &collaboration, &data);
+    }
     let mut config = args.connection.client_config()?;
     config.bucket_rows = args.bucket_rows;
     config.work_dir = args.work_dir.clone();
@@ -618,7 +697,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     };
     match outcome {
         Ok(outcome) if !outcome.received => {
-            print_delivered(&outcome, &args.connection.server, args.format)?;
+            print_delivered(&outcome, args.connection.server()?, args.format)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(outcome) => {
@@ -649,6 +728,78 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
                 }
             }
             if !args.quiet {
+                print_stats(&outcome);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) if error.is_refusal() => {
+            print_refusal(&error);
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `query` of a join across three or more members: one session with each provider's server
+/// (`--server TABLE=URL`), the result printed as for two parties, and each provider's session.
+fn run_chain(
+    args: &QueryArgs,
+    collaboration: &Collaboration,
+    data: &BTreeMap<String, cleanroom_data::TableSpec>,
+) -> Result<ExitCode> {
+    let mut configs = args.connection.chain_configs()?;
+    for config in configs.values_mut() {
+        config.work_dir = args.work_dir.clone();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bar = progress_bar(args.quiet);
+    let view = std::sync::Mutex::new(ProgressView::default());
+    let hook = |p: Progress<'_>| {
+        if let (Some(bar), Ok(mut view)) = (&bar, view.lock()) {
+            bar.set_message(view.describe(p));
+        }
+    };
+    let query = Query {
+        collaboration,
+        member: &args.member,
+        sql: &args.sql,
+        data,
+        receivers: &args.receivers,
+    };
+    let outcome = runtime.block_on(cleanroom_service::client::run_chain_query(
+        query,
+        &configs,
+        Some(&hook),
+    ));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let cells = if args.csv_raw {
+        CsvCells::Raw
+    } else {
+        CsvCells::Safe
+    };
+    match outcome {
+        Ok(outcome) => {
+            match &args.output {
+                Some(path) => write_csv_atomically(&outcome.result, path, cells)?,
+                None => print!("{}", render_outcome(&outcome, args.format, cells)?),
+            }
+            if !args.quiet {
+                for p in &outcome.chain {
+                    let part = if p.position == outcome.chain.len() {
+                        "matched and released"
+                    } else {
+                        "filtered"
+                    };
+                    eprintln!(
+                        "{} ({}) {part} at position {}: session {}",
+                        p.table, p.member, p.position, p.session_id
+                    );
+                }
                 print_stats(&outcome);
             }
             Ok(ExitCode::SUCCESS)

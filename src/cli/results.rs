@@ -43,7 +43,7 @@ pub struct ResultsArgs {
 pub fn run(args: ResultsArgs) -> Result<ExitCode> {
     let collaboration = Collaboration::load(&args.config)
         .with_context(|| format!("collaboration file {}", args.config.display()))?;
-    let key = read_opening_key(&args.key_file)?;
+    let key = read_opening_key(&args.key_file, "--key-file")?;
     let config = args.connection.client_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

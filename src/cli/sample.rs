@@ -102,3 +102,47 @@ fn noisy_email(rng: &mut SplitMix, i: u64) -> String {
         _ => format!("person{i}@example.com"),
     }
 }
+
+/// Diagnoses of the hospitals' patients; the last is rare, so the threshold suppresses it.
+pub const DIAGNOSES: [&str; 4] = ["flu", "diabetes", "asthma", "rare_disorder"];
+
+/// Three hospitals' patients for `cleanroom demo --members 3`: hospital A's `email,
+/// diagnosis, cost` (cents; the querier), hospital B's and C's `email, diagnosis`. A holds
+/// people 0..6 000, B and C about 70% of people 0..8 000 each (not the same ones); a patient
+/// has one diagnosis, `rare_disorder` for one in 150.
+pub fn hospitals() -> [SampleTable; 3] {
+    let diagnosis = |i: u64| {
+        if i % 150 == 0 {
+            DIAGNOSES[3]
+        } else {
+            DIAGNOSES[(i % 3) as usize]
+        }
+    };
+    let mut rng = SplitMix(0x4805_9174);
+    let a = SampleTable {
+        header: vec!["email".into(), "diagnosis".into(), "cost".into()],
+        rows: (0..6_000u64)
+            .map(|i| {
+                vec![
+                    noisy_email(&mut rng, i),
+                    diagnosis(i).to_owned(),
+                    (5_000 + rng.below(200_000)).to_string(),
+                ]
+            })
+            .collect(),
+    };
+    let mut other = |seed: u64| {
+        let mut pick = SplitMix(seed);
+        let rows = (0..8_000u64)
+            .filter(|_| pick.below(10) < 7)
+            .map(|i| vec![noisy_email(&mut rng, i), diagnosis(i).to_owned()])
+            .collect();
+        SampleTable {
+            header: vec!["email".into(), "diagnosis".into()],
+            rows,
+        }
+    };
+    let b = other(0x0B0B);
+    let c = other(0x0C0C);
+    [a, b, c]
+}

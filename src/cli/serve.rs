@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// removed when the job ends); default: the system's temporary directory.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// This member's secret relay key (from `cleanroom key new --relay`), whose public half is
+    /// its `relay_key` in the collaboration file: needed to serve a table in joins across
+    /// three or more members, where other providers' messages are sealed to it.
+    #[arg(long, value_name = "FILE")]
+    relay_key: Option<PathBuf>,
     /// Most connections open at once (lowered to the open-files limit less 64); one more is
     /// closed right after accept.
     #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().total)]
@@ -249,6 +254,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         // Every session's end is an event of the log (cleanroom_service::events).
         on_session_end: None,
         work_dir: args.work_dir,
+        relay_key: args
+            .relay_key
+            .as_deref()
+            .map(|path| super::key::read_opening_key(path, "--relay-key").map(Arc::new))
+            .transpose()?,
     };
     config.validate()?;
     // The whole tables, before listening: a bad line stops the start with file, line, column.

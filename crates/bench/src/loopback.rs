@@ -65,6 +65,7 @@ pub fn run(
         insecure: false,
         on_session_end: None,
         work_dir: None,
+        relay_key: None,
     };
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -93,6 +94,89 @@ pub fn run(
         .await;
         let _ = stop.send(());
         serving.await.context("server task")??;
+        Ok(outcome?)
+    })
+}
+
+/// A provider of a join across three or more members: its side and its secret relay key.
+pub struct Provider<'a> {
+    /// The member and its tables.
+    pub side: Side<'a>,
+    /// The opening half of its `relay_key`.
+    pub relay_key: cleanroom_psi::sealed::OpeningKey,
+}
+
+/// Serve every provider's tables on its own 127.0.0.1 port (each with its own state database
+/// in `state_dir`), run `sql` as `client` against all of them (a join across three or more
+/// members), and shut the servers down.
+pub fn run_chain(
+    collaboration: Collaboration,
+    providers: Vec<Provider<'_>>,
+    client: Side<'_>,
+    client_token: &str,
+    sql: &str,
+    tls: bool,
+    state_dir: &Path,
+) -> Result<QueryOutcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let identity = if tls {
+        Some(TlsIdentity::self_signed(&["localhost"])?)
+    } else {
+        None
+    };
+    let collaboration = Arc::new(collaboration);
+    runtime.block_on(async {
+        let mut servers = Vec::new();
+        let mut configs = BTreeMap::new();
+        for provider in providers {
+            let config = ServerConfig {
+                collaboration: collaboration.clone(),
+                member: provider.side.member.to_owned(),
+                data: provider.side.data.clone(),
+                limits: Limits::default(),
+                connections: cleanroom_service::ConnectionLimits::default(),
+                state: Arc::new(StateDb::open(
+                    state_dir.join(format!("state-{}.db", provider.side.member)),
+                )?),
+                tls: identity.clone(),
+                client_ca: None,
+                insecure: false,
+                on_session_end: None,
+                work_dir: None,
+                relay_key: Some(Arc::new(provider.relay_key)),
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(cleanroom_service::serve(config, listener, async {
+                let _ = stopped.await;
+            }));
+            servers.push((stop, serving));
+            let scheme = if tls { "https" } else { "http" };
+            for table in provider.side.data.keys() {
+                let mut client_config = ClientConfig::new(
+                    format!("{scheme}://localhost:{port}"),
+                    BearerToken::new(client_token)?,
+                );
+                client_config.ca_pem = identity.as_ref().map(|i| i.cert_pem.clone());
+                configs.insert(table.clone(), client_config);
+            }
+        }
+        let query = Query {
+            collaboration: &collaboration,
+            member: client.member,
+            sql,
+            data: &client.data,
+            receivers: &[],
+        };
+        let outcome = cleanroom_service::client::run_chain_query(query, &configs, None).await;
+        for (stop, serving) in servers {
+            let _ = stop.send(());
+            serving.await.context("server task")??;
+        }
         Ok(outcome?)
     })
 }

@@ -139,6 +139,14 @@ pub fn list_querier_table(
     })
 }
 
+/// A chain filter's distinct identifiers from the table at `spec` (its local filter applied).
+pub fn filter_table(
+    filter: &cleanroom_rules::ChainFilter,
+    spec: &TableSpec,
+) -> Result<ListQuerierTable, DataFileError> {
+    with_rows(spec, |header, _, rows| filter.identifiers(header, rows))
+}
+
 /// The header of the table at `spec` (each name once: a repeated name is an error).
 pub fn header(spec: &TableSpec) -> Result<Vec<String>, DataFileError> {
     Ok(Source::open(spec)?.header().to_vec())

@@ -88,6 +88,11 @@ pub struct ServerConfig {
     /// directory per job inside it, removed when the job ends; `None`: under the system's
     /// temporary directory.
     pub work_dir: Option<std::path::PathBuf>,
+    /// The opening half of this member's relay key (`serve --relay-key`), whose public half
+    /// is its `relay_key` in the collaboration file: what other providers of a join across
+    /// three or more members seal their messages to. `None`: this server takes no part in such
+    /// joins. Never printed.
+    pub relay_key: Option<Arc<cleanroom_psi::sealed::OpeningKey>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -102,6 +107,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls.is_some())
             .field("client_ca", &self.client_ca.is_some())
             .field("insecure", &self.insecure)
+            .field("relay_key", &self.relay_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +118,12 @@ pub enum ServerError {
     /// `--member` is not a member of the collaboration.
     #[error("{0:?} is not a member of the collaboration")]
     UnknownMember(String),
+    /// `--relay-key` is not the key whose public half the member's entry publishes.
+    #[error(
+        "--relay-key does not open what is sealed to member {0:?}: its public half is not the \
+         relay_key of that member in the collaboration file (or the member has none)"
+    )]
+    RelayKeyMismatch(String),
     /// A `--data` table is not in the collaboration.
     #[error("table {0:?} is not in the collaboration")]
     UnknownTable(String),
@@ -185,8 +197,13 @@ impl ServerConfig {
         self.connections
             .validate()
             .map_err(ConnectionsError::Limits)?;
-        if self.collaboration.member(&self.member).is_none() {
+        let Some(member) = self.collaboration.member(&self.member) else {
             return Err(ServerError::UnknownMember(self.member.clone()));
+        };
+        if let Some(key) = &self.relay_key
+            && member.relay_key() != Some(&key.sealing_key())
+        {
+            return Err(ServerError::RelayKeyMismatch(self.member.clone()));
         }
         if self.data.is_empty() {
             return Err(ServerError::NoData);

@@ -608,6 +608,7 @@ async fn plaintext_is_refused_off_loopback() {
         insecure: false,
         on_session_end: None,
         work_dir: None,
+        relay_key: None,
     };
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let err = cleanroom_service::serve(config, listener, async {})

@@ -58,6 +58,7 @@ async fn tls_server(
         insecure: false,
         on_session_end: None,
         work_dir: None,
+        relay_key: None,
     })
     .await
 }

@@ -695,6 +695,7 @@ async fn the_querier_never_sees_the_providers_row_count() {
             insecure: false,
             on_session_end: None,
             work_dir: None,
+            relay_key: None,
         })
         .await;
         let outcome = run_query(&fx, format!("http://{}", server.addr), TOTAL)
@@ -1667,6 +1668,7 @@ async fn list_queries_may_not_filter_on_identifiers() {
         insecure: false,
         on_session_end: None,
         work_dir: None,
+        relay_key: None,
     })
     .await;
     let customers = fx.customers_with(STRANGER);

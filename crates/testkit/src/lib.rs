@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod binary;
+pub mod chain;
 pub mod client;
 pub mod collaboration;
 pub mod fixture;

@@ -205,6 +205,7 @@ pub async fn start_list_server_with(
         insecure: false,
         on_session_end: None,
         work_dir: work_dir.map(std::path::Path::to_path_buf),
+        relay_key: None,
     })
     .await
 }

@@ -125,6 +125,7 @@ impl Server {
             insecure: false,
             on_session_end: None,
             work_dir: None,
+            relay_key: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -89,6 +89,7 @@ pub fn publisher_config(
         insecure: false,
         on_session_end: None,
         work_dir: None,
+        relay_key: None,
     }
 }
 

@@ -72,6 +72,17 @@ pub enum ClientError {
         /// The table.
         table: String,
     },
+    /// A join across three or more members uses a provider's table no `--server` names.
+    #[error(
+        "the query joins table {table:?}, served by member {member:?}: give --server \
+         {table}=URL"
+    )]
+    MissingServer {
+        /// The table.
+        table: String,
+        /// The member that serves it.
+        member: String,
+    },
     /// The querying member's data file cannot be read.
     #[error(transparent)]
     Data(#[from] DataFileError),

@@ -5,11 +5,13 @@
 //! query, the list querier), and turns the released outcome into the result table. A table
 //! too large for memory runs as a job of buckets ([`job`]).
 
+mod chain;
 mod connect;
 mod error;
 mod job;
 mod list_job;
 
+pub use chain::{ChainProvider, run_chain_query};
 use connect::{CONNECTION_DROPPED, connect_channel, with_certificate_hint};
 pub use connect::{ServingStatus, check_health};
 pub use error::{ClientError, RemoteError};
@@ -184,6 +186,9 @@ pub struct QueryOutcome {
     /// in more groups than `max_groups_per_identifier` and were kept in that many, chosen at
     /// random by this client (exact, this member's own data).
     pub own_over_bound: Option<u64>,
+    /// For a join across three or more members, every provider's session, in chain order;
+    /// `accepted` and `summary` are then the matcher's. Empty for two parties.
+    pub chain: Vec<ChainProvider>,
 }
 
 /// A result fetched as a receiver of a query this member did not run.
@@ -798,6 +803,7 @@ impl Client {
             unopened,
             skipped_rows,
             own_over_bound,
+            chain: Vec::new(),
         })
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use cleanroom_data::TableSpec;
 use cleanroom_rules::{Plan, Protocol};
 
+use super::chain::ChainSession;
 use super::delivery::{OtherReceivers, Recipients};
 use crate::events::ServerEvents;
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ pub(crate) struct SessionRequest<'a> {
     pub buckets: u32,
     /// The client's name for the query, to resume it (empty: none).
     pub job_id: &'a str,
+    /// A chain session's context (empty: two parties).
+    pub chain_context: &'a [u8],
 }
 
 /// A table the client brings, as it describes it (never its rows).
@@ -86,6 +89,7 @@ impl<'a> SessionRequest<'a> {
             result_keys: &start.result_keys,
             buckets: start.buckets,
             job_id: &start.job_id,
+            chain_context: &start.chain_context,
         }
     }
 
@@ -103,6 +107,10 @@ pub(crate) struct Admitted {
     pub plan: Plan,
     /// Where the server's table of the plan is.
     pub matcher_path: TableSpec,
+    /// The part this server plays in a join across three or more members; `None`: two
+    /// parties. For a chain, `plan` is the two-party plan of the chain's ends (the querier's
+    /// and the matcher's tables), which holds its threshold, privacy and outputs.
+    pub chain: Option<ChainSession>,
     /// The rows the client declared.
     pub receiver_rows: u64,
     /// The concurrency slot, held until the session ends.
@@ -185,7 +193,7 @@ impl Host {
         &self,
         member: &str,
         request: &SessionRequest<'_>,
-    ) -> Result<(Plan, TableSpec, Recipients), SessionError> {
+    ) -> Result<(Plan, TableSpec, Recipients, Option<ChainSession>), SessionError> {
         let config = &self.config;
         if request.member != member {
             return Err(SessionError::PermissionDenied(format!(
@@ -199,6 +207,10 @@ impl Host {
                 config.collaboration.id(),
                 request.collaboration_id
             )));
+        }
+        if !request.chain_context.is_empty() {
+            let (plan, path, recipients, chain) = self.admit_chain(member, request)?;
+            return Ok((plan, path, recipients, Some(chain)));
         }
         let plan = config
             .collaboration
@@ -220,6 +232,26 @@ impl Host {
         .map_err(SessionError::AgreementDiffers)?;
         crate::job::check_requested(request.buckets).map_err(SessionError::InvalidArgument)?;
         crate::job::check_job_id(request.job_id).map_err(SessionError::InvalidArgument)?;
+        let rows = self.check_querier_table(member, request, &plan)?;
+        let path = self.served(&plan)?;
+        // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
+        // before anything is charged or any of this server's data moves.
+        if plan.protocol() != Protocol::List {
+            plan.check_querier_identifiers(rows)
+                .map_err(SessionError::Refused)?;
+        }
+        Ok((plan, path, recipients, None))
+    }
+
+    /// The querier's table as the request declares it: the member's own, the one `plan` uses,
+    /// with no more rows than this server and the member's quota accept. Returns its rows.
+    pub(super) fn check_querier_table(
+        &self,
+        member: &str,
+        request: &SessionRequest<'_>,
+        plan: &Plan,
+    ) -> Result<u64, SessionError> {
+        let config = &self.config;
         let table = request.table.ok_or_else(|| {
             SessionError::InvalidArgument("the session start names no table".to_owned())
         })?;
@@ -246,13 +278,6 @@ impl Host {
                 table.name
             )));
         }
-        let path = self.served(&plan)?;
-        // Fewer declared rows than the threshold cannot bring enough identifiers: refused here,
-        // before anything is charged or any of this server's data moves.
-        if plan.protocol() != Protocol::List {
-            plan.check_querier_identifiers(table.rows)
-                .map_err(SessionError::Refused)?;
-        }
         if table.rows > config.limits.max_rows_per_session {
             return Err(SessionError::ResourceExhausted(format!(
                 "the client's table has {} rows; this server accepts at most {} per session",
@@ -267,7 +292,7 @@ impl Host {
                 table.rows
             )));
         }
-        Ok((plan, path, recipients))
+        Ok(table.rows)
     }
 
     /// The plan of `member`'s `sql` that this server would agree to in a session: the rules'
@@ -341,21 +366,25 @@ impl Host {
         // The member's own quota is checked before the server's total, so that a refusal tells
         // a member about its own sessions only (see `slots`).
         let admitted = match self.admit(member, request) {
-            Ok((plan, path, recipients)) => self
+            Ok((plan, path, recipients, chain)) => self
                 .sessions
                 .acquire(member)
                 .map_err(|refusal| SessionError::ResourceExhausted(refusal.to_string()))
-                .map(|permit| (plan, path, recipients, permit)),
+                .map(|permit| (plan, path, recipients, chain, permit)),
             Err(error) => Err(error),
         };
         // The charge comes last, once nothing else can refuse the session, and before the first
         // message that depends on this server's data: whatever becomes of the session, it
         // stays.
         let admitted = match admitted {
-            Ok((plan, path, recipients, permit)) => self
-                .charge(&session_id, &plan)
-                .await
-                .map(|standing| (plan, path, recipients, permit, standing)),
+            Ok((plan, path, recipients, chain, permit)) => {
+                let uses = chain
+                    .as_ref()
+                    .map_or_else(|| TableUse::of_plan(&plan), ChainSession::uses);
+                self.charge(&session_id, &plan, &uses)
+                    .await
+                    .map(|standing| (plan, path, recipients, chain, permit, standing))
+            }
             Err(error) => Err(error),
         };
         if let Ok((plan, ..)) = &admitted
@@ -365,8 +394,12 @@ impl Host {
                 .charged(plan.querier(), privacy.epsilon.as_f64());
         }
         match admitted {
-            Ok((plan, matcher_path, recipients, permit, standing)) => {
-                let (id, table) = (session_id.clone(), plan.matcher().table.clone());
+            Ok((plan, matcher_path, recipients, chain, permit, standing)) => {
+                let table = chain
+                    .as_ref()
+                    .map_or(plan.matcher().table.as_str(), ChainSession::table)
+                    .to_owned();
+                let id = session_id.clone();
                 // The figure is informative: a failure to write it does not end the session.
                 let _ = state_call(&self.config.state, move |s| {
                     s.record_matcher_skipped(&id, &table)
@@ -376,6 +409,8 @@ impl Host {
                 // whole table's group sizes), and a list for other receivers (its release is
                 // kept for them in one piece), run as one session.
                 let job = match (plan.protocol(), &recipients.others) {
+                    // A chain runs as one session (admission refused buckets and job names).
+                    _ if chain.is_some() => None,
                     (_, OtherReceivers::Sealed(sealed)) if !sealed.is_empty() => None,
                     (cleanroom_rules::Protocol::List, OtherReceivers::KeysToFollow(names))
                         if !names.is_empty() =>
@@ -409,6 +444,7 @@ impl Host {
                     session_id,
                     plan,
                     matcher_path,
+                    chain,
                     receiver_rows,
                     permit,
                     standing,
@@ -510,7 +546,7 @@ impl Host {
         request: &SessionRequest<'_>,
         stored: StoredJob,
     ) -> Result<Admitted, SessionError> {
-        let (plan, matcher_path, recipients) = self.admit(member, request)?;
+        let (plan, matcher_path, recipients, _) = self.admit(member, request)?;
         let (name, id) = (request.job_id, stored.session_id.clone());
         if request_digest(request)[..] != stored.terms_digest[..] {
             return Err(SessionError::JobTermsDiffer(format!(
@@ -577,6 +613,7 @@ impl Host {
             session_id: id,
             plan,
             matcher_path,
+            chain: None,
             receiver_rows: request.rows(),
             permit,
             standing,
@@ -593,14 +630,19 @@ impl Host {
 
     /// Charges the querier for `plan` (its budget and query limits), in the same transaction
     /// that checks them: refused with [`StateError::Exhausted`] when they do not allow it.
-    async fn charge(&self, session_id: &str, plan: &Plan) -> Result<Standing, SessionError> {
+    async fn charge(
+        &self,
+        session_id: &str,
+        plan: &Plan,
+        uses: &[TableUse],
+    ) -> Result<Standing, SessionError> {
         let (id, policy, member, cost) = (
             session_id.to_owned(),
             Arc::clone(&self.policy),
             plan.querier().to_owned(),
             plan.privacy().map(|p| p.epsilon),
         );
-        let uses = TableUse::of_plan(plan);
+        let uses = uses.to_vec();
         state_call(&self.config.state, move |s| {
             s.charge(&id, &policy, &member, cost, &uses)
         })
@@ -718,6 +760,7 @@ mod tests {
             insecure: false,
             on_session_end: None,
             work_dir: None,
+            relay_key: None,
         })
     }
 
@@ -743,6 +786,7 @@ mod tests {
             result_keys: &[],
             buckets: 0,
             job_id: "",
+            chain_context: &[],
         }
     }
 
@@ -757,7 +801,7 @@ mod tests {
     fn a_query_within_the_rules_is_admitted_with_the_servers_plan() {
         let dir = tempfile::tempdir().unwrap();
         let host = host(&dir, collaboration(""), Limits::default());
-        let (plan, path, recipients) = host
+        let (plan, path, recipients, _) = host
             .admit(
                 "advertiser",
                 &request(&host, "advertiser", "conversions", 10),

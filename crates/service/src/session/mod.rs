@@ -17,6 +17,7 @@
 
 mod admission;
 mod agreement;
+mod chain;
 mod delivery;
 mod job;
 mod list_job;
@@ -25,6 +26,7 @@ mod run;
 pub(crate) use admission::{Admitted, Host, SessionRequest, state_call};
 pub use agreement::agreement;
 pub(crate) use agreement::{accepted, check_accepted, check_agreement};
+pub use chain::{CHAIN_CONTEXT_BYTES, chain_agreement};
 pub(crate) use delivery::seal_result_keys;
 pub use delivery::{DeliveryError, MAX_SEALED_KEYS, keys_ad, open_delivered};
 pub(crate) use run::{ServerFrames, receiver_for, value_ranges};

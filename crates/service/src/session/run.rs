@@ -12,12 +12,13 @@ use cleanroom_psi::{
     AggregateMessage, GroupCount, GroupDecision, JobTotals, ListProvider, Matcher, MatcherTable,
     ProtocolError, Receiver, ReceiverTable, ReleaseSummary, WireMessage,
 };
-use cleanroom_rules::{Plan, Role};
+use cleanroom_rules::{ChainPart, Plan, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 
 use super::admission::{Admitted, Host, state_call};
+use super::chain::ChainSession;
 use super::delivery::{OtherReceivers, Recipients, boxes_for};
 use super::{Inbound, Server, ServerRole, psi_only, role_for};
 use crate::data::{self, DataFileError};
@@ -98,7 +99,7 @@ pub(super) fn decide_release<R: ReleaseDecision>(
 /// bounded identifiers (exact, and as the querier is told), the encoded messages, and the
 /// matcher's hello that receivers other than the querier get before them (`None` when the
 /// messages begin with it, as a job's do, or for a list).
-pub(super) struct Release {
+pub(crate) struct Release {
     pub released: u64,
     pub suppressed: u64,
     pub bounded: (u64, u64),
@@ -126,6 +127,7 @@ impl Host {
             session_id,
             plan,
             matcher_path,
+            chain,
             receiver_rows,
             permit,
             standing,
@@ -178,6 +180,7 @@ impl Host {
                 &mut matcher_rows,
                 (started, &standing, &recipients),
                 job.as_ref().map(|job| (job, checkpoint, named)),
+                chain.as_ref(),
             )
             .await;
         let counters = exchange.counters;
@@ -230,6 +233,7 @@ impl Host {
         matcher_rows: &mut u64,
         (started, standing, recipients): (Instant, &Standing, &Recipients),
         job: Option<(&crate::job::JobTerms, Option<Vec<u8>>, bool)>,
+        chain: Option<&ChainSession>,
     ) -> Result<(), SessionError>
     where
         T: ServerFrames,
@@ -242,7 +246,10 @@ impl Host {
         exchange
             .send_item(T::accepted(super::accepted(
                 plan,
-                super::agreement(&self.config.collaboration, plan),
+                match chain {
+                    Some(chain) => super::chain_agreement(&self.config.collaboration, &chain.plan),
+                    None => super::agreement(&self.config.collaboration, plan),
+                },
                 session_id,
                 job.as_ref().map(|(terms, ..)| *terms),
             )))
@@ -253,6 +260,37 @@ impl Host {
         // server's data is computed on: after the acceptance for one session, after the last
         // bucket's data for a job.
         let (release, sealed) = match (role_for(plan, Server), job) {
+            // A filter of a chain releases nothing: it ends here, recorded as filtered.
+            _ if let Some(chain) = chain.filter(|c| c.part == ChainPart::Filter) => {
+                let mut psi = psi_only(inbound);
+                return self
+                    .filter_chain(
+                        session_id,
+                        plan,
+                        chain,
+                        matcher_path,
+                        limits,
+                        &mut psi,
+                        exchange,
+                        (started, standing, receiver_rows),
+                    )
+                    .await;
+            }
+            _ if let Some(chain) = chain => {
+                let mut psi = psi_only(inbound);
+                let release = self
+                    .match_chain(
+                        plan,
+                        chain,
+                        matcher_path,
+                        limits,
+                        &mut psi,
+                        exchange,
+                        matcher_rows,
+                    )
+                    .await?;
+                (release, Vec::new())
+            }
             (ServerRole::Matcher, None) => {
                 let sealed = sealed_keys(plan, recipients, inbound, exchange).await?;
                 let mut psi = psi_only(inbound);
@@ -536,7 +574,7 @@ fn millis(time: std::time::Duration) -> u64 {
 /// Reads the server's table for `plan` and builds its role from it with `build`, off the
 /// runtime (both are heavy); returns the table's row count and the role. A table that cannot
 /// be read is [`SessionError::Data`], naming it.
-async fn build_role<T, R>(
+pub(super) async fn build_role<T, R>(
     exchange: &mut Exchange<'_, T>,
     plan: &Plan,
     build: impl FnOnce(&Plan) -> Result<(u64, R), DataFileError> + Send + 'static,

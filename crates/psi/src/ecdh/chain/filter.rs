@@ -421,10 +421,17 @@ impl ChainFilter {
         }
     }
 
-    /// Sends on every complete group of the matcher's set, shuffled: as points, or (from the
-    /// last filter, unless a noisy matcher with several groups needs points) as tags.
+    /// Sends on every complete group of the matcher's set, shuffled, once every candidate was
+    /// sent on: as points, or (from the last filter, unless a noisy matcher with several groups
+    /// needs points) as tags.
     fn flush_matcher_groups(&mut self) {
-        let Some(groups) = self.matcher_groups.as_mut() else {
+        // The matcher takes the receiver's items before any of its own groups come back (as
+        // a two-party receiver sends them): they wait until every candidate went on.
+        let candidates_sent = self
+            .candidates
+            .as_ref()
+            .is_some_and(|c| c.groups.iter().all(|g| g.done));
+        let Some(groups) = self.matcher_groups.as_mut().filter(|_| candidates_sent) else {
             return;
         };
         let last = self.position + 1 == self.chain.matcher();
@@ -505,6 +512,7 @@ impl ChainFilter {
         for message in out {
             self.send_on(&ChainMessage::Aggregate(message));
         }
+        self.flush_matcher_groups();
     }
 
     /// The limits on what other providers announce: the querier's declared rows bound the
