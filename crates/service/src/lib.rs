@@ -49,7 +49,10 @@ pub use client::{Client, ClientConfig, ClientError, FetchedResult, Query, QueryO
 pub use limits::{Limits, LimitsError};
 pub use listener::{ConnectionLimits, ConnectionLimitsError};
 pub use server::{ServerConfig, ServerError, serve, serve_with_metrics};
-pub use session::{DeliveryError, MAX_SEALED_KEYS, agreement, keys_ad, open_delivered};
+pub use session::{
+    CHAIN_CONTEXT_BYTES, DeliveryError, MAX_SEALED_KEYS, agreement, chain_agreement, keys_ad,
+    open_delivered,
+};
 pub use state::{
     AuditEntry, AuditPage, AuditQuery, Contribution, Decision, Exhausted, FailedAuthentication,
     Policy, Standing, StateDb, StateError, TableUse, UsageLine,

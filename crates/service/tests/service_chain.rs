@@ -119,3 +119,17 @@ async fn the_release_threshold_suppresses_the_final_rows() {
         server.stop().await;
     }
 }
+
+#[test]
+fn a_server_whose_relay_key_is_not_its_members_does_not_start() {
+    let fx = Hospitals::new(2, 3);
+    let mut config = fx.config(0);
+    assert!(config.validate().is_ok());
+    config.relay_key = Some(std::sync::Arc::new(
+        cleanroom_psi::sealed::OpeningKey::generate(),
+    ));
+    assert!(matches!(
+        config.validate(),
+        Err(cleanroom_service::ServerError::RelayKeyMismatch(member)) if member == "hospital_a"
+    ));
+}

@@ -6,10 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cleanroom_psi::ecdh::chain::{Chain, ChainMessage, ChainQuerier};
 use cleanroom_psi::sealed::OpeningKey;
-use cleanroom_rules::Collaboration;
+use cleanroom_psi::{Receiver, Stage, WireMessage};
+use cleanroom_rules::{Collaboration, Plan, QueryPlan, Role};
+use cleanroom_service::proto::{
+    PsiMessage, RunSessionRequest, SessionStart, TableDescriptor, run_session_request,
+    run_session_response,
+};
 use cleanroom_service::{BearerToken, ClientConfig, Limits, ServerConfig, StateDb};
+use tokio::sync::mpsc;
 
+use crate::client::{raw_client, raw_open};
 use crate::collaboration::{CollaborationToml, MemberToml, TableToml};
 use crate::fixture::{Csv, Rng};
 use crate::server::{Running, serve_in_process};
@@ -232,5 +240,147 @@ impl Hospitals {
             }
         }
         out
+    }
+}
+
+/// How a querier's session with a chain ended: at which provider (its table) the first error
+/// status came, and that status; `None` when every provider ended with its summary. With
+/// every byte the querier sent and received, and each provider's session identifier.
+pub struct Bent {
+    /// The first provider to end the call with an error, and its status.
+    pub refused: Option<(String, tonic::Status)>,
+    /// Each provider's table and session identifier, in chain order.
+    pub sessions: Vec<(String, String)>,
+    /// Every protocol message the querier sent or received, encoded.
+    pub wire: Vec<Vec<u8>>,
+}
+
+impl Hospitals {
+    /// Replaces hospital `h`'s table (before its server starts).
+    pub fn set_visits(&mut self, h: usize, visits: Csv) {
+        visits.write(&self.dir.path().join(format!("{}.csv", hospital(h).1)));
+        self.visits[h] = visits;
+    }
+
+    /// The registry's `sql` against `servers`, played by a querier that passes every message
+    /// it would send to provider `to` through `bend(to, message)` and sends what that returns
+    /// instead, each to the position it names: the attacker's hook (`vec![(to, message)]`:
+    /// an honest querier). Runs until every provider ended, or the first one ends with an
+    /// error.
+    pub async fn bent_query(
+        &self,
+        servers: &[Running],
+        sql: &str,
+        mut bend: impl FnMut(u8, ChainMessage) -> Vec<(u8, ChainMessage)>,
+    ) -> Bent {
+        let Ok(QueryPlan::Chain(plan)) = self.collaboration.plan_query("registry", sql, &[]) else {
+            panic!("{sql}: not a chain")
+        };
+        let mut ends = Plan::Aggregate(plan.ends().clone());
+        let spec = self.registry_data()["patients"].clone();
+        let table = cleanroom_service::data::receiver_table(&mut ends, &spec).unwrap();
+        let mut receiver = Receiver::new(&ends.domain(), table, cleanroom_psi::Limits::default());
+        if ends.grouped_by() != Some(Role::Matcher) {
+            receiver = receiver.expect_matcher_groups(1);
+        }
+        let mut context = [0u8; 32];
+        context[..8].copy_from_slice(&crate::server::rand_suffix().to_be_bytes());
+        context[8..16].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
+        let chain = Chain::new(&context, plan.links().map(|l| *l.relay_key()).collect()).unwrap();
+        let start = SessionStart {
+            collaboration_id: "hospitals".to_owned(),
+            member: "registry".to_owned(),
+            sql: sql.to_owned(),
+            table: Some(TableDescriptor {
+                name: "patients".to_owned(),
+                columns: self.patients.header.clone(),
+                rows: self.patients.rows.len() as u64,
+                skipped_rows: 0,
+            }),
+            agreement: Some(cleanroom_service::chain_agreement(
+                &self.collaboration,
+                &plan,
+            )),
+            receivers: Vec::new(),
+            result_keys: Vec::new(),
+            buckets: 0,
+            job_id: String::new(),
+            chain_context: context.to_vec(),
+        };
+        let (arrivals, mut arrived) = mpsc::channel(256);
+        let (mut senders, mut sessions) = (Vec::new(), Vec::new());
+        for (link, position) in plan.links().zip(1u8..) {
+            let h = usize::from(link.table().as_bytes()["visits_".len()] - b'a');
+            let mut client = raw_client(servers[h].addr, Some(REGISTRY_TOKEN)).await;
+            let request = RunSessionRequest {
+                message: Some(run_session_request::Message::Start(start.clone())),
+            };
+            let (sender, mut inbound) = raw_open(&mut client, request).await.unwrap();
+            let accepted = match inbound.message().await.unwrap().and_then(|m| m.message) {
+                Some(run_session_response::Message::Accepted(accepted)) => accepted,
+                other => panic!("{}: no acceptance: {other:?}", link.table()),
+            };
+            sessions.push((link.table().to_owned(), accepted.session_id));
+            senders.push(sender);
+            let arrivals = arrivals.clone();
+            tokio::spawn(async move {
+                loop {
+                    let item = inbound.message().await;
+                    let end = !matches!(item, Ok(Some(_)));
+                    if arrivals.send((position, item)).await.is_err() || end {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut querier = ChainQuerier::new(receiver, chain, cleanroom_psi::Limits::default());
+        let (mut wire, mut summaries) = (Vec::new(), 0);
+        loop {
+            while let Some((to, message)) = querier.poll_message() {
+                for (to, message) in bend(to, message) {
+                    let payload = message.encode();
+                    wire.push(payload.clone());
+                    let request = RunSessionRequest {
+                        message: Some(run_session_request::Message::Psi(PsiMessage { payload })),
+                    };
+                    // A provider that ended already reads no more.
+                    let _ = senders[usize::from(to) - 1].send(request).await;
+                }
+            }
+            if querier.stage() == Stage::Finished && summaries == senders.len() {
+                break;
+            }
+            let (from, item) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+                .await
+                .expect("a provider answers within 30 s")
+                .expect("the readers run");
+            let table = sessions[usize::from(from) - 1].0.clone();
+            match item {
+                Ok(Some(response)) => match response.message {
+                    Some(run_session_response::Message::Psi(psi)) => {
+                        wire.push(psi.payload.clone());
+                        let message = ChainMessage::decode(&psi.payload).unwrap();
+                        querier.handle_message(from, message).unwrap_or_else(|e| {
+                            panic!("{table} sent what the querier refuses: {e}")
+                        });
+                    }
+                    Some(run_session_response::Message::Summary(_)) => summaries += 1,
+                    other => panic!("{table}: unexpected {other:?}"),
+                },
+                Ok(None) => {}
+                Err(status) => {
+                    return Bent {
+                        refused: Some((table, status)),
+                        sessions,
+                        wire,
+                    };
+                }
+            }
+        }
+        Bent {
+            refused: None,
+            sessions,
+            wire,
+        }
     }
 }
