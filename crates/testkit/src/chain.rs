@@ -117,6 +117,11 @@ impl Hospitals {
                         .min_threshold(threshold),
                 );
         }
+        std::fs::write(dir.path().join("hospitals.toml"), toml.render()).unwrap();
+        for (h, key) in relay_keys.iter().enumerate() {
+            let path = dir.path().join(format!("relay-{}.key", hospital(h).0));
+            std::fs::write(path, hex::encode(key)).unwrap();
+        }
         patients.write(&dir.path().join("patients.csv"));
         for (h, csv) in visits.iter().enumerate() {
             csv.write(&dir.path().join(format!("{}.csv", hospital(h).1)));
@@ -130,6 +135,16 @@ impl Hospitals {
             visits,
             relay_keys,
         }
+    }
+
+    /// The collaboration file on disk (what `serve` and `query` read).
+    pub fn collaboration_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("hospitals.toml")
+    }
+
+    /// Hospital `h`'s secret relay key on disk, as `cleanroom key new --relay` writes it.
+    pub fn relay_key_file(&self, h: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("relay-{}.key", hospital(h).0))
     }
 
     /// The registry's data: `patients` and where it is.
