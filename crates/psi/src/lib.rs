@@ -63,7 +63,7 @@ mod table;
 pub mod test_vector;
 pub mod wire;
 
-pub use capabilities::{Capabilities, ListCapabilities};
+pub use capabilities::{Capabilities, ChainCapabilities, ListCapabilities};
 pub use ecdh::aggregate::{
     AggregateMessage, GroupCount, GroupDecision, GroupResult, JobTotals, Limits, Matcher,
     ProtocolError, Receiver, ReceiverOutcome, ReleaseSummary, ReleasedGroup, ResultKeys,

@@ -29,8 +29,19 @@ use crate::plan::{
 };
 use crate::privacy::PlanPrivacy;
 
-/// The most tables a join across members may have: the querier's and four providers'.
-pub const MAX_CHAIN_TABLES: usize = 5;
+/// What the engine's joins across members can do ([`cleanroom_psi::Capabilities`]).
+pub(crate) const CHAIN: cleanroom_psi::ChainCapabilities =
+    match cleanroom_psi::Capabilities::ECDH.chain {
+        Some(chain) => chain,
+        None => cleanroom_psi::ChainCapabilities {
+            providers: 1,
+            range_proofs: true,
+        },
+    };
+
+/// The most tables a join across members may have: the querier's and the engine's most
+/// providers (four).
+pub const MAX_CHAIN_TABLES: usize = 1 + CHAIN.providers;
 
 /// The part a provider plays in a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

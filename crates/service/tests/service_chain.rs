@@ -133,3 +133,42 @@ fn a_server_whose_relay_key_is_not_its_members_does_not_start() {
         Err(cleanroom_service::ServerError::RelayKeyMismatch(member)) if member == "hospital_a"
     ));
 }
+
+/// Under privacy: the matcher adds the noise once, to the final rows (grouped by its own
+/// diagnosis: several matcher groups under noise, which the last filter hands back as points),
+/// and every provider charges the query at its own admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_join_is_noisy_once_and_charged_by_every_provider() {
+    let fx = Hospitals::private(2, 3, 3.0, 1.0);
+    let servers = fx.start().await;
+    let sql = format!(
+        "SELECT a.diagnosis, COUNT(DISTINCT p.email), SUM(p.cost) {} GROUP BY a.diagnosis",
+        fx.from(2)
+    );
+    let outcome = query(&fx, &servers, &sql).await;
+    let privacy = outcome.accepted.privacy.clone().expect("a private release");
+    assert_eq!(privacy.epsilon, 1.0);
+    let plain = fx.plain(2, Some(0));
+    let noise: Vec<u64> = privacy.outputs.iter().map(|o| o.interval95).collect();
+    assert!(noise[0] == 0 && noise[1] > 0 && noise[2] > 0, "{noise:?}");
+    let released = rows(&outcome);
+    assert!(!released.is_empty());
+    for (group, (count, sum)) in &released {
+        let (n, s) = plain[group];
+        // Far beyond the 95% interval would mean a wrong scale or a wrong answer.
+        assert!(count.abs_diff(n) <= 4 * noise[1], "{group}: {count} vs {n}");
+        assert!(
+            sum.abs_diff(s) <= 4 * noise[2] + 4 * 500,
+            "{group}: {sum} vs {s}"
+        );
+    }
+    // Every provider charged the query before its first message: one epsilon each.
+    for server in &servers {
+        let standings = server.state.standings().unwrap();
+        let registry = standings.iter().find(|s| s.member == "registry").unwrap();
+        assert_eq!(registry.epsilon_spent.as_f64(), 1.0, "{registry:?}");
+    }
+    for server in servers {
+        server.stop().await;
+    }
+}

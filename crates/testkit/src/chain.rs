@@ -56,6 +56,30 @@ impl Hospitals {
     /// A registry of 400 patients and `hospitals` (2 to 4) hospitals of about 300 visits each
     /// (a patient may visit twice), every table with `min_threshold = threshold`.
     pub fn new(hospitals: usize, threshold: u64) -> Hospitals {
+        Hospitals::build(hospitals, threshold, None)
+    }
+
+    /// [`Hospitals::new`] under differential privacy: every release spends
+    /// `epsilon_per_query` of the registry's budget of `epsilon_budget`, at every provider;
+    /// costs are bounded to [0, 500] and trusted (`sum_ranges = "trusted"`: range proofs do
+    /// not travel along a chain).
+    pub fn private(
+        hospitals: usize,
+        threshold: u64,
+        epsilon_budget: f64,
+        epsilon_per_query: f64,
+    ) -> Hospitals {
+        Hospitals::build(
+            hospitals,
+            threshold,
+            Some(format!(
+                "[collaboration.privacy]\nepsilon_budget = {epsilon_budget:?}\n\
+                 epsilon_per_query = {epsilon_per_query:?}\nsum_ranges = \"trusted\"\n"
+            )),
+        )
+    }
+
+    fn build(hospitals: usize, threshold: u64, privacy: Option<String>) -> Hospitals {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng(0xC0FFEE);
         let regions = ["north", "south", "east"];
@@ -93,14 +117,19 @@ impl Hospitals {
         let relay_keys: Vec<[u8; 32]> = (0..hospitals)
             .map(|_| *OpeningKey::generate().to_bytes())
             .collect();
-        let mut toml = CollaborationToml::new("hospitals")
+        let mut patients_table =
+            TableToml::aggregation("patients", "registry", &["email", "region", "cost"])
+                .dimensions(&["region"])
+                .aggregates(r#"email = ["COUNT_DISTINCT"], cost = ["SUM", "AVG"]"#)
+                .min_threshold(threshold);
+        let mut toml = CollaborationToml::new("hospitals");
+        if let Some(privacy) = &privacy {
+            toml = toml.header(privacy);
+            patients_table = patients_table.rule_line("sum_bounds = { cost = [0, 500] }");
+        }
+        let mut toml = toml
             .member(MemberToml::querier("registry", REGISTRY_TOKEN))
-            .table(
-                TableToml::aggregation("patients", "registry", &["email", "region", "cost"])
-                    .dimensions(&["region"])
-                    .aggregates(r#"email = ["COUNT_DISTINCT"], cost = ["SUM", "AVG"]"#)
-                    .min_threshold(threshold),
-            );
+            .table(patients_table);
         for (h, key) in relay_keys.iter().enumerate() {
             let (member, table) = hospital(h);
             let public = OpeningKey::from_bytes(*key).unwrap().sealing_key();

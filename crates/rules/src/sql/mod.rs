@@ -243,7 +243,9 @@ impl<'c> Checker<'c, AggregationRule> {
         let groups = groups?;
         Some(if chain {
             let plan = self.build_chain(sql, outputs, filters, groups, order_by, limit);
-            if plan.privacy().is_some_and(|p| p.proven_ranges().is_some()) {
+            if !crate::chain::CHAIN.range_proofs
+                && plan.privacy().is_some_and(|p| p.proven_ranges().is_some())
+            {
                 self.refuse(Reason::new(
                     Code::RangesUnprovenInChain,
                     "the collaboration proves the querier's value ranges (sum_ranges = \"proven\"), \
