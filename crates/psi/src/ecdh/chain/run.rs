@@ -23,6 +23,10 @@ pub(crate) struct ChainParties {
     pub(crate) querier: ChainQuerier,
     pub(crate) filters: Vec<ChainFilter>,
     pub(crate) matcher: ChainMatcher,
+    /// The session's shape and every provider's secret relay key, for tests that play a
+    /// provider bending what it seals.
+    #[cfg(test)]
+    pub(crate) keys: (Chain, Vec<[u8; 32]>),
 }
 
 impl ChainParties {
@@ -49,6 +53,11 @@ impl ChainParties {
             &context,
             relays.iter().map(OpeningKey::sealing_key).collect(),
         )?;
+        #[cfg(test)]
+        let keys = (
+            chain.clone(),
+            relays.iter().map(|k| *k.to_bytes()).collect::<Vec<_>>(),
+        );
         let mut relays = relays.into_iter();
         let filters = filters
             .into_iter()
@@ -71,6 +80,8 @@ impl ChainParties {
             querier: ChainQuerier::new(receiver, chain, limits),
             filters,
             matcher,
+            #[cfg(test)]
+            keys,
         })
     }
 

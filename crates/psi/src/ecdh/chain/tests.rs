@@ -389,3 +389,58 @@ fn a_noisy_matcher_with_several_groups_gets_points_and_counts_exactly() {
         assert_eq!(got, plain(filters), "{} members", filters + 2);
     }
 }
+
+/// A filter that bends what it seals to the matcher (it knows its plaintext): here it repeats
+/// one of the candidates it passes on. The matcher refuses the session alike whether or not it
+/// holds that candidate's identifier: it checks repeats before it compares.
+#[test]
+fn a_filter_repeating_a_candidate_is_refused_by_the_matcher_alike() {
+    use super::{HopInbox, HopSender};
+    use crate::sealed::OpeningKey;
+    let run = |matcher_holds_all: bool| {
+        let domain = Domain::new("collab", "email");
+        let (receiver, sets, _) = tables(1);
+        let mut matcher = MatcherTable::new(Normalization::Trim);
+        for i in 0..600u64 {
+            let id = if matcher_holds_all { i } else { 10_000 + i };
+            matcher.push("", &format!("p{id}")).unwrap();
+        }
+        let mut parties =
+            ChainParties::new(&domain, receiver, sets, matcher, (|r| r, |m| m), false).unwrap();
+        let (chain, secrets) = parties.keys.clone();
+        // The filter's view of its own hops to the matcher: opened, bent, sealed again.
+        let mut opened = HopInbox::new(2, OpeningKey::from_bytes(secrets[1]).unwrap());
+        let mut sealer = HopSender::new(1);
+        parties.run(
+            |m| m.matcher_mut().release(|_| true).map(drop),
+            |direction, message| match (direction, message) {
+                (Direction::FromProvider(1), ChainMessage::Hop { to: 2, sealed }) => {
+                    let inner = opened.open(&chain, 2, &sealed).unwrap();
+                    let inner = match inner {
+                        ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                            group,
+                            value_columns,
+                            mut points,
+                            ciphertexts,
+                        }) if group == 0 => {
+                            points[1] = points[0];
+                            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                                group,
+                                value_columns,
+                                points,
+                                ciphertexts,
+                            })
+                        }
+                        other => other,
+                    };
+                    vec![sealer.seal(&chain, &inner)]
+                }
+                (_, message) => vec![message],
+            },
+        )
+    };
+    let holds = run(true);
+    let strangers = run(false);
+    assert_eq!(holds, Err(ProtocolError::DuplicateItem(0)));
+    assert_eq!(holds, strangers);
+}
