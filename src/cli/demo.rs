@@ -170,8 +170,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The hospitals' collaboration; `{...}` are filled in with fresh token hashes, relay keys and
-/// the threshold.
+/// The hospitals' collaboration: hospital A (the querier) and its table; `{providers}` is filled
+/// in with [`provider_entry`] for B and C, `{...}` with a fresh token hash and the threshold.
 const HOSPITALS: &str = r#"
 [collaboration]
 id = "cleanroom-demo-hospitals"
@@ -181,19 +181,7 @@ name = "Three hospitals count their shared patients (demo)"
 name = "hospital_a"
 abilities = ["query", "receive_results"]
 token_sha256 = "{a}"
-
-[[member]]
-name = "hospital_b"
-abilities = []
-token_sha256 = "{b}"
-relay_key = "{relay_b}"
-
-[[member]]
-name = "hospital_c"
-abilities = []
-token_sha256 = "{c}"
-relay_key = "{relay_c}"
-
+{providers}
 [[table]]
 name = "patients_a"
 owner = "hospital_a"
@@ -206,33 +194,22 @@ join_columns = ["email"]
 dimension_columns = ["diagnosis"]
 aggregate_columns = { email = ["COUNT_DISTINCT"], cost = ["SUM", "AVG"] }
 min_threshold = {threshold}
-
-[[table]]
-name = "patients_b"
-owner = "hospital_b"
-columns = ["email", "diagnosis"]
-identifier = { column = "email", normalize = "email" }
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = ["diagnosis"]
-aggregate_columns = { email = ["COUNT_DISTINCT"] }
-min_threshold = {threshold}
-
-[[table]]
-name = "patients_c"
-owner = "hospital_c"
-columns = ["email", "diagnosis"]
-identifier = { column = "email", normalize = "email" }
-
-[table.rule]
-type = "aggregation"
-join_columns = ["email"]
-dimension_columns = ["diagnosis"]
-aggregate_columns = { email = ["COUNT_DISTINCT"] }
-min_threshold = {threshold}
 "#;
+
+/// A providing hospital's member entry (a fresh token hash, the public half of `relay`) and
+/// its table `patients_<letter>`, under the same threshold as A's.
+fn provider_entry(letter: char, relay: &cleanroom_psi::sealed::OpeningKey) -> String {
+    format!(
+        "\n[[member]]\nname = \"hospital_{letter}\"\nabilities = []\ntoken_sha256 = \"{}\"\n\
+         relay_key = \"{}\"\n\n[[table]]\nname = \"patients_{letter}\"\nowner = \"hospital_{letter}\"\n\
+         columns = [\"email\", \"diagnosis\"]\n\
+         identifier = {{ column = \"email\", normalize = \"email\" }}\n\n[table.rule]\n\
+         type = \"aggregation\"\njoin_columns = [\"email\"]\ndimension_columns = [\"diagnosis\"]\n\
+         aggregate_columns = {{ email = [\"COUNT_DISTINCT\"] }}\nmin_threshold = {{threshold}}\n",
+        loopback::fresh_token().1,
+        hex::encode(relay.sealing_key().to_bytes())
+    )
+}
 
 const HOSPITALS_SQL: &str = "SELECT a.diagnosis, COUNT(DISTINCT a.email) AS shared_patients, \
                              SUM(a.cost) AS cost_cents FROM patients_a a \
@@ -257,13 +234,11 @@ fn run_hospitals(threshold: u64) -> Result<ExitCode> {
     }
     let (a_token, a_hash) = loopback::fresh_token();
     let (relay_b, relay_c) = (OpeningKey::generate(), OpeningKey::generate());
-    let public = |key: &OpeningKey| hex::encode(key.sealing_key().to_bytes());
+    // The providers' tables go after A's member entry; the order of sections does not matter.
+    let providers = provider_entry('b', &relay_b) + &provider_entry('c', &relay_c);
     let text = HOSPITALS
         .replace("{a}", &a_hash)
-        .replace("{b}", &loopback::fresh_token().1)
-        .replace("{c}", &loopback::fresh_token().1)
-        .replace("{relay_b}", &public(&relay_b))
-        .replace("{relay_c}", &public(&relay_c))
+        .replace("{providers}", &providers)
         .replace("{threshold}", &threshold.to_string());
     let collaboration = Collaboration::from_toml_str(&text, "demo collaboration")?;
     println!("cleanroom demo --members 3: three hospitals count the patients they all share.");

@@ -690,11 +690,6 @@ pub fn run(mut args: QueryArgs) -> Result<ExitCode> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let cells = if args.csv_raw {
-        CsvCells::Raw
-    } else {
-        CsvCells::Safe
-    };
     match outcome {
         Ok(outcome) if !outcome.received => {
             print_delivered(&outcome, args.connection.server()?, args.format)?;
@@ -708,28 +703,7 @@ pub fn run(mut args: QueryArgs) -> Result<ExitCode> {
                     outcome.summary.session_id
                 );
             }
-            match &args.output {
-                Some(path) => {
-                    write_csv_atomically(&outcome.result, path, cells)?;
-                    if !args.quiet {
-                        eprintln!(
-                            "wrote {} rows to {}",
-                            outcome.result.rows.len(),
-                            path.display()
-                        );
-                        eprint!("{}", privacy_text(&outcome).unwrap_or_default());
-                    }
-                }
-                None => {
-                    print!("{}", render_outcome(&outcome, args.format, cells)?);
-                    if args.format == Format::Csv && !args.quiet {
-                        eprint!("{}", privacy_text(&outcome).unwrap_or_default());
-                    }
-                }
-            }
-            if !args.quiet {
-                print_stats(&outcome);
-            }
+            print_released(&args, &outcome)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) if error.is_refusal() => {
@@ -738,6 +712,39 @@ pub fn run(mut args: QueryArgs) -> Result<ExitCode> {
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Prints a released result as `args` ask (to `--output` or stdout, in `--format`, cells as
+/// `--csv-raw` says), its noise, and the session statistics unless `--quiet`.
+fn print_released(args: &QueryArgs, outcome: &QueryOutcome) -> Result<()> {
+    let cells = if args.csv_raw {
+        CsvCells::Raw
+    } else {
+        CsvCells::Safe
+    };
+    match &args.output {
+        Some(path) => {
+            write_csv_atomically(&outcome.result, path, cells)?;
+            if !args.quiet {
+                eprintln!(
+                    "wrote {} rows to {}",
+                    outcome.result.rows.len(),
+                    path.display()
+                );
+                eprint!("{}", privacy_text(outcome).unwrap_or_default());
+            }
+        }
+        None => {
+            print!("{}", render_outcome(outcome, args.format, cells)?);
+            if args.format == Format::Csv && !args.quiet {
+                eprint!("{}", privacy_text(outcome).unwrap_or_default());
+            }
+        }
+    }
+    if !args.quiet {
+        print_stats(outcome);
+    }
+    Ok(())
 }
 
 /// `query` of a join across three or more members: one session with each provider's server
@@ -777,17 +784,8 @@ fn run_chain(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let cells = if args.csv_raw {
-        CsvCells::Raw
-    } else {
-        CsvCells::Safe
-    };
     match outcome {
         Ok(outcome) => {
-            match &args.output {
-                Some(path) => write_csv_atomically(&outcome.result, path, cells)?,
-                None => print!("{}", render_outcome(&outcome, args.format, cells)?),
-            }
             if !args.quiet {
                 for p in &outcome.chain {
                     let part = if p.position == outcome.chain.len() {
@@ -800,8 +798,8 @@ fn run_chain(
                         p.table, p.member, p.position, p.session_id
                     );
                 }
-                print_stats(&outcome);
             }
+            print_released(args, &outcome)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) if error.is_refusal() => {

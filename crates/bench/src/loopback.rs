@@ -43,30 +43,15 @@ pub fn run(
     tls: bool,
     state_dir: &Path,
 ) -> Result<QueryOutcome> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let identity = if tls {
-        Some(TlsIdentity::self_signed(&["localhost"])?)
-    } else {
-        None
-    };
+    let (runtime, identity) = runtime_and_identity(tls)?;
     let collaboration = Arc::new(collaboration);
-    let config = ServerConfig {
-        collaboration: collaboration.clone(),
-        member: server.member.to_owned(),
-        data: server.data,
-        limits: Limits::default(),
-        connections: cleanroom_service::ConnectionLimits::default(),
-        state: Arc::new(StateDb::open(state_dir.join("state.db"))?),
-        tls: identity.clone(),
-        client_ca: None,
-        insecure: false,
-        on_session_end: None,
-        work_dir: None,
-        relay_key: None,
-    };
+    let config = server_config(
+        &collaboration,
+        server,
+        state_dir.join("state.db"),
+        identity.clone(),
+        None,
+    )?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -118,36 +103,21 @@ pub fn run_chain(
     tls: bool,
     state_dir: &Path,
 ) -> Result<QueryOutcome> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let identity = if tls {
-        Some(TlsIdentity::self_signed(&["localhost"])?)
-    } else {
-        None
-    };
+    let (runtime, identity) = runtime_and_identity(tls)?;
     let collaboration = Arc::new(collaboration);
     runtime.block_on(async {
         let mut servers = Vec::new();
         let mut configs = BTreeMap::new();
         for provider in providers {
-            let config = ServerConfig {
-                collaboration: collaboration.clone(),
-                member: provider.side.member.to_owned(),
-                data: provider.side.data.clone(),
-                limits: Limits::default(),
-                connections: cleanroom_service::ConnectionLimits::default(),
-                state: Arc::new(StateDb::open(
-                    state_dir.join(format!("state-{}.db", provider.side.member)),
-                )?),
-                tls: identity.clone(),
-                client_ca: None,
-                insecure: false,
-                on_session_end: None,
-                work_dir: None,
-                relay_key: Some(Arc::new(provider.relay_key)),
-            };
+            let tables: Vec<String> = provider.side.data.keys().cloned().collect();
+            let state = state_dir.join(format!("state-{}.db", provider.side.member));
+            let config = server_config(
+                &collaboration,
+                provider.side,
+                state,
+                identity.clone(),
+                Some(provider.relay_key),
+            )?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -156,13 +126,13 @@ pub fn run_chain(
             }));
             servers.push((stop, serving));
             let scheme = if tls { "https" } else { "http" };
-            for table in provider.side.data.keys() {
+            for table in tables {
                 let mut client_config = ClientConfig::new(
                     format!("{scheme}://localhost:{port}"),
                     BearerToken::new(client_token)?,
                 );
                 client_config.ca_pem = identity.as_ref().map(|i| i.cert_pem.clone());
-                configs.insert(table.clone(), client_config);
+                configs.insert(table, client_config);
             }
         }
         let query = Query {
@@ -179,4 +149,44 @@ pub fn run_chain(
         }
         Ok(outcome?)
     })
+}
+
+/// The loopback server of `side`: default limits, its state database at `state`, TLS with
+/// `identity` (or plaintext), and its relay key when it serves joins across members.
+fn server_config(
+    collaboration: &Arc<Collaboration>,
+    side: Side<'_>,
+    state: std::path::PathBuf,
+    identity: Option<TlsIdentity>,
+    relay_key: Option<cleanroom_psi::sealed::OpeningKey>,
+) -> Result<ServerConfig> {
+    Ok(ServerConfig {
+        collaboration: Arc::clone(collaboration),
+        member: side.member.to_owned(),
+        data: side.data,
+        limits: Limits::default(),
+        connections: cleanroom_service::ConnectionLimits::default(),
+        state: Arc::new(StateDb::open(state)?),
+        tls: identity,
+        client_ca: None,
+        insecure: false,
+        on_session_end: None,
+        work_dir: None,
+        relay_key: relay_key.map(Arc::new),
+    })
+}
+
+/// The runtime the loopback members run on, and the servers' throwaway certificate for
+/// `localhost` (none in plaintext).
+fn runtime_and_identity(tls: bool) -> Result<(tokio::runtime::Runtime, Option<TlsIdentity>)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let identity = if tls {
+        Some(TlsIdentity::self_signed(&["localhost"])?)
+    } else {
+        None
+    };
+    Ok((runtime, identity))
 }

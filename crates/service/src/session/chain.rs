@@ -17,7 +17,7 @@ use std::ops::RangeInclusive;
 use cleanroom_data::TableSpec;
 use cleanroom_psi::ecdh::chain::{Chain, ChainFilter, ChainMatcher};
 use cleanroom_psi::sealed::OpeningKey;
-use cleanroom_psi::{ListQuerierTable, ProtocolError, WireMessage};
+use cleanroom_psi::{ListQuerierTable, ProtocolError};
 use cleanroom_rules::{ChainPart, ChainPlan, Collaboration, Plan, QueryPlan};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -25,11 +25,11 @@ use tokio_stream::Stream;
 
 use super::admission::{Host, SessionRequest, state_call};
 use super::delivery::Recipients;
-use super::run::{Release, ServerFrames, build_role, decide_release, matcher_for};
+use super::run::{Release, ServerFrames, build_role, matcher_for, release_of, session_summary};
 use crate::data;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::outcome::SessionError;
-use crate::proto::{Agreement, SessionStats, SessionSummary};
+use crate::proto::Agreement;
 use crate::state::{Completion, Decision, Standing, TableUse};
 
 /// How many bytes a chain context has: enough that two sessions never share one.
@@ -76,14 +76,10 @@ impl ChainSession {
             ChainPart::Matcher => self.plan.matcher(),
             ChainPart::Filter => self.plan.filters()[usize::from(self.position) - 1].side(),
         };
-        [own, self.plan.receiver()]
-            .into_iter()
-            .map(|side| TableUse {
-                member: side.member.clone(),
-                table: side.table.clone(),
-                columns: side.reads.clone(),
-            })
-            .collect()
+        vec![
+            TableUse::of_side(own),
+            TableUse::of_side(self.plan.receiver()),
+        ]
     }
 }
 
@@ -234,21 +230,13 @@ impl Host {
                 "the session's audit entry was already complete".to_owned(),
             ));
         }
-        let summary = SessionSummary {
-            session_id: session_id.to_owned(),
-            released_rows: 0,
-            suppressed_rows: 0,
-            delivered_to: Vec::new(),
-            stats: Some(SessionStats {
-                receiver_rows,
-                messages_sent: counters.messages_sent,
-                bytes_sent: counters.bytes_sent,
-                messages_received: counters.messages_received,
-                bytes_received: counters.bytes_received,
-                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            }),
-            standing: Some(crate::privacy::standing_proto(standing)),
-        };
+        let summary = session_summary(
+            session_id,
+            (0, 0),
+            Vec::new(),
+            (receiver_rows, &counters, started),
+            standing,
+        );
         exchange.send_item(T::summary(summary)).await?;
         Ok(())
     }
@@ -284,19 +272,7 @@ impl Host {
         let release_plan = plan.clone();
         let (_, released) = exchange
             .blocking(role, move |role| {
-                let (summary, disclosed) = decide_release(&release_plan, role.matcher_mut())?;
-                let mut messages = Vec::new();
-                while let Some(message) = role.poll_message() {
-                    messages.push(message.encode());
-                }
-                Ok::<_, ProtocolError>(Release {
-                    released: summary.released,
-                    suppressed: summary.suppressed,
-                    bounded: (summary.bounded, disclosed),
-                    messages,
-                    hello: Some(role.matcher().hello().encode()),
-                    withheld: None,
-                })
+                release_of(&release_plan, role.matcher_mut())
             })
             .await?;
         released.map_err(|e| SessionError::Internal(e.to_string()))

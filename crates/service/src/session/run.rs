@@ -415,21 +415,13 @@ impl Host {
         } else {
             (0, 0)
         };
-        let summary = SessionSummary {
-            session_id: session_id.to_owned(),
-            released_rows: released,
-            suppressed_rows: suppressed,
-            delivered_to: recipients.other_names(),
-            stats: Some(SessionStats {
-                receiver_rows,
-                messages_sent: counters.messages_sent,
-                bytes_sent: counters.bytes_sent,
-                messages_received: counters.messages_received,
-                bytes_received: counters.bytes_received,
-                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            }),
-            standing: Some(crate::privacy::standing_proto(standing)),
-        };
+        let summary = session_summary(
+            session_id,
+            (released, suppressed),
+            recipients.other_names(),
+            (receiver_rows, &counters, started),
+            standing,
+        );
         exchange.send_item(T::summary(summary)).await?;
         Ok(())
     }
@@ -476,21 +468,7 @@ impl Host {
         // release.
         let release_plan = plan.clone();
         let (_, released) = exchange
-            .blocking(role, move |role| {
-                let (summary, disclosed) = decide_release(&release_plan, role)?;
-                let mut messages = Vec::new();
-                while let Some(message) = role.poll_message() {
-                    messages.push(message.encode());
-                }
-                Ok::<_, cleanroom_psi::ProtocolError>(Release {
-                    released: summary.released,
-                    suppressed: summary.suppressed,
-                    bounded: (summary.bounded, disclosed),
-                    messages,
-                    hello: Some(role.hello().encode()),
-                    withheld: None,
-                })
-            })
+            .blocking(role, move |role| release_of(&release_plan, role))
             .await?;
         released.map_err(|e| SessionError::Internal(e.to_string()))
     }
@@ -569,6 +547,51 @@ where
 /// Whole milliseconds of `time` (saturating).
 fn millis(time: std::time::Duration) -> u64 {
     u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Decides `matcher`'s release under `plan` (with noise, for a private plan) and encodes its
+/// messages, and its hello for receivers other than the querier: the release, not sent yet.
+pub(super) fn release_of(plan: &Plan, matcher: &mut Matcher) -> Result<Release, ProtocolError> {
+    let (summary, disclosed) = decide_release(plan, matcher)?;
+    let mut messages = Vec::new();
+    while let Some(message) = matcher.poll_message() {
+        messages.push(message.encode());
+    }
+    Ok(Release {
+        released: summary.released,
+        suppressed: summary.suppressed,
+        bounded: (summary.bounded, disclosed),
+        messages,
+        hello: Some(matcher.hello().encode()),
+        withheld: None,
+    })
+}
+
+/// The summary that ends a session: the rows released and suppressed as the querier may see
+/// them, the receivers the result is kept for, what moved (as the server counted it) and the
+/// querier's standing after the charge.
+pub(super) fn session_summary(
+    session_id: &str,
+    (released, suppressed): (u64, u64),
+    delivered_to: Vec<String>,
+    (receiver_rows, counters, started): (u64, &Counters, Instant),
+    standing: &Standing,
+) -> SessionSummary {
+    SessionSummary {
+        session_id: session_id.to_owned(),
+        released_rows: released,
+        suppressed_rows: suppressed,
+        delivered_to,
+        stats: Some(SessionStats {
+            receiver_rows,
+            messages_sent: counters.messages_sent,
+            bytes_sent: counters.bytes_sent,
+            messages_received: counters.messages_received,
+            bytes_received: counters.bytes_received,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }),
+        standing: Some(crate::privacy::standing_proto(standing)),
+    }
 }
 
 /// Reads the server's table for `plan` and builds its role from it with `build`, off the

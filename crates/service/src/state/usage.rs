@@ -30,14 +30,19 @@ impl TableUse {
     /// The two tables `plan` uses: the server's (matcher or list provider) first, then the
     /// querier's.
     pub fn of_plan(plan: &Plan) -> Vec<TableUse> {
-        [plan.matcher(), plan.receiver()]
-            .into_iter()
-            .map(|side| TableUse {
-                member: side.member.clone(),
-                table: side.table.clone(),
-                columns: side.reads.clone(),
-            })
-            .collect()
+        vec![
+            TableUse::of_side(plan.matcher()),
+            TableUse::of_side(plan.receiver()),
+        ]
+    }
+
+    /// The use of one side's table: its owner, its name and the columns the side reads.
+    pub fn of_side(side: &cleanroom_rules::SidePlan) -> TableUse {
+        TableUse {
+            member: side.member.clone(),
+            table: side.table.clone(),
+            columns: side.reads.clone(),
+        }
     }
 }
 
