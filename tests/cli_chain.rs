@@ -158,3 +158,68 @@ fn demo_with_three_members_checks_itself_against_the_plain_join() {
         "{out}"
     );
 }
+
+#[test]
+fn check_explains_which_member_serves_which_part_of_a_chain() {
+    let fx = Hospitals::new(3, 3);
+    let config = fx.collaboration_file();
+    let sql = format!(
+        "SELECT b.diagnosis, COUNT(DISTINCT p.email) {} GROUP BY b.diagnosis",
+        fx.from(3)
+    );
+    let (code, out, err) = run_cleanroom(
+        BIN,
+        &[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--member",
+            "registry",
+            &sql,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    // Grouped by hospital_b's diagnosis: it matches last; the others filter in FROM order.
+    assert!(
+        out.contains("visits_a (member hospital_a) filters at position 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("visits_c (member hospital_c) filters at position 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("visits_b (member hospital_b) matches at position 3"),
+        "{out}"
+    );
+    let (code, out, _) = run_cleanroom(
+        BIN,
+        &[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--member",
+            "registry",
+            "--format",
+            "json",
+            &sql,
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let chain = json["plan"]["chain"].as_array().unwrap();
+    let parts: Vec<(&str, &str)> = chain
+        .iter()
+        .map(|l| (l["table"].as_str().unwrap(), l["part"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("visits_a", "filter"),
+            ("visits_c", "filter"),
+            ("visits_b", "matcher")
+        ]
+    );
+}

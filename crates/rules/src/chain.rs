@@ -361,9 +361,9 @@ impl Serialize for ChainPlan {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryPlan {
-    /// A join of two tables, which the service runs.
+    /// A join of two tables: one session with the provider.
     TwoParty(Plan),
-    /// A join across three to five members, planned but not yet served.
+    /// A join across three to five members: one session with each provider (PROTOCOL.md 3.2a).
     Chain(ChainPlan),
 }
 

@@ -16,7 +16,7 @@
 //!   ([`Plan::result`]).
 //!
 //! - [`ChainPlan`]: an aggregation across three to five members (issue 22), which
-//!   [`Collaboration::plan_query`] plans and [`Collaboration::plan`] refuses as not yet served:
+//!   [`Collaboration::plan_query`] plans and [`Collaboration::plan`] (two tables only) refuses:
 //!   the querier receives, the providers other than the matcher filter in `FROM` order
 //!   ([`ChainFilter::identifiers`]), the matcher (the grouping provider, else the first) comes
 //!   last; each provider's member, position and `relay_key` are in [`ChainPlan::links`].
@@ -133,7 +133,7 @@ impl Collaboration {
     /// found to refuse it (a syntax error is a refusal too). Never panics, whatever the text.
     ///
     /// A [`Plan`] joins two tables. An allowed join across three or more members is refused
-    /// here with [`ReasonCode::MultipartyNotServed`]; [`plan_query`](Self::plan_query) plans it.
+    /// here with [`ReasonCode::ChainSessionRequired`]; [`plan_query`](Self::plan_query) plans it.
     pub fn plan(&self, querier: &str, sql: &str) -> Result<Plan, Refusal> {
         self.plan_for(querier, sql, &[])
     }
@@ -151,9 +151,10 @@ impl Collaboration {
         match sql::compile(self, querier, sql, receivers)? {
             QueryPlan::TwoParty(plan) => Ok(plan),
             QueryPlan::Chain(plan) => Err(Refusal::one(Reason::new(
-                ReasonCode::MultipartyNotServed,
+                ReasonCode::ChainSessionRequired,
                 format!(
-                    "joins across {} members are planned but not yet served; `cleanroom \
+                    "a join across {} members runs as one session with each provider's server \
+                     (`cleanroom query --server TABLE=URL`), not as a session of two; `cleanroom \
                      check` explains the plan",
                     plan.members()
                 ),

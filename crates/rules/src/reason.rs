@@ -91,9 +91,9 @@ reason_codes! {
     /// collaboration file: the messages other providers send it could not be sealed to it.
     ProviderWithoutRelayKey => "provider_without_relay_key",
     /// A join across three or more members, allowed and planned (`cleanroom check` explains
-    /// it), asked of a caller that runs two-party plans only: the service does not serve such
-    /// joins yet.
-    MultipartyNotServed => "multiparty_not_served",
+    /// it), asked as a session of two tables (or of `PlanQuery`): it runs as one session with
+    /// each provider's server (`SessionStart.chain_context`, PROTOCOL.md 3.2a).
+    ChainSessionRequired => "chain_session_required",
     /// A sum across three or more members in a collaboration that proves the querier's value
     /// ranges: the proofs cannot travel along the chain of providers.
     RangesUnprovenInChain => "ranges_unproven_in_chain",

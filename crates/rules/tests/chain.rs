@@ -396,7 +396,7 @@ fn two_party_callers_are_told_a_chain_is_not_served() {
         from(&[("visits_a", "a"), ("visits_b", "b")])
     );
     let refusal = collab.plan("registry", &sql).unwrap_err();
-    assert_eq!(refusal.codes(), [C::MultipartyNotServed]);
+    assert_eq!(refusal.codes(), [C::ChainSessionRequired]);
     assert!(refusal.reasons[0].message.contains("across 3 members"));
     // Two tables still plan a two-party plan, through either door.
     let pair = format!(

@@ -203,7 +203,7 @@ fn corpus_has_at_least_forty_queries_and_covers_every_code() {
         C::ReceiverWithoutResultKey,
         C::ListResultsToQuerierOnly,
         // Needs providers with relay keys, which the sample lacks: tests/chain.rs.
-        C::MultipartyNotServed,
+        C::ChainSessionRequired,
         C::RangesUnprovenInChain,
     ];
     let missing: Vec<&C> = C::ALL
