@@ -194,15 +194,21 @@ impl Host {
         let filter_plan = chain.plan.filters()[usize::from(chain.position) - 1].clone();
         let (psi_chain, position, relay) = (chain.chain()?, chain.position, self.relay_key()?);
         let domain = plan.domain();
-        let noisy = plan.privacy().is_some();
-        let (rows, role) = build_role(exchange, plan, move |_| {
-            let table: ListQuerierTable = data::filter_table(&filter_plan, &path)?;
-            let rows = table.stats().rows;
-            let role = ChainFilter::new(&domain, table, psi_chain, position, relay, limits)
-                .map(|role| if noisy { role.noisy() } else { role });
-            Ok((rows, role))
-        })
-        .await?;
+        // Under privacy the set size this filter announces carries noise, as a two-party
+        // provider's group sizes do: its share of the query's epsilon is in the plan.
+        let dummies = plan.privacy().map(|p| p.dummies());
+        let (rows, role) =
+            build_role(exchange, plan, move |_| {
+                let table: ListQuerierTable = data::filter_table(&filter_plan, &path)?;
+                let rows = table.stats().rows;
+                let role = ChainFilter::new(&domain, table, psi_chain, position, relay, limits)
+                    .map(|role| match dummies {
+                        Some(dummies) => role.noisy().pad(dummies),
+                        None => role,
+                    });
+                Ok((rows, role))
+            })
+            .await?;
         let role = role.map_err(internal)?;
         let role = exchange.run(role, inbound).await?;
         drop(role);

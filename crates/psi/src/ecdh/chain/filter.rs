@@ -155,6 +155,18 @@ impl ChainFilter {
         self
     }
 
+    /// Pads this filter's set with `dummies` uniformly random points (under differential
+    /// privacy, `dummies` is a bound plus noise, as the two-party matcher pads its groups), so
+    /// that the size it announces is its true size plus noise. A random point blinded by the
+    /// keys of the chain looks like a blinded identifier (DDH) and matches no candidate but with
+    /// negligible probability. To be called before the first message.
+    pub fn pad(mut self, dummies: u64) -> Self {
+        self.own.extend((0..dummies).map(|_| random_point()));
+        shuffle(&OsRandomness, Stream::QuerierSet, &mut self.own);
+        self.compare = Arriving::with_size(self.own.len() as u64);
+        self
+    }
+
     /// How many candidates of each of the querier's groups matched this filter's set (and
     /// every set before it): the one thing the filter learns. Empty until compared.
     pub fn counts(&self) -> &[u64] {

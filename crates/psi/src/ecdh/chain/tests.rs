@@ -444,3 +444,45 @@ fn a_filter_repeating_a_candidate_is_refused_by_the_matcher_alike() {
     assert_eq!(holds, Err(ProtocolError::DuplicateItem(0)));
     assert_eq!(holds, strangers);
 }
+
+/// Padded filters (under privacy) announce their true size plus their dummies, and the result
+/// is unchanged: a dummy matches no candidate.
+#[test]
+fn padded_filters_announce_more_and_release_the_same() {
+    let domain = Domain::new("collab", "email");
+    let (receiver, sets, matcher) = tables(2);
+    let sizes: Vec<u64> = sets.iter().map(ListQuerierTable::distinct).collect();
+    let mut parties =
+        ChainParties::new(&domain, receiver, sets, matcher, (|r| r, |m| m), false).unwrap();
+    parties.filters = std::mem::take(&mut parties.filters)
+        .into_iter()
+        .zip([17, 40])
+        .map(|(f, dummies)| f.pad(dummies))
+        .collect();
+    let mut announced = Vec::new();
+    parties
+        .run(
+            |m| m.matcher_mut().release(|_| true).map(drop),
+            |_, message| {
+                if let ChainMessage::FilterHello { size } = &message {
+                    announced.push(*size);
+                }
+                vec![message]
+            },
+        )
+        .unwrap();
+    assert_eq!(announced, [sizes[0] + 17, sizes[1] + 40]);
+    let outcome = parties.querier.open().unwrap();
+    let got: BTreeMap<(String, String), (u64, u64)> = outcome
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                (g.matcher_group.clone(), g.receiver_group.clone()),
+                (g.intersection_size, g.sums[0]),
+            )
+        })
+        .collect();
+    assert_eq!(got, plain(2));
+    assert_eq!(parties.filters[0].counts(), prefix(2)[0]);
+}
