@@ -164,3 +164,34 @@ async fn no_identifier_of_any_member_crosses_the_querier_s_connections() {
         server.stop().await;
     }
 }
+
+/// Under privacy, what the querier is told of a filter's set size carries noise: the filter
+/// pads its set with random points before it announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_privacy_a_filter_announces_its_size_with_noise() {
+    let fx = cleanroom_testkit::chain::Hospitals::private(2, 3, 10.0, 1.0);
+    let servers = fx.start().await;
+    let bent = fx.bent_query(&servers, SQL, |to, m| vec![(to, m)]).await;
+    assert!(bent.refused.is_none(), "{:?}", bent.refused.map(|r| r.1));
+    let announced: Vec<u64> = bent
+        .wire
+        .iter()
+        .filter_map(|bytes| {
+            match <ChainMessage as cleanroom_psi::WireMessage>::decode(bytes).ok()? {
+                ChainMessage::FilterHello { size } => Some(size),
+                _ => None,
+            }
+        })
+        .collect();
+    let exact = fx.visits[1]
+        .rows
+        .iter()
+        .map(|r| r[0].trim().to_lowercase())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    assert_eq!(announced.len(), 1);
+    assert!(announced[0] > exact, "{announced:?} against {exact}");
+    for server in servers {
+        server.stop().await;
+    }
+}
