@@ -195,3 +195,89 @@ async fn under_privacy_a_filter_announces_its_size_with_noise() {
         server.stop().await;
     }
 }
+
+/// A filter that bends what it seals to the matcher (it repeats one candidate it passes on),
+/// through the real querier and the real matcher: the matcher refuses the session alike
+/// whether or not it holds that candidate, and the filter's own view (what it received, how
+/// its call ended, its audit entry) is the same in both cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_repeats_a_candidate_it_seals_is_refused_by_the_matcher_alike() {
+    let run = |matcher_holds: bool| async move {
+        // The filter (visits_b) holds every patient; the matcher (visits_a) all or none.
+        let mut fx = hospitals(true);
+        let rows = (0..400u64)
+            .map(|i| {
+                let id = if matcher_holds { i } else { 20_000 + i };
+                vec![format!("patient{id}@example.org"), "flu".to_owned()]
+            })
+            .collect();
+        fx.set_visits(
+            0,
+            Csv {
+                header: vec!["email".into(), "diagnosis".into()],
+                rows,
+            },
+        );
+        let servers = fx.start().await;
+        let bend: cleanroom_testkit::chain::Bend = Box::new(|message| match message {
+            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                group,
+                value_columns,
+                mut points,
+                ciphertexts,
+            }) => {
+                points[1] = points[0];
+                ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                    group,
+                    value_columns,
+                    points,
+                    ciphertexts,
+                })
+            }
+            other => other,
+        });
+        let filter = fx.bending(1, &servers[1], 0, bend).await;
+        let mut configs = fx.servers(&servers);
+        configs.get_mut("visits_b").unwrap().server = format!("http://{}", filter.addr);
+        let data = fx.registry_data();
+        let outcome = cleanroom_service::client::run_chain_query(
+            cleanroom_service::Query {
+                collaboration: &fx.collaboration,
+                member: "registry",
+                sql: SQL,
+                data: &data,
+                receivers: &[],
+            },
+            &configs,
+            None,
+        )
+        .await;
+        let refusal = match outcome {
+            Err(cleanroom_service::ClientError::Remote(remote)) => {
+                (remote.code, remote.message.clone())
+            }
+            other => panic!("the matcher refuses: {:?}", other.map(|o| o.result)),
+        };
+        // Give the relay a moment to see its call end.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let seen = filter.seen.lock().unwrap().clone();
+        let entries = servers[1].state.entries(None, None).unwrap();
+        let audit: Vec<(Decision, String)> = entries
+            .iter()
+            .map(|e| (e.decision, e.reason.clone()))
+            .collect();
+        filter.stop();
+        for server in servers {
+            server.stop().await;
+        }
+        (refusal, seen, audit)
+    };
+    let holds = run(true).await;
+    let strangers = run(false).await;
+    assert!(holds.0.1.contains("sent twice"), "{:?}", holds.0);
+    assert_eq!(
+        holds, strangers,
+        "the filter or the querier tells the two cases apart"
+    );
+    assert_eq!(holds.2[0].0, Decision::Filtered);
+}

@@ -428,3 +428,204 @@ impl Hospitals {
         }
     }
 }
+
+/// What a provider bends in each message it seals to the next provider.
+pub type Bend = Box<dyn FnMut(ChainMessage) -> ChainMessage + Send>;
+
+/// A provider that bends what it seals: a relay in front of a hospital's real server, which
+/// passes the querier's messages through and opens every hop the server seals to the next
+/// provider, bends it, and seals it again. A real provider knows what it seals; the relay
+/// holds the next provider's relay key to stand for that knowledge. It also keeps the kinds of
+/// the messages the provider received, and the end of its call: the provider's view.
+pub struct BendingProvider {
+    /// Where the relay listens (give it to the querier instead of the server's address).
+    pub addr: std::net::SocketAddr,
+    /// The kinds of the messages the provider received, and how its call ended (`None`: OK).
+    pub seen: Arc<std::sync::Mutex<(Vec<&'static str>, Option<Option<tonic::Code>>)>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BendingProvider {
+    /// Stops the relay.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Relay {
+    collaboration: Arc<Collaboration>,
+    table: String,
+    upstream: std::net::SocketAddr,
+    next_key: [u8; 32],
+    bend: Arc<std::sync::Mutex<Bend>>,
+    seen: Arc<std::sync::Mutex<(Vec<&'static str>, Option<Option<tonic::Code>>)>>,
+}
+
+impl Hospitals {
+    /// Hospital `h`'s server `behind`, reached through a [`BendingProvider`] that applies
+    /// `bend` to every message it seals to the provider after it (`next`, a hospital index).
+    pub async fn bending(
+        &self,
+        h: usize,
+        behind: &Running,
+        next: usize,
+        bend: Bend,
+    ) -> BendingProvider {
+        use cleanroom_service::proto::clean_room_service_server::CleanRoomServiceServer;
+        let seen = Arc::new(std::sync::Mutex::new((Vec::new(), None)));
+        let relay = Relay {
+            collaboration: Arc::clone(&self.collaboration),
+            table: hospital(h).1,
+            upstream: behind.addr,
+            next_key: self.relay_keys[next],
+            bend: Arc::new(std::sync::Mutex::new(bend)),
+            seen: Arc::clone(&seen),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(CleanRoomServiceServer::new(relay))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        BendingProvider {
+            addr,
+            seen,
+            stop: Some(stop),
+        }
+    }
+}
+
+type Unary<T> = Result<tonic::Response<T>, tonic::Status>;
+
+#[tonic::async_trait]
+impl cleanroom_service::proto::clean_room_service_server::CleanRoomService for Relay {
+    type RunSessionStream = tokio_stream::wrappers::ReceiverStream<
+        Result<cleanroom_service::proto::RunSessionResponse, tonic::Status>,
+    >;
+    type FetchResultStream = tokio_stream::wrappers::ReceiverStream<
+        Result<cleanroom_service::proto::FetchResultResponse, tonic::Status>,
+    >;
+
+    async fn run_session(
+        &self,
+        request: tonic::Request<tonic::Streaming<RunSessionRequest>>,
+    ) -> Unary<Self::RunSessionStream> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("no start"))?;
+        let Some(run_session_request::Message::Start(start)) = &first.message else {
+            return Err(tonic::Status::invalid_argument("no start"));
+        };
+        let Ok(QueryPlan::Chain(plan)) =
+            self.collaboration
+                .plan_query(&start.member, &start.sql, &start.receivers)
+        else {
+            return Err(tonic::Status::invalid_argument("not a chain"));
+        };
+        let position = plan
+            .links()
+            .find(|l| l.table() == self.table)
+            .map(|l| l.position() as u8)
+            .expect("the relay's table is in the chain");
+        let chain = Chain::new(
+            &start.chain_context,
+            plan.links().map(|l| *l.relay_key()).collect(),
+        )
+        .unwrap();
+        let mut client = raw_client(self.upstream, Some(REGISTRY_TOKEN)).await;
+        let (to_server, mut from_server) = raw_open(&mut client, first.clone()).await?;
+        let seen = Arc::clone(&self.seen);
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = tokio_stream::StreamExt::next(&mut inbound).await {
+                if let Some(run_session_request::Message::Psi(psi)) = &request.message
+                    && let Ok(message) = ChainMessage::decode(&psi.payload)
+                {
+                    seen.lock().unwrap().0.push(message.kind());
+                }
+                if to_server.send(request).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (out, responses) = mpsc::channel(8);
+        let (bend, seen) = (Arc::clone(&self.bend), Arc::clone(&self.seen));
+        let next_key = OpeningKey::from_bytes(self.next_key).unwrap();
+        tokio::spawn(async move {
+            let (mut opened, mut sealed_out) = (0u64, 0u64);
+            loop {
+                match from_server.message().await {
+                    Ok(Some(mut response)) => {
+                        if let Some(run_session_response::Message::Psi(psi)) = &mut response.message
+                            && let Ok(ChainMessage::Hop { to, sealed }) =
+                                ChainMessage::decode(&psi.payload)
+                            && to == position + 1
+                        {
+                            let inner = chain.open_hop(&next_key, to, opened, &sealed).unwrap();
+                            opened += 1;
+                            let bent = (bend.lock().unwrap())(inner);
+                            psi.payload = chain.seal_hop(position, sealed_out, &bent).encode();
+                            sealed_out += 1;
+                        }
+                        if out.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        seen.lock().unwrap().1 = Some(None);
+                        break;
+                    }
+                    Err(status) => {
+                        seen.lock().unwrap().1 = Some(Some(status.code()));
+                        let _ = out.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(responses),
+        ))
+    }
+
+    async fn get_server_info(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::GetServerInfoRequest>,
+    ) -> Unary<cleanroom_service::proto::GetServerInfoResponse> {
+        Err(tonic::Status::unimplemented("a relay"))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::ListAuditEntriesRequest>,
+    ) -> Unary<cleanroom_service::proto::ListAuditEntriesResponse> {
+        Err(tonic::Status::unimplemented("a relay"))
+    }
+
+    async fn plan_query(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::PlanQueryRequest>,
+    ) -> Unary<cleanroom_service::proto::PlanQueryResponse> {
+        Err(tonic::Status::unimplemented("a relay"))
+    }
+
+    async fn fetch_result(
+        &self,
+        _: tonic::Request<cleanroom_service::proto::FetchResultRequest>,
+    ) -> Unary<Self::FetchResultStream> {
+        Err(tonic::Status::unimplemented("a relay"))
+    }
+}

@@ -121,6 +121,33 @@ impl Chain {
         self.providers()
     }
 
+    /// `message` as hop `seq` from position `from` to its successor, sealed to the successor's
+    /// relay key (PROTOCOL.md 7.9): what a provider sends on. The roles number their hops
+    /// themselves; this is for a transport or a test that plays a provider whole.
+    pub fn seal_hop(&self, from: u8, seq: u64, message: &ChainMessage) -> ChainMessage {
+        let mut sender = HopSender { from, next: seq };
+        sender.seal(self, message)
+    }
+
+    /// The message inside hop `seq` from `to − 1` to `to`, opened with `opening` (the relay key
+    /// of `to`): what provider `to` receives, or why the hop does not open.
+    pub fn open_hop(
+        &self,
+        opening: &OpeningKey,
+        to: u8,
+        seq: u64,
+        sealed: &[u8],
+    ) -> Result<ChainMessage, ProtocolError> {
+        let copy = OpeningKey::from_bytes(*opening.to_bytes())
+            .map_err(|_| ProtocolError::Hop("not a relay key"))?;
+        let mut inbox = HopInbox {
+            position: to,
+            opening: copy,
+            next: seq,
+        };
+        inbox.open(self, to, sealed)
+    }
+
     /// The associated data of hop `seq` from `from` to `to`.
     fn hop_ad(&self, from: u8, to: u8, seq: u64) -> Vec<u8> {
         let mut ad = b"cleanroom/chain/hop/v1".to_vec();
