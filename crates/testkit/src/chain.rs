@@ -432,6 +432,10 @@ impl Hospitals {
 /// What a provider bends in each message it seals to the next provider.
 pub type Bend = Box<dyn FnMut(ChainMessage) -> ChainMessage + Send>;
 
+/// A bending provider's view: the kinds of the messages it received, and how its call ended
+/// (`None` while it runs; `Some(None)`: OK; `Some(Some(code))`: that status).
+pub type ProviderView = Arc<std::sync::Mutex<(Vec<&'static str>, Option<Option<tonic::Code>>)>>;
+
 /// A provider that bends what it seals: a relay in front of a hospital's real server, which
 /// passes the querier's messages through and opens every hop the server seals to the next
 /// provider, bends it, and seals it again. A real provider knows what it seals; the relay
@@ -441,7 +445,7 @@ pub struct BendingProvider {
     /// Where the relay listens (give it to the querier instead of the server's address).
     pub addr: std::net::SocketAddr,
     /// The kinds of the messages the provider received, and how its call ended (`None`: OK).
-    pub seen: Arc<std::sync::Mutex<(Vec<&'static str>, Option<Option<tonic::Code>>)>>,
+    pub seen: ProviderView,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -461,7 +465,7 @@ struct Relay {
     upstream: std::net::SocketAddr,
     next_key: [u8; 32],
     bend: Arc<std::sync::Mutex<Bend>>,
-    seen: Arc<std::sync::Mutex<(Vec<&'static str>, Option<Option<tonic::Code>>)>>,
+    seen: ProviderView,
 }
 
 impl Hospitals {
