@@ -13,20 +13,41 @@ use cleanroom_testkit::fixture::Csv;
 /// table holds all of the registry's patients (`held`) or none of them.
 fn hospitals(held: bool) -> Hospitals {
     let mut fx = Hospitals::new(2, 3);
-    let rows = (0..400u64)
-        .map(|i| {
-            let id = if held { i } else { 10_000 + i };
-            vec![format!("patient{id}@example.org"), "flu".to_owned()]
-        })
-        .collect();
-    fx.set_visits(
-        1,
-        Csv {
-            header: vec!["email".into(), "diagnosis".into()],
-            rows,
-        },
-    );
+    fx.set_visits(1, patients(if held { 0 } else { 10_000 }));
     fx
+}
+
+/// A hospital's visits of patients `first .. first + 400`, all with the flu: the registry's
+/// patients when `first` is 0, strangers otherwise.
+fn patients(first: u64) -> Csv {
+    Csv {
+        header: vec!["email".into(), "diagnosis".into()],
+        rows: (first..first + 400)
+            .map(|id| vec![format!("patient{id}@example.org"), "flu".to_owned()])
+            .collect(),
+    }
+}
+
+/// `message` with its first candidate repeated in its second place, if it is a chunk of
+/// candidates; anything else unchanged.
+fn repeat_a_candidate(message: ChainMessage) -> ChainMessage {
+    match message {
+        ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+            group,
+            value_columns,
+            mut points,
+            ciphertexts,
+        }) => {
+            points[1] = points[0];
+            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                group,
+                value_columns,
+                points,
+                ciphertexts,
+            })
+        }
+        other => other,
+    }
 }
 
 const SQL: &str = "SELECT COUNT(DISTINCT p.email) FROM patients p \
@@ -78,23 +99,9 @@ async fn same_either_way<B: FnMut(u8, ChainMessage) -> Vec<(u8, ChainMessage)>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_candidate_is_refused_by_the_first_filter_alike() {
-    let repeat = |to: u8, message: ChainMessage| match message {
-        ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-            group,
-            value_columns,
-            mut points,
-            ciphertexts,
-        }) if to == 1 => {
-            points[1] = points[0];
-            let items = AggregateMessage::ReceiverItems {
-                group,
-                value_columns,
-                points,
-                ciphertexts,
-            };
-            vec![(to, ChainMessage::Aggregate(items))]
-        }
-        other => vec![(to, other)],
+    let repeat = |to: u8, message: ChainMessage| match to {
+        1 => vec![(to, repeat_a_candidate(message))],
+        _ => vec![(to, message)],
     };
     same_either_way(|| repeat, "visits_b", "the same identifier was sent twice").await;
 }
@@ -205,37 +212,9 @@ async fn a_filter_that_repeats_a_candidate_it_seals_is_refused_by_the_matcher_al
     let run = |matcher_holds: bool| async move {
         // The filter (visits_b) holds every patient; the matcher (visits_a) all or none.
         let mut fx = hospitals(true);
-        let rows = (0..400u64)
-            .map(|i| {
-                let id = if matcher_holds { i } else { 20_000 + i };
-                vec![format!("patient{id}@example.org"), "flu".to_owned()]
-            })
-            .collect();
-        fx.set_visits(
-            0,
-            Csv {
-                header: vec!["email".into(), "diagnosis".into()],
-                rows,
-            },
-        );
+        fx.set_visits(0, patients(if matcher_holds { 0 } else { 20_000 }));
         let servers = fx.start().await;
-        let bend: cleanroom_testkit::chain::Bend = Box::new(|message| match message {
-            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                group,
-                value_columns,
-                mut points,
-                ciphertexts,
-            }) => {
-                points[1] = points[0];
-                ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                    group,
-                    value_columns,
-                    points,
-                    ciphertexts,
-                })
-            }
-            other => other,
-        });
+        let bend: cleanroom_testkit::chain::Bend = Box::new(repeat_a_candidate);
         let filter = fx.bending(1, &servers[1], 0, bend).await;
         let mut configs = fx.servers(&servers);
         configs.get_mut("visits_b").unwrap().server = format!("http://{}", filter.addr);

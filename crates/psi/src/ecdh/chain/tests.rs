@@ -148,6 +148,29 @@ fn an_empty_filter_leaves_nothing_to_release() {
     assert_eq!(report.filter_counts[1], vec![0, 0, 0]);
 }
 
+/// `message` with the first candidate of its querier group 0 repeated in its second place, if
+/// it is such a chunk of candidates; anything else unchanged (one group only, so that which
+/// group a refusal names does not vary).
+fn repeat_a_candidate(message: ChainMessage) -> ChainMessage {
+    match message {
+        ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+            group: 0,
+            value_columns,
+            mut points,
+            ciphertexts,
+        }) => {
+            points[1] = points[0];
+            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
+                group: 0,
+                value_columns,
+                points,
+                ciphertexts,
+            })
+        }
+        other => other,
+    }
+}
+
 /// Runs a session of `filters` filters whose querier bends its messages with `wire`.
 fn attacked(
     filters: usize,
@@ -304,23 +327,7 @@ fn a_repeated_candidate_is_refused_alike_whether_or_not_the_filter_holds_it() {
         };
         let mut seen = Vec::new();
         let result = attacked(1, tables_of, |direction, message| {
-            let message = match message {
-                ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                    group,
-                    value_columns,
-                    mut points,
-                    ciphertexts,
-                }) if group == 0 => {
-                    points[1] = points[0];
-                    ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                        group,
-                        value_columns,
-                        points,
-                        ciphertexts,
-                    })
-                }
-                message => message,
-            };
+            let message = repeat_a_candidate(message);
             if let Direction::FromProvider(_) = direction {
                 seen.push(message.kind());
             }
@@ -416,24 +423,7 @@ fn a_filter_repeating_a_candidate_is_refused_by_the_matcher_alike() {
             |direction, message| match (direction, message) {
                 (Direction::FromProvider(1), ChainMessage::Hop { to: 2, sealed }) => {
                     let inner = opened.open(&chain, 2, &sealed).unwrap();
-                    let inner = match inner {
-                        ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                            group,
-                            value_columns,
-                            mut points,
-                            ciphertexts,
-                        }) if group == 0 => {
-                            points[1] = points[0];
-                            ChainMessage::Aggregate(AggregateMessage::ReceiverItems {
-                                group,
-                                value_columns,
-                                points,
-                                ciphertexts,
-                            })
-                        }
-                        other => other,
-                    };
-                    vec![sealer.seal(&chain, &inner)]
+                    vec![sealer.seal(&chain, &repeat_a_candidate(inner))]
                 }
                 (_, message) => vec![message],
             },
